@@ -1,0 +1,79 @@
+"""Find an ordered series of checkpoints in local folders.
+
+Recognises trainer output folders (``checkpoint-N/`` as written by TRL, HF Trainer and ms-swift, also
+nested one level like ms-swift's ``v0-2025.../checkpoint-N``) holding a PEFT adapter
+(``adapter_config.json``) or a full model (``config.json``). Steps come from ``trainer_state.json``
+(``global_step``) or else the folder name; the trainer's logged metrics at that step come along.
+
+    series = discover("sample_data/rft")   # [CheckpointInfo(step=40, kind="adapter", ...), ...]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import InputError
+
+_STEP_RE = re.compile(r"checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    step: int
+    kind: str  # "adapter" | "full"
+    metrics: dict = field(default_factory=dict, compare=False)  # last logged values at this step
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def checkpoint_kind(path: Path) -> str | None:
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file():
+        return "full"
+    return None
+
+
+def _trainer_metrics(path: Path) -> tuple[int | None, dict]:
+    state_file = path / "trainer_state.json"
+    if not state_file.is_file():
+        return None, {}
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{state_file}: not valid JSON ({e})") from None
+    step = state.get("global_step")
+    metrics: dict = {}
+    for entry in state.get("log_history", []):  # later entries win: the values logged last at this step
+        if step is None or entry.get("step", step) <= step:
+            metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"})
+    return (int(step) if step is not None else None), metrics
+
+
+def read_checkpoint(path: Path) -> CheckpointInfo:
+    kind = checkpoint_kind(path)
+    if kind is None:
+        raise InputError(f"{path}: not a checkpoint (expected adapter_config.json or config.json)")
+    step, metrics = _trainer_metrics(path)
+    if step is None:
+        m = _STEP_RE.search(path.name)
+        step = int(m.group(1)) if m else 0
+    return CheckpointInfo(path=path, step=step, kind=kind, metrics=metrics)
+
+
+def discover(root: str | Path) -> list[CheckpointInfo]:
+    """All ``checkpoint-N`` folders under ``root`` (depth <= 2), ordered by step."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: checkpoint folder not found")
+    found = [p for p in list(root.glob("checkpoint-*")) + list(root.glob("*/checkpoint-*"))
+             if p.is_dir() and _STEP_RE.search(p.name)]
+    if not found:
+        raise InputError(f"{root}: no checkpoint-N/ folders found (expected a trainer output folder)")
+    return sorted((read_checkpoint(p) for p in found), key=lambda c: (c.step, str(c.path)))

@@ -1,0 +1,10 @@
+"""Errors that ``core`` raises for bad input. Their message names the file, field or line and what was
+expected, so the UI can show it as is and the command line can print it and exit non-zero."""
+
+
+class InputError(ValueError):
+    """A file, folder or value supplied by the user is missing or malformed."""
+
+
+class WorkspaceError(InputError):
+    """The workspace folder or its database cannot be used."""

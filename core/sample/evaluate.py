@@ -1,0 +1,54 @@
+"""Answer accuracy of a model on the demo world's test sets, by batched greedy decoding of the CoT.
+
+``answer(model, tokenizer, prompts)`` decodes prompt -> ``<think> ... </think> The disease ... X.`` and
+parses X. ``drift_table_row`` turns the answers on the stationary and perturbed sets into the figures
+that ``sample_data/README.md`` reports per checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from core.sample import spec
+from core.sample.generator import parse_answer
+
+
+@torch.no_grad()
+def answer(model, tokenizer, prompts: list[str], batch_size: int = 256, max_new_tokens: int = 72) -> list[str | None]:
+    """Greedy-decode each prompt's completion and return the parsed answer (None if malformed)."""
+    model.eval()
+    out: list[str | None] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [tokenizer.bos_token + p for p in prompts[i: i + batch_size]]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out.extend(parse_answer(t) for t in texts)
+    return out
+
+
+def drift_table_row(test: list[dict], preds: list[str | None], perturbed: list[dict],
+                    preds_perturbed: list[str | None]) -> dict[str, float]:
+    """The per-checkpoint figures: accuracy, perturbed accuracy, flip rate, shortcut share, rare-class accuracy.
+
+    flip rate = share of studies whose answer changes when one finding becomes a near-synonym (paired by
+    ``source_id``); shortcut share = share of stationary studies that show "opacity" but are not Lung
+    Opacity, answered Lung Opacity.
+    """
+    def acc(recs, preds, keep=lambda r: True):
+        pairs = [(r, p) for r, p in zip(recs, preds) if keep(r)]
+        return sum(p == r["label"] for r, p in pairs) / max(1, len(pairs))
+
+    by_id = dict(zip((r["id"] for r in test), preds))
+    flips = [by_id[r["source_id"]] != p for r, p in zip(perturbed, preds_perturbed)]
+    carriers = [p for r, p in zip(test, preds)
+                if spec.SHORTCUT_FINDING in r["findings"] and r["label"] != spec.SHORTCUT_LABEL]
+    return {
+        "accuracy": acc(test, preds),
+        "perturbed_accuracy": acc(perturbed, preds_perturbed),
+        "flip_rate": sum(flips) / max(1, len(flips)),
+        "opacity_to_lung_opacity": sum(p == spec.SHORTCUT_LABEL for p in carriers) / max(1, len(carriers)),
+        "rare_class_accuracy": acc(test, preds, lambda r: r["label"] in spec.RARE_IN_SFT),
+        "malformed": sum(p is None for p in preds) / max(1, len(preds)),
+    }

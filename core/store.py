@@ -1,0 +1,103 @@
+"""The workspace's SQLite database: WAL mode, versioned migrations, one transaction per write.
+
+    db = Store.open(Path("~/.cot-drift-workbench/workbench.db").expanduser())
+    with db.transaction() as con:
+        con.execute("INSERT ...")
+
+The schema version is SQLite's ``PRAGMA user_version``; ``MIGRATIONS[i]`` takes version i to i+1 and
+runs in one transaction, so a crash mid-migration leaves the previous version intact. A file that is
+not a SQLite database, or one written by a newer workbench, is refused and left untouched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import WorkspaceError
+
+MIGRATIONS: list[str] = [
+    # 0 -> 1: the registry of worlds (a base model, its checkpoint series, data and concept graph).
+    """
+    CREATE TABLE worlds (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        fingerprint TEXT NOT NULL,
+        registered_at REAL NOT NULL,
+        last_opened_at REAL NOT NULL
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass
+class Store:
+    path: Path
+    con: sqlite3.Connection
+
+    @classmethod
+    def open(cls, path: Path) -> "Store":
+        """Open (creating if absent) and migrate the database at ``path``."""
+        existed = path.exists()
+        try:
+            con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise WorkspaceError(f"{path}: not a usable SQLite database ({e}). Expected a workbench.db "
+                                 "created by this workbench; the file was left untouched.") from None
+        if version > SCHEMA_VERSION:
+            con.close()
+            raise WorkspaceError(f"{path}: schema version {version} is newer than this workbench supports "
+                                 f"({SCHEMA_VERSION}); upgrade the workbench. The file was left untouched.")
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute("PRAGMA busy_timeout=30000")
+        store = cls(path, con)
+        store._migrate(version, fresh=not existed)
+        return store
+
+    def _migrate(self, version: int, fresh: bool) -> None:
+        for target in range(version, SCHEMA_VERSION):
+            with self.transaction() as con:
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+                con.execute(f"PRAGMA user_version = {target + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return self.con.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def register_world(self, name: str, path: Path, fingerprint: str) -> int:
+        now = time.time()
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO worlds (name, path, fingerprint, registered_at, last_opened_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET name=excluded.name, fingerprint=excluded.fingerprint, "
+                "last_opened_at=excluded.last_opened_at", (name, str(path), fingerprint, now, now))
+            return con.execute("SELECT id FROM worlds WHERE path = ?", (str(path),)).fetchone()[0]
+
+    def last_world(self) -> Path | None:
+        row = self.con.execute("SELECT path FROM worlds ORDER BY last_opened_at DESC LIMIT 1").fetchone()
+        return Path(row[0]) if row else None
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,52 @@
+"""The workspace: one folder per user or project holding the database, caches and run folders.
+
+    ws = Workspace.open()                      # $WORKBENCH_WORKSPACE or ~/.cot-drift-workbench
+    ws.store.register_world(...); ws.cache_dir; ws.runs_dir
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import WorkspaceError
+from core.store import Store
+
+ENV_VAR = "WORKBENCH_WORKSPACE"
+DB_NAME = "workbench.db"
+
+
+def default_path() -> Path:
+    return Path(os.environ.get(ENV_VAR) or Path.home() / ".cot-drift-workbench").expanduser()
+
+
+@dataclass
+class Workspace:
+    root: Path
+    store: Store
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @classmethod
+    def open(cls, root: str | Path | None = None) -> "Workspace":
+        """Create the folder if needed, check it is writable, open and migrate its database."""
+        root = Path(root).expanduser().resolve() if root else default_path().resolve()
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(f"{root}: workspace must be a folder, but a file is there")
+        try:
+            for sub in (root, root / "cache", root / "runs"):
+                sub.mkdir(parents=True, exist_ok=True)
+            probe = root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise WorkspaceError(f"{root}: workspace folder is not writable ({e.strerror}); "
+                                 "choose another with --workspace") from None
+        return cls(root, Store.open(root / DB_NAME))

@@ -1,0 +1,52 @@
+"""Home: the loaded world at a glance, the drift it holds, and the loop the workbench supports."""
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import InputError
+from workbench import charts, resources, state
+
+state.init()
+st.title("CoT Drift Workbench")
+st.caption("See where the chain of thought of RFT checkpoints drifts, tell beneficial from detrimental drift, "
+           "and repair the detrimental kind with Counterfactual Preference Optimization.")
+
+path = state.world_path()
+try:
+    world = resources.load_world(str(path))
+    fingerprint = world.fingerprint()
+    summary = resources.world_summary(str(path), fingerprint)
+except InputError as e:
+    st.error(f"Cannot open the world: {e}")
+    st.stop()
+
+st.subheader(summary["name"])
+st.caption(f"{summary['description']}  \n`{summary['root']}`")
+model, steps = summary["model"], [c["step"] for c in summary["checkpoints"]]
+cols = st.columns(5)
+cols[0].metric("Base model", model["architecture"], f"{model['parameters'] / 1e6:.2f} M parameters", delta_color="off")
+cols[1].metric("Tokenizer", f"{summary['tokenizer']['vocab_size']} tokens")
+cols[2].metric("Checkpoints", len(steps), f"steps {steps[0]}–{steps[-1]}" if steps else "none", delta_color="off")
+cols[3].metric("Concept graph", f"{summary['graph']['nodes']} nodes",
+               f"{summary['graph']['diseases']} diseases · {summary['graph']['edges']} edges", delta_color="off")
+cols[4].metric("Device", resources.device_info().device.upper(), resources.device_info().dtype, delta_color="off")
+
+left, right = st.columns([3, 2])
+with left:
+    st.markdown("**Drift across the RFT checkpoints** (measured when the world was built)")
+    table = charts.drift_table(resources.world_metrics(str(path), fingerprint))
+    if table.empty:
+        st.info("This world records no drift table yet; score it in the drift explorer.")
+    else:
+        st.plotly_chart(charts.drift_over_steps(table), key="drift_over_steps")
+        st.dataframe(table, hide_index=True, key="drift_table",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in charts.DRIFT_SERIES})
+with right:
+    st.markdown("**Checkpoint series**")
+    st.dataframe(pd.DataFrame(summary["checkpoints"]), hide_index=True, key="checkpoints")
+    st.markdown("**Datasets**")
+    st.dataframe(pd.DataFrame(summary["datasets"].items(), columns=["dataset", "records"]), hide_index=True)
+
+st.markdown("""**The loop.** Load checkpoints → see drift → edit the concept graph → generate counterfactuals →
+curate → run CPO → compare drift before and after. The pages for each step are added to the navigation as
+they land; the engine behind them is importable from `core` in a notebook.""")

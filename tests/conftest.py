@@ -1,0 +1,44 @@
+"""Shared fixtures: the committed sample world, a miniature world built by the real pipeline, ports, artifacts."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from core.world import SAMPLE_WORLD
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
+
+@pytest.fixture(scope="session")
+def sample_world() -> Path:
+    return SAMPLE_WORLD
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory) -> Path:
+    """A miniature world (same files and layout as sample_data) built by ``core.sample.build`` in seconds."""
+    from core.sample import build
+
+    out = tmp_path_factory.mktemp("worlds") / "quick"
+    build.build(out, build.BuildConfig.quick(), log=lambda m: None)
+    return out
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where browser tests keep screenshots (CI keeps this folder)."""
+    path = Path(os.environ.get("WORKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

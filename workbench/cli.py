@@ -1,0 +1,89 @@
+"""The ``workbench`` command: start the UI, rebuild the sample world (more subcommands come with the engine).
+
+    workbench demo                              # the UI on the embedded sample world
+    workbench app --workspace ~/cxr --port 8502 --world path/to/world
+    workbench build-sample [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core import world as world_mod
+from core.errors import InputError
+from core.workspace import ENV_VAR, Workspace
+
+APP = Path(__file__).resolve().parent / "app.py"
+WORLD_ENV = "WORKBENCH_WORLD"
+
+
+def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
+    """The world to open: the one asked for, else the workspace's last one, else the sample world."""
+    path = requested or ws.store.last_world() or world_mod.SAMPLE_WORLD
+    world = world_mod.load_world(path)
+    ws.store.register_world(world.name, world.root, world.fingerprint())
+    return world
+
+
+def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
+    ws = Workspace.open(args.workspace)
+    world = _resolve_world(ws, world_path or args.world)
+    ws.store.close()
+    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root)}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
+           "--browser.gatherUsageStats", "false", "--server.headless", str(args.headless).lower()]
+    print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\n"
+          f"workbench: open http://localhost:{args.port}", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_build_sample(args: argparse.Namespace) -> int:
+    from core.sample import build
+
+    argv = ["--out", str(args.out), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+    return build.main(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="workbench", description="CoT Drift Workbench: see and repair concept "
+                                 "drift in the chain of thought of RFT checkpoints.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, help_ in (("app", "start the UI"), ("demo", "start the UI on the embedded sample world")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--workspace", type=Path, default=None,
+                       help=f"folder for the database, caches and runs (default ${ENV_VAR} or ~/.cot-drift-workbench)")
+        p.add_argument("--port", type=int, default=8501)
+        p.add_argument("--headless", action="store_true", help="do not open a browser window")
+        if name == "app":
+            p.add_argument("--world", type=Path, default=None,
+                           help="world folder with a world.json (default: the last one opened, else the sample world)")
+    p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
+    p.add_argument("--out", type=Path, default=world_mod.SAMPLE_WORLD)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a miniature world for tests (seconds)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models and data load from local paths only
+    try:
+        if args.command == "app":
+            return cmd_app(args)
+        if args.command == "demo":
+            return cmd_app(args, world_path=world_mod.SAMPLE_WORLD)
+        return cmd_build_sample(args)
+    except InputError as e:
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
