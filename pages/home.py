@@ -23,13 +23,16 @@ except InputError as e:
 st.subheader(summary["name"])
 st.caption(f"{summary['description']}  \n`{summary['root']}`")
 model, steps = summary["model"], [c["step"] for c in summary["checkpoints"]]
-cols = st.columns(5)
-cols[0].metric("Base model", model["architecture"], f"{model['parameters'] / 1e6:.2f} M parameters", delta_color="off")
-cols[1].metric("Tokenizer", f"{summary['tokenizer']['vocab_size']} tokens")
-cols[2].metric("Checkpoints", len(steps), f"steps {steps[0]}–{steps[-1]}" if steps else "none", delta_color="off")
-cols[3].metric("Concept graph", f"{summary['graph']['nodes']} nodes",
-               f"{summary['graph']['diseases']} diseases · {summary['graph']['edges']} edges", delta_color="off")
-cols[4].metric("Device", resources.device_info().device.upper(), resources.device_info().dtype, delta_color="off")
+dev = resources.device_info()
+facts = [
+    ("Base model", model["architecture"].removesuffix("ForCausalLM"), f"{model['parameters'] / 1e6:.2f} M params"),
+    ("Vocabulary", summary["tokenizer"]["vocab_size"], "tokens"),
+    ("Checkpoints", len(steps), f"steps {steps[0]}–{steps[-1]}" if steps else "none"),
+    ("Concept graph", summary["graph"]["nodes"], f"{summary['graph']['diseases']} diseases"),
+    ("Device", dev.device.upper(), dev.dtype),
+]
+for col, (label, value, note) in zip(st.columns(len(facts)), facts):
+    col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 
 left, right = st.columns([3, 2])
 with left:
@@ -40,7 +43,8 @@ with left:
     else:
         st.plotly_chart(charts.drift_over_steps(table), key="drift_over_steps")
         st.dataframe(table, hide_index=True, key="drift_table",
-                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in charts.DRIFT_SERIES})
+                     column_config={c: st.column_config.NumberColumn(label, format="%.3f")
+                                    for c, (label, *_) in charts.DRIFT_SERIES.items()})
 with right:
     st.markdown("**Checkpoint series**")
     st.dataframe(pd.DataFrame(summary["checkpoints"]), hide_index=True, key="checkpoints")

@@ -35,7 +35,8 @@ def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
     ws.store.close()
     env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root)}
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false", "--server.headless", str(args.headless).lower()]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--server.headless", str(args.headless).lower()]
     print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\n"
           f"workbench: open http://localhost:{args.port}", flush=True)
     try:

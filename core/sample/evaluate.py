@@ -20,7 +20,7 @@ def answer(model, tokenizer, prompts: list[str], batch_size: int = 256, max_new_
     out: list[str | None] = []
     for i in range(0, len(prompts), batch_size):
         chunk = [tokenizer.bos_token + p for p in prompts[i: i + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

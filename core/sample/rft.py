@@ -55,7 +55,7 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 def rft_step(model, tokenizer, opt, batch: list[dict], cfg: RFTConfig) -> dict[str, float]:
     prompts = [tokenizer.bos_token + r["prompt"] for r in batch for _ in range(cfg.group)]
     labels = [r["label"] for r in batch for _ in range(cfg.group)]
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     model.eval()
     with torch.no_grad():
         seq = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,

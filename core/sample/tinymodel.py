@@ -30,7 +30,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTo
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
     fast.add_tokens([AddedToken(t, normalized=False) for t in THINK_TOKENS])
-    fast.padding_side = "left"  # generation pads on the left; training builds its own batches
     return fast
 
 

@@ -1,9 +1,7 @@
-"""Browser-test fixtures: a running ``workbench`` server and a real headless Chromium (Debian's)."""
+"""Browser-test fixtures: a running ``workbench`` server (the browser itself is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,32 +10,6 @@ import urllib.request
 import pytest
 
 from tests.conftest import ROOT
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def chromium_path() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-@pytest.fixture(scope="session")
-def browser():
-    exe = chromium_path()
-    if exe is None:
-        if os.environ.get("WORKBENCH_REQUIRE_BROWSER"):
-            pytest.fail("no Chromium found; install Debian's chromium package (apt-get install chromium)")
-        pytest.skip("no Chromium found (apt-get install chromium); CI installs it and runs these tests")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> float:
     """Poll ``url`` until it answers; return the seconds it took. Fail early if the server died."""

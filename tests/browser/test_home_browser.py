@@ -19,7 +19,7 @@ def test_home_renders_in_chromium(browser, app_server, artifacts):
     page.screenshot(path=str(artifacts / "home.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0
     assert page.get_by_text("CoT Drift Workbench").first.is_visible()
-    assert page.get_by_text("LlamaForCausalLM").first.is_visible()
+    assert page.get_by_text("Llama", exact=True).first.is_visible()
     # a second visit redraws from the cache
     start = time.monotonic()
     page.reload()
