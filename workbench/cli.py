@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+import webbrowser
 from pathlib import Path
 
 from core import world as world_mod
@@ -34,15 +39,32 @@ def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
     world = _resolve_world(ws, world_path or args.world)
     ws.store.close()
     env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root)}
+    # Always headless: otherwise Streamlit's first-run e-mail prompt blocks on stdin. We open the browser.
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-           "--server.headless", str(args.headless).lower()]
-    print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\n"
-          f"workbench: open http://localhost:{args.port}", flush=True)
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--server.headless", "true"]
+    url = f"http://localhost:{args.port}"
+    print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\nworkbench: open {url}", flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stopping `workbench` stops its server, never orphans it
+        signal.signal(sig, lambda *_: proc.terminate())
+    if not args.headless:
+        threading.Thread(target=_open_browser_when_up, args=(url, proc), daemon=True).start()
     try:
-        return subprocess.call(cmd, env=env)
+        return proc.wait()
     except KeyboardInterrupt:
-        return 0
+        proc.terminate()
+        return proc.wait()
+
+
+def _open_browser_when_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            webbrowser.open(url)
+            return
+        except OSError:
+            time.sleep(0.3)
 
 
 def cmd_build_sample(args: argparse.Namespace) -> int:

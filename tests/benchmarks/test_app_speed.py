@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.browser.conftest import wait_http
+from tests.browser.conftest import stop, wait_http
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.browser, pytest.mark.slow]
@@ -19,7 +19,8 @@ BARE_APP = 'import streamlit as st\nst.title("Bare")\nst.write("Checkpoint serie
 
 
 def _measure(browser, cmd, port, env=None):
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     try:
         t0 = time.monotonic()
         wait_http(f"http://127.0.0.1:{port}/_stcore/health", proc)
@@ -38,8 +39,7 @@ def _measure(browser, cmd, port, env=None):
         page.close()
         return server, first, min(redraws)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 def test_cold_start_and_cached_redraw_vs_bare_streamlit(browser, tmp_path, free_port):

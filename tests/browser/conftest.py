@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +12,19 @@ import urllib.request
 import pytest
 
 from tests.conftest import ROOT
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True`` and everything it started."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> float:
     """Poll ``url`` until it answers; return the seconds it took. Fail early if the server died."""
@@ -30,14 +45,11 @@ def app_server(free_port, tmp_path):
     """``workbench demo`` on a free port with a fresh workspace; yields (url, seconds until it answered)."""
     cmd = [sys.executable, "-m", "workbench.cli", "demo", "--headless", "--port", str(free_port),
            "--workspace", str(tmp_path / "ws")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{free_port}"
     try:
         seconds = wait_http(url + "/_stcore/health", proc)
         yield url, seconds
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)

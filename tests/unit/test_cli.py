@@ -48,3 +48,28 @@ def test_missing_world_file_is_named(quick_world, tmp_path, missing):
     out = run_cli("app", "--world", str(world), "--workspace", str(tmp_path / "ws"), "--headless")
     assert out.returncode == 2
     assert str(world / missing) in out.stderr
+
+
+@pytest.mark.slow
+def test_stopping_workbench_stops_its_server(tmp_path, free_port):
+    import signal
+    import time
+    import urllib.request
+
+    from tests.browser.conftest import wait_http
+
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "demo", "--headless", "--port", str(free_port),
+                             "--workspace", str(tmp_path / "ws")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{free_port}/_stcore/health"
+    wait_http(url, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            time.sleep(0.3)
+        except OSError:
+            return
+    pytest.fail("the Streamlit server outlived the workbench process")
