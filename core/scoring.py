@@ -1,0 +1,151 @@
+"""Teacher-forced scoring of trajectories under every checkpoint of a series.
+
+For each completion token t_j of each trajectory and each checkpoint i, with p_i = pi_i(. | prompt, t_<j):
+
+    logprob = log p_i(t_j)            rank = 1 + #{v : p_i(v) > p_i(t_j)}     entropy = -sum_v p_i(v) log p_i(v)
+    kl_base = KL(p_i || p_base)       js_base = JS(p_i, p_base)   (and kl_prev / js_prev to checkpoint i-1)
+    JS(p, q) = (KL(p || m) + KL(q || m)) / 2,  m = (p + q) / 2       (natural log; JS <= ln 2)
+
+Batches are padded on the right and sorted by length; the loop runs batch-outer, checkpoint-inner, so
+only the current batch's distributions under the base and the previous checkpoint are kept, and
+adapters are switched (never reloaded) between forward passes.
+
+    df = score(series, encoded, ScoreConfig(top_k=5))   # one row per trajectory x checkpoint x token
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from core.series import ModelSeries
+from core.trajectories import Encoded, vocab_texts
+
+Progress = Callable[[int, int, str], None]  # (done, total, message)
+
+
+@dataclass
+class ScoreConfig:
+    top_k: int = 5  # alternatives kept per token
+    batch_size: int = 8  # trajectories per forward pass
+
+    def __post_init__(self):
+        if not 0 <= self.top_k <= 50:
+            raise ValueError(f"top_k: expected 0..50, got {self.top_k}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
+
+
+class Cancelled(RuntimeError):
+    """Raised when the caller's ``should_cancel`` returned True; nothing partial is returned."""
+
+
+def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis from log-probabilities.  (..., V) -> (...)"""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def js(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence from log-probabilities.  (..., V) -> (...)"""
+    logm = torch.logaddexp(logp, logq) - math.log(2.0)
+    return 0.5 * (kl(logp, logm) + kl(logq, logm))
+
+
+def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+    """Per-position statistics of the actual token.  logp (N, V), targets (N,) -> dict of (N,) / (N, k)"""
+    lp = logp.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+    out = {"logprob": lp, "rank": (logp > lp[:, None]).sum(-1) + 1, "entropy": -(logp.exp() * logp).sum(-1)}
+    if top_k:
+        top = logp.topk(top_k, dim=-1)
+        out["top_ids"], out["top_probs"] = top.indices, top.values.exp()  # (N, k)
+    return out
+
+
+def _batches(encoded: list[Encoded], size: int) -> list[list[int]]:
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    return [order[i: i + size] for i in range(0, len(order), size)]
+
+
+def _pad(encoded: list[Encoded], idx: list[int], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(encoded[i].input_ids) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(encoded[i].input_ids)
+        ids[row, :n] = torch.tensor(encoded[i].input_ids)
+        mask[row, :n] = 1
+    return ids.to(device), mask.to(device)
+
+
+def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Log-distributions predicting each completion token, one (L_b, V) float32 tensor per row."""
+    logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+    return [torch.log_softmax(logits[b, s - 1: e - 1].float(), -1) for b, (s, e) in enumerate(spans)]
+
+
+@torch.no_grad()
+def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None = None,
+          progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
+    """Score every trajectory under every checkpoint; one row per trajectory x checkpoint x completion token."""
+    cfg = cfg or ScoreConfig()
+    pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
+    names, steps = series.names, series.steps
+    cols: dict[str, list] = {}
+    batches = _batches(encoded, cfg.batch_size)
+    total, done = len(batches) * len(names), 0
+    for idx in batches:
+        ids, mask = _pad(encoded, idx, pad, series.device)
+        spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
+        targets = torch.cat([torch.tensor(encoded[i].completion_ids) for i in idx]).to(series.device)  # (N,)
+        base_lp = prev_lp = None
+        for name in names:
+            if should_cancel and should_cancel():
+                raise Cancelled("scoring cancelled")
+            with series.activate(name) as model:
+                lp = torch.cat(completion_logprobs(model, ids, mask, spans))  # (N, V), N = sum of completion lengths
+            _append(cols, [encoded[i] for i in idx], name, steps[name], lp, targets, cfg.top_k,
+                    base_lp if base_lp is not None else lp, prev_lp if prev_lp is not None else lp)
+            base_lp = lp if base_lp is None else base_lp
+            prev_lp = lp
+            done += 1
+            if progress:
+                progress(done, total, f"batch {done // len(names) + 1}/{len(batches)}: {name}")
+    return _frame(cols, series.tokenizer, cfg.top_k)
+
+
+def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, lp: torch.Tensor,
+            targets: torch.Tensor, top_k: int, base: torch.Tensor, prev: torch.Tensor) -> None:
+    st = token_stats(lp, targets, top_k)
+    n = len(targets)
+    new = {
+        "traj_id": [e.id for e in encs for _ in e.completion_ids], "checkpoint": [name] * n, "step": [step] * n,
+        "position": [j for e in encs for j in range(len(e.completion_ids))],
+        "token_id": targets.cpu().numpy(), "token": [t for e in encs for t in e.tokens],
+        "in_think": [e.start + j < e.think_end for e in encs for j in range(len(e.completion_ids))],
+        "logprob": st["logprob"].cpu().numpy(), "rank": st["rank"].cpu().numpy(),
+        "entropy": st["entropy"].cpu().numpy(),
+        "kl_base": kl(lp, base).cpu().numpy(), "js_base": js(lp, base).cpu().numpy(),
+        "kl_prev": kl(lp, prev).cpu().numpy(), "js_prev": js(lp, prev).cpu().numpy(),
+    }
+    if top_k:
+        new["top_ids"] = list(st["top_ids"].cpu().numpy())
+        new["top_probs"] = list(st["top_probs"].cpu().numpy().round(5))
+    for k, v in new.items():
+        cols.setdefault(k, []).append(v)
+
+
+def _frame(cols: dict[str, list], tokenizer, top_k: int) -> pd.DataFrame:
+    import numpy as np
+
+    df = pd.DataFrame({k: np.concatenate(v) if k not in ("top_ids", "top_probs") else [r for part in v for r in part]
+                       for k, v in cols.items()})
+    df["prob"] = np.exp(df["logprob"])
+    if top_k:
+        texts = vocab_texts(tokenizer)
+        df["top_tokens"] = [[texts[t] for t in row] for row in df.pop("top_ids")]
+        df["top_probs"] = [row.tolist() for row in df["top_probs"]]
+    return df

@@ -1,0 +1,202 @@
+"""Load a base model and its checkpoint series once; switch between checkpoints without reloading.
+
+    series = load_series("sample_data/model", "sample_data/rft")
+    for name in series.names:                 # "base", "checkpoint-40", ...
+        with series.activate(name) as model:  # adapters: set_adapter under the series' lock
+            logits = model(input_ids).logits
+
+One base model lives in memory; every PEFT adapter is loaded into it once (``load_adapter``) and selected
+with ``set_adapter``; the base itself is scored with the adapters disabled. Full-model checkpoints are
+loaded one at a time when activated and released afterwards. Local paths only (``local_files_only``);
+``trust_remote_code`` stays off unless the caller asks; safetensors are preferred by transformers.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from core import checkpoints as ckpts
+from core.device import detect
+from core.errors import InputError
+
+BASE = "base"
+
+
+@dataclass
+class ModelSeries:
+    base_dir: Path
+    checkpoints: list[ckpts.CheckpointInfo]
+    model: torch.nn.Module  # a PeftModel when any adapter is loaded
+    tokenizer: object
+    device: str
+    dtype: torch.dtype
+    trust_remote_code: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [BASE] + [adapter_name(c) for c in self.checkpoints]
+
+    @property
+    def steps(self) -> dict[str, int]:
+        return {BASE: 0, **{adapter_name(c): c.step for c in self.checkpoints}}
+
+    @contextmanager
+    def activate(self, name: str) -> Iterator[torch.nn.Module]:
+        """The model in the state of checkpoint ``name``, held under the series' lock."""
+        with self.lock:
+            if name == BASE:
+                if hasattr(self.model, "disable_adapter"):
+                    with self.model.disable_adapter():
+                        yield self.model
+                else:
+                    yield self.model
+                return
+            info = {adapter_name(c): c for c in self.checkpoints}.get(name)
+            if info is None:
+                raise KeyError(f"unknown checkpoint {name!r}; known: {self.names}")
+            if info.kind == "adapter":
+                self.model.set_adapter(name)
+                yield self.model
+                return
+            full = _load_model(info.path, self.device, self.dtype, self.trust_remote_code)
+            try:
+                yield full
+            finally:
+                del full
+                gc.collect()
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+
+    def fingerprint(self) -> str:
+        """Changes whenever the base, any checkpoint's weights or the dtype change."""
+        h = hashlib.sha256(f"{self.dtype}".encode())
+        for root in [self.base_dir] + [c.path for c in self.checkpoints]:
+            for f in sorted(root.glob("*")):
+                if f.suffix in (".safetensors", ".bin", ".json"):
+                    st = f.stat()
+                    h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+
+def adapter_name(info: ckpts.CheckpointInfo) -> str:
+    """A name PEFT accepts (no dots), unique within a series: the folder name, or parent_folder."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", info.name if not info.metrics.get("_dup") else
+                  f"{info.path.parent.name}_{info.name}")
+
+
+def _dtype(name: str | None, device: str) -> torch.dtype:
+    if name is None:
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise InputError(f"dtype: expected float32, bfloat16 or float16, got {name!r}") from None
+
+
+def _load_model(path: Path, device: str, dtype: torch.dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InputError(f"{path}: cannot load model weights ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def _load_tokenizer(path: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+
+
+def _check_tokenizer(info: ckpts.CheckpointInfo, base_vocab: dict, trust_remote_code: bool) -> None:
+    if not any((info.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return  # adapters usually ship no tokenizer: they use the base's
+    vocab = _load_tokenizer(info.path, trust_remote_code).get_vocab()
+    if vocab != base_vocab:
+        diff = len(set(vocab.items()) ^ set(base_vocab.items()))
+        raise InputError(f"{info.path}: tokenizer differs from the base model's ({len(vocab)} vs {len(base_vocab)} "
+                         f"tokens, {diff} entries differ); expected the same tokenizer across the series")
+
+
+def _check_base_name(info: ckpts.CheckpointInfo, accepted: set[str]) -> None:
+    cfg_path = info.path / "adapter_config.json"
+    try:
+        declared = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as e:
+        raise InputError(f"{cfg_path}: not valid JSON ({e})") from None
+    if declared and Path(declared).name.lower() not in accepted:
+        raise InputError(f"{cfg_path}: base_model_name_or_path {declared!r} does not match the base model "
+                         f"(accepted names: {sorted(accepted)}); pass base_names=[...] (CLI: --base-name) "
+                         "if it is the same model under another name")
+
+
+def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) -> list[ckpts.CheckpointInfo]:
+    if checkpoints is None:
+        return []
+    if isinstance(checkpoints, (str, Path)):
+        infos = ckpts.discover(checkpoints)
+    else:  # an explicit list keeps the caller's order
+        infos = [ckpts.read_checkpoint(Path(p)) for p in checkpoints]
+    seen: dict[str, int] = {}
+    for c in infos:
+        seen[c.name] = seen.get(c.name, 0) + 1
+    for c in infos:
+        if seen[c.name] > 1:
+            c.metrics["_dup"] = True
+    return infos
+
+
+def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path] | None = None, *,
+                device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
+                base_names: Sequence[str] = ()) -> ModelSeries:
+    """Load the base model and tokenizer, then every adapter checkpoint into it (see module docstring)."""
+    base = Path(base).expanduser().resolve()
+    if not base.is_dir():
+        raise InputError(f"{base}: base model folder not found")
+    if not (base / "config.json").is_file():
+        raise InputError(f"{base}: not a model folder (expected config.json)")
+    infos = _resolve_checkpoints(checkpoints)
+    dev = device or detect().device
+    dt = _dtype(dtype, dev)
+    tokenizer = _load_tokenizer(base, trust_remote_code)
+    model = _load_model(base, dev, dt, trust_remote_code)
+    accepted = {base.name.lower(), *(n.lower() for n in base_names)}
+    if getattr(model.config, "_name_or_path", None):
+        accepted.add(Path(model.config._name_or_path).name.lower())
+    base_vocab = tokenizer.get_vocab()
+    for info in infos:
+        _check_tokenizer(info, base_vocab, trust_remote_code)
+        if info.kind == "adapter":
+            _check_base_name(info, accepted)
+            model = _attach_adapter(model, info)
+    return ModelSeries(base, infos, model.eval(), tokenizer, dev, dt, trust_remote_code)
+
+
+def _attach_adapter(model, info: ckpts.CheckpointInfo):
+    from peft import PeftModel
+
+    name = adapter_name(info)
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(info.path, adapter_name=name, is_trainable=False)
+            return model
+        return PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False)
+    except (RuntimeError, ValueError, OSError, KeyError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise InputError(f"{info.path}: adapter does not fit the base model ({first})") from None
