@@ -82,9 +82,12 @@ def _pad(encoded: list[Encoded], idx: list[int], pad_id: int, device: str) -> tu
 
 
 def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """Log-distributions predicting each completion token, one (L_b, V) float32 tensor per row."""
-    logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-    return [torch.log_softmax(logits[b, s - 1: e - 1].float(), -1) for b, (s, e) in enumerate(spans)]
+    """Log-distributions predicting each completion token, one (L_b, V) float32 tensor per row.
+    The LM head runs on the completion rows only (the prompt's rows would cost T x V for nothing)."""
+    from core.probe import head, hidden_states
+
+    hidden = hidden_states(model, ids, None, mask)  # (B, T, H)
+    return [torch.log_softmax(head(model, hidden[b, s - 1: e - 1]).float(), -1) for b, (s, e) in enumerate(spans)]
 
 
 @torch.no_grad()
@@ -124,7 +127,7 @@ def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, lp
     new = {
         "traj_id": [e.id for e in encs for _ in e.completion_ids], "checkpoint": [name] * n, "step": [step] * n,
         "position": [j for e in encs for j in range(len(e.completion_ids))],
-        "token_id": targets.cpu().numpy(), "token": [t for e in encs for t in e.tokens],
+        "token_id": targets.cpu().numpy(), "token": [t for e in encs for t in e.completion_tokens],
         "in_think": [e.start + j < e.think_end for e in encs for j in range(len(e.completion_ids))],
         "logprob": st["logprob"].cpu().numpy(), "rank": st["rank"].cpu().numpy(),
         "entropy": st["entropy"].cpu().numpy(),

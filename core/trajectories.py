@@ -26,11 +26,15 @@ class Encoded:
     start: int  # index of the first completion token in input_ids
     think_end: int  # index of the "</think>" token (or len(input_ids) when the CoT has none)
     label: str | None
-    tokens: list[str]  # display text of each completion token
+    tokens: list[str]  # display text of every token of input_ids (prompt and completion)
 
     @property
     def completion_ids(self) -> list[int]:
         return self.input_ids[self.start:]
+
+    @property
+    def completion_tokens(self) -> list[str]:
+        return self.tokens[self.start:]
 
 
 def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -83,7 +87,7 @@ def encode(tokenizer, records: list[dict], chat_template: bool = False, max_leng
             raise InputError(f"trajectory {rec['id']}: {len(ids)} tokens exceed max_length {max_length}")
         ends = [i for i in range(len(p), len(ids)) if ids[i] == think]
         out.append(Encoded(str(rec["id"]), ids, len(p), ends[0] if ends else len(ids), rec.get("label"),
-                           [token_text(tokenizer, t) for t in c]))
+                           [token_text(tokenizer, t) for t in ids]))
     return out
 
 

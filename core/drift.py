@@ -1,0 +1,189 @@
+"""Turn scores and beliefs into findings: where the reasoning drifted, and whether it helps or hurts.
+
+Definitions (b_i(j) = probed probability of the gold answer under checkpoint i after reading j tokens):
+
+    effect_i(t_j)      = b_i(j + 1) - b_i(j)                 how much reading token t_j moves belief to the gold answer
+    effect_drift_i(t_j) = effect_i(t_j) - effect_base(t_j)   < -tau: detrimental, > tau: beneficial (default tau 0.05)
+    belief_drift_i(j)  = b_i(j) - b_base(j)
+
+Drift over steps is tested per trajectory, never per token (tokens of one trajectory are not independent):
+for consecutive checkpoints, the paired differences of each trajectory's final gold belief go through a
+sign-flip permutation test (Holm-corrected over the step pairs); Page-Hinkley (Page 1954) over the mean
+final belief per step flags the first step of a sustained fall.
+"""
+
+from __future__ import annotations
+
+import re
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+
+from core.trajectories import Encoded
+
+TAU = 0.05
+
+
+def token_effects(beliefs: pd.DataFrame, encoded: list[Encoded], tau: float = TAU) -> pd.DataFrame:
+    """One row per trajectory x checkpoint x read span (a token when probed at every position)."""
+    b = beliefs[["traj_id", "checkpoint", "step", "position", "gold_prob"]].sort_values(
+        ["traj_id", "step", "checkpoint", "position"])
+    grp = b.groupby(["traj_id", "checkpoint"], sort=False)
+    b = b.assign(next_position=grp["position"].shift(-1), gold_after=grp["gold_prob"].shift(-1)).dropna(
+        subset=["next_position"])
+    b["next_position"] = b["next_position"].astype(int)
+    b = b.rename(columns={"gold_prob": "gold_before"})
+    b["effect"] = b["gold_after"] - b["gold_before"]
+    base_step = b["step"].min()
+    base = b[b["step"] == base_step][["traj_id", "position", "effect", "gold_after"]].rename(
+        columns={"effect": "effect_base", "gold_after": "gold_after_base"})
+    df = b.merge(base, on=["traj_id", "position"], how="left")
+    df["effect_drift"] = df["effect"] - df["effect_base"]
+    df["belief_drift"] = df["gold_after"] - df["gold_after_base"]
+    df["direction"] = np.select([df["effect_drift"] < -tau, df["effect_drift"] > tau],
+                                ["detrimental", "beneficial"], "neutral")
+    enc = {e.id: e for e in encoded}
+    df["token"] = [
+        "".join(enc[t].tokens[enc[t].start + p: enc[t].start + q])
+        for t, p, q in zip(df["traj_id"], df["position"], df["next_position"])]
+    df["region"] = np.where(df["position"] < 0, "prompt", "cot")
+    return df.drop(columns=["gold_after_base"])
+
+
+def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
+    """Tokens ranked by total effect drift per checkpoint (most detrimental first)."""
+    df = effects[effects["step"] > effects["step"].min()].assign(key=effects["token"].str.strip())
+    df = df[df["key"] != ""]
+    agg = df.groupby(["checkpoint", "step", "key", "region"]).agg(
+        n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
+        total_effect_drift=("effect_drift", "sum"),
+        share_detrimental=("direction", lambda s: (s == "detrimental").mean()),
+        share_beneficial=("direction", lambda s: (s == "beneficial").mean()),
+        trajectories=("traj_id", lambda s: sorted(set(s))[:50])).reset_index()
+    agg = agg[agg["n"] >= min_count].rename(columns={"key": "token"})
+    agg["direction"] = np.where(agg["mean_effect_drift"] < 0, "detrimental", "beneficial")
+    return agg.sort_values(["step", "total_effect_drift"]).reset_index(drop=True)
+
+
+def concept_surfaces(graph: nx.DiGraph) -> list[tuple[str, str]]:
+    """(surface form, concept) for every finding's label and synonyms, longest first."""
+    pairs = [(s, n) for n, a in graph.nodes(data=True) if a.get("kind") == "finding"
+             for s in [a.get("label", n), *a.get("synonyms", [])]]
+    return sorted(pairs, key=lambda p: -len(p[0]))
+
+
+def concept_spans(enc: Encoded, surfaces: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
+    """(concept, first, last+1) token positions (completion-relative) of each mention, longest match wins."""
+    text, starts = "", []
+    for tok in enc.tokens:
+        starts.append(len(text))
+        text += tok
+    starts.append(len(text))
+    taken = np.zeros(len(text), dtype=bool)
+    out = []
+    for surface, concept in surfaces:
+        for m in re.finditer(rf"(?<![\w]){re.escape(surface)}(?![\w])", text):
+            if taken[m.start(): m.end()].any():
+                continue
+            taken[m.start(): m.end()] = True
+            toks = [i for i in range(len(enc.tokens)) if starts[i] < m.end() and starts[i + 1] > m.start()]
+            out.append((concept, toks[0] - enc.start, toks[-1] + 1 - enc.start))
+    return out
+
+
+def drivers_by_concept(effects: pd.DataFrame, encoded: list[Encoded], graph: nx.DiGraph, tau: float = TAU) -> pd.DataFrame:
+    """Concepts (findings of the graph) ranked by the effect drift of reading their mentions, per checkpoint."""
+    surfaces = concept_surfaces(graph)
+    spans = [(e.id, c, a, b) for e in encoded for c, a, b in concept_spans(e, surfaces)]
+    if not spans:
+        return pd.DataFrame(columns=["checkpoint", "step", "concept", "n", "mean_effect_drift"])
+    sp = pd.DataFrame(spans, columns=["traj_id", "concept", "first", "end"])
+    eff = effects[["traj_id", "checkpoint", "step", "position", "effect_drift"]]
+    m = sp.merge(eff, on="traj_id")
+    m = m[(m["position"] >= m["first"]) & (m["position"] < m["end"])]
+    per = m.groupby(["traj_id", "concept", "first", "checkpoint", "step"])["effect_drift"].sum().reset_index()
+    per = per[per["step"] > per["step"].min()]
+    agg = per.groupby(["checkpoint", "step", "concept"]).agg(
+        n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
+        share_detrimental=("effect_drift", lambda s: (s < -tau).mean()),
+        share_beneficial=("effect_drift", lambda s: (s > tau).mean())).reset_index()
+    agg["direction"] = np.where(agg["mean_effect_drift"] < 0, "detrimental", "beneficial")
+    return agg.sort_values(["step", "mean_effect_drift"]).reset_index(drop=True)
+
+
+def final_beliefs(beliefs: pd.DataFrame) -> pd.DataFrame:
+    """The belief at each trajectory's last probe position, per checkpoint."""
+    idx = beliefs.groupby(["traj_id", "checkpoint"])["position"].idxmax()
+    return beliefs.loc[idx].reset_index(drop=True)
+
+
+def checkpoint_summary(scores: pd.DataFrame, beliefs: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint: probed accuracy, mean gold belief at the end, mean KL (CoT tokens), detrimental share."""
+    fin = final_beliefs(beliefs)
+    acc = fin.assign(correct=fin["answer"] == fin["gold"]).groupby(["checkpoint", "step"]).agg(
+        accuracy=("correct", "mean"), final_gold_prob=("gold_prob", "mean")).reset_index()
+    kls = scores.groupby("checkpoint")[["kl_base", "kl_prev", "js_base", "entropy"]].mean().reset_index()
+    det = effects.groupby("checkpoint")["direction"].agg(
+        share_detrimental=lambda s: (s == "detrimental").mean(),
+        share_beneficial=lambda s: (s == "beneficial").mean()).reset_index()
+    return acc.merge(kls, on="checkpoint").merge(det, on="checkpoint", how="left").sort_values("step").reset_index(drop=True)
+
+
+def category_accuracy(beliefs: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy of the final probed answer per gold label (rows) and checkpoint (columns, by step)."""
+    fin = final_beliefs(beliefs)
+    fin = fin.assign(correct=fin["answer"] == fin["gold"])
+    order = fin.drop_duplicates("checkpoint").sort_values("step")["checkpoint"]
+    return fin.pivot_table(index="gold", columns="checkpoint", values="correct", aggfunc="mean")[list(order)]
+
+
+def sign_flip_test(diffs: np.ndarray, n_permutations: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value that the mean of paired differences is zero (random sign flips)."""
+    diffs = np.asarray(diffs, dtype=float)
+    if len(diffs) == 0 or np.allclose(diffs, 0):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(n_permutations, len(diffs)))
+    null = np.abs((signs * diffs).mean(1))
+    return float((1 + (null >= abs(diffs.mean())).sum()) / (n_permutations + 1))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    order = np.argsort(pvalues)
+    adj, running = np.empty(len(pvalues)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adj[i] = running
+    return adj.tolist()
+
+
+def page_hinkley(values: list[float], delta: float = 0.005, threshold: float = 0.1) -> int | None:
+    """Index of the first alarm for a sustained decrease of ``values`` (Page-Hinkley), or None."""
+    mean, cum, peak = 0.0, 0.0, 0.0
+    for t, x in enumerate(values, 1):
+        mean += (x - mean) / t
+        cum += mean - x - delta  # grows while x falls below the running mean
+        peak = min(peak, cum)
+        if cum - peak > threshold:
+            return t - 1
+    return None
+
+
+def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int = 2000) -> pd.DataFrame:
+    """Per pair of consecutive checkpoints: mean change of the final gold belief, permutation p-value (Holm)."""
+    fin = final_beliefs(beliefs).pivot(index="traj_id", columns="step", values="gold_prob")
+    steps = sorted(fin.columns)
+    rows = []
+    for a, b in zip(steps, steps[1:]):
+        d = (fin[b] - fin[a]).dropna().to_numpy()
+        rows.append({"from_step": a, "to_step": b, "mean_change": d.mean(), "p_value": sign_flip_test(d, n_permutations)})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["p_holm"] = holm(df["p_value"].tolist())
+    df["changed"] = df["p_holm"] < alpha
+    df["direction"] = np.where(df["mean_change"] < 0, "detrimental", "beneficial")
+    alarm = page_hinkley([fin[s].mean() for s in steps])
+    df["page_hinkley_alarm"] = df["to_step"] == (steps[alarm] if alarm is not None else None)
+    return df
