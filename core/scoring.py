@@ -116,7 +116,7 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
             prev_lp = lp
             done += 1
             if progress:
-                progress(done, total, f"batch {done // len(names) + 1}/{len(batches)}: {name}")
+                progress(done, total, f"batch {(done - 1) // len(names) + 1}/{len(batches)}: {name}")
     return _frame(cols, series.tokenizer, cfg.top_k)
 
 

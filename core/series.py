@@ -79,14 +79,25 @@ class ModelSeries:
                     torch.cuda.empty_cache()
 
     def fingerprint(self) -> str:
-        """Changes whenever the base, any checkpoint's weights or the dtype change."""
-        h = hashlib.sha256(f"{self.dtype}".encode())
-        for root in [self.base_dir] + [c.path for c in self.checkpoints]:
-            for f in sorted(root.glob("*")):
-                if f.suffix in (".safetensors", ".bin", ".json"):
-                    st = f.stat()
-                    h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return h.hexdigest()[:16]
+        return series_fingerprint(self.base_dir, self.checkpoints, self.dtype)
+
+
+def series_fingerprint(base_dir: Path, infos: list[ckpts.CheckpointInfo], dtype: torch.dtype | str) -> str:
+    """Changes whenever the base, any checkpoint's weights or configs, or the dtype change (no loading)."""
+    h = hashlib.sha256(f"{dtype}".encode())
+    for root in [Path(base_dir)] + [c.path for c in infos]:
+        for f in sorted(root.glob("*")):
+            if f.suffix in (".safetensors", ".bin", ".json"):
+                st = f.stat()
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def plan_series(base: str | Path, checkpoints=None, device: str | None = None, dtype: str | None = None):
+    """What ``load_series`` would load, without loading it: (base dir, checkpoint infos, device, dtype)."""
+    base = Path(base).expanduser().resolve()
+    dev = device or detect().device
+    return base, _resolve_checkpoints(checkpoints), dev, _dtype(dtype, dev)
 
 
 def adapter_name(info: ckpts.CheckpointInfo) -> str:
@@ -115,7 +126,7 @@ def _load_model(path: Path, device: str, dtype: torch.dtype, trust_remote_code: 
     return model.to(device).eval()
 
 
-def _load_tokenizer(path: Path, trust_remote_code: bool):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
@@ -127,7 +138,7 @@ def _load_tokenizer(path: Path, trust_remote_code: bool):
 def _check_tokenizer(info: ckpts.CheckpointInfo, base_vocab: dict, trust_remote_code: bool) -> None:
     if not any((info.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return  # adapters usually ship no tokenizer: they use the base's
-    vocab = _load_tokenizer(info.path, trust_remote_code).get_vocab()
+    vocab = load_tokenizer(info.path, trust_remote_code).get_vocab()
     if vocab != base_vocab:
         diff = len(set(vocab.items()) ^ set(base_vocab.items()))
         raise InputError(f"{info.path}: tokenizer differs from the base model's ({len(vocab)} vs {len(base_vocab)} "
@@ -174,7 +185,7 @@ def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path]
     infos = _resolve_checkpoints(checkpoints)
     dev = device or detect().device
     dt = _dtype(dtype, dev)
-    tokenizer = _load_tokenizer(base, trust_remote_code)
+    tokenizer = load_tokenizer(base, trust_remote_code)
     model = _load_model(base, dev, dt, trust_remote_code)
     accepted = {base.name.lower(), *(n.lower() for n in base_names)}
     if getattr(model.config, "_name_or_path", None):

@@ -3,6 +3,7 @@
     workbench demo                              # the UI on the embedded sample world
     workbench app --workspace ~/cxr --port 8502 --world path/to/world
     workbench build-sample [--quick] [--out DIR]
+    workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
 """
 
 from __future__ import annotations
@@ -74,6 +75,44 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
     return build.main(argv)
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.analysis import AnalysisConfig, run_analysis
+    from core.workspace import Workspace
+
+    opts = {k: v for k, v in dict(top_k=args.top_k, batch_size=args.batch_size, positions=args.positions,
+                                  limit=args.limit, device=args.device, dtype=args.dtype,
+                                  include_prompt=not args.cot_only).items() if v is not None}
+    try:
+        if args.world:
+            cfg = AnalysisConfig.from_world(args.world, args.dataset, **opts)
+        else:
+            if not (args.base and args.data):
+                raise InputError("score: give --world DIR, or --base DIR and --data FILE (and --checkpoints DIR)")
+            cfg = AnalysisConfig(base=str(args.base), data=str(args.data), graph=args.graph and str(args.graph),
+                                 checkpoints=[str(c) for c in args.checkpoints] if len(args.checkpoints or []) > 1
+                                 else (str(args.checkpoints[0]) if args.checkpoints else None),
+                                 base_names=args.base_name or [], **opts)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    cache = Workspace.open(args.workspace).cache_dir if not args.no_cache else None
+    with tqdm(total=1000, unit="‰", desc="analysis", mininterval=0.5, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}") as bar:
+        def progress(done: float, total: float, message: str) -> None:
+            bar.update(int(1000 * done / total) - bar.n)
+            bar.set_postfix_str(message[:60])
+
+        try:
+            result = run_analysis(cfg, cache_dir=cache, progress=progress)
+        except KeyboardInterrupt:
+            print("workbench: score cancelled; nothing written", file=sys.stderr)
+            return 130
+    out = result.save(args.out)
+    print(result.summary.round(4).to_string(index=False))
+    print(f"workbench: wrote {', '.join(f.name for f in sorted(out.glob('*')))} to {out}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench", description="CoT Drift Workbench: see and repair concept "
                                  "drift in the chain of thought of RFT checkpoints.")
@@ -87,6 +126,24 @@ def parser() -> argparse.ArgumentParser:
         if name == "app":
             p.add_argument("--world", type=Path, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")
+    p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
+    p.add_argument("--world", type=Path, help="a world folder: fills --base, --checkpoints, --data and --graph")
+    p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
+    p.add_argument("--base", type=Path, help="base model folder (config.json, weights, tokenizer)")
+    p.add_argument("--checkpoints", type=Path, nargs="*", help="trainer output folder, or checkpoint folders in order")
+    p.add_argument("--data", type=Path, help="trajectories JSONL with prompt, completion, label")
+    p.add_argument("--graph", type=Path, help="concept graph JSON (labels and concept drivers)")
+    p.add_argument("--base-name", action="append", help="another name of the base model in adapter configs")
+    p.add_argument("--out", type=Path, required=True, help="folder for the parquet tables and config.json")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--positions", choices=["every", "sentence", "end"])
+    p.add_argument("--cot-only", action="store_true", help="probe the CoT only, not the prompt")
+    p.add_argument("--limit", type=int, help="first N trajectories only")
+    p.add_argument("--device", choices=["cuda", "cpu", "mps"])
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--workspace", type=Path, default=None, help="its cache/ keeps results for a second run")
+    p.add_argument("--no-cache", action="store_true")
     p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
     p.add_argument("--out", type=Path, default=world_mod.SAMPLE_WORLD)
     p.add_argument("--seed", type=int, default=0)
@@ -102,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_app(args)
         if args.command == "demo":
             return cmd_app(args, world_path=world_mod.SAMPLE_WORLD)
+        if args.command == "score":
+            return cmd_score(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

@@ -1,0 +1,48 @@
+"""A small on-disk cache of result tables (parquet), keyed by everything that determines them.
+
+    key = cache_key(series.fingerprint(), data_hash, asdict(cfg))
+    df = cached_frame(cache_dir, "scores", key, lambda: score(...))
+
+Writes go to a temporary file renamed into place, so a killed process never leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def file_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``compute()`` once per key; later calls read the parquet file."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"{kind}-{key}.parquet"
+    if path.is_file():
+        return pd.read_parquet(path)
+    df = compute()
+    write_parquet(df, path)
+    return df
