@@ -25,7 +25,7 @@ from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
 from core.trajectories import encode, read_jsonl
 
-TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "changes")
+TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "by_context", "changes")
 
 
 @dataclass
@@ -81,6 +81,7 @@ class Analysis:
     summary: pd.DataFrame  # drift.checkpoint_summary
     by_token: pd.DataFrame
     by_concept: pd.DataFrame
+    by_context: pd.DataFrame  # drift.drift_by_context
     changes: pd.DataFrame  # drift.step_changes
 
     def save(self, out: str | Path) -> Path:
@@ -148,4 +149,5 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     if progress:
         progress(1.0, 1.0, "done")
     return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
-                    drift.drivers_by_token(effects), by_concept, drift.step_changes(beliefs))
+                    drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
+                    drift.step_changes(beliefs))

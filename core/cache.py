@@ -43,6 +43,5 @@ def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Cal
     path = Path(cache_dir) / f"{kind}-{key}.parquet"
     if path.is_file():
         return pd.read_parquet(path)
-    df = compute()
-    write_parquet(df, path)
-    return df
+    write_parquet(compute(), path)
+    return pd.read_parquet(path)  # the same types on the first call as on every later one

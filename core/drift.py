@@ -44,16 +44,18 @@ def token_effects(beliefs: pd.DataFrame, encoded: list[Encoded], tau: float = TA
     df["direction"] = np.select([df["effect_drift"] < -tau, df["effect_drift"] > tau],
                                 ["detrimental", "beneficial"], "neutral")
     enc = {e.id: e for e in encoded}
-    df["token"] = [
+    df["token"] = pd.Series([
         "".join(enc[t].tokens[enc[t].start + p: enc[t].start + q])
-        for t, p, q in zip(df["traj_id"], df["position"], df["next_position"])]
+        for t, p, q in zip(df["traj_id"], df["position"], df["next_position"])], index=df.index, dtype=object)
     df["region"] = np.where(df["position"] < 0, "prompt", "cot")
     return df.drop(columns=["gold_after_base"])
 
 
 def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
     """Tokens ranked by total effect drift per checkpoint (most detrimental first)."""
-    df = effects[effects["step"] > effects["step"].min()].assign(key=effects["token"].str.strip())
+    if effects.empty:  # a single probe position per trajectory reads no tokens
+        return pd.DataFrame(columns=["checkpoint", "step", "token", "region", "n", "mean_effect_drift", "direction"])
+    df = effects[effects["step"] > effects["step"].min()].assign(key=effects["token"].astype(str).str.strip())
     df = df[df["key"] != ""]
     agg = df.groupby(["checkpoint", "step", "key", "region"]).agg(
         n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
@@ -187,3 +189,31 @@ def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int
     alarm = page_hinkley([fin[s].mean() for s in steps])
     df["page_hinkley_alarm"] = df["to_step"] == (steps[alarm] if alarm is not None else None)
     return df
+
+
+def drift_by_context(tokens: pd.DataFrame, n: int = 2, min_count: int = 5) -> pd.DataFrame:
+    """Where the next-token distribution moved most, grouped by the ``n`` tokens read just before.
+
+    Per checkpoint and context (e.g. "opacity suggests"): mean KL to base, mean change of the actual
+    token's log-prob vs base (< 0: the trajectory's own reasoning became less likely: detrimental on
+    gold trajectories), the share of positions whose top-1 token changed, and the most common new top-1.
+    """
+    t = tokens.sort_values(["traj_id", "step", "position"]).reset_index(drop=True)
+    grp = t.groupby(["traj_id", "checkpoint"], sort=False)["token"]
+    ctx = grp.shift(n).fillna("")
+    for k in range(n - 1, 0, -1):
+        ctx = ctx + grp.shift(k).fillna("")
+    top1 = t["top_tokens"].map(lambda x: x[0] if len(x) else "") if "top_tokens" in t else t["token"]
+    t = t.assign(context=ctx.str.strip(), top1=top1)
+    base = t[t["step"] == t["step"].min()][["traj_id", "position", "logprob", "top1"]]
+    m = t[t["step"] > t["step"].min()].merge(base, on=["traj_id", "position"], suffixes=("", "_base"))
+    m = m.assign(delta_logprob=m["logprob"] - m["logprob_base"], top1_changed=m["top1"] != m["top1_base"])
+    agg = m.groupby(["checkpoint", "step", "context"]).agg(
+        n=("kl_base", "size"), mean_kl_base=("kl_base", "mean"), mean_delta_logprob=("delta_logprob", "mean"),
+        share_top1_changed=("top1_changed", "mean")).reset_index()
+    changed = m[m["top1_changed"]].groupby(["checkpoint", "context"])["top1"].agg(
+        lambda s: s.value_counts().index[0]).rename("new_top1")
+    agg = agg.merge(changed, on=["checkpoint", "context"], how="left")
+    agg = agg[(agg["n"] >= min_count) & (agg["context"] != "")]
+    agg["direction"] = np.where(agg["mean_delta_logprob"] < 0, "detrimental", "beneficial")
+    return agg.sort_values(["step", "mean_kl_base"], ascending=[True, False]).reset_index(drop=True)

@@ -4,8 +4,10 @@
     perturbation_summary(pairs)        # per checkpoint: accuracy before / after, flip rate
     category_flips(pairs)              # the same per gold label (the authors' per-class figure)
 
-The answer is the probed belief's argmax at the end of the (teacher-forced) CoT, so the only change
-between "before" and "after" is the replaced span.
+Two modes. ``generate`` (default): the model writes its own CoT from the (perturbed) prompt by greedy
+decoding and its answer is read after ``</think>``; this is what the model would do, and the flip rate
+the paper's authors report. ``probe``: the trajectory's CoT is kept (teacher-forced) with the span
+replaced everywhere, and the answer is the probed belief's argmax at the end of the CoT.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+import torch
 
 from core.probe import ProbeConfig, probe
 from core.series import ModelSeries
@@ -31,13 +34,45 @@ def replace_span(record: dict, find: str, replace: str) -> dict | None:
     return new
 
 
+def find_answer(text: str, labels: list[str]) -> str | None:
+    """The label named last after ``</think>`` (or anywhere, without a think tag); None if none is."""
+    tail = text.split("</think>")[-1]
+    hits = [(m.start(), len(y), y) for y in labels for m in re.finditer(rf"(?<![\w]){re.escape(y)}(?![\w])", tail)]
+    return max(hits)[2] if hits else None
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], labels: list[str], max_new_tokens: int = 96,
+                     batch_size: int = 64, device: str = "cpu") -> list[str | None]:
+    """Greedy-decode a completion for each prompt (left-padded batches) and read its answer."""
+    from core.trajectories import prompt_ids
+
+    out = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for i in range(0, len(prompts), batch_size):
+        enc = [prompt_ids(tokenizer, p) for p in prompts[i: i + batch_size]]
+        width = max(map(len, enc))
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        out += [find_answer(t, labels) for t in tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)]
+    return out
+
+
 def perturbation_test(series: ModelSeries, records: list[dict], find: str, replace: str, labels: list[str],
-                      template: str | None = None, progress=None, should_cancel=None) -> pd.DataFrame:
-    """One row per affected trajectory x checkpoint: answer and gold belief before and after the swap."""
+                      mode: str = "generate", template: str | None = None, progress=None,
+                      should_cancel=None) -> pd.DataFrame:
+    """One row per affected trajectory x checkpoint: the answer (and in probe mode the gold belief) before
+    and after the swap, and whether it flipped."""
+    if mode not in ("generate", "probe"):
+        raise ValueError(f"mode: expected 'generate' or 'probe', got {mode!r}")
     pairs = [(r, p) for r in records if (p := replace_span(r, find, replace)) is not None]
     if not pairs:
         return pd.DataFrame(columns=["traj_id", "checkpoint", "step", "gold", "answer_before", "answer_after",
-                                     "gold_before", "gold_after", "flip"])
+                                     "gold_before", "gold_after", "flip", "belief_change"])
+    if mode == "generate":
+        return _generate_test(series, pairs, labels, progress, should_cancel)
     cfg = ProbeConfig(labels=labels, positions="end", **({"template": template} if template else {}))
     both = [r for r, _ in pairs] + [{**p, "id": f"{p['id']}#perturbed"} for _, p in pairs]
     beliefs = probe(series, encode(series.tokenizer, both), cfg, progress, should_cancel)
@@ -51,6 +86,28 @@ def perturbation_test(series: ModelSeries, records: list[dict], find: str, repla
     df["flip"] = df["answer_before"] != df["answer_after"]
     df["belief_change"] = df["gold_after"] - df["gold_before"]
     return df.sort_values(["step", "traj_id"]).reset_index(drop=True)
+
+
+def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: list[str], progress,
+                   should_cancel) -> pd.DataFrame:
+    from core.scoring import Cancelled
+
+    rows = []
+    for n, name in enumerate(series.names):
+        if should_cancel and should_cancel():
+            raise Cancelled("perturbation test cancelled")
+        with series.activate(name) as model:
+            answers = generate_answers(model, series.tokenizer, [r["prompt"] for r, _ in pairs] +
+                                       [p["prompt"] for _, p in pairs], labels, device=series.device)
+        before, after = answers[: len(pairs)], answers[len(pairs):]
+        rows += [{"traj_id": r["id"], "checkpoint": name, "step": series.steps[name], "gold": r.get("label"),
+                  "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after)]
+        if progress:
+            progress(n + 1, len(series.names), f"generated under {name}")
+    df = pd.DataFrame(rows)
+    df["gold_before"] = df["gold_after"] = df["belief_change"] = float("nan")
+    df["flip"] = df["answer_before"] != df["answer_after"]
+    return df
 
 
 def perturbation_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -121,7 +121,7 @@ def _load_model(path: Path, device: str, dtype: torch.dtype, trust_remote_code: 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
         raise InputError(f"{path}: cannot load model weights ({str(e).splitlines()[0]})") from None
     return model.to(device).eval()
 
@@ -208,6 +208,6 @@ def _attach_adapter(model, info: ckpts.CheckpointInfo):
             model.load_adapter(info.path, adapter_name=name, is_trainable=False)
             return model
         return PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to read an adapter is reported with its path
         first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
         raise InputError(f"{info.path}: adapter does not fit the base model ({first})") from None

@@ -1,0 +1,78 @@
+"""The analysis orchestrator, its disk cache, and ``workbench score``."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core import analysis as an
+from core.errors import InputError
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def cfg(quick_world, adapters):
+    return an.AnalysisConfig(base=str(quick_world / "model"), checkpoints=str(adapters),
+                             data=str(quick_world / "data" / "test.jsonl"), graph=str(quick_world / "concept_graph.json"),
+                             base_names=["cxr-demo-tiny-llama"], limit=6, positions="sentence")
+
+
+def test_run_save_load_round_trip(cfg, tmp_path):
+    result = an.run_analysis(cfg)
+    assert set(result.summary["checkpoint"]) == {"base", "checkpoint-2", "checkpoint-4"}
+    assert result.tokens["traj_id"].nunique() == 6
+    back = an.Analysis.load(result.save(tmp_path / "out"))
+    assert back.config == cfg
+    for name in an.TABLES:
+        assert len(getattr(back, name)) == len(getattr(result, name)), name
+
+
+def test_second_run_comes_from_the_cache_without_loading_models(cfg, tmp_path, monkeypatch):
+    first = an.run_analysis(cfg, cache_dir=tmp_path)
+
+    def no_models(*a, **k):
+        raise AssertionError("models were loaded although the tables are cached")
+
+    monkeypatch.setattr(an, "load_series", no_models)
+    second = an.run_analysis(cfg, cache_dir=tmp_path)
+    assert second.tokens.equals(first.tokens) and second.beliefs.equals(first.beliefs)
+
+
+def test_config_validation_and_old_configs_load():
+    with pytest.raises(ValueError, match="positions"):
+        an.AnalysisConfig(base="b", data="d", positions="often")
+    with pytest.raises(ValueError, match="batch_size"):
+        an.AnalysisConfig(base="b", data="d", batch_size=0)
+    old = an.AnalysisConfig.from_json({"base": "b", "data": "d", "removed_field": 1})
+    assert old.top_k == 5
+
+
+def test_loading_a_folder_that_is_no_analysis_is_named(tmp_path):
+    with pytest.raises(InputError, match="not an analysis folder"):
+        an.Analysis.load(tmp_path)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "workbench.cli", "score", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_score_writes_the_tables(quick_world, tmp_path):
+    out = _cli("--world", str(quick_world), "--limit", "3", "--positions", "end", "--out", str(tmp_path / "o"),
+               "--workspace", str(tmp_path / "ws"))
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {f"{t}.parquet" for t in an.TABLES} | {"config.json"}
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["limit"] == 3
+
+
+def test_cli_score_bad_inputs_are_named(quick_world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "completion": "c"}\nnot json\n')
+    out = _cli("--base", str(quick_world / "model"), "--data", str(bad), "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "bad.jsonl, line 2: not valid JSON" in out.stderr
+    out = _cli("--base", str(tmp_path / "nope"), "--data", str(quick_world / "data" / "test.jsonl"),
+               "--out", str(tmp_path / "o"), "--no-cache")
+    assert out.returncode == 2 and "nope" in out.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,99 @@
+"""Drift findings: the statistics on handcrafted data, and the demo world's real drift found by the engine."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import drift
+from core.trajectories import Encoded
+
+
+def test_sign_flip_test_and_holm():
+    rng = np.random.default_rng(0)
+    assert drift.sign_flip_test(rng.normal(0.5, 0.1, 40)) < 0.01
+    assert drift.sign_flip_test(rng.normal(0.0, 1.0, 40)) > 0.05
+    assert drift.sign_flip_test(np.zeros(10)) == 1.0
+    adj = drift.holm([0.01, 0.04, 0.03])
+    assert adj == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_page_hinkley_alarms_on_a_sustained_fall_only():
+    assert drift.page_hinkley([0.9, 0.91, 0.9, 0.92, 0.9, 0.91]) is None
+    assert drift.page_hinkley([0.9, 0.91, 0.9, 0.6, 0.62, 0.6]) == 3
+
+
+def _enc(tokens, start, tid="t1"):
+    return Encoded(tid, list(range(len(tokens))), start, len(tokens), "Pneumonia", tokens)
+
+
+def test_token_effects_and_direction_on_a_handcrafted_trajectory():
+    e = _enc(["<s>", " opacity", " suggests", " X"], start=1)
+    rows = []
+    for step, golds in ((0, [0.5, 0.5, 0.6, 0.9]), (10, [0.5, 0.2, 0.3, 0.9])):
+        rows += [{"traj_id": "t1", "checkpoint": f"c{step}", "step": step, "position": p, "gold_prob": g}
+                 for p, g in zip(range(0, 4), golds)]
+    eff = drift.token_effects(pd.DataFrame(rows), [e])
+    late = eff[eff.step == 10].set_index("position")
+    assert late.loc[0, "token"] == " opacity"
+    assert late.loc[0, "effect"] == pytest.approx(-0.3) and late.loc[0, "effect_drift"] == pytest.approx(-0.3)
+    assert late.loc[0, "direction"] == "detrimental"
+    assert late.loc[2, "effect_drift"] == pytest.approx(0.3) and late.loc[2, "direction"] == "beneficial"
+    assert late.loc[1, "direction"] == "neutral"
+
+
+def test_concept_spans_prefer_the_longest_surface():
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_node("opacity", kind="finding", label="opacity", synonyms=["lung opacity"])
+    g.add_node("consolidation", kind="finding", label="consolidation", synonyms=["airspace opacity"])
+    e = _enc(["<s>", " airspace", " opacity", " and", " opacity"], start=1)
+    spans = drift.concept_spans(e, drift.concept_surfaces(g))
+    assert sorted(spans) == [("consolidation", 0, 2), ("opacity", 3, 4)]
+
+
+@pytest.fixture(scope="module")
+def world_analysis(sample_world, tmp_path_factory):
+    from core.analysis import AnalysisConfig, run_analysis
+
+    cfg = AnalysisConfig.from_world(sample_world, limit=140, include_prompt=False, top_k=3)
+    return run_analysis(cfg, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.mark.slow
+def test_engine_finds_the_opacity_shortcut_at_the_reading_after_opacity(world_analysis):
+    """After "opacity suggests", RFT checkpoints come to predict "Lung" (Opacity) instead of the gold disease."""
+    ctx = world_analysis.by_context.set_index(["step", "context"])
+    early, late = ctx.loc[(40, "opacity suggests")], ctx.loc[(160, "opacity suggests")]
+    assert late["mean_kl_base"] > 20 * early["mean_kl_base"]
+    assert late["new_top1"] == " Lung" and late["direction"] == "detrimental"
+    assert late["share_top1_changed"] > 0.4
+    top = world_analysis.by_context[world_analysis.by_context.step == 160].head(10)
+    assert top["new_top1"].isin([" Lung", " Opacity"]).mean() >= 0.6  # the shortcut dominates the drift then
+
+
+@pytest.mark.slow
+def test_engine_detects_the_detrimental_step_and_summarises(world_analysis):
+    changes = world_analysis.changes.set_index("to_step")
+    assert changes.loc[160, "changed"] and changes.loc[160, "direction"] == "detrimental"
+    assert changes.loc[160, "page_hinkley_alarm"]
+    summary = world_analysis.summary.set_index("step")
+    assert summary.loc[160, "kl_base"] > 5 * summary.loc[40, "kl_base"]
+    assert summary.loc[160, "accuracy"] < summary.loc[0, "accuracy"]
+
+
+@pytest.mark.slow
+def test_near_synonym_swap_flips_answers_only_after_drift(sample_world):
+    from core.perturb import category_flips, perturbation_summary, perturbation_test
+    from core.sample.spec import DISEASES
+    from core.series import load_series
+    from core.trajectories import read_jsonl
+
+    series = load_series(sample_world / "model", sample_world / "rft", base_names=["cxr-demo-tiny-llama"])
+    recs = read_jsonl(sample_world / "data" / "test.jsonl")
+    df = perturbation_test(series, recs, "consolidation", "airspace opacity", list(DISEASES))
+    summary = perturbation_summary(df).set_index("step")
+    assert summary.loc[0, "flip_rate"] <= 0.02
+    assert summary.loc[160, "flip_rate"] > 0.2
+    assert summary.loc[160, "accuracy_after"] < summary.loc[160, "accuracy_before"]
+    assert set(category_flips(df)["gold"]) >= {"Consolidation", "Pneumonia"}

@@ -1,0 +1,59 @@
+"""The answer probe equals the naive computation and behaves as a distribution."""
+
+import numpy as np
+import pytest
+
+from core.probe import ProbeConfig, _tokens, probe, probe_naive, probe_positions
+from core.sample.spec import DISEASES
+from core.trajectories import encode, read_jsonl
+
+LABELS = list(DISEASES)
+
+
+@pytest.fixture(scope="module")
+def setup(series, sample_world):
+    recs = read_jsonl(sample_world / "data" / "test.jsonl", limit=4)
+    return encode(series.tokenizer, recs)
+
+
+@pytest.mark.parametrize("include_prompt", [False, True])
+def test_probe_equals_naive_reencoding(series, setup, include_prompt):
+    cfg = ProbeConfig(labels=LABELS, include_prompt=include_prompt, max_tree_tokens=400)  # forces chunking
+    df = probe(series, setup, cfg)
+    tk = _tokens(series.tokenizer, cfg, LABELS)
+    for e in setup[:2]:
+        positions = probe_positions(e, "every", tk.template[0], set(), include_prompt)[::4]
+        for name in (series.names[0], series.names[-1]):
+            with series.activate(name) as m:
+                ref = probe_naive(m, e, positions, series.tokenizer, cfg, LABELS)
+            z = np.exp(ref - ref.max(1, keepdims=True))
+            z /= z.sum(1, keepdims=True)
+            got = df[(df.traj_id == e.id) & (df.checkpoint == name)].set_index("position")
+            got = got.loc[np.array(positions) - e.start, [f"p:{y}" for y in LABELS]].to_numpy()
+            np.testing.assert_allclose(got, z, atol=1e-5)
+
+
+def test_beliefs_are_distributions_and_gold_column_matches(series, setup):
+    df = probe(series, setup, ProbeConfig(labels=LABELS, positions="sentence"))
+    cols = [f"p:{y}" for y in LABELS]
+    np.testing.assert_allclose(df[cols].sum(1), 1.0, atol=1e-6)
+    for _, row in df.head(20).iterrows():
+        assert row["gold_prob"] == pytest.approx(row[f"p:{row['gold']}"])
+        assert row["answer"] == max(LABELS, key=lambda y: row[f"p:{y}"])
+    assert (df["label_mass"] <= 1 + 1e-6).all()
+
+
+def test_position_modes(setup, series):
+    tk = _tokens(series.tokenizer, ProbeConfig(labels=LABELS), LABELS)
+    dots = {series.tokenizer.convert_tokens_to_ids(".")}
+    e = setup[0]
+    every = probe_positions(e, "every", tk.template[0], dots)
+    sentence = probe_positions(e, "sentence", tk.template[0], dots)
+    assert every[0] == e.start and set(sentence) <= set(every) and len(sentence) < len(every)
+    assert probe_positions(e, "end", tk.template[0], dots) == [every[-1]]
+    assert probe_positions(e, "every", tk.template[0], dots, include_prompt=True)[0] == 1
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="positions"):
+        ProbeConfig(positions="sometimes")

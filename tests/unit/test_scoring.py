@@ -1,0 +1,75 @@
+"""Scoring: the statistics against direct computation, batching against single sequences."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.scoring import Cancelled, ScoreConfig, js, kl, score, token_stats
+from core.trajectories import encode, read_jsonl
+
+
+def test_token_stats_match_direct_computation():
+    torch.manual_seed(0)
+    logp = torch.log_softmax(torch.randn(6, 11), -1)
+    targets = torch.tensor([0, 3, 10, 5, 5, 1])
+    st = token_stats(logp, targets, top_k=3)
+    p = logp.exp().numpy()
+    for i, t in enumerate(targets.tolist()):
+        assert st["logprob"][i].item() == pytest.approx(math.log(p[i, t]), abs=1e-6)
+        assert st["rank"][i].item() == 1 + int((p[i] > p[i, t]).sum())
+        assert st["entropy"][i].item() == pytest.approx(-(p[i] * np.log(p[i])).sum(), abs=1e-5)
+        assert st["top_ids"][i].tolist() == list(np.argsort(-p[i])[:3])
+
+
+def test_kl_and_js_match_their_formulas():
+    torch.manual_seed(1)
+    lp, lq = torch.log_softmax(torch.randn(4, 9), -1), torch.log_softmax(torch.randn(4, 9), -1)
+    p, q = lp.exp().numpy(), lq.exp().numpy()
+    m = (p + q) / 2
+    np.testing.assert_allclose(kl(lp, lq).numpy(), (p * np.log(p / q)).sum(1), rtol=1e-5)
+    expect_js = 0.5 * (p * np.log(p / m)).sum(1) + 0.5 * (q * np.log(q / m)).sum(1)
+    np.testing.assert_allclose(js(lp, lq).numpy(), expect_js, rtol=1e-5)
+    np.testing.assert_allclose(js(lp, lq).numpy(), js(lq, lp).numpy(), rtol=1e-6)
+    assert (js(lp, lq) <= math.log(2) + 1e-6).all() and kl(lp, lp).abs().max() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def scored(series, sample_world):
+    recs = read_jsonl(sample_world / "data" / "test.jsonl", limit=9)
+    enc = encode(series.tokenizer, recs)
+    return enc, score(series, enc, ScoreConfig(top_k=4, batch_size=4))
+
+
+def test_one_row_per_trajectory_checkpoint_token(scored, series):
+    enc, df = scored
+    assert len(df) == sum(len(e.completion_ids) for e in enc) * len(series.names)
+    assert list(df.groupby("checkpoint", sort=False).size().index) == series.names
+
+
+def test_batched_scores_equal_single_sequence_forward(scored, series):
+    enc, df = scored
+    for e in enc[:3]:
+        for name in series.names:
+            with torch.no_grad(), series.activate(name) as m:
+                lp = torch.log_softmax(m(torch.tensor([e.input_ids])).logits[0].float(), -1)[e.start - 1: -1]
+            rows = df[(df.traj_id == e.id) & (df.checkpoint == name)]
+            target = torch.tensor(e.completion_ids)
+            np.testing.assert_allclose(rows["logprob"], lp.gather(-1, target[:, None]).squeeze(-1), atol=1e-5)
+            assert rows["top_probs"].iloc[0][0] == pytest.approx(lp[0].exp().max().item(), abs=1e-4)
+
+
+def test_kl_columns_are_relative_to_base_and_previous(scored, series):
+    _, df = scored
+    base = df[df.checkpoint == "base"]
+    assert base[["kl_base", "js_base", "kl_prev"]].abs().max().max() < 1e-6
+    first = df[df.checkpoint == series.names[1]]
+    np.testing.assert_allclose(first["kl_base"], first["kl_prev"], atol=1e-6)
+    assert df[df.checkpoint == series.names[2]]["kl_base"].mean() > 0
+
+
+def test_cancel_stops_and_returns_nothing(series, scored):
+    enc, _ = scored
+    with pytest.raises(Cancelled):
+        score(series, enc, should_cancel=lambda: True)

@@ -1,0 +1,110 @@
+"""Loading a checkpoint series: adapter switching equals each checkpoint loaded on its own, and clear errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from core.errors import InputError
+from core.series import BASE, load_series
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+IDS = [1, 20, 21, 22, 23, 24, 25]
+
+
+def test_names_steps_and_one_base_in_memory(series):
+    assert series.names == [BASE, "checkpoint-2", "checkpoint-4"]
+    assert series.steps == {BASE: 0, "checkpoint-2": 2, "checkpoint-4": 4}
+    assert set(series.model.peft_config) == {"checkpoint-2", "checkpoint-4"}
+
+
+def test_switching_adapters_equals_loading_each_checkpoint_merged_on_its_own(series, quick_world, adapters):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    for name in ("checkpoint-2", "checkpoint-4", "checkpoint-2"):  # switch back and forth
+        with series.activate(name) as m:
+            ours = _logits(m, IDS)
+        alone = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(quick_world / "model"),
+                                          adapters / name).merge_and_unload()
+        assert torch.allclose(ours, _logits(alone, IDS), atol=1e-5), name
+    with series.activate(BASE) as m:
+        base = _logits(m, IDS)
+    assert torch.allclose(base, _logits(AutoModelForCausalLM.from_pretrained(quick_world / "model"), IDS), atol=1e-6)
+    assert not torch.allclose(base, ours, atol=1e-4)
+
+
+def test_full_model_checkpoints_are_loaded_one_at_a_time(quick_world, adapters, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(quick_world / "model"),
+                                       adapters / "checkpoint-4").merge_and_unload()
+    merged.save_pretrained(tmp_path / "run" / "checkpoint-4")
+    s = load_series(quick_world / "model", tmp_path / "run")
+    assert s.checkpoints[0].kind == "full"
+    with s.activate("checkpoint-4") as m:
+        assert torch.allclose(_logits(m, IDS), _logits(merged, IDS), atol=1e-5)
+
+
+def test_explicit_list_keeps_the_given_order(quick_world, adapters):
+    s = load_series(quick_world / "model", [adapters / "checkpoint-4", adapters / "checkpoint-2"],
+                    base_names=["cxr-demo-tiny-llama"])
+    assert s.names == [BASE, "checkpoint-4", "checkpoint-2"]
+
+
+def test_missing_base_and_not_a_model(tmp_path, quick_world):
+    with pytest.raises(InputError, match="base model folder not found"):
+        load_series(tmp_path / "nope")
+    with pytest.raises(InputError, match="not a model folder"):
+        load_series(tmp_path)
+
+
+def _copy_ckpt(quick_world, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(quick_world / "rft" / "checkpoint-2", run / "checkpoint-2")
+    return run, run / "checkpoint-2"
+
+
+def test_adapter_for_another_base_is_named(quick_world, tmp_path):
+    run, ck = _copy_ckpt(quick_world, tmp_path)
+    cfg = json.loads((ck / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "Qwen/Qwen2.5-7B"
+    (ck / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="adapter_config.json: base_model_name_or_path 'Qwen/Qwen2.5-7B'"):
+        load_series(quick_world / "model", run, base_names=["cxr-demo-tiny-llama"])
+
+
+def test_adapter_with_wrong_shapes_is_named(quick_world, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=457, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    peft = get_peft_model(other, LoraConfig(r=4, target_modules="all-linear"))
+    peft.peft_config["default"].base_model_name_or_path = "model"
+    peft.save_pretrained(tmp_path / "run" / "checkpoint-1", save_embedding_layers=False)
+    with pytest.raises(InputError, match="checkpoint-1: adapter does not fit the base model"):
+        load_series(quick_world / "model", tmp_path / "run")
+
+
+def test_tokenizer_mismatch_is_named(quick_world, tmp_path):
+    from core.sample import tinymodel
+
+    run, ck = _copy_ckpt(quick_world, tmp_path)
+    tinymodel.train_tokenizer(["completely different words here"] * 10, vocab_size=64).save_pretrained(ck)
+    with pytest.raises(InputError, match="checkpoint-2: tokenizer differs from the base model's"):
+        load_series(quick_world / "model", run, base_names=["cxr-demo-tiny-llama"])
+
+
+def test_unreadable_weights_are_named(quick_world, tmp_path):
+    run, ck = _copy_ckpt(quick_world, tmp_path)
+    (ck / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(InputError, match="checkpoint-2"):
+        load_series(quick_world / "model", run, base_names=["cxr-demo-tiny-llama"])
