@@ -15,13 +15,13 @@ adapters are switched (never reloaded) between forward passes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from core.memory import pin_mmap_threshold
 from core.series import ModelSeries
 from core.trajectories import Encoded, vocab_texts
 
@@ -44,21 +44,24 @@ class Cancelled(RuntimeError):
     """Raised when the caller's ``should_cancel`` returned True; nothing partial is returned."""
 
 
-def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) over the last axis from log-probabilities.  (..., V) -> (...)"""
-    return (logp.exp() * (logp - logq)).sum(-1)
+def kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p || q) over the last axis from log-probabilities (``p = logp.exp()`` if given).  (..., V) -> (...)"""
+    return ((logp.exp() if p is None else p) * (logp - logq)).sum(-1)
 
 
-def js(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence from log-probabilities.  (..., V) -> (...)"""
-    logm = torch.logaddexp(logp, logq) - math.log(2.0)
-    return 0.5 * (kl(logp, logm) + kl(logq, logm))
+def js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q: torch.Tensor | None = None) -> torch.Tensor:
+    """Jensen-Shannon divergence from log-probabilities (probabilities reused if given).  (..., V) -> (...)"""
+    p = logp.exp() if p is None else p
+    q = logq.exp() if q is None else q
+    logm = torch.log((p + q).mul_(0.5))
+    return 0.5 * (kl(logp, logm, p) + kl(logq, logm, q))
 
 
-def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-position statistics of the actual token.  logp (N, V), targets (N,) -> dict of (N,) / (N, k)"""
     lp = logp.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    out = {"logprob": lp, "rank": (logp > lp[:, None]).sum(-1) + 1, "entropy": -(logp.exp() * logp).sum(-1)}
+    p = logp.exp() if p is None else p
+    out = {"logprob": lp, "rank": (logp > lp[:, None]).sum(-1) + 1, "entropy": -(p * logp).sum(-1)}
     if top_k:
         top = logp.topk(top_k, dim=-1)
         out["top_ids"], out["top_probs"] = top.indices, top.values.exp()  # (N, k)
@@ -87,7 +90,9 @@ def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: lis
     from core.probe import head, hidden_states
 
     hidden = hidden_states(model, ids, None, mask)  # (B, T, H)
-    return [torch.log_softmax(head(model, hidden[b, s - 1: e - 1]).float(), -1) for b, (s, e) in enumerate(spans)]
+    rows = torch.cat([torch.arange(s - 1, e - 1) + b * ids.shape[1] for b, (s, e) in enumerate(spans)]).to(ids.device)
+    lp = torch.log_softmax(head(model, hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1)  # (N, V)
+    return list(lp.split([e - s for s, e in spans]))
 
 
 @torch.no_grad()
@@ -95,6 +100,7 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
           progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Score every trajectory under every checkpoint; one row per trajectory x checkpoint x completion token."""
     cfg = cfg or ScoreConfig()
+    pin_mmap_threshold()  # large (N, V) buffers by mmap: flat peak memory over many checkpoints (core/memory.py)
     pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
     names, steps = series.names, series.steps
     cols: dict[str, list] = {}
@@ -110,19 +116,23 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
                 raise Cancelled("scoring cancelled")
             with series.activate(name) as model:
                 lp = torch.cat(completion_logprobs(model, ids, mask, spans))  # (N, V), N = sum of completion lengths
-            _append(cols, [encoded[i] for i in idx], name, steps[name], lp, targets, cfg.top_k,
-                    base_lp if base_lp is not None else lp, prev_lp if prev_lp is not None else lp)
-            base_lp = lp if base_lp is None else base_lp
-            prev_lp = lp
+            cur = (lp, lp.exp())
+            _append(cols, [encoded[i] for i in idx], name, steps[name], cur, targets, cfg.top_k,
+                    base_lp or cur, prev_lp or cur)
+            base_lp = base_lp or cur
+            prev_lp = cur
             done += 1
             if progress:
                 progress(done, total, f"batch {(done - 1) // len(names) + 1}/{len(batches)}: {name}")
+
     return _frame(cols, series.tokenizer, cfg.top_k)
 
 
-def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, lp: torch.Tensor,
-            targets: torch.Tensor, top_k: int, base: torch.Tensor, prev: torch.Tensor) -> None:
-    st = token_stats(lp, targets, top_k)
+def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, cur: tuple, targets: torch.Tensor,
+            top_k: int, base: tuple, prev: tuple) -> None:
+    """Add this batch's rows; ``cur``, ``base``, ``prev`` are (log-probs, probs) pairs, each (N, V)."""
+    lp, p = cur
+    st = token_stats(lp, targets, top_k, p)
     n = len(targets)
     new = {
         "traj_id": [e.id for e in encs for _ in e.completion_ids], "checkpoint": [name] * n, "step": [step] * n,
@@ -131,8 +141,8 @@ def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, lp
         "in_think": [e.start + j < e.think_end for e in encs for j in range(len(e.completion_ids))],
         "logprob": st["logprob"].cpu().numpy(), "rank": st["rank"].cpu().numpy(),
         "entropy": st["entropy"].cpu().numpy(),
-        "kl_base": kl(lp, base).cpu().numpy(), "js_base": js(lp, base).cpu().numpy(),
-        "kl_prev": kl(lp, prev).cpu().numpy(), "js_prev": js(lp, prev).cpu().numpy(),
+        "kl_base": kl(lp, base[0], p).cpu().numpy(), "js_base": js(lp, base[0], p, base[1]).cpu().numpy(),
+        "kl_prev": kl(lp, prev[0], p).cpu().numpy(), "js_prev": js(lp, prev[0], p, prev[1]).cpu().numpy(),
     }
     if top_k:
         new["top_ids"] = list(st["top_ids"].cpu().numpy())
