@@ -160,7 +160,7 @@ def _inner(model):
 def hidden_states(model, ids: torch.Tensor, pos: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states without the LM head (which would cost L x V per row).  -> (B, L, H)"""
     decoder = _inner(model).get_decoder()
-    return decoder(input_ids=ids, position_ids=pos, attention_mask=mask).last_hidden_state
+    return decoder(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
 
 
 def head(model, hidden: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,10 @@ For each completion token t_j of each trajectory and each checkpoint i, with p_i
     kl_base = KL(p_i || p_base)       js_base = JS(p_i, p_base)   (and kl_prev / js_prev to checkpoint i-1)
     JS(p, q) = (KL(p || m) + KL(q || m)) / 2,  m = (p + q) / 2       (natural log; JS <= ln 2)
 
+Computed through entropies, which each checkpoint's pass already has: KL(p || q) = -H(p) - sum p log q and
+JS(p, q) = H(m) - (H(p) + H(q)) / 2, with the sums as row-wise dot products (einsum), so each statistic
+costs one or two passes over the (tokens x vocabulary) matrix instead of four to six.
+
 Batches are padded on the right and sorted by length; the loop runs batch-outer, checkpoint-inner, so
 only the current batch's distributions under the base and the previous checkpoint are kept, and
 adapters are switched (never reloaded) between forward passes.
@@ -44,24 +48,41 @@ class Cancelled(RuntimeError):
     """Raised when the caller's ``should_cancel`` returned True; nothing partial is returned."""
 
 
-def kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
-    """KL(p || q) over the last axis from log-probabilities (``p = logp.exp()`` if given).  (..., V) -> (...)"""
-    return ((logp.exp() if p is None else p) * (logp - logq)).sum(-1)
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product without materialising a * b.  (N, V), (N, V) -> (N,)"""
+    return torch.einsum("nv,nv->n", a, b)
 
 
-def js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q: torch.Tensor | None = None) -> torch.Tensor:
-    """Jensen-Shannon divergence from log-probabilities (probabilities reused if given).  (..., V) -> (...)"""
+def entropy(logp: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+    """H(p) = -sum_v p log p.  (N, V) -> (N,)"""
+    return -_dot(logp.exp() if p is None else p, logp)
+
+
+def kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, h_p: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p || q) = -H(p) - sum p log q, from log-probabilities (p and H(p) reused if given).  (N, V) -> (N,)"""
+    p = logp.exp() if p is None else p
+    h_p = entropy(logp, p) if h_p is None else h_p
+    return (-h_p - _dot(p, logq)).clamp_min(0.0)
+
+
+def js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q: torch.Tensor | None = None,
+       h_p: torch.Tensor | None = None, h_q: torch.Tensor | None = None) -> torch.Tensor:
+    """JS(p, q) = H(m) - (H(p) + H(q)) / 2, m = (p + q) / 2.  (N, V) -> (N,)"""
     p = logp.exp() if p is None else p
     q = logq.exp() if q is None else q
-    logm = torch.log((p + q).mul_(0.5))
-    return 0.5 * (kl(logp, logm, p) + kl(logq, logm, q))
+    h_p = entropy(logp, p) if h_p is None else h_p
+    h_q = entropy(logq, q) if h_q is None else h_q
+    m = (p + q).mul_(0.5)
+    h_m = -_dot(m, torch.log(m))
+    return (h_m - 0.5 * (h_p + h_q)).clamp_min(0.0)
 
 
-def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.Tensor | None = None,
+                h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-position statistics of the actual token.  logp (N, V), targets (N,) -> dict of (N,) / (N, k)"""
     lp = logp.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    p = logp.exp() if p is None else p
-    out = {"logprob": lp, "rank": (logp > lp[:, None]).sum(-1) + 1, "entropy": -(p * logp).sum(-1)}
+    out = {"logprob": lp, "rank": (logp > lp[:, None]).sum(-1) + 1,
+           "entropy": entropy(logp, p) if h is None else h}
     if top_k:
         top = logp.topk(top_k, dim=-1)
         out["top_ids"], out["top_probs"] = top.indices, top.values.exp()  # (N, k)
@@ -116,7 +137,8 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
                 raise Cancelled("scoring cancelled")
             with series.activate(name) as model:
                 lp = torch.cat(completion_logprobs(model, ids, mask, spans))  # (N, V), N = sum of completion lengths
-            cur = (lp, lp.exp())
+            p = lp.exp()
+            cur = (lp, p, entropy(lp, p))  # (N, V), (N, V), (N,)
             _append(cols, [encoded[i] for i in idx], name, steps[name], cur, targets, cfg.top_k,
                     base_lp or cur, prev_lp or cur)
             base_lp = base_lp or cur
@@ -130,9 +152,9 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
 
 def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, cur: tuple, targets: torch.Tensor,
             top_k: int, base: tuple, prev: tuple) -> None:
-    """Add this batch's rows; ``cur``, ``base``, ``prev`` are (log-probs, probs) pairs, each (N, V)."""
-    lp, p = cur
-    st = token_stats(lp, targets, top_k, p)
+    """Add this batch's rows; ``cur``, ``base``, ``prev`` are (log-probs, probs, entropy) triples."""
+    lp, p, h = cur
+    st = token_stats(lp, targets, top_k, p, h)
     n = len(targets)
     new = {
         "traj_id": [e.id for e in encs for _ in e.completion_ids], "checkpoint": [name] * n, "step": [step] * n,
@@ -141,8 +163,8 @@ def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, cu
         "in_think": [e.start + j < e.think_end for e in encs for j in range(len(e.completion_ids))],
         "logprob": st["logprob"].cpu().numpy(), "rank": st["rank"].cpu().numpy(),
         "entropy": st["entropy"].cpu().numpy(),
-        "kl_base": kl(lp, base[0], p).cpu().numpy(), "js_base": js(lp, base[0], p, base[1]).cpu().numpy(),
-        "kl_prev": kl(lp, prev[0], p).cpu().numpy(), "js_prev": js(lp, prev[0], p, prev[1]).cpu().numpy(),
+        "kl_base": kl(lp, base[0], p, h).cpu().numpy(), "js_base": js(lp, base[0], p, base[1], h, base[2]).cpu().numpy(),
+        "kl_prev": kl(lp, prev[0], p, h).cpu().numpy(), "js_prev": js(lp, prev[0], p, prev[1], h, prev[2]).cpu().numpy(),
     }
     if top_k:
         new["top_ids"] = list(st["top_ids"].cpu().numpy())
