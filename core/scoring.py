@@ -150,25 +150,39 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
     return _frame(cols, series.tokenizer, cfg.top_k)
 
 
+CHUNK_BYTES = 4 << 20  # statistics run over row chunks whose (rows, V) temporaries stay below this
+
+
 def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, cur: tuple, targets: torch.Tensor,
             top_k: int, base: tuple, prev: tuple) -> None:
-    """Add this batch's rows; ``cur``, ``base``, ``prev`` are (log-probs, probs, entropy) triples."""
-    lp, p, h = cur
-    st = token_stats(lp, targets, top_k, p, h)
-    n = len(targets)
+    """Add this batch's rows; ``cur``, ``base``, ``prev`` are (log-probs, probs, entropy) triples.
+
+    The statistics run over row chunks so that their (rows, V) temporaries stay small and are reused
+    from the heap (see core/memory.py) instead of each being a fresh, page-faulting allocation."""
+    n, vocab = cur[0].shape
+    size = max(1, CHUNK_BYTES // (4 * vocab))
+    parts: dict[str, list] = {}
+    for a in range(0, n, size):
+        sl = slice(a, a + size)
+        lp, p, h = (t[sl] for t in cur)
+        bl, bp, bh = (t[sl] for t in base)
+        pl, pp, ph = (t[sl] for t in prev)
+        st = token_stats(lp, targets[sl], top_k, p, h)
+        st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh),
+                  kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
+        for k, v in st.items():
+            parts.setdefault(k, []).append(v)
+    st = {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
     new = {
         "traj_id": [e.id for e in encs for _ in e.completion_ids], "checkpoint": [name] * n, "step": [step] * n,
         "position": [j for e in encs for j in range(len(e.completion_ids))],
         "token_id": targets.cpu().numpy(), "token": [t for e in encs for t in e.completion_tokens],
         "in_think": [e.start + j < e.think_end for e in encs for j in range(len(e.completion_ids))],
-        "logprob": st["logprob"].cpu().numpy(), "rank": st["rank"].cpu().numpy(),
-        "entropy": st["entropy"].cpu().numpy(),
-        "kl_base": kl(lp, base[0], p, h).cpu().numpy(), "js_base": js(lp, base[0], p, base[1], h, base[2]).cpu().numpy(),
-        "kl_prev": kl(lp, prev[0], p, h).cpu().numpy(), "js_prev": js(lp, prev[0], p, prev[1], h, prev[2]).cpu().numpy(),
+        **{k: st[k] for k in ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev")},
     }
     if top_k:
-        new["top_ids"] = list(st["top_ids"].cpu().numpy())
-        new["top_probs"] = list(st["top_probs"].cpu().numpy().round(5))
+        new["top_ids"] = list(st["top_ids"])
+        new["top_probs"] = list(st["top_probs"].round(5))
     for k, v in new.items():
         cols.setdefault(k, []).append(v)
 
