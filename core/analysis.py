@@ -85,11 +85,27 @@ class Analysis:
     changes: pd.DataFrame  # drift.step_changes
 
     def save(self, out: str | Path) -> Path:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in TABLES:
-            write_parquet(getattr(self, name), out / f"{name}.parquet")
-        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
+        never leaves old and new tables mixed."""
+        import shutil
+        import tempfile
+
+        out = Path(out).resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            for name in TABLES:
+                write_parquet(getattr(self, name), tmp / f"{name}.parquet")
+            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if out.exists():
+                out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return out
 
     @classmethod
@@ -99,7 +115,13 @@ class Analysis:
         out = Path(out)
         if not (out / "config.json").is_file():
             raise InputError(f"{out}: not an analysis folder (expected config.json and {TABLES[0]}.parquet)")
-        cfg = AnalysisConfig.from_json(json.loads((out / "config.json").read_text()))
+        try:
+            cfg = AnalysisConfig.from_json(json.loads((out / "config.json").read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise InputError(f"{out / 'config.json'}: not a valid analysis config ({e})") from None
+        missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
+        if missing:
+            raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
         return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES})
 
 

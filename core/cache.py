@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,11 +30,27 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a unique temporary file beside ``path``, fsync it, rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
@@ -42,6 +59,9 @@ def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Cal
         return compute()
     path = Path(cache_dir) / f"{kind}-{key}.parquet"
     if path.is_file():
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except Exception:  # noqa: BLE001 - an unreadable entry (disk trouble) is recomputed, not fatal
+            path.unlink(missing_ok=True)
     write_parquet(compute(), path)
     return pd.read_parquet(path)  # the same types on the first call as on every later one

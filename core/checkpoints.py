@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,4 +77,9 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
              if p.is_dir() and _STEP_RE.search(p.name)]
     if not found:
         raise InputError(f"{root}: no checkpoint-N/ folders found (expected a trainer output folder)")
-    return sorted((read_checkpoint(p) for p in found), key=lambda c: (c.step, str(c.path)))
+    complete = [p for p in found if checkpoint_kind(p)]
+    if not complete:  # name the first offender
+        read_checkpoint(sorted(found)[0])
+    for p in sorted(set(found) - set(complete)):  # e.g. a trainer still writing its latest checkpoint
+        warnings.warn(f"{p}: skipped, not a complete checkpoint (no adapter_config.json or config.json)", stacklevel=2)
+    return sorted((read_checkpoint(p) for p in complete), key=lambda c: (c.step, str(c.path)))

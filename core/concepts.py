@@ -44,8 +44,11 @@ def load_graph(path: str | Path) -> nx.DiGraph:
 
 
 def save_graph(graph: nx.DiGraph, path: str | Path) -> None:
+    """Write node-link JSON atomically (temporary file renamed into place)."""
+    from core.cache import atomic_write_text
+
     data = nx.node_link_data(graph, edges="edges")
-    Path(path).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(Path(path), json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def validate(graph: nx.DiGraph) -> list[str]:
@@ -54,6 +57,9 @@ def validate(graph: nx.DiGraph) -> list[str]:
     for node, attrs in graph.nodes(data=True):
         if attrs.get("kind") not in KINDS:
             problems.append(f"node {node!r}: kind must be one of {KINDS}, got {attrs.get('kind')!r}")
+        syn = attrs.get("synonyms", [])
+        if not isinstance(syn, list) or not all(isinstance(x, str) and x.strip() for x in syn):
+            problems.append(f"node {node!r}: synonyms must be a list of non-empty strings, got {syn!r}")
     for u, v, attrs in graph.edges(data=True):
         if u == v:
             problems.append(f"edge {u!r} -> {v!r}: self-loop")

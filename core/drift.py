@@ -23,20 +23,32 @@ import pandas as pd
 from core.trajectories import Encoded
 
 TAU = 0.05
+BASE = "base"  # the series' name for the base model (core.series.BASE)
+
+
+def _is_base(df: pd.DataFrame) -> pd.Series:
+    """Rows of the base checkpoint: named "base", else (tables from elsewhere) the smallest step."""
+    return df["checkpoint"] == BASE if (df["checkpoint"] == BASE).any() else df["step"] == df["step"].min()
+
+
+def checkpoint_order(df: pd.DataFrame) -> list[str]:
+    """Checkpoints in series order: base first, then by step, ties in order of first appearance."""
+    first = df.drop_duplicates("checkpoint")[["checkpoint", "step"]].reset_index(drop=True)
+    first["base"] = ~_is_base(first)
+    return first.sort_values(["base", "step"], kind="stable")["checkpoint"].tolist()
 
 
 def token_effects(beliefs: pd.DataFrame, encoded: list[Encoded], tau: float = TAU) -> pd.DataFrame:
     """One row per trajectory x checkpoint x read span (a token when probed at every position)."""
-    b = beliefs[["traj_id", "checkpoint", "step", "position", "gold_prob"]].sort_values(
-        ["traj_id", "step", "checkpoint", "position"])
+    b = beliefs[["traj_id", "checkpoint", "step", "position", "gold_prob"]].dropna(subset=["gold_prob"])
+    b = b.sort_values(["traj_id", "step", "checkpoint", "position"])
     grp = b.groupby(["traj_id", "checkpoint"], sort=False)
     b = b.assign(next_position=grp["position"].shift(-1), gold_after=grp["gold_prob"].shift(-1)).dropna(
         subset=["next_position"])
     b["next_position"] = b["next_position"].astype(int)
     b = b.rename(columns={"gold_prob": "gold_before"})
     b["effect"] = b["gold_after"] - b["gold_before"]
-    base_step = b["step"].min()
-    base = b[b["step"] == base_step][["traj_id", "position", "effect", "gold_after"]].rename(
+    base = b[_is_base(b)][["traj_id", "position", "effect", "gold_after"]].rename(
         columns={"effect": "effect_base", "gold_after": "gold_after_base"})
     df = b.merge(base, on=["traj_id", "position"], how="left")
     df["effect_drift"] = df["effect"] - df["effect_base"]
@@ -55,7 +67,7 @@ def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
     """Tokens ranked by total effect drift per checkpoint (most detrimental first)."""
     if effects.empty:  # a single probe position per trajectory reads no tokens
         return pd.DataFrame(columns=["checkpoint", "step", "token", "region", "n", "mean_effect_drift", "direction"])
-    df = effects[effects["step"] > effects["step"].min()].assign(key=effects["token"].astype(str).str.strip())
+    df = effects[~_is_base(effects)].assign(key=effects["token"].astype(str).str.strip())
     df = df[df["key"] != ""]
     agg = df.groupby(["checkpoint", "step", "key", "region"]).agg(
         n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
@@ -105,7 +117,7 @@ def drivers_by_concept(effects: pd.DataFrame, encoded: list[Encoded], graph: nx.
     m = sp.merge(eff, on="traj_id")
     m = m[(m["position"] >= m["first"]) & (m["position"] < m["end"])]
     per = m.groupby(["traj_id", "concept", "first", "checkpoint", "step"])["effect_drift"].sum().reset_index()
-    per = per[per["step"] > per["step"].min()]
+    per = per[~_is_base(per)]
     agg = per.groupby(["checkpoint", "step", "concept"]).agg(
         n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
         share_detrimental=("effect_drift", lambda s: (s < -tau).mean()),
@@ -125,7 +137,8 @@ def checkpoint_summary(scores: pd.DataFrame, beliefs: pd.DataFrame, effects: pd.
     fin = final_beliefs(beliefs)
     acc = fin.assign(correct=fin["answer"] == fin["gold"]).groupby(["checkpoint", "step"]).agg(
         accuracy=("correct", "mean"), final_gold_prob=("gold_prob", "mean")).reset_index()
-    kls = scores.groupby("checkpoint")[["kl_base", "kl_prev", "js_base", "entropy"]].mean().reset_index()
+    cot = scores[scores["in_think"]] if scores["in_think"].any() else scores
+    kls = cot.groupby("checkpoint")[["kl_base", "kl_prev", "js_base", "entropy"]].mean().reset_index()
     det = effects.groupby("checkpoint")["direction"].agg(
         share_detrimental=lambda s: (s == "detrimental").mean(),
         share_beneficial=lambda s: (s == "beneficial").mean()).reset_index()
@@ -134,10 +147,12 @@ def checkpoint_summary(scores: pd.DataFrame, beliefs: pd.DataFrame, effects: pd.
 
 def category_accuracy(beliefs: pd.DataFrame) -> pd.DataFrame:
     """Accuracy of the final probed answer per gold label (rows) and checkpoint (columns, by step)."""
-    fin = final_beliefs(beliefs)
+    fin = final_beliefs(beliefs).dropna(subset=["gold"])
+    if fin.empty:
+        return pd.DataFrame()
     fin = fin.assign(correct=fin["answer"] == fin["gold"])
-    order = fin.drop_duplicates("checkpoint").sort_values("step")["checkpoint"]
-    return fin.pivot_table(index="gold", columns="checkpoint", values="correct", aggfunc="mean")[list(order)]
+    table = fin.pivot_table(index="gold", columns="checkpoint", values="correct", aggfunc="mean")
+    return table[[c for c in checkpoint_order(fin) if c in table.columns]]
 
 
 def sign_flip_test(diffs: np.ndarray, n_permutations: int = 2000, seed: int = 0) -> float:
@@ -174,20 +189,23 @@ def page_hinkley(values: list[float], delta: float = 0.005, threshold: float = 0
 
 def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int = 2000) -> pd.DataFrame:
     """Per pair of consecutive checkpoints: mean change of the final gold belief, permutation p-value (Holm)."""
-    fin = final_beliefs(beliefs).pivot(index="traj_id", columns="step", values="gold_prob")
-    steps = sorted(fin.columns)
+    fb = final_beliefs(beliefs)
+    order = checkpoint_order(fb)
+    steps = dict(zip(fb["checkpoint"], fb["step"]))
+    fin = fb.pivot(index="traj_id", columns="checkpoint", values="gold_prob")
     rows = []
-    for a, b in zip(steps, steps[1:]):
+    for a, b in zip(order, order[1:]):
         d = (fin[b] - fin[a]).dropna().to_numpy()
-        rows.append({"from_step": a, "to_step": b, "mean_change": d.mean(), "p_value": sign_flip_test(d, n_permutations)})
+        rows.append({"from_checkpoint": a, "to_checkpoint": b, "from_step": steps[a], "to_step": steps[b],
+                     "mean_change": d.mean() if len(d) else 0.0, "p_value": sign_flip_test(d, n_permutations)})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     df["p_holm"] = holm(df["p_value"].tolist())
     df["changed"] = df["p_holm"] < alpha
     df["direction"] = np.where(df["mean_change"] < 0, "detrimental", "beneficial")
-    alarm = page_hinkley([fin[s].mean() for s in steps])
-    df["page_hinkley_alarm"] = df["to_step"] == (steps[alarm] if alarm is not None else None)
+    alarm = page_hinkley([fin[c].mean() for c in order])
+    df["page_hinkley_alarm"] = df["to_checkpoint"] == (order[alarm] if alarm is not None else None)
     return df
 
 
@@ -205,8 +223,9 @@ def drift_by_context(tokens: pd.DataFrame, n: int = 2, min_count: int = 5) -> pd
         ctx = ctx + grp.shift(k).fillna("")
     top1 = t["top_tokens"].map(lambda x: x[0] if len(x) else "") if "top_tokens" in t else t["token"]
     t = t.assign(context=ctx.str.strip(), top1=top1)
-    base = t[t["step"] == t["step"].min()][["traj_id", "position", "logprob", "top1"]]
-    m = t[t["step"] > t["step"].min()].merge(base, on=["traj_id", "position"], suffixes=("", "_base"))
+    t = t[t["position"] >= n]  # positions with a full n-token context
+    base = t[_is_base(t)][["traj_id", "position", "logprob", "top1"]]
+    m = t[~_is_base(t)].merge(base, on=["traj_id", "position"], suffixes=("", "_base"))
     m = m.assign(delta_logprob=m["logprob"] - m["logprob_base"], top1_changed=m["top1"] != m["top1_base"])
     agg = m.groupby(["checkpoint", "step", "context"]).agg(
         n=("kl_base", "size"), mean_kl_base=("kl_base", "mean"), mean_delta_logprob=("delta_logprob", "mean"),

@@ -48,7 +48,7 @@ def generate_answers(model, tokenizer, prompts: list[str], labels: list[str], ma
     from core.trajectories import prompt_ids
 
     out = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     for i in range(0, len(prompts), batch_size):
         enc = [prompt_ids(tokenizer, p) for p in prompts[i: i + batch_size]]
         width = max(map(len, enc))

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.errors import InputError
 from core.scoring import Cancelled, Progress
 from core.series import ModelSeries
 from core.trajectories import Encoded
@@ -41,6 +42,8 @@ class ProbeConfig:
     def __post_init__(self):
         if self.positions not in POSITION_MODES:
             raise ValueError(f"positions: expected one of {POSITION_MODES}, got {self.positions!r}")
+        if not self.template.strip():
+            raise ValueError("template: expected the text that introduces the answer, got an empty string")
         if self.max_tree_tokens < 64:
             raise ValueError(f"max_tree_tokens: expected >= 64, got {self.max_tree_tokens}")
 
@@ -120,7 +123,7 @@ class _Batch:
     shapes: list[tuple[int, int]]  # (positions, labels) per tree
 
     @classmethod
-    def make(cls, trees: list[tuple], n_labels: int, device: str) -> "_Batch":
+    def make(cls, trees: list[tuple], n_labels: int, device: str, dtype: torch.dtype = torch.float32) -> "_Batch":
         L = max(len(t[0]) for t in trees)
         ids = torch.zeros((len(trees), L), dtype=torch.long)
         pos = torch.zeros((len(trees), L), dtype=torch.long)
@@ -136,7 +139,10 @@ class _Batch:
                     toks += [t for _, t in lab]
                     lengths.append(len(lab))
             shapes.append((len(reads), n_labels))
-        return cls(ids.to(device), pos.to(device), allow.to(device), torch.tensor(rows, device=device),
+        # additive mask (0 where allowed, dtype min elsewhere): eager attention adds it to the scores,
+        # so a boolean mask would be read as +1/+0 there; sdpa takes either form
+        additive = torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
+        return cls(ids.to(device), pos.to(device), additive.to(device), torch.tensor(rows, device=device),
                    torch.tensor(toks, device=device), lengths, shapes)
 
     @torch.no_grad()
@@ -171,7 +177,7 @@ def head(model, hidden: torch.Tensor) -> torch.Tensor:
 def labels_of(encoded: list[Encoded], cfg: ProbeConfig) -> list[str]:
     labels = cfg.labels or sorted({e.label for e in encoded if e.label})
     if not labels:
-        raise ValueError("probe: no answer labels (give ProbeConfig.labels or records with a 'label')")
+        raise InputError("probe: no answer labels (give labels, a concept graph with diseases, or records with a 'label')")
     return list(labels)
 
 
@@ -192,7 +198,8 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
     results: dict[str, list] = {name: [] for name in series.names}
     total = len(groups) * len(series.names)
     for g, group in enumerate(groups):
-        batch = _Batch.make([build_tree(e.input_ids[: ch[-1]], ch, tk) for e, ch in group], len(labels), series.device)
+        batch = _Batch.make([build_tree(e.input_ids[: ch[-1]], ch, tk) for e, ch in group], len(labels),
+                            series.device, series.dtype)
         for n, name in enumerate(series.names):
             if should_cancel and should_cancel():
                 raise Cancelled("probe cancelled")

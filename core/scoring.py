@@ -195,6 +195,7 @@ def _frame(cols: dict[str, list], tokenizer, top_k: int) -> pd.DataFrame:
     df["prob"] = np.exp(df["logprob"])
     if top_k:
         texts = vocab_texts(tokenizer)
-        df["top_tokens"] = [[texts[t] for t in row] for row in df.pop("top_ids")]
+        df["top_tokens"] = [[texts[t] if t < len(texts) else "" for t in row]  # padded vocabularies: ids past
+                            for row in df.pop("top_ids")]                    # the tokenizer have no text
         df["top_probs"] = [row.tolist() for row in df["top_probs"]]
     return df

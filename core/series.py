@@ -43,6 +43,7 @@ class ModelSeries:
     trust_remote_code: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _layers: list = field(default_factory=list, repr=False)  # PEFT tuner layers, found once
+    _slow: bool = field(default=False, repr=False)  # route with PEFT's set_adapter (see _route)
 
     @property
     def names(self) -> list[str]:
@@ -89,6 +90,17 @@ class ModelSeries:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+            # adapters that also train whole modules (modules_to_save, trainable tokens) keep per-adapter
+            # copies in wrappers that are not tuner layers: those need PEFT's own switching
+            self._slow = any(type(m).__name__ in ("ModulesToSaveWrapper", "TrainableTokensWrapper")
+                             for m in self.model.modules())
+        if self._slow:
+            if adapter is None:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                self.model.base_model.enable_adapter_layers()
+                self.model.set_adapter(adapter)
+            return
         for layer in self._layers:
             layer._disable_adapters = adapter is None
             if adapter is not None:
@@ -149,7 +161,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions on broken files
         raise InputError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
 
 
@@ -180,8 +192,10 @@ def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) 
         return []
     if isinstance(checkpoints, (str, Path)):
         infos = ckpts.discover(checkpoints)
-    else:  # an explicit list keeps the caller's order
+    else:  # an explicit list keeps the caller's order; folders without any step information get their rank
         infos = [ckpts.read_checkpoint(Path(p)) for p in checkpoints]
+        infos = [c if c.step or (c.path / "trainer_state.json").is_file() else
+                 ckpts.CheckpointInfo(c.path, i + 1, c.kind, c.metrics) for i, c in enumerate(infos)]
     seen: dict[str, int] = {}
     for c in infos:
         seen[c.name] = seen.get(c.name, 0) + 1

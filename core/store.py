@@ -12,10 +12,11 @@ not a SQLite database, or one written by a newer workbench, is refused and left 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import WorkspaceError
@@ -41,29 +42,38 @@ SCHEMA_VERSION = len(MIGRATIONS)
 class Store:
     path: Path
     con: sqlite3.Connection
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # one connection, many threads
 
     @classmethod
     def open(cls, path: Path) -> "Store":
         """Open (creating if absent) and migrate the database at ``path``."""
-        existed = path.exists()
         try:
             con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             version = con.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as e:
             raise WorkspaceError(f"{path}: not a usable SQLite database ({e}). Expected a workbench.db "
                                  "created by this workbench; the file was left untouched.") from None
+        foreign = version == 0 and con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] > 0
+        if foreign:
+            con.close()
+            raise WorkspaceError(f"{path}: a SQLite database that this workbench did not create (schema version 0 "
+                                 "with tables in it); choose another --workspace. The file was left untouched.")
         if version > SCHEMA_VERSION:
             con.close()
             raise WorkspaceError(f"{path}: schema version {version} is newer than this workbench supports "
                                  f"({SCHEMA_VERSION}); upgrade the workbench. The file was left untouched.")
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=30000")
-        store = cls(path, con)
-        store._migrate(version, fresh=not existed)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA foreign_keys=ON")
+            con.execute("PRAGMA busy_timeout=30000")
+            store = cls(path, con)
+            store._migrate(version)
+        except sqlite3.OperationalError as e:
+            con.close()
+            raise WorkspaceError(f"{path}: cannot write the database ({e}); check its permissions") from None
         return store
 
-    def _migrate(self, version: int, fresh: bool) -> None:
+    def _migrate(self, version: int) -> None:
         for target in range(version, SCHEMA_VERSION):
             with self.transaction() as con:
                 for statement in MIGRATIONS[target].split(";"):
@@ -77,14 +87,17 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
-        self.con.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.con
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock; rolled back on any exception,
+        including a failed COMMIT."""
+        with self.lock:
+            self.con.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.con
+                self.con.execute("COMMIT")
+            except BaseException:
+                if self.con.in_transaction:
+                    self.con.execute("ROLLBACK")
+                raise
 
     def register_world(self, name: str, path: Path, fingerprint: str) -> int:
         now = time.time()

@@ -42,9 +42,10 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: trajectory file not found")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    records, seen = [], set()
+    with path.open(encoding="utf-8", errors="strict") as f:
+        lines = _lines(f, path)
+        for lineno, line in lines:
             if not line.strip():
                 continue
             try:
@@ -56,13 +57,25 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
             for key in REQUIRED:
                 if not isinstance(rec.get(key), str) or not rec[key].strip():
                     raise InputError(f"{path}, line {lineno}: field '{key}' must be a non-empty string")
-            rec.setdefault("id", f"line-{lineno}")
+            if rec.get("label") is not None and not isinstance(rec["label"], str):
+                raise InputError(f"{path}, line {lineno}: field 'label' must be a string")
+            rec["id"] = str(rec.get("id", f"line-{lineno}"))
+            if rec["id"] in seen:
+                raise InputError(f"{path}, line {lineno}: duplicate id {rec['id']!r} (ids must be unique)")
+            seen.add(rec["id"])
             records.append(rec)
             if limit and len(records) >= limit:
                 break
     if not records:
         raise InputError(f"{path}: no trajectories (expected JSONL with 'prompt' and 'completion' per line)")
     return records
+
+
+def _lines(f, path: Path):
+    try:
+        yield from enumerate(f, 1)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def prompt_ids(tokenizer, prompt: str, chat_template: bool = False) -> list[int]:
@@ -77,7 +90,7 @@ def prompt_ids(tokenizer, prompt: str, chat_template: bool = False) -> list[int]
 
 def encode(tokenizer, records: list[dict], chat_template: bool = False, max_length: int | None = None) -> list[Encoded]:
     """Encode each record as ``prompt ids + ids(" " + completion)`` (the sample world's training format)."""
-    think = tokenizer.convert_tokens_to_ids("</think>")
+    think = tokenizer.get_vocab().get("</think>")  # None when the tokenizer has no such token (never the unk id)
     out = []
     for rec in records:
         p = prompt_ids(tokenizer, rec["prompt"], chat_template)

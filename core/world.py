@@ -37,6 +37,8 @@ class World:
         return self.root / self.manifest["base_model"]
 
     def dataset_path(self, name: str) -> Path:
+        if name not in self.manifest["datasets"]:
+            raise InputError(f"{self.root / MANIFEST}: no dataset {name!r} (known: {sorted(self.manifest['datasets'])})")
         return self.root / self.manifest["datasets"][name]["path"]
 
     @property
@@ -46,7 +48,10 @@ class World:
     def metrics(self) -> list[dict]:
         """The per-checkpoint drift table recorded when the world was built (empty if none)."""
         path = self.root / self.manifest.get("metrics", "metrics.json")
-        return json.loads(path.read_text()) if path.is_file() else []
+        try:
+            return json.loads(path.read_text()) if path.is_file() else []
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from None
 
     def fingerprint(self) -> str:
         """Hash of the manifest and the weight files' sizes and mtimes: changes when the world changes."""
@@ -57,7 +62,10 @@ class World:
         return h.hexdigest()[:16]
 
     def summary(self) -> dict:
-        cfg = json.loads((self.base_model_dir / "config.json").read_text())
+        try:
+            cfg = json.loads((self.base_model_dir / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{self.base_model_dir / 'config.json'}: not valid JSON ({e})") from None
         graph = concepts.load_graph(self.graph_path)
         return {
             "name": self.name, "root": str(self.root), "description": self.manifest.get("description", ""),
@@ -80,12 +88,15 @@ def count_parameters(model_dir: Path) -> int:
 
     total = 0
     for f in model_dir.glob("*.safetensors"):
-        with safe_open(str(f), framework="numpy") as st:
-            for key in st.keys():
-                n = 1
-                for d in st.get_slice(key).get_shape():
-                    n *= d
-                total += n
+        try:
+            with safe_open(str(f), framework="numpy") as st:
+                for key in st.keys():
+                    n = 1
+                    for d in st.get_slice(key).get_shape():
+                        n *= d
+                    total += n
+        except Exception as e:  # noqa: BLE001 - safetensors' own error type: name the file
+            raise InputError(f"{f}: unreadable safetensors file ({e})") from None
     return total
 
 
@@ -105,6 +116,10 @@ def load_world(root: str | Path = SAMPLE_WORLD) -> World:
     for key in ("base_model", "checkpoints", "concept_graph", "datasets"):
         if key not in manifest:
             raise InputError(f"{manifest_path}: missing field '{key}'")
+    if not isinstance(manifest["datasets"], dict) or not all(
+            isinstance(d, dict) and isinstance(d.get("path"), str) and isinstance(d.get("records"), int)
+            for d in manifest["datasets"].values()):
+        raise InputError(f"{manifest_path}: field 'datasets' must map names to {{\"path\": str, \"records\": int}}")
     expected = [root / manifest["base_model"] / f for f in REQUIRED_MODEL_FILES]
     expected += [root / manifest["concept_graph"]]
     expected += [root / d["path"] for d in manifest["datasets"].values()]

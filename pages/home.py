@@ -16,6 +16,7 @@ try:
     world = resources.load_world(str(path))
     fingerprint = world.fingerprint()
     summary = resources.world_summary(str(path), fingerprint)
+    metrics = resources.world_metrics(str(path), fingerprint)
 except InputError as e:
     st.error(f"Cannot open the world: {e}")
     st.stop()
@@ -37,7 +38,7 @@ for col, (label, value, note) in zip(st.columns(len(facts)), facts):
 left, right = st.columns([3, 2])
 with left:
     st.markdown("**Drift across the RFT checkpoints** (measured when the world was built)")
-    table = charts.drift_table(resources.world_metrics(str(path), fingerprint))
+    table = charts.drift_table(metrics)
     if table.empty:
         st.info("This world records no drift table yet; score it in the drift explorer.")
     else:

@@ -29,8 +29,11 @@ WORLD_ENV = "WORKBENCH_WORLD"
 
 def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
     """The world to open: the one asked for, else the workspace's last one, else the sample world."""
-    path = requested or ws.store.last_world() or world_mod.SAMPLE_WORLD
-    world = world_mod.load_world(path)
+    last = ws.store.last_world()
+    if not requested and last and not last.is_dir():
+        print(f"workbench: warning: the last world {last} is gone; opening the sample world", file=sys.stderr)
+        last = None
+    world = world_mod.load_world(requested or last or world_mod.SAMPLE_WORLD)
     ws.store.register_world(world.name, world.root, world.fingerprint())
     return world
 

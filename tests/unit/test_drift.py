@@ -97,3 +97,18 @@ def test_near_synonym_swap_flips_answers_only_after_drift(sample_world):
     assert summary.loc[160, "flip_rate"] > 0.2
     assert summary.loc[160, "accuracy_after"] < summary.loc[160, "accuracy_before"]
     assert set(category_flips(df)["gold"]) >= {"Consolidation", "Pneumonia"}
+
+
+def test_base_is_found_by_name_even_when_steps_collide():
+    """Checkpoints without step information (or two runs' checkpoint-40) must not be mistaken for the base."""
+    e = _enc(["<s>", " a", " b"], start=1)
+    rows = [{"traj_id": "t1", "checkpoint": c, "step": st, "position": p, "gold_prob": g, "answer": "Pneumonia",
+             "gold": "Pneumonia"}
+            for c, st, golds in (("base", 0, [0.5, 0.6, 0.7]), ("run_a", 0, [0.5, 0.4, 0.3]), ("run_b", 0, [0.5, 0.5, 0.9]))
+            for p, g in zip(range(3), golds)]
+    beliefs = pd.DataFrame(rows)
+    eff = drift.token_effects(beliefs, [e])
+    assert len(eff) == 3 * 2  # two read tokens per checkpoint, no duplicated base rows
+    assert eff[eff.checkpoint == "base"]["effect_drift"].abs().max() == 0
+    changes = drift.step_changes(beliefs)
+    assert list(changes["to_checkpoint"]) == ["run_a", "run_b"]

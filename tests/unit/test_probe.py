@@ -57,3 +57,27 @@ def test_position_modes(setup, series):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="positions"):
         ProbeConfig(positions="sometimes")
+
+
+def test_probe_is_exact_with_eager_attention_too(sample_world):
+    """Eager attention adds the mask to the scores: the probe's mask must be additive, not boolean."""
+    from core.series import load_series
+
+    s = load_series(sample_world / "model", [sample_world / "rft" / "checkpoint-160"],
+                    base_names=["cxr-demo-tiny-llama"])
+    s.model.set_attn_implementation("eager")
+    e = encode(s.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=1))[0]
+    cfg = ProbeConfig(labels=LABELS)
+    df = probe(s, [e], cfg)
+    positions = probe_positions(e, "every", _tokens(s.tokenizer, cfg, LABELS).template[0], set())[::5]
+    with s.activate("checkpoint-160") as m:
+        ref = probe_naive(m, e, positions, s.tokenizer, cfg, LABELS)
+    z = np.exp(ref - ref.max(1, keepdims=True))
+    z /= z.sum(1, keepdims=True)
+    got = df[df.checkpoint == "checkpoint-160"].set_index("position").loc[np.array(positions) - e.start]
+    np.testing.assert_allclose(got[[f"p:{y}" for y in LABELS]].to_numpy(), z, atol=1e-5)
+
+
+def test_empty_template_is_refused():
+    with pytest.raises(ValueError, match="template"):
+        ProbeConfig(template="  ")

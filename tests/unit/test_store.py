@@ -86,3 +86,15 @@ def test_workspace_on_a_path_that_cannot_be_a_folder_names_the_path(tmp_path):
         Workspace.open(blocker)
     with pytest.raises(WorkspaceError, match="not writable"):
         Workspace.open(blocker / "sub")
+
+
+def test_someone_elses_sqlite_file_is_refused_and_untouched(tmp_path):
+    path = tmp_path / "workbench.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(WorkspaceError, match="did not create"):
+        Store.open(path)
+    assert path.read_bytes() == before

@@ -42,3 +42,21 @@ def test_encode_spans_and_tokens(sample_world):
         assert "".join(e.completion_tokens) == " " + rec["completion"]
         assert e.completion_tokens[e.think_end - e.start] == "</think>"
         assert "".join(e.tokens[1: e.start]) == " " + rec["prompt"] or "".join(e.tokens[1: e.start]).strip() == rec["prompt"]
+
+
+def test_duplicate_ids_and_non_utf8_are_named(tmp_path):
+    rec = json.dumps({"id": "a", "prompt": "p", "completion": "c"})
+    with pytest.raises(InputError, match=r"line 2: duplicate id 'a'"):
+        read_jsonl(_write(tmp_path, [rec, rec]))
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes('{"prompt": "caf\xe9", "completion": "c"}\n'.encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_jsonl(bad)
+
+
+def test_think_end_without_a_think_token_in_the_vocabulary(sample_world):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(sample_world / "model")
+    e = encode(tok, [{"id": "x", "prompt": "Report: the chest radiograph shows mass.", "completion": "no tags here"}])[0]
+    assert e.think_end == len(e.input_ids)  # never mistaken for the unknown token's id
