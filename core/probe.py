@@ -196,17 +196,33 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
         jobs += [(e, chunk) for chunk in _chunks(positions, positions[-1], per_position, cfg.max_tree_tokens)]
     groups = _group_by_budget(jobs, per_position, cfg.max_tree_tokens)
     results: dict[str, list] = {name: [] for name in series.names}
-    total = len(groups) * len(series.names)
-    for g, group in enumerate(groups):
-        batch = _Batch.make([build_tree(e.input_ids[: ch[-1]], ch, tk) for e, ch in group], len(labels),
-                            series.device, series.dtype)
-        for n, name in enumerate(series.names):
-            if should_cancel and should_cancel():
-                raise Cancelled("probe cancelled")
+    total, done = len(groups) * len(series.names), 0
+
+    def make(group):
+        return _Batch.make([build_tree(e.input_ids[: ch[-1]], ch, tk) for e, ch in group], len(labels),
+                           series.device, series.dtype)
+
+    def run(name, batch, model):
+        nonlocal done
+        if should_cancel and should_cancel():
+            raise Cancelled("probe cancelled")
+        results[name] += batch.label_logprobs(model)
+        done += 1
+        if progress:
+            progress(done, total, f"{name}: group {done % len(groups) or len(groups)}/{len(groups)}")
+
+    if all(c.kind == "adapter" for c in series.checkpoints):  # switching is free: build each tree batch once
+        for group in groups:
+            batch = make(group)
+            for name in series.names:
+                with series.activate(name) as model:
+                    run(name, batch, model)
+    else:  # full-model checkpoints: load each once and rebuild the (cheap) tree batches under it
+        for name in series.names:
             with series.activate(name) as model:
-                results[name] += batch.label_logprobs(model)
-            if progress:
-                progress(g * len(series.names) + n + 1, total, f"probe group {g + 1}/{len(groups)}: {name}")
+                for group in groups:
+                    run(name, make(group), model)
+            del model  # freed before the next full checkpoint loads
     frames = []
     for name in series.names:
         per_traj: dict[str, list] = {}

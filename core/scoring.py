@@ -36,6 +36,7 @@ Progress = Callable[[int, int, str], None]  # (done, total, message)
 class ScoreConfig:
     top_k: int = 5  # alternatives kept per token
     batch_size: int = 8  # trajectories per forward pass
+    group_bytes: int = 2 << 30  # series with full-model checkpoints: distributions kept per load (see _groups)
 
     def __post_init__(self):
         if not 0 <= self.top_k <= 50:
@@ -126,28 +127,51 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
     names, steps = series.names, series.steps
     cols: dict[str, list] = {}
     batches = _batches(encoded, cfg.batch_size)
+    groups = _groups(series, encoded, batches, cfg.group_bytes)
     total, done = len(batches) * len(names), 0
-    for idx in batches:
-        ids, mask = _pad(encoded, idx, pad, series.device)
-        spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
-        targets = torch.cat([torch.tensor(encoded[i].completion_ids) for i in idx]).to(series.device)  # (N,)
-        base_lp = prev_lp = None
-        for name in names:
+    for group in groups:
+        prepared = [(idx, *_pad(encoded, idx, pad, series.device),
+                     [(encoded[i].start, len(encoded[i].input_ids)) for i in idx],
+                     torch.cat([torch.tensor(encoded[i].completion_ids) for i in idx]).to(series.device))
+                    for idx in group]
+        base: dict[int, tuple] = {}
+        prev: dict[int, tuple] = {}
+        for name in names:  # checkpoint-outer within a group: a full checkpoint loads once per group
             if should_cancel and should_cancel():
                 raise Cancelled("scoring cancelled")
             with series.activate(name) as model:
-                lp = torch.cat(completion_logprobs(model, ids, mask, spans))  # (N, V), N = sum of completion lengths
-            p = lp.exp()
-            cur = (lp, p, entropy(lp, p))  # (N, V), (N, V), (N,)
-            _append(cols, [encoded[i] for i in idx], name, steps[name], cur, targets, cfg.top_k,
-                    base_lp or cur, prev_lp or cur)
-            base_lp = base_lp or cur
-            prev_lp = cur
-            done += 1
-            if progress:
-                progress(done, total, f"batch {(done - 1) // len(names) + 1}/{len(batches)}: {name}")
+                for b, (idx, ids, mask, spans, targets) in enumerate(prepared):
+                    lp = torch.cat(completion_logprobs(model, ids, mask, spans))  # (N, V), N = completion tokens
+                    p = lp.exp()
+                    cur = (lp, p, entropy(lp, p))  # (N, V), (N, V), (N,)
+                    _append(cols, [encoded[i] for i in idx], name, steps[name], cur, targets, cfg.top_k,
+                            base.get(b, cur), prev.get(b, cur))
+                    base.setdefault(b, cur)
+                    prev[b] = cur
+                    done += 1
+                    if progress:
+                        progress(done, total, f"{name}: batch {done % len(batches) or len(batches)}/{len(batches)}")
+            del model  # a full checkpoint is freed before the next one loads (one in memory at a time)
+    return _frame(cols, series.tokenizer, cfg.top_k, [(n, steps[n]) for n in names])
 
-    return _frame(cols, series.tokenizer, cfg.top_k)
+
+def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """One batch per group for adapter series (switching is free); for series with full-model checkpoints,
+    as many batches as keep the base's and the previous checkpoint's (N, V) distributions within
+    ``budget`` bytes, so that each full checkpoint is loaded once per group, not once per batch."""
+    if all(c.kind == "adapter" for c in series.checkpoints):
+        return [[b] for b in batches]
+    vocab = series.model.get_output_embeddings().weight.shape[0]
+    groups, current, size = [], [], 0
+    for b in batches:
+        rows = sum(len(encoded[i].completion_ids) for i in b)
+        cost = 2 * 2 * rows * vocab * 4  # (log-probs + probs) x (base + previous), float32
+        if current and size + cost > budget:
+            groups.append(current)
+            current, size = [], 0
+        current.append(b)
+        size += cost
+    return groups + ([current] if current else [])
 
 
 CHUNK_BYTES = 4 << 20  # statistics run over row chunks whose (rows, V) temporaries stay below this
@@ -187,11 +211,13 @@ def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, cu
         cols.setdefault(k, []).append(v)
 
 
-def _frame(cols: dict[str, list], tokenizer, top_k: int) -> pd.DataFrame:
+def _frame(cols: dict[str, list], tokenizer, top_k: int, order: list[tuple[str, int]]) -> pd.DataFrame:
     import numpy as np
 
     df = pd.DataFrame({k: np.concatenate(v) if k not in ("top_ids", "top_probs") else [r for part in v for r in part]
                        for k, v in cols.items()})
+    rank = {name: i for i, (name, _) in enumerate(order)}
+    df = df.iloc[np.argsort(df["checkpoint"].map(rank).to_numpy(), kind="stable")].reset_index(drop=True)
     df["prob"] = np.exp(df["logprob"])
     if top_k:
         texts = vocab_texts(tokenizer)

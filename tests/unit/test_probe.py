@@ -81,3 +81,25 @@ def test_probe_is_exact_with_eager_attention_too(sample_world):
 def test_empty_template_is_refused():
     with pytest.raises(ValueError, match="template"):
         ProbeConfig(template="  ")
+
+
+def test_full_checkpoint_series_probe_loads_each_once(quick_world, adapters, series, setup, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import core.series as series_mod
+
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(quick_world / "model"),
+                                       adapters / "checkpoint-4").merge_and_unload()
+    merged.save_pretrained(tmp_path / "full" / "checkpoint-4")
+    full = series_mod.load_series(quick_world / "model", tmp_path / "full")
+    loads = []
+    real = series_mod._load_model
+    monkeypatch.setattr(series_mod, "_load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    cfg = ProbeConfig(labels=LABELS, max_tree_tokens=300)  # several groups
+    got = probe(full, setup, cfg)
+    assert len(loads) == 1
+    want = probe(series, setup, cfg)
+    want = want[want.checkpoint == "checkpoint-4"].reset_index(drop=True)
+    got = got[got.checkpoint == "checkpoint-4"].reset_index(drop=True)
+    np.testing.assert_allclose(got["gold_prob"], want["gold_prob"], atol=1e-4)

@@ -73,3 +73,26 @@ def test_cancel_stops_and_returns_nothing(series, scored):
     enc, _ = scored
     with pytest.raises(Cancelled):
         score(series, enc, should_cancel=lambda: True)
+
+
+def test_full_checkpoints_load_once_per_group_and_match_their_adapters(series, adapters, quick_world, sample_world,
+                                                                       tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import core.series as series_mod
+
+    for name in ("checkpoint-2", "checkpoint-4"):
+        merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(quick_world / "model"),
+                                           adapters / name).merge_and_unload()
+        merged.save_pretrained(tmp_path / "full" / name)
+    full = series_mod.load_series(quick_world / "model", tmp_path / "full")
+    loads = []
+    real = series_mod._load_model
+    monkeypatch.setattr(series_mod, "_load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=6))
+    got = score(full, enc, ScoreConfig(top_k=2, batch_size=2))  # 3 batches, one group
+    assert len(loads) == 2  # each full checkpoint loaded once, not once per batch
+    want = score(series, enc, ScoreConfig(top_k=2, batch_size=2))
+    for col in ("logprob", "kl_base", "js_prev"):
+        np.testing.assert_allclose(got[col].to_numpy(), want[col].to_numpy(), atol=1e-4)
