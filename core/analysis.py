@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from core import concepts, drift
-from core.cache import cache_key, cached_frame, file_hash, write_parquet
+from core.cache import cache_key, cached_frame, file_hash, swap_in_folder, write_parquet
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
@@ -97,12 +97,7 @@ class Analysis:
             for name in TABLES:
                 write_parquet(getattr(self, name), tmp / f"{name}.parquet")
             (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if out.exists():
-                out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in_folder(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

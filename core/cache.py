@@ -65,3 +65,16 @@ def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Cal
             path.unlink(missing_ok=True)
     write_parquet(compute(), path)
     return pd.read_parquet(path)  # the same types on the first call as on every later one
+
+
+def swap_in_folder(tmp: Path, out: Path) -> None:
+    """Replace folder ``out`` by the finished folder ``tmp`` (a rename; the old one is removed after), so a
+    crash never leaves a half-written or mixed folder at ``out``."""
+    import shutil
+
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 
 import pandas as pd
-import torch
 
+from core.generation import greedy_completions
 from core.probe import ProbeConfig, probe
 from core.series import ModelSeries
 from core.trajectories import encode
@@ -41,23 +41,11 @@ def find_answer(text: str, labels: list[str]) -> str | None:
     return max(hits)[2] if hits else None
 
 
-@torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], labels: list[str], max_new_tokens: int = 96,
                      batch_size: int = 64, device: str = "cpu") -> list[str | None]:
-    """Greedy-decode a completion for each prompt (left-padded batches) and read its answer."""
-    from core.trajectories import prompt_ids
-
-    out = []
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
-    for i in range(0, len(prompts), batch_size):
-        enc = [prompt_ids(tokenizer, p) for p in prompts[i: i + batch_size]]
-        width = max(map(len, enc))
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        out += [find_answer(t, labels) for t in tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)]
-    return out
+    """Greedy-decode a completion for each prompt and read its answer."""
+    texts = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, device)
+    return [find_answer(t, labels) for t in texts]
 
 
 def perturbation_test(series: ModelSeries, records: list[dict], find: str, replace: str, labels: list[str],

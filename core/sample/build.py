@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from core import concepts
+from core.cache import swap_in_folder
 from core.sample import evaluate, generator, rft, tinymodel
 from core.sample.graph import build_graph
 
@@ -105,7 +106,7 @@ def build(out: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> di
     (tmp / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
     (tmp / WORLD_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     (tmp / "README.md").write_text(readme(manifest, rows))
-    _swap_in(tmp, out)
+    swap_in_folder(tmp, out)
     log(f"built {out} in {manifest['build_seconds']:.0f} s")
     return manifest
 
@@ -136,16 +137,6 @@ def _manifest(cfg: BuildConfig, data: dict, rows: list[dict], seconds: float) ->
         "build_config": asdict(cfg), "build_seconds": round(seconds, 1),
         "torch_version": torch.__version__,
     }
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` with the finished build, so a failed build never leaves a half-written world."""
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def readme(manifest: dict, rows: list[dict]) -> str:

@@ -7,25 +7,15 @@ that ``sample_data/README.md`` reports per checkpoint.
 
 from __future__ import annotations
 
-import torch
-
+from core.generation import greedy_completions
 from core.sample import spec
 from core.sample.generator import parse_answer
 
 
-@torch.no_grad()
 def answer(model, tokenizer, prompts: list[str], batch_size: int = 256, max_new_tokens: int = 72) -> list[str | None]:
     """Greedy-decode each prompt's completion and return the parsed answer (None if malformed)."""
-    model.eval()
-    out: list[str | None] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = [tokenizer.bos_token + p for p in prompts[i: i + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        out.extend(parse_answer(t) for t in texts)
-    return out
+    texts = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, model.device.type)
+    return [parse_answer(t) for t in texts]
 
 
 def drift_table_row(test: list[dict], preds: list[str | None], perturbed: list[dict],

@@ -1,0 +1,25 @@
+"""Batched greedy decoding of completions from prompts (left-padded), shared by evaluation and perturbation tests."""
+
+from __future__ import annotations
+
+import torch
+
+from core.trajectories import prompt_ids
+
+
+@torch.no_grad()
+def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int = 96, batch_size: int = 64,
+                       device: str = "cpu") -> list[str]:
+    """The greedy completion text of each prompt (special tokens dropped)."""
+    model.eval()
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = [prompt_ids(tokenizer, p) for p in prompts[i: i + batch_size]]
+        width = max(map(len, enc))
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)  # (B, T), left-padded
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+    return out
