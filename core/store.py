@@ -34,6 +34,36 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 1 -> 2: reasoning trajectories and their counterfactuals, shared by the counterfactual generator
+    # (writes them) and curation (imports, annotates and exports them). Content hashes deduplicate.
+    """
+    CREATE TABLE trajectories (
+        id INTEGER PRIMARY KEY,
+        content_hash TEXT NOT NULL UNIQUE,  -- sha256 of prompt + NUL + completion
+        source TEXT NOT NULL,               -- dataset name, file name or import batch name
+        external_id TEXT,                   -- the record's id in its source, when it had one
+        prompt TEXT NOT NULL,               -- the report and question
+        completion TEXT NOT NULL,           -- '<think> ... </think> The disease of this patient is X.'
+        label TEXT,                         -- the gold answer (a disease of the concept graph)
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX trajectories_label ON trajectories(label);
+    CREATE TABLE counterfactuals (
+        id INTEGER PRIMARY KEY,
+        trajectory_id INTEGER NOT NULL REFERENCES trajectories(id) ON DELETE CASCADE,
+        content_hash TEXT NOT NULL UNIQUE,  -- sha256 of the trajectory's hash + NUL + target + NUL + completion
+        target TEXT NOT NULL,               -- the disease the counterfactual argues for
+        completion TEXT NOT NULL,           -- counterfactual CoT + answer, same format as the original
+        method TEXT NOT NULL,               -- 'graph' | 'llm' | 'import'
+        graph_version INTEGER,              -- the concept-graph version it was generated from
+        model TEXT,                         -- the model that wrote it (method 'llm')
+        settings TEXT NOT NULL DEFAULT '{}',-- JSON: prompt template, sampling settings, import format
+        consistency REAL,                   -- graph consistency score in [0, 1]
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX counterfactuals_trajectory ON counterfactuals(trajectory_id);
+    CREATE INDEX counterfactuals_target ON counterfactuals(target);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
