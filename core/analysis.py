@@ -25,6 +25,7 @@ from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
 from core.trajectories import encode, read_jsonl
 
+PATH_FIELDS = ("base", "data", "checkpoints", "graph")
 TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "by_context", "changes")
 
 
@@ -84,19 +85,29 @@ class Analysis:
     by_context: pd.DataFrame  # drift.drift_by_context
     changes: pd.DataFrame  # drift.step_changes
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path, portable: bool = False) -> Path:
         """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
-        never leaves old and new tables mixed."""
+        never leaves old and new tables mixed. ``portable`` writes the config's paths relative to ``out``
+        (an analysis shipped inside a world folder); ``load`` resolves them against the folder again."""
+        import os
         import shutil
         import tempfile
 
         out = Path(out).resolve()
+        config = asdict(self.config)
+        if portable:
+            for key in PATH_FIELDS:
+                value = config[key]
+                if isinstance(value, list):
+                    config[key] = [os.path.relpath(Path(v).resolve(), out) for v in value]
+                elif value:
+                    config[key] = os.path.relpath(Path(value).resolve(), out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             for name in TABLES:
                 write_parquet(getattr(self, name), tmp / f"{name}.parquet")
-            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+            (tmp / "config.json").write_text(json.dumps(config, indent=1))
             swap_in_folder(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -111,7 +122,14 @@ class Analysis:
         if not (out / "config.json").is_file():
             raise InputError(f"{out}: not an analysis folder (expected config.json and {TABLES[0]}.parquet)")
         try:
-            cfg = AnalysisConfig.from_json(json.loads((out / "config.json").read_text()))
+            data = json.loads((out / "config.json").read_text())
+            for key in PATH_FIELDS:  # relative paths (a portable analysis) are relative to the folder
+                value = data.get(key)
+                if isinstance(value, list):
+                    data[key] = [str((out / v).resolve()) for v in value]
+                elif value:
+                    data[key] = str((out / value).resolve())
+            cfg = AnalysisConfig.from_json(data)
         except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise InputError(f"{out / 'config.json'}: not a valid analysis config ({e})") from None
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
@@ -168,3 +186,85 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
                     drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
                     drift.step_changes(beliefs))
+
+
+@dataclass
+class AnalysisInfo:
+    path: Path
+    name: str
+    created: float  # when it was written (config.json's mtime)
+    config: AnalysisConfig
+
+    @property
+    def stamp(self) -> str:
+        """Changes whenever the folder is rewritten: part of the UI's cache keys."""
+        return f"{self.path}:{self.created}"
+
+    def describe(self) -> str:
+        data = Path(self.config.data).name
+        n = f"first {self.config.limit}" if self.config.limit else "all"
+        return f"{self.name} · {n} of {data} · probe {self.config.positions}"
+
+
+def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
+    """Analysis folders found at or directly under ``folders``, newest first (unreadable ones skipped)."""
+    seen, out = set(), []
+    for folder in folders:
+        if not folder:
+            continue
+        folder = Path(folder)
+        candidates = [folder] if (folder / "config.json").is_file() else sorted(folder.glob("*/config.json"))
+        for c in candidates:
+            path = (c if c.is_dir() else c.parent).resolve()
+            if path in seen or path.name.startswith("."):
+                continue
+            seen.add(path)
+            try:
+                data = json.loads((path / "config.json").read_text())
+                cfg = AnalysisConfig.from_json(data)
+            except (OSError, json.JSONDecodeError, TypeError, ValueError):
+                continue
+            out.append(AnalysisInfo(path, path.name, (path / "config.json").stat().st_mtime, cfg))
+    return sorted(out, key=lambda a: a.created, reverse=True)
+
+
+def score_argv(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | None = None) -> list[str]:
+    """The ``workbench score`` arguments (after ``python``) that compute ``cfg`` into ``out``: what the
+    Checkpoints page shows before it runs them as a background job."""
+    argv = _series_argv("score", cfg)
+    defaults = AnalysisConfig(base=cfg.base, data=cfg.data)
+    for key in ("positions", "top_k", "batch_size"):
+        value = getattr(cfg, key)
+        if value is not None and value != getattr(defaults, key):
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    if not cfg.include_prompt:
+        argv.append("--cot-only")
+    if workspace:
+        argv += ["--workspace", str(workspace)]
+    return [*argv, "--out", str(out)]
+
+
+def _series_argv(command: str, cfg: AnalysisConfig) -> list[str]:
+    argv = ["-m", "workbench.cli", command, "--base", cfg.base, "--data", cfg.data]
+    if cfg.checkpoints:
+        argv += ["--checkpoints", *([cfg.checkpoints] if isinstance(cfg.checkpoints, str) else cfg.checkpoints)]
+    if cfg.graph:
+        argv += ["--graph", cfg.graph]
+    argv += [a for name in cfg.base_names if name for a in ("--base-name", name)]
+    for key in ("limit", "device", "dtype"):
+        if getattr(cfg, key) is not None:
+            argv += [f"--{key}", str(getattr(cfg, key))]
+    return argv
+
+
+def perturb_argv(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path) -> list[str]:
+    """The ``workbench perturb`` arguments that swap ``find`` for ``replace`` over ``cfg``'s series and data."""
+    return [*_series_argv("perturb", cfg), "--find", find, "--replace", replace, "--mode", mode, "--out", str(out)]
+
+
+def shell_command(argv: list[str]) -> str:
+    """``argv`` as a line to paste into a shell (``workbench`` for ``python -m workbench.cli``)."""
+    import shlex
+
+    args = argv[2:] if argv[:2] == ["-m", "workbench.cli"] else argv
+    return "workbench " + " ".join(shlex.quote(str(a)) for a in args)

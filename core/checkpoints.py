@@ -83,3 +83,47 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
     for p in sorted(set(found) - set(complete)):  # e.g. a trainer still writing its latest checkpoint
         warnings.warn(f"{p}: skipped, not a complete checkpoint (no adapter_config.json or config.json)", stacklevel=2)
     return sorted((read_checkpoint(p) for p in complete), key=lambda c: (c.step, str(c.path)))
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """``path`` as a base-model folder (config.json, weights, tokenizer), or an ``InputError`` saying why not."""
+    path = Path(path).expanduser()
+    if not str(path).strip() or not path.exists():
+        raise InputError(f"{path}: base model folder not found")
+    if not path.is_dir():
+        raise InputError(f"{path}: expected a model folder, found a file")
+    if not (path / "config.json").is_file():
+        hint = " (it looks like an adapter: pick its base model)" if (path / "adapter_config.json").is_file() else ""
+        raise InputError(f"{path}: not a model folder, no config.json{hint}")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise InputError(f"{path}: no weights (*.safetensors or *.bin) in the model folder")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise InputError(f"{path}: no tokenizer (tokenizer.json or tokenizer_config.json) in the model folder")
+    return path
+
+
+def find_candidates(roots: list[str | Path], max_depth: int = 3) -> tuple[list[Path], list[Path]]:
+    """Under the data ``roots``: folders that hold a model (config.json + weights) and trainer output folders
+    (holding checkpoint-N/), for the page's folder pickers. Hidden folders are skipped."""
+    models, series = [], []
+    for root in roots:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            continue
+        frontier = [root]
+        for _ in range(max_depth + 1):
+            nxt = []
+            for folder in frontier:
+                try:
+                    children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+                except OSError:
+                    continue
+                if (folder / "config.json").is_file() and not _STEP_RE.search(folder.name) and \
+                        (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+                    models.append(folder)
+                if any(_STEP_RE.search(c.name) for c in children):
+                    series.append(folder)
+                    continue  # do not list the checkpoints themselves as candidates
+                nxt += children
+            frontier = nxt
+    return list(dict.fromkeys(models)), list(dict.fromkeys(series))

@@ -34,6 +34,16 @@ class Workspace:
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
+    @property
+    def analyses_dir(self) -> Path:
+        """Drift analyses scored from the UI (one folder each, as ``Analysis.save`` writes them)."""
+        return self.root / "analyses"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Trajectory files uploaded through the browser, stored under their content hash."""
+        return self.root / "uploads"
+
     @classmethod
     def open(cls, root: str | Path | None = None) -> "Workspace":
         """Create the folder if needed, check it is writable, open and migrate its database."""
@@ -41,7 +51,7 @@ class Workspace:
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"{root}: workspace must be a folder, but a file is there")
         try:
-            for sub in (root, root / "cache", root / "runs"):
+            for sub in (root, root / "cache", root / "runs", root / "analyses", root / "uploads"):
                 sub.mkdir(parents=True, exist_ok=True)
             probe = root / ".write-test"
             probe.write_text("ok")

@@ -45,6 +45,12 @@ class World:
     def graph_path(self) -> Path:
         return self.root / self.manifest["concept_graph"]
 
+    @property
+    def analysis_dir(self) -> Path | None:
+        """The drift analysis shipped with the world (``workbench score --world W --out W/analysis``), if any."""
+        path = self.root / self.manifest.get("analysis", "analysis")
+        return path if (path / "config.json").is_file() else None
+
     def metrics(self) -> list[dict]:
         """The per-checkpoint drift table recorded when the world was built (empty if none)."""
         path = self.root / self.manifest.get("metrics", "metrics.json")

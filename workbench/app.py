@@ -3,26 +3,22 @@
 Run with ``workbench demo`` (or ``streamlit run workbench/app.py``).
 """
 
-from pathlib import Path
-
 import streamlit as st
 
-from workbench import resources, state
-
-PAGES = Path(__file__).resolve().parent.parent / "pages"
+from workbench import resources, routes, state
 
 st.set_page_config(page_title="CoT Drift Workbench", page_icon=":material/timeline:", layout="wide")
 state.init()
 
 with st.sidebar:
     st.toggle("Presentation mode", key=state.PRESENTATION, help="Larger type, controls tucked away: for a projector.")
+    st.segmented_control("Figure downloads", ["png", "svg"], key=state.FIG_FORMAT,
+                         help="what the camera button on each chart saves; every chart also offers interactive HTML")
     st.caption(f"World: `{state.world_path().name}`  \nDevice: {resources.device_info().describe()}")
 
 if st.session_state[state.PRESENTATION]:
     st.html("<style>html, .stMarkdown p, .stDataFrame {font-size: 1.25rem;} "
             "[data-testid='stSidebarCollapsedControl'] {display: none;}</style>")
 
-page = st.navigation({
-    "Workbench": [st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True)],
-})
+page = st.navigation(routes.navigation())
 page.run()

@@ -4,6 +4,7 @@
     workbench app --workspace ~/cxr --port 8502 --world path/to/world
     workbench build-sample [--quick] [--out DIR]
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
+    workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
 """
 
 from __future__ import annotations
@@ -78,41 +79,97 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
     return build.main(argv)
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _analysis_config(args: argparse.Namespace):
+    from core.analysis import AnalysisConfig
 
-    from core.analysis import AnalysisConfig, run_analysis
-    from core.workspace import Workspace
-
-    opts = {k: v for k, v in dict(top_k=args.top_k, batch_size=args.batch_size, positions=args.positions,
-                                  limit=args.limit, device=args.device, dtype=args.dtype,
-                                  include_prompt=not args.cot_only).items() if v is not None}
+    opts = {k: v for k, v in dict(top_k=getattr(args, "top_k", None), batch_size=getattr(args, "batch_size", None),
+                                  positions=getattr(args, "positions", None), limit=args.limit, device=args.device,
+                                  dtype=args.dtype).items() if v is not None}
+    if getattr(args, "cot_only", False):
+        opts["include_prompt"] = False
     try:
         if args.world:
-            cfg = AnalysisConfig.from_world(args.world, args.dataset, **opts)
-        else:
-            if not (args.base and args.data):
-                raise InputError("score: give --world DIR, or --base DIR and --data FILE (and --checkpoints DIR)")
-            cfg = AnalysisConfig(base=str(args.base), data=str(args.data), graph=args.graph and str(args.graph),
-                                 checkpoints=[str(c) for c in args.checkpoints] if len(args.checkpoints or []) > 1
-                                 else (str(args.checkpoints[0]) if args.checkpoints else None),
-                                 base_names=args.base_name or [], **opts)
+            return AnalysisConfig.from_world(args.world, args.dataset, **opts)
+        if not (args.base and args.data):
+            raise InputError(f"{args.command}: give --world DIR, or --base DIR and --data FILE (and --checkpoints DIR)")
+        return AnalysisConfig(base=str(args.base), data=str(args.data), graph=args.graph and str(args.graph),
+                              checkpoints=[str(c) for c in args.checkpoints] if len(args.checkpoints or []) > 1
+                              else (str(args.checkpoints[0]) if args.checkpoints else None),
+                              base_names=args.base_name or [], **opts)
     except ValueError as e:
         raise InputError(str(e)) from None
-    cache = Workspace.open(args.workspace).cache_dir if not args.no_cache else None
-    with tqdm(total=1000, unit="‰", desc="analysis", mininterval=0.5, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}") as bar:
-        def progress(done: float, total: float, message: str) -> None:
-            bar.update(int(1000 * done / total) - bar.n)
-            bar.set_postfix_str(message[:60])
 
+
+def _progress_bar(desc: str):
+    """A tqdm bar in per-mille, and a ``progress(done, total, message)`` that also reports to a job folder."""
+    from tqdm import tqdm
+
+    from core.jobs import report_progress
+
+    bar = tqdm(total=1000, unit="‰", desc=desc, mininterval=0.5,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def progress(done: float, total: float, message: str) -> None:
+        bar.update(int(1000 * done / max(total, 1e-12)) - bar.n)
+        bar.set_postfix_str(message[:60])
+        report_progress(done, total, message)
+
+    return bar, progress
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from core.analysis import run_analysis
+    from core.jobs import CANCELLED, cancel_flag
+    from core.scoring import Cancelled
+
+    cfg = _analysis_config(args)
+    cache = Workspace.open(args.workspace).cache_dir if not args.no_cache else None
+    should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
+    bar, progress = _progress_bar("analysis")
+    with bar:
         try:
-            result = run_analysis(cfg, cache_dir=cache, progress=progress)
-        except KeyboardInterrupt:
-            print("workbench: score cancelled; nothing written", file=sys.stderr)
-            return 130
+            result = run_analysis(cfg, cache_dir=cache, progress=progress, should_cancel=should_cancel)
+        except (KeyboardInterrupt, Cancelled):
+            print("\nworkbench: score cancelled; nothing written", file=sys.stderr)
+            return CANCELLED
     out = result.save(args.out)
     print(result.summary.round(4).to_string(index=False))
     print(f"workbench: wrote {', '.join(f.name for f in sorted(out.glob('*')))} to {out}")
+    return 0
+
+
+def cmd_perturb(args: argparse.Namespace) -> int:
+    """Swap a span in every trajectory of a dataset and write the before/after answers per checkpoint."""
+    from core.analysis import resolve_labels
+    from core.cache import write_parquet
+    from core.jobs import CANCELLED, cancel_flag
+    from core.perturb import perturbation_summary, perturbation_test
+    from core.scoring import Cancelled
+    from core.series import load_series
+    from core.trajectories import read_jsonl
+
+    cfg = _analysis_config(args)
+    if not args.find.strip():
+        raise InputError("perturb: --find must name a non-empty span")
+    records = read_jsonl(cfg.data, cfg.limit)
+    labels, _ = resolve_labels(cfg, records)
+    should_cancel = cancel_flag()
+    bar, progress = _progress_bar("perturb")
+    with bar:
+        try:
+            progress(0, 1, "loading the checkpoint series")
+            series = load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
+                                 base_names=cfg.base_names)
+            df = perturbation_test(series, records, args.find, args.replace, labels, mode=args.mode,
+                                   progress=progress, should_cancel=should_cancel)
+        except (KeyboardInterrupt, Cancelled):
+            print("\nworkbench: perturbation cancelled; nothing written", file=sys.stderr)
+            return CANCELLED
+    if df.empty:
+        raise InputError(f"perturb: no trajectory in {cfg.data} contains {args.find!r}")
+    write_parquet(df, args.out)
+    print(perturbation_summary(df).round(4).to_string(index=False))
+    print(f"workbench: wrote {len(df)} rows to {args.out}")
     return 0
 
 
@@ -129,24 +186,34 @@ def parser() -> argparse.ArgumentParser:
         if name == "app":
             p.add_argument("--world", type=Path, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")
+    def series_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--world", type=Path, help="a world folder: fills --base, --checkpoints, --data and --graph")
+        p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
+        p.add_argument("--base", type=Path, help="base model folder (config.json, weights, tokenizer)")
+        p.add_argument("--checkpoints", type=Path, nargs="*", help="trainer output folder, or checkpoint folders in order")
+        p.add_argument("--data", type=Path, help="trajectories JSONL with prompt, completion, label")
+        p.add_argument("--graph", type=Path, help="concept graph JSON (labels and concept drivers)")
+        p.add_argument("--base-name", action="append", help="another name of the base model in adapter configs")
+        p.add_argument("--limit", type=int, help="first N trajectories only")
+        p.add_argument("--device", choices=["cuda", "cpu", "mps"])
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
-    p.add_argument("--world", type=Path, help="a world folder: fills --base, --checkpoints, --data and --graph")
-    p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
-    p.add_argument("--base", type=Path, help="base model folder (config.json, weights, tokenizer)")
-    p.add_argument("--checkpoints", type=Path, nargs="*", help="trainer output folder, or checkpoint folders in order")
-    p.add_argument("--data", type=Path, help="trajectories JSONL with prompt, completion, label")
-    p.add_argument("--graph", type=Path, help="concept graph JSON (labels and concept drivers)")
-    p.add_argument("--base-name", action="append", help="another name of the base model in adapter configs")
+    series_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the parquet tables and config.json")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])
     p.add_argument("--cot-only", action="store_true", help="probe the CoT only, not the prompt")
-    p.add_argument("--limit", type=int, help="first N trajectories only")
-    p.add_argument("--device", choices=["cuda", "cpu", "mps"])
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--workspace", type=Path, default=None, help="its cache/ keeps results for a second run")
     p.add_argument("--no-cache", action="store_true")
+    p = sub.add_parser("perturb", help="swap a span in every trajectory; answers before/after per checkpoint")
+    series_args(p)
+    p.add_argument("--find", required=True, help='the span to replace, e.g. "consolidation"')
+    p.add_argument("--replace", required=True, help='its replacement, e.g. "airspace opacity"')
+    p.add_argument("--mode", choices=["generate", "probe"], default="generate",
+                   help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
+    p.add_argument("--out", type=Path, required=True, help="parquet file for the per-trajectory rows")
     p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
     p.add_argument("--out", type=Path, default=world_mod.SAMPLE_WORLD)
     p.add_argument("--seed", type=int, default=0)
@@ -164,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_app(args, world_path=world_mod.SAMPLE_WORLD)
         if args.command == "score":
             return cmd_score(args)
+        if args.command == "perturb":
+            return cmd_perturb(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

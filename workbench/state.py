@@ -13,13 +13,29 @@ from core.workspace import ENV_VAR
 WORLD_PATH = "world_path"
 WORKSPACE_PATH = "workspace_path"
 PRESENTATION = "presentation_mode"
+FIG_FORMAT = "figure_format"  # png | svg: what a chart's camera button downloads
+ANALYSIS = "analysis_path"  # the analysis folder the explorer shows
+TRAJECTORY = "trajectory_id"  # the trajectory open in the explorer (and offered to the perturbation lab)
+DRIVER_IDS = "driver_trajectories"  # trajectories of the driver row picked in the overview (a filter)
+DRIVER_NOTE = "driver_note"  # what that filter is, in words
+EXPLORER_VIEW = "explorer_view"
 
 
 def init() -> None:
     st.session_state.setdefault(WORLD_PATH, os.environ.get("WORKBENCH_WORLD") or str(world.SAMPLE_WORLD))
     st.session_state.setdefault(WORKSPACE_PATH, os.environ.get(ENV_VAR) or "")
     st.session_state.setdefault(PRESENTATION, False)
+    st.session_state.setdefault(FIG_FORMAT, "png")
 
 
 def world_path() -> Path:
     return Path(st.session_state[WORLD_PATH])
+
+
+def persist(widget_key: str, value_key: str, options: list | None = None) -> None:
+    """Call before a widget: Streamlit drops a widget's state when another page is shown, so its value is
+    kept under ``value_key`` too (set it after the widget) and restored here; invalid values are dropped."""
+    value = st.session_state.get(widget_key, st.session_state.get(value_key))
+    if options is not None and value not in options:
+        value = options[0] if options else None
+    st.session_state[widget_key] = value

@@ -42,11 +42,13 @@ class BuildConfig:
     lora_r: int = 8
     lora_alpha: int = 32
     threads: int = 2
+    analysis_limit: int = 200  # trajectories of the test set in the shipped drift analysis (analysis/)
 
     @classmethod
     def quick(cls) -> "BuildConfig":
         """A miniature world (seconds to build) with the same files and layout, for tests."""
-        return cls(n_sft=400, n_test=42, sft_epochs=1, rft=rft.RFTConfig(steps=4, prompts_per_step=4, save_every=2))
+        return cls(n_sft=400, n_test=42, sft_epochs=1, rft=rft.RFTConfig(steps=4, prompts_per_step=4, save_every=2),
+                   analysis_limit=6)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -106,9 +108,26 @@ def build(out: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> di
     (tmp / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
     (tmp / WORLD_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     (tmp / "README.md").write_text(readme(manifest, rows))
+    _analyse(tmp, cfg, log)
     swap_in_folder(tmp, out)
     log(f"built {out} in {manifest['build_seconds']:.0f} s")
     return manifest
+
+
+def _analyse(world: Path, cfg: BuildConfig, log: Callable[[str], None]) -> None:
+    """Score the first test trajectories so the drift explorer opens at once on the new world."""
+    from core.analysis import AnalysisConfig, run_analysis
+
+    acfg = AnalysisConfig.from_world(world, limit=cfg.analysis_limit, device="cpu")
+    last = [0.0]
+
+    def progress(done: float, total: float, message: str) -> None:
+        if done / total >= last[0] + 0.2:
+            last[0] = done / total
+            log(f"analysis {done / total:.0%}: {message}")
+
+    run_analysis(acfg, progress=progress).save(world / "analysis", portable=True)
+    log(f"analysis: {cfg.analysis_limit} test trajectories scored into analysis/")
 
 
 def _evaluate(model, tok, data: dict[str, list[dict]]) -> dict[str, float]:

@@ -1,0 +1,206 @@
+"""Long work as background jobs that outlive the browser: a folder per job, a supervisor process per job.
+
+    job = jobs.start(ws.runs_dir, "score", ["-m", "workbench.cli", "score", "--world", "sample_data", ...],
+                     title="score sample world")
+    job.state()        # "running" | "done" | "failed" | "cancelled" | "died"
+    job.progress()     # {"done": 0.42, "message": "probe: checkpoint-80", "eta_s": 31.0, ...}
+    job.cancel()       # SIGTERM to the worker's process group; it stops at the next batch
+    jobs.list_jobs(ws.runs_dir, kind="score")
+
+Layout of ``runs/<id>/``: ``job.json`` (what runs: kind, title, argv, started_at, pid), ``progress.json``
+(written by the worker through ``report_progress``, atomically), ``log.txt`` (the worker's output) and
+``exit.json`` (return code and end time, written by the supervisor when the worker ends, however it ends).
+A job whose supervisor vanished without ``exit.json`` reads as "died". No state lives in the page process,
+so closing the tab or restarting the app loses nothing: the page re-attaches by reading the folder.
+
+The worker finds its progress file in ``$WORKBENCH_PROGRESS``; SIGTERM asks it to stop (``cancel_flag``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.cache import atomic_write_text
+from core.errors import InputError
+
+PROGRESS_ENV = "WORKBENCH_PROGRESS"
+CANCELLED = 130  # the worker's exit code after a graceful cancel (as after Ctrl-C)
+STATES = ("running", "done", "failed", "cancelled", "died")
+
+
+@dataclass
+class Job:
+    dir: Path
+    kind: str
+    title: str
+    argv: list[str]
+    started_at: float
+    pid: int | None = None  # the supervisor's pid, also the worker's process group
+    meta: dict = field(default_factory=dict)  # caller's data, e.g. the output folder
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Job":
+        folder = Path(folder)
+        try:
+            data = json.loads((folder / "job.json").read_text())
+            return cls(folder, data["kind"], data["title"], data["argv"], data["started_at"], data.get("pid"),
+                       data.get("meta", {}))
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise InputError(f"{folder / 'job.json'}: not a readable job description ({e})") from None
+
+    def _save(self) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "dir"}
+        atomic_write_text(self.dir / "job.json", json.dumps(data, indent=1))
+
+    def exit_info(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "exit.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def state(self) -> str:
+        info = self.exit_info()
+        if info is not None:
+            code = info["returncode"]
+            return "done" if code == 0 else "cancelled" if code in (CANCELLED, -signal.SIGTERM) else "failed"
+        return "running" if _alive(self.pid) else "died"
+
+    def progress(self) -> dict:
+        """The worker's last report, with the elapsed time and an ETA from the rate so far."""
+        try:
+            p = json.loads((self.dir / "progress.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            p = {"done": 0.0, "message": "starting…"}
+        end = (self.exit_info() or {}).get("ended_at") or time.time()
+        p["elapsed_s"] = end - self.started_at
+        done = p.get("done", 0.0)
+        p["eta_s"] = p["elapsed_s"] * (1 - done) / done if 0.01 < done < 1 else None
+        return p
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.dir / "log.txt", "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - 64_000))
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        # tqdm redraws with carriage returns: keep the last state of each line
+        return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+
+    def cancel(self) -> bool:
+        """Ask the worker to stop (SIGTERM to its process group); False when it is no longer running."""
+        if self.state() != "running":
+            return False
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def wait(self, timeout: float | None = None, poll: float = 0.2) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state() == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still running after {timeout} s")
+            time.sleep(poll)
+        return self.state()
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a finished child of this process that nobody reaped yet is not running
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def start(runs_dir: str | Path, kind: str, argv: list[str], title: str = "", meta: dict | None = None,
+          env: dict | None = None) -> Job:
+    """Start ``python <argv>`` under a supervisor in a new session (it survives the page and the app)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = Path(runs_dir) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    job = Job(folder, kind, title or kind, list(argv), time.time(), None, meta or {})
+    job._save()
+    proc = subprocess.Popen([sys.executable, "-m", "core.jobs", str(folder)], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent)
+    job.pid = proc.pid
+    job._save()
+    return job
+
+
+def list_jobs(runs_dir: str | Path, kind: str | None = None) -> list[Job]:
+    """Jobs under ``runs_dir``, newest first; unreadable folders are skipped."""
+    out = []
+    for folder in Path(runs_dir).glob("*/job.json"):
+        try:
+            job = Job.load(folder.parent)
+        except InputError:
+            continue
+        if kind is None or job.kind == kind:
+            out.append(job)
+    return sorted(out, key=lambda j: j.started_at, reverse=True)
+
+
+def report_progress(done: float, total: float, message: str, _state: dict = {}) -> None:  # noqa: B006
+    """For workers: write ``$WORKBENCH_PROGRESS`` (at most every 0.3 s, and always at the end)."""
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return
+    now = time.monotonic()
+    fraction = done / total if total else 0.0
+    if fraction < 1 and now - _state.get("last", 0.0) < 0.3:
+        return
+    _state["last"] = now
+    atomic_write_text(Path(path), json.dumps({"done": round(fraction, 4), "message": message, "time": time.time()}))
+
+
+def cancel_flag() -> Callable[[], bool]:
+    """For workers: a ``should_cancel`` that turns true on SIGTERM (installed here)."""
+    flag = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    return flag.is_set
+
+
+def _supervise(folder: Path) -> int:
+    """Run the job's worker, pass SIGTERM on, record how it ended. Runs as ``python -m core.jobs DIR``."""
+    job = Job.load(folder)
+    env = {**os.environ, PROGRESS_ENV: str(folder / "progress.json"), "PYTHONUNBUFFERED": "1"}
+    with open(folder / "log.txt", "ab") as log:
+        try:
+            worker = subprocess.Popen([sys.executable, *job.argv], stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env)
+        except OSError as e:
+            log.write(f"workbench: cannot start the worker: {e}\n".encode())
+            atomic_write_text(folder / "exit.json", json.dumps({"returncode": 127, "ended_at": time.time()}))
+            return 127
+        signal.signal(signal.SIGTERM, lambda *_: worker.send_signal(signal.SIGTERM))
+        code = worker.wait()
+    atomic_write_text(folder / "exit.json", json.dumps({"returncode": code, "ended_at": time.time()}))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise(Path(sys.argv[1])))

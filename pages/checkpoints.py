@@ -1,0 +1,199 @@
+"""Checkpoints: pick a base model, its RFT checkpoint series and a trajectory set, then score them.
+
+Scoring runs as a background job (``core.jobs``): it keeps going when the tab closes, the page re-attaches
+to it, and Cancel stops it at the next batch. Results land in the workspace's analyses/ folder.
+"""
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import checkpoints as ckpts
+from core import jobs
+from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
+from core.errors import InputError
+from core.series import plan_series
+from core.trajectories import read_jsonl
+from workbench import resources, routes, state, ui
+
+state.init()
+st.title("Checkpoints")
+st.caption("Choose the base model and its checkpoint series, the trajectories to analyse, and score them: "
+           "every token under every checkpoint, and the answer probe along each chain of thought.")
+
+ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
+try:
+    world = resources.load_world(str(state.world_path()))
+except InputError as e:
+    world = None
+    st.warning(f"Cannot open the world ({e}); give local folders instead.")
+roots = [ws.root, *(p for p in os.environ.get("WORKBENCH_DATA_ROOTS", "").split(os.pathsep) if p)]
+if world:
+    roots.insert(0, world.root)
+
+
+def picker(label: str, candidates: list[Path], key: str, help_: str) -> str:
+    """A folder: typed, or picked from what was found under the data roots."""
+    c1, c2 = st.columns([3, 2])
+    found = c2.selectbox("Found under the data roots", ["—", *map(str, candidates)], key=f"{key}_found",
+                         help="searched: " + ", ".join(map(str, roots)))
+    if found != "—" and st.session_state.get(f"{key}_last_found") != found:
+        st.session_state[key] = found  # picking fills the text field, which stays editable
+        st.session_state[f"{key}_last_found"] = found
+    return c1.text_input(label, key=key, help=help_, placeholder="/path/to/folder").strip()
+
+
+# ---- 1. the checkpoint series --------------------------------------------------------------------------
+st.subheader("1 · Checkpoint series")
+sources = (["Sample world"] if world else []) + ["Local folders"]
+source = st.radio("Series", sources, horizontal=True, key="ck_source", label_visibility="collapsed")
+problems: list[str] = []
+base_names: list[str] = []
+graph = None
+if source == "Sample world":
+    base, series_arg = str(world.base_model_dir), str(world.root / world.manifest["checkpoints"])
+    graph = str(world.graph_path)
+    base_names = [world.manifest.get("base_model_name", "")]
+    st.caption(f"`{world.root}`: base `{Path(base).name}/`, checkpoints `{Path(series_arg).name}/`")
+else:
+    models, series_dirs = ckpts.find_candidates(roots)
+    base = picker("Base model folder", models, "ck_base", "config.json, weights and tokenizer of the model RFT started from")
+    series_arg = picker("Checkpoints", series_dirs, "ck_series",
+                        "a trainer output folder with checkpoint-N/ (nested v0-*/checkpoint-N too), "
+                        "or several checkpoint folders in order, separated by ';'")
+    graph = st.text_input("Concept graph (optional)", key="ck_graph", placeholder="concept_graph.json",
+                          help="node-link JSON; its diseases become the answer labels, its findings the concepts").strip() or None
+    names = st.text_input("Other names of the base model (optional)", key="ck_base_names",
+                          help="adapters record base_model_name_or_path; list the names that mean this base, ';'-separated")
+    base_names = [n.strip() for n in names.split(";") if n.strip()]
+    if not base:
+        problems.append("Give the base model folder.")
+    if graph and not Path(graph).is_file():
+        problems.append(f"{graph}: concept graph file not found")
+
+checkpoint_list = [s.strip() for s in series_arg.split(";") if s.strip()] if series_arg else []
+checkpoints_value = checkpoint_list[0] if len(checkpoint_list) == 1 else (checkpoint_list or None)
+with ui.controls("Device and settings", expanded=False):
+    c1, c2, c3 = st.columns(3)
+    dev = resources.device_info()
+    device = c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="ck_device",
+                          help=f"auto: {dev.describe()}")
+    dtype = c2.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="ck_dtype",
+                         help="auto: bfloat16 on CUDA, float32 on CPU")
+    positions = c3.selectbox("Probe positions", ["every", "sentence", "end"], key="ck_positions",
+                             help="every token (finest, slowest), sentence ends, or only the end of the CoT")
+    c1, c2, c3, c4 = st.columns(4)
+    limit = c1.number_input("Trajectories (0 = all)", 0, 100_000, 50, step=10, key="ck_limit")
+    batch_size = c2.number_input("Batch size", 1, 512, 8, key="ck_batch")
+    top_k = c3.number_input("Top-k alternatives", 1, 50, 5, key="ck_topk")
+    include_prompt = c4.toggle("Probe inside the report too", True, key="ck_prompt")
+
+infos = []
+if base and not problems:
+    try:
+        ckpts.check_model_dir(base)
+        _, infos, dev_name, torch_dtype = plan_series(base, checkpoints_value, None if device == "auto" else device,
+                                                      None if dtype == "auto" else dtype)
+    except InputError as e:
+        problems.append(str(e))
+    except ValueError as e:
+        problems.append(f"Settings: {e}")
+if infos:
+    st.dataframe(pd.DataFrame([{"checkpoint": c.name, "step": c.step, "kind": c.kind,
+                                "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"), "path": str(c.path)}
+                               for c in infos]), hide_index=True, key="ck_table",
+                 column_config={"reward": st.column_config.NumberColumn(format="%.3f"),
+                                "loss": st.column_config.NumberColumn(format="%.4f")})
+    st.caption(f"{len(infos)} checkpoints plus the base · scoring on **{dev_name}** in **{str(torch_dtype).removeprefix('torch.')}**")
+elif base and not problems and not checkpoints_value:
+    st.info("No checkpoints given: only the base model will be scored.")
+
+# ---- 2. the trajectories -------------------------------------------------------------------------------
+st.subheader("2 · Trajectories")
+kinds = (["Sample world dataset"] if world and source == "Sample world" else []) + ["A JSONL file", "Upload"]
+data_kind = st.radio("Trajectories", kinds, horizontal=True, key="ck_data_kind", label_visibility="collapsed")
+data = None
+if data_kind == "Sample world dataset":
+    names = [n for n in world.manifest["datasets"] if n != "sft"] or list(world.manifest["datasets"])
+    dataset = st.selectbox("Dataset", names, key="ck_dataset",
+                           format_func=lambda n: f"{n} ({world.manifest['datasets'][n]['records']} trajectories)")
+    data = str(world.dataset_path(dataset))
+elif data_kind == "A JSONL file":
+    data = st.text_input("Trajectories file", key="ck_data", placeholder="/path/to/trajectories.jsonl",
+                         help="one JSON object per line with prompt, completion (<think> … </think> answer) and label").strip() or None
+else:
+    up = st.file_uploader("Trajectories (.jsonl)", type=["jsonl"], key="ck_upload")
+    if up is not None:
+        raw = up.getvalue()
+        target = ws.uploads_dir / f"{Path(up.name).stem}-{hashlib.sha256(raw).hexdigest()[:12]}.jsonl"
+        if not target.exists():
+            from core.cache import atomic_write_text
+
+            try:
+                atomic_write_text(target, raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problems.append(f"{up.name}: not UTF-8 text (expected JSON lines)")
+        data = str(target) if target.exists() else None
+if data:
+    try:
+        n = len(resources.records(data, None, resources.file_stamp(data)))
+        st.caption(f"`{data}`: {n} trajectories")
+    except InputError as e:
+        problems.append(str(e))
+elif not problems:
+    problems.append("Choose the trajectories to analyse.")
+
+# ---- 3. score ------------------------------------------------------------------------------------------
+st.subheader("3 · Score")
+cfg = None
+if not problems:
+    try:
+        cfg = AnalysisConfig(base=str(Path(base).resolve()), data=str(Path(data).resolve()),
+                             checkpoints=checkpoints_value, graph=graph and str(Path(graph).resolve()),
+                             base_names=base_names, positions=positions, top_k=int(top_k),
+                             batch_size=int(batch_size), limit=int(limit) or None, include_prompt=include_prompt,
+                             device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)
+    except ValueError as e:
+        problems.append(f"Settings: {e}")
+for p in problems:
+    st.error(p)
+if cfg is not None:
+    name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = score_argv(cfg, ws.analyses_dir / name, ws.root)
+    st.code(shell_command(argv), language="bash")
+    running = [j for j in jobs.list_jobs(ws.runs_dir, "score") if j.state() == "running"]
+    if st.button("Score", type="primary", icon=":material/play_arrow:", key="ck_run", disabled=bool(running),
+                 help="runs in the background; the result is cached, so the same request returns at once"):
+        jobs.start(ws.runs_dir, "score", argv, title=f"score {Path(data).name} under {len(infos) + 1} models",
+                   meta={"out": str(ws.analyses_dir / name)})
+        st.rerun()
+    if running:
+        st.caption("One scoring job at a time: wait for it or cancel it below.")
+
+
+# ---- jobs ----------------------------------------------------------------------------------------------
+def open_result(job, main, side) -> None:
+    if side.button("Open", key=f"open-{job.id}", icon=":material/open_in_new:"):
+        st.session_state[state.ANALYSIS] = job.meta.get("out")
+        st.switch_page(routes.explorer())
+
+
+if jobs.list_jobs(ws.runs_dir, "score"):
+    st.subheader("Scoring jobs")
+    ui.jobs_panel(ws.runs_dir, "score", open_result)
+
+# ---- analyses ------------------------------------------------------------------------------------------
+found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+if found:
+    st.subheader("Analyses")
+    rows = pd.DataFrame([{"analysis": a.name, "data": Path(a.config.data).name, "trajectories": a.config.limit or "all",
+                          "positions": a.config.positions, "written": time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created)),
+                          "path": str(a.path)} for a in found])
+    event = st.dataframe(rows, hide_index=True, key="ck_analyses", on_select="rerun", selection_mode="single-row")
+    if event.selection.rows:
+        st.session_state[state.ANALYSIS] = rows.iloc[event.selection.rows[0]]["path"]
+        st.switch_page(routes.explorer())

@@ -1,0 +1,186 @@
+"""Drift explorer: the dataset overview (where along the steps, which tokens and concepts), then one
+trajectory token by token. Everything shown comes from an analysis folder (``core.analysis``)."""
+
+import pandas as pd
+import streamlit as st
+
+from core import explore
+from core.analysis import list_analyses
+from core.errors import InputError
+from workbench import charts, resources, routes, state, ui
+
+state.init()
+st.title("Drift explorer")
+
+ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
+try:
+    world = resources.load_world(str(state.world_path()))
+except InputError as e:
+    world = None
+    st.warning(f"Cannot open the world: {e}")
+found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+if not found:
+    st.info("No drift analysis yet. Score a checkpoint series on the **Checkpoints** page first.")
+    st.page_link(routes.checkpoints(), label="Go to Checkpoints")
+    st.stop()
+
+paths = [str(a.path) for a in found]
+state.persist("explorer_analysis", state.ANALYSIS, paths)
+with ui.controls("Analysis"):
+    chosen = st.selectbox("Analysis", paths, key="explorer_analysis", label_visibility="collapsed",
+                          format_func=lambda p: found[paths.index(p)].describe())
+st.session_state[state.ANALYSIS] = chosen
+info = found[paths.index(chosen)]
+try:
+    a = resources.load_analysis(chosen, info.stamp)
+    trajs = resources.trajectory_table(chosen, info.stamp)
+except (InputError, OSError) as e:
+    st.error(f"Cannot read this analysis: {e}")
+    st.stop()
+
+VIEWS = ["Overview", "Trajectory"]
+st.session_state.setdefault(state.EXPLORER_VIEW, VIEWS[0])
+view = st.segmented_control("View", VIEWS, key=state.EXPLORER_VIEW, label_visibility="collapsed") or VIEWS[0]
+
+
+def open_driver(kind: str, table: pd.DataFrame, widget_key: str) -> None:
+    """A driver row was picked: filter the trajectory view to where it happens and switch to it."""
+    rows = st.session_state[widget_key]["selection"]["rows"]
+    if not rows:
+        return
+    row = table.iloc[rows[0]]
+    if kind == "token":
+        ids = list(row["trajectories"])
+        note = f"token {row['token']!r} under {row['checkpoint']}"
+    elif kind == "concept":
+        surfaces = [row["concept"], *graph_surfaces(row["concept"])]
+        ids = explore.concept_trajectories(resources.records(a.config.data, a.config.limit, info.stamp), surfaces)
+        note = f"concept {row['concept']!r}"
+    else:
+        ids = explore.concept_trajectories(resources.records(a.config.data, a.config.limit, info.stamp),
+                                           [row["context"].split(" ")[-1]])
+        note = f"context {row['context']!r} under {row['checkpoint']}"
+    st.session_state[state.DRIVER_IDS] = ids
+    st.session_state[state.DRIVER_NOTE] = note
+    st.session_state[state.EXPLORER_VIEW] = "Trajectory"
+    if ids:
+        st.session_state[state.TRAJECTORY] = st.session_state["explorer_trajectory"] = ids[0]
+
+
+def graph_surfaces(concept: str) -> list[str]:
+    if not a.config.graph:
+        return []
+    g = resources.concept_graph(a.config.graph, resources.file_stamp(a.config.graph))
+    return list(g.nodes[concept].get("synonyms", [])) if concept in g else []
+
+
+if view == "Overview":
+    s = a.summary
+    worst = s.loc[s["accuracy"].idxmin()]
+    alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
+    facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
+             ("Worst checkpoint", worst["checkpoint"], f"accuracy {worst['accuracy']:.2f}"),
+             ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
+              "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
+             ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
+    for col, (label, value, note) in zip(st.columns(len(facts)), facts):
+        col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
+
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown("**Across the checkpoints**: probed accuracy, belief, detrimental share and KL")
+        ui.figure(charts.summary_over_steps(s, a.changes), "summary-chart", "drift-summary")
+    with right:
+        st.markdown("**Accuracy per category**")
+        cat = resources.category_accuracy(chosen, info.stamp)
+        if cat.empty:
+            st.info("The trajectories carry no gold labels.")
+        else:
+            ui.figure(charts.category_heatmap(cat), "category-chart", "category-accuracy")
+    with st.expander("Per-checkpoint table and step tests", expanded=False):
+        ui.table(s, "summary-table", "checkpoint-summary",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in s.columns[2:]})
+        ui.table(a.changes, "changes-table", "step-changes")
+
+    st.subheader("What drives the drift")
+    st.caption("Effect drift: how much reading a token moves the belief in the gold answer, minus what the base "
+               "model's belief did. Negative is detrimental. Pick a row to open the trajectories where it happens.")
+    with ui.controls("Driver filters"):
+        c1, c2, c3 = st.columns([2, 2, 3])
+        kind = c1.radio("By", ["token", "concept", "context"], horizontal=True, key="driver_kind",
+                        captions=None)
+        ckpts = [c for c in s["checkpoint"] if c != "base"]
+        ckpt = c2.selectbox("Checkpoint", ["all", *ckpts], index=ckpts.index(worst["checkpoint"]) + 1
+                            if worst["checkpoint"] in ckpts else 0, key="driver_checkpoint")
+        direction = c3.radio("Direction", ["detrimental", "beneficial", "all"], horizontal=True, key="driver_direction")
+    table = {"token": a.by_token, "concept": a.by_concept, "context": a.by_context}[kind]
+    if table.empty:
+        st.info(f"No {kind} table in this analysis" + (" (it was scored without a concept graph)." if kind == "concept" else "."))
+    else:
+        t = table if ckpt == "all" else table[table["checkpoint"] == ckpt]
+        if direction != "all":
+            t = t[t["direction"] == direction]
+        sort = "mean_kl_base" if kind == "context" else "mean_effect_drift"
+        t = t.sort_values(sort, ascending=(kind != "context") == (direction != "beneficial")).reset_index(drop=True)
+        shown = t.drop(columns=[c for c in ("trajectories",) if c in t]).head(200)
+        ui.table(shown, f"drivers-{kind}", f"drivers-by-{kind}", on_select=lambda: open_driver(kind, t, f"drivers-{kind}"),
+                 selection_mode="single-row", height=360)
+
+else:
+    st.caption("Checkpoints × tokens of one chain of thought. ▼ detrimental, ▲ beneficial positions "
+               "(reading the token moved the belief in the gold answer by more than τ="
+               f"{a.config.tau} against, or for, what the base model did).")
+    with ui.controls("Find a trajectory"):
+        c1, c2, c3 = st.columns([3, 2, 3])
+        labels = sorted(trajs["gold"].dropna().unique())
+        pick_labels = c1.multiselect("Gold label", labels, key="traj_labels")
+        lo, hi = float(trajs["drift"].min()), float(trajs["drift"].max())
+        lo, hi = round(lo - 0.005, 2), round(max(hi, lo + 0.01) + 0.005, 2)
+        max_drift = c2.slider("Drift at most", lo, hi, hi, step=0.01, key="traj_max_drift",
+                              help="worst checkpoint's final gold belief minus the base's (negative: it fell)")
+        contains = c3.text_input("Token or concept in the CoT", key="traj_contains", placeholder="e.g. opacity")
+        ids = st.session_state.get(state.DRIVER_IDS)
+        if ids is not None:
+            note_col, clear_col = st.columns([5, 1])
+            note_col.info(f"Showing the {len(ids)} trajectories of {st.session_state.get(state.DRIVER_NOTE, 'a driver')}.")
+            if clear_col.button("Clear", key="clear_driver"):
+                st.session_state[state.DRIVER_IDS] = None
+                st.rerun()
+    rows = explore.filter_trajectories(trajs, pick_labels, max_drift, contains, ids)
+    if rows.empty:
+        st.warning("No trajectory matches these filters.")
+        st.stop()
+    options = rows["traj_id"].tolist()
+    state.persist("explorer_trajectory", state.TRAJECTORY, options)
+    by_id = rows.set_index("traj_id")
+    c1, c2, c3 = st.columns([4, 3, 2])
+    traj_id = c1.selectbox(f"Trajectory ({len(options)} match, most drifted first)", options, key="explorer_trajectory",
+                           format_func=lambda t: f"{t} · {by_id.at[t, 'gold']} · drift {by_id.at[t, 'drift']:+.2f}")
+    st.session_state[state.TRAJECTORY] = traj_id
+    metric = c2.selectbox("Colour by", list(explore.METRICS), index=list(explore.METRICS).index("effect_drift"),
+                          format_func=lambda m: explore.METRICS[m][0], key="traj_metric")
+    with_report = c3.toggle("Include the report", value=True, key="traj_report",
+                            disabled=explore.METRICS[metric][1] != "effects",
+                            help="belief metrics only: token metrics exist for the model's completion")
+    r = by_id.loc[traj_id]
+    record = {x["id"]: x for x in resources.records(a.config.data, a.config.limit, info.stamp)}.get(traj_id, {})
+    st.markdown(f"**Gold:** {r['gold']} · **base answer:** {r['base_answer']} ({r['base_belief']:.2f}) · "
+                f"**{r['worst_checkpoint']}:** {r['worst_answer']} ({r['worst_belief']:.2f})")
+    st.text(f"{record.get('prompt', '')}\n{record.get('completion', '')}")
+
+    m = explore.token_matrix(a.tokens, a.effects, traj_id, metric, include_prompt=with_report)
+    ui.figure(charts.token_heatmap(m), "token-heatmap", f"heatmap-{traj_id}-{metric}")
+    path = explore.belief_path(a.beliefs, traj_id)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Belief in the gold answer along the trajectory**, one line per checkpoint")
+        ui.figure(charts.belief_lines(path), "belief-lines", f"belief-{traj_id}")
+    with right:
+        order = list(dict.fromkeys(path["checkpoint"]))
+        at = st.select_slider("Answer distribution under", order, value=r["worst_checkpoint"]
+                              if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
+        ui.figure(charts.answer_distribution(path, at, explore.top_labels(path)), "answer-dist",
+                  f"answers-{traj_id}-{at}")
+    with st.expander("Token table", expanded=False):
+        tok = a.tokens[a.tokens["traj_id"] == traj_id].drop(columns=["traj_id"])
+        ui.table(tok, "token-table", f"tokens-{traj_id}")

@@ -1,0 +1,159 @@
+"""Perturbation lab: swap a span for a near-synonym and see whether the answer flips, checkpoint by checkpoint.
+
+One trajectory runs in the page (a probe per checkpoint: fractions of a second on the sample world); a whole
+dataset runs as a background job (``workbench perturb``) with progress and Cancel.
+"""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import jobs, perturb
+from core.analysis import list_analyses, perturb_argv, resolve_labels, shell_command
+from core.errors import InputError
+from workbench import charts, resources, state, ui
+
+state.init()
+st.title("Perturbation lab")
+st.caption("Replace a finding by a near-synonym from the concept graph (or any span) and compare the answer "
+           "before and after under every checkpoint. A model that reasons from the findings should not care; "
+           "one that drifted to a surface shortcut flips.")
+
+ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
+try:
+    world = resources.load_world(str(state.world_path()))
+except InputError as e:
+    world = None
+    st.warning(f"Cannot open the world: {e}")
+found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+if not found:
+    st.info("The lab uses the checkpoint series and trajectories of an analysis; score one on the Checkpoints page.")
+    st.stop()
+paths = [str(a.path) for a in found]
+state.persist("lab_analysis", state.ANALYSIS, paths)
+with ui.controls("Series and trajectories"):
+    chosen = st.selectbox("Analysis (its checkpoint series and trajectories)", paths, key="lab_analysis",
+                          format_func=lambda p: found[paths.index(p)].describe())
+st.session_state[state.ANALYSIS] = chosen
+info = found[paths.index(chosen)]
+a = resources.load_analysis(chosen, info.stamp)
+cfg = a.config
+try:
+    records = resources.records(cfg.data, cfg.limit, info.stamp)
+    graph = resources.concept_graph(cfg.graph, resources.file_stamp(cfg.graph)) if cfg.graph else None
+    labels, _ = resolve_labels(cfg, records)
+except InputError as e:
+    st.error(f"Cannot read this analysis's inputs: {e}")
+    st.stop()
+
+
+def get_series():
+    return resources.series(cfg.base, tuple(cfg.checkpoints) if isinstance(cfg.checkpoints, list) else cfg.checkpoints,
+                            cfg.device, cfg.dtype, tuple(cfg.base_names))
+
+
+single, batch = st.tabs(["One trajectory", "Over the dataset"])
+
+with single:
+    by_id = {r["id"]: r for r in records}
+    ids = list(by_id)
+    state.persist("lab_trajectory", state.TRAJECTORY, ids)
+    traj_id = st.selectbox("Trajectory", ids, key="lab_trajectory",
+                           format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
+    st.session_state[state.TRAJECTORY] = traj_id
+    record = by_id[traj_id]
+    st.text(f"{record['prompt']}\n{record['completion']}")
+    options = perturb.swaps_in(record, graph) if graph is not None else []
+    c1, c2, c3 = st.columns([3, 3, 2])
+    if options:
+        pick = c1.selectbox("Finding in this trajectory", range(len(options)), key="lab_pick",
+                            format_func=lambda i: f"{options[i][1]}  ({options[i][0]})")
+        concept, surface, alternatives = options[pick]
+        alt = c2.selectbox("Replace with (graph synonyms)", [*alternatives, "other…"], key=f"lab_alt_{pick}")
+        find = surface
+        replace = c2.text_input("Replacement", key="lab_replace_free") if alt == "other…" else alt
+    else:
+        st.caption("No finding of the concept graph occurs here; type the span to replace.")
+        find = c1.text_input("Span to replace", key="lab_find")
+        replace = c2.text_input("Replacement", key="lab_replace")
+    mode = c3.radio("Answer by", ["probe", "generate"], key="lab_mode", horizontal=True,
+                    help="probe: keep this CoT (with the span swapped) and read the answer at its end; "
+                         "generate: let each checkpoint write its own CoT from the swapped report")
+    if st.button("Swap and compare", type="primary", key="lab_run", disabled=not (find and replace),
+                 icon=":material/swap_horiz:"):
+        with st.spinner("Answering under every checkpoint…"):
+            try:
+                series = get_series()
+                result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode)
+            except InputError as e:
+                st.error(str(e))
+                result = None
+        st.session_state["lab_result"] = (traj_id, find, replace, mode, result)
+    saved = st.session_state.get("lab_result")
+    if saved and saved[0] == traj_id and saved[4] is not None:
+        _, f, r, m, result = saved
+        if result.empty:
+            st.warning(f"{f!r} does not occur in this trajectory.")
+        else:
+            flips = int(result["flip"].sum())
+            st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result)} checkpoints.")
+            if m == "probe":
+                ui.figure(charts.perturbation_beliefs(result), "lab-single-chart", f"swap-{traj_id}")
+            ui.table(result, "lab-single-table", f"swap-{traj_id}")
+
+with batch:
+    swaps = perturb.synonym_swaps(graph) if graph is not None else {}
+    c1, c2, c3 = st.columns([3, 3, 2])
+    pairs = [(c, s, o) for c, ss in swaps.items() for s in ss for o in ss if o != s]
+    if pairs:
+        default = next((i for i, p in enumerate(pairs) if p[1:] == ("consolidation", "airspace opacity")), 0)
+        choice = c1.selectbox("Synonym swap from the concept graph", [*range(len(pairs)), -1], index=default,
+                              key="lab_pair", format_func=lambda i: "type my own…" if i < 0 else
+                              f"{pairs[i][1]} → {pairs[i][2]}")
+    else:
+        choice = -1
+    if choice < 0:
+        bfind = c1.text_input("Span to replace", key="lab_bfind")
+        breplace = c1.text_input("Replacement", key="lab_breplace")
+    else:
+        _, bfind, breplace = pairs[choice]
+    bmode = c2.radio("Answer by", ["generate", "probe"], key="lab_bmode", horizontal=True,
+                     help="generate (the paper's flip rate): each checkpoint writes its own CoT; probe: faster, "
+                          "the dataset's CoT is kept")
+    blimit = c3.number_input("Trajectories (0 = all)", 0, 100_000, 0, key="lab_blimit")
+    n_hit = sum(perturb.replace_span(r, bfind, breplace) is not None for r in records) if bfind else 0
+    st.caption(f"{n_hit} of the {len(records)} trajectories contain {bfind!r}." if bfind else "")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(cfg.data).stem}-{bfind}-{breplace}-{bmode}-{blimit}")
+    out = ws.root / "perturbations" / f"{slug}.parquet"
+    limit = int(blimit) or cfg.limit
+    argv = perturb_argv(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)
+    st.code(shell_command(argv), language="bash")
+    running = [j for j in jobs.list_jobs(ws.runs_dir, "perturb") if j.state() == "running"]
+    if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
+                 or bool(running), icon=":material/play_arrow:"):
+        jobs.start(ws.runs_dir, "perturb", argv, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
+                   meta={"out": str(out)})
+        st.rerun()
+
+    def show_result(job, main, side) -> None:
+        if not Path(job.meta.get("out", "")).is_file():
+            main.warning(f"{job.meta.get('out')}: result file missing")
+            return
+        if side.toggle("Show", key=f"show-{job.id}", value=job.id == newest):
+            df = pd.read_parquet(job.meta["out"])
+            summary = perturb.perturbation_summary(df)
+            with main:
+                st.markdown("Per checkpoint: accuracy before and after the swap, and the flip rate")
+                ui.figure(charts.perturbation_over_steps(summary), f"lab-sum-{job.id}", f"flips-{job.id}")
+                ui.table(summary, f"lab-sumt-{job.id}", f"flips-{job.id}")
+                cats = perturb.category_flips(df)
+                if not cats.empty:
+                    st.markdown("Flip rate per gold category and checkpoint")
+                    ui.figure(charts.category_flip_heatmap(cats), f"lab-cat-{job.id}", f"category-flips-{job.id}")
+
+    previous = jobs.list_jobs(ws.runs_dir, "perturb")
+    newest = previous[0].id if previous else None
+    ui.jobs_panel(ws.runs_dir, "perturb", show_result)

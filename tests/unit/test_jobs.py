@@ -1,0 +1,98 @@
+"""Background jobs: they report progress, end in the right state however they end, and cancel gracefully."""
+
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from core import jobs
+from core.analysis import Analysis
+
+WORKER = textwrap.dedent("""
+    import sys, time
+    from core.jobs import cancel_flag, report_progress
+    stop = cancel_flag()
+    steps = int(sys.argv[1])
+    for i in range(steps):
+        if stop():
+            print("stopping at", i, flush=True)
+            sys.exit(130)
+        report_progress(i + 1, steps, f"step {i + 1}")
+        time.sleep(0.05)
+    print("finished", flush=True)
+    sys.exit(int(sys.argv[2]))
+""")
+
+
+def start_worker(tmp_path, steps: int, code: int = 0) -> jobs.Job:
+    return jobs.start(tmp_path, "test", ["-c", WORKER, str(steps), str(code)], title="a test job")
+
+
+def test_a_job_reports_progress_and_ends_done(tmp_path):
+    job = start_worker(tmp_path, 10)
+    assert job.wait(30) == "done"
+    p = job.progress()
+    assert p["done"] == 1.0 and p["message"] == "step 10"
+    assert "finished" in job.log_tail()
+    again = jobs.Job.load(job.dir)  # another page process re-attaches from the folder alone
+    assert again.state() == "done" and again.title == "a test job"
+
+
+def test_a_failing_worker_ends_failed_with_its_output(tmp_path):
+    job = start_worker(tmp_path, 2, code=3)
+    assert job.wait(30) == "failed"
+    assert job.exit_info()["returncode"] == 3
+
+
+def test_cancel_stops_the_worker_at_its_next_check(tmp_path):
+    job = start_worker(tmp_path, 10_000)
+    deadline = time.monotonic() + 20
+    while job.progress()["done"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.state() == "running"
+    assert job.cancel()
+    assert job.wait(20) == "cancelled"
+    assert "stopping at" in job.log_tail()
+    assert not job.cancel()  # nothing left to cancel
+
+
+def test_a_killed_supervisor_reads_as_died(tmp_path):
+    import os
+    import signal
+
+    job = start_worker(tmp_path, 10_000)
+    os.killpg(job.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while job.state() == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.state() == "died"
+
+
+def test_list_jobs_newest_first_and_skips_junk(tmp_path):
+    a = start_worker(tmp_path, 1)
+    b = start_worker(tmp_path, 1)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "job.json").write_text("{not json")
+    assert [j.id for j in jobs.list_jobs(tmp_path)] == [b.id, a.id]
+    assert jobs.list_jobs(tmp_path, kind="other") == []
+    a.wait(30), b.wait(30)
+
+
+@pytest.mark.slow
+def test_score_and_perturb_run_as_jobs_on_the_quick_world(tmp_path, quick_world):
+    out = tmp_path / "analysis"
+    job = jobs.start(tmp_path / "runs", "score", ["-m", "workbench.cli", "score", "--world", str(quick_world),
+                                                  "--limit", "3", "--out", str(out), "--no-cache"])
+    assert job.wait(120) == "done", job.log_tail()
+    assert job.progress()["done"] == 1.0
+    result = Analysis.load(out)
+    assert set(result.tokens["checkpoint"]) >= {"base"} and len(result.beliefs) > 0
+
+    pairs = tmp_path / "pairs.parquet"
+    job = jobs.start(tmp_path / "runs", "perturb", ["-m", "workbench.cli", "perturb", "--world", str(quick_world),
+                                                    "--limit", "20", "--find", "opacity", "--replace", "shadow",
+                                                    "--mode", "probe", "--out", str(pairs)])
+    assert job.wait(120) == "done", job.log_tail()
+    df = pd.read_parquet(pairs)
+    assert {"traj_id", "checkpoint", "answer_before", "answer_after", "flip"} <= set(df.columns)

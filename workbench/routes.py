@@ -1,0 +1,29 @@
+"""The app's pages in one place: ``app.py`` routes with them, pages link to each other with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+
+
+def home():
+    return st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True)
+
+
+def checkpoints():
+    return st.Page(PAGES / "checkpoints.py", title="Checkpoints", icon=":material/model_training:")
+
+
+def explorer():
+    return st.Page(PAGES / "explorer.py", title="Drift explorer", icon=":material/stacked_line_chart:")
+
+
+def perturbation():
+    return st.Page(PAGES / "perturbation.py", title="Perturbation lab", icon=":material/swap_horiz:")
+
+
+def navigation() -> dict:
+    return {"Workbench": [home()], "Drift": [checkpoints(), explorer(), perturbation()]}

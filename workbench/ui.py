@@ -1,0 +1,93 @@
+"""Page building blocks shared by every page: figures and tables with their downloads, tucked-away controls.
+
+    ui.figure(fig, "heatmap", "drift-heatmap")      # chart + "HTML" download; PNG/SVG from the chart's camera
+    ui.table(df, "drivers", "drift-drivers")        # dataframe + CSV download
+    with ui.controls("Filters"): ...                # an expander, collapsed in presentation mode
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from workbench import state
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "figure"
+
+
+def plot_config(name: str) -> dict:
+    """Plotly's camera button downloads the figure as PNG or SVG (chosen in the sidebar), drawn by the
+    browser itself: no server-side renderer, works offline."""
+    scale = 2 if st.session_state.get(state.FIG_FORMAT, "png") == "png" else 1
+    return {"displaylogo": False,
+            "toImageButtonOptions": {"format": st.session_state.get(state.FIG_FORMAT, "png"),
+                                     "filename": _slug(name), "scale": scale}}
+
+
+def figure(fig: go.Figure, key: str, name: str, **kwargs):
+    """Show ``fig``; offer it as a self-contained interactive HTML file (built only when clicked)."""
+    if st.session_state.get(state.PRESENTATION):
+        fig.update_layout(font={"size": 16})
+    event = st.plotly_chart(fig, key=key, config=plot_config(name), **kwargs)
+    st.download_button("Interactive HTML", lambda: fig.to_html(include_plotlyjs=True, full_html=True),
+                       file_name=f"{_slug(name)}.html", mime="text/html", key=f"{key}-html",
+                       icon=":material/download:", type="tertiary", on_click="ignore")
+    return event
+
+
+def table(df: pd.DataFrame, key: str, name: str, **kwargs):
+    """Show ``df``; offer it as CSV (built only when clicked)."""
+    event = st.dataframe(df, key=key, hide_index=kwargs.pop("hide_index", True), **kwargs)
+    st.download_button("CSV", lambda: df.to_csv(index=False), file_name=f"{_slug(name)}.csv", mime="text/csv",
+                       key=f"{key}-csv", icon=":material/download:", type="tertiary", on_click="ignore")
+    return event
+
+
+def controls(label: str, expanded: bool = True):
+    """A container for a page's settings: open normally, tucked into a closed expander when presenting."""
+    return st.expander(label, expanded=expanded and not st.session_state.get(state.PRESENTATION, False))
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def jobs_panel(runs_dir, kind: str, done_actions, limit: int = 5) -> None:
+    """The latest background jobs of ``kind``: live progress with ETA and Cancel while running (the panel
+    redraws itself every second), the log when one fails, and ``done_actions(job, main, side)`` to show
+    or open a finished job's result. When the last running job ends, the whole page reruns."""
+    from core import jobs
+
+    def panel() -> None:
+        recent = jobs.list_jobs(runs_dir, kind)[:limit]
+        for job in recent:
+            status, p = job.state(), job.progress()
+            with st.container(border=True):
+                main, side = st.columns([5, 1])
+                main.markdown(f"**{job.title}** · {status} · {duration(p['elapsed_s'])}")
+                if status == "running":
+                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {p.get('message', '')} · "
+                                                            f"ETA {duration(p['eta_s'])}")
+                    if side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:"):
+                        job.cancel()
+                elif status == "done":
+                    done_actions(job, main, side)
+                if status != "done":
+                    with main.expander("Log", expanded=status in ("failed", "died")):
+                        st.code(job.log_tail(15) or "(empty)", language="text")
+        flag = f"_running_{kind}"
+        if any(j.state() == "running" for j in recent):
+            st.session_state[flag] = True
+        elif st.session_state.pop(flag, False):
+            st.rerun()  # a job just ended: redraw the page around it
+
+    live = any(j.state() == "running" for j in jobs.list_jobs(runs_dir, kind)[:limit])
+    st.fragment(panel, run_every=1.0 if live else None)()
