@@ -79,7 +79,7 @@ if view == "Overview":
     worst = s.loc[s["accuracy"].idxmin()]
     alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
-             ("Worst checkpoint", worst["checkpoint"], f"accuracy {worst['accuracy']:.2f}"),
+             ("Worst checkpoint", f"step {int(worst['step'])}", f"{worst['checkpoint']} · accuracy {worst['accuracy']:.2f}"),
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]

@@ -76,3 +76,44 @@ def test_cli_score_bad_inputs_are_named(quick_world, tmp_path):
                "--out", str(tmp_path / "o"), "--no-cache")
     assert out.returncode == 2 and "nope" in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def result(cfg):
+    return an.run_analysis(cfg)
+
+
+def test_portable_save_resolves_paths_against_the_folder(cfg, result, tmp_path):
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(ROOT / "sample_data" / "model", world / "model")  # any files at the config's relative spots
+    out = result.save(tmp_path / "shipped", portable=True)
+    written = json.loads((out / "config.json").read_text())
+    assert not written["base"].startswith("/") and written["base"].startswith("..")
+    assert an.Analysis.load(out).config.base == cfg.base  # resolved back to the same absolute path
+
+
+def test_list_analyses_newest_first_skipping_broken_folders(result, tmp_path):
+    import os
+
+    older = result.save(tmp_path / "runs" / "older")
+    newer = result.save(tmp_path / "runs" / "newer")
+    os.utime(older / "config.json", (1, 1))
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "config.json").write_text("{nope")
+    found = an.list_analyses(tmp_path / "runs", None, older)  # a folder given twice is listed once
+    assert [f.path for f in found] == [newer, older]
+    assert "first 6 of test.jsonl" in found[0].describe() and found[0].stamp != found[1].stamp
+
+
+def test_score_argv_parses_back_to_the_same_config(cfg, tmp_path):
+    from workbench.cli import _analysis_config, parser
+
+    custom = an.AnalysisConfig(**{**cfg.__dict__, "top_k": 7, "include_prompt": False, "dtype": "float32"})
+    argv = an.score_argv(custom, tmp_path / "out", tmp_path / "ws")
+    args = parser().parse_args(argv[2:])
+    assert _analysis_config(args) == custom
+    assert an.shell_command(argv).startswith("workbench score --base ")
+    pargs = parser().parse_args(an.perturb_argv(cfg, "opacity", "lung opacity", "probe", tmp_path / "p.parquet")[2:])
+    assert (pargs.find, pargs.replace, pargs.mode, pargs.limit) == ("opacity", "lung opacity", "probe", 6)

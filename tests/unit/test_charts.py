@@ -24,3 +24,73 @@ def test_drift_figure_has_one_named_line_per_series():
     fig = charts.drift_over_steps(charts.drift_table(ROWS))
     assert [t.name for t in fig.data] == [v[0] for v in charts.DRIFT_SERIES.values()]
     assert list(fig.data[0].x) == [0, 80] and list(fig.data[0].y) == [0.9, 0.8]
+
+
+# ---- drift explorer charts ------------------------------------------------------------------------------
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from core.explore import TokenMatrix  # noqa: E402
+
+
+def matrix(metric="effect_drift"):
+    direction = np.array([["", "", ""], ["detrimental", "neutral", "beneficial"]], dtype=object)
+    return TokenMatrix(metric, ["base", "<b>ck</b>"], [0, 1, 2], ["<think>", " a", " </think>"],
+                       np.array([[0.0, 0.0, np.nan], [-0.4, 0.01, 0.3]]),
+                       [["'<think>' p=0.9\ntop: '<think>' 0.9"] * 3] * 2, direction)
+
+
+def test_token_heatmap_escapes_tokens_and_marks_directions():
+    fig = charts.token_heatmap(matrix(), title="<script>x</script>")
+    heat = fig.data[0]
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;think&gt;", " a", " &lt;/think&gt;"]
+    assert list(heat.y) == ["base", "&lt;b&gt;ck&lt;/b&gt;"] and "<think>" not in heat.customdata[0][0]
+    assert "<br>" in heat.customdata[0][0]  # line breaks of the hover text survive as markup
+    assert heat.zmid == 0 and heat.zmin == -0.4  # diverging scale around zero for belief metrics
+    marks = {t.name: (list(t.x), list(t.y)) for t in fig.data[1:]}
+    assert marks == {"detrimental": ([0], ["&lt;b&gt;ck&lt;/b&gt;"]), "beneficial": ([2], ["&lt;b&gt;ck&lt;/b&gt;"])}
+    assert "&lt;script&gt;" in fig.layout.title.text
+
+
+def test_token_heatmap_of_a_token_metric_is_sequential():
+    fig = charts.token_heatmap(matrix("kl_base"))
+    assert fig.data[0].zmid is None
+
+
+def test_belief_lines_one_per_checkpoint_in_series_order():
+    path = pd.DataFrame({"checkpoint": ["base"] * 3 + ["ck-1"] * 3, "position": [-1, 0, 1] * 2,
+                         "gold_prob": [0.1, 0.5, 0.9, 0.1, 0.2, 0.1], "gold": "Edema",
+                         "answer": ["Edema", "<i>x</i>", "Edema"] * 2, "p:Edema": 0.5, "p:Mass": 0.5})
+    fig = charts.belief_lines(path)
+    assert [t.name for t in fig.data] == ["base", "ck-1"] and list(fig.data[1].y) == [0.1, 0.2, 0.1]
+    assert "&lt;i&gt;" in fig.data[0].customdata[1]
+    dist = charts.answer_distribution(path, "ck-1", ["Edema", "Mass"])
+    assert [t.name for t in dist.data] == ["Edema", "Mass"]
+
+
+def test_summary_over_steps_shades_detrimental_changes():
+    summary = pd.DataFrame({"checkpoint": ["base", "c1", "c2"], "step": [0, 1, 2], "accuracy": [1, 0.5, 0.7],
+                            "final_gold_prob": [0.9, 0.4, 0.6], "kl_base": [0, 1, 1], "kl_prev": [0, 1, 0.2],
+                            "share_detrimental": [0, 0.1, 0.05], "share_beneficial": [0, 0.02, 0.05]})
+    changes = pd.DataFrame({"from_step": [0, 1], "to_step": [1, 2], "changed": [True, True],
+                            "direction": ["detrimental", "beneficial"], "page_hinkley_alarm": [True, False]})
+    fig = charts.summary_over_steps(summary, changes)
+    assert len(fig.data) == 6
+    shaded = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(shaded) == 2 and {s.x0 for s in shaded} == {0}  # one rectangle per subplot, step 0 -> 1 only
+
+
+def test_perturbation_charts():
+    df = pd.DataFrame({"checkpoint": ["base", "c1"], "step": [0, 1], "gold_before": [0.9, 0.8],
+                       "gold_after": [0.9, 0.1], "answer_before": ["A", "A"], "answer_after": ["A", "B"],
+                       "flip": [False, True]})
+    fig = charts.perturbation_beliefs(df)
+    assert [t.name for t in fig.data] == ["before the swap", "after the swap", "answer flipped"]
+    assert list(fig.data[2].x) == ["c1"]
+    summary = pd.DataFrame({"checkpoint": ["base", "c1"], "step": [0, 1], "accuracy_before": [1, 1],
+                            "accuracy_after": [1, 0.5], "flip_rate": [0, 0.5]})
+    assert list(charts.perturbation_over_steps(summary).data[2].y) == [0, 0.5]
+    cats = pd.DataFrame({"gold": ["A", "A", "B"], "checkpoint": ["base", "c1", "c1"], "step": [0, 1, 1],
+                         "flip_rate": [0.0, 0.5, 1.0]})
+    heat = charts.category_flip_heatmap(cats)
+    assert list(heat.data[0].x) == ["base", "c1"] and list(heat.data[0].y) == ["A", "B"]

@@ -50,3 +50,24 @@ def test_broken_trainer_state_is_named(tmp_path):
     (p / "trainer_state.json").write_text("{oops")
     with pytest.raises(InputError, match="trainer_state.json: not valid JSON"):
         checkpoints.discover(tmp_path)
+
+
+def test_check_model_dir_names_what_is_missing(tmp_path, sample_world):
+    from core.checkpoints import check_model_dir
+
+    assert check_model_dir(sample_world / "model") == sample_world / "model"
+    with pytest.raises(InputError, match="not found"):
+        check_model_dir(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="looks like an adapter"):
+        check_model_dir(sample_world / "rft" / "checkpoint-40")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="no weights"):
+        check_model_dir(tmp_path / "m")
+
+
+def test_find_candidates_lists_models_and_trainer_folders(sample_world, tmp_path):
+    from core.checkpoints import find_candidates
+
+    models, series = find_candidates([sample_world, tmp_path / "missing"])
+    assert models == [sample_world / "model"] and series == [sample_world / "rft"]
