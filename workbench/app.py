@@ -24,5 +24,8 @@ if st.session_state[state.PRESENTATION]:
 
 page = st.navigation({
     "Workbench": [st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True)],
+    "Counterfactuals": [
+        st.Page(PAGES / "graph_editor.py", title="Concept graph", icon=":material/hub:"),
+        st.Page(PAGES / "counterfactuals.py", title="Counterfactuals", icon=":material/alt_route:")],
 })
 page.run()

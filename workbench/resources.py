@@ -8,7 +8,11 @@ from __future__ import annotations
 import streamlit as st
 
 from core import device, world
+from core.graph_store import GraphStore
+from core.series import ModelSeries, load_series
+from core.trajectories import read_jsonl
 from core.workspace import Workspace
+from workbench import graphview
 
 
 @st.cache_data(show_spinner="Reading the world…")
@@ -34,3 +38,28 @@ def device_info() -> device.DeviceInfo:
 @st.cache_resource
 def workspace(path: str) -> Workspace:
     return Workspace.open(path or None)
+
+
+@st.cache_resource
+def graph_store(workspace_path: str, graph_path: str) -> GraphStore:
+    """The versioned concept graph of a world (its file becomes version 1 the first time)."""
+    return GraphStore.open(workspace(workspace_path).store, graph_path)
+
+
+@st.cache_data(show_spinner="Reading trajectories…")
+def dataset(path: str, fingerprint: str, name: str) -> list[dict]:
+    return read_jsonl(world.load_world(path).dataset_path(name))
+
+
+@st.cache_resource(show_spinner="Loading the model and its checkpoints…")
+def model_series(path: str, fingerprint: str) -> ModelSeries:
+    """A world's base model with its checkpoint series, loaded once and shared by every session."""
+    w = world.load_world(path)
+    return load_series(w.base_model_dir, w.root / w.manifest["checkpoints"],
+                       base_names=[w.manifest.get("base_model_name", w.base_model_dir.name)])
+
+
+@st.cache_data
+def graph_html(_gs: GraphStore, key: str, version: int, highlight: str | None) -> str:
+    """The pyvis page of one graph version (versions never change, so the key is enough)."""
+    return graphview.graph_html(_gs.graph(version), highlight)
