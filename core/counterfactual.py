@@ -46,13 +46,20 @@ class Mention:
 def find_mentions(graph: nx.DiGraph, text: str) -> list[Mention]:
     """Non-overlapping mentions of graph nodes in ``text``, in text order."""
     taken: list[Mention] = []
+    finding_names = {n.lower() for f in concepts.findings(graph) for n in concepts.names(graph, f)}
     for kind, flags in (("disease", 0), ("finding", re.IGNORECASE)):
         forms = [(name, node, k) for node in _of_kind(graph, kind) for k, name in enumerate(concepts.names(graph, node))]
         for name, node, k in sorted(forms, key=lambda f: -len(f[0])):
             for m in re.finditer(rf"(?<![\w]){re.escape(name)}(?![\w])", text, flags):
+                if kind == "disease" and name.lower() in finding_names and _opens_sentence(text, m.start()):
+                    continue  # "Consolidation and air bronchograms." is the finding, capitalised
                 if not any(m.start() < t.end and t.start < m.end() for t in taken):
                     taken.append(Mention(m.start(), m.end(), node, kind, k))
     return sorted(taken, key=lambda t: t.start)
+
+
+def _opens_sentence(text: str, pos: int) -> bool:
+    return re.search(r"(^|[.;:>])\s*$", text[:pos]) is not None
 
 
 def _of_kind(graph: nx.DiGraph, kind: str) -> list[str]:
