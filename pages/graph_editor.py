@@ -65,7 +65,7 @@ if query and not matches:
     st.info(f"No node matches {query!r}.")
 focus = st.selectbox("Highlight", matches, key="graph_focus") if matches else None
 st.markdown(graphview.legend_html(graph, seen, focus), unsafe_allow_html=True)
-st.iframe(resources.graph_html(gs, gs.key, seen, focus), height=580)
+st.iframe(resources.graph_html(gs, str(gs.store.path), gs.key, seen, focus), height=580)
 
 nodes, ids = sorted(graph.nodes, key=str), lambda kind: sorted((concepts.diseases if kind == "disease" else
                                                                  concepts.findings)(graph), key=str)
@@ -119,8 +119,8 @@ with t_hist:
     st.dataframe(history, hide_index=True, key="graph_history")
     versions = history["version"].tolist()
     a, b = st.columns(2)
-    old = a.selectbox("Compare version", versions, index=len(versions) - 1, key="diff_a")
-    new = b.selectbox("with version", versions, index=0, key="diff_b")
+    old = a.selectbox("Compare version", versions, index=min(1, len(versions) - 1), key=f"diff_a_{versions[0]}")
+    new = b.selectbox("with version", versions, index=versions.index(seen), key=f"diff_b_{versions[0]}_{seen}")
     rows = gs.diff(old, new).rows()
     st.dataframe(pd.DataFrame(rows, columns=["change", "item", "detail"]), hide_index=True, key="graph_diff")
     if st.button(f"Restore version {old} as a new version", key="graph_restore", disabled=seen != head):

@@ -60,6 +60,6 @@ def model_series(path: str, fingerprint: str) -> ModelSeries:
 
 
 @st.cache_data
-def graph_html(_gs: GraphStore, key: str, version: int, highlight: str | None) -> str:
-    """The pyvis page of one graph version (versions never change, so the key is enough)."""
+def graph_html(_gs: GraphStore, db: str, key: str, version: int, highlight: str | None) -> str:
+    """The pyvis page of one graph version (versions never change: database, graph and version identify it)."""
     return graphview.graph_html(_gs.graph(version), highlight)
