@@ -206,7 +206,19 @@ def changed_spans(a: str, b: str) -> tuple[list[tuple[str, bool]], list[tuple[st
             left.append(("".join(ta[i1:i2]), op != "equal"))
         if j2 > j1:
             right.append(("".join(tb[j1:j2]), op != "equal"))
-    return left, right
+    return _merge(left), _merge(right)
+
+
+def _merge(runs: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Join changed runs separated only by spaces ("clear" " " "lungs" -> "clear lungs")."""
+    out: list[tuple[str, bool]] = []
+    for k, (text, changed) in enumerate(runs):
+        bridge = not changed and not text.strip() and 0 < k < len(runs) - 1 and runs[k + 1][1] and out and out[-1][1]
+        if (changed or bridge) and out and out[-1][1]:
+            out[-1] = (out[-1][0] + text, True)
+        else:
+            out.append((text, changed))
+    return out
 
 
 # ------------------------------------------------------------------------------------ making and storing

@@ -107,6 +107,8 @@ def test_changed_spans_mark_only_the_swapped_words():
     assert [t for t, changed in left if changed] == ["opacity", "Edema"]
     assert [t for t, changed in right if changed] == ["infiltrate", "Pneumonia"]
     assert "".join(t for t, _ in right) == "infiltrate suggests Pneumonia."
+    left, right = changed_spans("clear lungs suggests No Finding.", "infiltrate suggests Pneumonia.")
+    assert [t for t, changed in left if changed] == ["clear lungs", "No Finding"]
 
 
 def test_storage_keeps_provenance_and_deduplicates(graph, sample_world, tmp_path):
