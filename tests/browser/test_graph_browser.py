@@ -85,3 +85,16 @@ def test_add_node_and_edge_see_them_drawn_then_generate_a_counterfactual(browser
     assert "The disease of this patient is No Finding." in preview.inner_text()
     page.screenshot(path=str(artifacts / "counterfactuals.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0
+
+    # a batch over the whole test set, stopped while it runs: what finished stays stored
+    page.get_by_text("all other diseases").click()
+    page.get_by_label("Trajectories (from the first)").fill("700")
+    page.get_by_label("Trajectories (from the first)").press("Enter")
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Run batch").click()
+    page.get_by_text("of 700 trajectories").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Stop").click()
+    stopped = page.get_by_text("Last batch (stopped):")
+    stopped.wait_for(timeout=30_000)
+    done = int(stopped.inner_text().split(": ")[1].split(" of ")[0])
+    assert 0 < done < 700
