@@ -59,7 +59,7 @@ def find_mentions(graph: nx.DiGraph, text: str) -> list[Mention]:
 
 
 def _opens_sentence(text: str, pos: int) -> bool:
-    return re.search(r"(^|[.;:>])\s*$", text[:pos]) is not None
+    return re.search(r"(^|[.;>])\s*$", text[:pos]) is not None  # not after ":" ("Impression: Lung Opacity")
 
 
 def _of_kind(graph: nx.DiGraph, kind: str) -> list[str]:
@@ -98,12 +98,13 @@ def rewrite(graph: nx.DiGraph, text: str, true: str, target: str) -> Rewrite:
         raise InputError(f"counterfactual: the target must differ from the true disease ({true!r})")
     mentions = find_mentions(graph, text)
     decisions = plan(graph, [m.node for m in mentions if m.kind == "finding"], true, target)
-    drops = [_drop_span(text, m, mentions) for m in mentions if m.kind == "finding" and
-             m.node in decisions and decisions[m.node] is None]
-    edits, log = list(drops), [{"action": "drop", "from": text[m.start:m.end], "to": "", "node": m.node}
-                               for m in mentions if m.kind == "finding" and decisions.get(m.node, "") is None]
+    dropped = [m for m in mentions if m.kind == "finding" and m.node in decisions and decisions[m.node] is None]
+    kept = [m for m in mentions if m.kind == "finding" and m not in dropped]
+    drops = _union([_drop_span(text, m, kept) for m in dropped])
+    log = [{"action": "drop", "from": text[m.start:m.end], "to": "", "node": m.node} for m in dropped]
+    edits = [(s, e, "") for s, e in drops]
     for m in mentions:
-        if any(s <= m.start and m.end <= e for s, e, _ in drops):
+        if any(s <= m.start and m.end <= e for s, e in drops):
             continue
         new = None
         if m.kind == "finding" and decisions.get(m.node):
@@ -117,6 +118,7 @@ def rewrite(graph: nx.DiGraph, text: str, true: str, target: str) -> Rewrite:
     out = text
     for start, end, new in sorted(edits, reverse=True):
         out = out[:start] + new + out[end:]
+    out = re.sub(r"(?:,|\s+and|\s+or)\s*(?=[.;](?:\s|$|<))", "", out)  # "a, ." left by a drop -> "a."
     return Rewrite(re.sub(r"(?<=\S) {2,}(?=\S)", " ", out), log)
 
 
@@ -130,23 +132,34 @@ def _surface(graph: nx.DiGraph, node: str, index: int, written: str) -> str:
 SENTENCE_END = re.compile(r"[.;](?=\s|$|<)")  # a sentence or a clause
 
 
-def _drop_span(text: str, m: Mention, mentions: list[Mention]) -> tuple[int, int, str]:
-    """What to delete for a dropped finding: its sentence, or the finding and a conjunction beside it."""
+def _union(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping deletions merged, so that applying them right to left never cuts into another."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(end, out[-1][1]))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _drop_span(text: str, m: Mention, kept: list[Mention]) -> tuple[int, int]:
+    """What to delete for a dropped finding: its sentence when no kept finding shares it, else the finding
+    and a conjunction beside it."""
     starts = [e.end() for e in SENTENCE_END.finditer(text, 0, m.start)] + [text.rfind(">", 0, m.start) + 1]
     start = max(starts)
-    end_m = SENTENCE_END.search(text, m.end)
-    stop = text.find("<", m.end)
-    end = min(x for x in ((end_m.end() if end_m else len(text)), stop if stop >= 0 else len(text)))
-    others = [o for o in mentions if o.kind == "finding" and o is not m and start <= o.start < end]
-    if not others:
+    end_m, stop = SENTENCE_END.search(text, m.end), text.find("<", m.end)
+    end = end_m.end() if end_m else len(text)
+    end = stop if 0 <= stop < end else end  # a sentence ends at a tag too ("... </think>")
+    if not any(start <= o.start < end for o in kept):
         while start < end and text[start].isspace():
             start += 1
-        return start, end, ""
+        return start, end
     after = re.match(r",\s*|\s+and\s+|\s+or\s+", text[m.end:])
     if after:
-        return m.start, m.end + after.end(), ""
+        return m.start, m.end + after.end()
     before = re.search(r"(,\s*|\s+and\s+|\s+or\s+)$", text[start:m.start])
-    return (m.start - len(before.group(0)) if before else m.start), m.end, ""
+    return (m.start - len(before.group(0)) if before else m.start), m.end
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ REWRITES = [
     # free text: an excluded finding beside others loses only itself and its conjunction
     ("Nodule and absent lung markings are seen. Impression: Lung Lesion.", "Lung Lesion", "Consolidation",
      "Consolidation are seen. Impression: Consolidation."),  # grammar is not the rule's business
+    # every finding of a sentence dropped: the sentence goes (target supporters used up by the first one)
+    ("Rib fracture. Clear lungs and absent lung markings noted. Impression: Fracture.", "Fracture", "Atelectasis",
+     "Linear band. Impression: Atelectasis."),
+    # two dropped findings beside a kept one never cut into each other
+    ("Normal heart size, clear lungs and absent lung markings. Impression: Lung Opacity.", "Lung Opacity",
+     "Atelectasis", "Normal heart size. Impression: Atelectasis."),
 ]
 
 
