@@ -22,13 +22,11 @@ path, ws_path = str(state.world_path()), st.session_state[state.WORKSPACE_PATH]
 try:
     world = resources.load_world(path)
     fp = world.fingerprint()
-    gs = resources.graph_store(ws_path, str(world.graph_path))
+    graph, version = resources.concept_graph(ws_path, str(world.graph_path))
     store = resources.workspace(ws_path).store
 except InputError as e:
     st.error(f"Cannot open the world: {e}")
     st.stop()
-version = gs.head()
-graph = gs.graph(version)
 
 left, right = st.columns(2)
 names = list(world.manifest["datasets"])

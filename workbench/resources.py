@@ -5,6 +5,7 @@ Keys include the world's fingerprint, so a rebuilt world is read afresh.
 
 from __future__ import annotations
 
+import networkx as nx
 import streamlit as st
 
 from core import device, world
@@ -44,6 +45,16 @@ def workspace(path: str) -> Workspace:
 def graph_store(workspace_path: str, graph_path: str) -> GraphStore:
     """The versioned concept graph of a world (its file becomes version 1 the first time)."""
     return GraphStore.open(workspace(workspace_path).store, graph_path)
+
+
+def concept_graph(workspace_path: str, graph_path: str) -> tuple[nx.DiGraph, int]:
+    """The world's concept graph as edited in the workspace (its current version), and that version.
+
+    Pages that use the graph (counterfactuals, the perturbation lab's ``concepts.synonym_sets``) read it
+    here rather than from the world's file, so that they see the researchers' edits."""
+    gs = graph_store(workspace_path, graph_path)
+    version = gs.head()
+    return gs.graph(version), version
 
 
 @st.cache_data(show_spinner="Reading trajectories…")

@@ -118,3 +118,19 @@ def test_counterfactuals_page_llm_expert(tmp_path):
     assert (row["method"], row["model"], row["target"]) == ("llm", "model@checkpoint-40", "No Finding")
     at.text_area(key="cf_template").input("no placeholders").run()
     assert "must contain {report}, {graph}, {disease}" in at.error[0].value
+
+
+def test_counterfactuals_use_the_edited_graph_and_record_its_version(tmp_path, sample_world):
+    from core.graph_store import GraphStore
+    from core.workspace import Workspace
+
+    gs = GraphStore.open(Workspace.open(tmp_path).store, sample_world / "concept_graph.json")
+    gs.edit({"op": "add_node", "id": "pleural fluid", "kind": "finding"}, base=1)
+    gs.edit({"op": "set_edge", "source": "pleural fluid", "target": "No Finding", "relation": "supports",
+             "weight": 1.0}, base=2)
+    at = page("counterfactuals.py", tmp_path)
+    assert any("Concept graph version 3" in c.value for c in at.caption)
+    at.button(key="cf_generate").click().run()
+    row = at.dataframe[0].value.iloc[0]
+    assert (row["target"], row["graph_version"]) == ("No Finding", 3)
+    assert row["counterfactual"].startswith("<think> pleural fluid suggests No Finding.")  # the new, heaviest supporter
