@@ -114,23 +114,14 @@ def category_flips(df: pd.DataFrame) -> pd.DataFrame:
         flip_rate=("flip", "mean")).reset_index().sort_values(["gold", "step"])
 
 
-def synonym_swaps(graph) -> dict[str, list[str]]:
-    """For each finding of the concept graph, its surfaces (label first, then synonyms, no repeats): the
-    near-synonym swaps a perturbation test tries, e.g. {"consolidation": ["consolidation", "airspace opacity"]}."""
-    out = {}
-    for node, attrs in graph.nodes(data=True):
-        if attrs.get("kind") == "finding":
-            surfaces = [attrs.get("label") or node, *attrs.get("synonyms", [])]
-            out[node] = list(dict.fromkeys(s for s in surfaces if s))
-    return out
-
-
 def swaps_in(record: dict, graph) -> list[tuple[str, str, list[str]]]:
     """The finding surfaces that occur in ``record`` (prompt or completion), each with its concept and
     the other surfaces it could be swapped for: [(concept, surface, alternatives), ...], longest first."""
+    from core.concepts import synonym_sets
+
     text = " ".join(record.get(f, "") for f in FIELDS)
     found = []
-    for concept, surfaces in synonym_swaps(graph).items():
+    for concept, surfaces in synonym_sets(graph).items():
         for s in surfaces:
             if re.search(rf"(?<![\w]){re.escape(s)}(?![\w])", text):
                 found.append((concept, s, [o for o in surfaces if o != s]))

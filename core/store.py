@@ -64,6 +64,26 @@ MIGRATIONS: list[str] = [
     CREATE INDEX counterfactuals_trajectory ON counterfactuals(trajectory_id);
     CREATE INDEX counterfactuals_target ON counterfactuals(target);
     """,
+    # 2 -> 3: versioned concept graphs (core.graph_store). One row per version, each a full node-link
+    # snapshot (graphs are small) with the edit that made it. graph_heads holds the current version
+    # and the redo stack of each graph. graph_key is the world's graph file, resolved.
+    """
+    CREATE TABLE graph_versions (
+        graph_key TEXT NOT NULL,
+        version INTEGER NOT NULL,          -- 1, 2, ... per graph_key
+        parent INTEGER,                    -- the version this one was edited from (NULL for version 1)
+        summary TEXT NOT NULL,             -- one line for the history
+        op TEXT NOT NULL DEFAULT '{}',     -- JSON: the edit, import or restore that made it
+        data TEXT NOT NULL,                -- JSON: node-link snapshot of the whole graph
+        created_at REAL NOT NULL,
+        PRIMARY KEY (graph_key, version)
+    );
+    CREATE TABLE graph_heads (
+        graph_key TEXT PRIMARY KEY,
+        head INTEGER NOT NULL,             -- the current version
+        redo TEXT NOT NULL DEFAULT '[]'    -- JSON list of versions that redo walks back to, last first
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

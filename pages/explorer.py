@@ -70,7 +70,7 @@ def open_driver(kind: str, table: pd.DataFrame, widget_key: str) -> None:
 def graph_surfaces(concept: str) -> list[str]:
     if not a.config.graph:
         return []
-    g = resources.concept_graph(a.config.graph, resources.file_stamp(a.config.graph))
+    g = resources.graph_file(a.config.graph, resources.file_stamp(a.config.graph))
     return list(g.nodes[concept].get("synonyms", [])) if concept in g else []
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import jobs, perturb
+from core import concepts, jobs, perturb
 from core.analysis import list_analyses, perturb_argv, resolve_labels, shell_command
 from core.errors import InputError
 from workbench import charts, resources, state, ui
@@ -43,7 +43,8 @@ a = resources.load_analysis(chosen, info.stamp)
 cfg = a.config
 try:
     records = resources.records(cfg.data, cfg.limit, info.stamp)
-    graph = resources.concept_graph(cfg.graph, resources.file_stamp(cfg.graph)) if cfg.graph else None
+    # the graph as edited on the Concept graph page (its file is version 1): swaps follow the researchers' edits
+    graph = resources.concept_graph(st.session_state[state.WORKSPACE_PATH], cfg.graph)[0] if cfg.graph else None
     labels, _ = resolve_labels(cfg, records)
 except InputError as e:
     st.error(f"Cannot read this analysis's inputs: {e}")
@@ -105,7 +106,7 @@ with single:
             ui.table(result, "lab-single-table", f"swap-{traj_id}")
 
 with batch:
-    swaps = perturb.synonym_swaps(graph) if graph is not None else {}
+    swaps = concepts.synonym_sets(graph) if graph is not None else {}
     c1, c2, c3 = st.columns([3, 3, 2])
     pairs = [(c, s, o) for c, ss in swaps.items() for s in ss for o in ss if o != s]
     if pairs:

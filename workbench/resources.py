@@ -5,10 +5,15 @@ Keys include the world's fingerprint, so a rebuilt world is read afresh.
 
 from __future__ import annotations
 
+import networkx as nx
 import streamlit as st
 
 from core import device, world
+from core.graph_store import GraphStore
+from core.series import ModelSeries, load_series
+from core.trajectories import read_jsonl
 from core.workspace import Workspace
+from workbench import graphview
 
 
 @st.cache_data(show_spinner="Reading the world…")
@@ -67,7 +72,8 @@ def category_accuracy(path: str, stamp: str):
 
 
 @st.cache_resource(max_entries=4)
-def concept_graph(path: str, stamp: str):
+def graph_file(path: str, stamp: str):
+    """A concept graph as its file holds it (what an analysis was scored with)."""
     from core import concepts
 
     return concepts.load_graph(path)
@@ -76,8 +82,6 @@ def concept_graph(path: str, stamp: str):
 @st.cache_resource(show_spinner="Loading the checkpoint series…", max_entries=1)
 def series(base: str, checkpoints, device: str | None, dtype: str | None, base_names: tuple[str, ...]):
     """One loaded series at a time (the perturbation lab's); adapters switch, weights load once."""
-    from core.series import load_series
-
     return load_series(base, list(checkpoints) if isinstance(checkpoints, tuple) else checkpoints,
                        device=device, dtype=dtype, base_names=list(base_names))
 
@@ -91,3 +95,37 @@ def file_stamp(path: str) -> str:
         return f"{st_.st_size}:{st_.st_mtime_ns}"
     except OSError:
         return "missing"
+
+
+@st.cache_resource
+def graph_store(workspace_path: str, graph_path: str) -> GraphStore:
+    """The versioned concept graph of a world (its file becomes version 1 the first time)."""
+    return GraphStore.open(workspace(workspace_path).store, graph_path)
+
+
+def concept_graph(workspace_path: str, graph_path: str) -> tuple[nx.DiGraph, int]:
+    """The world's concept graph as edited in the workspace (its current version), and that version.
+
+    Pages that use the graph (counterfactuals, the perturbation lab's ``concepts.synonym_sets``) read it
+    here rather than from the world's file, so that they see the researchers' edits."""
+    gs = graph_store(workspace_path, graph_path)
+    version = gs.head()
+    return gs.graph(version), version
+
+
+@st.cache_data(show_spinner="Reading trajectories…")
+def dataset(path: str, fingerprint: str, name: str) -> list[dict]:
+    return read_jsonl(world.load_world(path).dataset_path(name))
+
+
+def model_series(path: str, fingerprint: str) -> ModelSeries:
+    """A world's base model with its checkpoint series, loaded once and shared by every session."""
+    w = world.load_world(path)
+    return series(str(w.base_model_dir), str(w.root / w.manifest["checkpoints"]), None, None,
+                  (w.manifest.get("base_model_name", w.base_model_dir.name),))
+
+
+@st.cache_data
+def graph_html(_gs: GraphStore, db: str, key: str, version: int, highlight: str | None) -> str:
+    """The pyvis page of one graph version (versions never change: database, graph and version identify it)."""
+    return graphview.graph_html(_gs.graph(version), highlight)

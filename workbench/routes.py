@@ -25,5 +25,14 @@ def perturbation():
     return st.Page(PAGES / "perturbation.py", title="Perturbation lab", icon=":material/swap_horiz:")
 
 
+def graph_editor():
+    return st.Page(PAGES / "graph_editor.py", title="Concept graph", icon=":material/hub:")
+
+
+def counterfactuals():
+    return st.Page(PAGES / "counterfactuals.py", title="Counterfactuals", icon=":material/alt_route:")
+
+
 def navigation() -> dict:
-    return {"Workbench": [home()], "Drift": [checkpoints(), explorer(), perturbation()]}
+    return {"Workbench": [home()], "Drift": [checkpoints(), explorer(), perturbation()],
+            "Counterfactuals": [graph_editor(), counterfactuals()]}

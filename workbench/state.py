@@ -19,6 +19,12 @@ TRAJECTORY = "trajectory_id"  # the trajectory open in the explorer (and offered
 DRIVER_IDS = "driver_trajectories"  # trajectories of the driver row picked in the overview (a filter)
 DRIVER_NOTE = "driver_note"  # what that filter is, in words
 EXPLORER_VIEW = "explorer_view"
+GRAPH_SEEN = "graph_seen_version"  # (graph key, version) this tab shows and edits: edits are based on it
+GRAPH_SEARCH = "graph_search"
+GRAPH_FLASH = "graph_flash"  # message to show after an edit's rerun
+CF_LAST = "cf_last"  # the counterfactuals generated last in this tab, for the preview
+CF_STOP = "cf_stop"  # set by the Stop button: the running batch ends after the current trajectory
+CF_PROGRESS = "cf_progress"  # the last batch's progress, shown after it ends or is stopped
 
 
 def init() -> None:
@@ -26,6 +32,10 @@ def init() -> None:
     st.session_state.setdefault(WORKSPACE_PATH, os.environ.get(ENV_VAR) or "")
     st.session_state.setdefault(PRESENTATION, False)
     st.session_state.setdefault(FIG_FORMAT, "png")
+    for key in (GRAPH_SEEN, GRAPH_FLASH, CF_LAST, CF_PROGRESS):
+        st.session_state.setdefault(key, None)
+    st.session_state.setdefault(GRAPH_SEARCH, "")
+    st.session_state.setdefault(CF_STOP, False)
 
 
 def world_path() -> Path:

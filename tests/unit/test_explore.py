@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core import explore, perturb
+from core import concepts, explore, perturb
 from core.analysis import Analysis
 from core.concepts import load_graph
 from core.trajectories import read_jsonl
@@ -100,7 +100,7 @@ def test_concept_trajectories_match_whole_words_any_case():
 
 def test_synonym_swaps_found_in_a_record(sample_world):
     g = load_graph(sample_world / "concept_graph.json")
-    swaps = perturb.synonym_swaps(g)
+    swaps = concepts.synonym_sets(g)
     assert swaps["consolidation"][0] == "consolidation" and "airspace opacity" in swaps["consolidation"]
     record = {"prompt": "Report: shows airspace opacity.", "completion": "<think> airspace opacity suggests X. </think>"}
     found = perturb.swaps_in(record, g)

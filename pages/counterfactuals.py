@@ -1,0 +1,109 @@
+"""Counterfactuals: rewrite a trajectory's CoT to argue for other diseases (by the concept graph, or by a local
+LLM expert), preview the change side by side, batch over a dataset, and list what is stored by consistency."""
+
+import streamlit as st
+
+from core import concepts
+from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals
+from core.counterfactual_store import generate_batch, list_counterfactuals, store_counterfactuals
+from core.errors import InputError
+from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
+from workbench import graphview, resources, state
+
+MODES = {"one": "one target", "all": "all other diseases", "confusable": "confusable diseases (shared findings)"}
+METHODS = {"graph": "graph rules", "llm": "LLM expert (local model)"}
+
+state.init()
+st.title("Counterfactuals")
+st.caption("Counterfactual chains of thought argue for a disease the study does not show: the rejected side of "
+           "CPO's preference pairs. Each one is stored with its method, target, graph version and settings.")
+
+path, ws_path = str(state.world_path()), st.session_state[state.WORKSPACE_PATH]
+try:
+    world = resources.load_world(path)
+    fp = world.fingerprint()
+    graph, version = resources.concept_graph(ws_path, str(world.graph_path))
+    store = resources.workspace(ws_path).store
+except InputError as e:
+    st.error(f"Cannot open the world: {e}")
+    st.stop()
+
+left, right = st.columns(2)
+names = list(world.manifest["datasets"])
+ds = left.selectbox("Dataset", names, index=names.index(world.manifest.get("default_dataset", names[0])), key="cf_dataset")
+records = resources.dataset(path, fp, ds)
+source = f"{world.name}:{ds}"
+pick = right.selectbox("Trajectory", range(len(records)), key="cf_record",
+                       format_func=lambda i: f"{records[i]['id']} · {records[i].get('label')}")
+record = records[pick]
+st.code(f"{record['prompt']}\n\n{record['completion']}", language=None, wrap_lines=True)
+
+method = st.radio("Method", list(METHODS), format_func=METHODS.get, horizontal=True, key="cf_method")
+expert = None
+if method == "llm":
+    with st.expander("Expert model, prompt and sampling", expanded=True):
+        series = resources.model_series(path, fp)
+        ckpt = st.selectbox("Checkpoint", series.names, key="cf_checkpoint")
+        template = st.text_area("Prompt ({report}, {graph}, {disease} are filled in)", DEFAULT_TEMPLATE, key="cf_template")
+        c = st.columns(5)
+        settings = dict(temperature=c[0].number_input("Temperature", 0.05, 2.0, 0.7, 0.05, key="cf_temperature"),
+                        top_p=c[1].number_input("Top-p", 0.05, 1.0, 0.95, 0.05, key="cf_top_p"),
+                        max_new_tokens=c[2].number_input("Max new tokens", 8, 1024, 96, 8, key="cf_max_new"),
+                        seed=c[3].number_input("Seed", 0, 2**31 - 1, 0, key="cf_seed"),
+                        graph_scope=c[4].selectbox("Graph in prompt", ["focus", "all"], key="cf_scope"))
+        try:
+            expert = Expert(series, ckpt, ExpertConfig(template=template, **settings))
+        except InputError as e:
+            st.error(str(e))
+            st.stop()
+
+mode = st.radio("Targets", TARGET_MODES, format_func=MODES.get, horizontal=True, key="cf_mode")
+others = [d for d in concepts.diseases(graph) if d != record.get("label")]
+target = st.selectbox("Target disease", others, key="cf_target") if mode == "one" else None
+targets = choose_targets(graph, record.get("label"), mode, target)
+st.caption(f"Concept graph version {version} · targets for {record['id']}: {', '.join(targets) or 'none'}")
+
+if st.button("Generate for this trajectory", key="cf_generate", type="primary", disabled=not targets):
+    try:
+        cfs = make_counterfactuals(graph, record, targets, method, version, expert)
+        store_counterfactuals(store, record, source, cfs)
+        st.session_state[state.CF_LAST] = {"original": record["completion"], "id": record["id"],
+                                           "items": [(cf.target, cf.completion, cf.consistency.score) for cf in cfs]}
+    except InputError as e:
+        st.error(str(e))
+
+last = st.session_state[state.CF_LAST]
+if last:
+    st.subheader(f"Preview · {last['id']}")
+    items = last["items"]
+    k = st.selectbox("Counterfactual", range(len(items)), key="cf_preview",
+                     format_func=lambda i: f"{items[i][0]} · consistency {items[i][2]:.2f}")
+    st.markdown(graphview.side_by_side_html(last["original"], items[min(k, len(items) - 1)][1]), unsafe_allow_html=True)
+
+st.subheader("Batch over the dataset")
+n = st.number_input("Trajectories (from the first)", 1, len(records), min(50, len(records)), key="cf_batch_n")
+left, right = st.columns([1, 5])
+go = left.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or target))
+right.button("Stop", key="cf_batch_stop", on_click=lambda: st.session_state.update({state.CF_STOP: True}))
+if go:
+    st.session_state[state.CF_STOP] = False
+    bar = st.progress(0.0, text="Starting…")
+    try:
+        for p in generate_batch(store, graph, records[:n], source, mode, target, method, version, expert):
+            st.session_state[state.CF_PROGRESS] = f"{p.done} of {p.total} trajectories, {p.stored} counterfactuals stored"
+            bar.progress(p.done / p.total, text=st.session_state[state.CF_PROGRESS])
+            if st.session_state[state.CF_STOP]:
+                break
+    except InputError as e:
+        st.error(str(e))
+if st.session_state[state.CF_PROGRESS]:
+    stopped = " (stopped)" if st.session_state[state.CF_STOP] else ""
+    st.caption(f"Last batch{stopped}: {st.session_state[state.CF_PROGRESS]}")
+
+st.subheader("Stored counterfactuals")
+table = list_counterfactuals(store, source)
+order = st.radio("Consistency", ["lowest first", "highest first"], horizontal=True, key="cf_sort")
+table = table.sort_values(["consistency", "id"], ascending=[order == "lowest first", True], kind="stable")
+st.dataframe(table.drop(columns=["settings", "source"]), hide_index=True, key="cf_table",
+             column_config={"consistency": st.column_config.ProgressColumn("consistency", min_value=0, max_value=1,
+                                                                           format="%.2f")})
