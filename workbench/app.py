@@ -23,6 +23,7 @@ if st.session_state[state.PRESENTATION]:
             "[data-testid='stSidebarCollapsedControl'] {display: none;}</style>")
 
 page = st.navigation({
-    "Workbench": [st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True)],
+    "Workbench": [st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True),
+                  st.Page(PAGES / "curation.py", title="Curation", icon=":material/rule:")],
 })
 page.run()

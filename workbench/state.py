@@ -13,12 +13,14 @@ from core.workspace import ENV_VAR
 WORLD_PATH = "world_path"
 WORKSPACE_PATH = "workspace_path"
 PRESENTATION = "presentation_mode"
+ANNOTATOR = "annotator"  # curation: the annotator's name, set once per session
 
 
 def init() -> None:
     st.session_state.setdefault(WORLD_PATH, os.environ.get("WORKBENCH_WORLD") or str(world.SAMPLE_WORLD))
     st.session_state.setdefault(WORKSPACE_PATH, os.environ.get(ENV_VAR) or "")
     st.session_state.setdefault(PRESENTATION, False)
+    st.session_state.setdefault(ANNOTATOR, "")
 
 
 def world_path() -> Path:
