@@ -45,7 +45,7 @@ class QueueFilter:
     methods: tuple[str, ...] = ()      # 'graph' | 'llm' | 'import'
     min_consistency: float | None = None
     max_consistency: float | None = None
-    annotator: str | None = None       # only items this annotator decided (queue view, not claims)
+    annotator: str | None = None       # only items this annotator decided (e.g. to give a second opinion)
     status: str = "all"
 
     def __post_init__(self):
@@ -65,6 +65,9 @@ class QueueFilter:
         if self.max_consistency is not None:
             sql.append("c.consistency <= ?")
             params.append(self.max_consistency)
+        if self.annotator:
+            sql.append("EXISTS (SELECT 1 FROM annotations x WHERE x.counterfactual_id = c.id AND x.annotator = ?)")
+            params.append(self.annotator)
         return " AND ".join(sql), params
 
 
@@ -87,7 +90,9 @@ class Item:
 QUEUE_SQL = """
 SELECT c.id, t.label, c.target, c.method, c.consistency, t.source, c.required_decisions AS required,
        COALESCE(a.n, 0) AS decisions, COALESCE(a.variants, 0) AS variants, COALESCE(a.who, '') AS annotators,
-       r.decision AS resolution{columns}
+       r.decision AS resolution,
+       CASE WHEN r.decision IS NOT NULL THEN 'resolved' WHEN COALESCE(a.variants, 0) > 1 THEN 'conflict'
+            WHEN COALESCE(a.n, 0) >= c.required_decisions THEN 'done' ELSE 'pending' END AS status{columns}
 FROM counterfactuals c JOIN trajectories t ON t.id = c.trajectory_id
 LEFT JOIN (SELECT counterfactual_id, COUNT(*) AS n, group_concat(annotator, ', ') AS who,
                   COUNT(DISTINCT decision || char(0) || COALESCE(edited_text, '')) AS variants,
@@ -96,7 +101,7 @@ LEFT JOIN (SELECT counterfactual_id, COUNT(*) AS n, group_concat(annotator, ', '
 LEFT JOIN resolutions r ON r.counterfactual_id = c.id
 WHERE {where}
 """
-_ORDER = {"pending": 0, "conflict": 1, "done": 2, "resolved": 3}
+ORDER = "CASE status WHEN 'pending' THEN 0 WHEN 'conflict' THEN 1 WHEN 'done' THEN 2 ELSE 3 END, id"
 
 
 def _dicts(store: Store, sql: str, params: list | tuple = ()) -> tuple[list[str], list[tuple]]:
@@ -110,26 +115,24 @@ def _read(store: Store, sql: str, params: list | tuple = ()) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def queue(store: Store, flt: QueueFilter = QueueFilter()) -> pd.DataFrame:
-    """One row per counterfactual pair matching ``flt``: metadata, decisions so far, status; pending first."""
+def queue(store: Store, flt: QueueFilter = QueueFilter(), limit: int | None = None) -> pd.DataFrame:
+    """One row per counterfactual pair matching ``flt``: metadata, decisions so far, status; pending first
+    (the first ``limit`` rows only, if given)."""
     where, params = flt.where()
-    if flt.annotator:
-        where += " AND EXISTS (SELECT 1 FROM annotations x WHERE x.counterfactual_id = c.id AND x.annotator = ?)"
-        params.append(flt.annotator)
-    df = _read(store, QUEUE_SQL.format(columns="", where=where), params)
-    df["status"] = np.select([df["resolution"].notna(), df["variants"] > 1, df["decisions"] >= df["required"]],
-                             ["resolved", "conflict", "done"], "pending")
+    sql = f"SELECT * FROM ({QUEUE_SQL.format(columns='', where=where)})"
     if flt.status != "all":
-        df = df[df["status"] == flt.status]
-    order = df["status"].map(_ORDER)
-    return (df.assign(_o=order).sort_values(["_o", "id"], kind="stable")
-            .drop(columns=["_o", "variants", "resolution"]).reset_index(drop=True))
+        sql += " WHERE status = ?"
+        params.append(flt.status)
+    sql += f" ORDER BY {ORDER}" + (f" LIMIT {int(limit)}" if limit is not None else "")
+    return _read(store, sql, params).drop(columns=["variants", "resolution"])
 
 
 def progress(store: Store, flt: QueueFilter = QueueFilter()) -> tuple[int, int]:
-    """(settled items, all items) of the queue under ``flt``: settled = done or resolved."""
-    df = queue(store, QueueFilter(**{**flt.__dict__, "status": "all"}))
-    return int(df["status"].isin(["done", "resolved"]).sum()), len(df)
+    """(settled items, all items) of the queue under ``flt`` (its status ignored): settled = done or resolved."""
+    where, params = flt.where()
+    row = _dicts(store, f"SELECT COUNT(*), COALESCE(SUM(status IN ('done', 'resolved')), 0) FROM "
+                        f"({QUEUE_SQL.format(columns='', where=where)})", params)[1][0]
+    return row[1], row[0]
 
 
 def claim_next(store: Store, annotator: str, flt: QueueFilter = QueueFilter(), ttl: float = CLAIM_TTL,

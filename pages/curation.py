@@ -18,25 +18,24 @@ except InputError as e:
     st.stop()
 store = ws.store
 
-if not st.session_state[state.ANNOTATOR]:
-    with st.form("cur_annotator_form"):
-        name = st.text_input("Your name, recorded with every decision (asked once per session)", key="cur_name")
-        if st.form_submit_button("Start annotating") and name.strip():
-            st.session_state[state.ANNOTATOR] = name.strip()
-            st.rerun()
 annotator = st.session_state[state.ANNOTATOR]
-
 flt = view.filters(store)
 annotate, queue, conflicts, agreement, imports, exports = st.tabs(
     ["Annotate", "Queue", "Conflicts", "Agreement", "Import", "Export"])
 with annotate:
     main, side = st.columns([3, 1])
     with main:
-        if annotator:
+        if not annotator:
+            with st.form("cur_annotator_form"):
+                name = st.text_input("Your name, recorded with every decision (asked once per session)",
+                                     key="cur_name")
+                if st.form_submit_button("Start annotating") and name.strip():
+                    st.session_state[state.ANNOTATOR] = name.strip()
+                    st.rerun()
+            st.info("Enter your name to start annotating.")
+        else:
             st.caption(f"Annotating as **{annotator}**")
             view.focus(store, annotator, flt)
-        else:
-            st.info("Enter your name above to start annotating.")
     with side:
         view.guidelines_panel(store, annotator or "anonymous")
 with queue:

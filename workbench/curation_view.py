@@ -14,6 +14,7 @@ import streamlit as st
 from core import curation, formats, snapshots
 from core.errors import InputError
 
+QUEUE_ROWS = 1000  # rows of the queue table sent to the browser
 KEYS = {"accept": "a", "reject": "x", "edit": "e", "skip": "s"}  # Streamlit reserves R (rerun) and C
 _TOKEN = re.compile(r"\s+|[^\s.,;:]+|[.,;:]")
 DIFF_CSS = ("<style>.cf-pair{white-space:pre-wrap;font-family:var(--font,inherit);line-height:1.5;padding:.6rem;"
@@ -99,7 +100,7 @@ def focus(store, annotator: str, flt: curation.QueueFilter) -> None:
     cols = st.columns(4)
     for col, (decision, key) in zip(cols, KEYS.items()):
         label = {"edit": "Save edit"}.get(decision, decision.capitalize())
-        col.button(f"{label} ({key.upper()})", key=f"cur_{decision}", shortcut=key, on_click=_decide,
+        col.button(label, key=f"cur_{decision}", shortcut=key, on_click=_decide,
                    args=(item_id, decision), type="primary" if decision == "accept" else "secondary",
                    width="stretch")
     if last := st.session_state.get("cur_last"):
@@ -119,11 +120,14 @@ def guidelines_panel(store, annotator: str) -> None:
 
 def queue_panel(store, flt: curation.QueueFilter) -> None:
     status = st.segmented_control("Status", curation.STATUSES, default="all", key="cur_status") or "all"
-    df = curation.queue(store, curation.QueueFilter(**{**flt.__dict__, "status": status}))
+    df = curation.queue(store, curation.QueueFilter(**{**flt.__dict__, "status": status}), limit=QUEUE_ROWS)
+    settled, total = curation.progress(store, flt)
+    st.caption(f"{total} items match the filters, {settled} settled" +
+               (f"; the first {QUEUE_ROWS} are listed" if len(df) == QUEUE_ROWS else ""))
     st.dataframe(df, hide_index=True, key="cur_queue")
     c = st.columns([1, 3])
     k = c[0].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_k")
-    if c[1].button(f"Set k = {k} on the {len(df)} filtered items", key="cur_set_k"):
+    if c[1].button(f"Set k = {k} on the {total} filtered items", key="cur_set_k"):
         st.toast(f"k = {k} on {curation.set_required(store, int(k), flt)} items")
 
 
@@ -209,12 +213,13 @@ def export_panel(store, root: Path) -> None:
                                          dict(zip(weights["source"], weights["weight"].astype(float))), pending,
                                          name.strip() or None)
             snap = snapshots.export_snapshot(store, root, cfg)
-            st.success(f"Snapshot **{snap.name}**: {snap.row_count} pairs {snap.split['rows']} in `{snap.path}` "
-                       f"(sha256 {snap.content_hash[:12]}…)")
+            rows = ", ".join(f"{n} {split}" for split, n in snap.split["rows"].items())
+            st.success(f"Snapshot **{snap.name}**: {snap.row_count} pairs ({rows}) in `{snap.path}` "
+                       f"(sha256 {snap.content_hash[:12]}…). A CPO run names it `{snap.name}`.")
         except (InputError, ValueError) as e:
             st.error(str(e))
     snaps = snapshots.snapshots(store)
     if snaps:
-        st.dataframe(pd.DataFrame([{"name": s.name, "format": s.format, "rows": s.row_count, "split": s.split["rows"],
+        st.dataframe(pd.DataFrame([{"name": s.name, "format": s.format, "rows": s.row_count, "split": str(s.split["rows"]),
                                     "path": str(s.path), "sha256": s.content_hash[:12]} for s in snaps]),
                      hide_index=True, key="cur_snapshots")

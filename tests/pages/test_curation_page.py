@@ -23,9 +23,9 @@ def test_asks_the_name_once_then_annotates_with_the_buttons(tmp_path):
     snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3))
     at = page(tmp_path / "ws")
     assert not at.exception
-    assert any("Enter your name" in i.value for i in at.info)
+    assert any("Enter your name to start" in i.value for i in at.info)
     at.text_input(key="cur_name").input("ada")
-    at.button[0].click().run()  # the form's submit button
+    at.button[0].click().run()  # the form's submit button, the first button of the page
     assert at.session_state[state.ANNOTATOR] == "ada"
     assert "0 of 3 settled" in at.get("progress")[0].proto.text
     at.button(key="cur_accept").click().run()

@@ -33,6 +33,7 @@ def statuses(store, **kw):
 def test_queue_puts_pending_first_and_filters(store):
     curation.annotate(store, 1, "ada", "accept")
     assert curation.queue(store)["id"].tolist() == [2, 3, 4, 5, 6, 1]
+    assert curation.queue(store, limit=2)["id"].tolist() == [2, 3]
     assert statuses(store, status="done") == {1: "done"}
     assert statuses(store, annotator="ada") == {1: "done"}
     label = curation.item(store, 3).label
