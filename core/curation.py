@@ -155,9 +155,8 @@ def claim_next(store: Store, annotator: str, flt: QueueFilter = QueueFilter(), t
     args = [*params, annotator, annotator]
     with store.transaction() as con:
         con.execute("DELETE FROM claims WHERE expires_at < ?", (now,))
-        held = con.execute(f"SELECT k.counterfactual_id FROM claims k WHERE k.annotator = ? AND "
-                           f"k.counterfactual_id IN ({candidates}) ORDER BY k.counterfactual_id LIMIT 1",
-                           [annotator, *args]).fetchone()
+        held = con.execute("SELECT counterfactual_id FROM claims WHERE annotator = ?", (annotator,)).fetchone()
+        held = held and con.execute(candidates + " AND c.id = ?", [*args, held[0]]).fetchone()  # still matches?
         con.execute("DELETE FROM claims WHERE annotator = ? AND counterfactual_id != ?",
                     (annotator, held[0] if held else -1))
         found = held or con.execute(candidates + " ORDER BY c.id LIMIT 1", args).fetchone()
@@ -166,12 +165,6 @@ def claim_next(store: Store, annotator: str, flt: QueueFilter = QueueFilter(), t
         con.execute("INSERT INTO claims (counterfactual_id, annotator, expires_at) VALUES (?, ?, ?) "
                     "ON CONFLICT DO UPDATE SET expires_at = excluded.expires_at", (found[0], annotator, now + ttl))
         return found[0]
-
-
-def release(store: Store, annotator: str) -> None:
-    """Give back the annotator's claims (they stopped, changed name or closed the tab)."""
-    with store.transaction() as con:
-        con.execute("DELETE FROM claims WHERE annotator = ?", (annotator,))
 
 
 def _name(annotator: str) -> str:
@@ -345,8 +338,9 @@ def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
         else:
             continue
         if decision in ("accept", "edit"):
+            rejected = text if decision == "edit" else r["counterfactual"]
             out.append({k: r[k] for k in ("id", "hash", "key", "prompt", "system", "chosen", "label", "target",
-                                          "source")} | {"rejected": text if decision == "edit" else r["counterfactual"]})
+                                          "source")} | {"rejected": rejected})
     return out
 
 

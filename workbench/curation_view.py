@@ -13,6 +13,7 @@ import streamlit as st
 
 from core import curation, formats, snapshots
 from core.errors import InputError
+from workbench import resources, state
 
 QUEUE_ROWS = 1000  # rows of the queue table sent to the browser
 KEYS = {"accept": "a", "reject": "x", "edit": "e", "skip": "s"}  # Streamlit reserves R (rerun) and C
@@ -62,15 +63,19 @@ def filters(store) -> curation.QueueFilter:
         methods = c[2].multiselect("Method", opts["methods"], key="cur_f_methods")
         who = c[3].selectbox("Decided by", ["anyone", *opts["annotators"]], key="cur_f_annotator")
         lo, hi = st.slider("Consistency score", 0.0, 1.0, (0.0, 1.0), 0.05, key="cur_f_consistency",
-                           help="Graph consistency of the counterfactual; pairs without a score pass the full range.")
+                           help="Graph consistency of the counterfactual; pairs without a score show only "
+                                "at the full range.")
     return curation.QueueFilter(tuple(labels), tuple(targets), tuple(methods), lo if lo > 0 else None,
                                 hi if hi < 1 else None, None if who == "anyone" else who)
 
 
+def _store():
+    return resources.workspace(st.session_state[state.WORKSPACE_PATH]).store
+
+
 def _decide(item_id: int, decision: str) -> None:
     """Button callback: runs before the rerun, so the next item is claimed in the same run."""
-    from workbench import resources, state
-    store = resources.workspace(st.session_state[state.WORKSPACE_PATH]).store
+    store = _store()
     text, note = st.session_state.get(f"cur_edit_{item_id}"), st.session_state.get(f"cur_note_{item_id}", "")
     try:
         curation.annotate(store, item_id, st.session_state[state.ANNOTATOR], decision,
@@ -127,8 +132,14 @@ def queue_panel(store, flt: curation.QueueFilter) -> None:
     st.dataframe(df, hide_index=True, key="cur_queue")
     c = st.columns([1, 3])
     k = c[0].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_k")
-    if c[1].button(f"Set k = {k} on the {total} filtered items", key="cur_set_k"):
-        st.toast(f"k = {k} on {curation.set_required(store, int(k), flt)} items")
+    c[1].button(f"Set k = {k} on the {total} filtered items", key="cur_set_k", on_click=_set_k, args=(flt,))
+
+
+def _set_k(flt: curation.QueueFilter) -> None:
+    """Button callback: runs before the rerun, so the focus view above already shows the new k."""
+    k = int(st.session_state["cur_k"])
+    changed = curation.set_required(_store(), k, flt)
+    st.toast(f"k = {k} on {changed} items")
 
 
 def conflicts_panel(store, annotator: str) -> None:
@@ -220,6 +231,7 @@ def export_panel(store, root: Path) -> None:
             st.error(str(e))
     snaps = snapshots.snapshots(store)
     if snaps:
-        st.dataframe(pd.DataFrame([{"name": s.name, "format": s.format, "rows": s.row_count, "split": str(s.split["rows"]),
-                                    "path": str(s.path), "sha256": s.content_hash[:12]} for s in snaps]),
+        st.dataframe(pd.DataFrame([{"name": s.name, "format": s.format, "rows": s.row_count,
+                                    "split": str(s.split["rows"]), "path": str(s.path), "sha256": s.content_hash[:12]}
+                                   for s in snaps]),
                      hide_index=True, key="cur_snapshots")

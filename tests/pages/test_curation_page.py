@@ -44,7 +44,8 @@ def test_asks_the_name_once_then_annotates_with_the_buttons(tmp_path):
 
 def test_import_by_path_reports_counts_and_a_bad_file_stores_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n" + json.dumps({"prompt": "p"}) + "\n")
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n"
+                   + json.dumps({"prompt": "p"}) + "\n")
     at = page(tmp_path / "ws", "ada")
     at.text_input(key="cur_import_path").input(str(bad))
     at.button(key="cur_import").click().run()
@@ -74,3 +75,18 @@ def test_export_records_a_snapshot_and_agreement_renders(tmp_path):
     assert snap.format == "swift" and snap.row_count == 1 and snap.name in at.success[0].value
     at.button(key="cur_settle").click().run()  # settle item 2 as accept
     assert curation.queue(ws.store, curation.QueueFilter(status="resolved"))["id"].tolist() == [2]
+
+
+def test_guidelines_and_k_are_edited_on_the_page(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3))
+    at = page(tmp_path / "ws", "ada")
+    at.text_area(key="cur_guidelines").input("**Reject** every counterfactual that cites *opacity*.")
+    at.button(key="cur_save_guidelines").click().run()
+    assert not at.exception
+    assert curation.guidelines(ws.store).startswith("**Reject** every")
+    assert any("cites *opacity*" in md.value for md in at.markdown)
+    at.number_input(key="cur_k").set_value(2)
+    at.button(key="cur_set_k").click().run()
+    assert set(curation.queue(ws.store)["required"]) == {2}
+    assert "needs 2 decision(s)" in " ".join(c.value for c in at.caption)

@@ -80,7 +80,8 @@ def test_bad_decisions_are_refused(store):
 
 
 def test_cohen_per_pair_fleiss_and_light_overall(store):
-    for item, a, b in zip(range(1, 5), ["accept", "accept", "reject", "reject"], ["accept", "reject", "reject", "reject"]):
+    ada, bob = ["accept", "accept", "reject", "reject"], ["accept", "reject", "reject", "reject"]
+    for item, a, b in zip(range(1, 5), ada, bob):
         curation.annotate(store, item, "ada", a)
         curation.annotate(store, item, "bob", b)
     ag = curation.agreement(store)
