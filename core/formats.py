@@ -121,7 +121,7 @@ def _records(text: str, name: str) -> Iterator[tuple[str, object]]:
             pass  # JSON Lines: each line is checked below
         else:
             raise InputError(f"{name}: a single JSON object; expected a JSON array of records or JSON Lines")
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if line.strip():
             try:
                 yield f"line {lineno}", json.loads(line)

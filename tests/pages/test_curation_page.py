@@ -90,3 +90,10 @@ def test_guidelines_and_k_are_edited_on_the_page(tmp_path):
     at.button(key="cur_set_k").click().run()
     assert set(curation.queue(ws.store)["required"]) == {2}
     assert "needs 2 decision(s)" in " ".join(c.value for c in at.caption)
+
+
+def test_an_unusable_workspace_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    at = page(tmp_path / "file", "ada")
+    assert not at.exception
+    assert "workspace must be a folder" in at.error[0].value

@@ -4,6 +4,7 @@ export -> import round trips, reproducible exports, the Hugging Face folder, spl
 import json
 
 import pytest
+from hypothesis import example, given, settings, strategies as st_
 
 from core import curation, formats, snapshots
 from core.errors import InputError
@@ -183,3 +184,21 @@ def test_export_config_is_validated():
     for bad in ({"format": "csv"}, {"test_fraction": 1.0}, {"weights": {"a": -1}}, {"name": "../x"}):
         with pytest.raises(ValueError):
             ExportConfig(**bad)
+
+
+TEXT = st_.text(st_.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(str.strip)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st_.lists(st_.tuples(TEXT, TEXT, TEXT, st_.sampled_from(["Edema", "Atelectasis", "Pleural Other"])),
+                 min_size=1, max_size=5), st_.sampled_from(["trl", "trl-conversational", "swift"]))
+@example([("line\u2028separator", "next\x85line", "<b>&amp;</b>\r", "Edema")], "trl")  # JSONL is split on \n only
+def test_written_pairs_read_back_unchanged(tmp_path_factory, pairs, fmt):
+    rows = [{"prompt": p, "chosen": c, "rejected": r, "label": None, "target": t, "source": "s", "weight": 1.0,
+             "key": str(i), "system": None} for i, (p, c, r, t) in enumerate(pairs)]
+    folder = tmp_path_factory.mktemp("w") / "out"
+    formats.write(rows, folder, fmt.split("-")[0], conversational=fmt.endswith("conversational"))
+    name = "train.jsonl" if fmt.startswith("trl") else "train.json"
+    parsed = formats.parse((folder / name).read_text(encoding="utf-8"), name)
+    assert not parsed.errors
+    assert [(p.prompt, p.chosen, p.rejected) for p in parsed.pairs] == [(p, c, r) for p, c, r, _ in pairs]
