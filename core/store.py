@@ -84,6 +84,71 @@ MIGRATIONS: list[str] = [
         redo TEXT NOT NULL DEFAULT '[]'    -- JSON list of versions that redo walks back to, last first
     );
     """,
+    # 3 -> 4: curation. Import batches (provenance of imported pairs), annotations (one row per item and
+    # annotator, so two tabs or two processes cannot double count a decision), claims (which annotator is
+    # looking at which item, so two annotators are not handed the same item when it needs one decision),
+    # resolutions of conflicts, guidelines (markdown, every saved version kept) and dataset snapshots
+    # (exports a CPO run names). counterfactuals gains its import batch and k, the decisions it needs.
+    # trajectories gains an optional system prompt (ms-swift and conversational TRL records carry one).
+    """
+    CREATE TABLE import_batches (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,                 -- the file name
+        format TEXT NOT NULL,               -- 'ccf' | 'trl' | 'swift'
+        content_hash TEXT NOT NULL,         -- sha256 of the file's bytes
+        kept INTEGER NOT NULL,              -- pairs stored
+        duplicates INTEGER NOT NULL,        -- valid pairs already in the database
+        skipped INTEGER NOT NULL,           -- invalid records left out (the user chose to keep the valid part)
+        errors TEXT NOT NULL DEFAULT '[]',  -- JSON list of the validation messages
+        created_at REAL NOT NULL
+    );
+    ALTER TABLE counterfactuals ADD COLUMN import_batch_id INTEGER REFERENCES import_batches(id);
+    ALTER TABLE counterfactuals ADD COLUMN required_decisions INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE trajectories ADD COLUMN system TEXT;
+    CREATE TABLE annotations (
+        id INTEGER PRIMARY KEY,
+        counterfactual_id INTEGER NOT NULL REFERENCES counterfactuals(id) ON DELETE CASCADE,
+        annotator TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('accept', 'reject', 'edit', 'skip')),
+        edited_text TEXT,                   -- the counterfactual completion as edited (decision 'edit')
+        note TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (counterfactual_id, annotator)
+    );
+    CREATE INDEX annotations_annotator ON annotations(annotator);
+    CREATE TABLE claims (
+        counterfactual_id INTEGER NOT NULL REFERENCES counterfactuals(id) ON DELETE CASCADE,
+        annotator TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (counterfactual_id, annotator)
+    );
+    CREATE TABLE resolutions (
+        counterfactual_id INTEGER PRIMARY KEY REFERENCES counterfactuals(id) ON DELETE CASCADE,
+        decision TEXT NOT NULL CHECK (decision IN ('accept', 'reject', 'edit')),
+        edited_text TEXT,
+        resolver TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE guidelines (
+        id INTEGER PRIMARY KEY,
+        text TEXT NOT NULL,                 -- markdown, the latest row is in force
+        author TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE dataset_snapshots (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,          -- what a CPO run names
+        path TEXT NOT NULL,                 -- the export folder
+        format TEXT NOT NULL,               -- 'trl' | 'swift' | 'hf' | 'ccf'
+        split TEXT NOT NULL,                -- JSON: test fraction, seed and rows per split
+        row_count INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,         -- sha256 over the folder's files (names and bytes)
+        config TEXT NOT NULL,               -- JSON of the export config
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,7 +17,6 @@ from core import jobs
 from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
 from core.errors import InputError
 from core.series import plan_series
-from core.trajectories import read_jsonl
 from workbench import resources, routes, state, ui
 
 state.init()

@@ -33,6 +33,10 @@ def counterfactuals():
     return st.Page(PAGES / "counterfactuals.py", title="Counterfactuals", icon=":material/alt_route:")
 
 
+def curation():
+    return st.Page(PAGES / "curation.py", title="Curation", icon=":material/rule:")
+
+
 def navigation() -> dict:
     return {"Workbench": [home()], "Drift": [checkpoints(), explorer(), perturbation()],
-            "Counterfactuals": [graph_editor(), counterfactuals()]}
+            "Counterfactuals": [graph_editor(), counterfactuals(), curation()]}

@@ -25,6 +25,7 @@ GRAPH_FLASH = "graph_flash"  # message to show after an edit's rerun
 CF_LAST = "cf_last"  # the counterfactuals generated last in this tab, for the preview
 CF_STOP = "cf_stop"  # set by the Stop button: the running batch ends after the current trajectory
 CF_PROGRESS = "cf_progress"  # the last batch's progress, shown after it ends or is stopped
+ANNOTATOR = "annotator"  # curation: the annotator's name, set once per session
 
 
 def init() -> None:
@@ -36,6 +37,7 @@ def init() -> None:
         st.session_state.setdefault(key, None)
     st.session_state.setdefault(GRAPH_SEARCH, "")
     st.session_state.setdefault(CF_STOP, False)
+    st.session_state.setdefault(ANNOTATOR, "")
 
 
 def world_path() -> Path:

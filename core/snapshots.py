@@ -1,0 +1,216 @@
+"""Preference data in and out of the store: import files as counterfactual pairs (one transaction per
+import, deduplicated by content hash) and export curated pairs as dataset snapshots a CPO run names.
+
+    result = import_file(store, "ccf.json", keep_valid=False, required=2)   # ImportResult(kept=..., ...)
+    snap = export_snapshot(store, workspace.root / "datasets", ExportConfig(format="trl", test_fraction=0.1))
+    snapshot(store, snap.name).path      # what a CPO run opens
+
+An import with invalid records raises ``InputError`` and stores nothing unless ``keep_valid`` is set; then
+the valid part is stored and the batch records how many were kept, duplicates and skipped. An export is
+reproducible: the same decisions in the database give the same files and the same content hash, whatever
+order the pairs were imported in (rows are ordered by their content hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core import curation, formats
+from core.errors import InputError
+from core.store import Store
+
+MAX_LISTED_ERRORS = 5
+
+
+def trajectory_hash(prompt: str, completion: str) -> str:
+    """``trajectories.content_hash`` (migration 2): sha256 of prompt + NUL + completion."""
+    return hashlib.sha256(f"{prompt}\0{completion}".encode()).hexdigest()
+
+
+def counterfactual_hash(trajectory: str, target: str, completion: str) -> str:
+    """``counterfactuals.content_hash`` (migration 2): sha256 of the trajectory's hash + NUL + target +
+    NUL + completion."""
+    return hashlib.sha256(f"{trajectory}\0{target}\0{completion}".encode()).hexdigest()
+
+
+@dataclass
+class ImportResult:
+    batch_id: int
+    format: str
+    kept: int        # new pairs stored
+    duplicates: int  # valid pairs already in the database (or twice in the file)
+    skipped: int     # invalid records left out
+    errors: list[str]
+
+
+def import_file(store: Store, path: str | Path, **kwargs) -> ImportResult:
+    return import_text(store, formats.read_text(path), Path(path).name, **kwargs)
+
+
+def import_text(store: Store, text: str, name: str, fmt: str | None = None, keep_valid: bool = False,
+                required: int = 1, progress: Callable[[int, int], None] | None = None) -> ImportResult:
+    """Parse ``text`` (the file ``name``) and store its pairs in one transaction. ``required`` is k, the
+    decisions each new pair needs; ``progress(done, total)`` is called as pairs are written (an exception
+    raised from it, e.g. a Stop button's rerun, rolls the whole import back)."""
+    if required < 1:
+        raise InputError(f"required decisions per item must be at least 1, got {required}")
+    parsed = formats.parse(text, name, fmt)
+    if parsed.errors and not keep_valid:
+        raise InputError(_error_summary(name, parsed) + " Nothing was stored; fix the file, or choose to keep "
+                         f"the valid part ({parsed.records - parsed.skipped} records).")
+    if not parsed.pairs:
+        raise InputError(_error_summary(name, parsed) + " No valid pair to store; nothing was stored.")
+    settings = json.dumps({"format": parsed.format, "file": name})
+    now = time.time()
+    with store.transaction() as con:
+        batch = con.execute(
+            "INSERT INTO import_batches (name, format, content_hash, kept, duplicates, skipped, errors, created_at) "
+            "VALUES (?, ?, ?, 0, 0, ?, ?, ?)", (name, parsed.format, hashlib.sha256(text.encode()).hexdigest(),
+                                               parsed.skipped, json.dumps(parsed.errors), now)).lastrowid
+        kept = 0
+        for i, pair in enumerate(parsed.pairs):
+            kept += _insert_pair(con, pair, name, batch, required, settings, now)
+            if progress and (i % 200 == 0 or i == len(parsed.pairs) - 1):
+                progress(i + 1, len(parsed.pairs))
+        duplicates = len(parsed.pairs) - kept
+        con.execute("UPDATE import_batches SET kept = ?, duplicates = ? WHERE id = ?", (kept, duplicates, batch))
+    return ImportResult(batch, parsed.format, kept, duplicates, parsed.skipped, parsed.errors)
+
+
+def _error_summary(name: str, parsed: formats.Parsed) -> str:
+    shown = "; ".join(parsed.errors[:MAX_LISTED_ERRORS])
+    more = f" (and {len(parsed.errors) - MAX_LISTED_ERRORS} more)" if len(parsed.errors) > MAX_LISTED_ERRORS else ""
+    return (f"{name}: {len(parsed.errors)} of {parsed.records} {parsed.format} records are invalid: "
+            f"{shown}{more}." if parsed.errors else f"{name}: no pairs.")
+
+
+def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, settings: str, now: float) -> int:
+    th = trajectory_hash(pair.prompt, pair.chosen)
+    con.execute("INSERT INTO trajectories (content_hash, source, external_id, prompt, completion, label, system, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
+                (th, pair.source or name, pair.external_id, pair.prompt, pair.chosen, pair.label, pair.system, now))
+    tid = con.execute("SELECT id FROM trajectories WHERE content_hash = ?", (th,)).fetchone()[0]
+    cur = con.execute(
+        "INSERT INTO counterfactuals (trajectory_id, content_hash, target, completion, method, settings, "
+        "import_batch_id, required_decisions, created_at) VALUES (?, ?, ?, ?, 'import', ?, ?, ?, ?) "
+        "ON CONFLICT(content_hash) DO NOTHING",
+        (tid, counterfactual_hash(th, pair.target, pair.rejected), pair.target, pair.rejected, settings, batch,
+         required, now))
+    return cur.rowcount
+
+
+def import_batches(store: Store) -> list[dict]:
+    rows = store.con.execute("SELECT id, name, format, kept, duplicates, skipped, created_at FROM import_batches "
+                             "ORDER BY id DESC").fetchall()
+    return [dict(zip(("id", "name", "format", "kept", "duplicates", "skipped", "created_at"), r)) for r in rows]
+
+
+# ---------------------------------------------------------------- export
+
+@dataclass
+class ExportConfig:
+    """How curated pairs become a dataset snapshot."""
+    format: str = "trl"               # 'trl' | 'swift' | 'hf' | 'ccf'
+    test_fraction: float = 0.0        # share of studies (trajectories) in the test split, 0 for none
+    seed: int = 0                     # seeds the split
+    conversational: bool = False      # TRL: messages instead of plain strings
+    system: str | None = None         # system turn for ms-swift / conversational TRL (else the stored one)
+    weights: dict[str, float] = field(default_factory=dict)  # per-source weight, normalised to mean one
+    include_pending: bool = False     # also pairs nobody has decided yet (format conversion without curation)
+    name: str | None = None           # snapshot name; default '<format>-<hash prefix>'
+
+    def __post_init__(self):
+        if self.format not in formats.EXPORT_FORMATS:
+            raise ValueError(f"format must be one of {formats.EXPORT_FORMATS}, got {self.format!r}")
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError(f"weights must be >= 0, got {self.weights}")
+        if self.name is not None and (not self.name.strip() or Path(self.name).name != self.name
+                                      or self.name.startswith(".")):
+            raise ValueError(f"snapshot name must be a plain folder name, got {self.name!r}")
+
+
+@dataclass
+class Snapshot:
+    id: int
+    name: str
+    path: Path
+    format: str
+    split: dict
+    row_count: int
+    content_hash: str
+    created_at: float
+
+
+def weighted_rows(rows: list[dict], weights: dict[str, float]) -> list[dict]:
+    """Each row's ``weight``: its source's weight (default 1) divided by the mean over the rows, so the
+    weights average one (the CPO++ trainer's per-source weighting)."""
+    raw = [weights.get(r["source"], 1.0) for r in rows]
+    mean = sum(raw) / len(raw) if raw and sum(raw) > 0 else 1.0
+    return [{**r, "weight": round(w / mean, 6)} for r, w in zip(rows, raw)]
+
+
+def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:
+    """Write the curated pairs under ``root`` and record the snapshot (or return the identical one)."""
+    rows = sorted(curation.curated_rows(store, config.include_pending), key=lambda r: r["hash"])
+    if not rows:
+        raise InputError("nothing to export: no accepted or edited pair yet (or tick 'include undecided pairs')")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{uuid.uuid4().hex}"
+    try:
+        counts = formats.write(weighted_rows(rows, config.weights), tmp, config.format, config.test_fraction,
+                               config.seed, config.system, config.conversational)
+        digest = formats.folder_hash(tmp)
+        name = config.name or f"{config.format}-{digest[:10]}"
+        final = root / name
+        if final.exists():
+            if formats.folder_hash(final) != digest:
+                raise InputError(f"{final}: a different export already has this name; choose another name")
+        else:
+            tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _record(store, name, final, config, counts, digest)
+
+
+def _record(store: Store, name: str, path: Path, config: ExportConfig, counts: dict, digest: str) -> Snapshot:
+    split = {"test_fraction": config.test_fraction, "seed": config.seed, "rows": counts}
+    with store.transaction() as con:
+        row = con.execute("SELECT content_hash FROM dataset_snapshots WHERE name = ?", (name,)).fetchone()
+        if row and row[0] != digest:
+            raise InputError(f"snapshot {name!r} already exists with other content; choose another name")
+        if not row:
+            con.execute("INSERT INTO dataset_snapshots (name, path, format, split, row_count, content_hash, config, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (name, str(path), config.format, json.dumps(split), sum(counts.values()), digest,
+                         json.dumps(asdict(config), sort_keys=True), time.time()))
+    return snapshot(store, name)
+
+
+SNAPSHOT_COLUMNS = "id, name, path, format, split, row_count, content_hash, created_at"
+
+
+def _snapshot(row: tuple) -> Snapshot:
+    return Snapshot(row[0], row[1], Path(row[2]), row[3], json.loads(row[4]), row[5], row[6], row[7])
+
+
+def snapshot(store: Store, name: str) -> Snapshot:
+    """The snapshot a CPO run names; ``InputError`` lists the known ones if the name is unknown."""
+    row = store.con.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        known = [s.name for s in snapshots(store)]
+        raise InputError(f"no dataset snapshot named {name!r} (known: {', '.join(known) or 'none yet'})")
+    return _snapshot(row)
+
+
+def snapshots(store: Store) -> list[Snapshot]:
+    rows = store.con.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots ORDER BY id DESC").fetchall()
+    return [_snapshot(r) for r in rows]

@@ -1,0 +1,53 @@
+"""Curation: annotators review counterfactual pairs side by side, decide with the keyboard (A accept,
+X reject, E save edit, S skip), settle conflicts, and export the result as a dataset snapshot for CPO."""
+
+import streamlit as st
+
+from core.errors import InputError
+from workbench import curation_view as view, resources, state
+
+state.init()
+st.title("Curation")
+st.caption("Review counterfactual pairs, decide (several annotators per item if you like), settle conflicts, "
+           "and export the accepted pairs as the preference dataset a CPO run trains on.")
+
+try:
+    ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
+except InputError as e:
+    st.error(f"Cannot open the workspace: {e}")
+    st.stop()
+store = ws.store
+
+annotator = st.session_state[state.ANNOTATOR]
+flt = view.filters(store)
+annotate, queue, conflicts, agreement, imports, exports = st.tabs(
+    ["Annotate", "Queue", "Conflicts", "Agreement", "Import", "Export"])
+with annotate:
+    main, side = st.columns([3, 1])
+    with main:
+        if not annotator:
+            with st.form("cur_annotator_form"):
+                name = st.text_input("Your name, recorded with every decision (asked once per session)",
+                                     key="cur_name")
+                if st.form_submit_button("Start annotating") and name.strip():
+                    st.session_state[state.ANNOTATOR] = name.strip()
+                    st.rerun()
+            st.info("Enter your name to start annotating.")
+        else:
+            st.caption(f"Annotating as **{annotator}**")
+            view.focus(store, annotator, flt)
+    with side:
+        view.guidelines_panel(store, annotator or "anonymous")
+with queue:
+    view.queue_panel(store, flt)
+with conflicts:
+    if annotator:
+        view.conflicts_panel(store, annotator)
+    else:
+        st.info("Enter your name above to settle conflicts.")
+with agreement:
+    view.agreement_panel(store)
+with imports:
+    view.import_panel(store)
+with exports:
+    view.export_panel(store, ws.root / "datasets")

@@ -1,0 +1,99 @@
+"""AppTest for the curation page: name once per session, decide with the buttons, import and export."""
+
+import json
+
+from streamlit.testing.v1 import AppTest
+
+from core import curation, snapshots
+from core.workspace import Workspace
+from tests.conftest import ROOT
+from tests.curation_data import write_ccf
+from workbench import state
+
+
+def page(workspace, annotator: str = "") -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "curation.py"), default_timeout=60)
+    at.session_state[state.WORKSPACE_PATH] = str(workspace)
+    at.session_state[state.ANNOTATOR] = annotator
+    return at.run()
+
+
+def test_asks_the_name_once_then_annotates_with_the_buttons(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3))
+    at = page(tmp_path / "ws")
+    assert not at.exception
+    assert any("Enter your name to start" in i.value for i in at.info)
+    at.text_input(key="cur_name").input("ada")
+    at.button[0].click().run()  # the form's submit button, the first button of the page
+    assert at.session_state[state.ANNOTATOR] == "ada"
+    assert "0 of 3 settled" in at.get("progress")[0].proto.text
+    at.button(key="cur_accept").click().run()
+    at.text_input(key="cur_note_2").input("keeps a finding of the original")
+    at.button(key="cur_reject").click().run()
+    assert not at.exception
+    df = curation.queue(ws.store)
+    assert dict(zip(df["id"], df["status"])) == {1: "done", 2: "done", 3: "pending"}
+    assert curation.item(ws.store, 2).annotations["note"].tolist() == ["keeps a finding of the original"]
+    edited = "<think> an edited chain of thought </think> The disease of this patient is Edema."
+    at.text_area(key="cur_edit_3").input(edited)
+    at.button(key="cur_edit").click().run()
+    assert curation.item(ws.store, 3).annotations["edited_text"].tolist() == [edited]
+    assert any("Nothing left for you" in i.value for i in at.info)
+
+
+def test_import_by_path_reports_counts_and_a_bad_file_stores_nothing(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n"
+                   + json.dumps({"prompt": "p"}) + "\n")
+    at = page(tmp_path / "ws", "ada")
+    at.text_input(key="cur_import_path").input(str(bad))
+    at.button(key="cur_import").click().run()
+    assert not at.exception
+    assert "bad.jsonl, line 2, field 'chosen'" in at.error[0].value and "Nothing was stored" in at.error[0].value
+    ws = Workspace.open(tmp_path / "ws")
+    assert curation.queue(ws.store).empty
+    at.text_input(key="cur_import_path").input(str(write_ccf(tmp_path / "ccf.json", n=4, targets_per_item=2)))
+    at.button(key="cur_import").click().run()
+    assert "kept 8 pairs, 0 duplicates, skipped 0" in at.success[0].value
+    assert len(curation.queue(ws.store)) == 8
+
+
+def test_export_records_a_snapshot_and_agreement_renders(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3), required=2)
+    for who, decisions in (("ada", ["accept", "accept", "reject"]), ("bob", ["accept", "reject", "reject"])):
+        for item_id, decision in zip((1, 2, 3), decisions):
+            curation.annotate(ws.store, item_id, who, decision)
+    at = page(tmp_path / "ws", "ada")
+    assert {m.label: m.value for m in at.metric}["Items rated twice or more"] == "3"
+    assert at.selectbox(key="cur_conflict_item").options == ["2"]
+    at.selectbox(key="cur_export_format").select("swift")
+    at.button(key="cur_export").click().run()
+    assert not at.exception
+    snap = snapshots.snapshots(ws.store)[0]
+    assert snap.format == "swift" and snap.row_count == 1 and snap.name in at.success[0].value
+    at.button(key="cur_settle").click().run()  # settle item 2 as accept
+    assert curation.queue(ws.store, curation.QueueFilter(status="resolved"))["id"].tolist() == [2]
+
+
+def test_guidelines_and_k_are_edited_on_the_page(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3))
+    at = page(tmp_path / "ws", "ada")
+    at.text_area(key="cur_guidelines").input("**Reject** every counterfactual that cites *opacity*.")
+    at.button(key="cur_save_guidelines").click().run()
+    assert not at.exception
+    assert curation.guidelines(ws.store).startswith("**Reject** every")
+    assert any("cites *opacity*" in md.value for md in at.markdown)
+    at.number_input(key="cur_k").set_value(2)
+    at.button(key="cur_set_k").click().run()
+    assert set(curation.queue(ws.store)["required"]) == {2}
+    assert "needs 2 decision(s)" in " ".join(c.value for c in at.caption)
+
+
+def test_an_unusable_workspace_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    at = page(tmp_path / "file", "ada")
+    assert not at.exception
+    assert "workspace must be a folder" in at.error[0].value

@@ -1,0 +1,229 @@
+"""Rendering for the curation page: the side-by-side diff (a pure builder, tested directly) and one
+function per panel. Logic stays in ``core.curation`` and ``core.snapshots``; these only lay out widgets."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import curation, formats, snapshots
+from core.counterfactual import changed_spans
+from core.errors import InputError
+from workbench import resources, state
+
+QUEUE_ROWS = 1000  # rows of the queue table sent to the browser
+KEYS = {"accept": "a", "reject": "x", "edit": "e", "skip": "s"}  # Streamlit reserves R (rerun) and C
+DIFF_CSS = ("<style>.cf-pair{white-space:pre-wrap;font-family:var(--font,inherit);line-height:1.5;padding:.6rem;"
+            "border:1px solid rgba(128,128,128,.35);border-radius:.5rem;min-height:4rem}"
+            ".cf-pair mark.del{background:#f8c4c4;color:inherit}.cf-pair mark.ins{background:#bfe8c5;color:inherit}"
+            "</style>")
+
+
+def diff_html(original: str, counterfactual: str) -> tuple[str, str]:
+    """Both texts as escaped HTML with the changed word spans marked: ``<mark class="del">`` in the
+    original, ``<mark class="ins">`` in the counterfactual (``core.counterfactual.changed_spans``)."""
+    left, right = changed_spans(original, counterfactual)
+
+    def marked(runs: list[tuple[str, bool]], cls: str) -> str:
+        return "".join(f'<mark class="{cls}">{html.escape(t)}</mark>' if changed else html.escape(t)
+                       for t, changed in runs)
+
+    return marked(left, "del"), marked(right, "ins")
+
+
+def pair_html(item: curation.Item) -> str:
+    """The focus view: prompt, then original and counterfactual side by side, changes highlighted."""
+    left, right = diff_html(item.original, item.counterfactual)
+    head = lambda title: f"<b>{html.escape(title)}</b>"  # noqa: E731
+    return (DIFF_CSS + f"<div>{head('Prompt')}<div class='cf-pair'>{html.escape(item.prompt)}</div></div>"
+            "<div style='display:flex;gap:1rem;margin-top:.6rem'>"
+            f"<div style='flex:1'>{head('Original · ' + str(item.label))}<div class='cf-pair'>{left}</div></div>"
+            f"<div style='flex:1'>{head('Counterfactual · ' + item.target)}<div class='cf-pair'>{right}</div></div>"
+            "</div>")
+
+
+def filters(store) -> curation.QueueFilter:
+    """The queue filters (an expander); returns the filter they describe."""
+    opts = curation.filter_options(store)
+    with st.expander("Queue filters", icon=":material/filter_list:"):
+        c = st.columns(4)
+        labels = c[0].multiselect("Label", opts["labels"], key="cur_f_labels")
+        targets = c[1].multiselect("Target", opts["targets"], key="cur_f_targets")
+        methods = c[2].multiselect("Method", opts["methods"], key="cur_f_methods")
+        who = c[3].selectbox("Decided by", ["anyone", *opts["annotators"]], key="cur_f_annotator")
+        lo, hi = st.slider("Consistency score", 0.0, 1.0, (0.0, 1.0), 0.05, key="cur_f_consistency",
+                           help="Graph consistency of the counterfactual; pairs without a score show only "
+                                "at the full range.")
+    return curation.QueueFilter(tuple(labels), tuple(targets), tuple(methods), lo if lo > 0 else None,
+                                hi if hi < 1 else None, None if who == "anyone" else who)
+
+
+def _store():
+    return resources.workspace(st.session_state[state.WORKSPACE_PATH]).store
+
+
+def _decide(item_id: int, decision: str) -> None:
+    """Button callback: runs before the rerun, so the next item is claimed in the same run."""
+    store = _store()
+    text, note = st.session_state.get(f"cur_edit_{item_id}"), st.session_state.get(f"cur_note_{item_id}", "")
+    try:
+        curation.annotate(store, item_id, st.session_state[state.ANNOTATOR], decision,
+                          text if decision == "edit" else None, note)
+        st.session_state["cur_last"] = f"{decision} #{item_id}"
+    except InputError as e:
+        st.session_state["cur_last_error"] = str(e)
+
+
+def focus(store, annotator: str, flt: curation.QueueFilter) -> None:
+    """Progress, the claimed item side by side, the edit box, the note and the decision buttons."""
+    done, total = curation.progress(store, flt)
+    st.progress(done / total if total else 0.0, text=f"Queue: {done} of {total} settled")
+    if err := st.session_state.pop("cur_last_error", None):
+        st.error(err)
+    item_id = curation.claim_next(store, annotator, flt)
+    if item_id is None:
+        st.info("Nothing left for you in this queue." if total else "The queue is empty: import pairs first.")
+        return
+    item = curation.item(store, item_id)
+    score = "–" if item.consistency is None else f"{item.consistency:.2f}"
+    st.caption(f"Item #{item.id} · {item.label} → {item.target} · method {item.method} · source {item.source} · "
+               f"consistency {score} · needs {item.required} decision(s)")
+    st.html(pair_html(item))
+    st.text_area("Edit the counterfactual in place, then Save edit", item.counterfactual, key=f"cur_edit_{item_id}")
+    st.text_input("Note", key=f"cur_note_{item_id}", placeholder="why (optional)")
+    cols = st.columns(4)
+    for col, (decision, key) in zip(cols, KEYS.items()):
+        label = {"edit": "Save edit"}.get(decision, decision.capitalize())
+        col.button(label, key=f"cur_{decision}", shortcut=key, on_click=_decide,
+                   args=(item_id, decision), type="primary" if decision == "accept" else "secondary",
+                   width="stretch")
+    if last := st.session_state.get("cur_last"):
+        st.caption(f"Last: {last}")
+
+
+def guidelines_panel(store, annotator: str) -> None:
+    st.markdown("**Guidelines**")
+    text = curation.guidelines(store)
+    st.markdown(text)
+    with st.expander("Edit guidelines"):
+        new = st.text_area("Markdown", text, key="cur_guidelines", height=220)
+        if st.button("Save guidelines", key="cur_save_guidelines") and new != text:
+            curation.save_guidelines(store, new, annotator)
+            st.rerun()
+
+
+def queue_panel(store, flt: curation.QueueFilter) -> None:
+    status = st.segmented_control("Status", curation.STATUSES, default="all", key="cur_status") or "all"
+    df = curation.queue(store, curation.QueueFilter(**{**flt.__dict__, "status": status}), limit=QUEUE_ROWS)
+    settled, total = curation.progress(store, flt)
+    st.caption(f"{total} items match the filters, {settled} settled" +
+               (f"; the first {QUEUE_ROWS} are listed" if len(df) == QUEUE_ROWS else ""))
+    st.dataframe(df, hide_index=True, key="cur_queue")
+    c = st.columns([1, 3])
+    k = c[0].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_k")
+    c[1].button(f"Set k = {k} on the {total} filtered items", key="cur_set_k", on_click=_set_k, args=(flt,))
+
+
+def _set_k(flt: curation.QueueFilter) -> None:
+    """Button callback: runs before the rerun, so the focus view above already shows the new k."""
+    k = int(st.session_state["cur_k"])
+    changed = curation.set_required(_store(), k, flt)
+    st.toast(f"k = {k} on {changed} items")
+
+
+def conflicts_panel(store, annotator: str) -> None:
+    df = curation.conflicts(store)
+    if df.empty:
+        st.info("No conflicts: every item with several decisions is unanimous or settled.")
+        return
+    item_id = st.selectbox("Item", sorted(df["id"].unique()), key="cur_conflict_item")
+    rows = df[df["id"] == item_id]
+    st.html(pair_html(curation.item(store, int(item_id))))
+    st.dataframe(rows.drop(columns=["id"]), hide_index=True)
+    options = ["accept", "reject"] + [f"edit by {r.annotator}" for r in rows.itertuples() if r.decision == "edit"]
+    choice = st.radio("Settle as", options, horizontal=True, key="cur_settle_choice")
+    note = st.text_input("Why", key="cur_settle_note")
+    if st.button("Settle", key="cur_settle", type="primary"):
+        text = None
+        if choice.startswith("edit by "):
+            text = rows[rows["annotator"] == choice.removeprefix("edit by ")]["edited_text"].iloc[0]
+        curation.resolve(store, int(item_id), "edit" if text else choice, annotator, text, note)
+        st.rerun()
+
+
+def agreement_panel(store) -> None:
+    ag = curation.agreement(store)
+    fmt = lambda v: "n/a" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
+    c = st.columns(3)
+    c[0].metric("Fleiss' kappa", fmt(ag.fleiss), help="Fleiss (1971) over items with two or more ratings")
+    c[1].metric("Light's kappa", fmt(ag.light), help="Mean of the pairwise Cohen's kappas (scikit-learn)")
+    c[2].metric("Items rated twice or more", ag.items)
+    st.dataframe(ag.pairs, hide_index=True, key="cur_agreement")
+
+
+def import_panel(store) -> None:
+    upload = st.file_uploader("Upload CCF JSON, TRL JSONL or ms-swift JSON", type=["json", "jsonl"],
+                              key="cur_upload")
+    path = st.text_input("…or a path on this machine", key="cur_import_path")
+    c = st.columns(3)
+    fmt = c[0].selectbox("Format", ["auto", "ccf", "trl", "swift"], key="cur_import_format")
+    k = c[1].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_import_k")
+    keep = c[2].checkbox("Keep the valid part if some records are invalid", key="cur_keep_valid")
+    if done := st.session_state.pop("cur_imported", None):
+        st.success(done)
+    if st.button("Import", key="cur_import", type="primary"):
+        bar = st.progress(0.0, text="Importing…")
+        try:
+            if not (upload or path.strip()):
+                raise InputError("choose a file to upload or enter its path first")
+            text, name = ((upload.getvalue().decode("utf-8"), upload.name) if upload else
+                          (formats.read_text(path.strip()), Path(path.strip()).name))
+            r = snapshots.import_text(store, text, name, None if fmt == "auto" else fmt, keep, int(k),
+                                      progress=lambda d, n: bar.progress(d / n, text=f"Importing {d}/{n}"))
+            st.session_state["cur_imported"] = (f"Imported {name} ({r.format}): kept {r.kept} pairs, {r.duplicates} "
+                                                f"duplicates, skipped {r.skipped} invalid records.")
+            st.rerun()  # the queue and the filters show the new pairs
+        except UnicodeDecodeError as e:
+            st.error(f"{upload.name}: not UTF-8 text ({e.reason} at byte {e.start}); nothing was stored.")
+        except InputError as e:
+            st.error(str(e))
+    batches = snapshots.import_batches(store)
+    if batches:
+        st.dataframe(pd.DataFrame(batches), hide_index=True, key="cur_batches")
+
+
+def export_panel(store, root: Path) -> None:
+    c = st.columns(4)
+    fmt = c[0].selectbox("Format", ["trl", "swift", "hf", "ccf"], key="cur_export_format",
+                         format_func={"trl": "TRL preference JSONL", "swift": "ms-swift JSON",
+                                      "hf": "Hugging Face datasets folder", "ccf": "CCF JSON"}.get)
+    test = c[1].number_input("Test fraction", 0.0, 0.9, 0.0, 0.05, key="cur_export_test")
+    seed = c[2].number_input("Split seed", 0, 2**31 - 1, 0, key="cur_export_seed")
+    name = c[3].text_input("Snapshot name (optional)", key="cur_export_name")
+    c = st.columns(3)
+    conv = c[0].checkbox("Conversational (TRL)", key="cur_export_conv")
+    pending = c[1].checkbox("Include undecided pairs", key="cur_export_pending")
+    system = c[2].text_input("System prompt (optional)", key="cur_export_system")
+    sources = curation.filter_options(store)["sources"]
+    weights = st.data_editor(pd.DataFrame({"source": sources, "weight": 1.0}), hide_index=True,
+                             disabled=["source"], key="cur_export_weights")
+    if st.button("Export", key="cur_export", type="primary"):
+        try:
+            cfg = snapshots.ExportConfig(fmt, float(test), int(seed), conv, system or None,
+                                         dict(zip(weights["source"], weights["weight"].astype(float))), pending,
+                                         name.strip() or None)
+            snap = snapshots.export_snapshot(store, root, cfg)
+            rows = ", ".join(f"{n} {split}" for split, n in snap.split["rows"].items())
+            st.success(f"Snapshot **{snap.name}**: {snap.row_count} pairs ({rows}) in `{snap.path}` "
+                       f"(sha256 {snap.content_hash[:12]}…). A CPO run names it `{snap.name}`.")
+        except (InputError, ValueError) as e:
+            st.error(str(e))
+    snaps = snapshots.snapshots(store)
+    if snaps:
+        st.dataframe(pd.DataFrame([{"name": s.name, "format": s.format, "rows": s.row_count,
+                                    "split": str(s.split["rows"]), "path": str(s.path), "sha256": s.content_hash[:12]}
+                                   for s in snaps]),
+                     hide_index=True, key="cur_snapshots")
