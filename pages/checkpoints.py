@@ -25,11 +25,7 @@ st.caption("Choose the base model and its checkpoint series, the trajectories to
            "every token under every checkpoint, and the answer probe along each chain of thought.")
 
 ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-try:
-    world = resources.load_world(str(state.world_path()))
-except InputError as e:
-    world = None
-    st.warning(f"Cannot open the world ({e}); give local folders instead.")
+world = ui.current_world("; give local folders instead.")
 roots = [ws.root, *(p for p in os.environ.get("WORKBENCH_DATA_ROOTS", "").split(os.pathsep) if p)]
 if world:
     roots.insert(0, world.root)

@@ -5,32 +5,17 @@ import pandas as pd
 import streamlit as st
 
 from core import explore
-from core.analysis import list_analyses
 from core.errors import InputError
-from workbench import charts, resources, routes, state, ui
+from workbench import charts, resources, state, ui
 
 state.init()
 st.title("Drift explorer")
 
 ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-try:
-    world = resources.load_world(str(state.world_path()))
-except InputError as e:
-    world = None
-    st.warning(f"Cannot open the world: {e}")
-found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
-if not found:
-    st.info("No drift analysis yet. Score a checkpoint series on the **Checkpoints** page first.")
-    st.page_link(routes.checkpoints(), label="Go to Checkpoints")
-    st.stop()
-
-paths = [str(a.path) for a in found]
-state.persist("explorer_analysis", state.ANALYSIS, paths)
-with ui.controls("Analysis"):
-    chosen = st.selectbox("Analysis", paths, key="explorer_analysis", label_visibility="collapsed",
-                          format_func=lambda p: found[paths.index(p)].describe())
-st.session_state[state.ANALYSIS] = chosen
-info = found[paths.index(chosen)]
+world = ui.current_world()
+info = ui.pick_analysis(ws, world, "explorer_analysis", "Analysis",
+                        "No drift analysis yet. Score a checkpoint series on the **Checkpoints** page first.")
+chosen = str(info.path)
 try:
     a = resources.load_analysis(chosen, info.stamp)
     trajs = resources.trajectory_table(chosen, info.stamp)

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core import concepts, jobs, perturb
-from core.analysis import list_analyses, perturb_argv, resolve_labels, shell_command
+from core.analysis import perturb_argv, resolve_labels, shell_command
 from core.errors import InputError
 from workbench import charts, resources, state, ui
 
@@ -23,22 +23,11 @@ st.caption("Replace a finding by a near-synonym from the concept graph (or any s
            "one that drifted to a surface shortcut flips.")
 
 ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-try:
-    world = resources.load_world(str(state.world_path()))
-except InputError as e:
-    world = None
-    st.warning(f"Cannot open the world: {e}")
-found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
-if not found:
-    st.info("The lab uses the checkpoint series and trajectories of an analysis; score one on the Checkpoints page.")
-    st.stop()
-paths = [str(a.path) for a in found]
-state.persist("lab_analysis", state.ANALYSIS, paths)
-with ui.controls("Series and trajectories"):
-    chosen = st.selectbox("Analysis (its checkpoint series and trajectories)", paths, key="lab_analysis",
-                          format_func=lambda p: found[paths.index(p)].describe())
-st.session_state[state.ANALYSIS] = chosen
-info = found[paths.index(chosen)]
+world = ui.current_world()
+info = ui.pick_analysis(ws, world, "lab_analysis", "Series and trajectories (of an analysis)",
+                        "The lab uses the checkpoint series and trajectories of an analysis; score one on the "
+                        "Checkpoints page.")
+chosen = str(info.path)
 a = resources.load_analysis(chosen, info.stamp)
 cfg = a.config
 try:

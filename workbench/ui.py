@@ -91,3 +91,35 @@ def jobs_panel(runs_dir, kind: str, done_actions, limit: int = 5) -> None:
 
     live = any(j.state() == "running" for j in jobs.list_jobs(runs_dir, kind)[:limit])
     st.fragment(panel, run_every=1.0 if live else None)()
+
+
+def current_world(note: str = ""):
+    """The session's world, or None with a warning on the page when it cannot be opened."""
+    from core.errors import InputError
+    from workbench import resources
+
+    try:
+        return resources.load_world(str(state.world_path()))
+    except InputError as e:
+        st.warning(f"Cannot open the world: {e}{note}")
+        return None
+
+
+def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
+    """A picker over the workspace's analyses and the world's shipped one (the session's choice kept
+    across pages); stops the page with ``empty`` and a link to Checkpoints when there is none."""
+    from core.analysis import list_analyses
+    from workbench import routes
+
+    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+    if not found:
+        st.info(empty)
+        st.page_link(routes.checkpoints(), label="Go to Checkpoints")
+        st.stop()
+    paths = [str(a.path) for a in found]
+    state.persist(widget_key, state.ANALYSIS, paths)
+    with controls(label):
+        chosen = st.selectbox(label, paths, key=widget_key, label_visibility="collapsed",
+                              format_func=lambda p: found[paths.index(p)].describe())
+    st.session_state[state.ANALYSIS] = chosen
+    return found[paths.index(chosen)]
