@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import InputError
-from workbench import charts, resources, state
+from workbench import charts, resources, routes, state
 
 state.init()
 st.title("CoT Drift Workbench")
@@ -52,6 +52,12 @@ with right:
     st.markdown("**Datasets**")
     st.dataframe(pd.DataFrame(summary["datasets"].items(), columns=["dataset", "records"]), hide_index=True)
 
-st.markdown("""**The loop.** Load checkpoints → see drift → edit the concept graph → generate counterfactuals →
-curate → run CPO → compare drift before and after. The pages for each step are added to the navigation as
-they land; the engine behind them is importable from `core` in a notebook.""")
+st.markdown("**The loop.** Load checkpoints → see drift → edit the concept graph → generate counterfactuals → "
+            "curate → run CPO → compare drift before and after.")
+for col, (route, note) in zip(st.columns(6), [
+        (routes.checkpoints, "score a series"), (routes.explorer, "where it drifts"),
+        (routes.perturbation, "swap a finding"), (routes.graph_editor, "the expert knowledge"),
+        (routes.counterfactuals, "rewrite the CoT"), (routes.curation, "build the dataset")]):
+    with col:
+        st.page_link(route(), width="stretch")
+        st.caption(note)
