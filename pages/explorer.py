@@ -149,23 +149,25 @@ else:
                             help="belief metrics only: token metrics exist for the model's completion")
     r = by_id.loc[traj_id]
     record = {x["id"]: x for x in resources.records(a.config.data, a.config.limit, info.stamp)}.get(traj_id, {})
-    st.markdown(f"**Gold:** {r['gold']} · **base answer:** {r['base_answer']} ({r['base_belief']:.2f}) · "
-                f"**{r['worst_checkpoint']}:** {r['worst_answer']} ({r['worst_belief']:.2f})")
-    st.text(f"{record.get('prompt', '')}\n{record.get('completion', '')}")
-
-    m = explore.token_matrix(a.tokens, a.effects, traj_id, metric, include_prompt=with_report)
-    ui.figure(charts.token_heatmap(m), "token-heatmap", f"heatmap-{traj_id}-{metric}")
-    path = explore.belief_path(a.beliefs, traj_id)
-    left, right = st.columns(2)
+    ui.figure(resources.token_heatmap(chosen, info.stamp, traj_id, metric, with_report), "token-heatmap",
+              f"heatmap-{traj_id}-{metric}")
+    left, right = st.columns([2, 3])
     with left:
-        st.markdown("**Belief in the gold answer along the trajectory**, one line per checkpoint")
-        ui.figure(charts.belief_lines(path), "belief-lines", f"belief-{traj_id}")
+        st.markdown(f"**Gold:** {r['gold']}  \n**base answer:** {r['base_answer']} ({r['base_belief']:.2f})  \n"
+                    f"**{r['worst_checkpoint']}:** {r['worst_answer']} ({r['worst_belief']:.2f})")
+        st.text(f"{record.get('prompt', '')}\n\n{record.get('completion', '')}")
     with right:
-        order = list(dict.fromkeys(path["checkpoint"]))
-        at = st.select_slider("Answer distribution under", order, value=r["worst_checkpoint"]
-                              if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
-        ui.figure(charts.answer_distribution(path, at, explore.top_labels(path)), "answer-dist",
-                  f"answers-{traj_id}-{at}")
-    with st.expander("Token table", expanded=False):
+        BELIEF_VIEWS = ["Gold answer, every checkpoint", "Every answer, one checkpoint"]
+        belief_view = st.segmented_control("Belief along the trajectory", BELIEF_VIEWS, default=BELIEF_VIEWS[0],
+                                           key="traj_belief_view") or BELIEF_VIEWS[0]
+        if belief_view == BELIEF_VIEWS[0]:
+            ui.figure(resources.belief_lines(chosen, info.stamp, traj_id), "belief-lines", f"belief-{traj_id}")
+        else:
+            order = list(a.summary["checkpoint"])
+            at = st.select_slider("Under checkpoint", order, value=r["worst_checkpoint"]
+                                  if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
+            ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
+                      f"answers-{traj_id}-{at}")
+    if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):
         tok = a.tokens[a.tokens["traj_id"] == traj_id].drop(columns=["traj_id"])
         ui.table(tok, "token-table", f"tokens-{traj_id}")

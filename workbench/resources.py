@@ -129,3 +129,31 @@ def model_series(path: str, fingerprint: str) -> ModelSeries:
 def graph_html(_gs: GraphStore, db: str, key: str, version: int, highlight: str | None) -> str:
     """The pyvis page of one graph version (versions never change: database, graph and version identify it)."""
     return graphview.graph_html(_gs.graph(version), highlight)
+
+
+# The explorer's per-trajectory figures, built once per (analysis, trajectory, setting) and shared by every
+# session: switching back and forth redraws without recomputing. Read-only (ui.figure copies before styling).
+@st.cache_resource(max_entries=256)
+def token_heatmap(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool):
+    from core import explore
+    from workbench import charts
+
+    a = load_analysis(path, stamp)
+    return charts.token_heatmap(explore.token_matrix(a.tokens, a.effects, traj_id, metric, include_prompt))
+
+
+@st.cache_resource(max_entries=256)
+def belief_lines(path: str, stamp: str, traj_id: str):
+    from core import explore
+    from workbench import charts
+
+    return charts.belief_lines(explore.belief_path(load_analysis(path, stamp).beliefs, traj_id))
+
+
+@st.cache_resource(max_entries=256)
+def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
+    from core import explore
+    from workbench import charts
+
+    belief = explore.belief_path(load_analysis(path, stamp).beliefs, traj_id)
+    return charts.answer_distribution(belief, checkpoint, explore.top_labels(belief))

@@ -32,7 +32,7 @@ def plot_config(name: str) -> dict:
 def figure(fig: go.Figure, key: str, name: str, **kwargs):
     """Show ``fig``; offer it as a self-contained interactive HTML file (built only when clicked)."""
     if st.session_state.get(state.PRESENTATION):
-        fig.update_layout(font={"size": 16})
+        fig = go.Figure(fig).update_layout(font={"size": 16})  # a copy: figures may come from a shared cache
     event = st.plotly_chart(fig, key=key, config=plot_config(name), **kwargs)
     st.download_button("Interactive HTML", lambda: fig.to_html(include_plotlyjs=True, full_html=True),
                        file_name=f"{_slug(name)}.html", mime="text/html", key=f"{key}-html",

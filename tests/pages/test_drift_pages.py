@@ -42,13 +42,16 @@ def test_explorer_trajectory_view_switches_trajectories_and_metrics(sample_world
     at.run()
     at.segmented_control[0].set_value("Trajectory").run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) == 3  # heatmap, belief lines, answer distribution
+    assert len(at.get("plotly_chart")) == 2  # heatmap, belief lines
     picker = at.selectbox(key="explorer_trajectory")
     assert picker.options[0].startswith(picker.value + " · ") and "Lung Lesion" in picker.options[0]
     heat = at.get("plotly_chart")[0].proto.spec
     assert "checkpoint-160" in heat and "&lt;think&gt;" in heat  # rows by checkpoint, tokens escaped
     picker.set_value(picker.options[5].split(" · ")[0]).run()
     assert not at.exception and at.session_state[state.TRAJECTORY] == picker.value
+    at.segmented_control(key="traj_belief_view").set_value("Every answer, one checkpoint").run()
+    assert not at.exception and at.select_slider(key="traj_checkpoint").value == "checkpoint-160"
+    assert "Lung Opacity" in at.get("plotly_chart")[1].proto.spec  # the answer it drifted to is drawn
     for metric in ("prob", "kl_prev", "effect"):
         at.selectbox(key="traj_metric").set_value(metric).run()
         assert not at.exception
