@@ -358,3 +358,25 @@ def save_guidelines(store: Store, text: str, author: str) -> None:
     with store.transaction() as con:
         con.execute("INSERT INTO guidelines (text, author, created_at) VALUES (?, ?, ?)",
                     (text, _name(author), time.time()))
+
+
+def trajectories_file(store: Store, folder: Path) -> Path:
+    """The database's trajectories (the original side of every pair) as a JSONL file the drift engine
+    scores (id, prompt, completion, label), named by its content so the same rows give the same file."""
+    import hashlib
+    import json
+    from collections import Counter
+    from pathlib import Path
+
+    from core.cache import atomic_write_text
+
+    rows = store.con.execute("SELECT id, external_id, prompt, completion, label FROM trajectories ORDER BY id").fetchall()
+    if not rows:
+        raise InputError(f"{store.path}: no trajectories in the curation database yet (import or generate some first)")
+    seen = Counter(ext for _, ext, *_ in rows)
+    text = "".join(json.dumps({"id": ext if ext and seen[ext] == 1 else f"db-{i}", "prompt": p, "completion": c,
+                               "label": y}, ensure_ascii=False) + "\n" for i, ext, p, c, y in rows)
+    path = Path(folder) / f"curation-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+    if not path.exists():
+        atomic_write_text(path, text)
+    return path

@@ -130,8 +130,14 @@ def plan_series(base: str | Path, checkpoints=None, device: str | None = None, d
     return base, _resolve_checkpoints(checkpoints), dev, _dtype(dtype, dev)
 
 
+GENERIC_NAMES = {"adapter", "final", "final_adapter", "output", "model"}  # named after their run folder instead
+
+
 def adapter_name(info: ckpts.CheckpointInfo) -> str:
-    """A name PEFT accepts (no dots), unique within a series: the folder name, or parent_folder."""
+    """A name PEFT accepts (no dots), unique within a series: the folder name, or the run folder's name for a
+    generic one (a CPO run's ``<run>/adapter`` is called ``<run>``), or parent_folder when names repeat."""
+    if info.name in GENERIC_NAMES:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", info.path.parent.name)
     return re.sub(r"[^A-Za-z0-9_-]", "_", info.name if not info.metrics.get("_dup") else
                   f"{info.path.parent.name}_{info.name}")
 

@@ -149,6 +149,28 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 4 -> 5: CPO runs (core.runs). One row per run: its TrainConfig, the data (and curation snapshot) it
+    # trains on, the world whose held-out sets evaluate it, its status, the job folder with its log, the
+    # cause of a failure and the evaluation of its adapter.
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        objective TEXT NOT NULL,            -- cpo | cpo++ | sft
+        config TEXT NOT NULL,               -- JSON: the TrainConfig as saved in the run folder
+        data TEXT NOT NULL,                 -- the preference file trained on
+        snapshot TEXT,                      -- the curation snapshot it came from, if any
+        world TEXT,                         -- the world whose held-out sets evaluate the run
+        status TEXT NOT NULL,               -- running | done | failed | cancelled
+        job TEXT,                           -- the current job folder (runs/cpo-...)
+        output_dir TEXT NOT NULL,
+        error TEXT,                         -- why it failed or stopped
+        evaluation TEXT,                    -- JSON: accuracy, perturbed_accuracy, flip_rate, ...
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX runs_status ON runs(status);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core import checkpoints as ckpts
-from core import jobs
+from core import jobs, runs
 from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
 from core.errors import InputError
 from core.series import plan_series
@@ -54,6 +54,15 @@ if source == "Sample world":
     graph = str(world.graph_path)
     base_names = [world.manifest.get("base_model_name", "")]
     st.caption(f"`{world.root}`: base `{Path(base).name}/`, checkpoints `{Path(series_arg).name}/`")
+    finished = [r for r in runs.list_runs(ws.store) if r.status == "done" and r.adapter_dir.is_dir()
+                and r.world and Path(r.world).resolve() == world.root.resolve()]
+    if finished:
+        joined = st.multiselect("Add finished CPO runs to the series", [r.name for r in finished], key="ck_runs",
+                                help="each run's adapter joins as a step after the checkpoint it started from, "
+                                     "so the explorer shows drift before and after the repair")
+        if joined:
+            series_arg = ";".join([str(c.path) for c in world.checkpoints] +
+                                  [str(r.adapter_dir) for r in finished if r.name in joined])
 else:
     models, series_dirs = ckpts.find_candidates(roots)
     base = picker("Base model folder", models, "ck_base", "config.json, weights and tokenizer of the model RFT started from")
@@ -109,7 +118,8 @@ elif base and not problems and not checkpoints_value:
 
 # ---- 2. the trajectories -------------------------------------------------------------------------------
 st.subheader("2 · Trajectories")
-kinds = (["Sample world dataset"] if world and source == "Sample world" else []) + ["A JSONL file", "Upload"]
+kinds = (["Sample world dataset"] if world and source == "Sample world" else []) + ["A JSONL file", "Upload",
+                                                                                     "Curation database"]
 data_kind = st.radio("Trajectories", kinds, horizontal=True, key="ck_data_kind", label_visibility="collapsed")
 data = None
 if data_kind == "Sample world dataset":
@@ -117,6 +127,13 @@ if data_kind == "Sample world dataset":
     dataset = st.selectbox("Dataset", names, key="ck_dataset",
                            format_func=lambda n: f"{n} ({world.manifest['datasets'][n]['records']} trajectories)")
     data = str(world.dataset_path(dataset))
+elif data_kind == "Curation database":
+    from core.curation import trajectories_file
+
+    try:
+        data = str(trajectories_file(ws.store, ws.uploads_dir))
+    except InputError as e:
+        problems.append(str(e))
 elif data_kind == "A JSONL file":
     data = st.text_input("Trajectories file", key="ck_data", placeholder="/path/to/trajectories.jsonl",
                          help="one JSON object per line with prompt, completion (<think> … </think> answer) and label").strip() or None

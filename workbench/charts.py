@@ -216,3 +216,44 @@ def category_flip_heatmap(df: pd.DataFrame, value: str = "flip_rate") -> go.Figu
     fig.update_layout(height=max(240, 26 * len(table) + 90), margin={"t": 20, "l": 10, "r": 10},
                       yaxis={"autorange": "reversed"})
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CPO runs
+
+RUN_PANELS = [("loss", ["loss"]), ("rewards", ["rewards/chosen", "rewards/rejected"]),
+              ("margin", ["rewards/margins"]), ("reward accuracy", ["rewards/accuracies"])]
+
+
+def run_curves(df: pd.DataFrame) -> go.Figure:
+    """A run's logged metrics over its steps: loss, rewards of chosen and rejected, their margin, and the
+    reward accuracy (overall, and per data source where the trainer logged ``accuracy/<source>``)."""
+    fig = make_subplots(rows=1, cols=4, subplot_titles=[t for t, _ in RUN_PANELS], horizontal_spacing=0.06)
+    palette = pcolors.qualitative.Safe
+    for col, (_, keys) in enumerate(RUN_PANELS, start=1):
+        extra = [c for c in df.columns if c.startswith("accuracy/")] if col == 4 else \
+            [c for c in df.columns if c.startswith("loss/")] if col == 1 else []
+        for i, key in enumerate([k for k in keys if k in df] + extra):
+            fig.add_trace(go.Scatter(x=df["step"], y=df[key], name=_esc(key), mode="lines",
+                                     line={"color": palette[(i + 2 * col) % len(palette)],
+                                           "dash": "dot" if "/" in key and key.split("/")[0] in ("accuracy", "loss") else "solid"},
+                                     hovertemplate=_esc(key) + " at step %{x}: %{y:.4f}<extra></extra>"), row=1, col=col)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=300, legend={"orientation": "h", "y": -0.3}, margin={"t": 40, "l": 10, "r": 10})
+    return fig
+
+
+def run_comparison(df: pd.DataFrame) -> go.Figure:
+    """Runs side by side on the held-out sets: accuracy, perturbed accuracy, flip rate, shortcut share."""
+    bars = [("accuracy", "held-out accuracy", "#2a9d8f"), ("perturbed_accuracy", "perturbed accuracy", "#264653"),
+            ("flip_rate", "flip rate (near-synonym swap)", "#e76f51"),
+            ("opacity_to_lung_opacity", 'shortcut "opacity" → Lung Opacity', "#d62828")]
+    names = [_esc(r) for r in df["run"]]
+    fig = go.Figure()
+    for col, label, color in bars:
+        if col in df:
+            fig.add_trace(go.Bar(x=names, y=df[col], name=label, marker_color=color,
+                                 hovertemplate="%{x}<br>" + label + ": %{y:.3f}<extra></extra>"))
+    fig.update_layout(barmode="group", height=340, yaxis={"range": [0, 1.02], "title": "share of held-out studies"},
+                      legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
+    return fig

@@ -42,3 +42,15 @@ def drift_table_row(test: list[dict], preds: list[str | None], perturbed: list[d
         "rare_class_accuracy": acc(test, preds, lambda r: r["label"] in spec.RARE_IN_SFT),
         "malformed": sum(p is None for p in preds) / max(1, len(preds)),
     }
+
+
+def evaluate_world(model, tokenizer, world) -> dict[str, float]:
+    """The drift-table row of ``model`` on a world's held-out sets (``test`` and ``test_perturbed``), the
+    same figures ``metrics.json`` records per checkpoint: what a CPO run is judged by."""
+    from core.trajectories import read_jsonl
+
+    test = read_jsonl(world.dataset_path("test"))
+    perturbed = read_jsonl(world.dataset_path("test_perturbed"))
+    preds = answer(model, tokenizer, [r["prompt"] for r in test])
+    preds_p = answer(model, tokenizer, [r["prompt"] for r in perturbed])
+    return {k: round(v, 4) for k, v in drift_table_row(test, preds, perturbed, preds_p).items()}

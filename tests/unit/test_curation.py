@@ -163,3 +163,27 @@ def test_diff_html_escapes_and_keeps_both_texts(original, counterfactual):
     strip = lambda s: html.unescape(re.sub(r"</?mark[^>]*>", "", s))  # noqa: E731
     assert strip(left) == original and strip(right) == counterfactual
     assert "<" not in re.sub(r"</?mark[^>]*>", "", left + right)
+
+
+def test_curation_trajectories_become_a_file_the_engine_scores(tmp_path, sample_world):
+    from core import counterfactual_store
+    from core.concepts import load_graph
+    from core.curation import trajectories_file
+    from core.errors import InputError
+    from core.store import Store
+    from core.trajectories import read_jsonl
+
+    store = Store.open(tmp_path / "w.db")
+    with pytest.raises(InputError, match="no trajectories"):
+        trajectories_file(store, tmp_path)
+    records = read_jsonl(sample_world / "data" / "test.jsonl", 4)
+    for _ in counterfactual_store.generate_batch(store, load_graph(sample_world / "concept_graph.json"), records,
+                                                 "test", "confusable"):
+        pass
+    path = trajectories_file(store, tmp_path)
+    back = read_jsonl(path)
+    by_id = {r["id"]: r for r in records}
+    assert len(back) >= 2 and all(r["completion"] == by_id[r["id"]]["completion"] for r in back)
+    assert all(r["label"] == by_id[r["id"]]["label"] for r in back)
+    assert trajectories_file(store, tmp_path) == path  # same rows, same file
+    store.close()

@@ -1,0 +1,292 @@
+"""CPO runs: a registry in the workspace database, each run a background job (``core.jobs``) that trains
+with ``core.cpo`` and then evaluates the new adapter on the world's held-out sets.
+
+    run = runs.launch(ws, cfg, name="cpo-opacity", world=world_path, snapshot="sft-pairs-v1")
+    runs.refresh(ws, run.id)       # sync the registry with the job: running -> done | failed | cancelled
+    runs.metrics(run)              # the trainer's metrics.jsonl as a table (live while it runs)
+    runs.cancel(ws, run.id)        # graceful: the trainer stops at the next step and saves the adapter
+    runs.resume(ws, run.id)        # a new job continuing from the run's last checkpoint-N
+
+A run's folder is ``<workspace>/runs/cpo/<name>/``: ``config.json`` (the ``TrainConfig``), what the trainer
+writes (``metrics.jsonl``, ``checkpoint-N/``, ``adapter/``) and ``evaluation.json``. The registry row
+keeps the config, the dataset snapshot, the status, the evaluation and the cause of a failure; the job
+folder keeps the log. Nothing depends on the browser: the page only reads and refreshes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from core import jobs
+from core.errors import InputError
+from core.store import Store
+
+STATUSES = ("running", "done", "failed", "cancelled")
+EVALUATION_FILE = "evaluation.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class Run:
+    id: int
+    name: str
+    objective: str
+    config: dict
+    data: str
+    snapshot: str | None
+    world: str | None
+    status: str
+    job: str | None
+    output_dir: Path
+    error: str | None
+    evaluation: dict | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.output_dir / "adapter"
+
+    @property
+    def config_path(self) -> Path:
+        return self.output_dir / "config.json"
+
+    def job_handle(self) -> jobs.Job | None:
+        try:
+            return jobs.Job.load(self.job) if self.job else None
+        except InputError:
+            return None
+
+
+_COLUMNS = ("id, name, objective, config, data, snapshot, world, status, job, output_dir, error, evaluation, "
+            "created_at, updated_at")
+
+
+def _row(row: tuple) -> Run:
+    (id_, name, objective, config, data, snapshot, world, status, job, output_dir, error, evaluation, c, u) = row
+    return Run(id_, name, objective, json.loads(config), data, snapshot, world, status, job, Path(output_dir), error,
+               json.loads(evaluation) if evaluation else None, c, u)
+
+
+def get(store: Store, run_id: int) -> Run:
+    row = store.con.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise InputError(f"run {run_id}: no such run in {store.path}")
+    return _row(row)
+
+
+def list_runs(store: Store) -> list[Run]:
+    """Every run, newest first."""
+    return [_row(r) for r in store.con.execute(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
+
+
+def train_argv(config_path: str | Path, world: str | Path | None = None) -> list[str]:
+    """What a run's job executes (after ``python``): train, then evaluate on the world's held-out sets."""
+    argv = ["-m", "workbench.cli", "train", "--config", str(config_path)]
+    return argv + (["--evaluate", str(world)] if world else [])
+
+
+def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | None = None) -> Run:
+    """Register a run and start its job. ``cfg`` is a ``core.cpo.TrainConfig``; its ``output_dir`` is set
+    to the run's folder. The name must be new (letters, digits, ``_.-``)."""
+    if not _NAME.match(name):
+        raise InputError(f"run name {name!r}: use 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)")
+    if ws.store.con.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
+        raise InputError(f"run name {name!r} is taken; choose another")
+    out = ws.runs_dir / "cpo" / name
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out}: a run folder of that name already exists; choose another name")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.output_dir = str(out)
+    cfg.save(out / "config.json")
+    now = time.time()
+    with ws.store.transaction() as con:
+        cur = con.execute("INSERT INTO runs (name, objective, config, data, snapshot, world, status, output_dir, "
+                          "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                          (name, cfg.objective, (out / "config.json").read_text(), cfg.data, snapshot,
+                           str(world) if world else None, str(out), now, now))
+        run_id = cur.lastrowid
+    return _start(ws, get(ws.store, run_id))
+
+
+def _start(ws, run: Run) -> Run:
+    job = jobs.start(ws.runs_dir, "cpo", train_argv(run.config_path, run.world), title=f"{run.objective} · {run.name}",
+                     meta={"run": run.id})
+    _update(ws.store, run.id, status="running", job=str(job.dir), error=None)
+    return get(ws.store, run.id)
+
+
+def _update(store: Store, run_id: int, **fields) -> None:
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    with store.transaction() as con:
+        con.execute(f"UPDATE runs SET {sets}, updated_at = ? WHERE id = ?", (*fields.values(), time.time(), run_id))
+
+
+def failure_cause(log: str) -> str:
+    """The line of a worker's log that says why it failed: the exception's last line, out of memory said
+    plainly, else the log's last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    if any("out of memory" in line.lower() or "OutOfMemoryError" in line for line in lines):
+        return "out of memory: " + next(line for line in reversed(lines)
+                                        if "out of memory" in line.lower() or "OutOfMemoryError" in line)
+    for line in reversed(lines):
+        if line.startswith("workbench: error:") or re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line):
+            return line
+    return lines[-1] if lines else "the run ended without any output"
+
+
+def refresh(ws, run_id: int) -> Run:
+    """Bring a run's row in line with its job: a finished job becomes done (with its evaluation), failed
+    (with the cause from its log) or cancelled. Safe to call from any number of pages at once."""
+    run = get(ws.store, run_id)
+    if run.status != "running":
+        return run
+    job = run.job_handle()
+    state = job.state() if job else "died"
+    if state == "running":
+        return run
+    if state == "done":
+        join_series(run)
+        evaluation = _read_json(run.output_dir / EVALUATION_FILE)
+        _update(ws.store, run_id, status="done", evaluation=json.dumps(evaluation) if evaluation else None)
+    elif state == "cancelled":
+        _update(ws.store, run_id, status="cancelled", error="cancelled: the adapter of the last finished step was saved")
+    else:
+        cause = failure_cause(job.log_tail(40) if job else "")
+        if state == "died":
+            cause = "the run's process vanished (killed, or the machine restarted): " + cause
+        _update(ws.store, run_id, status="failed", error=cause)
+    return get(ws.store, run_id)
+
+
+def join_series(run: Run) -> int | None:
+    """Give the run's adapter its place in the checkpoint series: the step of the checkpoint it started from
+    plus the steps it trained (``trainer_state.json`` ``global_step``; the run's own count stays as
+    ``run_steps``), so drift views order it after the checkpoint it repairs. Returns that step."""
+    from core.cache import atomic_write_text
+    from core.checkpoints import read_checkpoint
+
+    state_file = run.adapter_dir / "trainer_state.json"
+    state = _read_json(state_file)
+    if state is None:
+        return None
+    if "run_steps" in state:  # joined already
+        return state.get("global_step")
+    init = run.config.get("init_adapter")
+    start = read_checkpoint(Path(init)).step if init and Path(init).is_dir() else 0
+    state["run_steps"] = int(state.get("global_step") or 0)
+    state["global_step"] = start + state["run_steps"]
+    atomic_write_text(state_file, json.dumps(state, indent=1))
+    return state["global_step"]
+
+
+def refresh_all(ws) -> list[Run]:
+    return [refresh(ws, r.id) if r.status == "running" else r for r in list_runs(ws.store)]
+
+
+def cancel(ws, run_id: int) -> bool:
+    run = get(ws.store, run_id)
+    job = run.job_handle()
+    return bool(job and job.cancel())
+
+
+def resume(ws, run_id: int) -> Run:
+    """Continue a cancelled or failed run from its last checkpoint in a new job."""
+    from core.cpo import TrainConfig
+
+    run = refresh(ws, run_id)
+    if run.status not in ("cancelled", "failed"):
+        raise InputError(f"run {run.name}: only a cancelled or failed run can be resumed (it is {run.status})")
+    cfg = TrainConfig.load(run.config_path)
+    cfg.resume = True
+    cfg.save(run.config_path)
+    return _start(ws, run)
+
+
+def delete(ws, run_id: int) -> None:
+    """Forget a run that is not running (its folder stays on disk)."""
+    run = refresh(ws, run_id)
+    if run.status == "running":
+        raise InputError(f"run {run.name} is running; cancel it first")
+    with ws.store.transaction() as con:
+        con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+
+def metrics(run: Run) -> pd.DataFrame:
+    """The trainer's metrics.jsonl (one row per logged step); empty before the first step. A line being
+    written at the moment is skipped."""
+    path = run.output_dir / "metrics.jsonl"
+    rows = []
+    try:
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    except OSError:
+        pass
+    return pd.DataFrame(rows)
+
+
+def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
+    """Finished runs side by side on the held-out sets (with the starting checkpoint's row first)."""
+    rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before else [])
+    rows += [{"run": r.name, "objective": r.objective, **(r.evaluation or {})} for r in runs if r.evaluation]
+    return pd.DataFrame(rows)
+
+
+def evaluate_adapter(world_path: str | Path, adapter: str | Path | None) -> dict:
+    """Load the world's base model (with ``adapter`` merged in, when given) and evaluate it on the world's
+    held-out sets (``core.sample.evaluate.evaluate_world``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.sample.evaluate import evaluate_world
+    from core.series import load_tokenizer
+    from core.world import load_world
+
+    world = load_world(world_path)
+    model = AutoModelForCausalLM.from_pretrained(world.base_model_dir, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # merged: plain speed
+    model.eval()
+    return evaluate_world(model, load_tokenizer(world.base_model_dir), world)
+
+
+def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:
+    from core.cache import atomic_write_text
+
+    path = Path(output_dir) / EVALUATION_FILE
+    atomic_write_text(path, json.dumps(evaluation, indent=1))
+    return path
+
+
+def start_metrics(world_path: str | Path, init_adapter: str | Path | None) -> dict | None:
+    """The recorded held-out figures of the checkpoint a run starts from (from the world's metrics.json),
+    so the comparison has its "before" row without re-evaluating."""
+    from core.world import load_world
+
+    try:
+        rows = load_world(world_path).metrics()
+    except InputError:
+        return None
+    name = Path(init_adapter).name if init_adapter else "base (SFT)"
+    for row in rows:
+        if row.get("checkpoint") == name:
+            return {k: v for k, v in row.items() if k not in ("checkpoint", "step")}
+    return None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
