@@ -228,7 +228,7 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1].path if found else None
 
 
-def _dataset(cfg: TrainConfig, tok, pre: Preflight):
+def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
     from datasets import Dataset
 
     from core.cpo_trainer import normalise_weights
@@ -253,7 +253,7 @@ def _base_name(cfg: TrainConfig) -> str:
     return Path(cfg.base_model).name
 
 
-def _lora(cfg: TrainConfig):
+def lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", lora_dropout=0.0,
@@ -268,14 +268,18 @@ def _load_init_adapter(model, path: str) -> None:
     weights = Path(path) / "adapter_model.safetensors"
     if not weights.is_file():
         raise InputError(f"{path}: init_adapter has no adapter_model.safetensors")
-    result = set_peft_model_state_dict(model, load_file(weights))
-    missing = [k for k in result.unexpected_keys]
-    if missing:
-        raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={model.peft_config['default'].r}): "
-                         f"unexpected {missing[0]}")
+    r = model.peft_config["default"].r
+    try:
+        result = set_peft_model_state_dict(model, load_file(weights))
+    except RuntimeError as e:  # shapes differ: another r, or an adapter of another base
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): {detail[:200]}") from None
+    if result.unexpected_keys:
+        raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): "
+                         f"unexpected {result.unexpected_keys[0]}")
 
 
-def _dpo_config(cfg: TrainConfig, cuda: bool):
+def dpo_args(cfg: TrainConfig, cuda: bool):
     from trl import DPOConfig
 
     bf16 = cuda if cfg.bf16 is None else cfg.bf16
@@ -288,7 +292,7 @@ def _dpo_config(cfg: TrainConfig, cuda: bool):
         remove_unused_columns=False)
 
 
-def _model(cfg: TrainConfig, cuda: bool):
+def load_base(cfg: TrainConfig, cuda: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -296,7 +300,10 @@ def _model(cfg: TrainConfig, cuda: bool):
 
     base = check_model_dir(cfg.base_model)
     dtype = torch.bfloat16 if (cuda if cfg.bf16 is None else cfg.bf16) else torch.float32
-    return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True, trust_remote_code=False)
+    try:
+        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
+        raise InputError(f"{base}: cannot load the base model ({str(e).splitlines()[0]})") from None
 
 
 def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=None, pre: Preflight | None = None):
@@ -309,9 +316,9 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=Non
     cuda = torch.cuda.is_available()
     tok = tokenizer or load_tokenizer(cfg.base_model)
     pre = pre or preflight(cfg, tok)
-    args = _dpo_config(cfg, cuda)
-    trainer = CPOTrainer(model=_model(cfg, cuda), args=args, train_dataset=_dataset(cfg, tok, pre),
-                         processing_class=tok, peft_config=_lora(cfg), callbacks=callbacks or [],
+    args = dpo_args(cfg, cuda)
+    trainer = CPOTrainer(model=load_base(cfg, cuda), args=args, train_dataset=tokenized_dataset(cfg, tok, pre),
+                         processing_class=tok, peft_config=lora_config(cfg), callbacks=callbacks or [],
                          data_collator=WeightedPreferenceCollator(pad_token_id=tok.pad_token_id or 0,
                                                                   max_length=cfg.max_length),
                          objective=cfg.objective, cpo_alpha=cfg.cpo_alpha, sources=pre.sources)
@@ -336,14 +343,14 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     if cfg.resume and resume_from is None:
         raise InputError(f"{out}: resume asked, but the folder holds no checkpoint-N to continue from")
     cancel = CancelCallback(should_cancel or (lambda: False))
-    callbacks = [MetricsCallback(out / "metrics.jsonl", append=resume_from is not None),
+    callbacks = [MetricsCallback(out / "metrics.jsonl", pre.sources, append=resume_from is not None),
                  ProgressCallback(progress, pre.warnings), cancel]
     trainer = build_trainer(cfg, callbacks, pre=pre)
     started = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except Exception as e:  # noqa: BLE001 - every failure becomes one readable message
-        raise RuntimeError(_failure(e)) from e
+        raise RuntimeError(failure_message(e)) from e
     adapter = _save_final(trainer, out / "adapter")
     if progress:
         progress(1, 1, f"{'cancelled' if cancel.cancelled else 'done'} at step {trainer.state.global_step} "
@@ -351,7 +358,7 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     return TrainResult(adapter, trainer.state.global_step, cancel.cancelled, out / "metrics.jsonl")
 
 
-def _failure(e: Exception) -> str:
+def failure_message(e: Exception) -> str:
     import torch
 
     text = f"{type(e).__name__}: {e}".splitlines()[0]

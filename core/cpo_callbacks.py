@@ -15,10 +15,11 @@ KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "reward
 
 
 class MetricsCallback(TrainerCallback):
-    """Append one JSON object per logging step: step, KEYS, per-source metrics, tokens/s, GPU memory, time."""
+    """Append one JSON object per logging step: step, KEYS, per-source metrics (null when no pair of that
+    source was in the step's batches), tokens/s, GPU memory, time."""
 
-    def __init__(self, path: Path, append: bool = False):
-        self.path = path
+    def __init__(self, path: Path, sources: list[str], append: bool = False):
+        self.path, self.sources = path, sources
         if not append:
             path.write_text("")
         self._last: tuple[float, float] | None = None  # (time, tokens) at the previous log
@@ -32,7 +33,7 @@ class MetricsCallback(TrainerCallback):
             rate = (tokens - self._last[1]) / (now - self._last[0])
         self._last = (now, tokens)
         row = {"step": state.global_step, **{k: logs[k] for k in KEYS if k in logs},
-               **{k: v for k, v in logs.items() if k.startswith(("loss/", "accuracy/"))},
+               **{f"{m}/{s}": logs.get(f"{m}/{s}") for s in self.sources for m in ("loss", "accuracy")},
                "tokens_per_second": rate, "gpu_memory_gb": _gpu_memory_gb(), "time": now}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,6 +1,6 @@
 """The sample-world CPO experiment: from the drifted checkpoint-160, train each objective, evaluate each run.
 
-    python -m core.sample.cpo_experiment --out /tmp/cpo-exp [--steps 60] [--lr 1e-3] [--pairs 480]
+    python -m core.sample.cpo_experiment --out /tmp/cpo-exp [--steps 60] [--lr 1e-3 (default: the sample default)] [--pairs 480]
 
 Prints and writes ``results.json``: one row per model (checkpoint-160 before, then sft, DPO with random
 negatives, cpo, cpo++) with the world's own figures (``core.sample.evaluate.evaluate_world``) and seconds.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.cpo import TrainConfig, train
 from core.sample.evaluate import evaluate_world
-from core.sample.preferences import build_preferences
+from core.sample.preferences import build_preferences, sample_config
 from core.world import SAMPLE_WORLD, load_world
 
 VARIANTS = {"sft": dict(objective="sft"), "dpo-random": dict(objective="cpo++", negatives="random"),
@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     print(rows[-1], flush=True)
     for name in args.variants:
         extra = {"learning_rate": args.lr} if args.lr else {}
-        cfg = TrainConfig(base_model=str(world.base_model_dir), data=str(data), output_dir=str(args.out / name),
-                          init_adapter=str(start), max_steps=args.steps, base_names=[world.manifest["base_model_name"]],
-                          **VARIANTS[name], **extra)
+        cfg = sample_config(world.root, args.out / name, data=data, max_steps=args.steps, **VARIANTS[name], **extra)
         t0 = time.time()
         result = train(cfg)
         seconds = time.time() - t0
