@@ -5,6 +5,8 @@
     workbench build-sample [--quick] [--out DIR]
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
+    workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
+    accelerate launch -m workbench.cli train --config run.json   # the same on several GPUs or with DeepSpeed
 """
 
 from __future__ import annotations
@@ -173,6 +175,34 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """A CPO run from a TrainConfig JSON; under ``accelerate launch`` each process runs this same entry point
+    (``accelerate launch -m workbench.cli train --config run.json``), and TRL's Trainer shards the batches."""
+    from core.cpo import TrainConfig, train
+    from core.jobs import CANCELLED, cancel_flag
+
+    cfg = TrainConfig.load(args.config)
+    if args.resume:
+        cfg.resume = True
+    should_cancel = cancel_flag()  # SIGTERM (the page's Cancel): save the adapter at the next step end, stop
+    bar, progress = _progress_bar("train")
+
+    def report(done: float, total: float, message: str) -> None:
+        if message.startswith("warning: "):
+            print(f"workbench: {message}", file=sys.stderr)
+        progress(done, total, message)
+
+    with bar:
+        try:
+            result = train(cfg, progress=report, should_cancel=should_cancel)
+        except RuntimeError as e:
+            print(f"workbench: error: {e}", file=sys.stderr)
+            return 1
+    print(f"workbench: {'cancelled' if result.cancelled else 'finished'} at step {result.steps}; "
+          f"adapter in {result.adapter_dir}, metrics in {result.metrics_path}")
+    return CANCELLED if result.cancelled else 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench", description="CoT Drift Workbench: see and repair concept "
                                  "drift in the chain of thought of RFT checkpoints.")
@@ -214,6 +244,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["generate", "probe"], default="generate",
                    help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
     p.add_argument("--out", type=Path, required=True, help="parquet file for the per-trajectory rows")
+    p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m workbench.cli`)")
+    p.add_argument("--config", type=Path, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
     p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
     p.add_argument("--out", type=Path, default=world_mod.SAMPLE_WORLD)
     p.add_argument("--seed", type=int, default=0)
@@ -233,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_score(args)
         if args.command == "perturb":
             return cmd_perturb(args)
+        if args.command == "train":
+            return cmd_train(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

@@ -44,13 +44,20 @@ def drift_table_row(test: list[dict], preds: list[str | None], perturbed: list[d
     }
 
 
-def evaluate_world(model, tokenizer, world) -> dict[str, float]:
-    """The drift-table row of ``model`` on a world's held-out sets (``test`` and ``test_perturbed``), the
-    same figures ``metrics.json`` records per checkpoint: what a CPO run is judged by."""
-    from core.trajectories import read_jsonl
+def evaluate_world(model, tokenizer, world, limit: int | None = None, batch_size: int = 256) -> dict[str, float]:
+    """The world's own evaluation of ``model``: the ``metrics.json`` row figures (accuracy, perturbed accuracy,
+    flip rate, opacity -> Lung Opacity, rare-class accuracy, malformed) on its held-out test sets.
 
-    test = read_jsonl(world.dataset_path("test"))
-    perturbed = read_jsonl(world.dataset_path("test_perturbed"))
-    preds = answer(model, tokenizer, [r["prompt"] for r in test])
-    preds_p = answer(model, tokenizer, [r["prompt"] for r in perturbed])
+    ``world`` is a ``core.world.World`` or its folder; ``limit`` keeps the first N stationary studies and
+    their perturbed twins (for quick checks; the README figures use all).
+    """
+    from core.trajectories import read_jsonl
+    from core.world import load_world
+
+    world = load_world(world) if not hasattr(world, "dataset_path") else world
+    test = read_jsonl(world.dataset_path("test"))[:limit]
+    ids = {r["id"] for r in test}
+    perturbed = [r for r in read_jsonl(world.dataset_path("test_perturbed")) if r["source_id"] in ids]
+    preds = answer(model, tokenizer, [r["prompt"] for r in test], batch_size)
+    preds_p = answer(model, tokenizer, [r["prompt"] for r in perturbed], batch_size)
     return {k: round(v, 4) for k, v in drift_table_row(test, preds, perturbed, preds_p).items()}

@@ -1,0 +1,373 @@
+"""Counterfactual Preference Optimization runs: one typed config, a pre-flight check, and ``train``.
+
+    cfg = TrainConfig(base_model="sample_data/model", data="pairs.jsonl", output_dir="runs/cpo-1",
+                      init_adapter="sample_data/rft/checkpoint-160", base_names=["cxr-demo-tiny-llama"])
+    preflight(cfg).warnings        # pairs whose reasoning max_length would cut, identical chosen/rejected
+    result = train(cfg, progress=lambda done, total, msg: ..., should_cancel=lambda: False)
+    result.adapter_dir             # runs/cpo-1/adapter: a LoRA adapter core.series loads as a new checkpoint
+
+The same run from a shell, on one GPU or several (``accelerate launch`` for multi-GPU and DeepSpeed):
+``workbench train --config run.json`` or ``accelerate launch -m workbench.cli train --config run.json``.
+
+A run folder holds ``config.json`` (this TrainConfig), ``metrics.jsonl`` (one object per logging step),
+``checkpoint-N/`` (adapter + trainer_state.json + optimizer, as HF Trainer writes them) and ``adapter/``.
+The objectives live in ``core.cpo_trainer``; data is TRL preference JSONL (prompt, chosen, rejected,
+optional source and weight), tokenized in the sample world's format: BOS + prompt, " " + completion + EOS.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from core.errors import InputError
+
+NEGATIVES = ("counterfactual", "random")
+
+
+@dataclass
+class TrainConfig:
+    """One CPO run. Defaults: the authors' script (LoRA all-linear r=8 alpha=32, bf16 on CUDA)."""
+
+    base_model: str  # base model folder (local path)
+    data: str  # TRL preference JSONL: prompt, chosen, rejected, optional source, weight
+    output_dir: str
+    init_adapter: str | None = None  # continue this LoRA checkpoint (e.g. the drifted sample_data/rft/checkpoint-160)
+    objective: str = "cpo"  # "cpo" | "cpo++" | "sft" (see core.cpo_trainer)
+    negatives: str = "counterfactual"  # "random": rejected = another pair's chosen of another label (seeded)
+    max_steps: int = 60
+    learning_rate: float = 2e-5
+    beta: float = 0.1
+    cpo_alpha: float = 1.0
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 256
+    lora_r: int = 8
+    lora_alpha: int = 32
+    bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
+    seed: int = 0
+    save_steps: int = 20
+    logging_steps: int = 1
+    resume: bool = False  # continue from the last checkpoint-N in output_dir
+    base_names: list[str] = field(default_factory=list)  # names of the base in adapter configs
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
+
+    def __post_init__(self) -> None:
+        from core.cpo_trainer import OBJECTIVES
+
+        checks = [("objective", self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
+                  ("negatives", self.negatives in NEGATIVES, f"one of {', '.join(NEGATIVES)}")]
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "lora_r",
+                     "lora_alpha", "save_steps", "logging_steps"):
+            value = getattr(self, name)
+            checks.append((name, isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                           "a positive integer"))
+        for name in ("learning_rate", "beta"):
+            checks.append((name, isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0,
+                           "a positive number"))
+        checks.append(("cpo_alpha", isinstance(self.cpo_alpha, (int, float)) and self.cpo_alpha >= 0,
+                       "a number >= 0"))
+        for name in ("base_model", "data", "output_dir"):
+            checks.append((name, isinstance(getattr(self, name), str) and getattr(self, name).strip() != "",
+                           "a non-empty path"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"field {name!r}: expected {expected}, got {getattr(self, name)!r}")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        """Read a config JSON; unknown or bad fields raise InputError naming the file and the field."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: not a readable JSON config ({e})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a JSON object of TrainConfig fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{path}: unknown field {unknown[0]!r} (expected some of {', '.join(sorted(known))})")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{path}: {e}") from None
+
+
+@dataclass
+class Preflight:
+    pairs: int
+    truncated: list[int]  # indices of pairs longer than max_length (their reasoning or answer would be cut)
+    identical: list[int]  # indices of pairs whose chosen equals rejected (no preference signal; dropped)
+    warnings: list[str]
+    errors: list[str]
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    cancelled: bool
+    metrics_path: Path
+
+
+# ---------------------------------------------------------------- data
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Preference pairs of a TRL JSONL file; raises InputError naming the line and field of a bad record."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the preference data ({e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            out.append(_pair(path, n, line))
+    return out
+
+
+def _pair(path: Path, n: int, line: str) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {n}: not JSON ({e.msg})") from None
+    if not isinstance(rec, dict):
+        raise InputError(f"{path}, line {n}: expected a JSON object")
+    for key in ("prompt", "chosen", "rejected"):
+        if not isinstance(rec.get(key), str) or not rec[key].strip():
+            raise InputError(f"{path}, line {n}, field {key!r}: expected a non-empty string "
+                             "(conversational records: export the pairs as plain TRL text)")
+    weight = rec.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise InputError(f"{path}, line {n}, field 'weight': expected a positive number, got {weight!r}")
+    source = rec.get("source") or "all"
+    if not isinstance(source, str):
+        raise InputError(f"{path}, line {n}, field 'source': expected a string, got {source!r}")
+    label = rec.get("label")
+    return {"prompt": rec["prompt"], "chosen": rec["chosen"], "rejected": rec["rejected"], "source": source,
+            "weight": float(weight), "label": label if isinstance(label, str) else None}
+
+
+def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
+    """The paper's "DPO with random negatives": each rejected becomes the chosen of a random other pair with
+    another label (from ``label``, else the chosen's answer), drawn with ``seed``."""
+    from core.counterfactual import answer_of
+
+    rng = random.Random(seed)
+    labels = [p["label"] or answer_of(p["chosen"]) for p in pairs]
+    out = []
+    for i, p in enumerate(pairs):
+        others = [j for j, lab in enumerate(labels) if lab != labels[i]]
+        if not others:
+            raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
+        out.append({**p, "rejected": pairs[rng.choice(others)]["chosen"]})
+    return out
+
+
+def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:
+    """TRL's tokenized columns in the sample world's format: BOS + prompt | " " + completion + EOS."""
+    from core.trajectories import prompt_ids
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"] + eos
+
+    return [{"prompt_ids": prompt_ids(tokenizer, p["prompt"]), "chosen_ids": ids(p["chosen"]),
+             "rejected_ids": ids(p["rejected"])} for p in pairs]
+
+
+def _pairs_of(cfg: TrainConfig) -> list[dict]:
+    pairs = read_pairs(cfg.data)
+    return random_negatives(pairs, cfg.seed) if cfg.negatives == "random" and pairs else pairs
+
+
+def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
+    """Check the data before the first step: empty, identical chosen/rejected, lengths against max_length."""
+    from core.series import load_tokenizer
+
+    pairs = _pairs_of(cfg)
+    if not pairs:
+        return Preflight(0, [], [], [], [f"{cfg.data}: no preference pairs (empty dataset)"])
+    tok = tokenizer or load_tokenizer(cfg.base_model)
+    enc = tokenize(tok, pairs)
+    identical = [i for i, p in enumerate(pairs) if p["chosen"].strip() == p["rejected"].strip()]
+    truncated = [i for i, e in enumerate(enc)
+                 if len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) > cfg.max_length]
+    warnings, errors = [], []
+    if truncated:
+        longest = max(len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in enc)
+        warnings.append(f"{len(truncated)} of {len(pairs)} pairs exceed max_length {cfg.max_length} tokens "
+                        f"(longest {longest}; first: pair {truncated[0] + 1}): their reasoning or answer is cut")
+    if identical:
+        warnings.append(f"{len(identical)} pairs have identical chosen and rejected (first: pair {identical[0] + 1}); "
+                        "they carry no preference and are left out")
+    if len(identical) == len(pairs):
+        errors.append(f"{cfg.data}: every pair has identical chosen and rejected; nothing to learn")
+    sources = sorted({p["source"] for p in pairs})
+    return Preflight(len(pairs), truncated, identical, warnings, errors, sources)
+
+
+# ---------------------------------------------------------------- training
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    from core.checkpoints import discover
+
+    try:
+        found = discover(output_dir)
+    except InputError:
+        return None
+    return found[-1].path if found else None
+
+
+def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
+    from datasets import Dataset
+
+    from core.cpo_trainer import normalise_weights
+
+    pairs = [p for i, p in enumerate(_pairs_of(cfg)) if i not in set(pre.identical)]
+    weights = normalise_weights([p["weight"] for p in pairs])
+    rows = [{**e, "weight": w, "source_idx": pre.sources.index(p["source"])}
+            for e, w, p in zip(tokenize(tok, pairs), weights, pairs)]
+    return Dataset.from_list(rows)
+
+
+def _base_name(cfg: TrainConfig) -> str:
+    """The base model's name written into the adapters (one that ``load_series(base_names=...)`` accepts)."""
+    if cfg.base_names:
+        return cfg.base_names[0]
+    if cfg.init_adapter:
+        cfg_file = Path(cfg.init_adapter) / "adapter_config.json"
+        try:
+            return json.loads(cfg_file.read_text())["base_model_name_or_path"]
+        except (OSError, KeyError, json.JSONDecodeError):
+            pass
+    return Path(cfg.base_model).name
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
+
+
+def _load_init_adapter(model, path: str) -> None:
+    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"{path}: init_adapter has no adapter_model.safetensors")
+    r = model.peft_config["default"].r
+    try:
+        result = set_peft_model_state_dict(model, load_file(weights))
+    except RuntimeError as e:  # shapes differ: another r, or an adapter of another base
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): {detail[:200]}") from None
+    if result.unexpected_keys:
+        raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): "
+                         f"unexpected {result.unexpected_keys[0]}")
+
+
+def dpo_args(cfg: TrainConfig, cuda: bool):
+    from trl import DPOConfig
+
+    bf16 = cuda if cfg.bf16 is None else cfg.bf16
+    return DPOConfig(
+        output_dir=cfg.output_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, beta=cfg.beta,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=cfg.max_length, bf16=bf16, use_cpu=not cuda, seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="steps", save_steps=cfg.save_steps, logging_steps=cfg.logging_steps, report_to=[],
+        gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=True, lr_scheduler_type="constant",
+        remove_unused_columns=False)
+
+
+def load_base(cfg: TrainConfig, cuda: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.checkpoints import check_model_dir
+
+    base = check_model_dir(cfg.base_model)
+    dtype = torch.bfloat16 if (cuda if cfg.bf16 is None else cfg.bf16) else torch.float32
+    try:
+        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
+        raise InputError(f"{base}: cannot load the base model ({str(e).splitlines()[0]})") from None
+
+
+def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=None, pre: Preflight | None = None):
+    """The CPOTrainer for ``cfg``, its LoRA adapter initialised (from ``init_adapter`` when given)."""
+    import torch
+
+    from core.cpo_trainer import CPOTrainer, WeightedPreferenceCollator
+    from core.series import load_tokenizer
+
+    cuda = torch.cuda.is_available()
+    tok = tokenizer or load_tokenizer(cfg.base_model)
+    pre = pre or preflight(cfg, tok)
+    args = dpo_args(cfg, cuda)
+    trainer = CPOTrainer(model=load_base(cfg, cuda), args=args, train_dataset=tokenized_dataset(cfg, tok, pre),
+                         processing_class=tok, peft_config=lora_config(cfg), callbacks=callbacks or [],
+                         data_collator=WeightedPreferenceCollator(pad_token_id=tok.pad_token_id or 0,
+                                                                  max_length=cfg.max_length),
+                         objective=cfg.objective, cpo_alpha=cfg.cpo_alpha, sources=pre.sources)
+    if cfg.init_adapter:
+        _load_init_adapter(trainer.model, cfg.init_adapter)
+    trainer.model.peft_config["default"].base_model_name_or_path = _base_name(cfg)
+    return trainer
+
+
+def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None = None,
+          should_cancel: Callable[[], bool] | None = None) -> TrainResult:
+    """Run ``cfg`` into ``cfg.output_dir``; a cancel saves the adapter and returns with ``cancelled=True``."""
+    from core.cpo_callbacks import CancelCallback, MetricsCallback, ProgressCallback
+
+    pre = preflight(cfg)
+    if pre.errors:
+        raise InputError("; ".join(pre.errors))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    resume_from = last_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise InputError(f"{out}: resume asked, but the folder holds no checkpoint-N to continue from")
+    cancel = CancelCallback(should_cancel or (lambda: False))
+    callbacks = [MetricsCallback(out / "metrics.jsonl", pre.sources, append=resume_from is not None),
+                 ProgressCallback(progress, pre.warnings), cancel]
+    trainer = build_trainer(cfg, callbacks, pre=pre)
+    started = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one readable message
+        raise RuntimeError(failure_message(e)) from e
+    adapter = _save_final(trainer, out / "adapter")
+    if progress:
+        progress(1, 1, f"{'cancelled' if cancel.cancelled else 'done'} at step {trainer.state.global_step} "
+                       f"in {time.time() - started:.0f} s")
+    return TrainResult(adapter, trainer.state.global_step, cancel.cancelled, out / "metrics.jsonl")
+
+
+def failure_message(e: Exception) -> str:
+    import torch
+
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+        return f"training ran out of memory ({text}); lower batch_size or max_length, or set gradient_checkpointing"
+    return f"training failed: {text}"
+
+
+def _save_final(trainer, folder: Path) -> Path:
+    trainer.save_model(str(folder))
+    trainer.state.save_to_json(str(folder / "trainer_state.json"))
+    return folder

@@ -1,0 +1,158 @@
+"""The CPO objectives on TRL's DPOTrainer: pure loss functions, a weighted collator and a small subclass.
+
+    losses, nll = cpo_losses(policy_chosen, policy_rejected, chosen_nll, beta=0.1)   # per pair, (B,)
+    losses = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
+    trainer = CPOTrainer(model=..., args=DPOConfig(...), train_dataset=tokenized, processing_class=tok,
+                         peft_config=lora, objective="cpo", cpo_alpha=1.0, sources=["shortcut", "other"])
+
+Three objectives share one forward pass of the policy over ``[chosen; rejected]`` (TRL's batch layout):
+
+- ``cpo``: TRL's CPO loss (Xu et al. 2024, arXiv 2401.08417, eq. 3; ``trl.experimental.cpo``, loss_type
+  "sigmoid"): ``-log sigmoid(beta * (log pi(y_w|x) - log pi(y_l|x))) + alpha * NLL(y_w)``, reference-free,
+  the objective the authors' released CPO script runs (ms-swift ``rlhf_type cpo``).
+- ``cpo++``: DPO's sigmoid loss (Rafailov et al. 2023, eq. 7) against the frozen SFT policy (the LoRA adapter
+  disabled), each pair weighted by its ``weight`` (normalised to mean one over the dataset), as in the
+  authors' CPO++ trainer.
+- ``sft``: the NLL of the chosen completion only (the paper's SFT baseline).
+
+Rewards follow each objective's paper: ``beta * log pi`` for cpo and sft, ``beta * (log pi - log pi_ref)``
+for cpo++. Per-source ``loss/<source>`` and ``accuracy/<source>`` are logged next to TRL's metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+OBJECTIVES = ("cpo", "cpo++", "sft")
+
+
+def cpo_losses(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-pair CPO preference loss ``-log sigmoid(beta * (lc - lr))``; summed log-probs in, (B,) out."""
+    return -F.logsigmoid(beta * (chosen_logps - rejected_logps))
+
+
+def dpo_losses(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+               ref_rejected_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-pair sigmoid DPO loss ``-log sigmoid(beta * ((lc - rc) - (lr - rr)))``; (B,) each, (B,) out."""
+    return -F.logsigmoid(beta * ((chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)))
+
+
+def chosen_nll(per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean NLL over the masked tokens (TRL CPO's ``nll_loss``): (B, T) log-probs and mask -> scalar."""
+    return -(per_token_logps * mask).sum() / mask.sum().clamp(min=1)
+
+
+def normalise_weights(weights: list[float]) -> list[float]:
+    """Scale positive pair weights to mean one (the authors' CPO++ normalisation); all ones if none given."""
+    if not weights:
+        return []
+    if any(not w > 0 for w in weights):
+        raise ValueError("pair weights must be positive numbers")
+    mean = sum(weights) / len(weights)
+    return [w / mean for w in weights]
+
+
+def objective_loss(objective: str, losses: torch.Tensor, weights: torch.Tensor, nll: torch.Tensor,
+                   cpo_alpha: float) -> torch.Tensor:
+    """Join the per-pair losses (B,), the pair weights (B,) and the chosen NLL (scalar) into the batch loss."""
+    if objective == "cpo":
+        return losses.mean() + cpo_alpha * nll
+    if objective == "cpo++":
+        return (losses * weights).mean()
+    if objective == "sft":
+        return nll
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+
+
+@dataclass
+class WeightedPreferenceCollator(DataCollatorForPreference):
+    """TRL's preference collator plus each pair's ``weight`` and ``source_idx``.
+
+    >>> c = WeightedPreferenceCollator(pad_token_id=0)
+    >>> b = c([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5], "weight": 2.0, "source_idx": 1}])
+    >>> b["input_ids"].tolist(), b["weight"].tolist(), b["source_idx"].tolist()
+    ([[1, 2, 3, 0], [1, 2, 4, 5]], [2.0], [1])
+    """
+
+    def torch_call(self, examples: list[dict]) -> dict:
+        out = super().torch_call(examples)
+        out["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])  # (B,)
+        out["source_idx"] = torch.tensor([int(e.get("source_idx", 0)) for e in examples])  # (B,)
+        return out
+
+
+class CPOTrainer(DPOTrainer):
+    """DPOTrainer with the workbench's objectives, pair weights and per-source metrics (see the module)."""
+
+    def __init__(self, *args, objective: str = "cpo", cpo_alpha: float = 1.0, sources: list[str] | None = None,
+                 **kwargs):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective, self.cpo_alpha, self.sources = objective, cpo_alpha, list(sources or [])
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" in dataset.column_names:  # tokenized by core.cpo (BOS + prompt, " " + completion + EOS)
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, "weight", "source_idx"]))
+
+    def _sequence_logps(self, model, inputs: dict, labels: torch.Tensor, seq_len: int) -> torch.Tensor:
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                    use_cache=False, fused_lm_head=True)
+        return out.log_probs[:, -seq_len:]  # (2B, T-1), 0 where the label is -100
+
+    def _compute_loss(self, model, inputs, return_outputs=False):
+        mode = "train" if self.model.training else "eval"
+        mask = inputs["completion_mask"][..., 1:].float()  # (2B, T-1): which next tokens are completion tokens
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)  # (2B, T)
+        per_token = self._sequence_logps(model, inputs, labels, mask.size(1)) * mask  # (2B, T-1)
+        chosen, rejected = per_token.sum(1).chunk(2)  # (B,), (B,)
+        nll = chosen_nll(per_token.chunk(2)[0], mask.chunk(2)[0])
+        if self.objective == "cpo++":
+            with torch.no_grad(), self.accelerator.unwrap_model(self.model).disable_adapter():
+                ref = (self._sequence_logps(model, inputs, labels, mask.size(1)) * mask).sum(1)
+            ref_chosen, ref_rejected = ref.chunk(2)
+            losses = dpo_losses(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+            r_chosen, r_rejected = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
+        else:
+            losses = cpo_losses(chosen, rejected, self.beta)
+            r_chosen, r_rejected = self.beta * chosen, self.beta * rejected
+        loss = objective_loss(self.objective, losses, inputs["weight"].to(losses.dtype), nll, self.cpo_alpha)
+        self._log_batch(mode, inputs, losses.detach(), r_chosen.detach(), r_rejected.detach(), nll.detach())
+        if return_outputs:
+            return loss, {"chosen_logps": chosen, "rejected_logps": rejected}
+        return loss
+
+    def _log_batch(self, mode: str, inputs: dict, losses, r_chosen, r_rejected, nll) -> None:
+        g = self.accelerator.gather_for_metrics
+        losses, r_chosen, r_rejected = g(losses), g(r_chosen), g(r_rejected)
+        correct, src = (r_chosen > r_rejected).float(), g(inputs["source_idx"])
+        m = self._metrics[mode]
+        m["rewards/chosen"].append(r_chosen.mean().item())
+        m["rewards/rejected"].append(r_rejected.mean().item())
+        m["rewards/margins"].append((r_chosen - r_rejected).mean().item())
+        m["rewards/accuracies"].append(correct.mean().item())
+        m["nll"].append(g(nll).mean().item())
+        if mode == "train":
+            self._total_train_tokens += g(inputs["attention_mask"].sum()).sum().item()
+        m["num_tokens"] = [self._total_train_tokens]
+        for i, name in enumerate(self.sources):
+            keep = src == i
+            if keep.any():
+                m[f"loss/{name}"].append(losses[keep].mean().item())
+                m[f"accuracy/{name}"].append(correct[keep].mean().item())
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Adapter only, without embedding layers (``core.series`` loads it onto the base as a checkpoint)."""
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, save_embedding_layers=False)
