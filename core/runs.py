@@ -241,7 +241,7 @@ def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluate_adapter(world_path: str | Path, adapter: str | Path | None) -> dict:
+def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None) -> dict:
     """Load the world's base model (with ``adapter`` merged in, when given) and evaluate it on the world's
     held-out sets (``core.sample.evaluate.evaluate_world``)."""
     import torch
@@ -258,7 +258,7 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None) -> dict
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # merged: plain speed
     model.eval()
-    return evaluate_world(model, load_tokenizer(world.base_model_dir), world)
+    return evaluate_world(model, load_tokenizer(world.base_model_dir), world, limit=limit)
 
 
 def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:

@@ -200,7 +200,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 1
     print(f"workbench: {'cancelled' if result.cancelled else 'finished'} at step {result.steps}; "
           f"adapter in {result.adapter_dir}, metrics in {result.metrics_path}")
-    return CANCELLED if result.cancelled else 0
+    if result.cancelled:
+        return CANCELLED
+    if args.evaluate:  # the held-out figures the runs page compares (core.runs)
+        from core import runs
+
+        progress(1, 1, "evaluating on the held-out sets")
+        evaluation = runs.evaluate_adapter(args.evaluate, result.adapter_dir, args.evaluate_limit)
+        path = runs.write_evaluation(cfg.output_dir, evaluation)
+        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()) + f" (in {path})")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -247,6 +256,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m workbench.cli`)")
     p.add_argument("--config", type=Path, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
+    p.add_argument("--evaluate", type=Path, metavar="WORLD",
+                   help="afterwards, answer this world's held-out sets with the new adapter (evaluation.json)")
+    p.add_argument("--evaluate-limit", type=int, help="with --evaluate: the first N held-out studies only")
     p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
     p.add_argument("--out", type=Path, default=world_mod.SAMPLE_WORLD)
     p.add_argument("--seed", type=int, default=0)

@@ -157,3 +157,19 @@ def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
 
     belief = explore.belief_path(load_analysis(path, stamp).beliefs, traj_id)
     return charts.answer_distribution(belief, checkpoint, explore.top_labels(belief))
+
+
+@st.cache_data(show_spinner="Checking the preference data…", max_entries=16)
+def preflight(cfg):
+    """``core.cpo.preflight`` of a run's config (cached by the config's fields)."""
+    from core import cpo
+
+    return cpo.preflight(cfg)
+
+
+@st.cache_resource(show_spinner="Building the sample preference set from the SFT split…")
+def sample_preferences(world_root: str, out: str) -> str:
+    """A demo world's default preference file (counterfactual pairs from its SFT split), built once."""
+    from core.sample.preferences import SAMPLE_PAIRS, build_preferences
+
+    return str(build_preferences(world_root, out, n=SAMPLE_PAIRS))

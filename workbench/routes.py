@@ -37,6 +37,10 @@ def curation():
     return st.Page(PAGES / "curation.py", title="Curation", icon=":material/rule:")
 
 
+def runs():
+    return st.Page(PAGES / "runs.py", title="CPO runs", icon=":material/rocket_launch:")
+
+
 def navigation() -> dict:
     return {"Workbench": [home()], "Drift": [checkpoints(), explorer(), perturbation()],
-            "Counterfactuals": [graph_editor(), counterfactuals(), curation()]}
+            "Repair": [graph_editor(), counterfactuals(), curation(), runs()]}

@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from core import runs
 from core.checkpoints import read_checkpoint
+from core.errors import InputError
 from core.series import adapter_name
 
 
@@ -49,3 +52,66 @@ def test_comparison_puts_the_start_first(sample_world):
     table = runs.comparison([done, pending], before)
     assert list(table["run"]) == ["before (start checkpoint)", "cpo-a"]
     assert runs.start_metrics(sample_world, None)["accuracy"] > 0.9  # the SFT base's recorded row
+
+
+@pytest.mark.slow
+def test_a_run_job_is_cancelled_gracefully_then_resumed_to_the_end(quick_world, tmp_path):
+    import time
+
+    from core.cpo import TrainConfig
+    from core.sample.preferences import build_preferences
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    data = build_preferences(quick_world, tmp_path / "pairs.jsonl", n=32)
+    cfg = TrainConfig(base_model=str(quick_world / "model"), data=str(data), output_dir=str(tmp_path / "unused"),
+                      init_adapter=str(quick_world / "rft" / "checkpoint-4"), max_steps=400, batch_size=2,
+                      save_steps=5, learning_rate=1e-3, base_names=["cxr-demo-tiny-llama"])
+    run = runs.launch(ws, cfg, "cpo-cancel")
+    assert run.status == "running" and run.output_dir == ws.runs_dir / "cpo" / "cpo-cancel"
+    with pytest.raises(InputError, match="taken"):
+        runs.launch(ws, cfg, "cpo-cancel")
+    deadline = time.monotonic() + 180
+    while runs.metrics(run).shape[0] < 6:  # a few steps logged
+        assert time.monotonic() < deadline and runs.refresh(ws, run.id).status == "running", run.job_handle().log_tail()
+        time.sleep(0.5)
+    assert runs.cancel(ws, run.id)
+    while (run := runs.refresh(ws, run.id)).status == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert run.status == "cancelled" and (run.adapter_dir / "adapter_config.json").is_file()
+    stopped_at = runs.metrics(run)["step"].max()
+    assert stopped_at < 400
+
+    cfg2 = TrainConfig.load(run.config_path)
+    cfg2.max_steps = int(stopped_at) + 6  # resume, a few steps more
+    cfg2.save(run.config_path)
+    run = runs.resume(ws, run.id)
+    assert run.status == "running"
+    while (run := runs.refresh(ws, run.id)).status == "running":
+        assert time.monotonic() < deadline + 120, run.job_handle().log_tail()
+        time.sleep(0.5)
+    assert run.status == "done", run.error
+    steps = runs.metrics(run)["step"]
+    assert steps.max() == stopped_at + 6 and steps.min() <= 1  # one history, continued after the cancel
+    ws.store.close()
+
+
+def test_a_failing_run_shows_its_cause(quick_world, tmp_path):
+    import time
+
+    from core.cpo import TrainConfig
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
+    cfg = TrainConfig(base_model=str(quick_world / "model"), data=str(bad), output_dir=str(tmp_path / "x"),
+                      max_steps=2, base_names=["cxr-demo-tiny-llama"])
+    run = runs.launch(ws, cfg, "cpo-bad")
+    deadline = time.monotonic() + 120
+    while (run := runs.refresh(ws, run.id)).status == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert run.status == "failed" and "bad.jsonl" in run.error, run.error
+    ws.store.close()

@@ -1,0 +1,176 @@
+"""CPO runs: launch a short counterfactual preference fine-tuning run, watch it live, cancel or resume it,
+and compare the finished runs on the world's held-out sets. Runs are background jobs (``core.runs``)."""
+
+import dataclasses
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import streamlit as st
+
+from core import runs, snapshots
+from core.analysis import shell_command
+from core.errors import InputError
+from workbench import charts, resources, state, ui
+
+state.init()
+st.title("CPO runs")
+st.caption("Repair detrimental drift with Counterfactual Preference Optimization: chosen = the real chain of "
+           "thought, rejected = its counterfactual. A run trains a LoRA adapter in the background (close the tab, "
+           "it keeps going), then answers the world's held-out studies so runs can be compared.")
+
+ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
+world = ui.current_world()
+OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
+              "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
+              "sft": "SFT baseline: NLL on the chosen side only"}
+
+# ---- launch ----------------------------------------------------------------------------------------------
+with ui.controls("Launch a run", expanded=True):
+    from core import cpo
+
+    starts = ["base (SFT)"] + ([c.name for c in world.checkpoints] if world else [])
+    worst = None
+    if world:
+        recorded = [m for m in world.metrics() if m.get("checkpoint") in starts]
+        worst = min(recorded, key=lambda m: m.get("accuracy", 1.0))["checkpoint"] if recorded else None
+    c1, c2, c3 = st.columns(3)
+    start = c1.selectbox("Start from", starts, index=starts.index(worst) if worst in starts else 0, key="run_start",
+                         help="the drifted checkpoint to repair (default: the world's least accurate one), or the SFT base")
+    objective = c2.selectbox("Objective", list(OBJECTIVES), format_func=lambda k: OBJECTIVES[k], key="run_objective")
+    negatives = c3.radio("Rejected side", ["counterfactual", "random"], horizontal=True, key="run_negatives",
+                         help="random: another study's chain of thought with a different answer (the paper's "
+                              "'DPO with random negatives' baseline, built from the same pairs)")
+    snaps = [s for s in snapshots.snapshots(ws.store) if s.format == "trl"]
+    sources = ([f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + ["the sample preference set (SFT split)"]
+               + ["a TRL preference file"])
+    data_choice = st.selectbox("Preference data", sources, key="run_data",
+                               help="curation exports (TRL format) appear here as snapshots")
+    data, snapshot = None, None
+    if data_choice.startswith("snapshot: "):
+        snap = snaps[sources.index(data_choice)]
+        data, snapshot = str(snap.path / "train.jsonl"), snap.name
+    elif data_choice.startswith("the sample"):
+        data = resources.sample_preferences(str(world.root), str(ws.uploads_dir / f"pairs-{world.fingerprint()}.jsonl")) \
+            if world else None
+    else:
+        data = st.text_input("Preference file (JSONL: prompt, chosen, rejected[, source, weight])", key="run_file").strip() or None
+    c1, c2, c3, c4 = st.columns(4)
+    defaults = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cpo.TrainConfig)
+                                  if f.default is not dataclasses.MISSING})
+    if world and "build_config" in world.manifest:  # a demo world: its tuned default (core.sample.preferences)
+        from core.sample.preferences import SAMPLE_LEARNING_RATE
+
+        defaults.learning_rate = SAMPLE_LEARNING_RATE
+    max_steps = c1.number_input("Max steps", 1, 100_000, defaults.max_steps, key="run_steps")
+    lr = c2.number_input("Learning rate", 1e-7, 1e-1, defaults.learning_rate, format="%.1e", key="run_lr")
+    batch = c3.number_input("Batch size", 1, 1024, defaults.batch_size, key="run_batch")
+    max_length = c4.number_input("Max length (tokens)", 16, 32_768, defaults.max_length, key="run_maxlen")
+    with st.expander("More settings"):
+        c1, c2, c3, c4, c5 = st.columns(5)
+        beta = c1.number_input("beta", 0.0, 10.0, defaults.beta, key="run_beta")
+        cpo_alpha = c2.number_input("NLL weight (cpo_alpha)", 0.0, 10.0, defaults.cpo_alpha, key="run_alpha")
+        lora_r = c3.number_input("LoRA r", 1, 256, defaults.lora_r, key="run_lora_r")
+        lora_alpha = c4.number_input("LoRA alpha", 1, 512, defaults.lora_alpha, key="run_lora_alpha")
+        seed = c5.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="run_seed")
+    name = st.text_input("Run name", value=f"{objective.replace('+', 'p')}-{time.strftime('%m%d-%H%M%S')}", key="run_name")
+
+    cfg, problems = None, []
+    if not world:
+        problems.append("Open a world first: its base model and held-out sets are what a run trains and is judged on.")
+    elif not data:
+        problems.append("Choose the preference data.")
+    else:
+        try:
+            cfg = cpo.TrainConfig(
+                base_model=str(world.base_model_dir), data=data, output_dir=str(ws.runs_dir / "cpo" / name),
+                init_adapter=None if start == "base (SFT)" else str(next(c.path for c in world.checkpoints if c.name == start)),
+                objective=objective, negatives=negatives, max_steps=int(max_steps), learning_rate=float(lr),
+                batch_size=int(batch), max_length=int(max_length), beta=float(beta), cpo_alpha=float(cpo_alpha),
+                lora_r=int(lora_r), lora_alpha=int(lora_alpha), seed=int(seed),
+                base_names=[world.manifest.get("base_model_name", "")])
+            check = resources.preflight(cfg)
+            st.caption(f"Pre-flight: {check.pairs} pairs · {check.truncated} whose reasoning max length would cut · "
+                       f"{check.identical} with identical chosen and rejected")
+            for w in check.warnings:
+                st.warning(w)
+            problems += list(check.errors)
+        except (InputError, ValueError) as e:
+            problems.append(str(e))
+    for p in problems:
+        st.error(p)
+    if cfg is not None and not problems:
+        st.code(shell_command(runs.train_argv(Path(cfg.output_dir) / "config.json", world.root)), language="bash")
+        st.caption("The run trains in the background, then answers the world's held-out sets with the new adapter.")
+        if st.button("Launch", type="primary", icon=":material/rocket_launch:", key="run_launch"):
+            try:
+                run = runs.launch(ws, cfg, name, world=world.root, snapshot=snapshot)
+                st.session_state["run_selected"] = run.id
+                st.rerun()
+            except InputError as e:
+                st.error(str(e))
+
+
+# ---- the runs --------------------------------------------------------------------------------------------
+def runs_panel() -> None:
+    all_runs = runs.refresh_all(ws)
+    if not all_runs:
+        st.info("No run yet.")
+        return
+    ids = [r.id for r in all_runs]
+    if st.session_state.get("run_selected") not in ids:
+        st.session_state["run_selected"] = ids[0]
+    by_id = {r.id: r for r in all_runs}
+    run = by_id[st.selectbox("Run", ids, key="run_selected",
+                             format_func=lambda i: f"{by_id[i].name} · {by_id[i].objective} · {by_id[i].status}")]
+    job = run.job_handle()
+    p = job.progress() if job else {"done": 0.0, "message": "", "elapsed_s": 0, "eta_s": None}
+    m = runs.metrics(run)
+    last = m.iloc[-1] if len(m) else None
+    c1, c2 = st.columns([5, 1])
+    if run.status == "running":
+        speed = f" · {last['tokens_per_second']:.0f} tokens/s" if last is not None and "tokens_per_second" in m else ""
+        gpu = f" · GPU {last['gpu_memory_gb']:.1f} GB" if last is not None and m.get("gpu_memory_gb") is not None \
+            and last.get("gpu_memory_gb") == last.get("gpu_memory_gb") and last.get("gpu_memory_gb") else ""
+        c1.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {p.get('message', '')} · ETA {ui.duration(p['eta_s'])}"
+                                              f"{speed}{gpu}")
+        if c2.button("Cancel", icon=":material/stop:", key="run_cancel"):
+            runs.cancel(ws, run.id)
+    else:
+        c1.markdown(f"**{run.status}** after {ui.duration(p['elapsed_s'])}")
+        if run.status in ("cancelled", "failed") and c2.button("Resume", icon=":material/play_arrow:", key="run_resume"):
+            runs.resume(ws, run.id)
+            st.rerun()
+    if run.status == "failed":
+        st.error(f"The run failed: {run.error}")
+    elif run.status == "cancelled":
+        st.warning(run.error or "cancelled")
+    if len(m):
+        ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}")
+    if run.evaluation:
+        st.markdown("**On the held-out sets**")
+        st.dataframe(runs.comparison([run], runs.start_metrics(run.world, run.config.get("init_adapter")))
+                     if run.world else None, hide_index=True, key="run-eval")
+    with st.expander("Log", expanded=run.status == "failed"):
+        st.code(job.log_tail(25) if job else "(no job)", language="text")
+    with st.expander("Config"):
+        st.json(run.config)
+    if any(r.status == "running" for r in all_runs):
+        st.session_state["_runs_live"] = True
+    elif st.session_state.pop("_runs_live", False):
+        st.rerun()
+
+
+st.subheader("Runs")
+live = any(r.status == "running" for r in runs.list_runs(ws.store))
+st.fragment(runs_panel, run_every=1.0 if live else None)()
+
+# ---- comparison ------------------------------------------------------------------------------------------
+finished = [r for r in runs.list_runs(ws.store) if r.evaluation]
+if finished:
+    st.subheader("Compare")
+    first = finished[-1]
+    before = runs.start_metrics(first.world, first.config.get("init_adapter")) if first.world else None
+    table = runs.comparison(finished, before)
+    ui.figure(charts.run_comparison(table), "runs-compare", "runs-comparison")
+    ui.table(table, "runs-compare-table", "runs-comparison")
