@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -366,7 +367,6 @@ def trajectories_file(store: Store, folder: Path) -> Path:
     import hashlib
     import json
     from collections import Counter
-    from pathlib import Path
 
     from core.cache import atomic_write_text
 
