@@ -86,13 +86,16 @@ def list_runs(store: Store) -> list[Run]:
     return [_row(r) for r in store.con.execute(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
 
 
-def train_argv(config_path: str | Path, world: str | Path | None = None) -> list[str]:
-    """What a run's job executes (after ``python``): train, then evaluate on the world's held-out sets."""
+def train_argv(config_path: str | Path, world: str | Path | None = None, evaluate_limit: int | None = None) -> list[str]:
+    """What a run's job executes (after ``python``): train, then evaluate on the world's held-out sets
+    (the first ``evaluate_limit`` studies, or all)."""
     argv = ["-m", "workbench.cli", "train", "--config", str(config_path)]
-    return argv + (["--evaluate", str(world)] if world else [])
+    argv += ["--evaluate", str(world)] if world else []
+    return argv + (["--evaluate-limit", str(evaluate_limit)] if world and evaluate_limit else [])
 
 
-def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | None = None) -> Run:
+def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | None = None,
+           evaluate_limit: int | None = None) -> Run:
     """Register a run and start its job. ``cfg`` is a ``core.cpo.TrainConfig``; its ``output_dir`` is set
     to the run's folder. The name must be new (letters, digits, ``_.-``)."""
     if not _NAME.match(name):
@@ -112,12 +115,11 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
                           (name, cfg.objective, (out / "config.json").read_text(), cfg.data, snapshot,
                            str(world) if world else None, str(out), now, now))
         run_id = cur.lastrowid
-    return _start(ws, get(ws.store, run_id))
+    return _start(ws, get(ws.store, run_id), train_argv(out / "config.json", world, evaluate_limit))
 
 
-def _start(ws, run: Run) -> Run:
-    job = jobs.start(ws.runs_dir, "cpo", train_argv(run.config_path, run.world), title=f"{run.objective} · {run.name}",
-                     meta={"run": run.id})
+def _start(ws, run: Run, argv: list[str]) -> Run:
+    job = jobs.start(ws.runs_dir, "cpo", argv, title=f"{run.objective} · {run.name}", meta={"run": run.id})
     _update(ws.store, run.id, status="running", job=str(job.dir), error=None)
     return get(ws.store, run.id)
 
@@ -206,7 +208,8 @@ def resume(ws, run_id: int) -> Run:
     cfg = TrainConfig.load(run.config_path)
     cfg.resume = True
     cfg.save(run.config_path)
-    return _start(ws, run)
+    previous = run.job_handle()
+    return _start(ws, run, previous.argv if previous else train_argv(run.config_path, run.world))
 
 
 def delete(ws, run_id: int) -> None:
@@ -235,8 +238,10 @@ def metrics(run: Run) -> pd.DataFrame:
 
 
 def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
-    """Finished runs side by side on the held-out sets (with the starting checkpoint's row first)."""
-    rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before else [])
+    """Finished runs side by side on the held-out sets, with the starting checkpoint's recorded row first
+    (left out when a run was evaluated on part of the sets only: the figures would not compare)."""
+    partial = any((r.evaluation or {}).get("held_out_limit") for r in runs)
+    rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before and not partial else [])
     rows += [{"run": r.name, "objective": r.objective, **(r.evaluation or {})} for r in runs if r.evaluation]
     return pd.DataFrame(rows)
 

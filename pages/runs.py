@@ -73,6 +73,8 @@ with ui.controls("Launch a run", expanded=True):
         lora_r = c3.number_input("LoRA r", 1, 256, defaults.lora_r, key="run_lora_r")
         lora_alpha = c4.number_input("LoRA alpha", 1, 512, defaults.lora_alpha, key="run_lora_alpha")
         seed = c5.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="run_seed")
+        eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
+                                     key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
     name = st.text_input("Run name", value=f"{objective.replace('+', 'p')}-{time.strftime('%m%d-%H%M%S')}", key="run_name")
 
     cfg, problems = None, []
@@ -100,11 +102,13 @@ with ui.controls("Launch a run", expanded=True):
     for p in problems:
         st.error(p)
     if cfg is not None and not problems:
-        st.code(shell_command(runs.train_argv(Path(cfg.output_dir) / "config.json", world.root)), language="bash")
+        st.code(shell_command(runs.train_argv(Path(cfg.output_dir) / "config.json", world.root, int(eval_limit) or None)),
+                language="bash")
         st.caption("The run trains in the background, then answers the world's held-out sets with the new adapter.")
         if st.button("Launch", type="primary", icon=":material/rocket_launch:", key="run_launch"):
             try:
-                run = runs.launch(ws, cfg, name, world=world.root, snapshot=snapshot)
+                run = runs.launch(ws, cfg, name, world=world.root, snapshot=snapshot,
+                                  evaluate_limit=int(eval_limit) or None)
                 st.session_state["run_selected"] = run.id
                 st.rerun()
             except InputError as e:
@@ -122,7 +126,7 @@ def runs_panel() -> None:
         st.session_state["run_selected"] = ids[0]
     by_id = {r.id: r for r in all_runs}
     run = by_id[st.selectbox("Run", ids, key="run_selected",
-                             format_func=lambda i: f"{by_id[i].name} · {by_id[i].objective} · {by_id[i].status}")]
+                             format_func=lambda i: f"{by_id[i].name} · {by_id[i].objective}")]
     job = run.job_handle()
     p = job.progress() if job else {"done": 0.0, "message": "", "elapsed_s": 0, "eta_s": None}
     m = runs.metrics(run)
@@ -132,12 +136,12 @@ def runs_panel() -> None:
         speed = f" · {last['tokens_per_second']:.0f} tokens/s" if last is not None and "tokens_per_second" in m else ""
         gpu = f" · GPU {last['gpu_memory_gb']:.1f} GB" if last is not None and m.get("gpu_memory_gb") is not None \
             and last.get("gpu_memory_gb") == last.get("gpu_memory_gb") and last.get("gpu_memory_gb") else ""
-        c1.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {p.get('message', '')} · ETA {ui.duration(p['eta_s'])}"
-                                              f"{speed}{gpu}")
+        c1.progress(min(1.0, p["done"]), text=f"{run.name}: running · {p['done']:.0%} · {p.get('message', '')} · "
+                                              f"ETA {ui.duration(p['eta_s'])}{speed}{gpu}")
         if c2.button("Cancel", icon=":material/stop:", key="run_cancel"):
             runs.cancel(ws, run.id)
     else:
-        c1.markdown(f"**{run.status}** after {ui.duration(p['elapsed_s'])}")
+        c1.markdown(f"**{run.name}: {run.status}** after {ui.duration(p['elapsed_s'])}")
         if run.status in ("cancelled", "failed") and c2.button("Resume", icon=":material/play_arrow:", key="run_resume"):
             runs.resume(ws, run.id)
             st.rerun()
