@@ -185,3 +185,22 @@ def test_cli_runs_a_config_and_reports_failures(tmp_path, sample_world, pairs_fi
     (tmp_path / "broken.json").write_text('{"base_model": "m", "data": "d", "output_dir": "o", "max_steps": 0}')
     assert cli.main(["train", "--config", str(tmp_path / "broken.json")]) == 2
     assert "field 'max_steps': expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_entry_point_under_accelerate_launch(tmp_path, sample_world, pairs_file):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = _cfg(sample_world, pairs_file, tmp_path / "run", objective="cpo", max_steps=1)
+    cfg.save(tmp_path / "run.json")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    done = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "workbench.cli", "train",
+                           "--config", str(tmp_path / "run.json")], capture_output=True, text=True, timeout=300,
+                          env={"PATH": f"{accelerate.parent}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "finished at step 1" in done.stdout
+    assert json.loads((tmp_path / "run" / "adapter" / "trainer_state.json").read_text())["global_step"] == 1
