@@ -38,6 +38,19 @@ def test_cpo_loss_matches_hand_computation():
     assert objective_loss("sft", got, torch.ones(2), nll, 1.0).item() == pytest.approx(3.5 / 3)
 
 
+def test_cpo_loss_equals_trls_cpo_trainer_loss():
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo import CPOTrainer as TRLCPOTrainer
+
+    chosen, rejected = torch.tensor([-3.0, -5.0, -1.0]), torch.tensor([-4.0, -2.0, -9.0])
+    trl_self = SimpleNamespace(alpha=0.0, loss_type="sigmoid", beta=0.1, label_smoothing=0.0,
+                               accelerator=SimpleNamespace(device="cpu"))
+    theirs, their_chosen, _ = TRLCPOTrainer.cpo_loss(trl_self, chosen, rejected)
+    assert torch.allclose(cpo_losses(chosen, rejected, beta=0.1), theirs)
+    assert torch.allclose(0.1 * chosen, their_chosen)  # the rewards CPOTrainer logs are what we log too
+
+
 def test_dpo_loss_with_weights_matches_hand_computation():
     c, r = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
     rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -3.0])
