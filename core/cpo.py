@@ -18,6 +18,7 @@ optional source and weight), tokenized in the sample world's format: BOS + promp
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -338,7 +339,8 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
         raise InputError("; ".join(pre.errors))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every process runs this; rank 0 writes
+        cfg.save(out / "config.json")
     resume_from = last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise InputError(f"{out}: resume asked, but the folder holds no checkpoint-N to continue from")
@@ -369,5 +371,6 @@ def failure_message(e: Exception) -> str:
 
 def _save_final(trainer, folder: Path) -> Path:
     trainer.save_model(str(folder))
-    trainer.state.save_to_json(str(folder / "trainer_state.json"))
+    if trainer.args.should_save:
+        trainer.state.save_to_json(str(folder / "trainer_state.json"))
     return folder

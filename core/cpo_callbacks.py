@@ -19,13 +19,15 @@ class MetricsCallback(TrainerCallback):
     source was in the step's batches), tokens/s, GPU memory, time."""
 
     def __init__(self, path: Path, sources: list[str], append: bool = False):
-        self.path, self.sources = path, sources
-        if not append:
-            path.write_text("")
+        self.path, self.sources, self.append = path, sources, append
         self._last: tuple[float, float] | None = None  # (time, tokens) at the previous log
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and not self.append:  # under accelerate launch: rank 0 writes
+            self.path.write_text("")
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
         now, tokens = time.time(), float(logs.get("num_tokens", 0.0))
         rate = None

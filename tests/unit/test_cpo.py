@@ -38,6 +38,19 @@ def test_cpo_loss_matches_hand_computation():
     assert objective_loss("sft", got, torch.ones(2), nll, 1.0).item() == pytest.approx(3.5 / 3)
 
 
+def test_cpo_loss_equals_trls_cpo_trainer_loss():
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo import CPOTrainer as TRLCPOTrainer
+
+    chosen, rejected = torch.tensor([-3.0, -5.0, -1.0]), torch.tensor([-4.0, -2.0, -9.0])
+    trl_self = SimpleNamespace(alpha=0.0, loss_type="sigmoid", beta=0.1, label_smoothing=0.0,
+                               accelerator=SimpleNamespace(device="cpu"))
+    theirs, their_chosen, _ = TRLCPOTrainer.cpo_loss(trl_self, chosen, rejected)
+    assert torch.allclose(cpo_losses(chosen, rejected, beta=0.1), theirs)
+    assert torch.allclose(0.1 * chosen, their_chosen)  # the rewards CPOTrainer logs are what we log too
+
+
 def test_dpo_loss_with_weights_matches_hand_computation():
     c, r = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
     rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -3.0])
@@ -185,3 +198,22 @@ def test_cli_runs_a_config_and_reports_failures(tmp_path, sample_world, pairs_fi
     (tmp_path / "broken.json").write_text('{"base_model": "m", "data": "d", "output_dir": "o", "max_steps": 0}')
     assert cli.main(["train", "--config", str(tmp_path / "broken.json")]) == 2
     assert "field 'max_steps': expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_entry_point_under_accelerate_launch(tmp_path, sample_world, pairs_file):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = _cfg(sample_world, pairs_file, tmp_path / "run", objective="cpo", max_steps=1)
+    cfg.save(tmp_path / "run.json")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    done = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "workbench.cli", "train",
+                           "--config", str(tmp_path / "run.json")], capture_output=True, text=True, timeout=300,
+                          env={"PATH": f"{accelerate.parent}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "finished at step 1" in done.stdout
+    assert json.loads((tmp_path / "run" / "adapter" / "trainer_state.json").read_text())["global_step"] == 1
