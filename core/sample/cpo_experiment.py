@@ -32,21 +32,12 @@ import time
 from pathlib import Path
 
 from core.cpo import TrainConfig, train
-from core.sample.evaluate import evaluate_world
+from core.runs import evaluate_adapter
 from core.sample.preferences import build_preferences, sample_config
 from core.world import SAMPLE_WORLD, load_world
 
 VARIANTS = {"sft": dict(objective="sft"), "dpo-random": dict(objective="cpo++", negatives="random"),
             "cpo": dict(objective="cpo"), "cpo++": dict(objective="cpo++")}
-
-
-def evaluate_adapter(world, adapter: str | Path, limit: int | None = None) -> dict:
-    from core.series import load_series
-
-    series = load_series(world.base_model_dir, [adapter], device="cpu", base_names=[world.manifest["base_model_name"]])
-    name = series.names[-1]
-    with series.activate(name) as model:
-        return evaluate_world(model, series.tokenizer, world, limit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     world = load_world(SAMPLE_WORLD)
     data = build_preferences(world.root, args.out / "pairs.jsonl", n=args.pairs)
     start = world.root / "rft" / "checkpoint-160"
-    rows = [{"model": "checkpoint-160", **evaluate_adapter(world, start, args.limit)}]
+    rows = [{"model": "checkpoint-160", **evaluate_adapter(world.root, start, args.limit)}]
     print(rows[-1], flush=True)
     for name in args.variants:
         extra = {"learning_rate": args.lr} if args.lr else {}
@@ -70,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train(cfg)
         seconds = time.time() - t0
         rows.append({"model": name, "train_seconds": round(seconds, 1),
-                     **evaluate_adapter(world, result.adapter_dir, args.limit)})
+                     **evaluate_adapter(world.root, result.adapter_dir, args.limit)})
         print(rows[-1], flush=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     return 0
