@@ -16,10 +16,12 @@ from core import checkpoints as ckpts
 from core import jobs, runs
 from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
 from core.errors import InputError
-from core.series import plan_series
+from core.series import adapter_name, plan_series
 from workbench import resources, routes, state, ui
 
 state.init()
+if st.session_state.pop("_open_explorer", False):
+    st.switch_page(routes.explorer())
 st.title("Checkpoints")
 st.caption("Choose the base model and its checkpoint series, the trajectories to analyse, and score them: "
            "every token under every checkpoint, and the answer probe along each chain of thought.")
@@ -107,7 +109,7 @@ if base and not problems:
     except ValueError as e:
         problems.append(f"Settings: {e}")
 if infos:
-    st.dataframe(pd.DataFrame([{"checkpoint": c.name, "step": c.step, "kind": c.kind,
+    st.dataframe(pd.DataFrame([{"checkpoint": adapter_name(c), "step": c.step, "kind": c.kind,
                                 "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
                  column_config={"reward": st.column_config.NumberColumn(format="%.3f"),
@@ -191,7 +193,8 @@ if cfg is not None:
 def open_result(job, main, side) -> None:
     if side.button("Open", key=f"open-{job.id}", icon=":material/open_in_new:"):
         st.session_state[state.ANALYSIS] = job.meta.get("out")
-        st.switch_page(routes.explorer())
+        st.session_state["_open_explorer"] = True  # switch_page cannot run inside the panel's fragment
+        st.rerun(scope="app")
 
 
 if jobs.list_jobs(ws.runs_dir, "score"):

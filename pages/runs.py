@@ -92,8 +92,8 @@ with ui.controls("Launch a run", expanded=True):
                 lora_r=int(lora_r), lora_alpha=int(lora_alpha), seed=int(seed),
                 base_names=[world.manifest.get("base_model_name", "")])
             check = resources.preflight(cfg)
-            st.caption(f"Pre-flight: {check.pairs} pairs · {check.truncated} whose reasoning max length would cut · "
-                       f"{check.identical} with identical chosen and rejected")
+            st.caption(f"Pre-flight: {check.pairs} pairs · {len(check.truncated)} whose reasoning max length would "
+                       f"cut · {len(check.identical)} with identical chosen and rejected")
             for w in check.warnings:
                 st.warning(w)
             problems += list(check.errors)
@@ -110,6 +110,7 @@ with ui.controls("Launch a run", expanded=True):
                 run = runs.launch(ws, cfg, name, world=world.root, snapshot=snapshot,
                                   evaluate_limit=int(eval_limit) or None)
                 st.session_state["run_selected"] = run.id
+                st.session_state.pop("run_name", None)  # the next run gets a fresh default name
                 st.rerun()
             except InputError as e:
                 st.error(str(e))

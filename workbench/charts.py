@@ -239,6 +239,7 @@ def run_curves(df: pd.DataFrame) -> go.Figure:
                                            "dash": "dot" if "/" in key and key.split("/")[0] in ("accuracy", "loss") else "solid"},
                                      hovertemplate=_esc(key) + " at step %{x}: %{y:.4f}<extra></extra>"), row=1, col=col)
     fig.update_xaxes(title_text="step")
+    fig.update_yaxes(range=[-0.02, 1.02], row=1, col=4)
     fig.update_layout(height=300, legend={"orientation": "h", "y": -0.3}, margin={"t": 40, "l": 10, "r": 10})
     return fig
 

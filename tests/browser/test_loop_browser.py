@@ -102,14 +102,17 @@ def test_the_whole_loop_on_the_sample_world(browser, app_server, artifacts):
     page.locator("[data-testid='stMultiSelect']", has_text="Add finished CPO runs").click()
     page.get_by_role("option", name=name).click()
     page.keyboard.press("Escape")
+    page.mouse.click(900, 40)  # close the drop-down
     idle(page)
     page.get_by_text("7 checkpoints plus the base").wait_for(timeout=30_000)
     page.get_by_text("Device and settings").click()
     set_number(page, "Trajectories (0 = all)", 3)
     page.get_by_role("button", name="Score").click()
-    page.get_by_role("button", name="Open").first.wait_for(timeout=240_000)
+    open_button = page.locator("[data-testid='stButton'] button", has_text="Open").first
+    open_button.wait_for(timeout=240_000)
+    page.wait_for_timeout(2500)  # the job panel redraws the page once when the job ends
     idle(page)
-    page.get_by_role("button", name="Open").first.click()
+    open_button.click()
     page.get_by_text("What drives the drift").wait_for(timeout=60_000)
     idle(page)
     page.locator("[data-testid='stButtonGroup'] button", has_text="Trajectory").first.click()
