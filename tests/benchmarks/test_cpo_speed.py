@@ -94,7 +94,7 @@ def _compare(tmp_path, sample_world, rounds: int, steps: int, **shapes) -> tuple
 
 
 def test_cpo_step_vs_plain_dpo_step(tmp_path, sample_world):
-    m, _ = _compare(tmp_path, sample_world, rounds=3, steps=12, model_type="llama", vocab_size=492, hidden_size=512,
+    m, _ = _compare(tmp_path, sample_world, rounds=2, steps=8, model_type="llama", vocab_size=492, hidden_size=512,
                  intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                  max_position_embeddings=512)
     print(f"\nmedian step, {'cuda' if torch.cuda.is_available() else 'cpu'}, batch 8 pairs, LoRA r=8 all-linear:")
