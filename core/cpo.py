@@ -123,25 +123,15 @@ class TrainResult:
 
 def read_pairs(path: str | Path) -> list[dict]:
     """Preference pairs of a TRL JSONL file; raises InputError naming the line and field of a bad record."""
+    from core.trajectories import json_lines
+
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the preference data ({e})") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            out.append(_pair(path, n, line))
-    return out
+    if not path.is_file():
+        raise InputError(f"{path}: preference data file not found")
+    return [_pair(path, n, rec) for n, rec in json_lines(path)]
 
 
-def _pair(path: Path, n: int, line: str) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}, line {n}: not JSON ({e.msg})") from None
-    if not isinstance(rec, dict):
-        raise InputError(f"{path}, line {n}: expected a JSON object")
+def _pair(path: Path, n: int, rec: dict) -> dict:
     for key in ("prompt", "chosen", "rejected"):
         if not isinstance(rec.get(key), str) or not rec[key].strip():
             raise InputError(f"{path}, line {n}, field {key!r}: expected a non-empty string "

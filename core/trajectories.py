@@ -43,39 +43,43 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     if not path.is_file():
         raise InputError(f"{path}: trajectory file not found")
     records, seen = [], set()
-    with path.open(encoding="utf-8", errors="strict") as f:
-        lines = _lines(f, path)
-        for lineno, line in lines:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}, line {lineno}: expected a JSON object, got {type(rec).__name__}")
-            for key in REQUIRED:
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise InputError(f"{path}, line {lineno}: field '{key}' must be a non-empty string")
-            if rec.get("label") is not None and not isinstance(rec["label"], str):
-                raise InputError(f"{path}, line {lineno}: field 'label' must be a string")
-            rec["id"] = str(rec.get("id", f"line-{lineno}"))
-            if rec["id"] in seen:
-                raise InputError(f"{path}, line {lineno}: duplicate id {rec['id']!r} (ids must be unique)")
-            seen.add(rec["id"])
-            records.append(rec)
-            if limit and len(records) >= limit:
-                break
+    for lineno, rec in json_lines(path):
+        for key in REQUIRED:
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise InputError(f"{path}, line {lineno}: field '{key}' must be a non-empty string")
+        if rec.get("label") is not None and not isinstance(rec["label"], str):
+            raise InputError(f"{path}, line {lineno}: field 'label' must be a string")
+        rec["id"] = str(rec.get("id", f"line-{lineno}"))
+        if rec["id"] in seen:
+            raise InputError(f"{path}, line {lineno}: duplicate id {rec['id']!r} (ids must be unique)")
+        seen.add(rec["id"])
+        records.append(rec)
+        if limit and len(records) >= limit:
+            break
     if not records:
         raise InputError(f"{path}: no trajectories (expected JSONL with 'prompt' and 'completion' per line)")
     return records
 
 
-def _lines(f, path: Path):
+def json_lines(path: Path):
+    """(line number, object) for each non-empty line of a JSONL file, split on newlines only (U+2028 inside
+    a string is text); ``InputError`` names the line that is not a JSON object, or the undecodable byte."""
     try:
-        yield from enumerate(f, 1)
+        with path.open(encoding="utf-8", errors="strict", newline="\n") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise InputError(f"{path}, line {lineno}: expected a JSON object, got {type(rec).__name__}")
+                yield lineno, rec
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the file ({e.strerror})") from None
 
 
 def prompt_ids(tokenizer, prompt: str, chat_template: bool = False) -> list[int]:
