@@ -43,18 +43,33 @@ class Mention:
     name_index: int  # 0 for the label, k for the k-th synonym
 
 
-def find_mentions(graph: nx.DiGraph, text: str) -> list[Mention]:
-    """Non-overlapping mentions of graph nodes in ``text``, in text order."""
-    taken: list[Mention] = []
+@dataclass(frozen=True)
+class Forms:
+    """The graph's names as compiled patterns, longest first per kind (diseases first): build once with
+    ``mention_forms`` and pass to ``find_mentions`` when scanning many texts against one graph."""
+    patterns: tuple  # (kind, compiled pattern, node, name index, name is also a finding's name)
+
+
+def mention_forms(graph: nx.DiGraph) -> Forms:
     finding_names = {n.lower() for f in concepts.findings(graph) for n in concepts.names(graph, f)}
+    out = []
     for kind, flags in (("disease", 0), ("finding", re.IGNORECASE)):
         forms = [(name, node, k) for node in _of_kind(graph, kind) for k, name in enumerate(concepts.names(graph, node))]
         for name, node, k in sorted(forms, key=lambda f: -len(f[0])):
-            for m in re.finditer(rf"(?<![\w]){re.escape(name)}(?![\w])", text, flags):
-                if kind == "disease" and name.lower() in finding_names and _opens_sentence(text, m.start()):
-                    continue  # "Consolidation and air bronchograms." is the finding, capitalised
-                if not any(m.start() < t.end and t.start < m.end() for t in taken):
-                    taken.append(Mention(m.start(), m.end(), node, kind, k))
+            out.append((kind, re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])", flags), node, k,
+                        kind == "disease" and name.lower() in finding_names))
+    return Forms(tuple(out))
+
+
+def find_mentions(graph: nx.DiGraph, text: str, forms: Forms | None = None) -> list[Mention]:
+    """Non-overlapping mentions of graph nodes in ``text``, in text order."""
+    taken: list[Mention] = []
+    for kind, pattern, node, k, also_finding in (forms or mention_forms(graph)).patterns:
+        for m in pattern.finditer(text):
+            if also_finding and _opens_sentence(text, m.start()):
+                continue  # "Consolidation and air bronchograms." is the finding, capitalised
+            if not any(m.start() < t.end and t.start < m.end() for t in taken):
+                taken.append(Mention(m.start(), m.end(), node, kind, k))
     return sorted(taken, key=lambda t: t.start)
 
 
@@ -89,14 +104,15 @@ def plan(graph: nx.DiGraph, present: list[str], true: str, target: str) -> dict[
     return out
 
 
-def rewrite(graph: nx.DiGraph, text: str, true: str, target: str) -> Rewrite:
-    """``text`` rewritten to argue for ``target`` instead of ``true`` (see the module docstring)."""
+def rewrite(graph: nx.DiGraph, text: str, true: str, target: str, mentions: list[Mention] | None = None) -> Rewrite:
+    """``text`` rewritten to argue for ``target`` instead of ``true`` (see the module docstring);
+    ``mentions``: ``find_mentions(graph, text)`` when the caller has it already."""
     for name, value in (("target", target), ("true disease", true)):
         if graph.nodes.get(value, {}).get("kind") != "disease":
             raise InputError(f"counterfactual: {name} {value!r} is not a disease of the concept graph")
     if target == true:
         raise InputError(f"counterfactual: the target must differ from the true disease ({true!r})")
-    mentions = find_mentions(graph, text)
+    mentions = find_mentions(graph, text) if mentions is None else mentions
     decisions = plan(graph, [m.node for m in mentions if m.kind == "finding"], true, target)
     dropped = [m for m in mentions if m.kind == "finding" and m.node in decisions and decisions[m.node] is None]
     kept = [m for m in mentions if m.kind == "finding" and m not in dropped]
@@ -172,11 +188,13 @@ class Consistency:
     excluded: tuple[str, ...]
 
 
-def consistency(graph: nx.DiGraph, text: str, target: str, original: str | None = None) -> Consistency:
+def consistency(graph: nx.DiGraph, text: str, target: str, original: str | None = None,
+                forms: Forms | None = None) -> Consistency:
     """How well ``text`` argues for ``target`` by the graph (the annotators' sort key)."""
-    found = list(dict.fromkeys(m.node for m in find_mentions(graph, text) if m.kind == "finding"))
-    sup = [f for f in found if f in concepts.related(graph, target, "supports")]
-    exc = [f for f in found if f in concepts.related(graph, target, "excludes")]
+    found = list(dict.fromkeys(m.node for m in find_mentions(graph, text, forms) if m.kind == "finding"))
+    supports, excludes = concepts.related(graph, target, "supports"), concepts.related(graph, target, "excludes")
+    sup = [f for f in found if f in supports]
+    exc = [f for f in found if f in excludes]
     support = len(sup) / len(found) if found else 0.0
     structured = original is None or answer_of(original) is not None
     checks = [answer_of(text) == target if structured else target in _tail(text)]
@@ -254,17 +272,24 @@ def make_counterfactuals(graph: nx.DiGraph, record: dict, targets: list[str], me
         raise InputError(f"counterfactual: method must be 'graph' or 'llm', got {method!r}")
     if method == "llm" and expert is None:
         raise InputError("counterfactual: method 'llm' needs a loaded model (choose a checkpoint)")
-    true = record.get("label") or answer_of(record["completion"])
+    true = true_disease(record)
+    forms = mention_forms(graph)  # one scan of the graph's names for every target and consistency check
+    mentions = find_mentions(graph, record["completion"], forms)
     out = []
     for target in targets:
         if method == "graph":
             if true is None:
                 raise InputError(f"trajectory {record.get('id')}: no 'label' and no answer to take the true disease from")
-            rw = rewrite(graph, record["completion"], true, target)
+            rw = rewrite(graph, record["completion"], true, target, mentions)
             text, settings, model = rw.text, {"rules": "swap-by-weight", "swaps": rw.swaps}, None
         else:
             text, settings = expert.rewrite(graph, record["completion"], true, target)
             model = expert.name
         out.append(Counterfactual(target, text, method, graph_version, model, settings,
-                                  consistency(graph, text, target, record["completion"])))
+                                  consistency(graph, text, target, record["completion"], forms)))
     return out
+
+
+def true_disease(record: dict) -> str | None:
+    """The disease a trajectory argues for: its gold label, else the answer its completion gives."""
+    return record.get("label") or answer_of(record["completion"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import networkx as nx
 import pandas as pd
 
-from core.counterfactual import Counterfactual, choose_targets, make_counterfactuals
+from core.counterfactual import Counterfactual, choose_targets, make_counterfactuals, true_disease
 from core.store import Store
 
 
@@ -56,7 +56,8 @@ def list_counterfactuals(store: Store, source: str | None = None) -> pd.DataFram
     params: tuple = ()
     if source is not None:
         sql, params = sql + " WHERE t.source = ?", (source,)
-    return pd.read_sql_query(sql + " ORDER BY c.consistency ASC, c.id ASC", store.con, params=params)
+    columns, rows = store.query_columns(sql + " ORDER BY c.consistency ASC, c.id ASC", params)
+    return pd.DataFrame(rows, columns=columns)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,7 @@ def generate_batch(store: Store, graph: nx.DiGraph, records: list[dict], source:
     """
     stored: set[int] = set()
     for i, rec in enumerate(records):
-        true = rec.get("label")
-        targets = choose_targets(graph, true, mode, target)
+        targets = choose_targets(graph, true_disease(rec), mode, target)
         cfs = make_counterfactuals(graph, rec, targets, method, graph_version, expert) if targets else []
         stored.update(store_counterfactuals(store, rec, source, cfs) if cfs else [])
         yield BatchProgress(i + 1, len(records), len(stored), rec.get("id"))

@@ -106,9 +106,7 @@ ORDER = "CASE status WHEN 'pending' THEN 0 WHEN 'conflict' THEN 1 WHEN 'done' TH
 
 
 def _dicts(store: Store, sql: str, params: list | tuple = ()) -> tuple[list[str], list[tuple]]:
-    with store.lock:  # the connection is shared by the app's sessions: never read inside another's write
-        cur = store.con.execute(sql, params)
-        return [d[0] for d in cur.description], cur.fetchall()
+    return store.query_columns(sql, params)
 
 
 def _read(store: Store, sql: str, params: list | tuple = ()) -> pd.DataFrame:
@@ -228,7 +226,7 @@ def set_required(store: Store, k: int, flt: QueueFilter = QueueFilter()) -> int:
 
 def filter_options(store: Store) -> dict[str, list]:
     """Distinct values for the queue filters."""
-    pick = lambda sql: [r[0] for r in store.con.execute(sql).fetchall() if r[0] is not None]  # noqa: E731
+    pick = lambda sql: [r[0] for r in store.query(sql) if r[0] is not None]  # noqa: E731
     with store.lock:
         return {"labels": pick("SELECT DISTINCT label FROM trajectories ORDER BY 1"),
                 "targets": pick("SELECT DISTINCT target FROM counterfactuals ORDER BY 1"),
@@ -350,7 +348,7 @@ def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
 def guidelines(store: Store) -> str:
     """The guidelines in force (markdown): the latest saved version, else ``DEFAULT_GUIDELINES``."""
     with store.lock:
-        row = store.con.execute("SELECT text FROM guidelines ORDER BY id DESC LIMIT 1").fetchone()
+        row = store.query_one("SELECT text FROM guidelines ORDER BY id DESC LIMIT 1")
     return row[0] if row else DEFAULT_GUIDELINES
 
 
@@ -363,20 +361,23 @@ def save_guidelines(store: Store, text: str, author: str) -> None:
 
 def trajectories_file(store: Store, folder: Path) -> Path:
     """The database's trajectories (the original side of every pair) as a JSONL file the drift engine
-    scores (id, prompt, completion, label), named by its content so the same rows give the same file."""
-    import hashlib
+    scores (id, prompt, completion, label). Trajectories are only ever inserted, so their count and last id
+    name the file: a page rerun finds it without reading the rows again."""
     import json
     from collections import Counter
 
     from core.cache import atomic_write_text
 
-    rows = store.con.execute("SELECT id, external_id, prompt, completion, label FROM trajectories ORDER BY id").fetchall()
-    if not rows:
+    count, last = store.query_one("SELECT COUNT(*), MAX(id) FROM trajectories")
+    if not count:
         raise InputError(f"{store.path}: no trajectories in the curation database yet (import or generate some first)")
+    path = Path(folder) / f"curation-{count}-{last}.jsonl"
+    if path.exists():
+        return path
+    rows = store.query("SELECT id, external_id, prompt, completion, label FROM trajectories WHERE id <= ? ORDER BY id",
+                       (last,))
     seen = Counter(ext for _, ext, *_ in rows)
-    text = "".join(json.dumps({"id": ext if ext and seen[ext] == 1 else f"db-{i}", "prompt": p, "completion": c,
-                               "label": y}, ensure_ascii=False) + "\n" for i, ext, p, c, y in rows)
-    path = Path(folder) / f"curation-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
-    if not path.exists():
-        atomic_write_text(path, text)
+    atomic_write_text(path, "".join(json.dumps({"id": ext if ext and seen[ext] == 1 else f"db-{i}", "prompt": p,
+                                                "completion": c, "label": y}, ensure_ascii=False) + "\n"
+                                    for i, ext, p, c, y in rows))
     return path

@@ -26,7 +26,7 @@ TAU = 0.05
 BASE = "base"  # the series' name for the base model (core.series.BASE)
 
 
-def _is_base(df: pd.DataFrame) -> pd.Series:
+def is_base(df: pd.DataFrame) -> pd.Series:
     """Rows of the base checkpoint: named "base", else (tables from elsewhere) the smallest step."""
     return df["checkpoint"] == BASE if (df["checkpoint"] == BASE).any() else df["step"] == df["step"].min()
 
@@ -34,7 +34,7 @@ def _is_base(df: pd.DataFrame) -> pd.Series:
 def checkpoint_order(df: pd.DataFrame) -> list[str]:
     """Checkpoints in series order: base first, then by step, ties in order of first appearance."""
     first = df.drop_duplicates("checkpoint")[["checkpoint", "step"]].reset_index(drop=True)
-    first["base"] = ~_is_base(first)
+    first["base"] = ~is_base(first)
     return first.sort_values(["base", "step"], kind="stable")["checkpoint"].tolist()
 
 
@@ -48,7 +48,7 @@ def token_effects(beliefs: pd.DataFrame, encoded: list[Encoded], tau: float = TA
     b["next_position"] = b["next_position"].astype(int)
     b = b.rename(columns={"gold_prob": "gold_before"})
     b["effect"] = b["gold_after"] - b["gold_before"]
-    base = b[_is_base(b)][["traj_id", "position", "effect", "gold_after"]].rename(
+    base = b[is_base(b)][["traj_id", "position", "effect", "gold_after"]].rename(
         columns={"effect": "effect_base", "gold_after": "gold_after_base"})
     df = b.merge(base, on=["traj_id", "position"], how="left")
     df["effect_drift"] = df["effect"] - df["effect_base"]
@@ -67,7 +67,7 @@ def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
     """Tokens ranked by total effect drift per checkpoint (most detrimental first)."""
     if effects.empty:  # a single probe position per trajectory reads no tokens
         return pd.DataFrame(columns=["checkpoint", "step", "token", "region", "n", "mean_effect_drift", "direction"])
-    df = effects[~_is_base(effects)].assign(key=effects["token"].astype(str).str.strip())
+    df = effects[~is_base(effects)].assign(key=effects["token"].astype(str).str.strip())
     df = df[df["key"] != ""]
     agg = df.groupby(["checkpoint", "step", "key", "region"]).agg(
         n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
@@ -117,7 +117,7 @@ def drivers_by_concept(effects: pd.DataFrame, encoded: list[Encoded], graph: nx.
     m = sp.merge(eff, on="traj_id")
     m = m[(m["position"] >= m["first"]) & (m["position"] < m["end"])]
     per = m.groupby(["traj_id", "concept", "first", "checkpoint", "step"])["effect_drift"].sum().reset_index()
-    per = per[~_is_base(per)]
+    per = per[~is_base(per)]
     agg = per.groupby(["checkpoint", "step", "concept"]).agg(
         n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
         share_detrimental=("effect_drift", lambda s: (s < -tau).mean()),
@@ -224,8 +224,8 @@ def drift_by_context(tokens: pd.DataFrame, n: int = 2, min_count: int = 5) -> pd
     top1 = t["top_tokens"].map(lambda x: x[0] if len(x) else "") if "top_tokens" in t else t["token"]
     t = t.assign(context=ctx.str.strip(), top1=top1)
     t = t[t["position"] >= n]  # positions with a full n-token context
-    base = t[_is_base(t)][["traj_id", "position", "logprob", "top1"]]
-    m = t[~_is_base(t)].merge(base, on=["traj_id", "position"], suffixes=("", "_base"))
+    base = t[is_base(t)][["traj_id", "position", "logprob", "top1"]]
+    m = t[~is_base(t)].merge(base, on=["traj_id", "position"], suffixes=("", "_base"))
     m = m.assign(delta_logprob=m["logprob"] - m["logprob_base"], top1_changed=m["top1"] != m["top1_base"])
     agg = m.groupby(["checkpoint", "step", "context"]).agg(
         n=("kl_base", "size"), mean_kl_base=("kl_base", "mean"), mean_delta_logprob=("delta_logprob", "mean"),

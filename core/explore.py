@@ -44,8 +44,7 @@ def trajectory_table(beliefs: pd.DataFrame, effects: pd.DataFrame, records: list
     where it fell most, that drift (negative = the checkpoint believes the gold answer less), the answers,
     and how many positions turned detrimental / beneficial. Sorted most detrimental first."""
     fin = drift.final_beliefs(beliefs)
-    base_rows = fin[fin["checkpoint"] == drift.BASE] if (fin["checkpoint"] == drift.BASE).any() else \
-        fin[fin["step"] == fin["step"].min()]
+    base_rows = fin[drift.is_base(fin)]
     base = base_rows.set_index("traj_id")
     others = fin[~fin.index.isin(base_rows.index)]
     if others.empty:

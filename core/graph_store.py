@@ -62,7 +62,8 @@ class GraphStore:
         return gs
 
     def _head(self) -> int | None:
-        return _head(self.store.con, self.key)
+        with self.store.lock:  # reads share the app's one connection: never inside another thread's write
+            return _head(self.store.con, self.key)
 
     def head(self) -> int:
         head = self._head()
@@ -73,30 +74,30 @@ class GraphStore:
     def graph(self, version: int | None = None) -> nx.DiGraph:
         """The graph at ``version`` (the head when None)."""
         version = self.head() if version is None else version
-        row = self.store.con.execute("SELECT data FROM graph_versions WHERE graph_key = ? AND version = ?",
-                                     (self.key, version)).fetchone()
+        row = self.store.query_one("SELECT data FROM graph_versions WHERE graph_key = ? AND version = ?",
+                                   (self.key, version))
         if row is None:
             raise InputError(f"{self.key}: no version {version} (versions 1-{self.latest()})")
         return concepts.from_node_link(json.loads(row[0]), f"{self.key} version {version}")
 
     def latest(self) -> int:
-        return self.store.con.execute("SELECT MAX(version) FROM graph_versions WHERE graph_key = ?",
-                                      (self.key,)).fetchone()[0] or 0
+        return self.store.query_one("SELECT MAX(version) FROM graph_versions WHERE graph_key = ?", (self.key,))[0] or 0
 
     def history(self) -> list[Version]:
         """Every version, newest first."""
         head = self._head()
-        rows = self.store.con.execute("SELECT version, parent, summary, op, created_at FROM graph_versions "
-                                      "WHERE graph_key = ? ORDER BY version DESC", (self.key,)).fetchall()
+        rows = self.store.query("SELECT version, parent, summary, op, created_at FROM graph_versions "
+                                "WHERE graph_key = ? ORDER BY version DESC", (self.key,))
         return [Version(v, p, s, json.loads(o), t, v == head) for v, p, s, o, t in rows]
 
     def can_undo(self) -> bool:
-        row = self.store.con.execute("SELECT parent FROM graph_versions WHERE graph_key = ? AND version = ?",
-                                     (self.key, self._head())).fetchone()
+        row = self.store.query_one("SELECT parent FROM graph_versions WHERE graph_key = ? AND version = ?",
+                                   (self.key, self._head()))
         return bool(row and row[0])
 
     def can_redo(self) -> bool:
-        return bool(self._redo(self.store.con))
+        with self.store.lock:
+            return bool(self._redo(self.store.con))
 
     def edit(self, op: dict, base: int) -> int:
         """Apply one edit (``concepts.apply_edit``) to version ``base``; the new version number."""

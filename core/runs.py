@@ -75,7 +75,7 @@ def _row(row: tuple) -> Run:
 
 
 def get(store: Store, run_id: int) -> Run:
-    row = store.con.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    row = store.query_one(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
     if row is None:
         raise InputError(f"run {run_id}: no such run in {store.path}")
     return _row(row)
@@ -83,7 +83,7 @@ def get(store: Store, run_id: int) -> Run:
 
 def list_runs(store: Store) -> list[Run]:
     """Every run, newest first."""
-    return [_row(r) for r in store.con.execute(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
+    return [_row(r) for r in store.query(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
 
 
 def train_argv(config_path: str | Path, world: str | Path | None = None, evaluate_limit: int | None = None) -> list[str]:
@@ -100,7 +100,7 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
     to the run's folder. The name must be new (letters, digits, ``_.-``)."""
     if not _NAME.match(name):
         raise InputError(f"run name {name!r}: use 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)")
-    if ws.store.con.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
+    if ws.store.query_one("SELECT 1 FROM runs WHERE name = ?", (name,)):
         raise InputError(f"run name {name!r} is taken; choose another")
     out = ws.runs_dir / "cpo" / name
     if out.exists() and any(out.iterdir()):
@@ -210,15 +210,6 @@ def resume(ws, run_id: int) -> Run:
     cfg.save(run.config_path)
     previous = run.job_handle()
     return _start(ws, run, previous.argv if previous else train_argv(run.config_path, run.world))
-
-
-def delete(ws, run_id: int) -> None:
-    """Forget a run that is not running (its folder stays on disk)."""
-    run = refresh(ws, run_id)
-    if run.status == "running":
-        raise InputError(f"run {run.name} is running; cancel it first")
-    with ws.store.transaction() as con:
-        con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
 
 def metrics(run: Run) -> pd.DataFrame:

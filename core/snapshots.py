@@ -107,8 +107,8 @@ def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, 
 
 
 def import_batches(store: Store) -> list[dict]:
-    rows = store.con.execute("SELECT id, name, format, kept, duplicates, skipped, created_at FROM import_batches "
-                             "ORDER BY id DESC").fetchall()
+    rows = store.query("SELECT id, name, format, kept, duplicates, skipped, created_at FROM import_batches "
+                       "ORDER BY id DESC")
     return [dict(zip(("id", "name", "format", "kept", "duplicates", "skipped", "created_at"), r)) for r in rows]
 
 
@@ -204,7 +204,7 @@ def _snapshot(row: tuple) -> Snapshot:
 
 def snapshot(store: Store, name: str) -> Snapshot:
     """The snapshot a CPO run names; ``InputError`` lists the known ones if the name is unknown."""
-    row = store.con.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots WHERE name = ?", (name,)).fetchone()
+    row = store.query_one(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots WHERE name = ?", (name,))
     if row is None:
         known = [s.name for s in snapshots(store)]
         raise InputError(f"no dataset snapshot named {name!r} (known: {', '.join(known) or 'none yet'})")
@@ -212,5 +212,5 @@ def snapshot(store: Store, name: str) -> Snapshot:
 
 
 def snapshots(store: Store) -> list[Snapshot]:
-    rows = store.con.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots ORDER BY id DESC").fetchall()
+    rows = store.query(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots ORDER BY id DESC")
     return [_snapshot(r) for r in rows]

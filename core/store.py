@@ -222,6 +222,21 @@ class Store:
     def schema_version(self) -> int:
         return self.con.execute("PRAGMA user_version").fetchone()[0]
 
+    def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        """The rows of a read, under the store's lock: one connection serves all of the app's sessions, so a
+        read never runs inside another thread's open write transaction (it would see uncommitted rows)."""
+        return self.query_columns(sql, params)[1]
+
+    def query_one(self, sql: str, params: tuple | list = ()) -> tuple | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def query_columns(self, sql: str, params: tuple | list = ()) -> tuple[list[str], list[tuple]]:
+        """``query`` with the column names."""
+        with self.lock:
+            cur = self.con.execute(sql, params)
+            return [d[0] for d in cur.description], cur.fetchall()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock; rolled back on any exception,
@@ -246,7 +261,7 @@ class Store:
             return con.execute("SELECT id FROM worlds WHERE path = ?", (str(path),)).fetchone()[0]
 
     def last_world(self) -> Path | None:
-        row = self.con.execute("SELECT path FROM worlds ORDER BY last_opened_at DESC LIMIT 1").fetchone()
+        row = self.query_one("SELECT path FROM worlds ORDER BY last_opened_at DESC LIMIT 1")
         return Path(row[0]) if row else None
 
     def close(self) -> None:

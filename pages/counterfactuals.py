@@ -4,7 +4,7 @@ LLM expert), preview the change side by side, batch over a dataset, and list wha
 import streamlit as st
 
 from core import concepts
-from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals
+from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals, true_disease
 from core.counterfactual_store import generate_batch, list_counterfactuals, store_counterfactuals
 from core.errors import InputError
 from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
@@ -58,9 +58,10 @@ if method == "llm":
             st.stop()
 
 mode = st.radio("Targets", TARGET_MODES, format_func=MODES.get, horizontal=True, key="cf_mode")
-others = [d for d in concepts.diseases(graph) if d != record.get("label")]
+true = true_disease(record)
+others = [d for d in concepts.diseases(graph) if d != true]
 target = st.selectbox("Target disease", others, key="cf_target") if mode == "one" else None
-targets = choose_targets(graph, record.get("label"), mode, target)
+targets = choose_targets(graph, true, mode, target)
 st.caption(f"Concept graph version {version} · targets for {record['id']}: {', '.join(targets) or 'none'}")
 
 if st.button("Generate for this trajectory", key="cf_generate", type="primary", disabled=not targets):

@@ -49,10 +49,9 @@ def load_analysis(path: str, stamp: str):
     return Analysis.load(path)
 
 
-@st.cache_resource(max_entries=8)
+@st.cache_resource(show_spinner="Reading trajectories…", max_entries=8)
 def records(path: str, limit: int | None, stamp: str) -> list[dict]:
-    from core.trajectories import read_jsonl
-
+    """Trajectories of a JSONL file, shared read-only by every session (no copy per rerun)."""
     return read_jsonl(path, limit)
 
 
@@ -113,9 +112,10 @@ def concept_graph(workspace_path: str, graph_path: str) -> tuple[nx.DiGraph, int
     return gs.graph(version), version
 
 
-@st.cache_data(show_spinner="Reading trajectories…")
 def dataset(path: str, fingerprint: str, name: str) -> list[dict]:
-    return read_jsonl(world.load_world(path).dataset_path(name))
+    """A world's dataset by name: the shared, read-only record list of ``records``, keyed by the file's stamp."""
+    file = str(load_world(path).dataset_path(name))
+    return records(file, None, file_stamp(file))
 
 
 def model_series(path: str, fingerprint: str) -> ModelSeries:
