@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -106,15 +107,14 @@ def _pad(encoded: list[Encoded], idx: list[int], pad_id: int, device: str) -> tu
     return ids.to(device), mask.to(device)
 
 
-def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """Log-distributions predicting each completion token, one (L_b, V) float32 tensor per row.
+def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Log-distributions predicting each completion token, rows in batch order.  -> (sum of L_b, V) float32
     The LM head runs on the completion rows only (the prompt's rows would cost T x V for nothing)."""
     from core.probe import head, hidden_states
 
     hidden = hidden_states(model, ids, None, mask)  # (B, T, H)
     rows = torch.cat([torch.arange(s - 1, e - 1) + b * ids.shape[1] for b, (s, e) in enumerate(spans)]).to(ids.device)
-    lp = torch.log_softmax(head(model, hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1)  # (N, V)
-    return list(lp.split([e - s for s, e in spans]))
+    return torch.log_softmax(head(model, hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1)  # (N, V)
 
 
 @torch.no_grad()
@@ -125,34 +125,35 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
     pin_mmap_threshold()  # large (N, V) buffers by mmap: flat peak memory over many checkpoints (core/memory.py)
     pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
     names, steps = series.names, series.steps
-    cols: dict[str, list] = {}
     batches = _batches(encoded, cfg.batch_size)
     groups = _groups(series, encoded, batches, cfg.group_bytes)
-    total, done = len(batches) * len(names), 0
+    meta = [_meta([encoded[i] for i in idx]) for idx in batches]  # per batch, the same under every checkpoint
+    stats: dict[str, list[dict]] = {name: [] for name in names}  # per checkpoint, one dict per batch, in order
+    total, done, first = len(batches) * len(names), 0, 0
     for group in groups:
-        prepared = [(idx, *_pad(encoded, idx, pad, series.device),
+        prepared = [(*_pad(encoded, idx, pad, series.device),
                      [(encoded[i].start, len(encoded[i].input_ids)) for i in idx],
-                     torch.cat([torch.tensor(encoded[i].completion_ids) for i in idx]).to(series.device))
-                    for idx in group]
+                     torch.as_tensor(meta[first + b]["token_id"]).to(series.device))
+                    for b, idx in enumerate(group)]
         base: dict[int, tuple] = {}
         prev: dict[int, tuple] = {}
         for name in names:  # checkpoint-outer within a group: a full checkpoint loads once per group
             if should_cancel and should_cancel():
                 raise Cancelled("scoring cancelled")
             with series.activate(name) as model:
-                for b, (idx, ids, mask, spans, targets) in enumerate(prepared):
-                    lp = torch.cat(completion_logprobs(model, ids, mask, spans))  # (N, V), N = completion tokens
+                for b, (ids, mask, spans, targets) in enumerate(prepared):
+                    lp = completion_logprobs(model, ids, mask, spans)  # (N, V), N = completion tokens
                     p = lp.exp()
                     cur = (lp, p, entropy(lp, p))  # (N, V), (N, V), (N,)
-                    _append(cols, [encoded[i] for i in idx], name, steps[name], cur, targets, cfg.top_k,
-                            base.get(b, cur), prev.get(b, cur))
+                    stats[name].append(_stats(cur, targets, cfg.top_k, base.get(b, cur), prev.get(b, cur)))
                     base.setdefault(b, cur)
                     prev[b] = cur
                     done += 1
                     if progress:
-                        progress(done, total, f"{name}: batch {done % len(batches) or len(batches)}/{len(batches)}")
+                        progress(done, total, f"{name}: batch {first + b + 1}/{len(batches)}")
             del model  # a full checkpoint is freed before the next one loads (one in memory at a time)
-    return _frame(cols, series.tokenizer, cfg.top_k, [(n, steps[n]) for n in names])
+        first += len(group)
+    return _frame(meta, stats, series.tokenizer, cfg.top_k, steps)
 
 
 def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]], budget: int) -> list[list[list[int]]]:
@@ -175,11 +176,24 @@ def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]
 
 
 CHUNK_BYTES = 4 << 20  # statistics run over row chunks whose (rows, V) temporaries stay below this
+STAT_COLUMNS = ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev")
 
 
-def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, cur: tuple, targets: torch.Tensor,
-            top_k: int, base: tuple, prev: tuple) -> None:
-    """Add this batch's rows; ``cur``, ``base``, ``prev`` are (log-probs, probs, entropy) triples.
+def _meta(encs: list[Encoded]) -> dict[str, np.ndarray]:
+    """The columns of a batch that do not depend on the checkpoint (built once, shared by all of them)."""
+    lengths = [len(e.completion_ids) for e in encs]
+    return {
+        "traj_id": np.repeat(np.array([e.id for e in encs], dtype=object), lengths),
+        "position": np.concatenate([np.arange(n) for n in lengths]),
+        "token_id": np.concatenate([np.asarray(e.completion_ids, dtype=np.int64) for e in encs]),
+        "token": np.array([t for e in encs for t in e.completion_tokens], dtype=object),
+        "in_think": np.concatenate([np.arange(e.start, e.start + n) < e.think_end for e, n in zip(encs, lengths)]),
+    }
+
+
+def _stats(cur: tuple, targets: torch.Tensor, top_k: int, base: tuple, prev: tuple) -> dict[str, np.ndarray]:
+    """One batch's statistics under one checkpoint; ``cur``, ``base``, ``prev`` are (log-probs, probs,
+    entropy) triples.
 
     The statistics run over row chunks so that their (rows, V) temporaries stay small and are reused
     from the heap (see core/memory.py) instead of each being a fresh, page-faulting allocation."""
@@ -192,36 +206,36 @@ def _append(cols: dict[str, list], encs: list[Encoded], name: str, step: int, cu
         bl, bp, bh = (t[sl] for t in base)
         pl, pp, ph = (t[sl] for t in prev)
         st = token_stats(lp, targets[sl], top_k, p, h)
-        st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh),
-                  kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
+        if base is cur:  # the base against itself: exactly zero, no passes over the vocabulary
+            st.update(kl_base=torch.zeros_like(h), js_base=torch.zeros_like(h))
+        else:
+            st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh))
+        if prev is base:  # the first checkpoint after the base: the same two numbers
+            st.update(kl_prev=st["kl_base"], js_prev=st["js_base"])
+        else:
+            st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
         for k, v in st.items():
             parts.setdefault(k, []).append(v)
-    st = {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
-    new = {
-        "traj_id": [e.id for e in encs for _ in e.completion_ids], "checkpoint": [name] * n, "step": [step] * n,
-        "position": [j for e in encs for j in range(len(e.completion_ids))],
-        "token_id": targets.cpu().numpy(), "token": [t for e in encs for t in e.completion_tokens],
-        "in_think": [e.start + j < e.think_end for e in encs for j in range(len(e.completion_ids))],
-        **{k: st[k] for k in ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev")},
-    }
-    if top_k:
-        new["top_ids"] = list(st["top_ids"])
-        new["top_probs"] = list(st["top_probs"].round(5))
-    for k, v in new.items():
-        cols.setdefault(k, []).append(v)
+    return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 
-def _frame(cols: dict[str, list], tokenizer, top_k: int, order: list[tuple[str, int]]) -> pd.DataFrame:
-    import numpy as np
-
-    df = pd.DataFrame({k: np.concatenate(v) if k not in ("top_ids", "top_probs") else [r for part in v for r in part]
-                       for k, v in cols.items()})
-    rank = {name: i for i, (name, _) in enumerate(order)}
-    df = df.iloc[np.argsort(df["checkpoint"].map(rank).to_numpy(), kind="stable")].reset_index(drop=True)
+def _frame(meta: list[dict], stats: dict[str, list[dict]], tokenizer, top_k: int, steps: dict[str, int]) -> pd.DataFrame:
+    """The tidy table, checkpoint-major in series order: no Python work per row but the top-k lists' views."""
+    k = len(stats)
+    cols: dict[str, np.ndarray] = {c: np.concatenate([m[c] for m in meta] * k) for c in meta[0]}
+    n = len(cols["position"]) // k if k else 0
+    df = pd.DataFrame({
+        "traj_id": cols["traj_id"],
+        "checkpoint": np.repeat(np.array(list(stats), dtype=object), n),
+        "step": np.repeat(np.array([steps[name] for name in stats], dtype=np.int64), n),
+        "position": cols["position"], "token_id": cols["token_id"], "token": cols["token"], "in_think": cols["in_think"],
+        **{c: np.concatenate([b[c] for parts in stats.values() for b in parts]) for c in STAT_COLUMNS},
+    })
     df["prob"] = np.exp(df["logprob"])
     if top_k:
-        texts = vocab_texts(tokenizer)
-        df["top_tokens"] = [[texts[t] if t < len(texts) else "" for t in row]  # padded vocabularies: ids past
-                            for row in df.pop("top_ids")]                    # the tokenizer have no text
-        df["top_probs"] = [row.tolist() for row in df["top_probs"]]
+        ids = np.concatenate([b["top_ids"] for parts in stats.values() for b in parts])  # (rows, k)
+        probs = np.concatenate([b["top_probs"] for parts in stats.values() for b in parts]).round(5)
+        texts = np.array(vocab_texts(tokenizer) + [""], dtype=object)  # padded vocabularies: ids past the
+        df["top_tokens"] = list(texts[np.minimum(ids, len(texts) - 1)])  # tokenizer have no text
+        df["top_probs"] = list(probs)
     return df
