@@ -40,6 +40,28 @@ def test_switching_adapters_equals_loading_each_checkpoint_merged_on_its_own(ser
     assert not torch.allclose(base, ours, atol=1e-4)
 
 
+def test_lean_lora_forward_is_bit_identical_to_peft(series):
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    with series.activate(BASE):
+        pass  # routing finds the tuner layers and gives them the lean forward
+    layers = [m for m in series.model.modules() if isinstance(m, LoraLinear)]
+    assert layers and all("forward" in vars(m) for m in layers)
+    lean = {}
+    for name in series.names:
+        with series.activate(name) as m:
+            lean[name] = _logits(m, IDS)
+    saved = {m: vars(m).pop("forward") for m in layers}  # back to PEFT's own forward
+    try:
+        for name in series.names:
+            with series.activate(name) as m:
+                assert torch.equal(lean[name], _logits(m, IDS)), name
+    finally:
+        for m, f in saved.items():
+            m.forward = f
+    assert not torch.equal(lean[BASE], lean[series.names[-1]])
+
+
 def test_full_model_checkpoints_are_loaded_one_at_a_time(quick_world, adapters, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
