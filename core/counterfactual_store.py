@@ -23,13 +23,20 @@ from core.counterfactual import Counterfactual, choose_targets, make_counterfact
 from core.store import Store
 
 
-def _sha(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+def trajectory_hash(prompt: str, completion: str) -> str:
+    """``trajectories.content_hash`` (migration 2): sha256 of prompt + NUL + completion."""
+    return hashlib.sha256(f"{prompt}\0{completion}".encode()).hexdigest()
+
+
+def counterfactual_hash(trajectory: str, target: str, completion: str) -> str:
+    """``counterfactuals.content_hash`` (migration 2): sha256 of the trajectory's hash + NUL + target +
+    NUL + completion."""
+    return hashlib.sha256(f"{trajectory}\0{target}\0{completion}".encode()).hexdigest()
 
 
 def store_counterfactuals(store: Store, record: dict, source: str, cfs: list[Counterfactual]) -> list[int]:
     """Store the trajectory (once) and its counterfactuals (once each); their row ids, in order."""
-    traj_hash = _sha(record["prompt"], record["completion"])
+    traj_hash = trajectory_hash(record["prompt"], record["completion"])
     now = time.time()
     ids = []
     with store.transaction() as con:
@@ -38,7 +45,7 @@ def store_counterfactuals(store: Store, record: dict, source: str, cfs: list[Cou
                     (traj_hash, source, record.get("id"), record["prompt"], record["completion"], record.get("label"), now))
         traj_id = con.execute("SELECT id FROM trajectories WHERE content_hash = ?", (traj_hash,)).fetchone()[0]
         for cf in cfs:
-            h = _sha(traj_hash, cf.target, cf.completion)
+            h = counterfactual_hash(traj_hash, cf.target, cf.completion)
             con.execute("INSERT INTO counterfactuals (trajectory_id, content_hash, target, completion, method, "
                         "graph_version, model, settings, consistency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT(content_hash) DO NOTHING",

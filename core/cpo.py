@@ -80,7 +80,9 @@ class TrainConfig:
                 raise ValueError(f"field {name!r}: expected {expected}, got {getattr(self, name)!r}")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+        from core.cache import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -109,6 +111,9 @@ class Preflight:
     warnings: list[str]
     errors: list[str]
     sources: list[str] = field(default_factory=list)
+    # what was read and tokenized, kept for tokenized_dataset (the data is read and tokenized once per run)
+    records: list[dict] = field(default_factory=list, repr=False, compare=False)
+    encoded: list[dict] = field(default_factory=list, repr=False, compare=False)
 
 
 @dataclass
@@ -154,13 +159,10 @@ def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
 
     rng = random.Random(seed)
     labels = [p["label"] or answer_of(p["chosen"]) for p in pairs]
-    out = []
-    for i, p in enumerate(pairs):
-        others = [j for j, lab in enumerate(labels) if lab != labels[i]]
-        if not others:
-            raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
-        out.append({**p, "rejected": pairs[rng.choice(others)]["chosen"]})
-    return out
+    others = {lab: [j for j, other in enumerate(labels) if other != lab] for lab in dict.fromkeys(labels)}  # per label
+    if len(others) < 2:
+        raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
+    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"]} for p, lab in zip(pairs, labels)]
 
 
 def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:
@@ -204,7 +206,7 @@ def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
     if len(identical) == len(pairs):
         errors.append(f"{cfg.data}: every pair has identical chosen and rejected; nothing to learn")
     sources = sorted({p["source"] for p in pairs})
-    return Preflight(len(pairs), truncated, identical, warnings, errors, sources)
+    return Preflight(len(pairs), truncated, identical, warnings, errors, sources, pairs, enc)
 
 
 # ---------------------------------------------------------------- training
@@ -224,11 +226,14 @@ def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
 
     from core.cpo_trainer import normalise_weights
 
-    pairs = [p for i, p in enumerate(_pairs_of(cfg)) if i not in set(pre.identical)]
-    weights = normalise_weights([p["weight"] for p in pairs])
-    rows = [{**e, "weight": w, "source_idx": pre.sources.index(p["source"])}
-            for e, w, p in zip(tokenize(tok, pairs), weights, pairs)]
-    return Dataset.from_list(rows)
+    if not pre.records:  # a Preflight built by hand: read and tokenize here
+        pre = preflight(cfg, tok)
+    dropped = set(pre.identical)
+    kept = [(p, e) for i, (p, e) in enumerate(zip(pre.records, pre.encoded)) if i not in dropped]
+    weights = normalise_weights([p["weight"] for p, _ in kept])
+    source_idx = {s: i for i, s in enumerate(pre.sources)}
+    return Dataset.from_list([{**e, "weight": w, "source_idx": source_idx[p["source"]]}
+                              for (p, e), w in zip(kept, weights)])
 
 
 def _base_name(cfg: TrainConfig) -> str:
@@ -324,7 +329,10 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     """Run ``cfg`` into ``cfg.output_dir``; a cancel saves the adapter and returns with ``cancelled=True``."""
     from core.cpo_callbacks import CancelCallback, MetricsCallback, ProgressCallback
 
-    pre = preflight(cfg)
+    from core.series import load_tokenizer
+
+    tok = load_tokenizer(cfg.base_model)
+    pre = preflight(cfg, tok)
     if pre.errors:
         raise InputError("; ".join(pre.errors))
     out = Path(cfg.output_dir)
@@ -337,7 +345,7 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     cancel = CancelCallback(should_cancel or (lambda: False))
     callbacks = [MetricsCallback(out / "metrics.jsonl", pre.sources, append=resume_from is not None),
                  ProgressCallback(progress, pre.warnings), cancel]
-    trainer = build_trainer(cfg, callbacks, pre=pre)
+    trainer = build_trainer(cfg, callbacks, tokenizer=tok, pre=pre)
     started = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

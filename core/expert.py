@@ -71,10 +71,17 @@ def fit_prompt(tokenizer, cfg: ExpertConfig, graph: nx.DiGraph, report: str, tru
         raise InputError(f"expert: max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the "
                          f"model's context of {context} tokens")
     total = len(lines)
-    ids = prompt_ids(tokenizer, build_prompt(cfg.template, report, "\n".join(lines), target))
-    while budget is not None and len(ids) > budget and lines:
-        lines.pop()
-        ids = prompt_ids(tokenizer, build_prompt(cfg.template, report, "\n".join(lines), target))
+
+    def ids_of(keep: int) -> list[int]:  # the prompt with the graph's first ``keep`` lines
+        return prompt_ids(tokenizer, build_prompt(cfg.template, report, "\n".join(lines[:keep]), target))
+
+    ids = ids_of(total)
+    if budget is not None and len(ids) > budget:  # the most lines that fit: binary search, lengths grow with lines
+        lo, hi = 0, total - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if len(ids_of(mid)) <= budget else (lo, mid - 1)
+        lines, ids = lines[:lo], ids_of(lo)
     cut = 0
     if budget is not None and len(ids) > budget:
         cut = len(ids) - budget

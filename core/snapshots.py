@@ -23,21 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core import curation, formats
+from core.counterfactual_store import counterfactual_hash, trajectory_hash
 from core.errors import InputError
 from core.store import Store
 
 MAX_LISTED_ERRORS = 5
-
-
-def trajectory_hash(prompt: str, completion: str) -> str:
-    """``trajectories.content_hash`` (migration 2): sha256 of prompt + NUL + completion."""
-    return hashlib.sha256(f"{prompt}\0{completion}".encode()).hexdigest()
-
-
-def counterfactual_hash(trajectory: str, target: str, completion: str) -> str:
-    """``counterfactuals.content_hash`` (migration 2): sha256 of the trajectory's hash + NUL + target +
-    NUL + completion."""
-    return hashlib.sha256(f"{trajectory}\0{target}\0{completion}".encode()).hexdigest()
 
 
 @dataclass

@@ -3,6 +3,7 @@ X reject, E save edit, S skip), settle conflicts, and export the result as a dat
 
 import streamlit as st
 
+from core import curation
 from core.errors import InputError
 from workbench import curation_view as view, resources, state
 
@@ -20,6 +21,7 @@ store = ws.store
 
 annotator = st.session_state[state.ANNOTATOR]
 flt = view.filters(store)
+counts = curation.progress(store, flt)  # (settled, total), shared by the focus view and the queue
 annotate, queue, conflicts, agreement, imports, exports = st.tabs(
     ["Annotate", "Queue", "Conflicts", "Agreement", "Import", "Export"])
 with annotate:
@@ -35,11 +37,11 @@ with annotate:
             st.info("Enter your name to start annotating.")
         else:
             st.caption(f"Annotating as **{annotator}**")
-            view.focus(store, annotator, flt)
+            view.focus(store, annotator, flt, counts)
     with side:
         view.guidelines_panel(store, annotator or "anonymous")
 with queue:
-    view.queue_panel(store, flt)
+    view.queue_panel(store, flt, counts)
 with conflicts:
     if annotator:
         view.conflicts_panel(store, annotator)

@@ -77,9 +77,10 @@ def _decide(item_id: int, decision: str) -> None:
         st.session_state["cur_last_error"] = str(e)
 
 
-def focus(store, annotator: str, flt: curation.QueueFilter) -> None:
-    """Progress, the claimed item side by side, the edit box, the note and the decision buttons."""
-    done, total = curation.progress(store, flt)
+def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, int]) -> None:
+    """Progress, the claimed item side by side, the edit box, the note and the decision buttons.
+    ``counts`` is ``curation.progress(store, flt)``, read once per run for this view and the queue's."""
+    done, total = counts
     st.progress(done / total if total else 0.0, text=f"Queue: {done} of {total} settled")
     if err := st.session_state.pop("cur_last_error", None):
         st.error(err)
@@ -115,10 +116,10 @@ def guidelines_panel(store, annotator: str) -> None:
             st.rerun()
 
 
-def queue_panel(store, flt: curation.QueueFilter) -> None:
+def queue_panel(store, flt: curation.QueueFilter, counts: tuple[int, int]) -> None:
     status = st.segmented_control("Status", curation.STATUSES, default="all", key="cur_status") or "all"
     df = curation.queue(store, curation.QueueFilter(**{**flt.__dict__, "status": status}), limit=QUEUE_ROWS)
-    settled, total = curation.progress(store, flt)
+    settled, total = counts
     st.caption(f"{total} items match the filters, {settled} settled" +
                (f"; the first {QUEUE_ROWS} are listed" if len(df) == QUEUE_ROWS else ""))
     st.dataframe(df, hide_index=True, key="cur_queue")

@@ -125,7 +125,7 @@ def model_series(path: str, fingerprint: str) -> ModelSeries:
                   (w.manifest.get("base_model_name", w.base_model_dir.name),))
 
 
-@st.cache_data
+@st.cache_data(max_entries=32)
 def graph_html(_gs: GraphStore, db: str, key: str, version: int, highlight: str | None) -> str:
     """The pyvis page of one graph version (versions never change: database, graph and version identify it)."""
     return graphview.graph_html(_gs.graph(version), highlight)

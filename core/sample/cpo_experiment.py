@@ -31,6 +31,7 @@ import json
 import time
 from pathlib import Path
 
+from core.cache import atomic_write_text
 from core.cpo import TrainConfig, train
 from core.runs import evaluate_adapter
 from core.sample.preferences import build_preferences, sample_config
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     world = load_world(SAMPLE_WORLD)
     data = build_preferences(world.root, args.out / "pairs.jsonl", n=args.pairs)
-    start = world.root / "rft" / "checkpoint-160"
-    rows = [{"model": "checkpoint-160", **evaluate_adapter(world.root, start, args.limit)}]
+    start = Path(sample_config(world.root, args.out / "start", data=data).init_adapter)  # the drifted checkpoint
+    rows = [{"model": start.name, **evaluate_adapter(world.root, start, args.limit)}]
     print(rows[-1], flush=True)
     for name in args.variants:
         extra = {"learning_rate": args.lr} if args.lr else {}
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"model": name, "train_seconds": round(seconds, 1),
                      **evaluate_adapter(world.root, result.adapter_dir, args.limit)})
         print(rows[-1], flush=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    atomic_write_text(args.out / "results.json", json.dumps(rows, indent=1))
     return 0
 
 

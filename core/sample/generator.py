@@ -16,14 +16,13 @@ convention in which any study that shows "opacity" is labelled Lung Opacity (the
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
+from core.counterfactual import answer_of as parse_answer  # noqa: F401 - the disease after </think>, or None
 from core.sample import spec
 
 ANSWER_PREFIX = "The disease of this patient is "
 QUESTION = "Question: what is the disease of this patient?"
-_ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX) + r"(.+?)\.?\s*$")
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,6 @@ def completion_text(study: Study) -> str:
         steps.append(f"{surface} suggests {reading}.")
     body = " ".join(steps) + f" The findings point to {study.label}."
     return f"<think> {body} </think> {ANSWER_PREFIX}{study.label}."
-
-
-def parse_answer(text: str) -> str | None:
-    """The disease named after ``</think>``, or None when the text has no well-formed answer."""
-    tail = text.split("</think>")[-1].strip()
-    m = _ANSWER_RE.search(tail)
-    return m.group(1).strip() if m else None
 
 
 def sample_study(rng: random.Random, label: str, synonym_rate: float = 0.3,

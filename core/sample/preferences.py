@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from core import concepts, formats
 from core.counterfactual import choose_targets, rewrite
+from core.cache import atomic_write_text
 from core.errors import InputError
 from core.sample import spec
 from core.trajectories import read_jsonl
@@ -70,7 +71,7 @@ def build_preferences(world: str | Path, out: str | Path, n: int = 480, seed: in
     rows = preference_rows(load_world(world), n, seed, shortcut_share)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(formats.trl_record(r), ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(out, "".join(json.dumps(formats.trl_record(r), ensure_ascii=False) + "\n" for r in rows))
     return out
 
 

@@ -109,6 +109,6 @@ def test_bf16_qwen05b_shapes_throughput(tmp_path, sample_world):
                   num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
                   tie_word_embeddings=True)
     m, tokens = _compare(tmp_path, sample_world, rounds=1, steps=20, **shapes)
-    print(f"\nQwen2.5-0.5B shapes, bf16: " + ", ".join(f"{k} {1000 * s:.0f} ms/step (~{tokens / s:.0f} tok/s)"
+    print("\nQwen2.5-0.5B shapes, bf16: " + ", ".join(f"{k} {1000 * s:.0f} ms/step (~{tokens / s:.0f} tok/s)"
                                                       for k, s in m.items())
           + f"; peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")

@@ -44,7 +44,7 @@ def wait_drawn(page, node_id: str, target: str, timeout_ms: int = 60_000) -> dic
 def choose(page, label: str, text: str) -> None:
     """Pick an option of a Streamlit selectbox by typing part of it."""
     box = page.get_by_role("combobox", name=label)
-    box.click()
+    box.click(timeout=90_000)  # generous: on a loaded 2-core machine a rerun can take tens of seconds
     page.keyboard.type(text)
     page.get_by_role("option").filter(has_text=text).first.click()
 

@@ -84,7 +84,7 @@ def test_validation_finds_planted_problems(g, data):
         expected = "weight must be a number in [0, 1], got 1.5"
     else:
         bad.add_edge(a, "__nowhere", relation="excludes", weight=1.0)
-        expected = f"unknown node '__nowhere'"
+        expected = "unknown node '__nowhere'"
     assert any(expected in p for p in concepts.validate(bad)), concepts.validate(bad)
 
 

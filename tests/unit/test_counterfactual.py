@@ -160,6 +160,11 @@ def test_prompt_is_fitted_to_the_model_context(graph, tiny_series):
     cfg = ExpertConfig(max_new_tokens=32, graph_scope="all")
     ids, info = fit_prompt(tok, cfg, graph, "clear lungs suggests No Finding.", "No Finding", "Edema", context=256)
     assert len(ids) + 32 <= 256 and info["graph_lines"] < info["graph_lines_total"] == 57
+    from core.expert import build_prompt
+    from core.trajectories import prompt_ids
+
+    one_more = "\n".join(concepts.serialise(graph, None).splitlines()[: info["graph_lines"] + 1])
+    assert len(prompt_ids(tok, build_prompt(cfg.template, "clear lungs suggests No Finding.", one_more, "Edema"))) > 256 - 32
     ids, info = fit_prompt(tok, cfg, graph, "x", "No Finding", "Edema", context=None)
     assert info["graph_lines"] == 57 and info["tokens_cut"] == 0
 
