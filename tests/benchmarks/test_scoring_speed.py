@@ -68,7 +68,7 @@ def test_scoring_speed(sample_world):
     cfg = ScoreConfig(top_k=5, batch_size=32)
     score(series, encoded[:8], cfg), notebook_way(sample_world, encoded[:2])  # warm-up: imports, kernels
     best = {"notebook": float("inf"), "ours": float("inf"), "load": float("inf"), "bare": float("inf")}
-    for _ in range(2):  # interleaved rounds: this VM's speed drifts between minutes, not within a round
+    for _ in range(3):  # interleaved rounds: this VM's speed drifts between minutes, not within a round
         for key, fn in (("notebook", lambda: notebook_way(sample_world, encoded)), ("load", load),
                         ("ours", lambda: score(series, encoded, cfg)),
                         ("bare", lambda: bare_forwards(series, encoded, cfg.batch_size))):
@@ -76,7 +76,7 @@ def test_scoring_speed(sample_world):
             fn()
             best[key] = min(best[key], time.perf_counter() - t)
     k, ours = len(series.names), best["ours"] + best["load"]
-    print(f"\nscoring {k} checkpoints x {N} trajectories (sample world, CPU, 2 threads), best of 2 interleaved rounds:")
+    print(f"\nscoring {k} checkpoints x {N} trajectories (sample world, CPU, 2 threads), best of 3 interleaved rounds:")
     print(f"  notebook way (from_pretrained per checkpoint, 1 trajectory at a time): {best['notebook']:6.2f} s")
     print(f"  workbench: load_series {best['load']:.2f} s + score() {best['ours']:.2f} s         = {ours:6.2f} s")
     print(f"  bare batched forward passes, adapters switched:                      {best['bare']:6.2f} s")
