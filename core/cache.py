@@ -30,15 +30,18 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a unique temporary file beside ``path``, fsync it, rename it into place."""
+def _atomic(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
+    """``write`` a unique temporary file beside ``path``, fsync it (when ``durable``), rename it into place.
+    Readers never see a partial file either way; ``durable`` also survives a power cut, at the price of an
+    fsync, which can stall for seconds on a busy disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,8 +52,8 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
     _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
 
 
 def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:

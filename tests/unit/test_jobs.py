@@ -52,7 +52,7 @@ def test_cancel_stops_the_worker_at_its_next_check(tmp_path):
         time.sleep(0.05)
     assert job.state() == "running"
     assert job.cancel()
-    assert job.wait(20) == "cancelled"
+    assert job.wait(60) == "cancelled"  # seconds normally; generous for a shared machine under load
     assert "stopping at" in job.log_tail()
     assert not job.cancel()  # nothing left to cancel
 
