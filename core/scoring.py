@@ -12,7 +12,9 @@ costs one or two passes over the (tokens x vocabulary) matrix instead of four to
 
 Batches are padded on the right and sorted by length; the loop runs batch-outer, checkpoint-inner, so
 only the current batch's distributions under the base and the previous checkpoint are kept, and
-adapters are switched (never reloaded) between forward passes.
+adapters are switched (never reloaded) between forward passes. A prompt prefix common to a whole batch
+(a system prompt, an instruction) of at least MIN_SHARED tokens is encoded once per checkpoint and its
+KV cache shared by the batch's rows.
 
     df = score(series, encoded, ScoreConfig(top_k=5))   # one row per trajectory x checkpoint x token
 """
@@ -38,6 +40,7 @@ class ScoreConfig:
     top_k: int = 5  # alternatives kept per token
     batch_size: int = 8  # trajectories per forward pass
     group_bytes: int = 2 << 30  # series with full-model checkpoints: distributions kept per load (see _groups)
+    share_prefix: bool = True  # encode a batch's common prompt prefix once (see shared_prefix)
 
     def __post_init__(self):
         if not 0 <= self.top_k <= 50:
@@ -107,13 +110,39 @@ def _pad(encoded: list[Encoded], idx: list[int], pad_id: int, device: str) -> tu
     return ids.to(device), mask.to(device)
 
 
-def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
-    """Log-distributions predicting each completion token, rows in batch order.  -> (sum of L_b, V) float32
-    The LM head runs on the completion rows only (the prompt's rows would cost T x V for nothing)."""
-    from core.probe import head, hidden_states
+MIN_SHARED = 32  # tokens: a shorter common prefix saves less than the extra forward call costs
 
-    hidden = hidden_states(model, ids, None, mask)  # (B, T, H)
-    rows = torch.cat([torch.arange(s - 1, e - 1) + b * ids.shape[1] for b, (s, e) in enumerate(spans)]).to(ids.device)
+
+def shared_prefix(ids: torch.Tensor, spans: list[tuple[int, int]]) -> int:
+    """How many leading tokens every row of the padded batch ``ids`` (B, T) has in common, up to the
+    position that predicts the first completion token (whose hidden state must be computed per row)."""
+    limit = min(s for s, _ in spans) - 1
+    if ids.shape[0] < 2 or limit <= 0:
+        return 0
+    same = (ids[:, :limit] == ids[:1, :limit]).all(0).int()  # (limit,)
+    return int(same.cumprod(0).sum())
+
+
+def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
+                        shared: int = 0) -> torch.Tensor:
+    """Log-distributions predicting each completion token, rows in batch order.  -> (sum of L_b, V) float32
+    The LM head runs on the completion rows only (the prompt's rows would cost T x V for nothing). With
+    ``shared`` (see ``shared_prefix``) of at least MIN_SHARED tokens, the common prefix (a system prompt,
+    an instruction) is encoded once and its KV cache repeated over the batch, so it costs one row, not B."""
+    from core.probe import _inner, head, hidden_states
+
+    if shared >= MIN_SHARED:
+        decoder = _inner(model).get_decoder()
+        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(ids.shape[0])
+        pos = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        hidden = decoder(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True).last_hidden_state  # (B, T - shared, H)
+    else:
+        shared, hidden = 0, hidden_states(model, ids, None, mask)  # (B, T, H)
+    width = ids.shape[1] - shared
+    rows = torch.cat([torch.arange(s - 1 - shared, e - 1 - shared) + b * width
+                      for b, (s, e) in enumerate(spans)]).to(ids.device)
     return torch.log_softmax(head(model, hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1)  # (N, V)
 
 
@@ -131,18 +160,20 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
     stats: dict[str, list[dict]] = {name: [] for name in names}  # per checkpoint, one dict per batch, in order
     total, done, first = len(batches) * len(names), 0, 0
     for group in groups:
-        prepared = [(*_pad(encoded, idx, pad, series.device),
-                     [(encoded[i].start, len(encoded[i].input_ids)) for i in idx],
-                     torch.as_tensor(meta[first + b]["token_id"]).to(series.device))
-                    for b, idx in enumerate(group)]
+        prepared = []
+        for b, idx in enumerate(group):
+            ids, mask = _pad(encoded, idx, pad, series.device)
+            spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
+            shared = shared_prefix(ids, spans) if cfg.share_prefix else 0
+            prepared.append((ids, mask, spans, shared, torch.as_tensor(meta[first + b]["token_id"]).to(series.device)))
         base: dict[int, tuple] = {}
         prev: dict[int, tuple] = {}
         for name in names:  # checkpoint-outer within a group: a full checkpoint loads once per group
             if should_cancel and should_cancel():
                 raise Cancelled("scoring cancelled")
             with series.activate(name) as model:
-                for b, (ids, mask, spans, targets) in enumerate(prepared):
-                    lp = completion_logprobs(model, ids, mask, spans)  # (N, V), N = completion tokens
+                for b, (ids, mask, spans, shared, targets) in enumerate(prepared):
+                    lp = completion_logprobs(model, ids, mask, spans, shared)  # (N, V), N = completion tokens
                     p = lp.exp()
                     cur = (lp, p, entropy(lp, p))  # (N, V), (N, V), (N,)
                     stats[name].append(_stats(cur, targets, cfg.top_k, base.get(b, cur), prev.get(b, cur)))

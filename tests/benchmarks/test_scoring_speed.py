@@ -71,6 +71,8 @@ def test_scoring_speed(sample_world):
     for _ in range(3):  # interleaved rounds: this VM's speed drifts between minutes, not within a round
         for key, fn in (("notebook", lambda: notebook_way(sample_world, encoded)), ("load", load),
                         ("ours", lambda: score(series, encoded, cfg)),
+                    ("unshared", lambda: score(series, encoded, ScoreConfig(top_k=5, batch_size=batch_size,
+                                                                            share_prefix=False))),
                         ("bare", lambda: bare_forwards(series, encoded, cfg.batch_size))):
             t = time.perf_counter()
             fn()
@@ -84,6 +86,28 @@ def test_scoring_speed(sample_world):
           f"({best['notebook'] / best['ours']:.1f}x scoring alone); target >= 5x")
     print(f"  overhead vs bare forwards: {best['ours'] / best['bare']:.2f}x (target <= 1.5x)")
     assert series.names[0] == BASE
+
+
+def test_shared_system_prompt_is_encoded_once(sample_world):
+    """The sample world's trajectories behind a shared 60-token instruction, as real CoT data has: score()
+    with the common prefix encoded once per batch vs encoded in every row."""
+    torch.set_num_threads(2)
+    series = load_series(sample_world / "model", sample_world / "rft", base_names=["cxr-demo-tiny-llama"])
+    instruction = "Question: what is the disease of this patient? " * 6
+    recs = [{**r, "prompt": instruction + r["prompt"]} for r in read_jsonl(sample_world / "data" / "test.jsonl", limit=N)]
+    encoded = encode(series.tokenizer, recs)
+    shared, unshared = ScoreConfig(top_k=5, batch_size=32), ScoreConfig(top_k=5, batch_size=32, share_prefix=False)
+    score(series, encoded[:8], shared)
+    best = {"shared": float("inf"), "unshared": float("inf")}
+    for _ in range(3):
+        for key, cfg in (("shared", shared), ("unshared", unshared)):
+            t = time.perf_counter()
+            score(series, encoded, cfg)
+            best[key] = min(best[key], time.perf_counter() - t)
+    mean_len = sum(len(e.input_ids) for e in encoded) / len(encoded)
+    print(f"\nscoring 7 checkpoints x {N} trajectories behind a shared instruction ({encoded[0].start} of "
+          f"{mean_len:.0f} tokens are prompt), CPU: {best['shared']:.2f} s with the shared prefix encoded once, "
+          f"{best['unshared']:.2f} s without: {best['unshared'] / best['shared']:.2f}x")
 
 
 QWEN05B = dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -107,21 +131,24 @@ def random_series(folder, tokenizer, shapes: dict, dtype, adapters: int = 6):
     return folder
 
 
-def random_trajectories(n: int, prompt_len: int, completion_len: int, vocab: int) -> list[Encoded]:
+def random_trajectories(n: int, prompt_len: int, completion_len: int, vocab: int, system: int = 0) -> list[Encoded]:
+    """Random token trajectories whose prompts start with the same ``system`` tokens (a shared system prompt)."""
     g = torch.Generator().manual_seed(1)
+    head = [1] + torch.randint(3, vocab, (system,), generator=g).tolist()
     out = []
     for i in range(n):
-        ids = [1] + torch.randint(3, vocab, (prompt_len + completion_len - 1,), generator=g).tolist()
+        ids = head + torch.randint(3, vocab, (prompt_len + completion_len - len(head),), generator=g).tolist()
         out.append(Encoded(f"r{i}", ids, prompt_len, len(ids), None, [f"t{t}" for t in ids]))
     return out
 
 
 def scaled_comparison(folder, shapes: dict, device: str, dtype, n: int, prompt_len: int, completion_len: int,
-                      batch_size: int) -> dict[str, float]:
-    """Seconds of the notebook way, load_series, score() and the bare forwards on a random series."""
+                      batch_size: int, system: int = 0) -> dict[str, float]:
+    """Seconds of the notebook way, load_series, score() (with and without encoding the shared system
+    prompt once) and the bare forwards on a random series."""
     tok = load_tokenizer(Path(__file__).parents[2] / "sample_data" / "model")  # any local tokenizer
     random_series(folder, tok, shapes, dtype)
-    encoded = random_trajectories(n, prompt_len, completion_len, len(tok))
+    encoded = random_trajectories(n, prompt_len, completion_len, len(tok), system)
     dname = str(dtype).removeprefix("torch.")
     load = lambda: load_series(folder / "model", folder / "rft", device=device, dtype=dname)  # noqa: E731
     series = load()
@@ -131,6 +158,8 @@ def scaled_comparison(folder, shapes: dict, device: str, dtype, n: int, prompt_l
     times = {}
     for key, fn in (("notebook", lambda: notebook_way(folder, encoded, device=device, dtype=dtype)), ("load", load),
                     ("ours", lambda: score(series, encoded, cfg)),
+                    ("unshared", lambda: score(series, encoded, ScoreConfig(top_k=5, batch_size=batch_size,
+                                                                            share_prefix=False))),
                     ("bare", lambda: bare_forwards(series, encoded, batch_size))):
         t = time.perf_counter()
         fn()
@@ -146,16 +175,20 @@ def _report(title: str, t: dict[str, float], tokens: int) -> None:
     print(f"  notebook way: {t['notebook']:7.2f} s  ({tokens / t['notebook']:9.0f} tokens/s)")
     print(f"  workbench:    {ours:7.2f} s  ({tokens / t['ours']:9.0f} tokens/s scoring; load_series {t['load']:.2f} s)")
     print(f"  bare forward: {t['bare']:7.2f} s  ({tokens / t['bare']:9.0f} tokens/s)")
+    print(f"  workbench without encoding the shared system prompt once: {t['unshared']:.2f} s "
+          f"({t['unshared'] / t['ours']:.2f}x the time with it)")
     print(f"  speed-up vs notebook: {t['notebook'] / ours:.1f}x including the load ({t['notebook'] / t['ours']:.1f}x "
           f"scoring alone); target >= 5x; overhead vs bare forwards: {t['ours'] / t['bare']:.2f}x (target <= 1.5x)")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_scoring_speed_bf16_qwen05b_shapes_cuda(tmp_path):
-    n, prompt_len, completion_len = 32, 128, 256
-    t = scaled_comparison(tmp_path, QWEN05B, "cuda", torch.bfloat16, n, prompt_len, completion_len, batch_size=8)
-    _report(f"scoring 7 checkpoints x {n} trajectories of {prompt_len} + {completion_len} tokens, random model with "
-            f"Qwen2.5-0.5B's shapes, bf16, {torch.cuda.get_device_name()}", t, 7 * n * completion_len)
+    n, prompt_len, completion_len, system = 32, 128, 256, 64
+    t = scaled_comparison(tmp_path, QWEN05B, "cuda", torch.bfloat16, n, prompt_len, completion_len, batch_size=8,
+                          system=system)
+    _report(f"scoring 7 checkpoints x {n} trajectories of {prompt_len} (of which a shared {system}-token system "
+            f"prompt) + {completion_len} tokens, random model with Qwen2.5-0.5B's shapes, bf16, "
+            f"{torch.cuda.get_device_name()}", t, 7 * n * completion_len)
     print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
@@ -163,6 +196,7 @@ def test_scoring_harness_on_cpu(tmp_path):
     """The CUDA test's harness at toy size on CPU, so that it still runs when a GPU is lent."""
     shapes = dict(QWEN05B, vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
-    t = scaled_comparison(tmp_path, shapes, "cpu", torch.float32, n=4, prompt_len=16, completion_len=24, batch_size=2)
+    t = scaled_comparison(tmp_path, shapes, "cpu", torch.float32, n=4, prompt_len=48, completion_len=24, batch_size=2,
+                          system=40)
     _report("harness check (toy Qwen2 shapes, CPU)", t, 7 * 4 * 24)
-    assert set(t) == {"notebook", "load", "ours", "bare"}
+    assert set(t) == {"notebook", "load", "ours", "unshared", "bare"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.scoring import Cancelled, ScoreConfig, js, kl, score, token_stats
+from core.scoring import MIN_SHARED, Cancelled, ScoreConfig, _batches, _pad, js, kl, score, shared_prefix, token_stats
 from core.trajectories import encode, read_jsonl
 
 
@@ -63,10 +63,34 @@ def test_batched_scores_equal_single_sequence_forward(scored, series):
 def test_kl_columns_are_relative_to_base_and_previous(scored, series):
     _, df = scored
     base = df[df.checkpoint == "base"]
-    assert base[["kl_base", "js_base", "kl_prev"]].abs().max().max() < 1e-6
+    assert (base[["kl_base", "js_base", "kl_prev", "js_prev"]] == 0).all().all()  # exactly: no pass is run
     first = df[df.checkpoint == series.names[1]]
     np.testing.assert_allclose(first["kl_base"], first["kl_prev"], atol=1e-6)
     assert df[df.checkpoint == series.names[2]]["kl_base"].mean() > 0
+
+
+def test_a_shared_prompt_prefix_is_encoded_once_with_the_same_scores(series, sample_world):
+    instruction = "Question: what is the disease of this patient? " * 5  # a system prompt every record shares
+    recs = [{**r, "prompt": instruction + r["prompt"]} for r in read_jsonl(sample_world / "data" / "test.jsonl", limit=7)]
+    enc = encode(series.tokenizer, recs)
+    cfg = ScoreConfig(top_k=3, batch_size=4)
+    for idx in _batches(enc, cfg.batch_size):
+        ids, _ = _pad(enc, idx, 0, "cpu")
+        assert shared_prefix(ids, [(enc[i].start, len(enc[i].input_ids)) for i in idx]) >= MIN_SHARED
+    shared = score(series, enc, cfg)
+    plain = score(series, enc, ScoreConfig(top_k=3, batch_size=4, share_prefix=False))
+    cols = ["logprob", "entropy", "kl_base", "js_base", "kl_prev", "js_prev"]
+    np.testing.assert_allclose(shared[cols].to_numpy(), plain[cols].to_numpy(), atol=2e-5)
+    assert (shared["rank"] == plain["rank"]).mean() > 0.99  # ties may break either way at 1e-6
+    assert shared[["traj_id", "checkpoint", "position", "token"]].equals(plain[["traj_id", "checkpoint", "position", "token"]])
+
+
+def test_shared_prefix_stops_before_the_first_predicted_position():
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 5, 6, 7, 3, 0]])
+    assert shared_prefix(ids, [(5, 6), (5, 5)]) == 4
+    assert shared_prefix(ids, [(3, 6), (5, 5)]) == 2  # row 0's completion starts at 3: its predictor (2) is per row
+    assert shared_prefix(ids[:1], [(5, 6)]) == 0  # one row: nothing to share
+    assert shared_prefix(torch.tensor([[1, 2, 3], [4, 2, 3]]), [(2, 3), (2, 3)]) == 0
 
 
 def test_cancel_stops_and_returns_nothing(series, scored):
