@@ -83,6 +83,8 @@ def test_add_node_and_edge_see_them_drawn_then_generate_a_counterfactual(browser
     preview = page.locator("table.cf-diff")
     assert preview.locator("mark").count() >= 2 and preview.locator("del").count() >= 2
     assert "The disease of this patient is No Finding." in preview.inner_text()
+    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for(timeout=60_000)
+    page.get_by_text("Question: what is the disease of this patient?").first.wait_for(timeout=30_000)  # the record
     page.screenshot(path=str(artifacts / "counterfactuals.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0
 
