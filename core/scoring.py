@@ -123,6 +123,20 @@ def shared_prefix(ids: torch.Tensor, spans: list[tuple[int, int]]) -> int:
     return int(same.cumprod(0).sum())
 
 
+def _after_shared_prefix(decoder, ids: torch.Tensor, mask: torch.Tensor, shared: int) -> torch.Tensor | None:
+    """Hidden states of the positions after the shared prefix, the prefix encoded once.  -> (B, T - shared, H)
+    None for architectures whose cache cannot be repeated over a batch (some hybrid or recurrent layers):
+    the caller then encodes every row in full."""
+    try:
+        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(ids.shape[0])
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    pos = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+    return decoder(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                   use_cache=True).last_hidden_state
+
+
 def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
                         shared: int = 0) -> torch.Tensor:
     """Log-distributions predicting each completion token, rows in batch order.  -> (sum of L_b, V) float32
@@ -131,14 +145,8 @@ def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: lis
     an instruction) is encoded once and its KV cache repeated over the batch, so it costs one row, not B."""
     from core.probe import _inner, head, hidden_states
 
-    if shared >= MIN_SHARED:
-        decoder = _inner(model).get_decoder()
-        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values
-        cache.batch_repeat_interleave(ids.shape[0])
-        pos = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-        hidden = decoder(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True).last_hidden_state  # (B, T - shared, H)
-    else:
+    hidden = _after_shared_prefix(_inner(model).get_decoder(), ids, mask, shared) if shared >= MIN_SHARED else None
+    if hidden is None:
         shared, hidden = 0, hidden_states(model, ids, None, mask)  # (B, T, H)
     width = ids.shape[1] - shared
     rows = torch.cat([torch.arange(s - 1 - shared, e - 1 - shared) + b * width

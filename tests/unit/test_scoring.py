@@ -85,6 +85,25 @@ def test_a_shared_prompt_prefix_is_encoded_once_with_the_same_scores(series, sam
     assert shared[["traj_id", "checkpoint", "position", "token"]].equals(plain[["traj_id", "checkpoint", "position", "token"]])
 
 
+def test_a_cache_that_cannot_be_repeated_falls_back_to_full_rows(series, sample_world, monkeypatch):
+    from transformers.cache_utils import DynamicCache
+
+    calls = []
+
+    def unsupported(self, repeats):
+        calls.append(repeats)
+        raise NotImplementedError("this architecture's cache cannot be repeated")
+
+    instruction = "Question: what is the disease of this patient? " * 5
+    recs = [{**r, "prompt": instruction + r["prompt"]} for r in read_jsonl(sample_world / "data" / "test.jsonl", limit=3)]
+    enc = encode(series.tokenizer, recs)
+    expected = score(series, enc, ScoreConfig(top_k=0, batch_size=3, share_prefix=False))
+    monkeypatch.setattr(DynamicCache, "batch_repeat_interleave", unsupported)
+    got = score(series, enc, ScoreConfig(top_k=0, batch_size=3))
+    np.testing.assert_array_equal(got["logprob"].to_numpy(), expected["logprob"].to_numpy())
+    assert calls == [3] * len(series.names)  # the shared path was tried under every checkpoint, then fell back
+
+
 def test_shared_prefix_stops_before_the_first_predicted_position():
     ids = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 5, 6, 7, 3, 0]])
     assert shared_prefix(ids, [(5, 6), (5, 5)]) == 4
