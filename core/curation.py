@@ -361,8 +361,9 @@ def save_guidelines(store: Store, text: str, author: str) -> None:
 
 def trajectories_file(store: Store, folder: Path) -> Path:
     """The database's trajectories (the original side of every pair) as a JSONL file the drift engine
-    scores (id, prompt, completion, label). Trajectories are only ever inserted, so their count and last id
-    name the file: a page rerun finds it without reading the rows again."""
+    scores (id, prompt, completion, label). Trajectories are only ever inserted, so their count, last id and
+    the last one's content hash name the file: a page rerun finds it without reading the rows again, and a
+    recreated database with as many rows does not pick up another database's file."""
     import json
     from collections import Counter
 
@@ -371,7 +372,8 @@ def trajectories_file(store: Store, folder: Path) -> Path:
     count, last = store.query_one("SELECT COUNT(*), MAX(id) FROM trajectories")
     if not count:
         raise InputError(f"{store.path}: no trajectories in the curation database yet (import or generate some first)")
-    path = Path(folder) / f"curation-{count}-{last}.jsonl"
+    last_hash = store.query_one("SELECT content_hash FROM trajectories WHERE id = ?", (last,))[0]
+    path = Path(folder) / f"curation-{count}-{last}-{last_hash[:12]}.jsonl"
     if path.exists():
         return path
     rows = store.query("SELECT id, external_id, prompt, completion, label FROM trajectories WHERE id <= ? ORDER BY id",

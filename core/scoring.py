@@ -214,7 +214,8 @@ def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]
     return groups + ([current] if current else [])
 
 
-CHUNK_BYTES = 4 << 20  # statistics run over row chunks whose (rows, V) temporaries stay below this
+CHUNK_BYTES = 4 << 20  # CPU: statistics run over row chunks whose (rows, V) temporaries stay below this
+CUDA_CHUNK_BYTES = 512 << 20  # GPU: few, large chunks (small ones would cost a kernel launch per few rows)
 STAT_COLUMNS = ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev")
 
 
@@ -237,7 +238,7 @@ def _stats(cur: tuple, targets: torch.Tensor, top_k: int, base: tuple, prev: tup
     The statistics run over row chunks so that their (rows, V) temporaries stay small and are reused
     from the heap (see core/memory.py) instead of each being a fresh, page-faulting allocation."""
     n, vocab = cur[0].shape
-    size = max(1, CHUNK_BYTES // (4 * vocab))
+    size = max(1, (CHUNK_BYTES if cur[0].device.type == "cpu" else CUDA_CHUNK_BYTES) // (4 * vocab))
     parts: dict[str, list] = {}
     for a in range(0, n, size):
         sl = slice(a, a + size)

@@ -161,10 +161,13 @@ def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
 
 @st.cache_data(show_spinner="Checking the preference data…", max_entries=16)
 def preflight(cfg):
-    """``core.cpo.preflight`` of a run's config (cached by the config's fields)."""
+    """``core.cpo.preflight`` of a run's config (cached by the config's fields), without the pairs it read:
+    ``st.cache_data`` copies its value on every rerun, and the page needs only the counts and messages."""
+    import dataclasses
+
     from core import cpo
 
-    return cpo.preflight(cfg)
+    return dataclasses.replace(cpo.preflight(cfg), records=[], encoded=[])
 
 
 @st.cache_resource(show_spinner="Building the sample preference set from the SFT split…")

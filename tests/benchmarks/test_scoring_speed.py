@@ -71,8 +71,6 @@ def test_scoring_speed(sample_world):
     for _ in range(3):  # interleaved rounds: this VM's speed drifts between minutes, not within a round
         for key, fn in (("notebook", lambda: notebook_way(sample_world, encoded)), ("load", load),
                         ("ours", lambda: score(series, encoded, cfg)),
-                    ("unshared", lambda: score(series, encoded, ScoreConfig(top_k=5, batch_size=batch_size,
-                                                                            share_prefix=False))),
                         ("bare", lambda: bare_forwards(series, encoded, cfg.batch_size))):
             t = time.perf_counter()
             fn()

@@ -43,23 +43,59 @@ def test_switching_adapters_equals_loading_each_checkpoint_merged_on_its_own(ser
 def test_lean_lora_forward_is_bit_identical_to_peft(series):
     from peft.tuners.lora.layer import Linear as LoraLinear
 
+    from core.series import LeanLoraLinear
+
     with series.activate(BASE):
-        pass  # routing finds the tuner layers and gives them the lean forward
+        pass  # routing finds the tuner layers and makes them lean
     layers = [m for m in series.model.modules() if isinstance(m, LoraLinear)]
-    assert layers and all("forward" in vars(m) for m in layers)
+    assert layers and all(type(m) is LeanLoraLinear for m in layers)
     lean = {}
     for name in series.names:
         with series.activate(name) as m:
             lean[name] = _logits(m, IDS)
-    saved = {m: vars(m).pop("forward") for m in layers}  # back to PEFT's own forward
+    for m in layers:
+        m.__class__ = LoraLinear  # back to PEFT's own forward
     try:
         for name in series.names:
             with series.activate(name) as m:
                 assert torch.equal(lean[name], _logits(m, IDS)), name
     finally:
-        for m, f in saved.items():
-            m.forward = f
+        for m in layers:
+            m.__class__ = LeanLoraLinear
     assert not torch.equal(lean[BASE], lean[series.names[-1]])
+
+
+@pytest.mark.parametrize("lora_bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_layer_matches_peft_with_bias_and_float32_adapters_on_a_bf16_base(lora_bias, dtype):
+    """B's bias (lora_bias=True) is added, and adapters PEFT keeps in float32 on a bf16 base (its default
+    autocast_adapter_dtype) take the cast input, as in PEFT: the same bits either way."""
+    import copy
+    import pickle
+
+    from peft import LoraConfig, get_peft_model
+
+    from core.series import LeanLoraLinear, lean_lora_forward
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(16, 12)).to(dtype)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["0"], lora_bias=lora_bias, init_lora_weights=False))
+    layer = model.base_model.model[0]
+    for p in layer.lora_A.parameters():
+        p.data = p.data.float()
+    for p in layer.lora_B.parameters():
+        p.data = p.data.float()
+        if lora_bias and p.ndim == 1:
+            p.data += 0.5
+    model.eval()
+    x = torch.randn(3, 16).to(dtype)
+    with torch.no_grad():
+        expected = layer(x)
+        assert lean_lora_forward(layer) and type(layer) is LeanLoraLinear
+        got = layer(x)
+        assert torch.equal(got, expected) and got.dtype == expected.dtype
+        assert torch.equal(copy.deepcopy(layer)(x), expected)
+        assert torch.equal(pickle.loads(pickle.dumps(layer))(x), expected)
 
 
 def test_full_model_checkpoints_are_loaded_one_at_a_time(quick_world, adapters, tmp_path):
