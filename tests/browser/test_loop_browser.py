@@ -3,14 +3,23 @@ counterfactuals, export them, launch a few-step CPO run on them, see it finish, 
 series and find it in the drift explorer."""
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 
 
+BUSY = "[data-testid='stApp']:not([data-test-script-state='notRunning'])"
+
+
 def idle(page, timeout: float = 60_000) -> None:
-    page.wait_for_timeout(300)
+    """Wait for the rerun an action caused: it may start late on a loaded machine, so give it a moment to
+    start before waiting for the app to be idle again."""
+    try:
+        page.wait_for_selector(BUSY, timeout=1_500)
+    except PlaywrightTimeout:
+        pass  # it already finished, or the action caused no rerun
     page.wait_for_selector(IDLE, timeout=timeout)
 
 
@@ -90,7 +99,11 @@ def test_the_whole_loop_on_the_sample_world(browser, app_server, artifacts):
     set_number(page, "Evaluate on the first N held-out studies (0 = all)", 40)
     name = page.get_by_label("Run name").input_value()
     page.get_by_role("button", name="Launch").click()
-    page.get_by_text(f"{name}: running").first.wait_for(timeout=60_000)
+    try:
+        page.get_by_text(f"{name}: running").first.wait_for(timeout=60_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(artifacts / "loop-launch-failed.png"), full_page=True)
+        raise
     page.get_by_text(f"{name}: done").first.wait_for(timeout=300_000)
     page.get_by_text("Compare").first.wait_for(timeout=30_000)
     idle(page)
