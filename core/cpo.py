@@ -328,7 +328,6 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
           should_cancel: Callable[[], bool] | None = None) -> TrainResult:
     """Run ``cfg`` into ``cfg.output_dir``; a cancel saves the adapter and returns with ``cancelled=True``."""
     from core.cpo_callbacks import CancelCallback, MetricsCallback, ProgressCallback
-
     from core.series import load_tokenizer
 
     tok = load_tokenizer(cfg.base_model)

@@ -347,8 +347,7 @@ def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
 
 def guidelines(store: Store) -> str:
     """The guidelines in force (markdown): the latest saved version, else ``DEFAULT_GUIDELINES``."""
-    with store.lock:
-        row = store.query_one("SELECT text FROM guidelines ORDER BY id DESC LIMIT 1")
+    row = store.query_one("SELECT text FROM guidelines ORDER BY id DESC LIMIT 1")
     return row[0] if row else DEFAULT_GUIDELINES
 
 
@@ -369,10 +368,10 @@ def trajectories_file(store: Store, folder: Path) -> Path:
 
     from core.cache import atomic_write_text
 
-    count, last = store.query_one("SELECT COUNT(*), MAX(id) FROM trajectories")
+    count, last, last_hash = store.query_one(
+        "SELECT COUNT(*), MAX(id), (SELECT content_hash FROM trajectories ORDER BY id DESC LIMIT 1) FROM trajectories")
     if not count:
         raise InputError(f"{store.path}: no trajectories in the curation database yet (import or generate some first)")
-    last_hash = store.query_one("SELECT content_hash FROM trajectories WHERE id = ?", (last,))[0]
     path = Path(folder) / f"curation-{count}-{last}-{last_hash[:12]}.jsonl"
     if path.exists():
         return path

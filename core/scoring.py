@@ -138,8 +138,9 @@ def _after_shared_prefix(decoder, ids: torch.Tensor, mask: torch.Tensor, shared:
 
 
 def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
-                        shared: int = 0) -> torch.Tensor:
-    """Log-distributions predicting each completion token, rows in batch order.  -> (sum of L_b, V) float32
+                        shared: int = 0) -> tuple[torch.Tensor, int]:
+    """Log-distributions predicting each completion token, rows in batch order, and the shared prefix length
+    actually used (0 when the architecture cannot share).  -> (sum of L_b, V) float32, int
     The LM head runs on the completion rows only (the prompt's rows would cost T x V for nothing). With
     ``shared`` (see ``shared_prefix``) of at least MIN_SHARED tokens, the common prefix (a system prompt,
     an instruction) is encoded once and its KV cache repeated over the batch, so it costs one row, not B."""
@@ -151,7 +152,7 @@ def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: lis
     width = ids.shape[1] - shared
     rows = torch.cat([torch.arange(s - 1 - shared, e - 1 - shared) + b * width
                       for b, (s, e) in enumerate(spans)]).to(ids.device)
-    return torch.log_softmax(head(model, hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1)  # (N, V)
+    return torch.log_softmax(head(model, hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1), shared
 
 
 @torch.no_grad()
@@ -167,12 +168,13 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
     meta = [_meta([encoded[i] for i in idx]) for idx in batches]  # per batch, the same under every checkpoint
     stats: dict[str, list[dict]] = {name: [] for name in names}  # per checkpoint, one dict per batch, in order
     total, done, first = len(batches) * len(names), 0, 0
+    can_share = cfg.share_prefix  # turned off for the rest of the call if the architecture cannot share
     for group in groups:
         prepared = []
         for b, idx in enumerate(group):
             ids, mask = _pad(encoded, idx, pad, series.device)
             spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
-            shared = shared_prefix(ids, spans) if cfg.share_prefix else 0
+            shared = shared_prefix(ids, spans) if can_share else 0
             prepared.append((ids, mask, spans, shared, torch.as_tensor(meta[first + b]["token_id"]).to(series.device)))
         base: dict[int, tuple] = {}
         prev: dict[int, tuple] = {}
@@ -181,7 +183,9 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
                 raise Cancelled("scoring cancelled")
             with series.activate(name) as model:
                 for b, (ids, mask, spans, shared, targets) in enumerate(prepared):
-                    lp = completion_logprobs(model, ids, mask, spans, shared)  # (N, V), N = completion tokens
+                    lp, used = completion_logprobs(model, ids, mask, spans, shared if can_share else 0)  # (N, V)
+                    if can_share and shared >= MIN_SHARED and not used:
+                        can_share = False  # the architecture's cache cannot be repeated: do not try again
                     p = lp.exp()
                     cur = (lp, p, entropy(lp, p))  # (N, V), (N, V), (N,)
                     stats[name].append(_stats(cur, targets, cfg.top_k, base.get(b, cur), prev.get(b, cur)))

@@ -95,6 +95,8 @@ class ModelSeries:
             self._slow = any(type(m).__name__ in ("ModulesToSaveWrapper", "TrainableTokensWrapper")
                              for m in self.model.modules())
             if not self._slow:
+                from core.lean_lora import lean_lora_forward  # imports PEFT: only once a series has adapters
+
                 for layer in self._layers:
                     lean_lora_forward(layer)
         if self._slow:
@@ -113,72 +115,6 @@ class ModelSeries:
 
     def fingerprint(self) -> str:
         return series_fingerprint(self.base_dir, self.checkpoints, self.dtype)
-
-
-def lean_lora_forward(layer: torch.nn.Module) -> bool:
-    """Turn a frozen plain-LoRA ``nn.Linear`` layer into a ``LeanLoraLinear``: PEFT's arithmetic without its
-    per-call bookkeeping (see there). Returns whether the layer is lean now."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    if type(layer) is _lean_class():
-        return True
-    if type(layer) is not LoraLinear or type(layer.base_layer) is not torch.nn.Linear or layer.fan_in_fan_out:
-        return False
-    layer.__class__ = _lean_class()  # a subclass: isinstance checks, deepcopy and pickling all still work
-    return True
-
-
-_LEAN: list = []
-
-
-def _lean_class() -> type:
-    """``LeanLoraLinear``, defined on first use so that importing this module does not import PEFT."""
-    if _LEAN:
-        return _LEAN[0]
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    F = torch.nn.functional
-
-    class LeanLoraLinear(LoraLinear):
-        """PEFT's ``lora.Linear`` with an inference forward that computes what PEFT's does, in the same order
-        and dtypes, ``(W x + b) + B(A cast(x)) * scaling`` (B's bias included), through ``F.linear`` instead of
-        four module calls and PEFT's per-call checks: 16% of the sample world's scoring time. Anything it does
-        not cover goes to PEFT's forward, checked per call: extra arguments, merged weights, several active
-        adapters, DoRA and other variants, dropout while training, input casting switched off."""
-
-        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            base = self.base_layer
-            if args or kwargs or self.merged:
-                return super().forward(x, *args, **kwargs)
-            if self._disable_adapters:
-                return F.linear(x, base.weight, base.bias)
-            names = self._active_adapter
-            name = names[0] if len(names) == 1 else None
-            if name not in self.lora_A or name in self.lora_variant:
-                return super().forward(x, *args, **kwargs)
-            if self.training and not isinstance(self.lora_dropout[name], torch.nn.Identity):
-                return super().forward(x, *args, **kwargs)
-            a, b = self.lora_A[name], self.lora_B[name]
-            if x.dtype != a.weight.dtype:
-                if not getattr(self, "cast_input_dtype_enabled", True):
-                    return super().forward(x, *args, **kwargs)
-                lora_x = x.to(a.weight.dtype)  # PEFT's _cast_input_dtype: adapters kept in float32 on a bf16 base
-            else:
-                lora_x = x
-            result = F.linear(x, base.weight, base.bias)
-            out = result + F.linear(F.linear(lora_x, a.weight, a.bias), b.weight, b.bias) * self.scaling[name]
-            return out.to(result.dtype)
-
-    LeanLoraLinear.__module__, LeanLoraLinear.__qualname__ = __name__, "LeanLoraLinear"  # pickled by this name
-    _LEAN.append(LeanLoraLinear)
-    return LeanLoraLinear
-
-
-def __getattr__(name: str):
-    """``core.series.LeanLoraLinear`` resolves (building it) in any process, e.g. when a model is unpickled."""
-    if name == "LeanLoraLinear":
-        return _lean_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def series_fingerprint(base_dir: Path, infos: list[ckpts.CheckpointInfo], dtype: torch.dtype | str) -> str:

@@ -31,7 +31,7 @@ except InputError as e:
 left, right = st.columns(2)
 names = list(world.manifest["datasets"])
 ds = left.selectbox("Dataset", names, index=names.index(world.manifest.get("default_dataset", names[0])), key="cf_dataset")
-records = resources.dataset(path, fp, ds)
+records = resources.dataset(path, ds)
 source = f"{world.name}:{ds}"
 pick = right.selectbox("Trajectory", range(len(records)), key="cf_record",
                        format_func=lambda i: f"{records[i]['id']} · {records[i].get('label')}")

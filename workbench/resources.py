@@ -112,7 +112,7 @@ def concept_graph(workspace_path: str, graph_path: str) -> tuple[nx.DiGraph, int
     return gs.graph(version), version
 
 
-def dataset(path: str, fingerprint: str, name: str) -> list[dict]:
+def dataset(path: str, name: str) -> list[dict]:
     """A world's dataset by name: the shared, read-only record list of ``records``, keyed by the file's stamp."""
     file = str(load_world(path).dataset_path(name))
     return records(file, None, file_stamp(file))

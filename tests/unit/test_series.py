@@ -43,7 +43,7 @@ def test_switching_adapters_equals_loading_each_checkpoint_merged_on_its_own(ser
 def test_lean_lora_forward_is_bit_identical_to_peft(series):
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    from core.series import LeanLoraLinear
+    from core.lean_lora import LeanLoraLinear
 
     with series.activate(BASE):
         pass  # routing finds the tuner layers and makes them lean
@@ -75,7 +75,7 @@ def test_lean_layer_matches_peft_with_bias_and_float32_adapters_on_a_bf16_base(l
 
     from peft import LoraConfig, get_peft_model
 
-    from core.series import LeanLoraLinear, lean_lora_forward
+    from core.lean_lora import LeanLoraLinear, lean_lora_forward
 
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(16, 12)).to(dtype)
