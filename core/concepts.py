@@ -29,7 +29,6 @@ from core.errors import InputError
 
 KINDS = ("disease", "finding")
 RELATIONS = ("supports", "excludes")
-NODE_FIELDS = ("kind", "label", "synonyms", "description")
 
 
 def load_graph(path: str | Path) -> nx.DiGraph:

@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     started = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one readable message
+    except Exception as e:  # every failure becomes one readable message (the cause stays chained)
         raise RuntimeError(failure_message(e)) from e
     adapter = _save_final(trainer, out / "adapter")
     if progress:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from core.counterfactual import answer_of  # noqa: F401  (re-exported: formats read answers the same way)
+from core.counterfactual import answer_of  # formats read answers the way counterfactuals write them
 from core.errors import InputError
 
 IMPORT_FORMATS = ("ccf", "trl", "swift")

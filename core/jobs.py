@@ -35,7 +35,6 @@ from core.errors import InputError
 
 PROGRESS_ENV = "WORKBENCH_PROGRESS"
 CANCELLED = 130  # the worker's exit code after a graceful cancel (as after Ctrl-C)
-STATES = ("running", "done", "failed", "cancelled", "died")
 
 
 @dataclass

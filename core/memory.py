@@ -28,17 +28,10 @@ def _glibc():
     if _libc is None and sys.platform.startswith("linux"):
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc = lib if hasattr(lib, "malloc_trim") else False
+            _libc = lib if hasattr(lib, "mallopt") else False
         except OSError:
             _libc = False
     return _libc or None
-
-
-def trim() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim(0)``)."""
-    lib = _glibc()
-    if lib is not None:
-        lib.malloc_trim(0)
 
 
 def pin_mmap_threshold(threshold: int = 8 << 20) -> bool:

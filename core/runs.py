@@ -27,7 +27,6 @@ from core import jobs
 from core.errors import InputError
 from core.store import Store
 
-STATUSES = ("running", "done", "failed", "cancelled")
 EVALUATION_FILE = "evaluation.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

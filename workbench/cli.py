@@ -1,4 +1,4 @@
-"""The ``workbench`` command: start the UI, rebuild the sample world (more subcommands come with the engine).
+"""The ``workbench`` command: the UI, the engine's jobs (score, perturb, train) and the sample world's build.
 
     workbench demo                              # the UI on the embedded sample world
     workbench app --workspace ~/cxr --port 8502 --world path/to/world

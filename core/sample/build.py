@@ -102,8 +102,8 @@ def build(out: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> di
         return {k: v for k, v in rows[-1].items() if k not in ("step", "checkpoint")}
 
     rft.run(policy, tok, tmp / "rft", cfg.rft, on_checkpoint=on_checkpoint,
-            progress=_every(20, lambda s, n, l: log(f"rft step {s}/{n} reward {l['reward']:.3f} "
-                                                     f"shift {l['shift_share']:.2f}")))
+            progress=_every(20, lambda s, n, logs: log(f"rft step {s}/{n} reward {logs['reward']:.3f} "
+                                                        f"shift {logs['shift_share']:.2f}")))
     manifest = _manifest(cfg, data, rows, time.time() - started)
     (tmp / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
     (tmp / WORLD_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
