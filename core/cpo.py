@@ -27,6 +27,7 @@ from pathlib import Path
 
 from core.errors import InputError
 
+OBJECTIVES = ("cpo", "cpo++", "sft")  # implemented in core.cpo_trainer (torch + TRL), named here so configs import light
 NEGATIVES = ("counterfactual", "random")
 
 
@@ -58,8 +59,6 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trade compute for memory on large models
 
     def __post_init__(self) -> None:
-        from core.cpo_trainer import OBJECTIVES
-
         checks = [("objective", self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
                   ("negatives", self.negatives in NEGATIVES, f"one of {', '.join(NEGATIVES)}")]
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "lora_r",

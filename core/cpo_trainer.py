@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-OBJECTIVES = ("cpo", "cpo++", "sft")
+from core.cpo import OBJECTIVES
 
 
 def cpo_losses(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float) -> torch.Tensor:

@@ -1,19 +1,27 @@
 """Cached access to core for the pages: tables in ``st.cache_data``, heavy objects in ``st.cache_resource``.
 
-Keys include the world's fingerprint, so a rebuilt world is read afresh.
+Keys include the world's fingerprint, so a rebuilt world is read afresh. Modules that bring torch or take a second
+to import (series, analysis, explore, drift, charts) are imported inside the functions that need them, so that
+importing this module (every page does) stays light: pages that show tables from the database never load torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
 import networkx as nx
 import streamlit as st
 
-from core import device, world
+from core import concepts, cpo, device, world
 from core.graph_store import GraphStore
-from core.series import ModelSeries, load_series
 from core.trajectories import read_jsonl
 from core.workspace import Workspace
 from workbench import graphview
+
+if TYPE_CHECKING:
+    from core.series import ModelSeries
 
 
 @st.cache_data(show_spinner="Reading the world…")
@@ -73,22 +81,20 @@ def category_accuracy(path: str, stamp: str):
 @st.cache_resource(max_entries=4)
 def graph_file(path: str, stamp: str):
     """A concept graph as its file holds it (what an analysis was scored with)."""
-    from core import concepts
-
     return concepts.load_graph(path)
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint series…", max_entries=1)
 def series(base: str, checkpoints, device: str | None, dtype: str | None, base_names: tuple[str, ...]):
     """One loaded series at a time (the perturbation lab's); adapters switch, weights load once."""
+    from core.series import load_series
+
     return load_series(base, list(checkpoints) if isinstance(checkpoints, tuple) else checkpoints,
                        device=device, dtype=dtype, base_names=list(base_names))
 
 
 def file_stamp(path: str) -> str:
     """A cache key part that changes when the file changes."""
-    import os
-
     try:
         st_ = os.stat(path)
         return f"{st_.st_size}:{st_.st_mtime_ns}"
@@ -163,10 +169,6 @@ def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
 def preflight(cfg):
     """``core.cpo.preflight`` of a run's config (cached by the config's fields), without the pairs it read:
     ``st.cache_data`` copies its value on every rerun, and the page needs only the counts and messages."""
-    import dataclasses
-
-    from core import cpo
-
     return dataclasses.replace(cpo.preflight(cfg), records=[], encoded=[])
 
 

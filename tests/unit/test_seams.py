@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -40,3 +42,33 @@ def test_cli_docstring_names_every_subcommand():
     assert "come with the engine" not in cli.__doc__
     for name in subcommands:
         assert f"workbench {name}" in cli.__doc__, f"the module docstring of workbench/cli.py misses {name!r}"
+
+
+# ---------------------------------------------------------------------------------------- import-time weight
+
+def _modules_after(code: str) -> set[str]:
+    """The heavy modules a fresh interpreter holds after running ``code``."""
+    probe = code + "\nimport sys; print(' '.join(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_a_train_config_is_built_without_torch_or_trl():
+    loaded = _modules_after("from core.cpo import TrainConfig, OBJECTIVES\n"
+                            "TrainConfig(base_model='m', data='d.jsonl', output_dir='o', objective='cpo++')")
+    assert not loaded, f"building a TrainConfig imported {sorted(loaded)}"
+
+
+def test_the_pages_cached_access_imports_without_torch():
+    loaded = _modules_after("import workbench.resources")
+    assert not loaded, f"importing workbench.resources imported {sorted(loaded)}"
+
+
+def test_the_trainer_checks_objectives_from_the_config():
+    from core import cpo, cpo_trainer
+
+    assert cpo_trainer.OBJECTIVES is cpo.OBJECTIVES
+    with pytest.raises(ValueError, match="objective"):
+        cpo.TrainConfig(base_model="m", data="d", output_dir="o", objective="ppo")
