@@ -21,14 +21,62 @@ for cpo++. Per-source ``loss/<source>`` and ``accuracy/<source>`` are logged nex
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
+import trl
 import torch.nn.functional as F
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from core.cpo import OBJECTIVES
+
+# CPOTrainer leans on private parts of TRL's DPOTrainer (and of transformers' Trainer under it), which change
+# between minor releases without notice. pyproject.toml pins the TRL range they were checked against; this
+# table is what was checked, so a TRL outside it fails here, naming the hook, not deep inside a training step.
+TESTED_TRL = ">=1.16,<1.17"
+HOOKS = {  # overridden method -> its parameters after self, as TRL calls them
+    "_prepare_dataset": ("dataset", "processing_class", "args", "dataset_name"),
+    "_set_signature_columns_if_needed": (),
+    "_compute_loss": ("model", "inputs", "return_outputs"),
+    "_save": ("output_dir", "state_dict"),
+}
+HOOK_USES = {  # TRL method -> what its source must contain for the overrides and attributes above to work
+    "__init__": ("self._metrics =", "self._total_train_tokens =", "add_fused_lm_head("),  # read in _log_batch,
+    "compute_loss": ("self._compute_loss(",),                                              # fused_lm_head=True
+}
+
+
+def hook_problems(base: type = DPOTrainer) -> list[str]:
+    """What no longer fits between ``CPOTrainer`` and ``base`` (empty when all is well), one line per hook."""
+    problems = []
+    for name, params in HOOKS.items():
+        method = getattr(base, name, None)
+        if method is None:
+            problems.append(f"{base.__name__}.{name} is gone (CPOTrainer overrides it)")
+            continue
+        got = tuple(inspect.signature(method).parameters)[1:]
+        if got != params:
+            problems.append(f"{base.__name__}.{name} now takes {got}, CPOTrainer's override expects {params}")
+    for name, needles in HOOK_USES.items():
+        try:
+            source = inspect.getsource(getattr(base, name))
+        except OSError:  # an install without sources (.pyc only): nothing to read, nothing to claim
+            continue
+        except (AttributeError, TypeError):  # gone, or not Python code (object.__init__)
+            source = ""
+        problems += [f"{base.__name__}.{name} no longer contains {n!r} (CPOTrainer relies on it)"
+                     for n in needles if n not in source]
+    return problems
+
+
+def check_hooks(base: type = DPOTrainer) -> None:
+    """Raise ``RuntimeError`` naming each private TRL hook that moved, with the installed and tested versions."""
+    problems = hook_problems(base)
+    if problems:
+        raise RuntimeError(f"TRL {trl.__version__} does not fit core.cpo_trainer.CPOTrainer (tested: trl"
+                           f"{TESTED_TRL}; install that range): " + "; ".join(problems))
 
 
 def cpo_losses(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, beta: float) -> torch.Tensor:
@@ -93,6 +141,7 @@ class CPOTrainer(DPOTrainer):
                  **kwargs):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        check_hooks()
         self.objective, self.cpo_alpha, self.sources = objective, cpo_alpha, list(sources or [])
         super().__init__(*args, **kwargs)
 

@@ -72,3 +72,51 @@ def test_the_trainer_checks_objectives_from_the_config():
     assert cpo_trainer.OBJECTIVES is cpo.OBJECTIVES
     with pytest.raises(ValueError, match="objective"):
         cpo.TrainConfig(base_model="m", data="d", output_dir="o", objective="ppo")
+
+
+# ---------------------------------------------------------------------------------------- TRL's private hooks
+
+def test_every_private_trl_hook_cpo_trainer_overrides_is_still_there():
+    from core import cpo_trainer
+
+    problems = cpo_trainer.hook_problems()
+    assert not problems, "\n".join(problems)  # each line names the hook that moved
+    for name in cpo_trainer.HOOKS:  # the table lists what CPOTrainer really overrides
+        assert name in vars(cpo_trainer.CPOTrainer), f"CPOTrainer no longer overrides {name}: drop it from HOOKS"
+
+
+def test_a_moved_hook_is_named_and_stops_the_trainer():
+    from core import cpo_trainer
+
+    class OtherTRL:  # what a future TRL might look like: one signature changed, the rest gone
+        def _prepare_dataset(self, dataset, args):
+            return dataset
+
+        def compute_loss(self, model, inputs):
+            return model(**inputs).loss
+
+    problems = "\n".join(cpo_trainer.hook_problems(OtherTRL))
+    assert "OtherTRL._prepare_dataset now takes ('dataset', 'args')" in problems
+    for name in ("_set_signature_columns_if_needed", "_compute_loss", "_save"):
+        assert f"OtherTRL.{name} is gone" in problems
+    assert "'self._compute_loss('" in problems and "'add_fused_lm_head('" in problems
+    with pytest.raises(RuntimeError, match=r"TRL .* does not fit .*tested: trl>=.*_compute_loss is gone"):
+        cpo_trainer.check_hooks(OtherTRL)
+
+
+def test_pyproject_pins_the_trl_range_the_hooks_were_checked_against():
+    import trl
+    from packaging.specifiers import SpecifierSet
+
+    from core.cpo_trainer import TESTED_TRL
+
+    assert f'"trl{TESTED_TRL}"' in (ROOT / "pyproject.toml").read_text()
+    assert trl.__version__ in SpecifierSet(TESTED_TRL), f"installed TRL {trl.__version__} is outside trl{TESTED_TRL}"
+
+
+def test_trls_preference_collator_still_gives_the_columns_the_loss_reads():
+    from core.cpo_trainer import WeightedPreferenceCollator
+
+    batch = WeightedPreferenceCollator(pad_token_id=0)([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4]}])
+    assert {"input_ids", "attention_mask", "completion_mask", "weight", "source_idx"} <= set(batch)
+    assert batch["completion_mask"].tolist() == [[0, 0, 1], [0, 0, 1]]  # [chosen; rejected], completion tokens
