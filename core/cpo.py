@@ -288,17 +288,14 @@ def dpo_args(cfg: TrainConfig, cuda: bool):
 
 
 def load_base(cfg: TrainConfig, cuda: bool):
+    """The base model to train, on the CPU (the Trainer places it, on each process's own GPU under accelerate)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     from core.checkpoints import check_model_dir
+    from core.series import load_model
 
-    base = check_model_dir(cfg.base_model)
     dtype = torch.bfloat16 if (cuda if cfg.bf16 is None else cfg.bf16) else torch.float32
-    try:
-        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True, trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
-        raise InputError(f"{base}: cannot load the base model ({str(e).splitlines()[0]})") from None
+    return load_model(check_model_dir(cfg.base_model), "cpu", dtype)
 
 
 def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=None, pre: Preflight | None = None):

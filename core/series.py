@@ -68,7 +68,7 @@ class ModelSeries:
                 self._route(name)
                 yield self.model
                 return
-            full = _load_model(info.path, self.device, self.dtype, self.trust_remote_code)
+            full = load_model(info.path, self.device, self.dtype, self.trust_remote_code)
             try:
                 yield full
             finally:
@@ -156,7 +156,10 @@ def _dtype(name: str | None, device: str) -> torch.dtype:
         raise InputError(f"dtype: expected float32, bfloat16 or float16, got {name!r}") from None
 
 
-def _load_model(path: Path, device: str, dtype: torch.dtype, trust_remote_code: bool):
+def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False):
+    """A causal LM from a local folder, on ``device`` in eval mode (the one loader of base models: scoring's
+    series and CPO's trainer); ``InputError`` names the folder when its weights or config cannot be read."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -229,7 +232,7 @@ def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path]
     dev = device or detect().device
     dt = _dtype(dtype, dev)
     tokenizer = load_tokenizer(base, trust_remote_code)
-    model = _load_model(base, dev, dt, trust_remote_code)
+    model = load_model(base, dev, dt, trust_remote_code)
     accepted = {base.name.lower(), *(n.lower() for n in base_names)}
     if getattr(model.config, "_name_or_path", None):
         accepted.add(Path(model.config._name_or_path).name.lower())

@@ -94,8 +94,8 @@ def test_full_checkpoint_series_probe_loads_each_once(quick_world, adapters, ser
     merged.save_pretrained(tmp_path / "full" / "checkpoint-4")
     full = series_mod.load_series(quick_world / "model", tmp_path / "full")
     loads = []
-    real = series_mod._load_model
-    monkeypatch.setattr(series_mod, "_load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    real = series_mod.load_model
+    monkeypatch.setattr(series_mod, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
     cfg = ProbeConfig(labels=LABELS, max_tree_tokens=300)  # several groups
     got = probe(full, setup, cfg)
     assert len(loads) == 1

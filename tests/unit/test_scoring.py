@@ -131,8 +131,8 @@ def test_full_checkpoints_load_once_per_group_and_match_their_adapters(series, a
         merged.save_pretrained(tmp_path / "full" / name)
     full = series_mod.load_series(quick_world / "model", tmp_path / "full")
     loads = []
-    real = series_mod._load_model
-    monkeypatch.setattr(series_mod, "_load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    real = series_mod.load_model
+    monkeypatch.setattr(series_mod, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
     enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=6))
     got = score(full, enc, ScoreConfig(top_k=2, batch_size=2))  # 3 batches, one group
     assert len(loads) == 2  # each full checkpoint loaded once, not once per batch

@@ -120,3 +120,29 @@ def test_trls_preference_collator_still_gives_the_columns_the_loss_reads():
     batch = WeightedPreferenceCollator(pad_token_id=0)([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4]}])
     assert {"input_ids", "attention_mask", "completion_mask", "weight", "source_idx"} <= set(batch)
     assert batch["completion_mask"].tolist() == [[0, 0, 1], [0, 0, 1]]  # [chosen; rejected], completion tokens
+
+
+# ---------------------------------------------------------------------------------------- one loader of base models
+
+def test_cpo_loads_its_base_through_the_series_loader(sample_world, tmp_path, monkeypatch):
+    import torch
+
+    from core import cpo, series
+    from core.errors import InputError
+
+    calls = []
+    real = series.load_model
+    monkeypatch.setattr(series, "load_model", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    cfg = cpo.TrainConfig(base_model=str(sample_world / "model"), data="d.jsonl", output_dir=str(tmp_path), bf16=False)
+    model = cpo.load_base(cfg, cuda=False)
+    assert len(calls) == 1 and calls[0][0][0] == sample_world / "model"
+    assert next(model.parameters()).dtype == torch.float32 and next(model.parameters()).device.type == "cpu"
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((sample_world / "model" / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    cfg = cpo.TrainConfig(base_model=str(broken), data="d.jsonl", output_dir=str(tmp_path))
+    with pytest.raises(InputError, match=r"broken: cannot load model weights"):
+        cpo.load_base(cfg, cuda=False)
