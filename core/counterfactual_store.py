@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,25 +35,47 @@ def counterfactual_hash(trajectory: str, target: str, completion: str) -> str:
     return hashlib.sha256(f"{trajectory}\0{target}\0{completion}".encode()).hexdigest()
 
 
+def insert_trajectory(con: sqlite3.Connection, prompt: str, completion: str, source: str, now: float,
+                      external_id: str | None = None, label: str | None = None,
+                      system: str | None = None) -> tuple[int, str]:
+    """Store a trajectory once (by content hash) in the caller's transaction; its row id and hash.
+
+    The one INSERT into ``trajectories``: generated counterfactuals and imported pairs both come here."""
+    h = trajectory_hash(prompt, completion)
+    con.execute("INSERT INTO trajectories (content_hash, source, external_id, prompt, completion, label, system, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
+                (h, source, external_id, prompt, completion, label, system, now))
+    return con.execute("SELECT id FROM trajectories WHERE content_hash = ?", (h,)).fetchone()[0], h
+
+
+def insert_counterfactual(con: sqlite3.Connection, trajectory: tuple[int, str], target: str, completion: str,
+                          method: str, now: float, *, settings: str = "{}", graph_version: int | None = None,
+                          model: str | None = None, consistency: float | None = None,
+                          import_batch_id: int | None = None, required_decisions: int = 1) -> tuple[int, bool]:
+    """Store a counterfactual of ``trajectory`` (``insert_trajectory``'s id and hash) once, by content hash,
+    in the caller's transaction; its row id and whether this call added it. The one INSERT into
+    ``counterfactuals`` (defaults as migrations 2 and 4 give them)."""
+    traj_id, traj_hash = trajectory
+    h = counterfactual_hash(traj_hash, target, completion)
+    added = con.execute(
+        "INSERT INTO counterfactuals (trajectory_id, content_hash, target, completion, method, graph_version, model, "
+        "settings, consistency, import_batch_id, required_decisions, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
+        (traj_id, h, target, completion, method, graph_version, model, settings, consistency, import_batch_id,
+         required_decisions, now)).rowcount
+    return con.execute("SELECT id FROM counterfactuals WHERE content_hash = ?", (h,)).fetchone()[0], added == 1
+
+
 def store_counterfactuals(store: Store, record: dict, source: str, cfs: list[Counterfactual]) -> list[int]:
     """Store the trajectory (once) and its counterfactuals (once each); their row ids, in order."""
-    traj_hash = trajectory_hash(record["prompt"], record["completion"])
     now = time.time()
-    ids = []
     with store.transaction() as con:
-        con.execute("INSERT INTO trajectories (content_hash, source, external_id, prompt, completion, label, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
-                    (traj_hash, source, record.get("id"), record["prompt"], record["completion"], record.get("label"), now))
-        traj_id = con.execute("SELECT id FROM trajectories WHERE content_hash = ?", (traj_hash,)).fetchone()[0]
-        for cf in cfs:
-            h = counterfactual_hash(traj_hash, cf.target, cf.completion)
-            con.execute("INSERT INTO counterfactuals (trajectory_id, content_hash, target, completion, method, "
-                        "graph_version, model, settings, consistency, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT(content_hash) DO NOTHING",
-                        (traj_id, h, cf.target, cf.completion, cf.method, cf.graph_version, cf.model,
-                         json.dumps(cf.settings, ensure_ascii=False), cf.consistency.score, now))
-            ids.append(con.execute("SELECT id FROM counterfactuals WHERE content_hash = ?", (h,)).fetchone()[0])
-    return ids
+        traj = insert_trajectory(con, record["prompt"], record["completion"], source, now, record.get("id"),
+                                 record.get("label"))
+        return [insert_counterfactual(con, traj, cf.target, cf.completion, cf.method, now,
+                                      settings=json.dumps(cf.settings, ensure_ascii=False),
+                                      graph_version=cf.graph_version, model=cf.model,
+                                      consistency=cf.consistency.score)[0] for cf in cfs]
 
 
 def list_counterfactuals(store: Store, source: str | None = None) -> pd.DataFrame:

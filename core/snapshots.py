@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core import curation, formats
-from core.counterfactual_store import counterfactual_hash, trajectory_hash
+from core.counterfactual_store import insert_counterfactual, insert_trajectory
 from core.errors import InputError
 from core.store import Store
 
@@ -82,18 +82,11 @@ def _error_summary(name: str, parsed: formats.Parsed) -> str:
 
 
 def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, settings: str, now: float) -> int:
-    th = trajectory_hash(pair.prompt, pair.chosen)
-    con.execute("INSERT INTO trajectories (content_hash, source, external_id, prompt, completion, label, system, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
-                (th, pair.source or name, pair.external_id, pair.prompt, pair.chosen, pair.label, pair.system, now))
-    tid = con.execute("SELECT id FROM trajectories WHERE content_hash = ?", (th,)).fetchone()[0]
-    cur = con.execute(
-        "INSERT INTO counterfactuals (trajectory_id, content_hash, target, completion, method, settings, "
-        "import_batch_id, required_decisions, created_at) VALUES (?, ?, ?, ?, 'import', ?, ?, ?, ?) "
-        "ON CONFLICT(content_hash) DO NOTHING",
-        (tid, counterfactual_hash(th, pair.target, pair.rejected), pair.target, pair.rejected, settings, batch,
-         required, now))
-    return cur.rowcount
+    traj = insert_trajectory(con, pair.prompt, pair.chosen, pair.source or name, now, pair.external_id, pair.label,
+                             pair.system)
+    _, added = insert_counterfactual(con, traj, pair.target, pair.rejected, "import", now, settings=settings,
+                                     import_batch_id=batch, required_decisions=required)
+    return int(added)
 
 
 def import_batches(store: Store) -> list[dict]:

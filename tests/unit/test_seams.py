@@ -146,3 +146,40 @@ def test_cpo_loads_its_base_through_the_series_loader(sample_world, tmp_path, mo
     cfg = cpo.TrainConfig(base_model=str(broken), data="d.jsonl", output_dir=str(tmp_path))
     with pytest.raises(InputError, match=r"broken: cannot load model weights"):
         cpo.load_base(cfg, cuda=False)
+
+
+# ---------------------------------------------------------------------------------------- one INSERT each
+
+def test_trajectories_and_counterfactuals_are_inserted_in_one_place():
+    for table in ("trajectories", "counterfactuals"):
+        writers = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "core").rglob("*.py"))
+                   if f"INSERT INTO {table} " in p.read_text()]
+        assert writers == ["core/counterfactual_store.py"], f"INSERT INTO {table} in {writers}"
+
+
+def test_a_generated_and_an_imported_counterfactual_share_their_trajectory(tmp_path):
+    import json
+
+    from core import snapshots
+    from core.counterfactual import Consistency, Counterfactual
+    from core.counterfactual_store import store_counterfactuals
+    from core.store import Store
+
+    store = Store.open(tmp_path / "w.db")
+    record = {"id": "s1", "prompt": "Findings: opacity.", "label": "Edema",
+              "completion": "<think> opacity </think> The disease of this patient is Edema."}
+    cf = Counterfactual("Pneumonia", "<think> consolidation </think> The disease of this patient is Pneumonia.",
+                        "graph", 3, None, {"mode": "one"}, Consistency(0.5, 0.5, 1.0, 0.0, (), ()))
+    first = store_counterfactuals(store, record, "test", [cf])
+    assert store_counterfactuals(store, record, "test", [cf]) == first  # stored once, same id
+    line = json.dumps({"prompt": record["prompt"], "chosen": record["completion"], "label": "Edema",
+                       "rejected": "<think> effusion </think> The disease of this patient is Pleural Effusion."})
+    result = snapshots.import_text(store, line + "\n", "pairs.jsonl", required=2)
+    assert (result.kept, result.duplicates) == (1, 0)
+    assert snapshots.import_text(store, line + "\n", "again.jsonl").duplicates == 1
+    assert store.query("SELECT COUNT(*) FROM trajectories") == [(1,)]
+    rows = store.query("SELECT method, graph_version, consistency, settings, required_decisions, import_batch_id "
+                       "FROM counterfactuals ORDER BY id")
+    assert rows[0] == ("graph", 3, 0.5, '{"mode": "one"}', 1, None)
+    assert rows[1][0] == "import" and rows[1][4] == 2 and rows[1][5] == result.batch_id
+    store.close()
