@@ -1,4 +1,4 @@
-"""Rendering for the curation page: the side-by-side diff (a pure builder, tested directly) and one
+"""Rendering for the curation page: the side-by-side pair (the word diff from ``workbench.diffview``) and one
 function per panel. Logic stays in ``core.curation`` and ``core.snapshots``; these only lay out widgets."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from core import curation, formats, snapshots
-from core.counterfactual import changed_spans
 from core.errors import InputError
 from workbench import resources, state
+from workbench.diffview import diff_html
 
 QUEUE_ROWS = 1000  # rows of the queue table sent to the browser
 KEYS = {"accept": "a", "reject": "x", "edit": "e", "skip": "s"}  # Streamlit reserves R (rerun) and C
@@ -20,18 +20,6 @@ DIFF_CSS = ("<style>.cf-pair{white-space:pre-wrap;font-family:var(--font,inherit
             "border:1px solid rgba(128,128,128,.35);border-radius:.5rem;min-height:4rem}"
             ".cf-pair mark.del{background:#f8c4c4;color:inherit}.cf-pair mark.ins{background:#bfe8c5;color:inherit}"
             "</style>")
-
-
-def diff_html(original: str, counterfactual: str) -> tuple[str, str]:
-    """Both texts as escaped HTML with the changed word spans marked: ``<mark class="del">`` in the
-    original, ``<mark class="ins">`` in the counterfactual (``core.counterfactual.changed_spans``)."""
-    left, right = changed_spans(original, counterfactual)
-
-    def marked(runs: list[tuple[str, bool]], cls: str) -> str:
-        return "".join(f'<mark class="{cls}">{html.escape(t)}</mark>' if changed else html.escape(t)
-                       for t, changed in runs)
-
-    return marked(left, "del"), marked(right, "ins")
 
 
 def pair_html(item: curation.Item) -> str:

@@ -20,7 +20,7 @@ import networkx as nx
 from pyvis.network import Network
 
 from core import concepts
-from core.counterfactual import changed_spans
+from workbench.diffview import diff_html
 
 COLORS = {"disease": "#4C72B0", "finding": "#DD8452", "supports": "#2CA02C", "excludes": "#D62728", "dim": "#D9D9D9"}
 SHAPES = {"disease": "box", "finding": "ellipse"}
@@ -96,14 +96,9 @@ def legend_html(graph: nx.DiGraph, version: int, highlight: str | None = None) -
 
 def side_by_side_html(original: str, counterfactual: str) -> str:
     """Original and counterfactual in two columns; changed spans struck out (left) and marked (right)."""
-    left, right = changed_spans(original, counterfactual)
-
-    def column(runs, tag, style) -> str:
-        return "".join(f"<{tag} style='{style}'>{html.escape(t)}</{tag}>" if changed else html.escape(t)
-                       for t, changed in runs)
-
+    left, right = diff_html(original, counterfactual, removed=("<del style='background:#fdd'>", "</del>"),
+                            added=("<mark style='background:#cfc'>", "</mark>"))
     cell = "vertical-align:top;padding:8px;border:1px solid #ddd;width:50%;font-family:monospace;white-space:pre-wrap"
     return ("<table style='width:100%;border-collapse:collapse' class='cf-diff'><tr>"
             "<th style='text-align:left'>original</th><th style='text-align:left'>counterfactual</th></tr><tr>"
-            f"<td style='{cell}'>{column(left, 'del', 'background:#fdd')}</td>"
-            f"<td style='{cell}'>{column(right, 'mark', 'background:#cfc')}</td></tr></table>")
+            f"<td style='{cell}'>{left}</td><td style='{cell}'>{right}</td></tr></table>")

@@ -14,7 +14,7 @@ from core.curation import QueueFilter
 from core.errors import InputError
 from core.store import Store
 from tests.curation_data import annotate_until_empty, write_ccf
-from workbench.curation_view import diff_html
+from workbench.diffview import diff_html
 
 
 @pytest.fixture

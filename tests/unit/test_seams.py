@@ -183,3 +183,24 @@ def test_a_generated_and_an_imported_counterfactual_share_their_trajectory(tmp_p
     assert rows[0] == ("graph", 3, 0.5, '{"mode": "one"}', 1, None)
     assert rows[1][0] == "import" and rows[1][4] == 2 and rows[1][5] == result.batch_id
     store.close()
+
+
+# ---------------------------------------------------------------------------------------- one word-diff renderer
+
+def test_the_word_diff_is_rendered_in_one_place():
+    files = [p for folder in ("workbench", "pages") for p in sorted((ROOT / folder).rglob("*.py"))]
+    users = [p.relative_to(ROOT).as_posix() for p in files if "changed_spans" in p.read_text()]
+    assert users == ["workbench/diffview.py"], f"changed_spans rendered in {users}"
+
+
+def test_both_diff_views_show_the_same_marked_words():
+    from workbench import graphview
+    from workbench.diffview import diff_html
+
+    original, counterfactual = "<b>opacity</b> & clear lungs.", "consolidation & clear lungs."
+    left, right = diff_html(original, counterfactual)
+    table = graphview.side_by_side_html(original, counterfactual)
+    assert left == '<mark class="del">&lt;b&gt;opacity&lt;/b&gt;</mark> &amp; clear lungs.'
+    assert right == '<mark class="ins">consolidation</mark> &amp; clear lungs.'
+    assert "<del style='background:#fdd'>&lt;b&gt;opacity&lt;/b&gt;</del> &amp; clear lungs." in table
+    assert "<mark style='background:#cfc'>consolidation</mark> &amp; clear lungs." in table
