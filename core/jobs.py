@@ -1,13 +1,13 @@
 """Long work as background jobs that outlive the browser: a folder per job, a supervisor process per job.
 
-    job = jobs.start(ws.runs_dir, "score", ["-m", "workbench.cli", "score", "--world", "sample_data", ...],
+    job = jobs.start(ws.jobs_dir, "score", ["-m", "workbench.cli", "score", "--world", "sample_data", ...],
                      title="score sample world")
     job.state()        # "running" | "done" | "failed" | "cancelled" | "died"
     job.progress()     # {"done": 0.42, "message": "probe: checkpoint-80", "eta_s": 31.0, ...}
     job.cancel()       # SIGTERM to the worker's process group; it stops at the next batch
-    jobs.list_jobs(ws.runs_dir, kind="score")
+    jobs.list_jobs(ws.job_dirs, kind="score")
 
-Layout of ``runs/<id>/``: ``job.json`` (what runs: kind, title, argv, started_at, pid), ``progress.json``
+Layout of ``jobs/<id>/`` (``runs/<id>/`` in older workspaces): ``job.json`` (what runs: kind, title, argv, started_at, pid), ``progress.json``
 (written by the worker through ``report_progress``, atomically), ``log.txt`` (the worker's output) and
 ``exit.json`` (return code and end time, written by the supervisor when the worker ends, however it ends).
 A job whose supervisor vanished without ``exit.json`` reads as "died". No state lives in the page process,
@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,11 +134,11 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def start(runs_dir: str | Path, kind: str, argv: list[str], title: str = "", meta: dict | None = None,
+def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", meta: dict | None = None,
           env: dict | None = None) -> Job:
     """Start ``python <argv>`` under a supervisor in a new session (it survives the page and the app)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(runs_dir) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
+    folder = Path(jobs_dir) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
     folder.mkdir(parents=True)
     job = Job(folder, kind, title or kind, list(argv), time.time(), None, meta or {})
     job._save()
@@ -150,10 +150,12 @@ def start(runs_dir: str | Path, kind: str, argv: list[str], title: str = "", met
     return job
 
 
-def list_jobs(runs_dir: str | Path, kind: str | None = None) -> list[Job]:
-    """Jobs under ``runs_dir``, newest first; unreadable folders are skipped."""
+def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = None) -> list[Job]:
+    """Jobs under ``folders`` (one folder or several, e.g. ``Workspace.job_dirs``), newest first; unreadable
+    folders are skipped."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     out = []
-    for folder in Path(runs_dir).glob("*/job.json"):
+    for folder in (f for d in dict.fromkeys(Path(d) for d in folders) for f in d.glob("*/job.json")):
         try:
             job = Job.load(folder.parent)
         except InputError:

@@ -118,7 +118,7 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
 
 
 def _start(ws, run: Run, argv: list[str]) -> Run:
-    job = jobs.start(ws.runs_dir, "cpo", argv, title=f"{run.objective} · {run.name}", meta={"run": run.id})
+    job = jobs.start(ws.jobs_dir, "cpo", argv, title=f"{run.objective} · {run.name}", meta={"run": run.id})
     _update(ws.store, run.id, status="running", job=str(job.dir), error=None)
     return get(ws.store, run.id)
 

@@ -2,7 +2,7 @@
 import, deduplicated by content hash) and export curated pairs as dataset snapshots a CPO run names.
 
     result = import_file(store, "ccf.json", keep_valid=False, required=2)   # ImportResult(kept=..., ...)
-    snap = export_snapshot(store, workspace.root / "datasets", ExportConfig(format="trl", test_fraction=0.1))
+    snap = export_snapshot(store, workspace.datasets_dir, ExportConfig(format="trl", test_fraction=0.1))
     snapshot(store, snap.name).path      # what a CPO run opens
 
 An import with invalid records raises ``InputError`` and stores nothing unless ``keep_valid`` is set; then

@@ -1,7 +1,10 @@
-"""The workspace: one folder per user or project holding the database, caches and run folders.
+"""The workspace: one folder per user or project holding the database, caches, jobs and run folders.
 
     ws = Workspace.open()                      # $WORKBENCH_WORKSPACE or ~/.cot-drift-workbench
-    ws.store.register_world(...); ws.cache_dir; ws.runs_dir
+    ws.store.register_world(...); ws.cache_dir; ws.jobs_dir; ws.runs_dir
+
+Every folder the workbench writes in a workspace is named here, so pages and notebooks ask for it instead of
+building the path themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from core.store import Store
 
 ENV_VAR = "WORKBENCH_WORKSPACE"
 DB_NAME = "workbench.db"
+FOLDERS = ("cache", "jobs", "runs", "analyses", "uploads", "datasets", "perturbations")  # made by Workspace.open
 
 
 def default_path() -> Path:
@@ -32,7 +36,28 @@ class Workspace:
 
     @property
     def runs_dir(self) -> Path:
+        """CPO run folders, ``runs/cpo/<name>/`` (``core.runs``)."""
         return self.root / "runs"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Background jobs, one folder each (``core.jobs``): where new jobs start."""
+        return self.root / "jobs"
+
+    @property
+    def job_dirs(self) -> tuple[Path, Path]:
+        """Where jobs are found: ``jobs/``, and ``runs/``, where workspaces kept them before ``jobs/`` existed."""
+        return self.jobs_dir, self.runs_dir
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Dataset snapshots exported from curation (``core.snapshots.export_snapshot``)."""
+        return self.root / "datasets"
+
+    @property
+    def perturbations_dir(self) -> Path:
+        """Perturbation tests over a dataset (parquet, one file per test), as the lab's jobs write them."""
+        return self.root / "perturbations"
 
     @property
     def analyses_dir(self) -> Path:
@@ -51,7 +76,7 @@ class Workspace:
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"{root}: workspace must be a folder, but a file is there")
         try:
-            for sub in (root, root / "cache", root / "runs", root / "analyses", root / "uploads"):
+            for sub in (root, *(root / name for name in FOLDERS)):
                 sub.mkdir(parents=True, exist_ok=True)
             probe = root / ".write-test"
             probe.write_text("ok")

@@ -179,10 +179,10 @@ if cfg is not None:
     name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     argv = score_argv(cfg, ws.analyses_dir / name, ws.root)
     st.code(shell_command(argv), language="bash")
-    running = [j for j in jobs.list_jobs(ws.runs_dir, "score") if j.state() == "running"]
+    running = [j for j in jobs.list_jobs(ws.job_dirs, "score") if j.state() == "running"]
     if st.button("Score", type="primary", icon=":material/play_arrow:", key="ck_run", disabled=bool(running),
                  help="runs in the background; the result is cached, so the same request returns at once"):
-        jobs.start(ws.runs_dir, "score", argv, title=f"score {Path(data).name} under {len(infos) + 1} models",
+        jobs.start(ws.jobs_dir, "score", argv, title=f"score {Path(data).name} under {len(infos) + 1} models",
                    meta={"out": str(ws.analyses_dir / name)})
         st.rerun()
     if running:
@@ -197,9 +197,9 @@ def open_result(job, main, side) -> None:
         st.rerun(scope="app")
 
 
-if jobs.list_jobs(ws.runs_dir, "score"):
+if jobs.list_jobs(ws.job_dirs, "score"):
     st.subheader("Scoring jobs")
-    ui.jobs_panel(ws.runs_dir, "score", open_result)
+    ui.jobs_panel(ws.job_dirs, "score", open_result)
 
 # ---- analyses ------------------------------------------------------------------------------------------
 found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)

@@ -52,4 +52,4 @@ with agreement:
 with imports:
     view.import_panel(store)
 with exports:
-    view.export_panel(store, ws.root / "datasets")
+    view.export_panel(store, ws.datasets_dir)

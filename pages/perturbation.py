@@ -117,14 +117,14 @@ with batch:
     n_hit = sum(perturb.replace_span(r, bfind, breplace) is not None for r in records) if bfind else 0
     st.caption(f"{n_hit} of the {len(records)} trajectories contain {bfind!r}." if bfind else "")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(cfg.data).stem}-{bfind}-{breplace}-{bmode}-{blimit}")
-    out = ws.root / "perturbations" / f"{slug}.parquet"
+    out = ws.perturbations_dir / f"{slug}.parquet"
     limit = int(blimit) or cfg.limit
     argv = perturb_argv(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)
     st.code(shell_command(argv), language="bash")
-    running = [j for j in jobs.list_jobs(ws.runs_dir, "perturb") if j.state() == "running"]
+    running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
                  or bool(running), icon=":material/play_arrow:"):
-        jobs.start(ws.runs_dir, "perturb", argv, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
+        jobs.start(ws.jobs_dir, "perturb", argv, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
                    meta={"out": str(out)})
         st.rerun()
 
@@ -144,6 +144,6 @@ with batch:
                     st.markdown("Flip rate per gold category and checkpoint")
                     ui.figure(charts.category_flip_heatmap(cats), f"lab-cat-{job.id}", f"category-flips-{job.id}")
 
-    previous = jobs.list_jobs(ws.runs_dir, "perturb")
+    previous = jobs.list_jobs(ws.job_dirs, "perturb")
     newest = previous[0].id if previous else None
-    ui.jobs_panel(ws.runs_dir, "perturb", show_result)
+    ui.jobs_panel(ws.job_dirs, "perturb", show_result)

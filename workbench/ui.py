@@ -60,14 +60,14 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def jobs_panel(runs_dir, kind: str, done_actions, limit: int = 5) -> None:
+def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
     """The latest background jobs of ``kind``: live progress with ETA and Cancel while running (the panel
     redraws itself every second), the log when one fails, and ``done_actions(job, main, side)`` to show
     or open a finished job's result. When the last running job ends, the whole page reruns."""
     from core import jobs
 
     def panel() -> None:
-        recent = jobs.list_jobs(runs_dir, kind)[:limit]
+        recent = jobs.list_jobs(job_dirs, kind)[:limit]
         for job in recent:
             status, p = job.state(), job.progress()
             with st.container(border=True):
@@ -89,7 +89,7 @@ def jobs_panel(runs_dir, kind: str, done_actions, limit: int = 5) -> None:
         elif st.session_state.pop(flag, False):
             st.rerun()  # a job just ended: redraw the page around it
 
-    live = any(j.state() == "running" for j in jobs.list_jobs(runs_dir, kind)[:limit])
+    live = any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind)[:limit])
     st.fragment(panel, run_every=1.0 if live else None)()
 
 

@@ -204,3 +204,43 @@ def test_both_diff_views_show_the_same_marked_words():
     assert right == '<mark class="ins">consolidation</mark> &amp; clear lungs.'
     assert "<del style='background:#fdd'>&lt;b&gt;opacity&lt;/b&gt;</del> &amp; clear lungs." in table
     assert "<mark style='background:#cfc'>consolidation</mark> &amp; clear lungs." in table
+
+
+# ---------------------------------------------------------------------------------------- the workspace's folders
+
+def test_the_workspace_names_and_makes_its_folders(tmp_path):
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    named = {"cache": ws.cache_dir, "jobs": ws.jobs_dir, "runs": ws.runs_dir, "analyses": ws.analyses_dir,
+             "uploads": ws.uploads_dir, "datasets": ws.datasets_dir, "perturbations": ws.perturbations_dir}
+    for name, folder in named.items():
+        assert folder == ws.root / name and folder.is_dir(), name
+    assert ws.job_dirs == (ws.jobs_dir, ws.runs_dir)
+    ws.store.close()
+
+
+def test_new_jobs_start_in_jobs_and_old_ones_under_runs_still_show(tmp_path):
+    import time
+
+    from core import jobs
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    old = jobs.Job(ws.runs_dir / "score-20250101-000000-abcdef", "score", "an old job", ["-c", "pass"],
+                   time.time() - 3600, None, {})
+    old.dir.mkdir()
+    old._save()  # as a workspace from before jobs/ left it (next to runs/cpo/<name>)
+    new = jobs.start(ws.jobs_dir, "score", ["-c", "pass"], title="a new job")
+    assert new.dir.parent == ws.jobs_dir
+    assert [j.title for j in jobs.list_jobs(ws.job_dirs, "score")] == ["a new job", "an old job"]
+    assert [j.title for j in jobs.list_jobs([ws.jobs_dir, ws.jobs_dir])] == ["a new job"]  # a folder counts once
+    assert new.wait(30) == "done"
+    ws.store.close()
+
+
+def test_pages_ask_the_workspace_for_its_folders():
+    for page in sorted((ROOT / "pages").glob("*.py")):
+        text = page.read_text()
+        assert not re.search(r"\bws\.root\s*/", text), f"{page.name} builds a workspace path itself"
+        assert "jobs.start(ws.runs_dir" not in text, f"{page.name} starts a job among the CPO run folders"
