@@ -7,7 +7,7 @@
     job.cancel()       # SIGTERM to the worker's process group; it stops at the next batch
     jobs.list_jobs(ws.job_dirs, kind="score")
 
-Layout of ``jobs/<id>/`` (``runs/<id>/`` in older workspaces): ``job.json`` (what runs: kind, title, argv, started_at, pid), ``progress.json``
+Layout of ``jobs/<id>/``: ``job.json`` (what runs: kind, title, argv, started_at, pid), ``progress.json``
 (written by the worker through ``report_progress``, atomically), ``log.txt`` (the worker's output) and
 ``exit.json`` (return code and end time, written by the supervisor when the worker ends, however it ends).
 A job whose supervisor vanished without ``exit.json`` reads as "died". No state lives in the page process,
