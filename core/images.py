@@ -119,9 +119,17 @@ def check_file(ref: ImageRef, limits: ImageLimits) -> None:
 def load_image(ref: ImageRef, limits: ImageLimits | None = None):
     """The image as an RGB PIL image; ``InputError`` names the record and path when it is missing,
     unreadable or oversized (pixels are checked from the header, before decoding)."""
+    return _open(ref, limits or ImageLimits(), lambda im: im.convert("RGB"))  # decodes while the file is open
+
+
+def check_image(ref: ImageRef, limits: ImageLimits | None = None) -> tuple[int, int]:
+    """What ``load_image`` checks, without decoding the pixels (PIL's ``verify``).  -> (width, height)"""
+    return _open(ref, limits or ImageLimits(), lambda im: (im.verify(), im.size)[1])
+
+
+def _open(ref: ImageRef, limits: ImageLimits, use):
     from PIL import Image, UnidentifiedImageError
 
-    limits = limits or ImageLimits()
     check_file(ref, limits)
     try:
         with Image.open(ref.path) as im:
@@ -129,10 +137,11 @@ def load_image(ref: ImageRef, limits: ImageLimits | None = None):
             if w * h > limits.max_pixels:
                 raise InputError(f"{ref.where}: image {ref.path} has {w}x{h} pixels, over the limit of "
                                  f"{limits.max_pixels}")
-            return im.convert("RGB")  # decodes now, while the file is open
+            return use(im)
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL reports truncated or corrupt files as OSError / SyntaxError (from verify)
         raise InputError(f"{ref.where}: cannot read image {ref.path} ({str(e).splitlines()[0]})") from None
 
 

@@ -1,0 +1,136 @@
+"""A vision-language base and its checkpoint series: LoRA adapters on the language model, switched in place.
+
+The authors tune Qwen2.5-VL with LoRA on every linear layer of the language model and the vision tower
+frozen (ms-swift ``--freeze_vit true``). ``lm_lora_targets`` gives PEFT that choice as a regex; a series
+loads each adapter once into the base (``core.series`` does the switching, under its lock), and when no
+adapter touches the vision tower the image features of a batch are computed once for all checkpoints.
+
+    vs = load_vl_series("Qwen2.5-VL-7B-Instruct", "output/v0-2025/", VisionConfig(max_pixels=1003520))
+    encs = encode_vl(vs.processor, records)
+    df = score_vl_series(vs, encs)      # one row per trajectory x checkpoint x completion token: logprob
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core import series as text_series
+from core.device import detect
+from core.errors import InputError
+from core.vision import (VisionConfig, VLEncoded, VLProcessor, collate, is_vl_folder, load_processor,
+                         load_vl_model, vl_core)
+from core.vl_scoring import image_features, token_logprobs, vision_untouched
+
+
+def lm_lora_targets(model) -> str:
+    """A PEFT ``target_modules`` regex for every linear layer of the language model and nothing else
+    (not the vision tower, not its merger, not the LM head): PEFT full-matches it against module names."""
+    names = {n.rsplit(".", 1)[-1] for n, m in vl_core(model).language_model.named_modules()
+             if isinstance(m, torch.nn.Linear)}
+    if not names:
+        raise InputError("the language model has no linear layers to adapt")
+    return rf".*language_model\..*\.({'|'.join(sorted(names))})"
+
+
+@dataclass
+class VLSeries:
+    series: text_series.ModelSeries  # the base (a PeftModel once adapters are loaded), switched in place
+    processor: VLProcessor
+    shared_vision: bool  # no adapter touches the vision tower: image features are the same under all of them
+
+    @property
+    def names(self) -> list[str]:
+        return self.series.names
+
+    @contextmanager
+    def activate(self, name: str) -> Iterator[torch.nn.Module]:
+        """The model in the state of checkpoint ``name``: adapters switched in place; a full VL checkpoint
+        loaded through the image-text-to-text class and released afterwards."""
+        info = {text_series.adapter_name(c): c for c in self.series.checkpoints}.get(name)
+        if info is None or info.kind == "adapter":
+            with self.series.activate(name) as model:
+                yield model
+            return
+        with self.series.lock:
+            full = load_vl_model(info.path, self.series.device, self.series.dtype, self.series.trust_remote_code)
+            try:
+                yield full
+            finally:
+                del full
+                gc.collect()
+
+
+def load_vl_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path] | None = None,
+                   cfg: VisionConfig | None = None, *, device: str | None = None, dtype: str | None = None,
+                   trust_remote_code: bool = False, base_names: Sequence[str] = ()) -> VLSeries:
+    """Load a VL base (model + processor) and every adapter checkpoint into it (see module docstring)."""
+    base = Path(base).expanduser().resolve()
+    if not is_vl_folder(base):
+        raise InputError(f"{base}: not a vision-language model folder (expected config.json with a vision_config)")
+    infos = text_series._resolve_checkpoints(checkpoints)
+    dev = device or detect().device
+    dt = text_series._dtype(dtype, dev)
+    proc = load_processor(base, cfg, trust_remote_code)
+    model = load_vl_model(base, dev, dt, trust_remote_code)
+    accepted = {base.name.lower(), *(n.lower() for n in base_names)}
+    if getattr(model.config, "_name_or_path", None):
+        accepted.add(Path(model.config._name_or_path).name.lower())
+    vocab = proc.tokenizer.get_vocab()
+    for info in infos:
+        text_series._check_tokenizer(info, vocab, trust_remote_code)
+        if info.kind == "adapter":
+            text_series._check_base_name(info, accepted)
+            model = text_series._attach_adapter(model, info)
+    shared = not hasattr(model, "peft_config") or vision_untouched(model)
+    shared = shared and all(c.kind == "adapter" for c in infos)
+    ms = text_series.ModelSeries(base, infos, model.eval(), proc.tokenizer, dev, dt, trust_remote_code)
+    return VLSeries(ms, proc, shared)
+
+
+def _batches(encs: list[VLEncoded], size: int) -> list[list[int]]:
+    order = sorted(range(len(encs)), key=lambda i: len(encs[i].input_ids))
+    return [order[i: i + size] for i in range(0, len(order), size)]
+
+
+@torch.no_grad()
+def score_vl_series(vs: VLSeries, encs: list[VLEncoded], batch_size: int = 8) -> pd.DataFrame:
+    """log p of every completion token under every checkpoint, batch-outer and checkpoint-inner (adapters
+    switched, never reloaded; image features computed once per batch when the vision tower is shared).
+    -> DataFrame(traj_id, checkpoint, step, position, token_id, logprob)"""
+    parts: list[dict] = []
+    for idx in _batches(encs, batch_size):
+        group = [encs[i] for i in idx]
+        batch = None
+        features = None
+        for name in vs.names:
+            with vs.activate(name) as model:
+                batch = batch or collate(group, vs.processor, model, vs.series.device)
+                if vs.shared_vision and features is None:
+                    features = image_features(model, batch.pixel_values, batch.image_grid_thw)
+                lps = token_logprobs(model, batch, features if vs.shared_vision else None)
+            for e, lp in zip(group, lps):
+                parts.append({"traj_id": e.id, "checkpoint": name, "step": vs.series.steps[name],
+                              "token_id": np.asarray(e.completion_ids), "logprob": lp.cpu().numpy()})
+    return _frame(parts, vs.names)
+
+
+def _frame(parts: list[dict], names: list[str]) -> pd.DataFrame:
+    rank = {n: i for i, n in enumerate(names)}
+    parts.sort(key=lambda p: rank[p["checkpoint"]])  # checkpoint-major, as core.scoring's table
+    n = [len(p["logprob"]) for p in parts]
+    return pd.DataFrame({
+        "traj_id": np.repeat([p["traj_id"] for p in parts], n),
+        "checkpoint": np.repeat([p["checkpoint"] for p in parts], n),
+        "step": np.repeat([p["step"] for p in parts], n).astype(np.int64),
+        "position": np.concatenate([np.arange(k) for k in n]),
+        "token_id": np.concatenate([p["token_id"] for p in parts]),
+        "logprob": np.concatenate([p["logprob"] for p in parts]),
+    })
