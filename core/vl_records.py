@@ -58,8 +58,8 @@ def _checked(refs: list[ImageRef], limits: ImageLimits) -> list[ImageRef]:
 
 
 def _record(rid: str, prompt: str, completion: str, label: str | None, refs: list[ImageRef], where: str,
-            limits: ImageLimits) -> dict:
-    return {"id": rid, "prompt": _with_placeholders(prompt, refs, where), "completion": completion,
+            limits: ImageLimits, field: str = "prompt") -> dict:
+    return {"id": rid, "prompt": _with_placeholders(prompt, refs, f"{where}, field '{field}'"), "completion": completion,
             "label": label, "image_refs": _checked(refs, limits), "where": where}
 
 
@@ -88,11 +88,12 @@ def _parse(rec: dict, rid: str, path: Path, line: int, where: str, limits: Image
     images = record_images(rec, path, line, "images")
     if "messages" in rec:
         prompt, answer = _user_and_assistant(rec["messages"], where, "messages")
-        out = [_record(rid, prompt, answer, label, images, where, limits)]
+        out = [_record(rid, prompt, answer, label, images, where, limits, "messages")]
         if "rejected_messages" in rec:
             r_prompt, r_answer = _user_and_assistant(rec["rejected_messages"], where, "rejected_messages")
             r_images = record_images(rec, path, line, "rejected_images") or images
-            out.append(_record(f"{rid}:rejected", r_prompt, r_answer, label, r_images, where, limits))
+            out.append(_record(f"{rid}:rejected", r_prompt, r_answer, label, r_images, where, limits,
+                               "rejected_messages"))
         return out
     for key in ("prompt", "completion"):
         if not isinstance(rec.get(key), str) or not rec[key].strip():
