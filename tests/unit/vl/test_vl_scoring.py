@@ -1,5 +1,7 @@
 """LoRA on the language model only, scoring equal to a direct forward, the probe equal to re-encoding."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,10 @@ def test_lora_targets_the_language_model_only(vl_series):
     assert adapted and all(".language_model." in n for n in adapted)
     assert len(adapted) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
     assert vision_untouched(model) and vl_series.shared_vision
+    pattern = lm_lora_targets(model)  # PEFT full-matches target_modules regexes against module names
+    assert re.fullmatch(pattern, "model.language_model.layers.0.mlp.gate_proj")
+    assert not re.fullmatch(pattern, "model.visual.blocks.0.mlp.gate_proj")  # same leaf name, vision tower
+    assert not re.fullmatch(pattern, "lm_head") and not re.fullmatch(pattern, "model.visual.merger.mlp.0")
 
 
 def test_vision_tower_untouched_and_lm_lora_changes_logits(vl_series, tiny_vl, vl_encoded):
