@@ -30,11 +30,19 @@ from core.vision import (VisionConfig, VLEncoded, VLProcessor, collate, is_vl_fo
 from core.vl_scoring import image_features, token_logprobs, vision_untouched
 
 
+_PEFT_PARTS = {"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B"}
+
+
+def _is_linear(module) -> bool:
+    """A linear layer, also when an adapter already wraps it (PEFT keeps the original as ``base_layer``)."""
+    return isinstance(module, torch.nn.Linear) or isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
+
+
 def lm_lora_targets(model) -> str:
     """A PEFT ``target_modules`` regex for every linear layer of the language model and nothing else
     (not the vision tower, not its merger, not the LM head): PEFT full-matches it against module names."""
     names = {n.rsplit(".", 1)[-1] for n, m in vl_core(model).language_model.named_modules()
-             if isinstance(m, torch.nn.Linear)}
+             if _is_linear(m) and not any(p in n.split(".") for p in _PEFT_PARTS)}
     if not names:
         raise InputError("the language model has no linear layers to adapt")
     return rf".*language_model\..*\.({'|'.join(sorted(names))})"
