@@ -87,3 +87,16 @@ def write_tiny_vl(out: Path, seed: int = 0, model=None, tokenizer=None) -> Path:
     tokenizer.save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=1))
     return out
+
+
+def synthetic_xray(h: int, w: int, seed: int):
+    """A grey chest-film-like picture (dark lungs, bright mediastinum, one opacity blob) as an RGB PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = 60 + 120 * np.exp(-((x - 0.5) / 0.12) ** 2) + 20 * rng.standard_normal((h, w))
+    cy, cx = rng.uniform(0.3, 0.7, 2)
+    img += 80 * np.exp(-(((y - cy) / 0.1) ** 2 + ((x - cx) / 0.1) ** 2))
+    return Image.fromarray(np.clip(img, 0, 255).astype("uint8")).convert("RGB")

@@ -4,24 +4,13 @@ MIMIC-CXR's nested layout, and two LoRA checkpoints on the language model in a t
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from core.sample.tinyvl import synthetic_xray as xray
 from core.sample.tinyvl import write_tiny_vl
 
 SIZES = {"d1": (90, 70), "d2": (200, 120), "d3": (64, 64), "d4": (150, 300)}  # (height, width)
-
-
-def xray(h: int, w: int, seed: int) -> Image.Image:
-    """A grey chest-film-like picture: dark lungs, a bright mediastinum, one opacity blob."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
-    img = 60 + 120 * np.exp(-((x - 0.5) / 0.12) ** 2) + 20 * rng.standard_normal((h, w))
-    cy, cx = rng.uniform(0.3, 0.7, 2)
-    img += 80 * np.exp(-(((y - cy) / 0.1) ** 2 + ((x - cx) / 0.1) ** 2))
-    return Image.fromarray(np.clip(img, 0, 255).astype("uint8")).convert("RGB")
 
 
 @pytest.fixture(scope="session")
