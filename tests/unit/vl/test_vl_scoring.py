@@ -18,6 +18,7 @@ LABELS = ["Pneumonia", "Cardiomegaly", "Edema", "No Finding"]
 PROBE = ProbeConfig(labels=LABELS)
 
 
+@torch.no_grad()
 def direct(model, e, pad_id):
     """The reference: one record, the model's own full forward (it computes its 3-D positions itself)."""
     ids = torch.tensor([e.input_ids])
@@ -137,3 +138,21 @@ def test_probe_refuses_to_cut_an_image(vl_series, vl_encoded):
     assert e.input_ids[first - 1] == vl_series.processor.token_id("<|vision_end|>")
     with vl_series.activate("base") as model, pytest.raises(InputError, match="cuts an image"):
         probe_vl(model, vl_series.processor, [e], [[first - 2, e.think_end]], PROBE, LABELS)
+
+
+def test_full_vl_checkpoint_is_loaded_when_activated(tiny_vl, vl_encoded, tmp_path):
+    """A merged (full) checkpoint, as ms-swift's ``-merged`` folders: loaded through the image-text-to-text
+    class when activated; its vision tower may differ, so image features are not shared."""
+    from core.vision import load_vl_model
+
+    model = load_vl_model(tiny_vl)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(tmp_path / "checkpoint-8-merged")
+    vs = load_vl_series(tiny_vl, [tmp_path / "checkpoint-8-merged"])
+    assert not vs.shared_vision and vs.names == ["base", "checkpoint-8-merged"]
+    df = score_vl_series(vs, vl_encoded[:1])
+    base, merged = (df[df.checkpoint == n]["logprob"].to_numpy() for n in vs.names)
+    pad = vs.processor.token_id(IMAGE_PAD)
+    np.testing.assert_allclose(merged, direct(model, vl_encoded[0], pad).numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(base, merged)
