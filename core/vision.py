@@ -18,6 +18,7 @@ when the full processor loads: only its image processor and tokenizer are used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,14 @@ class VLProcessor:
     @property
     def merge_size(self) -> int:
         return int(getattr(self.image_processor, "merge_size", 2))
+
+    def settings_key(self) -> str:
+        """What decides the pixels the model sees besides the files: resize limits, patching, normalisation."""
+        ip = self.image_processor
+        keys = ("size", "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std",
+                "rescale_factor", "do_resize", "do_normalize")
+        text = json.dumps({k: str(getattr(ip, k, None)) for k in keys}, sort_keys=True)
+        return hashlib.sha256(f"{type(ip).__name__}:{text}".encode()).hexdigest()[:16]
 
     def token_id(self, token: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(token)
@@ -159,9 +168,9 @@ def load_vl_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = to
 @dataclass(frozen=True)
 class VLEncoded(Encoded):
     """A trajectory with its images: ``input_ids`` already hold the expanded image tokens (prompt tokens)."""
-    pixel_values: torch.Tensor | None = None  # (patches, C*tp*p*p)
-    image_grid_thw: torch.Tensor | None = None  # (n_images, 3)
-    images_key: str = ""  # content hash of the images, in order (a cache key part)
+    pixel_values: torch.Tensor | None = field(default=None, compare=False)  # (patches, C*tp*p*p)
+    image_grid_thw: torch.Tensor | None = field(default=None, compare=False)  # (n_images, 3)
+    images_key: str = ""  # content hash of the images, in order, and of the pixel settings (a cache key part)
 
 
 def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_refs") -> list[VLEncoded]:
@@ -187,8 +196,12 @@ def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_
         ends = [i for i in range(len(p), len(ids)) if ids[i] == think]
         out.append(VLEncoded(str(rec["id"]), ids, len(p), ends[0] if ends else len(ids), rec.get("label"),
                              [token_text(proc.tokenizer, t) for t in ids], pixels,
-                             grids if images else None, images_key(refs) if refs else ""))
+                             grids if images else None, _key(refs, proc) if refs else ""))
     return out
+
+
+def _key(refs: list[ImageRef], proc: VLProcessor) -> str:
+    return hashlib.sha256(f"{images_key(refs)}:{proc.settings_key()}".encode()).hexdigest()[:16]
 
 
 @dataclass

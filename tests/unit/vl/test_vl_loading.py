@@ -111,3 +111,13 @@ def test_not_a_vl_folder_is_named(tmp_path):
         load_vl_series(tmp_path)
     with pytest.raises(InputError, match="cannot load vision-language model"):
         load_vl_model(tmp_path)
+
+
+def test_cache_key_covers_image_bytes_and_pixel_settings(tiny_vl, vl_records):
+    small = load_processor(tiny_vl, VisionConfig(max_pixels=56 * 56))
+    default = load_processor(tiny_vl)
+    a, b = encode_vl(default, vl_records[:1]), encode_vl(default, vl_records[:1])
+    assert a[0].images_key == b[0].images_key and a[0] == b[0]  # tensors are not compared, keys are
+    assert encode_vl(small, vl_records[:1])[0].images_key != a[0].images_key
+    swapped = dict(vl_records[0], image_refs=vl_records[1]["image_refs"][:1])
+    assert encode_vl(default, [swapped])[0].images_key != a[0].images_key
