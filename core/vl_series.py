@@ -96,11 +96,42 @@ def load_vl_series(base: str | Path, checkpoints: str | Path | Sequence[str | Pa
         text_series._check_tokenizer(info, vocab, trust_remote_code)
         if info.kind == "adapter":
             text_series._check_base_name(info, accepted)
-            model = text_series._attach_adapter(model, info)
+            model = attach_vl_adapter(model, info)
     shared = not hasattr(model, "peft_config") or vision_untouched(model)
     shared = shared and all(c.kind == "adapter" for c in infos)
     ms = text_series.ModelSeries(base, infos, model.eval(), proc.tokenizer, dev, dt, trust_remote_code)
     return VLSeries(ms, proc, shared)
+
+
+# Adapters saved before transformers 4.52 (ms-swift runs on older stacks) name the language model
+# ``model.layers...`` and the vision tower ``visual...``; transformers 4.52-4.57 mapped them with this rule
+# (Qwen2_5_VLForConditionalGeneration._checkpoint_conversion_mapping), which PEFT applies given ``key_mapping``.
+LEGACY_KEYS = {"^visual": "model.visual", r"^model(?!\.(language_model|visual))": "model.language_model"}
+
+
+def attach_vl_adapter(model, info):
+    """Load one adapter into the VL base (old or new key layout); an adapter whose weights do not all find
+    their layer is an ``InputError`` naming its folder (PEFT only warns, and would score a half-loaded adapter)."""
+    import warnings
+
+    from peft import PeftModel
+
+    name = text_series.adapter_name(info)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if isinstance(model, PeftModel):
+                model.load_adapter(info.path, adapter_name=name, is_trainable=False, key_mapping=LEGACY_KEYS)
+            else:
+                model = PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False,
+                                                  key_mapping=LEGACY_KEYS)
+        except Exception as e:  # noqa: BLE001 - any failure to read an adapter is reported with its path
+            raise InputError(f"{info.path}: adapter does not fit the base model ({str(e).splitlines()[0]})") from None
+    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+    if missing:
+        raise InputError(f"{info.path}: adapter weights do not match the base model's layers "
+                         f"({missing[0][:300]}...)")
+    return model
 
 
 def _batches(encs: list[VLEncoded], size: int) -> list[list[int]]:

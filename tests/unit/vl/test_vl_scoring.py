@@ -156,3 +156,34 @@ def test_full_vl_checkpoint_is_loaded_when_activated(tiny_vl, vl_encoded, tmp_pa
     pad = vs.processor.token_id(IMAGE_PAD)
     np.testing.assert_allclose(merged, direct(model, vl_encoded[0], pad).numpy(), rtol=1e-4, atol=1e-4)
     assert not np.allclose(base, merged)
+
+
+def _rekeyed(src, dst, old: str, new: str):
+    """A copy of an adapter folder with its weight names rewritten (another layout of the same adapter)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "adapter_model.safetensors")
+    save_file({k.replace(old, new): v for k, v in weights.items()}, dst / "adapter_model.safetensors")
+    return dst
+
+
+def test_adapter_in_the_pre_4_52_layout_loads_like_the_new_one(tiny_vl, vl_adapters, vl_encoded, tmp_path):
+    """ms-swift adapters from older transformers name the language model ``model.layers``."""
+    legacy = _rekeyed(vl_adapters / "checkpoint-2", tmp_path / "checkpoint-2", "model.language_model.", "model.")
+    assert not any("language_model" in k for k in load_file(legacy / "adapter_model.safetensors"))
+    out = {}
+    for folder in (vl_adapters / "checkpoint-2", legacy):
+        vs = load_vl_series(tiny_vl, [folder])
+        with vs.activate("checkpoint-2") as model:
+            out[str(folder)] = torch.cat(token_logprobs(model, collate(vl_encoded, vs.processor, model)))
+    a, b = out.values()
+    torch.testing.assert_close(a, b)
+
+
+def test_adapter_whose_weights_find_no_layer_is_named(tiny_vl, vl_adapters, tmp_path):
+    broken = _rekeyed(vl_adapters / "checkpoint-4", tmp_path / "checkpoint-4", "self_attn.q_proj", "self_attn.qq_proj")
+    with pytest.raises(InputError, match=f"{broken}: adapter weights do not match"):
+        load_vl_series(tiny_vl, [broken])
