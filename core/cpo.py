@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from core.errors import InputError
+from core.paths import expand_optional
 
 NEGATIVES = ("counterfactual", "random")
 
@@ -72,6 +73,9 @@ class TrainConfig:
                            "a positive number"))
         checks.append(("cpo_alpha", isinstance(self.cpo_alpha, (int, float)) and self.cpo_alpha >= 0,
                        "a number >= 0"))
+        for name in ("base_model", "data", "output_dir", "init_adapter"):  # "~" and "$VAR" as a shell reads them
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, expand_optional(getattr(self, name)))
         for name in ("base_model", "data", "output_dir"):
             checks.append((name, isinstance(getattr(self, name), str) and getattr(self, name).strip() != "",
                            "a non-empty path"))
