@@ -53,6 +53,15 @@ def controls(label: str, expanded: bool = True):
     return st.expander(label, expanded=expanded and not st.session_state.get(state.PRESENTATION, False))
 
 
+def number(value) -> float | None:
+    """``value`` as a float, or None when it is missing, null or NaN (so ``f"{x:.0f}"`` is never handed None)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x else x
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
