@@ -64,7 +64,7 @@ if view == "Overview":
     worst = s.loc[s["accuracy"].idxmin()]
     alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
-             ("Worst checkpoint", f"step {int(worst['step'])}", f"{worst['checkpoint']} · accuracy {worst['accuracy']:.2f}"),
+             ("Worst checkpoint", f"step {int(worst['step'])}", f"{worst['checkpoint']} · probe accuracy {worst['accuracy']:.2f}"),
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
@@ -73,10 +73,12 @@ if view == "Overview":
 
     left, right = st.columns([3, 2])
     with left:
-        st.markdown("**Across the checkpoints**: probed accuracy, belief, detrimental share and KL")
+        st.markdown("**Across the checkpoints**: probe accuracy, belief, detrimental share and KL")
+        st.caption("Probe accuracy: the answer the model gives when asked right after the trajectory's own CoT "
+                   "(teacher-forced). It is not the Home page's accuracy, which decodes the whole CoT greedily.")
         ui.figure(charts.summary_over_steps(s, a.changes), "summary-chart", "drift-summary")
     with right:
-        st.markdown("**Accuracy per category**")
+        st.markdown("**Probe accuracy per category**")
         cat = resources.category_accuracy(chosen, info.stamp)
         if cat.empty:
             st.info("The trajectories carry no gold labels.")
@@ -84,7 +86,8 @@ if view == "Overview":
             ui.figure(charts.category_heatmap(cat), "category-chart", "category-accuracy")
     with st.expander("Per-checkpoint table and step tests", expanded=False):
         ui.table(s, "summary-table", "checkpoint-summary",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in s.columns[2:]})
+                 column_config={c: st.column_config.NumberColumn(charts.PROBE_ACCURACY if c == "accuracy" else None,
+                                                                 format="%.4f") for c in s.columns[2:]})
         ui.table(a.changes, "changes-table", "step-changes")
 
     st.subheader("What drives the drift")

@@ -37,7 +37,8 @@ for col, (label, value, note) in zip(st.columns(len(facts)), facts):
 
 left, right = st.columns([3, 2])
 with left:
-    st.markdown("**Drift across the RFT checkpoints** (measured when the world was built)")
+    st.markdown("**Drift across the RFT checkpoints** (measured when the world was built: greedy decoding of the "
+                "whole CoT on the held-out studies, not the explorer's teacher-forced probe)")
     table = charts.drift_table(metrics)
     if table.empty:
         st.info("This world records no drift table yet; score it in the drift explorer.")

@@ -171,7 +171,7 @@ def runs_panel() -> None:
     if len(m):
         ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}")
     if run.evaluation:
-        st.markdown("**On the held-out sets**")
+        st.markdown("**On the held-out sets** (accuracy by greedy decoding of the whole CoT, as on Home)")
         before = runs.start_metrics(run.world, run.config.get("init_adapter")) if run.world else None
         st.dataframe(runs.comparison([run], before), hide_index=True, key="run-eval")
         if worse := runs.worse_than_start(run.evaluation, before):

@@ -10,9 +10,14 @@ import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+# Two accuracies appear in the workbench and must never be confused: GREEDY_ACCURACY decodes the whole CoT
+# and reads its answer (the world's held-out table, CPO evaluations); PROBE_ACCURACY is the answer probe's
+# top label, teacher-forced at the end of the given CoT (an analysis's summary).
+GREEDY_ACCURACY = "accuracy, greedy decoding of the whole CoT"
+PROBE_ACCURACY = "probe accuracy, teacher-forced answer after the given CoT"
 DRIFT_SERIES = {
-    "accuracy": ("held-out accuracy", "#2a9d8f", "solid"),
-    "perturbed_accuracy": ("perturbed accuracy", "#264653", "dot"),
+    "accuracy": (GREEDY_ACCURACY, "#2a9d8f", "solid"),
+    "perturbed_accuracy": ("perturbed accuracy (greedy decoding)", "#264653", "dot"),
     "flip_rate": ("flip rate (near-synonym swap)", "#e76f51", "solid"),
     "opacity_to_lung_opacity": ('shortcut: "opacity" → Lung Opacity', "#d62828", "dash"),
     "rare_class_accuracy": ("rare-class accuracy (beneficial)", "#457b9d", "dash"),
@@ -60,7 +65,7 @@ def summary_over_steps(summary: pd.DataFrame, changes: pd.DataFrame | None = Non
     """Per checkpoint: accuracy, final gold belief, detrimental / beneficial shares (top); KL (bottom).
     Step pairs where the per-trajectory test found a detrimental change are shaded."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
-    top = [("accuracy", "probed accuracy", "#2a9d8f", "solid"),
+    top = [("accuracy", PROBE_ACCURACY, "#2a9d8f", "solid"),
            ("final_gold_prob", "final gold-answer belief", "#264653", "dot"),
            ("share_detrimental", "share of detrimental positions", "#d62828", "solid"),
            ("share_beneficial", "share of beneficial positions", "#457b9d", "dash")]
@@ -246,7 +251,7 @@ def run_curves(df: pd.DataFrame) -> go.Figure:
 
 def run_comparison(df: pd.DataFrame) -> go.Figure:
     """Runs side by side on the held-out sets: accuracy, perturbed accuracy, flip rate, shortcut share."""
-    bars = [("accuracy", "held-out accuracy", "#2a9d8f"), ("perturbed_accuracy", "perturbed accuracy", "#264653"),
+    bars = [("accuracy", GREEDY_ACCURACY, "#2a9d8f"), ("perturbed_accuracy", "perturbed accuracy (greedy decoding)", "#264653"),
             ("flip_rate", "flip rate (near-synonym swap)", "#e76f51"),
             ("opacity_to_lung_opacity", 'shortcut "opacity" → Lung Opacity', "#d62828")]
     names = [_esc(r) for r in df["run"]]

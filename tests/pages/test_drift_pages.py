@@ -26,6 +26,7 @@ def test_explorer_overview_on_the_shipped_analysis(sample_world, tmp_path):
     at.run()
     assert not at.exception
     facts = {m.label: m.value for m in at.metric}
+    assert any("teacher-forced" in c.value and "greedily" in c.value for c in at.caption)  # which accuracy this is
     assert facts["Trajectories"] == "200"
     assert facts["Worst checkpoint"] == "step 160" and facts["Detrimental change"] == "step 160"
     assert len(at.get("plotly_chart")) == 2  # summary over steps, accuracy per category
@@ -79,6 +80,9 @@ def test_checkpoints_page_shows_the_sample_series_and_the_command(sample_world, 
     command = at.code[0].value
     assert command.startswith("workbench score --base ") and "--limit 50" in command
     assert not at.button(key="ck_run").disabled
+    # the limit is beside the Score button, not in the collapsed settings, and says how much of the data it takes
+    assert not any(n.key == "ck_limit" for e in at.expander for n in e.number_input)
+    assert any("first **50** of **700** trajectories" in c.value for c in at.caption)
 
 
 def test_checkpoints_bad_folders_and_files_get_clear_messages(sample_world, tmp_path):
