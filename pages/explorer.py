@@ -156,8 +156,10 @@ else:
               f"heatmap-{traj_id}-{metric}")
     left, right = st.columns([2, 3])
     with left:
-        st.markdown(f"**Gold:** {r['gold']}  \n**base answer:** {r['base_answer']} ({r['base_belief']:.2f})  \n"
-                    f"**{r['worst_checkpoint']}:** {r['worst_answer']} ({r['worst_belief']:.2f})")
+        st.markdown(f"**Gold:** {r['gold']}  \n"  # each belief is in the gold answer, not in the answer given
+                    f"**base answers** {r['base_answer']} · belief in the gold answer {r['base_belief']:.2f}  \n"
+                    f"**{r['worst_checkpoint']} answers** {r['worst_answer']} · belief in the gold answer "
+                    f"{r['worst_belief']:.2f}")
         st.text(f"{record.get('prompt', '')}\n\n{record.get('completion', '')}")
     with right:
         BELIEF_VIEWS = ["Gold answer, every checkpoint", "Every answer, one checkpoint"]

@@ -48,6 +48,10 @@ def test_explorer_trajectory_view_switches_trajectories_and_metrics(sample_world
     assert picker.options[0].startswith(picker.value + " · ") and "Lung Lesion" in picker.options[0]
     heat = at.get("plotly_chart")[0].proto.spec
     assert "checkpoint-160" in heat and "&lt;think&gt;" in heat  # rows by checkpoint, tokens escaped
+    # the default colouring names itself, and each belief is said to be the gold answer's
+    label = at.selectbox(key="traj_metric").format_func(at.selectbox(key="traj_metric").value)
+    assert label.startswith("effect drift:") and "that change" not in label
+    assert any(m.value.count("· belief in the gold answer") == 2 for m in at.markdown)
     picker.set_value(picker.options[5].split(" · ")[0]).run()
     assert not at.exception and at.session_state[state.TRAJECTORY] == picker.value
     at.segmented_control(key="traj_belief_view").set_value("Every answer, one checkpoint").run()
