@@ -55,10 +55,11 @@ with right:
 
 st.markdown("**The loop.** Load checkpoints → see drift → edit the concept graph → generate counterfactuals → "
             "curate → run CPO → compare drift before and after.")
-for col, (route, note) in zip(st.columns(6), [
+for col, (route, note) in zip(st.columns(7), [
         (routes.checkpoints, "score a series"), (routes.explorer, "where it drifts"),
         (routes.perturbation, "swap a finding"), (routes.graph_editor, "the expert knowledge"),
-        (routes.counterfactuals, "rewrite the CoT"), (routes.curation, "build the dataset")]):
+        (routes.counterfactuals, "rewrite the CoT"), (routes.curation, "build the dataset"),
+        (routes.runs, "repair and compare")]):
     with col:
         st.page_link(route(), width="stretch")
         st.caption(note)

@@ -74,6 +74,16 @@ def test_undo_redo_and_history_diff(tmp_path):
     assert diff.to_dict("records") == [{"change": "node added", "item": "pleural fluid", "detail": ""}]
 
 
+def test_undo_keeps_the_open_tab_and_the_diff_never_compares_a_version_with_itself(tmp_path):
+    at = add_node(page("graph_editor.py", tmp_path), "pleural fluid")
+    at.session_state["graph_tab"] = "Edges"
+    at.button(key="graph_undo").click().run()
+    assert not at.exception and at.session_state["graph_tab"] == "Edges"
+    old = [s for s in at.selectbox if s.label == "Compare version"][0].value
+    new = [s for s in at.selectbox if s.label == "with version"][0].value
+    assert old != new and not at.dataframe[1].value.empty  # the undone node shows in the default diff
+
+
 def test_two_tabs_never_lose_an_edit_silently(tmp_path):
     tab_a, tab_b = page("graph_editor.py", tmp_path), page("graph_editor.py", tmp_path)
     add_node(tab_a, "finding from A")
