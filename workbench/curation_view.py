@@ -22,6 +22,18 @@ DIFF_CSS = ("<style>.cf-pair{white-space:pre-wrap;font-family:var(--font,inherit
             "</style>")
 
 
+def counterfactual_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The stored-counterfactuals table as a reader wants it: ``created_at`` as local date-times (not epoch
+    floats), ``model`` saying what wrote a row (graph rules have no model, not "None")."""
+    out = table.drop(columns=[c for c in ("settings", "source") if c in table])
+    if "created_at" in out:
+        out["created_at"] = pd.to_datetime(out["created_at"], unit="s", utc=True).dt.tz_convert(None).dt.floor("s")
+    if "model" in out:
+        out["model"] = [m if isinstance(m, str) and m else ("graph rules" if meth == "graph" else "–")
+                        for m, meth in zip(out["model"], out.get("method", [""] * len(out)))]
+    return out
+
+
 def diff_html(original: str, counterfactual: str) -> tuple[str, str]:
     """Both texts as escaped HTML with the changed word spans marked: ``<mark class="del">`` in the
     original, ``<mark class="ins">`` in the counterfactual (``core.counterfactual.changed_spans``)."""

@@ -106,6 +106,8 @@ def test_counterfactuals_page_generates_previews_batches_and_lists(tmp_path):
     assert "<mark style='background:#cfc'>Edema</mark>" in preview
     table = at.dataframe[0].value
     assert sorted(table["target"]) == ["Edema", "Pleural Effusion"] and set(table["consistency"]) == {1.0}
+    assert str(table["created_at"].dtype).startswith("datetime64") and table["created_at"].dt.year.min() >= 2024
+    assert set(table["model"]) == {"graph rules"}  # graph rules use no model: not "None"
     at.radio(key="cf_mode").set_value("all").run()
     at.number_input(key="cf_batch_n").set_value(5).run()
     at.button(key="cf_batch_run").click().run()
