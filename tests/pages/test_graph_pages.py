@@ -37,6 +37,8 @@ def test_graph_html_draws_an_xss_label_as_text(sample_world):
     html = graphview.graph_html(g, highlight=XSS)
     assert XSS not in html and "<b>bold" not in html and "</script><script>alert(2)" not in html
     assert XSS_JSON in html and "vis.Network" in html and "cdn.jsdelivr" not in html
+    # readable at the starting zoom: larger labels, and the fitted view zoomed in to a minimum scale
+    assert f'"size": {graphview.LABEL_SIZE}' in html and f"moveTo({{scale: {graphview.MIN_START_SCALE}}})" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in graphview.legend_html(g, 2, XSS)
     diff = graphview.side_by_side_html(f"{XSS} suggests Edema.", "infiltrate suggests Pneumonia.")
     assert XSS not in diff and "<del style='background:#fdd'>&lt;" in diff and "<mark" in diff
