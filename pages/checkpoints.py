@@ -60,8 +60,9 @@ if source == "Sample world":
                 and r.world and Path(r.world).resolve() == world.root.resolve()]
     if finished:
         joined = st.multiselect("Add finished CPO runs to the series", [r.name for r in finished], key="ck_runs",
-                                help="each run's adapter joins as a step after the checkpoint it started from, "
-                                     "so the explorer shows drift before and after the repair")
+                                help="each run's adapter joins as a branch of the checkpoint it started from: "
+                                     "the explorer draws it above its start, not on the RFT step axis, and "
+                                     "compares start vs repaired (flips, belief, tokens)")
         if joined:
             series_arg = ";".join([str(c.path) for c in world.checkpoints] +
                                   [str(r.adapter_dir) for r in finished if r.name in joined])

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core import explore
+from core.branches import run_branches
 from core.errors import InputError
 from workbench import charts, resources, state, ui
 
@@ -76,7 +77,8 @@ if view == "Overview":
         st.markdown("**Across the checkpoints**: probe accuracy, belief, detrimental share and KL")
         st.caption("Probe accuracy: the answer the model gives when asked right after the trajectory's own CoT "
                    "(teacher-forced). It is not the Home page's accuracy, which decodes the whole CoT greedily.")
-        ui.figure(charts.summary_over_steps(s, a.changes), "summary-chart", "drift-summary")
+        branches = run_branches(a.config.checkpoints)  # CPO runs: branches of their start, not RFT steps
+        ui.figure(charts.summary_over_steps(s, a.changes, branches), "summary-chart", "drift-summary")
     with right:
         st.markdown("**Probe accuracy per category**")
         cat = resources.category_accuracy(chosen, info.stamp)
@@ -85,10 +87,14 @@ if view == "Overview":
         else:
             ui.figure(charts.category_heatmap(cat), "category-chart", "category-accuracy")
     with st.expander("Per-checkpoint table and step tests", expanded=False):
+        s = s.assign(branch_of=[branches[c].start if c in branches else "" for c in s["checkpoint"]])
         ui.table(s, "summary-table", "checkpoint-summary",
                  column_config={c: st.column_config.NumberColumn(charts.PROBE_ACCURACY if c == "accuracy" else None,
-                                                                 format="%.4f") for c in s.columns[2:]})
+                                                                 format="%.4f") for c in s.columns[2:] if c != "branch_of"})
         ui.table(a.changes, "changes-table", "step-changes")
+
+    if branches:
+        ui.branch_comparison(a, branches)
 
     st.subheader("What drives the drift")
     st.caption("Effect drift: how much reading a token moves the belief in the gold answer, minus what the base "

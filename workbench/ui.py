@@ -102,6 +102,30 @@ def jobs_panel(runs_dir, kind: str, done_actions, limit: int = 5) -> None:
     st.fragment(panel, run_every=1.0 if live else None)()
 
 
+def branch_comparison(analysis, branches: dict) -> None:
+    """Start vs repaired for one CPO run of the analysis (``core.branches.compare``): the two models side by
+    side, the trajectories whose probed answer flipped, the CoT tokens whose probability moved most."""
+    from core.branches import compare
+
+    st.subheader("Start vs repaired")
+    names = list(branches)
+    name = st.selectbox("CPO run", names, key="branch_run",
+                        format_func=lambda n: f"{n} (from {branches[n].start}, {branches[n].run_steps} steps)")
+    cmp = compare(analysis.tokens, analysis.beliefs, branches[name].start, name)
+    st.caption("Probe accuracy and belief are teacher-forced on the same trajectories; 'fixed' = wrong at the "
+               "start, right after the run; 'broken' = the reverse.")
+    table(cmp.summary, "branch-summary", f"start-vs-{name}")
+    counts = cmp.flips["flip"].value_counts()
+    st.markdown(" · ".join(f"**{counts.get(k, 0)}** {k}" for k in ("fixed", "broken", "changed")))
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Trajectories whose answer flipped**")
+        table(cmp.flips, "branch-flips", f"flips-{name}")
+    with right:
+        st.markdown("**CoT tokens whose log-probability moved most** (repaired minus start)")
+        table(cmp.tokens, "branch-tokens", f"tokens-{name}")
+
+
 def current_world(note: str = ""):
     """The session's world, or None with a warning on the page when it cannot be opened."""
     from core.errors import InputError

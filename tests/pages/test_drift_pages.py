@@ -147,3 +147,50 @@ def test_perturbation_lab_swaps_a_finding_in_one_trajectory(sample_world, tmp_pa
     default_pair = at.selectbox(key="lab_pair")
     assert default_pair.format_func(default_pair.value) == "consolidation → airspace opacity"
     assert "--find consolidation --replace 'airspace opacity'" in at.code[0].value
+
+
+def _analysis_with_a_branch(sample_world, ws):
+    """The shipped analysis, with checkpoint-240's rows standing in for a CPO run 'fix-1' from checkpoint-160
+    (a real run's adapter folder layout, real tables): what the explorer gets after scoring a joined run."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    out = ws / "analyses" / "with-run"
+    shutil.copytree(sample_world / "analysis", out)
+    adapter = ws / "runs" / "cpo" / "fix-1" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "trainer_state.json").write_text(json.dumps({"global_step": 220, "run_steps": 60}))
+    (adapter.parent / "config.json").write_text(json.dumps({"init_adapter": str(sample_world / "rft" / "checkpoint-160")}))
+    for f in out.glob("*.parquet"):
+        t = pd.read_parquet(f)
+        if "checkpoint" in t:
+            t["checkpoint"] = t["checkpoint"].replace("checkpoint-240", "fix-1")
+            t.to_parquet(f)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(base=str(sample_world / "model"), data=str(sample_world / "data" / "test.jsonl"),
+               graph=str(sample_world / "concept_graph.json"),
+               checkpoints=[str(sample_world / "rft" / f"checkpoint-{s}") for s in (40, 80, 120, 160, 200)] + [str(adapter)])
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_explorer_shows_a_cpo_run_as_a_branch_with_start_vs_repaired(sample_world, tmp_path):
+    out = _analysis_with_a_branch(sample_world, tmp_path / "ws")
+    at = page("explorer", sample_world, tmp_path / "ws")
+    at.session_state[state.ANALYSIS] = str(out)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="branch_run").value == "fix-1"
+    frames = [d.value for d in at.dataframe]
+    summary = next(f for f in frames if "model" in f.columns)
+    assert summary["model"].tolist() == ["start: checkpoint-160", "repaired: fix-1"]
+    flips = next(f for f in frames if "flip" in f.columns)
+    assert set(flips["flip"]) <= {"fixed", "broken", "changed"} and len(flips) > 0
+    assert any("mean_logprob_change" in f.columns for f in frames)
+    assert any(("fixed" in m.value and "broken" in m.value) for m in at.markdown)
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert "CPO run fix-1 (from checkpoint-160" in spec
+    table = next(f for f in frames if "branch_of" in f.columns)
+    assert table.set_index("checkpoint").at["fix-1", "branch_of"] == "checkpoint-160"
