@@ -16,6 +16,7 @@ from core import checkpoints as ckpts
 from core import jobs, runs
 from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
 from core.errors import InputError
+from core.paths import expand
 from core.series import adapter_name, plan_series
 from workbench import resources, routes, state, ui
 
@@ -79,7 +80,7 @@ else:
     base_names = [n.strip() for n in names.split(";") if n.strip()]
     if not base:
         problems.append("Give the base model folder.")
-    if graph and not Path(graph).is_file():
+    if graph and not expand(graph).is_file():
         problems.append(f"{graph}: concept graph file not found")
 
 checkpoint_list = [s.strip() for s in series_arg.split(";") if s.strip()] if series_arg else []
@@ -175,8 +176,8 @@ c2.caption(f"Scores the first **{int(limit) or 'all'}**" + (f" of **{total}** tr
 cfg = None
 if not problems:
     try:
-        cfg = AnalysisConfig(base=str(Path(base).resolve()), data=str(Path(data).resolve()),
-                             checkpoints=checkpoints_value, graph=graph and str(Path(graph).resolve()),
+        cfg = AnalysisConfig(base=str(expand(base).resolve()), data=str(expand(data).resolve()),
+                             checkpoints=checkpoints_value, graph=graph and str(expand(graph).resolve()),
                              base_names=base_names, positions=positions, top_k=int(top_k),
                              batch_size=int(batch_size), limit=int(limit) or None, include_prompt=include_prompt,
                              device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)

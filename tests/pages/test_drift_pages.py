@@ -194,3 +194,16 @@ def test_explorer_shows_a_cpo_run_as_a_branch_with_start_vs_repaired(sample_worl
     assert "CPO run fix-1 (from checkpoint-160" in spec
     table = next(f for f in frames if "branch_of" in f.columns)
     assert table.set_index("checkpoint").at["fix-1", "branch_of"] == "checkpoint-160"
+
+
+def test_checkpoints_page_reads_a_typed_path_with_tilde(sample_world, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shutil.copytree(sample_world / "data", tmp_path / "home" / "data")
+    at = page("checkpoints", sample_world, tmp_path / "ws")
+    at.run()
+    at.radio(key="ck_data_kind").set_value("A JSONL file").run()
+    at.text_input(key="ck_data").input("~/data/test.jsonl").run()
+    assert not at.exception and not at.error
+    assert f"--data {tmp_path / 'home' / 'data' / 'test.jsonl'}" in at.code[0].value
