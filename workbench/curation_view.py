@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from core import curation, formats, snapshots
-from core.cpo import MIN_PAIRS
 from core.counterfactual import changed_spans
+from core.cpo import MIN_PAIRS
 from core.errors import InputError
 from workbench import resources, state
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pandas as pd
@@ -59,7 +60,7 @@ def number(value) -> float | None:
         x = float(value)
     except (TypeError, ValueError):
         return None
-    return None if x != x else x
+    return None if math.isnan(x) else x
 
 
 def duration(seconds: float | None) -> str:

@@ -1,6 +1,5 @@
 """CPO pre-flight on tiny or unbalanced preference data (pairs per answer label, per source)."""
 
-import json
 
 from core.cpo import MIN_PAIRS, TrainConfig, balance_warnings, pair_label, preflight
 from core.sample.preferences import build_preferences

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 
 def python_snippets(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
 def test_readme_has_python_snippets():
