@@ -15,6 +15,7 @@ import streamlit as st
 from core import checkpoints as ckpts
 from core import jobs, runs
 from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
+from core.branches import branch_of
 from core.errors import InputError
 from core.paths import expand
 from core.series import adapter_name, plan_series
@@ -110,7 +111,9 @@ if base and not problems:
     except ValueError as e:
         problems.append(f"Settings: {e}")
 if infos:
+    branch = {c.path: branch_of(c.path) for c in infos}  # CPO runs: a branch of their start, not an RFT step
     st.dataframe(pd.DataFrame([{"checkpoint": adapter_name(c), "step": c.step, "kind": c.kind,
+                                "branch_of": f"{b.start} + {b.run_steps} CPO steps" if (b := branch[c.path]) else "",
                                 "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
                  column_config={"reward": st.column_config.NumberColumn(format="%.3f"),

@@ -207,3 +207,28 @@ def test_checkpoints_page_reads_a_typed_path_with_tilde(sample_world, tmp_path, 
     at.text_input(key="ck_data").input("~/data/test.jsonl").run()
     assert not at.exception and not at.error
     assert f"--data {tmp_path / 'home' / 'data' / 'test.jsonl'}" in at.code[0].value
+
+
+def test_checkpoints_page_lists_a_joined_cpo_run_as_a_branch_of_its_start(sample_world, tmp_path):
+    import json
+    import shutil
+
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    adapter = ws.runs_dir / "cpo" / "fix-1" / "adapter"
+    shutil.copytree(sample_world / "rft" / "checkpoint-240", adapter)  # any adapter of this base
+    (adapter / "trainer_state.json").write_text(json.dumps({"global_step": 220, "run_steps": 60}))
+    config = {"init_adapter": str(sample_world / "rft" / "checkpoint-160")}
+    (adapter.parent / "config.json").write_text(json.dumps(config))
+    with ws.store.transaction() as con:
+        con.execute("INSERT INTO runs (name, objective, config, data, snapshot, world, status, job, output_dir, "
+                    "evaluation, created_at, updated_at) VALUES ('fix-1', 'cpo', ?, 'x', NULL, ?, 'done', NULL, ?, "
+                    "NULL, 0, 0)", (json.dumps(config), str(sample_world), str(adapter.parent)))
+    at = page("checkpoints", sample_world, tmp_path / "ws")
+    at.run()
+    at.multiselect(key="ck_runs").set_value(["fix-1"]).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value.set_index("checkpoint")
+    assert table.at["fix-1", "branch_of"] == "checkpoint-160 + 60 CPO steps"
+    assert table.at["checkpoint-200", "branch_of"] == ""
