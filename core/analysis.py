@@ -20,6 +20,7 @@ import pandas as pd
 
 from core import concepts, drift
 from core.cache import cache_key, cached_frame, file_hash, swap_in_folder, write_parquet
+from core.paths import expand, expand_optional, expand_str
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
@@ -49,6 +50,10 @@ class AnalysisConfig:
     tau: float = drift.TAU  # effect drift beyond which a position is detrimental / beneficial
 
     def __post_init__(self):
+        for key in PATH_FIELDS:  # "~/models/base" and "$DATA/x.jsonl" as a shell would read them
+            value = getattr(self, key)
+            setattr(self, key, [expand_str(v) for v in value] if isinstance(value, list)
+                    else expand_optional(value) if isinstance(value, (str, Path)) else value)
         if self.positions not in POSITION_MODES:
             raise ValueError(f"positions: expected one of {POSITION_MODES}, got {self.positions!r}")
         if self.limit is not None and self.limit < 1:
@@ -93,7 +98,7 @@ class Analysis:
         import shutil
         import tempfile
 
-        out = Path(out).resolve()
+        out = expand(out).resolve()
         config = asdict(self.config)
         if portable:
             for key in PATH_FIELDS:
@@ -118,7 +123,7 @@ class Analysis:
     def load(cls, out: str | Path) -> "Analysis":
         from core.errors import InputError
 
-        out = Path(out)
+        out = expand(out)
         if not (out / "config.json").is_file():
             raise InputError(f"{out}: not an analysis folder (expected config.json and {TABLES[0]}.parquet)")
         try:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.paths import expand
+
 
 def cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -60,7 +62,7 @@ def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Cal
     """``compute()`` once per key; later calls read the parquet file."""
     if cache_dir is None:
         return compute()
-    path = Path(cache_dir) / f"{kind}-{key}.parquet"
+    path = expand(cache_dir) / f"{kind}-{key}.parquet"
     if path.is_file():
         try:
             return pd.read_parquet(path)

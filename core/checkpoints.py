@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError
+from core.paths import expand
 
 _STEP_RE = re.compile(r"checkpoint-(\d+)$")
 
@@ -70,7 +71,7 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
 
 def discover(root: str | Path) -> list[CheckpointInfo]:
     """All ``checkpoint-N`` folders under ``root`` (depth <= 2), ordered by step."""
-    root = Path(root)
+    root = expand(root)
     if not root.is_dir():
         raise InputError(f"{root}: checkpoint folder not found")
     found = [p for p in list(root.glob("checkpoint-*")) + list(root.glob("*/checkpoint-*"))
@@ -87,7 +88,7 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
 
 def check_model_dir(path: str | Path) -> Path:
     """``path`` as a base-model folder (config.json, weights, tokenizer), or an ``InputError`` saying why not."""
-    path = Path(path).expanduser()
+    path = expand(path)
     if not str(path).strip() or not path.exists():
         raise InputError(f"{path}: base model folder not found")
     if not path.is_dir():
@@ -107,7 +108,7 @@ def find_candidates(roots: list[str | Path], max_depth: int = 3) -> tuple[list[P
     (holding checkpoint-N/), for the page's folder pickers. Hidden folders are skipped."""
     models, series = [], []
     for root in roots:
-        root = Path(root).expanduser()
+        root = expand(root)
         if not root.is_dir():
             continue
         frontier = [root]

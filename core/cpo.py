@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from core.errors import InputError
+from core.paths import expand_optional
 
 OBJECTIVES = ("cpo", "cpo++", "sft")  # implemented in core.cpo_trainer (torch + TRL), named here so configs import light
 NEGATIVES = ("counterfactual", "random")
@@ -71,6 +73,9 @@ class TrainConfig:
                            "a positive number"))
         checks.append(("cpo_alpha", isinstance(self.cpo_alpha, (int, float)) and self.cpo_alpha >= 0,
                        "a number >= 0"))
+        for name in ("base_model", "data", "output_dir", "init_adapter"):  # "~" and "$VAR" as a shell reads them
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, expand_optional(getattr(self, name)))
         for name in ("base_model", "data", "output_dir"):
             checks.append((name, isinstance(getattr(self, name), str) and getattr(self, name).strip() != "",
                            "a non-empty path"))
@@ -182,6 +187,44 @@ def _pairs_of(cfg: TrainConfig) -> list[dict]:
     return random_negatives(pairs, cfg.seed) if cfg.negatives == "random" and pairs else pairs
 
 
+MIN_PAIRS = 64  # below this a run mostly memorises its pairs (the sample world's default set has 480)
+MIN_PAIRS_PER_SOURCE = 8  # CPO++ weights and reports each source: a handful of pairs makes both noise
+_ANSWER = re.compile(r"\bis ([^.\n]+)\.?\s*$")
+
+
+def pair_label(pair: dict) -> str:
+    """The answer a pair's chosen side gives: its ``label`` field, else the text after ``</think>``
+    ("The disease of this patient is X." -> "X"), else the chosen side's last line."""
+    if pair.get("label"):
+        return str(pair["label"])
+    answer = pair["chosen"].rsplit("</think>", 1)[-1].strip().splitlines()
+    answer = answer[-1].strip() if answer else ""
+    found = _ANSWER.search(answer)
+    return (found.group(1) if found else answer)[:60] or "(no answer)"
+
+
+def balance_warnings(pairs: list[dict]) -> list[str]:
+    """Tiny or unbalanced data, said before the run: too few pairs, one answer label holding most of them,
+    sources with a handful of pairs."""
+    from collections import Counter
+
+    n, out = len(pairs), []
+    if n < MIN_PAIRS:
+        out.append(f"only {n} pairs (fewer than {MIN_PAIRS}): a run on so few pairs can leave the model worse "
+                   "than its start on the held-out sets; export more pairs or add the sample preference set")
+    labels = Counter(pair_label(p) for p in pairs)
+    top, count = labels.most_common(1)[0]
+    if n >= 2 and (len(labels) == 1 or count / n > 0.5):
+        out.append(f"unbalanced answers: {count} of {n} pairs ({count / n:.0%}) answer {top!r} "
+                   f"({len(labels)} label{'s' if len(labels) != 1 else ''} in all); the run may learn to answer it")
+    sources = Counter(p["source"] for p in pairs)
+    thin = sorted(s for s, c in sources.items() if c < MIN_PAIRS_PER_SOURCE)
+    if len(sources) > 1 and thin:
+        out.append("few pairs per source: " + ", ".join(f"{s!r} {sources[s]}" for s in thin)
+                   + f" (fewer than {MIN_PAIRS_PER_SOURCE}); their weights and per-source metrics rest on these")
+    return out
+
+
 def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
     """Check the data before the first step: empty, identical chosen/rejected, lengths against max_length."""
     from core.series import load_tokenizer
@@ -202,6 +245,7 @@ def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
     if identical:
         warnings.append(f"{len(identical)} pairs have identical chosen and rejected (first: pair {identical[0] + 1}); "
                         "they carry no preference and are left out")
+    warnings += balance_warnings(pairs)
     if len(identical) == len(pairs):
         errors.append(f"{cfg.data}: every pair has identical chosen and rejected; nothing to learn")
     sources = sorted({p["source"] for p in pairs})

@@ -27,6 +27,7 @@ import networkx as nx
 
 from core import concepts
 from core.errors import InputError
+from core.paths import expand
 from core.store import Store
 
 
@@ -52,7 +53,7 @@ class GraphStore:
     @classmethod
     def open(cls, store: Store, path: str | Path) -> "GraphStore":
         """The versioned graph of the file at ``path``; version 1 is the file itself, read once."""
-        path = Path(path).expanduser().resolve()
+        path = expand(path).resolve()
         gs = cls(store, str(path))
         if gs._head() is None:
             graph = concepts.load_graph(path)  # InputError names the file when it is broken

@@ -86,8 +86,7 @@ class Job:
             p = {"done": 0.0, "message": "starting…"}
         end = (self.exit_info() or {}).get("ended_at") or time.time()
         p["elapsed_s"] = end - self.started_at
-        done = p.get("done", 0.0)
-        p["eta_s"] = p["elapsed_s"] * (1 - done) / done if 0.01 < done < 1 else None
+        p["eta_s"] = eta_seconds(p, end)
         return p
 
     def log_tail(self, lines: int = 20) -> str:
@@ -165,6 +164,15 @@ def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = Non
     return sorted(out, key=lambda j: j.started_at, reverse=True)
 
 
+def eta_seconds(p: dict, now: float) -> float | None:
+    """Seconds left at the rate since the first batch was reported (``first_time``, ``first_done``); None
+    until a later report shows that rate, or when done."""
+    done, t0, d0 = p.get("done", 0.0), p.get("first_time"), p.get("first_done")
+    if not 0 < done < 1 or t0 is None or d0 is None or done <= d0:
+        return None
+    return max(0.0, now - t0) * (1 - done) / (done - d0)
+
+
 def report_progress(done: float, total: float, message: str, _state: dict = {}) -> None:  # noqa: B006
     """For workers: write ``$WORKBENCH_PROGRESS`` (at most every 0.3 s, and always at the end)."""
     path = os.environ.get(PROGRESS_ENV)
@@ -175,7 +183,11 @@ def report_progress(done: float, total: float, message: str, _state: dict = {}) 
     if fraction < 1 and now - _state.get("last", 0.0) < 0.3:
         return
     _state["last"] = now
-    atomic_write_text(Path(path), json.dumps({"done": round(fraction, 4), "message": message, "time": time.time()}),
+    # the first report with work done (after the first batch) anchors the ETA: the rate from there on leaves
+    # out the start-up (imports, loading the models), which made the first ETAs several times too long
+    first = _state.setdefault(("first", path), [time.time(), fraction]) if fraction > 0 else [None, None]
+    atomic_write_text(Path(path), json.dumps({"done": round(fraction, 4), "message": message, "time": time.time(),
+                                              "first_time": first[0], "first_done": first[1]}),
                       durable=False)  # replaced every 0.3 s: an fsync each time would stall on a busy disk
 
 

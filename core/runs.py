@@ -236,6 +236,28 @@ def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# held-out figures where higher is better, and where lower is better (core.sample.evaluate)
+HIGHER_IS_BETTER = ("accuracy", "perturbed_accuracy", "rare_class_accuracy")
+LOWER_IS_BETTER = ("flip_rate", "malformed")
+
+
+def worse_than_start(evaluation: dict | None, before: dict | None, margin: float = 0.0) -> list[str]:
+    """Where a finished run's held-out figures are worse than its start checkpoint's, in words
+    (``["accuracy 0.527 < 0.587 at the start"]``); empty when it is not, or the figures do not compare
+    (no start figures, or an evaluation on part of the sets)."""
+    if not evaluation or not before or evaluation.get("held_out_limit"):
+        return []
+    out = []
+    for key in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+        after, start = evaluation.get(key), before.get(key)
+        if not isinstance(after, (int, float)) or not isinstance(start, (int, float)):
+            continue
+        lower = key in LOWER_IS_BETTER
+        if (after > start + margin) if lower else (after < start - margin):
+            out.append(f"{key.replace('_', ' ')} {after:.3f} {'>' if lower else '<'} {start:.3f} at the start")
+    return out
+
+
 def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None) -> dict:
     """Load the world's base model (with ``adapter`` merged in, when given) and evaluate it on the world's
     held-out sets (``core.sample.evaluate.evaluate_world``)."""

@@ -28,6 +28,7 @@ import torch
 from core import checkpoints as ckpts
 from core.device import detect
 from core.errors import InputError
+from core.paths import expand
 
 BASE = "base"
 
@@ -130,7 +131,7 @@ def series_fingerprint(base_dir: Path, infos: list[ckpts.CheckpointInfo], dtype:
 
 def plan_series(base: str | Path, checkpoints=None, device: str | None = None, dtype: str | None = None):
     """What ``load_series`` would load, without loading it: (base dir, checkpoint infos, device, dtype)."""
-    base = Path(base).expanduser().resolve()
+    base = expand(base).resolve()
     dev = device or detect().device
     return base, _resolve_checkpoints(checkpoints), dev, _dtype(dtype, dev)
 
@@ -207,7 +208,7 @@ def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) 
     if isinstance(checkpoints, (str, Path)):
         infos = ckpts.discover(checkpoints)
     else:  # an explicit list keeps the caller's order; folders without any step information get their rank
-        infos = [ckpts.read_checkpoint(Path(p)) for p in checkpoints]
+        infos = [ckpts.read_checkpoint(expand(p)) for p in checkpoints]
         infos = [c if c.step or (c.path / "trainer_state.json").is_file() else
                  ckpts.CheckpointInfo(c.path, i + 1, c.kind, c.metrics) for i, c in enumerate(infos)]
     seen: dict[str, int] = {}
@@ -223,7 +224,7 @@ def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path]
                 device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
                 base_names: Sequence[str] = ()) -> ModelSeries:
     """Load the base model and tokenizer, then every adapter checkpoint into it (see module docstring)."""
-    base = Path(base).expanduser().resolve()
+    base = expand(base).resolve()
     if not base.is_dir():
         raise InputError(f"{base}: base model folder not found")
     if not (base / "config.json").is_file():

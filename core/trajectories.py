@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InputError
+from core.paths import expand
 
 REQUIRED = ("prompt", "completion")
 
@@ -39,7 +40,7 @@ class Encoded:
 
 def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     """Records of a JSONL file; ``InputError`` names the line and field that are wrong."""
-    path = Path(path)
+    path = expand(path)
     if not path.is_file():
         raise InputError(f"{path}: trajectory file not found")
     records, seen = [], set()

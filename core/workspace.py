@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import WorkspaceError
+from core.paths import expand
 from core.store import Store
 
 ENV_VAR = "WORKBENCH_WORKSPACE"
@@ -22,7 +23,7 @@ FOLDERS = ("cache", "jobs", "runs", "analyses", "uploads", "datasets", "perturba
 
 
 def default_path() -> Path:
-    return Path(os.environ.get(ENV_VAR) or Path.home() / ".cot-drift-workbench").expanduser()
+    return expand(os.environ.get(ENV_VAR) or Path.home() / ".cot-drift-workbench")
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Workspace:
     @classmethod
     def open(cls, root: str | Path | None = None) -> "Workspace":
         """Create the folder if needed, check it is writable, open and migrate its database."""
-        root = Path(root).expanduser().resolve() if root else default_path().resolve()
+        root = expand(root).resolve() if root else default_path().resolve()
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"{root}: workspace must be a folder, but a file is there")
         try:

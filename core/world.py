@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core import checkpoints, concepts
 from core.errors import InputError
+from core.paths import expand
 
 MANIFEST = "world.json"
 REQUIRED_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
@@ -108,7 +109,7 @@ def count_parameters(model_dir: Path) -> int:
 
 def load_world(root: str | Path = SAMPLE_WORLD) -> World:
     """Read and check a world folder; ``InputError`` names the first missing or malformed file."""
-    root = Path(root).expanduser().resolve()
+    root = expand(root).resolve()
     manifest_path = root / MANIFEST
     if not root.is_dir():
         raise InputError(f"{root}: world folder not found")

@@ -15,7 +15,9 @@ import streamlit as st
 from core import checkpoints as ckpts
 from core import jobs, runs
 from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
+from core.branches import branch_of
 from core.errors import InputError
+from core.paths import expand
 from core.series import adapter_name, plan_series
 from workbench import resources, routes, state, ui
 
@@ -60,8 +62,9 @@ if source == "Sample world":
                 and r.world and Path(r.world).resolve() == world.root.resolve()]
     if finished:
         joined = st.multiselect("Add finished CPO runs to the series", [r.name for r in finished], key="ck_runs",
-                                help="each run's adapter joins as a step after the checkpoint it started from, "
-                                     "so the explorer shows drift before and after the repair")
+                                help="each run's adapter joins as a branch of the checkpoint it started from: "
+                                     "the explorer draws it above its start, not on the RFT step axis, and "
+                                     "compares start vs repaired (flips, belief, tokens)")
         if joined:
             series_arg = ";".join([str(c.path) for c in world.checkpoints] +
                                   [str(r.adapter_dir) for r in finished if r.name in joined])
@@ -78,7 +81,7 @@ else:
     base_names = [n.strip() for n in names.split(";") if n.strip()]
     if not base:
         problems.append("Give the base model folder.")
-    if graph and not Path(graph).is_file():
+    if graph and not expand(graph).is_file():
         problems.append(f"{graph}: concept graph file not found")
 
 checkpoint_list = [s.strip() for s in series_arg.split(";") if s.strip()] if series_arg else []
@@ -92,11 +95,10 @@ with ui.controls("Device and settings", expanded=False):
                          help="auto: bfloat16 on CUDA, float32 on CPU")
     positions = c3.selectbox("Probe positions", ["every", "sentence", "end"], key="ck_positions",
                              help="every token (finest, slowest), sentence ends, or only the end of the CoT")
-    c1, c2, c3, c4 = st.columns(4)
-    limit = c1.number_input("Trajectories (0 = all)", 0, 100_000, 50, step=10, key="ck_limit")
-    batch_size = c2.number_input("Batch size", 1, 512, 8, key="ck_batch")
-    top_k = c3.number_input("Top-k alternatives", 1, 50, 5, key="ck_topk")
-    include_prompt = c4.toggle("Probe inside the report too", True, key="ck_prompt")
+    c1, c2, c3 = st.columns(3)
+    batch_size = c1.number_input("Batch size", 1, 512, 8, key="ck_batch")
+    top_k = c2.number_input("Top-k alternatives", 1, 50, 5, key="ck_topk")
+    include_prompt = c3.toggle("Probe inside the report too", True, key="ck_prompt")
 
 infos = []
 if base and not problems:
@@ -109,7 +111,9 @@ if base and not problems:
     except ValueError as e:
         problems.append(f"Settings: {e}")
 if infos:
+    branch = {c.path: branch_of(c.path) for c in infos}  # CPO runs: a branch of their start, not an RFT step
     st.dataframe(pd.DataFrame([{"checkpoint": adapter_name(c), "step": c.step, "kind": c.kind,
+                                "branch_of": f"{b.start} + {b.run_steps} CPO steps" if (b := branch[c.path]) else "",
                                 "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
                  column_config={"reward": st.column_config.NumberColumn(format="%.3f"),
@@ -152,10 +156,11 @@ else:
             except UnicodeDecodeError:
                 problems.append(f"{up.name}: not UTF-8 text (expected JSON lines)")
         data = str(target) if target.exists() else None
+total = None  # trajectories in the chosen file, shown beside the Score button's limit
 if data:
     try:
-        n = len(resources.records(data, None, resources.file_stamp(data)))
-        st.caption(f"`{data}`: {n} trajectories")
+        total = len(resources.records(data, None, resources.file_stamp(data)))
+        st.caption(f"`{data}`: {total} trajectories")
     except InputError as e:
         problems.append(str(e))
 elif not problems:
@@ -163,11 +168,19 @@ elif not problems:
 
 # ---- 3. score ------------------------------------------------------------------------------------------
 st.subheader("3 · Score")
+# the limit sits beside the Score button: it decides how much of the data an analysis covers
+c1, c2 = st.columns([1, 3])
+limit = c1.number_input("Trajectories to score (0 = all)", 0, 10_000_000, 200 if dev.device == "cuda" else 50, step=10,
+                        key="ck_limit", help="the first N trajectories of the file; a GPU scores all of them quickly, "
+                                             "two CPU cores about 1.5 min per 50 on the sample world")
+c2.caption(f"Scores the first **{int(limit) or 'all'}**" + (f" of **{total}** trajectories in `{Path(data).name}`"
+                                                             if total is not None else " trajectories")
+           + (" (all of them)" if total is not None and (not limit or limit >= total) else ""))
 cfg = None
 if not problems:
     try:
-        cfg = AnalysisConfig(base=str(Path(base).resolve()), data=str(Path(data).resolve()),
-                             checkpoints=checkpoints_value, graph=graph and str(Path(graph).resolve()),
+        cfg = AnalysisConfig(base=str(expand(base).resolve()), data=str(expand(data).resolve()),
+                             checkpoints=checkpoints_value, graph=graph and str(expand(graph).resolve()),
                              base_names=base_names, positions=positions, top_k=int(top_k),
                              batch_size=int(batch_size), limit=int(limit) or None, include_prompt=include_prompt,
                              device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)

@@ -8,7 +8,7 @@ from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactua
 from core.counterfactual_store import generate_batch, list_counterfactuals, store_counterfactuals
 from core.errors import InputError
 from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
-from workbench import graphview, resources, state
+from workbench import curation_view, graphview, resources, state
 
 MODES = {"one": "one target", "all": "all other diseases", "confusable": "confusable diseases (shared findings)"}
 METHODS = {"graph": "graph rules", "llm": "LLM expert (local model)"}
@@ -105,6 +105,7 @@ st.subheader("Stored counterfactuals")
 table = list_counterfactuals(store, source)
 order = st.radio("Consistency", ["lowest first", "highest first"], horizontal=True, key="cf_sort")
 table = table.sort_values(["consistency", "id"], ascending=[order == "lowest first", True], kind="stable")
-st.dataframe(table.drop(columns=["settings", "source"]), hide_index=True, key="cf_table",
-             column_config={"consistency": st.column_config.ProgressColumn("consistency", min_value=0, max_value=1,
+st.dataframe(curation_view.counterfactual_rows(table), hide_index=True, key="cf_table",
+             column_config={"created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
+                            "consistency": st.column_config.ProgressColumn("consistency", min_value=0, max_value=1,
                                                                            format="%.2f")})

@@ -5,7 +5,7 @@ import streamlit as st
 
 from core import curation
 from core.errors import InputError
-from workbench import curation_view as view, resources, state
+from workbench import curation_view as view, resources, state, ui
 
 state.init()
 st.title("Curation")
@@ -50,6 +50,7 @@ with conflicts:
 with agreement:
     view.agreement_panel(store)
 with imports:
-    view.import_panel(store)
+    world = ui.current_world()
+    view.import_panel(store, world.root / "examples" if world else None)
 with exports:
     view.export_panel(store, ws.datasets_dir)

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from core import explore
+from core.branches import run_branches
 from core.errors import InputError
 from workbench import charts, resources, state, ui
 
@@ -64,7 +65,7 @@ if view == "Overview":
     worst = s.loc[s["accuracy"].idxmin()]
     alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
-             ("Worst checkpoint", f"step {int(worst['step'])}", f"{worst['checkpoint']} · accuracy {worst['accuracy']:.2f}"),
+             ("Worst checkpoint", f"step {int(worst['step'])}", f"{worst['checkpoint']} · probe accuracy {worst['accuracy']:.2f}"),
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
@@ -73,19 +74,27 @@ if view == "Overview":
 
     left, right = st.columns([3, 2])
     with left:
-        st.markdown("**Across the checkpoints**: probed accuracy, belief, detrimental share and KL")
-        ui.figure(charts.summary_over_steps(s, a.changes), "summary-chart", "drift-summary")
+        st.markdown("**Across the checkpoints**: probe accuracy, belief, detrimental share and KL")
+        st.caption("Probe accuracy: the answer the model gives when asked right after the trajectory's own CoT "
+                   "(teacher-forced). It is not the Home page's accuracy, which decodes the whole CoT greedily.")
+        branches = run_branches(a.config.checkpoints)  # CPO runs: branches of their start, not RFT steps
+        ui.figure(charts.summary_over_steps(s, a.changes, branches), "summary-chart", "drift-summary")
     with right:
-        st.markdown("**Accuracy per category**")
+        st.markdown("**Probe accuracy per category**")
         cat = resources.category_accuracy(chosen, info.stamp)
         if cat.empty:
             st.info("The trajectories carry no gold labels.")
         else:
             ui.figure(charts.category_heatmap(cat), "category-chart", "category-accuracy")
     with st.expander("Per-checkpoint table and step tests", expanded=False):
+        s = s.assign(branch_of=[branches[c].start if c in branches else "" for c in s["checkpoint"]])
         ui.table(s, "summary-table", "checkpoint-summary",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in s.columns[2:]})
+                 column_config={c: st.column_config.NumberColumn(charts.PROBE_ACCURACY if c == "accuracy" else None,
+                                                                 format="%.4f") for c in s.columns[2:] if c != "branch_of"})
         ui.table(a.changes, "changes-table", "step-changes")
+
+    if branches:
+        ui.branch_comparison(a, branches)
 
     st.subheader("What drives the drift")
     st.caption("Effect drift: how much reading a token moves the belief in the gold answer, minus what the base "
@@ -153,8 +162,10 @@ else:
               f"heatmap-{traj_id}-{metric}")
     left, right = st.columns([2, 3])
     with left:
-        st.markdown(f"**Gold:** {r['gold']}  \n**base answer:** {r['base_answer']} ({r['base_belief']:.2f})  \n"
-                    f"**{r['worst_checkpoint']}:** {r['worst_answer']} ({r['worst_belief']:.2f})")
+        st.markdown(f"**Gold:** {r['gold']}  \n"  # each belief is in the gold answer, not in the answer given
+                    f"**base answers** {r['base_answer']} · belief in the gold answer {r['base_belief']:.2f}  \n"
+                    f"**{r['worst_checkpoint']} answers** {r['worst_answer']} · belief in the gold answer "
+                    f"{r['worst_belief']:.2f}")
         st.text(f"{record.get('prompt', '')}\n\n{record.get('completion', '')}")
     with right:
         BELIEF_VIEWS = ["Gold answer, every checkpoint", "Every answer, one checkpoint"]

@@ -69,7 +69,9 @@ st.iframe(resources.graph_html(gs, str(gs.store.path), gs.key, seen, focus), hei
 
 nodes, ids = sorted(graph.nodes, key=str), lambda kind: sorted((concepts.diseases if kind == "disease" else
                                                                  concepts.findings)(graph), key=str)
-t_node, t_edge, t_syn, t_hist, t_io = st.tabs(["Nodes", "Edges", "Synonyms", "History", "Import / export"])
+# keyed and tracked: the open tab survives the rerun after an edit, Undo or Redo
+t_node, t_edge, t_syn, t_hist, t_io = st.tabs(["Nodes", "Edges", "Synonyms", "History", "Import / export"],
+                                              key="graph_tab", on_change="rerun")
 with t_node:
     with st.form("add_node", clear_on_submit=True):
         st.markdown("**Add a node**")
@@ -119,7 +121,9 @@ with t_hist:
     st.dataframe(history, hide_index=True, key="graph_history")
     versions = history["version"].tolist()
     a, b = st.columns(2)
-    old = a.selectbox("Compare version", versions, index=min(1, len(versions) - 1), key=f"diff_a_{versions[0]}")
+    at = versions.index(seen)  # by default the shown version against the one before it (never with itself)
+    older = at + 1 if at + 1 < len(versions) else max(0, at - 1)
+    old = a.selectbox("Compare version", versions, index=older, key=f"diff_a_{versions[0]}_{seen}")
     new = b.selectbox("with version", versions, index=versions.index(seen), key=f"diff_b_{versions[0]}_{seen}")
     rows = gs.diff(old, new).rows()
     st.dataframe(pd.DataFrame(rows, columns=["change", "item", "detail"]), hide_index=True, key="graph_diff")

@@ -37,7 +37,8 @@ for col, (label, value, note) in zip(st.columns(len(facts)), facts):
 
 left, right = st.columns([3, 2])
 with left:
-    st.markdown("**Drift across the RFT checkpoints** (measured when the world was built)")
+    st.markdown("**Drift across the RFT checkpoints** (measured when the world was built: greedy decoding of the "
+                "whole CoT on the held-out studies, not the explorer's teacher-forced probe)")
     table = charts.drift_table(metrics)
     if table.empty:
         st.info("This world records no drift table yet; score it in the drift explorer.")
@@ -54,10 +55,11 @@ with right:
 
 st.markdown("**The loop.** Load checkpoints → see drift → edit the concept graph → generate counterfactuals → "
             "curate → run CPO → compare drift before and after.")
-for col, (route, note) in zip(st.columns(6), [
+for col, (route, note) in zip(st.columns(7), [
         (routes.checkpoints, "score a series"), (routes.explorer, "where it drifts"),
         (routes.perturbation, "swap a finding"), (routes.graph_editor, "the expert knowledge"),
-        (routes.counterfactuals, "rewrite the CoT"), (routes.curation, "build the dataset")]):
+        (routes.counterfactuals, "rewrite the CoT"), (routes.curation, "build the dataset"),
+        (routes.runs, "repair and compare")]):
     with col:
         st.page_link(route(), width="stretch")
         st.caption(note)

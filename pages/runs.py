@@ -21,9 +21,19 @@ st.caption("Repair detrimental drift with Counterfactual Preference Optimization
 
 ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
 world = ui.current_world()
+SAMPLE_SET = "the sample preference set (SFT split)"
 OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
               "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
               "sft": "SFT baseline: NLL on the chosen side only"}
+
+FRESH_NAME = "_run_name_fresh"  # set by Launch: the next rerun fills the name field with a new default
+
+
+def fresh_name(objective: str) -> str:
+    taken = {r.name for r in runs.list_runs(ws.store)}
+    stem = f"{objective.replace('+', 'p')}-{time.strftime('%m%d-%H%M%S')}"
+    return next(n for n in (stem if i == 0 else f"{stem}-{i + 1}" for i in range(len(taken) + 1)) if n not in taken)
+
 
 # ---- launch ----------------------------------------------------------------------------------------------
 with ui.controls("Launch a run", expanded=True):
@@ -42,15 +52,21 @@ with ui.controls("Launch a run", expanded=True):
                          help="random: another study's chain of thought with a different answer (the paper's "
                               "'DPO with random negatives' baseline, built from the same pairs)")
     snaps = [s for s in snapshots.snapshots(ws.store) if s.format == "trl"]
-    sources = ([f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + ["the sample preference set (SFT split)"]
-               + ["a TRL preference file"])
+    sources = ([f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + [SAMPLE_SET] + ["a TRL preference file"])
+    # the user's choice survives other pages; the default is never a snapshot too small to train on
+    chosen = st.session_state.get("run_data", st.session_state.get(state.RUN_DATA))
+    st.session_state["run_data"] = chosen if chosen in sources else next(
+        (label for s, label in zip(snaps, sources) if s.row_count >= cpo.MIN_PAIRS),
+        SAMPLE_SET if world and "build_config" in world.manifest else sources[0])
     data_choice = st.selectbox("Preference data", sources, key="run_data",
-                               help="curation exports (TRL format) appear here as snapshots")
+                               help=f"curation exports (TRL format) appear here as snapshots; one with fewer than "
+                                    f"{cpo.MIN_PAIRS} pairs is never pre-selected")
+    st.session_state[state.RUN_DATA] = data_choice
     data, snapshot = None, None
     if data_choice.startswith("snapshot: "):
         snap = snaps[sources.index(data_choice)]
         data, snapshot = str(snap.path / "train.jsonl"), snap.name
-    elif data_choice.startswith("the sample"):
+    elif data_choice == SAMPLE_SET:
         data = resources.sample_preferences(str(world.root), str(ws.uploads_dir / f"pairs-{world.fingerprint()}.jsonl")) \
             if world else None
     else:
@@ -75,7 +91,9 @@ with ui.controls("Launch a run", expanded=True):
         seed = c5.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="run_seed")
         eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
                                      key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
-    name = st.text_input("Run name", value=f"{objective.replace('+', 'p')}-{time.strftime('%m%d-%H%M%S')}", key="run_name")
+    if st.session_state.pop(FRESH_NAME, False) or not st.session_state.get("run_name"):
+        st.session_state["run_name"] = fresh_name(objective)  # set before the widget: the field shows it
+    name = st.text_input("Run name", key="run_name")
 
     cfg, problems = None, []
     if not world:
@@ -110,7 +128,7 @@ with ui.controls("Launch a run", expanded=True):
                 run = runs.launch(ws, cfg, name, world=world.root, snapshot=snapshot,
                                   evaluate_limit=int(eval_limit) or None)
                 st.session_state["run_selected"] = run.id
-                st.session_state.pop("run_name", None)  # the next run gets a fresh default name
+                st.session_state[FRESH_NAME] = True  # the next run gets a fresh default name
                 st.rerun()
             except InputError as e:
                 st.error(str(e))
@@ -134,9 +152,9 @@ def runs_panel() -> None:
     last = m.iloc[-1] if len(m) else None
     c1, c2 = st.columns([5, 1])
     if run.status == "running":
-        speed = f" · {last['tokens_per_second']:.0f} tokens/s" if last is not None and "tokens_per_second" in m else ""
-        gpu = f" · GPU {last['gpu_memory_gb']:.1f} GB" if last is not None and m.get("gpu_memory_gb") is not None \
-            and last.get("gpu_memory_gb") == last.get("gpu_memory_gb") and last.get("gpu_memory_gb") else ""
+        tps, gb = (ui.number(last.get(k)) if last is not None else None for k in ("tokens_per_second", "gpu_memory_gb"))
+        speed = f" · {tps:.0f} tokens/s" if tps is not None else ""  # null in the first lines of metrics.jsonl
+        gpu = f" · GPU {gb:.1f} GB" if gb else ""
         c1.progress(min(1.0, p["done"]), text=f"{run.name}: running · {p['done']:.0%} · {p.get('message', '')} · "
                                               f"ETA {ui.duration(p['eta_s'])}{speed}{gpu}")
         if c2.button("Cancel", icon=":material/stop:", key="run_cancel"):
@@ -153,9 +171,14 @@ def runs_panel() -> None:
     if len(m):
         ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}")
     if run.evaluation:
-        st.markdown("**On the held-out sets**")
-        st.dataframe(runs.comparison([run], runs.start_metrics(run.world, run.config.get("init_adapter")))
-                     if run.world else None, hide_index=True, key="run-eval")
+        st.markdown("**On the held-out sets** (accuracy by greedy decoding of the whole CoT, as on Home)")
+        before = runs.start_metrics(run.world, run.config.get("init_adapter")) if run.world else None
+        st.dataframe(runs.comparison([run], before), hide_index=True, key="run-eval")
+        if worse := runs.worse_than_start(run.evaluation, before):
+            start = Path(run.config.get("init_adapter") or "base (SFT)").name
+            st.warning(f"This run left the model worse than its start ({start}) on the held-out sets: "
+                       + "; ".join(worse) + ". Check the pre-flight warnings (tiny or unbalanced data?), the learning "
+                       "rate and the number of steps.", icon=":material/trending_down:")
     with st.expander("Log", expanded=run.status == "failed"):
         st.code(job.log_tail(25) if job else "(no job)", language="text")
     with st.expander("Config"):

@@ -7,12 +7,18 @@ import shutil
 import socket
 from pathlib import Path
 
-import pytest
+# Before torch is imported anywhere (libgomp reads it once, when it loads), and inherited by every worker,
+# CLI and server the tests start: OpenMP threads that sleep instead of spinning while they wait. On shared
+# cores (CI, or several test runs on one machine) spinning threads starve each other: greedy decoding of 60
+# studies with 2 threads took 60-70 s spinning and 0.3-1.0 s passive on a 2-core machine at load 11.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
-from core.world import SAMPLE_WORLD
+import pytest  # noqa: E402
+
+from core.world import SAMPLE_WORLD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,14 @@ import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+# Two accuracies appear in the workbench and must never be confused: GREEDY_ACCURACY decodes the whole CoT
+# and reads its answer (the world's held-out table, CPO evaluations); PROBE_ACCURACY is the answer probe's
+# top label, teacher-forced at the end of the given CoT (an analysis's summary).
+GREEDY_ACCURACY = "accuracy, greedy decoding of the whole CoT"
+PROBE_ACCURACY = "probe accuracy, teacher-forced answer after the given CoT"
 DRIFT_SERIES = {
-    "accuracy": ("held-out accuracy", "#2a9d8f", "solid"),
-    "perturbed_accuracy": ("perturbed accuracy", "#264653", "dot"),
+    "accuracy": (GREEDY_ACCURACY, "#2a9d8f", "solid"),
+    "perturbed_accuracy": ("perturbed accuracy (greedy decoding)", "#264653", "dot"),
     "flip_rate": ("flip rate (near-synonym swap)", "#e76f51", "solid"),
     "opacity_to_lung_opacity": ('shortcut: "opacity" → Lung Opacity', "#d62828", "dash"),
     "rare_class_accuracy": ("rare-class accuracy (beneficial)", "#457b9d", "dash"),
@@ -56,11 +61,47 @@ def _step_colors(n: int) -> list[str]:
     return pcolors.sample_colorscale(STEP_COLORS, [i / max(1, n - 1) * 0.9 for i in range(n)])
 
 
-def summary_over_steps(summary: pd.DataFrame, changes: pd.DataFrame | None = None) -> go.Figure:
+def summary_over_steps(summary: pd.DataFrame, changes: pd.DataFrame | None = None,
+                       branches: dict | None = None) -> go.Figure:
     """Per checkpoint: accuracy, final gold belief, detrimental / beneficial shares (top); KL (bottom).
-    Step pairs where the per-trajectory test found a detrimental change are shaded."""
+    Step pairs where the per-trajectory test found a detrimental change are shaded. ``branches`` (series
+    name -> ``core.branches.Branch``) are CPO runs: drawn as stars above their start checkpoint, joined to it
+    by a dotted line, never as points of the RFT step axis."""
+    branches = {k: b for k, b in (branches or {}).items() if k in set(summary["checkpoint"])}
+    is_branch = summary["checkpoint"].isin(list(branches))
+    rft, runs = summary[~is_branch], summary[is_branch]
+    if changes is not None and not changes.empty and len(runs):  # steps that exist only because of a branch
+        only = set(runs["step"]) - set(rft["step"])
+        changes = changes[~changes["from_step"].isin(only) & ~changes["to_step"].isin(only)]
+    fig = _summary_lines(rft, changes)
+    for _, r in runs.iterrows():
+        _branch_markers(fig, rft, r, branches[r["checkpoint"]])
+    return fig
+
+
+BRANCH_SERIES = (("accuracy", 1), ("final_gold_prob", 1), ("share_detrimental", 1), ("kl_base", 2))
+
+
+def _branch_markers(fig: go.Figure, rft: pd.DataFrame, run: pd.Series, branch) -> None:
+    """One CPO run: a star per series at its start checkpoint's step, a dotted line from the start's value."""
+    start = rft[rft["checkpoint"] == branch.start]
+    if start.empty:
+        return
+    x = float(start["step"].iloc[0])
+    label = f"CPO run {_esc(run['checkpoint'])} (from {_esc(branch.start)}, {branch.run_steps} steps)"
+    for i, (col, row) in enumerate(BRANCH_SERIES):
+        if col not in run or col not in start:
+            continue
+        y0, y1 = float(start[col].iloc[0]), float(run[col])
+        fig.add_trace(go.Scatter(x=[x, x], y=[y0, y1], mode="lines+markers", name=label, legendgroup=label,
+                                 showlegend=i == 0, line={"color": "#6a4c93", "dash": "dot"},
+                                 marker={"symbol": ["circle-open", "star"], "size": [6, 13], "color": "#6a4c93"},
+                                 hovertemplate=f"{col}: %{{y:.3f}}<extra>{label}</extra>"), row=row, col=1)
+
+
+def _summary_lines(summary: pd.DataFrame, changes: pd.DataFrame | None) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
-    top = [("accuracy", "probed accuracy", "#2a9d8f", "solid"),
+    top = [("accuracy", PROBE_ACCURACY, "#2a9d8f", "solid"),
            ("final_gold_prob", "final gold-answer belief", "#264653", "dot"),
            ("share_detrimental", "share of detrimental positions", "#d62828", "solid"),
            ("share_beneficial", "share of beneficial positions", "#457b9d", "dash")]
@@ -246,7 +287,7 @@ def run_curves(df: pd.DataFrame) -> go.Figure:
 
 def run_comparison(df: pd.DataFrame) -> go.Figure:
     """Runs side by side on the held-out sets: accuracy, perturbed accuracy, flip rate, shortcut share."""
-    bars = [("accuracy", "held-out accuracy", "#2a9d8f"), ("perturbed_accuracy", "perturbed accuracy", "#264653"),
+    bars = [("accuracy", GREEDY_ACCURACY, "#2a9d8f"), ("perturbed_accuracy", "perturbed accuracy (greedy decoding)", "#264653"),
             ("flip_rate", "flip rate (near-synonym swap)", "#e76f51"),
             ("opacity_to_lung_opacity", 'shortcut "opacity" → Lung Opacity', "#d62828")]
     names = [_esc(r) for r in df["run"]]

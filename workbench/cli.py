@@ -24,6 +24,7 @@ from pathlib import Path
 
 from core import world as world_mod
 from core.errors import InputError
+from core.paths import expand
 from core.workspace import ENV_VAR, Workspace
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -220,20 +221,20 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     for name, help_ in (("app", "start the UI"), ("demo", "start the UI on the embedded sample world")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--workspace", type=Path, default=None,
+        p.add_argument("--workspace", type=expand, default=None,
                        help=f"folder for the database, caches and runs (default ${ENV_VAR} or ~/.cot-drift-workbench)")
         p.add_argument("--port", type=int, default=8501)
         p.add_argument("--headless", action="store_true", help="do not open a browser window")
         if name == "app":
-            p.add_argument("--world", type=Path, default=None,
+            p.add_argument("--world", type=expand, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")
     def series_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--world", type=Path, help="a world folder: fills --base, --checkpoints, --data and --graph")
+        p.add_argument("--world", type=expand, help="a world folder: fills --base, --checkpoints, --data and --graph")
         p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
-        p.add_argument("--base", type=Path, help="base model folder (config.json, weights, tokenizer)")
-        p.add_argument("--checkpoints", type=Path, nargs="*", help="trainer output folder, or checkpoint folders in order")
-        p.add_argument("--data", type=Path, help="trajectories JSONL with prompt, completion, label")
-        p.add_argument("--graph", type=Path, help="concept graph JSON (labels and concept drivers)")
+        p.add_argument("--base", type=expand, help="base model folder (config.json, weights, tokenizer)")
+        p.add_argument("--checkpoints", type=expand, nargs="*", help="trainer output folder, or checkpoint folders in order")
+        p.add_argument("--data", type=expand, help="trajectories JSONL with prompt, completion, label")
+        p.add_argument("--graph", type=expand, help="concept graph JSON (labels and concept drivers)")
         p.add_argument("--base-name", action="append", help="another name of the base model in adapter configs")
         p.add_argument("--limit", type=int, help="first N trajectories only")
         p.add_argument("--device", choices=["cuda", "cpu", "mps"])
@@ -241,12 +242,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
     series_args(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for the parquet tables and config.json")
+    p.add_argument("--out", type=expand, required=True, help="folder for the parquet tables and config.json")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])
     p.add_argument("--cot-only", action="store_true", help="probe the CoT only, not the prompt")
-    p.add_argument("--workspace", type=Path, default=None, help="its cache/ keeps results for a second run")
+    p.add_argument("--workspace", type=expand, default=None, help="its cache/ keeps results for a second run")
     p.add_argument("--no-cache", action="store_true")
     p = sub.add_parser("perturb", help="swap a span in every trajectory; answers before/after per checkpoint")
     series_args(p)
@@ -254,15 +255,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", required=True, help='its replacement, e.g. "airspace opacity"')
     p.add_argument("--mode", choices=["generate", "probe"], default="generate",
                    help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
-    p.add_argument("--out", type=Path, required=True, help="parquet file for the per-trajectory rows")
+    p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows")
     p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m workbench.cli`)")
-    p.add_argument("--config", type=Path, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
+    p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
-    p.add_argument("--evaluate", type=Path, metavar="WORLD",
+    p.add_argument("--evaluate", type=expand, metavar="WORLD",
                    help="afterwards, answer this world's held-out sets with the new adapter (evaluation.json)")
     p.add_argument("--evaluate-limit", type=int, help="with --evaluate: the first N held-out studies only")
     p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
-    p.add_argument("--out", type=Path, default=world_mod.SAMPLE_WORLD)
+    p.add_argument("--out", type=expand, default=world_mod.SAMPLE_WORLD)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a miniature world for tests (seconds)")
     return ap

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core import curation, formats, snapshots
+from core.cpo import MIN_PAIRS
 from core.errors import InputError
 from workbench import resources, state
 from workbench.diffview import diff_html
@@ -20,6 +21,18 @@ DIFF_CSS = ("<style>.cf-pair{white-space:pre-wrap;font-family:var(--font,inherit
             "border:1px solid rgba(128,128,128,.35);border-radius:.5rem;min-height:4rem}"
             ".cf-pair mark.del{background:#f8c4c4;color:inherit}.cf-pair mark.ins{background:#bfe8c5;color:inherit}"
             "</style>")
+
+
+def counterfactual_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The stored-counterfactuals table as a reader wants it: ``created_at`` as local date-times (not epoch
+    floats), ``model`` saying what wrote a row (graph rules have no model, not "None")."""
+    out = table.drop(columns=[c for c in ("settings", "source") if c in table])
+    if "created_at" in out:
+        out["created_at"] = pd.to_datetime(out["created_at"], unit="s", utc=True).dt.tz_convert(None).dt.floor("s")
+    if "model" in out:
+        out["model"] = [m if isinstance(m, str) and m else ("graph rules" if meth == "graph" else "–")
+                        for m, meth in zip(out["model"], out.get("method", [""] * len(out)))]
+    return out
 
 
 def pair_html(item: curation.Item) -> str:
@@ -153,7 +166,31 @@ def agreement_panel(store) -> None:
     st.dataframe(ag.pairs, hide_index=True, key="cur_agreement")
 
 
-def import_panel(store) -> None:
+EXAMPLE_NOTES = {"ccf_example.json": "CCF JSON (report, diagnose, counterfact)",
+                 "trl_pairs.jsonl": "TRL preference JSONL (prompt, chosen, rejected)",
+                 "swift_pairs.json": "ms-swift JSON (messages, rejected_messages)"}
+
+
+def examples_panel(store, folder: Path | None) -> None:
+    """The world's example files (``examples/``), one click to import: something to try on a fresh workspace."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".jsonl")) if folder and folder.is_dir() else []
+    if not files:
+        return
+    c = st.columns([3, 1])
+    pick = c[0].selectbox("Try an example file of the world", files, key="cur_example",
+                          format_func=lambda p: f"{p.name} · {EXAMPLE_NOTES.get(p.name, p.suffix)}")
+    if c[1].button("Import the example", key="cur_import_example"):
+        try:
+            r = snapshots.import_file(store, pick)
+            st.session_state["cur_imported"] = (f"Imported {pick.name} ({r.format}): kept {r.kept} pairs, "
+                                                f"{r.duplicates} duplicates, skipped {r.skipped} invalid records.")
+            st.rerun()
+        except InputError as e:
+            st.error(str(e))
+
+
+def import_panel(store, examples: Path | None = None) -> None:
+    examples_panel(store, examples)
     upload = st.file_uploader("Upload CCF JSON, TRL JSONL or ms-swift JSON", type=["json", "jsonl"],
                               key="cur_upload")
     path = st.text_input("…or a path on this machine", key="cur_import_path")
@@ -208,6 +245,10 @@ def export_panel(store, root: Path) -> None:
             rows = ", ".join(f"{n} {split}" for split, n in snap.split["rows"].items())
             st.success(f"Snapshot **{snap.name}**: {snap.row_count} pairs ({rows}) in `{snap.path}` "
                        f"(sha256 {snap.content_hash[:12]}…). A CPO run names it `{snap.name}`.")
+            if snap.row_count < MIN_PAIRS:
+                st.warning(f"Only {snap.row_count} pairs: a CPO run wants at least {MIN_PAIRS} (the sample world's "
+                           "default set has 480); with fewer it can leave the model worse than it started. "
+                           "Fine for trying the loop; curate more pairs for a real repair.")
         except (InputError, ValueError) as e:
             st.error(str(e))
     snaps = snapshots.snapshots(store)

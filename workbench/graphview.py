@@ -24,7 +24,9 @@ from workbench.diffview import diff_html
 
 COLORS = {"disease": "#4C72B0", "finding": "#DD8452", "supports": "#2CA02C", "excludes": "#D62728", "dim": "#D9D9D9"}
 SHAPES = {"disease": "box", "finding": "ellipse"}
-OPTIONS = {"physics": {"barnesHut": {"gravitationalConstant": -9000, "springLength": 140},
+LABEL_SIZE = 20  # px at scale 1; vis-network's default 14 is unreadable once the whole graph is fitted
+MIN_START_SCALE = 0.7  # after the layout settles, zoom in to at least this (labels of ~14 px); pan for the rest
+OPTIONS = {"physics": {"barnesHut": {"gravitationalConstant": -9000, "springLength": 110},
                        "stabilization": {"iterations": 150}},
            "edges": {"arrows": {"to": {"enabled": True, "scaleFactor": 0.5}}, "smooth": False},
            "interaction": {"hover": True, "navigationButtons": False}}
@@ -45,7 +47,8 @@ def graph_html(graph: nx.DiGraph, highlight: str | None = None, height: int = 56
         kind = a.get("kind", "finding")
         net.add_node(str(node), label=str(a.get("label", node)), title=_tooltip(graph, node),
                      shape=SHAPES.get(kind, "ellipse"), color=COLORS[kind] if node in near else COLORS["dim"],
-                     font={"color": "#ffffff" if kind == "disease" and node in near else "#222222"},
+                     font={"color": "#ffffff" if kind == "disease" and node in near else "#222222",
+                           "size": LABEL_SIZE},
                      borderWidth=3 if node == highlight else 1)
     for u, v, a in graph.edges(data=True):
         rel, w = a.get("relation"), float(a.get("weight", 1.0))
@@ -54,6 +57,12 @@ def graph_html(graph: nx.DiGraph, highlight: str | None = None, height: int = 56
                      dashes=rel == "excludes", title=f"{a.get('label', u)} {rel} {v} ({w:g})")
     net.set_options(json.dumps(OPTIONS))
     page = _CDN.sub("", net.generate_html(notebook=False))
+    # whichever comes first after the fit (stabilisation may end before this script runs): zoom in once
+    page = page.replace("</body>", "<script>var wbZoomed = false; function wbZoom() { if (wbZoomed) return; "
+                        f"wbZoomed = true; if (network.getScale() < {MIN_START_SCALE}) "
+                        f"network.moveTo({{scale: {MIN_START_SCALE}}}); }}"
+                        "network.once('stabilizationIterationsDone', wbZoom); network.once('stabilized', wbZoom); "
+                        "setTimeout(wbZoom, 1500);</script></body>", 1)
     if highlight in graph:
         page = page.replace("</body>", f"<script>network.selectNodes([{_js(str(highlight))}]);</script></body>", 1)
     _check_escaped(graph, page)

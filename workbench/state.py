@@ -25,6 +25,7 @@ GRAPH_FLASH = "graph_flash"  # message to show after an edit's rerun
 CF_LAST = "cf_last"  # the counterfactuals generated last in this tab, for the preview
 CF_STOP = "cf_stop"  # set by the Stop button: the running batch ends after the current trajectory
 CF_PROGRESS = "cf_progress"  # the last batch's progress, shown after it ends or is stopped
+RUN_DATA = "run_data_choice"  # CPO runs: the preference data chosen, kept across pages
 ANNOTATOR = "annotator"  # curation: the annotator's name, set once per session
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pandas as pd
@@ -53,6 +54,15 @@ def controls(label: str, expanded: bool = True):
     return st.expander(label, expanded=expanded and not st.session_state.get(state.PRESENTATION, False))
 
 
+def number(value) -> float | None:
+    """``value`` as a float, or None when it is missing, null or NaN (so ``f"{x:.0f}"`` is never handed None)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -91,6 +101,30 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
 
     live = any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind)[:limit])
     st.fragment(panel, run_every=1.0 if live else None)()
+
+
+def branch_comparison(analysis, branches: dict) -> None:
+    """Start vs repaired for one CPO run of the analysis (``core.branches.compare``): the two models side by
+    side, the trajectories whose probed answer flipped, the CoT tokens whose probability moved most."""
+    from core.branches import compare
+
+    st.subheader("Start vs repaired")
+    names = list(branches)
+    name = st.selectbox("CPO run", names, key="branch_run",
+                        format_func=lambda n: f"{n} (from {branches[n].start}, {branches[n].run_steps} steps)")
+    cmp = compare(analysis.tokens, analysis.beliefs, branches[name].start, name)
+    st.caption("Probe accuracy and belief are teacher-forced on the same trajectories; 'fixed' = wrong at the "
+               "start, right after the run; 'broken' = the reverse.")
+    table(cmp.summary, "branch-summary", f"start-vs-{name}")
+    counts = cmp.flips["flip"].value_counts()
+    st.markdown(" · ".join(f"**{counts.get(k, 0)}** {k}" for k in ("fixed", "broken", "changed")))
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Trajectories whose answer flipped**")
+        table(cmp.flips, "branch-flips", f"flips-{name}")
+    with right:
+        st.markdown("**CoT tokens whose log-probability moved most** (repaired minus start)")
+        table(cmp.tokens, "branch-tokens", f"tokens-{name}")
 
 
 def current_world(note: str = ""):

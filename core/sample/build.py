@@ -109,6 +109,9 @@ def build(out: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> di
     (tmp / WORLD_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     (tmp / "README.md").write_text(readme(manifest, rows))
     _analyse(tmp, cfg, log)
+    from core.sample.examples import write_examples
+
+    write_examples(tmp)  # examples/: small CCF, TRL and ms-swift files for Curation's Import tab
     swap_in_folder(tmp, out)
     log(f"built {out} in {manifest['build_seconds']:.0f} s")
     return manifest

@@ -8,6 +8,7 @@ peak resident memory (ru_maxrss) minus the resident memory before the model was 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,52 +26,57 @@ from peft import LoraConfig, get_peft_model
 from core.series import load_series
 from core.scoring import score, ScoreConfig
 from core.trajectories import Encoded
-root, k = Path(sys.argv[1]), int(sys.argv[2])
+root, k, vocab = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 before = rss()
 series = load_series(root / "base", [root / f"checkpoint-{i}" for i in range(1, k + 1)])
 torch.manual_seed(0)
-enc = [Encoded(f"t{i}", torch.randint(5, 8000, (96,)).tolist(), 32, 96, None, ["x"] * 96) for i in range(8)]
+enc = [Encoded(f"t{i}", torch.randint(5, vocab, (96,)).tolist(), 32, 96, None, ["x"] * 96) for i in range(8)]
 score(series, enc, ScoreConfig(top_k=5, batch_size=8))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"k": k, "peak_mb": (peak - before) / 2**20}))
 """
 
-MAKE = r"""
-import sys, torch
-from pathlib import Path
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from tokenizers import Tokenizer, models
-from peft import LoraConfig, get_peft_model
-root = Path(sys.argv[1])
-torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1408, num_hidden_layers=12,
-                  num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512)
-model = LlamaForCausalLM(cfg)
-model.save_pretrained(root / "base")
-tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"w{i}": i for i in range(8000)}, unk_token="w0")),
-                              pad_token="w0", unk_token="w0")
-tok.save_pretrained(root / "base")
-for i in range(1, 7):
-    peft = get_peft_model(LlamaForCausalLM.from_pretrained(root / "base"),
-                          LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    peft.peft_config["default"].base_model_name_or_path = "base"
-    peft.save_pretrained(root / f"checkpoint-{i}", save_embedding_layers=False)
-print(sum(p.numel() for p in model.parameters()))
-"""
+def make_series(root: Path, shapes: dict, adapters: int) -> int:
+    """A random-initialised Llama of ``shapes`` and ``adapters`` random LoRA checkpoints (r=8, all linear
+    layers) under ``root``; returns the base's parameter count. Built in this process: only the measurements
+    need fresh ones."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    vocab = shapes["vocab_size"]
+    model = LlamaForCausalLM(LlamaConfig(num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                                         **shapes))
+    model.save_pretrained(root / "base")
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    PreTrainedTokenizerFast(tokenizer_object=words, pad_token="w0", unk_token="w0").save_pretrained(root / "base")
+    for i in range(1, adapters + 1):
+        peft = get_peft_model(LlamaForCausalLM.from_pretrained(root / "base"),
+                              LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+        peft.peft_config["default"].base_model_name_or_path = "base"
+        peft.save_pretrained(root / f"checkpoint-{i}", save_embedding_layers=False)
+    return sum(p.numel() for p in model.parameters())
 
 
-def test_peak_memory_per_added_adapter(tmp_path):
-    made = subprocess.run([sys.executable, "-c", MAKE, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
-    params = int(made.stdout.strip().splitlines()[-1])
+FULL_SHAPES = dict(vocab_size=8000, hidden_size=512, intermediate_size=1408, num_hidden_layers=12)
+TOY_SHAPES = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+
+
+def test_peak_memory_per_added_adapter(tmp_path, size):
+    shapes, ks = size(FULL_SHAPES, TOY_SHAPES), size((1, 2, 4, 6), (1, 2))
+    params = make_series(tmp_path, shapes, ks[-1])
     peaks = {}
-    for k in (1, 2, 4, 6):
-        out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), str(k)], cwd=ROOT, capture_output=True,
+    for k in ks:
+        out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), str(k), str(shapes["vocab_size"])],
+                             cwd=ROOT, capture_output=True,
                              text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
         assert out.returncode == 0, out.stderr
         peaks[k] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
-    per_adapter = (peaks[6] - peaks[1]) / 5 / peaks[1]
-    print(f"\npeak memory of a series, {params / 1e6:.0f} M-parameter base (fp32), LoRA r=8 on all linear layers:")
+    per_adapter = (peaks[ks[-1]] - peaks[1]) / (ks[-1] - 1) / peaks[1]
+    print(f"\npeak memory of a series, {params / 1e6:.1f} M-parameter base (fp32), LoRA r=8 on all linear layers"
+          f"{size.header()}:")
     for k, mb in peaks.items():
         print(f"  {k} adapter(s): {mb:7.1f} MB")
     print(f"  growth per added adapter: {100 * per_adapter:.2f}% of the one-adapter peak (target < 10%)")

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.browser, pytest.mark.slow]
 BARE_APP = 'import streamlit as st\nst.title("Bare")\nst.write("Checkpoint series")\n'
 
 
-def _measure(browser, cmd, port, env=None):
+def _measure(browser, cmd, port, redraw_rounds, env=None):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
@@ -31,7 +31,7 @@ def _measure(browser, cmd, port, env=None):
         page.get_by_text("Checkpoint series").first.wait_for(timeout=60_000)
         first = time.monotonic() - t1
         redraws = []
-        for _ in range(3):
+        for _ in range(redraw_rounds):
             t2 = time.monotonic()
             page.reload()
             page.get_by_text("Checkpoint series").first.wait_for(timeout=60_000)
@@ -42,14 +42,16 @@ def _measure(browser, cmd, port, env=None):
         stop(proc)
 
 
-def test_cold_start_and_cached_redraw_vs_bare_streamlit(browser, tmp_path, free_port):
+def test_cold_start_and_cached_redraw_vs_bare_streamlit(browser, tmp_path, free_port, size):
     bare = tmp_path / "bare.py"
     bare.write_text(BARE_APP)
     base = _measure(browser, [sys.executable, "-m", "streamlit", "run", str(bare), "--server.headless", "true",
-                              "--server.port", str(free_port), "--browser.gatherUsageStats", "false"], free_port)
+                              "--server.port", str(free_port), "--browser.gatherUsageStats", "false"], free_port,
+                    size(3, 1))
     port2 = free_port + 1
     ours = _measure(browser, [sys.executable, "-m", "workbench.cli", "demo", "--headless", "--port", str(port2),
-                              "--workspace", str(tmp_path / "ws")], port2)
+                              "--workspace", str(tmp_path / "ws")], port2, size(3, 1))
+    print(size.header())
     print("\n                 server start  first page  cached redraw")
     for name, (s, f, r) in (("bare streamlit", base), ("workbench home", ours)):
         print(f"{name:16} {s:11.2f}s {f:10.2f}s {r:13.2f}s")
@@ -73,12 +75,12 @@ def _rerun_seconds(script, session_state, runs=5):
     return best
 
 
-def test_script_rerun_from_cache_vs_bare_streamlit(tmp_path, sample_world):
+def test_script_rerun_from_cache_vs_bare_streamlit(tmp_path, sample_world, size):
     from workbench import state
 
     bare = tmp_path / "bare.py"
     bare.write_text(BARE_APP)
-    base = _rerun_seconds(bare, {})
-    ours = _rerun_seconds(ROOT / "pages" / "home.py", {state.WORLD_PATH: str(sample_world)})
+    base = _rerun_seconds(bare, {}, size(5, 1))
+    ours = _rerun_seconds(ROOT / "pages" / "home.py", {state.WORLD_PATH: str(sample_world)}, size(5, 1))
     print(f"\nscript rerun from cache: workbench home {ours * 1000:.0f} ms, bare {base * 1000:.0f} ms, "
-          f"ratio {ours / base:.2f}x (target: page from cache < 1 s)")
+          f"ratio {ours / base:.2f}x (target: page from cache < 1 s){size.header()}")

@@ -75,12 +75,12 @@ def _run(kind: str, cfg: TrainConfig, tok, pre) -> StepTimer:
     return timer
 
 
-def _compare(tmp_path, sample_world, rounds: int, steps: int, **shapes) -> tuple[dict[str, float], float]:
+def _compare(tmp_path, sample_world, rounds: int, steps: int, n_pairs: int = 256, **shapes) -> tuple[dict[str, float], float]:
     """Median seconds per step of each trainer, and the mean tokens of one step (batch of 8 pairs)."""
     cuda = torch.cuda.is_available()
     tok = load_tokenizer(sample_world / "model")
     base = _random_model(tmp_path / "base", tok, cuda, **shapes)
-    data = build_preferences(sample_world, tmp_path / "pairs.jsonl", n=256, seed=0)
+    data = build_preferences(sample_world, tmp_path / "pairs.jsonl", n=n_pairs, seed=0)
     cfg = TrainConfig(base_model=base, data=str(data), output_dir=str(tmp_path / "out"), max_steps=steps,
                       save_steps=10**6, logging_steps=10**6, batch_size=8, learning_rate=1e-4)
     pre = preflight(cfg, tok)
@@ -93,11 +93,14 @@ def _compare(tmp_path, sample_world, rounds: int, steps: int, **shapes) -> tuple
     return {k: statistics.median(v) for k, v in medians.items()}, 8 * per_pair
 
 
-def test_cpo_step_vs_plain_dpo_step(tmp_path, sample_world):
-    m, _ = _compare(tmp_path, sample_world, rounds=2, steps=8, model_type="llama", vocab_size=492, hidden_size=512,
-                 intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                 max_position_embeddings=512)
-    print(f"\nmedian step, {'cuda' if torch.cuda.is_available() else 'cpu'}, batch 8 pairs, LoRA r=8 all-linear:")
+def test_cpo_step_vs_plain_dpo_step(tmp_path, sample_world, size):
+    shapes = size(dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8),
+                  dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2))
+    m, _ = _compare(tmp_path, sample_world, rounds=size(2, 1), steps=size(8, 3), n_pairs=size(256, 24),
+                    model_type="llama", vocab_size=492, num_attention_heads=8, num_key_value_heads=4,
+                    max_position_embeddings=512, **shapes)
+    print(f"\nmedian step, {'cuda' if torch.cuda.is_available() else 'cpu'}, batch 8 pairs, LoRA r=8 all-linear"
+          f"{size.header()}:")
     for kind, s in m.items():
         print(f"  {kind:6s} {1000 * s:8.1f} ms   ratio to plain TRL DPOTrainer: {s / m['dpo']:.2f}x (target <= 1.2x)")
 

@@ -29,11 +29,11 @@ def per_position_batched(model, e, positions, tokenizer, cfg):
         torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
 
 
-def test_probe_speed(sample_world):
+def test_probe_speed(sample_world, size):
     torch.set_num_threads(2)
     series = load_series(sample_world / "model", [sample_world / "rft" / "checkpoint-160"],
                          base_names=["cxr-demo-tiny-llama"])
-    encoded = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=6))
+    encoded = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=size(6, 1)))
     cfg = ProbeConfig(labels=LABELS)
     tk = _tokens(series.tokenizer, cfg, LABELS)
     plans = [(e, probe_positions(e, "every", tk.template[0], set())) for e in encoded]
@@ -51,7 +51,7 @@ def test_probe_speed(sample_world):
         for e, pos in plans:
             per_position_batched(m, e, pos, series.tokenizer, cfg)
         batched = time.perf_counter() - t
-    print(f"\nanswer probe, {len(encoded)} trajectories, {n_probes} positions x {len(LABELS)} labels, one checkpoint:")
+    print(f"\nanswer probe, {len(encoded)} trajectories, {n_probes} positions x {len(LABELS)} labels, one checkpoint{size.header()}:")
     print(f"  re-encode prefix per position and label: {naive:6.2f} s")
     print(f"  re-encode prefix per position (labels batched): {batched:6.2f} s")
     print(f"  workbench probe (prefix encoded once, tree mask): {ours:6.2f} s")

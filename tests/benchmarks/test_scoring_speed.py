@@ -60,15 +60,15 @@ def bare_forwards(series, encoded, batch_size):
                 m(input_ids=ids, attention_mask=mask).logits.sum().item()
 
 
-def test_scoring_speed(sample_world):
+def test_scoring_speed(sample_world, size):
     torch.set_num_threads(2)
     load = lambda: load_series(sample_world / "model", sample_world / "rft", base_names=["cxr-demo-tiny-llama"])  # noqa: E731
     series = load()
-    encoded = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=N))
+    encoded = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=size(N, 8)))
     cfg = ScoreConfig(top_k=5, batch_size=32)
     score(series, encoded[:8], cfg), notebook_way(sample_world, encoded[:2])  # warm-up: imports, kernels
     best = {"notebook": float("inf"), "ours": float("inf"), "load": float("inf"), "bare": float("inf")}
-    for _ in range(3):  # interleaved rounds: this VM's speed drifts between minutes, not within a round
+    for _ in range(size(3, 1)):  # interleaved rounds: this VM's speed drifts between minutes, not within a round
         for key, fn in (("notebook", lambda: notebook_way(sample_world, encoded)), ("load", load),
                         ("ours", lambda: score(series, encoded, cfg)),
                         ("bare", lambda: bare_forwards(series, encoded, cfg.batch_size))):
@@ -76,7 +76,8 @@ def test_scoring_speed(sample_world):
             fn()
             best[key] = min(best[key], time.perf_counter() - t)
     k, ours = len(series.names), best["ours"] + best["load"]
-    print(f"\nscoring {k} checkpoints x {N} trajectories (sample world, CPU, 2 threads), best of 3 interleaved rounds:")
+    print(f"\nscoring {k} checkpoints x {len(encoded)} trajectories (sample world, CPU, 2 threads), best of "
+          f"{size(3, 1)} interleaved rounds{size.header()}:")
     print(f"  notebook way (from_pretrained per checkpoint, 1 trajectory at a time): {best['notebook']:6.2f} s")
     print(f"  workbench: load_series {best['load']:.2f} s + score() {best['ours']:.2f} s         = {ours:6.2f} s")
     print(f"  bare batched forward passes, adapters switched:                      {best['bare']:6.2f} s")
@@ -86,26 +87,26 @@ def test_scoring_speed(sample_world):
     assert series.names[0] == BASE
 
 
-def test_shared_system_prompt_is_encoded_once(sample_world):
+def test_shared_system_prompt_is_encoded_once(sample_world, size):
     """The sample world's trajectories behind a shared 60-token instruction, as real CoT data has: score()
     with the common prefix encoded once per batch vs encoded in every row."""
     torch.set_num_threads(2)
     series = load_series(sample_world / "model", sample_world / "rft", base_names=["cxr-demo-tiny-llama"])
     instruction = "Question: what is the disease of this patient? " * 6
-    recs = [{**r, "prompt": instruction + r["prompt"]} for r in read_jsonl(sample_world / "data" / "test.jsonl", limit=N)]
+    recs = [{**r, "prompt": instruction + r["prompt"]} for r in read_jsonl(sample_world / "data" / "test.jsonl", limit=size(N, 8))]
     encoded = encode(series.tokenizer, recs)
     shared, unshared = ScoreConfig(top_k=5, batch_size=32), ScoreConfig(top_k=5, batch_size=32, share_prefix=False)
     score(series, encoded[:8], shared)
     best = {"shared": float("inf"), "unshared": float("inf")}
-    for _ in range(3):
+    for _ in range(size(3, 1)):
         for key, cfg in (("shared", shared), ("unshared", unshared)):
             t = time.perf_counter()
             score(series, encoded, cfg)
             best[key] = min(best[key], time.perf_counter() - t)
     mean_len = sum(len(e.input_ids) for e in encoded) / len(encoded)
-    print(f"\nscoring 7 checkpoints x {N} trajectories behind a shared instruction ({encoded[0].start} of "
+    print(f"\nscoring 7 checkpoints x {len(encoded)} trajectories behind a shared instruction ({encoded[0].start} of "
           f"{mean_len:.0f} tokens are prompt), CPU: {best['shared']:.2f} s with the shared prefix encoded once, "
-          f"{best['unshared']:.2f} s without: {best['unshared'] / best['shared']:.2f}x")
+          f"{best['unshared']:.2f} s without: {best['unshared'] / best['shared']:.2f}x{size.header()}")
 
 
 QWEN05B = dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

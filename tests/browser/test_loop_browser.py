@@ -118,9 +118,8 @@ def test_the_whole_loop_on_the_sample_world(browser, app_server, artifacts):
     page.mouse.click(900, 40)  # close the drop-down
     idle(page)
     page.get_by_text("7 checkpoints plus the base").wait_for(timeout=30_000)
-    page.get_by_text("Device and settings").click()
-    set_number(page, "Trajectories (0 = all)", 3)
-    page.get_by_role("button", name="Score").click()
+    set_number(page, "Trajectories to score (0 = all)", 3)  # beside the Score button
+    page.get_by_role("button", name="Score", exact=True).click()
     open_button = page.locator("[data-testid='stButton'] button", has_text="Open").first
     open_button.wait_for(timeout=240_000)
     page.wait_for_timeout(2500)  # the job panel redraws the page once when the job ends

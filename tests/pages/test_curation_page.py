@@ -97,3 +97,30 @@ def test_an_unusable_workspace_is_a_clear_error(tmp_path):
     at = page(tmp_path / "file", "ada")
     assert not at.exception
     assert "workspace must be a folder" in at.error[0].value
+
+
+def test_the_worlds_example_files_import_in_one_click_and_a_tiny_export_says_so(tmp_path, sample_world):
+    at = page(tmp_path / "ws", "ada")
+    labels = at.selectbox(key="cur_example").options
+    names = ["ccf_example.json", "swift_pairs.json", "trl_pairs.jsonl"]
+    assert [o.split(" · ")[0] for o in labels] == names and "TRL preference JSONL" in labels[2]
+    for name in names:  # the same six pairs in three formats: the later imports are duplicates
+        at.selectbox(key="cur_example").set_value(sample_world / "examples" / name)
+        at.button(key="cur_import_example").click().run()
+        assert not at.exception and not at.error
+        assert f"Imported {name}" in at.success[0].value and "kept" in at.success[0].value
+    ws = Workspace.open(tmp_path / "ws")
+    assert len(curation.queue(ws.store, curation.QueueFilter())) == 6
+    at.checkbox(key="cur_export_pending").check()
+    at.button(key="cur_export").click().run()
+    assert not at.exception and any("Only 6 pairs" in w.value for w in at.warning)
+
+
+def test_example_files_are_the_same_pairs_in_each_format(sample_world):
+    from core import formats
+    from core.sample.examples import FILES
+
+    parsed = {fmt: formats.parse(formats.read_text(sample_world / "examples" / name), name) for fmt, name in FILES.items()}
+    assert {p.format for p in parsed.values()} == set(FILES) and all(not p.errors for p in parsed.values())
+    chosen = {fmt: sorted((x.prompt, x.chosen, x.rejected) for x in p.pairs) for fmt, p in parsed.items()}
+    assert len(chosen["trl"]) == 6 and chosen["trl"] == chosen["swift"] == chosen["ccf"]

@@ -26,6 +26,7 @@ def test_explorer_overview_on_the_shipped_analysis(sample_world, tmp_path):
     at.run()
     assert not at.exception
     facts = {m.label: m.value for m in at.metric}
+    assert any("teacher-forced" in c.value and "greedily" in c.value for c in at.caption)  # which accuracy this is
     assert facts["Trajectories"] == "200"
     assert facts["Worst checkpoint"] == "step 160" and facts["Detrimental change"] == "step 160"
     assert len(at.get("plotly_chart")) == 2  # summary over steps, accuracy per category
@@ -47,6 +48,10 @@ def test_explorer_trajectory_view_switches_trajectories_and_metrics(sample_world
     assert picker.options[0].startswith(picker.value + " · ") and "Lung Lesion" in picker.options[0]
     heat = at.get("plotly_chart")[0].proto.spec
     assert "checkpoint-160" in heat and "&lt;think&gt;" in heat  # rows by checkpoint, tokens escaped
+    # the default colouring names itself, and each belief is said to be the gold answer's
+    label = at.selectbox(key="traj_metric").format_func(at.selectbox(key="traj_metric").value)
+    assert label.startswith("effect drift:") and "that change" not in label
+    assert any(m.value.count("· belief in the gold answer") == 2 for m in at.markdown)
     picker.set_value(picker.options[5].split(" · ")[0]).run()
     assert not at.exception and at.session_state[state.TRAJECTORY] == picker.value
     at.segmented_control(key="traj_belief_view").set_value("Every answer, one checkpoint").run()
@@ -79,6 +84,9 @@ def test_checkpoints_page_shows_the_sample_series_and_the_command(sample_world, 
     command = at.code[0].value
     assert command.startswith("workbench score --base ") and "--limit 50" in command
     assert not at.button(key="ck_run").disabled
+    # the limit is beside the Score button, not in the collapsed settings, and says how much of the data it takes
+    assert not any(n.key == "ck_limit" for e in at.expander for n in e.number_input)
+    assert any("first **50** of **700** trajectories" in c.value for c in at.caption)
 
 
 def test_checkpoints_bad_folders_and_files_get_clear_messages(sample_world, tmp_path):
@@ -139,3 +147,88 @@ def test_perturbation_lab_swaps_a_finding_in_one_trajectory(sample_world, tmp_pa
     default_pair = at.selectbox(key="lab_pair")
     assert default_pair.format_func(default_pair.value) == "consolidation → airspace opacity"
     assert "--find consolidation --replace 'airspace opacity'" in at.code[0].value
+
+
+def _analysis_with_a_branch(sample_world, ws):
+    """The shipped analysis, with checkpoint-240's rows standing in for a CPO run 'fix-1' from checkpoint-160
+    (a real run's adapter folder layout, real tables): what the explorer gets after scoring a joined run."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    out = ws / "analyses" / "with-run"
+    shutil.copytree(sample_world / "analysis", out)
+    adapter = ws / "runs" / "cpo" / "fix-1" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "trainer_state.json").write_text(json.dumps({"global_step": 220, "run_steps": 60}))
+    (adapter.parent / "config.json").write_text(json.dumps({"init_adapter": str(sample_world / "rft" / "checkpoint-160")}))
+    for f in out.glob("*.parquet"):
+        t = pd.read_parquet(f)
+        if "checkpoint" in t:
+            t["checkpoint"] = t["checkpoint"].replace("checkpoint-240", "fix-1")
+            t.to_parquet(f)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(base=str(sample_world / "model"), data=str(sample_world / "data" / "test.jsonl"),
+               graph=str(sample_world / "concept_graph.json"),
+               checkpoints=[str(sample_world / "rft" / f"checkpoint-{s}") for s in (40, 80, 120, 160, 200)] + [str(adapter)])
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_explorer_shows_a_cpo_run_as_a_branch_with_start_vs_repaired(sample_world, tmp_path):
+    out = _analysis_with_a_branch(sample_world, tmp_path / "ws")
+    at = page("explorer", sample_world, tmp_path / "ws")
+    at.session_state[state.ANALYSIS] = str(out)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="branch_run").value == "fix-1"
+    frames = [d.value for d in at.dataframe]
+    summary = next(f for f in frames if "model" in f.columns)
+    assert summary["model"].tolist() == ["start: checkpoint-160", "repaired: fix-1"]
+    flips = next(f for f in frames if "flip" in f.columns)
+    assert set(flips["flip"]) <= {"fixed", "broken", "changed"} and len(flips) > 0
+    assert any("mean_logprob_change" in f.columns for f in frames)
+    assert any(("fixed" in m.value and "broken" in m.value) for m in at.markdown)
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert "CPO run fix-1 (from checkpoint-160" in spec
+    table = next(f for f in frames if "branch_of" in f.columns)
+    assert table.set_index("checkpoint").at["fix-1", "branch_of"] == "checkpoint-160"
+
+
+def test_checkpoints_page_reads_a_typed_path_with_tilde(sample_world, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shutil.copytree(sample_world / "data", tmp_path / "home" / "data")
+    at = page("checkpoints", sample_world, tmp_path / "ws")
+    at.run()
+    at.radio(key="ck_data_kind").set_value("A JSONL file").run()
+    at.text_input(key="ck_data").input("~/data/test.jsonl").run()
+    assert not at.exception and not at.error
+    assert f"--data {tmp_path / 'home' / 'data' / 'test.jsonl'}" in at.code[0].value
+
+
+def test_checkpoints_page_lists_a_joined_cpo_run_as_a_branch_of_its_start(sample_world, tmp_path):
+    import json
+    import shutil
+
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    adapter = ws.runs_dir / "cpo" / "fix-1" / "adapter"
+    shutil.copytree(sample_world / "rft" / "checkpoint-240", adapter)  # any adapter of this base
+    (adapter / "trainer_state.json").write_text(json.dumps({"global_step": 220, "run_steps": 60}))
+    config = {"init_adapter": str(sample_world / "rft" / "checkpoint-160")}
+    (adapter.parent / "config.json").write_text(json.dumps(config))
+    with ws.store.transaction() as con:
+        con.execute("INSERT INTO runs (name, objective, config, data, snapshot, world, status, job, output_dir, "
+                    "evaluation, created_at, updated_at) VALUES ('fix-1', 'cpo', ?, 'x', NULL, ?, 'done', NULL, ?, "
+                    "NULL, 0, 0)", (json.dumps(config), str(sample_world), str(adapter.parent)))
+    at = page("checkpoints", sample_world, tmp_path / "ws")
+    at.run()
+    at.multiselect(key="ck_runs").set_value(["fix-1"]).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value.set_index("checkpoint")
+    assert table.at["fix-1", "branch_of"] == "checkpoint-160 + 60 CPO steps"
+    assert table.at["checkpoint-200", "branch_of"] == ""

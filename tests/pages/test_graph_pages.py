@@ -37,6 +37,8 @@ def test_graph_html_draws_an_xss_label_as_text(sample_world):
     html = graphview.graph_html(g, highlight=XSS)
     assert XSS not in html and "<b>bold" not in html and "</script><script>alert(2)" not in html
     assert XSS_JSON in html and "vis.Network" in html and "cdn.jsdelivr" not in html
+    # readable at the starting zoom: larger labels, and the fitted view zoomed in to a minimum scale
+    assert f'"size": {graphview.LABEL_SIZE}' in html and f"moveTo({{scale: {graphview.MIN_START_SCALE}}})" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in graphview.legend_html(g, 2, XSS)
     diff = graphview.side_by_side_html(f"{XSS} suggests Edema.", "infiltrate suggests Pneumonia.")
     assert XSS not in diff and "<del style='background:#fdd'>&lt;" in diff and "<mark" in diff
@@ -74,6 +76,16 @@ def test_undo_redo_and_history_diff(tmp_path):
     assert diff.to_dict("records") == [{"change": "node added", "item": "pleural fluid", "detail": ""}]
 
 
+def test_undo_keeps_the_open_tab_and_the_diff_never_compares_a_version_with_itself(tmp_path):
+    at = add_node(page("graph_editor.py", tmp_path), "pleural fluid")
+    at.session_state["graph_tab"] = "Edges"
+    at.button(key="graph_undo").click().run()
+    assert not at.exception and at.session_state["graph_tab"] == "Edges"
+    old = [s for s in at.selectbox if s.label == "Compare version"][0].value
+    new = [s for s in at.selectbox if s.label == "with version"][0].value
+    assert old != new and not at.dataframe[1].value.empty  # the undone node shows in the default diff
+
+
 def test_two_tabs_never_lose_an_edit_silently(tmp_path):
     tab_a, tab_b = page("graph_editor.py", tmp_path), page("graph_editor.py", tmp_path)
     add_node(tab_a, "finding from A")
@@ -96,6 +108,8 @@ def test_counterfactuals_page_generates_previews_batches_and_lists(tmp_path):
     assert "<mark style='background:#cfc'>Edema</mark>" in preview
     table = at.dataframe[0].value
     assert sorted(table["target"]) == ["Edema", "Pleural Effusion"] and set(table["consistency"]) == {1.0}
+    assert str(table["created_at"].dtype).startswith("datetime64") and table["created_at"].dt.year.min() >= 2024
+    assert set(table["model"]) == {"graph rules"}  # graph rules use no model: not "None"
     at.radio(key="cf_mode").set_value("all").run()
     at.number_input(key="cf_batch_n").set_value(5).run()
     at.button(key="cf_batch_run").click().run()

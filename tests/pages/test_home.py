@@ -17,6 +17,9 @@ def test_home_shows_the_world_at_a_glance(sample_world):
     assert int(labels["Concept graph"]) == 44
     assert any("drift" in md.value.lower() for md in at.markdown)
     assert len(at.dataframe) == 3  # drift table, checkpoint series, datasets
+    links = " ".join(str(p.proto) for p in at.get("page_link"))
+    assert 'label: "CPO runs"' in links and 'label: "Curation"' in links  # the loop's links reach the CPO runs
+    assert any("greedy decoding" in md.value for md in at.markdown)  # which accuracy the table holds
 
 
 def test_home_on_a_broken_world_shows_a_clear_error_not_a_traceback(tmp_path):

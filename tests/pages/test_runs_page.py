@@ -42,6 +42,9 @@ def test_a_short_run_finishes_is_evaluated_and_compared(quick_world, tmp_path):
     assert not at.exception and not at.error
     at.button(key="run_launch").click().run()
     assert not at.exception
+    fresh = at.text_input(key="run_name").value
+    assert fresh and fresh != "cpo-quick"  # the field shows the next run's name, as the command below it does
+    assert f"/cpo/{fresh}/config.json" in at.code[0].value
     deadline = time.monotonic() + 300
     while True:
         at.run()
@@ -55,3 +58,73 @@ def test_a_short_run_finishes_is_evaluated_and_compared(quick_world, tmp_path):
     table = at.dataframe[-1].value
     assert list(table["run"]) == ["before (start checkpoint)", "cpo-quick"]
     assert 0 <= table.iloc[1]["accuracy"] <= 1 and "flip_rate" in table.columns
+
+
+def _tiny_snapshot(workspace) -> str:
+    from core import curation, snapshots
+    from core.workspace import Workspace
+    from tests.curation_data import write_ccf
+
+    ws = Workspace.open(workspace)
+    snapshots.import_file(ws.store, write_ccf(workspace.parent / "ccf.json", n=1))
+    curation.annotate(ws.store, 1, "ada", "accept")
+    snap = snapshots.export_snapshot(ws.store, ws.root / "exports", snapshots.ExportConfig(format="trl", name="one"))
+    return f"snapshot: {snap.name} ({snap.row_count} pairs)"
+
+
+def test_a_tiny_snapshot_is_not_preselected_warns_and_a_choice_survives_other_pages(sample_world, tmp_path):
+    label = _tiny_snapshot(tmp_path / "ws")
+    at = page(sample_world, tmp_path / "ws")
+    at.run()
+    assert not at.exception and label in at.selectbox(key="run_data").options
+    assert at.selectbox(key="run_data").value == "the sample preference set (SFT split)"
+    at.selectbox(key="run_data").set_value(label).run()
+    assert any("only 1 pairs" in w.value for w in at.warning)
+    again = page(sample_world, tmp_path / "ws")  # back from another page: widget state gone, the rest kept
+    again.session_state[state.RUN_DATA] = at.session_state[state.RUN_DATA]
+    again.run()
+    assert again.selectbox(key="run_data").value == label
+
+
+def _fake_run(workspace, world, status: str, evaluation: dict | None = None, metrics: list[dict] = ()):
+    """A run row as core.runs writes it; a running one gets a real (sleeping) job."""
+    import json
+
+    from core import jobs
+    from core.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    out = ws.runs_dir / "cpo" / "r1"
+    out.mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    job = jobs.start(ws.runs_dir, "cpo", ["-c", "import time; time.sleep(120)"]) if status == "running" else None
+    config = {"init_adapter": str(world / "rft" / "checkpoint-160")}
+    with ws.store.transaction() as con:
+        con.execute("INSERT INTO runs (name, objective, config, data, snapshot, world, status, job, output_dir, "
+                    "evaluation, created_at, updated_at) VALUES ('r1', 'cpo', ?, 'x', NULL, ?, ?, ?, ?, ?, 0, 0)",
+                    (json.dumps(config), str(world), status, str(job.dir) if job else None, str(out),
+                     json.dumps(evaluation) if evaluation else None))
+    return job
+
+
+def test_a_running_run_whose_first_metrics_have_no_speed_renders(sample_world, tmp_path):
+    job = _fake_run(tmp_path / "ws", sample_world, "running",
+                    metrics=[{"step": 1, "loss": 0.7, "tokens_per_second": None, "gpu_memory_gb": None}])
+    try:
+        at = page(sample_world, tmp_path / "ws")
+        at.run()
+        assert not at.exception
+        text = at.get("progress")[0].proto.text
+        assert "r1: running" in text and "tokens/s" not in text and "GPU" not in text
+    finally:
+        job.cancel()
+
+
+def test_a_run_worse_than_its_start_says_so(sample_world, tmp_path):
+    _fake_run(tmp_path / "ws", sample_world, "done", evaluation={"accuracy": 0.527, "flip_rate": 0.05})
+    at = page(sample_world, tmp_path / "ws")
+    at.run()
+    assert not at.exception
+    warned = [w.value for w in at.warning if "worse than its start" in w.value]
+    assert warned and "checkpoint-160" in warned[0] and "accuracy 0.527 < 0.587" in warned[0]
+    assert "flip rate" not in warned[0]  # 0.05 is better than the start's 0.104

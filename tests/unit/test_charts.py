@@ -23,6 +23,7 @@ def test_drift_table_of_nothing_is_empty_with_columns():
 def test_drift_figure_has_one_named_line_per_series():
     fig = charts.drift_over_steps(charts.drift_table(ROWS))
     assert [t.name for t in fig.data] == [v[0] for v in charts.DRIFT_SERIES.values()]
+    assert fig.data[0].name == charts.GREEDY_ACCURACY and "greedy decoding" in fig.data[0].name
     assert list(fig.data[0].x) == [0, 80] and list(fig.data[0].y) == [0.9, 0.8]
 
 
@@ -76,6 +77,7 @@ def test_summary_over_steps_shades_detrimental_changes():
                             "direction": ["detrimental", "beneficial"], "page_hinkley_alarm": [True, False]})
     fig = charts.summary_over_steps(summary, changes)
     assert len(fig.data) == 6
+    assert fig.data[0].name == charts.PROBE_ACCURACY and "teacher-forced" in fig.data[0].name  # not the greedy one
     shaded = [s for s in fig.layout.shapes if s.type == "rect"]
     assert len(shaded) == 2 and {s.x0 for s in shaded} == {0}  # one rectangle per subplot, step 0 -> 1 only
 

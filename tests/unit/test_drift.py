@@ -56,7 +56,7 @@ def test_concept_spans_prefer_the_longest_surface():
 def world_analysis(sample_world, tmp_path_factory):
     from core.analysis import AnalysisConfig, run_analysis
 
-    cfg = AnalysisConfig.from_world(sample_world, limit=140, include_prompt=False, top_k=3)
+    cfg = AnalysisConfig.from_world(sample_world, limit=70, include_prompt=False, top_k=3)
     return run_analysis(cfg, cache_dir=tmp_path_factory.mktemp("cache"))
 
 

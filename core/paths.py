@@ -1,0 +1,26 @@
+"""Paths as a user types them: ``~`` and ``$VARS`` expanded, the same way at every entry to the engine.
+
+    expand("~/.cot-drift-workbench/cache")   # -> Path("/home/me/.cot-drift-workbench/cache")
+    expand_str("$DATA/run.json")             # -> "/data/run.json" (configs keep strings)
+
+A shell expands these before a command sees them; a notebook, a config file or a text box does not, and
+a literal ``~`` folder inside the current directory is never what was meant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def expand_str(path: str | os.PathLike) -> str:
+    """``path`` with ``~``, ``~user`` and ``$VAR`` / ``${VAR}`` expanded (unknown variables are left as typed)."""
+    return os.path.expanduser(os.path.expandvars(os.fspath(path)))
+
+
+def expand(path: str | os.PathLike) -> Path:
+    return Path(expand_str(path))
+
+
+def expand_optional(path: str | os.PathLike | None) -> str | None:
+    return None if path is None or path == "" else expand_str(path)
