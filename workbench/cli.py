@@ -41,14 +41,33 @@ def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
     return world
 
 
+def _access(args: argparse.Namespace) -> dict[str, str]:
+    """The environment that guards the server: none on this machine only (127.0.0.1, the default); a token
+    (``--token``, ``$WORKBENCH_TOKEN`` or a new one, printed) when ``--host`` exposes it to others."""
+    from workbench.auth import TOKEN_ENV, is_loopback, new_token
+
+    if is_loopback(args.host):
+        return {TOKEN_ENV: ""}
+    token = args.token or os.environ.get(TOKEN_ENV) or new_token()
+    print(f"workbench: WARNING: listening on {args.host}: anyone who can reach port {args.port} of this machine "
+          "can use the workbench once they have its token. Use it on a trusted network only.", file=sys.stderr)
+    if not args.token and not os.environ.get(TOKEN_ENV):
+        print(f"workbench: access token {token} (give it once per browser session, or open "
+              f"http://HOST:{args.port}/?token={token})", flush=True)
+    return {TOKEN_ENV: token}
+
+
 def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
+    if args.token is not None and len(args.token) < 8:
+        raise InputError("--token: use at least 8 characters")
     ws = Workspace.open(args.workspace)
     world = _resolve_world(ws, world_path or args.world)
     ws.store.close()
-    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root)}
+    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **_access(args)}
     # Always headless: otherwise Streamlit's first-run e-mail prompt blocks on stdin. We open the browser.
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--server.headless", "true"]
+           "--server.address", args.host, "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--server.headless", "true"]
     url = f"http://localhost:{args.port}"
     print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\nworkbench: open {url}", flush=True)
     proc = subprocess.Popen(cmd, env=env)
@@ -224,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
                        help=f"folder for the database, caches and runs (default ${ENV_VAR} or ~/.cot-drift-workbench)")
         p.add_argument("--port", type=int, default=8501)
         p.add_argument("--headless", action="store_true", help="do not open a browser window")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only); 0.0.0.0 exposes the "
+                            "workbench to the network and then requires a token")
+        p.add_argument("--token", default=None,
+                       help="with --host: the shared secret visitors give (default $WORKBENCH_TOKEN, else a new one, printed)")
         if name == "app":
             p.add_argument("--world", type=Path, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")

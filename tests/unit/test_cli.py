@@ -73,3 +73,42 @@ def test_stopping_workbench_stops_its_server(tmp_path, free_port):
         except OSError:
             return
     pytest.fail("the Streamlit server outlived the workbench process")
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port`` (Linux /proc/net/tcp, IPv4)."""
+    import socket
+    import struct
+
+    found = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if int(p, 16) == port and state == "0A":  # LISTEN
+            found.add(socket.inet_ntoa(struct.pack("<I", int(addr, 16))))
+    return found
+
+
+@pytest.mark.parametrize("host", [None, "0.0.0.0"])
+def test_the_server_listens_on_this_machine_unless_exposed_with_a_token(tmp_path, free_port, host):
+    import os
+    import signal
+
+    from tests.browser.conftest import wait_http
+
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux /proc/net/tcp to read the listening address")
+    extra = ["--host", host] if host else []
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "demo", "--headless", "--port", str(free_port),
+                             "--workspace", str(tmp_path / "ws"), *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "WORKBENCH_TOKEN": ""})
+    try:
+        wait_http(f"http://127.0.0.1:{free_port}/_stcore/health", proc)
+        assert _listening_addresses(free_port) == {host or "127.0.0.1"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    if host:
+        assert "WARNING: listening on 0.0.0.0" in err and "access token " in out
+    else:
+        assert "WARNING" not in err and "token" not in out
