@@ -30,6 +30,13 @@ APP = Path(__file__).resolve().parent / "app.py"
 WORLD_ENV = "WORKBENCH_WORLD"
 
 
+def _open_workspace(path: Path | None) -> Workspace:
+    ws = Workspace.open(path)
+    if ws.store.notice:
+        print(f"workbench: warning: {ws.store.notice}", file=sys.stderr)
+    return ws
+
+
 def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
     """The world to open: the one asked for, else the workspace's last one, else the sample world."""
     last = ws.store.last_world()
@@ -60,7 +67,7 @@ def _access(args: argparse.Namespace) -> dict[str, str]:
 def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
     if args.token is not None and len(args.token) < 8:
         raise InputError("--token: use at least 8 characters")
-    ws = Workspace.open(args.workspace)
+    ws = _open_workspace(args.workspace)
     world = _resolve_world(ws, world_path or args.world)
     ws.store.close()
     env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **_access(args)}
@@ -144,7 +151,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from core.scoring import Cancelled
 
     cfg = _analysis_config(args)
-    cache = Workspace.open(args.workspace).cache_dir if not args.no_cache else None
+    cache = _open_workspace(args.workspace).cache_dir if not args.no_cache else None
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
     bar, progress = _progress_bar("analysis")
     with bar:
