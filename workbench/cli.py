@@ -150,7 +150,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from core.jobs import CANCELLED, cancel_flag
     from core.scoring import Cancelled
 
+    from core.outputs import check_analysis_folder
+
     cfg = _analysis_config(args)
+    check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing
     cache = _open_workspace(args.workspace).cache_dir if not args.no_cache else None
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
     bar, progress = _progress_bar("analysis")
@@ -171,12 +174,14 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     from core.analysis import resolve_labels
     from core.cache import write_parquet
     from core.jobs import CANCELLED, cancel_flag
+    from core.outputs import PERTURB_COLUMNS, check_result_file
     from core.perturb import perturbation_summary, perturbation_test
     from core.scoring import Cancelled
     from core.series import load_series
     from core.trajectories import read_jsonl
 
     cfg = _analysis_config(args)
+    check_result_file(args.out, args.force, PERTURB_COLUMNS)
     if not args.find.strip():
         raise InputError("perturb: --find must name a non-empty span")
     records = read_jsonl(cfg.data, cfg.limit)
@@ -272,7 +277,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
     series_args(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for the parquet tables and config.json")
+    p.add_argument("--out", type=Path, required=True, help="folder for the parquet tables and config.json "
+                   "(new or empty; a previous analysis is replaced only with --force, other files never)")
+    p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])
@@ -285,7 +292,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", required=True, help='its replacement, e.g. "airspace opacity"')
     p.add_argument("--mode", choices=["generate", "probe"], default="generate",
                    help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
-    p.add_argument("--out", type=Path, required=True, help="parquet file for the per-trajectory rows")
+    p.add_argument("--out", type=Path, required=True, help="parquet file for the per-trajectory rows (a new "
+                   "file; a previous result is replaced only with --force, other files never)")
+    p.add_argument("--force", action="store_true", help="replace the previous result in --out")
     p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m workbench.cli`)")
     p.add_argument("--config", type=Path, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
