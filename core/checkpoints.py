@@ -10,13 +10,13 @@ nested one level like ms-swift's ``v0-2025.../checkpoint-N``) holding a PEFT ada
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError
+from core.resume import read_trainer_state
 
 _STEP_RE = re.compile(r"checkpoint-(\d+)$")
 
@@ -45,13 +45,9 @@ def _trainer_metrics(path: Path) -> tuple[int | None, dict]:
     state_file = path / "trainer_state.json"
     if not state_file.is_file():
         return None, {}
-    try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{state_file}: not valid JSON ({e})") from None
-    step = state.get("global_step")
+    step, history = read_trainer_state(state_file)  # wrong types: InputError naming the file and field
     metrics: dict = {}
-    for entry in state.get("log_history", []):  # later entries win: the values logged last at this step
+    for entry in history:  # later entries win: the values logged last at this step
         if step is None or entry.get("step", step) <= step:
             metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"})
     return (int(step) if step is not None else None), metrics

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from core import jsonsafe
 from core.errors import InputError
 from core.jobs import lock_folder
 
@@ -89,9 +90,10 @@ class TrainConfig:
     def load(cls, path: str | Path) -> "TrainConfig":
         """Read a config JSON; unknown or bad fields raise InputError naming the file and the field."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: not a readable JSON config ({e})") from None
+        data = jsonsafe.loads(text, str(path))
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a JSON object of TrainConfig fields")
         known = {f.name for f in fields(cls)}

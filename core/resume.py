@@ -86,3 +86,39 @@ def trim_metrics(path: Path, step: int) -> int:
 
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
     return dropped
+
+
+def read_trainer_state(state_file: Path) -> tuple[int | None, list[dict]]:
+    """``global_step`` and ``log_history`` of an HF ``trainer_state.json``; an ``InputError`` names the file and
+    the field when a type is wrong (a string step, ``1e400``, a string history, a list at the top level)."""
+    from core import jsonsafe
+    from core.errors import InputError
+
+    try:
+        text = state_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{state_file}: cannot be read ({e})") from None
+    state = jsonsafe.loads(text, str(state_file))
+    if not isinstance(state, dict):
+        raise InputError(f"{state_file}: expected a JSON object, got {type(state).__name__}")
+    step = state.get("global_step")
+    if step is not None and not _is_step(step):
+        raise InputError(f"{state_file}, field 'global_step': expected a whole number >= 0, got {step!r}")
+    history = state.get("log_history", [])
+    if not isinstance(history, list):
+        raise InputError(f"{state_file}, field 'log_history': expected a list of objects, got {type(history).__name__}")
+    for i, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            raise InputError(f"{state_file}, field 'log_history[{i}]': expected an object, got {type(entry).__name__}")
+        if "step" in entry and not _is_step(entry["step"]):
+            raise InputError(f"{state_file}, field 'log_history[{i}].step': expected a whole number >= 0, "
+                             f"got {entry['step']!r}")
+    return (None if step is None else int(step)), history
+
+
+def _is_step(value: object) -> bool:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0 and float(value).is_integer()

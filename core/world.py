@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import checkpoints, concepts
+from core import checkpoints, concepts, jsonsafe
 from core.errors import InputError
 
 MANIFEST = "world.json"
@@ -115,10 +115,7 @@ def load_world(root: str | Path = SAMPLE_WORLD) -> World:
     if not manifest_path.is_file():
         raise InputError(f"{manifest_path}: missing world manifest (run `workbench build-sample` to rebuild "
                          "the sample world)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{manifest_path}: not valid JSON ({e})") from None
+    manifest = jsonsafe.loads(manifest_path.read_text(encoding="utf-8-sig"), str(manifest_path))
     for key in ("base_model", "checkpoints", "concept_graph", "datasets"):
         if key not in manifest:
             raise InputError(f"{manifest_path}: missing field '{key}'")
