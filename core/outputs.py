@@ -11,6 +11,9 @@ a file where a folder is expected, is refused with an ``InputError`` naming the 
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import InputError
@@ -50,6 +53,19 @@ def check_result_file(out: Path, force: bool, columns: tuple[str, ...]) -> None:
                          "Choose a new file name for --out")
     if not force:
         raise InputError(f"{out}: holds a previous result; add --force to replace it, or choose another --out")
+
+
+@contextmanager
+def disk_full_named(path: Path) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing ``path`` into an ``InputError`` naming it; the writers
+    under it write to a temporary file or folder and rename, so nothing partial is left."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"{path}: disk full while writing; nothing was written. Free some space and "
+                             "retry") from None
+        raise
 
 
 def _parquet_with(path: Path, columns: tuple[str, ...]) -> bool:

@@ -150,7 +150,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from core.jobs import CANCELLED, cancel_flag
     from core.scoring import Cancelled
 
-    from core.outputs import check_analysis_folder
+    from core.outputs import check_analysis_folder, disk_full_named
 
     cfg = _analysis_config(args)
     check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing
@@ -163,7 +163,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: score cancelled; nothing written", file=sys.stderr)
             return CANCELLED
-    out = result.save(args.out)
+    with disk_full_named(args.out):
+        out = result.save(args.out)
     print(result.summary.round(4).to_string(index=False))
     print(f"workbench: wrote {', '.join(f.name for f in sorted(out.glob('*')))} to {out}")
     return 0
@@ -174,7 +175,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     from core.analysis import resolve_labels
     from core.cache import write_parquet
     from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import PERTURB_COLUMNS, check_result_file
+    from core.outputs import PERTURB_COLUMNS, check_result_file, disk_full_named
     from core.perturb import perturbation_summary, perturbation_test
     from core.scoring import Cancelled
     from core.series import load_series
@@ -200,7 +201,8 @@ def cmd_perturb(args: argparse.Namespace) -> int:
             return CANCELLED
     if df.empty:
         raise InputError(f"perturb: no trajectory in {cfg.data} contains {args.find!r}")
-    write_parquet(df, args.out)
+    with disk_full_named(args.out):
+        write_parquet(df, args.out)
     print(perturbation_summary(df).round(4).to_string(index=False))
     print(f"workbench: wrote {len(df)} rows to {args.out}")
     return 0
