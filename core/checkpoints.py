@@ -69,8 +69,8 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: checkpoint folder not found")
-    found = [p for p in list(root.glob("checkpoint-*")) + list(root.glob("*/checkpoint-*"))
-             if p.is_dir() and _STEP_RE.search(p.name)]
+    found = _distinct([p for p in list(root.glob("checkpoint-*")) + list(root.glob("*/checkpoint-*"))
+                       if p.is_dir() and _STEP_RE.search(p.name)])
     if not found:
         raise InputError(f"{root}: no checkpoint-N/ folders found (expected a trainer output folder)")
     complete = [p for p in found if checkpoint_kind(p)]
@@ -79,6 +79,15 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
     for p in sorted(set(found) - set(complete)):  # e.g. a trainer still writing its latest checkpoint
         warnings.warn(f"{p}: skipped, not a complete checkpoint (no adapter_config.json or config.json)", stacklevel=2)
     return sorted((read_checkpoint(p) for p in complete), key=lambda c: (c.step, str(c.path)))
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """One path per real folder: a symlink (a loop such as ``run/latest -> .``) does not list a checkpoint twice.
+    The shortest path to a folder is kept."""
+    by_target: dict[Path, Path] = {}
+    for p in sorted(paths, key=lambda p: (len(p.parts), str(p))):
+        by_target.setdefault(p.resolve(), p)
+    return list(by_target.values())
 
 
 def check_model_dir(path: str | Path) -> Path:
