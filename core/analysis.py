@@ -20,6 +20,7 @@ import pandas as pd
 
 from core import concepts, drift
 from core.cache import cache_key, cached_frame, file_hash, swap_in_folder, write_parquet
+from core.context_check import context_warnings
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
@@ -167,6 +168,9 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
 
     tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
     encoded = encode(tokenizer, records)
+    for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
+        if progress:
+            progress(0.0, 1.0, f"warning: {message}")
     common = (fingerprint, file_hash(cfg.data), cfg.limit)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:

@@ -138,6 +138,8 @@ def _progress_bar(desc: str):
                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
     def progress(done: float, total: float, message: str) -> None:
+        if message.startswith("warning: "):  # said in the log, not only in the bar's tail
+            bar.write(f"workbench: {message}", file=sys.stderr)
         bar.update(int(1000 * done / max(total, 1e-12)) - bar.n)
         bar.set_postfix_str(message[:60])
         report_progress(done, total, message)
@@ -220,14 +222,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel): save the adapter at the next step end, stop
     bar, progress = _progress_bar("train")
 
-    def report(done: float, total: float, message: str) -> None:
-        if message.startswith("warning: "):
-            print(f"workbench: {message}", file=sys.stderr)
-        progress(done, total, message)
-
     with bar:
         try:
-            result = train(cfg, progress=report, should_cancel=should_cancel)
+            result = train(cfg, progress=progress, should_cancel=should_cancel)
         except RuntimeError as e:
             print(f"workbench: error: {e}", file=sys.stderr)
             return 1

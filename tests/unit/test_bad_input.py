@@ -111,3 +111,19 @@ def test_trainer_state_with_wrong_types_exits_2_from_score(tmp_path, quick_world
                      str(quick_world / "data" / "test.jsonl"), "--out", str(tmp_path / "o"), "--no-cache"])
     assert code == 2
     assert "trainer_state.json, field 'global_step'" in capsys.readouterr().err
+
+
+def test_a_trajectory_longer_than_the_context_is_warned_by_name(sample_world, tmp_path, capsys):
+    from workbench import cli
+
+    first = read_jsonl(sample_world / "data" / "test.jsonl", 1)[0]
+    think = formats.think_of(first["completion"])
+    long = {**first, "id": "long-one", "completion": formats.completion(" ".join([think] * 12), first["label"])}
+    data = _lines(tmp_path / "t.jsonl", json.dumps({**first, "id": "short-one"}), json.dumps(long))
+    code = cli.main(["score", "--base", str(sample_world / "model"), "--data", str(data), "--graph",
+                     str(sample_world / "concept_graph.json"), "--positions", "end", "--no-cache",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: trajectory long-one: " in err and "longer than the model's context of 256" in err
+    assert "short-one" not in err
