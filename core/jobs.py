@@ -71,10 +71,16 @@ class Job:
         atomic_write_text(self.dir / "job.json", json.dumps(data, indent=1))
 
     def exit_info(self) -> dict | None:
-        try:
-            return json.loads((self.dir / "exit.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        """How the worker ended: the supervisor's ``exit.json``, else the worker's own ``worker_exit.json``
+        (``record_worker_exit``: a worker whose supervisor was killed still says how it ended)."""
+        for name in ("exit.json", WORKER_EXIT):
+            try:
+                info = json.loads((self.dir / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("returncode"), int):
+                return info
+        return None
 
     def state(self) -> str:
         info = self.exit_info()
@@ -235,6 +241,18 @@ def report_progress(done: float, total: float, message: str, _state: dict = {}) 
 
 
 LOCK_FILE = ".writer.lock"
+WORKER_EXIT = "worker_exit.json"
+
+
+def record_worker_exit(code: int) -> None:
+    """For workers: write the exit code beside ``$WORKBENCH_PROGRESS`` (a job's folder) before exiting, so
+    the job's state is known even when its supervisor was killed. Outside a job it does nothing."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        try:
+            atomic_write_text(Path(path).parent / WORKER_EXIT, json.dumps({"returncode": code, "ended_at": time.time()}))
+        except OSError:
+            pass  # the supervisor's exit.json says it as well
 
 
 def lock_folder(folder: str | Path, what: str = "folder"):

@@ -308,6 +308,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.jobs import record_worker_exit
+
+    code = 1
+    try:
+        code = _main(argv)
+    except SystemExit as e:  # argparse errors and the like
+        code = e.code if isinstance(e.code, int) else 2
+        raise
+    finally:
+        record_worker_exit(code)  # a background job's state survives a killed supervisor
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models and data load from local paths only
     try:

@@ -127,3 +127,24 @@ def test_score_and_perturb_run_as_jobs_on_the_quick_world(tmp_path, quick_world)
     assert job.wait(120) == "done", job.log_tail()
     df = pd.read_parquet(pairs)
     assert {"traj_id", "checkpoint", "answer_before", "answer_after", "flip"} <= set(df.columns)
+
+
+def test_a_worker_whose_supervisor_was_killed_still_says_how_it_ended(tmp_path):
+    import os
+    import signal
+
+    worker = "import time\nfrom core.jobs import record_worker_exit\ntime.sleep(1.5)\nrecord_worker_exit(0)\n"
+    job = jobs.start(tmp_path, "test", ["-c", worker], title="orphan")
+    assert _wait_for(lambda: job.worker() is not None)
+    os.kill(job.pid, signal.SIGKILL)
+    assert _wait_for(lambda: job.state() != "running", 30)
+    assert job.state() == "done" and not (job.dir / "exit.json").exists()
+
+
+def test_the_cli_records_its_exit_code_for_its_job(tmp_path, monkeypatch):
+    from workbench import cli
+
+    monkeypatch.setenv(jobs.PROGRESS_ENV, str(tmp_path / "progress.json"))
+    assert cli.main(["score", "--out", str(tmp_path / "o")]) == 2  # neither --world nor --base
+    job = jobs.Job(tmp_path, "score", "t", [], time.time(), None)
+    assert job.exit_info()["returncode"] == 2 and job.state() == "failed"
