@@ -37,8 +37,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from core.counterfactual import answer_of  # noqa: F401  (re-exported: formats read answers the same way)
 from core import jsonsafe
+from core.counterfactual import answer_of  # noqa: F401  (re-exported: formats read answers the same way)
 from core.errors import InputError
 
 IMPORT_FORMATS = ("ccf", "trl", "swift")

@@ -174,7 +174,7 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     # 5 -> 6: content hashes over a JSON encoding of the fields (core.hashing) instead of NUL-joined text,
     # where different field pairs could collide. Recomputed from the stored text.
-    lambda con: _rehash(con),  # noqa: PLW0108 - _rehash is defined below
+    lambda con: _rehash(con),  # _rehash is defined below
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -150,9 +150,8 @@ def _progress_bar(desc: str):
 def cmd_score(args: argparse.Namespace) -> int:
     from core.analysis import run_analysis
     from core.jobs import CANCELLED, cancel_flag
-    from core.scoring import Cancelled
-
     from core.outputs import check_analysis_folder, disk_full_named
+    from core.scoring import Cancelled
 
     cfg = _analysis_config(args)
     check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing

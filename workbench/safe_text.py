@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 
 _SYNTAX = re.compile(r"([\[\]<>])")
-_BARE_URL = re.compile(r"\b(https?|ftp|mailto|file|data)(:)", re.I)
-_WWW = re.compile(r"\b(www)(\.)", re.I)
+_BARE_URL = re.compile(r"\b(https?|ftp|mailto|file|data)(:)", re.IGNORECASE)
+_WWW = re.compile(r"\b(www)(\.)", re.IGNORECASE)
 
 
 def inert(text: object) -> str:

@@ -79,9 +79,10 @@ def _listening_addresses(port: int) -> set[str]:
     """Local addresses of the TCP sockets listening on ``port`` (Linux /proc/net/tcp, IPv4)."""
     import socket
     import struct
+    from pathlib import Path
 
     found = set()
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         local, state = line.split()[1], line.split()[3]
         addr, p = local.split(":")
         if int(p, 16) == port and state == "0A":  # LISTEN

@@ -38,9 +38,8 @@ def test_saving_an_analysis_on_a_full_disk_names_the_path_and_leaves_nothing(sam
     analysis = Analysis.load(sample_world / "analysis")
     disk = tiny_disk(256 * 1024)  # the tables need megabytes
     out = disk / "drift"
-    with pytest.raises(InputError, match=r"drift: disk full while writing; nothing was written"):
-        with disk_full_named(out):
-            analysis.save(out)
+    with pytest.raises(InputError, match=r"drift: disk full while writing; nothing was written"), disk_full_named(out):
+        analysis.save(out)
     assert list(disk.iterdir()) == []  # no partial folder, no temporary one
 
 
