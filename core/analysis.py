@@ -131,8 +131,8 @@ class Analysis:
                 elif value:
                     data[key] = str((out / value).resolve())
             cfg = AnalysisConfig.from_json(data)
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise InputError(f"{out / 'config.json'}: not a valid analysis config ({e})") from None
+        except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:  # RecursionError: deep nesting
+            raise InputError(f"{out / 'config.json'}: not a valid analysis config ({type(e).__name__})") from None
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
@@ -226,7 +226,7 @@ def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
             try:
                 data = json.loads((path / "config.json").read_text())
                 cfg = AnalysisConfig.from_json(data)
-            except (OSError, json.JSONDecodeError, TypeError, ValueError):
+            except (OSError, json.JSONDecodeError, TypeError, ValueError, RecursionError):
                 continue
             out.append(AnalysisInfo(path, path.name, (path / "config.json").stat().st_mtime, cfg))
     return sorted(out, key=lambda a: a.created, reverse=True)

@@ -127,3 +127,21 @@ def test_a_trajectory_longer_than_the_context_is_warned_by_name(sample_world, tm
     assert code == 0, err
     assert "warning: trajectory long-one: " in err and "longer than the model's context of 256" in err
     assert "short-one" not in err
+
+
+def test_deep_json_in_analysis_and_world_files_is_named(sample_world, tmp_path):
+    import shutil
+
+    from core.analysis import Analysis, list_analyses
+    from core.world import load_world
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.json").write_text(DEEP)
+    with pytest.raises(InputError, match=r"a/config\.json: not a valid analysis config \(RecursionError\)"):
+        Analysis.load(tmp_path / "a")
+    assert list_analyses(tmp_path) == []  # skipped, not a crash
+    world = tmp_path / "w"
+    shutil.copytree(sample_world, world, ignore=shutil.ignore_patterns("analysis"))
+    (world / "metrics.json").write_text(DEEP)
+    with pytest.raises(InputError, match=r"metrics\.json, line 1: JSON nested too deeply"):
+        load_world(world).metrics()
