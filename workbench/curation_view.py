@@ -170,8 +170,7 @@ def agreement_panel(store) -> None:
 def import_panel(store) -> None:
     upload = st.file_uploader("Upload CCF JSON, TRL JSONL or ms-swift JSON", type=["json", "jsonl"],
                               key="cur_upload")
-    path = st.text_input("…or a path on this machine", key="cur_import_path",
-                         help="under the workspace, a world folder or $WORKBENCH_DATA_ROOTS")
+    path = st.text_input("…or a path on this machine", key="cur_import_path")  # under the data roots only
     c = st.columns(3)
     fmt = c[0].selectbox("Format", ["auto", "ccf", "trl", "swift"], key="cur_import_format")
     k = c[1].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_import_k")
