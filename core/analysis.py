@@ -21,6 +21,7 @@ import pandas as pd
 from core import concepts, drift
 from core.cache import cache_key, cached_frame, file_hash, swap_in_folder, write_parquet
 from core.paths import expand, expand_optional, expand_str
+from core.context_check import context_warnings
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
@@ -135,8 +136,8 @@ class Analysis:
                 elif value:
                     data[key] = str((out / value).resolve())
             cfg = AnalysisConfig.from_json(data)
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise InputError(f"{out / 'config.json'}: not a valid analysis config ({e})") from None
+        except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:  # RecursionError: deep nesting
+            raise InputError(f"{out / 'config.json'}: not a valid analysis config ({type(e).__name__})") from None
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
@@ -172,6 +173,9 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
 
     tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
     encoded = encode(tokenizer, records)
+    for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
+        if progress:
+            progress(0.0, 1.0, f"warning: {message}")
     common = (fingerprint, file_hash(cfg.data), cfg.limit)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
@@ -227,7 +231,7 @@ def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
             try:
                 data = json.loads((path / "config.json").read_text())
                 cfg = AnalysisConfig.from_json(data)
-            except (OSError, json.JSONDecodeError, TypeError, ValueError):
+            except (OSError, json.JSONDecodeError, TypeError, ValueError, RecursionError):
                 continue
             out.append(AnalysisInfo(path, path.name, (path / "config.json").stat().st_mtime, cfg))
     return sorted(out, key=lambda a: a.created, reverse=True)

@@ -77,6 +77,10 @@ def swap_in_folder(tmp: Path, out: Path) -> None:
     crash never leaves a half-written or mixed folder at ``out``."""
     import shutil
 
+    if out.exists() and not out.is_dir():  # never move a user's file aside (core.outputs checks first)
+        from core.errors import InputError
+
+        raise InputError(f"{out}: a file is there, not a folder; nothing was written")
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

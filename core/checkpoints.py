@@ -10,7 +10,6 @@ nested one level like ms-swift's ``v0-2025.../checkpoint-N``) holding a PEFT ada
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from core.errors import InputError
 from core.paths import expand
+from core.resume import read_trainer_state
 
 _STEP_RE = re.compile(r"checkpoint-(\d+)$")
 
@@ -46,13 +46,9 @@ def _trainer_metrics(path: Path) -> tuple[int | None, dict]:
     state_file = path / "trainer_state.json"
     if not state_file.is_file():
         return None, {}
-    try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{state_file}: not valid JSON ({e})") from None
-    step = state.get("global_step")
+    step, history = read_trainer_state(state_file)  # wrong types: InputError naming the file and field
     metrics: dict = {}
-    for entry in state.get("log_history", []):  # later entries win: the values logged last at this step
+    for entry in history:  # later entries win: the values logged last at this step
         if step is None or entry.get("step", step) <= step:
             metrics.update({k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"})
     return (int(step) if step is not None else None), metrics
@@ -74,8 +70,8 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
     root = expand(root)
     if not root.is_dir():
         raise InputError(f"{root}: checkpoint folder not found")
-    found = [p for p in list(root.glob("checkpoint-*")) + list(root.glob("*/checkpoint-*"))
-             if p.is_dir() and _STEP_RE.search(p.name)]
+    found = _distinct([p for p in list(root.glob("checkpoint-*")) + list(root.glob("*/checkpoint-*"))
+                       if p.is_dir() and _STEP_RE.search(p.name)])
     if not found:
         raise InputError(f"{root}: no checkpoint-N/ folders found (expected a trainer output folder)")
     complete = [p for p in found if checkpoint_kind(p)]
@@ -84,6 +80,15 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
     for p in sorted(set(found) - set(complete)):  # e.g. a trainer still writing its latest checkpoint
         warnings.warn(f"{p}: skipped, not a complete checkpoint (no adapter_config.json or config.json)", stacklevel=2)
     return sorted((read_checkpoint(p) for p in complete), key=lambda c: (c.step, str(c.path)))
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """One path per real folder: a symlink (a loop such as ``run/latest -> .``) does not list a checkpoint twice.
+    The shortest path to a folder is kept."""
+    by_target: dict[Path, Path] = {}
+    for p in sorted(paths, key=lambda p: (len(p.parts), str(p))):
+        by_target.setdefault(p.resolve(), p)
+    return list(by_target.values())
 
 
 def check_model_dir(path: str | Path) -> Path:

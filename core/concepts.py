@@ -25,6 +25,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from core import jsonsafe
 from core.errors import InputError
 
 KINDS = ("disease", "finding")
@@ -35,11 +36,12 @@ def load_graph(path: str | Path) -> nx.DiGraph:
     """Read a node-link JSON concept graph; raise ``InputError`` naming the file and the problem."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"{path}: concept graph file not found (expected node-link JSON)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    data = jsonsafe.loads(text, str(path))  # also deep nesting and huge integers, with the line
     return from_node_link(data, str(path))
 
 

@@ -10,7 +10,6 @@ hashes deduplicate: generating the same counterfactual twice stores it once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -21,18 +20,18 @@ import networkx as nx
 import pandas as pd
 
 from core.counterfactual import Counterfactual, choose_targets, make_counterfactuals, true_disease
+from core.hashing import content_hash
 from core.store import Store
 
 
 def trajectory_hash(prompt: str, completion: str) -> str:
-    """``trajectories.content_hash`` (migration 2): sha256 of prompt + NUL + completion."""
-    return hashlib.sha256(f"{prompt}\0{completion}".encode()).hexdigest()
+    """``trajectories.content_hash``: ``core.hashing.content_hash`` of prompt and completion (migration 6)."""
+    return content_hash(prompt, completion)
 
 
 def counterfactual_hash(trajectory: str, target: str, completion: str) -> str:
-    """``counterfactuals.content_hash`` (migration 2): sha256 of the trajectory's hash + NUL + target +
-    NUL + completion."""
-    return hashlib.sha256(f"{trajectory}\0{target}\0{completion}".encode()).hexdigest()
+    """``counterfactuals.content_hash``: ``content_hash`` of the trajectory's hash, target and completion."""
+    return content_hash(trajectory, target, completion)
 
 
 def insert_trajectory(con: sqlite3.Connection, prompt: str, completion: str, source: str, now: float,

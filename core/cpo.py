@@ -26,8 +26,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from core import jsonsafe
 from core.errors import InputError
 from core.paths import expand_optional
+from core.jobs import lock_folder
 
 OBJECTIVES = ("cpo", "cpo++", "sft")  # implemented in core.cpo_trainer (torch + TRL), named here so configs import light
 NEGATIVES = ("counterfactual", "random")
@@ -92,9 +94,10 @@ class TrainConfig:
     def load(cls, path: str | Path) -> "TrainConfig":
         """Read a config JSON; unknown or bad fields raise InputError naming the file and the field."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: not a readable JSON config ({e})") from None
+        data = jsonsafe.loads(text, str(path))
         if not isinstance(data, dict):
             raise InputError(f"{path}: expected a JSON object of TrainConfig fields")
         known = {f.name for f in fields(cls)}
@@ -255,13 +258,10 @@ def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
 # ---------------------------------------------------------------- training
 
 def last_checkpoint(output_dir: str | Path) -> Path | None:
-    from core.checkpoints import discover
+    """The newest whole ``checkpoint-N`` in ``output_dir`` (``core.resume``: one cut mid-save is skipped)."""
+    from core.resume import resumable_checkpoint
 
-    try:
-        found = discover(output_dir)
-    except InputError:
-        return None
-    return found[-1].path if found else None
+    return resumable_checkpoint(output_dir)[0]
 
 
 def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
@@ -376,11 +376,11 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
         raise InputError("; ".join(pre.errors))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch every process runs this; rank 0 writes
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch every process runs this; rank 0 writes
+    lock = lock_folder(out, "run folder") if rank0 else None  # one trainer per run folder, held until return
+    if rank0:
         cfg.save(out / "config.json")
-    resume_from = last_checkpoint(out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        raise InputError(f"{out}: resume asked, but the folder holds no checkpoint-N to continue from")
+    resume_from = _resume_point(out, progress, rank0) if cfg.resume else None
     cancel = CancelCallback(should_cancel or (lambda: False))
     callbacks = [MetricsCallback(out / "metrics.jsonl", pre.sources, append=resume_from is not None),
                  ProgressCallback(progress, pre.warnings), cancel]
@@ -394,7 +394,27 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     if progress:
         progress(1, 1, f"{'cancelled' if cancel.cancelled else 'done'} at step {trainer.state.global_step} "
                        f"in {time.time() - started:.0f} s")
+    if lock:
+        lock.close()
     return TrainResult(adapter, trainer.state.global_step, cancel.cancelled, out / "metrics.jsonl")
+
+
+def _resume_point(out: Path, progress: Callable[[float, float, str], None] | None, rank0: bool) -> Path:
+    """The last whole checkpoint to resume from, saying which cut-off ones were skipped; metrics.jsonl loses
+    the rows past it (the resumed run logs those steps again)."""
+    from core.resume import resumable_checkpoint, trim_metrics
+
+    resume_from, skipped = resumable_checkpoint(out)
+    for message in skipped:
+        if progress:
+            progress(0, 1, f"warning: {out / message}")
+    if resume_from is None:
+        raise InputError(f"{out}: resume asked, but the folder holds no complete checkpoint-N to continue from"
+                         + (f" ({'; '.join(skipped)})" if skipped else ""))
+    if rank0:
+        step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        trim_metrics(out / "metrics.jsonl", step)
+    return resume_from
 
 
 def failure_message(e: Exception) -> str:

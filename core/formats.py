@@ -37,7 +37,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from core.counterfactual import answer_of  # formats read answers the way counterfactuals write them
+from core import jsonsafe
+from core.counterfactual import answer_of  # noqa: F401  (re-exported: formats read answers the same way)
 from core.errors import InputError
 
 IMPORT_FORMATS = ("ccf", "trl", "swift")
@@ -97,30 +98,32 @@ def read_text(path: str | Path) -> str:
 
 def _records(text: str, name: str) -> Iterator[tuple[str, object]]:
     """(where, record) for a JSON array (``item N``) or JSONL (``line N``); malformed JSON raises."""
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as Windows editors write it
     stripped = text.lstrip()
     if not stripped:
         raise InputError(f"{name}: the file is empty")
     if stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{name}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        items = jsonsafe.loads(text, name)
         for i, item in enumerate(items):
-            yield f"item {i}", item
+            if len(json.dumps(item)) > jsonsafe.MAX_RECORD_CHARS:
+                yield f"item {i}", _Bad(f"more than {jsonsafe.MAX_RECORD_CHARS:,} characters in one record")
+            else:
+                yield f"item {i}", item
         return
     if stripped.startswith("{") and "\n" in stripped.rstrip():
         try:
             json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             pass  # JSON Lines: each line is checked below
         else:
             raise InputError(f"{name}: a single JSON object; expected a JSON array of records or JSON Lines")
     for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if line.strip():
             try:
-                yield f"line {lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"line {lineno}", _Bad(f"not valid JSON ({e.msg})")
+                jsonsafe.check_record_size(line, name, lineno)
+                yield f"line {lineno}", jsonsafe.loads(line, name, lineno)
+            except InputError as e:
+                yield f"line {lineno}", _Bad(str(e).split(f"line {lineno}: ", 1)[-1])
 
 
 @dataclass
@@ -148,8 +151,10 @@ def _kind(value: object) -> str:
 
 def detect_format(text: str, name: str) -> str:
     """'ccf', 'trl' or 'swift' from the keys of the first record."""
+    first_bad = None
     for where, rec in _records(text, name):
         if not isinstance(rec, dict):
+            first_bad = first_bad or (f"{where}: {rec.message}" if isinstance(rec, _Bad) else None)
             continue  # parse() reports it with its line or item
         if "counterfact" in rec or "diagnose" in rec:
             return "ccf"
@@ -159,7 +164,8 @@ def detect_format(text: str, name: str) -> str:
             return "trl"
         raise InputError(f"{name}, {where}: cannot tell the format: expected an object with 'counterfact' "
                          "(CCF JSON), 'chosen' and 'rejected' (TRL JSONL) or 'messages' (ms-swift JSON)")
-    raise InputError(f"{name}: no JSON object records (expected a JSON array or JSON Lines of objects)")
+    raise InputError(f"{name}: no JSON object records (expected a JSON array or JSON Lines of objects)"
+                     + (f"; {first_bad}" if first_bad else ""))
 
 
 def parse(text: str, name: str, fmt: str | None = None) -> Parsed:

@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 
 import networkx as nx
 
-from core import concepts
+from core import concepts, jsonsafe
 from core.errors import InputError
 
 FORMATS = {"json": "node-link JSON", "graphml": "GraphML", "csv": "CSV edge list"}
@@ -53,11 +53,7 @@ def import_graph(data: bytes, filename: str, base: nx.DiGraph | None = None) -> 
     except UnicodeDecodeError as e:
         raise InputError(f"{filename}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if fmt == "json":
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{filename}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return concepts.from_node_link(parsed, filename)
+        return concepts.from_node_link(jsonsafe.loads(text, filename), filename)
     if fmt == "graphml":
         return from_graphml(text, filename)
     return from_csv(text, filename, base)
@@ -92,8 +88,8 @@ def from_graphml(text: str, source: str = "graph.graphml") -> nx.DiGraph:
         raw = attrs.get("synonyms", "[]")
         try:
             attrs["synonyms"] = json.loads(raw) if isinstance(raw, str) else raw
-        except json.JSONDecodeError:
-            raise InputError(f"{source}: node {node!r}: field 'synonyms' must be a JSON list, got {raw!r}") from None
+        except (ValueError, RecursionError):  # malformed, nested too deep, a number too long
+            raise InputError(f"{source}: node {node!r}: field 'synonyms' must be a JSON list, got {raw[:80]!r}") from None
     concepts.raise_if_invalid(g, source)
     return g
 

@@ -8,9 +8,12 @@
     jobs.list_jobs(ws.job_dirs, kind="score")
 
 Layout of ``jobs/<id>/``: ``job.json`` (what runs: kind, title, argv, started_at, pid), ``progress.json``
-(written by the worker through ``report_progress``, atomically), ``log.txt`` (the worker's output) and
-``exit.json`` (return code and end time, written by the supervisor when the worker ends, however it ends).
-A job whose supervisor vanished without ``exit.json`` reads as "died". No state lives in the page process,
+(written by the worker through ``report_progress``, atomically), ``log.txt`` (the worker's output),
+``worker.json`` (the worker's pid and start time, written by the supervisor) and ``exit.json`` (return code
+and end time, written by the supervisor when the worker ends, however it ends). A job is "running" while its
+supervisor or its worker lives (a killed supervisor does not stop the worker, so the job goes on); one with
+neither alive and no ``exit.json`` reads as "died". Processes are matched by pid and start time, so a
+recycled pid is not taken for the job. No state lives in the page process,
 so closing the tab or restarting the app loses nothing: the page re-attaches by reading the folder.
 
 The worker finds its progress file in ``$WORKBENCH_PROGRESS``; SIGTERM asks it to stop (``cancel_flag``).
@@ -46,6 +49,7 @@ class Job:
     started_at: float
     pid: int | None = None  # the supervisor's pid, also the worker's process group
     meta: dict = field(default_factory=dict)  # caller's data, e.g. the output folder
+    pid_started: float | None = None  # the supervisor's start time (``process_start``), against pid reuse
 
     @property
     def id(self) -> str:
@@ -57,8 +61,8 @@ class Job:
         try:
             data = json.loads((folder / "job.json").read_text())
             return cls(folder, data["kind"], data["title"], data["argv"], data["started_at"], data.get("pid"),
-                       data.get("meta", {}))
-        except (OSError, json.JSONDecodeError, KeyError) as e:
+                       data.get("meta", {}), data.get("pid_started"))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
             raise InputError(f"{folder / 'job.json'}: not a readable job description ({e})") from None
 
     def _save(self) -> None:
@@ -66,17 +70,51 @@ class Job:
         atomic_write_text(self.dir / "job.json", json.dumps(data, indent=1))
 
     def exit_info(self) -> dict | None:
-        try:
-            return json.loads((self.dir / "exit.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        """How the worker ended: the supervisor's ``exit.json``, else the worker's own ``worker_exit.json``
+        (``record_worker_exit``: a worker whose supervisor was killed still says how it ended)."""
+        for name in ("exit.json", WORKER_EXIT):
+            try:
+                info = json.loads((self.dir / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("returncode"), int):
+                return info
+        return None
 
     def state(self) -> str:
         info = self.exit_info()
         if info is not None:
             code = info["returncode"]
             return "done" if code == 0 else "cancelled" if code in (CANCELLED, -signal.SIGTERM) else "failed"
-        return "running" if _alive(self.pid) else "died"
+        return "running" if self.live_pids() else "died"
+
+    def worker(self) -> dict | None:
+        """``{"pid", "started"}`` of the worker, once the supervisor has started it."""
+        try:
+            data = json.loads((self.dir / "worker.json").read_text())
+            return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+        except (OSError, ValueError):
+            return None
+
+    def live_pids(self) -> list[int]:
+        """The job's processes that still run: the supervisor and the worker (matched by start time)."""
+        worker = self.worker() or {}
+        candidates = [(self.pid, self.pid_started), (worker.get("pid"), worker.get("started"))]
+        return [pid for pid, started in candidates if _alive(pid, started)]
+
+    def ending(self) -> str:
+        """How the job ended, in words: its exit code, or the signal that killed its worker."""
+        info = self.exit_info()
+        if info is None:
+            return "no exit code was recorded (its supervisor was killed, or the machine restarted)"
+        code = info.get("returncode")
+        if isinstance(code, int) and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"killed by {name}" + (" (out of memory, or killed by hand)" if -code == signal.SIGKILL else "")
+        return f"exit code {code}"
 
     def progress(self) -> dict:
         """The worker's last report, with the elapsed time and an ETA from the rate so far."""
@@ -103,7 +141,7 @@ class Job:
         """Ask the worker to stop (SIGTERM to its process group); False when it is no longer running."""
         if self.state() != "running":
             return False
-        try:
+        try:  # the group outlives a killed supervisor while its worker runs, so this reaches the worker too
             os.killpg(self.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             return False
@@ -118,8 +156,32 @@ class Job:
         return self.state()
 
 
-def _alive(pid: int | None) -> bool:
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (Linux), after the command name; None where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> float | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), None where unknown."""
+    fields = _stat(pid)
+    try:
+        return float(fields[19]) if fields else None  # field 22 of stat
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether ``pid`` runs and, when ``started`` is known, is the same process (not a recycled pid)."""
     if not pid:
+        return False
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # a zombie has ended; only its exit status is left
+        return False
+    now_started = process_start(pid)
+    if started is not None and now_started is not None and now_started != started:
         return False
     try:
         os.kill(pid, 0)
@@ -144,7 +206,7 @@ def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", met
     proc = subprocess.Popen([sys.executable, "-m", "core.jobs", str(folder)], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent)
-    job.pid = proc.pid
+    job.pid, job.pid_started = proc.pid, process_start(proc.pid)
     job._save()
     return job
 
@@ -191,6 +253,44 @@ def report_progress(done: float, total: float, message: str, _state: dict = {}) 
                       durable=False)  # replaced every 0.3 s: an fsync each time would stall on a busy disk
 
 
+LOCK_FILE = ".writer.lock"
+WORKER_EXIT = "worker_exit.json"
+
+
+def record_worker_exit(code: int) -> None:
+    """For workers: write the exit code beside ``$WORKBENCH_PROGRESS`` (a job's folder) before exiting, so
+    the job's state is known even when its supervisor was killed. Outside a job it does nothing."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        try:
+            atomic_write_text(Path(path).parent / WORKER_EXIT, json.dumps({"returncode": code, "ended_at": time.time()}))
+        except OSError:
+            pass  # the supervisor's exit.json says it as well
+
+
+def lock_folder(folder: str | Path, what: str = "folder"):
+    """For writers: hold ``folder/.writer.lock`` (an exclusive ``flock``, released when this process ends,
+    however it ends) with this process's pid and start time in it. Raises ``InputError`` naming the holder
+    when another live process writes the folder. Keep the returned file open while writing."""
+    import fcntl
+
+    path = Path(folder) / LOCK_FILE
+    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the process's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise InputError(f"{folder}: another process writes this {what} ({holder}); wait for it to end "
+                         "or cancel it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
+
+
 def cancel_flag() -> Callable[[], bool]:
     """For workers: a ``should_cancel`` that turns true on SIGTERM (installed here)."""
     flag = threading.Event()
@@ -210,6 +310,7 @@ def _supervise(folder: Path) -> int:
             log.write(f"workbench: cannot start the worker: {e}\n".encode())
             atomic_write_text(folder / "exit.json", json.dumps({"returncode": 127, "ended_at": time.time()}))
             return 127
+        atomic_write_text(folder / "worker.json", json.dumps({"pid": worker.pid, "started": process_start(worker.pid)}))
         signal.signal(signal.SIGTERM, lambda *_: worker.send_signal(signal.SIGTERM))
         code = worker.wait()
     atomic_write_text(folder / "exit.json", json.dumps({"returncode": code, "ended_at": time.time()}))

@@ -129,9 +129,16 @@ def _update(store: Store, run_id: int, **fields) -> None:
         con.execute(f"UPDATE runs SET {sets}, updated_at = ? WHERE id = ?", (*fields.values(), time.time(), run_id))
 
 
-def failure_cause(log: str) -> str:
-    """The line of a worker's log that says why it failed: the exception's last line, out of memory said
-    plainly, else the log's last line."""
+def failure_cause(log: str, ending: str | None = None) -> str:
+    """Why a worker failed: ``ending`` (exit code or signal, ``Job.ending``) and the log's error line: the
+    exception's last line, out of memory said plainly; a log without one gives no line (not a progress bar)."""
+    line = _error_line(log)
+    if ending is None:
+        return line or ("the run ended without any output" if not log.strip() else "no error message in the log")
+    return f"{ending}: {line}" if line else f"{ending}; no error message in the log"
+
+
+def _error_line(log: str) -> str | None:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     if any("out of memory" in line.lower() or "OutOfMemoryError" in line for line in lines):
         return "out of memory: " + next(line for line in reversed(lines)
@@ -139,7 +146,7 @@ def failure_cause(log: str) -> str:
     for line in reversed(lines):
         if line.startswith("workbench: error:") or re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line):
             return line
-    return lines[-1] if lines else "the run ended without any output"
+    return None
 
 
 def refresh(ws, run_id: int) -> Run:
@@ -159,9 +166,7 @@ def refresh(ws, run_id: int) -> Run:
     elif state == "cancelled":
         _update(ws.store, run_id, status="cancelled", error="cancelled: the adapter of the last finished step was saved")
     else:
-        cause = failure_cause(job.log_tail(40) if job else "")
-        if state == "died":
-            cause = "the run's process vanished (killed, or the machine restarted): " + cause
+        cause = failure_cause(job.log_tail(40), job.ending()) if job else "the run's job folder is gone"
         _update(ws.store, run_id, status="failed", error=cause)
     return get(ws.store, run_id)
 
@@ -204,10 +209,13 @@ def resume(ws, run_id: int) -> Run:
     run = refresh(ws, run_id)
     if run.status not in ("cancelled", "failed"):
         raise InputError(f"run {run.name}: only a cancelled or failed run can be resumed (it is {run.status})")
+    previous = run.job_handle()
+    if previous and previous.live_pids():  # e.g. the trainer of a run whose supervisor was killed
+        raise InputError(f"run {run.name}: its trainer (pid {', '.join(map(str, previous.live_pids()))}) still "
+                         "runs; cancel it or wait for it to end before resuming")
     cfg = TrainConfig.load(run.config_path)
     cfg.resume = True
     cfg.save(run.config_path)
-    previous = run.job_handle()
     return _start(ws, run, previous.argv if previous else train_argv(run.config_path, run.world))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from core import checkpoints as ckpts
+from core.adapter_checks import check_adapter_keys, check_full_vocab, refuse_pickle_adapter
 from core.device import detect
 from core.errors import InputError
 from core.paths import expand
@@ -174,6 +175,11 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{folder}: model folder not found")
+    if not any((folder / f).is_file() for f in ("config.json", "tokenizer.json", "tokenizer_config.json")):
+        raise InputError(f"{folder}: not a model folder (expected config.json)")  # e.g. an empty folder
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions on broken files
@@ -240,6 +246,8 @@ def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path]
     base_vocab = tokenizer.get_vocab()
     for info in infos:
         _check_tokenizer(info, base_vocab, trust_remote_code)
+        if info.kind == "full":
+            check_full_vocab(info.path, model.config)  # another vocabulary: refused now, not an einsum error later
         if info.kind == "adapter":
             _check_base_name(info, accepted)
             model = _attach_adapter(model, info)
@@ -250,11 +258,14 @@ def _attach_adapter(model, info: ckpts.CheckpointInfo):
     from peft import PeftModel
 
     name = adapter_name(info)
+    refuse_pickle_adapter(info.path)
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(info.path, adapter_name=name, is_trainable=False)
-            return model
-        return PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False)
+        else:
+            model = PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False)
     except Exception as e:  # noqa: BLE001 - any failure to read an adapter is reported with its path
         first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
         raise InputError(f"{info.path}: adapter does not fit the base model ({first})") from None
+    check_adapter_keys(model, name, info.path)  # missing or unexpected layers: an error, not a warning
+    return model

@@ -25,6 +25,7 @@ from pathlib import Path
 from core import curation, formats
 from core.counterfactual_store import insert_counterfactual, insert_trajectory
 from core.errors import InputError
+from core.outputs import disk_full_named
 from core.store import Store
 
 MAX_LISTED_ERRORS = 5
@@ -148,19 +149,20 @@ def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:
         raise InputError("nothing to export: no accepted or edited pair yet (or tick 'include undecided pairs')")
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{uuid.uuid4().hex}"
-    try:
-        counts = formats.write(weighted_rows(rows, config.weights), tmp, config.format, config.test_fraction,
-                               config.seed, config.system, config.conversational)
-        digest = formats.folder_hash(tmp)
-        name = config.name or f"{config.format}-{digest[:10]}"
-        final = root / name
-        if final.exists():
-            if formats.folder_hash(final) != digest:
-                raise InputError(f"{final}: a different export already has this name; choose another name")
-        else:
-            tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with disk_full_named(root):  # a full disk is named; the temporary folder is removed either way
+        try:
+            counts = formats.write(weighted_rows(rows, config.weights), tmp, config.format, config.test_fraction,
+                                   config.seed, config.system, config.conversational)
+            digest = formats.folder_hash(tmp)
+            name = config.name or f"{config.format}-{digest[:10]}"
+            final = root / name
+            if final.exists():
+                if formats.folder_hash(final) != digest:
+                    raise InputError(f"{final}: a different export already has this name; choose another name")
+            else:
+                tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return _record(store, name, final, config, counts, digest)
 
 

@@ -11,17 +11,18 @@ not a SQLite database, or one written by a newer workbench, is refused and left 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import WorkspaceError
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 0 -> 1: the registry of worlds (a base model, its checkpoint series, data and concept graph).
     """
     CREATE TABLE worlds (
@@ -171,8 +172,36 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX runs_status ON runs(status);
     """,
+    # 5 -> 6: content hashes over a JSON encoding of the fields (core.hashing) instead of NUL-joined text,
+    # where different field pairs could collide. Recomputed from the stored text.
+    lambda con: _rehash(con),  # _rehash is defined below
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _write_error(path: Path, e: sqlite3.OperationalError) -> Exception:
+    """A write that failed for a reason the user can fix, said plainly (else the error itself)."""
+    text = str(e).lower()
+    if "disk is full" in text or "disk full" in text:
+        return WorkspaceError(f"{path}: disk full; nothing of this change was written. Free some space and retry.")
+    if "readonly" in text or "read-only" in text:
+        return WorkspaceError(f"{path}: the database is read-only ({e}); nothing was written. Make the file and its "
+                              "folder writable, or choose another --workspace.")
+    return e
+
+
+def _rehash(con: sqlite3.Connection) -> None:
+    """Migration 5 -> 6: recompute every trajectory's and counterfactual's content hash (``core.hashing``)."""
+    from core.hashing import content_hash
+
+    new = {}
+    for id_, prompt, completion in con.execute("SELECT id, prompt, completion FROM trajectories").fetchall():
+        new[id_] = content_hash(prompt, completion)
+        con.execute("UPDATE trajectories SET content_hash = ? WHERE id = ?", (new[id_], id_))
+    rows = con.execute("SELECT id, trajectory_id, target, completion FROM counterfactuals").fetchall()
+    for id_, tid, target, completion in rows:
+        con.execute("UPDATE counterfactuals SET content_hash = ? WHERE id = ?",
+                    (content_hash(new.get(tid, ""), target, completion), id_))
 
 
 @dataclass
@@ -181,15 +210,29 @@ class Store:
     con: sqlite3.Connection
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # one connection, many threads
 
+    notice: str | None = None  # something the user should hear about the opening (printed / shown once)
+
     @classmethod
     def open(cls, path: Path) -> "Store":
-        """Open (creating if absent) and migrate the database at ``path``."""
+        """Open (creating if absent) and migrate the database at ``path``. A read-only file, or one that fails
+        ``PRAGMA quick_check``, is refused and left untouched; an empty (0-byte) one becomes a new database,
+        and ``notice`` says so."""
+        path = Path(path)
+        empty = path.is_file() and path.stat().st_size == 0
+        if path.exists() and not os.access(path, os.W_OK):
+            raise WorkspaceError(f"{path}: the database file is read-only; make it writable (chmod u+w) or choose "
+                                 "another --workspace. The file was left untouched.")
         try:
             con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             version = con.execute("PRAGMA user_version").fetchone()[0]
+            problems = [r[0] for r in con.execute("PRAGMA quick_check(5)").fetchall()]
         except sqlite3.DatabaseError as e:
             raise WorkspaceError(f"{path}: not a usable SQLite database ({e}). Expected a workbench.db "
                                  "created by this workbench; the file was left untouched.") from None
+        if problems != ["ok"]:
+            con.close()
+            raise WorkspaceError(f"{path}: the database is damaged ({'; '.join(problems)[:300]}); restore it from "
+                                 "a backup or choose another --workspace. The file was left untouched.")
         foreign = version == 0 and con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] > 0
         if foreign:
             con.close()
@@ -205,6 +248,9 @@ class Store:
             con.execute("PRAGMA busy_timeout=30000")
             store = cls(path, con)
             store._migrate(version)
+            if empty:
+                store.notice = (f"{path} was an empty file (0 bytes); a new workspace database was started in it. "
+                                "If it held your work before, restore it from a backup.")
         except sqlite3.OperationalError as e:
             con.close()
             raise WorkspaceError(f"{path}: cannot write the database ({e}); check its permissions") from None
@@ -212,10 +258,14 @@ class Store:
 
     def _migrate(self, version: int) -> None:
         for target in range(version, SCHEMA_VERSION):
+            step = MIGRATIONS[target]
             with self.transaction() as con:
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        con.execute(statement)
+                if callable(step):  # a migration that computes in Python
+                    step(con)
+                else:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            con.execute(statement)
                 con.execute(f"PRAGMA user_version = {target + 1}")
 
     @property
@@ -240,16 +290,22 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock; rolled back on any exception,
-        including a failed COMMIT."""
+        including a failed COMMIT. A full disk or a read-only file becomes a ``WorkspaceError`` naming it."""
         with self.lock:
-            self.con.execute("BEGIN IMMEDIATE")
             try:
-                yield self.con
-                self.con.execute("COMMIT")
-            except BaseException:
-                if self.con.in_transaction:
-                    self.con.execute("ROLLBACK")
-                raise
+                self.con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.con
+                    self.con.execute("COMMIT")
+                except BaseException:
+                    if self.con.in_transaction:
+                        self.con.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                plain = _write_error(self.path, e)
+                if plain is e:
+                    raise
+                raise plain from e
 
     def register_world(self, name: str, path: Path, fingerprint: str) -> int:
         now = time.time()

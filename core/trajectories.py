@@ -10,10 +10,10 @@ answer, ``<think> ... </think> The disease of this patient is X.``), plus option
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import jsonsafe
 from core.errors import InputError
 from core.paths import expand
 
@@ -66,14 +66,12 @@ def json_lines(path: Path):
     """(line number, object) for each non-empty line of a JSONL file, split on newlines only (U+2028 inside
     a string is text); ``InputError`` names the line that is not a JSON object, or the undecodable byte."""
     try:
-        with path.open(encoding="utf-8", errors="strict", newline="\n") as f:
+        with path.open(encoding="utf-8-sig", errors="strict", newline="\n") as f:  # -sig: a leading BOM is skipped
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+                jsonsafe.check_record_size(line, str(path), lineno)  # before the tokenizer ever sees it
+                rec = jsonsafe.loads(line, str(path), lineno)  # also deep nesting, huge integers
                 if not isinstance(rec, dict):
                     raise InputError(f"{path}, line {lineno}: expected a JSON object, got {type(rec).__name__}")
                 yield lineno, rec

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from core.errors import WorkspaceError
 from core.paths import expand
+from core.errors import InputError, WorkspaceError
 from core.store import Store
 
 ENV_VAR = "WORKBENCH_WORKSPACE"
 DB_NAME = "workbench.db"
 FOLDERS = ("cache", "jobs", "runs", "analyses", "uploads", "datasets", "perturbations")  # made by Workspace.open
+DATA_ROOTS_ENV = "WORKBENCH_DATA_ROOTS"  # more folders whose files the UI may open, os.pathsep-separated
 
 
 def default_path() -> Path:
@@ -86,3 +88,36 @@ class Workspace:
             raise WorkspaceError(f"{root}: workspace folder is not writable ({e.strerror}); "
                                  "choose another with --workspace") from None
         return cls(root, Store.open(root / DB_NAME))
+
+
+def data_roots(store: Store, *extra: str | Path | None) -> list[Path]:
+    """The folders whose files a path typed in the UI may name: the workspace, every registered world
+    folder, ``$WORKBENCH_DATA_ROOTS`` and ``extra``."""
+    worlds = [Path(r[0]) for r in store.query("SELECT path FROM worlds")]
+    env = [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return [store.path.parent, *worlds, *env, *(Path(e) for e in extra if e)]
+
+
+def check_data_path(path: str | Path, roots: list[Path]) -> Path:
+    """``path`` resolved (links followed, so a link cannot lead out), if it lies under one of ``roots``; else an
+    ``InputError`` whose message is the same whether or not the file exists, so a visitor learns nothing
+    about the machine's files outside the data roots."""
+    resolved = Path(os.path.realpath(Path(str(path)).expanduser()))
+    for root in roots:
+        if resolved.is_relative_to(os.path.realpath(Path(root).expanduser())):
+            return resolved
+    raise InputError(f"{path}: not under the data roots, so the workbench does not open it. Typed paths must lie "
+                     f"in the workspace, a world folder or ${DATA_ROOTS_ENV} (start the workbench with "
+                     f"{DATA_ROOTS_ENV}=/your/data to add a folder)")
+
+
+def refused_paths(paths: list[str | None], roots: list[Path]) -> list[str]:
+    """One message per typed path outside ``roots`` (``check_data_path``); empty and None entries are skipped."""
+    problems = []
+    for p in paths:
+        if p and p.strip():
+            try:
+                check_data_path(p.strip(), roots)
+            except InputError as e:
+                problems.append(str(e))
+    return problems

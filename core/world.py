@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import checkpoints, concepts
+from core import checkpoints, concepts, jsonsafe
 from core.errors import InputError
 from core.paths import expand
 
@@ -55,10 +55,7 @@ class World:
     def metrics(self) -> list[dict]:
         """The per-checkpoint drift table recorded when the world was built (empty if none)."""
         path = self.root / self.manifest.get("metrics", "metrics.json")
-        try:
-            return json.loads(path.read_text()) if path.is_file() else []
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: not valid JSON ({e})") from None
+        return jsonsafe.loads(path.read_text(encoding="utf-8-sig"), str(path)) if path.is_file() else []
 
     def fingerprint(self) -> str:
         """Hash of the manifest and the weight files' sizes and mtimes: changes when the world changes."""
@@ -69,10 +66,8 @@ class World:
         return h.hexdigest()[:16]
 
     def summary(self) -> dict:
-        try:
-            cfg = json.loads((self.base_model_dir / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{self.base_model_dir / 'config.json'}: not valid JSON ({e})") from None
+        config = self.base_model_dir / "config.json"
+        cfg = jsonsafe.loads(config.read_text(encoding="utf-8-sig"), str(config))
         graph = concepts.load_graph(self.graph_path)
         return {
             "name": self.name, "root": str(self.root), "description": self.manifest.get("description", ""),
@@ -116,10 +111,7 @@ def load_world(root: str | Path = SAMPLE_WORLD) -> World:
     if not manifest_path.is_file():
         raise InputError(f"{manifest_path}: missing world manifest (run `workbench build-sample` to rebuild "
                          "the sample world)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{manifest_path}: not valid JSON ({e})") from None
+    manifest = jsonsafe.loads(manifest_path.read_text(encoding="utf-8-sig"), str(manifest_path))
     for key in ("base_model", "checkpoints", "concept_graph", "datasets"):
         if key not in manifest:
             raise InputError(f"{manifest_path}: missing field '{key}'")

@@ -19,6 +19,7 @@ from core.branches import branch_of
 from core.errors import InputError
 from core.paths import expand
 from core.series import adapter_name, plan_series
+from core.workspace import refused_paths
 from workbench import resources, routes, state, ui
 
 state.init()
@@ -79,9 +80,10 @@ else:
     names = st.text_input("Other names of the base model (optional)", key="ck_base_names",
                           help="adapters record base_model_name_or_path; list the names that mean this base, ';'-separated")
     base_names = [n.strip() for n in names.split(";") if n.strip()]
+    problems += refused_paths([base, *series_arg.split(";"), graph], roots)  # one message, existence not told
     if not base:
         problems.append("Give the base model folder.")
-    if graph and not expand(graph).is_file():
+    elif graph and not problems and not expand(graph).is_file():
         problems.append(f"{graph}: concept graph file not found")
 
 checkpoint_list = [s.strip() for s in series_arg.split(";") if s.strip()] if series_arg else []
@@ -143,6 +145,9 @@ elif data_kind == "Curation database":
 elif data_kind == "A JSONL file":
     data = st.text_input("Trajectories file", key="ck_data", placeholder="/path/to/trajectories.jsonl",
                          help="one JSON object per line with prompt, completion (<think> … </think> answer) and label").strip() or None
+    if refused := refused_paths([data], roots):
+        problems += refused
+        data = None
 else:
     up = st.file_uploader("Trajectories (.jsonl)", type=["jsonl"], key="ck_upload")
     if up is not None:

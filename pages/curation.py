@@ -6,6 +6,8 @@ import streamlit as st
 from core import curation
 from core.errors import InputError
 from workbench import curation_view as view, resources, state, ui
+from workbench import curation_view as view, resources, state
+from workbench.safe_text import inert
 
 state.init()
 st.title("Curation")
@@ -36,7 +38,7 @@ with annotate:
                     st.rerun()
             st.info("Enter your name to start annotating.")
         else:
-            st.caption(f"Annotating as **{annotator}**")
+            st.caption(f"Annotating as **{inert(annotator)}**")
             view.focus(store, annotator, flt, counts)
     with side:
         view.guidelines_panel(store, annotator or "anonymous")

@@ -119,7 +119,8 @@ with batch:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(cfg.data).stem}-{bfind}-{breplace}-{bmode}-{blimit}")
     out = ws.perturbations_dir / f"{slug}.parquet"
     limit = int(blimit) or cfg.limit
-    argv = perturb_argv(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)
+    # --force: the same batch run again replaces its own earlier result (never a file the workbench did not write)
+    argv = [*perturb_argv(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out), "--force"]
     st.code(shell_command(argv), language="bash")
     running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)

@@ -11,7 +11,9 @@ import streamlit as st
 from core import runs, snapshots
 from core.analysis import shell_command
 from core.errors import InputError
+from core.workspace import data_roots, refused_paths
 from workbench import charts, resources, state, ui
+from workbench.safe_text import inert
 
 state.init()
 st.title("CPO runs")
@@ -71,6 +73,9 @@ with ui.controls("Launch a run", expanded=True):
             if world else None
     else:
         data = st.text_input("Preference file (JSONL: prompt, chosen, rejected[, source, weight])", key="run_file").strip() or None
+        for refused in refused_paths([data], data_roots(ws.store, world and world.root)):  # existence not told
+            st.error(refused)
+            data = None
     c1, c2, c3, c4 = st.columns(4)
     defaults = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cpo.TrainConfig)
                                   if f.default is not dataclasses.MISSING})
@@ -165,9 +170,9 @@ def runs_panel() -> None:
             runs.resume(ws, run.id)
             st.rerun()
     if run.status == "failed":
-        st.error(f"The run failed: {run.error}")
+        st.error(f"The run failed: {inert(run.error)}")
     elif run.status == "cancelled":
-        st.warning(run.error or "cancelled")
+        st.warning(inert(run.error or "cancelled"))
     if len(m):
         ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}")
     if run.evaluation:

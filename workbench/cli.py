@@ -31,6 +31,13 @@ APP = Path(__file__).resolve().parent / "app.py"
 WORLD_ENV = "WORKBENCH_WORLD"
 
 
+def _open_workspace(path: Path | None) -> Workspace:
+    ws = Workspace.open(path)
+    if ws.store.notice:
+        print(f"workbench: warning: {ws.store.notice}", file=sys.stderr)
+    return ws
+
+
 def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
     """The world to open: the one asked for, else the workspace's last one, else the sample world."""
     last = ws.store.last_world()
@@ -42,14 +49,33 @@ def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
     return world
 
 
+def _access(args: argparse.Namespace) -> dict[str, str]:
+    """The environment that guards the server: none on this machine only (127.0.0.1, the default); a token
+    (``--token``, ``$WORKBENCH_TOKEN`` or a new one, printed) when ``--host`` exposes it to others."""
+    from workbench.auth import TOKEN_ENV, is_loopback, new_token
+
+    if is_loopback(args.host):
+        return {TOKEN_ENV: ""}
+    token = args.token or os.environ.get(TOKEN_ENV) or new_token()
+    print(f"workbench: WARNING: listening on {args.host}: anyone who can reach port {args.port} of this machine "
+          "can use the workbench once they have its token. Use it on a trusted network only.", file=sys.stderr)
+    if not args.token and not os.environ.get(TOKEN_ENV):
+        print(f"workbench: access token {token} (give it once per browser session, or open "
+              f"http://HOST:{args.port}/?token={token})", flush=True)
+    return {TOKEN_ENV: token}
+
+
 def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
-    ws = Workspace.open(args.workspace)
+    if args.token is not None and len(args.token) < 8:
+        raise InputError("--token: use at least 8 characters")
+    ws = _open_workspace(args.workspace)
     world = _resolve_world(ws, world_path or args.world)
     ws.store.close()
-    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root)}
+    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **_access(args)}
     # Always headless: otherwise Streamlit's first-run e-mail prompt blocks on stdin. We open the browser.
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--server.headless", "true"]
+           "--server.address", args.host, "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--server.headless", "true"]
     url = f"http://localhost:{args.port}"
     print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\nworkbench: open {url}", flush=True)
     proc = subprocess.Popen(cmd, env=env)
@@ -113,6 +139,8 @@ def _progress_bar(desc: str):
                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
     def progress(done: float, total: float, message: str) -> None:
+        if message.startswith("warning: "):  # said in the log, not only in the bar's tail
+            bar.write(f"workbench: {message}", file=sys.stderr)
         bar.update(int(1000 * done / max(total, 1e-12)) - bar.n)
         bar.set_postfix_str(message[:60])
         report_progress(done, total, message)
@@ -123,10 +151,12 @@ def _progress_bar(desc: str):
 def cmd_score(args: argparse.Namespace) -> int:
     from core.analysis import run_analysis
     from core.jobs import CANCELLED, cancel_flag
+    from core.outputs import check_analysis_folder, disk_full_named
     from core.scoring import Cancelled
 
     cfg = _analysis_config(args)
-    cache = Workspace.open(args.workspace).cache_dir if not args.no_cache else None
+    check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing
+    cache = _open_workspace(args.workspace).cache_dir if not args.no_cache else None
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
     bar, progress = _progress_bar("analysis")
     with bar:
@@ -135,7 +165,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: score cancelled; nothing written", file=sys.stderr)
             return CANCELLED
-    out = result.save(args.out)
+    with disk_full_named(args.out):
+        out = result.save(args.out)
     print(result.summary.round(4).to_string(index=False))
     print(f"workbench: wrote {', '.join(f.name for f in sorted(out.glob('*')))} to {out}")
     return 0
@@ -146,12 +177,14 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     from core.analysis import resolve_labels
     from core.cache import write_parquet
     from core.jobs import CANCELLED, cancel_flag
+    from core.outputs import PERTURB_COLUMNS, check_result_file, disk_full_named
     from core.perturb import perturbation_summary, perturbation_test
     from core.scoring import Cancelled
     from core.series import load_series
     from core.trajectories import read_jsonl
 
     cfg = _analysis_config(args)
+    check_result_file(args.out, args.force, PERTURB_COLUMNS)
     if not args.find.strip():
         raise InputError("perturb: --find must name a non-empty span")
     records = read_jsonl(cfg.data, cfg.limit)
@@ -170,7 +203,8 @@ def cmd_perturb(args: argparse.Namespace) -> int:
             return CANCELLED
     if df.empty:
         raise InputError(f"perturb: no trajectory in {cfg.data} contains {args.find!r}")
-    write_parquet(df, args.out)
+    with disk_full_named(args.out):
+        write_parquet(df, args.out)
     print(perturbation_summary(df).round(4).to_string(index=False))
     print(f"workbench: wrote {len(df)} rows to {args.out}")
     return 0
@@ -188,14 +222,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel): save the adapter at the next step end, stop
     bar, progress = _progress_bar("train")
 
-    def report(done: float, total: float, message: str) -> None:
-        if message.startswith("warning: "):
-            print(f"workbench: {message}", file=sys.stderr)
-        progress(done, total, message)
-
     with bar:
         try:
-            result = train(cfg, progress=report, should_cancel=should_cancel)
+            result = train(cfg, progress=progress, should_cancel=should_cancel)
         except RuntimeError as e:
             print(f"workbench: error: {e}", file=sys.stderr)
             return 1
@@ -225,6 +254,11 @@ def parser() -> argparse.ArgumentParser:
                        help=f"folder for the database, caches and runs (default ${ENV_VAR} or ~/.cot-drift-workbench)")
         p.add_argument("--port", type=int, default=8501)
         p.add_argument("--headless", action="store_true", help="do not open a browser window")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only); 0.0.0.0 exposes the "
+                            "workbench to the network and then requires a token")
+        p.add_argument("--token", default=None,
+                       help="with --host: the shared secret visitors give (default $WORKBENCH_TOKEN, else a new one, printed)")
         if name == "app":
             p.add_argument("--world", type=expand, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")
@@ -242,7 +276,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
     series_args(p)
-    p.add_argument("--out", type=expand, required=True, help="folder for the parquet tables and config.json")
+    p.add_argument("--out", type=expand, required=True, help="folder for the parquet tables and config.json "
+                   "(new or empty; a previous analysis is replaced only with --force, other files never)")
+    p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])
@@ -255,7 +291,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", required=True, help='its replacement, e.g. "airspace opacity"')
     p.add_argument("--mode", choices=["generate", "probe"], default="generate",
                    help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
-    p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows")
+    p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows (a new "
+                   "file; a previous result is replaced only with --force, other files never)")
+    p.add_argument("--force", action="store_true", help="replace the previous result in --out")
     p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m workbench.cli`)")
     p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
@@ -270,6 +308,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.jobs import record_worker_exit
+
+    code = 1
+    try:
+        code = _main(argv)
+    except SystemExit as e:  # argparse errors and the like
+        code = e.code if isinstance(e.code, int) else 2
+        raise
+    finally:
+        record_worker_exit(code)  # a background job's state survives a killed supervisor
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models and data load from local paths only
     try:

@@ -12,8 +12,10 @@ import streamlit as st
 from core import curation, formats, snapshots
 from core.cpo import MIN_PAIRS
 from core.errors import InputError
+from core.workspace import check_data_path, data_roots
 from workbench import resources, state
 from workbench.diffview import diff_html
+from workbench.safe_text import inert
 
 QUEUE_ROWS = 1000  # rows of the queue table sent to the browser
 KEYS = {"accept": "a", "reject": "x", "edit": "e", "skip": "s"}  # Streamlit reserves R (rerun) and C
@@ -91,8 +93,8 @@ def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, i
         return
     item = curation.item(store, item_id)
     score = "–" if item.consistency is None else f"{item.consistency:.2f}"
-    st.caption(f"Item #{item.id} · {item.label} → {item.target} · method {item.method} · source {item.source} · "
-               f"consistency {score} · needs {item.required} decision(s)")
+    st.caption(inert(f"Item #{item.id} · {item.label} → {item.target} · method {item.method} · source {item.source} · ")
+               + f"consistency {score} · needs {item.required} decision(s)")
     st.html(pair_html(item))
     st.text_area("Edit the counterfactual in place, then Save edit", item.counterfactual, key=f"cur_edit_{item_id}")
     st.text_input("Note", key=f"cur_note_{item_id}", placeholder="why (optional)")
@@ -103,13 +105,13 @@ def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, i
                    args=(item_id, decision), type="primary" if decision == "accept" else "secondary",
                    width="stretch")
     if last := st.session_state.get("cur_last"):
-        st.caption(f"Last: {last}")
+        st.caption(f"Last: {inert(last)}")
 
 
 def guidelines_panel(store, annotator: str) -> None:
     st.markdown("**Guidelines**")
     text = curation.guidelines(store)
-    st.markdown(text)
+    st.markdown(inert(text))  # markdown, but no image or link: every annotator's browser renders it
     with st.expander("Edit guidelines"):
         new = st.text_area("Markdown", text, key="cur_guidelines", height=220)
         if st.button("Save guidelines", key="cur_save_guidelines") and new != text:
@@ -193,7 +195,7 @@ def import_panel(store, examples: Path | None = None) -> None:
     examples_panel(store, examples)
     upload = st.file_uploader("Upload CCF JSON, TRL JSONL or ms-swift JSON", type=["json", "jsonl"],
                               key="cur_upload")
-    path = st.text_input("…or a path on this machine", key="cur_import_path")
+    path = st.text_input("…or a path on this machine", key="cur_import_path")  # under the data roots only
     c = st.columns(3)
     fmt = c[0].selectbox("Format", ["auto", "ccf", "trl", "swift"], key="cur_import_format")
     k = c[1].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_import_k")
@@ -206,7 +208,7 @@ def import_panel(store, examples: Path | None = None) -> None:
             if not (upload or path.strip()):
                 raise InputError("choose a file to upload or enter its path first")
             text, name = ((upload.getvalue().decode("utf-8"), upload.name) if upload else
-                          (formats.read_text(path.strip()), Path(path.strip()).name))
+                          (formats.read_text(check_data_path(path.strip(), data_roots(store))), Path(path.strip()).name))
             r = snapshots.import_text(store, text, name, None if fmt == "auto" else fmt, keep, int(k),
                                       progress=lambda d, n: bar.progress(d / n, text=f"Importing {d}/{n}"))
             st.session_state["cur_imported"] = (f"Imported {name} ({r.format}): kept {r.kept} pairs, {r.duplicates} "

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from workbench import state
+from workbench.safe_text import inert
 
 
 def _slug(name: str) -> str:
@@ -82,9 +83,9 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
             status, p = job.state(), job.progress()
             with st.container(border=True):
                 main, side = st.columns([5, 1])
-                main.markdown(f"**{job.title}** · {status} · {duration(p['elapsed_s'])}")
+                main.markdown(f"**{inert(job.title)}** · {status} · {duration(p['elapsed_s'])}")
                 if status == "running":
-                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {p.get('message', '')} · "
+                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {inert(p.get('message', ''))} · "
                                                             f"ETA {duration(p['eta_s'])}")
                     if side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:"):
                         job.cancel()

@@ -46,7 +46,7 @@ def app_server(free_port, tmp_path):
     cmd = [sys.executable, "-m", "workbench.cli", "demo", "--headless", "--port", str(free_port),
            "--workspace", str(tmp_path / "ws")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "WORKBENCH_DATA_ROOTS": str(tmp_path)})
     url = f"http://127.0.0.1:{free_port}"
     try:
         seconds = wait_http(url + "/_stcore/health", proc)

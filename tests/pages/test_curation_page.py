@@ -42,7 +42,8 @@ def test_asks_the_name_once_then_annotates_with_the_buttons(tmp_path):
     assert any("Nothing left for you" in i.value for i in at.info)
 
 
-def test_import_by_path_reports_counts_and_a_bad_file_stores_nothing(tmp_path):
+def test_import_by_path_reports_counts_and_a_bad_file_stores_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n"
                    + json.dumps({"prompt": "p"}) + "\n")

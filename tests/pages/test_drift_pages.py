@@ -89,7 +89,8 @@ def test_checkpoints_page_shows_the_sample_series_and_the_command(sample_world, 
     assert any("first **50** of **700** trajectories" in c.value for c in at.caption)
 
 
-def test_checkpoints_bad_folders_and_files_get_clear_messages(sample_world, tmp_path):
+def test_checkpoints_bad_folders_and_files_get_clear_messages(sample_world, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
     at = page("checkpoints", sample_world, tmp_path / "ws")
     at.run()
     at.radio(key="ck_source").set_value("Local folders").run()

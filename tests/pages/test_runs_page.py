@@ -17,7 +17,8 @@ def page(world, workspace) -> AppTest:
     return at
 
 
-def test_launch_form_defaults_to_the_drifted_checkpoint(sample_world, tmp_path):
+def test_launch_form_defaults_to_the_drifted_checkpoint(sample_world, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
     at = page(sample_world, tmp_path / "ws")
     at.run()
     assert not at.exception and not at.error

@@ -48,7 +48,7 @@ def test_folder_without_weights_config_is_not_a_checkpoint(tmp_path):
 def test_broken_trainer_state_is_named(tmp_path):
     p = _ckpt(tmp_path / "checkpoint-5")
     (p / "trainer_state.json").write_text("{oops")
-    with pytest.raises(InputError, match="trainer_state.json: not valid JSON"):
+    with pytest.raises(InputError, match="trainer_state.json, line 1: not valid JSON"):
         checkpoints.discover(tmp_path)
 
 

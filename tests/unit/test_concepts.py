@@ -132,7 +132,7 @@ BROKEN_FILES = [
      r"edges.csv: line 3: finding 'f' both supports and excludes 'D' \(also line 2\)"),
     ("edges.csv", b"source,target\nf,D\n", r"edges.csv, line 1: missing column\(s\) \['relation'\]"),
     ("g.graphml", b"<graphml><graph>", r"g.graphml: not valid XML"),
-    ("g.json", b"{nodes: [", r"g.json: not valid JSON"),
+    ("g.json", b"{nodes: [", r"g.json, line 1: not valid JSON"),
     ("notes.txt", b"", r"notes.txt: unknown graph format"),
 ]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from core import checkpoints
+from core import checkpoints, jobs
 from core.cpo import TrainConfig, failure_message, preflight, random_negatives, read_pairs, train
 from core.cpo_trainer import chosen_nll, cpo_losses, dpo_losses, normalise_weights, objective_loss
 from core.errors import InputError
@@ -172,10 +173,20 @@ def test_cancel_saves_then_resume_continues(tmp_path, sample_world, pairs_file):
     assert (result.cancelled, result.steps) == (True, 2)
     assert [c.step for c in checkpoints.discover(out)] == [2]
     assert any(m == "step 2/4 loss" or m.startswith("step 2/4") for _, _, m in calls)
-    resumed = train(_cfg(sample_world, pairs_file, out, objective="cpo", max_steps=4, save_steps=10, resume=True))
+    # a worker killed at step 3 while saving: its metrics row for step 3 is written, its checkpoint is cut
+    shutil.copytree(out / "checkpoint-2", out / "checkpoint-3")
+    (out / "checkpoint-3" / "trainer_state.json").unlink()
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n" + '{"step": 4, "lo')
+    with jobs.lock_folder(out, "run folder"), pytest.raises(InputError, match="another process writes"):
+        train(_cfg(sample_world, pairs_file, out, objective="cpo", max_steps=4, save_steps=10, resume=True))
+    messages = []
+    resumed = train(_cfg(sample_world, pairs_file, out, objective="cpo", max_steps=4, save_steps=10, resume=True),
+                    progress=lambda d, t, m: messages.append(m))
     assert (resumed.cancelled, resumed.steps) == (False, 4)
-    steps = [json.loads(line)["step"] for line in resumed.metrics_path.read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    assert any("checkpoint-3 skipped" in m and "trainer_state.json is missing" in m for m in messages)
+    rows = [json.loads(line) for line in resumed.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[2]["loss"] != 9.0  # replaced, not repeated
 
 
 def test_cli_runs_a_config_and_reports_failures(tmp_path, sample_world, pairs_file, capsys):

@@ -57,16 +57,47 @@ def test_cancel_stops_the_worker_at_its_next_check(tmp_path):
     assert not job.cancel()  # nothing left to cancel
 
 
-def test_a_killed_supervisor_reads_as_died(tmp_path):
+def _wait_for(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cond()
+
+
+def test_a_killed_supervisor_leaves_the_job_running_while_its_worker_lives(tmp_path):
     import os
     import signal
 
     job = start_worker(tmp_path, 10_000)
+    assert _wait_for(lambda: job.progress()["done"] > 0)
+    worker = job.worker()["pid"]
+    os.kill(job.pid, signal.SIGKILL)  # the supervisor only: its worker goes on, as after an OOM kill of it
+    assert _wait_for(lambda: not jobs._alive(job.pid))
+    assert job.state() == "running" and job.live_pids() == [worker]
+    assert job.cancel()  # reaches the orphaned worker through its process group
+    assert _wait_for(lambda: job.state() != "running", 60)
+    assert job.state() == "died"  # nobody recorded its exit code
+
+
+def test_a_killed_process_group_reads_as_died(tmp_path):
+    import os
+    import signal
+
+    job = start_worker(tmp_path, 10_000)
+    assert _wait_for(lambda: job.worker() is not None)
     os.killpg(job.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while job.state() == "running" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert _wait_for(lambda: job.state() != "running")
     assert job.state() == "died"
+
+
+def test_a_recycled_pid_is_not_taken_for_the_job(tmp_path):
+    import os
+
+    job = jobs.Job(tmp_path, "test", "t", [], time.time(), os.getpid(), {}, pid_started=1.0)  # another start time
+    assert jobs.process_start(os.getpid()) not in (None, 1.0)
+    assert job.state() == "died"
+    job.pid_started = jobs.process_start(os.getpid())
+    assert job.state() == "running"
 
 
 def test_list_jobs_newest_first_and_skips_junk(tmp_path):
@@ -96,3 +127,24 @@ def test_score_and_perturb_run_as_jobs_on_the_quick_world(tmp_path, quick_world)
     assert job.wait(120) == "done", job.log_tail()
     df = pd.read_parquet(pairs)
     assert {"traj_id", "checkpoint", "answer_before", "answer_after", "flip"} <= set(df.columns)
+
+
+def test_a_worker_whose_supervisor_was_killed_still_says_how_it_ended(tmp_path):
+    import os
+    import signal
+
+    worker = "import time\nfrom core.jobs import record_worker_exit\ntime.sleep(1.5)\nrecord_worker_exit(0)\n"
+    job = jobs.start(tmp_path, "test", ["-c", worker], title="orphan")
+    assert _wait_for(lambda: job.worker() is not None)
+    os.kill(job.pid, signal.SIGKILL)
+    assert _wait_for(lambda: job.state() != "running", 30)
+    assert job.state() == "done" and not (job.dir / "exit.json").exists()
+
+
+def test_the_cli_records_its_exit_code_for_its_job(tmp_path, monkeypatch):
+    from workbench import cli
+
+    monkeypatch.setenv(jobs.PROGRESS_ENV, str(tmp_path / "progress.json"))
+    assert cli.main(["score", "--out", str(tmp_path / "o")]) == 2  # neither --world nor --base
+    job = jobs.Job(tmp_path, "score", "t", [], time.time(), None)
+    assert job.exit_info()["returncode"] == 2 and job.state() == "failed"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core import runs
+from core import jobs, runs
 from core.checkpoints import read_checkpoint
 from core.errors import InputError
 from core.series import adapter_name
@@ -114,4 +114,56 @@ def test_a_failing_run_shows_its_cause(quick_world, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert run.status == "failed" and "bad.jsonl" in run.error, run.error
+    ws.store.close()
+
+
+def test_failure_cause_names_the_ending_not_a_progress_line():
+    assert runs.failure_cause("train: 40%|####  | step 4/10 loss 0.69\n", "killed by SIGKILL") == \
+        "killed by SIGKILL; no error message in the log"
+    assert runs.failure_cause("step 1\nValueError: bad pair\n", "exit code 1") == "exit code 1: ValueError: bad pair"
+
+
+def _wait(cond, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_a_run_whose_supervisor_is_killed_stays_running_and_cannot_be_resumed_twice(quick_world, tmp_path):
+    """Killing the supervisor leaves the trainer running: the run stays 'running', Resume is refused while
+    the trainer lives, and once it is gone the cause says what happened (signal or missing exit code)."""
+    import os
+    import signal
+
+    from core.cpo import TrainConfig
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = TrainConfig(base_model=str(quick_world / "model"), data=str(tmp_path / "none.jsonl"),
+                      output_dir=str(tmp_path / "x"), max_steps=2, base_names=["cxr-demo-tiny-llama"])
+    run = runs.launch(ws, cfg, "cpo-orphan")
+    job = run.job_handle()
+    _wait(lambda: job.worker() is not None)
+    os.kill(job.pid, signal.SIGKILL)  # the supervisor only
+    _wait(lambda: not jobs._alive(job.pid))
+    assert runs.refresh(ws, run.id).status == "running"
+    with pytest.raises(InputError, match="it is running"):
+        runs.resume(ws, run.id)
+    runs._update(ws.store, run.id, status="failed")  # as an older workbench marked it
+    with pytest.raises(InputError, match="still runs"):
+        runs.resume(ws, run.id)
+    runs._update(ws.store, run.id, status="running")
+    os.kill(job.worker()["pid"], signal.SIGKILL)
+    _wait(lambda: runs.refresh(ws, run.id).status != "running")
+    assert "no exit code was recorded" in runs.get(ws.store, run.id).error
+
+    run2 = runs.launch(ws, cfg, "cpo-killed")
+    job2 = run2.job_handle()
+    _wait(lambda: job2.worker() is not None)
+    os.kill(job2.worker()["pid"], signal.SIGKILL)  # the worker: its supervisor records the signal
+    _wait(lambda: runs.refresh(ws, run2.id).status != "running")
+    assert runs.get(ws.store, run2.id).error.startswith("killed by SIGKILL")
     ws.store.close()

@@ -98,3 +98,77 @@ def test_someone_elses_sqlite_file_is_refused_and_untouched(tmp_path):
     with pytest.raises(WorkspaceError, match="did not create"):
         Store.open(path)
     assert path.read_bytes() == before
+
+
+def test_a_database_with_a_damaged_page_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "workbench.db"
+    db = Store.open(path)
+    with db.transaction() as con:
+        con.executemany("INSERT INTO meta VALUES (?, ?)", [(f"k{i}", "x" * 500) for i in range(200)])
+    db.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    raw = bytearray(path.read_bytes())
+    page = 4096
+    assert len(raw) > 5 * page
+    raw[3 * page:4 * page] = bytes((i * 37 + 11) % 256 for i in range(page))  # page 4: garbage
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WorkspaceError, match="workbench.db: the database is damaged"):
+        Store.open(path)
+    assert path.read_bytes() == bytes(raw)
+
+
+def test_an_empty_database_file_becomes_a_new_workspace_and_says_so(tmp_path):
+    path = tmp_path / "workbench.db"
+    path.write_bytes(b"")
+    db = Store.open(path)
+    assert db.schema_version == store.SCHEMA_VERSION
+    assert "empty file (0 bytes); a new workspace database was started" in db.notice
+    db.close()
+    assert Store.open(path).notice is None
+
+
+def test_a_read_only_database_is_refused_untouched_and_read_only_writes_are_named(tmp_path):
+    import os
+    import subprocess
+
+    path = tmp_path / "workbench.db"
+    Store.open(path).close()
+    before = path.read_bytes()
+    immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    if not immutable:
+        os.chmod(path, 0o444)
+    try:
+        if os.access(path, os.W_OK):
+            pytest.skip("cannot make a file read-only for this user (root without chattr)")
+        with pytest.raises(WorkspaceError, match="workbench.db: the database file is read-only"):
+            Store.open(path)
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        os.chmod(path, 0o644)
+    assert path.read_bytes() == before
+    ro = Store(path, sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None))
+    with pytest.raises(WorkspaceError, match="read-only.*nothing was written"):
+        ro.register_world("w", tmp_path, "abc")
+
+
+def test_old_nul_joined_hashes_are_recomputed_and_no_longer_collide(tmp_path):
+    import hashlib
+
+    from core.counterfactual_store import counterfactual_hash, trajectory_hash
+
+    assert trajectory_hash("A\0B", "C") != trajectory_hash("A", "B\0C")
+    assert counterfactual_hash("h", "T\0x", "y") != counterfactual_hash("h", "T", "x\0y")
+    path = tmp_path / "w.db"
+    db = Store.open(path)
+    old = hashlib.sha256(b"p\0c").hexdigest()
+    with db.transaction() as con:  # a row as workbench schema 5 stored it
+        con.execute("INSERT INTO trajectories (content_hash, source, prompt, completion, created_at) "
+                    "VALUES (?, 's', 'p', 'c', 0)", (old,))
+        con.execute("INSERT INTO counterfactuals (trajectory_id, content_hash, target, completion, method, created_at) "
+                    "VALUES (1, ?, 'T', 'x', 'graph', 0)", (hashlib.sha256(f"{old}\0T\0x".encode()).hexdigest(),))
+        con.execute("PRAGMA user_version = 5")
+    db.close()
+    db = Store.open(path)
+    assert db.schema_version == store.SCHEMA_VERSION
+    [(th,)], [(ch,)] = db.query("SELECT content_hash FROM trajectories"), db.query("SELECT content_hash FROM counterfactuals")
+    assert th == trajectory_hash("p", "c") and ch == counterfactual_hash(th, "T", "x")
