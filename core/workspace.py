@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.errors import WorkspaceError
 from core.paths import expand
-from core.errors import InputError, WorkspaceError
+from core.errors import InputError
 from core.store import Store
 
 ENV_VAR = "WORKBENCH_WORKSPACE"

@@ -6,7 +6,6 @@ import streamlit as st
 from core import curation
 from core.errors import InputError
 from workbench import curation_view as view, resources, state, ui
-from workbench import curation_view as view, resources, state
 from workbench.safe_text import inert
 
 state.init()
