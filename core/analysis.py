@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from core import concepts, drift
-from core.cache import cache_key, cached_frame, file_hash, swap_in_folder, write_parquet
+from core.cache import cache_key, cached_frame, swap_in_folder, write_parquet
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
-from core.trajectories import encode, read_jsonl
+from core.trajectories import data_hash, encode, read_jsonl
 
 PATH_FIELDS = ("base", "data", "checkpoints", "graph")
 TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "by_context", "changes")
@@ -47,6 +47,7 @@ class AnalysisConfig:
     base_names: list[str] = field(default_factory=list)  # other names of the base model in adapter configs
     trust_remote_code: bool = False
     tau: float = drift.TAU  # effect drift beyond which a position is detrimental / beneficial
+    chat_template: bool = True  # conversations through the tokenizer's chat template (when it has one)
 
     def __post_init__(self):
         if self.positions not in POSITION_MODES:
@@ -166,8 +167,8 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         return loaded[0]
 
     tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
-    encoded = encode(tokenizer, records)
-    common = (fingerprint, file_hash(cfg.data), cfg.limit)
+    encoded = encode(tokenizer, records, chat_template=cfg.chat_template)
+    common = (fingerprint, data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
         lo, hi = share

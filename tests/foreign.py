@@ -38,7 +38,7 @@ def conversation(rng: random.Random, i: int) -> dict:
 
 
 def _tokenizer(texts: list[str]):
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     special = ["<unk>", "<pad>", "<s>", "</s>", "<think>", "</think>", "<|system|>", "<|user|>", "<|assistant|>",
@@ -50,6 +50,7 @@ def _tokenizer(texts: list[str]):
                                                  pre_tokenizers.Punctuation(behavior="isolated")])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>")
+    fast.add_tokens([AddedToken(t, normalized=False, special=True) for t in special[2:]])  # never split
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
