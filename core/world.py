@@ -51,6 +51,40 @@ class World:
         path = self.root / self.manifest.get("analysis", "analysis")
         return path if (path / "config.json").is_file() else None
 
+    @property
+    def answer_format(self):
+        """How completions state their answer (``world.json``: ``answer_format``; default: ``core.answers``)."""
+        from core.answers import AnswerFormat
+
+        return AnswerFormat.from_dict(self.manifest.get("answer_format"), f"{self.root / MANIFEST}: answer_format")
+
+    @property
+    def plugin(self):
+        """The world's plug-in module (``world.json``: ``"plugin": "package.module"``), or None: what only this
+        world has (its own metrics, default learning rate, preference set); see ``core.sample.plugin``."""
+        name = self.manifest.get("plugin")
+        if not name:
+            return None
+        import importlib
+
+        try:
+            return importlib.import_module(name)
+        except ImportError as e:
+            raise InputError(f"{self.root / MANIFEST}: plugin {name!r} cannot be imported ({e})") from None
+
+    def evaluation_spec(self) -> dict:
+        """``{"held_out": dataset name, "perturbed": dataset name or None}``; empty when there is none."""
+        spec = self.manifest.get("evaluation") or {}
+        for key in ("held_out", "perturbed"):
+            if spec.get(key) and spec[key] not in self.manifest["datasets"]:
+                raise InputError(f"{self.root / MANIFEST}: evaluation.{key} names no dataset ({spec[key]!r}; "
+                                 f"known: {sorted(self.manifest['datasets'])})")
+        return spec
+
+    def chart_metrics(self) -> dict:
+        """Extra figures this world's charts draw: ``{metric: (label, colour, dash)}`` from its plug-in."""
+        return dict(getattr(self.plugin, "chart_metrics", {}) or {})
+
     def metrics(self) -> list[dict]:
         """The per-checkpoint drift table recorded when the world was built (empty if none)."""
         path = self.root / self.manifest.get("metrics", "metrics.json")

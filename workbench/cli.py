@@ -207,10 +207,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         progress(1, 1, "evaluating on the held-out sets")
         evaluation = runs.evaluate_adapter(args.evaluate, result.adapter_dir, args.evaluate_limit)
+        if evaluation is None:
+            print(f"workbench: {args.evaluate} has no held-out set (world.json: evaluation); not evaluated")
+            return 0
         if args.evaluate_limit:
             evaluation["held_out_limit"] = args.evaluate_limit  # not comparable with full-set figures
         path = runs.write_evaluation(cfg.output_dir, evaluation)
-        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()) + f" (in {path})")
+        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
+              + f" (in {path})")
     return 0
 
 
