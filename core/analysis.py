@@ -64,7 +64,7 @@ class AnalysisConfig:
 
         w = load_world(root)
         name = dataset or w.manifest.get("default_dataset", "test")
-        return cls(base=str(w.base_model_dir), checkpoints=str(w.root / w.manifest["checkpoints"]),
+        return cls(base=str(w.base_model_dir), checkpoints=w.checkpoints_arg,
                    data=str(w.dataset_path(name)), graph=str(w.graph_path),
                    base_names=[w.manifest.get("base_model_name", "")], **overrides)
 

@@ -134,6 +134,19 @@ def discover(root: str | Path) -> list[CheckpointInfo]:
     return sorted((read_checkpoint(p) for p in complete), key=lambda c: (c.step, str(c.path)))
 
 
+def resolve(paths: str | Path | list[str | Path]) -> list[CheckpointInfo]:
+    """A series from one folder (``discover``) or an explicit ordered list, each entry a checkpoint folder or a
+    trainer output folder (its checkpoints by step); list entries without any step information get their rank."""
+    import dataclasses
+
+    if isinstance(paths, (str, Path)):
+        return discover(paths)
+    infos = [c for p in map(Path, paths)
+             for c in (discover(p) if p.is_dir() and not checkpoint_kind(p) else [read_checkpoint(p)])]
+    return [c if c.step or (c.path / "trainer_state.json").is_file() else dataclasses.replace(c, step=i + 1)
+            for i, c in enumerate(infos)]
+
+
 def check_model_dir(path: str | Path) -> Path:
     """``path`` as a base-model folder (config.json, weights, tokenizer), or an ``InputError`` saying why not."""
     path = Path(path).expanduser()

@@ -13,7 +13,6 @@ loaded one at a time when activated and released afterwards. Local paths only (`
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
 import json
@@ -218,22 +217,10 @@ def _config_name(base: Path) -> str:
         return ""
 
 
-def _list_entry(path: Path) -> list[ckpts.CheckpointInfo]:
-    """One entry of an explicit list: a checkpoint folder, or a trainer output folder (its series, by step)."""
-    if path.is_dir() and not ckpts.checkpoint_kind(path):
-        return ckpts.discover(path)
-    return [ckpts.read_checkpoint(path)]
-
-
 def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) -> list[ckpts.CheckpointInfo]:
     if checkpoints is None:
         return []
-    if isinstance(checkpoints, (str, Path)):
-        infos = ckpts.discover(checkpoints)
-    else:  # an explicit list keeps the caller's order; folders without any step information get their rank
-        infos = [c for p in checkpoints for c in _list_entry(Path(p))]
-        infos = [c if c.step or (c.path / "trainer_state.json").is_file() else
-                 dataclasses.replace(c, step=i + 1) for i, c in enumerate(infos)]
+    infos = ckpts.resolve(checkpoints)  # a folder, or an explicit list kept in the caller's order
     seen: dict[str, int] = {}
     for c in infos:
         seen[c.name] = seen.get(c.name, 0) + 1

@@ -96,10 +96,18 @@ class World:
     def fingerprint(self) -> str:
         """Hash of the manifest and the weight files' sizes and mtimes: changes when the world changes."""
         h = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode())
-        for f in sorted(self.root.rglob("*.safetensors")):
+        outside = [f for d in [self.base_model_dir, *(c.path for c in self.checkpoints)]
+                   if not d.resolve().is_relative_to(self.root) for f in d.glob("*.safetensors")]
+        for f in sorted(self.root.rglob("*.safetensors")) + sorted(outside):  # a registered world's weights live outside
             st = f.stat()
-            h.update(f"{f.relative_to(self.root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
+
+    @property
+    def checkpoints_arg(self) -> str | list[str]:
+        """The series as ``load_series`` / ``AnalysisConfig.checkpoints`` take it: a folder or an ordered list."""
+        value = _checkpoint_paths(self.root, self.manifest["checkpoints"])
+        return [str(v) for v in value] if isinstance(value, list) else str(value)
 
     def summary(self) -> dict:
         try:
@@ -114,7 +122,9 @@ class World:
                       "hidden_size": cfg.get("hidden_size"), "path": str(self.base_model_dir)},
             "tokenizer": {"vocab_size": cfg.get("vocab_size")},
             "checkpoints": [{"name": c.name, "step": c.step, "kind": c.kind,
-                             "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss")}
+                             "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"),
+                             "objective": c.training.get("objective"), "lora_rank": c.training.get("lora_rank"),
+                             "lr": c.training.get("lr")}
                             for c in self.checkpoints],
             "graph": {"nodes": graph.number_of_nodes(), "edges": graph.number_of_edges(),
                       "diseases": len(concepts.diseases(graph)), "findings": len(concepts.findings(graph))},
@@ -160,12 +170,90 @@ def load_world(root: str | Path = SAMPLE_WORLD) -> World:
             isinstance(d, dict) and isinstance(d.get("path"), str) and isinstance(d.get("records"), int)
             for d in manifest["datasets"].values()):
         raise InputError(f"{manifest_path}: field 'datasets' must map names to {{\"path\": str, \"records\": int}}")
-    expected = [root / manifest["base_model"] / f for f in REQUIRED_MODEL_FILES]
-    expected += [root / manifest["concept_graph"]]
+    base = root / manifest["base_model"]
+    expected = [base / "config.json", root / manifest["concept_graph"]]
     expected += [root / d["path"] for d in manifest["datasets"].values()]
     for path in expected:
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"{path}: missing file of world {root} (expected by {MANIFEST})")
-    if not list((root / manifest["base_model"]).glob("*.safetensors")):
-        raise InputError(f"{root / manifest['base_model']}: no *.safetensors weights found")
-    return World(root, manifest, checkpoints.discover(root / manifest["checkpoints"]))
+    if not any((base / f).is_file() for f in REQUIRED_MODEL_FILES[1:]):
+        raise InputError(f"{base}: no tokenizer (tokenizer.json or tokenizer_config.json) in the base model folder")
+    if not list(base.glob("*.safetensors")):
+        raise InputError(f"{base}: no *.safetensors weights found")
+    return World(root, manifest, checkpoints.resolve(_checkpoint_paths(root, manifest["checkpoints"])))
+
+
+def _checkpoint_paths(root: Path, value) -> Path | list[Path]:
+    """``checkpoints`` of a manifest: one folder, or an ordered list of folders (relative to the world)."""
+    return [root / v for v in value] if isinstance(value, list) else root / value
+
+
+WORLDS_DIR = "worlds"  # under the workspace: worlds registered with ``create_world``
+
+
+def known_worlds(workspace_root: str | Path | None = None, store=None) -> list[Path]:
+    """For the world picker: the sample world, the worlds under ``<workspace>/worlds/`` and those opened before
+    (the workspace database's registry) that still have a manifest."""
+    found = [SAMPLE_WORLD]
+    if workspace_root:
+        found += sorted(p.parent for p in (Path(workspace_root) / WORLDS_DIR).glob(f"*/{MANIFEST}"))
+    if store is not None:
+        found += [Path(r[0]) for r in store.query("SELECT path FROM worlds ORDER BY registered_at")]
+    return list(dict.fromkeys(p.resolve() for p in found if (p / MANIFEST).is_file()))
+
+
+def create_world(out: str | Path, name: str, base: str | Path, checkpoints: list[str | Path], data: list[str | Path],
+                 graph: str | Path | None = None, held_out: str | Path | None = None,
+                 description: str = "") -> World:
+    """Register a researcher's own run as a world in the new folder ``out``: ``world.json`` names the base model,
+    the checkpoint series (ordered; each a trainer output folder or a checkpoint), the trajectory files and the
+    optional held-out set by their absolute paths (nothing of the user's is copied or moved), and a concept
+    graph (the given one, else a copy of the sample graph, to edit). Every file is read and checked first;
+    ``out`` must not exist yet."""
+    import shutil
+
+    from core.checkpoints import check_model_dir, resolve
+    from core.series import base_name_warnings
+    from core.trajectories import read_trajectories
+
+    out = Path(out).expanduser().resolve()
+    if not name.strip():
+        raise InputError("world name: expected a non-empty name")
+    if out.exists():
+        raise InputError(f"{out}: already exists; choose another world name (nothing is overwritten)")
+    base = check_model_dir(base).resolve()
+    series = [Path(c).expanduser().resolve() for c in checkpoints]
+    infos = resolve(series) if series else []
+    if not data:
+        raise InputError("data: expected at least one trajectory file")
+    datasets = {}
+    for path in map(lambda d: Path(d).expanduser().resolve(), data):
+        key = _dataset_name(path.stem, datasets)
+        datasets[key] = {"path": str(path), "records": len(read_trajectories(path))}
+    evaluation = {}
+    if held_out:
+        path = Path(held_out).expanduser().resolve()
+        labelled = [r for r in read_trajectories(path) if r.get("label")]
+        if not labelled:
+            raise InputError(f"{path}: held-out set without labels (expected a 'label' per record, or answers "
+                             "its completions give)")
+        datasets["held_out"] = {"path": str(path), "records": len(labelled)}
+        evaluation = {"held_out": "held_out"}
+    graph_path = Path(graph).expanduser().resolve() if graph else None
+    if graph_path is not None:
+        concepts.load_graph(graph_path)  # checked before anything is written
+    manifest = {"name": name.strip(), "format_version": 1, "description": description or f"registered from {base}",
+                "base_model": str(base), "checkpoints": [str(p) for p in series], "concept_graph": "concept_graph.json",
+                "datasets": datasets, "default_dataset": next(iter(datasets)), "evaluation": evaluation,
+                "notes": base_name_warnings(base, infos)}
+    out.mkdir(parents=True)
+    shutil.copyfile(graph_path or SAMPLE_WORLD / "concept_graph.json", out / "concept_graph.json")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return load_world(out)
+
+
+def _dataset_name(stem: str, taken: dict) -> str:
+    name, i = stem, 2
+    while name in taken or name == "held_out":
+        name, i = f"{stem}-{i}", i + 1
+    return name

@@ -52,7 +52,8 @@ problems: list[str] = []
 base_names: list[str] = []
 graph = None
 if source == "Sample world":
-    base, series_arg = str(world.base_model_dir), str(world.root / world.manifest["checkpoints"])
+    arg = world.checkpoints_arg
+    base, series_arg = str(world.base_model_dir), ";".join(arg) if isinstance(arg, list) else arg
     graph = str(world.graph_path)
     base_names = [world.manifest.get("base_model_name", "")]
     st.caption(f"`{world.root}`: base `{Path(base).name}/`, checkpoints `{Path(series_arg).name}/`")

@@ -6,6 +6,7 @@
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
     workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
+    workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
     accelerate launch -m workbench.cli train --config run.json   # the same on several GPUs or with DeepSpeed
 """
 
@@ -218,6 +219,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_world_create(args: argparse.Namespace) -> int:
+    import re
+
+    ws = Workspace.open(args.workspace)
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "-", args.name.strip()).strip("-.") or "world"
+    world = world_mod.create_world(ws.root / world_mod.WORLDS_DIR / folder, args.name, args.base, args.checkpoints,
+                                   args.data, args.graph, args.eval)
+    ws.store.register_world(world.name, world.root, world.fingerprint())
+    for note in world.manifest.get("notes", []):
+        print(f"workbench: warning: {note}", file=sys.stderr)
+    steps = ", ".join(f"{c.name} (step {c.step})" for c in world.checkpoints) or "none"
+    print(f"workbench: world {world.name!r} in {world.root}\nworkbench: checkpoints: {steps}\n"
+          f"workbench: datasets: {', '.join(world.manifest['datasets'])}\n"
+          f"workbench: open it with: workbench app --world {world.root}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench", description="CoT Drift Workbench: see and repair concept "
                                  "drift in the chain of thought of RFT checkpoints.")
@@ -265,6 +283,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", type=Path, metavar="WORLD",
                    help="afterwards, answer this world's held-out sets with the new adapter (evaluation.json)")
     p.add_argument("--evaluate-limit", type=int, help="with --evaluate: the first N held-out studies only")
+    p = sub.add_parser("world", help="register your own run as a world (then: workbench app --world DIR)")
+    w = p.add_subparsers(dest="world_command", required=True).add_parser(
+        "create", help="a world from your base model, checkpoint series, trajectories, graph and held-out set")
+    w.add_argument("--name", required=True, help="the world's name (also its folder under <workspace>/worlds/)")
+    w.add_argument("--base", type=Path, required=True, help="base model folder (config.json, weights, tokenizer)")
+    w.add_argument("--checkpoints", type=Path, nargs="*", default=[],
+                   help="trainer output folders (TRL checkpoint-N/, ms-swift output/) or checkpoint folders, in order")
+    w.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="trajectory files: JSONL/JSON (prompt/completion, messages, CCF), parquet, datasets folder")
+    w.add_argument("--graph", type=Path, help="concept graph JSON (default: a copy of the sample graph, to edit)")
+    w.add_argument("--eval", type=Path, help="held-out labelled trajectories for evaluating checkpoints and runs")
+    w.add_argument("--workspace", type=Path, default=None, help="the workspace that keeps the world")
     p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
     p.add_argument("--out", type=Path, default=world_mod.SAMPLE_WORLD)
     p.add_argument("--seed", type=int, default=0)
@@ -286,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_perturb(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "world":
+            return cmd_world_create(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

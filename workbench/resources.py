@@ -121,7 +121,8 @@ def dataset(path: str, name: str) -> list[dict]:
 def model_series(path: str, fingerprint: str) -> ModelSeries:
     """A world's base model with its checkpoint series, loaded once and shared by every session."""
     w = world.load_world(path)
-    return series(str(w.base_model_dir), str(w.root / w.manifest["checkpoints"]), None, None,
+    arg = w.checkpoints_arg
+    return series(str(w.base_model_dir), tuple(arg) if isinstance(arg, list) else arg, None, None,
                   (w.manifest.get("base_model_name", w.base_model_dir.name),))
 
 
