@@ -191,6 +191,14 @@ def _checkpoint_paths(root: Path, value) -> Path | list[Path]:
 WORLDS_DIR = "worlds"  # under the workspace: worlds registered with ``create_world``
 
 
+def world_dir(workspace_root: str | Path, name: str) -> Path:
+    """Where ``create_world`` keeps a world named ``name``: ``<workspace>/worlds/<name as a folder name>``."""
+    import re
+
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "-", name.strip()).strip("-.") or "world"
+    return Path(workspace_root) / WORLDS_DIR / folder
+
+
 def known_worlds(workspace_root: str | Path | None = None, store=None) -> list[Path]:
     """For the world picker: the sample world, the worlds under ``<workspace>/worlds/`` and those opened before
     (the workspace database's registry) that still have a manifest."""

@@ -5,12 +5,13 @@ Run with ``workbench demo`` (or ``streamlit run workbench/app.py``).
 
 import streamlit as st
 
-from workbench import resources, routes, state
+from workbench import resources, routes, state, ui
 
 st.set_page_config(page_title="CoT Drift Workbench", page_icon=":material/timeline:", layout="wide")
 state.init()
 
 with st.sidebar:
+    ui.world_picker()
     st.toggle("Presentation mode", key=state.PRESENTATION, help="Larger type, controls tucked away: for a projector.")
     st.segmented_control("Figure downloads", ["png", "svg"], key=state.FIG_FORMAT,
                          help="what the camera button on each chart saves; every chart also offers interactive HTML")

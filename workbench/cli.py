@@ -220,11 +220,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_world_create(args: argparse.Namespace) -> int:
-    import re
-
     ws = Workspace.open(args.workspace)
-    folder = re.sub(r"[^A-Za-z0-9_.-]+", "-", args.name.strip()).strip("-.") or "world"
-    world = world_mod.create_world(ws.root / world_mod.WORLDS_DIR / folder, args.name, args.base, args.checkpoints,
+    world = world_mod.create_world(world_mod.world_dir(ws.root, args.name), args.name, args.base, args.checkpoints,
                                    args.data, args.graph, args.eval)
     ws.store.register_world(world.name, world.root, world.fingerprint())
     for note in world.manifest.get("notes", []):
