@@ -59,6 +59,9 @@ with ui.controls("Launch a run", expanded=True):
     defaults = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cpo.TrainConfig)
                                   if f.default is not dataclasses.MISSING})
     defaults.learning_rate = getattr(plugin, "learning_rate", defaults.learning_rate)
+    start_info = next((c for c in world.checkpoints if c.name == start), None) if world else None
+    if start_info is not None and start_info.training.get("lora_rank"):  # the run continues that adapter: same r
+        defaults.lora_r = int(start_info.training["lora_rank"])
     max_steps = c1.number_input("Max steps", 1, 100_000, defaults.max_steps, key="run_steps")
     lr = c2.number_input("Learning rate", 1e-7, 1e-1, defaults.learning_rate, format="%.1e", key="run_lr")
     batch = c3.number_input("Batch size", 1, 1024, defaults.batch_size, key="run_batch")
