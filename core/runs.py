@@ -1,7 +1,7 @@
 """CPO runs: a registry in the workspace database, each run a background job (``core.jobs``) that trains
 with ``core.cpo`` and then evaluates the new adapter on the world's held-out set (``core.evaluation``).
 
-    run = runs.launch(ws, cfg, name="cpo-opacity", world=world_path, snapshot="sft-pairs-v1")
+    run = runs.launch(ws, cfg, name="cpo-repair", world=world_path, snapshot="sft-pairs-v1")
     runs.refresh(ws, run.id)       # sync the registry with the job: running -> done | failed | cancelled
     runs.metrics(run)              # the trainer's metrics.jsonl as a table (live while it runs)
     runs.cancel(ws, run.id)        # graceful: the trainer stops at the next step and saves the adapter

@@ -176,8 +176,10 @@ def load_world(root: str | Path = SAMPLE_WORLD) -> World:
     for path in expected:
         if not path.exists():
             raise InputError(f"{path}: missing file of world {root} (expected by {MANIFEST})")
-    if not any((base / f).is_file() for f in REQUIRED_MODEL_FILES[1:]):
-        raise InputError(f"{base}: no tokenizer (tokenizer.json or tokenizer_config.json) in the base model folder")
+    vocab = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+    if not any((base / f).is_file() for f in vocab):  # a fast tokenizer's tokenizer.json, or a slow one's vocabulary
+        raise InputError(f"{base / 'tokenizer.json'}: missing file of world {root} (expected by {MANIFEST}; "
+                         f"or the vocabulary of a slow tokenizer: {', '.join(vocab[1:])})")
     if not list(base.glob("*.safetensors")):
         raise InputError(f"{base}: no *.safetensors weights found")
     return World(root, manifest, checkpoints.resolve(_checkpoint_paths(root, manifest["checkpoints"])))

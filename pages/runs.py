@@ -42,7 +42,7 @@ with ui.controls("Launch a run", expanded=True):
                          help="random: another study's chain of thought with a different answer (the paper's "
                               "'DPO with random negatives' baseline, built from the same pairs)")
     snaps = [s for s in snapshots.snapshots(ws.store) if snapshots.trainable(s)]
-    plugin = world.plugin if world else None  # a world's own preference set and default lr (core.sample.plugin)
+    plugin = world.plugin if world else None  # a world's own preference set and default lr (its plug-in)
     own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
     sources = [f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + own + ["a TRL preference file"]
     data_choice = st.selectbox("Preference data", sources, key="run_data",
