@@ -86,3 +86,19 @@ def test_runs_page_on_your_own_world_has_no_sample_world_defaults(own_world):
     assert not at.exception
     assert not any("sample" in o for o in at.selectbox(key="run_data").options)
     assert at.number_input(key="run_lr").value == pytest.approx(2e-5)  # the authors' default, not the demo's
+
+
+@pytest.mark.parametrize("name", ["explorer", "perturbation", "graph_editor", "counterfactuals", "curation"])
+def test_every_other_page_opens_on_your_own_world(own_world, name):
+    ws, root = own_world
+    at = page(name, root, ws)
+    at.run()
+    assert not at.exception, name
+
+
+def test_counterfactuals_page_rewrites_a_conversational_trajectory_of_your_own_world(own_world):
+    ws, root = own_world
+    at = page("counterfactuals", root, ws)
+    at.run()
+    assert at.selectbox(key="cf_dataset").value == "train" and len(at.selectbox(key="cf_record").options) == 24
+    assert not at.exception
