@@ -240,6 +240,8 @@ def score_argv(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | Non
             argv += [f"--{key.replace('_', '-')}", str(value)]
     if not cfg.include_prompt:
         argv.append("--cot-only")
+    if not cfg.chat_template:
+        argv.append("--no-chat-template")
     if workspace:
         argv += ["--workspace", str(workspace)]
     return [*argv, "--out", str(out)]

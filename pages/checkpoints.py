@@ -99,6 +99,9 @@ with ui.controls("Device and settings", expanded=False):
     batch_size = c2.number_input("Batch size", 1, 512, 8, key="ck_batch")
     top_k = c3.number_input("Top-k alternatives", 1, 50, 5, key="ck_topk")
     include_prompt = c4.toggle("Probe inside the report too", True, key="ck_prompt")
+    chat_template = st.toggle("Chat template for conversations", True, key="ck_chat",
+                              help="conversational records (messages) are encoded through the tokenizer's chat "
+                                   "template, as the model was trained; off: the prompt text alone")
 
 infos = []
 if base and not problems:
@@ -193,6 +196,7 @@ if not problems:
                              checkpoints=checkpoints_value, graph=graph and str(Path(graph).resolve()),
                              base_names=base_names, positions=positions, top_k=int(top_k),
                              batch_size=int(batch_size), limit=int(limit) or None, include_prompt=include_prompt,
+                             chat_template=chat_template,
                              device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)
     except ValueError as e:
         problems.append(f"Settings: {e}")

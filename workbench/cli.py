@@ -90,6 +90,8 @@ def _analysis_config(args: argparse.Namespace):
                                   dtype=args.dtype).items() if v is not None}
     if getattr(args, "cot_only", False):
         opts["include_prompt"] = False
+    if getattr(args, "no_chat_template", False):
+        opts["chat_template"] = False
     try:
         if args.world:
             return AnalysisConfig.from_world(args.world, args.dataset, **opts)
@@ -257,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=int, help="first N trajectories only")
         p.add_argument("--device", choices=["cuda", "cpu", "mps"])
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--no-chat-template", action="store_true",
+                       help="encode conversations as plain prompt text, not through the tokenizer's chat template")
 
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
     series_args(p)

@@ -137,3 +137,13 @@ def test_conversations_use_the_tokenizer_chat_template_unless_turned_off(foreign
     assert "<|assistant|>" in on[0].tokens[: on[0].start] and "<|assistant|>" not in off[0].tokens
     assert tok.unk_token_id not in on[0].input_ids  # the template's own tokens are in the vocabulary
     assert on[0].tokens[on[0].think_end] == "</think>"
+
+
+def test_the_chat_template_setting_travels_to_the_scoring_job():
+    from core.analysis import AnalysisConfig, score_argv
+    from workbench import cli
+
+    for on in (True, False):
+        argv = score_argv(AnalysisConfig(base="b", data="d.jsonl", chat_template=on), "out")
+        assert ("--no-chat-template" in argv) == (not on)
+        assert cli._analysis_config(cli.parser().parse_args(argv[2:])).chat_template is on
