@@ -238,7 +238,8 @@ def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
 
 
 def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None) -> dict | None:
-    """Load the world's base model (with ``adapter`` merged in, when given) and evaluate it on the world's
+    """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
+    checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
     own figures); None when the world has no held-out set (the run still finishes and joins the series)."""
     import torch
@@ -252,8 +253,10 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     held = held_out(world, limit)
     if held is None:
         return None
-    model = AutoModelForCausalLM.from_pretrained(world.base_model_dir, dtype=torch.float32, local_files_only=True)
-    if adapter:
+    full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(adapter if full else world.base_model_dir, dtype=torch.float32,
+                                                 local_files_only=True)  # a full checkpoint (e.g. -merged) as it is
+    if adapter and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # merged: plain speed

@@ -6,6 +6,7 @@
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
     workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
+    workbench evaluate --world DIR [--checkpoint NAME]... [--limit N]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
     accelerate launch -m workbench.cli train --config run.json   # the same on several GPUs or with DeepSpeed
 """
@@ -221,6 +222,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from core import runs
+
+    world = world_mod.load_world(args.world)
+    by_name = {c.name: c.path for c in world.checkpoints}
+    wanted = args.checkpoint or ["base", *by_name]
+    for name in wanted:
+        path = None if name == "base" else by_name.get(name, Path(name))
+        if path is not None and not Path(path).is_dir():
+            raise InputError(f"--checkpoint {name}: not a checkpoint of {world.root} (known: {', '.join(by_name)})")
+        figures = runs.evaluate_adapter(world.root, path, args.limit)
+        if figures is None:
+            raise InputError(f"{world.root}: no held-out set (world.json: evaluation; `world create --eval FILE`)")
+        print(json.dumps({"checkpoint": name, **figures}), flush=True)
+    return 0
+
+
 def cmd_world_create(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
     world = world_mod.create_world(world_mod.world_dir(ws.root, args.name), args.name, args.base, args.checkpoints,
@@ -284,6 +304,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", type=Path, metavar="WORLD",
                    help="afterwards, answer this world's held-out sets with the new adapter (evaluation.json)")
     p.add_argument("--evaluate-limit", type=int, help="with --evaluate: the first N held-out studies only")
+    p = sub.add_parser("evaluate", help="a world's held-out figures for its base and checkpoints (JSON lines)")
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--checkpoint", action="append", help="checkpoint name or folder (repeatable; default: all and the base)")
+    p.add_argument("--limit", type=int, help="the first N held-out studies only")
     p = sub.add_parser("world", help="register your own run as a world (then: workbench app --world DIR)")
     w = p.add_subparsers(dest="world_command", required=True).add_parser(
         "create", help="a world from your base model, checkpoint series, trajectories, graph and held-out set")
@@ -317,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_perturb(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
         if args.command == "world":
             return cmd_world_create(args)
         return cmd_build_sample(args)

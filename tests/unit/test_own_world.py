@@ -99,3 +99,19 @@ def test_evaluation_figures_on_the_foreign_world(own_world):
     assert set(figures) >= {"accuracy", "malformed", "perturbed_accuracy", "flip_rate", "per_category", "studies"}
     assert figures["studies"] == 6 and 0 <= figures["accuracy"] <= 1 and 0 <= figures["malformed"] <= 1
     assert json.dumps(figures)  # stored as evaluation.json
+
+
+def test_evaluate_any_checkpoint_adapter_or_merged(foreign_run, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    assert cli.main(["world", "create", "--name", "sw", "--base", str(foreign_run["base"]), "--checkpoints",
+                     str(foreign_run["swift"]), "--data", str(foreign_run["train"]), "--eval",
+                     str(foreign_run["heldout"]), "--workspace", str(ws)]) == 0
+    capsys.readouterr()
+    root = ws / "worlds" / "sw"
+    assert cli.main(["evaluate", "--world", str(root), "--checkpoint", "checkpoint-4",
+                     "--checkpoint", "checkpoint-4-merged", "--limit", "3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["checkpoint"] for r in rows] == ["checkpoint-4", "checkpoint-4-merged"]
+    assert all(r["studies"] == 3 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert cli.main(["evaluate", "--world", str(root), "--checkpoint", "nope"]) == 2
+    assert "not a checkpoint of" in capsys.readouterr().err
