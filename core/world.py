@@ -132,6 +132,19 @@ class World:
         }
 
 
+def record_metrics(world: World, rows: list[dict]) -> Path:
+    """Keep held-out figures per checkpoint (``core.evaluation``; one row each, with ``checkpoint`` and ``step``)
+    as the world's ``metrics.json``, merged by checkpoint with what it holds: the Home page draws them over the
+    steps and a CPO run's comparison takes its "before" row from them."""
+    from core.cache import atomic_write_text
+
+    path = world.root / world.manifest.get("metrics", "metrics.json")
+    merged = {r["checkpoint"]: r for r in world.metrics()}
+    merged.update({r["checkpoint"]: r for r in rows})
+    atomic_write_text(path, json.dumps(sorted(merged.values(), key=lambda r: r.get("step", 0)), indent=1))
+    return path
+
+
 def count_parameters(model_dir: Path) -> int:
     """Parameter count from the safetensors headers, without loading any weights."""
     from safetensors import safe_open

@@ -6,7 +6,7 @@
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
     workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
-    workbench evaluate --world DIR [--checkpoint NAME]... [--limit N]   # held-out figures per checkpoint
+    workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
     accelerate launch -m workbench.cli train --config run.json   # the same on several GPUs or with DeepSpeed
 """
@@ -228,16 +228,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core import runs
 
     world = world_mod.load_world(args.world)
-    by_name = {c.name: c.path for c in world.checkpoints}
-    wanted = args.checkpoint or ["base", *by_name]
-    for name in wanted:
-        path = None if name == "base" else by_name.get(name, Path(name))
+    if args.record and world.root == world_mod.SAMPLE_WORLD.resolve():
+        raise InputError(f"{world.root}: the sample world's metrics.json is its recorded build table; not rewritten")
+    by_name = {c.name: c for c in world.checkpoints}
+    rows = []
+    for name in args.checkpoint or ["base", *by_name]:
+        info = by_name.get(name)
+        path = None if name == "base" else (info.path if info else Path(name))
         if path is not None and not Path(path).is_dir():
             raise InputError(f"--checkpoint {name}: not a checkpoint of {world.root} (known: {', '.join(by_name)})")
         figures = runs.evaluate_adapter(world.root, path, args.limit)
         if figures is None:
             raise InputError(f"{world.root}: no held-out set (world.json: evaluation; `world create --eval FILE`)")
-        print(json.dumps({"checkpoint": name, **figures}), flush=True)
+        rows.append({"checkpoint": "base (SFT)" if name == "base" else name, "step": info.step if info else 0,
+                     **figures})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.record:
+        path = world_mod.record_metrics(world, rows)
+        print(f"workbench: recorded in {path}", file=sys.stderr)
     return 0
 
 
@@ -308,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--world", type=Path, required=True)
     p.add_argument("--checkpoint", action="append", help="checkpoint name or folder (repeatable; default: all and the base)")
     p.add_argument("--limit", type=int, help="the first N held-out studies only")
+    p.add_argument("--record", action="store_true",
+                   help="keep the figures as the world's metrics.json (the Home page's drift table, the runs page's "
+                        "'before' row); not for the sample world")
     p = sub.add_parser("world", help="register your own run as a world (then: workbench app --world DIR)")
     w = p.add_subparsers(dest="world_command", required=True).add_parser(
         "create", help="a world from your base model, checkpoint series, trajectories, graph and held-out set")

@@ -115,3 +115,7 @@ def test_evaluate_any_checkpoint_adapter_or_merged(foreign_run, tmp_path, capsys
     assert all(r["studies"] == 3 and 0 <= r["accuracy"] <= 1 for r in rows)
     assert cli.main(["evaluate", "--world", str(root), "--checkpoint", "nope"]) == 2
     assert "not a checkpoint of" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--world", str(root), "--checkpoint", "checkpoint-2", "--limit", "2", "--record"]) == 0
+    recorded = world_mod.load_world(root).metrics()
+    assert [(r["checkpoint"], r["step"], r["studies"]) for r in recorded] == [("checkpoint-2", 2, 2)]
+    assert cli.main(["evaluate", "--world", str(world_mod.SAMPLE_WORLD), "--record"]) == 2  # never rewritten
