@@ -45,7 +45,7 @@ class AnswerFormat:
             raise InputError("answer_format.template: expected the text that introduces the answer")
 
     @classmethod
-    def from_dict(cls, data: dict | None, where: str = "answer_format") -> "AnswerFormat":
+    def from_dict(cls, data: dict | None, where: str = "answer_format") -> AnswerFormat:
         if not data:
             return cls()
         if not isinstance(data, dict):

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from core.errors import InputError
-from core.pairs import read_pairs  # noqa: F401 - the one reader of preference pairs (core.pairs)
+from core.pairs import read_pairs  # the one reader of preference pairs (core.pairs)
 
 NEGATIVES = ("counterfactual", "random")
 

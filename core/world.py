@@ -250,7 +250,7 @@ def create_world(out: str | Path, name: str, base: str | Path, checkpoints: list
     if not data:
         raise InputError("data: expected at least one trajectory file")
     datasets = {}
-    for path in map(lambda d: Path(d).expanduser().resolve(), data):
+    for path in (Path(d).expanduser().resolve() for d in data):
         key = _dataset_name(path.stem, datasets)
         datasets[key] = {"path": str(path), "records": len(read_trajectories(path))}
     evaluation = {}
