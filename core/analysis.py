@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from core import concepts, drift
-from core.cache import cache_key, cached_frame, file_hash, swap_in_folder, write_parquet
+from core.cache import cache_key, cached_frame, swap_in_folder, write_parquet
 from core.paths import expand, expand_optional, expand_str
 from core.context_check import context_warnings
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.scoring import Progress, ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
-from core.trajectories import encode, read_jsonl
+from core.trajectories import data_hash, encode, read_jsonl
 
 PATH_FIELDS = ("base", "data", "checkpoints", "graph")
 TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "by_context", "changes")
@@ -49,6 +49,7 @@ class AnalysisConfig:
     base_names: list[str] = field(default_factory=list)  # other names of the base model in adapter configs
     trust_remote_code: bool = False
     tau: float = drift.TAU  # effect drift beyond which a position is detrimental / beneficial
+    chat_template: bool = True  # conversations through the tokenizer's chat template (when it has one)
 
     def __post_init__(self):
         for key in PATH_FIELDS:  # "~/models/base" and "$DATA/x.jsonl" as a shell would read them
@@ -69,7 +70,7 @@ class AnalysisConfig:
 
         w = load_world(root)
         name = dataset or w.manifest.get("default_dataset", "test")
-        return cls(base=str(w.base_model_dir), checkpoints=str(w.root / w.manifest["checkpoints"]),
+        return cls(base=str(w.base_model_dir), checkpoints=w.checkpoints_arg,
                    data=str(w.dataset_path(name)), graph=str(w.graph_path),
                    base_names=[w.manifest.get("base_model_name", "")], **overrides)
 
@@ -172,11 +173,11 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         return loaded[0]
 
     tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
-    encoded = encode(tokenizer, records)
+    encoded = encode(tokenizer, records, chat_template=cfg.chat_template)
     for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
         if progress:
             progress(0.0, 1.0, f"warning: {message}")
-    common = (fingerprint, file_hash(cfg.data), cfg.limit)
+    common = (fingerprint, data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
         lo, hi = share
@@ -248,6 +249,8 @@ def score_argv(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | Non
             argv += [f"--{key.replace('_', '-')}", str(value)]
     if not cfg.include_prompt:
         argv.append("--cot-only")
+    if not cfg.chat_template:
+        argv.append("--no-chat-template")
     if workspace:
         argv += ["--workspace", str(workspace)]
     return [*argv, "--out", str(out)]

@@ -2,14 +2,20 @@
 
 Recognises trainer output folders (``checkpoint-N/`` as written by TRL, HF Trainer and ms-swift, also
 nested one level like ms-swift's ``v0-2025.../checkpoint-N``) holding a PEFT adapter
-(``adapter_config.json``) or a full model (``config.json``). Steps come from ``trainer_state.json``
-(``global_step``) or else the folder name; the trainer's logged metrics at that step come along.
+(``adapter_config.json``) or a full model (``config.json``, sharded weights included); ms-swift's merged full
+checkpoints (``checkpoint-660-merged``) join the series at their step. A folder that is itself a checkpoint
+(a lone adapter or model folder) is a series of one. Steps come from ``trainer_state.json`` (``global_step``)
+or else the folder name; the trainer's logged metrics at that step come along, and ``training`` says how it
+was trained (objective, LoRA rank, learning rate, loss, reward) from ``trainer_state.json``, ms-swift's
+``args.json`` (in the checkpoint or its run folder) and ``adapter_config.json``.
 
     series = discover("sample_data/rft")   # [CheckpointInfo(step=40, kind="adapter", ...), ...]
+    series[0].training                     # {"objective": "grpo", "lora_rank": 8, "lr": 7e-4, "loss": ..., "reward": ...}
 """
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +25,7 @@ from core.errors import InputError
 from core.paths import expand
 from core.resume import read_trainer_state
 
-_STEP_RE = re.compile(r"checkpoint-(\d+)$")
+_STEP_RE = re.compile(r"checkpoint-(\d+)(?:-merged)?$")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class CheckpointInfo:
     step: int
     kind: str  # "adapter" | "full"
     metrics: dict = field(default_factory=dict, compare=False)  # last logged values at this step
+    training: dict = field(default_factory=dict, compare=False)  # objective, lora_rank, lr, loss, reward (if known)
 
     @property
     def name(self) -> str:
@@ -62,18 +69,61 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
     if step is None:
         m = _STEP_RE.search(path.name)
         step = int(m.group(1)) if m else 0
-    return CheckpointInfo(path=path, step=step, kind=kind, metrics=metrics)
+    return CheckpointInfo(path=path, step=step, kind=kind, metrics=metrics, training=training_summary(path, metrics))
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _objective_from_log(metrics: dict) -> str | None:
+    """TRL writes no args.json: its logged keys say which kind of trainer wrote the checkpoint."""
+    if "rewards/margins" in metrics or "rewards/chosen" in metrics:
+        return "preference (DPO / CPO)"
+    if "reward" in metrics or any(k.startswith("rewards/") for k in metrics):
+        return "RL (GRPO / PPO)"
+    if "mean_token_accuracy" in metrics:
+        return "sft"
+    return None
+
+
+def training_summary(path: Path, metrics: dict) -> dict:
+    """How a checkpoint was trained, as far as its files say: ms-swift's ``args.json`` (here or in the run
+    folder above), the adapter's LoRA config and the trainer's last logged loss / reward / lr."""
+    args = _read_json(path / "args.json") or _read_json(path.parent / "args.json")
+    adapter = _read_json(path / "adapter_config.json")
+    reward = next((metrics[k] for k in ("reward", "rewards/accuracy_reward", "rewards/chosen") if k in metrics), None)
+    out = {"objective": args.get("rlhf_type") or ("sft" if args else None) or _objective_from_log(metrics),
+           "train_type": args.get("train_type") or ("lora" if adapter else None),
+           "lora_rank": args.get("lora_rank") or adapter.get("r"),
+           "lr": args.get("learning_rate") or metrics.get("learning_rate"),
+           "loss": metrics.get("loss", metrics.get("train_loss")), "reward": reward,
+           "trained_from": args.get("model") or adapter.get("base_model_name_or_path")}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def discover(root: str | Path) -> list[CheckpointInfo]:
-    """All ``checkpoint-N`` folders under ``root`` (depth <= 2), ordered by step."""
+    """All ``checkpoint-N`` (and ``checkpoint-N-merged``) folders under ``root`` (depth <= 2), ordered by
+    step; ``root`` itself when it is a checkpoint (a lone adapter or model folder)."""
     root = expand(root)
     if not root.is_dir():
         raise InputError(f"{root}: checkpoint folder not found")
     found = _distinct([p for p in list(root.glob("checkpoint-*")) + list(root.glob("*/checkpoint-*"))
                        if p.is_dir() and _STEP_RE.search(p.name)])
+    if not found and checkpoint_kind(root):
+        lone = read_checkpoint(root)  # a series of one; step 0 is the base's
+        return [lone if lone.step else CheckpointInfo(lone.path, 1, lone.kind, lone.metrics, lone.training)]
     if not found:
-        raise InputError(f"{root}: no checkpoint-N/ folders found (expected a trainer output folder)")
+        raise InputError(f"{root}: no checkpoint-N/ folders found (expected a trainer output folder, "
+                         "or one adapter or model folder)")
     complete = [p for p in found if checkpoint_kind(p)]
     if not complete:  # name the first offender
         read_checkpoint(sorted(found)[0])
@@ -89,6 +139,19 @@ def _distinct(paths: list[Path]) -> list[Path]:
     for p in sorted(paths, key=lambda p: (len(p.parts), str(p))):
         by_target.setdefault(p.resolve(), p)
     return list(by_target.values())
+
+
+def resolve(paths: str | Path | list[str | Path]) -> list[CheckpointInfo]:
+    """A series from one folder (``discover``) or an explicit ordered list, each entry a checkpoint folder or a
+    trainer output folder (its checkpoints by step); list entries without any step information get their rank."""
+    import dataclasses
+
+    if isinstance(paths, (str, Path)):
+        return discover(paths)
+    infos = [c for p in map(Path, paths)
+             for c in (discover(p) if p.is_dir() and not checkpoint_kind(p) else [read_checkpoint(p)])]
+    return [c if c.step or (c.path / "trainer_state.json").is_file() else dataclasses.replace(c, step=i + 1)
+            for i, c in enumerate(infos)]
 
 
 def check_model_dir(path: str | Path) -> Path:

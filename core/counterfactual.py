@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from core import concepts
+from core import answers, concepts
+from core.answers import answer_of  # noqa: F401 - re-exported: counterfactuals read answers the one way
 from core.errors import InputError
 
-ANSWER_RE = re.compile(r"The disease of this patient is (.+?)\.?\s*$")
+ANSWER_RE = re.compile(answers.DEFAULT.pattern)  # kept for old importers; core.answers is the one home
 TARGET_MODES = ("one", "all", "confusable")
 
 
@@ -203,12 +204,6 @@ def consistency(graph: nx.DiGraph, text: str, target: str, original: str | None 
     fmt = sum(checks) / len(checks)
     score = round((support + (0.0 if exc else 1.0) + fmt) / 3, 4)
     return Consistency(score, round(support, 4), 0.0 if exc else 1.0, round(fmt, 4), tuple(sup), tuple(exc))
-
-
-def answer_of(text: str) -> str | None:
-    """The disease in "The disease of this patient is X." after ``</think>`` (None without one)."""
-    m = ANSWER_RE.search(_tail(text).strip())
-    return m.group(1).strip() if m else None
 
 
 def _tail(text: str) -> str:

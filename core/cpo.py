@@ -30,6 +30,7 @@ from core import jsonsafe
 from core.errors import InputError
 from core.paths import expand_optional
 from core.jobs import lock_folder
+from core.pairs import read_pairs  # the one reader of preference pairs (core.pairs)
 
 OBJECTIVES = ("cpo", "cpo++", "sft")  # implemented in core.cpo_trainer (torch + TRL), named here so configs import light
 NEGATIVES = ("counterfactual", "random")
@@ -133,32 +134,6 @@ class TrainResult:
 
 # ---------------------------------------------------------------- data
 
-def read_pairs(path: str | Path) -> list[dict]:
-    """Preference pairs of a TRL JSONL file; raises InputError naming the line and field of a bad record."""
-    from core.trajectories import json_lines
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: preference data file not found")
-    return [_pair(path, n, rec) for n, rec in json_lines(path)]
-
-
-def _pair(path: Path, n: int, rec: dict) -> dict:
-    for key in ("prompt", "chosen", "rejected"):
-        if not isinstance(rec.get(key), str) or not rec[key].strip():
-            raise InputError(f"{path}, line {n}, field {key!r}: expected a non-empty string "
-                             "(conversational records: export the pairs as plain TRL text)")
-    weight = rec.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise InputError(f"{path}, line {n}, field 'weight': expected a positive number, got {weight!r}")
-    source = rec.get("source") or "all"
-    if not isinstance(source, str):
-        raise InputError(f"{path}, line {n}, field 'source': expected a string, got {source!r}")
-    label = rec.get("label")
-    return {"prompt": rec["prompt"], "chosen": rec["chosen"], "rejected": rec["rejected"], "source": source,
-            "weight": float(weight), "label": label if isinstance(label, str) else None}
-
-
 def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
     """The paper's "DPO with random negatives": each rejected becomes the chosen of a random other pair with
     another label (from ``label``, else the chosen's answer), drawn with ``seed``."""
@@ -181,8 +156,12 @@ def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:
     def ids(text: str) -> list[int]:
         return tokenizer(" " + text, add_special_tokens=False)["input_ids"] + eos
 
-    return [{"prompt_ids": prompt_ids(tokenizer, p["prompt"]), "chosen_ids": ids(p["chosen"]),
-             "rejected_ids": ids(p["rejected"])} for p in pairs]
+    def first(p: dict) -> list[int]:  # conversational pairs: their turns through the chat template
+        templated = bool(p.get("chat")) and bool(getattr(tokenizer, "chat_template", None))
+        return prompt_ids(tokenizer, p["prompt"], templated, p.get("chat"))
+
+    return [{"prompt_ids": first(p), "chosen_ids": ids(p["chosen"]), "rejected_ids": ids(p["rejected"])}
+            for p in pairs]
 
 
 def _pairs_of(cfg: TrainConfig) -> list[dict]:
@@ -267,7 +246,7 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
 def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
     from datasets import Dataset
 
-    from core.cpo_trainer import normalise_weights
+    from core.pairs import normalise_weights
 
     if not pre.records:  # a Preflight built by hand: read and tokenize here
         pre = preflight(cfg, tok)

@@ -31,6 +31,7 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from core.cpo import OBJECTIVES
+from core.pairs import normalise_weights  # noqa: F401 - the one weight rule (core.pairs)
 
 # CPOTrainer leans on private parts of TRL's DPOTrainer (and of transformers' Trainer under it), which change
 # between minor releases without notice. pyproject.toml pins the TRL range they were checked against; this
@@ -93,16 +94,6 @@ def dpo_losses(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_cho
 def chosen_nll(per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Token-mean NLL over the masked tokens (TRL CPO's ``nll_loss``): (B, T) log-probs and mask -> scalar."""
     return -(per_token_logps * mask).sum() / mask.sum().clamp(min=1)
-
-
-def normalise_weights(weights: list[float]) -> list[float]:
-    """Scale positive pair weights to mean one (the authors' CPO++ normalisation); all ones if none given."""
-    if not weights:
-        return []
-    if any(not w > 0 for w in weights):
-        raise ValueError("pair weights must be positive numbers")
-    mean = sum(weights) / len(weights)
-    return [w / mean for w in weights]
 
 
 def objective_loss(objective: str, losses: torch.Tensor, weights: torch.Tensor, nll: torch.Tensor,

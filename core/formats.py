@@ -38,13 +38,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from core import jsonsafe
-from core.counterfactual import answer_of  # noqa: F401  (re-exported: formats read answers the same way)
+from core.answers import DEFAULT as ANSWER_FORMAT
+from core.answers import answer_of  # noqa: F401  (re-exported: formats read answers the one way)
 from core.errors import InputError
 
 IMPORT_FORMATS = ("ccf", "trl", "swift")
 EXPORT_FORMATS = ("trl", "swift", "hf", "ccf")
 CCF_QUESTION = "What is the disease of this patient?"
-ANSWER = "The disease of this patient is {}."
+ANSWER = ANSWER_FORMAT.sentence
 _THINK_RE = re.compile(r"^\s*<think>(.*)</think>", re.S)
 UNKNOWN = "unknown"
 

@@ -16,6 +16,7 @@ import re
 
 import pandas as pd
 
+from core import answers
 from core.generation import greedy_completions
 from core.probe import ProbeConfig, probe
 from core.series import ModelSeries
@@ -36,9 +37,7 @@ def replace_span(record: dict, find: str, replace: str) -> dict | None:
 
 def find_answer(text: str, labels: list[str]) -> str | None:
     """The label named last after ``</think>`` (or anywhere, without a think tag); None if none is."""
-    tail = text.split("</think>")[-1]
-    hits = [(m.start(), len(y), y) for y in labels for m in re.finditer(rf"(?<![\w]){re.escape(y)}(?![\w])", tail)]
-    return max(hits)[2] if hits else None
+    return answers.find_answer(text, labels)
 
 
 def generate_answers(model, tokenizer, prompts: list[str], labels: list[str], max_new_tokens: int = 96,

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core import answers
 from core.errors import InputError
 from core.scoring import Cancelled, Progress
 from core.series import ModelSeries
@@ -34,7 +35,7 @@ POSITION_MODES = ("every", "sentence", "end")
 @dataclass
 class ProbeConfig:
     labels: list[str] = field(default_factory=list)  # answer labels; empty: the gold labels in the data
-    template: str = " </think> The disease of this patient is"  # appended after the prefix
+    template: str = answers.DEFAULT.template  # appended after the prefix (core.answers: the answer format)
     positions: str = "every"  # every token | sentence ends | only the end of the CoT
     include_prompt: bool = False  # also probe inside the prompt (where a report's findings are read)
     max_tree_tokens: int = 2048  # upper bound on one forward pass's length (positions are chunked)

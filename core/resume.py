@@ -95,7 +95,7 @@ def read_trainer_state(state_file: Path) -> tuple[int | None, list[dict]]:
     from core.errors import InputError
 
     try:
-        text = state_file.read_text(encoding="utf-8")
+        text = state_file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{state_file}: cannot be read ({e})") from None
     state = jsonsafe.loads(text, str(state_file))

@@ -1,7 +1,7 @@
 """CPO runs: a registry in the workspace database, each run a background job (``core.jobs``) that trains
-with ``core.cpo`` and then evaluates the new adapter on the world's held-out sets.
+with ``core.cpo`` and then evaluates the new adapter on the world's held-out set (``core.evaluation``).
 
-    run = runs.launch(ws, cfg, name="cpo-opacity", world=world_path, snapshot="sft-pairs-v1")
+    run = runs.launch(ws, cfg, name="cpo-repair", world=world_path, snapshot="sft-pairs-v1")
     runs.refresh(ws, run.id)       # sync the registry with the job: running -> done | failed | cancelled
     runs.metrics(run)              # the trainer's metrics.jsonl as a table (live while it runs)
     runs.cancel(ws, run.id)        # graceful: the trainer stops at the next step and saves the adapter
@@ -240,11 +240,11 @@ def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
     (left out when a run was evaluated on part of the sets only: the figures would not compare)."""
     partial = any((r.evaluation or {}).get("held_out_limit") for r in runs)
     rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before and not partial else [])
-    rows += [{"run": r.name, "objective": r.objective, **(r.evaluation or {})} for r in runs if r.evaluation]
+    rows += [{"run": r.name, "objective": r.objective, **_scalars(r.evaluation)} for r in runs if r.evaluation]
     return pd.DataFrame(rows)
 
 
-# held-out figures where higher is better, and where lower is better (core.sample.evaluate)
+# held-out figures where higher is better, and where lower is better (core.evaluation)
 HIGHER_IS_BETTER = ("accuracy", "perturbed_accuracy", "rare_class_accuracy")
 LOWER_IS_BETTER = ("flip_rate", "malformed")
 
@@ -266,24 +266,31 @@ def worse_than_start(evaluation: dict | None, before: dict | None, margin: float
     return out
 
 
-def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None) -> dict:
-    """Load the world's base model (with ``adapter`` merged in, when given) and evaluate it on the world's
-    held-out sets (``core.sample.evaluate.evaluate_world``)."""
+def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None) -> dict | None:
+    """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
+    checkpoint, which is loaded as it is) and evaluate it on the world's
+    held-out set (``core.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
+    own figures); None when the world has no held-out set (the run still finishes and joins the series)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.sample.evaluate import evaluate_world
+    from core.evaluation import evaluate_model, held_out
     from core.series import load_tokenizer
     from core.world import load_world
 
     world = load_world(world_path)
-    model = AutoModelForCausalLM.from_pretrained(world.base_model_dir, dtype=torch.float32)
-    if adapter:
+    held = held_out(world, limit)
+    if held is None:
+        return None
+    full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(adapter if full else world.base_model_dir, dtype=torch.float32,
+                                                 local_files_only=True)  # a full checkpoint (e.g. -merged) as it is
+    if adapter and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # merged: plain speed
     model.eval()
-    return evaluate_world(model, load_tokenizer(world.base_model_dir), world, limit=limit)
+    return evaluate_model(model, load_tokenizer(world.base_model_dir), held, world.answer_format, world.plugin)
 
 
 def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:
@@ -306,8 +313,13 @@ def start_metrics(world_path: str | Path, init_adapter: str | Path | None) -> di
     name = Path(init_adapter).name if init_adapter else "base (SFT)"
     for row in rows:
         if row.get("checkpoint") == name:
-            return {k: v for k, v in row.items() if k not in ("checkpoint", "step")}
+            return {k: v for k, v in _scalars(row).items() if k not in ("checkpoint", "step")}
     return None
+
+
+def _scalars(evaluation: dict) -> dict:
+    """The figures that fit one table row (per-category accuracy stays in the run's evaluation)."""
+    return {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))}
 
 
 def _read_json(path: Path) -> dict | None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class ModelSeries:
     device: str
     dtype: torch.dtype
     trust_remote_code: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. adapters naming their base by another name
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _layers: list = field(default_factory=list, repr=False)  # PEFT tuner layers, found once
     _slow: bool = field(default=False, repr=False)  # route with PEFT's set_adapter (see _route)
@@ -196,27 +198,39 @@ def _check_tokenizer(info: ckpts.CheckpointInfo, base_vocab: dict, trust_remote_
                          f"tokens, {diff} entries differ); expected the same tokenizer across the series")
 
 
-def _check_base_name(info: ckpts.CheckpointInfo, accepted: set[str]) -> None:
+def base_name_warning(info: ckpts.CheckpointInfo, accepted: set[str]) -> str | None:
+    """A message when an adapter names its base differently from the base folder given (a hub id, a path on the
+    training cluster): a hint, not proof, so never a refusal; the shapes and the tokenizer are the real checks."""
     cfg_path = info.path / "adapter_config.json"
     try:
-        declared = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
-    except json.JSONDecodeError as e:
+        declared = json.loads(cfg_path.read_text(encoding="utf-8-sig")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{cfg_path}: not valid JSON ({e})") from None
-    if declared and Path(declared).name.lower() not in accepted:
-        raise InputError(f"{cfg_path}: base_model_name_or_path {declared!r} does not match the base model "
-                         f"(accepted names: {sorted(accepted)}); pass base_names=[...] (CLI: --base-name) "
-                         "if it is the same model under another name")
+    known = {Path(n.rstrip("/")).name.lower() for n in accepted if n}
+    if not declared or Path(str(declared).rstrip("/")).name.lower() in known:
+        return None
+    return (f"{cfg_path}: base_model_name_or_path {declared!r} is not the name of the base model given "
+            f"({sorted(known)}); loaded anyway, since its shapes and tokenizer fit")
+
+
+def base_name_warnings(base: str | Path, infos: list[ckpts.CheckpointInfo], base_names: Sequence[str] = ()) -> list[str]:
+    """``base_name_warning`` for every adapter of a series, without loading anything (for the page)."""
+    base = Path(base).expanduser()
+    accepted = {base.name, *base_names, _config_name(base)}
+    return [w for c in infos if c.kind == "adapter" and (w := base_name_warning(c, accepted))]
+
+
+def _config_name(base: Path) -> str:
+    try:
+        return str(json.loads((base / "config.json").read_text(encoding="utf-8-sig")).get("_name_or_path") or "")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return ""
 
 
 def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) -> list[ckpts.CheckpointInfo]:
     if checkpoints is None:
         return []
-    if isinstance(checkpoints, (str, Path)):
-        infos = ckpts.discover(checkpoints)
-    else:  # an explicit list keeps the caller's order; folders without any step information get their rank
-        infos = [ckpts.read_checkpoint(expand(p)) for p in checkpoints]
-        infos = [c if c.step or (c.path / "trainer_state.json").is_file() else
-                 ckpts.CheckpointInfo(c.path, i + 1, c.kind, c.metrics) for i, c in enumerate(infos)]
+    infos = ckpts.resolve(checkpoints)  # a folder, or an explicit list kept in the caller's order
     seen: dict[str, int] = {}
     for c in infos:
         seen[c.name] = seen.get(c.name, 0) + 1
@@ -240,18 +254,17 @@ def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path]
     dt = _dtype(dtype, dev)
     tokenizer = load_tokenizer(base, trust_remote_code)
     model = load_model(base, dev, dt, trust_remote_code)
-    accepted = {base.name.lower(), *(n.lower() for n in base_names)}
-    if getattr(model.config, "_name_or_path", None):
-        accepted.add(Path(model.config._name_or_path).name.lower())
     base_vocab = tokenizer.get_vocab()
     for info in infos:
         _check_tokenizer(info, base_vocab, trust_remote_code)
         if info.kind == "full":
             check_full_vocab(info.path, model.config)  # another vocabulary: refused now, not an einsum error later
         if info.kind == "adapter":
-            _check_base_name(info, accepted)
             model = _attach_adapter(model, info)
-    return ModelSeries(base, infos, model.eval(), tokenizer, dev, dt, trust_remote_code)
+    notes = base_name_warnings(base, infos, base_names)
+    for note in notes:  # printed by the command line; the page shows ModelSeries.warnings
+        warnings.warn(note, stacklevel=2)
+    return ModelSeries(base, infos, model.eval(), tokenizer, dev, dt, trust_remote_code, warnings=notes)
 
 
 def _attach_adapter(model, info: ckpts.CheckpointInfo):

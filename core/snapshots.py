@@ -26,6 +26,7 @@ from core import curation, formats
 from core.counterfactual_store import insert_counterfactual, insert_trajectory
 from core.errors import InputError
 from core.outputs import disk_full_named
+from core.pairs import check_weights, normalise_weights
 from core.store import Store
 
 MAX_LISTED_ERRORS = 5
@@ -115,8 +116,7 @@ class ExportConfig:
             raise ValueError(f"format must be one of {formats.EXPORT_FORMATS}, got {self.format!r}")
         if not 0 <= self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        if any(w < 0 for w in self.weights.values()):
-            raise ValueError(f"weights must be >= 0, got {self.weights}")
+        check_weights(self.weights)  # training refuses a weight of 0 (core.pairs)
         if self.name is not None and (not self.name.strip() or Path(self.name).name != self.name
                                       or self.name.startswith(".")):
             raise ValueError(f"snapshot name must be a plain folder name, got {self.name!r}")
@@ -138,8 +138,7 @@ def weighted_rows(rows: list[dict], weights: dict[str, float]) -> list[dict]:
     """Each row's ``weight``: its source's weight (default 1) divided by the mean over the rows, so the
     weights average one (the CPO++ trainer's per-source weighting)."""
     raw = [weights.get(r["source"], 1.0) for r in rows]
-    mean = sum(raw) / len(raw) if raw and sum(raw) > 0 else 1.0
-    return [{**r, "weight": round(w / mean, 6)} for r, w in zip(rows, raw)]
+    return [{**r, "weight": round(w, 6)} for r, w in zip(rows, normalise_weights(raw))]
 
 
 def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:
@@ -194,6 +193,12 @@ def snapshot(store: Store, name: str) -> Snapshot:
         known = [s.name for s in snapshots(store)]
         raise InputError(f"no dataset snapshot named {name!r} (known: {', '.join(known) or 'none yet'})")
     return _snapshot(row)
+
+
+def trainable(snap: Snapshot) -> bool:
+    """Whether a CPO run can train on ``snap``: a TRL export (plain or conversational, ``core.pairs``) whose
+    train.jsonl is still there."""
+    return snap.format == "trl" and (snap.path / "train.jsonl").is_file()
 
 
 def snapshots(store: Store) -> list[Snapshot]:

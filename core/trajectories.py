@@ -1,23 +1,39 @@
-"""Reasoning trajectories: read them from JSONL, and encode them for teacher-forced scoring.
+"""Reasoning trajectories: read them as the field writes them, and encode them for teacher-forced scoring.
 
-A trajectory record is one JSON object per line with at least ``prompt`` and ``completion`` (the CoT and
-answer, ``<think> ... </think> The disease of this patient is X.``), plus optional ``id`` and ``label``
-(the gold answer). ``encode`` turns records into token ids with the spans the engine needs::
+``read_trajectories`` (alias ``read_jsonl``) reads, by what the file holds:
 
-    recs = read_jsonl("sample_data/data/test.jsonl")
+- ``prompt`` / ``completion`` JSONL (strings), optional ``id`` and ``label`` (the gold answer);
+- TRL conversational records: ``prompt`` and ``completion`` as lists of ``{role, content}``, or ``messages``;
+- ms-swift records (``messages``, JSON list or JSONL): the last assistant turn is the CoT and answer,
+  the turns before it the prompt; ``rejected_messages`` / ``images`` are ignored here;
+- the authors' CCF items (``report``, ``diagnose``; a JSON list, JSONL, or an object keyed by ``dicom_id``):
+  the report is the CoT, ``diagnose`` the answer;
+- a Hugging Face ``datasets`` folder (``save_to_disk``; a DatasetDict's ``test`` split, else its only one)
+  and ``.parquet`` files holding any of the above.
+
+Each record comes back with ``id``, ``prompt``, ``completion`` and ``label`` (from the record, else the answer
+its completion gives, ``core.answers``), plus ``chat`` (the turns before the answer) for a conversation, which
+``encode`` renders with the tokenizer's chat template when it has one (the model was trained on it)::
+
+    recs = read_trajectories("data/train.jsonl")
     enc = encode(tokenizer, recs)       # [Encoded(id, input_ids, start, think_end, label, tokens), ...]
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from core import jsonsafe
+from core.answers import DEFAULT, AnswerFormat
 from core.errors import InputError
 from core.paths import expand
 
 REQUIRED = ("prompt", "completion")
+CCF_QUESTION = "What is the disease of this patient?"
+EXPECTED = ("expected 'prompt' and 'completion' (strings or message lists), 'messages' (a list of {role, content} "
+            "ending with an assistant turn), or CCF 'report' and 'diagnose'")
 
 
 @dataclass(frozen=True)
@@ -38,28 +54,160 @@ class Encoded:
         return self.tokens[self.start:]
 
 
-def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Records of a JSONL file; ``InputError`` names the line and field that are wrong."""
+def read_trajectories(path: str | Path, limit: int | None = None, fmt: AnswerFormat = DEFAULT) -> list[dict]:
+    """Records of a trajectory file or folder (see the module docstring); ``InputError`` names the file, the
+    line or item, the field and what was expected."""
     path = expand(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: trajectory file not found")
     records, seen = [], set()
-    for lineno, rec in json_lines(path):
-        for key in REQUIRED:
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise InputError(f"{path}, line {lineno}: field '{key}' must be a non-empty string")
-        if rec.get("label") is not None and not isinstance(rec["label"], str):
-            raise InputError(f"{path}, line {lineno}: field 'label' must be a string")
-        rec["id"] = str(rec.get("id", f"line-{lineno}"))
+    for where, raw in _raw_records(path):
+        rec = normalise(raw, f"{path}, {where}", fmt)
+        rec["id"] = str(raw.get("id", raw.get("dicom_id", where.replace(" ", "-"))))
         if rec["id"] in seen:
-            raise InputError(f"{path}, line {lineno}: duplicate id {rec['id']!r} (ids must be unique)")
+            raise InputError(f"{path}, {where}: duplicate id {rec['id']!r} (ids must be unique)")
         seen.add(rec["id"])
         records.append(rec)
         if limit and len(records) >= limit:
             break
     if not records:
-        raise InputError(f"{path}: no trajectories (expected JSONL with 'prompt' and 'completion' per line)")
+        raise InputError(f"{path}: no trajectories ({EXPECTED})")
     return records
+
+
+read_jsonl = read_trajectories  # the name older callers use; every format goes through the one reader
+
+
+def normalise(rec: dict, where: str, fmt: AnswerFormat = DEFAULT) -> dict:
+    """``rec`` with string ``prompt`` / ``completion``, ``label`` and, for a conversation, ``chat``."""
+    if not isinstance(rec, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    out = dict(rec)
+    if isinstance(rec.get("messages"), list):
+        turns = _turns(rec["messages"], where, "messages")
+        last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
+        if last is None or last == 0:
+            raise InputError(f"{where}: field 'messages': expected turns before a final assistant turn (the CoT and answer)")
+        out.update(chat=turns[:last], completion=turns[last]["content"])
+    elif isinstance(rec.get("prompt"), list):
+        out["chat"] = _turns(rec["prompt"], where, "prompt")
+        done = _turns(rec.get("completion"), where, "completion") if isinstance(rec.get("completion"), list) else None
+        if not done or done[-1]["role"] != "assistant":
+            raise InputError(f"{where}: field 'completion': expected a list of messages ending with an assistant turn")
+        out["completion"] = done[-1]["content"]
+    elif "report" in rec and "diagnose" in rec and "completion" not in rec:
+        from core.formats import completion
+
+        report, label = _string(rec, "report", where), _string(rec, "diagnose", where)
+        out.update(prompt=rec.get("prompt") or CCF_QUESTION, completion=completion(report, label), label=label)
+    elif not all(k in rec for k in REQUIRED):
+        raise InputError(f"{where}: missing field '{next(k for k in REQUIRED if k not in rec)}'; {EXPECTED}")
+    if "chat" in out:
+        out["prompt"] = next((t["content"] for t in reversed(out["chat"]) if t["role"] == "user"), out["chat"][-1]["content"])
+    for key in REQUIRED:
+        _string(out, key, where)
+    if out.get("label") is not None and not isinstance(out["label"], str):
+        raise InputError(f"{where}: field 'label' must be a string, got {type(out['label']).__name__}")
+    out["label"] = out.get("label") or fmt.parse(out["completion"])  # no label: the answer it gives
+    return out
+
+
+def _string(rec: dict, key: str, where: str) -> str:
+    if not isinstance(rec.get(key), str) or not rec[key].strip():
+        raise InputError(f"{where}: field '{key}' must be a non-empty string")
+    return rec[key]
+
+
+def _turns(messages: object, where: str, field: str) -> list[dict]:
+    """``{role, content}`` turns; multimodal content lists keep their text parts."""
+    if not isinstance(messages, list) or not messages:
+        raise InputError(f"{where}: field '{field}': expected a non-empty list of {{role, content}} messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InputError(f"{where}: field '{field}[{i}]': expected an object with 'role' and 'content'")
+        content = m.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "image"}, ...]
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(content, str):
+            raise InputError(f"{where}: field '{field}[{i}].content': expected a string or a list of parts")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def _raw_records(path: Path):
+    """(where, record) from a JSONL / JSON / parquet file or a ``datasets`` folder."""
+    if path.is_dir():
+        yield from _dataset_folder(path)
+    elif path.suffix == ".parquet":
+        yield from _parquet(path)
+    elif path.suffix == ".json":
+        yield from _json_file(path)
+    else:
+        for lineno, rec in json_lines(path):
+            yield f"line {lineno}", rec
+
+
+def _json_file(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        data = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError:
+        for lineno, rec in json_lines(path):  # JSON Lines named .json
+            yield f"line {lineno}", rec
+        return
+    except (RecursionError, ValueError):  # deep nesting, huge integers: the named error
+        data = jsonsafe.loads(text, str(path))
+    if isinstance(data, list):
+        for i, rec in enumerate(data):
+            yield f"item {i}", rec
+    elif isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        for key, rec in data.items():  # CCF keyed by dicom_id
+            yield f"item {key!r}", {"id": key, **rec}
+    else:
+        raise InputError(f"{path}: expected a JSON list of records (or an object of records keyed by id)")
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow's error types vary by version: name the file
+        raise InputError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+    for i, rec in enumerate(table.to_pylist()):
+        yield f"row {i}", rec
+
+
+def _dataset_folder(path: Path):
+    if (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"{path / 'dataset_dict.json'}: expected {{\"splits\": [...]}} ({e})") from None
+        split = "test" if "test" in splits else splits[0] if len(splits) == 1 else None
+        if split is None:
+            raise InputError(f"{path}: a DatasetDict with splits {splits}; pick one folder ({path}/<split>)")
+        path = path / split
+    if not (path / "state.json").is_file():
+        raise InputError(f"{path}: a folder, but not a Hugging Face datasets folder (no state.json); "
+                         "expected a JSONL / JSON / parquet file or a save_to_disk folder")
+    import pyarrow as pa
+
+    state = json.loads((path / "state.json").read_text())
+    row = 0
+    for entry in state.get("_data_files", []):
+        f = path / entry["filename"]
+        try:
+            with pa.memory_map(str(f)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+        except Exception as e:  # noqa: BLE001 - an arrow file that does not open: name it
+            raise InputError(f"{f}: not a readable arrow file ({str(e).splitlines()[0]})") from None
+        for rec in table.to_pylist():
+            yield f"row {row}", rec
+            row += 1
 
 
 def json_lines(path: Path):
@@ -81,23 +229,27 @@ def json_lines(path: Path):
         raise InputError(f"{path}: cannot read the file ({e.strerror})") from None
 
 
-def prompt_ids(tokenizer, prompt: str, chat_template: bool = False) -> list[int]:
-    """Token ids of the prompt, with the BOS token the model was trained with."""
-    if chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=True)
+def prompt_ids(tokenizer, prompt: str, chat_template: bool = False, chat: list[dict] | None = None) -> list[int]:
+    """Token ids of the prompt: a conversation's turns through the tokenizer's chat template (when asked and
+    the tokenizer has one), else the prompt text with the BOS token the model was trained with."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(chat or [{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
     ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     bos = tokenizer.bos_token_id
     return ids if bos is None or (ids and ids[0] == bos) else [bos] + ids
 
 
-def encode(tokenizer, records: list[dict], chat_template: bool = False, max_length: int | None = None) -> list[Encoded]:
-    """Encode each record as ``prompt ids + ids(" " + completion)`` (the sample world's training format)."""
+def encode(tokenizer, records: list[dict], chat_template: bool = True, max_length: int | None = None) -> list[Encoded]:
+    """Encode each record as ``prompt ids + ids(" " + completion)`` (the sample world's training format); a
+    conversation (``chat``) goes through the tokenizer's chat template unless ``chat_template`` is off."""
     think = tokenizer.get_vocab().get("</think>")  # None when the tokenizer has no such token (never the unk id)
     out = []
     for rec in records:
-        p = prompt_ids(tokenizer, rec["prompt"], chat_template)
-        c = tokenizer(("" if chat_template else " ") + rec["completion"], add_special_tokens=False)["input_ids"]
+        templated = chat_template and bool(rec.get("chat")) and bool(getattr(tokenizer, "chat_template", None))
+        p = prompt_ids(tokenizer, rec["prompt"], templated, rec.get("chat"))
+        c = tokenizer(("" if templated else " ") + rec["completion"], add_special_tokens=False)["input_ids"]
         ids = p + c
         if max_length and len(ids) > max_length:
             raise InputError(f"trajectory {rec['id']}: {len(ids)} tokens exceed max_length {max_length}")
@@ -117,3 +269,18 @@ def token_text(tokenizer, token_id: int) -> str:
 def vocab_texts(tokenizer) -> list[str]:
     """``token_text`` of every id, for turning top-k ids into strings without a decode per row."""
     return [token_text(tokenizer, i) for i in range(len(tokenizer))]
+
+
+def data_hash(path: str | Path) -> str:
+    """Content hash of a trajectory file, or of every file of a ``datasets`` folder (names and bytes)."""
+    import hashlib
+
+    from core.cache import file_hash
+
+    path = Path(path)
+    if not path.is_dir():
+        return file_hash(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_hash(f).encode())
+    return h.hexdigest()[:16]

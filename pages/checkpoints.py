@@ -14,11 +14,12 @@ import streamlit as st
 
 from core import checkpoints as ckpts
 from core import jobs, runs
+from core import world as world_mod
 from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
 from core.branches import branch_of
 from core.errors import InputError
 from core.paths import expand
-from core.series import adapter_name, plan_series
+from core.series import adapter_name, base_name_warnings, plan_series
 from core.workspace import refused_paths
 from workbench import resources, routes, state, ui
 
@@ -49,13 +50,14 @@ def picker(label: str, candidates: list[Path], key: str, help_: str) -> str:
 
 # ---- 1. the checkpoint series --------------------------------------------------------------------------
 st.subheader("1 · Checkpoint series")
-sources = (["Sample world"] if world else []) + ["Local folders"]
+sources = (["This world"] if world else []) + ["Local folders"]
 source = st.radio("Series", sources, horizontal=True, key="ck_source", label_visibility="collapsed")
 problems: list[str] = []
 base_names: list[str] = []
 graph = None
-if source == "Sample world":
-    base, series_arg = str(world.base_model_dir), str(world.root / world.manifest["checkpoints"])
+if source == "This world":
+    arg = world.checkpoints_arg
+    base, series_arg = str(world.base_model_dir), ";".join(arg) if isinstance(arg, list) else arg
     graph = str(world.graph_path)
     base_names = [world.manifest.get("base_model_name", "")]
     st.caption(f"`{world.root}`: base `{Path(base).name}/`, checkpoints `{Path(series_arg).name}/`")
@@ -101,6 +103,9 @@ with ui.controls("Device and settings", expanded=False):
     batch_size = c1.number_input("Batch size", 1, 512, 8, key="ck_batch")
     top_k = c2.number_input("Top-k alternatives", 1, 50, 5, key="ck_topk")
     include_prompt = c3.toggle("Probe inside the report too", True, key="ck_prompt")
+    chat_template = st.toggle("Chat template for conversations", True, key="ck_chat",
+                              help="conversational records (messages) are encoded through the tokenizer's chat "
+                                   "template, as the model was trained; off: the prompt text alone")
 
 infos = []
 if base and not problems:
@@ -116,21 +121,26 @@ if infos:
     branch = {c.path: branch_of(c.path) for c in infos}  # CPO runs: a branch of their start, not an RFT step
     st.dataframe(pd.DataFrame([{"checkpoint": adapter_name(c), "step": c.step, "kind": c.kind,
                                 "branch_of": f"{b.start} + {b.run_steps} CPO steps" if (b := branch[c.path]) else "",
-                                "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"), "path": str(c.path)}
+                                "objective": c.training.get("objective"), "LoRA r": c.training.get("lora_rank"),
+                                "lr": c.training.get("lr"), "reward": c.training.get("reward"),
+                                "loss": c.training.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
                  column_config={"reward": st.column_config.NumberColumn(format="%.3f"),
-                                "loss": st.column_config.NumberColumn(format="%.4f")})
+                                "loss": st.column_config.NumberColumn(format="%.4f"),
+                                "lr": st.column_config.NumberColumn(format="%.1e")})
+    for note in base_name_warnings(base, infos, base_names):  # a hint, not proof: never a refusal
+        st.warning(note, icon=":material/info:")
     st.caption(f"{len(infos)} checkpoints plus the base · scoring on **{dev_name}** in **{str(torch_dtype).removeprefix('torch.')}**")
 elif base and not problems and not checkpoints_value:
     st.info("No checkpoints given: only the base model will be scored.")
 
 # ---- 2. the trajectories -------------------------------------------------------------------------------
 st.subheader("2 · Trajectories")
-kinds = (["Sample world dataset"] if world and source == "Sample world" else []) + ["A JSONL file", "Upload",
+kinds = (["A world dataset"] if world and source == "This world" else []) + ["A JSONL file", "Upload",
                                                                                      "Curation database"]
 data_kind = st.radio("Trajectories", kinds, horizontal=True, key="ck_data_kind", label_visibility="collapsed")
 data = None
-if data_kind == "Sample world dataset":
+if data_kind == "A world dataset":
     names = [n for n in world.manifest["datasets"] if n != "sft"] or list(world.manifest["datasets"])
     dataset = st.selectbox("Dataset", names, key="ck_dataset",
                            format_func=lambda n: f"{n} ({world.manifest['datasets'][n]['records']} trajectories)")
@@ -170,6 +180,22 @@ if data:
         problems.append(str(e))
 elif not problems:
     problems.append("Choose the trajectories to analyse.")
+if source == "Local folders" and base and data and not problems:
+    with st.expander("Keep these as a world of your own", icon=":material/public:"):
+        c1, c2 = st.columns(2)
+        world_name = c1.text_input("World name", key="ck_world_name", placeholder="my-grpo-run")
+        held = c2.text_input("Held-out labelled set (optional)", key="ck_world_eval",
+                             help="trajectories with a label (or an answer): evaluates checkpoints and CPO runs").strip()
+        if st.button("Create the world", key="ck_world_create", disabled=not world_name.strip(),
+                     help="writes a world.json under the workspace naming these folders; nothing is copied"):
+            try:
+                new = world_mod.create_world(world_mod.world_dir(ws.root, world_name), world_name, base,
+                                             checkpoint_list, [data], graph, held or None)
+                ws.store.register_world(new.name, new.root, new.fingerprint())
+                st.session_state[state.NEXT_WORLD] = str(new.root)  # the sidebar's picker switches to it
+                st.rerun()
+            except InputError as e:
+                st.error(str(e))
 
 # ---- 3. score ------------------------------------------------------------------------------------------
 st.subheader("3 · Score")
@@ -188,6 +214,7 @@ if not problems:
                              checkpoints=checkpoints_value, graph=graph and str(expand(graph).resolve()),
                              base_names=base_names, positions=positions, top_k=int(top_k),
                              batch_size=int(batch_size), limit=int(limit) or None, include_prompt=include_prompt,
+                             chat_template=chat_template,
                              device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)
     except ValueError as e:
         problems.append(f"Settings: {e}")

@@ -39,14 +39,15 @@ left, right = st.columns([3, 2])
 with left:
     st.markdown("**Drift across the RFT checkpoints** (measured when the world was built: greedy decoding of the "
                 "whole CoT on the held-out studies, not the explorer's teacher-forced probe)")
-    table = charts.drift_table(metrics)
+    extra = world.chart_metrics()  # the world's own figures (its plug-in)
+    table = charts.drift_table(metrics, extra)
     if table.empty:
         st.info("This world records no drift table yet; score it in the drift explorer.")
     else:
-        st.plotly_chart(charts.drift_over_steps(table), key="drift_over_steps")
+        st.plotly_chart(charts.drift_over_steps(table, extra), key="drift_over_steps")
         st.dataframe(table, hide_index=True, key="drift_table",
                      column_config={c: st.column_config.NumberColumn(label, format="%.3f")
-                                    for c, (label, *_) in charts.DRIFT_SERIES.items()})
+                                    for c, (label, *_) in charts.series_of(extra).items()})
 with right:
     st.markdown("**Checkpoint series**")
     st.dataframe(pd.DataFrame(summary["checkpoints"]), hide_index=True, key="checkpoints")

@@ -23,7 +23,6 @@ st.caption("Repair detrimental drift with Counterfactual Preference Optimization
 
 ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
 world = ui.current_world()
-SAMPLE_SET = "the sample preference set (SFT split)"
 OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
               "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
               "sft": "SFT baseline: NLL on the chosen side only"}
@@ -53,13 +52,14 @@ with ui.controls("Launch a run", expanded=True):
     negatives = c3.radio("Rejected side", ["counterfactual", "random"], horizontal=True, key="run_negatives",
                          help="random: another study's chain of thought with a different answer (the paper's "
                               "'DPO with random negatives' baseline, built from the same pairs)")
-    snaps = [s for s in snapshots.snapshots(ws.store) if s.format == "trl"]
-    sources = ([f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + [SAMPLE_SET] + ["a TRL preference file"])
+    snaps = [s for s in snapshots.snapshots(ws.store) if snapshots.trainable(s)]
+    plugin = world.plugin if world else None  # a world's own preference set and default lr (its plug-in)
+    own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
+    sources = [f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + own + ["a TRL preference file"]
     # the user's choice survives other pages; the default is never a snapshot too small to train on
     chosen = st.session_state.get("run_data", st.session_state.get(state.RUN_DATA))
     st.session_state["run_data"] = chosen if chosen in sources else next(
-        (label for s, label in zip(snaps, sources) if s.row_count >= cpo.MIN_PAIRS),
-        SAMPLE_SET if world and "build_config" in world.manifest else sources[0])
+        (label for s, label in zip(snaps, sources) if s.row_count >= cpo.MIN_PAIRS), own[0] if own else sources[0])
     data_choice = st.selectbox("Preference data", sources, key="run_data",
                                help=f"curation exports (TRL format) appear here as snapshots; one with fewer than "
                                     f"{cpo.MIN_PAIRS} pairs is never pre-selected")
@@ -68,9 +68,8 @@ with ui.controls("Launch a run", expanded=True):
     if data_choice.startswith("snapshot: "):
         snap = snaps[sources.index(data_choice)]
         data, snapshot = str(snap.path / "train.jsonl"), snap.name
-    elif data_choice == SAMPLE_SET:
-        data = resources.sample_preferences(str(world.root), str(ws.uploads_dir / f"pairs-{world.fingerprint()}.jsonl")) \
-            if world else None
+    elif data_choice in own:
+        data = resources.world_preferences(str(world.root), str(ws.uploads_dir / f"pairs-{world.fingerprint()}.jsonl"))
     else:
         data = st.text_input("Preference file (JSONL: prompt, chosen, rejected[, source, weight])", key="run_file").strip() or None
         for refused in refused_paths([data], data_roots(ws.store, world and world.root)):  # existence not told
@@ -79,10 +78,10 @@ with ui.controls("Launch a run", expanded=True):
     c1, c2, c3, c4 = st.columns(4)
     defaults = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cpo.TrainConfig)
                                   if f.default is not dataclasses.MISSING})
-    if world and "build_config" in world.manifest:  # a demo world: its tuned default (core.sample.preferences)
-        from core.sample.preferences import SAMPLE_LEARNING_RATE
-
-        defaults.learning_rate = SAMPLE_LEARNING_RATE
+    defaults.learning_rate = getattr(plugin, "learning_rate", defaults.learning_rate)
+    start_info = next((c for c in world.checkpoints if c.name == start), None) if world else None
+    if start_info is not None and start_info.training.get("lora_rank"):  # the run continues that adapter: same r
+        defaults.lora_r = int(start_info.training["lora_rank"])
     max_steps = c1.number_input("Max steps", 1, 100_000, defaults.max_steps, key="run_steps")
     lr = c2.number_input("Learning rate", 1e-7, 1e-1, defaults.learning_rate, format="%.1e", key="run_lr")
     batch = c3.number_input("Batch size", 1, 1024, defaults.batch_size, key="run_batch")
@@ -205,5 +204,6 @@ if finished:
     first = finished[-1]
     before = runs.start_metrics(first.world, first.config.get("init_adapter")) if first.world else None
     table = runs.comparison(finished, before)
-    ui.figure(charts.run_comparison(table), "runs-compare", "runs-comparison")
+    extra = resources.load_world(first.world).chart_metrics() if first.world and Path(first.world).is_dir() else {}
+    ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison")
     ui.table(table, "runs-compare-table", "runs-comparison")

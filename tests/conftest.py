@@ -75,3 +75,15 @@ def browser():
         b = p.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="session")
+def foreign_run(tmp_path_factory) -> dict:
+    """A run made the way users make one (TRL SFTTrainer, LoRA, ``save_steps``; see tests/foreign.py), with the
+    same adapters rearranged in ms-swift's layout (``swift``: its ``output/`` folder). A few seconds."""
+    import foreign
+
+    root = tmp_path_factory.mktemp("foreign")
+    run = foreign.make_trl_run(root)
+    run["swift"] = foreign.make_swift_layout(run["run"], run["base"], root / "swift")
+    return run

@@ -6,12 +6,14 @@ Run with ``workbench demo`` (or ``streamlit run workbench/app.py``).
 import streamlit as st
 
 from workbench import auth, resources, routes, state
+from workbench import ui
 
 st.set_page_config(page_title="CoT Drift Workbench", page_icon=":material/timeline:", layout="wide")
 auth.gate()  # a server started with --host for other machines asks for its token before any page renders
 state.init()
 
 with st.sidebar:
+    ui.world_picker()
     st.toggle("Presentation mode", key=state.PRESENTATION, help="Larger type, controls tucked away: for a projector.")
     st.segmented_control("Figure downloads", ["png", "svg"], key=state.FIG_FORMAT,
                          help="what the camera button on each chart saves; every chart also offers interactive HTML")

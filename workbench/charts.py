@@ -15,27 +15,30 @@ from plotly.subplots import make_subplots
 # top label, teacher-forced at the end of the given CoT (an analysis's summary).
 GREEDY_ACCURACY = "accuracy, greedy decoding of the whole CoT"
 PROBE_ACCURACY = "probe accuracy, teacher-forced answer after the given CoT"
-DRIFT_SERIES = {
+DRIFT_SERIES = {  # every world's held-out figures (core.evaluation); a world's plug-in adds its own (extra=)
     "accuracy": (GREEDY_ACCURACY, "#2a9d8f", "solid"),
     "perturbed_accuracy": ("perturbed accuracy (greedy decoding)", "#264653", "dot"),
     "flip_rate": ("flip rate (near-synonym swap)", "#e76f51", "solid"),
-    "opacity_to_lung_opacity": ('shortcut: "opacity" → Lung Opacity', "#d62828", "dash"),
-    "rare_class_accuracy": ("rare-class accuracy (beneficial)", "#457b9d", "dash"),
 }
 
 
-def drift_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per checkpoint, the columns of ``DRIFT_SERIES`` in order."""
+def series_of(extra: dict | None = None) -> dict:
+    """``DRIFT_SERIES`` followed by a world's own figures (``World.chart_metrics()``)."""
+    return {**DRIFT_SERIES, **(extra or {})}
+
+
+def drift_table(rows: list[dict], extra: dict | None = None) -> pd.DataFrame:
+    """One row per checkpoint, the columns of ``series_of(extra)`` in order."""
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=["checkpoint", "step", *DRIFT_SERIES])
-    return df[["checkpoint", "step", *[c for c in DRIFT_SERIES if c in df]]].sort_values("step")
+        return pd.DataFrame(columns=["checkpoint", "step", *series_of(extra)])
+    return df[["checkpoint", "step", *[c for c in series_of(extra) if c in df]]].sort_values("step")
 
 
-def drift_over_steps(df: pd.DataFrame) -> go.Figure:
-    """Lines over the RFT step axis, one per figure in ``DRIFT_SERIES`` present in ``df``."""
+def drift_over_steps(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
+    """Lines over the RFT step axis, one per figure in ``series_of(extra)`` present in ``df``."""
     fig = go.Figure()
-    for col, (label, color, dash) in DRIFT_SERIES.items():
+    for col, (label, color, dash) in series_of(extra).items():
         if col in df:
             fig.add_trace(go.Scatter(x=df["step"], y=df[col], name=label, mode="lines+markers",
                                      line={"color": color, "dash": dash}, customdata=df["checkpoint"],
@@ -285,11 +288,11 @@ def run_curves(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def run_comparison(df: pd.DataFrame) -> go.Figure:
-    """Runs side by side on the held-out sets: accuracy, perturbed accuracy, flip rate, shortcut share."""
-    bars = [("accuracy", GREEDY_ACCURACY, "#2a9d8f"), ("perturbed_accuracy", "perturbed accuracy (greedy decoding)", "#264653"),
-            ("flip_rate", "flip rate (near-synonym swap)", "#e76f51"),
-            ("opacity_to_lung_opacity", 'shortcut "opacity" → Lung Opacity', "#d62828")]
+def run_comparison(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
+    """Runs side by side on the held-out set: accuracy, perturbed accuracy, flip rate, malformed answers and
+    the world's own figures (``extra``, e.g. the sample world's shortcut share)."""
+    bars = [(col, label, color) for col, (label, color, _) in
+            {**DRIFT_SERIES, "malformed": ("malformed answers", "#8d99ae", "solid"), **(extra or {})}.items()]
     names = [_esc(r) for r in df["run"]]
     fig = go.Figure()
     for col, label, color in bars:

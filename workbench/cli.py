@@ -6,6 +6,8 @@
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
     workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
+    workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
+    workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
     accelerate launch -m workbench.cli train --config run.json   # the same on several GPUs or with DeepSpeed
 """
 
@@ -116,6 +118,8 @@ def _analysis_config(args: argparse.Namespace):
                                   dtype=args.dtype).items() if v is not None}
     if getattr(args, "cot_only", False):
         opts["include_prompt"] = False
+    if getattr(args, "no_chat_template", False):
+        opts["chat_template"] = False
     try:
         if args.world:
             return AnalysisConfig.from_world(args.world, args.dataset, **opts)
@@ -237,10 +241,55 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         progress(1, 1, "evaluating on the held-out sets")
         evaluation = runs.evaluate_adapter(args.evaluate, result.adapter_dir, args.evaluate_limit)
+        if evaluation is None:
+            print(f"workbench: {args.evaluate} has no held-out set (world.json: evaluation); not evaluated")
+            return 0
         if args.evaluate_limit:
             evaluation["held_out_limit"] = args.evaluate_limit  # not comparable with full-set figures
         path = runs.write_evaluation(cfg.output_dir, evaluation)
-        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()) + f" (in {path})")
+        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
+              + f" (in {path})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from core import runs
+
+    world = world_mod.load_world(args.world)
+    if args.record and world.root == world_mod.SAMPLE_WORLD.resolve():
+        raise InputError(f"{world.root}: the sample world's metrics.json is its recorded build table; not rewritten")
+    by_name = {c.name: c for c in world.checkpoints}
+    rows = []
+    for name in args.checkpoint or ["base", *by_name]:
+        info = by_name.get(name)
+        path = None if name == "base" else (info.path if info else Path(name))
+        if path is not None and not Path(path).is_dir():
+            raise InputError(f"--checkpoint {name}: not a checkpoint of {world.root} (known: {', '.join(by_name)})")
+        figures = runs.evaluate_adapter(world.root, path, args.limit)
+        if figures is None:
+            raise InputError(f"{world.root}: no held-out set (world.json: evaluation; `world create --eval FILE`)")
+        rows.append({"checkpoint": "base (SFT)" if name == "base" else name, "step": info.step if info else 0,
+                     **figures})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.record:
+        path = world_mod.record_metrics(world, rows)
+        print(f"workbench: recorded in {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_world_create(args: argparse.Namespace) -> int:
+    ws = Workspace.open(args.workspace)
+    world = world_mod.create_world(world_mod.world_dir(ws.root, args.name), args.name, args.base, args.checkpoints,
+                                   args.data, args.graph, args.eval)
+    ws.store.register_world(world.name, world.root, world.fingerprint())
+    for note in world.manifest.get("notes", []):
+        print(f"workbench: warning: {note}", file=sys.stderr)
+    steps = ", ".join(f"{c.name} (step {c.step})" for c in world.checkpoints) or "none"
+    print(f"workbench: world {world.name!r} in {world.root}\nworkbench: checkpoints: {steps}\n"
+          f"workbench: datasets: {', '.join(world.manifest['datasets'])}\n"
+          f"workbench: open it with: workbench app --world {world.root}")
     return 0
 
 
@@ -273,6 +322,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=int, help="first N trajectories only")
         p.add_argument("--device", choices=["cuda", "cpu", "mps"])
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--no-chat-template", action="store_true",
+                       help="encode conversations as plain prompt text, not through the tokenizer's chat template")
 
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
     series_args(p)
@@ -300,6 +351,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", type=expand, metavar="WORLD",
                    help="afterwards, answer this world's held-out sets with the new adapter (evaluation.json)")
     p.add_argument("--evaluate-limit", type=int, help="with --evaluate: the first N held-out studies only")
+    p = sub.add_parser("evaluate", help="a world's held-out figures for its base and checkpoints (JSON lines)")
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--checkpoint", action="append", help="checkpoint name or folder (repeatable; default: all and the base)")
+    p.add_argument("--limit", type=int, help="the first N held-out studies only")
+    p.add_argument("--record", action="store_true",
+                   help="keep the figures as the world's metrics.json (the Home page's drift table, the runs page's "
+                        "'before' row); not for the sample world")
+    p = sub.add_parser("world", help="register your own run as a world (then: workbench app --world DIR)")
+    w = p.add_subparsers(dest="world_command", required=True).add_parser(
+        "create", help="a world from your base model, checkpoint series, trajectories, graph and held-out set")
+    w.add_argument("--name", required=True, help="the world's name (also its folder under <workspace>/worlds/)")
+    w.add_argument("--base", type=Path, required=True, help="base model folder (config.json, weights, tokenizer)")
+    w.add_argument("--checkpoints", type=Path, nargs="*", default=[],
+                   help="trainer output folders (TRL checkpoint-N/, ms-swift output/) or checkpoint folders, in order")
+    w.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="trajectory files: JSONL/JSON (prompt/completion, messages, CCF), parquet, datasets folder")
+    w.add_argument("--graph", type=Path, help="concept graph JSON (default: a copy of the sample graph, to edit)")
+    w.add_argument("--eval", type=Path, help="held-out labelled trajectories for evaluating checkpoints and runs")
+    w.add_argument("--workspace", type=Path, default=None, help="the workspace that keeps the world")
     p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
     p.add_argument("--out", type=expand, default=world_mod.SAMPLE_WORLD)
     p.add_argument("--seed", type=int, default=0)
@@ -335,6 +405,10 @@ def _main(argv: list[str] | None = None) -> int:
             return cmd_perturb(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "world":
+            return cmd_world_create(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

@@ -127,7 +127,8 @@ def dataset(path: str, name: str) -> list[dict]:
 def model_series(path: str, fingerprint: str) -> ModelSeries:
     """A world's base model with its checkpoint series, loaded once and shared by every session."""
     w = world.load_world(path)
-    return series(str(w.base_model_dir), str(w.root / w.manifest["checkpoints"]), None, None,
+    arg = w.checkpoints_arg
+    return series(str(w.base_model_dir), tuple(arg) if isinstance(arg, list) else arg, None, None,
                   (w.manifest.get("base_model_name", w.base_model_dir.name),))
 
 
@@ -172,9 +173,8 @@ def preflight(cfg):
     return dataclasses.replace(cpo.preflight(cfg), records=[], encoded=[])
 
 
-@st.cache_resource(show_spinner="Building the sample preference set from the SFT split…")
-def sample_preferences(world_root: str, out: str) -> str:
-    """A demo world's default preference file (counterfactual pairs from its SFT split), built once."""
-    from core.sample.preferences import SAMPLE_PAIRS, build_preferences
-
-    return str(build_preferences(world_root, out, n=SAMPLE_PAIRS))
+@st.cache_resource(show_spinner="Building the world's preference set…")
+def world_preferences(world_root: str, out: str) -> str:
+    """A world's own preference file (its plug-in's ``preference_set``, e.g. the sample world's pairs), built once."""
+    world = load_world(world_root)
+    return world.plugin.preference_set(world, out)

@@ -11,6 +11,7 @@ from core import world
 from core.workspace import ENV_VAR
 
 WORLD_PATH = "world_path"
+NEXT_WORLD = "_next_world"  # a world a page just created: the sidebar's picker opens it on the next run
 WORKSPACE_PATH = "workspace_path"
 PRESENTATION = "presentation_mode"
 FIG_FORMAT = "figure_format"  # png | svg: what a chart's camera button downloads

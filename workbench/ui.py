@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -126,6 +127,22 @@ def branch_comparison(analysis, branches: dict) -> None:
     with right:
         st.markdown("**CoT tokens whose log-probability moved most** (repaired minus start)")
         table(cmp.tokens, "branch-tokens", f"tokens-{name}")
+
+
+def world_picker() -> None:
+    """The sidebar's world picker: the sample world, the workspace's own worlds and those opened before."""
+    from core import world
+    from workbench import resources
+
+    if state.NEXT_WORLD in st.session_state:  # set by a page that created a world (before this widget exists)
+        st.session_state[state.WORLD_PATH] = st.session_state.pop(state.NEXT_WORLD)
+    ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
+    options = [str(p) for p in world.known_worlds(ws.root, ws.store)]
+    if st.session_state[state.WORLD_PATH] not in options:
+        options.insert(0, st.session_state[state.WORLD_PATH])
+    st.selectbox("World", options, key=state.WORLD_PATH, format_func=lambda p: Path(p).name,
+                 help="the sample world and your own (Checkpoints page: Local folders -> Keep these as a world; "
+                      "or `workbench world create`)")
 
 
 def current_world(note: str = ""):

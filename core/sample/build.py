@@ -156,6 +156,7 @@ def _manifest(cfg: BuildConfig, data: dict, rows: list[dict], seconds: float) ->
         "base_model": "model", "base_model_name": BASE_MODEL_NAME, "checkpoints": "rft", "concept_graph": "concept_graph.json",
         "datasets": {name: {"path": f"data/{name}.jsonl", "records": len(recs)} for name, recs in data.items()},
         "default_dataset": "test", "metrics": "metrics.json",
+        "evaluation": {"held_out": "test", "perturbed": "test_perturbed"}, "plugin": "core.sample.plugin",
         "build_config": asdict(cfg), "build_seconds": round(seconds, 1),
         "torch_version": torch.__version__,
     }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from core.counterfactual import answer_of as parse_answer  # noqa: F401 - the disease after </think>, or None
+from core.answers import answer_of as parse_answer  # noqa: F401 - the disease after </think>, or None
 from core.sample import spec
 
 ANSWER_PREFIX = "The disease of this patient is "

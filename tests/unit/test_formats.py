@@ -176,12 +176,13 @@ def test_hf_folder_loads_with_datasets_and_splits_by_study(store, tmp_path):
 
 def test_weights_average_one_over_the_rows():
     rows = [{"source": s} for s in ("thinking", "thinking", "perception", "other")]
-    w = [r["weight"] for r in snapshots.weighted_rows(rows, {"thinking": 2.0, "perception": 1.0, "other": 0.0})]
-    assert w == [1.6, 1.6, 0.8, 0.0] and sum(w) / len(w) == pytest.approx(1.0)
+    w = [r["weight"] for r in snapshots.weighted_rows(rows, {"thinking": 2.0, "perception": 1.0, "other": 0.5})]
+    assert w == [1.454545, 1.454545, 0.727273, 0.363636] and sum(w) / len(w) == pytest.approx(1.0)
 
 
 def test_export_config_is_validated():
-    for bad in ({"format": "csv"}, {"test_fraction": 1.0}, {"weights": {"a": -1}}, {"name": "../x"}):
+    for bad in ({"format": "csv"}, {"test_fraction": 1.0}, {"weights": {"a": -1}}, {"weights": {"a": 0}},
+                {"name": "../x"}):
         with pytest.raises(ValueError):
             ExportConfig(**bad)
 

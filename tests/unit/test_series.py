@@ -130,13 +130,17 @@ def _copy_ckpt(quick_world, tmp_path):
     return run, run / "checkpoint-2"
 
 
-def test_adapter_for_another_base_is_named(quick_world, tmp_path):
+def test_adapter_naming_its_base_otherwise_is_a_warning_not_a_refusal(quick_world, tmp_path):
     run, ck = _copy_ckpt(quick_world, tmp_path)
     cfg = json.loads((ck / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = "Qwen/Qwen2.5-7B"
     (ck / "adapter_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(InputError, match="adapter_config.json: base_model_name_or_path 'Qwen/Qwen2.5-7B'"):
-        load_series(quick_world / "model", run, base_names=["cxr-demo-tiny-llama"])
+    with pytest.warns(UserWarning, match="adapter_config.json: base_model_name_or_path 'Qwen/Qwen2.5-7B'"):
+        s = load_series(quick_world / "model", run, base_names=["cxr-demo-tiny-llama"])
+    assert s.names == [BASE, "checkpoint-2"] and "Qwen/Qwen2.5-7B" in s.warnings[0]
+    cfg["base_model_name_or_path"] = "/cluster/people/x/models/Qwen2.5-7B/"  # a path whose last part is the name
+    (ck / "adapter_config.json").write_text(json.dumps(cfg))
+    assert not load_series(quick_world / "model", run, base_names=["Qwen2.5-7B"]).warnings
 
 
 def test_adapter_with_wrong_shapes_is_named(quick_world, tmp_path):

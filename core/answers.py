@@ -1,0 +1,91 @@
+"""The answer format: the one place that knows how a completion states its final answer.
+
+A completion is ``<think> CoT </think> ANSWER``. By default ANSWER is the authors' sentence "The disease of
+this patient is X." or a bare answer ("X", "X.") after ``</think>``; a world can name another pattern
+(``world.json``: ``"answer_format": {"pattern": "...(?P<answer>...)...", "template": " ... "}``)::
+
+    fmt = AnswerFormat()                      # the defaults
+    fmt.parse("<think> ... </think> The disease of this patient is Edema.")   # "Edema"
+    fmt.parse("<think> ... </think> Edema")                                   # "Edema" (bare)
+    fmt.find("... </think> maybe Edema or Pneumonia", ["Edema", "Pneumonia"])  # "Pneumonia" (the last named)
+    fmt.render("Edema")                       # "The disease of this patient is Edema."
+
+Every reader of answers (counterfactuals, formats, the probe's template, perturbation, the sample world's
+reward and evaluation) goes through here, so a world with another answer sentence changes one setting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from core.errors import InputError
+
+THINK_END = "</think>"
+MAX_BARE_WORDS = 8  # a bare answer is a label, not a sentence: longer tails are not read as one
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    pattern: str = r"The disease of this patient is (?P<answer>.+?)\.?\s*$"  # searched in the text after </think>
+    sentence: str = "The disease of this patient is {}."  # how an answer is written (counterfactuals, exports)
+    template: str = " </think> The disease of this patient is"  # what the probe appends before a label
+    bare: bool = True  # also read a bare answer after </think> when the pattern does not match
+
+    def __post_init__(self):
+        try:
+            compiled = re.compile(self.pattern)
+        except re.error as e:
+            raise InputError(f"answer_format.pattern: not a regular expression ({e})") from None
+        if "answer" not in compiled.groupindex and compiled.groups < 1:
+            raise InputError("answer_format.pattern: expected a group (?P<answer>...) that captures the answer")
+        if "{}" not in self.sentence:
+            raise InputError("answer_format.sentence: expected '{}' where the answer goes")
+        if not self.template.strip():
+            raise InputError("answer_format.template: expected the text that introduces the answer")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "answer_format") -> AnswerFormat:
+        if not data:
+            return cls()
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected an object with pattern / sentence / template / bare")
+        unknown = sorted(set(data) - set(asdict(cls())))
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {unknown}; expected pattern, sentence, template, bare")
+        return cls(**data)
+
+    def parse(self, text: str) -> str | None:
+        """The answer a completion gives (the pattern's group, else a bare one after ``</think>``), or None."""
+        tail = text.split(THINK_END)[-1].strip()
+        m = re.search(self.pattern, tail)
+        if m:
+            return (m.group("answer") if "answer" in m.re.groupindex else m.group(1)).strip()
+        if not self.bare or THINK_END not in text or not tail or "\n" in tail:
+            return None
+        bare = tail.rstrip(".").strip()
+        intro = self.template.replace(THINK_END, "").strip().lower()
+        if not bare or len(bare.split()) > MAX_BARE_WORDS or (intro and bare.lower().startswith(intro[:12])):
+            return None  # a sentence, or the answer sentence cut short: malformed, not a bare answer
+        return bare
+
+    def find(self, text: str, labels: list[str]) -> str | None:
+        """The label named last after ``</think>`` (anywhere, without one); None if no label is named."""
+        tail = text.split(THINK_END)[-1]
+        hits = [(m.start(), len(y), y) for y in labels for m in re.finditer(rf"(?<![\w]){re.escape(y)}(?![\w])", tail)]
+        return max(hits)[2] if hits else None
+
+    def render(self, answer: str) -> str:
+        return self.sentence.format(answer)
+
+
+DEFAULT = AnswerFormat()
+
+
+def answer_of(text: str, fmt: AnswerFormat = DEFAULT) -> str | None:
+    """The answer ``text`` gives under ``fmt`` (default: the authors' sentence or a bare answer)."""
+    return fmt.parse(text)
+
+
+def find_answer(text: str, labels: list[str], fmt: AnswerFormat = DEFAULT) -> str | None:
+    return fmt.find(text, labels)

@@ -1,0 +1,104 @@
+"""AppTests on a world of your own (a TRL-made run): the Checkpoints page's series and world controls, the
+sidebar's world picker, and the pages that must work on it without any sample-world special case."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import world as world_mod
+from tests.conftest import ROOT
+from workbench import state
+
+
+def series_table(at):
+    """The checkpoint table (st.dataframe without selection keeps no key in AppTest)."""
+    return next(d.value for d in at.dataframe if "objective" in d.value.columns)
+
+
+def page(name: str, world, workspace) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=120)
+    at.session_state[state.WORLD_PATH] = str(world)
+    at.session_state[state.WORKSPACE_PATH] = str(workspace)
+    return at
+
+
+@pytest.fixture(scope="module")
+def own_world(foreign_run, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    w = world_mod.create_world(world_mod.world_dir(ws, "trl run"), "trl run", foreign_run["base"],
+                               [foreign_run["run"]], [foreign_run["train"]], held_out=foreign_run["heldout"])
+    return ws, w.root
+
+
+def test_checkpoints_page_shows_training_facts_and_the_base_name_warning_then_keeps_a_world(
+        sample_world, foreign_run, tmp_path):
+    at = page("checkpoints", sample_world, tmp_path / "ws")
+    at.run()
+    at.radio(key="ck_source").set_value("Local folders").run()
+    at.text_input(key="ck_base").input(str(foreign_run["base"])).run()
+    at.text_input(key="ck_series").input(str(foreign_run["swift"])).run()
+    assert not at.exception
+    table = series_table(at)
+    assert list(table["checkpoint"]) == ["checkpoint-2", "checkpoint-4", "checkpoint-4-merged"]
+    assert list(table["objective"]) == ["sft"] * 3 and table["LoRA r"].iloc[0] == 4 and table["lr"].iloc[0] == 5e-3
+    assert any("base_model_name_or_path" in w.value and "loaded anyway" in w.value for w in at.warning)
+    assert [e.value for e in at.error] == ["Choose the trajectories to analyse."]  # a warning, not a refusal
+    at.radio(key="ck_data_kind").set_value("A JSONL file").run()
+    at.text_input(key="ck_data").input(str(foreign_run["train"])).run()
+    assert at.button(key="ck_run") and not at.exception
+    at.text_input(key="ck_world_name").input("from the page").run()
+    at.text_input(key="ck_world_eval").input(str(foreign_run["heldout"])).run()
+    at.button(key="ck_world_create").click().run()
+    assert not at.exception and not at.error
+    created = world_mod.load_world(tmp_path / "ws" / "worlds" / "from-the-page")
+    assert [c.name for c in created.checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-4-merged"]
+    assert at.session_state[state.NEXT_WORLD] == str(created.root)
+
+
+def test_the_world_picker_lists_and_opens_your_own_world(own_world, monkeypatch):
+    ws, root = own_world
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws))
+    at = AppTest.from_file(str(ROOT / "workbench" / "app.py"), default_timeout=60)
+    at.run()
+    picker = at.selectbox(key=state.WORLD_PATH)
+    assert picker.options == ["sample_data", "trl-run"]  # shown by folder name
+    picker.set_value(str(root)).run()
+    assert not at.exception
+    assert at.subheader[0].value == "trl run"
+
+
+def test_home_and_checkpoints_work_on_your_own_world(own_world):
+    ws, root = own_world
+    at = page("home", root, ws)
+    at.run()
+    assert not at.exception and at.subheader[0].value == "trl run"
+    at = page("checkpoints", root, ws)
+    at.run()
+    assert not at.exception
+    assert list(series_table(at)["checkpoint"]) == ["checkpoint-2", "checkpoint-4"]
+    datasets = at.selectbox(key="ck_dataset").options
+    assert any("train" in d for d in datasets) and any("held_out" in d for d in datasets)
+
+
+def test_runs_page_on_your_own_world_has_no_sample_world_defaults(own_world):
+    ws, root = own_world
+    at = page("runs", root, ws)
+    at.run()
+    assert not at.exception
+    assert not any("sample" in o for o in at.selectbox(key="run_data").options)
+    assert at.number_input(key="run_lr").value == pytest.approx(2e-5)  # the authors' default, not the demo's
+
+
+@pytest.mark.parametrize("name", ["explorer", "perturbation", "graph_editor", "counterfactuals", "curation"])
+def test_every_other_page_opens_on_your_own_world(own_world, name):
+    ws, root = own_world
+    at = page(name, root, ws)
+    at.run()
+    assert not at.exception, name
+
+
+def test_counterfactuals_page_rewrites_a_conversational_trajectory_of_your_own_world(own_world):
+    ws, root = own_world
+    at = page("counterfactuals", root, ws)
+    at.run()
+    assert at.selectbox(key="cf_dataset").value == "train" and len(at.selectbox(key="cf_record").options) == 24
+    assert not at.exception
