@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from core import answers, concepts
-from core.answers import answer_of  # noqa: F401 - re-exported: counterfactuals read answers the one way
+from core.answers import answer_of
 from core.errors import InputError
 
 ANSWER_RE = re.compile(answers.DEFAULT.pattern)  # kept for old importers; core.answers is the one home

@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from core import jsonsafe
 from core.answers import DEFAULT as ANSWER_FORMAT
-from core.answers import answer_of  # noqa: F401  (re-exported: formats read answers the one way)
+from core.answers import answer_of
 from core.errors import InputError
 
 IMPORT_FORMATS = ("ccf", "trl", "swift")

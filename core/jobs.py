@@ -275,7 +275,7 @@ def lock_folder(folder: str | Path, what: str = "folder"):
     import fcntl
 
     path = Path(folder) / LOCK_FILE
-    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the process's lifetime
+    f = open(path, "a+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

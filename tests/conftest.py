@@ -14,9 +14,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
-import pytest  # noqa: E402
+import pytest
 
-from core.world import SAMPLE_WORLD  # noqa: E402
+from core.world import SAMPLE_WORLD
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ def test_bad_json_line_is_named(tmp_path):
 
 
 def test_missing_field_is_named(tmp_path):
-    with pytest.raises(InputError, match=r"line 2: field 'completion' must be a non-empty string"):
+    with pytest.raises(InputError, match=r"line 2: missing field 'completion'"):
         read_jsonl(_write(tmp_path, [json.dumps({"prompt": "p", "completion": "c"}), json.dumps({"prompt": "p"})]))
 
 
