@@ -21,7 +21,8 @@ import pandas as pd
 from core import concepts, drift
 from core.cache import cache_key, cached_frame, file_hash, swap_in_folder, write_parquet
 from core.probe import POSITION_MODES, ProbeConfig, probe
-from core.scoring import Progress, ScoreConfig, score
+from core.progress import Progress
+from core.scoring import ScoreConfig, score
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
 from core.trajectories import encode, read_jsonl
 

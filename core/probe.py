@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 
 from core.errors import InputError
-from core.scoring import Cancelled, Progress
+from core.forward import head, hidden_states
+from core.progress import Cancelled, Progress
 from core.series import ModelSeries
 from core.trajectories import Encoded
 
@@ -157,21 +158,6 @@ class _Batch:
             out.append(sums[k: k + p * n].reshape(p, n))
             k += p * n
         return out
-
-
-def _inner(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def hidden_states(model, ids: torch.Tensor, pos: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states without the LM head (which would cost L x V per row).  -> (B, L, H)"""
-    decoder = _inner(model).get_decoder()
-    return decoder(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
-
-
-def head(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head on selected hidden states.  (N, H) -> (N, V)"""
-    return _inner(model).get_output_embeddings()(hidden)
 
 
 def labels_of(encoded: list[Encoded], cfg: ProbeConfig) -> list[str]:

@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.forward import decoder, head, hidden_states
 from core.memory import pin_mmap_threshold
+from core.progress import Cancelled, Progress  # noqa: F401 - re-exported for older callers
 from core.series import ModelSeries
 from core.trajectories import Encoded, vocab_texts
 
-Progress = Callable[[int, int, str], None]  # (done, total, message)
 
 
 @dataclass
@@ -47,10 +48,6 @@ class ScoreConfig:
             raise ValueError(f"top_k: expected 0..50, got {self.top_k}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
-
-
-class Cancelled(RuntimeError):
-    """Raised when the caller's ``should_cancel`` returned True; nothing partial is returned."""
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -144,9 +141,7 @@ def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: lis
     The LM head runs on the completion rows only (the prompt's rows would cost T x V for nothing). With
     ``shared`` (see ``shared_prefix``) of at least MIN_SHARED tokens, the common prefix (a system prompt,
     an instruction) is encoded once and its KV cache repeated over the batch, so it costs one row, not B."""
-    from core.probe import _inner, head, hidden_states
-
-    hidden = _after_shared_prefix(_inner(model).get_decoder(), ids, mask, shared) if shared >= MIN_SHARED else None
+    hidden = _after_shared_prefix(decoder(model), ids, mask, shared) if shared >= MIN_SHARED else None
     if hidden is None:
         shared, hidden = 0, hidden_states(model, ids, None, mask)  # (B, T, H)
     width = ids.shape[1] - shared

@@ -122,7 +122,7 @@ def _progress_bar(desc: str):
 def cmd_score(args: argparse.Namespace) -> int:
     from core.analysis import run_analysis
     from core.jobs import CANCELLED, cancel_flag
-    from core.scoring import Cancelled
+    from core.progress import Cancelled
 
     cfg = _analysis_config(args)
     cache = Workspace.open(args.workspace).cache_dir if not args.no_cache else None
@@ -146,7 +146,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     from core.cache import write_parquet
     from core.jobs import CANCELLED, cancel_flag
     from core.perturb import perturbation_summary, perturbation_test
-    from core.scoring import Cancelled
+    from core.progress import Cancelled
     from core.series import load_series
     from core.trajectories import read_jsonl
 
