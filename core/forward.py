@@ -28,3 +28,24 @@ def hidden_states(model, ids: torch.Tensor, pos: torch.Tensor | None, mask: torc
 def head(model, hidden: torch.Tensor) -> torch.Tensor:
     """The LM head on selected hidden states.  (N, H) -> (N, V)"""
     return inner(model).get_output_embeddings()(hidden)
+
+
+CHUNK_BYTES = 32 << 20  # CPU: each (rows, V) float32 temporary stays below this
+CUDA_CHUNK_BYTES = 256 << 20  # GPU: few, large chunks (small ones would cost a kernel launch per few rows)
+
+
+def chunk_rows(vocab: int, device: torch.device | str) -> int:
+    """Rows per chunk of (rows, V) float32 work, sized for the device."""
+    budget = CHUNK_BYTES if torch.device(device).type == "cpu" else CUDA_CHUNK_BYTES
+    return max(1, budget // (4 * vocab))
+
+
+def token_logprobs(model, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) of each row, through the LM head in row chunks with a logsumexp per chunk: no (R, V)
+    log-softmax is ever whole.  hidden (R, H), tokens (R,) -> (R,) float32"""
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    size = chunk_rows(inner(model).get_output_embeddings().weight.shape[0], hidden.device)
+    for a in range(0, hidden.shape[0], size):
+        logits = head(model, hidden[a: a + size]).float()  # (n, V)
+        out[a: a + size] = logits.gather(-1, tokens[a: a + size, None]).squeeze(-1) - logits.logsumexp(-1)
+    return out

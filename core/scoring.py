@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.forward import decoder, head, hidden_states, inner
+from core.forward import chunk_rows, decoder, head, hidden_states, inner
 from core.memory import pin_mmap_threshold
 from core.progress import Cancelled, Progress
 from core.series import ModelSeries
@@ -265,15 +265,7 @@ def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]
     return groups + ([current] if current else [])
 
 
-CHUNK_BYTES = 32 << 20  # CPU: each (rows, V) float32 temporary of the statistics stays below this
-CUDA_CHUNK_BYTES = 256 << 20  # GPU: few, large chunks (small ones would cost a kernel launch per few rows)
 STAT_COLUMNS = ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev")
-
-
-def chunk_rows(vocab: int, device: torch.device | str) -> int:
-    """Rows per statistics chunk: about 6 (rows, V) float32 matrices are alive at once within one chunk."""
-    budget = CHUNK_BYTES if torch.device(device).type == "cpu" else CUDA_CHUNK_BYTES
-    return max(1, budget // (4 * vocab))
 
 
 def _meta(encs: list[Encoded]) -> dict[str, np.ndarray]:
