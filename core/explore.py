@@ -114,20 +114,23 @@ def token_matrix(tokens: pd.DataFrame, effects: pd.DataFrame, traj_id: str, metr
     grid = grid.reindex(index=order, columns=positions)
     directions = eff.pivot_table(index="checkpoint", columns="position", values="direction", aggfunc="first") \
         .reindex(index=order, columns=positions).fillna("")
-    ctx = tok.set_index(["checkpoint", "position"])
-    hover = []
-    for name in order:
-        row = []
-        for p, t in zip(positions, names):
-            try:
-                r = ctx.loc[(name, p)]
-            except KeyError:
-                row.append(repr(t))
-                continue
-            alts = ", ".join(f"{a!r} {q:.3f}" for a, q in zip(r["top_tokens"], r["top_probs"]))
-            row.append(f"{t!r} p={r['prob']:.3f} rank {int(r['rank'])}\ntop: {alts}")
-        hover.append(row)
+    hover = _hover_grid(tok, order, positions, names)
     return TokenMatrix(metric, order, positions, names, grid.to_numpy(dtype=float), hover, directions.to_numpy())
+
+
+def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names: list[str]) -> list[list[str]]:
+    """Per cell: the token, its probability and rank, the top-k alternatives; built column-wise (one string
+    per token row), then placed by a pivot; cells without a score show the token alone."""
+    text = tok["token"].astype(str).map(repr) + " p=" + tok["prob"].map("{:.3f}".format) + \
+        " rank " + tok["rank"].astype(int).astype(str)
+    if "top_tokens" in tok:
+        alts = [", ".join(f"{a!r} {q:.3f}" for a, q in zip(ts, ps)) for ts, ps in zip(tok["top_tokens"], tok["top_probs"])]
+        text = text + "\ntop: " + pd.Series(alts, index=tok.index)
+    grid = tok.assign(hover=text).pivot_table(index="checkpoint", columns="position", values="hover", aggfunc="first")
+    grid = grid.reindex(index=order, columns=positions)
+    plain = np.array([repr(t) for t in names], dtype=object)
+    values = grid.to_numpy(dtype=object)
+    return np.where(pd.isna(values), plain[None, :], values).tolist()
 
 
 def belief_path(beliefs: pd.DataFrame, traj_id: str) -> pd.DataFrame:

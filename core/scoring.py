@@ -96,6 +96,11 @@ def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.
     return out
 
 
+def batch_plan(encoded: list[Encoded], cfg: ScoreConfig) -> list[list[int]]:
+    """The batches ``score_batches`` runs, in order: indices into ``encoded``."""
+    return _batches(encoded, cfg.batch_size)
+
+
 def _batches(encoded: list[Encoded], size: int) -> list[list[int]]:
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     return [order[i: i + size] for i in range(0, len(order), size)]

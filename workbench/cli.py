@@ -90,6 +90,10 @@ def _analysis_config(args: argparse.Namespace):
     if getattr(args, "cot_only", False):
         opts["include_prompt"] = False
     try:
+        if getattr(args, "config", None):  # a saved config (an analysis folder's config.json) runs as it was
+            import dataclasses
+
+            return dataclasses.replace(AnalysisConfig.load(args.config), **opts)
         if args.world:
             return AnalysisConfig.from_world(args.world, args.dataset, **opts)
         if not (args.base and args.data):
@@ -242,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
     series_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the parquet tables and config.json")
+    p.add_argument("--config", type=Path, help="an AnalysisConfig JSON (e.g. an analysis's config.json) instead of "
+                   "the series flags; flags given as well override it")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])
