@@ -33,7 +33,7 @@ TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "
 PER_TRAJECTORY = ("tokens", "beliefs", "effects")  # stored sorted by trajectory, read one trajectory at a time
 SUMMARY_TABLES = tuple(t for t in TABLES if t not in PER_TRAJECTORY)
 TEXTS = "trajectories.jsonl"  # the records scored, so that the folder is self-contained
-ROW_GROUP = 64_000  # rows per parquet row group: a trajectory filter reads few of them
+ROW_GROUP = 8_192  # rows per parquet row group: a trajectory filter decodes few of them
 
 
 @dataclass

