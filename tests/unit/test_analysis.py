@@ -63,7 +63,8 @@ def test_cli_score_writes_the_tables(quick_world, tmp_path):
     out = _cli("--world", str(quick_world), "--limit", "3", "--positions", "end", "--out", str(tmp_path / "o"),
                "--workspace", str(tmp_path / "ws"))
     assert out.returncode == 0, out.stderr
-    assert {p.name for p in (tmp_path / "o").iterdir()} == {f"{t}.parquet" for t in an.TABLES} | {"config.json"}
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {f"{t}.parquet" for t in an.TABLES} | {
+        "config.json", an.TEXTS, "trajectories.parquet", "by_category.parquet"}  # self-contained: texts, ranking
     assert json.loads((tmp_path / "o" / "config.json").read_text())["limit"] == 3
 
 
