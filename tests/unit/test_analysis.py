@@ -165,6 +165,6 @@ def test_cli_score_runs_from_a_saved_config(cfg, tmp_path):
     assert back.tokens["traj_id"].nunique() == 2 and (out / "trajectories.jsonl").is_file()
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    run = subprocess.run([sys.executable, "-m", "workbench.cli", "score", "--config", str(bad), "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "workbench.cli", "score", "--config", str(bad), "--out", str(out),
+                          "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "bad.json" in run.stderr and "not a valid analysis config" in run.stderr
