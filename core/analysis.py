@@ -20,12 +20,25 @@ import numpy as np
 import pandas as pd
 
 from core import concepts, drift
-from core.cache import cache_key, cached_parts, file_hash, part_name, swap_in_folder, write_parquet
+from core.cache import (
+    cache_key,
+    cached_parts,
+    file_hash,
+    part_name,
+    swap_in_folder,
+    write_parquet,
+)
+from core.errors import InputError
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.progress import Progress
 from core.scoring import ScoreConfig, batch_plan, score_batches
-from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
-from core.errors import InputError
+from core.series import (
+    ModelSeries,
+    load_series,
+    load_tokenizer,
+    plan_series,
+    series_fingerprint,
+)
 from core.trajectories import encode, read_jsonl
 
 PATH_FIELDS = ("base", "data", "checkpoints", "graph")

@@ -65,7 +65,7 @@ def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Cal
     if path.is_file():
         try:
             return pd.read_parquet(path)
-        except Exception:  # noqa: BLE001 - an unreadable entry (disk trouble) is recomputed, not fatal
+        except Exception:
             path.unlink(missing_ok=True)
     write_parquet(compute(), path)
     return pd.read_parquet(path)  # the same types on the first call as on every later one
@@ -89,7 +89,7 @@ def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[
     if path.is_file():
         try:
             return pd.read_parquet(path)
-        except Exception:  # noqa: BLE001 - an unreadable entry (disk trouble) is recomputed, not fatal
+        except Exception:
             path.unlink(missing_ok=True)
     folder = Path(cache_dir) / f"{kind}-{key}.parts"
     missing = {n for n in names if not (folder / f"{n}.parquet").is_file()}

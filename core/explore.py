@@ -137,7 +137,7 @@ def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names
         text = text + "\ntop: " + pd.Series(alts, index=tok.index)
     values = _place(tok, text.to_numpy(dtype=object), order, positions, None)
     plain = np.array([repr(t) for t in names], dtype=object)
-    return np.where(values == None, plain[None, :], values).tolist()  # noqa: E711 - elementwise on objects
+    return np.where(values == None, plain[None, :], values).tolist()
 
 
 def belief_path(beliefs: pd.DataFrame, traj_id: str) -> pd.DataFrame:

@@ -88,7 +88,7 @@ def test_scoring_peak_memory_is_under_one_logits_matrix(long_series):
     score(long_series, [_trajectory(long_series, 64)], ScoreConfig(top_k=5, batch_size=1))  # warm-up
     for n in SCORE_LENGTHS:
         e = _trajectory(long_series, n)
-        seconds, peak = _peak_above_baseline(lambda: score(long_series, [e], ScoreConfig(top_k=5, batch_size=1)))
+        seconds, peak = _peak_above_baseline(lambda e=e: score(long_series, [e], ScoreConfig(top_k=5, batch_size=1)))
         t = time.perf_counter()
         for name in long_series.names:
             with long_series.activate(name) as m:

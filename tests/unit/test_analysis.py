@@ -158,7 +158,7 @@ def test_cli_score_runs_from_a_saved_config(cfg, tmp_path):
     saved.write_text(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, limit=2, positions="end"))))
     out = tmp_path / "from-config"
     run = subprocess.run([sys.executable, "-m", "workbench.cli", "score", "--config", str(saved), "--out", str(out),
-                          "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+                          "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     back = an.Analysis.load(out)
     assert back.config == dataclasses.replace(cfg, limit=2, positions="end")
@@ -166,5 +166,5 @@ def test_cli_score_runs_from_a_saved_config(cfg, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     run = subprocess.run([sys.executable, "-m", "workbench.cli", "score", "--config", str(bad), "--out", str(out),
-                          "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+                          "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert run.returncode != 0 and "bad.json" in run.stderr and "not a valid analysis config" in run.stderr

@@ -7,7 +7,18 @@ import pandas as pd
 import pytest
 import torch
 
-from core.scoring import MIN_SHARED, Cancelled, ScoreConfig, _batches, _pad, js, kl, score, shared_prefix, token_stats
+from core.scoring import (
+    MIN_SHARED,
+    Cancelled,
+    ScoreConfig,
+    _batches,
+    _pad,
+    js,
+    kl,
+    score,
+    shared_prefix,
+    token_stats,
+)
 from core.trajectories import encode, read_jsonl
 
 
@@ -172,7 +183,7 @@ def test_every_statistic_equals_whole_distribution_computation(scored, series):
 
 def test_statistics_never_build_a_whole_distribution_matrix(series, sample_world, monkeypatch):
     """With chunks of 3 rows, every LM-head call sees at most 3 rows, and the table is the same."""
-    import core.scoring as scoring
+    from core import scoring
 
     enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=3))
     cfg = ScoreConfig(top_k=3, batch_size=3)
