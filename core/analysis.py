@@ -16,19 +16,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core import concepts, drift
-from core.cache import cache_key, cached_frame, swap_in_folder, write_parquet
-from core.paths import expand, expand_optional, expand_str
+from core.cache import cache_key, cached_parts, part_name, swap_in_folder, write_parquet
 from core.context_check import context_warnings
+from core.errors import InputError
+from core.paths import expand, expand_optional, expand_str
 from core.probe import POSITION_MODES, ProbeConfig, probe
-from core.scoring import Progress, ScoreConfig, score
+from core.progress import Progress
+from core.scoring import ScoreConfig, batch_plan, score_batches
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
 from core.trajectories import data_hash, encode, read_jsonl
 
 PATH_FIELDS = ("base", "data", "checkpoints", "graph")
 TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "by_context", "changes")
+PER_TRAJECTORY = ("tokens", "beliefs", "effects")  # stored sorted by trajectory, read one trajectory at a time
+SUMMARY_TABLES = tuple(t for t in TABLES if t not in PER_TRAJECTORY)
+TEXTS = "trajectories.jsonl"  # the records scored, so that the folder is self-contained
+ROW_GROUP = 8_192  # rows per parquet row group: a trajectory filter decodes few of them
 
 
 @dataclass
@@ -75,6 +82,19 @@ class AnalysisConfig:
                    base_names=[w.manifest.get("base_model_name", "")], **overrides)
 
     @classmethod
+    def load(cls, path: str | Path) -> AnalysisConfig:
+        """A config saved as JSON (an analysis folder's config.json: its relative paths resolved there)."""
+        path = Path(path)
+        if path.is_dir() or path.name == "config.json":
+            return _load_config(path if path.is_dir() else path.parent)
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the analysis config ({e.strerror})") from None
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: not a valid analysis config ({e})") from None
+
+    @classmethod
     def from_json(cls, data: dict) -> "AnalysisConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -91,6 +111,7 @@ class Analysis:
     by_concept: pd.DataFrame
     by_context: pd.DataFrame  # drift.drift_by_context
     changes: pd.DataFrame  # drift.step_changes
+    records: list[dict] = field(default_factory=list)  # the trajectories scored (kept in the folder)
 
     def save(self, out: str | Path, portable: bool = False) -> Path:
         """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
@@ -112,8 +133,7 @@ class Analysis:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            for name in TABLES:
-                write_parquet(getattr(self, name), tmp / f"{name}.parquet")
+            self._write_tables(tmp)
             (tmp / "config.json").write_text(json.dumps(config, indent=1))
             swap_in_folder(tmp, out)
         except BaseException:
@@ -121,28 +141,107 @@ class Analysis:
             raise
         return out
 
+    def _write_tables(self, folder: Path) -> None:
+        """Every table; the per-trajectory ones sorted by trajectory in row groups, so that a page reads one
+        trajectory's rows by filter; the explorer's trajectory ranking and the texts, so that it never
+        reads the whole tables nor the source file."""
+        from core import explore
+
+        for name in TABLES:
+            df = getattr(self, name)
+            if name in PER_TRAJECTORY and "traj_id" in df:
+                df = df.sort_values("traj_id", kind="stable")
+            write_parquet(df, folder / f"{name}.parquet", row_group_size=ROW_GROUP)
+        if self.records:
+            with open(folder / TEXTS, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
+        if not self.beliefs.empty:
+            write_parquet(explore.trajectory_table(self.beliefs, self.effects, self.records or None),
+                          folder / "trajectories.parquet")
+            cat = drift.category_accuracy(self.beliefs)
+            write_parquet(cat.reset_index() if not cat.empty else pd.DataFrame({"gold": []}), folder / "by_category.parquet")
+
     @classmethod
     def load(cls, out: str | Path) -> "Analysis":
-        from core.errors import InputError
-
         out = expand(out)
-        if not (out / "config.json").is_file():
-            raise InputError(f"{out}: not an analysis folder (expected config.json and {TABLES[0]}.parquet)")
-        try:
-            data = json.loads((out / "config.json").read_text())
-            for key in PATH_FIELDS:  # relative paths (a portable analysis) are relative to the folder
-                value = data.get(key)
-                if isinstance(value, list):
-                    data[key] = [str((out / v).resolve()) for v in value]
-                elif value:
-                    data[key] = str((out / value).resolve())
-            cfg = AnalysisConfig.from_json(data)
-        except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:  # RecursionError: deep nesting
-            raise InputError(f"{out / 'config.json'}: not a valid analysis config ({type(e).__name__})") from None
+        cfg = _load_config(out)
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
-        return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES})
+        records = read_jsonl(out / TEXTS) if (out / TEXTS).is_file() else []
+        return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}, records=records)
+
+
+def _load_config(out: Path) -> AnalysisConfig:
+    """An analysis folder's config, its relative paths (a portable analysis) resolved against the folder."""
+    if not (out / "config.json").is_file():
+        raise InputError(f"{out}: not an analysis folder (expected config.json and {TABLES[0]}.parquet)")
+    try:
+        data = json.loads((out / "config.json").read_text())
+        for key in PATH_FIELDS:
+            value = data.get(key)
+            if isinstance(value, list):
+                data[key] = [str((out / v).resolve()) for v in value]
+            elif value:
+                data[key] = str((out / value).resolve())
+        return AnalysisConfig.from_json(data)
+    except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:  # RecursionError: deep nesting
+        raise InputError(f"{out / 'config.json'}: not a valid analysis config ({type(e).__name__})") from None
+
+
+@dataclass
+class AnalysisView:
+    """An analysis folder read for display: the config and the summary tables at once (small whatever the
+    analysis's size), one trajectory's rows on demand (a parquet filter on the trajectory-sorted tables).
+
+        view = AnalysisView.open("out/")
+        view.rows("tokens", "test-00012")      # that trajectory's token rows only
+    """
+    path: Path
+    config: AnalysisConfig
+    summary: pd.DataFrame
+    by_token: pd.DataFrame
+    by_concept: pd.DataFrame
+    by_context: pd.DataFrame
+    changes: pd.DataFrame
+
+    @classmethod
+    def open(cls, out: str | Path) -> AnalysisView:
+        out = Path(out)
+        cfg = _load_config(out)
+        missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
+        if missing:
+            raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
+        return cls(out, cfg, **{n: pd.read_parquet(out / f"{n}.parquet") for n in SUMMARY_TABLES})
+
+    def rows(self, table: str, traj_id: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """One trajectory's rows of a per-trajectory table (``tokens``, ``beliefs``, ``effects``)."""
+        if table not in PER_TRAJECTORY:
+            raise ValueError(f"table: expected one of {PER_TRAJECTORY}, got {table!r}")
+        df = pd.read_parquet(self.path / f"{table}.parquet", columns=columns, filters=[("traj_id", "==", traj_id)])
+        return df.reset_index(drop=True)
+
+    def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+        return pd.read_parquet(self.path / f"{name}.parquet", columns=columns)
+
+    def trajectories(self) -> pd.DataFrame:
+        """The explorer's ranking (stored at save; computed from beliefs and effects for older folders)."""
+        from core import explore
+
+        if (self.path / "trajectories.parquet").is_file():
+            return self.table("trajectories")
+        return explore.trajectory_table(self.table("beliefs"), self.table("effects"), self.records())
+
+    def category_accuracy(self) -> pd.DataFrame:
+        if (self.path / "by_category.parquet").is_file():
+            return self.table("by_category").set_index("gold")
+        return drift.category_accuracy(self.table("beliefs"))
+
+    def records(self) -> list[dict]:
+        """The trajectories scored: the copy in the folder (older folders: the source file, if still there)."""
+        if (self.path / TEXTS).is_file():
+            return read_jsonl(self.path / TEXTS)
+        return read_jsonl(self.config.data, self.config.limit)
 
 
 def resolve_labels(cfg: AnalysisConfig, records: list[dict]) -> tuple[list[str], object]:
@@ -183,19 +282,54 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         lo, hi = share
         return (lambda d, t, m: progress(lo + (hi - lo) * d / max(1, t), 1.0, f"{name}: {m}")) if progress else None
 
-    tokens = cached_frame(cache_dir, "tokens", cache_key(*common, cfg.top_k),
-                          lambda: score(get_series(), encoded, ScoreConfig(cfg.top_k, cfg.batch_size),
-                                        stage("scoring", (0.0, 0.3)), should_cancel))
+    scfg = ScoreConfig(cfg.top_k, cfg.batch_size)
+    tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k), stage("scoring", (0.0, 0.3)),
+                     should_cancel)
     pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions, include_prompt=cfg.include_prompt)
-    beliefs = cached_frame(cache_dir, "beliefs", cache_key(*common, asdict(pcfg)),
-                           lambda: probe(get_series(), encoded, pcfg, stage("probe", (0.3, 1.0)), should_cancel))
+    beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
+                       stage("probe", (0.3, 1.0)), should_cancel)
     effects = drift.token_effects(beliefs, encoded, cfg.tau)
     by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
     if progress:
         progress(1.0, 1.0, "done")
     return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
                     drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
-                    drift.step_changes(beliefs))
+                    drift.step_changes(beliefs), records)
+
+
+PROBE_PART = 16  # trajectories per stored part of the beliefs table
+
+
+def _checkpoint_major(df: pd.DataFrame) -> pd.DataFrame:
+    """Parts concatenated (each checkpoint-major in series order) -> the whole table checkpoint-major."""
+    order = {c: i for i, c in enumerate(pd.unique(df["checkpoint"]))}
+    return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _scores(get_series, encoded, scfg: ScoreConfig, cache_dir, key: str, progress, should_cancel) -> pd.DataFrame:
+    """``score``'s table, stored batch by batch as it is computed (a rerun resumes at the first missing batch)."""
+    names = [part_name(encoded[i].id for i in idx) for idx in batch_plan(encoded, scfg)]
+
+    def compute(missing: set[str]):
+        for idx, frame in score_batches(get_series(), encoded, scfg, progress, should_cancel,
+                                        skip=lambda ids: part_name(ids) not in missing):
+            yield part_name(encoded[i].id for i in idx), frame
+
+    return _checkpoint_major(cached_parts(cache_dir, "tokens", key, names, compute))
+
+
+def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, key: str, progress, should_cancel) -> pd.DataFrame:
+    """``probe``'s table, stored PROBE_PART trajectories at a time as it is computed."""
+    slices = [encoded[a: a + PROBE_PART] for a in range(0, len(encoded), PROBE_PART)]
+    names = [part_name(e.id for e in part) for part in slices]
+
+    def compute(missing: set[str]):
+        todo = [(n, part) for n, part in zip(names, slices) if n in missing]
+        for k, (name, part) in enumerate(todo):
+            sub = (lambda d, t, m, k=k: progress(k + d / max(t, 1e-12), len(todo), m)) if progress else None
+            yield name, probe(get_series(), part, pcfg, sub, should_cancel)
+
+    return _checkpoint_major(cached_parts(cache_dir, "beliefs", key, names, compute))
 
 
 @dataclass

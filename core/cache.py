@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -50,8 +50,9 @@ def _atomic(path: Path, write: Callable[[Path], None], durable: bool = True) -> 
         raise
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+def write_parquet(df: pd.DataFrame, path: Path, **options) -> None:
+    """``df`` to ``path`` atomically; ``options`` go to pyarrow (e.g. ``row_group_size``)."""
+    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
 
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
@@ -66,10 +67,43 @@ def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Cal
     if path.is_file():
         try:
             return pd.read_parquet(path)
-        except Exception:  # noqa: BLE001 - an unreadable entry (disk trouble) is recomputed, not fatal
+        except (OSError, ValueError):  # a cut or damaged cache file (pyarrow's errors derive from these): redo
             path.unlink(missing_ok=True)
     write_parquet(compute(), path)
     return pd.read_parquet(path)  # the same types on the first call as on every later one
+
+
+def part_name(ids: Iterable[str]) -> str:
+    """The file name of the part that holds the trajectories ``ids`` (the same ids, the same part)."""
+    return "part-" + cache_key(list(ids))
+
+
+def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[str],
+                 compute: Callable[[set[str]], Iterator[tuple[str, pd.DataFrame]]]) -> pd.DataFrame:
+    """A table computed in parts, each written to disk as soon as it is done, so that a killed or cancelled
+    run keeps what it finished and the next run computes only the missing parts. ``compute(missing)``
+    yields (name, frame) for the part names in ``missing``; the table is the parts in ``names`` order.
+    Once whole, it is stored like ``cached_frame``'s entries and its parts folder removed."""
+    if cache_dir is None:
+        frames = dict(compute(set(names)))
+        return pd.concat([frames[n] for n in names], ignore_index=True)
+    path = Path(cache_dir) / f"{kind}-{key}.parquet"
+    if path.is_file():
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError):  # a cut or damaged cache file (pyarrow's errors derive from these): redo
+            path.unlink(missing_ok=True)
+    folder = Path(cache_dir) / f"{kind}-{key}.parts"
+    missing = {n for n in names if not (folder / f"{n}.parquet").is_file()}
+    if missing:
+        for name, frame in compute(missing):
+            write_parquet(frame, folder / f"{name}.parquet")
+    whole = pd.concat([pd.read_parquet(folder / f"{n}.parquet") for n in names], ignore_index=True)
+    write_parquet(whole, path)
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    return pd.read_parquet(path)
 
 
 def swap_in_folder(tmp: Path, out: Path) -> None:

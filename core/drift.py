@@ -55,12 +55,28 @@ def token_effects(beliefs: pd.DataFrame, encoded: list[Encoded], tau: float = TA
     df["belief_drift"] = df["gold_after"] - df["gold_after_base"]
     df["direction"] = np.select([df["effect_drift"] < -tau, df["effect_drift"] > tau],
                                 ["detrimental", "beneficial"], "neutral")
-    enc = {e.id: e for e in encoded}
-    df["token"] = pd.Series([
-        "".join(enc[t].tokens[enc[t].start + p: enc[t].start + q])
-        for t, p, q in zip(df["traj_id"], df["position"], df["next_position"])], index=df.index, dtype=object)
+    df["token"] = pd.Series(_span_texts(df, encoded), index=df.index, dtype=object)
     df["region"] = np.where(df["position"] < 0, "prompt", "cot")
     return df.drop(columns=["gold_after_base"])
+
+
+def _span_texts(df: pd.DataFrame, encoded: list[Encoded]) -> np.ndarray:
+    """The text read between ``position`` and ``next_position`` of each row: one array lookup for the
+    one-token spans (every position), a join only for the longer ones (sentence ends)."""
+    enc = {e.id: e for e in encoded}
+    ids = list(enc)
+    sizes = np.array([len(enc[i].tokens) for i in ids], dtype=np.int64)
+    offset = pd.Series(np.concatenate([[0], np.cumsum(sizes)[:-1]]), index=ids)
+    flat = np.array([t for i in ids for t in enc[i].tokens] + [""], dtype=object)
+    start = df["traj_id"].map({i: enc[i].start for i in ids}).to_numpy(dtype=np.int64)
+    n = df["traj_id"].map(dict(zip(ids, sizes))).to_numpy(dtype=np.int64)
+    a = start + df["position"].to_numpy(dtype=np.int64)
+    b = start + df["next_position"].to_numpy(dtype=np.int64)
+    single = (b == a + 1) & (a >= 0) & (a < n)
+    out = flat[np.where(single, df["traj_id"].map(offset).to_numpy(dtype=np.int64) + a, len(flat) - 1)]
+    for k in np.flatnonzero(~single):
+        out[k] = "".join(enc[df["traj_id"].iat[k]].tokens[a[k]: b[k]])
+    return out
 
 
 def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
@@ -88,12 +104,13 @@ def concept_surfaces(graph: nx.DiGraph) -> list[tuple[str, str]]:
 
 
 def concept_spans(enc: Encoded, surfaces: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
-    """(concept, first, last+1) token positions (completion-relative) of each mention, longest match wins."""
-    text, starts = "", []
-    for tok in enc.tokens:
-        starts.append(len(text))
-        text += tok
-    starts.append(len(text))
+    """(concept, first, last+1) token positions (completion-relative) of each mention, longest match wins.
+    A mention's tokens are found by bisection on the tokens' character offsets, not by a scan per mention."""
+    import bisect
+    from itertools import accumulate
+
+    starts = [0, *accumulate(len(t) for t in enc.tokens)]  # character offset of each token, then the end
+    text = "".join(enc.tokens)
     taken = np.zeros(len(text), dtype=bool)
     out = []
     for surface, concept in surfaces:
@@ -101,27 +118,46 @@ def concept_spans(enc: Encoded, surfaces: list[tuple[str, str]]) -> list[tuple[s
             if taken[m.start(): m.end()].any():
                 continue
             taken[m.start(): m.end()] = True
-            toks = [i for i in range(len(enc.tokens)) if starts[i] < m.end() and starts[i + 1] > m.start()]
-            out.append((concept, toks[0] - enc.start, toks[-1] + 1 - enc.start))
+            first = bisect.bisect_right(starts, m.start()) - 1  # the token holding the mention's first character
+            last = bisect.bisect_left(starts, m.end()) - 1  # the last token starting before its end
+            out.append((concept, first - enc.start, last + 1 - enc.start))
     return out
+
+
+def span_sums(effects: pd.DataFrame, spans: pd.DataFrame, value: str = "effect_drift") -> pd.DataFrame:
+    """Per span (traj_id, first, end) and checkpoint of its trajectory: the sum of ``value`` over the effect
+    rows with first <= position < end, and their count (0-count pairs left out). Linear time: one cumulative
+    sum over the effects sorted by (trajectory, checkpoint, position), each span's bounds found by bisection,
+    its sum the difference of two cumulative sums. Never a mentions x positions join."""
+    eff = effects[["traj_id", "checkpoint", "step", "position", value]].sort_values(
+        ["traj_id", "checkpoint", "position"], kind="stable")
+    g = eff.groupby(["traj_id", "checkpoint"], sort=False).ngroup().to_numpy()  # ascending along ``eff``
+    pos = eff["position"].to_numpy(dtype=np.int64)
+    lo_pos = min(pos.min(initial=0), int(spans["first"].min()))
+    width = max(pos.max(initial=0), int(spans["end"].max())) - lo_pos + 2
+    keys = g.astype(np.int64) * width + (pos - lo_pos)  # sorted: group-major, position within
+    cs = np.concatenate([[0.0], np.cumsum(np.nan_to_num(eff[value].to_numpy(dtype=float)))])
+    groups = eff.drop_duplicates(["traj_id", "checkpoint"])[["traj_id", "checkpoint", "step"]].assign(
+        g=np.unique(g))
+    m = spans.merge(groups, on="traj_id")  # mentions x checkpoints of their trajectory
+    lo = np.searchsorted(keys, m["g"].to_numpy() * width + (m["first"].to_numpy() - lo_pos), "left")
+    hi = np.searchsorted(keys, m["g"].to_numpy() * width + (m["end"].to_numpy() - lo_pos), "left")
+    m = m.assign(**{value: cs[hi] - cs[lo], "n_positions": hi - lo})
+    return m[m["n_positions"] > 0].drop(columns=["g"]).reset_index(drop=True)
 
 
 def drivers_by_concept(effects: pd.DataFrame, encoded: list[Encoded], graph: nx.DiGraph, tau: float = TAU) -> pd.DataFrame:
     """Concepts (findings of the graph) ranked by the effect drift of reading their mentions, per checkpoint."""
     surfaces = concept_surfaces(graph)
     spans = [(e.id, c, a, b) for e in encoded for c, a, b in concept_spans(e, surfaces)]
-    if not spans:
+    if not spans or effects.empty:
         return pd.DataFrame(columns=["checkpoint", "step", "concept", "n", "mean_effect_drift"])
-    sp = pd.DataFrame(spans, columns=["traj_id", "concept", "first", "end"])
-    eff = effects[["traj_id", "checkpoint", "step", "position", "effect_drift"]]
-    m = sp.merge(eff, on="traj_id")
-    m = m[(m["position"] >= m["first"]) & (m["position"] < m["end"])]
-    per = m.groupby(["traj_id", "concept", "first", "checkpoint", "step"])["effect_drift"].sum().reset_index()
+    per = span_sums(effects, pd.DataFrame(spans, columns=["traj_id", "concept", "first", "end"]))
     per = per[~is_base(per)]
+    per = per.assign(det=per["effect_drift"] < -tau, ben=per["effect_drift"] > tau)
     agg = per.groupby(["checkpoint", "step", "concept"]).agg(
         n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
-        share_detrimental=("effect_drift", lambda s: (s < -tau).mean()),
-        share_beneficial=("effect_drift", lambda s: (s > tau).mean())).reset_index()
+        share_detrimental=("det", "mean"), share_beneficial=("ben", "mean")).reset_index()
     agg["direction"] = np.where(agg["mean_effect_drift"] < 0, "detrimental", "beneficial")
     return agg.sort_values(["step", "mean_effect_drift"]).reset_index(drop=True)
 

@@ -19,6 +19,7 @@ import pandas as pd
 from core import answers
 from core.generation import greedy_completions
 from core.probe import ProbeConfig, probe
+from core.progress import Cancelled
 from core.series import ModelSeries
 from core.trajectories import encode
 
@@ -77,8 +78,6 @@ def perturbation_test(series: ModelSeries, records: list[dict], find: str, repla
 
 def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: list[str], progress,
                    should_cancel) -> pd.DataFrame:
-    from core.scoring import Cancelled
-
     rows = []
     for n, name in enumerate(series.names):
         if should_cancel and should_cancel():

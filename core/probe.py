@@ -10,6 +10,10 @@ trajectory once plus, for every probe position, a copy of the template and the l
 attention (a 4D mask) sees only ``x[:j]``, its template and its own label prefix, with position ids
 continuing from j. That is exactly the KV cache of the prefix, shared by all probes, and mathematically
 equal to the naive computation (``probe_naive``), which re-encodes prefix + template + label each time.
+A trajectory whose tree would pass ``max_tree_tokens`` (long CoTs, or every position of a 4,096-token one)
+takes the prefix's real KV cache instead (``_Cached``): the prefix encoded once, the probe blocks in query
+chunks over it, so the tokens encoded stay linear in length. Label log-probs come through a row-chunked
+logsumexp (``core.forward.token_logprobs``), never a whole-vocabulary log-softmax of every read row.
 
     df = probe(series, encoded, ProbeConfig(labels=diseases, positions="every"))
 """
@@ -25,7 +29,8 @@ import torch
 
 from core import answers
 from core.errors import InputError
-from core.scoring import Cancelled, Progress
+from core.forward import decoder, hidden_states, token_logprobs
+from core.progress import Cancelled, Progress
 from core.series import ModelSeries
 from core.trajectories import Encoded
 
@@ -75,41 +80,96 @@ def probe_positions(enc: Encoded, mode: str, template_first: int, sentence_ids: 
     return sorted({first, enc.start, *ends, last})
 
 
+@dataclass(frozen=True)
+class _Block:
+    """One probe's extra tokens after a prefix: the template, then every label's tokens but the last."""
+    ids: list[int]  # (B,)
+    inner: np.ndarray  # (B, B) bool: template rows see the template causally, label rows it and their own prefix
+    rel_pos: list[int]  # (B,) position ids relative to the probe position
+    reads: list[list[tuple[int, int]]]  # per label: (row in the block, the label token that row predicts)
+
+    @classmethod
+    def of(cls, tk: _Tokens) -> _Block:
+        m = len(tk.template)
+        ids = tk.template + [t for lab in tk.labels for t in lab[:-1]]
+        inner = np.zeros((len(ids), len(ids)), dtype=bool)
+        inner[:m, :m] = np.tril(np.ones((m, m), dtype=bool))
+        reads, s = [], m
+        for lab in tk.labels:
+            n = len(lab) - 1
+            inner[s: s + n, :m] = True
+            inner[s: s + n, s: s + n] = np.tril(np.ones((n, n), dtype=bool))
+            reads.append(list(zip([m - 1] + [s + q for q in range(n)], lab)))
+            s += n
+        rel_pos = list(range(m)) + [m + q for lab in tk.labels for q in range(len(lab) - 1)]
+        return cls(ids, inner, rel_pos, reads)
+
+
 def build_tree(prefix: list[int], positions: list[int], tk: _Tokens):
     """Token ids, position ids, a (L, L) boolean attention mask and, per position and label, the rows whose
     logits predict the label's tokens.  Returns (ids (L,), pos (L,), allow (L, L), reads)."""
-    m = len(tk.template)
-    block = tk.template + [t for lab in tk.labels for t in lab[:-1]]  # one probe's extra tokens
-    # within a block: template rows see the template causally; label rows see the template and their own prefix
-    inner = np.zeros((len(block), len(block)), dtype=bool)
-    inner[:m, :m] = np.tril(np.ones((m, m), dtype=bool))
-    offsets, s = [], m
-    for lab in tk.labels:
-        n = len(lab) - 1
-        inner[s: s + n, :m] = True
-        inner[s: s + n, s: s + n] = np.tril(np.ones((n, n), dtype=bool))
-        offsets.append(s)
-        s += n
-    rel_pos = list(range(m)) + [m + q for lab in tk.labels for q in range(len(lab) - 1)]
-    T, B, P = len(prefix), len(block), len(positions)
-    n = T + B * P
-    allow = np.zeros((n, n), dtype=bool)
+    blk = _Block.of(tk)
+    T, B, P = len(prefix), len(blk.ids), len(positions)
+    allow = np.zeros((T + B * P, T + B * P), dtype=bool)
     allow[:T, :T] = np.tril(np.ones((T, T), dtype=bool))
     ids, pos, reads = list(prefix), list(range(T)), []
     for p, j in enumerate(positions):
         o = T + p * B
         allow[o: o + B, :j] = True
-        allow[o: o + B, o: o + B] = inner
-        ids += block
-        pos += [j + r for r in rel_pos]
-        reads.append([list(zip([o + m - 1] + [o + off + q for q in range(len(lab) - 1)], lab))
-                      for off, lab in zip(offsets, tk.labels)])
+        allow[o: o + B, o: o + B] = blk.inner
+        ids += blk.ids
+        pos += [j + r for r in blk.rel_pos]
+        reads.append([[(o + r, t) for r, t in lab] for lab in blk.reads])
     return ids, pos, allow, reads
 
 
-def _chunks(positions: list[int], prefix_len: int, per_position: int, budget: int) -> list[list[int]]:
-    size = max(1, (budget - prefix_len) // max(1, per_position))
-    return [positions[i: i + size] for i in range(0, len(positions), size)]
+@dataclass
+class _Cached:
+    """One long trajectory probed over its prefix's KV cache: the prefix (up to the last probe position) is
+    encoded once, then the probe blocks run in query chunks of at most ``budget`` tokens, each block seeing
+    the cached prefix up to its position j and itself (a (Q, T + Q) mask); the cache is cropped back to the
+    prefix after each chunk. Tokens encoded: T + B x P, linear in length, whatever the positions."""
+    prefix: list[int]
+    positions: list[int]
+    block: _Block
+    budget: int
+    device: str
+    dtype: torch.dtype
+
+    @torch.no_grad()
+    def label_logprobs(self, model) -> list[np.ndarray]:
+        """log P(label | prefix) at every position.  -> [(P, K)]"""
+        dec = decoder(model)
+        T = len(self.prefix)
+        cache = dec(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True).past_key_values
+        per = max(1, self.budget // len(self.block.ids))
+        parts = []
+        for a in range(0, len(self.positions), per):
+            parts.append(self._chunk(model, dec, cache, T, self.positions[a: a + per]))
+            cache.crop(T - cache.get_seq_length())  # drop the chunk's keys and values (a negative count: every
+            # transformers version reads it so): the next chunk sees the prefix only
+        return [np.concatenate(parts)]
+
+    def _chunk(self, model, dec, cache, T: int, positions: list[int]) -> np.ndarray:
+        blk, B = self.block, len(self.block.ids)
+        Q = B * len(positions)
+        allow = torch.zeros((Q, T + Q), dtype=torch.bool)
+        rows, toks = [], []
+        for p, j in enumerate(positions):
+            allow[p * B: (p + 1) * B, :j] = True
+            allow[p * B: (p + 1) * B, T + p * B: T + (p + 1) * B] = torch.from_numpy(blk.inner)
+            for lab in blk.reads:
+                rows += [p * B + r for r, _ in lab]
+                toks += [t for _, t in lab]
+        mask = torch.zeros((1, 1, Q, T + Q), dtype=self.dtype).masked_fill_(~allow, torch.finfo(self.dtype).min)
+        ids = torch.tensor([blk.ids * len(positions)], device=self.device)
+        pos = torch.tensor([[j + r for j in positions for r in blk.rel_pos]], device=self.device)
+        hidden = dec(input_ids=ids, position_ids=pos, attention_mask=mask.to(self.device), past_key_values=cache,
+                     use_cache=True).last_hidden_state[0]  # (Q, H)
+        picked = token_logprobs(model, hidden[torch.tensor(rows, device=self.device)],
+                                torch.tensor(toks, device=self.device)).cpu().numpy()
+        sums = np.add.reduceat(picked, np.cumsum([0] + [len(lab) for lab in blk.reads] * len(positions))[:-1])
+        return sums.reshape(len(positions), len(blk.reads))
 
 
 @dataclass
@@ -124,7 +184,7 @@ class _Batch:
     shapes: list[tuple[int, int]]  # (positions, labels) per tree
 
     @classmethod
-    def make(cls, trees: list[tuple], n_labels: int, device: str, dtype: torch.dtype = torch.float32) -> "_Batch":
+    def make(cls, trees: list[tuple], n_labels: int, device: str, dtype: torch.dtype = torch.float32) -> _Batch:
         L = max(len(t[0]) for t in trees)
         ids = torch.zeros((len(trees), L), dtype=torch.long)
         pos = torch.zeros((len(trees), L), dtype=torch.long)
@@ -150,29 +210,13 @@ class _Batch:
     def label_logprobs(self, model) -> list[np.ndarray]:
         """log P(label | prefix) per tree.  -> [(P_b, K)]"""
         hidden = hidden_states(model, self.ids, self.pos, self.allow)  # (B, L, H)
-        flat = head(model, hidden.reshape(-1, hidden.shape[-1])[self.rows]).float()  # (R, V): only the rows we read
-        picked = torch.log_softmax(flat, -1).gather(-1, self.toks[:, None]).squeeze(-1).cpu().numpy()
+        picked = token_logprobs(model, hidden.reshape(-1, hidden.shape[-1])[self.rows], self.toks).cpu().numpy()
         sums = np.add.reduceat(picked, np.cumsum([0] + self.lengths[:-1]))
         out, k = [], 0
         for p, n in self.shapes:
             out.append(sums[k: k + p * n].reshape(p, n))
             k += p * n
         return out
-
-
-def _inner(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def hidden_states(model, ids: torch.Tensor, pos: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states without the LM head (which would cost L x V per row).  -> (B, L, H)"""
-    decoder = _inner(model).get_decoder()
-    return decoder(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
-
-
-def head(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head on selected hidden states.  (N, H) -> (N, V)"""
-    return _inner(model).get_output_embeddings()(hidden)
 
 
 def labels_of(encoded: list[Encoded], cfg: ProbeConfig) -> list[str]:
@@ -191,16 +235,24 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
     tk = _tokens(series.tokenizer, cfg, labels)
     sentence_ids = {i for t, i in series.tokenizer.get_vocab().items() if t.strip("▁Ġ ").endswith((".", "?", "!"))}
     per_position = len(tk.template) + sum(len(lab) - 1 for lab in tk.labels)
-    jobs = []  # (trajectory, its probe positions in this tree)
+    trees, cached = [], []  # (trajectory, its probe positions): one tree each, or the prefix cache
     for e in encoded:
         positions = probe_positions(e, cfg.positions, tk.template[0], sentence_ids, cfg.include_prompt)
-        jobs += [(e, chunk) for chunk in _chunks(positions, positions[-1], per_position, cfg.max_tree_tokens)]
-    groups = _group_by_budget(jobs, per_position, cfg.max_tree_tokens)
+        fits = positions[-1] + per_position * len(positions) <= cfg.max_tree_tokens
+        (trees if fits else cached).append((e, positions))
+    groups = [("tree", g) for g in _group_by_budget(trees, per_position, cfg.max_tree_tokens)]
+    groups += [("cached", [job]) for job in cached]
+    block = _Block.of(tk)
     results: dict[str, list] = {name: [] for name in series.names}
     total, done = len(groups) * len(series.names), 0
 
     def make(group):
-        return _Batch.make([build_tree(e.input_ids[: ch[-1]], ch, tk) for e, ch in group], len(labels),
+        kind, jobs = group
+        if kind == "cached":
+            (e, positions), = jobs
+            return _Cached(e.input_ids[: positions[-1]], positions, block, cfg.max_tree_tokens, series.device,
+                           series.dtype)
+        return _Batch.make([build_tree(e.input_ids[: ch[-1]], ch, tk) for e, ch in jobs], len(labels),
                            series.device, series.dtype)
 
     def run(name, batch, model):
@@ -226,9 +278,8 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
             del model  # freed before the next full checkpoint loads
     frames = []
     for name in series.names:
-        per_traj: dict[str, list] = {}
-        for (e, ch), lp in zip([job for group in groups for job in group], results[name]):
-            per_traj.setdefault(e.id, [e, [], []])
+        per_traj: dict[str, list] = {e.id: [e, [], []] for e in encoded}  # in the order of ``encoded``
+        for (e, ch), lp in zip([job for _, jobs in groups for job in jobs], results[name]):
             per_traj[e.id][1] += ch
             per_traj[e.id][2].append(lp)
         frames += [_belief_frame(e, name, series.steps[name], pos, np.concatenate(lps), labels)

@@ -10,36 +10,42 @@ Computed through entropies, which each checkpoint's pass already has: KL(p || q)
 JS(p, q) = H(m) - (H(p) + H(q)) / 2, with the sums as row-wise dot products (einsum), so each statistic
 costs one or two passes over the (tokens x vocabulary) matrix instead of four to six.
 
-Batches are padded on the right and sorted by length; the loop runs batch-outer, checkpoint-inner, so
-only the current batch's distributions under the base and the previous checkpoint are kept, and
-adapters are switched (never reloaded) between forward passes. A prompt prefix common to a whole batch
+Memory is linear in the batch's hidden states, not its distributions: each checkpoint's pass keeps the
+completion rows' last hidden states (N, H) and its LM head (a reference to the head's weight, no copy),
+and the statistics run over row chunks, each applying the current, base and previous checkpoint's head to
+its rows only, so no (N, V) matrix is ever whole (a 4,096-token row at vocabulary 151,936 would be
+2.5 GB of fp32 logits per checkpoint). Batches are padded on the right and sorted by length; adapters are
+switched (never reloaded) between forward passes; a series of full-model checkpoints loads each checkpoint
+once per group of batches whose base and previous hidden states fit ``group_bytes``. A prompt prefix common to a whole batch
 (a system prompt, an instruction) of at least MIN_SHARED tokens is encoded once per checkpoint and its
 KV cache shared by the batch's rows.
 
     df = score(series, encoded, ScoreConfig(top_k=5))   # one row per trajectory x checkpoint x token
+    for idx, frame in score_batches(series, encoded, cfg): ...   # the same rows, one batch at a time
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from core.forward import chunk_rows, decoder, head, hidden_states, inner
 from core.memory import pin_mmap_threshold
+from core.progress import Cancelled, Progress
 from core.series import ModelSeries
 from core.trajectories import Encoded, vocab_texts
-
-Progress = Callable[[int, int, str], None]  # (done, total, message)
 
 
 @dataclass
 class ScoreConfig:
     top_k: int = 5  # alternatives kept per token
     batch_size: int = 8  # trajectories per forward pass
-    group_bytes: int = 2 << 30  # series with full-model checkpoints: distributions kept per load (see _groups)
+    group_bytes: int = 2 << 30  # series with full-model checkpoints: hidden states kept per load (see _groups)
     share_prefix: bool = True  # encode a batch's common prompt prefix once (see shared_prefix)
 
     def __post_init__(self):
@@ -47,10 +53,6 @@ class ScoreConfig:
             raise ValueError(f"top_k: expected 0..50, got {self.top_k}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
-
-
-class Cancelled(RuntimeError):
-    """Raised when the caller's ``should_cancel`` returned True; nothing partial is returned."""
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,6 +94,11 @@ def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.
         top = logp.topk(top_k, dim=-1)
         out["top_ids"], out["top_probs"] = top.indices, top.values.exp()  # (N, k)
     return out
+
+
+def batch_plan(encoded: list[Encoded], cfg: ScoreConfig) -> list[list[int]]:
+    """The batches ``score_batches`` runs, in order: indices into ``encoded``."""
+    return _batches(encoded, cfg.batch_size)
 
 
 def _batches(encoded: list[Encoded], size: int) -> list[list[int]]:
@@ -137,79 +144,124 @@ def _after_shared_prefix(decoder, ids: torch.Tensor, mask: torch.Tensor, shared:
                    use_cache=True).last_hidden_state
 
 
-def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
-                        shared: int = 0) -> tuple[torch.Tensor, int]:
-    """Log-distributions predicting each completion token, rows in batch order, and the shared prefix length
-    actually used (0 when the architecture cannot share).  -> (sum of L_b, V) float32, int
-    The LM head runs on the completion rows only (the prompt's rows would cost T x V for nothing). With
-    ``shared`` (see ``shared_prefix``) of at least MIN_SHARED tokens, the common prefix (a system prompt,
+def completion_hidden(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
+                      shared: int = 0) -> tuple[torch.Tensor, int]:
+    """Last hidden states of the rows predicting each completion token, rows in batch order, and the shared
+    prefix length actually used (0 when the architecture cannot share).  -> (sum of L_b, H), int
+    With ``shared`` (see ``shared_prefix``) of at least MIN_SHARED tokens, the common prefix (a system prompt,
     an instruction) is encoded once and its KV cache repeated over the batch, so it costs one row, not B."""
-    from core.probe import _inner, head, hidden_states
-
-    hidden = _after_shared_prefix(_inner(model).get_decoder(), ids, mask, shared) if shared >= MIN_SHARED else None
+    hidden = _after_shared_prefix(decoder(model), ids, mask, shared) if shared >= MIN_SHARED else None
     if hidden is None:
         shared, hidden = 0, hidden_states(model, ids, None, mask)  # (B, T, H)
     width = ids.shape[1] - shared
     rows = torch.cat([torch.arange(s - 1 - shared, e - 1 - shared) + b * width
                       for b, (s, e) in enumerate(spans)]).to(ids.device)
-    return torch.log_softmax(head(model, hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1), shared
+    return hidden.reshape(-1, hidden.shape[-1])[rows], shared
+
+
+def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
+                        shared: int = 0) -> tuple[torch.Tensor, int]:
+    """The whole (N, V) float32 log-distributions (``completion_hidden`` through the head): for small inputs
+    and tests; ``score`` never builds this matrix."""
+    hidden, shared = completion_hidden(model, ids, mask, spans, shared)
+    return torch.log_softmax(head(model, hidden).float(), -1), shared
+
+
+class _Rows:
+    """One checkpoint's view of one batch: the completion rows' hidden states and that checkpoint's LM head,
+    enough to rebuild any chunk of its log-distributions on demand.  hidden (N, H)"""
+
+    def __init__(self, model, hidden: torch.Tensor):
+        self.hidden = hidden
+        out = inner(model).get_output_embeddings()
+        if type(out) is torch.nn.Linear:  # the usual head: keep its tensors (a full checkpoint's are freed with it
+            self.weight, self.bias, self.module = out.weight, out.bias, None  # otherwise; no copy is made)
+        else:  # a wrapped head (e.g. an adapter on lm_head) changes with the active adapter: freeze a copy
+            self.weight = self.bias = None
+            self.module = copy.deepcopy(out)
+
+    def logprobs(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p, p, H(p)) of a chunk of rows.  -> (n, V), (n, V), (n,)"""
+        h = self.hidden[rows]
+        logits = torch.nn.functional.linear(h, self.weight, self.bias) if self.module is None else self.module(h)
+        lp = torch.log_softmax(logits.float(), -1)  # (n, V)
+        p = lp.exp()
+        return lp, p, entropy(lp, p)
+
+
+@torch.no_grad()
+def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None = None,
+                  progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
+                  skip: Callable[[list[str]], bool] | None = None) -> Iterator[tuple[list[int], pd.DataFrame]]:
+    """Score batch by batch: yields (indices into ``encoded``, that batch's rows under every checkpoint,
+    checkpoint-major) as soon as a batch is done, so a caller can write it out and forget it. ``skip(ids)``
+    True leaves a batch out (one already written by an earlier, interrupted run)."""
+    cfg = cfg or ScoreConfig()
+    pin_mmap_threshold()  # large buffers by mmap: flat peak memory over many checkpoints (core/memory.py)
+    pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
+    batches = [idx for idx in _batches(encoded, cfg.batch_size) if not (skip and skip([encoded[i].id for i in idx]))]
+    texts = np.array(vocab_texts(series.tokenizer) + [""], dtype=object) if cfg.top_k else None
+    total, done = len(batches) * len(series.names), 0
+    can_share = [cfg.share_prefix]  # turned off for the rest of the call if the architecture cannot share
+    for group in _groups(series, encoded, batches, cfg.group_bytes):
+        stats: list[dict[str, dict]] = [{} for _ in group]
+        kept: list[dict[str, _Rows]] = [{} for _ in group]  # per batch: its rows under the base and the previous
+        for name in series.names:  # checkpoint-outer within a group: a full checkpoint loads once per group
+            if should_cancel and should_cancel():
+                raise Cancelled("scoring cancelled")
+            with series.activate(name) as model:
+                for b, idx in enumerate(group):
+                    stats[b][name] = _score_batch(model, series, encoded, idx, pad, cfg, can_share, kept[b])
+                    done += 1
+                    if progress:
+                        progress(done, total, f"{name}: batch {done % len(batches) or len(batches)}/{len(batches)}")
+            del model  # a full checkpoint is freed before the next one loads (one in memory at a time)
+        for b, idx in enumerate(group):
+            yield idx, _frame(_meta([encoded[i] for i in idx]), stats[b], texts, series.steps)
+
+
+def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], kept: dict[str, _Rows]) -> dict[str, np.ndarray]:
+    """One batch under one (active) checkpoint: its statistics against the base and previous checkpoint
+    (``kept``, updated here)."""
+    ids, mask = _pad(encoded, idx, pad, series.device)
+    spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
+    shared = shared_prefix(ids, spans) if can_share[0] else 0
+    hidden, used = completion_hidden(model, ids, mask, spans, shared)  # (N, H)
+    if shared >= MIN_SHARED and not used:
+        can_share[0] = False  # the architecture's cache cannot be repeated: do not try again
+    cur = _Rows(model, hidden)
+    targets = torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
+    out = _stats(cur, targets, cfg.top_k, kept.get("base", cur), kept.get("prev", cur))
+    kept.setdefault("base", cur)
+    kept["prev"] = cur
+    return out
 
 
 @torch.no_grad()
 def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None = None,
           progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
-    """Score every trajectory under every checkpoint; one row per trajectory x checkpoint x completion token."""
-    cfg = cfg or ScoreConfig()
-    pin_mmap_threshold()  # large (N, V) buffers by mmap: flat peak memory over many checkpoints (core/memory.py)
-    pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
-    names, steps = series.names, series.steps
-    batches = _batches(encoded, cfg.batch_size)
-    groups = _groups(series, encoded, batches, cfg.group_bytes)
-    meta = [_meta([encoded[i] for i in idx]) for idx in batches]  # per batch, the same under every checkpoint
-    stats: dict[str, list[dict]] = {name: [] for name in names}  # per checkpoint, one dict per batch, in order
-    total, done, first = len(batches) * len(names), 0, 0
-    can_share = cfg.share_prefix  # turned off for the rest of the call if the architecture cannot share
-    for group in groups:
-        prepared = []
-        for b, idx in enumerate(group):
-            ids, mask = _pad(encoded, idx, pad, series.device)
-            spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
-            shared = shared_prefix(ids, spans) if can_share else 0
-            prepared.append((ids, mask, spans, shared, torch.as_tensor(meta[first + b]["token_id"]).to(series.device)))
-        base: dict[int, tuple] = {}
-        prev: dict[int, tuple] = {}
-        for name in names:  # checkpoint-outer within a group: a full checkpoint loads once per group
-            if should_cancel and should_cancel():
-                raise Cancelled("scoring cancelled")
-            with series.activate(name) as model:
-                for b, (ids, mask, spans, shared, targets) in enumerate(prepared):
-                    lp, used = completion_logprobs(model, ids, mask, spans, shared if can_share else 0)  # (N, V)
-                    if can_share and shared >= MIN_SHARED and not used:
-                        can_share = False  # the architecture's cache cannot be repeated: do not try again
-                    p = lp.exp()
-                    cur = (lp, p, entropy(lp, p))  # (N, V), (N, V), (N,)
-                    stats[name].append(_stats(cur, targets, cfg.top_k, base.get(b, cur), prev.get(b, cur)))
-                    base.setdefault(b, cur)
-                    prev[b] = cur
-                    done += 1
-                    if progress:
-                        progress(done, total, f"{name}: batch {first + b + 1}/{len(batches)}")
-            del model  # a full checkpoint is freed before the next one loads (one in memory at a time)
-        first += len(group)
-    return _frame(meta, stats, series.tokenizer, cfg.top_k, steps)
+    """Score every trajectory under every checkpoint; one row per trajectory x checkpoint x completion token,
+    checkpoint-major in series order (``score_batches`` gives the same rows batch by batch)."""
+    frames = [f for _, f in score_batches(series, encoded, cfg, progress, should_cancel)]
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    order = {name: i for i, name in enumerate(series.names)}
+    return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]], budget: int) -> list[list[list[int]]]:
     """One batch per group for adapter series (switching is free); for series with full-model checkpoints,
-    as many batches as keep the base's and the previous checkpoint's (N, V) distributions within
-    ``budget`` bytes, so that each full checkpoint is loaded once per group, not once per batch."""
+    as many batches as keep the base's and the previous checkpoint's (N, H) hidden states within ``budget``
+    bytes, so that each full checkpoint is loaded once per group, not once per batch."""
     if all(c.kind == "adapter" for c in series.checkpoints):
         return [[b] for b in batches]
-    vocab = series.model.get_output_embeddings().weight.shape[0]
+    hidden = series.model.get_output_embeddings().weight.shape[1]
+    size_of = torch.empty((), dtype=series.dtype).element_size()
     groups, current, size = [], [], 0
     for b in batches:
-        rows = sum(len(encoded[i].completion_ids) for i in b)
-        cost = 2 * 2 * rows * vocab * 4  # (log-probs + probs) x (base + previous), float32
+        cost = 2 * sum(len(encoded[i].completion_ids) for i in b) * hidden * size_of  # base + previous
         if current and size + cost > budget:
             groups.append(current)
             current, size = [], 0
@@ -218,8 +270,6 @@ def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]
     return groups + ([current] if current else [])
 
 
-CHUNK_BYTES = 4 << 20  # CPU: statistics run over row chunks whose (rows, V) temporaries stay below this
-CUDA_CHUNK_BYTES = 512 << 20  # GPU: few, large chunks (small ones would cost a kernel launch per few rows)
 STAT_COLUMNS = ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev")
 
 
@@ -235,51 +285,53 @@ def _meta(encs: list[Encoded]) -> dict[str, np.ndarray]:
     }
 
 
-def _stats(cur: tuple, targets: torch.Tensor, top_k: int, base: tuple, prev: tuple) -> dict[str, np.ndarray]:
-    """One batch's statistics under one checkpoint; ``cur``, ``base``, ``prev`` are (log-probs, probs,
-    entropy) triples.
-
-    The statistics run over row chunks so that their (rows, V) temporaries stay small and are reused
-    from the heap (see core/memory.py) instead of each being a fresh, page-faulting allocation."""
-    n, vocab = cur[0].shape
-    size = max(1, (CHUNK_BYTES if cur[0].device.type == "cpu" else CUDA_CHUNK_BYTES) // (4 * vocab))
+def _stats(cur: _Rows, targets: torch.Tensor, top_k: int, base: _Rows, prev: _Rows) -> dict[str, np.ndarray]:
+    """One batch's statistics under one checkpoint, against the base and the previous checkpoint, over row
+    chunks: each chunk's (rows, V) distributions are rebuilt from hidden states and dropped after use."""
+    n = cur.hidden.shape[0]
+    size = chunk_rows(cur.weight.shape[0] if cur.module is None else _vocab(cur), cur.hidden.device)
     parts: dict[str, list] = {}
     for a in range(0, n, size):
         sl = slice(a, a + size)
-        lp, p, h = (t[sl] for t in cur)
-        bl, bp, bh = (t[sl] for t in base)
-        pl, pp, ph = (t[sl] for t in prev)
+        lp, p, h = cur.logprobs(sl)  # (n, V), (n, V), (n,)
         st = token_stats(lp, targets[sl], top_k, p, h)
         if base is cur:  # the base against itself: exactly zero, no passes over the vocabulary
             st.update(kl_base=torch.zeros_like(h), js_base=torch.zeros_like(h))
         else:
+            bl, bp, bh = base.logprobs(sl)
             st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh))
+            del bl, bp, bh  # freed before the previous checkpoint's chunk is built
         if prev is base:  # the first checkpoint after the base: the same two numbers
             st.update(kl_prev=st["kl_base"], js_prev=st["js_base"])
         else:
+            pl, pp, ph = prev.logprobs(sl)
             st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
         for k, v in st.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 
-def _frame(meta: list[dict], stats: dict[str, list[dict]], tokenizer, top_k: int, steps: dict[str, int]) -> pd.DataFrame:
-    """The tidy table, checkpoint-major in series order: no Python work per row but the top-k lists' views."""
+def _vocab(rows: _Rows) -> int:
+    return rows.module.weight.shape[0] if hasattr(rows.module, "weight") else rows.logprobs(slice(0, 1))[0].shape[-1]
+
+
+def _frame(meta: dict[str, np.ndarray], stats: dict[str, dict], texts: np.ndarray | None,
+           steps: dict[str, int]) -> pd.DataFrame:
+    """One batch's tidy table, checkpoint-major in series order: no Python work per row but the top-k lists."""
     k = len(stats)
-    cols: dict[str, np.ndarray] = {c: np.concatenate([m[c] for m in meta] * k) for c in meta[0]}
-    n = len(cols["position"]) // k if k else 0
+    n = len(meta["position"])
     df = pd.DataFrame({
-        "traj_id": cols["traj_id"],
+        "traj_id": np.tile(meta["traj_id"], k),
         "checkpoint": np.repeat(np.array(list(stats), dtype=object), n),
         "step": np.repeat(np.array([steps[name] for name in stats], dtype=np.int64), n),
-        "position": cols["position"], "token_id": cols["token_id"], "token": cols["token"], "in_think": cols["in_think"],
-        **{c: np.concatenate([b[c] for parts in stats.values() for b in parts]) for c in STAT_COLUMNS},
+        "position": np.tile(meta["position"], k), "token_id": np.tile(meta["token_id"], k),
+        "token": np.tile(meta["token"], k), "in_think": np.tile(meta["in_think"], k),
+        **{c: np.concatenate([b[c] for b in stats.values()]) for c in STAT_COLUMNS},
     })
     df["prob"] = np.exp(df["logprob"])
-    if top_k:
-        ids = np.concatenate([b["top_ids"] for parts in stats.values() for b in parts])  # (rows, k)
-        probs = np.concatenate([b["top_probs"] for parts in stats.values() for b in parts]).round(5)
-        texts = np.array(vocab_texts(tokenizer) + [""], dtype=object)  # padded vocabularies: ids past the
-        df["top_tokens"] = list(texts[np.minimum(ids, len(texts) - 1)])  # tokenizer have no text
-        df["top_probs"] = list(probs)
+    if texts is not None:
+        ids = np.concatenate([b["top_ids"] for b in stats.values()])  # (rows, k)
+        probs = np.concatenate([b["top_probs"] for b in stats.values()]).round(5)
+        df["top_tokens"] = list(texts[np.minimum(ids, len(texts) - 1)])  # padded vocabularies: ids past the
+        df["top_probs"] = list(probs)  # tokenizer have no text
     return df

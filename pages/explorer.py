@@ -18,7 +18,7 @@ info = ui.pick_analysis(ws, world, "explorer_analysis", "Analysis",
                         "No drift analysis yet. Score a checkpoint series on the **Checkpoints** page first.")
 chosen = str(info.path)
 try:
-    a = resources.load_analysis(chosen, info.stamp)
+    a = resources.analysis_view(chosen, info.stamp)  # config and summary tables; trajectories on demand
     trajs = resources.trajectory_table(chosen, info.stamp)
 except (InputError, OSError) as e:
     st.error(f"Cannot read this analysis: {e}")
@@ -40,10 +40,10 @@ def open_driver(kind: str, table: pd.DataFrame, widget_key: str) -> None:
         note = f"token {row['token']!r} under {row['checkpoint']}"
     elif kind == "concept":
         surfaces = [row["concept"], *graph_surfaces(row["concept"])]
-        ids = explore.concept_trajectories(resources.records(a.config.data, a.config.limit, info.stamp), surfaces)
+        ids = explore.concept_trajectories(resources.analysis_records(chosen, info.stamp), surfaces)
         note = f"concept {row['concept']!r}"
     else:
-        ids = explore.concept_trajectories(resources.records(a.config.data, a.config.limit, info.stamp),
+        ids = explore.concept_trajectories(resources.analysis_records(chosen, info.stamp),
                                            [row["context"].split(" ")[-1]])
         note = f"context {row['context']!r} under {row['checkpoint']}"
     st.session_state[state.DRIVER_IDS] = ids
@@ -157,7 +157,7 @@ else:
                             disabled=explore.METRICS[metric][1] != "effects",
                             help="belief metrics only: token metrics exist for the model's completion")
     r = by_id.loc[traj_id]
-    record = {x["id"]: x for x in resources.records(a.config.data, a.config.limit, info.stamp)}.get(traj_id, {})
+    record = {x["id"]: x for x in resources.analysis_records(chosen, info.stamp)}.get(traj_id, {})
     ui.figure(resources.token_heatmap(chosen, info.stamp, traj_id, metric, with_report), "token-heatmap",
               f"heatmap-{traj_id}-{metric}")
     left, right = st.columns([2, 3])
@@ -180,5 +180,5 @@ else:
             ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
                       f"answers-{traj_id}-{at}")
     if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):
-        tok = a.tokens[a.tokens["traj_id"] == traj_id].drop(columns=["traj_id"])
+        tok = resources.trajectory_rows(chosen, info.stamp, "tokens", traj_id).drop(columns=["traj_id"])
         ui.table(tok, "token-table", f"tokens-{traj_id}")

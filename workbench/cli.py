@@ -121,6 +121,10 @@ def _analysis_config(args: argparse.Namespace):
     if getattr(args, "no_chat_template", False):
         opts["chat_template"] = False
     try:
+        if getattr(args, "config", None):  # a saved config (an analysis folder's config.json) runs as it was
+            import dataclasses
+
+            return dataclasses.replace(AnalysisConfig.load(args.config), **opts)
         if args.world:
             return AnalysisConfig.from_world(args.world, args.dataset, **opts)
         if not (args.base and args.data):
@@ -156,7 +160,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from core.analysis import run_analysis
     from core.jobs import CANCELLED, cancel_flag
     from core.outputs import check_analysis_folder, disk_full_named
-    from core.scoring import Cancelled
+    from core.progress import Cancelled
 
     cfg = _analysis_config(args)
     check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing
@@ -183,7 +187,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     from core.jobs import CANCELLED, cancel_flag
     from core.outputs import PERTURB_COLUMNS, check_result_file, disk_full_named
     from core.perturb import perturbation_summary, perturbation_test
-    from core.scoring import Cancelled
+    from core.progress import Cancelled
     from core.series import load_series
     from core.trajectories import read_jsonl
 
@@ -330,6 +334,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=expand, required=True, help="folder for the parquet tables and config.json "
                    "(new or empty; a previous analysis is replaced only with --force, other files never)")
     p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
+    p.add_argument("--config", type=expand, help="an AnalysisConfig JSON (e.g. an analysis's config.json) instead of "
+                   "the series flags; flags given as well override it")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])

@@ -63,19 +63,35 @@ def records(path: str, limit: int | None, stamp: str) -> list[dict]:
     return read_jsonl(path, limit)
 
 
+@st.cache_resource(show_spinner="Opening the analysis…", max_entries=8)
+def analysis_view(path: str, stamp: str):
+    """An analysis's config and summary tables (small whatever its size), shared read-only by every session;
+    per-trajectory rows are read on demand (``trajectory_rows``)."""
+    from core.analysis import AnalysisView
+
+    return AnalysisView.open(path)
+
+
+@st.cache_data(max_entries=64)
+def trajectory_rows(path: str, stamp: str, table: str, traj_id: str):
+    """One trajectory's rows of ``tokens``, ``beliefs`` or ``effects`` (a filtered parquet read)."""
+    return analysis_view(path, stamp).rows(table, traj_id)
+
+
+@st.cache_resource(show_spinner="Reading trajectories…", max_entries=4)
+def analysis_records(path: str, stamp: str) -> list[dict]:
+    """The trajectories an analysis scored, from its own folder."""
+    return analysis_view(path, stamp).records()
+
+
 @st.cache_data(max_entries=8)
 def trajectory_table(path: str, stamp: str):
-    from core import explore
-
-    a = load_analysis(path, stamp)
-    return explore.trajectory_table(a.beliefs, a.effects, records(a.config.data, a.config.limit, stamp))
+    return analysis_view(path, stamp).trajectories()
 
 
 @st.cache_data(max_entries=8)
 def category_accuracy(path: str, stamp: str):
-    from core import drift
-
-    return drift.category_accuracy(load_analysis(path, stamp).beliefs)
+    return analysis_view(path, stamp).category_accuracy()
 
 
 @st.cache_resource(max_entries=4)
@@ -145,8 +161,8 @@ def token_heatmap(path: str, stamp: str, traj_id: str, metric: str, include_prom
     from core import explore
     from workbench import charts
 
-    a = load_analysis(path, stamp)
-    return charts.token_heatmap(explore.token_matrix(a.tokens, a.effects, traj_id, metric, include_prompt))
+    tokens, effects = (trajectory_rows(path, stamp, t, traj_id) for t in ("tokens", "effects"))
+    return charts.token_heatmap(explore.token_matrix(tokens, effects, traj_id, metric, include_prompt))
 
 
 @st.cache_resource(max_entries=256)
@@ -154,7 +170,7 @@ def belief_lines(path: str, stamp: str, traj_id: str):
     from core import explore
     from workbench import charts
 
-    return charts.belief_lines(explore.belief_path(load_analysis(path, stamp).beliefs, traj_id))
+    return charts.belief_lines(explore.belief_path(trajectory_rows(path, stamp, "beliefs", traj_id), traj_id))
 
 
 @st.cache_resource(max_entries=256)
@@ -162,7 +178,7 @@ def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
     from core import explore
     from workbench import charts
 
-    belief = explore.belief_path(load_analysis(path, stamp).beliefs, traj_id)
+    belief = explore.belief_path(trajectory_rows(path, stamp, "beliefs", traj_id), traj_id)
     return charts.answer_distribution(belief, checkpoint, explore.top_labels(belief))
 
 

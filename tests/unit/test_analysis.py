@@ -63,7 +63,8 @@ def test_cli_score_writes_the_tables(quick_world, tmp_path):
     out = _cli("--world", str(quick_world), "--limit", "3", "--positions", "end", "--out", str(tmp_path / "o"),
                "--workspace", str(tmp_path / "ws"))
     assert out.returncode == 0, out.stderr
-    assert {p.name for p in (tmp_path / "o").iterdir()} == {f"{t}.parquet" for t in an.TABLES} | {"config.json"}
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {f"{t}.parquet" for t in an.TABLES} | {
+        "config.json", an.TEXTS, "trajectories.parquet", "by_category.parquet"}  # self-contained: texts, ranking
     assert json.loads((tmp_path / "o" / "config.json").read_text())["limit"] == 3
 
 
@@ -117,3 +118,53 @@ def test_score_argv_parses_back_to_the_same_config(cfg, tmp_path):
     assert an.shell_command(argv).startswith("workbench score --base ")
     pargs = parser().parse_args(an.perturb_argv(cfg, "opacity", "lung opacity", "probe", tmp_path / "p.parquet")[2:])
     assert (pargs.find, pargs.replace, pargs.mode, pargs.limit) == ("opacity", "lung opacity", "probe", 6)
+
+
+def test_a_cancelled_run_keeps_its_finished_batches_and_resumes(cfg, tmp_path, monkeypatch):
+    """Scores are stored batch by batch: after a cancel the finished batches stay on disk and the next run
+    computes only the rest, with the same tables as a run that was never interrupted."""
+    import dataclasses
+
+    from core import scoring
+    from core.progress import Cancelled
+
+    small = dataclasses.replace(cfg, batch_size=2)  # 3 batches of 2 trajectories
+    asked = []
+
+    def cancel_after_two_batches():
+        asked.append(1)
+        return len(asked) > 2 * 3  # 3 checkpoints per batch: the third batch is cancelled
+
+    with pytest.raises(Cancelled):
+        an.run_analysis(small, cache_dir=tmp_path, should_cancel=cancel_after_two_batches)
+    parts = list(tmp_path.glob("tokens-*.parts/*.parquet"))
+    assert len(parts) == 2
+    scored = []
+    real = scoring._score_batch
+    monkeypatch.setattr(scoring, "_score_batch", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
+    resumed = an.run_analysis(small, cache_dir=tmp_path)
+    assert len({tuple(idx) for idx in scored}) == 1  # only the missing batch ran
+    assert not list(tmp_path.glob("tokens-*.parts"))  # whole now: stored as one table
+    fresh = an.run_analysis(small)
+    assert resumed.tokens[["traj_id", "checkpoint", "position"]].equals(fresh.tokens[["traj_id", "checkpoint", "position"]])
+    assert (resumed.tokens["logprob"] - fresh.tokens["logprob"]).abs().max() < 1e-5
+    assert resumed.beliefs[["traj_id", "checkpoint", "position"]].equals(fresh.beliefs[["traj_id", "checkpoint", "position"]])
+
+
+def test_cli_score_runs_from_a_saved_config(cfg, tmp_path):
+    import dataclasses
+
+    saved = tmp_path / "analysis.json"
+    saved.write_text(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, limit=2, positions="end"))))
+    out = tmp_path / "from-config"
+    run = subprocess.run([sys.executable, "-m", "workbench.cli", "score", "--config", str(saved), "--out", str(out),
+                          "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    back = an.Analysis.load(out)
+    assert back.config == dataclasses.replace(cfg, limit=2, positions="end")
+    assert back.tokens["traj_id"].nunique() == 2 and (out / "trajectories.jsonl").is_file()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    run = subprocess.run([sys.executable, "-m", "workbench.cli", "score", "--config", str(bad), "--out", str(out),
+                          "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert run.returncode != 0 and "bad.json" in run.stderr and "not a valid analysis config" in run.stderr

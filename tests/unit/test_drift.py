@@ -112,3 +112,72 @@ def test_base_is_found_by_name_even_when_steps_collide():
     assert eff[eff.checkpoint == "base"]["effect_drift"].abs().max() == 0
     changes = drift.step_changes(beliefs)
     assert list(changes["to_checkpoint"]) == ["run_a", "run_b"]
+
+
+def _reference_concept_spans(enc, surfaces):
+    """The former implementation: every token rescanned per mention."""
+    import re
+
+    text, starts = "", []
+    for tok in enc.tokens:
+        starts.append(len(text))
+        text += tok
+    starts.append(len(text))
+    taken = np.zeros(len(text), dtype=bool)
+    out = []
+    for surface, concept in surfaces:
+        for m in re.finditer(rf"(?<![\w]){re.escape(surface)}(?![\w])", text):
+            if taken[m.start(): m.end()].any():
+                continue
+            taken[m.start(): m.end()] = True
+            toks = [i for i in range(len(enc.tokens)) if starts[i] < m.end() and starts[i + 1] > m.start()]
+            out.append((concept, toks[0] - enc.start, toks[-1] + 1 - enc.start))
+    return out
+
+
+def _reference_drivers_by_concept(effects, encoded, graph, tau=drift.TAU):
+    """The former implementation: every mention joined with every effect row of its trajectory."""
+    surfaces = drift.concept_surfaces(graph)
+    spans = [(e.id, c, a, b) for e in encoded for c, a, b in _reference_concept_spans(e, surfaces)]
+    sp = pd.DataFrame(spans, columns=["traj_id", "concept", "first", "end"])
+    m = sp.merge(effects[["traj_id", "checkpoint", "step", "position", "effect_drift"]], on="traj_id")
+    m = m[(m["position"] >= m["first"]) & (m["position"] < m["end"])]
+    per = m.groupby(["traj_id", "concept", "first", "checkpoint", "step"])["effect_drift"].sum().reset_index()
+    per = per[~drift.is_base(per)]
+    agg = per.groupby(["checkpoint", "step", "concept"]).agg(
+        n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
+        share_detrimental=("effect_drift", lambda s: (s < -tau).mean()),
+        share_beneficial=("effect_drift", lambda s: (s > tau).mean())).reset_index()
+    agg["direction"] = np.where(agg["mean_effect_drift"] < 0, "detrimental", "beneficial")
+    return agg.sort_values(["step", "mean_effect_drift"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("every", [1, 3])  # a probe at every token; at every third (multi-token reads)
+def test_linear_time_drift_tables_equal_the_former_joins(every):
+    import networkx as nx
+
+    rng = np.random.default_rng(every)
+    g = nx.DiGraph()
+    g.add_node("opacity", kind="finding", label="opacity", synonyms=["lung opacity"])
+    g.add_node("consolidation", kind="finding", label="consolidation", synonyms=["airspace opacity"])
+    g.add_node("effusion", kind="finding", label="effusion", synonyms=[])
+    words = [" lung", " opacity", " airspace", " consol", "idation", " effusion", " and", " no", ".", " opac", "ity"]
+    encoded, rows = [], []
+    for t in range(12):
+        toks = ["<s>", " report"] + list(rng.choice(words, size=int(rng.integers(5, 60))))
+        e = _enc(toks, start=2, tid=f"t{t}")
+        encoded.append(e)
+        positions = list(range(0, len(toks) - 2, every)) + [len(toks) - 2]
+        for step, name in ((0, "base"), (5, "c5"), (10, "c10")):
+            rows += [{"traj_id": e.id, "checkpoint": name, "step": step, "position": p,
+                      "gold_prob": float(rng.random())} for p in sorted(set(positions))]
+    eff = drift.token_effects(pd.DataFrame(rows), encoded)
+    want_tokens = ["".join(next(e for e in encoded if e.id == t).tokens[2 + p: 2 + q])
+                   for t, p, q in zip(eff["traj_id"], eff["position"], eff["next_position"])]
+    assert eff["token"].tolist() == want_tokens
+    for e in encoded:
+        assert drift.concept_spans(e, drift.concept_surfaces(g)) == _reference_concept_spans(e, drift.concept_surfaces(g))
+    got = drift.drivers_by_concept(eff, encoded, g)
+    want = _reference_drivers_by_concept(eff, encoded, g)
+    assert len(got) == len(want) > 0
+    pd.testing.assert_frame_equal(got, want, check_dtype=False, atol=1e-9)

@@ -106,3 +106,46 @@ def test_synonym_swaps_found_in_a_record(sample_world):
     found = perturb.swaps_in(record, g)
     assert ("consolidation", "airspace opacity", ["consolidation", "airspace consolidation"]) in found
     assert found == sorted(found, key=lambda f: -len(f[1]))
+
+
+def test_hover_text_equals_the_former_cell_by_cell_build(shipped, table):
+    a, _ = shipped
+    traj = table.iloc[0]["traj_id"]
+    m = explore.token_matrix(a.tokens, a.effects, traj, "effect_drift", include_prompt=True)
+    ctx = a.tokens[a.tokens["traj_id"] == traj].set_index(["checkpoint", "position"])
+    for name, row in zip(m.checkpoints, m.hover):
+        for p, t, got in zip(m.positions, m.tokens, row):
+            if (name, p) not in ctx.index:
+                assert got == repr(t)
+                continue
+            r = ctx.loc[(name, p)]
+            alts = ", ".join(f"{x!r} {q:.3f}" for x, q in zip(r["top_tokens"], r["top_probs"]))
+            assert got == f"{t!r} p={r['prob']:.3f} rank {int(r['rank'])}\ntop: {alts}"
+
+
+def test_a_saved_analysis_is_self_contained_and_read_by_trajectory(shipped, tmp_path, monkeypatch):
+    """The folder keeps the texts it scored and the explorer's ranking; a view opens with the summary tables
+    only and reads one trajectory's rows by filter, equal to the whole table's."""
+    import dataclasses
+
+    import pandas as pd
+
+    from core.analysis import AnalysisView
+
+    a, records = shipped
+    out = dataclasses.replace(a, records=records).save(tmp_path / "copy")
+    opened = []
+    real = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda path, *x, **k: opened.append((str(path), k)) or real(path, *x, **k))
+    view = AnalysisView.open(out)
+    assert not any(p.endswith(("tokens.parquet", "beliefs.parquet", "effects.parquet")) for p, _ in opened)
+    view.config.data = str(tmp_path / "moved-away.jsonl")
+    assert [r["id"] for r in view.records()] == [r["id"] for r in records]
+    want = explore.trajectory_table(a.beliefs, a.effects, records)
+    pd.testing.assert_frame_equal(view.trajectories(), want, check_dtype=False)
+    traj = want.iloc[0]["traj_id"]
+    for name in ("tokens", "beliefs", "effects"):
+        whole = getattr(a, name)
+        got = view.rows(name, traj)
+        pd.testing.assert_frame_equal(got, whole[whole["traj_id"] == traj].reset_index(drop=True), check_dtype=False)
+        assert opened[-1][1].get("filters") == [("traj_id", "==", traj)]

@@ -59,7 +59,8 @@ def test_bad_config_is_refused():
         ProbeConfig(positions="sometimes")
 
 
-def test_probe_is_exact_with_eager_attention_too(sample_world):
+@pytest.mark.parametrize("max_tree_tokens", [2048, 64])  # one tree; the prefix's KV cache and query chunks
+def test_probe_is_exact_with_eager_attention_too(sample_world, max_tree_tokens):
     """Eager attention adds the mask to the scores: the probe's mask must be additive, not boolean."""
     from core.series import load_series
 
@@ -67,7 +68,7 @@ def test_probe_is_exact_with_eager_attention_too(sample_world):
                     base_names=["cxr-demo-tiny-llama"])
     s.model.set_attn_implementation("eager")
     e = encode(s.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=1))[0]
-    cfg = ProbeConfig(labels=LABELS)
+    cfg = ProbeConfig(labels=LABELS, max_tree_tokens=max_tree_tokens)
     df = probe(s, [e], cfg)
     positions = probe_positions(e, "every", _tokens(s.tokenizer, cfg, LABELS).template[0], set())[::5]
     with s.activate("checkpoint-160") as m:
@@ -103,3 +104,28 @@ def test_full_checkpoint_series_probe_loads_each_once(quick_world, adapters, ser
     want = want[want.checkpoint == "checkpoint-4"].reset_index(drop=True)
     got = got[got.checkpoint == "checkpoint-4"].reset_index(drop=True)
     np.testing.assert_allclose(got["gold_prob"], want["gold_prob"], atol=1e-4)
+
+
+def test_long_trajectories_encode_each_prefix_once(series, setup):
+    """Past max_tree_tokens the prefix is encoded once and the probe blocks run over its KV cache: tokens
+    encoded per trajectory and checkpoint are T + B x P (linear in length), and the beliefs equal one tree's."""
+    from core.forward import decoder
+
+    counted = []
+    hook = decoder(series.model).embed_tokens.register_forward_hook(lambda m, a, out: counted.append(a[0].numel()))
+    try:
+        tree = probe(series, setup[:2], ProbeConfig(labels=LABELS, positions="every", max_tree_tokens=100_000))
+        counted.clear()
+        cached = probe(series, setup[:2], ProbeConfig(labels=LABELS, positions="every", max_tree_tokens=64))
+    finally:
+        hook.remove()
+    tk = _tokens(series.tokenizer, ProbeConfig(labels=LABELS), LABELS)
+    block = len(tk.template) + sum(len(lab) - 1 for lab in tk.labels)
+    want = 0
+    for e in setup[:2]:
+        positions = probe_positions(e, "every", tk.template[0], set())
+        want += positions[-1] + block * len(positions)
+    assert sum(counted) == want * len(series.names)
+    cols = [f"p:{y}" for y in LABELS]
+    np.testing.assert_allclose(cached[cols].to_numpy(), tree[cols].to_numpy(), atol=1e-5)
+    assert cached[["traj_id", "checkpoint", "position"]].equals(tree[["traj_id", "checkpoint", "position"]])

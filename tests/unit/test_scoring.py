@@ -3,10 +3,22 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from core.scoring import MIN_SHARED, Cancelled, ScoreConfig, _batches, _pad, js, kl, score, shared_prefix, token_stats
+from core.scoring import (
+    MIN_SHARED,
+    Cancelled,
+    ScoreConfig,
+    _batches,
+    _pad,
+    js,
+    kl,
+    score,
+    shared_prefix,
+    token_stats,
+)
 from core.trajectories import encode, read_jsonl
 
 
@@ -139,3 +151,68 @@ def test_full_checkpoints_load_once_per_group_and_match_their_adapters(series, a
     want = score(series, enc, ScoreConfig(top_k=2, batch_size=2))
     for col in ("logprob", "kl_base", "js_prev"):
         np.testing.assert_allclose(got[col].to_numpy(), want[col].to_numpy(), atol=1e-4)
+
+
+def _naive_stats(series, e, top_k):
+    """Every statistic of one trajectory from whole (L, V) log-softmaxes of plain forward passes."""
+    lps = {}
+    for name in series.names:
+        with torch.no_grad(), series.activate(name) as m:
+            lps[name] = torch.log_softmax(m(torch.tensor([e.input_ids])).logits[0].float(), -1)[e.start - 1: -1]
+    target = torch.tensor(e.completion_ids)
+    out = {}
+    for i, name in enumerate(series.names):
+        lp, base, prev = lps[name], lps[series.names[0]], lps[series.names[max(0, i - 1)]]
+        out[name] = {"logprob": lp.gather(-1, target[:, None]).squeeze(-1), "entropy": -(lp.exp() * lp).sum(-1),
+                     "kl_base": kl(lp, base), "js_base": js(lp, base), "kl_prev": kl(lp, prev), "js_prev": js(lp, prev),
+                     "top_probs": lp.exp().topk(top_k, -1).values}
+    return out
+
+
+def test_every_statistic_equals_whole_distribution_computation(scored, series):
+    """Row-chunked statistics from hidden states equal those of whole (L, V) log-distributions."""
+    enc, df = scored
+    for e in enc[:2]:
+        want = _naive_stats(series, e, 4)
+        for name in series.names:
+            rows = df[(df.traj_id == e.id) & (df.checkpoint == name)]
+            for col in ("logprob", "entropy", "kl_base", "js_base", "kl_prev", "js_prev"):
+                np.testing.assert_allclose(rows[col], want[name][col], atol=2e-5, err_msg=f"{name} {col}")
+            np.testing.assert_allclose(np.stack(rows["top_probs"]), want[name]["top_probs"], atol=2e-5)
+
+
+def test_statistics_never_build_a_whole_distribution_matrix(series, sample_world, monkeypatch):
+    """With chunks of 3 rows, every LM-head call sees at most 3 rows, and the table is the same."""
+    from core import scoring
+
+    enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=3))
+    cfg = ScoreConfig(top_k=3, batch_size=3)
+    whole = score(series, enc, cfg)
+    calls = []
+    real = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        if w.shape[0] == len(series.tokenizer) or w.shape[0] > 1000:
+            calls.append(x.shape[0])
+        return real(x, w, b)
+
+    monkeypatch.setattr(scoring, "chunk_rows", lambda vocab, device: 3)
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    chunked = score(series, enc, cfg)
+    assert calls and max(calls) <= 3
+    cols = ["logprob", "entropy", "kl_base", "js_base", "kl_prev", "js_prev"]
+    np.testing.assert_allclose(chunked[cols].to_numpy(), whole[cols].to_numpy(), atol=2e-5)
+    assert chunked[["traj_id", "checkpoint", "position"]].equals(whole[["traj_id", "checkpoint", "position"]])
+
+
+def test_score_batches_yields_every_row_once(series, scored):
+    from core.scoring import score_batches
+
+    enc, df = scored
+    parts = list(score_batches(series, enc, ScoreConfig(top_k=4, batch_size=4)))
+    assert sorted(i for idx, _ in parts for i in idx) == list(range(len(enc)))
+    got = pd.concat([f for _, f in parts]).sort_values(["checkpoint", "traj_id", "position"]).reset_index(drop=True)
+    want = df.sort_values(["checkpoint", "traj_id", "position"]).reset_index(drop=True)
+    np.testing.assert_allclose(got["kl_prev"], want["kl_prev"], atol=1e-6)
+    skipped = list(score_batches(series, enc, ScoreConfig(top_k=0, batch_size=4), skip=lambda ids: enc[0].id in ids))
+    assert enc[0].id not in {t for _, f in skipped for t in f["traj_id"]}
