@@ -16,6 +16,7 @@ import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,18 +89,17 @@ def load_vl_series(base: str | Path, checkpoints: str | Path | Sequence[str | Pa
     dt = text_series._dtype(dtype, dev)
     proc = load_processor(base, cfg, trust_remote_code)
     model = load_vl_model(base, dev, dt, trust_remote_code)
-    accepted = {base.name.lower(), *(n.lower() for n in base_names)}
-    if getattr(model.config, "_name_or_path", None):
-        accepted.add(Path(model.config._name_or_path).name.lower())
     vocab = proc.tokenizer.get_vocab()
     for info in infos:
         text_series._check_tokenizer(info, vocab, trust_remote_code)
         if info.kind == "adapter":
-            text_series._check_base_name(info, accepted)
             model = attach_vl_adapter(model, info)
     shared = not hasattr(model, "peft_config") or vision_untouched(model)
     shared = shared and all(c.kind == "adapter" for c in infos)
-    ms = text_series.ModelSeries(base, infos, model.eval(), proc.tokenizer, dev, dt, trust_remote_code)
+    notes = text_series.base_name_warnings(base, infos, base_names)  # a hint, never a refusal (core.series)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    ms = text_series.ModelSeries(base, infos, model.eval(), proc.tokenizer, dev, dt, trust_remote_code, warnings=notes)
     return VLSeries(ms, proc, shared)
 
 
