@@ -210,13 +210,27 @@ def resume(ws, run_id: int) -> Run:
     if run.status not in ("cancelled", "failed"):
         raise InputError(f"run {run.name}: only a cancelled or failed run can be resumed (it is {run.status})")
     previous = run.job_handle()
-    if previous and previous.live_pids():  # e.g. the trainer of a run whose supervisor was killed
+    if previous and _still_running(previous):  # e.g. the trainer of a run whose supervisor was killed
         raise InputError(f"run {run.name}: its trainer (pid {', '.join(map(str, previous.live_pids()))}) still "
                          "runs; cancel it or wait for it to end before resuming")
     cfg = TrainConfig.load(run.config_path)
     cfg.resume = True
     cfg.save(run.config_path)
     return _start(ws, run, previous.argv if previous else train_argv(run.config_path, run.world))
+
+
+def _still_running(job, grace: float = 15.0) -> bool:
+    """Whether any of ``job``'s processes still lives after ``grace`` seconds: a worker that has written its
+    exit record goes on for a moment (interpreter shutdown, the supervisor's own exit record) and is waited for;
+    one that keeps running (its supervisor killed, say) is not."""
+    import time
+
+    deadline = time.monotonic() + (grace if job.exit_info() is not None else 0.0)  # ended: let it finish exiting
+    while job.live_pids():
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def metrics(run: Run) -> pd.DataFrame:

@@ -42,8 +42,7 @@ def test_score_and_explore_a_world_of_your_own(browser, own_app, artifacts):
     go(page, "Checkpoints")
     page.get_by_text("2 checkpoints plus the base").wait_for(timeout=60_000)
     page.get_by_text("loaded anyway").first.wait_for(timeout=30_000)  # the base-name warning, not a refusal
-    page.get_by_text("Device and settings").click()
-    set_number(page, "Trajectories (0 = all)", 3)
+    set_number(page, "Trajectories to score (0 = all)", 3)  # beside the Score button
     page.get_by_role("button", name="Score").click()
     open_button = page.locator("[data-testid='stButton'] button", has_text="Open").first
     open_button.wait_for(timeout=240_000)

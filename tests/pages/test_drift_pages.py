@@ -201,6 +201,7 @@ def test_checkpoints_page_reads_a_typed_path_with_tilde(sample_world, tmp_path, 
     import shutil
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path / "home"))  # typed paths stay inside the data roots
     shutil.copytree(sample_world / "data", tmp_path / "home" / "data")
     at = page("checkpoints", sample_world, tmp_path / "ws")
     at.run()

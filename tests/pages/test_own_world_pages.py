@@ -21,6 +21,12 @@ def page(name: str, world, workspace) -> AppTest:
     return at
 
 
+@pytest.fixture(autouse=True)
+def user_folders_are_a_data_root(foreign_run, monkeypatch):
+    """The user's run lies outside the workspace: typed paths there need it among the data roots."""
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(foreign_run["base"].parent))
+
+
 @pytest.fixture(scope="module")
 def own_world(foreign_run, tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
