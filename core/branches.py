@@ -9,6 +9,11 @@ its start and compare the two directly:
     cmp.summary   # one row per model: probe accuracy, final gold belief, mean KL to base
     cmp.flips     # one row per trajectory whose final probed answer changed: fixed / broken / changed
     cmp.tokens    # CoT tokens whose log-probability moved most between start and repaired (mean per token)
+
+What "previous" means in a series with branches (``series_parents``): a branch is measured against its start
+(its ``kl_prev`` / ``js_prev`` are KL / JS to the start checkpoint, its step test compares it with the start),
+every other checkpoint against the previous checkpoint that is not a branch, so checkpoint-240 is never
+compared with a run branched from checkpoint-160.
 """
 
 from __future__ import annotations
@@ -46,15 +51,35 @@ def branch_of(path: str | Path) -> Branch | None:
     config = _read(path.parent / "config.json") or {}
     if "run_steps" not in state or "init_adapter" not in config:
         return None
-    name = path.parent.name if path.name in GENERIC else path.name
-    start = Path(config["init_adapter"]).name if config.get("init_adapter") else "base"
-    return Branch(re.sub(r"[^A-Za-z0-9_-]", "_", name), start, int(state["run_steps"]))
+    start = _series_name(Path(config["init_adapter"])) if config.get("init_adapter") else "base"
+    return Branch(_series_name(path), start, int(state["run_steps"]))
+
+
+def _series_name(path: Path) -> str:
+    """A checkpoint folder's name in a series (as core.series.adapter_name): the run folder's for a generic
+    ``<run>/adapter``, so a run started from another run's adapter names that run as its start."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", path.parent.name if path.name in GENERIC else path.name)
 
 
 def run_branches(checkpoints: str | list[str] | None) -> dict[str, Branch]:
     """The CPO-run branches among an analysis's checkpoint folders, by series name."""
     paths = checkpoints if isinstance(checkpoints, list) else []
     return {b.name: b for b in (branch_of(p) for p in paths) if b is not None}
+
+
+def series_parents(names: list[str], starts: dict[str, str]) -> dict[str, str]:
+    """What each checkpoint after the first (the base) is measured against: a branch (``starts``: branch name
+    -> its start) against its start, any other checkpoint against the previous checkpoint that is not a branch.
+    A branch whose start does not come before it in ``names`` is measured against the base (``names[0]``),
+    since scoring keeps only what it has already computed."""
+    out, last, seen = {}, names[0], {names[0]}
+    for name in names[1:]:
+        if name in starts:
+            out[name] = starts[name] if starts[name] in seen else names[0]
+        else:
+            out[name], last = last, name
+        seen.add(name)
+    return out
 
 
 @dataclass
