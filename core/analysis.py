@@ -224,6 +224,13 @@ class AnalysisView:
     def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
         return pd.read_parquet(self.path / f"{name}.parquet", columns=columns)
 
+    def checkpoint_rows(self, table: str, checkpoints: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows of a per-trajectory table under ``checkpoints`` only (e.g. a CPO run and its start)."""
+        if table not in PER_TRAJECTORY:
+            raise ValueError(f"table: expected one of {PER_TRAJECTORY}, got {table!r}")
+        return pd.read_parquet(self.path / f"{table}.parquet", columns=columns,
+                               filters=[("checkpoint", "in", list(checkpoints))]).reset_index(drop=True)
+
     def trajectories(self) -> pd.DataFrame:
         """The explorer's ranking (stored at save; computed from beliefs and effects for older folders)."""
         from core import explore

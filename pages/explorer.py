@@ -94,7 +94,7 @@ if view == "Overview":
         ui.table(a.changes, "changes-table", "step-changes")
 
     if branches:
-        ui.branch_comparison(a, branches)
+        ui.branch_comparison(chosen, info.stamp, branches)
 
     st.subheader("What drives the drift")
     st.caption("Effect drift: how much reading a token moves the belief in the gold answer, minus what the base "
@@ -179,6 +179,8 @@ else:
                                   if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
             ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
                       f"answers-{traj_id}-{at}")
+    if branches := run_branches(a.config.checkpoints):  # CPO runs: against their start, not the step before
+        ui.branch_trajectory(chosen, info.stamp, traj_id, branches)
     if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):
         tok = resources.trajectory_rows(chosen, info.stamp, "tokens", traj_id).drop(columns=["traj_id"])
         ui.table(tok, "token-table", f"tokens-{traj_id}")

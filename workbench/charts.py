@@ -350,3 +350,32 @@ def run_comparison(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
     fig.update_layout(barmode="group", height=340, yaxis={"range": [0, 1.02], "title": "share of held-out studies"},
                       legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
     return fig
+
+
+def start_vs_repaired(pair, start: str, repaired: str) -> go.Figure:
+    """One trajectory under a CPO run's start and the repaired model (``core.branches.trajectory_pair``): the
+    gold-answer belief of both on one plot (top); per CoT token, KL(repaired || start) and the change of the
+    token's log-probability (bottom, nats)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45])
+    b, t = pair.beliefs, pair.tokens
+    for role, name, color, dash in (("start", start, "#264653", "dot"), ("repaired", repaired, "#6a4c93", "solid")):
+        fig.add_trace(go.Scatter(x=b["position"], y=b[f"gold_prob_{role}"], name=f"{role}: {_esc(name)}", mode="lines",
+                                 line={"color": color, "dash": dash, "width": 2},
+                                 customdata=[_esc(a) for a in b[f"answer_{role}"]],
+                                 hovertemplate=f"{role} · position %{{x}}<br>gold belief %{{y:.3f}}"
+                                 "<br>answer now: %{customdata}<extra></extra>"), row=1, col=1)
+    tokens = [_esc(x) for x in t["token"]]
+    if t["kl_to_start"].notna().any():
+        fig.add_trace(go.Bar(x=t["position"], y=t["kl_to_start"], name="KL(repaired ‖ start)", marker_color="#e76f51",
+                             customdata=tokens, hovertemplate="%{customdata}<br>KL to start %{y:.4f}<extra></extra>"),
+                      row=2, col=1)
+    fig.add_trace(go.Scatter(x=t["position"], y=t["logprob_change"], name="log-prob change of the token",
+                             mode="lines", line={"color": "#2a9d8f", "width": 1}, customdata=tokens,
+                             hovertemplate="%{customdata}<br>log p repaired - start %{y:+.3f}<extra></extra>"),
+                  row=2, col=1)
+    fig.add_vline(x=0, line_dash="dot", line_color="#888")
+    fig.update_yaxes(title_text="P(gold answer)", range=[-0.02, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="nats", row=2, col=1)
+    fig.update_xaxes(title_text="position (negative: inside the report)", row=2, col=1)
+    fig.update_layout(height=420, legend={"orientation": "h", "y": -0.2}, margin={"t": 20, "l": 10, "r": 10})
+    return fig

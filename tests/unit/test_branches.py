@@ -174,3 +174,33 @@ def test_the_summary_chart_never_shades_a_run_against_its_start(tmp_path):
                             "branch": [False, True, False]})
     fig = charts.summary_over_steps(summary, changes, run_branches([str(fake_run(tmp_path, steps=80))]))
     assert not [s for s in fig.layout.shapes if s.type == "rect"]  # the run got worse: not a stretch of the RFT axis
+
+
+def test_one_trajectory_start_vs_repaired_beliefs_and_per_token_drift():
+    from core.branches import compare, measured_from_start, trajectory_pair
+
+    tokens = pd.DataFrame([{"traj_id": "a", "checkpoint": c, "position": p, "token": t, "logprob": lp,
+                            "in_think": True, "kl_base": 0.1, "kl_prev": kp}
+                           for c, p, t, lp, kp in [("ck", 0, " opacity", -1.0, 0.3), ("ck", 1, " Lung", -0.5, 0.2),
+                                                   ("ck-240", 0, " opacity", -9.0, 9.0),
+                                                   ("fix", 1, " Lung", -3.0, 0.7), ("fix", 0, " opacity", -1.5, 0.4)]])
+    beliefs = pd.DataFrame([{"traj_id": "a", "checkpoint": c, "position": p, "answer": ans, "gold": "Edema",
+                             "gold_prob": g} for c, p, ans, g in [("ck", -1, "Edema", 0.5), ("ck", 1, "Lung Opacity", 0.2),
+                                                                  ("fix", 1, "Edema", 0.7), ("fix", -1, "Edema", 0.5)]])
+    pair = trajectory_pair(tokens, beliefs, "ck", "fix", from_start=True)
+    assert pair.beliefs["position"].tolist() == [-1, 1]
+    assert pair.beliefs[["gold_prob_start", "gold_prob_repaired"]].values.tolist() == [[0.5, 0.5], [0.2, 0.7]]
+    assert pair.tokens["kl_to_start"].tolist() == [0.4, 0.7]  # the run's own kl_prev: measured from its start
+    assert pair.tokens["logprob_change"].round(3).tolist() == [-0.5, -2.5]
+    assert trajectory_pair(tokens, beliefs, "ck", "fix").tokens["kl_to_start"].isna().all()  # older analyses
+    fig = charts.start_vs_repaired(pair, "ck", "fix")
+    names = [t.name for t in fig.data]
+    assert names[:2] == ["start: ck", "repaired: fix"] and "KL(repaired ‖ start)" in names
+    assert list(fig.data[2].y) == [0.4, 0.7]
+    old = charts.start_vs_repaired(trajectory_pair(tokens, beliefs, "ck", "fix"), "ck", "fix")
+    assert "KL(repaired ‖ start)" not in [t.name for t in old.data]
+
+    cmp = compare(tokens, beliefs, "ck", "fix", from_start=True)
+    assert cmp.summary["kl_to_start"].round(3).tolist() == [0.0, 0.55]
+    assert measured_from_start(pd.DataFrame({"branch": [False, True]}))
+    assert not measured_from_start(pd.DataFrame({"to_checkpoint": ["x"]}))
