@@ -158,9 +158,11 @@ def _summary_lines(summary: pd.DataFrame, changes: pd.DataFrame | None) -> go.Fi
     return fig
 
 
-def category_heatmap(table: pd.DataFrame) -> go.Figure:
-    """Accuracy per gold label (rows) and checkpoint (columns), from ``drift.category_accuracy``."""
-    fig = go.Figure(go.Heatmap(z=table.to_numpy(dtype=float), x=[_esc(c) for c in table.columns],
+def category_heatmap(table: pd.DataFrame, branches: dict | None = None) -> go.Figure:
+    """Accuracy per gold label (rows) and checkpoint (columns), from ``drift.category_accuracy``; a CPO run's
+    column (``branches``) stands right after its start's, labelled as a run."""
+    table = table[branch_order(list(table.columns), branches)]
+    fig = go.Figure(go.Heatmap(z=table.to_numpy(dtype=float), x=[branch_label(c, branches) for c in table.columns],
                                y=[_esc(i) for i in table.index], colorscale="RdYlGn", zmin=0, zmax=1,
                                colorbar={"title": "accuracy"}, texttemplate="%{z:.2f}",
                                hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>"))

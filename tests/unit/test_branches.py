@@ -204,3 +204,14 @@ def test_one_trajectory_start_vs_repaired_beliefs_and_per_token_drift():
     assert cmp.summary["kl_to_start"].round(3).tolist() == [0.0, 0.55]
     assert measured_from_start(pd.DataFrame({"branch": [False, True]}))
     assert not measured_from_start(pd.DataFrame({"to_checkpoint": ["x"]}))
+
+
+def test_category_heatmap_puts_a_run_beside_its_start(tmp_path):
+    branches = run_branches([str(fake_run(tmp_path))])
+    table = pd.DataFrame([[0.9, 0.5, 0.6, 0.8, 0.4]], index=["Edema"],
+                         columns=["base", "checkpoint-160", "checkpoint-200", "fix-1", "checkpoint-240"])
+    fig = charts.category_heatmap(table, branches)
+    assert list(fig.data[0].x) == ["base", "checkpoint-160", "↳ fix-1 (CPO from checkpoint-160)", "checkpoint-200",
+                                   "checkpoint-240"]
+    assert list(fig.data[0].z[0]) == [0.9, 0.5, 0.8, 0.6, 0.4]
+    assert list(charts.category_heatmap(table).data[0].x) == list(table.columns)  # no runs: as given
