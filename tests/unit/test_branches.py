@@ -215,3 +215,21 @@ def test_category_heatmap_puts_a_run_beside_its_start(tmp_path):
                                    "checkpoint-240"]
     assert list(fig.data[0].z[0]) == [0.9, 0.5, 0.8, 0.6, 0.4]
     assert list(charts.category_heatmap(table).data[0].x) == list(table.columns)  # no runs: as given
+
+
+def test_an_analysis_of_a_series_with_a_run_measures_the_run_from_its_start(quick_world, adapters, tmp_path):
+    """run_analysis end to end: the step tests pair the run with its start and checkpoint-4 with checkpoint-2;
+    the run's kl_prev differs from what the series order alone would give (checkpoint-4)."""
+    from core.analysis import AnalysisConfig, run_analysis
+
+    fix = _lora_run(quick_world, tmp_path, "fixB", 8, 5, 3, adapters / "checkpoint-2")
+    cfg = AnalysisConfig(base=str(quick_world / "model"), data=str(quick_world / "data" / "test.jsonl"),
+                         checkpoints=[str(adapters / "checkpoint-2"), str(adapters / "checkpoint-4"), str(fix)],
+                         limit=2, positions="end", top_k=0, base_names=["cxr-demo-tiny-llama"])
+    result = run_analysis(cfg, cache_dir=tmp_path / "cache")
+    pairs = dict(zip(result.changes["to_checkpoint"], result.changes["from_checkpoint"]))
+    assert pairs == {"checkpoint-2": "base", "checkpoint-4": "checkpoint-2", "fixB": "checkpoint-2"}
+    assert result.changes.set_index("to_checkpoint")["branch"].to_dict() == {
+        "checkpoint-2": False, "checkpoint-4": False, "fixB": True}
+    kl = result.tokens.groupby("checkpoint")["kl_prev"].mean()
+    assert kl["fixB"] > 0 and abs(kl["fixB"] - kl["checkpoint-4"]) > 1e-4
