@@ -27,7 +27,7 @@ from core.paths import expand, expand_optional, expand_str
 from core.probe import POSITION_MODES, ProbeConfig, probe
 from core.progress import Progress
 from core.scoring import ScoreConfig, batch_plan, score_batches
-from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
+from core.series import ModelSeries, branch_starts, load_series, load_tokenizer, plan_series, series_fingerprint
 from core.trajectories import data_hash, encode, read_jsonl
 
 PATH_FIELDS = ("base", "data", "checkpoints", "graph")
@@ -224,6 +224,13 @@ class AnalysisView:
     def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
         return pd.read_parquet(self.path / f"{name}.parquet", columns=columns)
 
+    def checkpoint_rows(self, table: str, checkpoints: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows of a per-trajectory table under ``checkpoints`` only (e.g. a CPO run and its start)."""
+        if table not in PER_TRAJECTORY:
+            raise ValueError(f"table: expected one of {PER_TRAJECTORY}, got {table!r}")
+        return pd.read_parquet(self.path / f"{table}.parquet", columns=columns,
+                               filters=[("checkpoint", "in", list(checkpoints))]).reset_index(drop=True)
+
     def trajectories(self) -> pd.DataFrame:
         """The explorer's ranking (stored at save; computed from beliefs and effects for older folders)."""
         from core import explore
@@ -263,6 +270,7 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         fingerprint = series_fingerprint(base, infos, dtype)
     else:
         fingerprint = series.fingerprint()
+    starts = branch_starts(infos if series is None else series.checkpoints)  # CPO runs: measured from their start
     loaded: list[ModelSeries] = [series] if series is not None else []
 
     def get_series() -> ModelSeries:
@@ -283,8 +291,9 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         return (lambda d, t, m: progress(lo + (hi - lo) * d / max(1, t), 1.0, f"{name}: {m}")) if progress else None
 
     scfg = ScoreConfig(cfg.top_k, cfg.batch_size)
-    tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k), stage("scoring", (0.0, 0.3)),
-                     should_cancel)
+    lineage = (sorted(starts.items()),) if starts else ()  # kl_prev of a branch is to its start (older caches: not)
+    tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k, *lineage),
+                     stage("scoring", (0.0, 0.3)), should_cancel)
     pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions, include_prompt=cfg.include_prompt)
     beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
                        stage("probe", (0.3, 1.0)), should_cancel)
@@ -294,7 +303,7 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         progress(1.0, 1.0, "done")
     return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
                     drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
-                    drift.step_changes(beliefs), records)
+                    drift.step_changes(beliefs, branches=starts), records)
 
 
 PROBE_PART = 16  # trajectories per stored part of the beliefs table

@@ -223,25 +223,34 @@ def page_hinkley(values: list[float], delta: float = 0.005, threshold: float = 0
     return None
 
 
-def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int = 2000) -> pd.DataFrame:
-    """Per pair of consecutive checkpoints: mean change of the final gold belief, permutation p-value (Holm)."""
+def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int = 2000,
+                 branches: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per pair of consecutive checkpoints: mean change of the final gold belief, permutation p-value (Holm).
+    ``branches`` (CPO run -> the checkpoint it started from) are not points of the step axis: each is
+    compared with its start (``branch`` True), the RFT checkpoints with the previous RFT checkpoint, and
+    Page-Hinkley runs over the RFT checkpoints only."""
+    from core.branches import series_parents
+
     fb = final_beliefs(beliefs)
     order = checkpoint_order(fb)
+    branches = {b: s for b, s in (branches or {}).items() if b in order}
     steps = dict(zip(fb["checkpoint"], fb["step"]))
     fin = fb.pivot(index="traj_id", columns="checkpoint", values="gold_prob")
     rows = []
-    for a, b in zip(order, order[1:]):
+    for b, a in series_parents(order, branches).items():
         d = (fin[b] - fin[a]).dropna().to_numpy()
         rows.append({"from_checkpoint": a, "to_checkpoint": b, "from_step": steps[a], "to_step": steps[b],
-                     "mean_change": d.mean() if len(d) else 0.0, "p_value": sign_flip_test(d, n_permutations)})
+                     "mean_change": d.mean() if len(d) else 0.0, "p_value": sign_flip_test(d, n_permutations),
+                     "branch": b in branches})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     df["p_holm"] = holm(df["p_value"].tolist())
     df["changed"] = df["p_holm"] < alpha
     df["direction"] = np.where(df["mean_change"] < 0, "detrimental", "beneficial")
-    alarm = page_hinkley([fin[c].mean() for c in order])
-    df["page_hinkley_alarm"] = df["to_checkpoint"] == (order[alarm] if alarm is not None else None)
+    line = [c for c in order if c not in branches]
+    alarm = page_hinkley([fin[c].mean() for c in line])
+    df["page_hinkley_alarm"] = ~df["branch"] & (df["to_checkpoint"] == (line[alarm] if alarm is not None else None))
     return df
 
 

@@ -22,7 +22,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "prob": ("probability of the token", "tokens", False),
     "entropy": ("entropy of the next-token distribution (nats)", "tokens", False),
     "kl_base": ("KL to the base model (nats)", "tokens", False),
-    "kl_prev": ("KL to the previous checkpoint (nats)", "tokens", False),
+    "kl_prev": ("KL to the previous checkpoint (a CPO run: to its start) (nats)", "tokens", False),
     # labels read on their own (a select box may cut them): what it is first, its sign last
     "effect": ("belief effect: gold-answer belief change on reading the token", "effects", True),
     "effect_drift": ("effect drift: belief effect minus the base model's (< 0 detrimental)", "effects", True),

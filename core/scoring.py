@@ -10,6 +10,10 @@ Computed through entropies, which each checkpoint's pass already has: KL(p || q)
 JS(p, q) = H(m) - (H(p) + H(q)) / 2, with the sums as row-wise dot products (einsum), so each statistic
 costs one or two passes over the (tokens x vocabulary) matrix instead of four to six.
 
+"Checkpoint i-1" is the series' parent of i (``ModelSeries.parents``): for a CPO run's adapter, the checkpoint
+it started from (so its kl_prev is the per-token drift start -> repaired); for an RFT checkpoint, the previous
+one that is not a CPO run.
+
 Memory is linear in the batch's hidden states, not its distributions: each checkpoint's pass keeps the
 completion rows' last hidden states (N, H) and its LM head (a reference to the head's weight, no copy),
 and the statistics run over row chunks, each applying the current, base and previous checkpoint's head to
@@ -203,15 +207,20 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
     texts = np.array(vocab_texts(series.tokenizer) + [""], dtype=object) if cfg.top_k else None
     total, done = len(batches) * len(series.names), 0
     can_share = [cfg.share_prefix]  # turned off for the rest of the call if the architecture cannot share
-    for group in _groups(series, encoded, batches, cfg.group_bytes):
+    parents = series.parents
+    until = keep_until(series.names, parents)
+    for group in _groups(series, encoded, batches, cfg.group_bytes, parents):
         stats: list[dict[str, dict]] = [{} for _ in group]
-        kept: list[dict[str, _Rows]] = [{} for _ in group]  # per batch: its rows under the base and the previous
-        for name in series.names:  # checkpoint-outer within a group: a full checkpoint loads once per group
+        kept: list[dict[str, _Rows]] = [{} for _ in group]  # per batch: its rows under the base and the parents
+        for i, name in enumerate(series.names):  # checkpoint-outer within a group: a full checkpoint loads once
             if should_cancel and should_cancel():
                 raise Cancelled("scoring cancelled")
             with series.activate(name) as model:
                 for b, idx in enumerate(group):
-                    stats[b][name] = _score_batch(model, series, encoded, idx, pad, cfg, can_share, kept[b])
+                    stats[b][name] = _score_batch(model, series, encoded, idx, pad, cfg, can_share, kept[b],
+                                                  name, parents.get(name))
+                    for k in [k for k in kept[b] if k != series.names[0] and until.get(k, -1) <= i]:
+                        del kept[b][k]  # no later checkpoint is measured against it
                     done += 1
                     if progress:
                         progress(done, total, f"{name}: batch {done % len(batches) or len(batches)}/{len(batches)}")
@@ -221,9 +230,9 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
 
 
 def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
-                 can_share: list[bool], kept: dict[str, _Rows]) -> dict[str, np.ndarray]:
-    """One batch under one (active) checkpoint: its statistics against the base and previous checkpoint
-    (``kept``, updated here)."""
+                 can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
+    """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
+    (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
     ids, mask = _pad(encoded, idx, pad, series.device)
     spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
     shared = shared_prefix(ids, spans) if can_share[0] else 0
@@ -232,10 +241,27 @@ def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[i
         can_share[0] = False  # the architecture's cache cannot be repeated: do not try again
     cur = _Rows(model, hidden)
     targets = torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
-    out = _stats(cur, targets, cfg.top_k, kept.get("base", cur), kept.get("prev", cur))
-    kept.setdefault("base", cur)
-    kept["prev"] = cur
+    out = _stats(cur, targets, cfg.top_k, kept.get(series.names[0], cur), kept[parent] if parent else cur)
+    kept[name] = cur
     return out
+
+
+def keep_until(names: list[str], parents: dict[str, str]) -> dict[str, int]:
+    """Checkpoint name -> index (in ``names``) of the last checkpoint measured against it."""
+    pos = {n: i for i, n in enumerate(names)}
+    until: dict[str, int] = {}
+    for child, parent in parents.items():
+        until[parent] = max(until.get(parent, -1), pos[child])
+    return until
+
+
+def _most_kept(names: list[str], parents: dict[str, str]) -> int:
+    """The most rows sets a batch keeps at once while scoring ``names``: the base and the parents still needed
+    (2 in a plain series: the base and the previous checkpoint)."""
+    until = keep_until(names, parents)
+    alive = [sum(1 for k, end in until.items() if k != names[0] and names.index(k) <= i < end)
+             for i in range(len(names))]
+    return 1 + max([1, *alive])
 
 
 @torch.no_grad()
@@ -251,17 +277,19 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
     return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]], budget: int) -> list[list[list[int]]]:
+def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]], budget: int,
+            parents: dict[str, str] | None = None) -> list[list[list[int]]]:
     """One batch per group for adapter series (switching is free); for series with full-model checkpoints,
-    as many batches as keep the base's and the previous checkpoint's (N, H) hidden states within ``budget``
-    bytes, so that each full checkpoint is loaded once per group, not once per batch."""
+    as many batches as keep the base's and the parents' (N, H) hidden states within ``budget`` bytes, so that
+    each full checkpoint is loaded once per group, not once per batch."""
     if all(c.kind == "adapter" for c in series.checkpoints):
         return [[b] for b in batches]
     hidden = series.model.get_output_embeddings().weight.shape[1]
     size_of = torch.empty((), dtype=series.dtype).element_size()
+    kept = _most_kept(series.names, parents if parents is not None else series.parents)  # base + previous: 2
     groups, current, size = [], [], 0
     for b in batches:
-        cost = 2 * sum(len(encoded[i].completion_ids) for i in b) * hidden * size_of  # base + previous
+        cost = kept * sum(len(encoded[i].completion_ids) for i in b) * hidden * size_of
         if current and size + cost > budget:
             groups.append(current)
             current, size = [], 0

@@ -28,6 +28,7 @@ import torch
 
 from core import checkpoints as ckpts
 from core.adapter_checks import check_adapter_keys, check_full_vocab, refuse_pickle_adapter
+from core.branches import branch_of, series_parents
 from core.device import detect
 from core.errors import InputError
 from core.paths import expand
@@ -56,6 +57,12 @@ class ModelSeries:
     @property
     def steps(self) -> dict[str, int]:
         return {BASE: 0, **{adapter_name(c): c.step for c in self.checkpoints}}
+
+    @property
+    def parents(self) -> dict[str, str]:
+        """What each checkpoint's ``kl_prev`` / ``js_prev`` compare it with (``core.branches.series_parents``):
+        a CPO run's adapter its start, any other checkpoint the previous one that is not a CPO run."""
+        return series_parents(self.names, branch_starts(self.checkpoints))
 
     @contextmanager
     def activate(self, name: str) -> Iterator[torch.nn.Module]:
@@ -149,6 +156,11 @@ def adapter_name(info: ckpts.CheckpointInfo) -> str:
         return re.sub(r"[^A-Za-z0-9_-]", "_", info.path.parent.name)
     return re.sub(r"[^A-Za-z0-9_-]", "_", info.name if not info.metrics.get("_dup") else
                   f"{info.path.parent.name}_{info.name}")
+
+
+def branch_starts(infos: list[ckpts.CheckpointInfo]) -> dict[str, str]:
+    """The CPO runs among a series' checkpoints (``core.branches.branch_of``): series name -> start's name."""
+    return {adapter_name(c): b.start for c in infos if (b := branch_of(c.path)) is not None}
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:

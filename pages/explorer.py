@@ -62,10 +62,13 @@ def graph_surfaces(concept: str) -> list[str]:
 
 if view == "Overview":
     s = a.summary
+    branches = run_branches(a.config.checkpoints)  # CPO runs: branches of their start, not RFT steps
     worst = s.loc[s["accuracy"].idxmin()]
+    run = branches.get(worst["checkpoint"])
     alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
-             ("Worst checkpoint", f"step {int(worst['step'])}", f"{worst['checkpoint']} · probe accuracy {worst['accuracy']:.2f}"),
+             ("Worst checkpoint", f"step {int(worst['step'])}" if run is None else f"CPO run from {run.start}",
+              f"{worst['checkpoint']} · probe accuracy {worst['accuracy']:.2f}"),
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
@@ -77,7 +80,6 @@ if view == "Overview":
         st.markdown("**Across the checkpoints**: probe accuracy, belief, detrimental share and KL")
         st.caption("Probe accuracy: the answer the model gives when asked right after the trajectory's own CoT "
                    "(teacher-forced). It is not the Home page's accuracy, which decodes the whole CoT greedily.")
-        branches = run_branches(a.config.checkpoints)  # CPO runs: branches of their start, not RFT steps
         ui.figure(charts.summary_over_steps(s, a.changes, branches), "summary-chart", "drift-summary")
     with right:
         st.markdown("**Probe accuracy per category**")
@@ -85,7 +87,7 @@ if view == "Overview":
         if cat.empty:
             st.info("The trajectories carry no gold labels.")
         else:
-            ui.figure(charts.category_heatmap(cat), "category-chart", "category-accuracy")
+            ui.figure(charts.category_heatmap(cat, branches), "category-chart", "category-accuracy")
     with st.expander("Per-checkpoint table and step tests", expanded=False):
         s = s.assign(branch_of=[branches[c].start if c in branches else "" for c in s["checkpoint"]])
         ui.table(s, "summary-table", "checkpoint-summary",
@@ -94,7 +96,7 @@ if view == "Overview":
         ui.table(a.changes, "changes-table", "step-changes")
 
     if branches:
-        ui.branch_comparison(a, branches)
+        ui.branch_comparison(chosen, info.stamp, branches)
 
     st.subheader("What drives the drift")
     st.caption("Effect drift: how much reading a token moves the belief in the gold answer, minus what the base "
@@ -179,6 +181,8 @@ else:
                                   if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
             ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
                       f"answers-{traj_id}-{at}")
+    if branches := run_branches(a.config.checkpoints):  # CPO runs: against their start, not the step before
+        ui.branch_trajectory(chosen, info.stamp, traj_id, branches)
     if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):
         tok = resources.trajectory_rows(chosen, info.stamp, "tokens", traj_id).drop(columns=["traj_id"])
         ui.table(tok, "token-table", f"tokens-{traj_id}")

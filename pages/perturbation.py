@@ -13,6 +13,7 @@ import streamlit as st
 
 from core import concepts, jobs, perturb
 from core.analysis import perturb_argv, resolve_labels, shell_command
+from core.branches import run_branches
 from core.errors import InputError
 from workbench import charts, resources, state, ui
 
@@ -45,6 +46,7 @@ def get_series():
                             cfg.device, cfg.dtype, tuple(cfg.base_names))
 
 
+branches = run_branches(cfg.checkpoints)  # CPO runs: drawn beside their start, not on the RFT step axis
 single, batch = st.tabs(["One trajectory", "Over the dataset"])
 
 with single:
@@ -91,7 +93,7 @@ with single:
             flips = int(result["flip"].sum())
             st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result)} checkpoints.")
             if m == "probe":
-                ui.figure(charts.perturbation_beliefs(result), "lab-single-chart", f"swap-{traj_id}")
+                ui.figure(charts.perturbation_beliefs(result, branches), "lab-single-chart", f"swap-{traj_id}")
             ui.table(result, "lab-single-table", f"swap-{traj_id}")
 
 with batch:
@@ -138,12 +140,12 @@ with batch:
             summary = perturb.perturbation_summary(df)
             with main:
                 st.markdown("Per checkpoint: accuracy before and after the swap, and the flip rate")
-                ui.figure(charts.perturbation_over_steps(summary), f"lab-sum-{job.id}", f"flips-{job.id}")
+                ui.figure(charts.perturbation_over_steps(summary, branches), f"lab-sum-{job.id}", f"flips-{job.id}")
                 ui.table(summary, f"lab-sumt-{job.id}", f"flips-{job.id}")
                 cats = perturb.category_flips(df)
                 if not cats.empty:
                     st.markdown("Flip rate per gold category and checkpoint")
-                    ui.figure(charts.category_flip_heatmap(cats), f"lab-cat-{job.id}", f"category-flips-{job.id}")
+                    ui.figure(charts.category_flip_heatmap(cats, branches=branches), f"lab-cat-{job.id}", f"category-flips-{job.id}")
 
     previous = jobs.list_jobs(ws.job_dirs, "perturb")
     newest = previous[0].id if previous else None

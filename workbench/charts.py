@@ -73,6 +73,8 @@ def summary_over_steps(summary: pd.DataFrame, changes: pd.DataFrame | None = Non
     branches = {k: b for k, b in (branches or {}).items() if k in set(summary["checkpoint"])}
     is_branch = summary["checkpoint"].isin(list(branches))
     rft, runs = summary[~is_branch], summary[is_branch]
+    if changes is not None and "branch" in changes:  # a run against its start: not a stretch of the step axis
+        changes = changes[~changes["branch"].astype(bool)]
     if changes is not None and not changes.empty and len(runs):  # steps that exist only because of a branch
         only = set(runs["step"]) - set(rft["step"])
         changes = changes[~changes["from_step"].isin(only) & ~changes["to_step"].isin(only)]
@@ -95,11 +97,37 @@ def _branch_markers(fig: go.Figure, rft: pd.DataFrame, run: pd.Series, branch) -
     for i, (col, row) in enumerate(BRANCH_SERIES):
         if col not in run or col not in start:
             continue
-        y0, y1 = float(start[col].iloc[0]), float(run[col])
-        fig.add_trace(go.Scatter(x=[x, x], y=[y0, y1], mode="lines+markers", name=label, legendgroup=label,
-                                 showlegend=i == 0, line={"color": "#6a4c93", "dash": "dot"},
-                                 marker={"symbol": ["circle-open", "star"], "size": [6, 13], "color": "#6a4c93"},
-                                 hovertemplate=f"{col}: %{{y:.3f}}<extra>{label}</extra>"), row=row, col=1)
+        fig.add_trace(_branch_trace(x, float(start[col].iloc[0]), float(run[col]), label, col, i == 0),
+                      row=row, col=1)
+
+
+def _branch_trace(x: float, y0: float, y1: float, label: str, what: str, legend: bool, color: str = "#6a4c93"):
+    """A run drawn beside the step axis: from its start's value (open circle) to its own (star) at the start's
+    step, dotted, so no RFT curve passes through it."""
+    return go.Scatter(x=[x, x], y=[y0, y1], mode="lines+markers", name=label, legendgroup=label, showlegend=legend,
+                      line={"color": color, "dash": "dot"},
+                      marker={"symbol": ["circle-open", "star"], "size": [6, 13], "color": color},
+                      hovertemplate=f"{_esc(what)}: %{{y:.3f}}<extra>{label}</extra>")
+
+
+def branch_order(names: list[str], branches: dict | None) -> list[str]:
+    """``names`` (in step order) with each CPO run moved right after its start checkpoint (runs whose start is
+    absent go last): a run sits beside where it started, not at the step it joined the series with."""
+    branches = branches or {}
+    rft = [n for n in names if n not in branches]
+    out = list(rft)
+    for n in [n for n in names if n in branches]:
+        start = branches[n].start
+        at = max((i for i, m in enumerate(out) if m == start or branches.get(m) and branches[m].start == start),
+                 default=len(out) - 1)
+        out.insert(at + 1, n)
+    return out
+
+
+def branch_label(name: str, branches: dict | None) -> str:
+    """A checkpoint's label on a categorical axis: a CPO run says what it branched from."""
+    b = (branches or {}).get(name)
+    return _esc(name) if b is None else f"↳ {_esc(name)} (CPO from {_esc(b.start)})"
 
 
 def _summary_lines(summary: pd.DataFrame, changes: pd.DataFrame | None) -> go.Figure:
@@ -130,9 +158,11 @@ def _summary_lines(summary: pd.DataFrame, changes: pd.DataFrame | None) -> go.Fi
     return fig
 
 
-def category_heatmap(table: pd.DataFrame) -> go.Figure:
-    """Accuracy per gold label (rows) and checkpoint (columns), from ``drift.category_accuracy``."""
-    fig = go.Figure(go.Heatmap(z=table.to_numpy(dtype=float), x=[_esc(c) for c in table.columns],
+def category_heatmap(table: pd.DataFrame, branches: dict | None = None) -> go.Figure:
+    """Accuracy per gold label (rows) and checkpoint (columns), from ``drift.category_accuracy``; a CPO run's
+    column (``branches``) stands right after its start's, labelled as a run."""
+    table = table[branch_order(list(table.columns), branches)]
+    fig = go.Figure(go.Heatmap(z=table.to_numpy(dtype=float), x=[branch_label(c, branches) for c in table.columns],
                                y=[_esc(i) for i in table.index], colorscale="RdYlGn", zmin=0, zmax=1,
                                colorbar={"title": "accuracy"}, texttemplate="%{z:.2f}",
                                hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>"))
@@ -213,10 +243,12 @@ def answer_distribution(path: pd.DataFrame, checkpoint: str, labels: list[str]) 
     return fig
 
 
-def perturbation_beliefs(df: pd.DataFrame) -> go.Figure:
+def perturbation_beliefs(df: pd.DataFrame, branches: dict | None = None) -> go.Figure:
     """One trajectory, every checkpoint: gold-answer belief before and after the swap (probe mode), answers
-    in the hover, flips marked."""
-    names = [_esc(c) for c in df["checkpoint"]]
+    in the hover, flips marked. CPO runs (``branches``) stand right after their start, labelled as runs."""
+    order = branch_order(list(dict.fromkeys(df.sort_values("step", kind="stable")["checkpoint"])), branches)
+    df = df.set_index("checkpoint").loc[order].reset_index()
+    names = [branch_label(c, branches) for c in df["checkpoint"]]
     fig = go.Figure()
     for col, label, color in (("gold_before", "before the swap", "#2a9d8f"), ("gold_after", "after the swap", "#e76f51")):
         answers = df["answer_before" if col == "gold_before" else "answer_after"]
@@ -224,36 +256,54 @@ def perturbation_beliefs(df: pd.DataFrame) -> go.Figure:
                              customdata=[_esc(a) for a in answers],
                              hovertemplate="%{x}<br>" + label + ": gold belief %{y:.3f}, answer %{customdata}"
                              "<extra></extra>"))
-    flips = df[df["flip"]]
-    if len(flips):
-        fig.add_trace(go.Scatter(x=[_esc(c) for c in flips["checkpoint"]], y=[1.05] * len(flips), mode="text",
-                                 text=["flip"] * len(flips), textfont={"color": "#d62828"}, name="answer flipped",
+    flips = df["flip"].to_numpy(dtype=bool)
+    if flips.any():
+        fig.add_trace(go.Scatter(x=[n for n, f in zip(names, flips) if f], y=[1.05] * int(flips.sum()), mode="text",
+                                 text=["flip"] * int(flips.sum()), textfont={"color": "#d62828"}, name="answer flipped",
                                  hoverinfo="skip"))
     fig.update_layout(barmode="group", height=320, yaxis={"range": [0, 1.12], "title": "P(gold answer)"},
+                      xaxis={"categoryorder": "array", "categoryarray": names},
                       legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
     return fig
 
 
-def perturbation_over_steps(summary: pd.DataFrame) -> go.Figure:
-    """Over a dataset: accuracy before and after the swap and the flip rate, per checkpoint."""
+PERTURBATION_SERIES = (("accuracy_before", "accuracy before the swap", "#2a9d8f", "solid"),
+                       ("accuracy_after", "accuracy after the swap", "#264653", "dot"),
+                       ("flip_rate", "flip rate", "#e76f51", "solid"))
+
+
+def perturbation_over_steps(summary: pd.DataFrame, branches: dict | None = None) -> go.Figure:
+    """Over a dataset: accuracy before and after the swap and the flip rate, per RFT checkpoint along the step
+    axis; each CPO run (``branches``) as a star above its start checkpoint, never a point of the curves."""
+    branches = {k: b for k, b in (branches or {}).items() if k in set(summary["checkpoint"])}
+    is_run = summary["checkpoint"].isin(list(branches))
+    rft, runs = summary[~is_run], summary[is_run]
     fig = go.Figure()
-    for col, label, color, dash in (("accuracy_before", "accuracy before the swap", "#2a9d8f", "solid"),
-                                    ("accuracy_after", "accuracy after the swap", "#264653", "dot"),
-                                    ("flip_rate", "flip rate", "#e76f51", "solid")):
-        fig.add_trace(go.Scatter(x=summary["step"], y=summary[col], name=label, mode="lines+markers",
-                                 line={"color": color, "dash": dash}, customdata=[_esc(c) for c in summary["checkpoint"]],
+    for col, label, color, dash in PERTURBATION_SERIES:
+        fig.add_trace(go.Scatter(x=rft["step"], y=rft[col], name=label, mode="lines+markers",
+                                 line={"color": color, "dash": dash}, customdata=[_esc(c) for c in rft["checkpoint"]],
                                  hovertemplate="%{customdata}<br>" + label + ": %{y:.3f}<extra></extra>"))
+    for _, r in runs.iterrows():
+        b = branches[r["checkpoint"]]
+        start = rft[rft["checkpoint"] == b.start]
+        if start.empty:
+            continue
+        label = f"CPO run {_esc(r['checkpoint'])} (from {_esc(b.start)}, {b.run_steps} steps)"
+        for i, (col, what, color, _) in enumerate(PERTURBATION_SERIES):
+            fig.add_trace(_branch_trace(float(start["step"].iloc[0]), float(start[col].iloc[0]), float(r[col]),
+                                        label, what, i == 0, color))
     fig.update_layout(height=340, xaxis_title="RFT step", yaxis={"range": [0, 1.02], "title": "share"},
                       legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
     return fig
 
 
-def category_flip_heatmap(df: pd.DataFrame, value: str = "flip_rate") -> go.Figure:
-    """``perturb.category_flips`` as labels x checkpoints, coloured by ``value``."""
-    order = df.drop_duplicates("checkpoint").sort_values("step")["checkpoint"].tolist()
+def category_flip_heatmap(df: pd.DataFrame, value: str = "flip_rate", branches: dict | None = None) -> go.Figure:
+    """``perturb.category_flips`` as labels x checkpoints, coloured by ``value``; a CPO run's column stands
+    right after its start's, labelled as a run."""
+    order = branch_order(df.drop_duplicates("checkpoint").sort_values("step")["checkpoint"].tolist(), branches)
     table = df.pivot_table(index="gold", columns="checkpoint", values=value).reindex(columns=order)
     reverse = value == "flip_rate"
-    fig = go.Figure(go.Heatmap(z=table.to_numpy(dtype=float), x=[_esc(c) for c in table.columns],
+    fig = go.Figure(go.Heatmap(z=table.to_numpy(dtype=float), x=[branch_label(c, branches) for c in table.columns],
                                y=[_esc(i) for i in table.index], zmin=0, zmax=1, texttemplate="%{z:.2f}",
                                colorscale="RdYlGn_r" if reverse else "RdYlGn", colorbar={"title": value},
                                hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>"))
@@ -301,4 +351,33 @@ def run_comparison(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
                                  hovertemplate="%{x}<br>" + label + ": %{y:.3f}<extra></extra>"))
     fig.update_layout(barmode="group", height=340, yaxis={"range": [0, 1.02], "title": "share of held-out studies"},
                       legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
+    return fig
+
+
+def start_vs_repaired(pair, start: str, repaired: str) -> go.Figure:
+    """One trajectory under a CPO run's start and the repaired model (``core.branches.trajectory_pair``): the
+    gold-answer belief of both on one plot (top); per CoT token, KL(repaired || start) and the change of the
+    token's log-probability (bottom, nats)."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45])
+    b, t = pair.beliefs, pair.tokens
+    for role, name, color, dash in (("start", start, "#264653", "dot"), ("repaired", repaired, "#6a4c93", "solid")):
+        fig.add_trace(go.Scatter(x=b["position"], y=b[f"gold_prob_{role}"], name=f"{role}: {_esc(name)}", mode="lines",
+                                 line={"color": color, "dash": dash, "width": 2},
+                                 customdata=[_esc(a) for a in b[f"answer_{role}"]],
+                                 hovertemplate=f"{role} · position %{{x}}<br>gold belief %{{y:.3f}}"
+                                 "<br>answer now: %{customdata}<extra></extra>"), row=1, col=1)
+    tokens = [_esc(x) for x in t["token"]]
+    if t["kl_to_start"].notna().any():
+        fig.add_trace(go.Bar(x=t["position"], y=t["kl_to_start"], name="KL(repaired ‖ start)", marker_color="#e76f51",
+                             customdata=tokens, hovertemplate="%{customdata}<br>KL to start %{y:.4f}<extra></extra>"),
+                      row=2, col=1)
+    fig.add_trace(go.Scatter(x=t["position"], y=t["logprob_change"], name="log-prob change of the token",
+                             mode="lines", line={"color": "#2a9d8f", "width": 1}, customdata=tokens,
+                             hovertemplate="%{customdata}<br>log p repaired - start %{y:+.3f}<extra></extra>"),
+                  row=2, col=1)
+    fig.add_vline(x=0, line_dash="dot", line_color="#888")
+    fig.update_yaxes(title_text="P(gold answer)", range=[-0.02, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="nats", row=2, col=1)
+    fig.update_xaxes(title_text="position (negative: inside the report)", row=2, col=1)
+    fig.update_layout(height=420, legend={"orientation": "h", "y": -0.2}, margin={"t": 20, "l": 10, "r": 10})
     return fig

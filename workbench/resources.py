@@ -182,6 +182,30 @@ def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
     return charts.answer_distribution(belief, checkpoint, explore.top_labels(belief))
 
 
+@st.cache_data(show_spinner="Comparing the run with its start…", max_entries=16)
+def branch_comparison(path: str, stamp: str, start: str, repaired: str):
+    """``core.branches.compare`` of a CPO run and its start, reading those two checkpoints' rows only."""
+    from core import branches
+
+    view = analysis_view(path, stamp)
+    tokens = view.checkpoint_rows("tokens", [start, repaired], branches.TOKEN_COLUMNS)
+    beliefs = view.checkpoint_rows("beliefs", [start, repaired], branches.BELIEF_COLUMNS)
+    return branches.compare(tokens, beliefs, start, repaired, from_start=branches.measured_from_start(view.changes))
+
+
+@st.cache_resource(max_entries=256)
+def start_vs_repaired(path: str, stamp: str, traj_id: str, start: str, repaired: str):
+    """One trajectory's start vs repaired figure (``charts.start_vs_repaired``), shared read-only."""
+    from core import branches
+    from workbench import charts
+
+    view = analysis_view(path, stamp)
+    pair = branches.trajectory_pair(trajectory_rows(path, stamp, "tokens", traj_id),
+                                    trajectory_rows(path, stamp, "beliefs", traj_id), start, repaired,
+                                    branches.measured_from_start(view.changes))
+    return charts.start_vs_repaired(pair, start, repaired)
+
+
 @st.cache_data(show_spinner="Checking the preference data…", max_entries=16)
 def preflight(cfg):
     """``core.cpo.preflight`` of a run's config (cached by the config's fields), without the pairs it read:

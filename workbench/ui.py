@@ -105,18 +105,17 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
     st.fragment(panel, run_every=1.0 if live else None)()
 
 
-def branch_comparison(analysis, branches: dict) -> None:
-    """Start vs repaired for one CPO run of the analysis (``core.branches.compare``): the two models side by
-    side, the trajectories whose probed answer flipped, the CoT tokens whose probability moved most."""
-    from core.branches import compare
+def branch_comparison(path: str, stamp: str, branches: dict) -> None:
+    """Start vs repaired for one CPO run of the analysis at ``path`` (``core.branches.compare``): the two models
+    side by side, the trajectories whose probed answer flipped, the CoT tokens whose probability moved most."""
+    from workbench import resources
 
     st.subheader("Start vs repaired")
-    names = list(branches)
-    name = st.selectbox("CPO run", names, key="branch_run",
-                        format_func=lambda n: f"{n} (from {branches[n].start}, {branches[n].run_steps} steps)")
-    cmp = compare(analysis.tokens, analysis.beliefs, branches[name].start, name)
+    name = pick_branch(branches, "branch_run")
+    cmp = resources.branch_comparison(path, stamp, branches[name].start, name)
     st.caption("Probe accuracy and belief are teacher-forced on the same trajectories; 'fixed' = wrong at the "
-               "start, right after the run; 'broken' = the reverse.")
+               "start, right after the run; 'broken' = the reverse. kl_to_start: mean per-token KL(repaired ‖ "
+               "start) over the CoT (empty for analyses scored before runs were measured from their start).")
     table(cmp.summary, "branch-summary", f"start-vs-{name}")
     counts = cmp.flips["flip"].value_counts()
     st.markdown(" · ".join(f"**{counts.get(k, 0)}** {k}" for k in ("fixed", "broken", "changed")))
@@ -127,6 +126,23 @@ def branch_comparison(analysis, branches: dict) -> None:
     with right:
         st.markdown("**CoT tokens whose log-probability moved most** (repaired minus start)")
         table(cmp.tokens, "branch-tokens", f"tokens-{name}")
+
+
+def pick_branch(branches: dict, key: str) -> str:
+    names = list(branches)
+    return st.selectbox("CPO run", names, key=key,
+                        format_func=lambda n: f"{n} (from {branches[n].start}, {branches[n].run_steps} steps)")
+
+
+def branch_trajectory(path: str, stamp: str, traj_id: str, branches: dict) -> None:
+    """The trajectory under a CPO run's start and the repaired model: belief paths on one plot, per-token
+    KL(repaired ‖ start) and log-prob change below."""
+    from workbench import resources
+
+    st.markdown("**Start vs repaired on this trajectory**")
+    name = pick_branch(branches, "traj_branch_run")
+    figure(resources.start_vs_repaired(path, stamp, traj_id, branches[name].start, name), "branch-trajectory",
+           f"start-vs-{name}-{traj_id}")
 
 
 def world_picker() -> None:

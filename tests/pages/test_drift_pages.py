@@ -195,6 +195,11 @@ def test_explorer_shows_a_cpo_run_as_a_branch_with_start_vs_repaired(sample_worl
     assert "CPO run fix-1 (from checkpoint-160" in spec
     table = next(f for f in frames if "branch_of" in f.columns)
     assert table.set_index("checkpoint").at["fix-1", "branch_of"] == "checkpoint-160"
+    at.session_state[state.EXPLORER_VIEW] = "Trajectory"
+    at.run()
+    assert not at.exception and at.selectbox(key="traj_branch_run").value == "fix-1"
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("start: checkpoint-160" in s and "repaired: fix-1" in s for s in specs)
 
 
 def test_checkpoints_page_reads_a_typed_path_with_tilde(sample_world, tmp_path, monkeypatch):

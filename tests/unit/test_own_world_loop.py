@@ -65,5 +65,6 @@ def test_the_loop_on_a_foreign_world(foreign_run, tmp_path):
     after = run_analysis(dataclasses.replace(cfg, checkpoints=joined, positions="end"), cache_dir=ws.cache_dir)
     steps = after.summary.set_index("checkpoint")["step"]
     assert steps["repair"] == start.step + 2 and len(steps) == 4
-    assert after.tokens.query("checkpoint == 'repair'")["kl_prev"].notna().any()  # drift against its neighbour
+    assert after.tokens.query("checkpoint == 'repair'")["kl_prev"].notna().any()  # drift against its start
+    assert after.changes.set_index("to_checkpoint").at["repair", "from_checkpoint"] == "checkpoint-2"  # a branch
     ws.store.close()
