@@ -121,8 +121,8 @@ def token_matrix(tokens: pd.DataFrame, effects: pd.DataFrame, traj_id: str, metr
         raise KeyError(f"trajectory {traj_id!r} is not in the analysis")
     order = drift.checkpoint_order(tok)
     positions = sorted(tok["position"].unique().tolist())
-    first = tok[tok["checkpoint"] == order[0]].set_index("position")
-    names = [str(first["token"].get(p, "")) for p in positions]
+    first = tok[tok["checkpoint"] == order[0]].drop_duplicates("position").set_index("position")["token"]
+    names = first.reindex(positions).fillna("").astype(str).tolist()  # one lookup for all, not one per token
     eff = effects[effects["traj_id"] == traj_id]
     by_belief = METRICS[metric][1] == "effects"
     if by_belief and include_prompt:

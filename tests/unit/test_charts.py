@@ -118,7 +118,7 @@ def test_a_window_of_a_long_cot_sends_its_cells_and_a_downsampled_strip_only():
     w.hover = [row[w.first: w.first + 150] for row in m.hover]
     fig = charts.token_heatmap(w, minimap=explore.minimap(m, bins=400), focus=3000)
     heat, strip = [t for t in fig.data if t.type == "heatmap"]
-    assert np.shape(heat.z) == (7, 150) and list(heat.x)[:2] == [2950, 2951] and len(fig.layout.xaxis2.ticktext) == 150
+    assert np.shape(heat.z) == (7, 150) and list(heat.x)[:2] == [2950, 2951] and len(fig.layout.xaxis.ticktext) == 150
     assert np.shape(strip.z) == (1, 400) and strip.showscale is False and "positions 0 to 9" in strip.customdata[0][0]
     assert heat.zmin == strip.zmin == -0.8 and heat.zmax == 0.8  # the whole CoT's scale, in both
     marks = [t for t in fig.data if t.type == "scatter"]
