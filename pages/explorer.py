@@ -179,5 +179,5 @@ else:
             ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
                       f"answers-{traj_id}-{at}")
     if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):
-        tok = resources.trajectory_rows(chosen, info.stamp, "tokens", traj_id).drop(columns=["traj_id"])
+        tok = resources.trajectory_rows(chosen, info.stamp, "tokens", traj_id, top_k=True).drop(columns=["traj_id"])
         ui.table(tok, "token-table", f"tokens-{traj_id}")

@@ -73,9 +73,10 @@ def analysis_view(path: str, stamp: str):
 
 
 @st.cache_data(max_entries=64)
-def trajectory_rows(path: str, stamp: str, table: str, traj_id: str):
-    """One trajectory's rows of ``tokens``, ``beliefs`` or ``effects`` (a filtered parquet read)."""
-    return analysis_view(path, stamp).rows(table, traj_id)
+def trajectory_rows(path: str, stamp: str, table: str, traj_id: str, top_k: bool = False):
+    """One trajectory's rows of ``tokens``, ``beliefs`` or ``effects`` (a filtered parquet read); the top-k
+    lists only with ``top_k`` (the token table the user opens), never for the heatmap."""
+    return analysis_view(path, stamp).rows(table, traj_id, top_k=top_k)
 
 
 @st.cache_resource(show_spinner="Reading trajectories…", max_entries=4)

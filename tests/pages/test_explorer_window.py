@@ -102,3 +102,6 @@ def test_a_long_cot_is_shown_a_window_at_a_time(sample_world, long_workspace, mo
     at.selectbox(key="explorer_trajectory").set_value(long_id).run()
     assert not at.exception and at.slider(key=state.TRAJ_WINDOW).value == 0  # another trajectory: from its start
     assert at.select_slider(key="traj_window_width_pick").value == 50  # the width was kept
+    at.toggle(key="traj_token_table").set_value(True).run()  # asked for: every row, with the top-k lists
+    table = next(d.value for d in at.dataframe if "kl_base" in d.value.columns)
+    assert not at.exception and table["position"].max() == n - 1 and "top_tokens" in table.columns
