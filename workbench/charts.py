@@ -141,9 +141,13 @@ def category_heatmap(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
+TOKEN_LABELS = 80  # rotated token labels that fit side by side in the page's chart width (about 700-1000 px)
+
+
 def token_heatmap(m, title: str = "", minimap=None, focus: int | None = None) -> go.Figure:
     """Checkpoints x tokens coloured by ``m.metric`` (a ``core.explore.TokenMatrix``, whole or a window of one);
-    detrimental positions marked ▼ (red), beneficial ▲ (blue); tokens are the x-axis tick labels. With
+    detrimental positions marked ▼ (red), beneficial ▲ (blue); tokens are the x-axis tick labels (every one
+    up to ``TOKEN_LABELS`` columns, every k-th beyond, so that they never overlap). With
     ``minimap`` (``core.explore.Minimap`` of the whole trajectory) a thin strip of the whole length sits above,
     the window marked on it, and both share one colour scale; ``focus`` (a position) is outlined."""
     from core.explore import METRICS
@@ -168,7 +172,8 @@ def token_heatmap(m, title: str = "", minimap=None, focus: int | None = None) ->
     if focus in m.positions:
         c = m.first + m.positions.index(focus)
         fig.add_vrect(x0=c - 0.5, x1=c + 0.5, line={"color": "#111", "width": 2})
-    axis = {"tickmode": "array", "tickvals": x, "ticktext": [_esc(t) for t in m.tokens], "tickangle": -90,
+    every = -(-len(x) // TOKEN_LABELS)  # wider windows label every k-th token (the hover names each)
+    axis = {"tickmode": "array", "tickvals": x[::every], "ticktext": [_esc(t) for t in m.tokens[::every]], "tickangle": -90,
             "tickfont": {"size": 11}, "title": "token of the chain of thought", "range": [x[0] - 0.5, x[-1] + 0.5]}
     height = 170 + 34 * len(rows) + (70 if minimap else 0)
     fig.update_layout(xaxis=axis, yaxis={"autorange": "reversed", "title": "checkpoint"})

@@ -1,6 +1,6 @@
 """The explorer's checkpoints x tokens heatmap of one trajectory, a window of tokens at a time.
 
-A CoT longer than the window (a setting, 50-400 tokens) is drawn one window at a time with every token
+A CoT longer than the window (a setting, 40-400 tokens, 80 by default: each one labelled) is drawn one window at a time with every token
 labelled, under a thin strip of its whole length (``core.explore.minimap``) on which the window is marked;
 a slider, previous / next, "largest drift" and "next detrimental" move the window. The browser receives
 only the window's cells and the downsampled strip, and the top-k lists of the hover text are read for the
@@ -16,7 +16,7 @@ import streamlit as st
 from core import explore
 from workbench import resources, state, ui
 
-WIDTHS = (50, 100, 150, 200, 300, 400)
+WIDTHS = (40, 80, 150, 200, 300, 400)  # 80: every token labelled at the page's width; wider: every k-th
 WIDTH_PICK = "traj_window_width_pick"  # the picker's own key: its value is kept in state.TRAJ_WINDOW_WIDTH
 
 

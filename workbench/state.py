@@ -45,7 +45,7 @@ def init() -> None:
     st.session_state.setdefault(GRAPH_SEARCH, "")
     st.session_state.setdefault(CF_STOP, False)
     st.session_state.setdefault(ANNOTATOR, "")
-    st.session_state.setdefault(TRAJ_WINDOW_WIDTH, 150)  # about the most tokens whose labels stay readable
+    st.session_state.setdefault(TRAJ_WINDOW_WIDTH, 80)  # about the most token labels that fit the chart's width
 
 
 def world_path() -> Path:

@@ -7,8 +7,8 @@ resident memory each way adds.
 Toy size by default (200 trajectories x 300 tokens); ``WORKBENCH_BENCH_FULL=1`` runs 2,000 x 300 and 50 x 4,096.
 
 ``test_long_cot_window_vs_full_width``: switching to a 4,096-token trajectory of 7 checkpoints, the
-full-width heatmap (every cell with its top-k hover text) vs one 150-token window with the minimap (top-k
-read for the window's rows only): seconds and the figure's JSON size (what the browser receives).
+full-width heatmap (every cell with its top-k hover text) vs one window with the minimap, 80 tokens (the
+default) and 400 (the widest); top-k read for the window's rows only: seconds and the figure's JSON size (what the browser receives).
 """
 
 import os
@@ -122,7 +122,7 @@ def test_explorer_open_and_switch(n, length, tmp_path):
 SEVEN = [("base", 0), *[(f"checkpoint-{40 * i}", 40 * i) for i in range(1, 7)]]
 
 
-def _switch(view: AnalysisView, traj: str, windowed: bool, width: int = 150) -> tuple[float, int]:
+def _switch(view: AnalysisView, traj: str, windowed: bool, width: int = 80) -> tuple[float, int]:
     """Seconds from a trajectory picked to its heatmap's JSON, and that JSON's size: the page's path, uncached."""
     t = time.perf_counter()
     if windowed:
@@ -147,9 +147,10 @@ def test_long_cot_window_vs_full_width(size, tmp_path):
     _switch(view, "t00000", False)
     picks = [f"t{i:05d}" for i in (1, 2, 3)]  # each trajectory once per way: nothing cached between them
     full_s, full_b = np.mean([_switch(view, t, windowed=False) for t in picks], axis=0)
-    win_s, win_b = np.mean([_switch(view, t, windowed=True) for t in picks[::-1]], axis=0)
     print(f"\nswitch to a {length:,}-token trajectory x {len(SEVEN)} checkpoints ({n} trajectories){size.header()}:")
     print(f"  full-width heatmap {full_s:6.2f} s, {full_b / 2**20:6.2f} MB of figure JSON")
-    print(f"  150-token window   {win_s:6.2f} s, {win_b / 2**20:6.2f} MB (window + minimap) | "
-          f"{full_s / win_s:5.1f}x faster, {full_b / win_b:5.1f}x smaller")
+    for width in (80, 400):
+        win_s, win_b = np.mean([_switch(view, t, True, width) for t in picks[::-1]], axis=0)
+        print(f"  {f'{width}-token window':18s} {win_s:6.2f} s, {win_b / 2**20:6.2f} MB (window + minimap) | "
+              f"{full_s / win_s:5.1f}x faster, {full_b / win_b:5.1f}x smaller")
     assert win_b < full_b

@@ -61,9 +61,9 @@ def test_a_long_cot_is_shown_a_window_at_a_time(sample_world, long_workspace, mo
     assert not at.exception
     assert "long-cot" in at.selectbox(key="explorer_analysis").value
     window = at.slider(key=state.TRAJ_WINDOW)  # the report's tokens first (negative positions), then the CoT
-    assert window.value == window.min < 0 and window.max == n - 150  # the last full window
+    assert window.value == window.min < 0 and window.max == n - 80  # the last full window
     spec = at.get("plotly_chart")[0].proto.spec
-    assert "whole CoT" in spec and len(spec) < 400_000  # the strip; one window's cells, not 700 columns
+    assert "whole CoT" in spec and len(spec) < 400_000  # the strip; one window's cells, not 704 columns
     assert any(c.value.startswith(f"Tokens {int(window.min)} to ") and f"of {int(window.min)} to {n - 1}." in c.value
                for c in at.caption)
     # the top-k lists were read for the window's rows only
@@ -74,26 +74,26 @@ def test_a_long_cot_is_shown_a_window_at_a_time(sample_world, long_workspace, mo
     at.toggle(key="traj_report").set_value(False).run()  # the CoT only: positions 0 ... n - 1
     assert not at.exception and at.slider(key=state.TRAJ_WINDOW).value == 0
     at.button(key="traj_window_next").click().run()
-    assert not at.exception and at.slider(key=state.TRAJ_WINDOW).value == 150
+    assert not at.exception and at.slider(key=state.TRAJ_WINDOW).value == 80
     at.button(key="traj_window_prev").click().run()
     assert at.slider(key=state.TRAJ_WINDOW).value == 0
     at.slider(key=state.TRAJ_WINDOW).set_value(300).run()
-    assert any(c.value.startswith("Tokens 300 to 449") for c in at.caption)
+    assert any(c.value.startswith("Tokens 300 to 379") for c in at.caption)
 
     at.button(key="traj_window_largest").click().run()
     focus = at.session_state[state.TRAJ_FOCUS]
     start = at.slider(key=state.TRAJ_WINDOW).value
-    assert not at.exception and focus is not None and start <= focus < start + 150
+    assert not at.exception and focus is not None and start <= focus < start + 80
     at.button(key="traj_window_detrimental").click().run()
     first = at.session_state[state.TRAJ_FOCUS]
     at.button(key="traj_window_detrimental").click().run()
     second = at.session_state[state.TRAJ_FOCUS]
     assert not at.exception and first != second  # the repeated CoT has its detrimental positions many times
     start = at.slider(key=state.TRAJ_WINDOW).value
-    assert start <= second < start + 150
+    assert start <= second < start + 80
 
-    at.select_slider(key="traj_window_width_pick").set_value(50).run()
-    assert not at.exception and at.slider(key=state.TRAJ_WINDOW).max == n - 50
+    at.select_slider(key="traj_window_width_pick").set_value(40).run()
+    assert not at.exception and at.slider(key=state.TRAJ_WINDOW).max == n - 40
     at.selectbox(key="traj_metric").set_value("kl_base").run()
     assert not at.exception and at.slider(key=state.TRAJ_WINDOW).value == start  # the same tokens, another measure
 
@@ -101,7 +101,7 @@ def test_a_long_cot_is_shown_a_window_at_a_time(sample_world, long_workspace, mo
     assert not at.exception and not [s for s in at.slider if s.key == state.TRAJ_WINDOW]  # short: all at once
     at.selectbox(key="explorer_trajectory").set_value(long_id).run()
     assert not at.exception and at.slider(key=state.TRAJ_WINDOW).value == 0  # another trajectory: from its start
-    assert at.select_slider(key="traj_window_width_pick").value == 50  # the width was kept
+    assert at.select_slider(key="traj_window_width_pick").value == 40  # the width was kept
     at.toggle(key="traj_token_table").set_value(True).run()  # asked for: every row, with the top-k lists
     table = next(d.value for d in at.dataframe if "kl_base" in d.value.columns)
     assert not at.exception and table["position"].max() == n - 1 and "top_tokens" in table.columns

@@ -118,7 +118,7 @@ def test_a_window_of_a_long_cot_sends_its_cells_and_a_downsampled_strip_only():
     w.hover = [row[w.first: w.first + 150] for row in m.hover]
     fig = charts.token_heatmap(w, minimap=explore.minimap(m, bins=400), focus=3000)
     heat, strip = [t for t in fig.data if t.type == "heatmap"]
-    assert np.shape(heat.z) == (7, 150) and list(heat.x)[:2] == [2950, 2951] and len(fig.layout.xaxis.ticktext) == 150
+    assert np.shape(heat.z) == (7, 150) and list(heat.x)[:2] == [2950, 2951] and len(fig.layout.xaxis.ticktext) == 75
     assert np.shape(strip.z) == (1, 400) and strip.showscale is False and "positions 0 to 9" in strip.customdata[0][0]
     assert heat.zmin == strip.zmin == -0.8 and heat.zmax == 0.8  # the whole CoT's scale, in both
     marks = [t for t in fig.data if t.type == "scatter"]
@@ -126,6 +126,8 @@ def test_a_window_of_a_long_cot_sends_its_cells_and_a_downsampled_strip_only():
     frames = [(s.x0, s.x1) for s in fig.layout.shapes]
     assert (2949.5, 3099.5) in frames and (2999.5, 3000.5) in frames  # the window on the strip; the focus
     assert "position 3000<br>" in heat.customdata[0][50]
+    assert list(fig.layout.xaxis.tickvals[:2]) == [2950, 2952]  # 150 columns: every other one labelled
+    assert len(charts.token_heatmap(explore.window(m, 0, charts.TOKEN_LABELS)).layout.xaxis.ticktext) == charts.TOKEN_LABELS
     whole = charts.token_heatmap(m)
     assert len(fig.to_json()) * 10 < len(whole.to_json())  # what reaches the browser
 
