@@ -35,6 +35,7 @@ TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "
 PER_TRAJECTORY = ("tokens", "beliefs", "effects")  # stored sorted by trajectory, read one trajectory at a time
 SUMMARY_TABLES = tuple(t for t in TABLES if t not in PER_TRAJECTORY)
 TEXTS = "trajectories.jsonl"  # the records scored, so that the folder is self-contained
+LAZY_COLUMNS = ("top_tokens", "top_probs")  # the tokens table's top-k lists: read for the cells shown only
 ROW_GROUP = 8_192  # rows per parquet row group: a trajectory filter decodes few of them
 
 
@@ -214,12 +215,22 @@ class AnalysisView:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
         return cls(out, cfg, **{n: pd.read_parquet(out / f"{n}.parquet") for n in SUMMARY_TABLES})
 
-    def rows(self, table: str, traj_id: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """One trajectory's rows of a per-trajectory table (``tokens``, ``beliefs``, ``effects``)."""
+    def rows(self, table: str, traj_id: str, columns: list[str] | None = None,
+             positions: tuple[int, int] | None = None, top_k: bool = False) -> pd.DataFrame:
+        """One trajectory's rows of a per-trajectory table (``tokens``, ``beliefs``, ``effects``); with
+        ``positions`` (first, last) only those positions' rows. The top-k list columns (``LAZY_COLUMNS``,
+        most of the tokens table's bytes) are read only when asked for: ``top_k=True`` or named in ``columns``."""
         if table not in PER_TRAJECTORY:
             raise ValueError(f"table: expected one of {PER_TRAJECTORY}, got {table!r}")
-        df = pd.read_parquet(self.path / f"{table}.parquet", columns=columns, filters=[("traj_id", "==", traj_id)])
-        return df.reset_index(drop=True)
+        import pyarrow.parquet as pq
+
+        path = self.path / f"{table}.parquet"
+        if columns is None and not top_k:
+            columns = [c for c in pq.ParquetFile(path).schema_arrow.names if c not in LAZY_COLUMNS]
+        filters = [("traj_id", "==", traj_id)]
+        if positions is not None:
+            filters += [("position", ">=", positions[0]), ("position", "<=", positions[1])]
+        return pd.read_parquet(path, columns=columns, filters=filters).reset_index(drop=True)
 
     def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
         return pd.read_parquet(self.path / f"{name}.parquet", columns=columns)

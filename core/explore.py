@@ -4,6 +4,8 @@
     m = token_matrix(analysis.tokens, analysis.effects, "test-00012", "kl_base")
     m.values        # checkpoints x completion positions
     m.tokens        # the token strings on the position axis
+    w = window(m, start=400, width=200, tokens=rows_400_to_599)   # 200 columns, hover text for them only
+    strip = minimap(m)                                             # the whole length, downsampled
 
 Pure pandas; the charts in ``workbench.charts`` draw what these return.
 """
@@ -36,8 +38,27 @@ class TokenMatrix:
     positions: list[int]  # columns: completion-relative token positions
     tokens: list[str]  # the token read at each position
     values: np.ndarray  # len(checkpoints) x len(positions), NaN where not measured
-    hover: list[list[str]]  # per cell, plain text (lines split by \n): the token, its probability, the top-k
+    hover: list[list[str]] | None  # per cell, plain text (lines split by \n): the token, its probability, the
+    # top-k; None when not built (a long trajectory's matrix: hover text is built per window, see ``window``)
     direction: np.ndarray  # per cell: "detrimental" | "beneficial" | "neutral" | ""
+    first: int = 0  # column of the whole trajectory's matrix this one starts at (a window's offset)
+    total: int | None = None  # columns of the whole trajectory's matrix (None: this matrix is whole)
+
+    @property
+    def width(self) -> int:
+        return self.total if self.total is not None else len(self.positions)
+
+
+@dataclass
+class Minimap:
+    """A whole trajectory's matrix in one strip: per bin of columns, the cell of largest magnitude (signed)."""
+    starts: np.ndarray  # first column of each bin
+    ends: np.ndarray  # one past its last column
+    positions: np.ndarray  # token position of each bin's first column
+    last_positions: np.ndarray  # and of its last
+    values: np.ndarray  # the bin's peak, NaN where nothing was measured
+    lo: float  # the whole matrix's smallest and largest value: one colour scale for every window
+    hi: float
 
 
 def trajectory_table(beliefs: pd.DataFrame, effects: pd.DataFrame, records: list[dict] | None = None) -> pd.DataFrame:
@@ -89,10 +110,10 @@ def filter_trajectories(table: pd.DataFrame, labels: list[str] | None = None, ma
 
 
 def token_matrix(tokens: pd.DataFrame, effects: pd.DataFrame, traj_id: str, metric: str,
-                 include_prompt: bool = False) -> TokenMatrix:
+                 include_prompt: bool = False, hover: bool = True) -> TokenMatrix:
     """The checkpoints x tokens matrix of ``metric`` for one trajectory (see ``METRICS``): the completion's
     tokens, and with ``include_prompt`` (belief metrics only: token metrics exist for the completion) the
-    report's tokens before them at negative positions."""
+    report's tokens before them at negative positions. ``hover=False`` leaves the hover text to ``window``."""
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
     tok = tokens[tokens["traj_id"] == traj_id]
@@ -100,8 +121,8 @@ def token_matrix(tokens: pd.DataFrame, effects: pd.DataFrame, traj_id: str, metr
         raise KeyError(f"trajectory {traj_id!r} is not in the analysis")
     order = drift.checkpoint_order(tok)
     positions = sorted(tok["position"].unique().tolist())
-    first = tok[tok["checkpoint"] == order[0]].set_index("position")
-    names = [str(first["token"].get(p, "")) for p in positions]
+    first = tok[tok["checkpoint"] == order[0]].drop_duplicates("position").set_index("position")["token"]
+    names = first.reindex(positions).fillna("").astype(str).tolist()  # one lookup for all, not one per token
     eff = effects[effects["traj_id"] == traj_id]
     by_belief = METRICS[metric][1] == "effects"
     if by_belief and include_prompt:
@@ -113,7 +134,7 @@ def token_matrix(tokens: pd.DataFrame, effects: pd.DataFrame, traj_id: str, metr
     source = eff if by_belief else tok
     grid = _place(source, source[metric].to_numpy(dtype=float), order, positions, np.nan)
     directions = _place(eff, eff["direction"].to_numpy(dtype=object), order, positions, "")
-    hover = _hover_grid(tok, order, positions, names)
+    hover = _hover_grid(tok, order, positions, names) if hover else None
     return TokenMatrix(metric, order, positions, names, grid, hover, directions)
 
 
@@ -139,6 +160,66 @@ def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names
     values = _place(tok, text.to_numpy(dtype=object), order, positions, None)
     plain = np.array([repr(t) for t in names], dtype=object)
     return np.where(values == None, plain[None, :], values).tolist()  # noqa: E711 - elementwise on objects
+
+
+def window_column(positions: list[int], start: int, width: int) -> int:
+    """The first column of a ``width``-column window starting at token position ``start`` (or the next one
+    measured), moved back so that the window is full."""
+    c = int(np.searchsorted(np.asarray(positions), start))
+    return max(0, min(c, len(positions) - width))
+
+
+def window(m: TokenMatrix, start: int, width: int, tokens: pd.DataFrame | None = None) -> TokenMatrix:
+    """``width`` columns of ``m`` from token position ``start``; hover text built for those cells only, from
+    ``tokens`` (the window's token rows; with ``top_tokens`` / ``top_probs`` the alternatives are listed)."""
+    c0 = window_column(m.positions, start, width)
+    cols = slice(c0, c0 + width)
+    positions, names = m.positions[cols], m.tokens[cols]
+    hover = _hover_grid(tokens, m.checkpoints, positions, names) if tokens is not None else None
+    return TokenMatrix(m.metric, m.checkpoints, positions, names, m.values[:, cols], hover, m.direction[:, cols],
+                       first=m.first + c0, total=m.width)
+
+
+def centred_start(positions: list[int], target: int, width: int) -> int:
+    """The start position of the full window that has ``target`` (or the next position measured) in its middle."""
+    c = int(np.searchsorted(np.asarray(positions), target))
+    return int(positions[max(0, min(c - width // 2, len(positions) - width))])
+
+
+def _peaks(values: np.ndarray) -> np.ndarray:
+    """Per column, the value of largest magnitude, sign kept (NaN where the column holds none): one number
+    per token that says how far any checkpoint went, in either direction."""
+    mag = np.where(np.isnan(values), -1.0, np.abs(values))  # (C, N); NaN never wins
+    return values[mag.argmax(0), np.arange(values.shape[1])]  # (N,)
+
+
+def strongest_position(m: TokenMatrix) -> int | None:
+    """The token position whose value is largest in magnitude under any checkpoint (None: nothing measured)."""
+    peaks = np.abs(_peaks(m.values))
+    return None if np.isnan(peaks).all() else int(m.positions[int(np.nanargmax(peaks))])
+
+
+def next_detrimental(m: TokenMatrix, after: int) -> int | None:
+    """The first position after ``after`` that is detrimental under some checkpoint, from the start again
+    past the last one (None: there is none)."""
+    found = np.asarray(m.positions)[(m.direction == "detrimental").any(axis=0)]
+    if not len(found):
+        return None
+    later = found[found > after]
+    return int(later[0] if len(later) else found[0])
+
+
+def minimap(m: TokenMatrix, bins: int = 400) -> Minimap:
+    """``m`` downsampled to at most ``bins`` columns for the strip above a window (see ``Minimap``)."""
+    peaks = _peaks(m.values)
+    edges = np.unique(np.linspace(0, len(peaks), min(bins, len(peaks)) + 1).astype(int))
+    starts, ends = edges[:-1], edges[1:]
+    values = np.array([_peaks(peaks[a:b, None]).item()
+                       for a, b in zip(starts, ends)])  # a loop over bins (<= 400), not over tokens
+    finite = m.values[np.isfinite(m.values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    at = np.asarray(m.positions)
+    return Minimap(starts, ends, at[starts], at[ends - 1], values, lo, hi)
 
 
 def belief_path(beliefs: pd.DataFrame, traj_id: str) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import streamlit as st
 from core import explore
 from core.branches import run_branches
 from core.errors import InputError
-from workbench import charts, resources, state, ui
+from workbench import charts, heatmap_window, resources, state, ui
 
 state.init()
 st.title("Drift explorer")
@@ -160,8 +160,7 @@ else:
                             help="belief metrics only: token metrics exist for the model's completion")
     r = by_id.loc[traj_id]
     record = {x["id"]: x for x in resources.analysis_records(chosen, info.stamp)}.get(traj_id, {})
-    ui.figure(resources.token_heatmap(chosen, info.stamp, traj_id, metric, with_report), "token-heatmap",
-              f"heatmap-{traj_id}-{metric}")
+    heatmap_window.show(chosen, info.stamp, traj_id, metric, with_report)  # a window at a time when long
     left, right = st.columns([2, 3])
     with left:
         st.markdown(f"**Gold:** {r['gold']}  \n"  # each belief is in the gold answer, not in the answer given
@@ -184,5 +183,5 @@ else:
     if branches := run_branches(a.config.checkpoints):  # CPO runs: against their start, not the step before
         ui.branch_trajectory(chosen, info.stamp, traj_id, branches)
     if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):
-        tok = resources.trajectory_rows(chosen, info.stamp, "tokens", traj_id).drop(columns=["traj_id"])
+        tok = resources.trajectory_rows(chosen, info.stamp, "tokens", traj_id, top_k=True).drop(columns=["traj_id"])
         ui.table(tok, "token-table", f"tokens-{traj_id}")

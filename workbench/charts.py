@@ -171,39 +171,74 @@ def category_heatmap(table: pd.DataFrame, branches: dict | None = None) -> go.Fi
     return fig
 
 
-def token_heatmap(m, title: str = "") -> go.Figure:
-    """Checkpoints x tokens coloured by ``m.metric`` (a ``core.explore.TokenMatrix``); detrimental positions
-    marked ▼ (red), beneficial ▲ (blue). Tokens are the x-axis tick labels."""
+TOKEN_LABELS = 80  # rotated token labels that fit side by side in the page's chart width (about 700-1000 px)
+
+
+def token_heatmap(m, title: str = "", minimap=None, focus: int | None = None) -> go.Figure:
+    """Checkpoints x tokens coloured by ``m.metric`` (a ``core.explore.TokenMatrix``, whole or a window of one);
+    detrimental positions marked ▼ (red), beneficial ▲ (blue); tokens are the x-axis tick labels (every one
+    up to ``TOKEN_LABELS`` columns, every k-th beyond, so that they never overlap). With
+    ``minimap`` (``core.explore.Minimap`` of the whole trajectory) a thin strip of the whole length sits above,
+    the window marked on it, and both share one colour scale; ``focus`` (a position) is outlined."""
     from core.explore import METRICS
 
     label, _, diverging = METRICS[m.metric]
-    x = list(range(len(m.positions)))
+    x = list(range(m.first, m.first + len(m.positions)))  # columns of the whole trajectory
     rows = [_esc(c) for c in m.checkpoints]
-    z = m.values
-    if diverging:
-        lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
-        scale = {"colorscale": "RdBu", "zmid": 0, "zmin": -lim, "zmax": lim}
-    else:
-        scale = {"colorscale": "Viridis" if m.metric in ("prob", "entropy") else "Inferno"}
-    fig = go.Figure(go.Heatmap(z=z, x=x, y=rows, customdata=[[_esc(h) for h in row] for row in m.hover],
-                               hovertemplate="%{y} · position %{x}<br>%{customdata}<br>" + _esc(label)
-                               + ": %{z:.4f}<extra></extra>", colorbar={"title": {"text": m.metric}},
-                               xgap=1, ygap=1, **scale))
+    scale = _heat_scale(m, diverging, minimap)
+    fig = go.Figure()
+    hover = m.hover or [[repr(t) for t in m.tokens]] * len(rows)
+    cells = [[f"position {p}<br>{_esc(h)}" for p, h in zip(m.positions, row)] for row in hover]
+    fig.add_trace(go.Heatmap(z=m.values, x=x, y=rows, customdata=cells,
+                             hovertemplate="%{y} · %{customdata}<br>" + _esc(label) + ": %{z:.4f}<extra></extra>",
+                             colorbar={"title": {"text": m.metric}}, xgap=1, ygap=1, **scale))
     for kind, symbol, color in (("detrimental", "triangle-down", "#d62828"), ("beneficial", "triangle-up", "#1d3557")):
         ii, jj = np.nonzero(m.direction == kind)
         if len(ii):
-            fig.add_trace(go.Scatter(x=jj, y=[rows[i] for i in ii], mode="markers", name=kind,
+            fig.add_trace(go.Scatter(x=jj + m.first, y=[rows[i] for i in ii], mode="markers", name=kind,
                                      marker={"symbol": symbol, "size": 8, "color": color,
                                              "line": {"width": 1, "color": "white"}},
                                      hovertemplate=f"{kind} position<extra></extra>"))
+    if focus in m.positions:
+        c = m.first + m.positions.index(focus)
+        fig.add_vrect(x0=c - 0.5, x1=c + 0.5, line={"color": "#111", "width": 2})
+    every = -(-len(x) // TOKEN_LABELS)  # wider windows label every k-th token (the hover names each)
+    axis = {"tickmode": "array", "tickvals": x[::every], "ticktext": [_esc(t) for t in m.tokens[::every]], "tickangle": -90,
+            "tickfont": {"size": 11}, "title": "token of the chain of thought", "range": [x[0] - 0.5, x[-1] + 0.5]}
+    height = 170 + 34 * len(rows) + (70 if minimap else 0)
+    fig.update_layout(xaxis=axis, yaxis={"autorange": "reversed", "title": "checkpoint"})
+    if minimap:
+        _minimap_strip(fig, m, minimap, scale, 60 / height)
     fig.update_layout(
-        title={"text": _esc(title), "font": {"size": 14}} if title else None,
-        xaxis={"tickmode": "array", "tickvals": x, "ticktext": [_esc(t) for t in m.tokens], "tickangle": -60,
-               "title": "token of the chain of thought"},
-        yaxis={"autorange": "reversed", "title": "checkpoint"},
-        height=170 + 34 * len(rows), margin={"t": 40 if title else 10, "l": 10, "r": 10, "b": 10},
+        title={"text": _esc(title), "font": {"size": 14}} if title else None, height=height,
+        margin={"t": 40 if title else 10, "l": 10, "r": 10, "b": 10},
         legend={"orientation": "h", "y": 1.08, "x": 1, "xanchor": "right"})
     return fig
+
+
+def _heat_scale(m, diverging: bool, minimap=None) -> dict:
+    """The colour scale: from the whole trajectory when a window is shown (colours compare across windows)."""
+    values = np.array([minimap.lo, minimap.hi]) if minimap else m.values
+    if diverging:
+        lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+        return {"colorscale": "RdBu", "zmid": 0, "zmin": -lim, "zmax": lim}
+    scale = {"colorscale": "Viridis" if m.metric in ("prob", "entropy") else "Inferno"}
+    return {**scale, "zmin": minimap.lo, "zmax": minimap.hi} if minimap else scale
+
+
+def _minimap_strip(fig: go.Figure, m, mini, scale: dict, share: float) -> None:
+    """Above the window, on axes x2 / y2 (the top ``share`` of the plot): the whole trajectory downsampled, one
+    cell per bin of columns, the window framed. Laid out by hand: ``make_subplots`` takes a tenth of a second."""
+    centres = (mini.starts + mini.ends - 1) / 2
+    spans = [f"positions {a} to {b}" for a, b in zip(mini.positions, mini.last_positions)]
+    fig.add_trace(go.Heatmap(z=[mini.values], x=centres, y=["whole CoT"], customdata=[spans], showscale=False,
+                             hovertemplate="%{customdata}<br>peak: %{z:.4f}<extra>whole CoT</extra>",
+                             xaxis="x2", yaxis="y2", **scale))
+    fig.add_shape(type="rect", x0=m.first - 0.5, x1=m.first + len(m.positions) - 0.5, y0=0, y1=1, xref="x2",
+                  yref="y2 domain", line={"color": "#111", "width": 2})
+    fig.update_layout(yaxis={"domain": [0, 1 - share * 1.4]},
+                      xaxis2={"range": [-0.5, m.width - 0.5], "showticklabels": False, "anchor": "y2"},
+                      yaxis2={"domain": [1 - share, 1], "tickfont": {"size": 10}, "anchor": "x2"})
 
 
 def belief_lines(path: pd.DataFrame, tokens: list[str] | None = None) -> go.Figure:

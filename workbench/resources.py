@@ -73,9 +73,10 @@ def analysis_view(path: str, stamp: str):
 
 
 @st.cache_data(max_entries=64)
-def trajectory_rows(path: str, stamp: str, table: str, traj_id: str):
-    """One trajectory's rows of ``tokens``, ``beliefs`` or ``effects`` (a filtered parquet read)."""
-    return analysis_view(path, stamp).rows(table, traj_id)
+def trajectory_rows(path: str, stamp: str, table: str, traj_id: str, top_k: bool = False):
+    """One trajectory's rows of ``tokens``, ``beliefs`` or ``effects`` (a filtered parquet read); the top-k
+    lists only with ``top_k`` (the token table the user opens), never for the heatmap."""
+    return analysis_view(path, stamp).rows(table, traj_id, top_k=top_k)
 
 
 @st.cache_resource(show_spinner="Reading trajectories…", max_entries=4)
@@ -156,13 +157,34 @@ def graph_html(_gs: GraphStore, db: str, key: str, version: int, highlight: str 
 
 # The explorer's per-trajectory figures, built once per (analysis, trajectory, setting) and shared by every
 # session: switching back and forth redraws without recomputing. Read-only (ui.figure copies before styling).
+@st.cache_resource(max_entries=64)
+def token_matrix(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool):
+    """The whole trajectory's matrix without hover text, from its rows without the top-k columns."""
+    from core import explore
+
+    tokens, effects = (trajectory_rows(path, stamp, t, traj_id) for t in ("tokens", "effects"))
+    return explore.token_matrix(tokens, effects, traj_id, metric, include_prompt, hover=False)
+
+
+@st.cache_data(max_entries=64)
+def window_rows(path: str, stamp: str, traj_id: str, first: int, last: int):
+    """The token rows of positions ``first``..``last`` of one trajectory, with their top-k lists (hover text):
+    the only read of the top-k columns the trajectory view makes."""
+    return analysis_view(path, stamp).rows("tokens", traj_id, positions=(first, last), top_k=True)
+
+
 @st.cache_resource(max_entries=256)
-def token_heatmap(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool):
+def token_heatmap(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool, start: int, width: int,
+                  focus: int | None = None):
+    """The heatmap of the ``width`` columns from position ``start``; the minimap when the CoT is longer."""
     from core import explore
     from workbench import charts
 
-    tokens, effects = (trajectory_rows(path, stamp, t, traj_id) for t in ("tokens", "effects"))
-    return charts.token_heatmap(explore.token_matrix(tokens, effects, traj_id, metric, include_prompt))
+    m = token_matrix(path, stamp, traj_id, metric, include_prompt)
+    c0 = explore.window_column(m.positions, start, width)
+    shown = m.positions[c0: c0 + width]
+    w = explore.window(m, shown[0], width, window_rows(path, stamp, traj_id, shown[0], shown[-1]))
+    return charts.token_heatmap(w, minimap=explore.minimap(m) if m.width > width else None, focus=focus)
 
 
 @st.cache_resource(max_entries=256)

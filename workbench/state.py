@@ -20,6 +20,11 @@ TRAJECTORY = "trajectory_id"  # the trajectory open in the explorer (and offered
 DRIVER_IDS = "driver_trajectories"  # trajectories of the driver row picked in the overview (a filter)
 DRIVER_NOTE = "driver_note"  # what that filter is, in words
 EXPLORER_VIEW = "explorer_view"
+# the trajectory view's heatmap window (workbench.heatmap_window): a long CoT is shown a window at a time
+TRAJ_WINDOW = "traj_window"  # the window's first token position (its slider's key)
+TRAJ_WINDOW_WIDTH = "traj_window_width"  # tokens per window (kept while a short CoT hides the picker)
+TRAJ_WINDOW_OF = "traj_window_of"  # the trajectory the window belongs to: another one starts at its start
+TRAJ_FOCUS = "traj_focus"  # the position jumped to (outlined), or None
 GRAPH_SEEN = "graph_seen_version"  # (graph key, version) this tab shows and edits: edits are based on it
 GRAPH_SEARCH = "graph_search"
 GRAPH_FLASH = "graph_flash"  # message to show after an edit's rerun
@@ -40,6 +45,7 @@ def init() -> None:
     st.session_state.setdefault(GRAPH_SEARCH, "")
     st.session_state.setdefault(CF_STOP, False)
     st.session_state.setdefault(ANNOTATOR, "")
+    st.session_state.setdefault(TRAJ_WINDOW_WIDTH, 80)  # about the most token labels that fit the chart's width
 
 
 def world_path() -> Path:

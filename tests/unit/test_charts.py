@@ -96,3 +96,46 @@ def test_perturbation_charts():
                          "flip_rate": [0.0, 0.5, 1.0]})
     heat = charts.category_flip_heatmap(cats)
     assert list(heat.data[0].x) == ["base", "c1"] and list(heat.data[0].y) == ["A", "B"]
+
+
+def long_matrix(n=4096, checkpoints=7):
+    """A trajectory of ``n`` tokens whose hover text lists five alternatives per cell, like a real analysis."""
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 0.05, (checkpoints, n))
+    values[-1, n * 3 // 4] = -0.8
+    direction = np.where(values < -0.1, "detrimental", np.where(values > 0.1, "beneficial", "neutral")).astype(object)
+    hover = [[f"' w{p}' p=0.123 rank 4\ntop: ' a' 0.500, ' bb' 0.200, ' c' 0.100, ' dd' 0.050, ' e' 0.010"
+              for p in range(n)] for _ in range(checkpoints)]
+    return TokenMatrix("effect_drift", [f"checkpoint-{k}" for k in range(checkpoints)], list(range(n)),
+                       [f" w{p}" for p in range(n)], values, hover, direction)
+
+
+def test_a_window_of_a_long_cot_sends_its_cells_and_a_downsampled_strip_only():
+    from core import explore
+
+    m = long_matrix()
+    w = explore.window(m, 2950, 150)
+    w.hover = [row[w.first: w.first + 150] for row in m.hover]
+    fig = charts.token_heatmap(w, minimap=explore.minimap(m, bins=400), focus=3000)
+    heat, strip = [t for t in fig.data if t.type == "heatmap"]
+    assert np.shape(heat.z) == (7, 150) and list(heat.x)[:2] == [2950, 2951] and len(fig.layout.xaxis.ticktext) == 75
+    assert np.shape(strip.z) == (1, 400) and strip.showscale is False and "positions 0 to 9" in strip.customdata[0][0]
+    assert heat.zmin == strip.zmin == -0.8 and heat.zmax == 0.8  # the whole CoT's scale, in both
+    marks = [t for t in fig.data if t.type == "scatter"]
+    assert all(2950 <= x < 3100 for t in marks for x in t.x)  # markers of the window only
+    frames = [(s.x0, s.x1) for s in fig.layout.shapes]
+    assert (2949.5, 3099.5) in frames and (2999.5, 3000.5) in frames  # the window on the strip; the focus
+    assert "position 3000<br>" in heat.customdata[0][50]
+    assert list(fig.layout.xaxis.tickvals[:2]) == [2950, 2952]  # 150 columns: every other one labelled
+    assert len(charts.token_heatmap(explore.window(m, 0, charts.TOKEN_LABELS)).layout.xaxis.ticktext) == charts.TOKEN_LABELS
+    whole = charts.token_heatmap(m)
+    assert len(fig.to_json()) * 10 < len(whole.to_json())  # what reaches the browser
+
+
+def test_a_window_without_hover_text_shows_the_tokens():
+    from core import explore
+
+    m = long_matrix(n=300, checkpoints=2)
+    m.hover = None
+    fig = charts.token_heatmap(explore.window(m, 0, 100), minimap=explore.minimap(m))
+    assert fig.data[0].customdata[1][5] == "position 5<br>' w5'"

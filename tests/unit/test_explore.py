@@ -1,6 +1,7 @@
 """Explorer views over the shipped sample analysis: rankings, filters, token matrices, belief paths."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core import concepts, explore, perturb
@@ -130,7 +131,7 @@ def test_a_saved_analysis_is_self_contained_and_read_by_trajectory(shipped, tmp_
 
     import pandas as pd
 
-    from core.analysis import AnalysisView
+    from core.analysis import LAZY_COLUMNS, AnalysisView
 
     a, records = shipped
     out = dataclasses.replace(a, records=records).save(tmp_path / "copy")
@@ -146,6 +147,80 @@ def test_a_saved_analysis_is_self_contained_and_read_by_trajectory(shipped, tmp_
     traj = want.iloc[0]["traj_id"]
     for name in ("tokens", "beliefs", "effects"):
         whole = getattr(a, name)
-        got = view.rows(name, traj)
-        pd.testing.assert_frame_equal(got, whole[whole["traj_id"] == traj].reset_index(drop=True), check_dtype=False)
+        want = whole[whole["traj_id"] == traj].reset_index(drop=True)
+        got = view.rows(name, traj, top_k=True)
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
         assert opened[-1][1].get("filters") == [("traj_id", "==", traj)]
+        pd.testing.assert_frame_equal(view.rows(name, traj), want.drop(columns=list(LAZY_COLUMNS), errors="ignore"),
+                                      check_dtype=False)
+
+
+def test_the_default_read_leaves_the_top_k_lists_out_and_a_window_reads_only_its_rows(shipped, tmp_path):
+    from core.analysis import LAZY_COLUMNS, AnalysisView
+
+    a, _ = shipped
+    view = AnalysisView.open(a.save(tmp_path / "copy"))
+    traj = a.tokens["traj_id"].iloc[0]
+    rows = view.rows("tokens", traj)
+    assert len(rows) > 0 and not set(LAZY_COLUMNS) & set(rows.columns)  # what opening a trajectory reads
+    assert {"token", "prob", "kl_base"} <= set(rows.columns)
+    window = view.rows("tokens", traj, positions=(3, 7), top_k=True)
+    assert set(LAZY_COLUMNS) <= set(window.columns) and sorted(window["position"].unique()) == [3, 4, 5, 6, 7]
+    assert len(window) == 5 * rows["checkpoint"].nunique()
+    assert view.rows("tokens", traj, columns=["position", "top_tokens"]).columns.tolist() == ["position", "top_tokens"]
+
+
+# ---- a long CoT, a window at a time ---------------------------------------------------------------------
+def long_matrix(n=1000, prompt=0):
+    """3 checkpoints x n positions (``prompt`` of them negative, sparse: every other one), known peaks."""
+    positions = [-2 * k for k in range(prompt, 0, -1)] + list(range(n - prompt))
+    values = np.zeros((3, n))
+    values[0] = np.nan  # the base row: nothing measured
+    values[1, 700] = -0.9  # the largest in magnitude, detrimental
+    values[2, 300] = 0.5
+    direction = np.full((3, n), "neutral", dtype=object)
+    direction[1, [120, 700]] = "detrimental"
+    return explore.TokenMatrix("effect_drift", ["base", "c1", "c2"], positions, [f" t{p}" for p in positions],
+                               values, None, direction)
+
+
+def test_a_window_is_its_columns_with_hover_for_them_only():
+    m = long_matrix()
+    rows = pd.DataFrame({"checkpoint": "c1", "position": [400, 401], "token": [" t400", " t401"], "prob": 0.5,
+                         "rank": 1, "top_tokens": [[" a", " b"]] * 2, "top_probs": [np.array([0.5, 0.2])] * 2})
+    w = explore.window(m, 400, 150, rows)
+    assert w.positions == list(range(400, 550)) and w.values.shape == (3, 150) == w.direction.shape
+    assert w.first == 400 and w.width == 1000 and w.tokens[0] == " t400"
+    assert w.hover[1][0] == "' t400' p=0.500 rank 1\ntop: ' a' 0.500, ' b' 0.200"
+    assert w.hover[0][0] == "' t400'" and w.hover[1][2] == "' t402'"  # no row: the token alone
+    end = explore.window(m, 990, 150)  # moved back to stay full
+    assert end.positions[-1] == 999 and len(end.positions) == 150 and end.first == 850 and end.hover is None
+    assert explore.window(explore.window(m, 0, 500), 100, 50).first == 100  # offsets add up
+
+
+def test_windows_over_sparse_report_positions_start_at_the_next_measured_one():
+    m = long_matrix(prompt=10)  # positions -20, -18, ..., -2, 0, 1, ...
+    assert explore.window_column(m.positions, -5, 100) == 8 and explore.window(m, -5, 100).positions[0] == -4
+    assert explore.centred_start(m.positions, 0, 10) == -10  # 0 is column 10: five columns before it
+    assert explore.centred_start(m.positions, -20, 10) == -20 and explore.centred_start(m.positions, 989, 10) == 980
+
+
+def test_navigation_finds_the_largest_drift_and_the_next_detrimental_position():
+    m = long_matrix()
+    assert explore.strongest_position(m) == 700
+    assert explore.next_detrimental(m, -1) == 120 and explore.next_detrimental(m, 120) == 700
+    assert explore.next_detrimental(m, 700) == 120  # from the start again
+    m.direction[:] = "neutral"
+    m.values[:] = np.nan
+    assert explore.next_detrimental(m, 0) is None and explore.strongest_position(m) is None
+
+
+def test_the_minimap_keeps_each_bins_peak_with_its_sign():
+    m = long_matrix()
+    mini = explore.minimap(m, bins=100)
+    assert len(mini.values) == 100 and mini.starts[0] == 0 and mini.ends[-1] == 1000
+    assert mini.values[70] == -0.9 and mini.values[30] == 0.5 and mini.values[0] == 0
+    assert (mini.positions[1], mini.last_positions[1]) == (10, 19)
+    assert (mini.lo, mini.hi) == (-0.9, 0.5)  # one colour scale for every window
+    short = explore.minimap(explore.window(m, 0, 40), bins=100)  # fewer columns than bins: one per column
+    assert len(short.values) == 40
