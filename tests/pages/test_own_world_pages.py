@@ -24,7 +24,7 @@ def page(name: str, world, workspace) -> AppTest:
 @pytest.fixture(autouse=True)
 def user_folders_are_a_data_root(foreign_run, monkeypatch):
     """The user's run lies outside the workspace: typed paths there need it among the data roots."""
-    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(foreign_run["base"].parent))
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(foreign_run["base"].parent.parent))
 
 
 @pytest.fixture(scope="module")
