@@ -24,7 +24,7 @@ from core.cache import cache_key, cached_parts, part_name, swap_in_folder, write
 from core.context_check import context_warnings
 from core.errors import InputError
 from core.paths import expand, expand_optional, expand_str
-from core.probe import POSITION_MODES, ProbeConfig, probe
+from core.probe import NO_LABELS, POSITION_MODES, ProbeConfig, empty_beliefs, probe
 from core.progress import Progress
 from core.scoring import ScoreConfig, batch_plan, score_batches
 from core.series import ModelSeries, load_series, load_tokenizer, plan_series, series_fingerprint
@@ -113,6 +113,11 @@ class Analysis:
     changes: pd.DataFrame  # drift.step_changes
     records: list[dict] = field(default_factory=list)  # the trajectories scored (kept in the folder)
 
+    @property
+    def probed(self) -> bool:
+        """False for an analysis scored without the probe (``core.probe.NO_LABELS``): token drift only."""
+        return not self.beliefs.empty
+
     def save(self, out: str | Path, portable: bool = False) -> Path:
         """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
         never leaves old and new tables mixed. ``portable`` writes the config's paths relative to ``out``
@@ -155,9 +160,10 @@ class Analysis:
         if self.records:
             with open(folder / TEXTS, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
-        if not self.beliefs.empty:
+        if not self.beliefs.empty or self.records:
             write_parquet(explore.trajectory_table(self.beliefs, self.effects, self.records or None),
                           folder / "trajectories.parquet")
+        if not self.beliefs.empty:
             cat = drift.category_accuracy(self.beliefs)
             write_parquet(cat.reset_index() if not cat.empty else pd.DataFrame({"gold": []}), folder / "by_category.parquet")
 
@@ -213,6 +219,13 @@ class AnalysisView:
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
         return cls(out, cfg, **{n: pd.read_parquet(out / f"{n}.parquet") for n in SUMMARY_TABLES})
+
+    @property
+    def probed(self) -> bool:
+        """False for an analysis scored without the probe (no answer labels): its beliefs table has no rows."""
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path / "beliefs.parquet").metadata.num_rows > 0
 
     def rows(self, table: str, traj_id: str, columns: list[str] | None = None) -> pd.DataFrame:
         """One trajectory's rows of a per-trajectory table (``tokens``, ``beliefs``, ``effects``)."""
@@ -286,8 +299,13 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k), stage("scoring", (0.0, 0.3)),
                      should_cancel)
     pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions, include_prompt=cfg.include_prompt)
-    beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
-                       stage("probe", (0.3, 1.0)), should_cancel)
+    if labels:
+        beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
+                           stage("probe", (0.3, 1.0)), should_cancel)
+    else:  # nothing names an answer: the token drift is still worth seeing
+        beliefs = empty_beliefs()
+        if progress:
+            progress(0.3, 1.0, f"warning: {NO_LABELS}")
     effects = drift.token_effects(beliefs, encoded, cfg.tau)
     by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
     if progress:
