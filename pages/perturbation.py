@@ -77,7 +77,8 @@ with single:
         with st.spinner("Answering under every checkpoint…"):
             try:
                 series = get_series()
-                result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode)
+                result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode,
+                                                   chat_template=cfg.chat_template)
             except InputError as e:
                 st.error(str(e))
                 result = None
