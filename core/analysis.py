@@ -6,7 +6,9 @@
     result = Analysis.load("out/")
 
 ``AnalysisConfig.from_world("sample_data")`` fills in a world's base, checkpoints, test set and labels.
-The command line runs the same: ``workbench score --base DIR --checkpoints DIR --data FILE --out DIR``.
+The command line runs the same: ``workbench score --base DIR --checkpoints DIR --data FILE --out DIR``, or
+``workbench score --config analysis.json --out DIR``; a background job runs ``python -m core.worker score
+--config <job>/analysis.json`` (``score_job``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from core import concepts, drift
 from core.cache import cache_key, cached_parts, part_name, swap_in_folder, write_parquet
 from core.context_check import context_warnings
 from core.errors import InputError
+from core.jobs import JOB_DIR
 from core.paths import expand, expand_optional, expand_str
 from core.probe import NO_LABELS, POSITION_MODES, ProbeConfig, empty_beliefs, probe
 from core.progress import Progress
@@ -390,45 +393,39 @@ def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
     return sorted(out, key=lambda a: a.created, reverse=True)
 
 
-def score_argv(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | None = None) -> list[str]:
-    """The ``workbench score`` arguments (after ``python``) that compute ``cfg`` into ``out``: what the
-    Checkpoints page shows before it runs them as a background job."""
-    argv = _series_argv("score", cfg)
-    defaults = AnalysisConfig(base=cfg.base, data=cfg.data)
-    for key in ("positions", "top_k", "batch_size"):
-        value = getattr(cfg, key)
-        if value is not None and value != getattr(defaults, key):
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-    if not cfg.include_prompt:
-        argv.append("--cot-only")
-    if not cfg.chat_template:
-        argv.append("--no-chat-template")
-    if workspace:
-        argv += ["--workspace", str(workspace)]
-    return [*argv, "--out", str(out)]
+WORKER = "core.worker"  # the engine's job entry (``python -m core.worker score|perturb|train``)
+JOB_CONFIG = "analysis.json"  # the AnalysisConfig a job runs from, in its folder
 
 
-def _series_argv(command: str, cfg: AnalysisConfig) -> list[str]:
-    argv = ["-m", "workbench.cli", command, "--base", cfg.base, "--data", cfg.data]
-    if cfg.checkpoints:
-        argv += ["--checkpoints", *([cfg.checkpoints] if isinstance(cfg.checkpoints, str) else cfg.checkpoints)]
-    if cfg.graph:
-        argv += ["--graph", cfg.graph]
-    argv += [a for name in cfg.base_names if name for a in ("--base-name", name)]
-    for key in ("limit", "device", "dtype"):
-        if getattr(cfg, key) is not None:
-            argv += [f"--{key}", str(getattr(cfg, key))]
-    return argv
+def score_job(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """What a background scoring job runs (after ``python``) and the files its folder gets: ``cfg`` saved as
+    ``analysis.json`` there and ``core.worker score --config`` on it, so no setting is lost on the way::
+
+        argv, files = score_job(cfg, out, ws.root)
+        jobs.start(ws.jobs_dir, "score", argv, files=files)
+    """
+    argv = ["-m", WORKER, "score", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--out", str(out)]
+    argv += ["--workspace", str(workspace)] if workspace else []
+    return argv, {JOB_CONFIG: config_text(cfg)}
 
 
-def perturb_argv(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path) -> list[str]:
-    """The ``workbench perturb`` arguments that swap ``find`` for ``replace`` over ``cfg``'s series and data."""
-    return [*_series_argv("perturb", cfg), "--find", find, "--replace", replace, "--mode", mode, "--out", str(out)]
+def perturb_job(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path) -> tuple[list[str], dict[str, str]]:
+    """The same for a perturbation over ``cfg``'s series and data (``core.worker perturb``)."""
+    argv = ["-m", WORKER, "perturb", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--find", find, "--replace", replace,
+            "--mode", mode, "--out", str(out)]
+    return argv, {JOB_CONFIG: config_text(cfg)}
 
 
-def shell_command(argv: list[str]) -> str:
-    """``argv`` as a line to paste into a shell (``workbench`` for ``python -m workbench.cli``)."""
+def config_text(cfg: AnalysisConfig) -> str:
+    return json.dumps(asdict(cfg), indent=1)
+
+
+def shell_command(argv: list[str], files: dict[str, str] | None = None) -> str:
+    """``argv`` (a job's, after ``python``) as lines to paste into a shell: the console command for the
+    engine's worker, and each file the job reads written first (a here-document)."""
     import shlex
 
-    args = argv[2:] if argv[:2] == ["-m", "workbench.cli"] else argv
-    return "workbench " + " ".join(shlex.quote(str(a)) for a in args)
+    args = [str(a).replace(f"{JOB_DIR}/", "") for a in argv]
+    args = args[2:] if args[:2] == ["-m", WORKER] else args
+    heads = [f"cat > {shlex.quote(name)} <<'EOF'\n{text}\nEOF\n" for name, text in (files or {}).items()]
+    return "".join(heads) + "workbench " + " ".join(shlex.quote(a) for a in args)

@@ -5,7 +5,7 @@
     m.values        # checkpoints x completion positions
     m.tokens        # the token strings on the position axis
 
-Pure pandas; the charts in ``workbench.charts`` draw what these return.
+Pure pandas; the UI's chart builders draw what these return.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def trajectory_table(beliefs: pd.DataFrame, effects: pd.DataFrame, records: list
     others = fin[~fin.index.isin(base_rows.index)]
     if others.empty:
         others = base_rows
+    others = others.dropna(subset=["gold_prob"])  # a gold answer outside the probe's labels has no belief
     worst = others.loc[others.groupby("traj_id")["gold_prob"].idxmin()].set_index("traj_id")
     counts = effects.assign(det=effects["direction"] == "detrimental", ben=effects["direction"] == "beneficial") \
         .groupby("traj_id")[["det", "ben"]].sum()
