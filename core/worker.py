@@ -16,9 +16,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import InputError
 from core.paths import expand
+
+if TYPE_CHECKING:  # the configs' modules import torch: loaded when a job runs, not for --help
+    from core.analysis import AnalysisConfig
+    from core.cpo import TrainConfig
 
 
 def progress_bar(desc: str):
@@ -41,7 +46,7 @@ def progress_bar(desc: str):
     return bar, progress
 
 
-def score(cfg, out: str | Path, cache_dir: str | Path | None = None, force: bool = False) -> int:
+def score(cfg: AnalysisConfig, out: str | Path, cache_dir: str | Path | None = None, force: bool = False) -> int:
     """Score ``cfg`` (an ``AnalysisConfig``) into the analysis folder ``out``; prints the summary."""
     from core.analysis import run_analysis
     from core.jobs import CANCELLED, cancel_flag
@@ -67,7 +72,7 @@ def score(cfg, out: str | Path, cache_dir: str | Path | None = None, force: bool
     return 0
 
 
-def perturb(cfg, find: str, replace: str, mode: str, out: str | Path, force: bool = False) -> int:
+def perturb(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path, force: bool = False) -> int:
     """Swap ``find`` for ``replace`` in every trajectory of ``cfg``'s data; answers before/after per checkpoint."""
     from core.analysis import resolve_labels
     from core.cache import write_parquet
@@ -104,7 +109,7 @@ def perturb(cfg, find: str, replace: str, mode: str, out: str | Path, force: boo
     return 0
 
 
-def train(cfg, evaluate: str | Path | None = None, evaluate_limit: int | None = None) -> int:
+def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: int | None = None) -> int:
     """A CPO run from ``cfg`` (a ``TrainConfig``), then, with ``evaluate`` (a world), its held-out figures.
     Under ``accelerate launch`` each process runs this, and TRL's Trainer shards the batches."""
     from core import cpo, runs
