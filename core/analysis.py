@@ -6,7 +6,9 @@
     result = Analysis.load("out/")
 
 ``AnalysisConfig.from_world("sample_data")`` fills in a world's base, checkpoints, test set and labels.
-The command line runs the same: ``workbench score --base DIR --checkpoints DIR --data FILE --out DIR``.
+The command line runs the same: ``workbench score --base DIR --checkpoints DIR --data FILE --out DIR``, or
+``workbench score --config analysis.json --out DIR``; a background job runs ``python -m core.worker score
+--config <job>/analysis.json`` (``score_job``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from core import concepts, drift
 from core.cache import cache_key, cached_parts, part_name, swap_in_folder, write_parquet
 from core.context_check import context_warnings
 from core.errors import InputError
+from core.jobs import JOB_DIR
 from core.paths import expand, expand_optional, expand_str
-from core.probe import POSITION_MODES, ProbeConfig, probe
+from core.probe import NO_LABELS, POSITION_MODES, ProbeConfig, empty_beliefs, probe
 from core.progress import Progress
 from core.scoring import ScoreConfig, batch_plan, score_batches
 from core.series import ModelSeries, branch_starts, load_series, load_tokenizer, plan_series, series_fingerprint
@@ -114,6 +117,11 @@ class Analysis:
     changes: pd.DataFrame  # drift.step_changes
     records: list[dict] = field(default_factory=list)  # the trajectories scored (kept in the folder)
 
+    @property
+    def probed(self) -> bool:
+        """False for an analysis scored without the probe (``core.probe.NO_LABELS``): token drift only."""
+        return not self.beliefs.empty
+
     def save(self, out: str | Path, portable: bool = False) -> Path:
         """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
         never leaves old and new tables mixed. ``portable`` writes the config's paths relative to ``out``
@@ -156,9 +164,10 @@ class Analysis:
         if self.records:
             with open(folder / TEXTS, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
-        if not self.beliefs.empty:
+        if not self.beliefs.empty or self.records:
             write_parquet(explore.trajectory_table(self.beliefs, self.effects, self.records or None),
                           folder / "trajectories.parquet")
+        if not self.beliefs.empty:
             cat = drift.category_accuracy(self.beliefs)
             write_parquet(cat.reset_index() if not cat.empty else pd.DataFrame({"gold": []}), folder / "by_category.parquet")
 
@@ -214,6 +223,13 @@ class AnalysisView:
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
         return cls(out, cfg, **{n: pd.read_parquet(out / f"{n}.parquet") for n in SUMMARY_TABLES})
+
+    @property
+    def probed(self) -> bool:
+        """False for an analysis scored without the probe (no answer labels): its beliefs table has no rows."""
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path / "beliefs.parquet").metadata.num_rows > 0
 
     def rows(self, table: str, traj_id: str, columns: list[str] | None = None,
              positions: tuple[int, int] | None = None, top_k: bool = False) -> pd.DataFrame:
@@ -306,8 +322,13 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k, *lineage),
                      stage("scoring", (0.0, 0.3)), should_cancel)
     pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions, include_prompt=cfg.include_prompt)
-    beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
-                       stage("probe", (0.3, 1.0)), should_cancel)
+    if labels:
+        beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
+                           stage("probe", (0.3, 1.0)), should_cancel)
+    else:  # nothing names an answer: the token drift is still worth seeing
+        beliefs = empty_beliefs()
+        if progress:
+            progress(0.3, 1.0, f"warning: {NO_LABELS}")
     effects = drift.token_effects(beliefs, encoded, cfg.tau)
     by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
     if progress:
@@ -392,45 +413,39 @@ def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
     return sorted(out, key=lambda a: a.created, reverse=True)
 
 
-def score_argv(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | None = None) -> list[str]:
-    """The ``workbench score`` arguments (after ``python``) that compute ``cfg`` into ``out``: what the
-    Checkpoints page shows before it runs them as a background job."""
-    argv = _series_argv("score", cfg)
-    defaults = AnalysisConfig(base=cfg.base, data=cfg.data)
-    for key in ("positions", "top_k", "batch_size"):
-        value = getattr(cfg, key)
-        if value is not None and value != getattr(defaults, key):
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-    if not cfg.include_prompt:
-        argv.append("--cot-only")
-    if not cfg.chat_template:
-        argv.append("--no-chat-template")
-    if workspace:
-        argv += ["--workspace", str(workspace)]
-    return [*argv, "--out", str(out)]
+WORKER = "core.worker"  # the engine's job entry (``python -m core.worker score|perturb|train``)
+JOB_CONFIG = "analysis.json"  # the AnalysisConfig a job runs from, in its folder
 
 
-def _series_argv(command: str, cfg: AnalysisConfig) -> list[str]:
-    argv = ["-m", "workbench.cli", command, "--base", cfg.base, "--data", cfg.data]
-    if cfg.checkpoints:
-        argv += ["--checkpoints", *([cfg.checkpoints] if isinstance(cfg.checkpoints, str) else cfg.checkpoints)]
-    if cfg.graph:
-        argv += ["--graph", cfg.graph]
-    argv += [a for name in cfg.base_names if name for a in ("--base-name", name)]
-    for key in ("limit", "device", "dtype"):
-        if getattr(cfg, key) is not None:
-            argv += [f"--{key}", str(getattr(cfg, key))]
-    return argv
+def score_job(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """What a background scoring job runs (after ``python``) and the files its folder gets: ``cfg`` saved as
+    ``analysis.json`` there and ``core.worker score --config`` on it, so no setting is lost on the way::
+
+        argv, files = score_job(cfg, out, ws.root)
+        jobs.start(ws.jobs_dir, "score", argv, files=files)
+    """
+    argv = ["-m", WORKER, "score", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--out", str(out)]
+    argv += ["--workspace", str(workspace)] if workspace else []
+    return argv, {JOB_CONFIG: config_text(cfg)}
 
 
-def perturb_argv(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path) -> list[str]:
-    """The ``workbench perturb`` arguments that swap ``find`` for ``replace`` over ``cfg``'s series and data."""
-    return [*_series_argv("perturb", cfg), "--find", find, "--replace", replace, "--mode", mode, "--out", str(out)]
+def perturb_job(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path) -> tuple[list[str], dict[str, str]]:
+    """The same for a perturbation over ``cfg``'s series and data (``core.worker perturb``)."""
+    argv = ["-m", WORKER, "perturb", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--find", find, "--replace", replace,
+            "--mode", mode, "--out", str(out)]
+    return argv, {JOB_CONFIG: config_text(cfg)}
 
 
-def shell_command(argv: list[str]) -> str:
-    """``argv`` as a line to paste into a shell (``workbench`` for ``python -m workbench.cli``)."""
+def config_text(cfg: AnalysisConfig) -> str:
+    return json.dumps(asdict(cfg), indent=1)
+
+
+def shell_command(argv: list[str], files: dict[str, str] | None = None) -> str:
+    """``argv`` (a job's, after ``python``) as lines to paste into a shell: the console command for the
+    engine's worker, and each file the job reads written first (a here-document)."""
     import shlex
 
-    args = argv[2:] if argv[:2] == ["-m", "workbench.cli"] else argv
-    return "workbench " + " ".join(shlex.quote(str(a)) for a in args)
+    args = [str(a).replace(f"{JOB_DIR}/", "") for a in argv]
+    args = args[2:] if args[:2] == ["-m", WORKER] else args
+    heads = [f"cat > {shlex.quote(name)} <<'EOF'\n{text}\nEOF\n" for name, text in (files or {}).items()]
+    return "".join(heads) + "workbench " + " ".join(shlex.quote(a) for a in args)

@@ -7,7 +7,7 @@
     result.adapter_dir             # runs/cpo-1/adapter: a LoRA adapter core.series loads as a new checkpoint
 
 The same run from a shell, on one GPU or several (``accelerate launch`` for multi-GPU and DeepSpeed):
-``workbench train --config run.json`` or ``accelerate launch -m workbench.cli train --config run.json``.
+``workbench train --config run.json`` or ``accelerate launch -m core.worker train --config run.json``.
 
 A run folder holds ``config.json`` (this TrainConfig), ``metrics.jsonl`` (one object per logging step),
 ``checkpoint-N/`` (adapter + trainer_state.json + optimizer, as HF Trainer writes them) and ``adapter/``.

@@ -174,11 +174,18 @@ def checkpoint_summary(scores: pd.DataFrame, beliefs: pd.DataFrame, effects: pd.
     acc = fin.assign(correct=fin["answer"] == fin["gold"]).groupby(["checkpoint", "step"]).agg(
         accuracy=("correct", "mean"), final_gold_prob=("gold_prob", "mean")).reset_index()
     cot = scores[scores["in_think"]] if scores["in_think"].any() else scores
-    kls = cot.groupby("checkpoint")[["kl_base", "kl_prev", "js_base", "entropy"]].mean().reset_index()
+    kls = cot.groupby(["checkpoint", "step"])[["kl_base", "kl_prev", "js_base", "entropy"]].mean().reset_index()
     det = effects.groupby("checkpoint")["direction"].agg(
         share_detrimental=lambda s: (s == "detrimental").mean(),
         share_beneficial=lambda s: (s == "beneficial").mean()).reset_index()
-    return acc.merge(kls, on="checkpoint").merge(det, on="checkpoint", how="left").sort_values("step").reset_index(drop=True)
+    if det.empty:  # no effects (no probe, or one probe position): the columns stay, empty
+        det = pd.DataFrame({"checkpoint": pd.Series(dtype=object), "share_detrimental": pd.Series(dtype=float),
+                            "share_beneficial": pd.Series(dtype=float)})
+    # every scored checkpoint keeps its row (token drift), with NaN accuracy when nothing was probed
+    out = kls.merge(acc, on=["checkpoint", "step"], how="left").merge(det, on="checkpoint", how="left")
+    order = ["checkpoint", "step", "accuracy", "final_gold_prob", "kl_base", "kl_prev", "js_base", "entropy",
+             "share_detrimental", "share_beneficial"]
+    return out[order].sort_values("step", kind="stable").reset_index(drop=True)
 
 
 def category_accuracy(beliefs: pd.DataFrame) -> pd.DataFrame:

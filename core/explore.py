@@ -7,7 +7,7 @@
     w = window(m, start=400, width=200, tokens=rows_400_to_599)   # 200 columns, hover text for them only
     strip = minimap(m)                                             # the whole length, downsampled
 
-Pure pandas; the charts in ``workbench.charts`` draw what these return.
+Pure pandas; the UI's chart builders draw what these return.
 """
 
 from __future__ import annotations
@@ -64,13 +64,17 @@ class Minimap:
 def trajectory_table(beliefs: pd.DataFrame, effects: pd.DataFrame, records: list[dict] | None = None) -> pd.DataFrame:
     """One row per trajectory: its gold label, the final gold belief under the base and at the checkpoint
     where it fell most, that drift (negative = the checkpoint believes the gold answer less), the answers,
-    and how many positions turned detrimental / beneficial. Sorted most detrimental first."""
+    and how many positions turned detrimental / beneficial. Sorted most detrimental first. Without beliefs
+    (an analysis scored without the probe) one row per record, its belief columns empty."""
+    if beliefs.empty:
+        return _unprobed_table(records or [])
     fin = drift.final_beliefs(beliefs)
     base_rows = fin[drift.is_base(fin)]
     base = base_rows.set_index("traj_id")
     others = fin[~fin.index.isin(base_rows.index)]
     if others.empty:
         others = base_rows
+    others = others.dropna(subset=["gold_prob"])  # a gold answer outside the probe's labels has no belief
     worst = others.loc[others.groupby("traj_id")["gold_prob"].idxmin()].set_index("traj_id")
     counts = effects.assign(det=effects["direction"] == "detrimental", ben=effects["direction"] == "beneficial") \
         .groupby("traj_id")[["det", "ben"]].sum()
@@ -91,6 +95,14 @@ def trajectory_table(beliefs: pd.DataFrame, effects: pd.DataFrame, records: list
         text = {r["id"]: r.get("completion", "") for r in records}
         out["completion"] = out["traj_id"].map(text)
     return out.sort_values("drift", kind="stable").reset_index(drop=True)
+
+
+def _unprobed_table(records: list[dict]) -> pd.DataFrame:
+    nan = np.full(len(records), np.nan)
+    return pd.DataFrame({"traj_id": [str(r["id"]) for r in records], "gold": [r.get("label") for r in records],
+                         "base_answer": None, "base_belief": nan, "worst_checkpoint": None, "worst_answer": None,
+                         "worst_belief": nan, "drift": nan, "detrimental": 0, "beneficial": 0,
+                         "completion": [r.get("completion", "") for r in records]})
 
 
 def filter_trajectories(table: pd.DataFrame, labels: list[str] | None = None, max_drift: float | None = None,

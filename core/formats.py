@@ -281,8 +281,11 @@ def trl_record(row: dict, conversational: bool = False, system: str | None = Non
         chosen, rejected = ([{"role": "assistant", "content": row[k]}] for k in ("chosen", "rejected"))
     else:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": row["source"],
-            "weight": row["weight"], "label": row["label"], "target": row["target"]}
+    rec = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": row["source"],
+           "weight": row["weight"], "label": row["label"], "target": row["target"]}
+    if system and not conversational:  # chat data in plain strings: training renders [system, user] with the
+        rec["system"] = system          # chat template, the prompt the model was trained on (core.pairs)
+    return rec
 
 
 def swift_record(row: dict, system: str | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Long work as background jobs that outlive the browser: a folder per job, a supervisor process per job.
 
-    job = jobs.start(ws.jobs_dir, "score", ["-m", "workbench.cli", "score", "--world", "sample_data", ...],
-                     title="score sample world")
+    job = jobs.start(ws.jobs_dir, "score", ["-m", "core.worker", "score", "--config", "{job}/analysis.json", ...],
+                     title="score sample world", files={"analysis.json": config_text})
     job.state()        # "running" | "done" | "failed" | "cancelled" | "died"
     job.progress()     # {"done": 0.42, "message": "probe: checkpoint-80", "eta_s": 31.0, ...}
     job.cancel()       # SIGTERM to the worker's process group; it stops at the next batch
@@ -37,6 +37,7 @@ from core.cache import atomic_write_text
 from core.errors import InputError
 
 PROGRESS_ENV = "WORKBENCH_PROGRESS"
+JOB_DIR = "{job}"  # in ``start``'s argv: the job's folder
 CANCELLED = 130  # the worker's exit code after a graceful cancel (as after Ctrl-C)
 
 
@@ -196,12 +197,17 @@ def _alive(pid: int | None, started: float | None = None) -> bool:
 
 
 def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", meta: dict | None = None,
-          env: dict | None = None) -> Job:
-    """Start ``python <argv>`` under a supervisor in a new session (it survives the page and the app)."""
+          env: dict | None = None, files: dict[str, str] | None = None) -> Job:
+    """Start ``python <argv>`` under a supervisor in a new session (it survives the page and the app).
+    ``files`` (name -> text) are written into the job's folder first, and ``JOB_DIR`` in an argv item stands
+    for that folder: a job runs from its saved config (``--config {job}/analysis.json``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = Path(jobs_dir) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
     folder.mkdir(parents=True)
-    job = Job(folder, kind, title or kind, list(argv), time.time(), None, meta or {})
+    for name, text in (files or {}).items():
+        atomic_write_text(folder / name, text)
+    argv = [str(a).replace(JOB_DIR, str(folder)) for a in argv]
+    job = Job(folder, kind, title or kind, argv, time.time(), None, meta or {})
     job._save()
     proc = subprocess.Popen([sys.executable, "-m", "core.jobs", str(folder)], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

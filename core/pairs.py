@@ -9,7 +9,9 @@ turn), with optional ``source`` (a string), ``weight`` (a positive number) and `
 
 Export (``core.snapshots``) writes through ``check_weights`` and ``normalise_weights``, so it refuses what
 training would refuse (a weight of 0 or below); training reads with ``read_pairs``, conversational records
-included (their prompt turns go through the tokenizer's chat template, ``chat``).
+included (their prompt turns go through the tokenizer's chat template, ``chat``). A plain record of chat
+data carries its conversation's ``system`` turn as a string; training renders ``[system, user]`` through the
+chat template as well, so a plain and a conversational export of the same pairs train on the same ids.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def read_pair(rec: dict, where: str) -> dict:
         chosen, rejected = (_assistant(rec.get(k), where, k) for k in ("chosen", "rejected"))
     else:
         prompt, chosen, rejected = (rec.get(k) for k in ("prompt", "chosen", "rejected"))
+        chat = _plain_chat(rec, prompt, where)
     for key, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{where}, field {key!r}: expected a non-empty string (or, conversational, "
@@ -67,6 +70,17 @@ def read_pair(rec: dict, where: str) -> dict:
     label = rec.get("label")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": source, "weight": float(weight),
             "label": label if isinstance(label, str) else None, "chat": chat}
+
+
+def _plain_chat(rec: dict, prompt: object, where: str) -> list[dict] | None:
+    """A plain record of chat data (a ``system`` string beside the prompt, as export writes it): its turns,
+    which training renders through the chat template like a conversational record's."""
+    system = rec.get("system")
+    if system is None:
+        return None
+    if not isinstance(system, str) or not system.strip():
+        raise InputError(f"{where}, field 'system': expected a non-empty string (the conversation's system turn)")
+    return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
 
 
 def _turns(turns: list, where: str, field: str) -> list[dict]:

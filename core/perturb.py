@@ -27,11 +27,14 @@ FIELDS = ("prompt", "completion")
 
 
 def replace_span(record: dict, find: str, replace: str) -> dict | None:
-    """``record`` with every whole-word ``find`` replaced in prompt and completion; None if absent."""
+    """``record`` with every whole-word ``find`` replaced in prompt and completion (and in a conversation's
+    turns, ``chat``, which the chat template renders); None if absent."""
     pattern = re.compile(rf"(?<![\w]){re.escape(find)}(?![\w])")
     if not any(pattern.search(record[f]) for f in FIELDS):
         return None
     new = {**record, **{f: pattern.sub(replace, record[f]) for f in FIELDS}}
+    if record.get("chat"):
+        new["chat"] = [{**t, "content": pattern.sub(replace, t["content"])} for t in record["chat"]]
     new["perturbation"] = {"find": find, "replace": replace}
     return new
 
@@ -42,17 +45,20 @@ def find_answer(text: str, labels: list[str]) -> str | None:
 
 
 def generate_answers(model, tokenizer, prompts: list[str], labels: list[str], max_new_tokens: int = 96,
-                     batch_size: int = 64, device: str = "cpu") -> list[str | None]:
-    """Greedy-decode a completion for each prompt and read its answer."""
-    texts = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, device)
+                     batch_size: int = 64, device: str = "cpu",
+                     chats: list[list[dict] | None] | None = None) -> list[str | None]:
+    """Greedy-decode a completion for each prompt (a conversation in ``chats`` through the chat template)
+    and read its answer."""
+    texts = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, device, chats=chats)
     return [find_answer(t, labels) for t in texts]
 
 
 def perturbation_test(series: ModelSeries, records: list[dict], find: str, replace: str, labels: list[str],
                       mode: str = "generate", template: str | None = None, progress=None,
-                      should_cancel=None) -> pd.DataFrame:
+                      should_cancel=None, chat_template: bool = True) -> pd.DataFrame:
     """One row per affected trajectory x checkpoint: the answer (and in probe mode the gold belief) before
-    and after the swap, and whether it flipped."""
+    and after the swap, and whether it flipped. Conversations go through the tokenizer's chat template, as
+    in scoring, unless ``chat_template`` is off (the analysis setting)."""
     if mode not in ("generate", "probe"):
         raise ValueError(f"mode: expected 'generate' or 'probe', got {mode!r}")
     pairs = [(r, p) for r in records if (p := replace_span(r, find, replace)) is not None]
@@ -60,10 +66,10 @@ def perturbation_test(series: ModelSeries, records: list[dict], find: str, repla
         return pd.DataFrame(columns=["traj_id", "checkpoint", "step", "gold", "answer_before", "answer_after",
                                      "gold_before", "gold_after", "flip", "belief_change"])
     if mode == "generate":
-        return _generate_test(series, pairs, labels, progress, should_cancel)
+        return _generate_test(series, pairs, labels, progress, should_cancel, chat_template)
     cfg = ProbeConfig(labels=labels, positions="end", **({"template": template} if template else {}))
     both = [r for r, _ in pairs] + [{**p, "id": f"{p['id']}#perturbed"} for _, p in pairs]
-    beliefs = probe(series, encode(series.tokenizer, both), cfg, progress, should_cancel)
+    beliefs = probe(series, encode(series.tokenizer, both, chat_template=chat_template), cfg, progress, should_cancel)
     before = beliefs[~beliefs["traj_id"].str.endswith("#perturbed")]
     after = beliefs[beliefs["traj_id"].str.endswith("#perturbed")].assign(
         traj_id=lambda d: d["traj_id"].str.removesuffix("#perturbed"))
@@ -77,14 +83,16 @@ def perturbation_test(series: ModelSeries, records: list[dict], find: str, repla
 
 
 def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: list[str], progress,
-                   should_cancel) -> pd.DataFrame:
+                   should_cancel, chat_template: bool = True) -> pd.DataFrame:
     rows = []
+    recs = [r for r, _ in pairs] + [p for _, p in pairs]  # before, then after the swap
+    chats = [r.get("chat") if chat_template else None for r in recs]
     for n, name in enumerate(series.names):
         if should_cancel and should_cancel():
             raise Cancelled("perturbation test cancelled")
         with series.activate(name) as model:
-            answers = generate_answers(model, series.tokenizer, [r["prompt"] for r, _ in pairs] +
-                                       [p["prompt"] for _, p in pairs], labels, device=series.device)
+            answers = generate_answers(model, series.tokenizer, [r["prompt"] for r in recs], labels,
+                                       device=series.device, chats=chats)
         before, after = answers[: len(pairs)], answers[len(pairs):]
         rows += [{"traj_id": r["id"], "checkpoint": name, "step": series.steps[name], "gold": r.get("label"),
                   "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after)]

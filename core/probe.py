@@ -219,6 +219,18 @@ class _Batch:
         return out
 
 
+NO_LABELS = ("no answer labels: none given, no concept graph with diseases, and no record with a 'label' or an "
+             "answer its completion states; scored without the probe (token drift only: no beliefs, no effects)")
+
+
+def empty_beliefs() -> pd.DataFrame:
+    """The beliefs table of an analysis scored without the probe: its columns, no rows."""
+    return pd.DataFrame({"traj_id": pd.Series(dtype=object), "checkpoint": pd.Series(dtype=object),
+                         "step": pd.Series(dtype="int64"), "position": pd.Series(dtype="int64"),
+                         "label_mass": pd.Series(dtype=float), "answer": pd.Series(dtype=object),
+                         "gold": pd.Series(dtype=object), "gold_prob": pd.Series(dtype=float)})
+
+
 def labels_of(encoded: list[Encoded], cfg: ProbeConfig) -> list[str]:
     labels = cfg.labels or sorted({e.label for e in encoded if e.label})
     if not labels:

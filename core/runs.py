@@ -88,7 +88,7 @@ def list_runs(store: Store) -> list[Run]:
 def train_argv(config_path: str | Path, world: str | Path | None = None, evaluate_limit: int | None = None) -> list[str]:
     """What a run's job executes (after ``python``): train, then evaluate on the world's held-out sets
     (the first ``evaluate_limit`` studies, or all)."""
-    argv = ["-m", "workbench.cli", "train", "--config", str(config_path)]
+    argv = ["-m", "core.worker", "train", "--config", str(config_path)]
     argv += ["--evaluate", str(world)] if world else []
     return argv + (["--evaluate-limit", str(evaluate_limit)] if world and evaluate_limit else [])
 

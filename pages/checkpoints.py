@@ -15,7 +15,7 @@ import streamlit as st
 from core import checkpoints as ckpts
 from core import jobs, runs
 from core import world as world_mod
-from core.analysis import AnalysisConfig, list_analyses, score_argv, shell_command
+from core.analysis import AnalysisConfig, list_analyses, score_job, shell_command
 from core.branches import branch_of
 from core.errors import InputError
 from core.paths import expand
@@ -222,13 +222,13 @@ for p in problems:
     st.error(p)
 if cfg is not None:
     name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = score_argv(cfg, ws.analyses_dir / name, ws.root)
-    st.code(shell_command(argv), language="bash")
+    argv, files = score_job(cfg, ws.analyses_dir / name, ws.root)  # the job runs from the saved config
+    st.code(shell_command(argv, files), language="bash")
     running = [j for j in jobs.list_jobs(ws.job_dirs, "score") if j.state() == "running"]
     if st.button("Score", type="primary", icon=":material/play_arrow:", key="ck_run", disabled=bool(running),
                  help="runs in the background; the result is cached, so the same request returns at once"):
         jobs.start(ws.jobs_dir, "score", argv, title=f"score {Path(data).name} under {len(infos) + 1} models",
-                   meta={"out": str(ws.analyses_dir / name)})
+                   meta={"out": str(ws.analyses_dir / name)}, files=files)
         st.rerun()
     if running:
         st.caption("One scoring job at a time: wait for it or cancel it below.")

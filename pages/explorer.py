@@ -24,6 +24,10 @@ except (InputError, OSError) as e:
     st.error(f"Cannot read this analysis: {e}")
     st.stop()
 
+probed = a.probed
+if not probed:  # nothing named an answer: token drift only (core.probe.NO_LABELS)
+    st.info("Scored without the answer probe: no labels were given, found in a concept graph, or read from the "
+            "trajectories' answers. Token drift (KL, probability, entropy) is shown; beliefs and effects are not.")
 VIEWS = ["Overview", "Trajectory"]
 st.session_state.setdefault(state.EXPLORER_VIEW, VIEWS[0])
 view = st.segmented_control("View", VIEWS, key=state.EXPLORER_VIEW, label_visibility="collapsed") or VIEWS[0]
@@ -63,12 +67,13 @@ def graph_surfaces(concept: str) -> list[str]:
 if view == "Overview":
     s = a.summary
     branches = run_branches(a.config.checkpoints)  # CPO runs: branches of their start, not RFT steps
-    worst = s.loc[s["accuracy"].idxmin()]
+    worst = s.loc[s["accuracy"].idxmin()] if probed else s.loc[s["kl_base"].idxmax()]
     run = branches.get(worst["checkpoint"])
     alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
              ("Worst checkpoint", f"step {int(worst['step'])}" if run is None else f"CPO run from {run.start}",
-              f"{worst['checkpoint']} · probe accuracy {worst['accuracy']:.2f}"),
+              f"{worst['checkpoint']} · " + (
+                  f"probe accuracy {worst['accuracy']:.2f}" if probed else f"KL to base {worst['kl_base']:.2f}")),
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
@@ -130,10 +135,12 @@ else:
         c1, c2, c3 = st.columns([3, 2, 3])
         labels = sorted(trajs["gold"].dropna().unique())
         pick_labels = c1.multiselect("Gold label", labels, key="traj_labels")
-        lo, hi = float(trajs["drift"].min()), float(trajs["drift"].max())
-        lo, hi = round(lo - 0.005, 2), round(max(hi, lo + 0.01) + 0.005, 2)
-        max_drift = c2.slider("Drift at most", lo, hi, hi, step=0.01, key="traj_max_drift",
-                              help="worst checkpoint's final gold belief minus the base's (negative: it fell)")
+        max_drift = None
+        if trajs["drift"].notna().any():
+            lo, hi = float(trajs["drift"].min()), float(trajs["drift"].max())
+            lo, hi = round(lo - 0.005, 2), round(max(hi, lo + 0.01) + 0.005, 2)
+            max_drift = c2.slider("Drift at most", lo, hi, hi, step=0.01, key="traj_max_drift",
+                                  help="worst checkpoint's final gold belief minus the base's (negative: it fell)")
         contains = c3.text_input("Token or concept in the CoT", key="traj_contains", placeholder="e.g. opacity")
         ids = st.session_state.get(state.DRIVER_IDS)
         if ids is not None:
@@ -153,7 +160,8 @@ else:
     traj_id = c1.selectbox(f"Trajectory ({len(options)} match, most drifted first)", options, key="explorer_trajectory",
                            format_func=lambda t: f"{t} · {by_id.at[t, 'gold']} · drift {by_id.at[t, 'drift']:+.2f}")
     st.session_state[state.TRAJECTORY] = traj_id
-    metric = c2.selectbox("Colour by", list(explore.METRICS), index=list(explore.METRICS).index("effect_drift"),
+    shown_metrics = [m for m in explore.METRICS if probed or explore.METRICS[m][1] == "tokens"]
+    metric = c2.selectbox("Colour by", shown_metrics, index=shown_metrics.index("effect_drift" if probed else "kl_base"),
                           format_func=lambda m: explore.METRICS[m][0], key="traj_metric")
     with_report = c3.toggle("Include the report", value=True, key="traj_report",
                             disabled=explore.METRICS[metric][1] != "effects",
@@ -163,16 +171,19 @@ else:
     heatmap_window.show(chosen, info.stamp, traj_id, metric, with_report)  # a window at a time when long
     left, right = st.columns([2, 3])
     with left:
-        st.markdown(f"**Gold:** {r['gold']}  \n"  # each belief is in the gold answer, not in the answer given
-                    f"**base answers** {r['base_answer']} · belief in the gold answer {r['base_belief']:.2f}  \n"
-                    f"**{r['worst_checkpoint']} answers** {r['worst_answer']} · belief in the gold answer "
-                    f"{r['worst_belief']:.2f}")
+        if probed:
+            st.markdown(f"**Gold:** {r['gold']}  \n"  # each belief is in the gold answer, not in the answer given
+                        f"**base answers** {r['base_answer']} · belief in the gold answer {r['base_belief']:.2f}  \n"
+                        f"**{r['worst_checkpoint']} answers** {r['worst_answer']} · belief in the gold answer "
+                        f"{r['worst_belief']:.2f}")
         st.text(f"{record.get('prompt', '')}\n\n{record.get('completion', '')}")
     with right:
         BELIEF_VIEWS = ["Gold answer, every checkpoint", "Every answer, one checkpoint"]
-        belief_view = st.segmented_control("Belief along the trajectory", BELIEF_VIEWS, default=BELIEF_VIEWS[0],
-                                           key="traj_belief_view") or BELIEF_VIEWS[0]
-        if belief_view == BELIEF_VIEWS[0]:
+        belief_view = (st.segmented_control("Belief along the trajectory", BELIEF_VIEWS, default=BELIEF_VIEWS[0],
+                                            key="traj_belief_view") or BELIEF_VIEWS[0]) if probed else None
+        if belief_view is None:
+            st.caption("No belief along the trajectory: it was scored without the answer probe.")
+        elif belief_view == BELIEF_VIEWS[0]:
             ui.figure(resources.belief_lines(chosen, info.stamp, traj_id), "belief-lines", f"belief-{traj_id}")
         else:
             order = list(a.summary["checkpoint"])

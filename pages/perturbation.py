@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core import concepts, jobs, perturb
-from core.analysis import perturb_argv, resolve_labels, shell_command
+from core.analysis import perturb_job, resolve_labels, shell_command
 from core.branches import run_branches
 from core.errors import InputError
 from workbench import charts, resources, state, ui
@@ -79,7 +79,8 @@ with single:
         with st.spinner("Answering under every checkpoint…"):
             try:
                 series = get_series()
-                result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode)
+                result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode,
+                                                   chat_template=cfg.chat_template)
             except InputError as e:
                 st.error(str(e))
                 result = None
@@ -122,13 +123,14 @@ with batch:
     out = ws.perturbations_dir / f"{slug}.parquet"
     limit = int(blimit) or cfg.limit
     # --force: the same batch run again replaces its own earlier result (never a file the workbench did not write)
-    argv = [*perturb_argv(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out), "--force"]
-    st.code(shell_command(argv), language="bash")
+    argv, files = perturb_job(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)
+    argv.append("--force")
+    st.code(shell_command(argv, files), language="bash")
     running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
                  or bool(running), icon=":material/play_arrow:"):
         jobs.start(ws.jobs_dir, "perturb", argv, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
-                   meta={"out": str(out)})
+                   meta={"out": str(out)}, files=files)
         st.rerun()
 
     def show_result(job, main, side) -> None:

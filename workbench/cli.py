@@ -8,7 +8,7 @@
     workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
-    accelerate launch -m workbench.cli train --config run.json   # the same on several GPUs or with DeepSpeed
+    accelerate launch -m core.worker train --config run.json     # the same on several GPUs or with DeepSpeed
 """
 
 from __future__ import annotations
@@ -137,123 +137,31 @@ def _analysis_config(args: argparse.Namespace):
         raise InputError(str(e)) from None
 
 
-def _progress_bar(desc: str):
-    """A tqdm bar in per-mille, and a ``progress(done, total, message)`` that also reports to a job folder."""
-    from tqdm import tqdm
-
-    from core.jobs import report_progress
-
-    bar = tqdm(total=1000, unit="‰", desc=desc, mininterval=0.5,
-               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-
-    def progress(done: float, total: float, message: str) -> None:
-        if message.startswith("warning: "):  # said in the log, not only in the bar's tail
-            bar.write(f"workbench: {message}", file=sys.stderr)
-        bar.update(int(1000 * done / max(total, 1e-12)) - bar.n)
-        bar.set_postfix_str(message[:60])
-        report_progress(done, total, message)
-
-    return bar, progress
-
-
 def cmd_score(args: argparse.Namespace) -> int:
-    from core.analysis import run_analysis
-    from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import check_analysis_folder, disk_full_named
-    from core.progress import Cancelled
+    from core import worker
 
     cfg = _analysis_config(args)
-    check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing
     cache = _open_workspace(args.workspace).cache_dir if not args.no_cache else None
-    should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
-    bar, progress = _progress_bar("analysis")
-    with bar:
-        try:
-            result = run_analysis(cfg, cache_dir=cache, progress=progress, should_cancel=should_cancel)
-        except (KeyboardInterrupt, Cancelled):
-            print("\nworkbench: score cancelled; nothing written", file=sys.stderr)
-            return CANCELLED
-    with disk_full_named(args.out):
-        out = result.save(args.out)
-    print(result.summary.round(4).to_string(index=False))
-    print(f"workbench: wrote {', '.join(f.name for f in sorted(out.glob('*')))} to {out}")
-    return 0
+    return worker.score(cfg, args.out, cache, args.force)  # the job's own entry (core.worker), one code path
 
 
 def cmd_perturb(args: argparse.Namespace) -> int:
     """Swap a span in every trajectory of a dataset and write the before/after answers per checkpoint."""
-    from core.analysis import resolve_labels
-    from core.cache import write_parquet
-    from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import PERTURB_COLUMNS, check_result_file, disk_full_named
-    from core.perturb import perturbation_summary, perturbation_test
-    from core.progress import Cancelled
-    from core.series import load_series
-    from core.trajectories import read_jsonl
+    from core import worker
 
-    cfg = _analysis_config(args)
-    check_result_file(args.out, args.force, PERTURB_COLUMNS)
-    if not args.find.strip():
-        raise InputError("perturb: --find must name a non-empty span")
-    records = read_jsonl(cfg.data, cfg.limit)
-    labels, _ = resolve_labels(cfg, records)
-    should_cancel = cancel_flag()
-    bar, progress = _progress_bar("perturb")
-    with bar:
-        try:
-            progress(0, 1, "loading the checkpoint series")
-            series = load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
-                                 base_names=cfg.base_names)
-            df = perturbation_test(series, records, args.find, args.replace, labels, mode=args.mode,
-                                   progress=progress, should_cancel=should_cancel)
-        except (KeyboardInterrupt, Cancelled):
-            print("\nworkbench: perturbation cancelled; nothing written", file=sys.stderr)
-            return CANCELLED
-    if df.empty:
-        raise InputError(f"perturb: no trajectory in {cfg.data} contains {args.find!r}")
-    with disk_full_named(args.out):
-        write_parquet(df, args.out)
-    print(perturbation_summary(df).round(4).to_string(index=False))
-    print(f"workbench: wrote {len(df)} rows to {args.out}")
-    return 0
+    return worker.perturb(_analysis_config(args), args.find, args.replace, args.mode, args.out, args.force)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """A CPO run from a TrainConfig JSON; under ``accelerate launch`` each process runs this same entry point
-    (``accelerate launch -m workbench.cli train --config run.json``), and TRL's Trainer shards the batches."""
-    from core.cpo import TrainConfig, train
-    from core.jobs import CANCELLED, cancel_flag
+    (``accelerate launch -m core.worker train --config run.json``), and TRL's Trainer shards the batches."""
+    from core import worker
+    from core.cpo import TrainConfig
 
     cfg = TrainConfig.load(args.config)
     if args.resume:
         cfg.resume = True
-    should_cancel = cancel_flag()  # SIGTERM (the page's Cancel): save the adapter at the next step end, stop
-    bar, progress = _progress_bar("train")
-
-    with bar:
-        try:
-            result = train(cfg, progress=progress, should_cancel=should_cancel)
-        except RuntimeError as e:
-            print(f"workbench: error: {e}", file=sys.stderr)
-            return 1
-    print(f"workbench: {'cancelled' if result.cancelled else 'finished'} at step {result.steps}; "
-          f"adapter in {result.adapter_dir}, metrics in {result.metrics_path}")
-    if result.cancelled:
-        return CANCELLED
-    if args.evaluate:  # the held-out figures the runs page compares (core.runs)
-        from core import runs
-
-        progress(1, 1, "evaluating on the held-out sets")
-        evaluation = runs.evaluate_adapter(args.evaluate, result.adapter_dir, args.evaluate_limit)
-        if evaluation is None:
-            print(f"workbench: {args.evaluate} has no held-out set (world.json: evaluation); not evaluated")
-            return 0
-        if args.evaluate_limit:
-            evaluation["held_out_limit"] = args.evaluate_limit  # not comparable with full-set figures
-        path = runs.write_evaluation(cfg.output_dir, evaluation)
-        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
-              + f" (in {path})")
-    return 0
+    return worker.train(cfg, args.evaluate, args.evaluate_limit)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -344,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true")
     p = sub.add_parser("perturb", help="swap a span in every trajectory; answers before/after per checkpoint")
     series_args(p)
+    p.add_argument("--config", type=expand, help="an AnalysisConfig JSON instead of the series flags")
     p.add_argument("--find", required=True, help='the span to replace, e.g. "consolidation"')
     p.add_argument("--replace", required=True, help='its replacement, e.g. "airspace opacity"')
     p.add_argument("--mode", choices=["generate", "probe"], default="generate",
@@ -351,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows (a new "
                    "file; a previous result is replaced only with --force, other files never)")
     p.add_argument("--force", action="store_true", help="replace the previous result in --out")
-    p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m workbench.cli`)")
+    p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m core.worker`)")
     p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
     p.add_argument("--evaluate", type=expand, metavar="WORLD",

@@ -108,16 +108,41 @@ def test_list_analyses_newest_first_skipping_broken_folders(result, tmp_path):
     assert "first 6 of test.jsonl" in found[0].describe() and found[0].stamp != found[1].stamp
 
 
-def test_score_argv_parses_back_to_the_same_config(cfg, tmp_path):
+def test_a_score_job_runs_from_its_saved_config_with_every_field(cfg, tmp_path, monkeypatch):
+    """No field is lost on the way to the worker: the job reads the config it was given, whole."""
+    from core import worker
     from workbench.cli import _analysis_config, parser
 
-    custom = an.AnalysisConfig(**{**cfg.__dict__, "top_k": 7, "include_prompt": False, "dtype": "float32"})
-    argv = an.score_argv(custom, tmp_path / "out", tmp_path / "ws")
-    args = parser().parse_args(argv[2:])
-    assert _analysis_config(args) == custom
-    assert an.shell_command(argv).startswith("workbench score --base ")
-    pargs = parser().parse_args(an.perturb_argv(cfg, "opacity", "lung opacity", "probe", tmp_path / "p.parquet")[2:])
-    assert (pargs.find, pargs.replace, pargs.mode, pargs.limit) == ("opacity", "lung opacity", "probe", 6)
+    custom = an.AnalysisConfig(**{**cfg.__dict__, "top_k": 7, "include_prompt": False, "dtype": "float32",
+                                  "labels": ["Edema", "Pneumonia"], "template": " </think> Answer:", "tau": 0.2,
+                                  "chat_template": False})
+    argv, files = an.score_job(custom, tmp_path / "out", tmp_path / "ws")
+    assert argv[:3] == ["-m", "core.worker", "score"]
+    job = tmp_path / "job"
+    job.mkdir()
+    for name, text in files.items():
+        (job / name).write_text(text)
+    args = worker.parser().parse_args([a.replace("{job}", str(job)) for a in argv[2:]])
+    assert an.AnalysisConfig.load(args.config) == custom and args.out == tmp_path / "out"
+    line = an.shell_command(argv, files)  # what the page shows: the config, then the console command on it
+    assert line.startswith("cat > analysis.json <<'EOF'\n{") and "\nworkbench score --config analysis.json --out " in line
+    cli_args = parser().parse_args(line.split("\n")[-1].split()[1:])
+    (tmp_path / "analysis.json").write_text(files["analysis.json"])
+    monkeypatch.chdir(tmp_path)
+    assert _analysis_config(cli_args) == custom
+    pargv, pfiles = an.perturb_job(cfg, "opacity", "lung opacity", "probe", tmp_path / "p.parquet")
+    pargs = worker.parser().parse_args(pargv[2:])
+    assert (pargs.find, pargs.replace, pargs.mode) == ("opacity", "lung opacity", "probe")
+    assert json.loads(pfiles["analysis.json"])["limit"] == 6
+
+
+def test_core_never_names_the_ui_package():
+    import re
+
+    hits = [f"{p.relative_to(ROOT)}:{n}" for p in sorted((ROOT / "core").rglob("*.py"))
+            for n, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"\bworkbench\.(?!db\b)[A-Za-z_]", line)]
+    assert hits == []
 
 
 def test_a_cancelled_run_keeps_its_finished_batches_and_resumes(cfg, tmp_path, monkeypatch):

@@ -112,18 +112,26 @@ def test_list_jobs_newest_first_and_skips_junk(tmp_path):
 
 @pytest.mark.slow
 def test_score_and_perturb_run_as_jobs_on_the_quick_world(tmp_path, quick_world):
+    """Jobs run the engine's worker (core.worker) from the config saved in the job folder: settings that have
+    no command-line flag (labels, answer template, tau) reach the analysis unchanged."""
+    from core.analysis import AnalysisConfig, perturb_job, score_job
+
     out = tmp_path / "analysis"
-    job = jobs.start(tmp_path / "runs", "score", ["-m", "workbench.cli", "score", "--world", str(quick_world),
-                                                  "--limit", "3", "--out", str(out), "--no-cache"])
+    cfg = AnalysisConfig.from_world(quick_world, limit=3, labels=["Edema", "Pneumonia"], tau=0.2,
+                                    template=" </think> Answer:", positions="end")
+    argv, files = score_job(cfg, out)
+    job = jobs.start(tmp_path / "runs", "score", [*argv, "--no-cache"], files=files)
     assert job.wait(120) == "done", job.log_tail()
+    assert job.argv[:3] == ["-m", "core.worker", "score"] and (job.dir / "analysis.json").is_file()
     assert job.progress()["done"] == 1.0
     result = Analysis.load(out)
+    assert result.config == cfg  # labels, template, tau: through the job into config.json
     assert set(result.tokens["checkpoint"]) >= {"base"} and len(result.beliefs) > 0
+    assert {c for c in result.beliefs if c.startswith("p:")} == {"p:Edema", "p:Pneumonia"}
 
     pairs = tmp_path / "pairs.parquet"
-    job = jobs.start(tmp_path / "runs", "perturb", ["-m", "workbench.cli", "perturb", "--world", str(quick_world),
-                                                    "--limit", "20", "--find", "opacity", "--replace", "shadow",
-                                                    "--mode", "probe", "--out", str(pairs)])
+    argv, files = perturb_job(AnalysisConfig.from_world(quick_world, limit=20), "opacity", "shadow", "probe", pairs)
+    job = jobs.start(tmp_path / "runs", "perturb", argv, files=files)
     assert job.wait(120) == "done", job.log_tail()
     df = pd.read_parquet(pairs)
     assert {"traj_id", "checkpoint", "answer_before", "answer_after", "flip"} <= set(df.columns)

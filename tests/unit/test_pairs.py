@@ -43,9 +43,9 @@ def test_every_trl_export_is_read_by_training(curated, tmp_path, conversational)
     assert len(pairs) == len(raw) == 4
     assert [p["chosen"] for p in pairs] == [r["chosen"] if not conversational else r["chosen"][0]["content"] for r in raw]
     assert sum(p["weight"] for p in pairs) / len(pairs) == pytest.approx(1.0)
-    assert (pairs[0]["chat"] is not None) == conversational
-    if conversational:
-        assert pairs[0]["chat"][0] == {"role": "system", "content": "You are a radiologist."}
+    # a system turn makes it chat data, plain or conversational: training renders it with the chat template
+    assert pairs[0]["chat"][0] == {"role": "system", "content": "You are a radiologist."}
+    assert pairs[0]["chat"][-1] == {"role": "user", "content": pairs[0]["prompt"]}
 
 
 def test_other_exports_are_not_offered_for_training(curated, tmp_path):

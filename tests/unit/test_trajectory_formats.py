@@ -140,10 +140,10 @@ def test_conversations_use_the_tokenizer_chat_template_unless_turned_off(foreign
 
 
 def test_the_chat_template_setting_travels_to_the_scoring_job():
-    from core.analysis import AnalysisConfig, score_argv
-    from workbench import cli
+    import json
+
+    from core.analysis import AnalysisConfig, score_job
 
     for on in (True, False):
-        argv = score_argv(AnalysisConfig(base="b", data="d.jsonl", chat_template=on), "out")
-        assert ("--no-chat-template" in argv) == (not on)
-        assert cli._analysis_config(cli.parser().parse_args(argv[2:])).chat_template is on
+        _, files = score_job(AnalysisConfig(base="b", data="d.jsonl", chat_template=on), "out")
+        assert AnalysisConfig.from_json(json.loads(files["analysis.json"])).chat_template is on

@@ -1,0 +1,211 @@
+"""The engine's job entry points: what a background job runs, always from a saved config file.
+
+    python -m core.worker score --config analysis.json --out DIR [--workspace DIR] [--force] [--no-cache]
+    python -m core.worker perturb --config analysis.json --find X --replace Y [--mode M] --out FILE [--force]
+    python -m core.worker train --config run.json [--resume] [--evaluate WORLD] [--evaluate-limit N]
+    accelerate launch -m core.worker train --config run.json     # the same on several GPUs
+
+A job's config is the dataclass saved as JSON (``AnalysisConfig``, ``TrainConfig``), so no field is lost on
+the way (labels, answer template, tau, chat template...). The console command (``workbench score``,
+``perturb``, ``train``) builds the same configs from its flags and calls the same functions below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import InputError
+from core.paths import expand
+
+if TYPE_CHECKING:  # the configs' modules import torch: loaded when a job runs, not for --help
+    from core.analysis import AnalysisConfig
+    from core.cpo import TrainConfig
+
+
+def progress_bar(desc: str):
+    """A tqdm bar in per-mille, and a ``progress(done, total, message)`` that also reports to a job folder;
+    ``warning: ...`` messages are written out in full (the log keeps them, not only the bar's tail)."""
+    from tqdm import tqdm
+
+    from core.jobs import report_progress
+
+    bar = tqdm(total=1000, unit="‰", desc=desc, mininterval=0.5,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+
+    def progress(done: float, total: float, message: str) -> None:
+        if message.startswith("warning: "):
+            bar.write(f"workbench: {message}", file=sys.stderr)
+        bar.update(int(1000 * done / max(total, 1e-12)) - bar.n)
+        bar.set_postfix_str(message[:60])
+        report_progress(done, total, message)
+
+    return bar, progress
+
+
+def score(cfg: AnalysisConfig, out: str | Path, cache_dir: str | Path | None = None, force: bool = False) -> int:
+    """Score ``cfg`` (an ``AnalysisConfig``) into the analysis folder ``out``; prints the summary."""
+    from core.analysis import run_analysis
+    from core.jobs import CANCELLED, cancel_flag
+    from core.outputs import check_analysis_folder, disk_full_named
+    from core.probe import NO_LABELS
+    from core.progress import Cancelled
+
+    check_analysis_folder(out, force)  # before the compute: a refusal costs nothing
+    should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
+    bar, progress = progress_bar("analysis")
+    with bar:
+        try:
+            result = run_analysis(cfg, cache_dir=cache_dir, progress=progress, should_cancel=should_cancel)
+        except (KeyboardInterrupt, Cancelled):
+            print("\nworkbench: score cancelled; nothing written", file=sys.stderr)
+            return CANCELLED
+    with disk_full_named(out):
+        folder = result.save(out)
+    print(result.summary.round(4).to_string(index=False))
+    if not result.probed:
+        print(f"workbench: note: {NO_LABELS}")
+    print(f"workbench: wrote {', '.join(f.name for f in sorted(folder.glob('*')))} to {folder}")
+    return 0
+
+
+def perturb(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path, force: bool = False) -> int:
+    """Swap ``find`` for ``replace`` in every trajectory of ``cfg``'s data; answers before/after per checkpoint."""
+    from core.analysis import resolve_labels
+    from core.cache import write_parquet
+    from core.jobs import CANCELLED, cancel_flag
+    from core.outputs import PERTURB_COLUMNS, check_result_file, disk_full_named
+    from core.perturb import perturbation_summary, perturbation_test
+    from core.progress import Cancelled
+    from core.series import load_series
+    from core.trajectories import read_jsonl
+
+    check_result_file(out, force, PERTURB_COLUMNS)
+    if not find.strip():
+        raise InputError("perturb: --find must name a non-empty span")
+    records = read_jsonl(cfg.data, cfg.limit)
+    labels, _ = resolve_labels(cfg, records)
+    should_cancel = cancel_flag()
+    bar, progress = progress_bar("perturb")
+    with bar:
+        try:
+            progress(0, 1, "loading the checkpoint series")
+            series = load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
+                                 base_names=cfg.base_names)
+            df = perturbation_test(series, records, find, replace, labels, mode=mode, progress=progress,
+                                   should_cancel=should_cancel, chat_template=cfg.chat_template)
+        except (KeyboardInterrupt, Cancelled):
+            print("\nworkbench: perturbation cancelled; nothing written", file=sys.stderr)
+            return CANCELLED
+    if df.empty:
+        raise InputError(f"perturb: no trajectory in {cfg.data} contains {find!r}")
+    with disk_full_named(out):
+        write_parquet(df, out)
+    print(perturbation_summary(df).round(4).to_string(index=False))
+    print(f"workbench: wrote {len(df)} rows to {out}")
+    return 0
+
+
+def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: int | None = None) -> int:
+    """A CPO run from ``cfg`` (a ``TrainConfig``), then, with ``evaluate`` (a world), its held-out figures.
+    Under ``accelerate launch`` each process runs this, and TRL's Trainer shards the batches."""
+    from core import cpo, runs
+    from core.jobs import CANCELLED, cancel_flag
+
+    should_cancel = cancel_flag()  # SIGTERM (the page's Cancel): save the adapter at the next step end, stop
+    bar, progress = progress_bar("train")
+    with bar:
+        try:
+            result = cpo.train(cfg, progress=progress, should_cancel=should_cancel)
+        except RuntimeError as e:
+            print(f"workbench: error: {e}", file=sys.stderr)
+            return 1
+    print(f"workbench: {'cancelled' if result.cancelled else 'finished'} at step {result.steps}; "
+          f"adapter in {result.adapter_dir}, metrics in {result.metrics_path}")
+    if result.cancelled:
+        return CANCELLED
+    if evaluate:  # the held-out figures the runs page compares (core.runs)
+        progress(1, 1, "evaluating on the held-out sets")
+        evaluation = runs.evaluate_adapter(evaluate, result.adapter_dir, evaluate_limit)
+        if evaluation is None:
+            print(f"workbench: {evaluate} has no held-out set (world.json: evaluation); not evaluated")
+            return 0
+        if evaluate_limit:
+            evaluation["held_out_limit"] = evaluate_limit  # not comparable with full-set figures
+        path = runs.write_evaluation(cfg.output_dir, evaluation)
+        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
+              + f" (in {path})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m core.worker", description="a workbench job, from its config file")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("score", help="an analysis from an AnalysisConfig JSON")
+    p.add_argument("--config", type=expand, required=True, help="AnalysisConfig JSON (e.g. an analysis's config.json)")
+    p.add_argument("--out", type=expand, required=True, help="the analysis folder (new or empty, else --force)")
+    p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
+    p.add_argument("--workspace", type=expand, default=None, help="its cache/ keeps results for a second run")
+    p.add_argument("--no-cache", action="store_true")
+    p = sub.add_parser("perturb", help="a span swap over an AnalysisConfig's series and data")
+    p.add_argument("--config", type=expand, required=True, help="AnalysisConfig JSON")
+    p.add_argument("--find", required=True)
+    p.add_argument("--replace", required=True)
+    p.add_argument("--mode", choices=["generate", "probe"], default="generate")
+    p.add_argument("--out", type=expand, required=True, help="parquet file (new, else --force)")
+    p.add_argument("--force", action="store_true")
+    p = sub.add_parser("train", help="a CPO run from a TrainConfig JSON")
+    p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
+    p.add_argument("--evaluate", type=expand, metavar="WORLD", help="afterwards, answer this world's held-out sets")
+    p.add_argument("--evaluate-limit", type=int, help="with --evaluate: the first N held-out studies only")
+    return ap
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from core.cpo import TrainConfig
+
+        cfg = TrainConfig.load(args.config)
+        cfg.resume = cfg.resume or args.resume
+        return train(cfg, args.evaluate, args.evaluate_limit)
+    from core.analysis import AnalysisConfig
+
+    cfg = AnalysisConfig.load(args.config)
+    if args.command == "perturb":
+        return perturb(cfg, args.find, args.replace, args.mode, args.out, args.force)
+    cache = None
+    if not args.no_cache:
+        from core.workspace import Workspace
+
+        ws = Workspace.open(args.workspace)
+        if ws.store.notice:
+            print(f"workbench: warning: {ws.store.notice}", file=sys.stderr)
+        cache = ws.cache_dir
+    return score(cfg, args.out, cache, args.force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.jobs import record_worker_exit
+
+    code = 1
+    try:
+        args = parser().parse_args(argv)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models and data load from local paths only
+        code = run(args)
+    except SystemExit as e:  # argparse errors
+        code = e.code if isinstance(e.code, int) else 2
+        raise
+    except InputError as e:
+        print(f"workbench: error: {e}", file=sys.stderr)
+        code = 2
+    finally:
+        record_worker_exit(code)  # a background job's state survives a killed supervisor
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
