@@ -24,7 +24,7 @@ from core.workspace import refused_paths
 from workbench import resources, routes, state, ui
 
 state.init()
-if st.session_state.pop("_open_explorer", False):
+if st.session_state.pop(state.OPEN_EXPLORER, False):
     st.switch_page(routes.explorer())
 st.title("Checkpoints")
 st.caption("Choose the base model and its checkpoint series, the trajectories to analyse, and score them: "
@@ -42,9 +42,9 @@ def picker(label: str, candidates: list[Path], key: str, help_: str) -> str:
     c1, c2 = st.columns([3, 2])
     found = c2.selectbox("Found under the data roots", ["—", *map(str, candidates)], key=f"{key}_found",
                          help="searched: " + ", ".join(map(str, roots)))
-    if found != "—" and st.session_state.get(f"{key}_last_found") != found:
+    if found != "—" and st.session_state.get(state.last_found(key)) != found:
         st.session_state[key] = found  # picking fills the text field, which stays editable
-        st.session_state[f"{key}_last_found"] = found
+        st.session_state[state.last_found(key)] = found
     return c1.text_input(label, key=key, help=help_, placeholder="/path/to/folder").strip()
 
 
@@ -238,7 +238,7 @@ if cfg is not None:
 def open_result(job, main, side) -> None:
     if side.button("Open", key=f"open-{job.id}", icon=":material/open_in_new:"):
         st.session_state[state.ANALYSIS] = job.meta.get("out")
-        st.session_state["_open_explorer"] = True  # switch_page cannot run inside the panel's fragment
+        st.session_state[state.OPEN_EXPLORER] = True  # switch_page cannot run inside the panel's fragment
         st.rerun(scope="app")
 
 

@@ -14,7 +14,7 @@ st.title("Drift explorer")
 
 ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
 world = ui.current_world()
-info = ui.pick_analysis(ws, world, "explorer_analysis", "Analysis",
+info = ui.pick_analysis(ws, world, state.EXPLORER_ANALYSIS, "Analysis",
                         "No drift analysis yet. Score a checkpoint series on the **Checkpoints** page first.")
 chosen = str(info.path)
 try:
@@ -50,7 +50,7 @@ def open_driver(kind: str, table: pd.DataFrame, widget_key: str) -> None:
     st.session_state[state.DRIVER_NOTE] = note
     st.session_state[state.EXPLORER_VIEW] = "Trajectory"
     if ids:
-        st.session_state[state.TRAJECTORY] = st.session_state["explorer_trajectory"] = ids[0]
+        st.session_state[state.TRAJECTORY] = st.session_state[state.EXPLORER_TRAJECTORY] = ids[0]
 
 
 def graph_surfaces(concept: str) -> list[str]:
@@ -145,10 +145,10 @@ else:
         st.warning("No trajectory matches these filters.")
         st.stop()
     options = rows["traj_id"].tolist()
-    state.persist("explorer_trajectory", state.TRAJECTORY, options)
+    state.persist(state.EXPLORER_TRAJECTORY, state.TRAJECTORY, options)
     by_id = rows.set_index("traj_id")
     c1, c2, c3 = st.columns([4, 3, 2])
-    traj_id = c1.selectbox(f"Trajectory ({len(options)} match, most drifted first)", options, key="explorer_trajectory",
+    traj_id = c1.selectbox(f"Trajectory ({len(options)} match, most drifted first)", options, key=state.EXPLORER_TRAJECTORY,
                            format_func=lambda t: f"{t} · {by_id.at[t, 'gold']} · drift {by_id.at[t, 'drift']:+.2f}")
     st.session_state[state.TRAJECTORY] = traj_id
     metric = c2.selectbox("Colour by", list(explore.METRICS), index=list(explore.METRICS).index("effect_drift"),

@@ -24,7 +24,7 @@ st.caption("Replace a finding by a near-synonym from the concept graph (or any s
 
 ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
 world = ui.current_world()
-info = ui.pick_analysis(ws, world, "lab_analysis", "Series and trajectories (of an analysis)",
+info = ui.pick_analysis(ws, world, state.LAB_ANALYSIS, "Series and trajectories (of an analysis)",
                         "The lab uses the checkpoint series and trajectories of an analysis; score one on the "
                         "Checkpoints page.")
 chosen = str(info.path)
@@ -50,8 +50,8 @@ single, batch = st.tabs(["One trajectory", "Over the dataset"])
 with single:
     by_id = {r["id"]: r for r in records}
     ids = list(by_id)
-    state.persist("lab_trajectory", state.TRAJECTORY, ids)
-    traj_id = st.selectbox("Trajectory", ids, key="lab_trajectory",
+    state.persist(state.LAB_TRAJECTORY, state.TRAJECTORY, ids)
+    traj_id = st.selectbox("Trajectory", ids, key=state.LAB_TRAJECTORY,
                            format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
     st.session_state[state.TRAJECTORY] = traj_id
     record = by_id[traj_id]
@@ -81,8 +81,8 @@ with single:
             except InputError as e:
                 st.error(str(e))
                 result = None
-        st.session_state["lab_result"] = (traj_id, find, replace, mode, result)
-    saved = st.session_state.get("lab_result")
+        st.session_state[state.LAB_RESULT] = (traj_id, find, replace, mode, result)
+    saved = st.session_state.get(state.LAB_RESULT)
     if saved and saved[0] == traj_id and saved[4] is not None:
         _, f, r, m, result = saved
         if result.empty:

@@ -27,8 +27,6 @@ OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (referenc
               "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
               "sft": "SFT baseline: NLL on the chosen side only"}
 
-FRESH_NAME = "_run_name_fresh"  # set by Launch: the next rerun fills the name field with a new default
-
 
 def fresh_name(objective: str) -> str:
     taken = {r.name for r in runs.list_runs(ws.store)}
@@ -57,10 +55,10 @@ with ui.controls("Launch a run", expanded=True):
     own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
     sources = [f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + own + ["a TRL preference file"]
     # the user's choice survives other pages; the default is never a snapshot too small to train on
-    chosen = st.session_state.get("run_data", st.session_state.get(state.RUN_DATA))
-    st.session_state["run_data"] = chosen if chosen in sources else next(
+    chosen = st.session_state.get(state.RUN_DATA_WIDGET, st.session_state.get(state.RUN_DATA))
+    st.session_state[state.RUN_DATA_WIDGET] = chosen if chosen in sources else next(
         (label for s, label in zip(snaps, sources) if s.row_count >= cpo.MIN_PAIRS), own[0] if own else sources[0])
-    data_choice = st.selectbox("Preference data", sources, key="run_data",
+    data_choice = st.selectbox("Preference data", sources, key=state.RUN_DATA_WIDGET,
                                help=f"curation exports (TRL format) appear here as snapshots; one with fewer than "
                                     f"{cpo.MIN_PAIRS} pairs is never pre-selected")
     st.session_state[state.RUN_DATA] = data_choice
@@ -95,9 +93,9 @@ with ui.controls("Launch a run", expanded=True):
         seed = c5.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="run_seed")
         eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
                                      key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
-    if st.session_state.pop(FRESH_NAME, False) or not st.session_state.get("run_name"):
-        st.session_state["run_name"] = fresh_name(objective)  # set before the widget: the field shows it
-    name = st.text_input("Run name", key="run_name")
+    if st.session_state.pop(state.RUN_NAME_FRESH, False) or not st.session_state.get(state.RUN_NAME):
+        st.session_state[state.RUN_NAME] = fresh_name(objective)  # set before the widget: the field shows it
+    name = st.text_input("Run name", key=state.RUN_NAME)
 
     cfg, problems = None, []
     if not world:
@@ -131,8 +129,8 @@ with ui.controls("Launch a run", expanded=True):
             try:
                 run = runs.launch(ws, cfg, name, world=world.root, snapshot=snapshot,
                                   evaluate_limit=int(eval_limit) or None)
-                st.session_state["run_selected"] = run.id
-                st.session_state[FRESH_NAME] = True  # the next run gets a fresh default name
+                st.session_state[state.RUN_SELECTED] = run.id
+                st.session_state[state.RUN_NAME_FRESH] = True  # the next run gets a fresh default name
                 st.rerun()
             except InputError as e:
                 st.error(str(e))
@@ -145,10 +143,10 @@ def runs_panel() -> None:
         st.info("No run yet.")
         return
     ids = [r.id for r in all_runs]
-    if st.session_state.get("run_selected") not in ids:
-        st.session_state["run_selected"] = ids[0]
+    if st.session_state.get(state.RUN_SELECTED) not in ids:
+        st.session_state[state.RUN_SELECTED] = ids[0]
     by_id = {r.id: r for r in all_runs}
-    run = by_id[st.selectbox("Run", ids, key="run_selected",
+    run = by_id[st.selectbox("Run", ids, key=state.RUN_SELECTED,
                              format_func=lambda i: f"{by_id[i].name} · {by_id[i].objective}")]
     job = run.job_handle()
     p = job.progress() if job else {"done": 0.0, "message": "", "elapsed_s": 0, "eta_s": None}
@@ -188,8 +186,8 @@ def runs_panel() -> None:
     with st.expander("Config"):
         st.json(run.config)
     if any(r.status == "running" for r in all_runs):
-        st.session_state["_runs_live"] = True
-    elif st.session_state.pop("_runs_live", False):
+        st.session_state[state.RUNS_LIVE] = True
+    elif st.session_state.pop(state.RUNS_LIVE, False):
         st.rerun()
 
 

@@ -95,7 +95,7 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
                 if status != "done":
                     with main.expander("Log", expanded=status in ("failed", "died")):
                         st.code(job.log_tail(15) or "(empty)", language="text")
-        flag = f"_running_{kind}"
+        flag = state.running_flag(kind)
         if any(j.state() == "running" for j in recent):
             st.session_state[flag] = True
         elif st.session_state.pop(flag, False):

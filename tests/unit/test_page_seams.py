@@ -1,0 +1,58 @@
+"""Pages only show: session keys are named in workbench/state.py, every page opens through one preamble."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+UI_FILES = sorted([*(ROOT / "pages").glob("*.py"), *(ROOT / "workbench").glob("*.py")])
+ACCESSORS = {"get", "pop", "setdefault", "update"}
+
+
+def _is_session_state(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "session_state"
+
+
+def _string_constants(tree: ast.Module) -> set[str]:
+    """Module-level names bound to a string: a key spelled in a page under a name of its own."""
+    return {t.id for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str) for t in n.targets if isinstance(t, ast.Name)}
+
+
+def _literal_keys(path: Path, root: Path = ROOT) -> list[str]:
+    """Session-state keys written as literals (or module string constants) in ``path``."""
+    tree = ast.parse(path.read_text())
+    local = _string_constants(tree)
+
+    def literal(key: ast.AST) -> bool:
+        if isinstance(key, ast.Dict):  # update({...}): any literal key among them
+            return any(k is not None and literal(k) for k in key.keys)
+        return isinstance(key, ast.Constant | ast.JoinedStr) or (isinstance(key, ast.Name) and key.id in local)
+
+    found = []
+    for node in ast.walk(tree):
+        key = None
+        if isinstance(node, ast.Subscript) and _is_session_state(node.value):
+            key = node.slice
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ACCESSORS and _is_session_state(node.func.value) and node.args):
+            key = node.args[0]
+        if key is not None and literal(key):
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_session_state_keys_are_named_in_state_py():
+    offenders = [hit for path in UI_FILES if path.name != "state.py" for hit in _literal_keys(path)]
+    assert not offenders, "name these keys in workbench/state.py:\n" + "\n".join(offenders)
+
+
+def test_the_check_finds_a_literal_key(tmp_path):
+    page = tmp_path / "page.py"
+    page.write_text('import streamlit as st\nFLAG = "_x"\nst.session_state["a"] = 1\n'
+                    'st.session_state.get(f"b_{1}")\nst.session_state.pop(FLAG)\n'
+                    'st.session_state.update({"c": 1})\nst.session_state[state.OK] = 1\n')
+    hits = _literal_keys(page, tmp_path)
+    assert [h.split(":")[1] for h in hits] == ["3", "4", "5", "6"]
