@@ -20,6 +20,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from core import concepts
 from core.trajectories import Encoded
 
 TAU = 0.05
@@ -98,8 +99,7 @@ def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
 
 def concept_surfaces(graph: nx.DiGraph) -> list[tuple[str, str]]:
     """(surface form, concept) for every finding's label and synonyms, longest first."""
-    pairs = [(s, n) for n, a in graph.nodes(data=True) if a.get("kind") == "finding"
-             for s in [a.get("label", n), *a.get("synonyms", [])]]
+    pairs = [(s, n) for n in concepts.findings(graph) for s in concepts.names(graph, n)]
     return sorted(pairs, key=lambda p: -len(p[0]))
 
 

@@ -8,24 +8,22 @@ from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactua
 from core.counterfactual_store import generate_batch, list_counterfactuals, store_counterfactuals
 from core.errors import InputError
 from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
-from workbench import curation_view, graphview, resources, state
+from workbench import curation_view, graphview, resources, state, ui
 
 MODES = {"one": "one target", "all": "all other diseases", "confusable": "confusable diseases (shared findings)"}
 METHODS = {"graph": "graph rules", "llm": "LLM expert (local model)"}
 
-state.init()
 st.title("Counterfactuals")
 st.caption("Counterfactual chains of thought argue for a disease the study does not show: the rejected side of "
            "CPO's preference pairs. Each one is stored with its method, target, graph version and settings.")
 
-path, ws_path = str(state.world_path()), st.session_state[state.WORKSPACE_PATH]
+ws, world = ui.page_context(world_required=True)
+path, ws_path, store = str(state.world_path()), st.session_state[state.WORKSPACE_PATH], ws.store
 try:
-    world = resources.load_world(path)
     fp = world.fingerprint()
     graph, version = resources.concept_graph(ws_path, str(world.graph_path))
-    store = resources.workspace(ws_path).store
 except InputError as e:
-    st.error(f"Cannot open the world: {e}")
+    st.error(f"Cannot open the world's concept graph: {e}")
     st.stop()
 
 left, right = st.columns(2)

@@ -4,16 +4,15 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import InputError
-from workbench import charts, resources, routes, state
+from workbench import charts, resources, routes, ui
 
-state.init()
 st.title("CoT Drift Workbench")
 st.caption("See where the chain of thought of RFT checkpoints drifts, tell beneficial from detrimental drift, "
            "and repair the detrimental kind with Counterfactual Preference Optimization.")
 
-path = state.world_path()
+_, world = ui.page_context(world_required=True)
+path = world.root
 try:
-    world = resources.load_world(str(path))
     fingerprint = world.fingerprint()
     summary = resources.world_summary(str(path), fingerprint)
     metrics = resources.world_metrics(str(path), fingerprint)

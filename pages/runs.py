@@ -1,7 +1,6 @@
 """CPO runs: launch a short counterfactual preference fine-tuning run, watch it live, cancel or resume it,
 and compare the finished runs on the world's held-out sets. Runs are background jobs (``core.runs``)."""
 
-import dataclasses
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,14 +14,12 @@ from core.workspace import data_roots, refused_paths
 from workbench import charts, resources, state, ui
 from workbench.safe_text import inert
 
-state.init()
 st.title("CPO runs")
 st.caption("Repair detrimental drift with Counterfactual Preference Optimization: chosen = the real chain of "
            "thought, rejected = its counterfactual. A run trains a LoRA adapter in the background (close the tab, "
            "it keeps going), then answers the world's held-out studies so runs can be compared.")
 
-ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-world = ui.current_world()
+ws, world = ui.page_context()
 OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
               "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
               "sft": "SFT baseline: NLL on the chosen side only"}
@@ -38,11 +35,8 @@ def fresh_name(objective: str) -> str:
 with ui.controls("Launch a run", expanded=True):
     from core import cpo
 
-    starts = ["base (SFT)"] + ([c.name for c in world.checkpoints] if world else [])
-    worst = None
-    if world:
-        recorded = [m for m in world.metrics() if m.get("checkpoint") in starts]
-        worst = min(recorded, key=lambda m: m.get("accuracy", 1.0))["checkpoint"] if recorded else None
+    starts = [runs.START_BASE] + ([c.name for c in world.checkpoints] if world else [])
+    worst = runs.default_start(world) if world else None
     c1, c2, c3 = st.columns(3)
     start = c1.selectbox("Start from", starts, index=starts.index(worst) if worst in starts else 0, key="run_start",
                          help="the drifted checkpoint to repair (default: the world's least accurate one), or the SFT base")
@@ -74,12 +68,7 @@ with ui.controls("Launch a run", expanded=True):
             st.error(refused)
             data = None
     c1, c2, c3, c4 = st.columns(4)
-    defaults = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cpo.TrainConfig)
-                                  if f.default is not dataclasses.MISSING})
-    defaults.learning_rate = getattr(plugin, "learning_rate", defaults.learning_rate)
-    start_info = next((c for c in world.checkpoints if c.name == start), None) if world else None
-    if start_info is not None and start_info.training.get("lora_rank"):  # the run continues that adapter: same r
-        defaults.lora_r = int(start_info.training["lora_rank"])
+    defaults = SimpleNamespace(**runs.train_defaults(world, start))
     max_steps = c1.number_input("Max steps", 1, 100_000, defaults.max_steps, key="run_steps")
     lr = c2.number_input("Learning rate", 1e-7, 1e-1, defaults.learning_rate, format="%.1e", key="run_lr")
     batch = c3.number_input("Batch size", 1, 1024, defaults.batch_size, key="run_batch")
@@ -105,8 +94,8 @@ with ui.controls("Launch a run", expanded=True):
     else:
         try:
             cfg = cpo.TrainConfig(
-                base_model=str(world.base_model_dir), data=data, output_dir=str(ws.runs_dir / "cpo" / name),
-                init_adapter=None if start == "base (SFT)" else str(next(c.path for c in world.checkpoints if c.name == start)),
+                base_model=str(world.base_model_dir), data=data, output_dir=str(ws.cpo_run_dir(name)),
+                init_adapter=runs.start_adapter(world, start),
                 objective=objective, negatives=negatives, max_steps=int(max_steps), learning_rate=float(lr),
                 batch_size=int(batch), max_length=int(max_length), beta=float(beta), cpo_alpha=float(cpo_alpha),
                 lora_r=int(lora_r), lora_alpha=int(lora_alpha), seed=int(seed),
@@ -185,15 +174,10 @@ def runs_panel() -> None:
         st.code(job.log_tail(25) if job else "(no job)", language="text")
     with st.expander("Config"):
         st.json(run.config)
-    if any(r.status == "running" for r in all_runs):
-        st.session_state[state.RUNS_LIVE] = True
-    elif st.session_state.pop(state.RUNS_LIVE, False):
-        st.rerun()
 
 
 st.subheader("Runs")
-live = any(r.status == "running" for r in runs.list_runs(ws.store))
-st.fragment(runs_panel, run_every=1.0 if live else None)()
+ui.live_fragment(runs_panel, lambda: any(r.status == "running" for r in runs.list_runs(ws.store)), state.RUNS_LIVE)
 
 # ---- comparison ------------------------------------------------------------------------------------------
 finished = [r for r in runs.list_runs(ws.store) if r.evaluation]

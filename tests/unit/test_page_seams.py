@@ -56,3 +56,19 @@ def test_the_check_finds_a_literal_key(tmp_path):
                     'st.session_state.update({"c": 1})\nst.session_state[state.OK] = 1\n')
     hits = _literal_keys(page, tmp_path)
     assert [h.split(":")[1] for h in hits] == ["3", "4", "5", "6"]
+
+
+def test_every_page_opens_through_one_preamble():
+    """Workspace and world come from ``ui.page_context`` (one way of showing an unusable workspace)."""
+    for page in sorted((ROOT / "pages").glob("*.py")):
+        text = page.read_text()
+        assert text.count("ui.page_context(") == 1, f"{page.name}: open the page with ui.page_context()"
+        for own in ("resources.workspace(", "resources.load_world(str(state.world_path", "state.init()",
+                    "Cannot open the workspace"):
+            assert own not in text, f"{page.name}: {own!r} belongs to ui.page_context"
+
+
+def test_one_live_fragment():
+    """The self-redrawing panel (and its rerun when the last job ends) is written once, in ui.live_fragment."""
+    users = [p.name for p in UI_FILES if "run_every" in p.read_text()]
+    assert users == ["ui.py"], users
