@@ -14,6 +14,7 @@ final belief per step flags the first step of a sustained fall.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import networkx as nx
@@ -70,7 +71,7 @@ def _span_texts(df: pd.DataFrame, encoded: list[Encoded]) -> np.ndarray:
     offset = pd.Series(np.concatenate([[0], np.cumsum(sizes)[:-1]]), index=ids)
     flat = np.array([t for i in ids for t in enc[i].tokens] + [""], dtype=object)
     start = df["traj_id"].map({i: enc[i].start for i in ids}).to_numpy(dtype=np.int64)
-    n = df["traj_id"].map(dict(zip(ids, sizes))).to_numpy(dtype=np.int64)
+    n = df["traj_id"].map(dict(zip(ids, sizes, strict=True))).to_numpy(dtype=np.int64)
     a = start + df["position"].to_numpy(dtype=np.int64)
     b = start + df["next_position"].to_numpy(dtype=np.int64)
     single = (b == a + 1) & (a >= 0) & (a < n)
@@ -227,10 +228,10 @@ def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int
     """Per pair of consecutive checkpoints: mean change of the final gold belief, permutation p-value (Holm)."""
     fb = final_beliefs(beliefs)
     order = checkpoint_order(fb)
-    steps = dict(zip(fb["checkpoint"], fb["step"]))
+    steps = dict(zip(fb["checkpoint"], fb["step"], strict=True))
     fin = fb.pivot(index="traj_id", columns="checkpoint", values="gold_prob")
     rows = []
-    for a, b in zip(order, order[1:]):
+    for a, b in itertools.pairwise(order):
         d = (fin[b] - fin[a]).dropna().to_numpy()
         rows.append({"from_checkpoint": a, "to_checkpoint": b, "from_step": steps[a], "to_step": steps[b],
                      "mean_change": d.mean() if len(d) else 0.0, "p_value": sign_flip_test(d, n_permutations)})

@@ -134,7 +134,7 @@ def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names
     text = tok["token"].astype(str).map(repr) + " p=" + tok["prob"].map("{:.3f}".format) + \
         " rank " + tok["rank"].astype(int).astype(str)
     if "top_tokens" in tok:
-        alts = [", ".join(f"{a!r} {q:.3f}" for a, q in zip(ts, ps)) for ts, ps in zip(tok["top_tokens"], tok["top_probs"])]
+        alts = [", ".join(f"{a!r} {q:.3f}" for a, q in zip(ts, ps, strict=True)) for ts, ps in zip(tok["top_tokens"], tok["top_probs"], strict=True)]
         text = text + "\ntop: " + pd.Series(alts, index=tok.index)
     values = _place(tok, text.to_numpy(dtype=object), order, positions, None)
     plain = np.array([repr(t) for t in names], dtype=object)

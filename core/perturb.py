@@ -88,7 +88,7 @@ def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: 
                                        [p["prompt"] for _, p in pairs], labels, device=series.device)
         before, after = answers[: len(pairs)], answers[len(pairs):]
         rows += [{"traj_id": r["id"], "checkpoint": name, "step": series.steps[name], "gold": r.get("label"),
-                  "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after)]
+                  "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after, strict=True)]
         if progress:
             progress(n + 1, len(series.names), f"generated under {name}")
     df = pd.DataFrame(rows)

@@ -51,7 +51,7 @@ if view == "Overview":
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
-    for col, (label, value, note) in zip(st.columns(len(facts)), facts):
+    for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
         col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 
     left, right = st.columns([3, 2])

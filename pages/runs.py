@@ -49,9 +49,10 @@ with ui.controls("Launch a run", expanded=True):
     own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
     sources = [f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + own + ["a TRL preference file"]
     # the user's choice survives other pages; the default is never a snapshot too small to train on
+    # (sources lists the snapshots first, then other kinds: zip stops at the last snapshot)
     chosen = st.session_state.get(state.RUN_DATA_WIDGET, st.session_state.get(state.RUN_DATA))
     st.session_state[state.RUN_DATA_WIDGET] = chosen if chosen in sources else next(
-        (label for s, label in zip(snaps, sources) if s.row_count >= cpo.MIN_PAIRS), own[0] if own else sources[0])
+        (label for s, label in zip(snaps, sources, strict=False) if s.row_count >= cpo.MIN_PAIRS), own[0] if own else sources[0])
     data_choice = st.selectbox("Preference data", sources, key=state.RUN_DATA_WIDGET,
                                help=f"curation exports (TRL format) appear here as snapshots; one with fewer than "
                                     f"{cpo.MIN_PAIRS} pairs is never pre-selected")

@@ -182,7 +182,7 @@ def belief_lines(path: pd.DataFrame, tokens: list[str] | None = None) -> go.Figu
     order = list(dict.fromkeys(path["checkpoint"]))
     colors = _step_colors(len(order))
     fig = go.Figure()
-    for name, color in zip(order, colors):
+    for name, color in zip(order, colors, strict=True):
         d = path[path["checkpoint"] == name]
         fig.add_trace(go.Scatter(x=d["position"], y=d["gold_prob"], name=_esc(name), mode="lines",
                                  line={"color": color, "width": 2.5 if name == order[0] else 1.8},

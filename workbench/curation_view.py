@@ -33,7 +33,7 @@ def counterfactual_rows(table: pd.DataFrame) -> pd.DataFrame:
         out["created_at"] = pd.to_datetime(out["created_at"], unit="s", utc=True).dt.tz_convert(None).dt.floor("s")
     if "model" in out:
         out["model"] = [m if isinstance(m, str) and m else ("graph rules" if meth == "graph" else "–")
-                        for m, meth in zip(out["model"], out.get("method", [""] * len(out)))]
+                        for m, meth in zip(out["model"], out.get("method", [""] * len(out)), strict=True)]
     return out
 
 
@@ -99,7 +99,7 @@ def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, i
     st.text_area("Edit the counterfactual in place, then Save edit", item.counterfactual, key=state.cur_edit(item_id))
     st.text_input("Note", key=state.cur_note(item_id), placeholder="why (optional)")
     cols = st.columns(4)
-    for col, (decision, key) in zip(cols, KEYS.items()):
+    for col, (decision, key) in zip(cols, KEYS.items(), strict=True):
         label = {"edit": "Save edit"}.get(decision, decision.capitalize())
         col.button(label, key=f"cur_{decision}", shortcut=key, on_click=_decide,
                    args=(item_id, decision), type="primary" if decision == "accept" else "secondary",
@@ -241,7 +241,7 @@ def export_panel(store, root: Path) -> None:
     if st.button("Export", key="cur_export", type="primary"):
         try:
             cfg = snapshots.ExportConfig(fmt, float(test), int(seed), conv, system or None,
-                                         dict(zip(weights["source"], weights["weight"].astype(float))), pending,
+                                         dict(zip(weights["source"], weights["weight"].astype(float), strict=True)), pending,
                                          name.strip() or None)
             snap = snapshots.export_snapshot(store, root, cfg)
             rows = ", ".join(f"{n} {split}" for split, n in snap.split["rows"].items())

@@ -38,7 +38,7 @@ def test_compare_counts_flips_and_ranks_tokens():
     cmp = compare(tokens, beliefs, "ck", "fix")
     assert cmp.summary["model"].tolist() == ["start: ck", "repaired: fix"]
     assert cmp.summary["probe_accuracy"].round(3).tolist() == [0.667, 0.667]
-    assert dict(zip(cmp.flips["traj_id"], cmp.flips["flip"])) == {"a": "fixed", "b": "broken"}
+    assert dict(zip(cmp.flips["traj_id"], cmp.flips["flip"], strict=True)) == {"a": "fixed", "b": "broken"}
     assert cmp.tokens.iloc[0]["token"] == " Lung" and round(cmp.tokens.iloc[0]["mean_logprob_change"], 3) == -2.9
 
 
