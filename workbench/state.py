@@ -24,8 +24,6 @@ GRAPH_SEEN = "graph_seen_version"  # (graph key, version) this tab shows and edi
 GRAPH_SEARCH = "graph_search"
 GRAPH_FLASH = "graph_flash"  # message to show after an edit's rerun
 CF_LAST = "cf_last"  # the counterfactuals generated last in this tab, for the preview
-CF_STOP = "cf_stop"  # set by the Stop button: the running batch ends after the current trajectory
-CF_PROGRESS = "cf_progress"  # the last batch's progress, shown after it ends or is stopped
 RUN_DATA = "run_data_choice"  # CPO runs: the preference data chosen, kept across pages
 ANNOTATOR = "annotator"  # curation: the annotator's name, set once per session
 AUTH_OK = "auth_ok"  # this session gave the server's access token
@@ -71,10 +69,9 @@ def init() -> None:
     st.session_state.setdefault(WORKSPACE_PATH, os.environ.get(ENV_VAR) or "")
     st.session_state.setdefault(PRESENTATION, False)
     st.session_state.setdefault(FIG_FORMAT, "png")
-    for key in (GRAPH_SEEN, GRAPH_FLASH, CF_LAST, CF_PROGRESS):
+    for key in (GRAPH_SEEN, GRAPH_FLASH, CF_LAST):
         st.session_state.setdefault(key, None)
     st.session_state.setdefault(GRAPH_SEARCH, "")
-    st.session_state.setdefault(CF_STOP, False)
     st.session_state.setdefault(ANNOTATOR, "")
 
 
