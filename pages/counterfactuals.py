@@ -5,7 +5,7 @@ import streamlit as st
 
 from core import concepts, counterfactual_job as cf_job, jobs
 from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals, true_disease
-from core.counterfactual_store import list_counterfactuals, store_counterfactuals
+from core.counterfactual_store import by_consistency, list_counterfactuals, store_counterfactuals
 from core.errors import InputError
 from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
 from workbench import curation_view, graphview, resources, state, ui
@@ -100,7 +100,7 @@ ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job
 st.subheader("Stored counterfactuals")
 table = list_counterfactuals(store, source)
 order = st.radio("Consistency", ["lowest first", "highest first"], horizontal=True, key="cf_sort")
-table = table.sort_values(["consistency", "id"], ascending=[order == "lowest first", True], kind="stable")
+table = by_consistency(table, order == "lowest first")
 st.dataframe(curation_view.counterfactual_rows(table), hide_index=True, key="cf_table",
              column_config={"created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
                             "consistency": st.column_config.ProgressColumn("consistency", min_value=0, max_value=1,

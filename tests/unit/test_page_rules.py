@@ -130,3 +130,11 @@ def test_a_batch_output_is_named_by_its_test(tmp_path):
     out = perturb.batch_output(tmp_path, "/d/held_out.jsonl", "lung opacity", "opacity", "probe", 0)
     assert out == tmp_path / "held-out-lung-opacity-opacity-probe-0.parquet"
     assert perturb.batch_output(tmp_path, "/d/held_out.jsonl", "lung opacity", "opacity", "generate", 0) != out
+
+
+def test_counterfactuals_by_consistency_ties_by_id():
+    from core.counterfactual_store import by_consistency
+
+    t = pd.DataFrame({"id": [3, 1, 2, 4], "consistency": [0.5, 0.5, 1.0, 0.0]})
+    assert list(by_consistency(t)["id"]) == [4, 1, 3, 2]
+    assert list(by_consistency(t, lowest_first=False)["id"]) == [2, 1, 3, 4]

@@ -72,3 +72,14 @@ def test_one_live_fragment():
     """The self-redrawing panel (and its rerun when the last job ends) is written once, in ui.live_fragment."""
     users = [p.name for p in UI_FILES if "run_every" in p.read_text()]
     assert users == ["ui.py"], users
+
+
+def test_pages_hold_no_domain_rules():
+    """The rules moved to core stay there: no hashing, environment or regex work, no run-folder layout or
+    TrainConfig rebuilding, no sort rules of the driver tables in a page."""
+    banned = ("import hashlib", "import os", "import re\n", "os.environ", '/ "cpo" /', "dataclasses.fields(",
+              "sort_values(", "synonym_sets(", "WORKBENCH_DATA_ROOTS", "generate_batch(")
+    for page in sorted((ROOT / "pages").glob("*.py")):
+        text = page.read_text()
+        found = [b.strip() for b in banned if b in text]
+        assert not found, f"{page.name}: {found} belong in core"
