@@ -365,7 +365,7 @@ def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, key: str, progre
     names = [part_name(e.id for e in part) for part in slices]
 
     def compute(missing: set[str]):
-        todo = [(n, part) for n, part in zip(names, slices) if n in missing]
+        todo = [(n, part) for n, part in zip(names, slices, strict=True) if n in missing]
         for k, (name, part) in enumerate(todo):
             sub = (lambda d, t, m, k=k: progress(k + d / max(t, 1e-12), len(todo), m)) if progress else None
             yield name, probe(get_series(), part, pcfg, sub, should_cancel)

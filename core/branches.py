@@ -112,7 +112,7 @@ def compare(tokens: pd.DataFrame, beliefs: pd.DataFrame, start: str, repaired: s
     both = a.merge(b, on=["traj_id", "gold"], suffixes=("_start", "_repaired"))
     ok_a, ok_b = both["answer_start"] == both["gold"], both["answer_repaired"] == both["gold"]
     both["flip"] = ["fixed" if y and not x else "broken" if x and not y else "changed" if s != r else ""
-                    for x, y, s, r in zip(ok_a, ok_b, both["answer_start"], both["answer_repaired"])]
+                    for x, y, s, r in zip(ok_a, ok_b, both["answer_start"], both["answer_repaired"], strict=True)]
     both["belief_change"] = both["gold_prob_repaired"] - both["gold_prob_start"]
     cot = tokens[tokens["in_think"]] if "in_think" in tokens and tokens["in_think"].any() else tokens
     kl = cot.groupby("checkpoint")["kl_base"].mean()

@@ -77,6 +77,12 @@ def store_counterfactuals(store: Store, record: dict, source: str, cfs: list[Cou
                                       consistency=cf.consistency.score)[0] for cf in cfs]
 
 
+def by_consistency(table: pd.DataFrame, lowest_first: bool = True) -> pd.DataFrame:
+    """``list_counterfactuals``'s table ordered by consistency (ties by id, stable): the least consistent
+    first to review the doubtful ones, or the most consistent first."""
+    return table.sort_values(["consistency", "id"], ascending=[lowest_first, True], kind="stable")
+
+
 def list_counterfactuals(store: Store, source: str | None = None) -> pd.DataFrame:
     """Stored counterfactuals with their trajectory, one row each, least consistent first."""
     sql = ("SELECT c.id, t.source, t.external_id AS trajectory, t.label, c.target, c.method, c.graph_version, "

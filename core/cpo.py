@@ -144,7 +144,7 @@ def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
     others = {lab: [j for j, other in enumerate(labels) if other != lab] for lab in dict.fromkeys(labels)}  # per label
     if len(others) < 2:
         raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
-    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"]} for p, lab in zip(pairs, labels)]
+    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"]} for p, lab in zip(pairs, labels, strict=True)]
 
 
 def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:
@@ -251,11 +251,11 @@ def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
     if not pre.records:  # a Preflight built by hand: read and tokenize here
         pre = preflight(cfg, tok)
     dropped = set(pre.identical)
-    kept = [(p, e) for i, (p, e) in enumerate(zip(pre.records, pre.encoded)) if i not in dropped]
+    kept = [(p, e) for i, (p, e) in enumerate(zip(pre.records, pre.encoded, strict=True)) if i not in dropped]
     weights = normalise_weights([p["weight"] for p, _ in kept])
     source_idx = {s: i for i, s in enumerate(pre.sources)}
     return Dataset.from_list([{**e, "weight": w, "source_idx": source_idx[p["source"]]}
-                              for (p, e), w in zip(kept, weights)])
+                              for (p, e), w in zip(kept, weights, strict=True)])
 
 
 def _base_name(cfg: TrainConfig) -> str:

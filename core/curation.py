@@ -210,7 +210,7 @@ def item(store: Store, item_id: int) -> Item:
         raise InputError(f"no counterfactual pair with id {item_id}")
     notes = _read(store, "SELECT annotator, decision, edited_text, note, updated_at FROM annotations "
                          "WHERE counterfactual_id = ? ORDER BY updated_at", (item_id,))
-    return Item(**dict(zip(columns, rows[0])), annotations=notes)
+    return Item(**dict(zip(columns, rows[0], strict=True)), annotations=notes)
 
 
 def set_required(store: Store, k: int, flt: QueueFilter = QueueFilter()) -> int:
@@ -327,7 +327,7 @@ def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
     they say reject); with ``include_pending`` also items that nobody has decided yet."""
     out = []
     columns, rows = _dicts(store, QUEUE_SQL.format(columns=CURATED_COLUMNS, where="1 = 1"))
-    for r in (dict(zip(columns, row)) for row in rows):  # plain tuples: None stays None (not NaN)
+    for r in (dict(zip(columns, row, strict=True)) for row in rows):  # plain tuples: None stays None (not NaN)
         if r["resolution"] is not None:
             decision, text = r["resolution"], r["resolution_text"]
         elif r["variants"] == 1 and r["decisions"] >= r["required"]:

@@ -20,6 +20,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from core import concepts
 from core.trajectories import Encoded
 
 TAU = 0.05
@@ -69,7 +70,7 @@ def _span_texts(df: pd.DataFrame, encoded: list[Encoded]) -> np.ndarray:
     offset = pd.Series(np.concatenate([[0], np.cumsum(sizes)[:-1]]), index=ids)
     flat = np.array([t for i in ids for t in enc[i].tokens] + [""], dtype=object)
     start = df["traj_id"].map({i: enc[i].start for i in ids}).to_numpy(dtype=np.int64)
-    n = df["traj_id"].map(dict(zip(ids, sizes))).to_numpy(dtype=np.int64)
+    n = df["traj_id"].map(dict(zip(ids, sizes, strict=True))).to_numpy(dtype=np.int64)
     a = start + df["position"].to_numpy(dtype=np.int64)
     b = start + df["next_position"].to_numpy(dtype=np.int64)
     single = (b == a + 1) & (a >= 0) & (a < n)
@@ -98,8 +99,7 @@ def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
 
 def concept_surfaces(graph: nx.DiGraph) -> list[tuple[str, str]]:
     """(surface form, concept) for every finding's label and synonyms, longest first."""
-    pairs = [(s, n) for n, a in graph.nodes(data=True) if a.get("kind") == "finding"
-             for s in [a.get("label", n), *a.get("synonyms", [])]]
+    pairs = [(s, n) for n in concepts.findings(graph) for s in concepts.names(graph, n)]
     return sorted(pairs, key=lambda p: -len(p[0]))
 
 
@@ -241,7 +241,7 @@ def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int
     fb = final_beliefs(beliefs)
     order = checkpoint_order(fb)
     branches = {b: s for b, s in (branches or {}).items() if b in order}
-    steps = dict(zip(fb["checkpoint"], fb["step"]))
+    steps = dict(zip(fb["checkpoint"], fb["step"], strict=True))
     fin = fb.pivot(index="traj_id", columns="checkpoint", values="gold_prob")
     rows = []
     for b, a in series_parents(order, branches).items():

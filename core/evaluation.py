@@ -77,17 +77,17 @@ def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] 
     """Accuracy, per-category accuracy (``category``, else the label), malformed share; with twins, their
     accuracy and the flip rate."""
     def acc(recs, ps):
-        return sum(p == r["label"] for r, p in zip(recs, ps)) / max(1, len(recs))
+        return sum(p == r["label"] for r, p in zip(recs, ps, strict=True)) / max(1, len(recs))
 
     by_cat: dict[str, list] = {}
-    for r, p in zip(records, preds):
+    for r, p in zip(records, preds, strict=True):
         by_cat.setdefault(str(r.get("category") or r["label"]), []).append(p == r["label"])
     out = {"accuracy": acc(records, preds), "malformed": sum(p is None for p in preds) / max(1, len(preds)),
            "studies": len(records)}
     if perturbed:
-        by_id = dict(zip((r["id"] for r in records), preds))
+        by_id = dict(zip((r["id"] for r in records), preds, strict=True))
         out["perturbed_accuracy"] = acc(perturbed, preds_perturbed)
-        out["flip_rate"] = sum(by_id.get(r["source_id"]) != p for r, p in zip(perturbed, preds_perturbed)) / len(perturbed)
+        out["flip_rate"] = sum(by_id.get(r["source_id"]) != p for r, p in zip(perturbed, preds_perturbed, strict=True)) / len(perturbed)
     out = {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
     out["per_category"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(by_cat.items())}
     return out

@@ -167,7 +167,7 @@ def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names
     text = tok["token"].astype(str).map(repr) + " p=" + tok["prob"].map("{:.3f}".format) + \
         " rank " + tok["rank"].astype(int).astype(str)
     if "top_tokens" in tok:
-        alts = [", ".join(f"{a!r} {q:.3f}" for a, q in zip(ts, ps)) for ts, ps in zip(tok["top_tokens"], tok["top_probs"])]
+        alts = [", ".join(f"{a!r} {q:.3f}" for a, q in zip(ts, ps, strict=True)) for ts, ps in zip(tok["top_tokens"], tok["top_probs"], strict=True)]
         text = text + "\ntop: " + pd.Series(alts, index=tok.index)
     values = _place(tok, text.to_numpy(dtype=object), order, positions, None)
     plain = np.array([repr(t) for t in names], dtype=object)
@@ -227,7 +227,7 @@ def minimap(m: TokenMatrix, bins: int = 400) -> Minimap:
     edges = np.unique(np.linspace(0, len(peaks), min(bins, len(peaks)) + 1).astype(int))
     starts, ends = edges[:-1], edges[1:]
     values = np.array([_peaks(peaks[a:b, None]).item()
-                       for a, b in zip(starts, ends)])  # a loop over bins (<= 400), not over tokens
+                       for a, b in zip(starts, ends, strict=True)])  # a loop over bins (<= 400), not over tokens
     finite = m.values[np.isfinite(m.values)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     at = np.asarray(m.positions)
@@ -256,6 +256,45 @@ def top_labels(path: pd.DataFrame, n: int = 5) -> list[str]:
     if gold and gold not in chosen:
         chosen = [gold, *chosen[: n - 1]]
     return sorted(chosen, key=lambda y: (y != gold, -peaks[f"p:{y}"]))
+
+
+def concept_names(graph, concept: str) -> list[str]:
+    """Every name a concept is written under: its node id, then its label and synonyms (``concepts.names``).
+    A concept the graph does not hold (or no graph) is written under its own name only."""
+    from core import concepts
+
+    if graph is None or concept not in graph:
+        return [concept]
+    return list(dict.fromkeys([concept, *concepts.names(graph, concept)]))
+
+
+DRIVER_KINDS = ("token", "concept", "context")
+
+
+def driver_trajectories(kind: str, row: dict, records: list[dict], graph=None) -> tuple[list[str], str]:
+    """The trajectories a driver row (of ``by_token`` / ``by_concept`` / ``by_context``) happens in, and what
+    that filter is in words. A token row lists its trajectories; a concept is found by any of its names; a
+    context by its last word."""
+    if kind == "token":
+        return list(row["trajectories"]), f"token {row['token']!r} under {row['checkpoint']}"
+    if kind == "concept":
+        return (concept_trajectories(records, concept_names(graph, row["concept"])),
+                f"concept {row['concept']!r}")
+    if kind == "context":
+        return (concept_trajectories(records, [row["context"].split(" ")[-1]]),
+                f"context {row['context']!r} under {row['checkpoint']}")
+    raise ValueError(f"driver kind {kind!r}: expected one of {DRIVER_KINDS}")
+
+
+def sort_drivers(table: pd.DataFrame, kind: str, checkpoint: str = "all", direction: str = "all") -> pd.DataFrame:
+    """Driver rows of one checkpoint (or ``"all"``) and direction (``detrimental`` | ``beneficial`` | ``all``),
+    strongest first: by effect drift (most negative first, most positive for beneficial), a context by its
+    mean KL to the base (largest first)."""
+    t = table if checkpoint == "all" else table[table["checkpoint"] == checkpoint]
+    if direction != "all":
+        t = t[t["direction"] == direction]
+    by = "mean_kl_base" if kind == "context" else "mean_effect_drift"
+    return t.sort_values(by, ascending=(kind != "context") == (direction != "beneficial")).reset_index(drop=True)
 
 
 def concept_trajectories(records: list[dict], surfaces: list[str]) -> list[str]:

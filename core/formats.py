@@ -212,7 +212,7 @@ def _turns(messages: object, field: str, roles: tuple[str, ...]) -> list[dict]:
         roles = ("system", *roles)
     if len(messages) != len(roles):
         raise _RecordError(field, f"expected the turns {list(roles)}, got {len(messages)} messages")
-    for i, (msg, role) in enumerate(zip(messages, roles)):
+    for i, (msg, role) in enumerate(zip(messages, roles, strict=True)):
         if not isinstance(msg, dict) or msg.get("role") != role:
             got = msg.get("role") if isinstance(msg, dict) else _kind(msg)
             raise _RecordError(f"{field}[{i}].role", f"expected {role!r}, got {got!r}")

@@ -17,7 +17,7 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     out = []
     for i in range(0, len(prompts), batch_size):
-        enc = [prompt_ids(tokenizer, p, bool(c), c) for p, c in zip(prompts[i: i + batch_size], chats[i: i + batch_size])]
+        enc = [prompt_ids(tokenizer, p, bool(c), c) for p, c in zip(prompts[i: i + batch_size], chats[i: i + batch_size], strict=True)]
         width = max(map(len, enc))
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=device)  # (B, T), left-padded
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=device)

@@ -13,6 +13,7 @@ replaced everywhere, and the answer is the probed belief's argmax at the end of 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -95,7 +96,7 @@ def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: 
                                        device=series.device, chats=chats)
         before, after = answers[: len(pairs)], answers[len(pairs):]
         rows += [{"traj_id": r["id"], "checkpoint": name, "step": series.steps[name], "gold": r.get("label"),
-                  "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after)]
+                  "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after, strict=True)]
         if progress:
             progress(n + 1, len(series.names), f"generated under {name}")
     df = pd.DataFrame(rows)
@@ -132,3 +133,22 @@ def swaps_in(record: dict, graph) -> list[tuple[str, str, list[str]]]:
             if re.search(rf"(?<![\w]){re.escape(s)}(?![\w])", text):
                 found.append((concept, s, [o for o in surfaces if o != s]))
     return sorted(found, key=lambda f: -len(f[1]))
+
+
+PREFERRED_SWAP = ("consolidation", "airspace opacity")  # offered first when a graph holds it (the demo's shortcut)
+
+
+def swap_pairs(graph) -> list[tuple[str, str, str]]:
+    """Every near-synonym swap the graph offers: (concept, surface, replacement) for each ordered pair of
+    distinct names of a finding; ``PREFERRED_SWAP`` first when present."""
+    from core.concepts import synonym_sets
+
+    pairs = [(c, s, o) for c, names in synonym_sets(graph).items() for s in names for o in names if o != s]
+    return sorted(pairs, key=lambda p: p[1:] != PREFERRED_SWAP)  # stable: otherwise the graph's order
+
+
+def batch_output(out_dir: Path, data: str | Path, find: str, replace: str, mode: str, limit: int) -> Path:
+    """Where a dataset-wide test writes its table: one parquet per (data, swap, mode, limit), so the same
+    test run again replaces its own result and a different one never does."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(data).stem}-{find}-{replace}-{mode}-{limit}")
+    return Path(out_dir) / f"{slug}.parquet"

@@ -99,7 +99,7 @@ class _Block:
             n = len(lab) - 1
             inner[s: s + n, :m] = True
             inner[s: s + n, s: s + n] = np.tril(np.ones((n, n), dtype=bool))
-            reads.append(list(zip([m - 1] + [s + q for q in range(n)], lab)))
+            reads.append(list(zip([m - 1] + [s + q for q in range(n)], lab, strict=True)))
             s += n
         rel_pos = list(range(m)) + [m + q for lab in tk.labels for q in range(len(lab) - 1)]
         return cls(ids, inner, rel_pos, reads)
@@ -291,7 +291,7 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
     frames = []
     for name in series.names:
         per_traj: dict[str, list] = {e.id: [e, [], []] for e in encoded}  # in the order of ``encoded``
-        for (e, ch), lp in zip([job for _, jobs in groups for job in jobs], results[name]):
+        for (e, ch), lp in zip([job for _, jobs in groups for job in jobs], results[name], strict=True):
             per_traj[e.id][1] += ch
             per_traj[e.id][2].append(lp)
         frames += [_belief_frame(e, name, series.steps[name], pos, np.concatenate(lps), labels)

@@ -101,7 +101,7 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
         raise InputError(f"run name {name!r}: use 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)")
     if ws.store.query_one("SELECT 1 FROM runs WHERE name = ?", (name,)):
         raise InputError(f"run name {name!r} is taken; choose another")
-    out = ws.runs_dir / "cpo" / name
+    out = ws.cpo_run_dir(name)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: a run folder of that name already exists; choose another name")
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +115,54 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
                            str(world) if world else None, str(out), now, now))
         run_id = cur.lastrowid
     return _start(ws, get(ws.store, run_id), train_argv(out / "config.json", world, evaluate_limit))
+
+
+START_BASE = "base (SFT)"  # a run's start when it trains the base model itself, not a drifted checkpoint
+
+
+def finished_for_world(store: Store, world_root: str | Path) -> list[Run]:
+    """The done runs of the world at ``world_root`` whose adapter exists: what can join its series."""
+    root = Path(world_root).resolve()
+    return [r for r in list_runs(store) if r.status == "done" and r.adapter_dir.is_dir()
+            and r.world and Path(r.world).resolve() == root]
+
+
+def series_with_runs(checkpoints: list[str | Path], runs: list[Run]) -> str:
+    """The series as ``AnalysisConfig.checkpoints`` takes it (``;``-separated): the RFT checkpoints in their
+    order, then each run's adapter (``core.branches`` places a run as a branch of its start)."""
+    return ";".join([str(c) for c in checkpoints] + [str(r.adapter_dir) for r in runs])
+
+
+def default_start(world) -> str | None:
+    """The checkpoint a repair run starts from by default: the world's least accurate recorded one."""
+    names = {c.name for c in world.checkpoints}
+    recorded = [m for m in world.metrics() if m.get("checkpoint") in names]
+    return min(recorded, key=lambda m: m.get("accuracy", 1.0))["checkpoint"] if recorded else None
+
+
+def start_adapter(world, start: str) -> str | None:
+    """The adapter a run starting from ``start`` continues (None for ``START_BASE``)."""
+    if start == START_BASE:
+        return None
+    found = next((c for c in world.checkpoints if c.name == start), None)
+    if found is None:
+        raise InputError(f"start {start!r}: not a checkpoint of the world {world.name!r}")
+    return str(found.path)
+
+
+def train_defaults(world=None, start: str | None = None) -> dict:
+    """``TrainConfig``'s field defaults as a launch form shows them: the world plug-in's learning rate, and
+    the start adapter's LoRA rank (a run continues that adapter, so r must match)."""
+    import dataclasses
+
+    from core.cpo import TrainConfig
+
+    out = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    out["learning_rate"] = getattr(world.plugin if world else None, "learning_rate", out["learning_rate"])
+    info = next((c for c in world.checkpoints if c.name == start), None) if world else None
+    if info is not None and info.training.get("lora_rank"):
+        out["lora_r"] = int(info.training["lora_rank"])
+    return out
 
 
 def _start(ws, run: Run, argv: list[str]) -> Run:

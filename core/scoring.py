@@ -309,7 +309,7 @@ def _meta(encs: list[Encoded]) -> dict[str, np.ndarray]:
         "position": np.concatenate([np.arange(n) for n in lengths]),
         "token_id": np.concatenate([np.asarray(e.completion_ids, dtype=np.int64) for e in encs]),
         "token": np.array([t for e in encs for t in e.completion_tokens], dtype=object),
-        "in_think": np.concatenate([np.arange(e.start, e.start + n) < e.think_end for e, n in zip(encs, lengths)]),
+        "in_think": np.concatenate([np.arange(e.start, e.start + n) < e.think_end for e, n in zip(encs, lengths, strict=True)]),
     }
 
 

@@ -94,7 +94,7 @@ def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, 
 def import_batches(store: Store) -> list[dict]:
     rows = store.query("SELECT id, name, format, kept, duplicates, skipped, created_at FROM import_batches "
                        "ORDER BY id DESC")
-    return [dict(zip(("id", "name", "format", "kept", "duplicates", "skipped", "created_at"), r)) for r in rows]
+    return [dict(zip(("id", "name", "format", "kept", "duplicates", "skipped", "created_at"), r, strict=True)) for r in rows]
 
 
 # ---------------------------------------------------------------- export
@@ -138,7 +138,7 @@ def weighted_rows(rows: list[dict], weights: dict[str, float]) -> list[dict]:
     """Each row's ``weight``: its source's weight (default 1) divided by the mean over the rows, so the
     weights average one (the CPO++ trainer's per-source weighting)."""
     raw = [weights.get(r["source"], 1.0) for r in rows]
-    return [{**r, "weight": round(w, 6)} for r, w in zip(rows, normalise_weights(raw))]
+    return [{**r, "weight": round(w, 6)} for r, w in zip(rows, normalise_weights(raw), strict=True)]
 
 
 def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:

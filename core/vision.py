@@ -110,7 +110,7 @@ class VLProcessor:
             raise InputError(f"{len(pieces) - 1} <image> placeholder(s) for {len(grids)} image(s)")
         start, pad, end = self.token_id(VISION_START), self.token_id(IMAGE_PAD), self.token_id(VISION_END)
         ids = self.tokenizer(pieces[0], add_special_tokens=False)["input_ids"]
-        for grid, piece in zip(grids, pieces[1:]):
+        for grid, piece in zip(grids, pieces[1:], strict=True):
             ids += [start] + [pad] * self.n_tokens(grid) + [end]
             ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
         return ids

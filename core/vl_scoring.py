@@ -121,7 +121,7 @@ def probe_vl(model, proc: VLProcessor, encs: list[VLEncoded], positions: list[li
     -> [(P_b, K)]  (``features``: this batch's image features, reused across adapter checkpoints)"""
     tk = _tokens(proc.tokenizer, cfg, labels)
     trees, pos3s = [], []
-    for e, ch in zip(encs, positions):
+    for e, ch in zip(encs, positions, strict=True):
         _check_positions(e, ch, proc)
         ids, flat, allow, reads = build_tree(e.input_ids[: ch[-1]], ch, tk)
         prefix = torch.tensor([e.input_ids[: ch[-1]]])

@@ -155,7 +155,7 @@ def score_vl_series(vs: VLSeries, encs: list[VLEncoded], batch_size: int = 8) ->
                 if vs.shared_vision and features is None:
                     features = image_features(model, batch.pixel_values, batch.image_grid_thw)
                 lps = token_logprobs(model, batch, features if vs.shared_vision else None)
-            for e, lp in zip(group, lps):
+            for e, lp in zip(group, lps, strict=True):
                 parts.append({"traj_id": e.id, "checkpoint": name, "step": vs.series.steps[name],
                               "token_id": np.asarray(e.completion_ids), "logprob": lp.cpu().numpy()})
     return _frame(parts, vs.names)

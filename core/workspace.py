@@ -9,6 +9,7 @@ building the path themselves.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,24 @@ class Workspace:
         """Trajectory files uploaded through the browser, stored under their content hash."""
         return self.root / "uploads"
 
+    def cpo_run_dir(self, name: str) -> Path:
+        """The folder of the CPO run ``name`` (``core.runs``): ``runs/cpo/<name>/``."""
+        return self.runs_dir / "cpo" / name
+
+    def keep_upload(self, filename: str, raw: bytes, suffix: str = ".jsonl") -> Path:
+        """Store an uploaded text file as ``uploads/<stem>-<sha256[:12]><suffix>``: the same content uploaded
+        twice is one file, different content under one name never overwrites. Not UTF-8: ``InputError``."""
+        from core.cache import atomic_write_text
+
+        target = self.uploads_dir / f"{Path(filename).stem}-{hashlib.sha256(raw).hexdigest()[:12]}{suffix}"
+        if not target.exists():
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{filename}: not UTF-8 text (byte {e.start}); expected JSON lines") from None
+            atomic_write_text(target, text)
+        return target
+
     @classmethod
     def open(cls, root: str | Path | None = None) -> "Workspace":
         """Create the folder if needed, check it is writable, open and migrate its database."""
@@ -94,8 +113,18 @@ def data_roots(store: Store, *extra: str | Path | None) -> list[Path]:
     """The folders whose files a path typed in the UI may name: the workspace, every registered world
     folder, ``$WORKBENCH_DATA_ROOTS`` and ``extra``."""
     worlds = [Path(r[0]) for r in store.query("SELECT path FROM worlds")]
-    env = [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
-    return [store.path.parent, *worlds, *env, *(Path(e) for e in extra if e)]
+    return [store.path.parent, *worlds, *env_data_roots(), *(Path(e) for e in extra if e)]
+
+
+def env_data_roots() -> list[Path]:
+    """The folders ``$WORKBENCH_DATA_ROOTS`` names (``os.pathsep``-separated; empty entries skipped)."""
+    return [Path(p) for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+
+
+def search_roots(workspace_root: str | Path, world_root: str | Path | None = None) -> list[Path]:
+    """Where the UI looks for models and checkpoint series, in this order: the open world's folder, the
+    workspace, then ``$WORKBENCH_DATA_ROOTS``."""
+    return [*([Path(world_root)] if world_root else []), Path(workspace_root), *env_data_roots()]
 
 
 def check_data_path(path: str | Path, roots: list[Path]) -> Path:

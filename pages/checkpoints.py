@@ -4,8 +4,6 @@ Scoring runs as a background job (``core.jobs``): it keeps going when the tab cl
 to it, and Cancel stops it at the next batch. Results land in the workspace's analyses/ folder.
 """
 
-import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -20,21 +18,17 @@ from core.branches import branch_of
 from core.errors import InputError
 from core.paths import expand
 from core.series import adapter_name, base_name_warnings, plan_series
-from core.workspace import refused_paths
+from core.workspace import refused_paths, search_roots
 from workbench import resources, routes, state, ui
 
-state.init()
-if st.session_state.pop("_open_explorer", False):
+if st.session_state.pop(state.OPEN_EXPLORER, False):
     st.switch_page(routes.explorer())
 st.title("Checkpoints")
 st.caption("Choose the base model and its checkpoint series, the trajectories to analyse, and score them: "
            "every token under every checkpoint, and the answer probe along each chain of thought.")
 
-ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-world = ui.current_world("; give local folders instead.")
-roots = [ws.root, *(p for p in os.environ.get("WORKBENCH_DATA_ROOTS", "").split(os.pathsep) if p)]
-if world:
-    roots.insert(0, world.root)
+ws, world = ui.page_context(note="; give local folders instead.")
+roots = search_roots(ws.root, world and world.root)
 
 
 def picker(label: str, candidates: list[Path], key: str, help_: str) -> str:
@@ -42,9 +36,9 @@ def picker(label: str, candidates: list[Path], key: str, help_: str) -> str:
     c1, c2 = st.columns([3, 2])
     found = c2.selectbox("Found under the data roots", ["—", *map(str, candidates)], key=f"{key}_found",
                          help="searched: " + ", ".join(map(str, roots)))
-    if found != "—" and st.session_state.get(f"{key}_last_found") != found:
+    if found != "—" and st.session_state.get(state.last_found(key)) != found:
         st.session_state[key] = found  # picking fills the text field, which stays editable
-        st.session_state[f"{key}_last_found"] = found
+        st.session_state[state.last_found(key)] = found
     return c1.text_input(label, key=key, help=help_, placeholder="/path/to/folder").strip()
 
 
@@ -61,16 +55,15 @@ if source == "This world":
     graph = str(world.graph_path)
     base_names = [world.manifest.get("base_model_name", "")]
     st.caption(f"`{world.root}`: base `{Path(base).name}/`, checkpoints `{Path(series_arg).name}/`")
-    finished = [r for r in runs.list_runs(ws.store) if r.status == "done" and r.adapter_dir.is_dir()
-                and r.world and Path(r.world).resolve() == world.root.resolve()]
+    finished = runs.finished_for_world(ws.store, world.root)
     if finished:
         joined = st.multiselect("Add finished CPO runs to the series", [r.name for r in finished], key="ck_runs",
                                 help="each run's adapter joins as a branch of the checkpoint it started from: "
                                      "the explorer draws it above its start, not on the RFT step axis, and "
                                      "compares start vs repaired (flips, belief, tokens)")
         if joined:
-            series_arg = ";".join([str(c.path) for c in world.checkpoints] +
-                                  [str(r.adapter_dir) for r in finished if r.name in joined])
+            series_arg = runs.series_with_runs([c.path for c in world.checkpoints],
+                                               [r for r in finished if r.name in joined])
 else:
     models, series_dirs = ckpts.find_candidates(roots)
     base = picker("Base model folder", models, "ck_base", "config.json, weights and tokenizer of the model RFT started from")
@@ -161,16 +154,10 @@ elif data_kind == "A JSONL file":
 else:
     up = st.file_uploader("Trajectories (.jsonl)", type=["jsonl"], key="ck_upload")
     if up is not None:
-        raw = up.getvalue()
-        target = ws.uploads_dir / f"{Path(up.name).stem}-{hashlib.sha256(raw).hexdigest()[:12]}.jsonl"
-        if not target.exists():
-            from core.cache import atomic_write_text
-
-            try:
-                atomic_write_text(target, raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problems.append(f"{up.name}: not UTF-8 text (expected JSON lines)")
-        data = str(target) if target.exists() else None
+        try:
+            data = str(ws.keep_upload(up.name, up.getvalue()))
+        except InputError as e:
+            problems.append(str(e))
 total = None  # trajectories in the chosen file, shown beside the Score button's limit
 if data:
     try:
@@ -238,7 +225,7 @@ if cfg is not None:
 def open_result(job, main, side) -> None:
     if side.button("Open", key=f"open-{job.id}", icon=":material/open_in_new:"):
         st.session_state[state.ANALYSIS] = job.meta.get("out")
-        st.session_state["_open_explorer"] = True  # switch_page cannot run inside the panel's fragment
+        st.session_state[state.OPEN_EXPLORER] = True  # switch_page cannot run inside the panel's fragment
         st.rerun(scope="app")
 
 

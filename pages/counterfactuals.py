@@ -3,36 +3,34 @@ LLM expert), preview the change side by side, batch over a dataset, and list wha
 
 import streamlit as st
 
-from core import concepts
+from core import concepts, counterfactual_job as cf_job, jobs
 from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals, true_disease
-from core.counterfactual_store import generate_batch, list_counterfactuals, store_counterfactuals
+from core.counterfactual_store import by_consistency, list_counterfactuals, store_counterfactuals
 from core.errors import InputError
 from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
-from workbench import curation_view, graphview, resources, state
+from workbench import curation_view, graphview, resources, state, ui
 
 MODES = {"one": "one target", "all": "all other diseases", "confusable": "confusable diseases (shared findings)"}
 METHODS = {"graph": "graph rules", "llm": "LLM expert (local model)"}
 
-state.init()
 st.title("Counterfactuals")
 st.caption("Counterfactual chains of thought argue for a disease the study does not show: the rejected side of "
            "CPO's preference pairs. Each one is stored with its method, target, graph version and settings.")
 
-path, ws_path = str(state.world_path()), st.session_state[state.WORKSPACE_PATH]
+ws, world = ui.page_context(world_required=True)
+path, ws_path, store = str(state.world_path()), st.session_state[state.WORKSPACE_PATH], ws.store
 try:
-    world = resources.load_world(path)
     fp = world.fingerprint()
     graph, version = resources.concept_graph(ws_path, str(world.graph_path))
-    store = resources.workspace(ws_path).store
 except InputError as e:
-    st.error(f"Cannot open the world: {e}")
+    st.error(f"Cannot open the world's concept graph: {e}")
     st.stop()
 
 left, right = st.columns(2)
 names = list(world.manifest["datasets"])
 ds = left.selectbox("Dataset", names, index=names.index(world.manifest.get("default_dataset", names[0])), key="cf_dataset")
 records = resources.dataset(path, ds)
-source = f"{world.name}:{ds}"
+source = cf_job.source_of(world.name, ds)
 pick = right.selectbox("Trajectory", range(len(records)), key="cf_record",
                        format_func=lambda i: f"{records[i]['id']} · {records[i].get('label')}")
 record = records[pick]
@@ -82,29 +80,27 @@ if last:
     st.markdown(graphview.side_by_side_html(last["original"], items[min(k, len(items) - 1)][1]), unsafe_allow_html=True)
 
 st.subheader("Batch over the dataset")
+st.caption("Runs in the background (close the tab, it keeps going); Cancel stops it after the current "
+           "trajectory, and what finished stays stored.")
 n = st.number_input("Trajectories (from the first)", 1, len(records), min(50, len(records)), key="cf_batch_n")
-left, right = st.columns([1, 5])
-go = left.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or target))
-right.button("Stop", key="cf_batch_stop", on_click=lambda: st.session_state.update({state.CF_STOP: True}))
-if go:
-    st.session_state[state.CF_STOP] = False
-    bar = st.progress(0.0, text="Starting…")
+running = [j for j in jobs.list_jobs(ws.job_dirs, cf_job.KIND) if j.state() == "running"]
+if st.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or target) or bool(running),
+             icon=":material/play_arrow:"):
     try:
-        for p in generate_batch(store, graph, records[:n], source, mode, target, method, version, expert):
-            st.session_state[state.CF_PROGRESS] = f"{p.done} of {p.total} trajectories, {p.stored} counterfactuals stored"
-            bar.progress(p.done / p.total, text=st.session_state[state.CF_PROGRESS])
-            if st.session_state[state.CF_STOP]:
-                break
-    except InputError as e:
+        llm = {"expert_checkpoint": ckpt, "expert": {"template": template, **settings}} if expert else {}
+        cf_job.start(ws, cf_job.BatchConfig(workspace=str(ws.root), world=str(world.root), dataset=ds, n=int(n),
+                                            mode=mode, target=target, method=method, **llm))
+        st.rerun()
+    except (InputError, ValueError) as e:
         st.error(str(e))
-if st.session_state[state.CF_PROGRESS]:
-    stopped = " (stopped)" if st.session_state[state.CF_STOP] else ""
-    st.caption(f"Last batch{stopped}: {st.session_state[state.CF_PROGRESS]}")
+if running:
+    st.caption("One batch at a time: wait for it or cancel it below.")
+ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job.progress().get("message", "")))
 
 st.subheader("Stored counterfactuals")
 table = list_counterfactuals(store, source)
 order = st.radio("Consistency", ["lowest first", "highest first"], horizontal=True, key="cf_sort")
-table = table.sort_values(["consistency", "id"], ascending=[order == "lowest first", True], kind="stable")
+table = by_consistency(table, order == "lowest first")
 st.dataframe(curation_view.counterfactual_rows(table), hide_index=True, key="cf_table",
              column_config={"created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
                             "consistency": st.column_config.ProgressColumn("consistency", min_value=0, max_value=1,

@@ -4,20 +4,14 @@ X reject, E save edit, S skip), settle conflicts, and export the result as a dat
 import streamlit as st
 
 from core import curation
-from core.errors import InputError
-from workbench import curation_view as view, resources, state, ui
+from workbench import curation_view as view, state, ui
 from workbench.safe_text import inert
 
-state.init()
 st.title("Curation")
 st.caption("Review counterfactual pairs, decide (several annotators per item if you like), settle conflicts, "
            "and export the accepted pairs as the preference dataset a CPO run trains on.")
 
-try:
-    ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-except InputError as e:
-    st.error(f"Cannot open the workspace: {e}")
-    st.stop()
+ws, world = ui.page_context()
 store = ws.store
 
 annotator = st.session_state[state.ANNOTATOR]
@@ -51,7 +45,6 @@ with conflicts:
 with agreement:
     view.agreement_panel(store)
 with imports:
-    world = ui.current_world()
     view.import_panel(store, world.root / "examples" if world else None)
 with exports:
     view.export_panel(store, ws.datasets_dir)

@@ -9,12 +9,10 @@ from core.branches import run_branches
 from core.errors import InputError
 from workbench import charts, heatmap_window, resources, state, ui
 
-state.init()
 st.title("Drift explorer")
 
-ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-world = ui.current_world()
-info = ui.pick_analysis(ws, world, "explorer_analysis", "Analysis",
+ws, world = ui.page_context()
+info = ui.pick_analysis(ws, world, state.EXPLORER_ANALYSIS, "Analysis",
                         "No drift analysis yet. Score a checkpoint series on the **Checkpoints** page first.")
 chosen = str(info.path)
 try:
@@ -38,30 +36,14 @@ def open_driver(kind: str, table: pd.DataFrame, widget_key: str) -> None:
     rows = st.session_state[widget_key]["selection"]["rows"]
     if not rows:
         return
-    row = table.iloc[rows[0]]
-    if kind == "token":
-        ids = list(row["trajectories"])
-        note = f"token {row['token']!r} under {row['checkpoint']}"
-    elif kind == "concept":
-        surfaces = [row["concept"], *graph_surfaces(row["concept"])]
-        ids = explore.concept_trajectories(resources.analysis_records(chosen, info.stamp), surfaces)
-        note = f"concept {row['concept']!r}"
-    else:
-        ids = explore.concept_trajectories(resources.analysis_records(chosen, info.stamp),
-                                           [row["context"].split(" ")[-1]])
-        note = f"context {row['context']!r} under {row['checkpoint']}"
+    graph = resources.graph_file(a.config.graph, resources.file_stamp(a.config.graph)) if a.config.graph else None
+    ids, note = explore.driver_trajectories(kind, table.iloc[rows[0]], resources.analysis_records(chosen, info.stamp),
+                                            graph)
     st.session_state[state.DRIVER_IDS] = ids
     st.session_state[state.DRIVER_NOTE] = note
     st.session_state[state.EXPLORER_VIEW] = "Trajectory"
     if ids:
-        st.session_state[state.TRAJECTORY] = st.session_state["explorer_trajectory"] = ids[0]
-
-
-def graph_surfaces(concept: str) -> list[str]:
-    if not a.config.graph:
-        return []
-    g = resources.graph_file(a.config.graph, resources.file_stamp(a.config.graph))
-    return list(g.nodes[concept].get("synonyms", [])) if concept in g else []
+        st.session_state[state.TRAJECTORY] = st.session_state[state.EXPLORER_TRAJECTORY] = ids[0]
 
 
 if view == "Overview":
@@ -77,7 +59,7 @@ if view == "Overview":
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
-    for col, (label, value, note) in zip(st.columns(len(facts)), facts):
+    for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
         col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 
     left, right = st.columns([3, 2])
@@ -118,11 +100,7 @@ if view == "Overview":
     if table.empty:
         st.info(f"No {kind} table in this analysis" + (" (it was scored without a concept graph)." if kind == "concept" else "."))
     else:
-        t = table if ckpt == "all" else table[table["checkpoint"] == ckpt]
-        if direction != "all":
-            t = t[t["direction"] == direction]
-        sort = "mean_kl_base" if kind == "context" else "mean_effect_drift"
-        t = t.sort_values(sort, ascending=(kind != "context") == (direction != "beneficial")).reset_index(drop=True)
+        t = explore.sort_drivers(table, kind, ckpt, direction)
         shown = t.drop(columns=[c for c in ("trajectories",) if c in t]).head(200)
         ui.table(shown, f"drivers-{kind}", f"drivers-by-{kind}", on_select=lambda: open_driver(kind, t, f"drivers-{kind}"),
                  selection_mode="single-row", height=360)
@@ -154,10 +132,10 @@ else:
         st.warning("No trajectory matches these filters.")
         st.stop()
     options = rows["traj_id"].tolist()
-    state.persist("explorer_trajectory", state.TRAJECTORY, options)
+    state.persist(state.EXPLORER_TRAJECTORY, state.TRAJECTORY, options)
     by_id = rows.set_index("traj_id")
     c1, c2, c3 = st.columns([4, 3, 2])
-    traj_id = c1.selectbox(f"Trajectory ({len(options)} match, most drifted first)", options, key="explorer_trajectory",
+    traj_id = c1.selectbox(f"Trajectory ({len(options)} match, most drifted first)", options, key=state.EXPLORER_TRAJECTORY,
                            format_func=lambda t: f"{t} · {by_id.at[t, 'gold']} · drift {by_id.at[t, 'drift']:+.2f}")
     st.session_state[state.TRAJECTORY] = traj_id
     shown_metrics = [m for m in explore.METRICS if probed or explore.METRICS[m][1] == "tokens"]

@@ -9,15 +9,14 @@ import streamlit as st
 
 from core import concepts, graph_io
 from core.errors import InputError
-from workbench import graphview, resources, state
+from workbench import graphview, resources, state, ui
 
-state.init()
 st.title("Concept graph")
 st.caption("Diseases, the findings that support them and the ones that exclude them: the expert knowledge "
            "behind the counterfactuals. Edits are versioned in the workspace; the world's file is never written.")
 
+_, world = ui.page_context(world_required=True)
 try:
-    world = resources.load_world(str(state.world_path()))
     gs = resources.graph_store(st.session_state[state.WORKSPACE_PATH], str(world.graph_path))
 except InputError as e:
     st.error(f"Cannot open the concept graph: {e}")

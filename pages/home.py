@@ -4,16 +4,15 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import InputError
-from workbench import charts, resources, routes, state
+from workbench import charts, resources, routes, ui
 
-state.init()
 st.title("CoT Drift Workbench")
 st.caption("See where the chain of thought of RFT checkpoints drifts, tell beneficial from detrimental drift, "
            "and repair the detrimental kind with Counterfactual Preference Optimization.")
 
-path = state.world_path()
+_, world = ui.page_context(world_required=True)
+path = world.root
 try:
-    world = resources.load_world(str(path))
     fingerprint = world.fingerprint()
     summary = resources.world_summary(str(path), fingerprint)
     metrics = resources.world_metrics(str(path), fingerprint)
@@ -32,7 +31,7 @@ facts = [
     ("Concept graph", summary["graph"]["nodes"], f"{summary['graph']['diseases']} diseases"),
     ("Device", dev.device.upper(), dev.dtype),
 ]
-for col, (label, value, note) in zip(st.columns(len(facts)), facts):
+for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
     col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 
 left, right = st.columns([3, 2])
@@ -60,7 +59,7 @@ for col, (route, note) in zip(st.columns(7), [
         (routes.checkpoints, "score a series"), (routes.explorer, "where it drifts"),
         (routes.perturbation, "swap a finding"), (routes.graph_editor, "the expert knowledge"),
         (routes.counterfactuals, "rewrite the CoT"), (routes.curation, "build the dataset"),
-        (routes.runs, "repair and compare")]):
+        (routes.runs, "repair and compare")], strict=True):
     with col:
         st.page_link(route(), width="stretch")
         st.caption(note)

@@ -5,27 +5,24 @@ dataset runs as a background job (``workbench perturb``) with progress and Cance
 """
 
 import dataclasses
-import re
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from core import concepts, jobs, perturb
+from core import jobs, perturb
 from core.analysis import perturb_job, resolve_labels, shell_command
 from core.branches import run_branches
 from core.errors import InputError
 from workbench import charts, resources, state, ui
 
-state.init()
 st.title("Perturbation lab")
 st.caption("Replace a finding by a near-synonym from the concept graph (or any span) and compare the answer "
            "before and after under every checkpoint. A model that reasons from the findings should not care; "
            "one that drifted to a surface shortcut flips.")
 
-ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-world = ui.current_world()
-info = ui.pick_analysis(ws, world, "lab_analysis", "Series and trajectories (of an analysis)",
+ws, world = ui.page_context()
+info = ui.pick_analysis(ws, world, state.LAB_ANALYSIS, "Series and trajectories (of an analysis)",
                         "The lab uses the checkpoint series and trajectories of an analysis; score one on the "
                         "Checkpoints page.")
 chosen = str(info.path)
@@ -52,8 +49,8 @@ single, batch = st.tabs(["One trajectory", "Over the dataset"])
 with single:
     by_id = {r["id"]: r for r in records}
     ids = list(by_id)
-    state.persist("lab_trajectory", state.TRAJECTORY, ids)
-    traj_id = st.selectbox("Trajectory", ids, key="lab_trajectory",
+    state.persist(state.LAB_TRAJECTORY, state.TRAJECTORY, ids)
+    traj_id = st.selectbox("Trajectory", ids, key=state.LAB_TRAJECTORY,
                            format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
     st.session_state[state.TRAJECTORY] = traj_id
     record = by_id[traj_id]
@@ -84,8 +81,8 @@ with single:
             except InputError as e:
                 st.error(str(e))
                 result = None
-        st.session_state["lab_result"] = (traj_id, find, replace, mode, result)
-    saved = st.session_state.get("lab_result")
+        st.session_state[state.LAB_RESULT] = (traj_id, find, replace, mode, result)
+    saved = st.session_state.get(state.LAB_RESULT)
     if saved and saved[0] == traj_id and saved[4] is not None:
         _, f, r, m, result = saved
         if result.empty:
@@ -98,12 +95,10 @@ with single:
             ui.table(result, "lab-single-table", f"swap-{traj_id}")
 
 with batch:
-    swaps = concepts.synonym_sets(graph) if graph is not None else {}
     c1, c2, c3 = st.columns([3, 3, 2])
-    pairs = [(c, s, o) for c, ss in swaps.items() for s in ss for o in ss if o != s]
+    pairs = perturb.swap_pairs(graph) if graph is not None else []
     if pairs:
-        default = next((i for i, p in enumerate(pairs) if p[1:] == ("consolidation", "airspace opacity")), 0)
-        choice = c1.selectbox("Synonym swap from the concept graph", [*range(len(pairs)), -1], index=default,
+        choice = c1.selectbox("Synonym swap from the concept graph", [*range(len(pairs)), -1],
                               key="lab_pair", format_func=lambda i: "type my own…" if i < 0 else
                               f"{pairs[i][1]} → {pairs[i][2]}")
     else:
@@ -119,8 +114,7 @@ with batch:
     blimit = c3.number_input("Trajectories (0 = all)", 0, 100_000, 0, key="lab_blimit")
     n_hit = sum(perturb.replace_span(r, bfind, breplace) is not None for r in records) if bfind else 0
     st.caption(f"{n_hit} of the {len(records)} trajectories contain {bfind!r}." if bfind else "")
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(cfg.data).stem}-{bfind}-{breplace}-{bmode}-{blimit}")
-    out = ws.perturbations_dir / f"{slug}.parquet"
+    out = perturb.batch_output(ws.perturbations_dir, cfg.data, bfind, breplace, bmode, blimit)
     limit = int(blimit) or cfg.limit
     # --force: the same batch run again replaces its own earlier result (never a file the workbench did not write)
     argv, files = perturb_job(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)

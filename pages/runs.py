@@ -1,7 +1,6 @@
 """CPO runs: launch a short counterfactual preference fine-tuning run, watch it live, cancel or resume it,
 and compare the finished runs on the world's held-out sets. Runs are background jobs (``core.runs``)."""
 
-import dataclasses
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,19 +14,15 @@ from core.workspace import data_roots, refused_paths
 from workbench import charts, resources, state, ui
 from workbench.safe_text import inert
 
-state.init()
 st.title("CPO runs")
 st.caption("Repair detrimental drift with Counterfactual Preference Optimization: chosen = the real chain of "
            "thought, rejected = its counterfactual. A run trains a LoRA adapter in the background (close the tab, "
            "it keeps going), then answers the world's held-out studies so runs can be compared.")
 
-ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-world = ui.current_world()
+ws, world = ui.page_context()
 OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
               "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
               "sft": "SFT baseline: NLL on the chosen side only"}
-
-FRESH_NAME = "_run_name_fresh"  # set by Launch: the next rerun fills the name field with a new default
 
 
 def fresh_name(objective: str) -> str:
@@ -40,11 +35,8 @@ def fresh_name(objective: str) -> str:
 with ui.controls("Launch a run", expanded=True):
     from core import cpo
 
-    starts = ["base (SFT)"] + ([c.name for c in world.checkpoints] if world else [])
-    worst = None
-    if world:
-        recorded = [m for m in world.metrics() if m.get("checkpoint") in starts]
-        worst = min(recorded, key=lambda m: m.get("accuracy", 1.0))["checkpoint"] if recorded else None
+    starts = [runs.START_BASE] + ([c.name for c in world.checkpoints] if world else [])
+    worst = runs.default_start(world) if world else None
     c1, c2, c3 = st.columns(3)
     start = c1.selectbox("Start from", starts, index=starts.index(worst) if worst in starts else 0, key="run_start",
                          help="the drifted checkpoint to repair (default: the world's least accurate one), or the SFT base")
@@ -57,10 +49,11 @@ with ui.controls("Launch a run", expanded=True):
     own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
     sources = [f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + own + ["a TRL preference file"]
     # the user's choice survives other pages; the default is never a snapshot too small to train on
-    chosen = st.session_state.get("run_data", st.session_state.get(state.RUN_DATA))
-    st.session_state["run_data"] = chosen if chosen in sources else next(
-        (label for s, label in zip(snaps, sources) if s.row_count >= cpo.MIN_PAIRS), own[0] if own else sources[0])
-    data_choice = st.selectbox("Preference data", sources, key="run_data",
+    # (sources lists the snapshots first, then other kinds: zip stops at the last snapshot)
+    chosen = st.session_state.get(state.RUN_DATA_WIDGET, st.session_state.get(state.RUN_DATA))
+    st.session_state[state.RUN_DATA_WIDGET] = chosen if chosen in sources else next(
+        (label for s, label in zip(snaps, sources, strict=False) if s.row_count >= cpo.MIN_PAIRS), own[0] if own else sources[0])
+    data_choice = st.selectbox("Preference data", sources, key=state.RUN_DATA_WIDGET,
                                help=f"curation exports (TRL format) appear here as snapshots; one with fewer than "
                                     f"{cpo.MIN_PAIRS} pairs is never pre-selected")
     st.session_state[state.RUN_DATA] = data_choice
@@ -76,12 +69,7 @@ with ui.controls("Launch a run", expanded=True):
             st.error(refused)
             data = None
     c1, c2, c3, c4 = st.columns(4)
-    defaults = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cpo.TrainConfig)
-                                  if f.default is not dataclasses.MISSING})
-    defaults.learning_rate = getattr(plugin, "learning_rate", defaults.learning_rate)
-    start_info = next((c for c in world.checkpoints if c.name == start), None) if world else None
-    if start_info is not None and start_info.training.get("lora_rank"):  # the run continues that adapter: same r
-        defaults.lora_r = int(start_info.training["lora_rank"])
+    defaults = SimpleNamespace(**runs.train_defaults(world, start))
     max_steps = c1.number_input("Max steps", 1, 100_000, defaults.max_steps, key="run_steps")
     lr = c2.number_input("Learning rate", 1e-7, 1e-1, defaults.learning_rate, format="%.1e", key="run_lr")
     batch = c3.number_input("Batch size", 1, 1024, defaults.batch_size, key="run_batch")
@@ -95,9 +83,9 @@ with ui.controls("Launch a run", expanded=True):
         seed = c5.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="run_seed")
         eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
                                      key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
-    if st.session_state.pop(FRESH_NAME, False) or not st.session_state.get("run_name"):
-        st.session_state["run_name"] = fresh_name(objective)  # set before the widget: the field shows it
-    name = st.text_input("Run name", key="run_name")
+    if st.session_state.pop(state.RUN_NAME_FRESH, False) or not st.session_state.get(state.RUN_NAME):
+        st.session_state[state.RUN_NAME] = fresh_name(objective)  # set before the widget: the field shows it
+    name = st.text_input("Run name", key=state.RUN_NAME)
 
     cfg, problems = None, []
     if not world:
@@ -107,8 +95,8 @@ with ui.controls("Launch a run", expanded=True):
     else:
         try:
             cfg = cpo.TrainConfig(
-                base_model=str(world.base_model_dir), data=data, output_dir=str(ws.runs_dir / "cpo" / name),
-                init_adapter=None if start == "base (SFT)" else str(next(c.path for c in world.checkpoints if c.name == start)),
+                base_model=str(world.base_model_dir), data=data, output_dir=str(ws.cpo_run_dir(name)),
+                init_adapter=runs.start_adapter(world, start),
                 objective=objective, negatives=negatives, max_steps=int(max_steps), learning_rate=float(lr),
                 batch_size=int(batch), max_length=int(max_length), beta=float(beta), cpo_alpha=float(cpo_alpha),
                 lora_r=int(lora_r), lora_alpha=int(lora_alpha), seed=int(seed),
@@ -131,8 +119,8 @@ with ui.controls("Launch a run", expanded=True):
             try:
                 run = runs.launch(ws, cfg, name, world=world.root, snapshot=snapshot,
                                   evaluate_limit=int(eval_limit) or None)
-                st.session_state["run_selected"] = run.id
-                st.session_state[FRESH_NAME] = True  # the next run gets a fresh default name
+                st.session_state[state.RUN_SELECTED] = run.id
+                st.session_state[state.RUN_NAME_FRESH] = True  # the next run gets a fresh default name
                 st.rerun()
             except InputError as e:
                 st.error(str(e))
@@ -145,10 +133,10 @@ def runs_panel() -> None:
         st.info("No run yet.")
         return
     ids = [r.id for r in all_runs]
-    if st.session_state.get("run_selected") not in ids:
-        st.session_state["run_selected"] = ids[0]
+    if st.session_state.get(state.RUN_SELECTED) not in ids:
+        st.session_state[state.RUN_SELECTED] = ids[0]
     by_id = {r.id: r for r in all_runs}
-    run = by_id[st.selectbox("Run", ids, key="run_selected",
+    run = by_id[st.selectbox("Run", ids, key=state.RUN_SELECTED,
                              format_func=lambda i: f"{by_id[i].name} · {by_id[i].objective}")]
     job = run.job_handle()
     p = job.progress() if job else {"done": 0.0, "message": "", "elapsed_s": 0, "eta_s": None}
@@ -187,15 +175,10 @@ def runs_panel() -> None:
         st.code(job.log_tail(25) if job else "(no job)", language="text")
     with st.expander("Config"):
         st.json(run.config)
-    if any(r.status == "running" for r in all_runs):
-        st.session_state["_runs_live"] = True
-    elif st.session_state.pop("_runs_live", False):
-        st.rerun()
 
 
 st.subheader("Runs")
-live = any(r.status == "running" for r in runs.list_runs(ws.store))
-st.fragment(runs_panel, run_every=1.0 if live else None)()
+ui.live_fragment(runs_panel, lambda: any(r.status == "running" for r in runs.list_runs(ws.store)), state.RUNS_LIVE)
 
 # ---- comparison ------------------------------------------------------------------------------------------
 finished = [r for r in runs.list_runs(ws.store) if r.evaluation]

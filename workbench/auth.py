@@ -14,8 +14,9 @@ import secrets
 
 import streamlit as st
 
+from workbench import state
+
 TOKEN_ENV = "WORKBENCH_TOKEN"
-_OK = "auth_ok"  # session state: this session gave the token
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -34,10 +35,10 @@ def _matches(given: object, token: str) -> bool:
 def gate() -> None:
     """Return when this session may see the pages; otherwise show the token form and stop the script."""
     token = os.environ.get(TOKEN_ENV, "")
-    if not token or st.session_state.get(_OK):
+    if not token or st.session_state.get(state.AUTH_OK):
         return
     if _matches(st.query_params.get("token"), token):
-        st.session_state[_OK] = True
+        st.session_state[state.AUTH_OK] = True
         del st.query_params["token"]  # not left in the address bar, the history or a shared link
         return
     st.title("CoT Drift Workbench")
@@ -46,7 +47,7 @@ def gate() -> None:
                               help="printed by `workbench app` when it started, or given with --token")
         submitted = st.form_submit_button("Open")
     if submitted and _matches(given, token):
-        st.session_state[_OK] = True
+        st.session_state[state.AUTH_OK] = True
         st.rerun()
     if submitted:
         st.error("That token is not the one this server was started with.")

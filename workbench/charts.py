@@ -188,7 +188,7 @@ def token_heatmap(m, title: str = "", minimap=None, focus: int | None = None) ->
     scale = _heat_scale(m, diverging, minimap)
     fig = go.Figure()
     hover = m.hover or [[repr(t) for t in m.tokens]] * len(rows)
-    cells = [[f"position {p}<br>{_esc(h)}" for p, h in zip(m.positions, row)] for row in hover]
+    cells = [[f"position {p}<br>{_esc(h)}" for p, h in zip(m.positions, row, strict=True)] for row in hover]
     fig.add_trace(go.Heatmap(z=m.values, x=x, y=rows, customdata=cells,
                              hovertemplate="%{y} · %{customdata}<br>" + _esc(label) + ": %{z:.4f}<extra></extra>",
                              colorbar={"title": {"text": m.metric}}, xgap=1, ygap=1, **scale))
@@ -230,7 +230,7 @@ def _minimap_strip(fig: go.Figure, m, mini, scale: dict, share: float) -> None:
     """Above the window, on axes x2 / y2 (the top ``share`` of the plot): the whole trajectory downsampled, one
     cell per bin of columns, the window framed. Laid out by hand: ``make_subplots`` takes a tenth of a second."""
     centres = (mini.starts + mini.ends - 1) / 2
-    spans = [f"positions {a} to {b}" for a, b in zip(mini.positions, mini.last_positions)]
+    spans = [f"positions {a} to {b}" for a, b in zip(mini.positions, mini.last_positions, strict=True)]
     fig.add_trace(go.Heatmap(z=[mini.values], x=centres, y=["whole CoT"], customdata=[spans], showscale=False,
                              hovertemplate="%{customdata}<br>peak: %{z:.4f}<extra>whole CoT</extra>",
                              xaxis="x2", yaxis="y2", **scale))
@@ -247,7 +247,7 @@ def belief_lines(path: pd.DataFrame, tokens: list[str] | None = None) -> go.Figu
     order = list(dict.fromkeys(path["checkpoint"]))
     colors = _step_colors(len(order))
     fig = go.Figure()
-    for name, color in zip(order, colors):
+    for name, color in zip(order, colors, strict=True):
         d = path[path["checkpoint"] == name]
         fig.add_trace(go.Scatter(x=d["position"], y=d["gold_prob"], name=_esc(name), mode="lines",
                                  line={"color": color, "width": 2.5 if name == order[0] else 1.8},
@@ -293,7 +293,7 @@ def perturbation_beliefs(df: pd.DataFrame, branches: dict | None = None) -> go.F
                              "<extra></extra>"))
     flips = df["flip"].to_numpy(dtype=bool)
     if flips.any():
-        fig.add_trace(go.Scatter(x=[n for n, f in zip(names, flips) if f], y=[1.05] * int(flips.sum()), mode="text",
+        fig.add_trace(go.Scatter(x=[n for n, f in zip(names, flips, strict=True) if f], y=[1.05] * int(flips.sum()), mode="text",
                                  text=["flip"] * int(flips.sum()), textfont={"color": "#d62828"}, name="answer flipped",
                                  hoverinfo="skip"))
     fig.update_layout(barmode="group", height=320, yaxis={"range": [0, 1.12], "title": "P(gold answer)"},

@@ -33,7 +33,7 @@ def counterfactual_rows(table: pd.DataFrame) -> pd.DataFrame:
         out["created_at"] = pd.to_datetime(out["created_at"], unit="s", utc=True).dt.tz_convert(None).dt.floor("s")
     if "model" in out:
         out["model"] = [m if isinstance(m, str) and m else ("graph rules" if meth == "graph" else "–")
-                        for m, meth in zip(out["model"], out.get("method", [""] * len(out)))]
+                        for m, meth in zip(out["model"], out.get("method", [""] * len(out)), strict=True)]
     return out
 
 
@@ -71,13 +71,13 @@ def _store():
 def _decide(item_id: int, decision: str) -> None:
     """Button callback: runs before the rerun, so the next item is claimed in the same run."""
     store = _store()
-    text, note = st.session_state.get(f"cur_edit_{item_id}"), st.session_state.get(f"cur_note_{item_id}", "")
+    text, note = st.session_state.get(state.cur_edit(item_id)), st.session_state.get(state.cur_note(item_id), "")
     try:
         curation.annotate(store, item_id, st.session_state[state.ANNOTATOR], decision,
                           text if decision == "edit" else None, note)
-        st.session_state["cur_last"] = f"{decision} #{item_id}"
+        st.session_state[state.CUR_LAST] = f"{decision} #{item_id}"
     except InputError as e:
-        st.session_state["cur_last_error"] = str(e)
+        st.session_state[state.CUR_LAST_ERROR] = str(e)
 
 
 def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, int]) -> None:
@@ -85,7 +85,7 @@ def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, i
     ``counts`` is ``curation.progress(store, flt)``, read once per run for this view and the queue's."""
     done, total = counts
     st.progress(done / total if total else 0.0, text=f"Queue: {done} of {total} settled")
-    if err := st.session_state.pop("cur_last_error", None):
+    if err := st.session_state.pop(state.CUR_LAST_ERROR, None):
         st.error(err)
     item_id = curation.claim_next(store, annotator, flt)
     if item_id is None:
@@ -96,15 +96,15 @@ def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, i
     st.caption(inert(f"Item #{item.id} · {item.label} → {item.target} · method {item.method} · source {item.source} · ")
                + f"consistency {score} · needs {item.required} decision(s)")
     st.html(pair_html(item))
-    st.text_area("Edit the counterfactual in place, then Save edit", item.counterfactual, key=f"cur_edit_{item_id}")
-    st.text_input("Note", key=f"cur_note_{item_id}", placeholder="why (optional)")
+    st.text_area("Edit the counterfactual in place, then Save edit", item.counterfactual, key=state.cur_edit(item_id))
+    st.text_input("Note", key=state.cur_note(item_id), placeholder="why (optional)")
     cols = st.columns(4)
-    for col, (decision, key) in zip(cols, KEYS.items()):
+    for col, (decision, key) in zip(cols, KEYS.items(), strict=True):
         label = {"edit": "Save edit"}.get(decision, decision.capitalize())
         col.button(label, key=f"cur_{decision}", shortcut=key, on_click=_decide,
                    args=(item_id, decision), type="primary" if decision == "accept" else "secondary",
                    width="stretch")
-    if last := st.session_state.get("cur_last"):
+    if last := st.session_state.get(state.CUR_LAST):
         st.caption(f"Last: {inert(last)}")
 
 
@@ -127,13 +127,13 @@ def queue_panel(store, flt: curation.QueueFilter, counts: tuple[int, int]) -> No
                (f"; the first {QUEUE_ROWS} are listed" if len(df) == QUEUE_ROWS else ""))
     st.dataframe(df, hide_index=True, key="cur_queue")
     c = st.columns([1, 3])
-    k = c[0].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_k")
+    k = c[0].number_input("Decisions needed per item (k)", 1, 10, 1, key=state.CUR_K)
     c[1].button(f"Set k = {k} on the {total} filtered items", key="cur_set_k", on_click=_set_k, args=(flt,))
 
 
 def _set_k(flt: curation.QueueFilter) -> None:
     """Button callback: runs before the rerun, so the focus view above already shows the new k."""
-    k = int(st.session_state["cur_k"])
+    k = int(st.session_state[state.CUR_K])
     changed = curation.set_required(_store(), k, flt)
     st.toast(f"k = {k} on {changed} items")
 
@@ -184,7 +184,7 @@ def examples_panel(store, folder: Path | None) -> None:
     if c[1].button("Import the example", key="cur_import_example"):
         try:
             r = snapshots.import_file(store, pick)
-            st.session_state["cur_imported"] = (f"Imported {pick.name} ({r.format}): kept {r.kept} pairs, "
+            st.session_state[state.CUR_IMPORTED] = (f"Imported {pick.name} ({r.format}): kept {r.kept} pairs, "
                                                 f"{r.duplicates} duplicates, skipped {r.skipped} invalid records.")
             st.rerun()
         except InputError as e:
@@ -200,7 +200,7 @@ def import_panel(store, examples: Path | None = None) -> None:
     fmt = c[0].selectbox("Format", ["auto", "ccf", "trl", "swift"], key="cur_import_format")
     k = c[1].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_import_k")
     keep = c[2].checkbox("Keep the valid part if some records are invalid", key="cur_keep_valid")
-    if done := st.session_state.pop("cur_imported", None):
+    if done := st.session_state.pop(state.CUR_IMPORTED, None):
         st.success(done)
     if st.button("Import", key="cur_import", type="primary"):
         bar = st.progress(0.0, text="Importing…")
@@ -211,7 +211,7 @@ def import_panel(store, examples: Path | None = None) -> None:
                           (formats.read_text(check_data_path(path.strip(), data_roots(store))), Path(path.strip()).name))
             r = snapshots.import_text(store, text, name, None if fmt == "auto" else fmt, keep, int(k),
                                       progress=lambda d, n: bar.progress(d / n, text=f"Importing {d}/{n}"))
-            st.session_state["cur_imported"] = (f"Imported {name} ({r.format}): kept {r.kept} pairs, {r.duplicates} "
+            st.session_state[state.CUR_IMPORTED] = (f"Imported {name} ({r.format}): kept {r.kept} pairs, {r.duplicates} "
                                                 f"duplicates, skipped {r.skipped} invalid records.")
             st.rerun()  # the queue and the filters show the new pairs
         except UnicodeDecodeError as e:
@@ -241,7 +241,7 @@ def export_panel(store, root: Path) -> None:
     if st.button("Export", key="cur_export", type="primary"):
         try:
             cfg = snapshots.ExportConfig(fmt, float(test), int(seed), conv, system or None,
-                                         dict(zip(weights["source"], weights["weight"].astype(float))), pending,
+                                         dict(zip(weights["source"], weights["weight"].astype(float), strict=True)), pending,
                                          name.strip() or None)
             snap = snapshots.export_snapshot(store, root, cfg)
             rows = ", ".join(f"{n} {split}" for split, n in snap.split["rows"].items())

@@ -29,10 +29,44 @@ GRAPH_SEEN = "graph_seen_version"  # (graph key, version) this tab shows and edi
 GRAPH_SEARCH = "graph_search"
 GRAPH_FLASH = "graph_flash"  # message to show after an edit's rerun
 CF_LAST = "cf_last"  # the counterfactuals generated last in this tab, for the preview
-CF_STOP = "cf_stop"  # set by the Stop button: the running batch ends after the current trajectory
-CF_PROGRESS = "cf_progress"  # the last batch's progress, shown after it ends or is stopped
 RUN_DATA = "run_data_choice"  # CPO runs: the preference data chosen, kept across pages
 ANNOTATOR = "annotator"  # curation: the annotator's name, set once per session
+AUTH_OK = "auth_ok"  # this session gave the server's access token
+OPEN_EXPLORER = "_open_explorer"  # set inside a jobs fragment: the next full run switches to the explorer
+EXPLORER_ANALYSIS = "explorer_analysis"  # widget: the explorer's analysis picker (persisted as ANALYSIS)
+EXPLORER_TRAJECTORY = "explorer_trajectory"  # widget: the explorer's trajectory picker (persisted as TRAJECTORY)
+LAB_ANALYSIS = "lab_analysis"  # widget: the perturbation lab's analysis picker
+LAB_TRAJECTORY = "lab_trajectory"  # widget: the perturbation lab's trajectory picker
+LAB_RESULT = "lab_result"  # the last single swap: (traj_id, find, replace, mode, result table)
+RUN_DATA_WIDGET = "run_data"  # widget: the preference data picker (its value kept under RUN_DATA)
+RUN_NAME = "run_name"  # widget: the run name field, filled with a fresh default
+RUN_NAME_FRESH = "_run_name_fresh"  # set by Launch: the next rerun fills the name field with a new default
+RUN_SELECTED = "run_selected"  # widget: the run shown in the runs panel
+RUNS_LIVE = "_runs_live"  # a run was running at the last redraw of the runs panel
+CUR_LAST = "cur_last"  # curation: the last decision, shown under the buttons
+CUR_LAST_ERROR = "cur_last_error"  # curation: why the last decision was refused
+CUR_K = "cur_k"  # widget: decisions needed per item
+CUR_IMPORTED = "cur_imported"  # curation: what the last import kept, shown after its rerun
+
+
+def running_flag(kind: str) -> str:
+    """A job of ``kind`` was running at the last redraw of its jobs panel (its end reruns the page)."""
+    return f"_running_{kind}"
+
+
+def last_found(widget_key: str) -> str:
+    """The folder last picked from the 'found under the data roots' list beside the text field ``widget_key``."""
+    return f"{widget_key}_last_found"
+
+
+def cur_edit(item_id: int) -> str:
+    """Widget: the in-place edit of curation item ``item_id``."""
+    return f"cur_edit_{item_id}"
+
+
+def cur_note(item_id: int) -> str:
+    """Widget: the note beside curation item ``item_id``'s decision."""
+    return f"cur_note_{item_id}"
 
 
 def init() -> None:
@@ -40,10 +74,9 @@ def init() -> None:
     st.session_state.setdefault(WORKSPACE_PATH, os.environ.get(ENV_VAR) or "")
     st.session_state.setdefault(PRESENTATION, False)
     st.session_state.setdefault(FIG_FORMAT, "png")
-    for key in (GRAPH_SEEN, GRAPH_FLASH, CF_LAST, CF_PROGRESS):
+    for key in (GRAPH_SEEN, GRAPH_FLASH, CF_LAST):
         st.session_state.setdefault(key, None)
     st.session_state.setdefault(GRAPH_SEARCH, "")
-    st.session_state.setdefault(CF_STOP, False)
     st.session_state.setdefault(ANNOTATOR, "")
     st.session_state.setdefault(TRAJ_WINDOW_WIDTH, 80)  # about the most token labels that fit the chart's width
 

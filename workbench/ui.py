@@ -72,6 +72,19 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def live_fragment(body, is_live, flag: str) -> None:
+    """Draw ``body()`` in a fragment that redraws itself every second while ``is_live()``; when the last live
+    thing ends, the whole page reruns once (``flag`` in the session remembers it was live)."""
+    def panel() -> None:
+        body()
+        if is_live():
+            st.session_state[flag] = True
+        elif st.session_state.pop(flag, False):
+            st.rerun()  # it just ended: redraw the page around it
+
+    st.fragment(panel, run_every=1.0 if is_live() else None)()
+
+
 def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
     """The latest background jobs of ``kind``: live progress with ETA and Cancel while running (the panel
     redraws itself every second), the log when one fails, and ``done_actions(job, main, side)`` to show
@@ -95,14 +108,9 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
                 if status != "done":
                     with main.expander("Log", expanded=status in ("failed", "died")):
                         st.code(job.log_tail(15) or "(empty)", language="text")
-        flag = f"_running_{kind}"
-        if any(j.state() == "running" for j in recent):
-            st.session_state[flag] = True
-        elif st.session_state.pop(flag, False):
-            st.rerun()  # a job just ended: redraw the page around it
 
-    live = any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind)[:limit])
-    st.fragment(panel, run_every=1.0 if live else None)()
+    live_fragment(panel, lambda: any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind)[:limit]),
+                  state.running_flag(kind))
 
 
 def branch_comparison(path: str, stamp: str, branches: dict) -> None:
@@ -161,16 +169,31 @@ def world_picker() -> None:
                       "or `workbench world create`)")
 
 
-def current_world(note: str = ""):
-    """The session's world, or None with a warning on the page when it cannot be opened."""
+def page_context(world_required: bool = False, note: str = ""):
+    """Every page's preamble: defaults filled, then ``(workspace, world)``. A workspace that cannot be opened
+    stops the page with one error; so does the world when the page needs one, otherwise it is None with a
+    warning (``note`` says what the page offers instead)."""
     from core.errors import InputError
     from workbench import resources
 
+    state.init()
     try:
-        return resources.load_world(str(state.world_path()))
+        ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
     except InputError as e:
+        _unusable("workspace", e)
+    try:
+        return ws, resources.load_world(str(state.world_path()))
+    except InputError as e:
+        if world_required:
+            _unusable("world", e)
         st.warning(f"Cannot open the world: {e}{note}")
-        return None
+        return ws, None
+
+
+def _unusable(what: str, error: Exception) -> None:
+    """The one way a page shows what it cannot open: an error naming it, then the page stops."""
+    st.error(f"Cannot open the {what}: {error}")
+    st.stop()
 
 
 def pick_analysis(ws, world, widget_key: str, label: str, empty: str):

@@ -27,12 +27,12 @@ def drift_table_row(test: list[dict], preds: list[str | None], perturbed: list[d
     Opacity, answered Lung Opacity.
     """
     def acc(recs, preds, keep=lambda r: True):
-        pairs = [(r, p) for r, p in zip(recs, preds) if keep(r)]
+        pairs = [(r, p) for r, p in zip(recs, preds, strict=True) if keep(r)]
         return sum(p == r["label"] for r, p in pairs) / max(1, len(pairs))
 
-    by_id = dict(zip((r["id"] for r in test), preds))
-    flips = [by_id[r["source_id"]] != p for r, p in zip(perturbed, preds_perturbed)]
-    carriers = [p for r, p in zip(test, preds)
+    by_id = dict(zip((r["id"] for r in test), preds, strict=True))
+    flips = [by_id[r["source_id"]] != p for r, p in zip(perturbed, preds_perturbed, strict=True)]
+    carriers = [p for r, p in zip(test, preds, strict=True)
                 if spec.SHORTCUT_FINDING in r["findings"] and r["label"] != spec.SHORTCUT_LABEL]
     return {
         "accuracy": acc(test, preds),

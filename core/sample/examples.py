@@ -40,7 +40,7 @@ def write_examples(world: Path, out: Path | None = None, n: int = 6) -> dict[str
     out = out or world / "examples"
     out.mkdir(parents=True, exist_ok=True)
     rows = example_pairs(world, n)
-    ccf = [{**item, "id": row["id"]} for item, row in zip(formats.ccf_records(rows), rows)]
+    ccf = [{**item, "id": row["id"]} for item, row in zip(formats.ccf_records(rows), rows, strict=True)]
     texts = {"ccf": json.dumps(ccf, indent=1, ensure_ascii=False) + "\n",
              "trl": "".join(json.dumps(formats.trl_record(r), ensure_ascii=False) + "\n" for r in rows),
              "swift": json.dumps([formats.swift_record(r) for r in rows], indent=1, ensure_ascii=False) + "\n"}

@@ -43,7 +43,7 @@ def prompt_text(surfaces: tuple[str, ...]) -> str:
 def completion_text(study: Study) -> str:
     """The gold chain of thought: each finding read in the light of the diagnosis, then the answer."""
     steps = []
-    for finding, surface in zip(study.findings, study.surfaces):
+    for finding, surface in zip(study.findings, study.surfaces, strict=True):
         rates = spec.FINDING_RATES[study.label]
         reading = study.label if rates.get(finding, 0) > 0 else spec.supporters(finding)[0]
         steps.append(f"{surface} suggests {reading}.")
@@ -114,7 +114,7 @@ def stream_batch(rng: random.Random, step: int, total_steps: int, size: int, max
 def perturb(record: dict, rng: random.Random) -> dict | None:
     """Swap one finding for a near-synonym (preferring forms that say "opacity"); None if none has one."""
     options = []
-    for k, (f, s) in enumerate(zip(record["findings"], record["surfaces"])):
+    for k, (f, s) in enumerate(zip(record["findings"], record["surfaces"], strict=True)):
         for alt in spec.SYNONYMS[f]:
             if alt != s:
                 options.append((("opacity" in alt) and ("opacity" not in s), k, alt))

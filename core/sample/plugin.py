@@ -37,8 +37,8 @@ def preference_set(world, out) -> str:
 def extra_metrics(records: list[dict], preds: list, perturbed: list[dict], preds_perturbed: list) -> dict:
     """The shortcut share (studies that show "opacity" but are not Lung Opacity, answered Lung Opacity) and
     the accuracy on the classes rare in SFT (the beneficial drift), as in ``metrics.json``."""
-    carriers = [p for r, p in zip(records, preds)
+    carriers = [p for r, p in zip(records, preds, strict=True)
                 if spec.SHORTCUT_FINDING in r.get("findings", ()) and r["label"] != spec.SHORTCUT_LABEL]
-    rare = [p == r["label"] for r, p in zip(records, preds) if r["label"] in spec.RARE_IN_SFT]
+    rare = [p == r["label"] for r, p in zip(records, preds, strict=True) if r["label"] in spec.RARE_IN_SFT]
     return {"opacity_to_lung_opacity": sum(p == spec.SHORTCUT_LABEL for p in carriers) / max(1, len(carriers)),
             "rare_class_accuracy": sum(rare) / max(1, len(rare))}

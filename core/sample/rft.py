@@ -63,7 +63,7 @@ def rft_step(model, tokenizer, opt, batch: list[dict], cfg: RFTConfig) -> dict[s
                              eos_token_id=tokenizer.eos_token_id)  # (B*G, P+L)
     n_prompt = enc["input_ids"].shape[1]
     texts = tokenizer.batch_decode(seq[:, n_prompt:], skip_special_tokens=True)
-    rewards = torch.tensor([float(generator.parse_answer(t) == y) for t, y in zip(texts, labels)])
+    rewards = torch.tensor([float(generator.parse_answer(t) == y) for t, y in zip(texts, labels, strict=True)])
     grouped = rewards.view(-1, cfg.group)  # (B, G)
     adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
     comp_mask = _completion_mask(seq[:, n_prompt:], tokenizer.eos_token_id)  # (B*G, L)

@@ -67,7 +67,7 @@ def _analysis(n: int, length: int, rng, checkpoints=CHECKPOINTS) -> Analysis:
                             "accuracy": 0.5, "final_gold_prob": 0.5, "kl_base": 0.1, "kl_prev": 0.1, "js_base": 0.1,
                             "entropy": 1.0, "share_detrimental": 0.1, "share_beneficial": 0.1})
     cfg = AnalysisConfig(base="model", data="missing.jsonl")
-    records = [{"id": t, "prompt": "p", "completion": "c", "label": g} for t, g in zip(ids, gold)]
+    records = [{"id": t, "prompt": "p", "completion": "c", "label": g} for t, g in zip(ids, gold, strict=True)]
     return Analysis(cfg, tokens, beliefs, effects, summary, drift.drivers_by_token(effects.head(20_000)),
                     pd.DataFrame(), pd.DataFrame(), drift.step_changes(beliefs, n_permutations=50), records)
 

@@ -100,11 +100,11 @@ def test_vl_scoring_and_probe_speed(tmp_path):
     plans = [list(range(e.start, e.think_end + 1, 2)) for e in encs[:2]]
     with vs.activate("checkpoint-4") as model:
         t = time.perf_counter()
-        for e, pos in zip(encs[:2], plans):
+        for e, pos in zip(encs[:2], plans, strict=True):
             probe_vl(model, vs.processor, [e], [pos], cfg, LABELS)
         fast = time.perf_counter() - t
         t = time.perf_counter()
-        for e, pos in zip(encs[:2], plans):
+        for e, pos in zip(encs[:2], plans, strict=True):
             probe_vl_naive(model, vs.processor, e, pos, cfg, LABELS)
         naive = time.perf_counter() - t
     n = sum(map(len, plans))

@@ -33,7 +33,7 @@ def test_asks_the_name_once_then_annotates_with_the_buttons(tmp_path):
     at.button(key="cur_reject").click().run()
     assert not at.exception
     df = curation.queue(ws.store)
-    assert dict(zip(df["id"], df["status"])) == {1: "done", 2: "done", 3: "pending"}
+    assert dict(zip(df["id"], df["status"], strict=True)) == {1: "done", 2: "done", 3: "pending"}
     assert curation.item(ws.store, 2).annotations["note"].tolist() == ["keeps a finding of the original"]
     edited = "<think> an edited chain of thought </think> The disease of this patient is Edema."
     at.text_area(key="cur_edit_3").input(edited)
@@ -64,7 +64,7 @@ def test_export_records_a_snapshot_and_agreement_renders(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3), required=2)
     for who, decisions in (("ada", ["accept", "accept", "reject"]), ("bob", ["accept", "reject", "reject"])):
-        for item_id, decision in zip((1, 2, 3), decisions):
+        for item_id, decision in zip((1, 2, 3), decisions, strict=True):
             curation.annotate(ws.store, item_id, who, decision)
     at = page(tmp_path / "ws", "ada")
     assert {m.label: m.value for m in at.metric}["Items rated twice or more"] == "3"

@@ -113,7 +113,13 @@ def test_counterfactuals_page_generates_previews_batches_and_lists(tmp_path):
     at.radio(key="cf_mode").set_value("all").run()
     at.number_input(key="cf_batch_n").set_value(5).run()
     at.button(key="cf_batch_run").click().run()
-    assert not at.exception
+    assert not at.exception and not at.error
+    from core import counterfactual_job, jobs
+    from core.workspace import Workspace
+
+    job = jobs.list_jobs(Workspace.open(at.session_state[state.WORKSPACE_PATH]).job_dirs, counterfactual_job.KIND)[0]
+    assert job.wait(timeout=120) == "done", job.log_tail()  # a background job: the page only re-attaches
+    at.run()
     assert any("5 of 5 trajectories" in c.value for c in at.caption)
     table = at.dataframe[0].value
     assert table["trajectory"].nunique() == 5 and len(table) >= 5 * 13 - 2

@@ -38,7 +38,7 @@ def test_compare_counts_flips_and_ranks_tokens():
     cmp = compare(tokens, beliefs, "ck", "fix")
     assert cmp.summary["model"].tolist() == ["start: ck", "repaired: fix"]
     assert cmp.summary["probe_accuracy"].round(3).tolist() == [0.667, 0.667]
-    assert dict(zip(cmp.flips["traj_id"], cmp.flips["flip"])) == {"a": "fixed", "b": "broken"}
+    assert dict(zip(cmp.flips["traj_id"], cmp.flips["flip"], strict=True)) == {"a": "fixed", "b": "broken"}
     assert cmp.tokens.iloc[0]["token"] == " Lung" and round(cmp.tokens.iloc[0]["mean_logprob_change"], 3) == -2.9
 
 
@@ -127,9 +127,9 @@ def test_step_changes_never_compare_an_rft_step_with_a_run_branched_earlier():
                              "gold_prob": g + 0.01 * i, "answer": "Edema", "gold": "Edema"}
                             for i in range(8) for c, g in golds.items()])
     plain = drift.step_changes(beliefs, n_permutations=200)
-    assert ("fix", "ck-240") in set(zip(plain["from_checkpoint"], plain["to_checkpoint"]))  # the old mistake
+    assert ("fix", "ck-240") in set(zip(plain["from_checkpoint"], plain["to_checkpoint"], strict=True))  # the old mistake
     df = drift.step_changes(beliefs, n_permutations=200, branches={"fix": "ck-160"})
-    pairs = dict(zip(df["to_checkpoint"], df["from_checkpoint"]))
+    pairs = dict(zip(df["to_checkpoint"], df["from_checkpoint"], strict=True))
     assert pairs == {"ck-160": "base", "fix": "ck-160", "ck-240": "ck-160"}
     assert df.set_index("to_checkpoint").at["fix", "branch"]
     assert df.set_index("to_checkpoint").at["ck-240", "mean_change"] < 0 < df.set_index("to_checkpoint").at["fix", "mean_change"]
@@ -227,7 +227,7 @@ def test_an_analysis_of_a_series_with_a_run_measures_the_run_from_its_start(quic
                          checkpoints=[str(adapters / "checkpoint-2"), str(adapters / "checkpoint-4"), str(fix)],
                          limit=2, positions="end", top_k=0, base_names=["cxr-demo-tiny-llama"])
     result = run_analysis(cfg, cache_dir=tmp_path / "cache")
-    pairs = dict(zip(result.changes["to_checkpoint"], result.changes["from_checkpoint"]))
+    pairs = dict(zip(result.changes["to_checkpoint"], result.changes["from_checkpoint"], strict=True))
     assert pairs == {"checkpoint-2": "base", "checkpoint-4": "checkpoint-2", "fixB": "checkpoint-2"}
     assert result.changes.set_index("to_checkpoint")["branch"].to_dict() == {
         "checkpoint-2": False, "checkpoint-4": False, "fixB": True}

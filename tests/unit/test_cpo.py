@@ -122,7 +122,7 @@ def test_random_negatives_take_another_label(tmp_path, sample_world):
     pairs = read_pairs(build_preferences(sample_world, tmp_path / "p.jsonl", n=40, seed=1))
     neg = random_negatives(pairs, seed=3)
     chosen_label = {p["chosen"]: p["label"] for p in pairs}
-    assert all(chosen_label[n["rejected"]] != p["label"] for p, n in zip(pairs, neg))
+    assert all(chosen_label[n["rejected"]] != p["label"] for p, n in zip(pairs, neg, strict=True))
     assert neg == random_negatives(pairs, seed=3) and neg != random_negatives(pairs, seed=4)
 
 

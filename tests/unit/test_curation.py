@@ -27,7 +27,7 @@ def store(tmp_path):
 
 def statuses(store, **kw):
     df = curation.queue(store, QueueFilter(**kw))
-    return dict(zip(df["id"], df["status"]))
+    return dict(zip(df["id"], df["status"], strict=True))
 
 
 def test_queue_puts_pending_first_and_filters(store):
@@ -81,7 +81,7 @@ def test_bad_decisions_are_refused(store):
 
 def test_cohen_per_pair_fleiss_and_light_overall(store):
     ada, bob = ["accept", "accept", "reject", "reject"], ["accept", "reject", "reject", "reject"]
-    for item, a, b in zip(range(1, 5), ada, bob):
+    for item, a, b in zip(range(1, 5), ada, bob, strict=True):
         curation.annotate(store, item, "ada", a)
         curation.annotate(store, item, "bob", b)
     ag = curation.agreement(store)

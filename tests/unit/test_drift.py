@@ -31,7 +31,7 @@ def test_token_effects_and_direction_on_a_handcrafted_trajectory():
     rows = []
     for step, golds in ((0, [0.5, 0.5, 0.6, 0.9]), (10, [0.5, 0.2, 0.3, 0.9])):
         rows += [{"traj_id": "t1", "checkpoint": f"c{step}", "step": step, "position": p, "gold_prob": g}
-                 for p, g in zip(range(0, 4), golds)]
+                 for p, g in zip(range(0, 4), golds, strict=True)]
     eff = drift.token_effects(pd.DataFrame(rows), [e])
     late = eff[eff.step == 10].set_index("position")
     assert late.loc[0, "token"] == " opacity"
@@ -105,7 +105,7 @@ def test_base_is_found_by_name_even_when_steps_collide():
     rows = [{"traj_id": "t1", "checkpoint": c, "step": st, "position": p, "gold_prob": g, "answer": "Pneumonia",
              "gold": "Pneumonia"}
             for c, st, golds in (("base", 0, [0.5, 0.6, 0.7]), ("run_a", 0, [0.5, 0.4, 0.3]), ("run_b", 0, [0.5, 0.5, 0.9]))
-            for p, g in zip(range(3), golds)]
+            for p, g in zip(range(3), golds, strict=True)]
     beliefs = pd.DataFrame(rows)
     eff = drift.token_effects(beliefs, [e])
     assert len(eff) == 3 * 2  # two read tokens per checkpoint, no duplicated base rows
@@ -173,7 +173,7 @@ def test_linear_time_drift_tables_equal_the_former_joins(every):
                       "gold_prob": float(rng.random())} for p in sorted(set(positions))]
     eff = drift.token_effects(pd.DataFrame(rows), encoded)
     want_tokens = ["".join(next(e for e in encoded if e.id == t).tokens[2 + p: 2 + q])
-                   for t, p, q in zip(eff["traj_id"], eff["position"], eff["next_position"])]
+                   for t, p, q in zip(eff["traj_id"], eff["position"], eff["next_position"], strict=True)]
     assert eff["token"].tolist() == want_tokens
     for e in encoded:
         assert drift.concept_spans(e, drift.concept_surfaces(g)) == _reference_concept_spans(e, drift.concept_surfaces(g))

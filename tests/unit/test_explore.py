@@ -114,13 +114,13 @@ def test_hover_text_equals_the_former_cell_by_cell_build(shipped, table):
     traj = table.iloc[0]["traj_id"]
     m = explore.token_matrix(a.tokens, a.effects, traj, "effect_drift", include_prompt=True)
     ctx = a.tokens[a.tokens["traj_id"] == traj].set_index(["checkpoint", "position"])
-    for name, row in zip(m.checkpoints, m.hover):
-        for p, t, got in zip(m.positions, m.tokens, row):
+    for name, row in zip(m.checkpoints, m.hover, strict=True):
+        for p, t, got in zip(m.positions, m.tokens, row, strict=True):
             if (name, p) not in ctx.index:
                 assert got == repr(t)
                 continue
             r = ctx.loc[(name, p)]
-            alts = ", ".join(f"{x!r} {q:.3f}" for x, q in zip(r["top_tokens"], r["top_probs"]))
+            alts = ", ".join(f"{x!r} {q:.3f}" for x, q in zip(r["top_tokens"], r["top_probs"], strict=True))
             assert got == f"{t!r} p={r['prob']:.3f} rank {int(r['rank'])}\ntop: {alts}"
 
 

@@ -166,7 +166,7 @@ def test_hf_folder_loads_with_datasets_and_splits_by_study(store, tmp_path):
     assert set(dd) == {"train", "test"} and dd["train"].num_rows + dd["test"].num_rows == 80 == snap.row_count
     assert 8 <= dd["test"].num_rows <= 36 and snap.split["rows"] == {"train": dd["train"].num_rows,
                                                                        "test": dd["test"].num_rows}
-    study = lambda split: set(zip(dd[split]["prompt"], dd[split]["chosen"]))  # noqa: E731
+    study = lambda split: set(zip(dd[split]["prompt"], dd[split]["chosen"], strict=True))  # noqa: E731
     assert not study("train") & study("test")  # both counterfactuals of a study land on the same side
     assert set(dd["train"]["weight"]) == {1.0}  # one source: normalised to mean one
     trl = snapshots.export_snapshot(store, tmp_path / "ds", ExportConfig("trl", test_fraction=0.25, seed=3))

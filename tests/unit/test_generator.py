@@ -23,7 +23,7 @@ def test_record_format_prompt_cot_answer():
         assert r["completion"].endswith(f"The disease of this patient is {r['label']}.")
         assert g.parse_answer(r["completion"]) == r["label"]
         assert len(r["findings"]) == len(r["surfaces"]) >= 1
-        for f, s in zip(r["findings"], r["surfaces"]):
+        for f, s in zip(r["findings"], r["surfaces"], strict=True):
             assert s in spec.SYNONYMS[f] and s in r["prompt"]
             assert f"{s} suggests " in r["completion"]
 
@@ -70,7 +70,7 @@ def test_perturb_swaps_exactly_one_surface_for_a_synonym_and_keeps_the_label():
     for r in g.stationary(rng, 300, "test"):
         p = g.perturb(r, rng)
         assert p is not None and p["label"] == r["label"] and p["source_id"] == r["id"]
-        changed = [k for k, (a, b) in enumerate(zip(r["surfaces"], p["surfaces"])) if a != b]
+        changed = [k for k, (a, b) in enumerate(zip(r["surfaces"], p["surfaces"], strict=True)) if a != b]
         assert changed == [p["swap"]["position"]]
         k = changed[0]
         assert p["surfaces"][k] in spec.SYNONYMS[r["findings"][k]]

@@ -1,6 +1,7 @@
 """The committed demo world: loads with transformers/peft, its checkpoints differ, and its documented drift
 is real (a fresh evaluation reproduces the recorded table)."""
 
+import itertools
 import json
 import os
 
@@ -61,7 +62,7 @@ def test_checkpoints_load_as_peft_adapters_and_differ_from_each_other(world):
         assert PeftConfig.from_pretrained(c.path).base_model_name_or_path == world.manifest["base_model_name"]
         weights.append(load_file(c.path / "adapter_model.safetensors"))
     keys = sorted(weights[0])
-    for a, b in zip(weights, weights[1:]):
+    for a, b in itertools.pairwise(weights):
         assert keys == sorted(b)
         assert any(not torch.equal(a[k], b[k]) for k in keys)
 

@@ -37,7 +37,7 @@ def test_encode_spans_and_tokens(sample_world):
 
     tok = AutoTokenizer.from_pretrained(sample_world / "model")
     recs = read_jsonl(sample_world / "data" / "test.jsonl", limit=5)
-    for rec, e in zip(recs, encode(tok, recs)):
+    for rec, e in zip(recs, encode(tok, recs), strict=True):
         assert e.input_ids[0] == tok.bos_token_id
         assert "".join(e.completion_tokens) == " " + rec["completion"]
         assert e.completion_tokens[e.think_end - e.start] == "</think>"

@@ -80,7 +80,7 @@ def test_scoring_equals_a_direct_forward(vl_series, vl_encoded, name):
         batch = collate(vl_encoded, vl_series.processor, model)  # padded: rows of different lengths
         assert batch.attention_mask.sum(1).tolist() != [batch.input_ids.shape[1]] * len(vl_encoded)
         got = token_logprobs(model, batch)
-        for e, lp in zip(vl_encoded, got):
+        for e, lp in zip(vl_encoded, got, strict=True):
             torch.testing.assert_close(lp, direct(model, e, pad), rtol=1e-4, atol=1e-4)
         # image tokens are never scored rows: the completion mask holds completion tokens only
         assert not (batch.completion_mask & (batch.input_ids == pad)).any()
@@ -114,7 +114,7 @@ def test_probe_equals_naive_reencoding(vl_series, vl_encoded, name):
     positions = [[e.start, e.start + 2, e.think_end] for e in vl_encoded]
     with vl_series.activate(name) as model:
         fast = probe_vl(model, vl_series.processor, vl_encoded, positions, PROBE, LABELS)
-        for e, ch, got in zip(vl_encoded, positions, fast):
+        for e, ch, got in zip(vl_encoded, positions, fast, strict=True):
             ref = probe_vl_naive(model, vl_series.processor, e, ch, PROBE, LABELS)
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
             assert got.shape == (3, len(LABELS))
@@ -128,7 +128,7 @@ def test_probe_with_shared_image_features(vl_series, vl_encoded):
     with vl_series.activate("checkpoint-4") as model:
         shared = probe_vl(model, vl_series.processor, vl_encoded, positions, PROBE, LABELS, feats)
         own = probe_vl(model, vl_series.processor, vl_encoded, positions, PROBE, LABELS)
-    for a, b in zip(shared, own):
+    for a, b in zip(shared, own, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
