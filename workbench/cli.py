@@ -297,6 +297,18 @@ def cmd_world_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench", description="CoT Drift Workbench: see and repair concept "
                                  "drift in the chain of thought of RFT checkpoints.")
@@ -336,7 +348,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
     p.add_argument("--config", type=expand, help="an AnalysisConfig JSON (e.g. an analysis's config.json) instead of "
                    "the series flags; flags given as well override it")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_batch_size, help="trajectories per scoring pass, or auto (the default): "
+                   "the most that the free device memory holds, by estimate (a run that cannot fit is refused first)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])
     p.add_argument("--cot-only", action="store_true", help="probe the CoT only, not the prompt")
