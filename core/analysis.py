@@ -290,10 +290,18 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions, include_prompt=cfg.include_prompt)
     beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
                        stage("probe", (0.3, 1.0)), should_cancel)
-    effects = drift.token_effects(beliefs, encoded, cfg.tau)
-    by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
+    result = assemble(cfg, records, encoded, graph, tokens, beliefs)
     if progress:
         progress(1.0, 1.0, "done")
+    return result
+
+
+def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: pd.DataFrame,
+             beliefs: pd.DataFrame) -> Analysis:
+    """The drift tables from the scoring and probe tables: ``run_analysis``'s last step, and the merge of a
+    sharded run (core.shards)."""
+    effects = drift.token_effects(beliefs, encoded, cfg.tau)
+    by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
     return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
                     drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
                     drift.step_changes(beliefs), records)

@@ -4,6 +4,8 @@
     workbench app --workspace ~/cxr --port 8502 --world path/to/world
     workbench build-sample [--quick] [--out DIR]
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
+    workbench score ... --out DIR --shard 0/2; ... --shard 1/2; workbench score --merge --out DIR
+    accelerate launch -m workbench.cli score ... --out DIR      # a shard per process; rank 0 merges
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
     workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
@@ -157,26 +159,60 @@ def _progress_bar(desc: str):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from core import shards
     from core.analysis import run_analysis
     from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import check_analysis_folder, disk_full_named
+    from core.outputs import check_analysis_folder
     from core.progress import Cancelled
 
-    cfg = _analysis_config(args)
     check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing
+    if args.merge:
+        return _save_analysis(shards.merge(args.out), args.out, merged=True)
+    cfg = _analysis_config(args)
+    shard = shards.Shard.parse(args.shard) if args.shard else shards.Shard.from_env()
     cache = _open_workspace(args.workspace).cache_dir if not args.no_cache else None
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
-    bar, progress = _progress_bar("analysis")
+    bar, progress = _progress_bar("analysis" if shard is None else f"shard {shard.index}/{shard.count}")
     with bar:
         try:
+            if shard is not None:
+                return _score_shard(cfg, shard, args, cache, progress, should_cancel)
             result = run_analysis(cfg, cache_dir=cache, progress=progress, should_cancel=should_cancel)
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: score cancelled; nothing written", file=sys.stderr)
             return CANCELLED
-    with disk_full_named(args.out):
-        out = result.save(args.out)
+    return _save_analysis(result, args.out)
+
+
+def _score_shard(cfg, shard, args: argparse.Namespace, cache, progress, should_cancel) -> int:
+    """One shard into its folder; under accelerate (no --shard), rank 0 then waits for the others and merges."""
+    from core import shards
+
+    if not args.shard and os.environ.get("LOCAL_RANK") and (cfg.device in (None, "cuda")):
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per process: "cuda" means this process's own
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    folder = shards.run_shard(cfg, shard, args.out, cache, progress, should_cancel)
+    print(f"\nworkbench: shard {shard.index}/{shard.count} written to {folder}", file=sys.stderr)
+    if args.shard or shard.index != 0:
+        if args.shard:
+            print(f"workbench: when all {shard.count} shards are done: workbench score --merge --out {args.out}")
+        return 0
+    shards.wait_for(args.out, cfg, shard.count, progress)
+    return _save_analysis(shards.merge(args.out), args.out, merged=True)
+
+
+def _save_analysis(result, out: Path, merged: bool = False) -> int:
+    from core import shards
+    from core.outputs import disk_full_named
+
+    with disk_full_named(out):
+        path = result.save(out)
+    if merged:
+        shards.remove(out)  # saved: the shard folders are no longer needed
     print(result.summary.round(4).to_string(index=False))
-    print(f"workbench: wrote {', '.join(f.name for f in sorted(out.glob('*')))} to {out}")
+    print(f"workbench: wrote {', '.join(f.name for f in sorted(path.glob('*')))} to {path}")
     return 0
 
 
@@ -348,6 +384,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
     p.add_argument("--config", type=expand, help="an AnalysisConfig JSON (e.g. an analysis's config.json) instead of "
                    "the series flags; flags given as well override it")
+    p.add_argument("--shard", metavar="I/N", help="score only shard I of N of the trajectories (0-based) into a "
+                   "folder beside --out; then `workbench score --merge --out DIR`. Under `accelerate launch` each "
+                   "process takes its RANK/WORLD_SIZE and rank 0 merges by itself")
+    p.add_argument("--merge", action="store_true", help="merge the finished shards of --out into one analysis")
     p.add_argument("--batch-size", type=_batch_size, help="trajectories per scoring pass, or auto (the default): "
                    "the most that the free device memory holds, by estimate (a run that cannot fit is refused first)")
     p.add_argument("--top-k", type=int)

@@ -1,0 +1,97 @@
+"""Sharded scoring (core.shards, ``workbench score --shard I/N`` / ``--merge``): equal to one unsharded run."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from core import analysis as an
+from core import shards
+from core.errors import InputError
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def cfg(quick_world, adapters):
+    # no graph: the labels come from the data, so a shard must use the whole data's labels, not its share's
+    return an.AnalysisConfig(base=str(quick_world / "model"), checkpoints=str(adapters),
+                             data=str(quick_world / "data" / "test.jsonl"), base_names=["cxr-demo-tiny-llama"],
+                             limit=5, positions="sentence", batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def unsharded(cfg, tmp_path_factory):
+    return an.run_analysis(cfg).save(tmp_path_factory.mktemp("one") / "analysis")
+
+
+def assert_same_analysis(a, b):
+    """Equal tables; floats to float32 rounding (other batch companions, other kernel shapes: 1e-7 seen)."""
+    for name in an.TABLES + ("trajectories",):
+        left, right = pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet")
+        pd.testing.assert_frame_equal(left, right, check_exact=False, rtol=1e-5, atol=1e-6, obj=name)
+    assert (a / an.TEXTS).read_text() == (b / an.TEXTS).read_text()
+    assert json.loads((a / "config.json").read_text()) == json.loads((b / "config.json").read_text())
+
+
+def test_two_shards_merged_equal_one_unsharded_run(cfg, unsharded, tmp_path):
+    out = tmp_path / "analysis"
+    for i in (1, 0):  # in any order, each into its own folder
+        folder = shards.run_shard(cfg, shards.Shard(i, 2), out, cache_dir=tmp_path / "cache")
+        assert folder.parent == tmp_path / ".analysis.shards"
+    assert shards.finished(out, cfg, 2) == [0, 1]
+    merged = shards.merge(out)
+    assert sorted(merged.tokens["traj_id"].unique()) == sorted(pd.read_parquet(unsharded / "tokens.parquet")["traj_id"].unique())
+    assert_same_analysis(merged.save(out), unsharded)
+
+
+def test_a_missing_shard_is_named_and_nothing_is_merged(cfg, tmp_path):
+    out = tmp_path / "analysis"
+    shards.run_shard(cfg, shards.Shard(0, 3), out)
+    shards.run_shard(cfg, shards.Shard(2, 3), out)
+    with pytest.raises(InputError, match="shards 1 of 3 are not finished"):
+        shards.merge(out)
+    with pytest.raises(InputError, match="no finished shard"):
+        shards.merge(tmp_path / "other")
+    assert not out.exists()
+
+
+def test_more_shards_than_trajectories_leave_some_empty(cfg, unsharded, tmp_path):
+    small = an.AnalysisConfig(**{**cfg.__dict__, "limit": 2})
+    out = tmp_path / "analysis"
+    for i in range(3):
+        shards.run_shard(small, shards.Shard(i, 3), out)
+    merged = shards.merge(out)
+    assert merged.tokens["traj_id"].nunique() == 2
+
+
+def test_shard_spec_and_environment():
+    assert shards.Shard.parse("1/4") == shards.Shard(1, 4)
+    for bad in ("4/4", "x", "1/0", "-1/2"):
+        with pytest.raises(InputError, match="shard"):
+            shards.Shard.parse(bad)
+    assert shards.Shard.from_env({"RANK": "1", "WORLD_SIZE": "2"}) == shards.Shard(1, 2)
+    assert shards.Shard.from_env({}) is None and shards.Shard.from_env({"WORLD_SIZE": "1"}) is None
+    assert shards.Shard(1, 3).take(list(range(8))) == [1, 4, 7]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "workbench.cli", "score", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_command_line_shards_and_merges(cfg, unsharded, tmp_path):
+    out = tmp_path / "analysis"
+    flags = ["--base", cfg.base, "--checkpoints", cfg.checkpoints, "--data", cfg.data, "--base-name",
+             "cxr-demo-tiny-llama", "--limit", "5", "--positions", "sentence", "--batch-size", "2", "--no-cache",
+             "--out", str(out)]
+    for i in (0, 1):
+        run = _cli(*flags, "--shard", f"{i}/2")
+        assert run.returncode == 0, run.stderr
+        assert "--merge" in run.stdout and not out.exists()
+    run = _cli("--merge", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert_same_analysis(out, unsharded)
+    assert not (tmp_path / ".analysis.shards").exists()  # removed once the merge is saved
