@@ -149,7 +149,7 @@ def plan_batch(need: Need, free: int | None, host: int | None = None, requested:
 def _refusal(need: Need, row: int, fixed: int, free: int) -> str:
     causes = {**need.row_bytes(), **need.fixed_bytes()}
     big = ", ".join(f"{k} {_gib(v)}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1])[:3])
-    which = f" ({need.longest})" if need.longest else ""
+    which = f", {need.longest}," if need.longest else ""
     hints = [f"score shorter trajectories (the longest{which} has {need.tokens} tokens: trim or --limit the data)",
              f"fewer checkpoints (now {need.checkpoints}, the base included)" if need.full_checkpoints
              else "fewer checkpoints"]

@@ -165,10 +165,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from core.outputs import check_analysis_folder
     from core.progress import Cancelled
 
+    cfg = None if args.merge else _analysis_config(args)  # a merge runs from its shards' config
     check_analysis_folder(args.out, args.force)  # before the compute: a refusal costs nothing
     if args.merge:
         return _save_analysis(shards.merge(args.out), args.out, merged=True)
-    cfg = _analysis_config(args)
     shard = shards.Shard.parse(args.shard) if args.shard else shards.Shard.from_env()
     cache = _open_workspace(args.workspace).cache_dir if not args.no_cache else None
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
