@@ -176,3 +176,47 @@ def _order(df: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
 def remove(out: str | Path) -> None:
     """The shard folder, once its merge is saved (everything in it was written by the shards)."""
     shutil.rmtree(shard_root(out), ignore_errors=True)
+
+
+# Perturbation runs (``workbench perturb ... --shard I/N``): one result file per shard, rows merged in the order
+# one process writes them. The stamp adds the swap (find, replace, mode) to the run's identity.
+
+def rows_stamp(cfg: AnalysisConfig, count: int, **swap) -> dict:
+    return json.loads(json.dumps({**_stamp(cfg, count), "swap": swap}))
+
+
+def write_rows(df: pd.DataFrame, out: str | Path, shard: Shard, stamp: dict) -> Path:
+    """One shard's perturbation rows, then its record (the shard is complete)."""
+    root = shard_root(out)
+    write_parquet(df, root / f"{shard.name}.parquet")
+    atomic_write_text(root / f"{shard.name}.json", json.dumps({**stamp, "index": shard.index}, indent=1))
+    return root / f"{shard.name}.parquet"
+
+
+def rows_finished(out: str | Path, stamp: dict) -> list[int]:
+    metas = [_read(p) for p in shard_root(out).glob(f"*-of-{stamp['count']}.json")]
+    return sorted(m["index"] for m in metas if {k: m.get(k) for k in stamp} == stamp)
+
+
+def wait_for_rows(out: str | Path, stamp: dict, poll: float = 5.0) -> None:
+    while len(rows_finished(out, stamp)) < stamp["count"]:
+        time.sleep(poll)
+
+
+def merge_rows(out: str | Path) -> pd.DataFrame:
+    """Every shard's perturbation rows, ordered as one process orders them (core.perturb.perturbation_test)."""
+    root = shard_root(out)
+    metas = [_read(p) for p in sorted(root.glob("*-of-*.json"))]
+    if not metas:
+        raise InputError(f"{root}: no finished shard to merge (run `workbench perturb ... --out {out} --shard I/N` first)")
+    cfg = AnalysisConfig.from_json(metas[0]["config"])
+    stamp = rows_stamp(cfg, metas[0]["count"], **metas[0]["swap"])
+    missing = sorted(set(range(stamp["count"])) - set(rows_finished(out, stamp)))
+    if missing:
+        raise InputError(f"{root}: shards {', '.join(map(str, missing))} of {stamp['count']} are not finished for "
+                         "this run (or ran another swap, config, data or checkpoints); run them, then merge again")
+    df = pd.concat([pd.read_parquet(root / f"{i}-of-{stamp['count']}.parquet") for i in range(stamp["count"])],
+                   ignore_index=True)
+    if stamp["swap"].get("mode") == "probe":
+        return df.sort_values(["step", "traj_id"]).reset_index(drop=True)
+    return _order(df, [r["id"] for r in read_jsonl(cfg.data, cfg.limit)])

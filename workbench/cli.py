@@ -188,11 +188,8 @@ def _score_shard(cfg, shard, args: argparse.Namespace, cache, progress, should_c
     """One shard into its folder; under accelerate (no --shard), rank 0 then waits for the others and merges."""
     from core import shards
 
-    if not args.shard and os.environ.get("LOCAL_RANK") and (cfg.device in (None, "cuda")):
-        import torch
-
-        if torch.cuda.is_available():  # one GPU per process: "cuda" means this process's own
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if not args.shard:
+        _own_gpu(cfg)
     folder = shards.run_shard(cfg, shard, args.out, cache, progress, should_cancel)
     print(f"\nworkbench: shard {shard.index}/{shard.count} written to {folder}", file=sys.stderr)
     if args.shard or shard.index != 0:
@@ -201,6 +198,15 @@ def _score_shard(cfg, shard, args: argparse.Namespace, cache, progress, should_c
         return 0
     shards.wait_for(args.out, cfg, shard.count, progress)
     return _save_analysis(shards.merge(args.out), args.out, merged=True)
+
+
+def _own_gpu(cfg) -> None:
+    """Under accelerate / torchrun, one GPU per process: "cuda" means this process's own (LOCAL_RANK)."""
+    if os.environ.get("LOCAL_RANK") and cfg.device in (None, "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
 
 
 def _save_analysis(result, out: Path, merged: bool = False) -> int:
@@ -218,21 +224,27 @@ def _save_analysis(result, out: Path, merged: bool = False) -> int:
 
 def cmd_perturb(args: argparse.Namespace) -> int:
     """Swap a span in every trajectory of a dataset and write the before/after answers per checkpoint."""
+    from core import shards
     from core.analysis import resolve_labels
-    from core.cache import write_parquet
     from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import PERTURB_COLUMNS, check_result_file, disk_full_named
-    from core.perturb import perturbation_summary, perturbation_test
+    from core.outputs import PERTURB_COLUMNS, check_result_file
+    from core.perturb import perturbation_test
     from core.progress import Cancelled
     from core.series import load_series
     from core.trajectories import read_jsonl
 
-    cfg = _analysis_config(args)
     check_result_file(args.out, args.force, PERTURB_COLUMNS)
-    if not args.find.strip():
+    if args.merge:
+        return _write_perturbation(shards.merge_rows(args.out), args.out, merged=True)
+    cfg = _analysis_config(args)
+    if not (args.find or "").strip():
         raise InputError("perturb: --find must name a non-empty span")
+    shard = shards.Shard.parse(args.shard) if args.shard else shards.Shard.from_env()
     records = read_jsonl(cfg.data, cfg.limit)
-    labels, _ = resolve_labels(cfg, records)
+    labels, _ = resolve_labels(cfg, records)  # the whole data's labels, also in a shard
+    records = shard.take(records) if shard else records
+    if shard and not args.shard:
+        _own_gpu(cfg)
     should_cancel = cancel_flag()
     bar, progress = _progress_bar("perturb")
     with bar:
@@ -245,12 +257,35 @@ def cmd_perturb(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: perturbation cancelled; nothing written", file=sys.stderr)
             return CANCELLED
+    if shard is not None:
+        stamp = shards.rows_stamp(cfg, shard.count, find=args.find, replace=args.replace, mode=args.mode)
+        print(f"workbench: shard {shard.index}/{shard.count} written to {shards.write_rows(df, args.out, shard, stamp)}",
+              file=sys.stderr)
+        if args.shard or shard.index != 0:
+            if args.shard:
+                print(f"workbench: when all {shard.count} shards are done: workbench perturb --merge --out {args.out}")
+            return 0
+        shards.wait_for_rows(args.out, stamp)
+        return _write_perturbation(shards.merge_rows(args.out), args.out, merged=True)
     if df.empty:
         raise InputError(f"perturb: no trajectory in {cfg.data} contains {args.find!r}")
-    with disk_full_named(args.out):
-        write_parquet(df, args.out)
+    return _write_perturbation(df, args.out)
+
+
+def _write_perturbation(df, out: Path, merged: bool = False) -> int:
+    from core import shards
+    from core.cache import write_parquet
+    from core.outputs import disk_full_named
+    from core.perturb import perturbation_summary
+
+    if df.empty:
+        raise InputError(f"perturb: no trajectory of the data contains the span; nothing written to {out}")
+    with disk_full_named(out):
+        write_parquet(df, out)
+    if merged:
+        shards.remove(out)
     print(perturbation_summary(df).round(4).to_string(index=False))
-    print(f"workbench: wrote {len(df)} rows to {args.out}")
+    print(f"workbench: wrote {len(df)} rows to {out}")
     return 0
 
 
@@ -397,8 +432,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true")
     p = sub.add_parser("perturb", help="swap a span in every trajectory; answers before/after per checkpoint")
     series_args(p)
-    p.add_argument("--find", required=True, help='the span to replace, e.g. "consolidation"')
-    p.add_argument("--replace", required=True, help='its replacement, e.g. "airspace opacity"')
+    p.add_argument("--find", help='the span to replace, e.g. "consolidation" (required but with --merge)')
+    p.add_argument("--replace", default="", help='its replacement, e.g. "airspace opacity"')
+    p.add_argument("--shard", metavar="I/N", help="only shard I of N of the trajectories; then --merge (under "
+                   "`accelerate launch`: RANK/WORLD_SIZE, and rank 0 merges)")
+    p.add_argument("--merge", action="store_true", help="merge the finished shards of --out into one result file")
     p.add_argument("--mode", choices=["generate", "probe"], default="generate",
                    help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
     p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows (a new "

@@ -117,3 +117,21 @@ def test_accelerate_launch_runs_a_shard_per_process_and_rank_0_merges(cfg, unsha
     assert "shard 0/2 written" in run.stderr and "shard 1/2 written" in run.stderr
     assert_same_analysis(out, unsharded, ignore=("device",))  # --device cpu: the same tables
     assert not (tmp_path / ".analysis.shards").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["probe", "generate"])
+def test_perturbation_shards_merged_equal_one_run(quick_world, tmp_path, mode):
+    def perturb(*args):
+        return subprocess.run([sys.executable, "-m", "workbench.cli", "perturb", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    flags = ["--world", str(quick_world), "--limit", "12", "--find", "opacity", "--replace", "shadow", "--mode", mode]
+    one, out = tmp_path / "one.parquet", tmp_path / "sharded.parquet"
+    assert (run := perturb(*flags, "--out", str(one))).returncode == 0, run.stderr
+    for i in (1, 0):
+        assert (run := perturb(*flags, "--out", str(out), "--shard", f"{i}/2")).returncode == 0, run.stderr
+    assert not out.exists()
+    assert (run := perturb("--merge", "--out", str(out))).returncode == 0, run.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(one), check_exact=False, rtol=1e-5, atol=1e-6)
+    assert not shards.shard_root(out).exists()
