@@ -53,7 +53,7 @@ class AnalysisConfig:
     positions: str = "every"  # probe positions: every | sentence | end
     include_prompt: bool = True  # probe inside the prompt too (where the report's findings are read)
     top_k: int = 5
-    batch_size: int = 8
+    batch_size: int | None = None  # trajectories per scoring pass; None ("auto"): the most that fit (core.fit)
     limit: int | None = None  # first N trajectories only
     device: str | None = None  # cuda | cpu | mps; default: auto
     dtype: str | None = None  # float32 | bfloat16 | float16; default: bf16 on CUDA
@@ -69,6 +69,8 @@ class AnalysisConfig:
                     else expand_optional(value) if isinstance(value, (str, Path)) else value)
         if self.positions not in POSITION_MODES:
             raise ValueError(f"positions: expected one of {POSITION_MODES}, got {self.positions!r}")
+        if self.batch_size == "auto":  # as the command line and a hand-written config say it
+            self.batch_size = None
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit: expected a positive number, got {self.limit}")
         if not 0 < self.tau < 1:
@@ -317,7 +319,7 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         lo, hi = share
         return (lambda d, t, m: progress(lo + (hi - lo) * d / max(1, t), 1.0, f"{name}: {m}")) if progress else None
 
-    scfg = ScoreConfig(cfg.top_k, cfg.batch_size)
+    scfg = ScoreConfig(cfg.top_k, _batch_size(cfg, encoded, series, progress))
     lineage = (sorted(starts.items()),) if starts else ()  # kl_prev of a branch is to its start (older caches: not)
     tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k, *lineage),
                      stage("scoring", (0.0, 0.3)), should_cancel)
@@ -329,13 +331,38 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
         beliefs = empty_beliefs()
         if progress:
             progress(0.3, 1.0, f"warning: {NO_LABELS}")
-    effects = drift.token_effects(beliefs, encoded, cfg.tau)
-    by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
+    result = assemble(cfg, records, encoded, graph, tokens, beliefs, starts)
     if progress:
         progress(1.0, 1.0, "done")
+    return result
+
+
+def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: pd.DataFrame,
+             beliefs: pd.DataFrame, starts: dict[str, str] | None = None) -> Analysis:
+    """The drift tables from the scoring and probe tables: ``run_analysis``'s last step, and the merge of a
+    sharded run (core.shards). ``starts``: CPO run -> its start checkpoint (``series.branch_starts``)."""
+    effects = drift.token_effects(beliefs, encoded, cfg.tau)
+    by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
     return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
                     drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
                     drift.step_changes(beliefs, branches=starts), records)
+
+
+def _batch_size(cfg: AnalysisConfig, encoded, series: ModelSeries | None, progress: Progress | None) -> int:
+    """The config's batch size, or the most that fit the device (core.fit); refuses, before any model is loaded,
+    a run that would not fit one trajectory at a time (fit.DoesNotFit, an InputError naming what to change)."""
+    from core import fit
+
+    if not encoded:
+        return cfg.batch_size or 1
+    if series is not None:
+        plan = fit.plan_for_series(series, encoded, cfg.top_k, cfg.batch_size)
+    else:
+        base, infos, device, dtype = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
+        plan = fit.plan_for_paths(base, infos, device, dtype, encoded, cfg.top_k, cfg.batch_size, cfg.trust_remote_code)
+    if progress:
+        progress(0.0, 1.0, f"warning: {plan.note}" if plan.note else f"scoring {plan.batch_size} trajectories per pass")
+    return plan.batch_size
 
 
 PROBE_PART = 16  # trajectories per stored part of the beliefs table

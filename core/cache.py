@@ -87,13 +87,14 @@ def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[
     if cache_dir is None:
         frames = dict(compute(set(names)))
         return pd.concat([frames[n] for n in names], ignore_index=True)
-    path = expand(cache_dir) / f"{kind}-{key}.parquet"
+    cache_dir = expand(cache_dir)  # "~/..." as a shell reads it (pandas would read "~" expanded, a write not)
+    path = cache_dir / f"{kind}-{key}.parquet"
     if path.is_file():
         try:
             return pd.read_parquet(path)
         except (OSError, ValueError):  # a cut or damaged cache file (pyarrow's errors derive from these): redo
             path.unlink(missing_ok=True)
-    folder = expand(cache_dir) / f"{kind}-{key}.parts"
+    folder = cache_dir / f"{kind}-{key}.parts"
     missing = {n for n in names if not (folder / f"{n}.parquet").is_file()}
     if missing:
         for name, frame in compute(missing):

@@ -21,6 +21,10 @@ from core.errors import InputError
 PERTURB_COLUMNS = ("traj_id", "checkpoint", "step", "answer_before", "answer_after", "flip")
 
 
+# what an analysis folder holds besides its tables (core.analysis.Analysis.save)
+ANALYSIS_EXTRAS = ("trajectories.jsonl", "trajectories.parquet", "by_category.parquet")
+
+
 def check_analysis_folder(out: Path, force: bool, tables: tuple[str, ...] | None = None) -> None:
     """Refuse ``out`` unless it is new, empty, or (with ``force``) a previous analysis and nothing else."""
     if tables is None:
@@ -32,7 +36,7 @@ def check_analysis_folder(out: Path, force: bool, tables: tuple[str, ...] | None
     names = {p.name for p in out.iterdir()}
     if not names:
         return
-    ours = {f"{t}.parquet" for t in tables} | {"config.json"}
+    ours = {f"{t}.parquet" for t in tables} | {"config.json", *ANALYSIS_EXTRAS}
     foreign = sorted(names - ours)
     if foreign or "config.json" not in names:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -48,14 +48,14 @@ from core.trajectories import Encoded, vocab_texts
 @dataclass
 class ScoreConfig:
     top_k: int = 5  # alternatives kept per token
-    batch_size: int = 8  # trajectories per forward pass
+    batch_size: int | None = 8  # trajectories per forward pass; None: the most that fit (core.fit)
     group_bytes: int = 2 << 30  # series with full-model checkpoints: hidden states kept per load (see _groups)
     share_prefix: bool = True  # encode a batch's common prompt prefix once (see shared_prefix)
 
     def __post_init__(self):
         if not 0 <= self.top_k <= 50:
             raise ValueError(f"top_k: expected 0..50, got {self.top_k}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
 
 
@@ -101,7 +101,9 @@ def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.
 
 
 def batch_plan(encoded: list[Encoded], cfg: ScoreConfig) -> list[list[int]]:
-    """The batches ``score_batches`` runs, in order: indices into ``encoded``."""
+    """The batches ``score_batches`` runs, in order: indices into ``encoded`` (``cfg.batch_size`` resolved)."""
+    if cfg.batch_size is None:
+        raise ValueError("batch_plan: resolve batch_size first (core.fit.plan_batch)")
     return _batches(encoded, cfg.batch_size)
 
 
@@ -201,6 +203,10 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
     checkpoint-major) as soon as a batch is done, so a caller can write it out and forget it. ``skip(ids)``
     True leaves a batch out (one already written by an earlier, interrupted run)."""
     cfg = cfg or ScoreConfig()
+    if cfg.batch_size is None and encoded:  # auto: from the free memory left beside the loaded series
+        from core.fit import plan_for_series
+
+        cfg = replace(cfg, batch_size=plan_for_series(series, encoded, cfg.top_k).batch_size)
     pin_mmap_threshold()  # large buffers by mmap: flat peak memory over many checkpoints (core/memory.py)
     pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
     batches = [idx for idx in _batches(encoded, cfg.batch_size) if not (skip and skip([encoded[i].id for i in idx]))]

@@ -46,25 +46,69 @@ def progress_bar(desc: str):
     return bar, progress
 
 
-def score(cfg: AnalysisConfig, out: str | Path, cache_dir: str | Path | None = None, force: bool = False) -> int:
-    """Score ``cfg`` (an ``AnalysisConfig``) into the analysis folder ``out``; prints the summary."""
+def score(cfg: AnalysisConfig | None, out: str | Path, cache_dir: str | Path | None = None, force: bool = False,
+          shard: str | None = None, merge: bool = False) -> int:
+    """Score ``cfg`` (an ``AnalysisConfig``) into the analysis folder ``out``; prints the summary. With ``shard``
+    ("I/N", or RANK / WORLD_SIZE under ``accelerate launch``) only that share of the trajectories, into a folder
+    beside ``out`` (core.shards); ``merge`` builds the analysis from the finished shards (``cfg`` unused)."""
+    from core import shards
     from core.analysis import run_analysis
     from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import check_analysis_folder, disk_full_named
-    from core.probe import NO_LABELS
+    from core.outputs import check_analysis_folder
     from core.progress import Cancelled
 
+    out = expand(out)
     check_analysis_folder(out, force)  # before the compute: a refusal costs nothing
+    if merge:
+        return _save_analysis(shards.merge(out), out, merged=True)
+    part = shards.Shard.parse(shard) if shard else shards.Shard.from_env()
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel) stops at the next batch
-    bar, progress = progress_bar("analysis")
+    bar, progress = progress_bar("analysis" if part is None else f"shard {part.index}/{part.count}")
     with bar:
         try:
+            if part is not None:
+                return _score_shard(cfg, part, bool(shard), out, cache_dir, progress, should_cancel)
             result = run_analysis(cfg, cache_dir=cache_dir, progress=progress, should_cancel=should_cancel)
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: score cancelled; nothing written", file=sys.stderr)
             return CANCELLED
+    return _save_analysis(result, out)
+
+
+def _score_shard(cfg, part, explicit: bool, out: Path, cache, progress, should_cancel) -> int:
+    """One shard into its folder; under accelerate (no explicit shard), rank 0 then waits for the others and merges."""
+    from core import shards
+
+    if not explicit:
+        _own_gpu(cfg)
+    folder = shards.run_shard(cfg, part, out, cache, progress, should_cancel)
+    print(f"\nworkbench: shard {part.index}/{part.count} written to {folder}", file=sys.stderr)
+    if explicit or part.index != 0:
+        if explicit:
+            print(f"workbench: when all {part.count} shards are done: workbench score --merge --out {out}")
+        return 0
+    shards.wait_for(out, cfg, part.count, progress)
+    return _save_analysis(shards.merge(out), out, merged=True)
+
+
+def _own_gpu(cfg) -> None:
+    """Under accelerate / torchrun, one GPU per process: "cuda" means this process's own (LOCAL_RANK)."""
+    if os.environ.get("LOCAL_RANK") and cfg.device in (None, "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+
+
+def _save_analysis(result, out: Path, merged: bool = False) -> int:
+    from core import shards
+    from core.outputs import disk_full_named
+    from core.probe import NO_LABELS
+
     with disk_full_named(out):
         folder = result.save(out)
+    if merged:
+        shards.remove(out)  # saved: the shard folders are no longer needed
     print(result.summary.round(4).to_string(index=False))
     if not result.probed:
         print(f"workbench: note: {NO_LABELS}")
@@ -72,22 +116,31 @@ def score(cfg: AnalysisConfig, out: str | Path, cache_dir: str | Path | None = N
     return 0
 
 
-def perturb(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path, force: bool = False) -> int:
-    """Swap ``find`` for ``replace`` in every trajectory of ``cfg``'s data; answers before/after per checkpoint."""
+def perturb(cfg: AnalysisConfig | None, find: str, replace: str, mode: str, out: str | Path, force: bool = False,
+            shard: str | None = None, merge: bool = False) -> int:
+    """Swap ``find`` for ``replace`` in every trajectory of ``cfg``'s data; answers before/after per checkpoint.
+    ``shard`` / ``merge`` as for ``score``."""
+    from core import shards
     from core.analysis import resolve_labels
-    from core.cache import write_parquet
     from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import PERTURB_COLUMNS, check_result_file, disk_full_named
-    from core.perturb import perturbation_summary, perturbation_test
+    from core.outputs import PERTURB_COLUMNS, check_result_file
+    from core.perturb import perturbation_test
     from core.progress import Cancelled
     from core.series import load_series
     from core.trajectories import read_jsonl
 
+    out = expand(out)
     check_result_file(out, force, PERTURB_COLUMNS)
-    if not find.strip():
+    if merge:
+        return _write_perturbation(shards.merge_rows(out), out, merged=True)
+    if not (find or "").strip():
         raise InputError("perturb: --find must name a non-empty span")
+    part = shards.Shard.parse(shard) if shard else shards.Shard.from_env()
     records = read_jsonl(cfg.data, cfg.limit)
-    labels, _ = resolve_labels(cfg, records)
+    labels, _ = resolve_labels(cfg, records)  # the whole data's labels, also in a shard
+    records = part.take(records) if part else records
+    if part and not shard:
+        _own_gpu(cfg)
     should_cancel = cancel_flag()
     bar, progress = progress_bar("perturb")
     with bar:
@@ -100,10 +153,33 @@ def perturb(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | 
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: perturbation cancelled; nothing written", file=sys.stderr)
             return CANCELLED
+    if part is not None:
+        stamp = shards.rows_stamp(cfg, part.count, find=find, replace=replace, mode=mode)
+        print(f"workbench: shard {part.index}/{part.count} written to {shards.write_rows(df, out, part, stamp)}",
+              file=sys.stderr)
+        if shard or part.index != 0:
+            if shard:
+                print(f"workbench: when all {part.count} shards are done: workbench perturb --merge --out {out}")
+            return 0
+        shards.wait_for_rows(out, stamp)
+        return _write_perturbation(shards.merge_rows(out), out, merged=True)
     if df.empty:
         raise InputError(f"perturb: no trajectory in {cfg.data} contains {find!r}")
+    return _write_perturbation(df, out)
+
+
+def _write_perturbation(df, out: Path, merged: bool = False) -> int:
+    from core import shards
+    from core.cache import write_parquet
+    from core.outputs import disk_full_named
+    from core.perturb import perturbation_summary
+
+    if df.empty:
+        raise InputError(f"perturb: no trajectory of the data contains the span; nothing written to {out}")
     with disk_full_named(out):
         write_parquet(df, out)
+    if merged:
+        shards.remove(out)
     print(perturbation_summary(df).round(4).to_string(index=False))
     print(f"workbench: wrote {len(df)} rows to {out}")
     return 0
@@ -150,6 +226,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
     p.add_argument("--workspace", type=expand, default=None, help="its cache/ keeps results for a second run")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--shard", metavar="I/N", help="only shard I of N of the trajectories (see core.shards)")
     p = sub.add_parser("perturb", help="a span swap over an AnalysisConfig's series and data")
     p.add_argument("--config", type=expand, required=True, help="AnalysisConfig JSON")
     p.add_argument("--find", required=True)
@@ -157,6 +234,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["generate", "probe"], default="generate")
     p.add_argument("--out", type=expand, required=True, help="parquet file (new, else --force)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--shard", metavar="I/N", help="only shard I of N of the trajectories (see core.shards)")
     p = sub.add_parser("train", help="a CPO run from a TrainConfig JSON")
     p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
@@ -176,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = AnalysisConfig.load(args.config)
     if args.command == "perturb":
-        return perturb(cfg, args.find, args.replace, args.mode, args.out, args.force)
+        return perturb(cfg, args.find, args.replace, args.mode, args.out, args.force, args.shard)
     cache = None
     if not args.no_cache:
         from core.workspace import Workspace
@@ -185,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         if ws.store.notice:
             print(f"workbench: warning: {ws.store.notice}", file=sys.stderr)
         cache = ws.cache_dir
-    return score(cfg, args.out, cache, args.force)
+    return score(cfg, args.out, cache, args.force, args.shard)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,8 @@
     workbench app --workspace ~/cxr --port 8502 --world path/to/world
     workbench build-sample [--quick] [--out DIR]
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
+    workbench score ... --out DIR --shard 0/2; ... --shard 1/2; workbench score --merge --out DIR
+    accelerate launch -m workbench.cli score ... --out DIR      # a shard per process; rank 0 merges
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
     workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
@@ -140,16 +142,17 @@ def _analysis_config(args: argparse.Namespace):
 def cmd_score(args: argparse.Namespace) -> int:
     from core import worker
 
-    cfg = _analysis_config(args)
-    cache = _open_workspace(args.workspace).cache_dir if not args.no_cache else None
-    return worker.score(cfg, args.out, cache, args.force)  # the job's own entry (core.worker), one code path
+    cfg = None if args.merge else _analysis_config(args)  # a merge runs from its shards' config
+    cache = _open_workspace(args.workspace).cache_dir if not (args.no_cache or args.merge) else None
+    return worker.score(cfg, args.out, cache, args.force, args.shard, args.merge)  # the job's entry (core.worker)
 
 
 def cmd_perturb(args: argparse.Namespace) -> int:
     """Swap a span in every trajectory of a dataset and write the before/after answers per checkpoint."""
     from core import worker
 
-    return worker.perturb(_analysis_config(args), args.find, args.replace, args.mode, args.out, args.force)
+    cfg = None if args.merge else _analysis_config(args)  # a merge runs from its shards' rows
+    return worker.perturb(cfg, args.find, args.replace, args.mode, args.out, args.force, args.shard, args.merge)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -205,6 +208,18 @@ def cmd_world_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="workbench", description="CoT Drift Workbench: see and repair concept "
                                  "drift in the chain of thought of RFT checkpoints.")
@@ -244,7 +259,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
     p.add_argument("--config", type=expand, help="an AnalysisConfig JSON (e.g. an analysis's config.json) instead of "
                    "the series flags; flags given as well override it")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--shard", metavar="I/N", help="score only shard I of N of the trajectories (0-based) into a "
+                   "folder beside --out; then `workbench score --merge --out DIR`. Under `accelerate launch` each "
+                   "process takes its RANK/WORLD_SIZE and rank 0 merges by itself")
+    p.add_argument("--merge", action="store_true", help="merge the finished shards of --out into one analysis")
+    p.add_argument("--batch-size", type=_batch_size, help="trajectories per scoring pass, or auto (the default): "
+                   "the most that the free device memory holds, by estimate (a run that cannot fit is refused first)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--positions", choices=["every", "sentence", "end"])
     p.add_argument("--cot-only", action="store_true", help="probe the CoT only, not the prompt")
@@ -253,8 +273,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perturb", help="swap a span in every trajectory; answers before/after per checkpoint")
     series_args(p)
     p.add_argument("--config", type=expand, help="an AnalysisConfig JSON instead of the series flags")
-    p.add_argument("--find", required=True, help='the span to replace, e.g. "consolidation"')
-    p.add_argument("--replace", required=True, help='its replacement, e.g. "airspace opacity"')
+    p.add_argument("--find", help='the span to replace, e.g. "consolidation" (required but with --merge)')
+    p.add_argument("--replace", default="", help='its replacement, e.g. "airspace opacity"')
+    p.add_argument("--shard", metavar="I/N", help="only shard I of N of the trajectories; then --merge (under "
+                   "`accelerate launch`: RANK/WORLD_SIZE, and rank 0 merges)")
+    p.add_argument("--merge", action="store_true", help="merge the finished shards of --out into one result file")
     p.add_argument("--mode", choices=["generate", "probe"], default="generate",
                    help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
     p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows (a new "
