@@ -72,6 +72,8 @@ def series_parents(names: list[str], starts: dict[str, str]) -> dict[str, str]:
     -> its start) against its start, any other checkpoint against the previous checkpoint that is not a branch.
     A branch whose start does not come before it in ``names`` is measured against the base (``names[0]``),
     since scoring keeps only what it has already computed."""
+    if not names:  # nothing scored or probed (an analysis without the probe has no beliefs)
+        return {}
     out, last, seen = {}, names[0], {names[0]}
     for name in names[1:]:
         if name in starts:
