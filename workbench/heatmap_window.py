@@ -17,14 +17,13 @@ from core import explore
 from workbench import resources, state, ui
 
 WIDTHS = (40, 80, 150, 200, 300, 400)  # 80: every token labelled at the page's width; wider: every k-th
-WIDTH_PICK = "traj_window_width_pick"  # the picker's own key: its value is kept in state.TRAJ_WINDOW_WIDTH
 
 
 def show(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool) -> None:
     """The heatmap of ``traj_id`` coloured by ``metric``, with the window controls when the CoT needs them."""
     m = resources.token_matrix(path, stamp, traj_id, metric, include_prompt)
-    state.persist(WIDTH_PICK, state.TRAJ_WINDOW_WIDTH, list(WIDTHS))  # the picker's latest value, or the kept one
-    width = st.session_state[state.TRAJ_WINDOW_WIDTH] = st.session_state[WIDTH_PICK]
+    state.persist(state.TRAJ_WIDTH_PICK, state.TRAJ_WINDOW_WIDTH, list(WIDTHS))  # the picker's latest value, or the kept one
+    width = st.session_state[state.TRAJ_WINDOW_WIDTH] = st.session_state[state.TRAJ_WIDTH_PICK]
     if st.session_state.get(state.TRAJ_WINDOW_OF) != traj_id:  # another trajectory: from its first token
         st.session_state[state.TRAJ_WINDOW_OF] = traj_id
         st.session_state[state.TRAJ_WINDOW] = m.positions[0]
@@ -54,7 +53,7 @@ def _controls(m: explore.TokenMatrix, width: int) -> int:
     has_detrimental = (m.direction == "detrimental").any()
     c[4].button("Next detrimental ▼", key="traj_window_detrimental", on_click=_next_detrimental,
                 args=(m, width), disabled=not has_detrimental, help="the next position marked ▼ after this one")
-    c[5].select_slider("Tokens per window", WIDTHS, key=WIDTH_PICK)
+    c[5].select_slider("Tokens per window", WIDTHS, key=state.TRAJ_WIDTH_PICK)
     first = explore.window_column(positions, start, width)
     st.caption(f"Tokens {positions[first]} to {positions[min(first + width, len(positions)) - 1]} of "
                f"{positions[0]} to {positions[-1]}. The strip above is the whole CoT: per token, the value of "

@@ -23,6 +23,7 @@ EXPLORER_VIEW = "explorer_view"
 # the trajectory view's heatmap window (workbench.heatmap_window): a long CoT is shown a window at a time
 TRAJ_WINDOW = "traj_window"  # the window's first token position (its slider's key)
 TRAJ_WINDOW_WIDTH = "traj_window_width"  # tokens per window (kept while a short CoT hides the picker)
+TRAJ_WIDTH_PICK = "traj_window_width_pick"  # the width picker's own key: its value is kept in TRAJ_WINDOW_WIDTH
 TRAJ_WINDOW_OF = "traj_window_of"  # the trajectory the window belongs to: another one starts at its start
 TRAJ_FOCUS = "traj_focus"  # the position jumped to (outlined), or None
 GRAPH_SEEN = "graph_seen_version"  # (graph key, version) this tab shows and edits: edits are based on it

@@ -43,7 +43,7 @@ def test_score_and_explore_a_world_of_your_own(browser, own_app, artifacts):
     page.get_by_text("2 checkpoints plus the base").wait_for(timeout=60_000)
     page.get_by_text("loaded anyway").first.wait_for(timeout=30_000)  # the base-name warning, not a refusal
     set_number(page, "Trajectories to score (0 = all)", 3)  # beside the Score button
-    page.get_by_role("button", name="Score").click()
+    page.get_by_role("button", name="Score", exact=True).click()
     open_button = page.locator("[data-testid='stButton'] button", has_text="Open").first
     open_button.wait_for(timeout=240_000)
     page.wait_for_timeout(2500)  # the job panel redraws the page once when the job ends

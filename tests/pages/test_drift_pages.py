@@ -215,7 +215,7 @@ def test_checkpoints_page_reads_a_typed_path_with_tilde(sample_world, tmp_path, 
     at.radio(key="ck_data_kind").set_value("A JSONL file").run()
     at.text_input(key="ck_data").input("~/data/test.jsonl").run()
     assert not at.exception and not at.error
-    assert f"--data {tmp_path / 'home' / 'data' / 'test.jsonl'}" in at.code[0].value
+    assert f'"data": "{tmp_path / "home" / "data" / "test.jsonl"}"' in at.code[0].value  # the job's config
 
 
 def test_checkpoints_page_lists_a_joined_cpo_run_as_a_branch_of_its_start(sample_world, tmp_path):
