@@ -217,9 +217,10 @@ class VLBatch:
     spans: list[tuple[int, int]]  # (start, end) of each row's completion
 
 
-def collate(encs: list[VLEncoded], proc: VLProcessor, model, device: str = "cpu") -> VLBatch:
+def collate(encs: list[VLEncoded], proc: VLProcessor, model, device: str | torch.device | None = None) -> VLBatch:
     """Pad ``encs`` on the right into one batch and compute its 3-D positions with the model's
-    ``get_rope_index`` (the positions the model itself would use)."""
+    ``get_rope_index`` (the positions the model itself would use); on ``device``, by default the model's."""
+    device = device or next(model.parameters()).device
     pad = proc.tokenizer.pad_token_id if proc.tokenizer.pad_token_id is not None else 0
     image_id = proc.token_id(IMAGE_PAD)
     width = max(len(e.input_ids) for e in encs)

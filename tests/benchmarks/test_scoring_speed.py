@@ -151,7 +151,7 @@ def scaled_comparison(folder, shapes: dict, device: str, dtype, n: int, prompt_l
     dname = str(dtype).removeprefix("torch.")
     load = lambda: load_series(folder / "model", folder / "rft", device=device, dtype=dname)  # noqa: E731
     series = load()
-    cfg = ScoreConfig(top_k=5, batch_size=batch_size)
+    cfg = ScoreConfig(top_k=5, batch_size=batch_size, share_prefix=True)
     score(series, encoded[:batch_size], cfg)  # warm-up: kernels, allocator
     notebook_way(folder, encoded[:1], device=device, dtype=dtype)
     times = {}

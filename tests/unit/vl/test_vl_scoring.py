@@ -149,7 +149,7 @@ def test_full_vl_checkpoint_is_loaded_when_activated(tiny_vl, vl_encoded, tmp_pa
     with torch.no_grad():
         model.lm_head.weight.mul_(1.5)
     model.save_pretrained(tmp_path / "checkpoint-8-merged")
-    vs = load_vl_series(tiny_vl, [tmp_path / "checkpoint-8-merged"])
+    vs = load_vl_series(tiny_vl, [tmp_path / "checkpoint-8-merged"], device="cpu")  # fp32, as the direct forward
     assert not vs.shared_vision and vs.names == ["base", "checkpoint-8-merged"]
     df = score_vl_series(vs, vl_encoded[:1])
     base, merged = (df[df.checkpoint == n]["logprob"].to_numpy() for n in vs.names)
