@@ -6,7 +6,7 @@ machine into its own folder, then merged into one analysis equal to an unsharded
     merge(out).save(out)                            # when every shard is done
 
 On the command line: ``workbench score ... --out DIR --shard I/N`` per process, then ``workbench score --merge
---out DIR``; or ``accelerate launch -m workbench.cli score ... --out DIR``, where each process takes the shard
+--out DIR``; or ``accelerate launch`` of ``workbench score ... --out DIR``, where each process takes the shard
 RANK/WORLD_SIZE and rank 0 merges once the others are done.
 
 Shard I of N takes trajectories I, I + N, I + 2N, ... of the data (after ``limit``), so every shard gets long

@@ -46,7 +46,9 @@ def choose(page, label: str, text: str) -> None:
     box = page.get_by_role("combobox", name=label)
     box.click(timeout=90_000)  # generous: on a loaded 2-core machine a rerun can take tens of seconds
     page.keyboard.type(text)
-    page.get_by_role("option").filter(has_text=text).first.click()
+    # Enter picks the highlighted (first filtered) option; a click can miss it while a rerun redraws the list
+    page.get_by_role("option").filter(has_text=text).first.wait_for(timeout=30_000)
+    page.keyboard.press("Enter")
 
 
 def test_add_node_and_edge_see_them_drawn_then_generate_a_counterfactual(browser, app_server, artifacts, tmp_path):
