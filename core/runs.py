@@ -333,11 +333,8 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
     own figures); None when the world has no held-out set (the run still finishes and joins the series)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from core.evaluation import evaluate_model, held_out
-    from core.series import load_tokenizer
+    from core.series import load_model, load_tokenizer
     from core.world import load_world
 
     world = load_world(world_path)
@@ -345,13 +342,11 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     if held is None:
         return None
     full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
-    model = AutoModelForCausalLM.from_pretrained(adapter if full else world.base_model_dir, dtype=torch.float32,
-                                                 local_files_only=True)  # a full checkpoint (e.g. -merged) as it is
+    model = load_model(adapter if full else world.base_model_dir)  # a full checkpoint (e.g. -merged) as it is
     if adapter and not full:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # merged: plain speed
-    model.eval()
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()  # merged: plain speed
     return evaluate_model(model, load_tokenizer(world.base_model_dir), held, world.answer_format, world.plugin)
 
 

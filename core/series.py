@@ -173,16 +173,17 @@ def _dtype(name: str | None, device: str) -> torch.dtype:
 
 
 def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               trust_remote_code: bool = False):
-    """A causal LM from a local folder, on ``device`` in eval mode (the one loader of base models: scoring's
-    series and CPO's trainer); ``InputError`` names the folder when its weights or config cannot be read."""
-    from transformers import AutoModelForCausalLM
+               trust_remote_code: bool = False, auto_class=None, what: str = "model weights"):
+    """A causal LM (or ``auto_class``'s model) from a local folder, on ``device`` in eval mode (the one loader of
+    base models: scoring's series, CPO's trainer, evaluation, vision-language series); ``InputError`` names the
+    folder when its weights or config cannot be read."""
+    if auto_class is None:
+        from transformers import AutoModelForCausalLM as auto_class
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                     trust_remote_code=trust_remote_code)
+        model = auto_class.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
-        raise InputError(f"{path}: cannot load model weights ({str(e).splitlines()[0]})") from None
+        raise InputError(f"{path}: cannot load {what} ({str(e).splitlines()[0]})") from None
     return model.to(device).eval()
 
 

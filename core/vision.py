@@ -157,12 +157,9 @@ def load_vl_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = to
     """A vision-language model from a local folder through transformers' image-text-to-text auto class."""
     from transformers import AutoModelForImageTextToText
 
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                            trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
-        raise InputError(f"{path}: cannot load vision-language model ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval()
+    from core.series import load_model
+
+    return load_model(path, device, dtype, trust_remote_code, AutoModelForImageTextToText, "vision-language model")
 
 
 @dataclass(frozen=True)
