@@ -59,16 +59,25 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
 
 
+def _read_cached(path: Path) -> pd.DataFrame | None:
+    """A cache entry, or None when there is none; a cut or damaged one (pyarrow's errors derive from OSError and
+    ValueError) is removed, to be computed again."""
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+
+
 def cached_frame(cache_dir: str | Path | None, kind: str, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     """``compute()`` once per key; later calls read the parquet file."""
     if cache_dir is None:
         return compute()
     path = expand(cache_dir) / f"{kind}-{key}.parquet"
-    if path.is_file():
-        try:
-            return pd.read_parquet(path)
-        except (OSError, ValueError):  # a cut or damaged cache file (pyarrow's errors derive from these): redo
-            path.unlink(missing_ok=True)
+    if (hit := _read_cached(path)) is not None:
+        return hit
     write_parquet(compute(), path)
     return pd.read_parquet(path)  # the same types on the first call as on every later one
 
@@ -89,11 +98,8 @@ def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[
         return pd.concat([frames[n] for n in names], ignore_index=True)
     cache_dir = expand(cache_dir)  # "~/..." as a shell reads it (pandas would read "~" expanded, a write not)
     path = cache_dir / f"{kind}-{key}.parquet"
-    if path.is_file():
-        try:
-            return pd.read_parquet(path)
-        except (OSError, ValueError):  # a cut or damaged cache file (pyarrow's errors derive from these): redo
-            path.unlink(missing_ok=True)
+    if (hit := _read_cached(path)) is not None:
+        return hit
     folder = cache_dir / f"{kind}-{key}.parts"
     missing = {n for n in names if not (folder / f"{n}.parquet").is_file()}
     if missing:
@@ -104,7 +110,7 @@ def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
-    return pd.read_parquet(path)
+    return whole  # read from parquet parts: already the types a later read of the entry gives
 
 
 def swap_in_folder(tmp: Path, out: Path) -> None:
