@@ -214,3 +214,24 @@ def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
                               format_func=lambda p: found[paths.index(p)].describe())
     st.session_state[state.ANALYSIS] = chosen
     return found[paths.index(chosen)]
+
+
+def images(paths: list[str] | None, caption: str = "") -> None:
+    """A trajectory's images beside its text (a study's X-ray): each read through ``core.images`` (size and
+    pixel limits checked), shown at a readable width, larger in presentation mode; a missing or unreadable
+    file is named in a warning instead of breaking the page. Nothing is drawn for a text-only record."""
+    from core.errors import InputError
+    from core.images import ImageRef, load_image
+
+    if not paths:
+        return
+    width = 520 if st.session_state.get(state.PRESENTATION) else 300
+    columns = st.columns(len(paths)) if len(paths) > 1 else [st.container()]
+    for i, (path, column) in enumerate(zip(paths, columns, strict=True)):
+        try:
+            picture = load_image(ImageRef(Path(path), f"{caption or 'image'} {i + 1}"))
+        except InputError as e:
+            column.warning(inert(str(e)))
+            continue
+        label = f"{caption} ({i + 1}/{len(paths)})" if caption and len(paths) > 1 else caption or Path(path).name
+        column.image(picture, caption=inert(label), width=width)
