@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import networkx as nx
 
@@ -249,27 +250,37 @@ def _merge(runs: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
 
 # ------------------------------------------------------------------------------------ making and storing
 
+METHODS = ("graph", "llm", "image_swap")
+
+
 @dataclass(frozen=True)
 class Counterfactual:
     target: str
     completion: str
-    method: str  # "graph" | "llm"
+    method: str  # "graph" | "llm" | "image_swap"
     graph_version: int | None
     model: str | None
     settings: dict
-    consistency: Consistency
+    consistency: Consistency | None  # None for an image swap: its text is the original's
+    images: tuple[str, ...] = ()  # the rejected side's images: the trajectory's own, or the swapped-in study's
 
 
 def make_counterfactuals(graph: nx.DiGraph, record: dict, targets: list[str], method: str = "graph",
-                         graph_version: int | None = None, expert=None) -> list[Counterfactual]:
-    """One counterfactual of ``record`` per target, by the graph rules or by ``expert`` (an ``Expert``)."""
-    if method not in ("graph", "llm"):
-        raise InputError(f"counterfactual: method must be 'graph' or 'llm', got {method!r}")
+                         graph_version: int | None = None, expert=None,
+                         donors: list[dict] | None = None) -> list[Counterfactual]:
+    """One counterfactual of ``record`` per target, by the graph rules, by ``expert`` (an ``Expert``) or, for
+    ``image_swap``, by another study's image from ``donors`` (``image_swaps``). A text counterfactual keeps
+    the record's ``images``."""
+    if method not in METHODS:
+        raise InputError(f"counterfactual: method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "llm" and expert is None:
         raise InputError("counterfactual: method 'llm' needs a loaded model (choose a checkpoint)")
+    if method == "image_swap":
+        return image_swaps(record, donors or [], targets, graph_version)
     true = true_disease(record)
     forms = mention_forms(graph)  # one scan of the graph's names for every target and consistency check
     mentions = find_mentions(graph, record["completion"], forms)
+    images = tuple(record.get("images") or ())
     out = []
     for target in targets:
         if method == "graph":
@@ -281,10 +292,63 @@ def make_counterfactuals(graph: nx.DiGraph, record: dict, targets: list[str], me
             text, settings = expert.rewrite(graph, record["completion"], true, target)
             model = expert.name
         out.append(Counterfactual(target, text, method, graph_version, model, settings,
-                                  consistency(graph, text, target, record["completion"], forms)))
+                                  consistency(graph, text, target, record["completion"], forms), images))
     return out
+
+
+def image_swaps(record: dict, donors: list[dict], targets: list[str], graph_version: int | None = None,
+                seed: int = 0) -> list[Counterfactual]:
+    """CPO++'s visual counterfactuals of a trajectory with images: per target disease, the same chain of
+    thought shown with another study's image, a study whose label is the target (the contract's method
+    ``image_swap``: ``images`` = the swapped-in image(s), text unchanged). The donor is a seeded, stable pick
+    among ``donors`` of that label with other images (so each study gets its own, not always the first);
+    a target without such a study gets no counterfactual (``swap_donors`` says which have one)."""
+    if not record.get("images"):
+        raise InputError(f"trajectory {record.get('id')}: an image swap needs a trajectory with images")
+    out = []
+    for target in targets:
+        donor = _donor(record, swap_donors(donors, target, record), seed)
+        if donor is None:
+            continue
+        settings = {"donor": donor.get("id"), "donor_label": target, "original_images": list(record["images"])}
+        out.append(Counterfactual(target, record["completion"], "image_swap", graph_version, None, settings, None,
+                                  tuple(donor["images"])))
+    return out
+
+
+def swap_donors(donors: list[dict], target: str, record: dict | None = None) -> list[dict]:
+    """The studies whose image can stand in for ``target``: label ``target``, images other than ``record``'s."""
+    own = list(record.get("images") or []) if record else None
+    return [d for d in donors if d.get("images") and true_disease(d) == target and list(d["images"]) != own
+            and (record is None or d.get("id") != record.get("id"))]
+
+
+def _donor(record: dict, candidates: list[dict], seed: int) -> dict | None:
+    import hashlib
+
+    key = lambda d: hashlib.sha256(f"{seed}\0{record.get('id')}\0{d.get('id')}".encode()).digest()  # noqa: E731
+    return min(candidates, key=key) if candidates else None
 
 
 def true_disease(record: dict) -> str | None:
     """The disease a trajectory argues for: its gold label, else the answer its completion gives."""
     return record.get("label") or answer_of(record["completion"])
+
+
+def with_images(records: list[dict], data_file: str | Path) -> list[dict]:
+    """``records`` (read by ``core.trajectories``) with ``images``: absolute path strings resolved against
+    ``data_file``, [] for a text-only record. Records that already carry ``images`` are returned as they are;
+    otherwise a JSONL file's ``images`` field is read here (matched by id), so that the pages see a study's
+    image whichever reader produced the records."""
+    if not records or all("images" in r for r in records):
+        return records
+    from core.images import record_images
+    from core.trajectories import json_lines
+
+    path = Path(data_file)
+    found: dict[str, list[str]] = {}
+    if path.is_file() and path.suffix == ".jsonl":
+        for line, raw in json_lines(path):
+            rid = str(raw.get("id", raw.get("dicom_id", f"line-{line}")))
+            found[rid] = [str(r.path) for r in record_images(raw, path, line)]
+    return [r if "images" in r else {**r, "images": found.get(str(r.get("id")), [])} for r in records]

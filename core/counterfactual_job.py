@@ -21,7 +21,7 @@ from core.errors import InputError
 from core.progress import Progress
 
 KIND = "counterfactuals"
-METHODS = ("graph", "llm")
+METHODS = ("graph", "llm", "image_swap")
 
 
 @dataclass
@@ -32,7 +32,8 @@ class BatchConfig:
     n: int = field(default=50, metadata={"help": "trajectories, from the first"})
     mode: str = field(default="all", metadata={"help": "targets: " + " | ".join(TARGET_MODES)})
     target: str | None = field(default=None, metadata={"help": "the target disease when mode is 'one'"})
-    method: str = field(default="graph", metadata={"help": "graph rules, or a local LLM expert ('llm')"})
+    method: str = field(default="graph", metadata={"help": "graph rules, a local LLM expert ('llm'), or another "
+                                                           "study's image of the target ('image_swap')"})
     expert_checkpoint: str | None = field(default=None, metadata={"help": "the expert's checkpoint (llm)"})
     expert: dict = field(default_factory=dict, metadata={"help": "ExpertConfig fields (llm)"})
 
@@ -72,6 +73,7 @@ def run(cfg: BatchConfig, progress: Progress | None = None, should_cancel=None):
     current trajectory when ``should_cancel()`` turns true."""
     from core.counterfactual_store import generate_batch
     from core.graph_store import GraphStore
+    from core.counterfactual import with_images
     from core.trajectories import read_jsonl
     from core.workspace import Workspace
     from core.world import load_world
@@ -79,10 +81,12 @@ def run(cfg: BatchConfig, progress: Progress | None = None, should_cancel=None):
     ws, world = Workspace.open(cfg.workspace), load_world(cfg.world)
     gs = GraphStore.open(ws.store, world.graph_path)
     version = gs.head()
-    records = read_jsonl(str(world.dataset_path(cfg.dataset)), cfg.n)
+    data = world.dataset_path(cfg.dataset)
+    records = with_images(read_jsonl(str(data), cfg.n), data)
+    donors = with_images(read_jsonl(str(data)), data) if cfg.method == "image_swap" else None  # the whole dataset
     last = None
     for last in generate_batch(ws.store, gs.graph(version), records, source_of(world.name, cfg.dataset), cfg.mode,
-                               cfg.target, cfg.method, version, _expert(cfg, world)):
+                               cfg.target, cfg.method, version, _expert(cfg, world), donors):
         if progress:
             progress(last.done, last.total, f"{last.done} of {last.total} trajectories, {last.stored} stored")
         if should_cancel and should_cancel():

@@ -15,66 +15,109 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import networkx as nx
 import pandas as pd
 
 from core.counterfactual import Counterfactual, choose_targets, make_counterfactuals, true_disease
+from core.errors import InputError
 from core.hashing import content_hash
+from core.images import content_hash as image_hash
 from core.store import Store
 
 
-def trajectory_hash(prompt: str, completion: str) -> str:
-    """``trajectories.content_hash``: ``core.hashing.content_hash`` of prompt and completion (migration 6)."""
-    return content_hash(prompt, completion)
+def trajectory_hash(prompt: str, completion: str, image_hashes: tuple[str, ...] | list[str] = ()) -> str:
+    """``trajectories.content_hash``: ``core.hashing.content_hash`` of prompt and completion (migration 6), and of
+    its images' content hashes when it has images (one report shown with two studies' X-rays is two trajectories;
+    a text-only trajectory keeps the hash it had before images existed)."""
+    return content_hash(prompt, completion, *image_hashes)
 
 
-def counterfactual_hash(trajectory: str, target: str, completion: str) -> str:
-    """``counterfactuals.content_hash``: ``content_hash`` of the trajectory's hash, target and completion."""
-    return content_hash(trajectory, target, completion)
+def counterfactual_hash(trajectory: str, target: str, completion: str,
+                        image_hashes: tuple[str, ...] | list[str] = ()) -> str:
+    """``counterfactuals.content_hash``: ``content_hash`` of the trajectory's hash, target and completion, and of
+    its images' hashes when they are not the trajectory's own (an image swap: same text, another study's image)."""
+    return content_hash(trajectory, target, completion, *image_hashes)
+
+
+def hashed_images(images: list[str] | tuple[str, ...] | None, where: str = "trajectory") -> tuple[list[str], list[str]]:
+    """(absolute paths, content hashes) of a record's images; ``InputError`` names ``where`` and the path of a
+    missing or unreadable file."""
+    paths, hashes = [], []
+    for i, image in enumerate(images or []):
+        path = Path(image).expanduser()
+        if not path.is_absolute():
+            raise InputError(f"{where}, images[{i}]: expected an absolute image path, got {image!r}")
+        try:
+            hashes.append(image_hash(path))
+        except OSError as e:
+            raise InputError(f"{where}, images[{i}]: cannot read image {path} ({e.strerror or e})") from None
+        paths.append(str(path))
+    return paths, hashes
 
 
 def insert_trajectory(con: sqlite3.Connection, prompt: str, completion: str, source: str, now: float,
                       external_id: str | None = None, label: str | None = None,
-                      system: str | None = None) -> tuple[int, str]:
+                      system: str | None = None, images: list[str] | None = None,
+                      image_hashes: list[str] | None = None) -> tuple[int, str]:
     """Store a trajectory once (by content hash) in the caller's transaction; its row id and hash.
+    ``images``: absolute paths (hashed here unless ``image_hashes`` gives their hashes, in the same order).
 
     The one INSERT into ``trajectories``: generated counterfactuals and imported pairs both come here."""
-    h = trajectory_hash(prompt, completion)
+    paths, hashes = (list(images or []), list(image_hashes)) if image_hashes is not None else hashed_images(images)
+    h = trajectory_hash(prompt, completion, hashes)
     con.execute("INSERT INTO trajectories (content_hash, source, external_id, prompt, completion, label, system, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
-                (h, source, external_id, prompt, completion, label, system, now))
+                "images, image_hashes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(content_hash) DO NOTHING",
+                (h, source, external_id, prompt, completion, label, system, json.dumps(paths), json.dumps(hashes),
+                 now))
     return con.execute("SELECT id FROM trajectories WHERE content_hash = ?", (h,)).fetchone()[0], h
 
 
 def insert_counterfactual(con: sqlite3.Connection, trajectory: tuple[int, str], target: str, completion: str,
                           method: str, now: float, *, settings: str = "{}", graph_version: int | None = None,
                           model: str | None = None, consistency: float | None = None,
-                          import_batch_id: int | None = None, required_decisions: int = 1) -> tuple[int, bool]:
+                          import_batch_id: int | None = None, required_decisions: int = 1,
+                          images: list[str] | None = None, image_hashes: list[str] | None = None) -> tuple[int, bool]:
     """Store a counterfactual of ``trajectory`` (``insert_trajectory``'s id and hash) once, by content hash,
     in the caller's transaction; its row id and whether this call added it. The one INSERT into
-    ``counterfactuals`` (defaults as migrations 2 and 4 give them)."""
+    ``counterfactuals`` (defaults as migrations 2 and 4 give them). ``images``: its rejected side's images,
+    None for the trajectory's own (a text rewrite); another study's for an image swap."""
     traj_id, traj_hash = trajectory
-    h = counterfactual_hash(traj_hash, target, completion)
+    own_paths, own_hashes = (json.loads(v) for v in con.execute(
+        "SELECT images, image_hashes FROM trajectories WHERE id = ?", (traj_id,)).fetchone())
+    if images is None:
+        paths, hashes = own_paths, own_hashes
+    else:
+        paths, hashes = (list(images), list(image_hashes)) if image_hashes is not None else hashed_images(images)
+    h = counterfactual_hash(traj_hash, target, completion, () if hashes == own_hashes else hashes)
     added = con.execute(
         "INSERT INTO counterfactuals (trajectory_id, content_hash, target, completion, method, graph_version, model, "
-        "settings, consistency, import_batch_id, required_decisions, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
+        "settings, consistency, import_batch_id, required_decisions, images, image_hashes, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(content_hash) DO NOTHING",
         (traj_id, h, target, completion, method, graph_version, model, settings, consistency, import_batch_id,
-         required_decisions, now)).rowcount
+         required_decisions, json.dumps(paths), json.dumps(hashes), now)).rowcount
     return con.execute("SELECT id FROM counterfactuals WHERE content_hash = ?", (h,)).fetchone()[0], added == 1
 
 
 def store_counterfactuals(store: Store, record: dict, source: str, cfs: list[Counterfactual]) -> list[int]:
-    """Store the trajectory (once) and its counterfactuals (once each); their row ids, in order."""
+    """Store the trajectory (once, with its ``images``) and its counterfactuals (once each, with theirs); their
+    row ids, in order."""
     now = time.time()
+    where = f"trajectory {record.get('id')}"
+    images = hashed_images(record.get("images"), where)
+    swapped = [hashed_images(cf.images, f"{where}, {cf.method} counterfactual for {cf.target}")
+               if cf.images != tuple(images[0]) else images for cf in cfs]  # hashed before the transaction
     with store.transaction() as con:
         traj = insert_trajectory(con, record["prompt"], record["completion"], source, now, record.get("id"),
-                                 record.get("label"))
+                                 record.get("label"), images=images[0], image_hashes=images[1])
         return [insert_counterfactual(con, traj, cf.target, cf.completion, cf.method, now,
                                       settings=json.dumps(cf.settings, ensure_ascii=False),
                                       graph_version=cf.graph_version, model=cf.model,
-                                      consistency=cf.consistency.score)[0] for cf in cfs]
+                                      consistency=None if cf.consistency is None else cf.consistency.score,
+                                      images=paths, image_hashes=hashes)[0]
+                for cf, (paths, hashes) in zip(cfs, swapped, strict=True)]
 
 
 def by_consistency(table: pd.DataFrame, lowest_first: bool = True) -> pd.DataFrame:
@@ -105,8 +148,10 @@ class BatchProgress:
 
 def generate_batch(store: Store, graph: nx.DiGraph, records: list[dict], source: str, mode: str,
                    target: str | None = None, method: str = "graph", graph_version: int | None = None,
-                   expert=None) -> Iterator[BatchProgress]:
-    """Generate and store counterfactuals record by record, yielding progress after each one.
+                   expert=None, donors: list[dict] | None = None) -> Iterator[BatchProgress]:
+    """Generate and store counterfactuals record by record, yielding progress after each one. For
+    ``image_swap`` the swapped-in images come from ``donors`` (default: ``records``); records without
+    images are passed over.
 
     Cancel by no longer iterating (``break``, or ``close()`` the generator): every record finished so far
     is stored, the current one is not half-written.
@@ -114,6 +159,9 @@ def generate_batch(store: Store, graph: nx.DiGraph, records: list[dict], source:
     stored: set[int] = set()
     for i, rec in enumerate(records):
         targets = choose_targets(graph, true_disease(rec), mode, target)
-        cfs = make_counterfactuals(graph, rec, targets, method, graph_version, expert) if targets else []
+        if method == "image_swap" and not rec.get("images"):
+            targets = []
+        cfs = make_counterfactuals(graph, rec, targets, method, graph_version, expert,
+                                   records if donors is None else donors) if targets else []
         stored.update(store_counterfactuals(store, rec, source, cfs) if cfs else [])
         yield BatchProgress(i + 1, len(records), len(stored), rec.get("id"))

@@ -16,9 +16,10 @@ seconds, so a closed tab frees its item.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,13 @@ class Item:
     source: str
     required: int
     annotations: pd.DataFrame  # annotator, decision, edited_text, note, updated_at
+    images: list[str] = field(default_factory=list)           # the original's images (absolute paths)
+    rejected_images: list[str] = field(default_factory=list)  # the counterfactual's: the same, or a swapped study's
+
+    @property
+    def swapped(self) -> bool:
+        """An image swap (CPO++'s visual counterfactual): the counterfactual shows another image."""
+        return self.rejected_images != self.images
 
 
 QUEUE_SQL = """
@@ -204,13 +212,16 @@ def annotate(store: Store, item_id: int, annotator: str, decision: str, edited_t
 def item(store: Store, item_id: int) -> Item:
     columns, rows = _dicts(store, "SELECT c.id, t.prompt, t.system, t.completion AS original, c.completion AS "
                                   "counterfactual, t.label, c.target, c.method, c.consistency, t.source, "
-                                  "c.required_decisions AS required FROM counterfactuals c JOIN trajectories t "
+                                  "c.required_decisions AS required, t.images, c.images AS rejected_images "
+                                  "FROM counterfactuals c JOIN trajectories t "
                                   "ON t.id = c.trajectory_id WHERE c.id = ?", (item_id,))
     if not rows:
         raise InputError(f"no counterfactual pair with id {item_id}")
     notes = _read(store, "SELECT annotator, decision, edited_text, note, updated_at FROM annotations "
                          "WHERE counterfactual_id = ? ORDER BY updated_at", (item_id,))
-    return Item(**dict(zip(columns, rows[0], strict=True)), annotations=notes)
+    fields = dict(zip(columns, rows[0], strict=True))
+    fields["images"], fields["rejected_images"] = json.loads(fields["images"]), json.loads(fields["rejected_images"])
+    return Item(**fields, annotations=notes)
 
 
 def set_required(store: Store, k: int, flt: QueueFilter = QueueFilter()) -> int:
@@ -232,7 +243,8 @@ def filter_options(store: Store) -> dict[str, list]:
                 "targets": pick("SELECT DISTINCT target FROM counterfactuals ORDER BY 1"),
                 "methods": pick("SELECT DISTINCT method FROM counterfactuals ORDER BY 1"),
                 "annotators": pick("SELECT DISTINCT annotator FROM annotations ORDER BY 1"),
-                "sources": pick("SELECT DISTINCT source FROM trajectories ORDER BY 1")}
+                "sources": pick("SELECT DISTINCT source FROM trajectories UNION SELECT DISTINCT "
+                                f"'{IMAGE_SWAP}' FROM counterfactuals WHERE method = '{IMAGE_SWAP}' ORDER BY 1")}
 
 
 # ---------------------------------------------------------------- agreement
@@ -318,13 +330,17 @@ def resolve(store: Store, item_id: int, decision: str, resolver: str, edited_tex
 
 
 CURATED_COLUMNS = """, c.content_hash AS hash, t.content_hash AS key, t.prompt, t.system, t.completion AS chosen,
-       c.completion AS counterfactual, r.edited_text AS resolution_text, a.decision, a.edited_text"""
+       c.completion AS counterfactual, r.edited_text AS resolution_text, a.decision, a.edited_text,
+       t.images AS images, c.images AS rejected_images"""
+IMAGE_SWAP = "image_swap"  # the method and the pair source of CPO++'s visual counterfactuals
 
 
 def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
     """The pairs to export: chosen = the real completion, rejected = the counterfactual (or its edit).
     An item goes in when its resolution, or its k agreeing decisions, say accept or edit (never when
-    they say reject); with ``include_pending`` also items that nobody has decided yet."""
+    they say reject); with ``include_pending`` also items that nobody has decided yet. ``images`` are the
+    original's, ``rejected_images`` the counterfactual's (the same list for a text counterfactual); an image
+    swap's source is ``image_swap``, so that it gets its own weight (CPO++'s visual pairs)."""
     out = []
     columns, rows = _dicts(store, QUEUE_SQL.format(columns=CURATED_COLUMNS, where="1 = 1"))
     for r in (dict(zip(columns, row, strict=True)) for row in rows):  # plain tuples: None stays None (not NaN)
@@ -338,8 +354,12 @@ def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
             continue
         if decision in ("accept", "edit"):
             rejected = text if decision == "edit" else r["counterfactual"]
-            out.append({k: r[k] for k in ("id", "hash", "key", "prompt", "system", "chosen", "label", "target",
-                                          "source")} | {"rejected": rejected})
+            row = {k: r[k] for k in ("id", "hash", "key", "prompt", "system", "chosen", "label", "target", "source",
+                                     "method")} | {"rejected": rejected}
+            row["images"], row["rejected_images"] = json.loads(r["images"]), json.loads(r["rejected_images"])
+            if r["method"] == IMAGE_SWAP:
+                row["source"] = IMAGE_SWAP
+            out.append(row)
     return out
 
 
@@ -363,7 +383,6 @@ def trajectories_file(store: Store, folder: Path) -> Path:
     scores (id, prompt, completion, label). Trajectories are only ever inserted, so their count, last id and
     the last one's content hash name the file: a page rerun finds it without reading the rows again, and a
     recreated database with as many rows does not pick up another database's file."""
-    import json
     from collections import Counter
 
     from core.cache import atomic_write_text
@@ -375,10 +394,17 @@ def trajectories_file(store: Store, folder: Path) -> Path:
     path = Path(folder) / f"curation-{count}-{last}-{last_hash[:12]}.jsonl"
     if path.exists():
         return path
-    rows = store.query("SELECT id, external_id, prompt, completion, label FROM trajectories WHERE id <= ? ORDER BY id",
-                       (last,))
+    rows = store.query("SELECT id, external_id, prompt, completion, label, images FROM trajectories WHERE id <= ? "
+                       "ORDER BY id", (last,))
     seen = Counter(ext for _, ext, *_ in rows)
     atomic_write_text(path, "".join(json.dumps({"id": ext if ext and seen[ext] == 1 else f"db-{i}", "prompt": p,
-                                                "completion": c, "label": y}, ensure_ascii=False) + "\n"
-                                    for i, ext, p, c, y in rows))
+                                                "completion": c, "label": y} | _images_field(im),
+                                               ensure_ascii=False) + "\n"
+                                    for i, ext, p, c, y, im in rows))
     return path
+
+
+def _images_field(images: str) -> dict:
+    """``{"images": [...]}`` for a trajectory with images (absolute paths), nothing for a text-only one."""
+    paths = json.loads(images)
+    return {"images": paths} if paths else {}

@@ -175,6 +175,11 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 5 -> 6: content hashes over a JSON encoding of the fields (core.hashing) instead of NUL-joined text,
     # where different field pairs could collide. Recomputed from the stored text.
     lambda con: _rehash(con),  # _rehash is defined below
+    # 6 -> 7: images (issue 16). A trajectory keeps the images it was shown with and a counterfactual the images
+    # of its rejected side (the trajectory's for a text rewrite, another study's for an image swap): JSON lists
+    # of absolute paths, and of the files' content hashes (core.images.content_hash) in the same order. Rows
+    # stored before read as text-only ('[]').
+    lambda con: _add_image_columns(con),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -202,6 +207,19 @@ def _rehash(con: sqlite3.Connection) -> None:
     for id_, tid, target, completion in rows:
         con.execute("UPDATE counterfactuals SET content_hash = ? WHERE id = ?",
                     (content_hash(new.get(tid, ""), target, completion), id_))
+
+
+IMAGE_COLUMNS = ("images", "image_hashes")
+
+
+def _add_image_columns(con: sqlite3.Connection) -> None:
+    """Migration 6 -> 7: ``images`` and ``image_hashes`` on trajectories and counterfactuals (a column already
+    there is left as it is, so a database rolled back by hand to an older version migrates again)."""
+    for table in ("trajectories", "counterfactuals"):
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        for column in IMAGE_COLUMNS:
+            if column not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT '[]'")
 
 
 @dataclass
