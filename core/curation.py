@@ -357,7 +357,7 @@ def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
             row = {k: r[k] for k in ("id", "hash", "key", "prompt", "system", "chosen", "label", "target", "source",
                                      "method")} | {"rejected": rejected}
             row["images"], row["rejected_images"] = json.loads(r["images"]), json.loads(r["rejected_images"])
-            if r["method"] == IMAGE_SWAP:
+            if row["rejected_images"] != row["images"]:  # a visual pair, generated or imported
                 row["source"] = IMAGE_SWAP
             out.append(row)
     return out

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from core import curation, formats
 from core.counterfactual_store import insert_counterfactual, insert_trajectory
+from core.curation import IMAGE_SWAP
+from core.images import content_hash as image_hash
 from core.errors import InputError
 from core.outputs import disk_full_named
 from core.pairs import check_weights, normalise_weights
@@ -42,18 +44,43 @@ class ImportResult:
     errors: list[str]
 
 
-def import_file(store: Store, path: str | Path, **kwargs) -> ImportResult:
-    return import_text(store, formats.read_text(path), Path(path).name, **kwargs)
+def import_file(store: Store, path: str | Path, image_folder: str | Path | None = None, **kwargs) -> ImportResult:
+    """Import a file (CCF, TRL, ms-swift: relative ``images`` are relative to it; CCF items find their image by
+    ``dicom_id`` in ``image_folder``) or a Hugging Face ``datasets`` folder (embedded images are written once
+    into the workspace's ``uploads/images/``, named by content)."""
+    path = Path(path).expanduser()
+    if formats.is_hf_folder(path):
+        parsed = formats.parse_hf_folder(path, image_store(store))
+        return _import_parsed(store, parsed, path.name, _folder_digest(path), **kwargs)
+    return import_text(store, formats.read_text(path), path.name, data_file=path, image_folder=image_folder,
+                       **kwargs)
+
+
+def image_store(store: Store) -> Path:
+    """Where images that arrive inside a file (a Hugging Face folder's embedded ones) are kept as files."""
+    return store.path.parent / "uploads" / "images"
+
+
+def _folder_digest(folder: Path) -> str:
+    return formats.folder_hash(folder)
 
 
 def import_text(store: Store, text: str, name: str, fmt: str | None = None, keep_valid: bool = False,
-                required: int = 1, progress: Callable[[int, int], None] | None = None) -> ImportResult:
-    """Parse ``text`` (the file ``name``) and store its pairs in one transaction. ``required`` is k, the
-    decisions each new pair needs; ``progress(done, total)`` is called as pairs are written (an exception
-    raised from it, e.g. a Stop button's rerun, rolls the whole import back)."""
+                required: int = 1, progress: Callable[[int, int], None] | None = None,
+                data_file: str | Path | None = None, image_folder: str | Path | None = None) -> ImportResult:
+    """Parse ``text`` (the file ``name``, at ``data_file`` when it has a path: relative images start there)
+    and store its pairs in one transaction. ``required`` is k, the decisions each new pair needs;
+    ``progress(done, total)`` is called as pairs are written (an exception raised from it, e.g. a Stop
+    button's rerun, rolls the whole import back)."""
+    parsed = formats.parse(text, name, fmt, data_file, image_folder)
+    return _import_parsed(store, parsed, name, hashlib.sha256(text.encode()).hexdigest(), keep_valid, required,
+                          progress)
+
+
+def _import_parsed(store: Store, parsed: formats.Parsed, name: str, digest: str, keep_valid: bool = False,
+                   required: int = 1, progress: Callable[[int, int], None] | None = None) -> ImportResult:
     if required < 1:
         raise InputError(f"required decisions per item must be at least 1, got {required}")
-    parsed = formats.parse(text, name, fmt)
     if parsed.errors and not keep_valid:
         raise InputError(_error_summary(name, parsed) + " Nothing was stored; fix the file, or choose to keep "
                          f"the valid part ({parsed.records - parsed.skipped} records).")
@@ -64,10 +91,11 @@ def import_text(store: Store, text: str, name: str, fmt: str | None = None, keep
     with store.transaction() as con:
         batch = con.execute(
             "INSERT INTO import_batches (name, format, content_hash, kept, duplicates, skipped, errors, created_at) "
-            "VALUES (?, ?, ?, 0, 0, ?, ?, ?)", (name, parsed.format, hashlib.sha256(text.encode()).hexdigest(),
-                                               parsed.skipped, json.dumps(parsed.errors), now)).lastrowid
+            "VALUES (?, ?, ?, 0, 0, ?, ?, ?)", (name, parsed.format, digest, parsed.skipped,
+                                               json.dumps(parsed.errors), now)).lastrowid
         kept = 0
-        for i, pair in enumerate(parsed.pairs):
+        # text pairs first: a study's trajectory takes its source from them, not from a visual pair's 'image_swap'
+        for i, pair in enumerate(sorted(parsed.pairs, key=lambda p: p.rejected_images is not None)):
             kept += _insert_pair(con, pair, name, batch, required, settings, now)
             if progress and (i % 200 == 0 or i == len(parsed.pairs) - 1):
                 progress(i + 1, len(parsed.pairs))
@@ -84,10 +112,14 @@ def _error_summary(name: str, parsed: formats.Parsed) -> str:
 
 
 def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, settings: str, now: float) -> int:
-    traj = insert_trajectory(con, pair.prompt, pair.chosen, pair.source or name, now, pair.external_id, pair.label,
-                             pair.system)
-    _, added = insert_counterfactual(con, traj, pair.target, pair.rejected, "import", now, settings=settings,
-                                     import_batch_id=batch, required_decisions=required)
+    swapped = pair.rejected_images is not None  # a visual pair: the rejected side keeps its own images
+    source = name if swapped and pair.source == IMAGE_SWAP else pair.source or name
+    traj = insert_trajectory(con, pair.prompt, pair.chosen, source, now, pair.external_id, pair.label,
+                             pair.system, images=list(pair.images))
+    method = IMAGE_SWAP if swapped and pair.source == IMAGE_SWAP else "import"
+    _, added = insert_counterfactual(con, traj, pair.target, pair.rejected, method, now, settings=settings,
+                                     import_batch_id=batch, required_decisions=required,
+                                     images=list(pair.rejected_images) if swapped else None)
     return int(added)
 
 
@@ -110,6 +142,7 @@ class ExportConfig:
     weights: dict[str, float] = field(default_factory=dict)  # per-source weight, normalised to mean one
     include_pending: bool = False     # also pairs nobody has decided yet (format conversion without curation)
     name: str | None = None           # snapshot name; default '<format>-<hash prefix>'
+    copy_images: bool = False         # copy the images into the snapshot (images/); else reference them by path
 
     def __post_init__(self):
         if self.format not in formats.EXPORT_FORMATS:
@@ -133,6 +166,11 @@ class Snapshot:
     content_hash: str
     created_at: float
 
+    def image_changes(self) -> list[str]:
+        """One message per image of the snapshot (its ``images.json`` manifest) that is missing or whose bytes
+        changed since the export: a run on it would train on other images than were curated."""
+        return image_changes(self.path)
+
 
 def weighted_rows(rows: list[dict], weights: dict[str, float]) -> list[dict]:
     """Each row's ``weight``: its source's weight (default 1) divided by the mean over the rows, so the
@@ -150,8 +188,12 @@ def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:
     tmp = root / f".tmp-{uuid.uuid4().hex}"
     with disk_full_named(root):  # a full disk is named; the temporary folder is removed either way
         try:
+            paths = _image_names(rows) if config.copy_images else None
             counts = formats.write(weighted_rows(rows, config.weights), tmp, config.format, config.test_fraction,
-                                   config.seed, config.system, config.conversational)
+                                   config.seed, config.system, config.conversational, paths)
+            if paths and config.format != "hf":  # the Hugging Face folder embeds them in its arrow files
+                _copy_images(paths, tmp)
+            _write_manifest(rows, tmp, config, paths)
             digest = formats.folder_hash(tmp)
             name = config.name or f"{config.format}-{digest[:10]}"
             final = root / name
@@ -163,6 +205,73 @@ def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return _record(store, name, final, config, counts, digest)
+
+
+MANIFEST = "images.json"
+
+
+def _image_list(rows: list[dict]) -> list[str]:
+    """Every image the rows name (chosen and rejected sides), each once, in a stable order."""
+    return sorted({p for r in rows for p in (*(r.get("images") or ()), *(r.get("rejected_images") or ()))})
+
+
+def _image_names(rows: list[dict]) -> dict[str, str]:
+    """Absolute path -> ``images/<content hash><suffix>``, the copy's path relative to the pairs file."""
+    out = {}
+    for src in _image_list(rows):
+        try:
+            out[src] = f"images/{image_hash(Path(src))}{Path(src).suffix.lower()}"
+        except OSError as e:
+            raise InputError(f"export: cannot read image {src} ({e.strerror or e}); it was curated with this "
+                             "path: restore the file, or leave the pair out") from None
+    return out
+
+
+def _copy_images(names: dict[str, str], folder: Path) -> None:
+    (folder / "images").mkdir(exist_ok=True)
+    for src, name in names.items():
+        shutil.copyfile(src, folder / name)
+
+
+def _write_manifest(rows: list[dict], folder: Path, config: ExportConfig, paths: dict[str, str] | None) -> None:
+    """``images.json``: each image's path as written (or embedded) and its content hash, so a
+    reloaded snapshot can tell whether an image changed. Only for exports with images."""
+    images = _image_list(rows)
+    if not images:
+        return
+    how = "referenced" if paths is None else "embedded" if config.format == "hf" else "copied"
+    entries = []
+    for src in images:
+        try:
+            digest = image_hash(Path(src))
+        except OSError as e:
+            raise InputError(f"export: cannot read image {src} ({e.strerror or e})") from None
+        entries.append({"path": src if paths is None else paths[src], "content_hash": digest, "stored": how})
+    formats.write_json(folder / MANIFEST, {"images": sorted(entries, key=lambda e: (e["path"], e["content_hash"]))})
+
+
+def image_changes(folder: Path) -> list[str]:
+    """What ``Snapshot.image_changes`` reports, for a snapshot folder."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return []
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["images"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{manifest}: unreadable image manifest ({e})"]
+    out = []
+    for e in entries:
+        if e.get("stored") == "embedded":
+            continue  # inside the arrow files, covered by the snapshot's own hash
+        path = Path(e["path"]) if Path(e["path"]).is_absolute() else Path(folder) / e["path"]
+        try:
+            now = image_hash(path)
+        except OSError:
+            out.append(f"{path}: image missing (recorded with content hash {e['content_hash']})")
+            continue
+        if now != e["content_hash"]:
+            out.append(f"{path}: image changed since the snapshot (content hash {e['content_hash']} then, {now} now)")
+    return out
 
 
 def _record(store: Store, name: str, path: Path, config: ExportConfig, counts: dict, digest: str) -> Snapshot:
