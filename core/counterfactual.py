@@ -336,19 +336,16 @@ def true_disease(record: dict) -> str | None:
 
 
 def with_images(records: list[dict], data_file: str | Path) -> list[dict]:
-    """``records`` (read by ``core.trajectories``) with ``images``: absolute path strings resolved against
-    ``data_file``, [] for a text-only record. Records that already carry ``images`` are returned as they are;
-    otherwise a JSONL file's ``images`` field is read here (matched by id), so that the pages see a study's
-    image whichever reader produced the records."""
-    if not records or all("images" in r for r in records):
-        return records
+    """``records`` (read by ``core.trajectories``) with ``images`` as absolute path strings, resolved against
+    ``data_file`` where the file wrote them relative; [] for a text-only record. A bad ``images`` field is an
+    ``InputError`` naming the file and the record."""
     from core.images import record_images
-    from core.trajectories import json_lines
 
-    path = Path(data_file)
-    found: dict[str, list[str]] = {}
-    if path.is_file() and path.suffix == ".jsonl":
-        for line, raw in json_lines(path):
-            rid = str(raw.get("id", raw.get("dicom_id", f"line-{line}")))
-            found[rid] = [str(r.path) for r in record_images(raw, path, line)]
-    return [r if "images" in r else {**r, "images": found.get(str(r.get("id")), [])} for r in records]
+    out = []
+    for rec in records:
+        try:
+            refs = record_images(rec, Path(data_file), field="images")
+        except InputError as e:
+            raise InputError(f"trajectory {rec.get('id')}: {e}") from None
+        out.append({**rec, "images": [str(r.path) for r in refs]})
+    return out
