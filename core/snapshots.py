@@ -44,25 +44,23 @@ class ImportResult:
     errors: list[str]
 
 
-def import_file(store: Store, path: str | Path, image_folder: str | Path | None = None, **kwargs) -> ImportResult:
+def import_file(store: Store, path: str | Path, fmt: str | None = None, keep_valid: bool = False, required: int = 1,
+                progress: Callable[[int, int], None] | None = None,
+                image_folder: str | Path | None = None) -> ImportResult:
     """Import a file (CCF, TRL, ms-swift: relative ``images`` are relative to it; CCF items find their image by
     ``dicom_id`` in ``image_folder``) or a Hugging Face ``datasets`` folder (embedded images are written once
-    into the workspace's ``uploads/images/``, named by content)."""
+    into the workspace's ``uploads/images/``, named by content). See ``import_text``."""
     path = Path(path).expanduser()
     if formats.is_hf_folder(path):
         parsed = formats.parse_hf_folder(path, image_store(store))
-        return _import_parsed(store, parsed, path.name, _folder_digest(path), **kwargs)
-    return import_text(store, formats.read_text(path), path.name, data_file=path, image_folder=image_folder,
-                       **kwargs)
+        return _import_parsed(store, parsed, path.name, formats.folder_hash(path), keep_valid, required, progress)
+    return import_text(store, formats.read_text(path), path.name, fmt, keep_valid, required, progress,
+                       data_file=path, image_folder=image_folder)
 
 
 def image_store(store: Store) -> Path:
     """Where images that arrive inside a file (a Hugging Face folder's embedded ones) are kept as files."""
     return store.path.parent / "uploads" / "images"
-
-
-def _folder_digest(folder: Path) -> str:
-    return formats.folder_hash(folder)
 
 
 def import_text(store: Store, text: str, name: str, fmt: str | None = None, keep_valid: bool = False,

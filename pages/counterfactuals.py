@@ -4,14 +4,20 @@ LLM expert), preview the change side by side, batch over a dataset, and list wha
 import streamlit as st
 
 from core import concepts, counterfactual_job as cf_job, jobs
-from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals, true_disease
+from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals, true_disease, with_images
 from core.counterfactual_store import by_consistency, list_counterfactuals, store_counterfactuals
 from core.errors import InputError
 from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
 from workbench import curation_view, graphview, resources, state, ui
 
 MODES = {"one": "one target", "all": "all other diseases", "confusable": "confusable diseases (shared findings)"}
-METHODS = {"graph": "graph rules", "llm": "LLM expert (local model)"}
+METHODS = {"graph": "graph rules", "llm": "LLM expert (local model)",
+           "image_swap": "image swap (same CoT, another study's image of the target)"}
+
+def preview_name(item: tuple) -> str:
+    score = "image swap" if item[2] is None else f"consistency {item[2]:.2f}"
+    return f"{item[0]} · {score}"
+
 
 st.title("Counterfactuals")
 st.caption("Counterfactual chains of thought argue for a disease the study does not show: the rejected side of "
@@ -29,14 +35,24 @@ except InputError as e:
 left, right = st.columns(2)
 names = list(world.manifest["datasets"])
 ds = left.selectbox("Dataset", names, index=names.index(world.manifest.get("default_dataset", names[0])), key="cf_dataset")
-records = resources.dataset(path, ds)
+try:
+    records = with_images(resources.dataset(path, ds), world.dataset_path(ds))  # images: absolute paths
+except InputError as e:
+    st.error(str(e))
+    st.stop()
 source = cf_job.source_of(world.name, ds)
 pick = right.selectbox("Trajectory", range(len(records)), key="cf_record",
                        format_func=lambda i: f"{records[i]['id']} · {records[i].get('label')}")
 record = records[pick]
-st.code(f"{record['prompt']}\n\n{record['completion']}", language=None, wrap_lines=True)
+with_pictures = any(r["images"] for r in records)  # a vision-language dataset: show the study's image, offer swaps
+text_col, image_col = st.columns([3, 1]) if record["images"] else (st.container(), None)
+text_col.code(f"{record['prompt']}\n\n{record['completion']}", language=None, wrap_lines=True)
+if image_col:
+    with image_col:
+        ui.images(record["images"], f"{record['id']} · {record.get('label')}")
 
-method = st.radio("Method", list(METHODS), format_func=METHODS.get, horizontal=True, key="cf_method")
+methods = [m for m in METHODS if m != "image_swap" or with_pictures]
+method = st.radio("Method", methods, format_func=METHODS.get, horizontal=True, key="cf_method")
 expert = None
 if method == "llm":
     with st.expander("Expert model, prompt and sampling", expanded=True):
@@ -64,10 +80,15 @@ st.caption(f"Concept graph version {version} · targets for {record['id']}: {', 
 
 if st.button("Generate for this trajectory", key="cf_generate", type="primary", disabled=not targets):
     try:
-        cfs = make_counterfactuals(graph, record, targets, method, version, expert)
+        cfs = make_counterfactuals(graph, record, targets, method, version, expert, donors=records)
+        if not cfs:
+            raise InputError(f"no study of {', '.join(targets)} with an image to swap in")
         store_counterfactuals(store, record, source, cfs)
-        st.session_state[state.CF_LAST] = {"original": record["completion"], "id": record["id"],
-                                           "items": [(cf.target, cf.completion, cf.consistency.score) for cf in cfs]}
+        st.session_state[state.CF_LAST] = {
+            "original": record["completion"], "id": record["id"], "images": record["images"],
+            "label": record.get("label"),
+            "items": [(cf.target, cf.completion, cf.consistency and cf.consistency.score, list(cf.images), cf.method)
+                      for cf in cfs]}
     except InputError as e:
         st.error(str(e))
 
@@ -75,9 +96,23 @@ last = st.session_state[state.CF_LAST]
 if last:
     st.subheader(f"Preview · {last['id']}")
     items = last["items"]
-    k = st.selectbox("Counterfactual", range(len(items)), key="cf_preview",
-                     format_func=lambda i: f"{items[i][0]} · consistency {items[i][2]:.2f}")
-    st.markdown(graphview.side_by_side_html(last["original"], items[min(k, len(items) - 1)][1]), unsafe_allow_html=True)
+    k = st.selectbox("Counterfactual", range(len(items)), key="cf_preview", format_func=lambda i: preview_name(items[i]))
+    target, text, _, images, kind = (*items[min(k, len(items) - 1)], [], "")[:5]
+    diff = graphview.side_by_side_html(last["original"], text)
+    if images and images != last.get("images"):  # an image swap: the two images side by side, above the same text
+        left, right = st.columns(2)
+        with left:
+            ui.images(last["images"], f"original · {last.get('label')}")
+        with right:
+            ui.images(images, f"counterfactual image · {target}")
+        st.markdown(diff, unsafe_allow_html=True)
+    elif last.get("images"):
+        text_col, image_col = st.columns([3, 1])
+        text_col.markdown(diff, unsafe_allow_html=True)
+        with image_col:
+            ui.images(last["images"], f"{last['id']} (both sides)")
+    else:
+        st.markdown(diff, unsafe_allow_html=True)
 
 st.subheader("Batch over the dataset")
 st.caption("Runs in the background (close the tab, it keeps going); Cancel stops it after the current "

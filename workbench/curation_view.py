@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import curation, formats, snapshots
+from core import curation, snapshots
 from core.cpo import MIN_PAIRS
 from core.errors import InputError
 from core.workspace import check_data_path, data_roots
-from workbench import resources, state
+from workbench import resources, state, ui
 from workbench.diffview import diff_html
 from workbench.safe_text import inert
 
@@ -46,6 +46,25 @@ def pair_html(item: curation.Item) -> str:
             f"<div style='flex:1'>{head('Original · ' + str(item.label))}<div class='cf-pair'>{left}</div></div>"
             f"<div style='flex:1'>{head('Counterfactual · ' + item.target)}<div class='cf-pair'>{right}</div></div>"
             "</div>")
+
+
+def pair_view(item: curation.Item) -> None:
+    """The pair with its study's image(s) beside it (``ui.images``): for an image swap, the original's and the
+    counterfactual's images side by side above the (unchanged) text; nothing more for a text-only pair."""
+    if item.swapped:
+        left, right = st.columns(2)
+        with left:
+            ui.images(item.images, f"Original image · {item.label}")
+        with right:
+            ui.images(item.rejected_images, f"Counterfactual image · {item.target}")
+        st.html(pair_html(item))
+    elif item.images:
+        text, pictures = st.columns([3, 1])
+        text.html(pair_html(item))
+        with pictures:
+            ui.images(item.images, f"Study · {item.label}")
+    else:
+        st.html(pair_html(item))
 
 
 def filters(store) -> curation.QueueFilter:
@@ -95,7 +114,7 @@ def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, i
     score = "–" if item.consistency is None else f"{item.consistency:.2f}"
     st.caption(inert(f"Item #{item.id} · {item.label} → {item.target} · method {item.method} · source {item.source} · ")
                + f"consistency {score} · needs {item.required} decision(s)")
-    st.html(pair_html(item))
+    pair_view(item)
     st.text_area("Edit the counterfactual in place, then Save edit", item.counterfactual, key=state.cur_edit(item_id))
     st.text_input("Note", key=state.cur_note(item_id), placeholder="why (optional)")
     cols = st.columns(4)
@@ -145,7 +164,7 @@ def conflicts_panel(store, annotator: str) -> None:
         return
     item_id = st.selectbox("Item", sorted(df["id"].unique()), key="cur_conflict_item")
     rows = df[df["id"] == item_id]
-    st.html(pair_html(curation.item(store, int(item_id))))
+    pair_view(curation.item(store, int(item_id)))
     st.dataframe(rows.drop(columns=["id"]), hide_index=True)
     options = ["accept", "reject"] + [f"edit by {r.annotator}" for r in rows.itertuples() if r.decision == "edit"]
     choice = st.radio("Settle as", options, horizontal=True, key="cur_settle_choice")
@@ -193,9 +212,12 @@ def examples_panel(store, folder: Path | None) -> None:
 
 def import_panel(store, examples: Path | None = None) -> None:
     examples_panel(store, examples)
-    upload = st.file_uploader("Upload CCF JSON, TRL JSONL or ms-swift JSON", type=["json", "jsonl"],
-                              key="cur_upload")
-    path = st.text_input("…or a path on this machine", key="cur_import_path")  # under the data roots only
+    upload = st.file_uploader("Upload CCF JSON, TRL JSONL or ms-swift JSON (images by absolute path)",
+                              type=["json", "jsonl"], key="cur_upload")
+    path = st.text_input("…or a path on this machine (a file, or a Hugging Face datasets folder); relative "
+                         "images are found beside the file", key="cur_import_path")  # under the data roots only
+    image_folder = st.text_input("Image folder for CCF items (optional): each item's dicom_id names its image, "
+                                 "also nested as mimic-cxr-00N/images/", key="cur_import_images")
     c = st.columns(3)
     fmt = c[0].selectbox("Format", ["auto", "ccf", "trl", "swift"], key="cur_import_format")
     k = c[1].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_import_k")
@@ -207,10 +229,16 @@ def import_panel(store, examples: Path | None = None) -> None:
         try:
             if not (upload or path.strip()):
                 raise InputError("choose a file to upload or enter its path first")
-            text, name = ((upload.getvalue().decode("utf-8"), upload.name) if upload else
-                          (formats.read_text(check_data_path(path.strip(), data_roots(store))), Path(path.strip()).name))
-            r = snapshots.import_text(store, text, name, None if fmt == "auto" else fmt, keep, int(k),
-                                      progress=lambda d, n: bar.progress(d / n, text=f"Importing {d}/{n}"))
+            roots = data_roots(store)
+            folder = check_data_path(image_folder.strip(), roots) if image_folder.strip() else None
+            options = dict(fmt=None if fmt == "auto" else fmt, keep_valid=keep, required=int(k), image_folder=folder,
+                           progress=lambda d, n: bar.progress(d / n, text=f"Importing {d}/{n}"))
+            if upload:
+                name = upload.name
+                r = snapshots.import_text(store, upload.getvalue().decode("utf-8"), name, **options)
+            else:
+                name = Path(path.strip()).name
+                r = snapshots.import_file(store, check_data_path(path.strip(), roots), **options)
             st.session_state[state.CUR_IMPORTED] = (f"Imported {name} ({r.format}): kept {r.kept} pairs, {r.duplicates} "
                                                 f"duplicates, skipped {r.skipped} invalid records.")
             st.rerun()  # the queue and the filters show the new pairs
@@ -231,10 +259,14 @@ def export_panel(store, root: Path) -> None:
     test = c[1].number_input("Test fraction", 0.0, 0.9, 0.0, 0.05, key="cur_export_test")
     seed = c[2].number_input("Split seed", 0, 2**31 - 1, 0, key="cur_export_seed")
     name = c[3].text_input("Snapshot name (optional)", key="cur_export_name")
-    c = st.columns(3)
+    c = st.columns(4)
     conv = c[0].checkbox("Conversational (TRL)", key="cur_export_conv")
     pending = c[1].checkbox("Include undecided pairs", key="cur_export_pending")
-    system = c[2].text_input("System prompt (optional)", key="cur_export_system")
+    copy = c[2].checkbox("Copy images", key="cur_export_copy_images",
+                         help="Copy the studies' images into the snapshot (images/, named by content; the Hugging "
+                              "Face folder embeds them). Otherwise the snapshot names them by absolute path. "
+                              "Either way images.json records each image's content hash.")
+    system = c[3].text_input("System prompt (optional)", key="cur_export_system")
     sources = curation.filter_options(store)["sources"]
     weights = st.data_editor(pd.DataFrame({"source": sources, "weight": 1.0}), hide_index=True,
                              disabled=["source"], key="cur_export_weights")
@@ -242,7 +274,7 @@ def export_panel(store, root: Path) -> None:
         try:
             cfg = snapshots.ExportConfig(fmt, float(test), int(seed), conv, system or None,
                                          dict(zip(weights["source"], weights["weight"].astype(float), strict=True)), pending,
-                                         name.strip() or None)
+                                         name.strip() or None, copy)
             snap = snapshots.export_snapshot(store, root, cfg)
             rows = ", ".join(f"{n} {split}" for split, n in snap.split["rows"].items())
             st.success(f"Snapshot **{snap.name}**: {snap.row_count} pairs ({rows}) in `{snap.path}` "
@@ -254,6 +286,9 @@ def export_panel(store, root: Path) -> None:
         except (InputError, ValueError) as e:
             st.error(str(e))
     snaps = snapshots.snapshots(store)
+    for s in snaps[:5]:  # the latest: a run on one whose images changed trains on other images than were curated
+        for problem in s.image_changes()[:3]:
+            st.warning(inert(f"Snapshot {s.name}: {problem}"))
     if snaps:
         st.dataframe(pd.DataFrame([{"name": s.name, "format": s.format, "rows": s.row_count,
                                     "split": str(s.split["rows"]), "path": str(s.path), "sha256": s.content_hash[:12]}
