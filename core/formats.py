@@ -179,19 +179,23 @@ class _Context:
     must name its images by absolute path) and, for CCF items, an image folder indexed by ``dicom_id``."""
     data_file: Path | None = None
     index: dict | None = None  # core.images.image_index of the image folder
+    roots: tuple[Path, ...] | None = None  # images must lie under these (the UI's data roots); None: anywhere
 
 
 def parse(text: str, name: str, fmt: str | None = None, data_file: str | Path | None = None,
-          image_folder: str | Path | None = None) -> Parsed:
+          image_folder: str | Path | None = None, image_roots: list[Path] | None = None) -> Parsed:
     """All valid pairs of a file and one error per invalid record. Raises ``InputError`` only when
     nothing can be read (empty file, malformed JSON array, unknown format). ``data_file``: the file's path,
-    which relative ``images`` are resolved against; ``image_folder``: CCF items' images by ``dicom_id``."""
+    which relative ``images`` are resolved against; ``image_folder``: CCF items' images by ``dicom_id``;
+    ``image_roots``: the folders images must lie in (a file imported in the UI names paths on this machine
+    as a typed path does: refused outside the data roots, with one message whether or not the file exists)."""
     fmt = fmt or detect_format(text, name)
     if fmt not in IMPORT_FORMATS:
         raise InputError(f"{name}: unknown format {fmt!r} (expected one of {', '.join(IMPORT_FORMATS)})")
     reader = {"ccf": _ccf_pairs, "trl": _trl_pairs, "swift": _swift_pairs}[fmt]
     ctx = _Context(Path(data_file).expanduser().resolve() if data_file else None,
-                   image_index(image_folder) if image_folder else None)
+                   image_index(image_folder) if image_folder else None,
+                   None if image_roots is None else tuple(image_roots))
     return _parse_records(_records(text, name), name, fmt, lambda rec: reader(rec, ctx))
 
 
@@ -230,9 +234,20 @@ def _images(rec: dict, field: str, ctx: _Context) -> tuple[str, ...] | None:
                 raise _RecordError(f"{field}[{i}]", f"relative image path {v!r} in an upload; import the file by its "
                                                     "path on this machine, or give absolute image paths")
             path = (ctx.data_file.parent / path).resolve()
+        if ctx.roots is not None:
+            _check_root(path, ctx.roots, f"{field}[{i}]")
         _check_image(path, f"{field}[{i}]")
         out.append(str(path))
     return tuple(out)
+
+
+def _check_root(path: Path, roots: tuple[Path, ...], field: str) -> None:
+    from core.workspace import check_data_path
+
+    try:
+        check_data_path(path, list(roots))
+    except InputError as e:
+        raise _RecordError(field, str(e)) from None
 
 
 def _check_image(path: Path, field: str) -> None:
@@ -265,6 +280,8 @@ def _ccf_pairs(rec: dict, ctx: _Context = _Context()) -> list[Pair]:
             raise _RecordError("dicom_id", f"expected the study's dicom_id (a string) to find its image, got {_kind(dicom)}")
         if dicom not in ctx.index:
             raise _RecordError("dicom_id", f"no image named {dicom!r} in the image folder")
+        if ctx.roots is not None:  # a link in the image folder may lead out of it
+            _check_root(ctx.index[dicom], ctx.roots, "dicom_id")
         _check_image(ctx.index[dicom], "dicom_id")
         images = (str(ctx.index[dicom]),)
     swaps = rec.get("image_swaps") or {}
@@ -556,7 +573,7 @@ def is_hf_folder(path: str | Path) -> bool:
     return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
 
 
-def parse_hf_folder(folder: str | Path, image_dir: str | Path) -> Parsed:
+def parse_hf_folder(folder: str | Path, image_dir: str | Path, image_roots: list[Path] | None = None) -> Parsed:
     """The pairs of a ``datasets`` folder (``save_to_disk`` layout, one split or a ``DatasetDict``) with the
     columns of a TRL preference file and optional ``images`` / ``rejected_images`` of ``datasets.Image``.
     Embedded images are written once into ``image_dir`` (named by their content hash; the store keeps paths),
@@ -575,7 +592,7 @@ def parse_hf_folder(folder: str | Path, image_dir: str | Path) -> Parsed:
                     yield where, _hf_record(rec, split, image_dir)
                 except _RecordError as e:
                     yield where, _Bad(str(e))
-    ctx = _Context(folder / "_")  # images are absolute by now
+    ctx = _Context(folder / "_", roots=None if image_roots is None else (*image_roots, Path(image_dir)))
     return _parse_records(rows(), folder.name, "hf", lambda rec: _trl_pairs(rec, ctx))
 
 

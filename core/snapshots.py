@@ -46,16 +46,16 @@ class ImportResult:
 
 def import_file(store: Store, path: str | Path, fmt: str | None = None, keep_valid: bool = False, required: int = 1,
                 progress: Callable[[int, int], None] | None = None,
-                image_folder: str | Path | None = None) -> ImportResult:
+                image_folder: str | Path | None = None, image_roots: list[Path] | None = None) -> ImportResult:
     """Import a file (CCF, TRL, ms-swift: relative ``images`` are relative to it; CCF items find their image by
     ``dicom_id`` in ``image_folder``) or a Hugging Face ``datasets`` folder (embedded images are written once
     into the workspace's ``uploads/images/``, named by content). See ``import_text``."""
     path = Path(path).expanduser()
     if formats.is_hf_folder(path):
-        parsed = formats.parse_hf_folder(path, image_store(store))
+        parsed = formats.parse_hf_folder(path, image_store(store), image_roots)
         return _import_parsed(store, parsed, path.name, formats.folder_hash(path), keep_valid, required, progress)
     return import_text(store, formats.read_text(path), path.name, fmt, keep_valid, required, progress,
-                       data_file=path, image_folder=image_folder)
+                       data_file=path, image_folder=image_folder, image_roots=image_roots)
 
 
 def image_store(store: Store) -> Path:
@@ -65,12 +65,14 @@ def image_store(store: Store) -> Path:
 
 def import_text(store: Store, text: str, name: str, fmt: str | None = None, keep_valid: bool = False,
                 required: int = 1, progress: Callable[[int, int], None] | None = None,
-                data_file: str | Path | None = None, image_folder: str | Path | None = None) -> ImportResult:
-    """Parse ``text`` (the file ``name``, at ``data_file`` when it has a path: relative images start there)
-    and store its pairs in one transaction. ``required`` is k, the decisions each new pair needs;
+                data_file: str | Path | None = None, image_folder: str | Path | None = None,
+                image_roots: list[Path] | None = None) -> ImportResult:
+    """Parse ``text`` (the file ``name``, at ``data_file`` when it has a path: relative images start there;
+    ``image_roots``: the folders its images must lie in, the UI's data roots) and store its pairs in one
+    transaction. ``required`` is k, the decisions each new pair needs;
     ``progress(done, total)`` is called as pairs are written (an exception raised from it, e.g. a Stop
     button's rerun, rolls the whole import back)."""
-    parsed = formats.parse(text, name, fmt, data_file, image_folder)
+    parsed = formats.parse(text, name, fmt, data_file, image_folder, image_roots)
     return _import_parsed(store, parsed, name, hashlib.sha256(text.encode()).hexdigest(), keep_valid, required,
                           progress)
 

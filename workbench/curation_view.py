@@ -232,6 +232,7 @@ def import_panel(store, examples: Path | None = None) -> None:
             roots = data_roots(store)
             folder = check_data_path(image_folder.strip(), roots) if image_folder.strip() else None
             options = dict(fmt=None if fmt == "auto" else fmt, keep_valid=keep, required=int(k), image_folder=folder,
+                           image_roots=roots,  # a file's image paths are typed paths too: only under the roots
                            progress=lambda d, n: bar.progress(d / n, text=f"Importing {d}/{n}"))
             if upload:
                 name = upload.name

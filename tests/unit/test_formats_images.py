@@ -210,6 +210,10 @@ def test_bad_image_input_names_the_record_and_the_path(tmp_path, images):
     assert errors[3] == "pairs.jsonl, line 5, field 'images': expected a list of image paths (strings), got int"
     upload = formats.parse(json.dumps(good | {"images": ["x.jpg"]}), "up.jsonl")  # no path: relative is ambiguous
     assert "field 'images[0]': relative image path 'x.jpg' in an upload" in upload.errors[0]
+    outside = formats.parse(path.read_text(), "pairs.jsonl", data_file=path, image_roots=[tmp_path / "elsewhere"])
+    refusal = ": not under the data roots, so the workbench does not open it."  # the same for a missing file
+    assert outside.errors[0].startswith(f"pairs.jsonl, line 1, field 'images[0]': {images[0]}{refusal}")
+    assert outside.errors[1].startswith(f"pairs.jsonl, line 2, field 'images[0]': {tmp_path / 'missing.jpg'}{refusal}")
     store = new_store(tmp_path / "ws")
     with pytest.raises(InputError, match="4 of 5 trl records are invalid"):
         snapshots.import_file(store, path)
