@@ -5,6 +5,7 @@ workspace migration that adds images to a database made before them; bad image i
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,8 @@ def test_the_store_keeps_images_and_tells_studies_with_the_same_text_apart(db, i
     swap = next(r for r in rows if r["source"] == "image_swap")
     donor = next(s for s in studies(images) if s["images"] == swap["rejected_images"])
     assert donor["label"] == swap["target"] != swap["label"]
+    scored = curation.trajectories_file(db, db.path.parent)  # what the drift engine scores: with the images
+    assert [json.loads(x)["images"] for x in scored.read_text().splitlines()] == [[str(images[i])] for i in range(4)]
 
 
 @pytest.mark.parametrize("copy", [False, True], ids=["reference", "copy"])
@@ -264,3 +267,34 @@ def test_a_database_made_before_images_migrates_and_reads_as_text_only(tmp_path,
     snap = snapshots.export_snapshot(db, tmp_path / "ds", ExportConfig("trl"))
     recs = [json.loads(x) for x in (snap.path / "train.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and not any("images" in r for r in recs) and not (snap.path / "images.json").exists()
+
+
+OLD_DB = Path(__file__).resolve().parents[1] / "data" / "workbench-schema6.db"  # made by the workbench before images
+
+
+def test_a_workspace_made_by_the_previous_workbench_loses_nothing(tmp_path):
+    """``tests/data/workbench-schema6.db`` was written by the code of commit 59240cd (schema 6): the sample
+    world's example imports (k = 2), graph counterfactuals, two annotators' decisions, a resolution, guidelines,
+    a registered world and a TRL snapshot."""
+    import sqlite3
+
+    path = tmp_path / "workbench.db"
+    shutil.copyfile(OLD_DB, path)
+    con = sqlite3.connect(path)
+    tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    before = {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+    assert con.execute("PRAGMA user_version").fetchone() == (6,) and len(before["annotations"]) == 12
+    con.close()
+    db = Store.open(path)
+    assert db.schema_version == 7
+    for t in tables:
+        columns = [r[1] for r in db.query(f"PRAGMA table_info({t})") if r[1] not in store_module.IMAGE_COLUMNS]
+        assert db.query(f"SELECT {', '.join(columns)} FROM {t} ORDER BY rowid") == before[t], t
+    assert set(db.query("SELECT images, image_hashes FROM trajectories UNION "
+                        "SELECT images, image_hashes FROM counterfactuals")) == {("[]", "[]")}
+    old = snapshots.snapshots(db)[0]
+    again = snapshots.export_snapshot(db, tmp_path / "datasets", ExportConfig("trl"))
+    assert (again.name, again.content_hash, again.id) == (old.name, old.content_hash, old.id)  # the same export
+    assert not (again.path / "images.json").exists() and again.image_changes() == []
+    items = [curation.item(db, int(i)) for i in curation.queue(db)["id"]]
+    assert items and all(i.images == i.rejected_images == [] and not i.swapped for i in items)
