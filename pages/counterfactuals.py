@@ -45,7 +45,9 @@ pick = right.selectbox("Trajectory", range(len(records)), key="cf_record",
                        format_func=lambda i: f"{records[i]['id']} · {records[i].get('label')}")
 record = records[pick]
 with_pictures = any(r["images"] for r in records)  # a vision-language dataset: show the study's image, offer swaps
-text_col, image_col = st.columns([3, 1]) if record["images"] else (st.container(), None)
+if with_pictures:
+    st.html(curation_view.IMAGE_CSS)  # an X-ray beside the text fits its column
+text_col, image_col = st.columns([2, 1]) if record["images"] else (st.container(), None)
 text_col.code(f"{record['prompt']}\n\n{record['completion']}", language=None, wrap_lines=True)
 if image_col:
     with image_col:
@@ -107,7 +109,7 @@ if last:
             ui.images(images, f"counterfactual image · {target}")
         st.markdown(diff, unsafe_allow_html=True)
     elif last.get("images"):
-        text_col, image_col = st.columns([3, 1])
+        text_col, image_col = st.columns([2, 1])
         text_col.markdown(diff, unsafe_allow_html=True)
         with image_col:
             ui.images(last["images"], f"{last['id']} (both sides)")

@@ -23,6 +23,9 @@ DIFF_CSS = ("<style>.cf-pair{white-space:pre-wrap;font-family:var(--font,inherit
             "border:1px solid rgba(128,128,128,.35);border-radius:.5rem;min-height:4rem}"
             ".cf-pair mark.del{background:#f8c4c4;color:inherit}.cf-pair mark.ins{background:#bfe8c5;color:inherit}"
             "</style>")
+# a study's image in a column narrower than ui.images' width, beside the text: scaled to the column, not spilling
+IMAGE_CSS = ("<style>[data-testid='stColumn'] [data-testid^='stImage']{max-width:100%}"
+             "[data-testid='stColumn'] [data-testid^='stImage'] img{max-width:100%;height:auto}</style>")
 
 
 def counterfactual_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -59,8 +62,8 @@ def pair_view(item: curation.Item) -> None:
             ui.images(item.rejected_images, f"Counterfactual image · {item.target}")
         st.html(pair_html(item))
     elif item.images:
-        text, pictures = st.columns([3, 1])
-        text.html(pair_html(item))
+        text, pictures = st.columns([2, 1])
+        text.html(IMAGE_CSS + pair_html(item))
         with pictures:
             ui.images(item.images, f"Study · {item.label}")
     else:
