@@ -55,6 +55,7 @@ def pair_view(item: curation.Item) -> None:
     """The pair with its study's image(s) beside it (``ui.images``): for an image swap, the original's and the
     counterfactual's images side by side above the (unchanged) text; nothing more for a text-only pair."""
     if item.swapped:
+        st.html(IMAGE_CSS)
         left, right = st.columns(2)
         with left:
             ui.images(item.images, f"Original image · {item.label}")
@@ -290,11 +291,22 @@ def export_panel(store, root: Path) -> None:
         except (InputError, ValueError) as e:
             st.error(str(e))
     snaps = snapshots.snapshots(store)
-    for s in snaps[:5]:  # the latest: a run on one whose images changed trains on other images than were curated
-        for problem in s.image_changes()[:3]:
-            st.warning(inert(f"Snapshot {s.name}: {problem}"))
+    if snaps and st.button("Check the snapshots' images", key="cur_check_images",
+                           help="Hash every image a snapshot names again and compare with its images.json: a run "
+                                "on a snapshot whose images changed trains on other images than were curated."):
+        _check_images(snaps)
     if snaps:
         st.dataframe(pd.DataFrame([{"name": s.name, "format": s.format, "rows": s.row_count,
                                     "split": str(s.split["rows"]), "path": str(s.path), "sha256": s.content_hash[:12]}
                                    for s in snaps]),
                      hide_index=True, key="cur_snapshots")
+
+
+def _check_images(snaps: list) -> None:
+    problems = [(s.name, p) for s in snaps for p in s.image_changes()]
+    for name, problem in problems[:20]:
+        st.warning(inert(f"Snapshot {name}: {problem}"))
+    if len(problems) > 20:
+        st.warning(f"… and {len(problems) - 20} more.")
+    if not problems:
+        st.success("Every snapshot's images are as they were exported.")

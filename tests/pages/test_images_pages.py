@@ -68,6 +68,11 @@ def test_the_curation_item_shows_the_study_and_an_image_swap_side_by_side(tmp_pa
     assert not at.exception and "1 pairs" in at.success[0].value
     snap = snapshots.snapshots(ws.store)[0]
     assert len(list((snap.path / "images").iterdir())) == 1 and snap.image_changes() == []
+    at.button(key="cur_check_images").click().run()
+    assert "as they were exported" in at.success[-1].value
+    next(iter((snap.path / "images").iterdir())).write_bytes(b"another image")  # changed under the same name
+    at.button(key="cur_check_images").click().run()
+    assert f"Snapshot {snap.name}" in at.warning[0].value and "image changed since the snapshot" in at.warning[0].value
 
 
 def test_a_text_worlds_curation_item_shows_no_image(tmp_path):
