@@ -21,6 +21,13 @@ Formats, as read:
 - ms-swift JSON (array or JSONL): ``messages`` = [system?, user, assistant], ``rejected_messages`` = the
   same prompt turns and the rejected assistant turn (or ``rejected_response``, a string).
 
+Images (vision-language runs) ride along in every format: ``images`` (the chosen side's, paths relative to
+the file or absolute; each checked, an error names the record and the path) and ``rejected_images`` (a visual
+pair: the rejected side's own images, CPO++'s "same CoT, counterfactual image"); TRL's vision format types the
+user turn's content (``{"type": "image"}`` / ``{"type": "text", "text": ...}``, read as ``<image>`` placeholders);
+CCF items find their image by ``dicom_id`` in an image folder, or carry ``images`` and ``image_swaps``
+{disease: images}; the Hugging Face folder has ``List(Image())`` columns (``parse_hf_folder`` reads one back).
+
 The Hugging Face folder is the layout ``datasets.DatasetDict.save_to_disk`` writes (``dataset_dict.json``;
 per split ``data-00000-of-00001.arrow`` in Arrow IPC stream format, ``dataset_info.json``, ``state.json``),
 written with pyarrow so ``datasets.load_from_disk(folder)`` reads it without ``datasets`` installed here.
@@ -261,15 +268,11 @@ def _with_images(pair: Pair, rec: dict, ctx: _Context) -> Pair:
     """``pair`` with the record's ``images`` and ``rejected_images`` (the latter kept only when different)."""
     images = _images(rec, "images", ctx) or ()
     rejected = _images(rec, "rejected_images", ctx)
-    n = sum(_count_image_slots(t) for t in (pair.prompt,))
+    n = pair.prompt.count(PLACEHOLDER)  # none: the images go before the text, as ms-swift places them
     if n and n != len(images):
         raise _RecordError("images", f"{n} image placeholder(s) in the prompt but {len(images)} image(s); expected "
                                      "one image per placeholder")
     return replace(pair, images=images, rejected_images=None if rejected is None or rejected == images else rejected)
-
-
-def _count_image_slots(text: str) -> int:
-    return text.count(PLACEHOLDER)
 
 
 def _ccf_pairs(rec: dict, ctx: _Context = _Context()) -> list[Pair]:
