@@ -100,3 +100,22 @@ def test_the_counterfactual_preview_shows_the_images(tmp_path, vl_world):
 def test_a_text_world_offers_no_image_swap(tmp_path):
     at = page("counterfactuals.py", tmp_path)
     assert not at.exception and "image_swap" not in at.radio(key="cf_method").options and not pictures(at)
+
+
+def test_ccf_items_import_with_their_image_folder_on_the_page(tmp_path, vl_world, monkeypatch):
+    import json
+
+    images = vl_world.parent / "MIMIC-CXR"  # mimic-cxr-00N/images/dicom-NNN.jpg
+    items = [{"dicom_id": f"dicom-00{i}", "report": "The heart is enlarged.", "diagnose": "Cardiomegaly",
+              "counterfact": {"Edema": "There is interstitial edema."}} for i in range(2)]
+    (tmp_path / "ccf.json").write_text(json.dumps(items))
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))  # the images' folder is not a data root yet
+    at = page("curation.py", tmp_path / "ws", annotator="ada")
+    at.text_input(key="cur_import_path").input(str(tmp_path / "ccf.json"))
+    at.text_input(key="cur_import_images").input(str(images))
+    at.button(key="cur_import").click().run()
+    assert "not under the data roots" in at.error[0].value and not pictures(at)
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", f"{tmp_path}:{vl_world.parent}")
+    at.button(key="cur_import").click().run()
+    assert not at.exception and "kept 2 pairs" in at.success[0].value
+    assert len(pictures(at)) == 1 and "Study · Cardiomegaly" in pictures(at)[0].captions[0]

@@ -129,6 +129,12 @@ def test_exported_records_are_the_contract_pair_format(tmp_path, db):
     rec = json.loads((conv.path / "train.jsonl").read_text().splitlines()[0])
     assert rec["prompt"] == [{"role": "user", "content": formats.typed_prompt(QUESTION, 1)}]
     assert [c["type"] for c in rec["prompt"][0]["content"]] == ["text", "image", "text"]
+    from PIL import Image
+    from trl.data_utils import prepare_multimodal_messages  # what TRL's trainers do with a vision record
+
+    filled = prepare_multimodal_messages(rec["prompt"] + rec["chosen"], [Image.open(rec["images"][0])])
+    assert [b["type"] for b in filled[0]["content"]] == ["text", "image", "text"] and "image" in filled[0]["content"][1]
+    assert filled[1]["content"] == [{"type": "text", "text": rec["chosen"][0]["content"]}]
 
 
 def test_hf_folder_has_image_features_that_datasets_decodes(tmp_path, db, images):
