@@ -127,10 +127,11 @@ def by_consistency(table: pd.DataFrame, lowest_first: bool = True) -> pd.DataFra
 
 
 def list_counterfactuals(store: Store, source: str | None = None) -> pd.DataFrame:
-    """Stored counterfactuals with their trajectory, one row each, least consistent first."""
+    """Stored counterfactuals with their trajectory, one row each, least consistent first; ``images`` is the JSON
+    list of the counterfactual's images (the study's own, or the swapped-in one of an image swap)."""
     sql = ("SELECT c.id, t.source, t.external_id AS trajectory, t.label, c.target, c.method, c.graph_version, "
            "c.model, c.consistency, c.created_at, t.completion AS original, c.completion AS counterfactual, "
-           "c.settings FROM counterfactuals c JOIN trajectories t ON t.id = c.trajectory_id")
+           "c.settings, c.images FROM counterfactuals c JOIN trajectories t ON t.id = c.trajectory_id")
     params: tuple = ()
     if source is not None:
         sql, params = sql + " WHERE t.source = ?", (source,)

@@ -4,7 +4,8 @@ LLM expert), preview the change side by side, batch over a dataset, and list wha
 import streamlit as st
 
 from core import concepts, counterfactual_job as cf_job, jobs
-from core.counterfactual import TARGET_MODES, choose_targets, make_counterfactuals, true_disease, with_images
+from core.counterfactual import (TARGET_MODES, choose_targets, make_counterfactuals, swap_donors, true_disease,
+                                 with_images)
 from core.counterfactual_store import by_consistency, list_counterfactuals, store_counterfactuals
 from core.errors import InputError
 from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
@@ -79,6 +80,10 @@ others = [d for d in concepts.diseases(graph) if d != true]
 target = st.selectbox("Target disease", others, key="cf_target") if mode == "one" else None
 targets = choose_targets(graph, true, mode, target)
 st.caption(f"Concept graph version {version} · targets for {record['id']}: {', '.join(targets) or 'none'}")
+if method == "image_swap":  # a target needs a study of its label to take the image from
+    have = {t: len(swap_donors(records, t, record)) for t in targets}
+    st.caption("Studies to take an image from: " + (", ".join(f"{t} {n}" for t, n in have.items() if n) or "none")
+               + (f" · none for {', '.join(t for t, n in have.items() if not n)}" if not all(have.values()) else ""))
 
 if st.button("Generate for this trajectory", key="cf_generate", type="primary", disabled=not targets):
     try:

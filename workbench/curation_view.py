@@ -4,6 +4,7 @@ function per panel. Logic stays in ``core.curation`` and ``core.snapshots``; the
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,9 @@ def counterfactual_rows(table: pd.DataFrame) -> pd.DataFrame:
     out = table.drop(columns=[c for c in ("settings", "source") if c in table])
     if "created_at" in out:
         out["created_at"] = pd.to_datetime(out["created_at"], unit="s", utc=True).dt.tz_convert(None).dt.floor("s")
+    if "images" in out:  # file names: which X-ray each row shows (an image swap's is another study's)
+        out["images"] = [", ".join(Path(p).name for p in json.loads(v)) if isinstance(v, str) else ""
+                         for v in out["images"]]
     if "model" in out:
         out["model"] = [m if isinstance(m, str) and m else ("graph rules" if meth == "graph" else "–")
                         for m, meth in zip(out["model"], out.get("method", [""] * len(out)), strict=True)]

@@ -93,8 +93,14 @@ def test_the_counterfactual_preview_shows_the_images(tmp_path, vl_world):
     at.button(key="cf_generate").click().run()
     assert not at.exception and not at.error
     assert len(pictures(at)) == 3  # the study, then the original and the swapped-in image side by side
+    # study-006 (Edema) shows study-000's own X-ray: not a swap
+    assert any(c.value.startswith("Studies to take an image from: Cardiomegaly 2, Lung Opacity 2, Edema 1 · none for")
+               for c in at.caption)
     table = at.dataframe[0].value
     assert set(table["method"]) == {"graph", "image_swap"}
+    swaps = table[table["method"] == "image_swap"]
+    assert (swaps["counterfactual"] == swaps["original"]).all() and swaps["images"].str.endswith(".jpg").all()
+    assert set(swaps["images"]) != set(table[table["method"] == "graph"]["images"])  # another study's X-ray
 
 
 def test_a_text_world_offers_no_image_swap(tmp_path):
