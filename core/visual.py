@@ -1,0 +1,465 @@
+"""Visual drift: does a checkpoint's answer follow the image, and which parts of it? (vision-language series)
+
+Two image counterfactuals, both teacher-forced (the trajectory's CoT is kept; only the image changes) and
+read by the answer probe (``core.vl_scoring.probe_vl``) under every checkpoint of the series:
+
+- **Image swap**: the study's image is replaced by another study's image, of a chosen label or one of each
+  other label (CPO++'s visual counterfactual: same report, counterfactual image). A model that reads the
+  image should move its belief; one that answers from the report alone should not. Rows say the belief in
+  the original label and in the swapped image's label, the answer before and after, and whether it flipped;
+  optionally each checkpoint also re-decodes greedily from the swapped image.
+- **Region occlusion**: a grid of patches (``grid`` x ``grid``) or one rectangle is greyed, one variant per
+  patch; the drop of each label's belief per patch and checkpoint is the heatmap drawn over the image.
+
+Variants of one study share their text ids (an occluded image keeps its size, so its image tokens too); a
+batch of ``batch_size`` variants is one forward per checkpoint, its image features computed once per batch
+and reused under every adapter checkpoint when the vision tower is shared (LoRA on the language model).
+
+    cfg = VisualConfig.from_world(world, kind="occlusion", traj_ids=["study-000"], grid=4)
+    df = run(cfg)                  # one row per trajectory x checkpoint x patch x label
+    swap_flip_rates(swaps)         # per true label and checkpoint: flip rate under image swaps
+    python -m core.worker visual --config visual.json --out result.parquet      # as a background job
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import answers
+from core.errors import InputError
+
+KINDS = ("swap", "occlusion")
+SWAP_COLUMNS = ("traj_id", "checkpoint", "step", "gold", "image", "swapped_image", "swapped_label",
+                "belief_original", "belief_swapped", "answer_before", "answer_after", "flipped")
+OCCLUSION_COLUMNS = ("traj_id", "checkpoint", "step", "image", "patch", "x0", "y0", "x1", "y1", "label",
+                     "belief", "base_belief", "drop")
+
+
+def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class VisualConfig:
+    """One visual-drift job: what to perturb, on which series and trajectories (saved as the job's JSON)."""
+    kind: str = _help("swap: replace the image by other studies' images; occlusion: grey patches one at a time",
+                      "swap")
+    base: str = _help("the vision-language base model folder", "")
+    checkpoints: str | list[str] = _help("a trainer output folder or an ordered list of checkpoints", factory=list)
+    data: str = _help("the trajectories (plain or ms-swift JSONL with images)", "")
+    traj_ids: list[str] = _help("trajectories to perturb; empty: every one (up to limit)", factory=list)
+    limit: int | None = _help("the first N trajectories of the data only", None)
+    labels: list[str] = _help("answer labels; empty: the labels in the data", factory=list)
+    template: str = _help("text the probe appends before a label", answers.DEFAULT.template)
+    positions: str = _help("probe at the end of the CoT (end) or also at its sentence ends (sentence)", "end")
+    swap_to: list[str] = _help("swap: take images of these labels; empty: one of each other label",
+                               factory=list)
+    donors_per_label: int = _help("swap: how many other studies' images per label", 1)
+    decode: bool = _help("swap: also let each checkpoint write its own CoT from the swapped image", False)
+    max_new_tokens: int = _help("swap with decode: tokens each greedy completion may write", 96)
+    grid: int = _help("occlusion: patches per side (grid x grid variants per image)", 4)
+    region: list[int] | None = _help("occlusion: one rectangle [x0, y0, x1, y1] in image pixels instead of "
+                                     "the grid", None)
+    fill: int | None = _help("occlusion: grey level 0-255 of a covered patch; None: the image's mean", None)
+    batch_size: int = _help("variants per forward pass", 16)
+    device: str | None = _help("cpu | cuda; None: the best available", None)
+    dtype: str | None = _help("float32 | bfloat16 | float16; None: by device", None)
+    min_pixels: int | None = _help("image processor's fewest pixels; None: the checkpoint's", None)
+    max_pixels: int | None = _help("image processor's most pixels; None: the checkpoint's", None)
+    chat_template: bool = _help("wrap the prompt in the tokenizer's chat template", True)
+    base_names: list[str] = _help("other names of the base (adapter configs that name it so)", factory=list)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        if self.positions not in ("end", "sentence"):
+            raise ValueError(f"positions: expected 'end' or 'sentence', got {self.positions!r}")
+        for name in ("donors_per_label", "grid", "batch_size", "max_new_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        if self.region is not None and (len(self.region) != 4 or self.region[0] >= self.region[2]
+                                        or self.region[1] >= self.region[3] or min(self.region) < 0):
+            raise ValueError(f"region: expected [x0, y0, x1, y1] with x0 < x1, y0 < y1, >= 0; got {self.region!r}")
+        if self.fill is not None and not 0 <= self.fill <= 255:
+            raise ValueError(f"fill: expected a grey level 0-255 or None, got {self.fill!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> VisualConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            unknown = sorted(set(data) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ValueError(f"unknown field(s) {unknown}")
+            return cls(**data)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the visual-drift config ({e.strerror})") from None
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: not a valid visual-drift config ({e})") from None
+
+    @classmethod
+    def from_world(cls, world, dataset: str | None = None, **kw) -> VisualConfig:
+        """The world's base, series and dataset (its default one unless ``dataset`` names another)."""
+        name = dataset or world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"]))
+        return cls(base=str(world.base_model_dir), checkpoints=world.checkpoints_arg,
+                   data=str(world.dataset_path(name)), **kw)
+
+
+# ---- records and their image variants ---------------------------------------------------------------
+
+def read_records(cfg: VisualConfig) -> list[dict]:
+    """The config's trajectories with their images (``core.vl_records``), filtered by ``traj_ids``."""
+    from core.vl_records import read_vl_records
+
+    records = read_vl_records(cfg.data)
+    if cfg.traj_ids:
+        by_id = {r["id"]: r for r in records}
+        missing = [t for t in cfg.traj_ids if t not in by_id]
+        if missing:
+            raise InputError(f"{cfg.data}: no trajectory {missing[0]!r} (traj_ids)")
+        records = [by_id[t] for t in cfg.traj_ids]
+    return records[: cfg.limit] if cfg.limit else records
+
+
+def data_labels(cfg: VisualConfig, records: list[dict]) -> list[str]:
+    labels = list(cfg.labels) or sorted({r["label"] for r in records if r.get("label")})
+    if len(labels) < 2:
+        raise InputError(f"{cfg.data}: expected at least two answer labels (a 'label' per record, or labels "
+                         f"in the config), got {labels}")
+    return labels
+
+
+def image_paths(record: dict) -> list[str]:
+    """A record's images as path strings (``images`` of the contract, or its ``image_refs``)."""
+    return [str(r.path) for r in record.get("image_refs") or []] or list(record.get("images") or [])
+
+
+def swap_image(record: dict, donor: dict) -> dict:
+    """``record`` with ``donor``'s images in place of its own; the text (prompt with its ``<image>``
+    placeholders, CoT) unchanged. The donor must have as many images."""
+    own, new = record.get("image_refs") or [], donor.get("image_refs") or []
+    if len(own) != len(new) or not own:
+        raise InputError(f"trajectory {record['id']}: cannot take the images of {donor['id']} "
+                         f"({len(own)} image(s) here, {len(new)} there)")
+    return {**record, "id": f"{record['id']}#swap:{donor['id']}", "image_refs": list(new),
+            "images": [str(r.path) for r in new], "method": "image_swap",
+            "swap": {"donor": donor["id"], "label": donor.get("label")}}
+
+
+def donors(record: dict, pool: list[dict], labels: list[str], swap_to: list[str], per_label: int) -> list[dict]:
+    """Other studies whose images ``record`` takes: ``per_label`` of each label in ``swap_to`` (empty: of
+    each label but its own), in data order; a study with other images, and as many of them."""
+    targets = list(swap_to) or [lab for lab in labels if lab != record.get("label")]
+    own = set(image_paths(record))
+    out = []
+    for label in targets:
+        found = [d for d in pool if d.get("label") == label and d["id"] != record["id"]
+                 and not own & set(image_paths(d)) and len(image_paths(d)) == len(own)]
+        out += found[:per_label]
+    return out
+
+
+def grid_boxes(width: int, height: int, n: int) -> list[tuple[int, int, int, int]]:
+    """``n`` x ``n`` patches covering the image, row by row: (x0, y0, x1, y1), x1/y1 exclusive."""
+    xs = np.linspace(0, width, n + 1).round().astype(int)
+    ys = np.linspace(0, height, n + 1).round().astype(int)
+    return [(int(xs[c]), int(ys[r]), int(xs[c + 1]), int(ys[r + 1])) for r in range(n) for c in range(n)]
+
+
+def occlude(image, box: tuple[int, int, int, int], fill: int | None = None):
+    """A copy of the PIL ``image`` with ``box`` greyed (``fill``, else the image's mean grey level)."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    grey = int(round(np.asarray(image.convert("L")).mean())) if fill is None else int(fill)
+    ImageDraw.Draw(out).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(grey, grey, grey))
+    return out
+
+
+def occluded_encodings(proc, enc, image, boxes: list[tuple], fill: int | None) -> list:
+    """One ``VLEncoded`` per box: the same ids (same image size, so the same image tokens), the occluded
+    image's pixels."""
+    out = []
+    for k, box in enumerate(boxes):
+        pixels, grid = proc.pixels([occlude(image, box, fill)])
+        if not np.array_equal(grid.numpy(), enc.image_grid_thw.numpy()):  # cannot happen: the size is kept
+            raise RuntimeError(f"trajectory {enc.id}: occlusion changed the image grid")
+        out.append(dataclasses.replace(enc, id=f"{enc.id}#patch{k}", pixel_values=pixels, images_key=""))
+    return out
+
+
+# ---- beliefs under every checkpoint, batched ----------------------------------------------------------
+
+Progress = Callable[[float, float, str], None]
+
+
+def _positions(encs, proc, cfg: VisualConfig, labels: list[str]) -> list[list[int]]:
+    from core.probe import ProbeConfig, _tokens, probe_positions
+
+    tk = _tokens(proc.tokenizer, ProbeConfig(labels=labels, template=cfg.template), labels)
+    ends = {i for t, i in proc.tokenizer.get_vocab().items() if t.strip("▁Ġ ").endswith((".", "?", "!"))}
+    return [probe_positions(e, cfg.positions, tk.template[0], ends) for e in encs]
+
+
+def beliefs(vs, encs: list, cfg: VisualConfig, labels: list[str], progress: Progress | None = None,
+            should_cancel: Callable[[], bool] | None = None, counter: list | None = None) -> dict:
+    """Belief over ``labels`` (softmax of the probe's label log-probs) at each probe position of each
+    encoding under each checkpoint: ``{(enc.id, checkpoint): (positions, (P, K) array)}``. Batch-outer,
+    checkpoint-inner: adapters are switched in place, a batch's image features computed once when shared."""
+    from core.probe import ProbeConfig
+    from core.progress import Cancelled
+    from core.vl_scoring import image_features, probe_vl
+
+    pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions)
+    positions = _positions(encs, vs.processor, cfg, labels)
+    counter = counter if counter is not None else [0, len(range(0, len(encs), cfg.batch_size)) * len(vs.names)]
+    out = {}
+    for a in range(0, len(encs), cfg.batch_size):
+        group, pos = encs[a: a + cfg.batch_size], positions[a: a + cfg.batch_size]
+        features = None
+        for name in vs.names:
+            if should_cancel and should_cancel():
+                raise Cancelled("visual drift cancelled")
+            with vs.activate(name) as model:
+                if vs.shared_vision and features is None:
+                    features = _features(model, group, image_features)
+                logp = probe_vl(model, vs.processor, group, pos, pcfg, labels,
+                                features if vs.shared_vision else None)
+            for e, p, lp in zip(group, pos, logp, strict=True):
+                out[(e.id, name)] = (p, _softmax(lp))
+            counter[0] += 1
+            if progress:
+                progress(counter[0], counter[1], f"{name}: variants {a + len(group)}/{len(encs)}")
+    return out
+
+
+def _features(model, group, image_features):
+    import torch
+
+    pixels = [e.pixel_values for e in group if e.pixel_values is not None]
+    grids = [e.image_grid_thw for e in group if e.image_grid_thw is not None]
+    if not pixels:
+        return None
+    dev = next(model.parameters()).device
+    return image_features(model, torch.cat(pixels).to(dev), torch.cat(grids).to(dev))
+
+
+def _softmax(logp: np.ndarray) -> np.ndarray:
+    z = np.exp(logp - logp.max(-1, keepdims=True))  # (P, K) belief z_j = softmax_k log P(y_k | x_<j)
+    return z / z.sum(-1, keepdims=True)
+
+
+# ---- the two tests ------------------------------------------------------------------------------------
+
+def swap_test(vs, records: list[dict], pool: list[dict], cfg: VisualConfig, labels: list[str],
+              progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
+    """Each record with each donor's image (``donors``), its CoT kept: one row per pair x checkpoint x
+    probe position (``position``: tokens into the completion; ``is_end``: the end of the CoT)."""
+    from core.vision import encode_vl
+
+    pairs = [(r, swap_image(r, d)) for r in records
+             for d in donors(r, pool, labels, cfg.swap_to, cfg.donors_per_label)]
+    if not pairs:
+        raise InputError(f"{cfg.data}: no other study's image to swap in (labels {cfg.swap_to or 'any other'})")
+    originals = list({r["id"]: r for r, _ in pairs}.values())
+    encs = encode_vl(vs.processor, originals + [v for _, v in pairs])
+    by_id = {e.id: e for e in encs}
+    got = beliefs(vs, encs, cfg, labels, progress, should_cancel)
+    decoded = _decode(vs, encs, labels, cfg.max_new_tokens, should_cancel) if cfg.decode else None
+    rows = [row for r, v in pairs for name in vs.names
+            for row in _swap_rows(r, v, by_id, got, decoded, name, vs.series.steps[name], labels)]
+    return pd.DataFrame(rows)
+
+
+def _swap_rows(r: dict, v: dict, by_id: dict, got: dict, decoded: dict | None, name: str, step: int,
+               labels: list[str]) -> list[dict]:
+    (pos, before), (_, after) = got[(r["id"], name)], got[(v["id"], name)]
+    gold, swapped = r.get("label"), v["swap"]["label"]
+    gi = labels.index(gold) if gold in labels else None
+    si = labels.index(swapped) if swapped in labels else None
+    start = by_id[r["id"]].start
+    rows = []
+    for p, j in enumerate(pos):
+        a, b = labels[int(before[p].argmax())], labels[int(after[p].argmax())]
+        rows.append({"traj_id": r["id"], "checkpoint": name, "step": step, "position": j - start,
+                     "is_end": p == len(pos) - 1, "gold": gold, "image": "; ".join(image_paths(r)),
+                     "swapped_image": "; ".join(image_paths(v)), "swapped_id": v["swap"]["donor"],
+                     "swapped_label": swapped,
+                     "belief_before": float(before[p, gi]) if gi is not None else np.nan,
+                     "belief_original": float(after[p, gi]) if gi is not None else np.nan,
+                     "belief_swapped": float(after[p, si]) if si is not None else np.nan,
+                     "answer_before": a, "answer_after": b, "flipped": a != b})
+    if decoded is not None:
+        x, y = decoded[(r["id"], name)], decoded[(v["id"], name)]
+        rows[-1].update(decoded_before=x, decoded_after=y, decoded_flipped=x != y)
+    return rows
+
+
+def _decode(vs, encs: list, labels: list[str], max_new_tokens: int, should_cancel=None) -> dict:
+    """Greedy completion of each encoding's prompt (with its images) under each checkpoint; its answer."""
+    import torch
+
+    from core.progress import Cancelled
+
+    out = {}
+    for name in vs.names:
+        with vs.activate(name) as model, torch.no_grad():
+            dev = next(model.parameters()).device
+            for e in encs:
+                if should_cancel and should_cancel():
+                    raise Cancelled("visual drift cancelled")
+                ids = torch.tensor([e.input_ids[: e.start]], device=dev)
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     pixel_values=e.pixel_values.to(dev), image_grid_thw=e.image_grid_thw.to(dev),
+                                     max_new_tokens=max_new_tokens, pad_token_id=vs.processor.tokenizer.pad_token_id)
+                text = vs.processor.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=False)
+                out[(e.id, name)] = answers.find_answer(text, labels)
+    return out
+
+
+def occlusion_test(vs, records: list[dict], cfg: VisualConfig, labels: list[str], progress: Progress | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
+    """Each record's image with one patch greyed at a time: one row per record x checkpoint x patch x
+    label, the belief at the end of the CoT with the patch covered, without, and the drop."""
+    from core.images import load_image
+    from core.vision import encode_vl
+
+    jobs = []  # (record, original encoding, boxes, variants)
+    for r in records:
+        refs = r.get("image_refs") or []
+        if len(refs) != 1:
+            raise InputError(f"trajectory {r['id']}: occlusion takes a study with one image, it has {len(refs)}")
+        enc = encode_vl(vs.processor, [r])[0]
+        image = load_image(refs[0], vs.processor.cfg.limits)
+        boxes = _boxes(image.size, cfg, r["id"])
+        jobs.append((r, enc, image.size, boxes, occluded_encodings(vs.processor, enc, image, boxes, cfg.fill)))
+    encs = [x for _, enc, _, _, variants in jobs for x in [enc, *variants]]
+    got = beliefs(vs, encs, cfg, labels, progress, should_cancel)
+    rows = [row for job in jobs for name in vs.names
+            for row in _occlusion_rows(job, got, name, vs.series.steps[name], labels)]
+    return pd.DataFrame(rows)
+
+
+def _boxes(size: tuple[int, int], cfg: VisualConfig, traj_id: str) -> list[tuple[int, int, int, int]]:
+    w, h = size
+    if cfg.region is None:
+        return grid_boxes(w, h, min(cfg.grid, w, h))
+    x0, y0, x1, y1 = cfg.region
+    box = (min(x0, w), min(y0, h), min(x1, w), min(y1, h))
+    if box[0] >= box[2] or box[1] >= box[3]:
+        raise InputError(f"trajectory {traj_id}: region {cfg.region} lies outside its {w}x{h} image")
+    return [box]
+
+
+def _occlusion_rows(job, got: dict, name: str, step: int, labels: list[str]) -> list[dict]:
+    r, enc, (w, h), boxes, variants = job
+    base = got[(enc.id, name)][1][-1]  # (K,) at the end of the CoT
+    answer = labels[int(base.argmax())]
+    n = int(round(len(boxes) ** 0.5)) if len(boxes) > 1 else 1
+    rows = []
+    for k, (box, v) in enumerate(zip(boxes, variants, strict=True)):
+        b = got[(v.id, name)][1][-1]
+        for li, label in enumerate(labels):
+            rows.append({"traj_id": r["id"], "checkpoint": name, "step": step, "gold": r.get("label"),
+                         "image": image_paths(r)[0], "width": w, "height": h, "patch": k, "row": k // n,
+                         "col": k % n, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3], "label": label,
+                         "belief": float(b[li]), "base_belief": float(base[li]), "drop": float(base[li] - b[li]),
+                         "answer": answer, "answer_occluded": labels[int(b.argmax())]})
+    return rows
+
+
+# ---- summaries, the job --------------------------------------------------------------------------------
+
+def swap_flip_rates(df: pd.DataFrame) -> pd.DataFrame:
+    """Per true label (category) and checkpoint, at the end of the CoT: n swaps, the flip rate, the share
+    whose answer became the swapped image's label (``follows_image``) and the mean change of the belief in
+    the true label."""
+    end = df[df["is_end"]] if "is_end" in df else df
+    g = end.assign(follows=end["answer_after"] == end["swapped_label"],
+                   change=end["belief_original"] - end["belief_before"])
+    out = g.groupby(["gold", "checkpoint", "step"]).agg(
+        n=("flipped", "size"), flip_rate=("flipped", "mean"), follows_image=("follows", "mean"),
+        belief_change=("change", "mean")).reset_index()
+    return out.rename(columns={"gold": "category"}).sort_values(["category", "step"]).reset_index(drop=True)
+
+
+def load_series(cfg: VisualConfig):
+    from core.vision import VisionConfig
+    from core.vl_series import load_vl_series
+
+    vcfg = VisionConfig(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, chat_template=cfg.chat_template)
+    return load_vl_series(cfg.base, cfg.checkpoints, vcfg, device=cfg.device, dtype=cfg.dtype,
+                          base_names=cfg.base_names)
+
+
+def run(cfg: VisualConfig, progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
+        series=None) -> pd.DataFrame:
+    """Read the trajectories, load the series (unless given) and run ``cfg.kind``; prints its cost."""
+    from core.vl_records import read_vl_records
+
+    records = read_records(cfg)
+    pool = read_vl_records(cfg.data)
+    labels = data_labels(cfg, pool)
+    if progress:
+        progress(0, 1, "loading the checkpoint series")
+    vs = series or load_series(cfg)
+    t0 = time.perf_counter()
+    if cfg.kind == "swap":
+        df = swap_test(vs, records, pool, cfg, labels, progress, should_cancel)
+    else:
+        df = occlusion_test(vs, records, cfg, labels, progress, should_cancel)
+    seconds = time.perf_counter() - t0
+    df.attrs["seconds"] = seconds
+    per = seconds / max(1, len(records) * len(vs.names))
+    print(f"workbench: {cfg.kind} over {len(records)} trajectories x {len(vs.names)} checkpoints in {seconds:.1f} s "
+          f"({per:.2f} s per trajectory x checkpoint)")
+    return df
+
+
+def result_path(folder: str | Path, cfg: VisualConfig) -> Path:
+    """Where a job writes its table: one parquet per (kind, data, trajectories, settings), so the same job
+    run again replaces its own result and a different one never does."""
+    import hashlib
+    import re
+
+    what = asdict(cfg)
+    for k in ("device", "dtype", "batch_size"):  # how it runs, not what it measures
+        what.pop(k)
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
+    who = cfg.traj_ids[0] if len(cfg.traj_ids) == 1 else f"{len(cfg.traj_ids) or cfg.limit or 'all'}"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{cfg.kind}-{Path(cfg.data).stem}-{who}").strip("-")
+    return Path(folder) / f"{slug}-{digest}.parquet"
+
+
+def list_results(folder: str | Path) -> list[Path]:
+    """Finished result tables under ``folder``, newest first."""
+    found = [p for p in Path(folder).glob("*.parquet") if p.name.split("-", 1)[0] in KINDS]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def result_kind(path: str | Path) -> str:
+    return Path(path).name.split("-", 1)[0]
+
+
+JOB_CONFIG = "visual.json"
+
+
+def visual_job(cfg: VisualConfig, out: str | Path) -> tuple[list[str], dict[str, str]]:
+    """argv and files of a background job (``core.jobs.start``): the worker runs from the saved config."""
+    from core.jobs import JOB_DIR
+
+    argv = ["-m", "core.worker", "visual", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--out", str(out), "--force"]
+    return argv, {JOB_CONFIG: cfg.to_json()}
