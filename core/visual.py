@@ -422,11 +422,51 @@ def run(cfg: VisualConfig, progress: Progress | None = None, should_cancel: Call
     else:
         df = occlusion_test(vs, records, cfg, labels, progress, should_cancel)
     seconds = time.perf_counter() - t0
-    df.attrs["seconds"] = seconds
-    per = seconds / max(1, len(records) * len(vs.names))
-    print(f"workbench: {cfg.kind} over {len(records)} trajectories x {len(vs.names)} checkpoints in {seconds:.1f} s "
-          f"({per:.2f} s per trajectory x checkpoint)")
+    variants = df.drop_duplicates(["traj_id", "swapped_id"] if cfg.kind == "swap" else ["traj_id", "patch"])
+    df.attrs.update(seconds=round(seconds, 3), trajectories=len(records), variants=len(variants),
+                    checkpoints=len(vs.names), device=str(vs.series.device))
+    print(f"workbench: {cost_text(df.attrs, cfg.kind)}")
     return df
+
+
+def cost_text(meta: dict, kind: str) -> str:
+    """What a result cost, in words: variants x checkpoints, seconds, per image x checkpoint."""
+    n, k, s = meta.get("variants", 0), meta.get("checkpoints", 0), meta.get("seconds", 0.0)
+    per = s / max(1, meta.get("trajectories", 0) * k)
+    what = "swapped images" if kind == "swap" else "occluded variants"
+    return (f"{n} {what} x {k} checkpoints in {s:.1f} s on {meta.get('device', '?')} "
+            f"({per:.2f} s per study x checkpoint)")
+
+
+def write_result(df: pd.DataFrame, cfg: VisualConfig, out: str | Path) -> Path:
+    """The table as parquet at ``out`` and, beside it (``.json``), its config and cost (``df.attrs``)."""
+    from core.cache import atomic_write_text, write_parquet
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(df, out)
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"config": asdict(cfg), **df.attrs}, indent=1))
+    return out
+
+
+def read_result(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """A result table and its sidecar (config and cost; empty if it is missing or unreadable)."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    try:
+        return pd.read_parquet(path), meta
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read this visual-drift result ({e})") from None
+
+
+def results_dir(workspace, world) -> Path:
+    """Where the Perturbation lab keeps a world's visual-drift results: ``perturbations/visual/<world>/``."""
+    import re
+
+    return workspace.perturbations_dir / "visual" / (re.sub(r"[^A-Za-z0-9_.-]+", "-", world.name).strip("-.") or "world")
 
 
 def result_path(folder: str | Path, cfg: VisualConfig) -> Path:

@@ -189,7 +189,6 @@ def _write_perturbation(df, out: Path, merged: bool = False) -> int:
 def visual(cfg, out: str | Path, force: bool = False) -> int:
     """Image swap or region occlusion (a ``core.visual.VisualConfig``) into the parquet file ``out``."""
     from core import visual
-    from core.cache import write_parquet
     from core.jobs import CANCELLED, cancel_flag
     from core.outputs import check_result_file, disk_full_named
     from core.progress import Cancelled
@@ -204,9 +203,8 @@ def visual(cfg, out: str | Path, force: bool = False) -> int:
         except (KeyboardInterrupt, Cancelled):
             print(f"\nworkbench: {cfg.kind} cancelled; nothing written", file=sys.stderr)
             return CANCELLED
-    out.parent.mkdir(parents=True, exist_ok=True)
     with disk_full_named(out):
-        write_parquet(df, out)
+        visual.write_result(df, cfg, out)
     if cfg.kind == "swap":
         print(visual.swap_flip_rates(df).round(4).to_string(index=False))
     print(f"workbench: wrote {len(df)} rows to {out}")
