@@ -503,3 +503,14 @@ def visual_job(cfg: VisualConfig, out: str | Path) -> tuple[list[str], dict[str,
 
     argv = ["-m", "core.worker", "visual", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--out", str(out), "--force"]
     return argv, {JOB_CONFIG: cfg.to_json()}
+
+
+def command_text(argv: list[str], files: dict[str, str]) -> str:
+    """A job as lines to paste into a shell (a cluster node): its config written first, then the worker."""
+    import shlex
+
+    from core.jobs import JOB_DIR
+
+    heads = [f"cat > {shlex.quote(name)} <<'EOF'\n{text}\nEOF\n" for name, text in files.items()]
+    return "".join(heads) + "python " + " ".join(shlex.quote(str(a).replace(f"{JOB_DIR}/", "")) for a in argv)
+

@@ -93,6 +93,9 @@ def _swap_form(ws, folder, base, record, labels, busy) -> None:
 
 
 def _occlusion_form(ws, folder, base, record, busy) -> None:
+    if len(visual.image_paths(record)) != 1:
+        st.info(f"Occlusion takes a study with one image; {record['id']} has {len(visual.image_paths(record))}.")
+        return
     c1, c2, c3 = st.columns(3)
     grid = c1.selectbox("Patches per side", [4, 8, 2, 16], key="vis_grid",
                         help="grid x grid variants, one patch greyed in each")
@@ -120,6 +123,8 @@ def _dataset_form(ws, folder, base, labels, n_records, busy) -> None:
     st.caption(f"{min(n_records, int(limit) or n_records)} studies, each with its image swapped; the flip rate per "
                "true label and checkpoint step is drawn below when it is done.")
     cfg = dataclasses.replace(base, kind="swap", swap_to=swap_to, limit=int(limit) or None)
+    with st.expander("Command line (the same job on another machine)"):
+        st.code(visual.command_text(*visual.visual_job(cfg, visual.result_path(folder, cfg))), language="bash")
     _launch(ws, folder, cfg, f"image swaps over {Path(base.data).name}", busy, "vis_batch_run")
 
 

@@ -54,7 +54,8 @@ def test_swap_results_draw_flip_rates_per_category(vl_world, tmp_path):
     assert any("Cost:" in c.value and "swapped images x 3 checkpoints" in c.value for c in at.caption)
     [chart] = [c for c in charts_of(at) if c["data"] and c["data"][0]["type"] == "scatter"]
     assert {t["name"] for t in chart["data"]} == {"Cardiomegaly", "Edema", "Lung Opacity", "Pneumonia"}
-    assert chart["layout"]["xaxis"]["title"]["text"] == "checkpoint step"  # values: tests/unit/vl/test_visual_charts.py
+    assert chart["layout"]["xaxis"]["title"]["text"] == "checkpoint step"
+    assert any("python -m core.worker visual --config visual.json" in c.value for c in at.code)  # values: tests/unit/vl/test_visual_charts.py
 
 
 @pytest.mark.slow

@@ -172,6 +172,17 @@ def test_bad_configs_are_named(tmp_path, cfg):
         visual.VisualConfig.load(bad)
 
 
+def test_the_worker_never_overwrites_a_file_it_did_not_write(tmp_path, cfg, capsys):
+    from core import worker
+
+    config = tmp_path / "visual.json"
+    config.write_text(cfg.to_json())
+    out = tmp_path / "notes.parquet"
+    pd.DataFrame({"mine": [1]}).to_parquet(out)
+    assert worker.main(["visual", "--config", str(config), "--out", str(out), "--force"]) == 2
+    assert "did not write" in capsys.readouterr().err and list(pd.read_parquet(out).columns) == ["mine"]
+
+
 @pytest.mark.slow
 def test_visual_runs_as_a_job_and_cancels(tmp_path, cfg, records):
     """The worker runs from the saved config; Cancel (SIGTERM) stops it with nothing written."""
