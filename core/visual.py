@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -189,11 +189,11 @@ def occlude(image, box: tuple[int, int, int, int], fill: int | None = None):
     return out
 
 
-def occluded_encodings(proc, enc, image, boxes: list[tuple], fill: int | None) -> list:
-    """One ``VLEncoded`` per box: the same ids (same image size, so the same image tokens), the occluded
-    image's pixels."""
+def occluded_encodings(proc, enc, image, boxes: list[tuple], fill: int | None, first: int = 0) -> list:
+    """One ``VLEncoded`` per box (``#patch<first + k>``): the same ids (same image size, so the same image
+    tokens), the occluded image's pixels."""
     out = []
-    for k, box in enumerate(boxes):
+    for k, box in enumerate(boxes, start=first):
         pixels, grid = proc.pixels([occlude(image, box, fill)])
         if not np.array_equal(grid.numpy(), enc.image_grid_thw.numpy()):  # cannot happen: the size is kept
             raise RuntimeError(f"trajectory {enc.id}: occlusion changed the image grid")
@@ -214,35 +214,49 @@ def _positions(encs, proc, cfg: VisualConfig, labels: list[str]) -> list[list[in
     return [probe_positions(e, cfg.positions, tk.template[0], ends) for e in encs]
 
 
-def beliefs(vs, encs: list, cfg: VisualConfig, labels: list[str], progress: Progress | None = None,
-            should_cancel: Callable[[], bool] | None = None, counter: list | None = None) -> dict:
+@dataclass
+class _Counter:
+    """Progress over the (batch, checkpoint) steps of a whole test."""
+    total: int
+    done: int = 0
+    progress: Progress | None = None
+    should_cancel: Callable[[], bool] | None = None
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total, message)
+
+    def check(self) -> None:
+        from core.progress import Cancelled
+
+        if self.should_cancel and self.should_cancel():
+            raise Cancelled("visual drift cancelled")
+
+
+def beliefs(vs, batches: Iterable[list], cfg: VisualConfig, labels: list[str], counter: _Counter) -> dict:
     """Belief over ``labels`` (softmax of the probe's label log-probs) at each probe position of each
-    encoding under each checkpoint: ``{(enc.id, checkpoint): (positions, (P, K) array)}``. Batch-outer,
-    checkpoint-inner: adapters are switched in place, a batch's image features computed once when shared."""
+    encoding under each checkpoint: ``{(enc.id, checkpoint): (positions into the completion, (P, K))}``.
+    ``batches`` may be a generator (encoded as they are needed: memory holds one batch of images).
+    Batch-outer, checkpoint-inner: adapters are switched in place, a batch's image features computed once
+    when the vision tower is shared."""
     from core.probe import ProbeConfig
-    from core.progress import Cancelled
     from core.vl_scoring import image_features, probe_vl
 
     pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions)
-    positions = _positions(encs, vs.processor, cfg, labels)
-    counter = counter if counter is not None else [0, len(range(0, len(encs), cfg.batch_size)) * len(vs.names)]
     out = {}
-    for a in range(0, len(encs), cfg.batch_size):
-        group, pos = encs[a: a + cfg.batch_size], positions[a: a + cfg.batch_size]
+    for group in batches:
+        pos = _positions(group, vs.processor, cfg, labels)
         features = None
         for name in vs.names:
-            if should_cancel and should_cancel():
-                raise Cancelled("visual drift cancelled")
+            counter.check()
             with vs.activate(name) as model:
                 if vs.shared_vision and features is None:
                     features = _features(model, group, image_features)
-                logp = probe_vl(model, vs.processor, group, pos, pcfg, labels,
-                                features if vs.shared_vision else None)
+                logp = probe_vl(model, vs.processor, group, pos, pcfg, labels, features if vs.shared_vision else None)
             for e, p, lp in zip(group, pos, logp, strict=True):
-                out[(e.id, name)] = (p, _softmax(lp))
-            counter[0] += 1
-            if progress:
-                progress(counter[0], counter[1], f"{name}: variants {a + len(group)}/{len(encs)}")
+                out[(e.id, name)] = ([j - e.start for j in p], _softmax(lp))
+            counter.step(f"{name}: {group[-1].id}")
     return out
 
 
@@ -262,6 +276,10 @@ def _softmax(logp: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[a: a + size] for a in range(0, len(items), size)]
+
+
 # ---- the two tests ------------------------------------------------------------------------------------
 
 def swap_test(vs, records: list[dict], pool: list[dict], cfg: VisualConfig, labels: list[str],
@@ -274,27 +292,26 @@ def swap_test(vs, records: list[dict], pool: list[dict], cfg: VisualConfig, labe
              for d in donors(r, pool, labels, cfg.swap_to, cfg.donors_per_label)]
     if not pairs:
         raise InputError(f"{cfg.data}: no other study's image to swap in (labels {cfg.swap_to or 'any other'})")
-    originals = list({r["id"]: r for r, _ in pairs}.values())
-    encs = encode_vl(vs.processor, originals + [v for _, v in pairs])
-    by_id = {e.id: e for e in encs}
-    got = beliefs(vs, encs, cfg, labels, progress, should_cancel)
-    decoded = _decode(vs, encs, labels, cfg.max_new_tokens, should_cancel) if cfg.decode else None
+    chunks = _chunks(list({r["id"]: r for r, _ in pairs}.values()) + [v for _, v in pairs], cfg.batch_size)
+    steps = len(chunks) * len(vs.names) * (2 if cfg.decode else 1)
+    counter = _Counter(steps, progress=progress, should_cancel=should_cancel)
+    got = beliefs(vs, (encode_vl(vs.processor, c) for c in chunks), cfg, labels, counter)
+    decoded = _decode(vs, chunks, labels, cfg.max_new_tokens, counter) if cfg.decode else None
     rows = [row for r, v in pairs for name in vs.names
-            for row in _swap_rows(r, v, by_id, got, decoded, name, vs.series.steps[name], labels)]
+            for row in _swap_rows(r, v, got, decoded, name, vs.series.steps[name], labels)]
     return pd.DataFrame(rows)
 
 
-def _swap_rows(r: dict, v: dict, by_id: dict, got: dict, decoded: dict | None, name: str, step: int,
+def _swap_rows(r: dict, v: dict, got: dict, decoded: dict | None, name: str, step: int,
                labels: list[str]) -> list[dict]:
     (pos, before), (_, after) = got[(r["id"], name)], got[(v["id"], name)]
     gold, swapped = r.get("label"), v["swap"]["label"]
     gi = labels.index(gold) if gold in labels else None
     si = labels.index(swapped) if swapped in labels else None
-    start = by_id[r["id"]].start
     rows = []
     for p, j in enumerate(pos):
         a, b = labels[int(before[p].argmax())], labels[int(after[p].argmax())]
-        rows.append({"traj_id": r["id"], "checkpoint": name, "step": step, "position": j - start,
+        rows.append({"traj_id": r["id"], "checkpoint": name, "step": step, "position": j,
                      "is_end": p == len(pos) - 1, "gold": gold, "image": "; ".join(image_paths(r)),
                      "swapped_image": "; ".join(image_paths(v)), "swapped_id": v["swap"]["donor"],
                      "swapped_label": swapped,
@@ -308,49 +325,70 @@ def _swap_rows(r: dict, v: dict, by_id: dict, got: dict, decoded: dict | None, n
     return rows
 
 
-def _decode(vs, encs: list, labels: list[str], max_new_tokens: int, should_cancel=None) -> dict:
-    """Greedy completion of each encoding's prompt (with its images) under each checkpoint; its answer."""
+def _decode(vs, chunks: list[list[dict]], labels: list[str], max_new_tokens: int, counter: _Counter) -> dict:
+    """Greedy completion of each record's prompt (with its images) under each checkpoint; its answer."""
     import torch
 
-    from core.progress import Cancelled
+    from core.vision import encode_vl
 
     out = {}
-    for name in vs.names:
-        with vs.activate(name) as model, torch.no_grad():
-            dev = next(model.parameters()).device
-            for e in encs:
-                if should_cancel and should_cancel():
-                    raise Cancelled("visual drift cancelled")
-                ids = torch.tensor([e.input_ids[: e.start]], device=dev)
-                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     pixel_values=e.pixel_values.to(dev), image_grid_thw=e.image_grid_thw.to(dev),
-                                     max_new_tokens=max_new_tokens, pad_token_id=vs.processor.tokenizer.pad_token_id)
-                text = vs.processor.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=False)
-                out[(e.id, name)] = answers.find_answer(text, labels)
+    for chunk in chunks:
+        encs = encode_vl(vs.processor, chunk)
+        for name in vs.names:
+            with vs.activate(name) as model, torch.no_grad():
+                for e in encs:
+                    counter.check()
+                    out[(e.id, name)] = answers.find_answer(_greedy(model, vs.processor, e, max_new_tokens), labels)
+            counter.step(f"{name}: decoded {encs[-1].id}")
     return out
+
+
+def _greedy(model, proc, e, max_new_tokens: int) -> str:
+    import torch
+
+    dev = next(model.parameters()).device
+    ids = torch.tensor([e.input_ids[: e.start]], device=dev)
+    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         pixel_values=e.pixel_values.to(dev), image_grid_thw=e.image_grid_thw.to(dev),
+                         max_new_tokens=max_new_tokens, pad_token_id=proc.tokenizer.pad_token_id)
+    return proc.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=False)
 
 
 def occlusion_test(vs, records: list[dict], cfg: VisualConfig, labels: list[str], progress: Progress | None = None,
                    should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Each record's image with one patch greyed at a time: one row per record x checkpoint x patch x
-    label, the belief at the end of the CoT with the patch covered, without, and the drop."""
-    from core.images import load_image
-    from core.vision import encode_vl
+    label, the belief at the end of the CoT with the patch covered, without, and the drop. One study at a
+    time, its variants made a batch at a time (memory: one batch of images)."""
+    from core.images import check_image
 
-    jobs = []  # (record, original encoding, boxes, variants)
+    plans = []  # (record, image size, boxes)
     for r in records:
         refs = r.get("image_refs") or []
         if len(refs) != 1:
             raise InputError(f"trajectory {r['id']}: occlusion takes a study with one image, it has {len(refs)}")
-        enc = encode_vl(vs.processor, [r])[0]
-        image = load_image(refs[0], vs.processor.cfg.limits)
-        boxes = _boxes(image.size, cfg, r["id"])
-        jobs.append((r, enc, image.size, boxes, occluded_encodings(vs.processor, enc, image, boxes, cfg.fill)))
-    encs = [x for _, enc, _, _, variants in jobs for x in [enc, *variants]]
-    got = beliefs(vs, encs, cfg, labels, progress, should_cancel)
-    rows = [row for job in jobs for name in vs.names
-            for row in _occlusion_rows(job, got, name, vs.series.steps[name], labels)]
+        size = check_image(refs[0], vs.processor.cfg.limits)
+        plans.append((r, size, _boxes(size, cfg, r["id"])))
+    steps = sum(len(_chunks([None, *boxes], cfg.batch_size)) for _, _, boxes in plans) * len(vs.names)
+    counter = _Counter(steps, progress=progress, should_cancel=should_cancel)
+    rows = []
+    for r, size, boxes in plans:
+        got = beliefs(vs, _occlusion_batches(vs.processor, r, boxes, cfg), cfg, labels, counter)
+        rows += [row for name in vs.names
+                 for row in _occlusion_rows(r, size, boxes, got, name, vs.series.steps[name], labels)]
     return pd.DataFrame(rows)
+
+
+def _occlusion_batches(proc, record: dict, boxes: list[tuple], cfg: VisualConfig) -> Iterator[list]:
+    """The study as it is, then its occluded variants, ``cfg.batch_size`` encodings at a time."""
+    from core.images import load_image
+    from core.vision import encode_vl
+
+    enc = encode_vl(proc, [record])[0]
+    image = load_image(record["image_refs"][0], proc.cfg.limits)
+    first = cfg.batch_size - 1
+    yield [enc, *occluded_encodings(proc, enc, image, boxes[:first], cfg.fill)]
+    for a in range(first, len(boxes), cfg.batch_size):
+        yield occluded_encodings(proc, enc, image, boxes[a: a + cfg.batch_size], cfg.fill, first=a)
 
 
 def _boxes(size: tuple[int, int], cfg: VisualConfig, traj_id: str) -> list[tuple[int, int, int, int]]:
@@ -364,20 +402,21 @@ def _boxes(size: tuple[int, int], cfg: VisualConfig, traj_id: str) -> list[tuple
     return [box]
 
 
-def _occlusion_rows(job, got: dict, name: str, step: int, labels: list[str]) -> list[dict]:
-    r, enc, (w, h), boxes, variants = job
-    base = got[(enc.id, name)][1][-1]  # (K,) at the end of the CoT
+def _occlusion_rows(r: dict, size: tuple[int, int], boxes: list[tuple], got: dict, name: str, step: int,
+                    labels: list[str]) -> list[dict]:
+    base = got[(str(r["id"]), name)][1][-1]  # (K,) at the end of the CoT
     answer = labels[int(base.argmax())]
-    n = int(round(len(boxes) ** 0.5)) if len(boxes) > 1 else 1
+    n = int(round(len(boxes) ** 0.5))  # patches per side (1 for a picked rectangle)
     rows = []
-    for k, (box, v) in enumerate(zip(boxes, variants, strict=True)):
-        b = got[(v.id, name)][1][-1]
+    for k, box in enumerate(boxes):
+        b = got[(f"{r['id']}#patch{k}", name)][1][-1]
         for li, label in enumerate(labels):
             rows.append({"traj_id": r["id"], "checkpoint": name, "step": step, "gold": r.get("label"),
-                         "image": image_paths(r)[0], "width": w, "height": h, "patch": k, "row": k // n,
-                         "col": k % n, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3], "label": label,
-                         "belief": float(b[li]), "base_belief": float(base[li]), "drop": float(base[li] - b[li]),
-                         "answer": answer, "answer_occluded": labels[int(b.argmax())]})
+                         "image": image_paths(r)[0], "width": size[0], "height": size[1], "patch": k,
+                         "row": k // n, "col": k % n, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
+                         "label": label, "belief": float(b[li]), "base_belief": float(base[li]),
+                         "drop": float(base[li] - b[li]), "answer": answer,
+                         "answer_occluded": labels[int(b.argmax())]})
     return rows
 
 

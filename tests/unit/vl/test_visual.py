@@ -44,13 +44,14 @@ def records(cfg):
     return visual.read_records(cfg)
 
 
-def _naive_belief(series, checkpoint, enc, cfg):
-    """The reference: softmax over labels of ``probe_vl_naive`` (re-encoding image + prefix + label)."""
+def _naive_belief(series, checkpoint, enc, cfg, every: bool = False):
+    """The reference: softmax over labels of ``probe_vl_naive`` (re-encoding image + prefix + label), at the
+    end of the CoT (or, ``every``, at each of the config's probe positions)."""
     [pos] = visual._positions([enc], series.processor, cfg, LABELS_SORTED)
     with series.activate(checkpoint) as model:
-        lp = probe_vl_naive(model, series.processor, enc, pos[-1:], ProbeConfig(labels=LABELS_SORTED,
-                                                                                template=cfg.template), LABELS_SORTED)
-    return visual._softmax(lp)[-1]
+        lp = probe_vl_naive(model, series.processor, enc, pos if every else pos[-1:],
+                            ProbeConfig(labels=LABELS_SORTED, template=cfg.template), LABELS_SORTED)
+    return visual._softmax(lp) if every else visual._softmax(lp)[-1]
 
 
 def test_swap_changes_the_encoded_image_and_keeps_the_text_ids(series, records):
@@ -106,6 +107,20 @@ def test_beliefs_under_a_swap_equal_naive_reencoding_of_the_swapped_record(serie
                                rtol=1e-4, atol=1e-5)
     assert row.answer_after == LABELS_SORTED[int(ref.argmax())]
     assert row.flipped == (row.answer_before != row.answer_after)
+
+
+def test_swap_beliefs_at_sentence_ends_equal_naive_reencoding(series, cfg, records):
+    run_cfg = dataclasses.replace(cfg, kind="swap", traj_ids=[records[2]["id"]], swap_to=["Pneumonia"],
+                                  positions="sentence")
+    df = visual.run(run_cfg, series=series)
+    rows = df[df.checkpoint == "checkpoint-2"].sort_values("position")
+    assert len(rows) > 2 and rows["is_end"].tolist() == [False] * (len(rows) - 1) + [True]
+    donor = next(r for r in records if r["id"] == rows.iloc[0]["swapped_id"])
+    enc = encode_vl(series.processor, [visual.swap_image(records[2], donor)])[0]
+    ref = _naive_belief(series, "checkpoint-2", enc, run_cfg, every=True)
+    assert rows["position"].tolist() == [j - enc.start for j in visual._positions([enc], series.processor,
+                                                                                  run_cfg, LABELS_SORTED)[0]]
+    np.testing.assert_allclose(rows["belief_swapped"], ref[:, LABELS_SORTED.index("Pneumonia")], rtol=1e-4, atol=1e-5)
 
 
 def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, cfg, records):
