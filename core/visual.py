@@ -234,30 +234,42 @@ class _Counter:
             raise Cancelled("visual drift cancelled")
 
 
-def beliefs(vs, batches: Iterable[list], cfg: VisualConfig, labels: list[str], counter: _Counter) -> dict:
+def beliefs(vs, make_batches: Callable[[], Iterable[list]], cfg: VisualConfig, labels: list[str],
+            counter: _Counter) -> dict:
     """Belief over ``labels`` (softmax of the probe's label log-probs) at each probe position of each
     encoding under each checkpoint: ``{(enc.id, checkpoint): (positions into the completion, (P, K))}``.
-    ``batches`` may be a generator (encoded as they are needed: memory holds one batch of images).
-    Batch-outer, checkpoint-inner: adapters are switched in place, a batch's image features computed once
-    when the vision tower is shared."""
+    ``make_batches()`` yields the encodings a batch at a time (memory holds one batch of images). Adapter
+    series: batch-outer, checkpoint-inner (adapters switched in place; a batch's image features computed
+    once when the vision tower is shared); full checkpoints: each loaded once, the batches made again."""
+    out = {}
+    if all(c.kind == "adapter" for c in vs.series.checkpoints):
+        for group in make_batches():
+            features = {}  # the batch's image features, shared by every adapter when the tower is
+            for name in vs.names:
+                with vs.activate(name) as model:
+                    _probe_group(vs, model, name, group, cfg, labels, counter, out, features)
+        return out
+    for name in vs.names:
+        with vs.activate(name) as model:
+            for group in make_batches():
+                _probe_group(vs, model, name, group, cfg, labels, counter, out, {})
+    return out
+
+
+def _probe_group(vs, model, name: str, group: list, cfg: VisualConfig, labels: list[str], counter: _Counter,
+                 out: dict, features: dict) -> None:
     from core.probe import ProbeConfig
     from core.vl_scoring import image_features, probe_vl
 
+    counter.check()
+    pos = _positions(group, vs.processor, cfg, labels)
+    if vs.shared_vision and "image" not in features:
+        features["image"] = _features(model, group, image_features)
     pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions)
-    out = {}
-    for group in batches:
-        pos = _positions(group, vs.processor, cfg, labels)
-        features = None
-        for name in vs.names:
-            counter.check()
-            with vs.activate(name) as model:
-                if vs.shared_vision and features is None:
-                    features = _features(model, group, image_features)
-                logp = probe_vl(model, vs.processor, group, pos, pcfg, labels, features if vs.shared_vision else None)
-            for e, p, lp in zip(group, pos, logp, strict=True):
-                out[(e.id, name)] = ([j - e.start for j in p], _softmax(lp))
-            counter.step(f"{name}: {group[-1].id}")
-    return out
+    logp = probe_vl(model, vs.processor, group, pos, pcfg, labels, features.get("image"))
+    for e, p, lp in zip(group, pos, logp, strict=True):
+        out[(e.id, name)] = ([j - e.start for j in p], _softmax(lp))
+    counter.step(f"{name}: {group[-1].id}")
 
 
 def _features(model, group, image_features):
@@ -295,7 +307,7 @@ def swap_test(vs, records: list[dict], pool: list[dict], cfg: VisualConfig, labe
     chunks = _chunks(list({r["id"]: r for r, _ in pairs}.values()) + [v for _, v in pairs], cfg.batch_size)
     steps = len(chunks) * len(vs.names) * (2 if cfg.decode else 1)
     counter = _Counter(steps, progress=progress, should_cancel=should_cancel)
-    got = beliefs(vs, (encode_vl(vs.processor, c) for c in chunks), cfg, labels, counter)
+    got = beliefs(vs, lambda: (encode_vl(vs.processor, c) for c in chunks), cfg, labels, counter)
     decoded = _decode(vs, chunks, labels, cfg.max_new_tokens, counter) if cfg.decode else None
     rows = [row for r, v in pairs for name in vs.names
             for row in _swap_rows(r, v, got, decoded, name, vs.series.steps[name], labels)]
@@ -326,20 +338,21 @@ def _swap_rows(r: dict, v: dict, got: dict, decoded: dict | None, name: str, ste
 
 
 def _decode(vs, chunks: list[list[dict]], labels: list[str], max_new_tokens: int, counter: _Counter) -> dict:
-    """Greedy completion of each record's prompt (with its images) under each checkpoint; its answer."""
+    """Greedy completion of each record's prompt (with its images) under each checkpoint; its answer.
+    Checkpoint-outer (a full checkpoint loads once); the records encoded a chunk at a time."""
     import torch
 
     from core.vision import encode_vl
 
     out = {}
-    for chunk in chunks:
-        encs = encode_vl(vs.processor, chunk)
-        for name in vs.names:
-            with vs.activate(name) as model, torch.no_grad():
+    for name in vs.names:
+        with vs.activate(name) as model, torch.no_grad():
+            for chunk in chunks:
+                encs = encode_vl(vs.processor, chunk)
                 for e in encs:
                     counter.check()
                     out[(e.id, name)] = answers.find_answer(_greedy(model, vs.processor, e, max_new_tokens), labels)
-            counter.step(f"{name}: decoded {encs[-1].id}")
+                counter.step(f"{name}: decoded {encs[-1].id}")
     return out
 
 
@@ -372,7 +385,8 @@ def occlusion_test(vs, records: list[dict], cfg: VisualConfig, labels: list[str]
     counter = _Counter(steps, progress=progress, should_cancel=should_cancel)
     rows = []
     for r, size, boxes in plans:
-        got = beliefs(vs, _occlusion_batches(vs.processor, r, boxes, cfg), cfg, labels, counter)
+        got = beliefs(vs, lambda r=r, boxes=boxes: _occlusion_batches(vs.processor, r, boxes, cfg), cfg, labels,
+                      counter)
         rows += [row for name in vs.names
                  for row in _occlusion_rows(r, size, boxes, got, name, vs.series.steps[name], labels)]
     return pd.DataFrame(rows)

@@ -148,6 +148,41 @@ def test_a_picked_region_is_one_variant_clipped_to_the_image(series, cfg, record
         visual.run(dataclasses.replace(run_cfg, region=[4000, 4000, 5000, 5000]), series=series)
 
 
+def test_a_full_checkpoint_series_loads_each_checkpoint_once_and_matches_naive(cfg, records, tmp_path):
+    """A merged (full) VL checkpoint: checkpoint-outer, the batches made again under it; same beliefs."""
+    import torch
+
+    from core.vision import load_vl_model
+    from core.vl_series import load_vl_series
+
+    model = load_vl_model(cfg.base)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(tmp_path / "checkpoint-8-merged")
+    full = load_vl_series(cfg.base, [tmp_path / "checkpoint-8-merged"], device="cpu")
+    assert not full.shared_vision
+    run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[records[0]["id"]], grid=2, batch_size=2)
+    df = visual.run(run_cfg, series=full)
+    image = load_image(records[0]["image_refs"][0])
+    enc = encode_vl(full.processor, [records[0]])[0]
+    row = df[(df.checkpoint == "checkpoint-8-merged") & (df.patch == 2)].set_index("label")
+    [variant] = visual.occluded_encodings(full.processor, enc, image, [tuple(row.iloc[0][["x0", "y0", "x1", "y1"]])],
+                                          None)
+    np.testing.assert_allclose(row["belief"][LABELS_SORTED].to_numpy(),
+                               _naive_belief(full, "checkpoint-8-merged", variant, cfg), rtol=1e-4, atol=1e-5)
+    base = df[(df.checkpoint == "base") & (df.patch == 2)].set_index("label")["belief"][LABELS_SORTED].to_numpy()
+    assert not np.allclose(base, row["belief"][LABELS_SORTED].to_numpy())
+
+
+def test_swap_with_decoding_adds_each_checkpoints_own_answer(series, cfg, records):
+    run_cfg = dataclasses.replace(cfg, kind="swap", traj_ids=[records[0]["id"]], swap_to=["Edema"], decode=True,
+                                  max_new_tokens=4)
+    seen = []
+    df = visual.run(run_cfg, series=series, progress=lambda d, t, m: seen.append((d, t)))
+    assert {"decoded_before", "decoded_after", "decoded_flipped"} <= set(df.columns) and len(df) == 3
+    assert seen[-1][0] == seen[-1][1] == 2 * 3  # one batch probed and decoded under each of 3 checkpoints
+
+
 def test_flip_rates_per_category_from_known_rows():
     rows = [("Edema", "base", 0, "Edema", "Edema", "Pneumonia"), ("Edema", "base", 0, "Edema", "Pneumonia", "Pneumonia"),
             ("Edema", "ck-2", 2, "Edema", "Edema", "Pneumonia"), ("Pneumonia", "base", 0, "Edema", "Edema", "Edema"),
