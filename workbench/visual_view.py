@@ -134,6 +134,8 @@ def _results(folder: Path, traj: str) -> None:
         st.caption("No image counterfactual has run on this world yet.")
         return
     st.subheader("Results")
+    if st.session_state.get("vis_newest") != found[0]:  # a job just finished (or first visit): show its result
+        st.session_state["vis_newest"] = st.session_state["vis_result"] = found[0]
     path = st.selectbox("Result", found, key="vis_result", format_func=lambda p: f"{p.stem} · "
                         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(p.stat().st_mtime))}")
     try:
