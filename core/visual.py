@@ -449,6 +449,13 @@ def swap_flip_rates(df: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"gold": "category"}).sort_values(["category", "step"]).reset_index(drop=True)
 
 
+def top_patches(rows: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Per checkpoint (in step order), the patch whose greying lowers the belief in ``label`` most."""
+    part = rows[rows["label"] == label].sort_values(["step", "drop"], ascending=[True, False])
+    return part.groupby("checkpoint", sort=False).head(1)[
+        ["checkpoint", "step", "patch", "x0", "y0", "x1", "y1", "base_belief", "belief", "drop"]].reset_index(drop=True)
+
+
 def load_series(cfg: VisualConfig):
     from core.vision import VisionConfig
     from core.vl_series import load_vl_series

@@ -134,9 +134,8 @@ def _results(folder: Path, traj: str) -> None:
         st.caption("No image counterfactual has run on this world yet.")
         return
     st.subheader("Results")
-    if st.session_state.get("vis_newest") != found[0]:  # a job just finished (or first visit): show its result
-        st.session_state["vis_newest"] = st.session_state["vis_result"] = found[0]
-    path = st.selectbox("Result", found, key="vis_result", format_func=lambda p: f"{p.stem} · "
+    # keyed by the newest result: when a job finishes, its result is the one shown
+    path = st.selectbox("Result", found, key=f"vis_result-{found[0].stem}", format_func=lambda p: f"{p.stem} · "
                         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(p.stat().st_mtime))}")
     try:
         df, meta = visual.read_result(path)
@@ -175,6 +174,5 @@ def _occlusion_result(df, traj: str, name: str) -> None:
         st.warning(inert(str(e)))
         return
     ui.figure(visual_charts.occlusion_heatmap(image, rows, label), "vis-occlusion", f"occlusion-{shown}-{label}")
-    top = rows[rows["label"] == label].sort_values("drop", ascending=False).groupby("checkpoint", sort=False).head(1)
-    ui.table(top[["checkpoint", "step", "patch", "x0", "y0", "x1", "y1", "base_belief", "belief", "drop"]]
-             .sort_values("step"), "vis-occlusion-top", f"occlusion-top-{shown}")
+    st.markdown(f"Per checkpoint, the patch whose greying lowers P({inert(label)}) most")
+    ui.table(visual.top_patches(rows, label), "vis-occlusion-top", f"occlusion-top-{shown}")

@@ -134,6 +134,10 @@ def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, 
     ref = _naive_belief(series, "checkpoint-2", variant, cfg)
     got = df[(df.checkpoint == "checkpoint-2") & (df.patch == 3)].set_index("label")["belief"]
     np.testing.assert_allclose(got[LABELS_SORTED].to_numpy(), ref, rtol=1e-4, atol=1e-5)
+    top = visual.top_patches(df, "Edema")
+    assert top["checkpoint"].tolist() == series.names
+    for _, t in top.iterrows():
+        assert t["drop"] == df[(df.checkpoint == t.checkpoint) & (df.label == "Edema")]["drop"].max()
     base = _naive_belief(series, "checkpoint-2", enc, cfg)
     np.testing.assert_allclose(df[(df.checkpoint == "checkpoint-2") & (df.patch == 0)].set_index("label")
                                ["base_belief"][LABELS_SORTED].to_numpy(), base, rtol=1e-4, atol=1e-5)
