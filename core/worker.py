@@ -188,7 +188,7 @@ def _write_perturbation(df, out: Path, merged: bool = False) -> int:
 
 def visual(cfg, out: str | Path, force: bool = False) -> int:
     """Image swap or region occlusion (a ``core.visual.VisualConfig``) into the parquet file ``out``."""
-    from core import visual
+    from core import visual, visual_probe
     from core.jobs import CANCELLED, cancel_flag
     from core.outputs import check_result_file, disk_full_named
     from core.progress import Cancelled
@@ -199,7 +199,7 @@ def visual(cfg, out: str | Path, force: bool = False) -> int:
     bar, progress = progress_bar(cfg.kind)
     with bar:
         try:
-            df = visual.run(cfg, progress=progress, should_cancel=should_cancel)
+            df = visual_probe.run(cfg, progress=progress, should_cancel=should_cancel)
         except (KeyboardInterrupt, Cancelled):
             print(f"\nworkbench: {cfg.kind} cancelled; nothing written", file=sys.stderr)
             return CANCELLED

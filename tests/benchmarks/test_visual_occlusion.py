@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core import visual
+from core import visual, visual_probe
 from core.world import load_world
 from tests.vl_world import make_vl_world
 
@@ -30,15 +30,15 @@ def test_occlusion_cost(tmp_path, size):
         Image.open(path).convert("RGB").resize((side, side)).save(path)
     cfg = visual.VisualConfig.from_world(world, kind="occlusion", device="cpu", grid=size(8, 2), limit=size(3, 1),
                                          max_pixels=side * side, batch_size=16)
-    vs = visual.load_series(cfg)
+    vs = visual_probe.load_series(cfg)
     ways = {"workbench": (cfg, vs), "one variant per forward": (dataclasses.replace(cfg, batch_size=1),
                                                                dataclasses.replace(vs, shared_vision=False))}
     timings = {name: float("inf") for name in ways}
-    visual.run(dataclasses.replace(cfg, limit=1, grid=1), series=vs)  # warm-up
+    visual_probe.run(dataclasses.replace(cfg, limit=1, grid=1), series=vs)  # warm-up
     for _ in range(size(2, 1)):  # interleaved, the best of each: a shared machine's load varies
         for name, (run_cfg, series) in ways.items():
             t0 = time.perf_counter()
-            df = visual.run(run_cfg, series=series)
+            df = visual_probe.run(run_cfg, series=series)
             timings[name] = min(timings[name], time.perf_counter() - t0)
     n_studies, k = df["traj_id"].nunique(), len(vs.names)
     variants = cfg.grid ** 2

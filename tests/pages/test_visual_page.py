@@ -8,7 +8,7 @@ import warnings
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs, visual
+from core import jobs, visual, visual_probe
 from core.workspace import Workspace
 from core.world import load_world
 from tests.conftest import ROOT
@@ -45,7 +45,7 @@ def test_swap_results_draw_flip_rates_per_category(vl_world, tmp_path):
     cfg = visual.VisualConfig.from_world(vl_world, kind="swap", device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = visual.run(cfg)
+        df = visual_probe.run(cfg)
     visual.write_result(df, cfg, visual.result_path(visual.results_dir(ws, vl_world), cfg))
     at = page(vl_world.root, ws.root)
     at.run()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import jobs, visual
+from core import jobs, visual, visual_probe
 from core.errors import InputError
 from core.images import load_image
 from core.probe import ProbeConfig
@@ -36,7 +36,7 @@ def cfg(world):
 def series(cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the adapters name their base by a hub id: a warning, as for users
-        return visual.load_series(cfg)
+        return visual_probe.load_series(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,11 @@ def records(cfg):
 def _naive_belief(series, checkpoint, enc, cfg, every: bool = False):
     """The reference: softmax over labels of ``probe_vl_naive`` (re-encoding image + prefix + label), at the
     end of the CoT (or, ``every``, at each of the config's probe positions)."""
-    [pos] = visual._positions([enc], series.processor, cfg, LABELS_SORTED)
+    [pos] = visual_probe._positions([enc], series.processor, cfg, LABELS_SORTED)
     with series.activate(checkpoint) as model:
         lp = probe_vl_naive(model, series.processor, enc, pos if every else pos[-1:],
                             ProbeConfig(labels=LABELS_SORTED, template=cfg.template), LABELS_SORTED)
-    return visual._softmax(lp) if every else visual._softmax(lp)[-1]
+    return visual_probe._softmax(lp) if every else visual_probe._softmax(lp)[-1]
 
 
 def test_swap_changes_the_encoded_image_and_keeps_the_text_ids(series, records):
@@ -95,7 +95,7 @@ def test_occlusion_changes_pixels_only_in_its_patch(series, records):
 
 def test_beliefs_under_a_swap_equal_naive_reencoding_of_the_swapped_record(series, cfg, records):
     run_cfg = dataclasses.replace(cfg, kind="swap", traj_ids=[records[0]["id"]], batch_size=2)
-    df = visual.run(run_cfg, series=series)
+    df = visual_probe.run(run_cfg, series=series)
     assert set(visual.SWAP_COLUMNS) <= set(df.columns)
     assert len(df) == (len(LABELS) - 1) * len(series.names)  # one donor of each other label x checkpoints
     row = df[df.checkpoint == "checkpoint-4"].iloc[0]
@@ -112,20 +112,20 @@ def test_beliefs_under_a_swap_equal_naive_reencoding_of_the_swapped_record(serie
 def test_swap_beliefs_at_sentence_ends_equal_naive_reencoding(series, cfg, records):
     run_cfg = dataclasses.replace(cfg, kind="swap", traj_ids=[records[2]["id"]], swap_to=["Pneumonia"],
                                   positions="sentence")
-    df = visual.run(run_cfg, series=series)
+    df = visual_probe.run(run_cfg, series=series)
     rows = df[df.checkpoint == "checkpoint-2"].sort_values("position")
     assert len(rows) > 2 and rows["is_end"].tolist() == [False] * (len(rows) - 1) + [True]
     donor = next(r for r in records if r["id"] == rows.iloc[0]["swapped_id"])
     enc = encode_vl(series.processor, [visual.swap_image(records[2], donor)])[0]
     ref = _naive_belief(series, "checkpoint-2", enc, run_cfg, every=True)
-    assert rows["position"].tolist() == [j - enc.start for j in visual._positions([enc], series.processor,
+    assert rows["position"].tolist() == [j - enc.start for j in visual_probe._positions([enc], series.processor,
                                                                                   run_cfg, LABELS_SORTED)[0]]
     np.testing.assert_allclose(rows["belief_swapped"], ref[:, LABELS_SORTED.index("Pneumonia")], rtol=1e-4, atol=1e-5)
 
 
 def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, cfg, records):
     run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[records[1]["id"]], grid=2, batch_size=3, fill=0)
-    df = visual.run(run_cfg, series=series)
+    df = visual_probe.run(run_cfg, series=series)
     assert len(df) == 4 * len(LABELS) * len(series.names) and df["drop"].abs().max() > 0
     row = df[(df.checkpoint == "checkpoint-2") & (df.patch == 3)].iloc[0]
     image = load_image(records[1]["image_refs"][0])
@@ -145,11 +145,11 @@ def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, 
 
 def test_a_picked_region_is_one_variant_clipped_to_the_image(series, cfg, records):
     run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[records[0]["id"]], region=[10, 10, 5000, 40])
-    df = visual.run(run_cfg, series=series)
+    df = visual_probe.run(run_cfg, series=series)
     w = load_image(records[0]["image_refs"][0]).size[0]
     assert set(df["patch"]) == {0} and (df["x1"] == w).all() and (df["y1"] == 40).all()
     with pytest.raises(InputError, match="outside"):
-        visual.run(dataclasses.replace(run_cfg, region=[4000, 4000, 5000, 5000]), series=series)
+        visual_probe.run(dataclasses.replace(run_cfg, region=[4000, 4000, 5000, 5000]), series=series)
 
 
 def test_a_full_checkpoint_series_loads_each_checkpoint_once_and_matches_naive(cfg, records, tmp_path):
@@ -166,7 +166,7 @@ def test_a_full_checkpoint_series_loads_each_checkpoint_once_and_matches_naive(c
     full = load_vl_series(cfg.base, [tmp_path / "checkpoint-8-merged"], device="cpu")
     assert not full.shared_vision
     run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[records[0]["id"]], grid=2, batch_size=2)
-    df = visual.run(run_cfg, series=full)
+    df = visual_probe.run(run_cfg, series=full)
     image = load_image(records[0]["image_refs"][0])
     enc = encode_vl(full.processor, [records[0]])[0]
     row = df[(df.checkpoint == "checkpoint-8-merged") & (df.patch == 2)].set_index("label")
@@ -182,7 +182,7 @@ def test_swap_with_decoding_adds_each_checkpoints_own_answer(series, cfg, record
     run_cfg = dataclasses.replace(cfg, kind="swap", traj_ids=[records[0]["id"]], swap_to=["Edema"], decode=True,
                                   max_new_tokens=4)
     seen = []
-    df = visual.run(run_cfg, series=series, progress=lambda d, t, m: seen.append((d, t)))
+    df = visual_probe.run(run_cfg, series=series, progress=lambda d, t, m: seen.append((d, t)))
     assert {"decoded_before", "decoded_after", "decoded_flipped"} <= set(df.columns) and len(df) == 3
     assert seen[-1][0] == seen[-1][1] == 2 * 3  # one batch probed and decoded under each of 3 checkpoints
 
@@ -208,7 +208,7 @@ def test_cancel_stops_the_test_at_its_next_batch(series, cfg):
     run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[], limit=2, grid=2, batch_size=2)
     seen = []
     with pytest.raises(Cancelled):
-        visual.run(run_cfg, series=series, progress=lambda d, t, m: seen.append((d, t)),
+        visual_probe.run(run_cfg, series=series, progress=lambda d, t, m: seen.append((d, t)),
                    should_cancel=lambda: len(seen) > 2)
     assert seen[-1][0] < seen[-1][1]  # stopped before the end (5 variants x 2 studies in batches of 2, x 3)
 
