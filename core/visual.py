@@ -230,24 +230,46 @@ def cost_text(meta: dict, kind: str) -> str:
             f"({per:.2f} s per study x checkpoint)")
 
 
+def sidecar(out: str | Path) -> Path:
+    """The file beside a result table that keeps its config and cost: ``<name>.visual.json``."""
+    return Path(out).with_name(Path(out).stem + ".visual.json")
+
+
+def check_output(out: Path, force: bool, kind: str) -> None:
+    """Before any work: ``out`` is new or (with ``force``) a table this workbench wrote, and so is its
+    sidecar; nothing else is ever overwritten."""
+    from core.outputs import check_result_file
+
+    check_result_file(out, force, SWAP_COLUMNS if kind == "swap" else OCCLUSION_COLUMNS)
+    side = sidecar(out)
+    if side.exists() and "config" not in _json(side):
+        raise InputError(f"{side}: a file the workbench did not write is there; nothing was changed. "
+                         "Choose another --out")
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_result(df: pd.DataFrame, cfg: VisualConfig, out: str | Path) -> Path:
-    """The table as parquet at ``out`` and, beside it (``.json``), its config and cost (``df.attrs``)."""
+    """The table as parquet at ``out`` and, beside it (``sidecar``), its config and cost (``df.attrs``)."""
     from core.cache import atomic_write_text, write_parquet
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(df, out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps({"config": asdict(cfg), **df.attrs}, indent=1))
+    atomic_write_text(sidecar(out), json.dumps({"config": asdict(cfg), **df.attrs}, indent=1))
     return out
 
 
 def read_result(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """A result table and its sidecar (config and cost; empty if it is missing or unreadable)."""
     path = Path(path)
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, json.JSONDecodeError):
-        meta = {}
+    meta = _json(sidecar(path))
     try:
         return pd.read_parquet(path), meta
     except (OSError, ValueError) as e:

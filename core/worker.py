@@ -190,11 +190,11 @@ def visual(cfg, out: str | Path, force: bool = False) -> int:
     """Image swap or region occlusion (a ``core.visual.VisualConfig``) into the parquet file ``out``."""
     from core import visual, visual_probe
     from core.jobs import CANCELLED, cancel_flag
-    from core.outputs import check_result_file, disk_full_named
+    from core.outputs import disk_full_named
     from core.progress import Cancelled
 
     out = expand(out)
-    check_result_file(out, force, visual.SWAP_COLUMNS if cfg.kind == "swap" else visual.OCCLUSION_COLUMNS)
+    visual.check_output(out, force, cfg.kind)
     should_cancel = cancel_flag()
     bar, progress = progress_bar(cfg.kind)
     with bar:

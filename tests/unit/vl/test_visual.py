@@ -235,6 +235,11 @@ def test_the_worker_never_overwrites_a_file_it_did_not_write(tmp_path, cfg, caps
     pd.DataFrame({"mine": [1]}).to_parquet(out)
     assert worker.main(["visual", "--config", str(config), "--out", str(out), "--force"]) == 2
     assert "did not write" in capsys.readouterr().err and list(pd.read_parquet(out).columns) == ["mine"]
+    out = tmp_path / "result.parquet"
+    visual.sidecar(out).write_text('{"my": "notes"}')  # the user's own file where the cost would go
+    assert worker.main(["visual", "--config", str(config), "--out", str(out)]) == 2
+    assert "did not write" in capsys.readouterr().err and visual.sidecar(out).read_text() == '{"my": "notes"}'
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -246,7 +251,9 @@ def test_visual_runs_as_a_job_and_cancels(tmp_path, cfg, records):
     job = jobs.start(tmp_path / "jobs", "visual", argv, files=files)
     assert job.wait(180) == "done", job.log_tail()
     assert visual.VisualConfig.load(job.dir / visual.JOB_CONFIG) == job_cfg
-    assert len(pd.read_parquet(out)) == 3 * len(series_names(cfg))
+    df, meta = visual.read_result(out)
+    assert len(df) == 3 * len(series_names(cfg)) and meta["variants"] == 3 and meta["checkpoints"] == 3
+    assert meta["config"] == dataclasses.asdict(job_cfg) and meta["seconds"] > 0
     slow = dataclasses.replace(cfg, kind="occlusion", traj_ids=[], grid=8, batch_size=1)
     argv, files = visual.visual_job(slow, tmp_path / "occlusion.parquet")
     job = jobs.start(tmp_path / "jobs", "visual", argv, files=files)
