@@ -65,3 +65,24 @@ def occlusion_heatmap(image: np.ndarray, rows: pd.DataFrame, label: str, value: 
         xaxis={"showticklabels": False, "range": [0, w]},
         yaxis={"showticklabels": False, "range": [h, 0], "scaleanchor": "x"})
     return fig
+
+
+def swap_belief_paths(rows: pd.DataFrame) -> go.Figure:
+    """The belief in the true label along the CoT under each checkpoint, with the study's own image (solid)
+    and with the swapped-in image (dashed). ``rows``: one trajectory and one swapped image, probed at
+    sentence ends (``core.visual.VisualConfig.positions``)."""
+    fig = go.Figure()
+    palette = pcolors.qualitative.Safe
+    order = rows.drop_duplicates("checkpoint").sort_values("step")["checkpoint"].tolist()
+    for i, name in enumerate(order):
+        part = rows[rows["checkpoint"] == name].sort_values("position")
+        color = palette[i % len(palette)]
+        for column, dash, what in (("belief_before", "solid", "own image"), ("belief_original", "dash", "swapped")):
+            fig.add_trace(go.Scatter(
+                x=part["position"], y=part[column], mode="lines+markers", line={"color": color, "dash": dash},
+                name=f"{html.escape(name)} · {what}",
+                hovertemplate=f"{html.escape(name)}, {what}: %{{y:.3f}} after %{{x}} tokens<extra></extra>"))
+    gold = html.escape(str(rows["gold"].iloc[0])) if len(rows) else ""
+    fig.update_layout(height=340, margin={"t": 20, "l": 10, "r": 10}, xaxis={"title": "tokens into the CoT"},
+                      yaxis={"title": f"P({gold})", "range": [-0.02, 1.02]})
+    return fig

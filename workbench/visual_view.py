@@ -88,7 +88,10 @@ def _swap_form(ws, folder, base, record, labels, busy) -> None:
         swap_to = _targets("vis_swap_to", labels)
     decode = c2.toggle("Also re-decode greedily", key="vis_decode",
                        help="each checkpoint also writes its own CoT from the swapped image (slower)")
-    cfg = dataclasses.replace(base, kind="swap", traj_ids=[record["id"]], swap_to=swap_to, decode=decode)
+    along = c2.toggle("Belief along the CoT (at sentence ends)", key="vis_along",
+                      help="probe at every sentence end too, not only at the end of the CoT")
+    cfg = dataclasses.replace(base, kind="swap", traj_ids=[record["id"]], swap_to=swap_to, decode=decode,
+                              positions="sentence" if along else "end")
     _launch(ws, folder, cfg, f"image swap · {record['id']}", busy, "vis_swap_run")
 
 
@@ -151,6 +154,14 @@ def _results(folder: Path, traj: str) -> None:
 
 
 def _swap_result(df, name: str) -> None:
+    if (~df["is_end"]).any():  # probed along the CoT: one study's belief paths, own vs swapped image
+        pairs = df.drop_duplicates(["traj_id", "swapped_id"])
+        pick = st.selectbox("Swap", range(len(pairs)), key="vis_swap_pair", format_func=lambda i: (
+            f"{pairs.iloc[i]['traj_id']} with the image of {pairs.iloc[i]['swapped_id']} "
+            f"({pairs.iloc[i]['swapped_label']})"))
+        chosen = pairs.iloc[pick]
+        rows = df[(df["traj_id"] == chosen["traj_id"]) & (df["swapped_id"] == chosen["swapped_id"])]
+        ui.figure(visual_charts.swap_belief_paths(rows), "vis-swap-paths", f"image-swap-belief-{chosen['traj_id']}")
     end = df[df["is_end"]]
     st.markdown(f"The answer flips in **{int(end['flipped'].sum())}** of {len(end)} swaps x checkpoints.")
     rates = visual.swap_flip_rates(df)

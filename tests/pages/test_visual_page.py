@@ -2,7 +2,9 @@
 occlusion as a background job and draws its heatmap over the image, and draws image-swap flip rates per
 category; on the text sample world there is no Image section."""
 
+import dataclasses
 import json
+import time
 import warnings
 
 import pytest
@@ -54,8 +56,19 @@ def test_swap_results_draw_flip_rates_per_category(vl_world, tmp_path):
     assert any("Cost:" in c.value and "swapped images x 3 checkpoints" in c.value for c in at.caption)
     [chart] = [c for c in charts_of(at) if c["data"] and c["data"][0]["type"] == "scatter"]
     assert {t["name"] for t in chart["data"]} == {"Cardiomegaly", "Edema", "Lung Opacity", "Pneumonia"}
-    assert chart["layout"]["xaxis"]["title"]["text"] == "checkpoint step"
-    assert any("python -m core.worker visual --config visual.json" in c.value for c in at.code)  # values: tests/unit/vl/test_visual_charts.py
+    assert chart["layout"]["xaxis"]["title"]["text"] == "checkpoint step"  # values: tests/unit/vl/test_visual_charts.py
+    assert any("python -m core.worker visual --config visual.json" in c.value for c in at.code)
+
+    along = dataclasses.replace(cfg, traj_ids=["study-002"], swap_to=["Pneumonia"], positions="sentence")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = visual_probe.run(along)
+    time.sleep(0.05)  # a newer file: the newest result is the one shown
+    visual.write_result(df, along, visual.result_path(visual.results_dir(ws, vl_world), along))
+    at.run()
+    assert not at.exception
+    paths = [c for c in charts_of(at) if any("own image" in t.get("name", "") for t in c["data"])]
+    assert len(paths) == 1 and len(paths[0]["data"]) == 2 * 3  # own and swapped image x 3 checkpoints
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from core.visual import grid_boxes
-from workbench.visual_charts import occlusion_heatmap, swap_flip_chart
+from workbench.visual_charts import occlusion_heatmap, swap_belief_paths, swap_flip_chart
 
 
 def test_flip_chart_has_one_line_per_category_over_the_steps():
@@ -50,3 +50,14 @@ def test_a_single_rectangle_is_one_cell_at_its_place():
     fig = occlusion_heatmap(np.zeros((90, 60, 3), dtype=np.uint8), rows, "Pneumonia")
     assert list(fig.data[1].x) == [10, 30] and list(fig.data[1].y) == [20, 50]
     np.testing.assert_allclose(fig.data[1].z, [[-0.01]])
+
+
+def test_swap_belief_paths_draw_own_and_swapped_image_per_checkpoint():
+    rows = pd.DataFrame({"checkpoint": ["ck-2", "ck-2", "base", "base"], "step": [2, 2, 0, 0],
+                         "position": [9, 3, 3, 9], "gold": "Edema", "belief_before": [0.7, 0.6, 0.5, 0.4],
+                         "belief_original": [0.1, 0.2, 0.3, 0.35]})
+    fig = swap_belief_paths(rows)
+    assert [t.name for t in fig.data] == ["base · own image", "base · swapped", "ck-2 · own image", "ck-2 · swapped"]
+    assert list(fig.data[2].x) == [3, 9] and list(fig.data[2].y) == [0.6, 0.7]  # along the CoT
+    assert list(fig.data[3].y) == [0.2, 0.1] and fig.data[3].line.dash == "dash"
+    assert fig.layout.yaxis.title.text == "P(Edema)"
