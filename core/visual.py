@@ -11,9 +11,9 @@ read by the answer probe (``core.vl_scoring.probe_vl``) under every checkpoint o
 - **Region occlusion**: a grid of patches (``grid`` x ``grid``) or one rectangle is greyed, one variant per
   patch; the drop of each label's belief per patch and checkpoint is the heatmap drawn over the image.
 
-Variants of one study share their text ids (an occluded image keeps its size, so its image tokens too); a
-batch of ``batch_size`` variants is one forward per checkpoint, its image features computed once per batch
-and reused under every adapter checkpoint when the vision tower is shared (LoRA on the language model).
+This module builds the variants and says what they mean (no model work); ``core.visual_probe`` probes
+them, a batch of ``batch_size`` variants per forward under each checkpoint. Variants of one study share
+their text ids (an occluded image keeps its size, so its image tokens too).
 
     cfg = VisualConfig.from_world(world, kind="occlusion", traj_ids=["study-000"], grid=4)
     df = core.visual_probe.run(cfg)   # one row per trajectory x checkpoint x patch x label (the model work)
