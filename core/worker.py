@@ -2,6 +2,7 @@
 
     python -m core.worker score --config analysis.json --out DIR [--workspace DIR] [--force] [--no-cache]
     python -m core.worker perturb --config analysis.json --find X --replace Y [--mode M] --out FILE [--force]
+    python -m core.worker visual --config visual.json --out FILE [--force]     # image swap / occlusion (VL)
     python -m core.worker train --config run.json [--resume] [--evaluate WORLD] [--evaluate-limit N]
     accelerate launch -m core.worker train --config run.json     # the same on several GPUs
 
@@ -185,6 +186,31 @@ def _write_perturbation(df, out: Path, merged: bool = False) -> int:
     return 0
 
 
+def visual(cfg, out: str | Path, force: bool = False) -> int:
+    """Image swap or region occlusion (a ``core.visual.VisualConfig``) into the parquet file ``out``."""
+    from core import visual, visual_probe
+    from core.jobs import CANCELLED, cancel_flag
+    from core.outputs import disk_full_named
+    from core.progress import Cancelled
+
+    out = expand(out)
+    visual.check_output(out, force, cfg.kind)
+    should_cancel = cancel_flag()
+    bar, progress = progress_bar(cfg.kind)
+    with bar:
+        try:
+            df = visual_probe.run(cfg, progress=progress, should_cancel=should_cancel)
+        except (KeyboardInterrupt, Cancelled):
+            print(f"\nworkbench: {cfg.kind} cancelled; nothing written", file=sys.stderr)
+            return CANCELLED
+    with disk_full_named(out):
+        visual.write_result(df, cfg, out)
+    if cfg.kind == "swap":
+        print(visual.swap_flip_rates(df).round(4).to_string(index=False))
+    print(f"workbench: wrote {len(df)} rows to {out}")
+    return 0
+
+
 def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: int | None = None) -> int:
     """A CPO run from ``cfg`` (a ``TrainConfig``), then, with ``evaluate`` (a world), its held-out figures.
     Under ``accelerate launch`` each process runs this, and TRL's Trainer shards the batches."""
@@ -235,6 +261,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=expand, required=True, help="parquet file (new, else --force)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--shard", metavar="I/N", help="only shard I of N of the trajectories (see core.shards)")
+    p = sub.add_parser("visual", help="image swap or region occlusion from a VisualConfig JSON (core.visual)")
+    p.add_argument("--config", type=expand, required=True, help="VisualConfig JSON")
+    p.add_argument("--out", type=expand, required=True, help="parquet file (new, else --force)")
+    p.add_argument("--force", action="store_true", help="replace a previous result in --out")
     p = sub.add_parser("train", help="a CPO run from a TrainConfig JSON")
     p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
@@ -250,6 +280,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.load(args.config)
         cfg.resume = cfg.resume or args.resume
         return train(cfg, args.evaluate, args.evaluate_limit)
+    if args.command == "visual":
+        from core.visual import VisualConfig
+
+        return visual(VisualConfig.load(args.config), args.out, args.force)
     from core.analysis import AnalysisConfig
 
     cfg = AnalysisConfig.load(args.config)

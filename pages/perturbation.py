@@ -1,7 +1,8 @@
 """Perturbation lab: swap a span for a near-synonym and see whether the answer flips, checkpoint by checkpoint.
 
 One trajectory runs in the page (a probe per checkpoint: fractions of a second on the sample world); a whole
-dataset runs as a background job (``workbench perturb``) with progress and Cancel.
+dataset runs as a background job (``workbench perturb``) with progress and Cancel. A vision-language world
+also gets an Image section (``workbench.visual_view``): image swaps and region occlusion, as background jobs.
 """
 
 import dataclasses
@@ -14,7 +15,8 @@ from core import jobs, perturb
 from core.analysis import perturb_job, resolve_labels, shell_command
 from core.branches import run_branches
 from core.errors import InputError
-from workbench import charts, resources, state, ui
+from core.vision import is_vl_folder
+from workbench import charts, resources, state, ui, visual_view
 
 st.title("Perturbation lab")
 st.caption("Replace a finding by a near-synonym from the concept graph (or any span) and compare the answer "
@@ -22,6 +24,9 @@ st.caption("Replace a finding by a near-synonym from the concept graph (or any s
            "one that drifted to a surface shortcut flips.")
 
 ws, world = ui.page_context()
+if world is not None and is_vl_folder(world.base_model_dir):
+    visual_view.image_section(ws, world)
+    st.header("Text")
 info = ui.pick_analysis(ws, world, state.LAB_ANALYSIS, "Series and trajectories (of an analysis)",
                         "The lab uses the checkpoint series and trajectories of an analysis; score one on the "
                         "Checkpoints page.")

@@ -1,0 +1,189 @@
+"""The Perturbation lab's Image section (vision-language worlds only): swap a study's image for other
+studies' images, grey patches of it, and see the answer belief under every checkpoint (``core.visual``).
+
+Every run is a background job (``python -m core.worker visual``): progress, ETA and Cancel in the jobs
+panel; its table lands under the workspace's ``perturbations/visual/<world>/`` and is listed below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from core import jobs, visual
+from core.errors import InputError
+from core.images import ImageRef, load_image
+from workbench import ui, visual_charts
+from workbench.safe_text import inert
+
+KIND = "visual"
+EACH = "one of each other label"
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _records(data: str, stamp: float) -> list[dict]:  # stamp: the data file's mtime, so an edit is read again
+    from core.vl_records import read_vl_records
+
+    return read_vl_records(data)
+
+
+def image_section(ws, world) -> None:
+    st.header("Image")
+    st.caption("Keep the CoT, change the image: swap in another study's X-ray, or grey one patch at a time. A model "
+               "that reads the image moves its answer belief; one that answers from the report alone does not.")
+    names = list(world.manifest["datasets"])
+    with ui.controls("Image counterfactuals: data"):
+        dataset = st.selectbox("Dataset", names, key="vis_dataset")
+    base = visual.VisualConfig.from_world(world, dataset)
+    try:
+        records = _records(base.data, Path(base.data).stat().st_mtime)
+        labels = visual.data_labels(base, records)
+    except (InputError, OSError) as e:
+        st.error(f"Cannot read this world's images or trajectories: {e}")
+        return
+    by_id = {r["id"]: r for r in records}
+    traj = st.selectbox("Trajectory", list(by_id), key="vis_trajectory",
+                        format_func=lambda t: f"{t} · {by_id[t].get('label') or '?'}")
+    record = by_id[traj]
+    left, right = st.columns([1, 2])
+    with left:
+        ui.images(visual.image_paths(record), caption=f"{traj} · {record.get('label') or '?'}")
+    right.text(f"{record['prompt']}\n{record['completion']}")
+    folder = visual.results_dir(ws, world)
+    busy = any(j.state() == "running" for j in jobs.list_jobs(ws.job_dirs, KIND))
+    swap_tab, occlusion_tab, dataset_tab = st.tabs(["Image swap", "Region occlusion", "Over the dataset"])
+    with swap_tab:
+        _swap_form(ws, folder, base, record, labels, busy)
+    with occlusion_tab:
+        _occlusion_form(ws, folder, base, record, busy)
+    with dataset_tab:
+        _dataset_form(ws, folder, base, labels, len(records), busy)
+    ui.jobs_panel(ws.job_dirs, KIND, lambda job, main, side: main.caption("Done: its result is listed below."))
+    _results(folder, traj)
+
+
+def _targets(key: str, labels: list[str]) -> list[str]:
+    pick = st.selectbox("Swap in an image of", [EACH, *labels], key=key,
+                        help="another study's image of this label (its own label: a control), or one study of "
+                             "each other label")
+    return [] if pick == EACH else [pick]
+
+
+def _launch(ws, folder: Path, cfg: visual.VisualConfig, title: str, busy: bool, key: str) -> None:
+    if st.button("Run", type="primary", key=key, disabled=busy, icon=":material/play_arrow:",
+                 help="runs in the background; one visual job at a time" if busy else None):
+        out = visual.result_path(folder, cfg)
+        argv, files = visual.visual_job(cfg, out)
+        jobs.start(ws.jobs_dir, KIND, argv, title=title, meta={"out": str(out)}, files=files)
+        st.rerun()
+
+
+def _swap_form(ws, folder, base, record, labels, busy) -> None:
+    c1, c2 = st.columns(2)
+    with c1:
+        swap_to = _targets("vis_swap_to", labels)
+    decode = c2.toggle("Also re-decode greedily", key="vis_decode",
+                       help="each checkpoint also writes its own CoT from the swapped image (slower)")
+    along = c2.toggle("Belief along the CoT (at sentence ends)", key="vis_along",
+                      help="probe at every sentence end too, not only at the end of the CoT")
+    cfg = dataclasses.replace(base, kind="swap", traj_ids=[record["id"]], swap_to=swap_to, decode=decode,
+                              positions="sentence" if along else "end")
+    _launch(ws, folder, cfg, f"image swap · {record['id']}", busy, "vis_swap_run")
+
+
+def _occlusion_form(ws, folder, base, record, busy) -> None:
+    if len(visual.image_paths(record)) != 1:
+        st.info(f"Occlusion takes a study with one image; {record['id']} has {len(visual.image_paths(record))}.")
+        return
+    c1, c2, c3 = st.columns(3)
+    grid = c1.selectbox("Patches per side", [4, 8, 2, 16], key="vis_grid",
+                        help="grid x grid variants, one patch greyed in each")
+    mode = c2.radio("Cover", ["grid", "one rectangle"], key="vis_cover", horizontal=True)
+    fill = c3.number_input("Grey level (-1: the image's mean)", -1, 255, -1, key="vis_fill")
+    region = None
+    if mode == "one rectangle":
+        cols = st.columns(4)
+        region = [int(c.number_input(n, 0, 100_000, v, key=f"vis_region_{n}"))
+                  for c, n, v in zip(cols, ("x0", "y0", "x1", "y1"), (0, 0, 32, 32), strict=True)]
+    try:
+        cfg = dataclasses.replace(base, kind="occlusion", traj_ids=[record["id"]], grid=int(grid), region=region,
+                                  fill=None if fill < 0 else int(fill))
+    except ValueError as e:
+        st.error(str(e))
+        return
+    _launch(ws, folder, cfg, f"occlusion · {record['id']}", busy, "vis_occlusion_run")
+
+
+def _dataset_form(ws, folder, base, labels, n_records, busy) -> None:
+    c1, c2 = st.columns(2)
+    with c1:
+        swap_to = _targets("vis_batch_swap_to", labels)
+    limit = c2.number_input("Trajectories (0 = all)", 0, 100_000, 0, key="vis_batch_limit")
+    st.caption(f"{min(n_records, int(limit) or n_records)} studies, each with its image swapped; the flip rate per "
+               "true label and checkpoint step is drawn below when it is done.")
+    cfg = dataclasses.replace(base, kind="swap", swap_to=swap_to, limit=int(limit) or None)
+    with st.expander("Command line (the same job on another machine)"):
+        st.code(visual.command_text(*visual.visual_job(cfg, visual.result_path(folder, cfg))), language="bash")
+    _launch(ws, folder, cfg, f"image swaps over {Path(base.data).name}", busy, "vis_batch_run")
+
+
+def _results(folder: Path, traj: str) -> None:
+    found = visual.list_results(folder)
+    if not found:
+        st.caption("No image counterfactual has run on this world yet.")
+        return
+    st.subheader("Results")
+    # keyed by the newest result: when a job finishes, its result is the one shown
+    path = st.selectbox("Result", found, key=f"vis_result-{found[0].stem}", format_func=lambda p: f"{p.stem} · "
+                        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(p.stat().st_mtime))}")
+    try:
+        df, meta = visual.read_result(path)
+    except InputError as e:
+        st.error(str(e))
+        return
+    if meta:
+        st.caption(f"Cost: {visual.cost_text(meta, visual.result_kind(path))}")
+    if visual.result_kind(path) == "occlusion":
+        _occlusion_result(df, traj, path.stem)
+    else:
+        _swap_result(df, path.stem)
+
+
+def _swap_result(df, name: str) -> None:
+    if (~df["is_end"]).any():  # probed along the CoT: one study's belief paths, own vs swapped image
+        pairs = df.drop_duplicates(["traj_id", "swapped_id"])
+        pick = st.selectbox("Swap", range(len(pairs)), key="vis_swap_pair", format_func=lambda i: (
+            f"{pairs.iloc[i]['traj_id']} with the image of {pairs.iloc[i]['swapped_id']} "
+            f"({pairs.iloc[i]['swapped_label']})"))
+        chosen = pairs.iloc[pick]
+        rows = df[(df["traj_id"] == chosen["traj_id"]) & (df["swapped_id"] == chosen["swapped_id"])]
+        ui.figure(visual_charts.swap_belief_paths(rows), "vis-swap-paths", f"image-swap-belief-{chosen['traj_id']}")
+    end = df[df["is_end"]]
+    st.markdown(f"The answer flips in **{int(end['flipped'].sum())}** of {len(end)} swaps x checkpoints.")
+    rates = visual.swap_flip_rates(df)
+    ui.figure(visual_charts.swap_flip_chart(rates), "vis-flip-chart", f"image-swap-flips-{name}")
+    ui.table(rates, "vis-flip-table", f"image-swap-flips-{name}")
+    ui.table(end, "vis-swap-table", f"image-swaps-{name}")
+
+
+def _occlusion_result(df, traj: str, name: str) -> None:
+    ids = list(dict.fromkeys(df["traj_id"]))
+    shown = st.selectbox("Trajectory", ids, index=ids.index(traj) if traj in ids else 0, key="vis_occ_traj")
+    rows = df[df["traj_id"] == shown]
+    labels = list(dict.fromkeys(rows["label"]))
+    first = rows.iloc[0]
+    default = first["gold"] if first["gold"] in labels else first["answer"]
+    label = st.selectbox("Belief in", labels, index=labels.index(default), key="vis_occ_label",
+                         help="red: greying the patch lowers this label's belief (the answer leans on it)")
+    try:
+        image = np.asarray(load_image(ImageRef(Path(first["image"]), f"occlusion result {name}")))
+    except InputError as e:
+        st.warning(inert(str(e)))
+        return
+    ui.figure(visual_charts.occlusion_heatmap(image, rows, label), "vis-occlusion", f"occlusion-{shown}-{label}")
+    st.markdown(f"Per checkpoint, the patch whose greying lowers P({inert(label)}) most")
+    ui.table(visual.top_patches(rows, label), "vis-occlusion-top", f"occlusion-top-{shown}")
