@@ -171,8 +171,9 @@ class VLEncoded(Encoded):
 
 
 def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_refs") -> list[VLEncoded]:
-    """Encode records ``{id, prompt, completion, label?, image_refs: [ImageRef]}``: prompt (in the chat
-    template when ``cfg.chat_template``) with its images expanded, then the completion's tokens."""
+    """Encode records ``{id, prompt, completion, label?, chat?, image_refs: [ImageRef]}``: the prompt (a
+    conversation's ``chat`` turns, else the prompt as one user turn, in the chat template when
+    ``cfg.chat_template``) with its images expanded, then the completion's tokens."""
     think = proc.tokenizer.get_vocab().get("</think>")
     out = []
     for rec in records:
@@ -181,8 +182,8 @@ def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_
         pixels, grids = proc.pixels(images) if images else (None, torch.zeros((0, 3), dtype=torch.long))
         prompt = rec["prompt"]
         if proc.cfg.chat_template:
-            prompt = proc.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                        add_generation_prompt=True)
+            turns = rec.get("chat") or [{"role": "user", "content": prompt}]  # a system turn too, as trained
+            prompt = proc.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         try:
             p = proc.text_ids(prompt, grids)
         except InputError as e:

@@ -43,6 +43,13 @@ class World:
         return self.root / self.manifest["datasets"][name]["path"]
 
     @property
+    def is_vl(self) -> bool:
+        """Whether the base model is a vision-language model (its trajectories may carry images)."""
+        from core.vision import is_vl_folder
+
+        return is_vl_folder(self.base_model_dir)
+
+    @property
     def graph_path(self) -> Path:
         return self.root / self.manifest["concept_graph"]
 
