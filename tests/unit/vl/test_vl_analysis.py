@@ -1,0 +1,213 @@
+"""A user's vision-language run through the drift engine, as a text run goes: the series loads through
+``load_series``, ``run_analysis`` scores with the same statistics code (equal to ``score_vl_series`` and to a
+direct forward), the probe's beliefs equal naive re-encoding with the images, a changed image file invalidates
+the cached rows, the analysis folder keeps the images, and ``workbench score`` writes it."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.analysis import Analysis, AnalysisConfig, AnalysisView, encode_records, run_analysis
+from core.errors import InputError
+from core.probe import ProbeConfig
+from core.sample.tinyvl import synthetic_xray
+from core.series import ModelSeries, load_series, series_fingerprint
+from core.trajectories import read_trajectories
+from core.vision import IMAGE_PAD
+from core.vl_scoring import probe_vl_naive
+from core.vl_series import VLSeries, score_vl_series
+from core.world import load_world
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from vl_world import LABELS, make_vl_world  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_vl_world(tmp_path_factory.mktemp("vlrun"))
+
+
+@pytest.fixture(scope="module")
+def cfg(world):
+    return AnalysisConfig.from_world(world, batch_size=3, positions="sentence", labels=LABELS)
+
+
+@pytest.fixture(scope="module")
+def series(cfg):
+    return load_series(cfg.base, cfg.checkpoints, device="cpu", vision=cfg.vision)
+
+
+@pytest.fixture(scope="module")
+def result(cfg, series):
+    return run_analysis(cfg, series=series)
+
+
+def test_load_series_gives_a_vl_series_with_what_the_engine_uses(world, series, cfg):
+    assert load_world(world).is_vl and not load_world().is_vl  # the sample world is text-only
+    assert isinstance(series, VLSeries) and isinstance(series, ModelSeries)
+    assert series.names == ["base", "checkpoint-2", "checkpoint-4"]
+    assert series.steps == {"base": 0, "checkpoint-2": 2, "checkpoint-4": 4}
+    assert series.parents == {"checkpoint-2": "base", "checkpoint-4": "checkpoint-2"}
+    assert series.device == "cpu" and series.dtype == torch.float32 and series.processor is not None
+    assert series.fingerprint() == series_fingerprint(series.base_dir, series.checkpoints, torch.float32)
+    assert series.tokenizer is series.processor.tokenizer and series.shared_vision
+
+
+def test_records_keep_their_images_as_absolute_paths(world, cfg, result):
+    records = read_trajectories(cfg.data)
+    assert len(records) == 8
+    for r in records:
+        assert len(r["images"]) == 1 and Path(r["images"][0]).is_absolute() and Path(r["images"][0]).is_file()
+        assert "mimic-cxr-00" in r["images"][0] and r["prompt"].count("<image>") == 1
+    assert [r["images"] for r in result.records] == [r["images"] for r in records]
+
+
+def test_image_tokens_are_prompt_and_never_scored(cfg, series, result):
+    encoded = encode_records(cfg, read_trajectories(cfg.data), series)
+    pad = series.processor.token_id(IMAGE_PAD)
+    for e in encoded:
+        assert pad in e.input_ids[: e.start] and pad not in e.completion_ids
+        n = (result.tokens["traj_id"] == e.id) & (result.tokens["checkpoint"] == "base")
+        assert n.sum() == len(e.completion_ids)
+
+
+def test_analysis_scores_equal_score_vl_series_and_a_direct_forward(cfg, series, result):
+    encoded = encode_records(cfg, read_trajectories(cfg.data), series)
+    ref = score_vl_series(series, encoded, batch_size=5)  # other batches, its own code
+    keys = ["traj_id", "checkpoint", "position"]
+    merged = result.tokens.merge(ref, on=keys, suffixes=("", "_ref"))
+    assert len(merged) == len(ref) == len(result.tokens)
+    assert np.allclose(merged["logprob"], merged["logprob_ref"], atol=2e-5)
+    assert (merged["token_id"] == merged["token_id_ref"]).all()
+    e = encoded[0]  # KL and entropy from the full distributions of a direct forward of one record
+    logp = {name: direct_logprobs(series, name, e) for name in series.names}
+    rows = result.tokens[result.tokens["traj_id"] == e.id].set_index(["checkpoint", "position"]).sort_index()
+    for name in series.names:
+        p = logp[name].exp()
+        kl_base = (p * (logp[name] - logp["base"])).sum(-1)
+        entropy = -(p * logp[name]).sum(-1)
+        assert np.allclose(rows.loc[name]["kl_base"], kl_base, atol=2e-5)
+        assert np.allclose(rows.loc[name]["entropy"], entropy, atol=2e-5)
+    assert rows.loc["checkpoint-4"]["kl_base"].max() > 1e-4  # the adapters move the distributions
+
+
+@torch.no_grad()
+def direct_logprobs(series, name, e):
+    """The model's own full forward of one record (it computes its 3-D positions itself).  -> (L, V)"""
+    ids = torch.tensor([e.input_ids])
+    pad = series.processor.token_id(IMAGE_PAD)
+    with series.activate(name) as model:
+        logits = model(input_ids=ids, pixel_values=e.pixel_values, image_grid_thw=e.image_grid_thw,
+                       mm_token_type_ids=(ids == pad).int()).logits[0]
+    return torch.log_softmax(logits.float(), -1)[e.start - 1: -1]
+
+
+def test_probe_beliefs_equal_naive_re_encoding_with_the_image(cfg, series, result):
+    encoded = encode_records(cfg, read_trajectories(cfg.data), series)
+    pcfg = ProbeConfig(labels=LABELS, template=cfg.template)
+    for e in encoded[:2]:
+        for name in ("base", "checkpoint-4"):
+            rows = result.beliefs[(result.beliefs["traj_id"] == e.id) & (result.beliefs["checkpoint"] == name)]
+            positions = (rows["position"] + e.start).tolist()
+            assert min(positions) > max(i for i, t in enumerate(e.input_ids) if t == series.processor.token_id(IMAGE_PAD))
+            with series.activate(name) as model:
+                naive = probe_vl_naive(model, series.processor, e, positions, pcfg, LABELS)
+            z = np.exp(naive - naive.max(1, keepdims=True))
+            z /= z.sum(1, keepdims=True)
+            assert np.allclose(rows[[f"p:{y}" for y in LABELS]].to_numpy(), z, atol=1e-5)
+    assert result.probed and set(result.beliefs["checkpoint"]) == set(series.names)
+
+
+def test_a_changed_image_file_invalidates_the_cached_rows(world, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(Path(world).parent, root, symlinks=True)
+    w = make_vl_world_copy(root)
+    cfg = AnalysisConfig.from_world(w, batch_size=4, positions="end", labels=LABELS, limit=4)
+    cache = tmp_path / "cache"
+    first = run_analysis(cfg, cache_dir=cache)
+    entries = sorted(p.name for p in cache.glob("*.parquet"))
+    again = run_analysis(cfg, cache_dir=cache)
+    assert sorted(p.name for p in cache.glob("*.parquet")) == entries  # the same images: read from the cache
+    assert again.tokens["logprob"].equals(first.tokens["logprob"])
+    image = Path(first.records[0]["images"][0])
+    synthetic_xray(120, 90, seed=99).save(image)  # the same file name, other pixels
+    changed = run_analysis(cfg, cache_dir=cache)
+    assert len(list(cache.glob("*.parquet"))) == len(entries) + 2  # new tokens and beliefs entries
+    users = [r["id"] for r in first.records if r["images"][0] == str(image)]
+    mine = changed.tokens["traj_id"].isin(users)
+    assert not np.allclose(changed.tokens.loc[mine, "logprob"], first.tokens.loc[mine, "logprob"])
+    assert np.allclose(changed.tokens.loc[~mine, "logprob"], first.tokens.loc[~mine, "logprob"], atol=1e-5)
+
+
+def make_vl_world_copy(root: Path) -> Path:
+    """The copied run registered as a world of its own (world.json names absolute paths)."""
+    from core.world import create_world
+
+    data = root / "data" / "test.jsonl"
+    return create_world(root / "world2", "copy", root / "Qwen2.5-VL-tiny", [root / "output" / "v0-20261128"],
+                        [data]).root
+
+
+def test_the_analysis_folder_keeps_the_images_and_the_view_gives_them(result, tmp_path):
+    out = result.save(tmp_path / "analysis")
+    kept = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in kept] == [r["images"] for r in result.records]
+    view = AnalysisView.open(out)
+    first = result.records[0]
+    assert view.images(first["id"]) == first["images"] and view.images("no-such-id") == []
+    moved = Path(first["images"][0]).with_suffix(".moved")
+    Path(first["images"][0]).rename(moved)
+    try:  # a moved image does not keep the analysis from opening (the page warns where it shows it)
+        assert Analysis.load(out).records[0]["images"] == first["images"]
+        assert view.images(first["id"]) == first["images"]
+    finally:
+        moved.rename(first["images"][0])
+
+
+def test_pixel_limits_are_settings_and_part_of_the_key(cfg, series):
+    with pytest.raises(ValueError, match="max_pixels"):
+        AnalysisConfig(base=cfg.base, data=cfg.data, max_pixels=100)
+    small = AnalysisConfig(**{**cfg.__dict__, "max_pixels": 56 * 56, "min_pixels": 28 * 28})
+    a = encode_records(cfg, read_trajectories(cfg.data)[:1])
+    b = encode_records(small, read_trajectories(cfg.data)[:1])
+    assert a[0].images_key != b[0].images_key  # other pixels, another key
+    assert len(b[0].input_ids) < len(a[0].input_ids)  # fewer image tokens
+
+
+def test_workbench_score_on_a_vl_world_writes_an_analysis(world, tmp_path, monkeypatch, capsys):
+    from workbench import cli
+
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(tmp_path / "ws"))
+    out = tmp_path / "out"
+    code = cli.main(["score", "--world", str(world), "--out", str(out), "--limit", "3", "--positions", "end",
+                     "--max-pixels", str(112 * 112)])
+    assert code in (0, None), capsys.readouterr()
+    a = Analysis.load(out)
+    assert a.config.max_pixels == 112 * 112 and set(a.tokens["checkpoint"]) == {"base", "checkpoint-2", "checkpoint-4"}
+    assert all(Path(r["images"][0]).is_file() for r in a.records) and len(a.records) == 3
+
+
+def test_image_errors_name_file_line_field_and_path(world, tmp_path):
+    src = Path(load_world(world).dataset_path("test"))
+    lines = src.read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad["images"] = ["../MIMIC-CXR/nope.jpg"]
+    data = src.parent / "broken.jsonl"
+    data.write_text("\n".join([lines[0], json.dumps(bad)]) + "\n")
+    with pytest.raises(InputError, match=r"broken\.jsonl, line 2, images\[0\]: image not found: .*nope\.jpg"):
+        read_trajectories(data)
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    bad["images"] = [str(tmp_path / "bad.jpg")]
+    data.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(InputError, match=r"broken\.jsonl, line 1, images\[0\]: cannot read image .*bad\.jpg"):
+        read_trajectories(data)
+    bad["images"] = [lines and json.loads(lines[0])["images"][0]] * 2  # two images, one placeholder
+    data.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(InputError, match=r"broken\.jsonl, line 1, field 'messages': 1 '<image>' placeholder"):
+        read_trajectories(data)
+    data.unlink()
