@@ -211,3 +211,27 @@ def test_image_errors_name_file_line_field_and_path(world, tmp_path):
     with pytest.raises(InputError, match=r"broken\.jsonl, line 1, field 'messages': 1 '<image>' placeholder"):
         read_trajectories(data)
     data.unlink()
+
+
+def test_the_background_job_and_shards_score_a_vl_world_as_one_run(cfg, result, tmp_path):
+    from core import worker
+    from core.analysis import score_job
+
+    argv, files = score_job(cfg, tmp_path / "job-out", tmp_path / "ws")  # what the page's Score button starts
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "analysis.json").write_text(files["analysis.json"])
+    assert worker.main([a.replace("{job}", str(job)) for a in argv[2:]]) == 0  # argv after "-m core.worker"
+    assert list((tmp_path / "ws" / "cache").glob("tokens-*.parquet"))
+    keys = ["traj_id", "checkpoint", "position"]
+    by_job = Analysis.load(tmp_path / "job-out")
+    assert by_job.config.max_pixels == cfg.max_pixels and by_job.records[0]["images"] == result.records[0]["images"]
+    for i in (0, 1):
+        assert worker.score(cfg, tmp_path / "sharded", shard=f"{i}/2") == 0
+    assert worker.score(None, tmp_path / "sharded", merge=True) == 0
+    merged = Analysis.load(tmp_path / "sharded")
+    for got in (by_job, merged):
+        both = got.tokens.merge(result.tokens, on=keys, suffixes=("", "_one"))
+        assert len(both) == len(result.tokens) and np.allclose(both["kl_prev"], both["kl_prev_one"], atol=1e-5)
+        b = got.beliefs.merge(result.beliefs, on=keys, suffixes=("", "_one"))
+        assert len(b) == len(result.beliefs) and np.allclose(b["gold_prob"], b["gold_prob_one"], atol=1e-5)
