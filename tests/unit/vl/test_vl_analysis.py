@@ -235,3 +235,29 @@ def test_the_background_job_and_shards_score_a_vl_world_as_one_run(cfg, result, 
         assert len(both) == len(result.tokens) and np.allclose(both["kl_prev"], both["kl_prev_one"], atol=1e-5)
         b = got.beliefs.merge(result.beliefs, on=keys, suffixes=("", "_one"))
         assert len(b) == len(result.beliefs) and np.allclose(b["gold_prob"], b["gold_prob_one"], atol=1e-5)
+
+
+def test_the_batch_plan_counts_the_vision_tower(cfg, series):
+    from transformers import AutoConfig
+
+    from core.fit import ModelShape, need_for
+
+    shape = ModelShape.of_config(AutoConfig.from_pretrained(cfg.base, local_files_only=True))
+    text_only = ModelShape.of_config(AutoConfig.from_pretrained(cfg.base, local_files_only=True).get_text_config())
+    assert shape.vision_hidden == 32 and shape.vision_layers == 2 and shape.params > text_only.params
+    encoded = encode_records(cfg, read_trajectories(cfg.data), series)
+    need = need_for(encoded, shape, torch.float32, "cpu", 3, False, True, 5)
+    assert need.patches == max(e.pixel_values.shape[0] for e in encoded) > 0
+    assert need.row_bytes()["vision tower"] == need.patches * (5 * 32 + 3 * 64) * 4
+    assert "vision tower" not in need_for(encoded, text_only, torch.float32, "cpu", 3, False, True, 5).row_bytes()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_vl_series_on_cuda_is_bfloat16_and_scores_like_cpu(cfg):
+    gpu = load_series(cfg.base, cfg.checkpoints, device="cuda", vision=cfg.vision)
+    assert gpu.dtype == torch.bfloat16 and next(gpu.model.parameters()).dtype == torch.bfloat16
+    small = AnalysisConfig(**{**cfg.__dict__, "limit": 3, "device": "cuda"})
+    on_gpu = run_analysis(small, series=gpu)
+    on_cpu = run_analysis(AnalysisConfig(**{**cfg.__dict__, "limit": 3}))
+    both = on_gpu.tokens.merge(on_cpu.tokens, on=["traj_id", "checkpoint", "position"], suffixes=("", "_cpu"))
+    assert len(both) == len(on_cpu.tokens) and np.allclose(both["logprob"], both["logprob_cpu"], atol=0.1)
