@@ -82,7 +82,7 @@ class AnalysisConfig:
         if not 0 < self.tau < 1:
             raise ValueError(f"tau: expected 0 < tau < 1, got {self.tau}")
         ScoreConfig(self.top_k, self.batch_size)  # validates those two
-        self.vision  # validates the pixel limits
+        _ = self.vision  # validates the pixel limits (a ValueError naming the field)
 
     @property
     def vision(self):
@@ -90,6 +90,11 @@ class AnalysisConfig:
         from core.vision import VisionConfig
 
         return VisionConfig(min_pixels=self.min_pixels, max_pixels=self.max_pixels, chat_template=self.chat_template)
+
+    @classmethod
+    def field_help(cls, name: str) -> str:
+        """A field's help text (its ``metadata``), for the page's and the command line's controls."""
+        return next((f.metadata.get("help", "") for f in fields(cls) if f.name == name), "")
 
     @classmethod
     def from_world(cls, root: str | Path, dataset: str | None = None, **overrides) -> "AnalysisConfig":

@@ -1,7 +1,6 @@
 """AppTests of a user's vision-language run: the Checkpoints page registers and loads it, and the explorer
 shows a trajectory's X-ray beside its chain of thought (a text-only world shows no image)."""
 
-import sys
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -10,8 +9,7 @@ from core.analysis import AnalysisConfig, run_analysis
 from tests.conftest import ROOT
 from workbench import state
 
-sys.path.insert(0, str(ROOT / "tests"))
-from vl_world import LABELS, make_vl_world  # noqa: E402
+from tests.vl_world import LABELS, make_vl_world
 
 
 def page(name: str, world, workspace) -> AppTest:
@@ -83,3 +81,15 @@ def test_checkpoints_page_loads_and_registers_a_vl_run(vl, tmp_path, monkeypatch
 
     created = load_world(tmp_path / "ws2" / "worlds" / "xray-run")
     assert created.is_vl and [c.name for c in created.checkpoints] == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_checkpoints_page_offers_the_pixel_limits_of_a_vl_base_only(vl, sample_world, tmp_path):
+    world, ws, _ = vl
+    at = page("checkpoints", world, ws)
+    at.run()
+    at.number_input(key="ck_max_pixels").set_value(112 * 112).run()
+    assert not at.exception and not at.error
+    assert '"max_pixels": 12544' in at.code[0].value and '"min_pixels": null' in at.code[0].value
+    at = page("checkpoints", sample_world, tmp_path / "ws")
+    at.run()
+    assert not at.exception and not [n for n in at.number_input if n.key == "ck_max_pixels"]

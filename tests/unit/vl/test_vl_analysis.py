@@ -5,7 +5,6 @@ the cached rows, the analysis folder keeps the images, and ``workbench score`` w
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,7 @@ from core.vl_scoring import probe_vl_naive
 from core.vl_series import VLSeries, score_vl_series
 from core.world import load_world
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from vl_world import LABELS, make_vl_world  # noqa: E402
+from tests.vl_world import LABELS, make_vl_world
 
 
 @pytest.fixture(scope="module")
