@@ -170,6 +170,13 @@ class VLEncoded(Encoded):
     images_key: str = ""  # content hash of the images, in order, and of the pixel settings (a cache key part)
 
 
+def as_vl(enc: Encoded) -> VLEncoded:
+    """A text trajectory (``core.trajectories.Encoded``) as a VL one without images, so that a caller that
+    encoded text only (no images in its records) still runs on a vision-language series."""
+    return enc if isinstance(enc, VLEncoded) else VLEncoded(enc.id, enc.input_ids, enc.start, enc.think_end,
+                                                            enc.label, enc.tokens)
+
+
 def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_refs") -> list[VLEncoded]:
     """Encode records ``{id, prompt, completion, label?, chat?, image_refs: [ImageRef]}``: the prompt (a
     conversation's ``chat`` turns, else the prompt as one user turn, in the chat template when

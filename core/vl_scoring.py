@@ -25,7 +25,7 @@ import torch
 
 from core.errors import InputError
 from core.probe import ProbeConfig, _Batch, _tokens, build_tree
-from core.vision import IMAGE_PAD, VISION_END, VLBatch, VLEncoded, VLProcessor, rope_positions, vl_core
+from core.vision import IMAGE_PAD, VISION_END, VLBatch, VLEncoded, VLProcessor, as_vl, rope_positions, vl_core
 
 
 def _head(model):
@@ -76,7 +76,7 @@ def series_hidden(series, model, encs: list[VLEncoded]) -> torch.Tensor:
     """``completion_hidden`` of one batch under a VL series' active checkpoint, its inputs and image features
     built once per batch (``VLSeries.inputs``); ``core.scoring`` computes every statistic from these rows as
     for text. No shared-prefix KV reuse: image tokens make the rows differ.  -> (sum of L_b, H)"""
-    batch, features = series.inputs(encs, model)
+    batch, features = series.inputs([as_vl(e) for e in encs], model)
     return completion_hidden(model, batch, features)
 
 
@@ -228,6 +228,7 @@ def probe_series(series, encoded: list[VLEncoded], cfg: ProbeConfig | None = Non
     from core.progress import Cancelled
 
     cfg = cfg or ProbeConfig()
+    encoded = [as_vl(e) for e in encoded]
     labels = labels_of(encoded, cfg)
     tk = _tokens(series.tokenizer, cfg, labels)
     per_position = len(tk.template) + sum(len(lab) - 1 for lab in tk.labels)

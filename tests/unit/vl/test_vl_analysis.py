@@ -259,3 +259,18 @@ def test_a_vl_series_on_cuda_is_bfloat16_and_scores_like_cpu(cfg):
     on_cpu = run_analysis(AnalysisConfig(**{**cfg.__dict__, "limit": 3}))
     both = on_gpu.tokens.merge(on_cpu.tokens, on=["traj_id", "checkpoint", "position"], suffixes=("", "_cpu"))
     assert len(both) == len(on_cpu.tokens) and np.allclose(both["logprob"], both["logprob_cpu"], atol=0.1)
+
+
+def test_text_encoded_trajectories_still_run_on_a_vl_series(series):
+    """A caller that encodes text only (no images) gets the same tables' shape from a VL series."""
+    from core.probe import probe
+    from core.scoring import ScoreConfig, score
+    from core.trajectories import encode
+
+    recs = [{"id": "t", "prompt": "No image. Disease?", "completion": "<think> Edema. </think> The disease of this "
+             "patient is Edema.", "label": "Edema"}]
+    enc = encode(series.tokenizer, recs)
+    tokens = score(series, enc, ScoreConfig(top_k=2, batch_size=1))
+    assert len(tokens) == 3 * len(enc[0].completion_ids) and tokens["logprob"].notna().all()
+    beliefs = probe(series, enc, ProbeConfig(labels=LABELS, positions="end"))
+    assert len(beliefs) == 3 and np.allclose(beliefs[[f"p:{y}" for y in LABELS]].sum(1), 1)
