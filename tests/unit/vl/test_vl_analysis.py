@@ -274,3 +274,19 @@ def test_text_encoded_trajectories_still_run_on_a_vl_series(series):
     assert len(tokens) == 3 * len(enc[0].completion_ids) and tokens["logprob"].notna().all()
     beliefs = probe(series, enc, ProbeConfig(labels=LABELS, positions="end"))
     assert len(beliefs) == 3 and np.allclose(beliefs[[f"p:{y}" for y in LABELS]].sum(1), 1)
+
+
+def test_no_shared_prefix_kv_reuse_for_vl_batches(cfg, series):
+    """Rows with a long common system prompt before their images: scoring with prefix sharing asked for
+    equals the reference (a shared text prefix cache would lose the images' 3-D positions and pixels)."""
+    from core.scoring import MIN_SHARED, ScoreConfig, score, shared_prefix
+
+    system = {"role": "system", "content": "You are a careful radiologist. " * 12}
+    recs = [{**r, "chat": [system, *r["chat"]]} for r in read_trajectories(cfg.data)[:4]]
+    encoded = encode_records(cfg, recs, series)
+    ids = torch.tensor([e.input_ids[: min(len(x.input_ids) for x in encoded)] for e in encoded])
+    assert shared_prefix(ids, [(e.start, len(e.input_ids)) for e in encoded]) >= MIN_SHARED
+    got = score(series, encoded, ScoreConfig(top_k=0, batch_size=4, share_prefix=True))
+    ref = score_vl_series(series, encoded, batch_size=4)
+    both = got.merge(ref, on=["traj_id", "checkpoint", "position"], suffixes=("", "_ref"))
+    assert len(both) == len(ref) and np.allclose(both["logprob"], both["logprob_ref"], atol=2e-5)
