@@ -93,3 +93,15 @@ def test_checkpoints_page_offers_the_pixel_limits_of_a_vl_base_only(vl, sample_w
     at = page("checkpoints", sample_world, tmp_path / "ws")
     at.run()
     assert not at.exception and not [n for n in at.number_input if n.key == "ck_max_pixels"]
+
+
+def test_home_describes_a_vl_world(vl):
+    from core.world import load_world
+
+    world, ws, _ = vl
+    summary = load_world(world).summary()
+    assert summary["model"]["vision"] and summary["model"]["layers"] == 2 and summary["tokenizer"]["vocab_size"] > 300
+    assert summary["model"]["hidden_size"] == 64
+    at = page("home", world, ws)
+    at.run()
+    assert not at.exception and at.subheader[0].value == "Tiny X-ray world"
