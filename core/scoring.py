@@ -239,17 +239,6 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
             yield idx, _frame(_meta([encoded[i] for i in idx]), stats[b], texts, series.steps)
 
 
-def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
-                 can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
-    """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
-    (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
-    cur = _Rows(model, _batch_hidden(model, series, encoded, idx, pad, can_share))
-    targets = torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
-    out = _stats(cur, targets, cfg.top_k, kept.get(series.names[0], cur), kept[parent] if parent else cur)
-    kept[name] = cur
-    return out
-
-
 def _batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int,
                   can_share: list[bool]) -> torch.Tensor:
     """The completion rows' last hidden states of one batch under the active checkpoint.  -> (N, H)
@@ -266,6 +255,18 @@ def _batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[
     if shared >= MIN_SHARED and not used:
         can_share[0] = False  # the architecture's cache cannot be repeated: do not try again
     return hidden
+
+
+def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
+    """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
+    (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
+    hidden = _batch_hidden(model, series, encoded, idx, pad, can_share)  # (N, H)
+    cur = _Rows(model, hidden)
+    targets = torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
+    out = _stats(cur, targets, cfg.top_k, kept.get(series.names[0], cur), kept[parent] if parent else cur)
+    kept[name] = cur
+    return out
 
 
 def keep_until(names: list[str], parents: dict[str, str]) -> dict[str, int]:
