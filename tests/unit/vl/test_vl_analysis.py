@@ -290,3 +290,27 @@ def test_no_shared_prefix_kv_reuse_for_vl_batches(cfg, series):
     ref = score_vl_series(series, encoded, batch_size=4)
     both = got.merge(ref, on=["traj_id", "checkpoint", "position"], suffixes=("", "_ref"))
     assert len(both) == len(ref) and np.allclose(both["logprob"], both["logprob_ref"], atol=2e-5)
+
+
+def test_a_merged_full_vl_checkpoint_scores_and_probes_as_its_adapter(cfg, series, result, tmp_path):
+    """ms-swift's ``checkpoint-N-merged`` (a full model) in the series: loaded through the image-text-to-text
+    class when its turn comes, its rows equal to those of the adapter it was merged from."""
+    from peft import PeftModel
+
+    from core.vision import load_vl_model
+
+    run = Path(cfg.checkpoints if isinstance(cfg.checkpoints, str) else cfg.checkpoints[0])
+    adapter = next(run.rglob("checkpoint-4"))
+    merged = PeftModel.from_pretrained(load_vl_model(cfg.base), adapter).merge_and_unload()
+    merged.save_pretrained(tmp_path / "checkpoint-4-merged")
+    full = AnalysisConfig(**{**cfg.__dict__, "checkpoints": [str(next(run.rglob("checkpoint-2"))),
+                                                             str(tmp_path / "checkpoint-4-merged")]})
+    got = run_analysis(full)
+    assert list(got.summary["checkpoint"]) == ["base", "checkpoint-2", "checkpoint-4-merged"]
+    keys = ["traj_id", "position"]
+    for table, column in (("tokens", "kl_prev"), ("beliefs", "gold_prob")):
+        mine = getattr(got, table)
+        ref = getattr(result, table)
+        a = mine[mine["checkpoint"] == "checkpoint-4-merged"].merge(ref[ref["checkpoint"] == "checkpoint-4"], on=keys)
+        assert len(a) == (ref["checkpoint"] == "checkpoint-4").sum()
+        assert np.allclose(a[f"{column}_x"], a[f"{column}_y"], atol=1e-4)
