@@ -97,7 +97,7 @@ def test_bad_image_values_are_named(tmp_path, images):
     big = tmp_path / "big.png"
     from PIL import Image
 
-    Image.new("RGB", (8000, 7000)).save(big)  # 56 M pixels: over the 50 M limit, refused from the header
+    Image.new("1", (8000, 7000)).save(big)  # 56 M pixels (1 bit each: small to write): over the 50 M limit, refused from the header
     data = write(tmp_path / "t.jsonl", [{"prompt": "<image> x", "completion": COT, "images": ["big.png"]}])
     with pytest.raises(InputError, match=r"t\.jsonl, line 1, images\[0\]: image .*big\.png has 8000x7000 pixels"):
         read_trajectories(data)
