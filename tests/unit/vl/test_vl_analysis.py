@@ -314,3 +314,17 @@ def test_a_merged_full_vl_checkpoint_scores_and_probes_as_its_adapter(cfg, serie
         a = mine[mine["checkpoint"] == "checkpoint-4-merged"].merge(ref[ref["checkpoint"] == "checkpoint-4"], on=keys)
         assert len(a) == (ref["checkpoint"] == "checkpoint-4").sum()
         assert np.allclose(a[f"{column}_x"], a[f"{column}_y"], atol=1e-4)
+
+
+def test_the_vl_probe_in_chunks_equals_one_tree(cfg, series):
+    """Past ``max_tree_tokens`` a trajectory's positions are probed in chunks (each encoding its prefix and
+    images once): the beliefs are the same as from one tree."""
+    from core.probe import probe
+
+    encoded = encode_records(cfg, read_trajectories(cfg.data)[:2], series)
+    whole = probe(series, encoded, ProbeConfig(labels=LABELS, positions="every", max_tree_tokens=100_000))
+    parts = probe(series, encoded, ProbeConfig(labels=LABELS, positions="every", max_tree_tokens=64))
+    assert len(whole) == len(parts) > 3 * 2 * 20
+    cols = [f"p:{y}" for y in LABELS]
+    assert (whole["position"].to_numpy() == parts["position"].to_numpy()).all()
+    assert np.allclose(whole[cols].to_numpy(), parts[cols].to_numpy(), atol=1e-5)
