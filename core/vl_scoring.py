@@ -228,6 +228,7 @@ def probe_series(series, encoded: list[VLEncoded], cfg: ProbeConfig | None = Non
     from core.progress import Cancelled
 
     cfg = cfg or ProbeConfig()
+    series.forget_inputs()  # scoring's last batch is not needed here: its device memory goes back
     encoded = [as_vl(e) for e in encoded]
     labels = labels_of(encoded, cfg)
     tk = _tokens(series.tokenizer, cfg, labels)

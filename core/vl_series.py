@@ -90,6 +90,10 @@ class VLSeries(text_series.ModelSeries):
             self._inputs = (key, batch, features)
         return self._inputs[1], self._inputs[2]
 
+    def forget_inputs(self) -> None:
+        """Free the kept batch (its pixels and image features), e.g. before the probe builds its own."""
+        self._inputs = None
+
 
 def load_vl_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path] | None = None,
                    cfg: VisionConfig | None = None, *, device: str | None = None, dtype: str | None = None,
