@@ -61,6 +61,12 @@ class AnalysisConfig:
     trust_remote_code: bool = False
     tau: float = drift.TAU  # effect drift beyond which a position is detrimental / beneficial
     chat_template: bool = True  # conversations through the tokenizer's chat template (when it has one)
+    min_pixels: int | None = field(default=None, metadata={"help": "vision-language models: fewest pixels an image "
+                                                                   "is resized to (ms-swift MIN_PIXELS); default: "
+                                                                   "the checkpoint's preprocessor_config.json"})
+    max_pixels: int | None = field(default=None, metadata={"help": "vision-language models: most pixels an image "
+                                                                   "is resized to (ms-swift MAX_PIXELS; the authors "
+                                                                   "used 1003520); default: the checkpoint's"})
 
     def __post_init__(self):
         for key in PATH_FIELDS:  # "~/models/base" and "$DATA/x.jsonl" as a shell would read them
@@ -76,6 +82,19 @@ class AnalysisConfig:
         if not 0 < self.tau < 1:
             raise ValueError(f"tau: expected 0 < tau < 1, got {self.tau}")
         ScoreConfig(self.top_k, self.batch_size)  # validates those two
+        _ = self.vision  # validates the pixel limits (a ValueError naming the field)
+
+    @property
+    def vision(self):
+        """The image settings of a vision-language series (``core.vision.VisionConfig``)."""
+        from core.vision import VisionConfig
+
+        return VisionConfig(min_pixels=self.min_pixels, max_pixels=self.max_pixels, chat_template=self.chat_template)
+
+    @classmethod
+    def field_help(cls, name: str) -> str:
+        """A field's help text (its ``metadata``), for the page's and the command line's controls."""
+        return next((f.metadata.get("help", "") for f in fields(cls) if f.name == name), "")
 
     @classmethod
     def from_world(cls, root: str | Path, dataset: str | None = None, **overrides) -> "AnalysisConfig":
@@ -180,7 +199,7 @@ class Analysis:
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
-        records = read_jsonl(out / TEXTS) if (out / TEXTS).is_file() else []
+        records = read_jsonl(out / TEXTS, check_images=False) if (out / TEXTS).is_file() else []
         return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}, records=records)
 
 
@@ -276,8 +295,14 @@ class AnalysisView:
     def records(self) -> list[dict]:
         """The trajectories scored: the copy in the folder (older folders: the source file, if still there)."""
         if (self.path / TEXTS).is_file():
-            return read_jsonl(self.path / TEXTS)
-        return read_jsonl(self.config.data, self.config.limit)
+            return read_jsonl(self.path / TEXTS, check_images=False)  # a moved image is warned about where shown
+        return read_jsonl(self.config.data, self.config.limit, check_images=False)
+
+    def images(self, traj_id: str) -> list[str]:
+        """The image paths of one trajectory (empty for text-only ones): ``core.explore.images_of``."""
+        from core import explore
+
+        return explore.images_of(self.records(), traj_id)
 
 
 def resolve_labels(cfg: AnalysisConfig, records: list[dict]) -> tuple[list[str], object]:
@@ -305,15 +330,16 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     def get_series() -> ModelSeries:
         if not loaded:
             loaded.append(load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
-                                      trust_remote_code=cfg.trust_remote_code, base_names=cfg.base_names))
+                                      trust_remote_code=cfg.trust_remote_code, base_names=cfg.base_names,
+                                      vision=cfg.vision))
         return loaded[0]
 
-    tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
-    encoded = encode(tokenizer, records, chat_template=cfg.chat_template)
+    encoded = encode_records(cfg, records, series)
     for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
         if progress:
             progress(0.0, 1.0, f"warning: {message}")
     common = (fingerprint, data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
+    common += images_key(encoded)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
         lo, hi = share
@@ -335,6 +361,29 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     if progress:
         progress(1.0, 1.0, "done")
     return result
+
+
+def encode_records(cfg: AnalysisConfig, records: list[dict], series: ModelSeries | None = None) -> list:
+    """The records as the series reads them: through the tokenizer (``core.trajectories.encode``), or for a
+    vision-language base with their images through its processor (``core.vision.encode_vl``, pixel limits
+    from ``cfg``), each image named by the data file and the trajectory when it cannot be read."""
+    from core.vision import is_vl_folder
+
+    if not is_vl_folder(cfg.base):
+        tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
+        return encode(tokenizer, records, chat_template=cfg.chat_template)
+    from core.images import refs
+    from core.vision import encode_vl, load_processor
+
+    proc = getattr(series, "processor", None) or load_processor(cfg.base, cfg.vision, cfg.trust_remote_code)
+    return encode_vl(proc, [{**r, "image_refs": refs(r, f"{cfg.data}, trajectory {r['id']}")} for r in records])
+
+
+def images_key(encoded: list) -> tuple:
+    """The images' part of a cache key: their content hashes and the processor's settings, per trajectory
+    (``VLEncoded.images_key``); empty for text (so text caches keep their keys)."""
+    keys = [getattr(e, "images_key", "") for e in encoded]
+    return ("images", cache_key(keys)) if any(keys) else ()
 
 
 def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: pd.DataFrame,

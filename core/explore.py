@@ -105,6 +105,11 @@ def _unprobed_table(records: list[dict]) -> pd.DataFrame:
                          "completion": [r.get("completion", "") for r in records]})
 
 
+def images_of(records: list[dict], traj_id: str) -> list[str]:
+    """The image paths of trajectory ``traj_id`` (its record's ``images``; empty for text-only records)."""
+    return next((list(r.get("images") or []) for r in records if str(r.get("id")) == traj_id), [])
+
+
 def filter_trajectories(table: pd.DataFrame, labels: list[str] | None = None, max_drift: float | None = None,
                         contains: str = "", ids: list[str] | None = None) -> pd.DataFrame:
     """Rows of ``trajectory_table`` with a gold label in ``labels``, a drift at most ``max_drift``, a

@@ -44,6 +44,9 @@ class ModelShape:
     intermediate: int
     tied: bool = True  # input embeddings shared with the LM head
     eager: bool = False  # eager attention materialises (heads, T, T) scores per layer
+    vision_hidden: int = 0  # a vision-language model's vision tower (0: a text model)
+    vision_intermediate: int = 0
+    vision_layers: int = 0
 
     @classmethod
     def of_config(cls, config) -> ModelShape:
@@ -53,16 +56,20 @@ class ModelShape:
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
         kv_heads = getattr(c, "num_key_value_heads", None) or heads
         impl = getattr(config, "_attn_implementation", None) or getattr(c, "_attn_implementation", None)
+        v = getattr(config, "vision_config", None)
         return cls(hidden=c.hidden_size, vocab=c.vocab_size, layers=c.num_hidden_layers, heads=heads,
                    kv_dim=kv_heads * head_dim, intermediate=getattr(c, "intermediate_size", None) or 4 * c.hidden_size,
-                   tied=bool(getattr(config, "tie_word_embeddings", False)), eager=impl == "eager")
+                   tied=bool(getattr(config, "tie_word_embeddings", False)), eager=impl == "eager",
+                   vision_hidden=getattr(v, "hidden_size", 0) or 0, vision_intermediate=getattr(v, "intermediate_size", 0) or 0,
+                   vision_layers=getattr(v, "depth", None) or getattr(v, "num_hidden_layers", 0) or 0)
 
     @property
     def params(self) -> int:
         """Parameters, approximately: embeddings (and an untied head) plus attention and gated MLP per layer."""
-        h = self.hidden
+        h, vh = self.hidden, self.vision_hidden
         per_layer = h * (h + 2 * self.kv_dim) + h * h + 3 * h * self.intermediate
-        return self.vocab * h * (1 if self.tied else 2) + self.layers * per_layer
+        vision = self.vision_layers * (4 * vh * vh + 3 * vh * self.vision_intermediate)  # blocks: attention, MLP
+        return self.vocab * h * (1 if self.tied else 2) + self.layers * per_layer + vision
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class Need:
     weights_loaded: bool = False  # the base is already in memory (then free memory already lacks it)
     group_bytes: int = 2 << 30  # ScoreConfig.group_bytes
     longest: str = ""  # the longest trajectory's id, for the message
+    patches: int = 0  # vision-language: the most image patches one trajectory brings (its pixel_values rows)
 
     def row_bytes(self) -> dict[str, int]:
         """Device bytes per trajectory in a batch, by cause."""
@@ -87,6 +95,9 @@ class Need:
                "hidden states": 4 * t * s.hidden * b}  # decoder output; current, base, previous rows
         if s.eager:
             out["attention scores"] = s.heads * t * t * (b + 4)  # and their float32 softmax
+        if self.patches and s.vision_hidden:  # one vision block's transients over the row's patches, and the
+            vh = s.vision_hidden  # image features kept for every checkpoint of the batch
+            out["vision tower"] = self.patches * (5 * vh + 3 * s.vision_intermediate) * b
         return out
 
     def host_row_bytes(self) -> int:
@@ -200,8 +211,9 @@ def need_for(encoded: list, shape: ModelShape, dtype, device: str, checkpoints: 
     import torch
 
     longest = max(encoded, key=lambda e: len(e.input_ids))
+    patches = max((e.pixel_values.shape[0] for e in encoded if getattr(e, "pixel_values", None) is not None), default=0)
     return Need(shape, len(longest.input_ids), torch.empty((), dtype=dtype).element_size(), checkpoints, device,
-                top_k, full, loaded, longest=longest.id)
+                top_k, full, loaded, longest=longest.id, patches=patches)
 
 
 def plan_for_series(series, encoded: list, top_k: int, requested: int | None = None) -> Plan:

@@ -49,8 +49,11 @@ class ImageRef:
     where: str  # the record it belongs to, e.g. "data/train.jsonl, line 3, images[0]"
 
 
-def _where(source: Path | str, line: int | None, field: str) -> str:
-    return f"{source}, line {line}, {field}" if line is not None else f"{source}, {field}"
+def _where(source: Path | str, line: int | str | None, field: str) -> str:
+    """``data.jsonl, line 3, images[0]``; ``line`` may name the item itself (``"row 2"``, ``"item 'abc'"``)."""
+    if line is None:
+        return f"{source}, {field}"
+    return f"{source}, {line if isinstance(line, str) else f'line {line}'}, {field}"
 
 
 def resolve(path: str, data_file: Path) -> Path:
@@ -59,7 +62,7 @@ def resolve(path: str, data_file: Path) -> Path:
     return p if p.is_absolute() else (Path(data_file).parent / p).resolve()
 
 
-def record_images(rec: dict, data_file: Path, line: int | None = None, field: str = "images") -> list[ImageRef]:
+def record_images(rec: dict, data_file: Path, line: int | str | None = None, field: str = "images") -> list[ImageRef]:
     """The images a record names in ``field`` (``images`` or ``rejected_images``); a string counts as one."""
     value = rec.get(field)
     if value is None:
@@ -69,6 +72,13 @@ def record_images(rec: dict, data_file: Path, line: int | None = None, field: st
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise InputError(f"{_where(data_file, line, field)}: expected a list of image paths (strings), got {value!r}")
     return [ImageRef(resolve(v, data_file), _where(data_file, line, f"{field}[{i}]")) for i, v in enumerate(value)]
+
+
+def refs(rec: dict, where: str = "") -> list[ImageRef]:
+    """The images of a workbench trajectory record (``"images"``: absolute path strings, as
+    ``core.trajectories`` keeps them) as refs for ``core.vision.encode_vl``; ``where`` names the record."""
+    where = where or f"trajectory {rec.get('id', '?')}"
+    return [ImageRef(Path(p), f"{where}, images[{i}]") for i, p in enumerate(rec.get("images") or [])]
 
 
 def check_placeholders(text: str, n_images: int, where: str) -> None:

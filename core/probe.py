@@ -242,6 +242,10 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
           progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Beliefs along every CoT under every checkpoint: one row per trajectory x checkpoint x probe position,
     with a ``p:<label>`` column per label, ``gold_prob``, ``answer`` (argmax) and ``label_mass``."""
+    if getattr(series, "processor", None) is not None:  # vision-language: the images in every prefix
+        from core.vl_scoring import probe_series
+
+        return probe_series(series, encoded, cfg, progress, should_cancel)
     cfg = cfg or ProbeConfig()
     labels = labels_of(encoded, cfg)
     tk = _tokens(series.tokenizer, cfg, labels)

@@ -239,16 +239,29 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
             yield idx, _frame(_meta([encoded[i] for i in idx]), stats[b], texts, series.steps)
 
 
-def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
-                 can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
-    """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
-    (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
+def _batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int,
+                  can_share: list[bool]) -> torch.Tensor:
+    """The completion rows' last hidden states of one batch under the active checkpoint.  -> (N, H)
+    A vision-language series (one with a ``processor``) runs its images with the batch (core.vl_scoring),
+    never through a shared prefix; text batches share a common prompt prefix's KV cache when they can."""
+    if getattr(series, "processor", None) is not None:
+        from core.vl_scoring import series_hidden
+
+        return series_hidden(series, model, [encoded[i] for i in idx])
     ids, mask = _pad(encoded, idx, pad, series.device)
     spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
     shared = shared_prefix(ids, spans) if can_share[0] else 0
     hidden, used = completion_hidden(model, ids, mask, spans, shared)  # (N, H)
     if shared >= MIN_SHARED and not used:
         can_share[0] = False  # the architecture's cache cannot be repeated: do not try again
+    return hidden
+
+
+def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
+    """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
+    (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
+    hidden = _batch_hidden(model, series, encoded, idx, pad, can_share)  # (N, H)
     cur = _Rows(model, hidden)
     targets = torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
     out = _stats(cur, targets, cfg.top_k, kept.get(series.names[0], cur), kept[parent] if parent else cur)

@@ -255,13 +255,22 @@ def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) 
 
 def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path] | None = None, *,
                 device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
-                base_names: Sequence[str] = ()) -> ModelSeries:
-    """Load the base model and tokenizer, then every adapter checkpoint into it (see module docstring)."""
+                base_names: Sequence[str] = (), vision=None) -> ModelSeries:
+    """Load the base model and tokenizer, then every adapter checkpoint into it (see module docstring). A
+    vision-language base (``core.vision.is_vl_folder``) loads as a ``core.vl_series.VLSeries``, a ModelSeries
+    with its processor (``vision``: a ``core.vision.VisionConfig``, its pixel limits)."""
     base = expand(base).resolve()
     if not base.is_dir():
         raise InputError(f"{base}: base model folder not found")
     if not (base / "config.json").is_file():
         raise InputError(f"{base}: not a model folder (expected config.json)")
+    from core.vision import is_vl_folder
+
+    if is_vl_folder(base):
+        from core.vl_series import load_vl_series
+
+        return load_vl_series(base, checkpoints, vision, device=device, dtype=dtype,
+                              trust_remote_code=trust_remote_code, base_names=base_names)
     infos = _resolve_checkpoints(checkpoints)
     dev = device or detect().device
     dt = _dtype(dtype, dev)

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.analysis import AnalysisConfig, assemble, resolve_labels, run_analysis
+from core.analysis import AnalysisConfig, assemble, encode_records, resolve_labels, run_analysis
 from core.cache import atomic_write_text, write_parquet
 from core.errors import InputError
 from core.progress import Progress
-from core.series import branch_starts, load_tokenizer, plan_series, series_fingerprint
-from core.trajectories import data_hash, encode, read_jsonl
+from core.series import branch_starts, plan_series, series_fingerprint
+from core.trajectories import data_hash, read_jsonl
 
 SHARD_TABLES = ("tokens", "beliefs")  # what a shard computes; the drift tables come from them at the merge
 DONE = "shard.json"
@@ -148,7 +148,7 @@ def merge(out: str | Path):
         raise InputError(f"{root}: shards {', '.join(map(str, missing))} of {stamp['count']} are not finished for "
                          "this run (or ran another config, data or checkpoints); run them, then merge again")
     records = read_jsonl(cfg.data, cfg.limit)
-    encoded = encode(load_tokenizer(cfg.base, cfg.trust_remote_code), records, chat_template=cfg.chat_template)
+    encoded = encode_records(cfg, records)  # text or vision-language, as run_analysis encodes them
     tables = {name: _concat(root, stamp["count"], name) for name in SHARD_TABLES}
     by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # core.scoring's batch order
     tokens = _order(tables["tokens"], [encoded[i].id for i in by_length])

@@ -5,7 +5,7 @@
 - ``prompt`` / ``completion`` JSONL (strings), optional ``id`` and ``label`` (the gold answer);
 - TRL conversational records: ``prompt`` and ``completion`` as lists of ``{role, content}``, or ``messages``;
 - ms-swift records (``messages``, JSON list or JSONL): the last assistant turn is the CoT and answer,
-  the turns before it the prompt; ``rejected_messages`` / ``images`` are ignored here;
+  the turns before it the prompt; ``rejected_messages`` / ``rejected_images`` are ignored here;
 - the authors' CCF items (``report``, ``diagnose``; a JSON list, JSONL, or an object keyed by ``dicom_id``):
   the report is the CoT, ``diagnose`` the answer;
 - a Hugging Face ``datasets`` folder (``save_to_disk``; a DatasetDict's ``test`` split, else its only one)
@@ -13,7 +13,15 @@
 
 Each record comes back with ``id``, ``prompt``, ``completion`` and ``label`` (from the record, else the answer
 its completion gives, ``core.answers``), plus ``chat`` (the turns before the answer) for a conversation, which
-``encode`` renders with the tokenizer's chat template when it has one (the model was trained on it)::
+``encode`` renders with the tokenizer's chat template when it has one (the model was trained on it).
+
+A record with images (``images``: paths relative to the data file or absolute; TRL's conversational prompts
+with ``{"type": "image"}`` parts and an ``images`` column; a ``datasets`` ``Image`` feature) keeps them as
+``images``: absolute path strings, each checked (exists, readable, within ``core.images.ImageLimits``) with
+errors naming the file, the line or row, the field and the path. Each image needs one ``<image>`` placeholder
+in the prompt; a prompt without any gets them at the start of its last user turn (as ms-swift does). An
+``Image`` feature that stores bytes, not a path, is written once into a content-addressed folder
+(``image_cache``, by default the workspace's ``cache/images``) and referenced there::
 
     recs = read_trajectories("data/train.jsonl")
     enc = encode(tokenizer, recs)       # [Encoded(id, input_ids, start, think_end, label, tokens), ...]
@@ -28,6 +36,7 @@ from pathlib import Path
 from core import jsonsafe
 from core.answers import DEFAULT, AnswerFormat
 from core.errors import InputError
+from core.images import PLACEHOLDER
 from core.paths import expand
 
 REQUIRED = ("prompt", "completion")
@@ -54,15 +63,18 @@ class Encoded:
         return self.tokens[self.start:]
 
 
-def read_trajectories(path: str | Path, limit: int | None = None, fmt: AnswerFormat = DEFAULT) -> list[dict]:
+def read_trajectories(path: str | Path, limit: int | None = None, fmt: AnswerFormat = DEFAULT,
+                      check_images: bool = True, image_cache: str | Path | None = None) -> list[dict]:
     """Records of a trajectory file or folder (see the module docstring); ``InputError`` names the file, the
-    line or item, the field and what was expected."""
+    line or item, the field and what was expected. ``check_images=False`` skips reading the image files
+    (an analysis folder's own copy of its records: a moved image is then warned about where it is shown)."""
     path = expand(path)
     if not path.exists():
         raise InputError(f"{path}: trajectory file not found")
     records, seen = [], set()
     for where, raw in _raw_records(path):
         rec = normalise(raw, f"{path}, {where}", fmt)
+        with_images(rec, raw, path, where, check_images, image_cache)
         rec["id"] = str(raw.get("id", raw.get("dicom_id", where.replace(" ", "-"))))
         if rec["id"] in seen:
             raise InputError(f"{path}, {where}: duplicate id {rec['id']!r} (ids must be unique)")
@@ -83,15 +95,16 @@ def normalise(rec: dict, where: str, fmt: AnswerFormat = DEFAULT) -> dict:
     if not isinstance(rec, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     out = dict(rec)
+    parts = bool(rec.get("images")) or isinstance(rec.get("image"), dict)  # image parts become <image> placeholders
     if isinstance(rec.get("messages"), list):
-        turns = _turns(rec["messages"], where, "messages")
+        turns = _turns(rec["messages"], where, "messages", parts)
         last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
         if last is None or last == 0:
             raise InputError(f"{where}: field 'messages': expected turns before a final assistant turn (the CoT and answer)")
         out.update(chat=turns[:last], completion=turns[last]["content"])
     elif isinstance(rec.get("prompt"), list):
-        out["chat"] = _turns(rec["prompt"], where, "prompt")
-        done = _turns(rec.get("completion"), where, "completion") if isinstance(rec.get("completion"), list) else None
+        out["chat"] = _turns(rec["prompt"], where, "prompt", parts)
+        done = _turns(rec.get("completion"), where, "completion", parts) if isinstance(rec.get("completion"), list) else None
         if not done or done[-1]["role"] != "assistant":
             raise InputError(f"{where}: field 'completion': expected a list of messages ending with an assistant turn")
         out["completion"] = done[-1]["content"]
@@ -118,8 +131,9 @@ def _string(rec: dict, key: str, where: str) -> str:
     return rec[key]
 
 
-def _turns(messages: object, where: str, field: str) -> list[dict]:
-    """``{role, content}`` turns; multimodal content lists keep their text parts."""
+def _turns(messages: object, where: str, field: str, images: bool = False) -> list[dict]:
+    """``{role, content}`` turns; multimodal content lists keep their text parts and, when the record has
+    ``images``, an ``<image>`` placeholder for each image part (TRL's vision format)."""
     if not isinstance(messages, list) or not messages:
         raise InputError(f"{where}: field '{field}': expected a non-empty list of {{role, content}} messages")
     out = []
@@ -127,12 +141,95 @@ def _turns(messages: object, where: str, field: str) -> list[dict]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InputError(f"{where}: field '{field}[{i}]': expected an object with 'role' and 'content'")
         content = m.get("content")
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "image"}, ...]
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if isinstance(content, list):  # [{"type": "image"}, {"type": "text", "text": ...}, ...]: an image part
+            kinds = ("text", "image") if images else ("text",)
+            content = "".join(p.get("text", "") if p.get("type") == "text" else PLACEHOLDER  # is its placeholder
+                              for p in content if isinstance(p, dict) and p.get("type") in kinds)
         if not isinstance(content, str):
             raise InputError(f"{where}: field '{field}[{i}].content': expected a string or a list of parts")
         out.append({"role": m["role"], "content": content})
     return out
+
+
+def with_images(rec: dict, raw: dict, path: Path, where: str, check: bool = True,
+                image_cache: str | Path | None = None) -> dict:
+    """``rec`` given ``images`` (absolute path strings) from the raw record's ``images`` (or a datasets
+    ``image`` feature), placeholders matched to them; a text-only record is left as it is."""
+    from core.images import ImageLimits, check_image, record_images, resolve
+
+    feature = raw.get("image") if isinstance(raw.get("image"), dict) else None  # a datasets Image column
+    if feature is not None:
+        rec.pop("image")  # its bytes do not go on into the analysis's JSON
+    value = raw.get("images", feature)
+    if value is None or value == []:
+        return rec
+    items = [value] if isinstance(value, (str, dict)) else value
+    if isinstance(items, list):  # else record_images names the field and what it expected
+        anchor = path if path.is_file() else path / "_"  # relative paths: from the file's folder, or the dataset's
+        items = [_feature_image(v, path, f"{where}, images[{i}]", image_cache) if isinstance(v, dict) else v
+                 for i, v in enumerate(items)]
+        items = [str(resolve(v, anchor)) if isinstance(v, str) and v.strip() else v for v in items]
+    refs = record_images({"images": items}, path, where)
+    if check:
+        limits = ImageLimits()
+        for ref in refs:
+            check_image(ref, limits)  # exists, within limits, a readable image: named by record and path
+    rec["images"] = [str(r.path) for r in refs]
+    _placeholders(rec, len(refs), f"{path}, {where}, field '{'messages' if 'messages' in raw else 'prompt'}'")
+    return rec
+
+
+def _placeholders(rec: dict, n: int, where: str) -> None:
+    """One ``<image>`` per image: a prompt without any gets them before its last user turn's text."""
+    from core.images import check_placeholders
+
+    chat = rec.get("chat")
+    text = "".join(t["content"] for t in chat) if chat else rec["prompt"]
+    if PLACEHOLDER not in text:
+        if chat:
+            last = max(i for i, t in enumerate(chat) if t["role"] == "user") if any(
+                t["role"] == "user" for t in chat) else len(chat) - 1
+            chat[last] = {**chat[last], "content": PLACEHOLDER * n + chat[last]["content"]}
+        rec["prompt"] = PLACEHOLDER * n + rec["prompt"]
+        return
+    check_placeholders(text, n, where)
+
+
+def _feature_image(value: dict, path: Path, where: str, cache: str | Path | None) -> str:
+    """A datasets ``Image`` value (``{"bytes", "path"}``): its path when it stores one and no bytes, else its
+    bytes written once into the content-addressed ``cache`` folder (the file named by their hash)."""
+    import hashlib
+
+    data, name = value.get("bytes"), value.get("path")
+    if data is None:
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{path}, {where}: an image with neither bytes nor a path")
+        return name
+    if not isinstance(data, (bytes, bytearray)):
+        raise InputError(f"{path}, {where}: expected image bytes, got {type(data).__name__}")
+    from core.cache import _atomic
+
+    folder = expand(cache) if cache else _default_image_cache()
+    suffix = Path(name).suffix.lower() if isinstance(name, str) and Path(name).suffix else _suffix(bytes(data))
+    target = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+    if not target.is_file():  # the same bytes, the same file: written once, never overwritten
+        _atomic(target, lambda tmp: tmp.write_bytes(bytes(data)), durable=False)
+    return str(target)
+
+
+def _default_image_cache() -> Path:
+    from core.workspace import default_path
+
+    return default_path() / "cache" / "images"
+
+
+def _suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes, from their magic number (PIL reads any of them)."""
+    for magic, suffix in ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"),
+                          (b"RIFF", ".webp")):
+        if data.startswith(magic):
+            return suffix
+    return ".img"
 
 
 def _raw_records(path: Path):

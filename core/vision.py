@@ -170,9 +170,17 @@ class VLEncoded(Encoded):
     images_key: str = ""  # content hash of the images, in order, and of the pixel settings (a cache key part)
 
 
+def as_vl(enc: Encoded) -> VLEncoded:
+    """A text trajectory (``core.trajectories.Encoded``) as a VL one without images, so that a caller that
+    encoded text only (no images in its records) still runs on a vision-language series."""
+    return enc if isinstance(enc, VLEncoded) else VLEncoded(enc.id, enc.input_ids, enc.start, enc.think_end,
+                                                            enc.label, enc.tokens)
+
+
 def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_refs") -> list[VLEncoded]:
-    """Encode records ``{id, prompt, completion, label?, image_refs: [ImageRef]}``: prompt (in the chat
-    template when ``cfg.chat_template``) with its images expanded, then the completion's tokens."""
+    """Encode records ``{id, prompt, completion, label?, chat?, image_refs: [ImageRef]}``: the prompt (a
+    conversation's ``chat`` turns, else the prompt as one user turn, in the chat template when
+    ``cfg.chat_template``) with its images expanded, then the completion's tokens."""
     think = proc.tokenizer.get_vocab().get("</think>")
     out = []
     for rec in records:
@@ -181,8 +189,8 @@ def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_
         pixels, grids = proc.pixels(images) if images else (None, torch.zeros((0, 3), dtype=torch.long))
         prompt = rec["prompt"]
         if proc.cfg.chat_template:
-            prompt = proc.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                        add_generation_prompt=True)
+            turns = rec.get("chat") or [{"role": "user", "content": prompt}]  # a system turn too, as trained
+            prompt = proc.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         try:
             p = proc.text_ids(prompt, grids)
         except InputError as e:

@@ -25,7 +25,7 @@ import torch
 
 from core.errors import InputError
 from core.probe import ProbeConfig, _Batch, _tokens, build_tree
-from core.vision import IMAGE_PAD, VISION_END, VLBatch, VLEncoded, VLProcessor, rope_positions, vl_core
+from core.vision import IMAGE_PAD, VISION_END, VLBatch, VLEncoded, VLProcessor, as_vl, rope_positions, vl_core
 
 
 def _head(model):
@@ -63,12 +63,27 @@ def _rows(spans: list[tuple[int, int]], width: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def completion_logprobs(model, batch: VLBatch, features: dict | None = None) -> torch.Tensor:
-    """Log-distributions predicting each completion token, rows in batch order.  -> (sum of L_b, V) float32"""
+def completion_hidden(model, batch: VLBatch, features: dict | None = None) -> torch.Tensor:
+    """Last hidden states of the rows predicting each completion token, rows in batch order (image tokens
+    are prompt: never among them).  -> (sum of L_b, H)"""
     hidden = _trunk(model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.pixel_values,
                     batch.image_grid_thw, features)  # (B, T, H)
     rows = _rows(batch.spans, hidden.shape[1], hidden.device)
-    return torch.log_softmax(_head(model)(hidden.reshape(-1, hidden.shape[-1])[rows]).float(), -1)
+    return hidden.reshape(-1, hidden.shape[-1])[rows]
+
+
+def series_hidden(series, model, encs: list[VLEncoded]) -> torch.Tensor:
+    """``completion_hidden`` of one batch under a VL series' active checkpoint, its inputs and image features
+    built once per batch (``VLSeries.inputs``); ``core.scoring`` computes every statistic from these rows as
+    for text. No shared-prefix KV reuse: image tokens make the rows differ.  -> (sum of L_b, H)"""
+    batch, features = series.inputs([as_vl(e) for e in encs], model)
+    return completion_hidden(model, batch, features)
+
+
+@torch.no_grad()
+def completion_logprobs(model, batch: VLBatch, features: dict | None = None) -> torch.Tensor:
+    """Log-distributions predicting each completion token, rows in batch order.  -> (sum of L_b, V) float32"""
+    return torch.log_softmax(_head(model)(completion_hidden(model, batch, features)).float(), -1)
 
 
 def token_logprobs(model, batch: VLBatch, features: dict | None = None) -> list[torch.Tensor]:
@@ -168,3 +183,93 @@ def probe_vl_naive(model, proc: VLProcessor, enc: VLEncoded, positions: list[int
             start = j + len(tk.template)
             out[p, k] = sum(logp[start + q - 1, t].item() for q, t in enumerate(lab))
     return out
+
+
+# ---- the probe over a series (core.probe.probe's vision-language path) ------------------------------------
+
+def _chunks(positions: list[int], per_position: int, budget: int) -> list[list[int]]:
+    """Probe positions split so that each tree (prefix up to its last position + its blocks) stays within
+    ``budget`` tokens; each chunk encodes its prefix (images included) once."""
+    out, current = [], []
+    for j in positions:
+        if current and j + per_position * (len(current) + 1) > budget:
+            out.append(current)
+            current = []
+        current.append(j)
+    return out + ([current] if current else [])
+
+
+def _jobs(series, encoded: list[VLEncoded], cfg: ProbeConfig, tk) -> list[tuple[VLEncoded, list[int]]]:
+    """(trajectory, probe positions) trees: the text probe's positions from after the last image on (a prefix
+    that cuts an image cannot be encoded), chunked to ``cfg.max_tree_tokens``."""
+    from core.probe import probe_positions
+
+    vocab = series.tokenizer.get_vocab()
+    sentence_ids = {i for t, i in vocab.items() if t.strip("▁Ġ ").endswith((".", "?", "!"))}
+    per_position = len(tk.template) + sum(len(lab) - 1 for lab in tk.labels)
+    jobs = []
+    for e in encoded:
+        first = first_probe_position(e, series.processor)
+        positions = [j for j in probe_positions(e, cfg.positions, tk.template[0], sentence_ids, cfg.include_prompt)
+                     if j >= first]
+        jobs += [(e, ch) for ch in _chunks(positions, per_position, cfg.max_tree_tokens)]
+    return jobs
+
+
+def probe_series(series, encoded: list[VLEncoded], cfg: ProbeConfig | None = None, progress=None,
+                 should_cancel=None):
+    """``core.probe.probe`` for a ``core.vl_series.VLSeries``: the same table (one row per trajectory x
+    checkpoint x probe position, ``p:<label>`` columns, ``gold_prob``, ``answer``, ``label_mass``), each
+    belief from ``probe_vl`` (equal to naive re-encoding with the images); the image features of a group
+    computed once for every checkpoint when the vision tower is shared."""
+    import pandas as pd
+
+    from core.probe import _belief_frame, _group_by_budget, labels_of
+    from core.progress import Cancelled
+
+    cfg = cfg or ProbeConfig()
+    series.forget_inputs()  # scoring's last batch is not needed here: its device memory goes back
+    encoded = [as_vl(e) for e in encoded]
+    labels = labels_of(encoded, cfg)
+    tk = _tokens(series.tokenizer, cfg, labels)
+    per_position = len(tk.template) + sum(len(lab) - 1 for lab in tk.labels)
+    groups = _group_by_budget(_jobs(series, encoded, cfg, tk), per_position, cfg.max_tree_tokens)
+    results: dict[str, list] = {name: [] for name in series.names}
+    features: dict[int, dict | None] = {}
+    total, done = len(groups) * len(series.names), 0
+
+    def run(name: str, g: int, model) -> None:
+        nonlocal done
+        if should_cancel and should_cancel():
+            raise Cancelled("probe cancelled")
+        encs, chunks = [e for e, _ in groups[g]], [ch for _, ch in groups[g]]
+        if series.shared_vision and g not in features:
+            features.clear()  # one group's features kept at a time
+            pixels = [e.pixel_values for e in encs if e.pixel_values is not None]
+            grids = [e.image_grid_thw for e in encs if e.image_grid_thw is not None]
+            dev = next(model.parameters()).device
+            features[g] = image_features(model, torch.cat(pixels).to(dev), torch.cat(grids).to(dev)) if pixels else None
+        results[name] += probe_vl(model, series.processor, encs, chunks, cfg, labels, features.get(g))
+        done += 1
+        if progress:
+            progress(done, total, f"{name}: group {done % len(groups) or len(groups)}/{len(groups)}")
+
+    if all(c.kind == "adapter" for c in series.checkpoints):  # switching is free: group-outer
+        for g in range(len(groups)):
+            for name in series.names:
+                with series.activate(name) as model:
+                    run(name, g, model)
+    else:  # full checkpoints: each loaded once
+        for name in series.names:
+            with series.activate(name) as model:
+                for g in range(len(groups)):
+                    run(name, g, model)
+    frames = []
+    for name in series.names:
+        per_traj: dict[str, list] = {e.id: [e, [], []] for e in encoded}
+        for (e, ch), lp in zip([job for group in groups for job in group], results[name], strict=True):
+            per_traj[e.id][1] += ch
+            per_traj[e.id][2].append(lp)
+        frames += [_belief_frame(e, name, series.steps[name], pos, np.concatenate(lps), labels)
+                   for e, pos, lps in per_traj.values()]
+    return pd.concat(frames, ignore_index=True)

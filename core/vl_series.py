@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import warnings
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import torch
 from core import series as text_series
 from core.device import detect
 from core.errors import InputError
-from core.vision import (VisionConfig, VLEncoded, VLProcessor, collate, is_vl_folder, load_processor,
+from core.vision import (VisionConfig, VLBatch, VLEncoded, VLProcessor, collate, is_vl_folder, load_processor,
                          load_vl_model, vl_core)
 from core.vl_scoring import image_features, token_logprobs, vision_untouched
 
@@ -50,31 +50,49 @@ def lm_lora_targets(model) -> str:
 
 
 @dataclass
-class VLSeries:
-    series: text_series.ModelSeries  # the base (a PeftModel once adapters are loaded), switched in place
-    processor: VLProcessor
-    shared_vision: bool  # no adapter touches the vision tower: image features are the same under all of them
+class VLSeries(text_series.ModelSeries):
+    """A ``core.series.ModelSeries`` of a vision-language base: the same names, steps, parents, switching,
+    fingerprint, device and dtype, plus the ``processor`` that turns records with images into inputs."""
+    processor: VLProcessor | None = None
+    shared_vision: bool = True  # no adapter touches the vision tower: image features are the same under all
+    _inputs: tuple | None = field(default=None, repr=False)  # (key, VLBatch, features): the last batch's inputs
 
     @property
-    def names(self) -> list[str]:
-        return self.series.names
+    def series(self) -> VLSeries:
+        """The series itself (earlier callers reached the text series through this attribute)."""
+        return self
 
     @contextmanager
     def activate(self, name: str) -> Iterator[torch.nn.Module]:
         """The model in the state of checkpoint ``name``: adapters switched in place; a full VL checkpoint
         loaded through the image-text-to-text class and released afterwards."""
-        info = {text_series.adapter_name(c): c for c in self.series.checkpoints}.get(name)
+        info = {text_series.adapter_name(c): c for c in self.checkpoints}.get(name)
         if info is None or info.kind == "adapter":
-            with self.series.activate(name) as model:
+            with super().activate(name) as model:
                 yield model
             return
-        with self.series.lock:
-            full = load_vl_model(info.path, self.series.device, self.series.dtype, self.series.trust_remote_code)
+        with self.lock:
+            full = load_vl_model(info.path, self.device, self.dtype, self.trust_remote_code)
             try:
                 yield full
             finally:
                 del full
                 gc.collect()
+
+    def inputs(self, encs: list[VLEncoded], model) -> tuple[VLBatch, dict | None]:
+        """One batch's padded inputs and, when the vision tower is shared, its image features: computed under
+        the first checkpoint that asks and reused by the others (one batch kept: scoring is batch-outer)."""
+        key = tuple((e.id, e.images_key, len(e.input_ids)) for e in encs)
+        if self._inputs is None or self._inputs[0] != key:
+            self._inputs = None  # the previous batch's tensors are freed before this one's are built
+            batch = collate(encs, self.processor, model, self.device)
+            features = image_features(model, batch.pixel_values, batch.image_grid_thw) if self.shared_vision else None
+            self._inputs = (key, batch, features)
+        return self._inputs[1], self._inputs[2]
+
+    def forget_inputs(self) -> None:
+        """Free the kept batch (its pixels and image features), e.g. before the probe builds its own."""
+        self._inputs = None
 
 
 def load_vl_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path] | None = None,
@@ -99,8 +117,8 @@ def load_vl_series(base: str | Path, checkpoints: str | Path | Sequence[str | Pa
     notes = text_series.base_name_warnings(base, infos, base_names)  # a hint, never a refusal (core.series)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    ms = text_series.ModelSeries(base, infos, model.eval(), proc.tokenizer, dev, dt, trust_remote_code, warnings=notes)
-    return VLSeries(ms, proc, shared)
+    return VLSeries(base, infos, model.eval(), proc.tokenizer, dev, dt, trust_remote_code, warnings=notes,
+                    processor=proc, shared_vision=shared)
 
 
 # Adapters saved before transformers 4.52 (ms-swift runs on older stacks) name the language model
@@ -116,7 +134,10 @@ def attach_vl_adapter(model, info):
 
     from peft import PeftModel
 
+    from core.adapter_checks import refuse_pickle_adapter
+
     name = text_series.adapter_name(info)
+    refuse_pickle_adapter(info.path)  # adapter_model.bin only: named, never unpickled (as for text series)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -43,6 +43,13 @@ class World:
         return self.root / self.manifest["datasets"][name]["path"]
 
     @property
+    def is_vl(self) -> bool:
+        """Whether the base model is a vision-language model (its trajectories may carry images)."""
+        from core.vision import is_vl_folder
+
+        return is_vl_folder(self.base_model_dir)
+
+    @property
     def graph_path(self) -> Path:
         return self.root / self.manifest["concept_graph"]
 
@@ -110,13 +117,16 @@ class World:
     def summary(self) -> dict:
         config = self.base_model_dir / "config.json"
         cfg = jsonsafe.loads(config.read_text(encoding="utf-8-sig"), str(config))
+        inner = cfg.get("text_config") or {}  # a vision-language config keeps these in its text_config
+        text = {k: cfg.get(k) or inner.get(k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")}
         graph = concepts.load_graph(self.graph_path)
         return {
             "name": self.name, "root": str(self.root), "description": self.manifest.get("description", ""),
             "model": {"architecture": (cfg.get("architectures") or [cfg.get("model_type", "?")])[0],
-                      "parameters": count_parameters(self.base_model_dir), "layers": cfg.get("num_hidden_layers"),
-                      "hidden_size": cfg.get("hidden_size"), "path": str(self.base_model_dir)},
-            "tokenizer": {"vocab_size": cfg.get("vocab_size")},
+                      "parameters": count_parameters(self.base_model_dir), "layers": text.get("num_hidden_layers"),
+                      "hidden_size": text.get("hidden_size"), "path": str(self.base_model_dir),
+                      "vision": "vision_config" in cfg},
+            "tokenizer": {"vocab_size": text.get("vocab_size")},
             "checkpoints": [{"name": c.name, "step": c.step, "kind": c.kind,
                              "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"),
                              "objective": c.training.get("objective"), "lora_rank": c.training.get("lora_rank"),

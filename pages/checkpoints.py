@@ -18,6 +18,7 @@ from core.branches import branch_of
 from core.errors import InputError
 from core.paths import expand
 from core.series import adapter_name, base_name_warnings, plan_series
+from core.vision import is_vl_folder
 from core.workspace import refused_paths, search_roots
 from workbench import resources, routes, state, ui
 
@@ -99,6 +100,13 @@ with ui.controls("Device and settings", expanded=False):
     chat_template = st.toggle("Chat template for conversations", True, key="ck_chat",
                               help="conversational records (messages) are encoded through the tokenizer's chat "
                                    "template, as the model was trained; off: the prompt text alone")
+    pixels = {}
+    if base and not problems and is_vl_folder(expand(base)):  # a vision-language base: the image settings
+        c1, c2 = st.columns(2)
+        for col, name, label in ((c1, "min_pixels", "Min pixels"), (c2, "max_pixels", "Max pixels")):
+            value = col.number_input(f"{label} per image (0 = the checkpoint's)", 0, 100_000_000, 0, step=28 * 28,
+                                     key=f"ck_{name}", help=AnalysisConfig.field_help(name))
+            pixels[name] = int(value) or None
 
 infos = []
 if base and not problems:
@@ -201,7 +209,7 @@ if not problems:
                              checkpoints=checkpoints_value, graph=graph and str(expand(graph).resolve()),
                              base_names=base_names, positions=positions, top_k=int(top_k),
                              batch_size=int(batch_size), limit=int(limit) or None, include_prompt=include_prompt,
-                             chat_template=chat_template,
+                             chat_template=chat_template, **pixels,
                              device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)
     except ValueError as e:
         problems.append(f"Settings: {e}")

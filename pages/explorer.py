@@ -145,7 +145,8 @@ else:
                             disabled=explore.METRICS[metric][1] != "effects",
                             help="belief metrics only: token metrics exist for the model's completion")
     r = by_id.loc[traj_id]
-    record = {x["id"]: x for x in resources.analysis_records(chosen, info.stamp)}.get(traj_id, {})
+    records = resources.analysis_records(chosen, info.stamp)
+    record = {x["id"]: x for x in records}.get(traj_id, {})
     heatmap_window.show(chosen, info.stamp, traj_id, metric, with_report)  # a window at a time when long
     left, right = st.columns([2, 3])
     with left:
@@ -154,6 +155,7 @@ else:
                         f"**base answers** {r['base_answer']} · belief in the gold answer {r['base_belief']:.2f}  \n"
                         f"**{r['worst_checkpoint']} answers** {r['worst_answer']} · belief in the gold answer "
                         f"{r['worst_belief']:.2f}")
+        ui.images(explore.images_of(records, traj_id), traj_id)  # the study's X-ray beside its CoT (none: text)
         st.text(f"{record.get('prompt', '')}\n\n{record.get('completion', '')}")
     with right:
         BELIEF_VIEWS = ["Gold answer, every checkpoint", "Every answer, one checkpoint"]

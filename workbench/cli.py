@@ -117,7 +117,8 @@ def _analysis_config(args: argparse.Namespace):
 
     opts = {k: v for k, v in dict(top_k=getattr(args, "top_k", None), batch_size=getattr(args, "batch_size", None),
                                   positions=getattr(args, "positions", None), limit=args.limit, device=args.device,
-                                  dtype=args.dtype).items() if v is not None}
+                                  dtype=args.dtype, min_pixels=getattr(args, "min_pixels", None),
+                                  max_pixels=getattr(args, "max_pixels", None)).items() if v is not None}
     if getattr(args, "cot_only", False):
         opts["include_prompt"] = False
     if getattr(args, "no_chat_template", False):
@@ -251,6 +252,10 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
         p.add_argument("--no-chat-template", action="store_true",
                        help="encode conversations as plain prompt text, not through the tokenizer's chat template")
+        p.add_argument("--min-pixels", type=int, help="vision-language models: fewest pixels an image is resized "
+                       "to (ms-swift MIN_PIXELS); default: the checkpoint's preprocessor_config.json")
+        p.add_argument("--max-pixels", type=int, help="vision-language models: most pixels an image is resized to "
+                       "(ms-swift MAX_PIXELS; the authors used 1003520); default: the checkpoint's")
 
     p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
     series_args(p)

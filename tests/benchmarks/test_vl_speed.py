@@ -96,6 +96,13 @@ def test_vl_scoring_and_probe_speed(tmp_path):
     print(f"  bare batched forwards: {bare:6.2f} s")
     print(f"  workbench score_vl_series: {ours:6.2f} s  -> {notebook / ours:.1f}x faster than the notebook, "
           f"{ours / bare:.2f}x the bare forwards")
+    from core.scoring import ScoreConfig, score
+
+    t = time.perf_counter()
+    score(vs, encs, ScoreConfig(top_k=5, batch_size=8))  # what an analysis runs: every statistic, top-k
+    full = time.perf_counter() - t
+    print(f"  core.scoring.score (log-prob, rank, entropy, top-5, KL/JS to base and previous): {full:6.2f} s  -> "
+          f"{notebook / full:.1f}x faster than the notebook (log-probs only), {full / bare:.2f}x the bare forwards")
     cfg = ProbeConfig(labels=LABELS)
     plans = [list(range(e.start, e.think_end + 1, 2)) for e in encs[:2]]
     with vs.activate("checkpoint-4") as model:

@@ -39,12 +39,12 @@ def test_trl_conversational_prompt_completion(tmp_path):
 def test_ms_swift_messages_json_list_ignores_rejected_and_reads_the_last_assistant_turn(tmp_path):
     msgs = CHAT + [{"role": "assistant", "content": "<think> first try </think> Edema"},
                    {"role": "user", "content": USER}, {"role": "assistant", "content": COT}]
-    rec = {"messages": msgs, "rejected_messages": [{"role": "user", "content": "x"}], "images": ["a.png"]}
+    rec = {"messages": msgs, "rejected_messages": [{"role": "user", "content": "x"}], "rejected_images": ["b.png"]}
     path = tmp_path / "swift.json"
     path.write_text(json.dumps([rec]))
     recs = read_trajectories(path)
     _same(recs)
-    assert len(recs[0]["chat"]) == 4 and recs[0]["id"] == "item-0"
+    assert len(recs[0]["chat"]) == 4 and recs[0]["id"] == "item-0" and "images" not in recs[0]
 
 
 def test_multimodal_content_parts_keep_their_text(tmp_path):
