@@ -125,6 +125,59 @@ class WeightedPreferenceCollator(DataCollatorForPreference):
         return out
 
 
+VL_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # what a VL batch adds for the model
+
+
+@dataclass
+class VLPreferenceCollator:
+    """Pairs with images (``core.cpo_vl.encode_pairs`` rows) into TRL's ``[chosen; rejected]`` batch layout,
+    right-padded, with the model's image inputs: ``pixel_values`` and ``image_grid_thw`` of the chosen rows'
+    images, then the rejected rows' (a visual pair's rejected side brings its own image), and
+    ``mm_token_type_ids`` (1 on image tokens), from which Qwen2.5-VL computes its 3-D rotary positions.
+    Only completions are cut at ``max_length``: a cut prompt would cut an image (pre-flight refuses those)."""
+
+    processor: object  # core.vision.VLProcessor
+    pad_token_id: int = 0
+    max_length: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        rows = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
+        rows += [(e["rejected_prompt_ids"], e["rejected_ids"]) for e in examples]
+        ids, mask, comp = self._pad(rows)
+        out = {"input_ids": ids, "attention_mask": mask, "completion_mask": comp,
+               "weight": torch.tensor([float(e.get("weight", 1.0)) for e in examples]),  # (B,)
+               "source_idx": torch.tensor([int(e.get("source_idx", 0)) for e in examples])}  # (B,)
+        paths = [p for e in examples for p in e["image_paths"]]
+        paths += [p for e in examples for p in e["rejected_image_paths"]]
+        if paths:
+            out["pixel_values"], out["image_grid_thw"] = self._pixels(paths)
+        from core.vision import IMAGE_PAD
+
+        out["mm_token_type_ids"] = (ids == self.processor.token_id(IMAGE_PAD)).long()  # (2B, T)
+        return out
+
+    def _pad(self, rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cut = [(p, c[: max(0, self.max_length - len(p))] if self.max_length else c) for p, c in rows]
+        width = max(len(p) + len(c) for p, c in cut)
+        ids = torch.full((len(cut), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(cut), width), dtype=torch.long)
+        comp = torch.zeros((len(cut), width), dtype=torch.long)
+        for b, (p, c) in enumerate(cut):
+            ids[b, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[b, : len(p) + len(c)] = 1
+            comp[b, len(p): len(p) + len(c)] = 1
+        return ids, mask, comp
+
+    def _pixels(self, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches and grids of the batch's images, in row order.  -> (patches, D), (n_images, 3)"""
+        from pathlib import Path
+
+        from core.images import ImageRef, load_image
+
+        proc = self.processor
+        return proc.pixels([load_image(ImageRef(Path(p), f"pair image {p}"), proc.cfg.limits) for p in paths])
+
+
 class CPOTrainer(DPOTrainer):
     """DPOTrainer with the workbench's objectives, pair weights and per-source metrics (see the module)."""
 
@@ -143,11 +196,13 @@ class CPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, "weight", "source_idx"]))
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, "weight", "source_idx",
+                                                      "rejected_prompt_ids", "image_paths", "rejected_image_paths"]))
 
     def _sequence_logps(self, model, inputs: dict, labels: torch.Tensor, seq_len: int) -> torch.Tensor:
+        images = {k: inputs[k] for k in VL_INPUTS if k in inputs}  # a VL batch: pixels, grids, image-token types
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-                    use_cache=False, fused_lm_head=True)
+                    use_cache=False, fused_lm_head=True, **images)
         return out.log_probs[:, -seq_len:]  # (2B, T-1), 0 where the label is -100
 
     def _compute_loss(self, model, inputs, return_outputs=False):
