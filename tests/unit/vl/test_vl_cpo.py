@@ -1,0 +1,221 @@
+"""CPO on a vision-language base: pairs with images, the batch the model gets (each side its own pixels),
+LoRA on the language model only (the vision tower bitwise unchanged), the three objectives, resume, and a
+background run whose checkpoints load as a VL series."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.errors import InputError
+from core.pairs import is_visual, read_pairs
+from tests.vl_pairs import cot, world_images, write_vl_pairs
+from tests.vl_world import HUB_ID, QUESTION, make_vl_world
+
+
+@pytest.fixture(scope="session")
+def vl_world_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vl-cpo-world")
+    make_vl_world(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def vl_pairs(vl_world_root):
+    return write_vl_pairs(vl_world_root, vl_world_root / "pairs" / "train.jsonl")
+
+
+def config(root: Path, data: Path, out: Path, **kw):
+    from core.cpo import TrainConfig
+
+    settings = dict(base_model=str(root / "Qwen2.5-VL-tiny"), init_adapter=str(root / "output" / "v0-20261128" / "checkpoint-4"),
+                    lora_r=4, lora_alpha=8, max_steps=1, batch_size=4, learning_rate=1e-2, save_steps=1, base_names=[HUB_ID])
+    return TrainConfig(data=str(data), output_dir=str(out), **{**settings, **kw})
+
+
+# ---- pairs with images ------------------------------------------------------------------------------------
+
+def test_pairs_resolve_images_against_the_file_and_mark_visual_pairs(vl_world_root, vl_pairs):
+    pairs = read_pairs(vl_pairs)
+    images = world_images(vl_world_root)
+    assert pairs[0]["images"] == [str(images[0])]  # "../MIMIC-CXR/..." from the pairs file's folder
+    assert pairs[0]["rejected_images"] == pairs[0]["images"] and not is_visual(pairs[0])
+    assert pairs[1]["rejected_images"] == [str(images[2])] and is_visual(pairs[1])
+    assert pairs[1]["chosen"] == pairs[1]["rejected"] and pairs[1]["source"] == "image_swap"
+
+
+def test_trl_vision_format_and_prompts_without_a_placeholder(vl_world_root, tmp_path):
+    image = str(world_images(vl_world_root)[0])
+    recs = [{"images": [image], "prompt": [{"role": "user", "content": [
+                {"type": "image"}, {"type": "text", "text": " What disease?"}]}],
+             "chosen": [{"role": "assistant", "content": [{"type": "text", "text": cot("Edema")}]}],
+             "rejected": [{"role": "assistant", "content": cot("Pneumonia")}]},
+            {"images": [image], "prompt": "What disease?", "chosen": "a", "rejected": "b"}]
+    path = tmp_path / "trl.jsonl"
+    path.write_text("\n".join(map(json.dumps, recs)) + "\n")
+    a, b = read_pairs(path)
+    assert a["prompt"] == "<image> What disease?" and a["chat"][-1]["content"] == "<image> What disease?"
+    assert a["chosen"] == cot("Edema") and a["images"] == [image]
+    assert b["prompt"] == "<image>What disease?"  # TRL puts images first when the text names none
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"images": ["missing/nowhere.jpg"]}, r"line 1, images\[0\]: image not found: .*missing/nowhere.jpg"),
+    ({"rejected_images": ["broken.jpg"]}, r"line 1, rejected_images\[0\]: cannot read image .*broken.jpg"),
+    ({"rejected_images": []}, "line 1, field 'rejected_images': 0 image"),
+    ({"prompt": "two <image> and <image>"}, "line 1, field 'prompt': 2 '<image>' placeholder"),
+    ({"images": [7]}, r"line 1, images: expected a list of image paths"),
+])
+def test_bad_images_are_named_with_line_field_and_path(vl_world_root, tmp_path, change, message):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
+    rec = {"prompt": QUESTION, "chosen": "a", "rejected": "b", "images": [str(world_images(vl_world_root)[0])]}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({**rec, **change}) + "\n")
+    with pytest.raises(InputError, match=message):
+        read_pairs(path)
+
+
+def test_a_text_base_refuses_pairs_with_images(sample_world, vl_pairs, tmp_path):
+    from core.cpo import TrainConfig, preflight
+
+    cfg = TrainConfig(base_model=str(sample_world / "model"), data=str(vl_pairs), output_dir=str(tmp_path))
+    assert preflight(cfg).errors == [f"{vl_pairs}: pair 1 has images but the base model {sample_world / 'model'} "
+                                     "is a text-only model; train a vision-language base on pairs with images"]
+
+
+# ---- the batch --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def vl_trainer(vl_world_root, vl_pairs, tmp_path_factory):
+    from core.cpo import build_trainer
+
+    return build_trainer(config(vl_world_root, vl_pairs, tmp_path_factory.mktemp("vl-run")))
+
+
+def batch_of(trainer, rows):
+    return trainer.data_collator([trainer.train_dataset[i] for i in rows])
+
+
+def test_a_visual_pairs_rejected_side_gets_its_own_pixels(vl_trainer, vl_world_root):
+    from core.images import ImageRef, load_image
+    from core.vision import IMAGE_PAD
+
+    proc = vl_trainer.data_collator.processor
+    batch = batch_of(vl_trainer, [0, 1])  # a text pair, then a visual pair
+    images = world_images(vl_world_root)
+    expected = [images[0], images[1], images[0], images[2]]  # chosen rows' images, then rejected rows'
+    pixels, grids = proc.pixels([load_image(ImageRef(p, "test")) for p in expected])
+    assert torch.equal(batch["image_grid_thw"], grids) and torch.equal(batch["pixel_values"], pixels)
+    assert not torch.equal(grids[1], grids[3])  # another image size: the rejected row has its own token count
+    pad = proc.token_id(IMAGE_PAD)
+    counts = (batch["input_ids"] == pad).sum(1).tolist()
+    assert counts == [proc.n_tokens(g) for g in grids]
+    assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == pad).long())
+    chosen, rejected = batch["completion_mask"].chunk(2)
+    assert (chosen.sum(1) == rejected.sum(1)).tolist() == [False, True]  # the visual pair keeps its CoT
+
+
+def test_the_runs_logps_are_the_models_own_with_images_and_3d_positions(vl_trainer):
+    """Each row's summed log-probs in the padded batch (the model computes Qwen's 3-D rotary positions from
+    input_ids, mm_token_type_ids and image_grid_thw) equal a forward of that row alone."""
+    model = vl_trainer.model.eval()
+    batch = {k: v for k, v in batch_of(vl_trainer, [0, 1]).items()}
+    mask = batch["completion_mask"][..., 1:].float()
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    with torch.no_grad():
+        batched = (vl_trainer._sequence_logps(model, batch, labels, mask.size(1)) * mask).sum(1)
+    patches = (batch["image_grid_thw"].prod(-1)).tolist()
+    starts = [0] + list(torch.tensor(patches).cumsum(0).tolist())
+    for row in range(4):
+        n = int(batch["attention_mask"][row].sum())
+        ids = batch["input_ids"][row: row + 1, :n]
+        with torch.no_grad():
+            logits = model(input_ids=ids, pixel_values=batch["pixel_values"][starts[row]: starts[row + 1]],
+                           image_grid_thw=batch["image_grid_thw"][row: row + 1],
+                           mm_token_type_ids=batch["mm_token_type_ids"][row: row + 1, :n]).logits[0].float()
+        comp = batch["completion_mask"][row, :n].bool()
+        targets = torch.nonzero(comp).squeeze(-1)
+        alone = torch.log_softmax(logits, -1)[targets - 1, ids[0, targets]].sum()
+        assert torch.allclose(batched[row], alone, atol=1e-4), (row, batched[row], alone)
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+def test_a_cpo_step_changes_the_language_model_lora_and_not_the_vision_tower(vl_world_root, vl_pairs, tmp_path):
+    from core.cpo import build_trainer
+
+    trainer = build_trainer(config(vl_world_root, vl_pairs, tmp_path / "run"))
+    named = dict(trainer.model.named_parameters())
+    visual = {n: p.detach().clone() for n, p in named.items() if ".visual." in n}
+    lora = {n: p.detach().clone() for n, p in named.items() if "lora_" in n}
+    assert visual and lora and all(".language_model." in n for n in lora)  # no adapter in the vision tower
+    assert {n for n, p in named.items() if p.requires_grad} == set(lora)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in visual.items())  # bitwise: frozen
+    changed = [n for n, v in lora.items() if not torch.equal(after[n], v)]
+    assert len(changed) == len(lora)  # every LoRA matrix of the language model moved
+    assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("objective", ["sft", "cpo++"])
+def test_sft_and_cpo_plus_plus_run_a_step_with_per_source_metrics(vl_world_root, vl_pairs, tmp_path, objective):
+    from core.cpo import train
+
+    cfg = config(vl_world_root, vl_pairs, tmp_path / "run", objective=objective, source_weights={"image_swap": 3.0})
+    result = train(cfg)
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert result.steps == 1 and len(rows) == 1 and torch.isfinite(torch.tensor(rows[0]["loss"]))
+    assert rows[0]["loss/image_swap"] is not None and rows[0]["loss/shortcut"] is not None
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_source_weights_give_the_visual_pairs_their_own_weight(vl_world_root, vl_pairs, tmp_path):
+    from core.cpo import preflight, tokenized_dataset
+
+    cfg = config(vl_world_root, vl_pairs, tmp_path / "run", source_weights={"image_swap": 3.0})
+    pre = preflight(cfg)
+    ds = tokenized_dataset(cfg, None, pre)
+    by_source = {pre.sources[s]: w for s, w in zip(ds["source_idx"], ds["weight"], strict=True)}
+    assert by_source == {"image_swap": pytest.approx(1.5), "shortcut": pytest.approx(0.5)}  # 3:1, mean one
+
+
+def test_a_vl_run_resumes_from_its_last_checkpoint(vl_world_root, vl_pairs, tmp_path):
+    from core.cpo import train
+    from core.vl_series import load_vl_series
+
+    cfg = config(vl_world_root, vl_pairs, tmp_path / "run", max_steps=2)
+    train(cfg)
+    cfg.max_steps, cfg.resume = 3, True
+    result = train(cfg)
+    steps = [json.loads(line)["step"] for line in result.metrics_path.read_text().splitlines()]
+    assert result.steps == 3 and steps == [1, 2, 3]
+    vs = load_vl_series(cfg.base_model, cfg.output_dir, device="cpu", base_names=[HUB_ID])
+    assert vs.names == ["base", "checkpoint-1", "checkpoint-2", "checkpoint-3"] and vs.shared_vision
+
+
+@pytest.mark.slow
+def test_a_background_run_on_a_vl_world_finishes_and_loads_as_a_vl_series(vl_world_root, vl_pairs, tmp_path):
+    from core import runs
+    from core.vl_series import load_vl_series
+    from core.workspace import Workspace
+    from core.world import load_world
+
+    world = load_world(vl_world_root / "world")
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = config(vl_world_root, vl_pairs, tmp_path / "unused", max_steps=2, save_steps=2,
+                 init_adapter=runs.start_adapter(world, "checkpoint-4"), base_model=str(world.base_model_dir))
+    run = runs.launch(ws, cfg, "vl-cpo", world=world.root)
+    deadline = time.monotonic() + 240
+    while (run := runs.refresh(ws, run.id)).status == "running":
+        assert time.monotonic() < deadline, run.job_handle().log_tail()
+        time.sleep(0.5)
+    assert run.status == "done", (run.error, run.job_handle().log_tail())
+    vs = load_vl_series(world.base_model_dir, [world.checkpoints[-1].path, run.adapter_dir], device="cpu",
+                        base_names=[HUB_ID])
+    assert vs.names == ["base", "checkpoint-4", "vl-cpo"] and vs.shared_vision
+    assert vs.series.steps["vl-cpo"] == 4 + 2  # joined after the checkpoint it repairs
+    assert runs.metrics(run)["step"].tolist() == [1, 2]
+    ws.store.close()
