@@ -331,8 +331,9 @@ def lora_config(cfg: TrainConfig):
                       task_type="CAUSAL_LM")
 
 
-def _load_init_adapter(model, path: str) -> None:
-    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets)."""
+def _load_init_adapter(model, path: str, vl: bool = False) -> None:
+    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets); a VL
+    adapter saved in the old module layout (ms-swift on transformers < 4.52) is mapped to today's names."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -343,7 +344,8 @@ def _load_init_adapter(model, path: str) -> None:
 
     r = model.peft_config["default"].r
     try:
-        result = set_peft_model_state_dict(model, modern_keys(load_file(weights)))
+        state = load_file(weights)
+        result = set_peft_model_state_dict(model, modern_keys(state) if vl else state)
     except RuntimeError as e:  # shapes differ: another r, or an adapter of another base
         detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
         raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): {detail[:200]}") from None
@@ -392,7 +394,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=Non
                          data_collator=collator, objective=cfg.objective, cpo_alpha=cfg.cpo_alpha,
                          sources=pre.sources)
     if cfg.init_adapter:
-        _load_init_adapter(trainer.model, cfg.init_adapter)
+        _load_init_adapter(trainer.model, cfg.init_adapter, is_vl(cfg))
     trainer.model.peft_config["default"].base_model_name_or_path = _base_name(cfg)
     return trainer
 

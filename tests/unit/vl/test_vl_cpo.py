@@ -219,3 +219,27 @@ def test_a_background_run_on_a_vl_world_finishes_and_loads_as_a_vl_series(vl_wor
     assert vs.series.steps["vl-cpo"] == 4 + 2  # joined after the checkpoint it repairs
     assert runs.metrics(run)["step"].tolist() == [1, 2]
     ws.store.close()
+
+
+def test_an_init_adapter_in_the_old_ms_swift_layout_loads_the_same_weights(vl_world_root, vl_pairs, tmp_path):
+    """Adapters saved before transformers 4.52 name the language model ``model.layers``: the run maps them."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from core.cpo import build_trainer
+
+    new = vl_world_root / "output" / "v0-20261128" / "checkpoint-4"
+    old = tmp_path / "old-checkpoint"
+    shutil.copytree(new, old)
+    state = load_file(new / "adapter_model.safetensors")
+    legacy = {k.replace("model.language_model.layers.", "model.layers."): v for k, v in state.items()}
+    assert set(legacy) != set(state)
+    save_file(legacy, old / "adapter_model.safetensors")
+    weights = []
+    for init in (new, old):
+        trainer = build_trainer(config(vl_world_root, vl_pairs, tmp_path / init.name, init_adapter=str(init)))
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    assert any(w.abs().sum() > 0 for n, w in weights[0].items() if "lora_B" in n)  # really loaded, not zero-init
