@@ -171,10 +171,41 @@ def runs_panel() -> None:
             st.warning(f"This run left the model worse than its start ({start}) on the held-out sets: "
                        + "; ".join(worse) + ". Check the pre-flight warnings (tiny or unbalanced data?), the learning "
                        "rate and the number of steps.", icon=":material/trending_down:")
+    with st.expander("Examples: what the run trains on"):
+        examples(run)
     with st.expander("Log", expanded=run.status == "failed"):
         st.code(job.log_tail(25) if job else "(no job)", language="text")
     with st.expander("Config"):
         st.json(run.config)
+
+
+def examples(run) -> None:
+    """A few of the run's pairs: the study's image beside the chosen and rejected texts; a visual pair
+    (same CoT, counterfactual image) shows each side with its own image."""
+    from core.pairs import is_visual
+
+    try:
+        pairs = runs.examples(run)
+    except InputError as e:
+        st.warning(inert(str(e)))
+        return
+    for i, pair in enumerate(pairs):
+        visual = is_visual(pair)
+        st.markdown(f"**Pair {i + 1}** · source `{inert(pair['source'])}`" + (" · visual pair: same chain of "
+                    "thought, the rejected side sees another image" if visual else ""))
+        st.caption(inert(pair["prompt"]))
+        if visual:
+            for column, side, title in zip(st.columns(2), ("chosen", "rejected"), ("Chosen", "Rejected"), strict=True):
+                with column:
+                    ui.images(pair["images" if side == "chosen" else "rejected_images"], f"{title} side's image")
+                    st.markdown(f"**{title}:** {inert(pair[side])}")
+            continue
+        picture, texts = st.columns([1, 2]) if pair["images"] else (None, st.container())
+        if picture is not None:
+            with picture:
+                ui.images(pair["images"], "the study's image")
+        texts.markdown(f"**Chosen:** {inert(pair['chosen'])}")
+        texts.markdown(f"**Rejected:** {inert(pair['rejected'])}")
 
 
 st.subheader("Runs")

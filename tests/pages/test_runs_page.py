@@ -129,3 +129,36 @@ def test_a_run_worse_than_its_start_says_so(sample_world, tmp_path):
     warned = [w.value for w in at.warning if "worse than its start" in w.value]
     assert warned and "checkpoint-160" in warned[0] and "accuracy 0.527 < 0.587" in warned[0]
     assert "flip rate" not in warned[0]  # 0.05 is better than the start's 0.104
+
+
+@pytest.mark.slow
+def test_a_vl_runs_examples_show_each_sides_image_beside_its_text(tmp_path, monkeypatch):
+    """A run on a vision-language world: its examples show the study's X-ray beside the chosen and rejected
+    texts, and a visual pair (same CoT, another image) shows each side with its own image."""
+    from core import runs
+    from core.cpo import TrainConfig
+    from core.workspace import Workspace
+    from tests.vl_pairs import write_vl_pairs
+    from tests.vl_world import HUB_ID, make_vl_world
+
+    world = make_vl_world(tmp_path / "vl")
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
+    data = write_vl_pairs(tmp_path / "vl", tmp_path / "vl" / "pairs" / "train.jsonl", n=4)
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = TrainConfig(base_model=str(tmp_path / "vl" / "Qwen2.5-VL-tiny"), data=str(data), output_dir="unused",
+                      max_steps=1, batch_size=2, base_names=[HUB_ID])
+    run = runs.launch(ws, cfg, "vl-run", world=world)
+    deadline = time.monotonic() + 120
+    while (run := runs.refresh(ws, run.id)).status == "running":
+        assert time.monotonic() < deadline, run.job_handle().log_tail()
+        time.sleep(0.5)
+    assert run.status == "done", run.error
+    ws.store.close()
+    at = page(world, tmp_path / "ws")
+    at.run()
+    assert not at.exception
+    captions = [img.proto.imgs[0].caption for img in at.get("image")]
+    assert captions.count("the study's image") == 2  # the two text pairs: one image beside both texts
+    assert captions.count("Chosen side's image") == 1 and captions.count("Rejected side's image") == 1
+    shown = " ".join(m.value for m in at.markdown)
+    assert "visual pair: same chain of thought" in shown and "**Rejected:** \\<think\\>" in shown
