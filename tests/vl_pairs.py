@@ -36,3 +36,33 @@ def write_vl_pairs(root: Path, out: Path, n: int = 8) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def image_only_processor(proc):
+    """transformers' Qwen2.5-VL processor without its video processor (which needs torchvision, absent on a
+    CPU-only machine), so that TRL's own vision collator can run: the same image processor and tokenizer."""
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return proc.full or ImageOnlyProcessor(proc.image_processor, proc.tokenizer, proc.tokenizer.chat_template)
+
+
+def trl_vision_rows(proc, pairs: list[dict]) -> list[dict]:
+    """Same-image pairs (``core.pairs.read_pairs``) in TRL's vision format, the prompt already templated (so
+    TRL's collator and ours see the same text): ``<image>`` as Qwen's vision tokens, completions ending in EOS."""
+    from PIL import Image
+
+    from core.cpo_vl import prompt_text
+
+    eos = proc.tokenizer.eos_token
+    image = "<|vision_start|><|image_pad|><|vision_end|>"
+    return [{"prompt": prompt_text(proc, p).replace("<image>", image), "chosen": p["chosen"] + eos,
+             "rejected": p["rejected"] + eos, "images": [Image.open(f).convert("RGB") for f in p["images"]]}
+            for p in pairs]

@@ -243,3 +243,24 @@ def test_an_init_adapter_in_the_old_ms_swift_layout_loads_the_same_weights(vl_wo
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
     assert any(w.abs().sum() > 0 for n, w in weights[0].items() if "lora_B" in n)  # really loaded, not zero-init
+
+
+def test_same_image_pairs_batch_as_trls_own_vision_collator_does(vl_trainer, vl_pairs):
+    """On same-image pairs (all TRL 1.16 can express), our batch holds what TRL's DataCollatorForVisionPreference
+    builds with transformers' processor: the same tokens per row, completion tokens, pixels, grids and
+    image-token types (TRL pads prompts on the left, then flushes; rows are compared without padding)."""
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from tests.vl_pairs import image_only_processor, trl_vision_rows
+
+    proc = vl_trainer.data_collator.processor
+    rows = [0, 2]  # text pairs: both sides see the study's image
+    records = [read_pairs(vl_pairs)[i] for i in rows]
+    ours = batch_of(vl_trainer, rows)
+    trl = DataCollatorForVisionPreference(image_only_processor(proc))(trl_vision_rows(proc, records))
+    for key in ("pixel_values", "image_grid_thw"):
+        assert torch.equal(ours[key], trl[key]), key
+    for r in range(4):
+        keep_ours, keep_trl = ours["attention_mask"][r].bool(), trl["attention_mask"][r].bool()
+        for key in ("input_ids", "completion_mask", "mm_token_type_ids"):
+            assert ours[key][r][keep_ours].tolist() == trl[key][r][keep_trl].tolist(), (key, r)
