@@ -337,11 +337,11 @@ def _load_init_adapter(model, path: str, vl: bool = False) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from core.cpo_vl import modern_keys
+
     weights = Path(path) / "adapter_model.safetensors"
     if not weights.is_file():
         raise InputError(f"{path}: init_adapter has no adapter_model.safetensors")
-    from core.cpo_vl import modern_keys
-
     r = model.peft_config["default"].r
     try:
         state = load_file(weights)

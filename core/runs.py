@@ -352,12 +352,17 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
-    own figures); None when the world has no held-out set (the run still finishes and joins the series)."""
+    own figures); None when the world has no held-out set or is a vision-language world (the run still
+    finishes and joins the series)."""
     from core.evaluation import evaluate_model, held_out
     from core.series import load_model, load_tokenizer
     from core.world import load_world
 
+    from core.vision import is_vl_folder
+
     world = load_world(world_path)
+    if is_vl_folder(world.base_model_dir):  # held-out evaluation decodes text only; a VL run joins the series
+        return None                       # unevaluated (its drift is scored with images by the analysis)
     held = held_out(world, limit)
     if held is None:
         return None

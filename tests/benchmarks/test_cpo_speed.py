@@ -132,7 +132,9 @@ def _vl_world(tmp_path, hidden: int, layers: int, side: int, n_pairs: int):
 
     tok = make_tokenizer()
     config = make_config(tok, hidden)
-    config.text_config.num_hidden_layers = layers
+    text = config.text_config  # wider and deeper; head_dim stays 16, which the tiny model's mrope_section fits
+    text.num_hidden_layers, text.layer_types = layers, ["full_attention"] * layers
+    text.num_attention_heads, text.intermediate_size = hidden // 16, 2 * hidden
     torch.manual_seed(0)
     base = write_tiny_vl(tmp_path / "vl-base", model=Qwen2_5_VLForConditionalGeneration(config), tokenizer=tok)
     lines = []

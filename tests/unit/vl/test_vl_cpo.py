@@ -85,6 +85,20 @@ def test_a_text_base_refuses_pairs_with_images(sample_world, vl_pairs, tmp_path)
                                      "is a text-only model; train a vision-language base on pairs with images"]
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("source_weights", {"image_swap": 0}, "an object of source name -> positive number"),
+    ("source_weights", ["image_swap"], "an object of source name -> positive number"),
+    ("max_pixels", 100, "null or an integer >= 784"),
+])
+def test_the_vl_fields_of_a_config_are_checked(tmp_path, field, value, expected):
+    from core.cpo import TrainConfig
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"base_model": "m", "data": "d", "output_dir": "o", field: value}))
+    with pytest.raises(InputError, match=f"run.json: field '{field}': expected {expected}"):
+        TrainConfig.load(path)
+
+
 # ---- the batch --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
