@@ -162,3 +162,30 @@ def test_a_vl_runs_examples_show_each_sides_image_beside_its_text(tmp_path, monk
     assert captions.count("Chosen side's image") == 1 and captions.count("Rejected side's image") == 1
     shown = " ".join(m.value for m in at.markdown)
     assert "visual pair: same chain of thought" in shown and "**Rejected:** \\<think\\>" in shown
+
+
+def test_the_launch_form_checks_pairs_with_images_on_a_vl_world(tmp_path, monkeypatch):
+    """On a vision-language world the pre-flight reads the pairs' images and tokenizes their prompts with the
+    image tokens; a missing image is named with its line and path, and nothing can be launched."""
+    import json
+
+    from tests.vl_pairs import write_vl_pairs
+    from tests.vl_world import make_vl_world
+
+    world = make_vl_world(tmp_path / "vl")
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
+    data = write_vl_pairs(tmp_path / "vl", tmp_path / "vl" / "pairs" / "train.jsonl", n=4)
+    at = page(world, tmp_path / "ws")
+    at.run()
+    at.selectbox(key="run_data").set_value("a TRL preference file").run()
+    at.text_input(key="run_file").input(str(data)).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Pre-flight: 4 pairs" in c.value for c in at.caption)
+    assert [b for b in at.button if b.key == "run_launch"]
+    broken = data.with_name("broken.jsonl")
+    rec = json.loads(data.read_text().splitlines()[0])
+    broken.write_text(json.dumps({**rec, "images": ["gone.jpg"]}) + "\n")
+    at.text_input(key="run_file").input(str(broken)).run()
+    assert not at.exception and any("line 1, images[0]: image not found" in e.value and "gone.jpg" in e.value
+                                    for e in at.error)
+    assert not [b for b in at.button if b.key == "run_launch"]

@@ -208,6 +208,16 @@ def test_a_vl_run_resumes_from_its_last_checkpoint(vl_world_root, vl_pairs, tmp_
     assert result.steps == 3 and steps == [1, 2, 3]
     vs = load_vl_series(cfg.base_model, cfg.output_dir, device="cpu", base_names=[HUB_ID])
     assert vs.names == ["base", "checkpoint-1", "checkpoint-2", "checkpoint-3"] and vs.shared_vision
+    from core.images import ImageRef
+    from core.vision import encode_vl
+    from core.vl_series import score_vl_series
+
+    pair = read_pairs(vl_pairs)[0]  # the drift views score the run's checkpoints with the study's image
+    encs = encode_vl(vs.processor, [{"id": "p1", "prompt": pair["prompt"], "completion": pair["chosen"],
+                                     "image_refs": [ImageRef(Path(p), "pair 1") for p in pair["images"]]}])
+    df = score_vl_series(vs, encs)
+    per_checkpoint = df.groupby("checkpoint", sort=False)["logprob"].sum()
+    assert list(per_checkpoint.index) == vs.names and per_checkpoint.nunique() == 4  # every step moved the model
 
 
 @pytest.mark.slow
