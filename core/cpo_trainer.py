@@ -15,6 +15,11 @@ Three objectives share one forward pass of the policy over ``[chosen; rejected]`
   authors' CPO++ trainer.
 - ``sft``: the NLL of the chosen completion only (the paper's SFT baseline).
 
+On a vision-language base the batch also carries ``pixel_values`` / ``image_grid_thw`` (chosen rows' images,
+then rejected rows': a visual pair's rejected side is encoded with its own image) and ``mm_token_type_ids``,
+from which Qwen2.5-VL computes its 3-D rotary positions (``VLPreferenceCollator``); the policy and the
+reference forward both get them.
+
 Rewards follow each objective's paper: ``beta * log pi`` for cpo and sft, ``beta * (log pi - log pi_ref)``
 for cpo++. Per-source ``loss/<source>`` and ``accuracy/<source>`` are logged next to TRL's metrics.
 """
