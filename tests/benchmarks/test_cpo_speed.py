@@ -173,10 +173,11 @@ def test_vl_cpo_step_vs_plain_trl_dpo_step(tmp_path, size):
     The plain trainer is TRL's DPOTrainer with its own vision collator (processor, pixel_values, mm_token_type_ids)."""
     from core import cpo_vl
 
-    base, data = _vl_world(tmp_path, hidden=size(512, 64), layers=size(8, 2), side=size(448, 96),
-                           n_pairs=size(64, 12))
-    cfg = TrainConfig(base_model=str(base), data=str(data), output_dir=str(tmp_path / "out"), max_steps=size(8, 3),
-                      save_steps=10**6, logging_steps=10**6, batch_size=4, learning_rate=1e-4, max_length=1024)
+    side = size(448, 96)
+    base, data = _vl_world(tmp_path, hidden=size(384, 64), layers=size(4, 2), side=side, n_pairs=size(32, 12))
+    cfg = TrainConfig(base_model=str(base), data=str(data), output_dir=str(tmp_path / "out"), max_steps=size(6, 3),
+                      save_steps=10**6, logging_steps=10**6, batch_size=4, learning_rate=1e-4, max_length=1024,
+                      max_pixels=side * side)  # the whole image: (side / 28)^2 image tokens
     proc = cpo_vl.processor(cfg)
     pre = preflight(cfg, proc)
     assert not pre.errors, pre.errors
@@ -185,8 +186,12 @@ def test_vl_cpo_step_vs_plain_trl_dpo_step(tmp_path, size):
         for kind in times:
             times[kind].append(statistics.median(_run_vl(kind, cfg, proc, pre).times[1:]))
     m = {k: statistics.median(v) for k, v in times.items()}
+    from core.vision import IMAGE_PAD
+
+    pad = proc.token_id(IMAGE_PAD)
+    image_tokens = statistics.mean(e["prompt_ids"].count(pad) for e in pre.encoded)
     tokens = statistics.mean(len(e["prompt_ids"]) for e in pre.encoded)
-    print(f"\nVL median step, {'cuda' if torch.cuda.is_available() else 'cpu'}, batch 4 pairs, one "
-          f"{size(448, 96)}px image each (~{tokens:.0f} prompt tokens), LoRA r=8 on the LM{size.header()}:")
+    print(f"\nVL median step, {'cuda' if torch.cuda.is_available() else 'cpu'}, batch 4 pairs, one {side}x{side} "
+          f"image each ({image_tokens:.0f} image tokens, {tokens:.0f} prompt tokens), LoRA r=8 on the LM{size.header()}:")
     for kind, s in m.items():
         print(f"  {kind:6s} {1000 * s:8.1f} ms   ratio to plain TRL DPOTrainer (vision collator): {s / m['dpo']:.2f}x")
