@@ -112,6 +112,13 @@ def batch_of(trainer, rows):
     return trainer.data_collator([trainer.train_dataset[i] for i in rows])
 
 
+def row_pixels(batch) -> list[torch.Tensor]:
+    """Each row image's patches, from the batch's distinct images and ``image_index``."""
+    sizes = batch["distinct_grid_thw"].prod(-1).tolist()
+    distinct = batch["pixel_values"].split(sizes)
+    return [distinct[i] for i in batch["image_index"].tolist()]
+
+
 def test_a_visual_pairs_rejected_side_gets_its_own_pixels(vl_trainer, vl_world_root):
     from core.images import ImageRef, load_image
     from core.vision import IMAGE_PAD
@@ -121,7 +128,10 @@ def test_a_visual_pairs_rejected_side_gets_its_own_pixels(vl_trainer, vl_world_r
     images = world_images(vl_world_root)
     expected = [images[0], images[1], images[0], images[2]]  # chosen rows' images, then rejected rows'
     pixels, grids = proc.pixels([load_image(ImageRef(p, "test")) for p in expected])
-    assert torch.equal(batch["image_grid_thw"], grids) and torch.equal(batch["pixel_values"], pixels)
+    assert torch.equal(batch["image_grid_thw"], grids)
+    assert torch.equal(torch.cat(row_pixels(batch)), pixels)  # the rejected visual row: its own image's pixels
+    assert batch["image_index"].tolist() == [0, 1, 0, 2]  # the text pair's image is encoded once for both rows
+    assert batch["pixel_values"].shape[0] == int(grids[:3].prod(-1).sum())
     assert not torch.equal(grids[1], grids[3])  # another image size: the rejected row has its own token count
     pad = proc.token_id(IMAGE_PAD)
     counts = (batch["input_ids"] == pad).sum(1).tolist()
@@ -132,22 +142,24 @@ def test_a_visual_pairs_rejected_side_gets_its_own_pixels(vl_trainer, vl_world_r
 
 
 def test_the_runs_logps_are_the_models_own_with_images_and_3d_positions(vl_trainer):
-    """Each row's summed log-probs in the padded batch (the model computes Qwen's 3-D rotary positions from
-    input_ids, mm_token_type_ids and image_grid_thw) equal a forward of that row alone."""
+    """Each row's summed log-probs in the padded batch (image features computed once per distinct image; the
+    model computes Qwen's 3-D rotary positions from input_ids, mm_token_type_ids and image_grid_thw) equal a
+    plain forward of that row alone with its own pixels."""
+    from core.cpo_trainer import image_inputs
+
     model = vl_trainer.model.eval()
-    batch = {k: v for k, v in batch_of(vl_trainer, [0, 1]).items()}
+    batch = batch_of(vl_trainer, [0, 1])
     mask = batch["completion_mask"][..., 1:].float()
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     with torch.no_grad():
-        batched = (vl_trainer._sequence_logps(model, batch, labels, mask.size(1)) * mask).sum(1)
-    patches = (batch["image_grid_thw"].prod(-1)).tolist()
-    starts = [0] + list(torch.tensor(patches).cumsum(0).tolist())
+        batched = (vl_trainer._sequence_logps(model, batch, labels, mask.size(1), image_inputs(model, batch))
+                   * mask).sum(1)
+    pixels = row_pixels(batch)
     for row in range(4):
         n = int(batch["attention_mask"][row].sum())
         ids = batch["input_ids"][row: row + 1, :n]
         with torch.no_grad():
-            logits = model(input_ids=ids, pixel_values=batch["pixel_values"][starts[row]: starts[row + 1]],
-                           image_grid_thw=batch["image_grid_thw"][row: row + 1],
+            logits = model(input_ids=ids, pixel_values=pixels[row], image_grid_thw=batch["image_grid_thw"][row: row + 1],
                            mm_token_type_ids=batch["mm_token_type_ids"][row: row + 1, :n]).logits[0].float()
         comp = batch["completion_mask"][row, :n].bool()
         targets = torch.nonzero(comp).squeeze(-1)
@@ -282,8 +294,8 @@ def test_same_image_pairs_batch_as_trls_own_vision_collator_does(vl_trainer, vl_
     records = [read_pairs(vl_pairs)[i] for i in rows]
     ours = batch_of(vl_trainer, rows)
     trl = DataCollatorForVisionPreference(image_only_processor(proc))(trl_vision_rows(proc, records))
-    for key in ("pixel_values", "image_grid_thw"):
-        assert torch.equal(ours[key], trl[key]), key
+    assert torch.equal(ours["image_grid_thw"], trl["image_grid_thw"])
+    assert torch.equal(torch.cat(row_pixels(ours)), trl["pixel_values"])  # TRL repeats each image per side
     for r in range(4):
         keep_ours, keep_trl = ours["attention_mask"][r].bool(), trl["attention_mask"][r].bool()
         for key in ("input_ids", "completion_mask", "mm_token_type_ids"):
