@@ -182,6 +182,18 @@ def test_the_launch_form_checks_pairs_with_images_on_a_vl_world(tmp_path, monkey
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("Pre-flight: 4 pairs" in c.value for c in at.caption)
     assert [b for b in at.button if b.key == "run_launch"]
+    at.number_input(key="run_visual_weight").set_value(2.5).run()  # the visual pairs' own CPO++ weight
+    launch = at.button(key="run_launch").click().run()
+    assert not launch.exception
+    from core import runs
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    (run,) = runs.list_runs(ws.store)
+    assert run.config["source_weights"] == {"image_swap": 2.5}
+    runs.cancel(ws, run.id)  # the form is what is tested here, not the run
+    _wait(lambda: runs.refresh(ws, run.id).status != "running", 120)
+    ws.store.close()
     broken = data.with_name("broken.jsonl")
     rec = json.loads(data.read_text().splitlines()[0])
     broken.write_text(json.dumps({**rec, "images": ["gone.jpg"]}) + "\n")
@@ -189,3 +201,10 @@ def test_the_launch_form_checks_pairs_with_images_on_a_vl_world(tmp_path, monkey
     assert not at.exception and any("line 1, images[0]: image not found" in e.value and "gone.jpg" in e.value
                                     for e in at.error)
     assert not [b for b in at.button if b.key == "run_launch"]
+
+
+def _wait(cond, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
