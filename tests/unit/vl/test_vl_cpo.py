@@ -300,3 +300,29 @@ def test_same_image_pairs_batch_as_trls_own_vision_collator_does(vl_trainer, vl_
         keep_ours, keep_trl = ours["attention_mask"][r].bool(), trl["attention_mask"][r].bool()
         for key in ("input_ids", "completion_mask", "mm_token_type_ids"):
             assert ours[key][r][keep_ours].tolist() == trl[key][r][keep_trl].tolist(), (key, r)
+
+
+def test_a_pair_with_two_images_batches_each_row_with_both(vl_world_root, tmp_path):
+    """A prompt with a prior and a current study: two <image> per row, both images per side in order, the
+    visual pair's rejected side with its own two; token counts follow each row's own grids."""
+    from core.cpo import build_trainer
+    from core.vision import IMAGE_PAD
+
+    images = [str(p) for p in world_images(vl_world_root)]
+    recs = [{"prompt": "Prior <image> and current <image>. Disease?", "chosen": cot("Edema"),
+             "rejected": cot("Pneumonia"), "images": images[:2]},
+            {"prompt": "Prior <image> and current <image>. Disease?", "chosen": cot("Edema"),
+             "rejected": cot("Edema"), "images": images[:2], "rejected_images": [images[0], images[2]],
+             "source": "image_swap"}]
+    data = tmp_path / "two.jsonl"
+    data.write_text("\n".join(map(json.dumps, recs)) + "\n")
+    trainer = build_trainer(config(vl_world_root, data, tmp_path / "run", batch_size=2))
+    batch = batch_of(trainer, [0, 1])
+    assert batch["image_index"].tolist() == [0, 1, 0, 1, 0, 1, 0, 2]  # rows: c0, c1, r0, r1 (two images each)
+    proc = trainer.data_collator.processor
+    per_image = [proc.n_tokens(g) for g in batch["image_grid_thw"]]
+    counts = (batch["input_ids"] == proc.token_id(IMAGE_PAD)).sum(1).tolist()
+    assert counts == [per_image[0] + per_image[1], per_image[2] + per_image[3], per_image[4] + per_image[5],
+                      per_image[6] + per_image[7]]
+    trainer.train()
+    assert trainer.state.global_step == 1
