@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from core.errors import InputError
-from core.images import ImageRef, load_image
+from core.images import ImageRef, check_image, load_image
 from core.vision import VisionConfig, VLProcessor, load_processor
 
 
@@ -51,9 +51,34 @@ def image_grids(proc: VLProcessor, paths: list[str], memo: dict[str, torch.Tenso
     """The (t, h, w) patch grid of each image, as the image processor resizes it.  -> (n_images, 3)"""
     for p in paths:
         if p not in memo:
-            image = load_image(ImageRef(Path(p), f"pair image {p}"), proc.cfg.limits)
-            memo[p] = proc.pixels([image])[1]  # (1, 3)
+            memo[p] = _grid(proc, ImageRef(Path(p), f"pair image {p}"))
     return torch.cat([memo[p] for p in paths]) if paths else torch.zeros((0, 3), dtype=torch.long)
+
+
+def _grid(proc: VLProcessor, ref: ImageRef) -> torch.Tensor:
+    """One image's grid from its size alone (the header; pre-flight over thousands of X-rays decodes none),
+    by the resize rule of Qwen's image processor (``smart_resize``, as its ``get_number_of_image_patches``
+    does); an image processor without that rule processes the image.  -> (1, 3)"""
+    import sys
+
+    ip = proc.image_processor
+    resize = getattr(sys.modules.get(type(ip).__module__), "smart_resize", None)
+    least, most = (_edge(getattr(ip, "size", None), k) for k in ("shortest_edge", "longest_edge"))
+    if resize is None or not getattr(ip, "do_resize", True) or least is None or most is None:
+        return proc.pixels([load_image(ref, proc.cfg.limits)])[1]
+    width, height = check_image(ref, proc.cfg.limits)
+    patch = ip.patch_size
+    h, w = resize(height, width, patch * ip.merge_size, min_pixels=least, max_pixels=most)
+    return torch.tensor([[1, h // patch, w // patch]])
+
+
+def _edge(size, key: str) -> int | None:
+    """``size[key]`` of an image processor's size (a dict or transformers' SizeDict), None when unset."""
+    try:
+        value = size[key]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return int(value) if value is not None else None
 
 
 def encode_pairs(proc: VLProcessor, pairs: list[dict]) -> list[dict]:

@@ -326,3 +326,23 @@ def test_a_pair_with_two_images_batches_each_row_with_both(vl_world_root, tmp_pa
                       per_image[6] + per_image[7]]
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("max_pixels", [None, 28 * 28 * 4, 448 * 448])
+def test_grids_from_image_sizes_equal_the_processors(vl_world_root, tmp_path, max_pixels):
+    """Pre-flight computes each image's grid from its header (no decoding); the same grid as processing it."""
+    from core.cpo_vl import _grid, processor
+    from core.images import ImageRef, load_image
+    from core.sample.tinyvl import synthetic_xray
+
+    cfg = config(vl_world_root, tmp_path / "unused.jsonl", tmp_path, max_pixels=max_pixels)
+    proc = processor(cfg)
+    paths = list(world_images(vl_world_root))
+    for i, (h, w) in enumerate([(30, 500), (500, 31), (1000, 700), (57, 57), (2000, 1500)]):
+        paths.append(tmp_path / f"{i}.png")
+        synthetic_xray(h, w, i).save(paths[-1])
+    reference = processor(cfg)
+    proc.pixels = None  # the grid comes from the header: nothing is decoded or processed
+    for path in paths:
+        ref = ImageRef(path, "test")
+        assert torch.equal(_grid(proc, ref), reference.pixels([load_image(ref)])[1]), path
