@@ -151,7 +151,8 @@ class TrainResult:
 
 def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
     """The paper's "DPO with random negatives": each rejected becomes the chosen of a random other pair with
-    another label (from ``label``, else the chosen's answer), drawn with ``seed``."""
+    another label (from ``label``, else the chosen's answer), drawn with ``seed``; read under the pair's own
+    images (a random *text* negative: a visual pair's counterfactual image is not kept)."""
     from core.counterfactual import answer_of
 
     rng = random.Random(seed)
@@ -159,7 +160,8 @@ def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
     others = {lab: [j for j, other in enumerate(labels) if other != lab] for lab in dict.fromkeys(labels)}  # per label
     if len(others) < 2:
         raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
-    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"]} for p, lab in zip(pairs, labels, strict=True)]
+    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"], "rejected_images": list(p.get("images", []))}
+            for p, lab in zip(pairs, labels, strict=True)]
 
 
 def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:

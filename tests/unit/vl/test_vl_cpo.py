@@ -346,3 +346,12 @@ def test_grids_from_image_sizes_equal_the_processors(vl_world_root, tmp_path, ma
     for path in paths:
         ref = ImageRef(path, "test")
         assert torch.equal(_grid(proc, ref), reference.pixels([load_image(ref)])[1]), path
+
+
+def test_random_negatives_on_pairs_with_images_are_text_negatives_under_the_pairs_own_image(vl_pairs):
+    from core.cpo import random_negatives
+
+    pairs = read_pairs(vl_pairs)
+    out = random_negatives(pairs, seed=0)
+    assert all(p["rejected_images"] == p["images"] == q["images"] for p, q in zip(out, pairs, strict=True))
+    assert all(p["rejected"] != p["chosen"] for p in out) and not any(is_visual(p) for p in out)
