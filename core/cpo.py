@@ -13,6 +13,10 @@ A run folder holds ``config.json`` (this TrainConfig), ``metrics.jsonl`` (one ob
 ``checkpoint-N/`` (adapter + trainer_state.json + optimizer, as HF Trainer writes them) and ``adapter/``.
 The objectives live in ``core.cpo_trainer``; data is TRL preference JSONL (prompt, chosen, rejected,
 optional source and weight), tokenized in the sample world's format: BOS + prompt, " " + completion + EOS.
+A vision-language base (``core.vision.is_vl_folder``) trains the same objectives on pairs with images
+(``core.cpo_vl``: chat-templated prompts with their image tokens, LoRA on the language model only, the vision
+tower frozen); ``source_weights`` gives a source its own CPO++ weight, e.g. ``{"image_swap": 0.5}`` for the
+visual pairs (same CoT, counterfactual image).
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class TrainConfig:
     resume: bool = False  # continue from the last checkpoint-N in output_dir
     base_names: list[str] = field(default_factory=list)  # names of the base in adapter configs
     gradient_checkpointing: bool = False  # trade compute for memory on large models
+    source_weights: dict[str, float] = field(default_factory=dict)  # per-source pair weight (cpo++), replacing
+    # the pairs file's ``weight`` of that source, e.g. {"image_swap": 0.5} for the visual pairs
+    min_pixels: int | None = None  # vision-language bases: the image processor's limits (None: the checkpoint's)
+    max_pixels: int | None = None  # (the authors: MAX_PIXELS=1003520)
 
     def __post_init__(self) -> None:
         checks = [("objective", self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
@@ -82,6 +90,13 @@ class TrainConfig:
         for name in ("base_model", "data", "output_dir"):
             checks.append((name, isinstance(getattr(self, name), str) and getattr(self, name).strip() != "",
                            "a non-empty path"))
+        checks.append(("source_weights", isinstance(self.source_weights, dict) and all(
+            isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+            for k, w in self.source_weights.items()), "an object of source name -> positive number"))
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            checks.append((name, value is None or (isinstance(value, int) and not isinstance(value, bool)
+                                                   and value >= 28 * 28), f"null or an integer >= {28 * 28}"))
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"field {name!r}: expected {expected}, got {getattr(self, name)!r}")
@@ -136,7 +151,8 @@ class TrainResult:
 
 def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
     """The paper's "DPO with random negatives": each rejected becomes the chosen of a random other pair with
-    another label (from ``label``, else the chosen's answer), drawn with ``seed``."""
+    another label (from ``label``, else the chosen's answer), drawn with ``seed``; read under the pair's own
+    images (a random *text* negative: a visual pair's counterfactual image is not kept)."""
     from core.counterfactual import answer_of
 
     rng = random.Random(seed)
@@ -144,7 +160,8 @@ def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
     others = {lab: [j for j, other in enumerate(labels) if other != lab] for lab in dict.fromkeys(labels)}  # per label
     if len(others) < 2:
         raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
-    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"]} for p, lab in zip(pairs, labels, strict=True)]
+    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"], "rejected_images": list(p.get("images", []))}
+            for p, lab in zip(pairs, labels, strict=True)]
 
 
 def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:
@@ -207,21 +224,59 @@ def balance_warnings(pairs: list[dict]) -> list[str]:
     return out
 
 
-def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
-    """Check the data before the first step: empty, identical chosen/rejected, lengths against max_length."""
+def is_vl(cfg: TrainConfig) -> bool:
+    """Whether the run trains a vision-language base (``core.cpo_vl``)."""
+    from core.vision import is_vl_folder
+
+    return is_vl_folder(cfg.base_model)
+
+
+def processing(cfg: TrainConfig):
+    """What encodes the run's pairs: the VL processor (``core.vision.VLProcessor``) or the tokenizer."""
     from core.series import load_tokenizer
 
+    if is_vl(cfg):
+        from core.cpo_vl import processor
+
+        return processor(cfg)
+    return load_tokenizer(cfg.base_model)
+
+
+def _row_length(e: dict) -> int:
+    """The longer of a pair's two rows (a VL pair's sides may have prompts of different lengths)."""
+    return max(len(e["prompt_ids"]) + len(e["chosen_ids"]),
+               len(e.get("rejected_prompt_ids", e["prompt_ids"])) + len(e["rejected_ids"]))
+
+
+def _encode(cfg: TrainConfig, proc, pairs: list[dict]) -> tuple[list[dict], list[str]]:
+    """Each pair's ids (``tokenize`` or, on a VL base, ``core.cpo_vl.encode_pairs``) and what refuses the run."""
+    if is_vl(cfg):
+        from core.cpo_vl import encode_pairs, prompt_errors
+
+        enc = encode_pairs(proc, pairs)
+        return enc, prompt_errors(enc, cfg.max_length)
+    with_images = next((i for i, p in enumerate(pairs) if p.get("images")), None)
+    if with_images is not None:
+        return [], [f"{cfg.data}: pair {with_images + 1} has images but the base model {cfg.base_model} is a "
+                    "text-only model; train a vision-language base on pairs with images"]
+    return tokenize(proc, pairs), []
+
+
+def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
+    """Check the data before the first step: empty, identical chosen/rejected, lengths against max_length,
+    images (each named when missing or unreadable; on a text base, pairs with images are refused)."""
     pairs = _pairs_of(cfg)
     if not pairs:
         return Preflight(0, [], [], [], [f"{cfg.data}: no preference pairs (empty dataset)"])
-    tok = tokenizer or load_tokenizer(cfg.base_model)
-    enc = tokenize(tok, pairs)
-    identical = [i for i, p in enumerate(pairs) if p["chosen"].strip() == p["rejected"].strip()]
-    truncated = [i for i, e in enumerate(enc)
-                 if len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) > cfg.max_length]
-    warnings, errors = [], []
+    enc, errors = _encode(cfg, tokenizer or processing(cfg), pairs)
+    if errors:
+        return Preflight(len(pairs), [], [], [], errors)
+    identical = [i for i, p in enumerate(pairs)
+                 if p["chosen"].strip() == p["rejected"].strip() and p.get("images") == p.get("rejected_images")]
+    truncated = [i for i, e in enumerate(enc) if _row_length(e) > cfg.max_length]
+    warnings = []
     if truncated:
-        longest = max(len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in enc)
+        longest = max(_row_length(e) for e in enc)
         warnings.append(f"{len(truncated)} of {len(pairs)} pairs exceed max_length {cfg.max_length} tokens "
                         f"(longest {longest}; first: pair {truncated[0] + 1}): their reasoning or answer is cut")
     if identical:
@@ -252,7 +307,7 @@ def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
         pre = preflight(cfg, tok)
     dropped = set(pre.identical)
     kept = [(p, e) for i, (p, e) in enumerate(zip(pre.records, pre.encoded, strict=True)) if i not in dropped]
-    weights = normalise_weights([p["weight"] for p, _ in kept])
+    weights = normalise_weights([cfg.source_weights.get(p["source"], p["weight"]) for p, _ in kept])
     source_idx = {s: i for i, s in enumerate(pre.sources)}
     return Dataset.from_list([{**e, "weight": w, "source_idx": source_idx[p["source"]]}
                               for (p, e), w in zip(kept, weights, strict=True)])
@@ -278,17 +333,21 @@ def lora_config(cfg: TrainConfig):
                       task_type="CAUSAL_LM")
 
 
-def _load_init_adapter(model, path: str) -> None:
-    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets)."""
+def _load_init_adapter(model, path: str, vl: bool = False) -> None:
+    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets); a VL
+    adapter saved in the old module layout (ms-swift on transformers < 4.52) is mapped to today's names."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
+
+    from core.cpo_vl import modern_keys
 
     weights = Path(path) / "adapter_model.safetensors"
     if not weights.is_file():
         raise InputError(f"{path}: init_adapter has no adapter_model.safetensors")
     r = model.peft_config["default"].r
     try:
-        result = set_peft_model_state_dict(model, load_file(weights))
+        state = load_file(weights)
+        result = set_peft_model_state_dict(model, modern_keys(state) if vl else state)
     except RuntimeError as e:  # shapes differ: another r, or an adapter of another base
         detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
         raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): {detail[:200]}") from None
@@ -325,31 +384,46 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=Non
     """The CPOTrainer for ``cfg``, its LoRA adapter initialised (from ``init_adapter`` when given)."""
     import torch
 
-    from core.cpo_trainer import CPOTrainer, WeightedPreferenceCollator
-    from core.series import load_tokenizer
+    from core.cpo_trainer import CPOTrainer
 
     cuda = torch.cuda.is_available()
-    tok = tokenizer or load_tokenizer(cfg.base_model)
+    tok = tokenizer or processing(cfg)
     pre = pre or preflight(cfg, tok)
     args = dpo_args(cfg, cuda)
-    trainer = CPOTrainer(model=load_base(cfg, cuda), args=args, train_dataset=tokenized_dataset(cfg, tok, pre),
-                         processing_class=tok, peft_config=lora_config(cfg), callbacks=callbacks or [],
-                         data_collator=WeightedPreferenceCollator(pad_token_id=tok.pad_token_id or 0,
-                                                                  max_length=cfg.max_length),
-                         objective=cfg.objective, cpo_alpha=cfg.cpo_alpha, sources=pre.sources)
+    model, peft, collator, text_tok = _parts(cfg, tok, cuda)
+    trainer = CPOTrainer(model=model, args=args, train_dataset=tokenized_dataset(cfg, tok, pre),
+                         processing_class=text_tok, peft_config=peft, callbacks=callbacks or [],
+                         data_collator=collator, objective=cfg.objective, cpo_alpha=cfg.cpo_alpha,
+                         sources=pre.sources)
     if cfg.init_adapter:
-        _load_init_adapter(trainer.model, cfg.init_adapter)
+        _load_init_adapter(trainer.model, cfg.init_adapter, is_vl(cfg))
     trainer.model.peft_config["default"].base_model_name_or_path = _base_name(cfg)
     return trainer
+
+
+def _parts(cfg: TrainConfig, proc, cuda: bool):
+    """(model, LoRA config, collator, tokenizer) of a text or vision-language run. TRL gets the tokenizer in
+    both cases: the VL batches come from our collator (TRL 1.16's vision collator gives both sides the same
+    images and needs the full processor, which needs torchvision)."""
+    from core.cpo_trainer import VLPreferenceCollator, WeightedPreferenceCollator
+
+    if is_vl(cfg):
+        from core import cpo_vl
+
+        model = cpo_vl.load_base(cfg, cuda)
+        tok = proc.tokenizer
+        collator = VLPreferenceCollator(proc, pad_token_id=tok.pad_token_id or 0, max_length=cfg.max_length)
+        return model, cpo_vl.lora_config(cfg, model), collator, tok
+    collator = WeightedPreferenceCollator(pad_token_id=proc.pad_token_id or 0, max_length=cfg.max_length)
+    return load_base(cfg, cuda), lora_config(cfg), collator, proc
 
 
 def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None = None,
           should_cancel: Callable[[], bool] | None = None) -> TrainResult:
     """Run ``cfg`` into ``cfg.output_dir``; a cancel saves the adapter and returns with ``cancelled=True``."""
     from core.cpo_callbacks import CancelCallback, MetricsCallback, ProgressCallback
-    from core.series import load_tokenizer
 
-    tok = load_tokenizer(cfg.base_model)
+    tok = processing(cfg)
     pre = preflight(cfg, tok)
     if pre.errors:
         raise InputError("; ".join(pre.errors))

@@ -15,6 +15,11 @@ Three objectives share one forward pass of the policy over ``[chosen; rejected]`
   authors' CPO++ trainer.
 - ``sft``: the NLL of the chosen completion only (the paper's SFT baseline).
 
+On a vision-language base the batch also carries ``pixel_values`` / ``image_grid_thw`` (chosen rows' images,
+then rejected rows': a visual pair's rejected side is encoded with its own image) and ``mm_token_type_ids``,
+from which Qwen2.5-VL computes its 3-D rotary positions (``VLPreferenceCollator``); the policy and the
+reference forward both get them.
+
 Rewards follow each objective's paper: ``beta * log pi`` for cpo and sft, ``beta * (log pi - log pi_ref)``
 for cpo++. Per-source ``loss/<source>`` and ``accuracy/<source>`` are logged next to TRL's metrics.
 """
@@ -125,6 +130,83 @@ class WeightedPreferenceCollator(DataCollatorForPreference):
         return out
 
 
+@dataclass
+class VLPreferenceCollator:
+    """Pairs with images (``core.cpo_vl.encode_pairs`` rows) into TRL's ``[chosen; rejected]`` batch layout,
+    right-padded, with the model's image inputs:
+
+    - ``image_grid_thw``: the grid of every row's images, chosen rows first, then rejected rows (a visual
+      pair's rejected side has its own image, and so its own grid and image-token count);
+    - ``pixel_values`` / ``distinct_grid_thw``: the patches and grids of the batch's *distinct* images, and
+      ``image_index``: which distinct image each row image is. A same-image pair's two rows share one image,
+      so the (frozen) vision tower encodes it once (``CPOTrainer``), not twice as TRL's vision collator does;
+    - ``mm_token_type_ids`` (1 on image tokens), from which Qwen2.5-VL computes its 3-D rotary positions.
+
+    Only completions are cut at ``max_length``: a cut prompt would cut an image (pre-flight refuses those)."""
+
+    processor: object  # core.vision.VLProcessor
+    pad_token_id: int = 0
+    max_length: int | None = None
+
+    def __call__(self, examples: list[dict]) -> dict:
+        from core.vision import IMAGE_PAD
+
+        rows = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
+        rows += [(e["rejected_prompt_ids"], e["rejected_ids"]) for e in examples]
+        ids, mask, comp = self._pad(rows)
+        out = {"input_ids": ids, "attention_mask": mask, "completion_mask": comp,
+               "mm_token_type_ids": (ids == self.processor.token_id(IMAGE_PAD)).long(),  # (2B, T)
+               "weight": torch.tensor([float(e.get("weight", 1.0)) for e in examples]),  # (B,)
+               "source_idx": torch.tensor([int(e.get("source_idx", 0)) for e in examples])}  # (B,)
+        paths = [p for e in examples for p in e["image_paths"]]
+        paths += [p for e in examples for p in e["rejected_image_paths"]]
+        if paths:
+            distinct = list(dict.fromkeys(paths))
+            out["pixel_values"], out["distinct_grid_thw"] = self._pixels(distinct)
+            out["image_index"] = torch.tensor([distinct.index(p) for p in paths])  # (row images,)
+            out["image_grid_thw"] = out["distinct_grid_thw"][out["image_index"]]  # (row images, 3)
+        return out
+
+    def _pad(self, rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cut = [(p, c[: max(0, self.max_length - len(p))] if self.max_length else c) for p, c in rows]
+        width = max(len(p) + len(c) for p, c in cut)
+        ids = torch.full((len(cut), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(cut), width), dtype=torch.long)
+        comp = torch.zeros((len(cut), width), dtype=torch.long)
+        for b, (p, c) in enumerate(cut):
+            ids[b, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[b, : len(p) + len(c)] = 1
+            comp[b, len(p): len(p) + len(c)] = 1
+        return ids, mask, comp
+
+    def _pixels(self, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches and grids of the given images, in order.  -> (patches, D), (n_images, 3)"""
+        from pathlib import Path
+
+        from core.images import ImageRef, load_image
+
+        proc = self.processor
+        return proc.pixels([load_image(ImageRef(Path(p), f"pair image {p}"), proc.cfg.limits) for p in paths])
+
+
+def image_inputs(model, inputs: dict) -> dict:
+    """The image part of a VL batch as the model takes it: each row image's features (the vision tower run
+    once over the distinct images, without gradients: it is frozen, and LoRA sits on the language model only),
+    the grids and image-token types its 3-D positions come from. ``{}`` for a text batch."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from core.vision import vl_core
+
+    if "image_index" not in inputs:
+        return {k: inputs[k] for k in ("mm_token_type_ids",) if k in inputs}
+    with torch.no_grad():
+        distinct = vl_core(model).get_image_features(inputs["pixel_values"], inputs["distinct_grid_thw"],
+                                                     return_dict=True).pooler_output  # per distinct image
+    per_row = tuple(distinct[i] for i in inputs["image_index"].tolist())
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_row)},
+            "image_grid_thw": inputs["image_grid_thw"], "mm_token_type_ids": inputs["mm_token_type_ids"]}
+
+
 class CPOTrainer(DPOTrainer):
     """DPOTrainer with the workbench's objectives, pair weights and per-source metrics (see the module)."""
 
@@ -143,23 +225,26 @@ class CPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, "weight", "source_idx"]))
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, "weight", "source_idx",
+                                                      "rejected_prompt_ids", "image_paths", "rejected_image_paths"]))
 
-    def _sequence_logps(self, model, inputs: dict, labels: torch.Tensor, seq_len: int) -> torch.Tensor:
+    def _sequence_logps(self, model, inputs: dict, labels: torch.Tensor, seq_len: int,
+                        images: dict | None = None) -> torch.Tensor:
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-                    use_cache=False, fused_lm_head=True)
+                    use_cache=False, fused_lm_head=True, **(images or {}))  # images: image_inputs(...)
         return out.log_probs[:, -seq_len:]  # (2B, T-1), 0 where the label is -100
 
     def _compute_loss(self, model, inputs, return_outputs=False):
         mode = "train" if self.model.training else "eval"
         mask = inputs["completion_mask"][..., 1:].float()  # (2B, T-1): which next tokens are completion tokens
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)  # (2B, T)
-        per_token = self._sequence_logps(model, inputs, labels, mask.size(1)) * mask  # (2B, T-1)
+        images = image_inputs(self.accelerator.unwrap_model(model), inputs)  # once for policy and reference
+        per_token = self._sequence_logps(model, inputs, labels, mask.size(1), images) * mask  # (2B, T-1)
         chosen, rejected = per_token.sum(1).chunk(2)  # (B,), (B,)
         nll = chosen_nll(per_token.chunk(2)[0], mask.chunk(2)[0])
         if self.objective == "cpo++":
             with torch.no_grad(), self.accelerator.unwrap_model(self.model).disable_adapter():
-                ref = (self._sequence_logps(model, inputs, labels, mask.size(1)) * mask).sum(1)
+                ref = (self._sequence_logps(model, inputs, labels, mask.size(1), images) * mask).sum(1)
             ref_chosen, ref_rejected = ref.chunk(2)
             losses = dpo_losses(chosen, rejected, ref_chosen, ref_rejected, self.beta)
             r_chosen, r_rejected = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)

@@ -297,6 +297,26 @@ def metrics(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def examples(run: Run, n: int = 3, scan: int = 200) -> list[dict]:
+    """A few pairs the run trains on (``core.pairs.read_pair``: texts, source, images as absolute paths), the
+    first of each source first, so a visual pair (``image_swap``) shows when the data has any. Reads the first
+    ``scan`` records only: the page shows them on every refresh while the run goes on."""
+    from itertools import islice
+
+    from core.pairs import read_pair
+    from core.trajectories import json_lines
+
+    path = Path(run.data)
+    if not path.is_file():
+        raise InputError(f"{path}: the run's preference data file is gone")
+    pairs = [read_pair(rec, f"{path}, line {line}", path, line) for line, rec in islice(json_lines(path), scan)]
+    firsts = {}
+    for i, pair in enumerate(pairs):
+        firsts.setdefault(pair["source"], i)
+    order = sorted(firsts.values()) + [i for i in range(len(pairs)) if i not in firsts.values()]
+    return [pairs[i] for i in order[:n]]
+
+
 def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
     """Finished runs side by side on the held-out sets, with the starting checkpoint's recorded row first
     (left out when a run was evaluated on part of the sets only: the figures would not compare)."""
@@ -332,12 +352,17 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
-    own figures); None when the world has no held-out set (the run still finishes and joins the series)."""
+    own figures); None when the world has no held-out set or is a vision-language world (the run still
+    finishes and joins the series)."""
     from core.evaluation import evaluate_model, held_out
     from core.series import load_model, load_tokenizer
     from core.world import load_world
 
+    from core.vision import is_vl_folder
+
     world = load_world(world_path)
+    if is_vl_folder(world.base_model_dir):  # held-out evaluation decodes text only; a VL run joins the series
+        return None                       # unevaluated (its drift is scored with images by the analysis)
     held = held_out(world, limit)
     if held is None:
         return None

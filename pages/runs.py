@@ -83,6 +83,14 @@ with ui.controls("Launch a run", expanded=True):
         seed = c5.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="run_seed")
         eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
                                      key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
+        visual_weight = 0.0
+        from core.vision import is_vl_folder
+
+        if world and is_vl_folder(world.base_model_dir):
+            visual_weight = st.number_input(
+                "CPO++ weight of the visual pairs (source image_swap; 0 = as the pairs file says)", 0.0, 100.0, 0.0,
+                key="run_visual_weight", help="visual pairs keep the chain of thought and swap the study's image on "
+                                              "the rejected side; weights are normalised to mean one over all pairs")
     if st.session_state.pop(state.RUN_NAME_FRESH, False) or not st.session_state.get(state.RUN_NAME):
         st.session_state[state.RUN_NAME] = fresh_name(objective)  # set before the widget: the field shows it
     name = st.text_input("Run name", key=state.RUN_NAME)
@@ -100,7 +108,8 @@ with ui.controls("Launch a run", expanded=True):
                 objective=objective, negatives=negatives, max_steps=int(max_steps), learning_rate=float(lr),
                 batch_size=int(batch), max_length=int(max_length), beta=float(beta), cpo_alpha=float(cpo_alpha),
                 lora_r=int(lora_r), lora_alpha=int(lora_alpha), seed=int(seed),
-                base_names=[world.manifest.get("base_model_name", "")])
+                base_names=[world.manifest.get("base_model_name", "")],
+                source_weights={"image_swap": float(visual_weight)} if visual_weight > 0 else {})
             check = resources.preflight(cfg)
             st.caption(f"Pre-flight: {check.pairs} pairs · {len(check.truncated)} whose reasoning max length would "
                        f"cut · {len(check.identical)} with identical chosen and rejected")
@@ -171,10 +180,41 @@ def runs_panel() -> None:
             st.warning(f"This run left the model worse than its start ({start}) on the held-out sets: "
                        + "; ".join(worse) + ". Check the pre-flight warnings (tiny or unbalanced data?), the learning "
                        "rate and the number of steps.", icon=":material/trending_down:")
+    with st.expander("Examples: what the run trains on"):
+        examples(run)
     with st.expander("Log", expanded=run.status == "failed"):
         st.code(job.log_tail(25) if job else "(no job)", language="text")
     with st.expander("Config"):
         st.json(run.config)
+
+
+def examples(run) -> None:
+    """A few of the run's pairs: the study's image beside the chosen and rejected texts; a visual pair
+    (same CoT, counterfactual image) shows each side with its own image."""
+    from core.pairs import is_visual
+
+    try:
+        pairs = runs.examples(run)
+    except InputError as e:
+        st.warning(inert(str(e)))
+        return
+    for i, pair in enumerate(pairs):
+        visual = is_visual(pair)
+        st.markdown(f"**Pair {i + 1}** · source `{inert(pair['source'])}`" + (" · visual pair: same chain of "
+                    "thought, the rejected side sees another image" if visual else ""))
+        st.caption(inert(pair["prompt"]))
+        if visual:
+            for column, side, title in zip(st.columns(2), ("chosen", "rejected"), ("Chosen", "Rejected"), strict=True):
+                with column:
+                    ui.images(pair["images" if side == "chosen" else "rejected_images"], f"{title} side's image")
+                    st.markdown(f"**{title}:** {inert(pair[side])}")
+            continue
+        picture, texts = st.columns([1, 2]) if pair["images"] else (None, st.container())
+        if picture is not None:
+            with picture:
+                ui.images(pair["images"], "the study's image")
+        texts.markdown(f"**Chosen:** {inert(pair['chosen'])}")
+        texts.markdown(f"**Rejected:** {inert(pair['rejected'])}")
 
 
 st.subheader("Runs")

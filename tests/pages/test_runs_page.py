@@ -129,3 +129,82 @@ def test_a_run_worse_than_its_start_says_so(sample_world, tmp_path):
     warned = [w.value for w in at.warning if "worse than its start" in w.value]
     assert warned and "checkpoint-160" in warned[0] and "accuracy 0.527 < 0.587" in warned[0]
     assert "flip rate" not in warned[0]  # 0.05 is better than the start's 0.104
+
+
+@pytest.mark.slow
+def test_a_vl_runs_examples_show_each_sides_image_beside_its_text(tmp_path, monkeypatch):
+    """A run on a vision-language world: its examples show the study's X-ray beside the chosen and rejected
+    texts, and a visual pair (same CoT, another image) shows each side with its own image."""
+    from core import runs
+    from core.cpo import TrainConfig
+    from core.workspace import Workspace
+    from tests.vl_pairs import write_vl_pairs
+    from tests.vl_world import HUB_ID, make_vl_world
+
+    world = make_vl_world(tmp_path / "vl")
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
+    data = write_vl_pairs(tmp_path / "vl", tmp_path / "vl" / "pairs" / "train.jsonl", n=4)
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = TrainConfig(base_model=str(tmp_path / "vl" / "Qwen2.5-VL-tiny"), data=str(data), output_dir="unused",
+                      max_steps=1, batch_size=2, base_names=[HUB_ID])
+    run = runs.launch(ws, cfg, "vl-run", world=world)
+    deadline = time.monotonic() + 120
+    while (run := runs.refresh(ws, run.id)).status == "running":
+        assert time.monotonic() < deadline, run.job_handle().log_tail()
+        time.sleep(0.5)
+    assert run.status == "done", run.error
+    ws.store.close()
+    at = page(world, tmp_path / "ws")
+    at.run()
+    assert not at.exception
+    captions = [img.proto.imgs[0].caption for img in at.get("image")]
+    assert captions.count("the study's image") == 2  # the two text pairs: one image beside both texts
+    assert captions.count("Chosen side's image") == 1 and captions.count("Rejected side's image") == 1
+    shown = " ".join(m.value for m in at.markdown)
+    assert "visual pair: same chain of thought" in shown and "**Rejected:** \\<think\\>" in shown
+
+
+def test_the_launch_form_checks_pairs_with_images_on_a_vl_world(tmp_path, monkeypatch):
+    """On a vision-language world the pre-flight reads the pairs' images and tokenizes their prompts with the
+    image tokens; a missing image is named with its line and path, and nothing can be launched."""
+    import json
+
+    from tests.vl_pairs import write_vl_pairs
+    from tests.vl_world import make_vl_world
+
+    world = make_vl_world(tmp_path / "vl")
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
+    data = write_vl_pairs(tmp_path / "vl", tmp_path / "vl" / "pairs" / "train.jsonl", n=4)
+    at = page(world, tmp_path / "ws")
+    at.run()
+    at.selectbox(key="run_data").set_value("a TRL preference file").run()
+    at.text_input(key="run_file").input(str(data)).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Pre-flight: 4 pairs" in c.value for c in at.caption)
+    assert [b for b in at.button if b.key == "run_launch"]
+    at.number_input(key="run_visual_weight").set_value(2.5).run()  # the visual pairs' own CPO++ weight
+    launch = at.button(key="run_launch").click().run()
+    assert not launch.exception
+    from core import runs
+    from core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    (run,) = runs.list_runs(ws.store)
+    assert run.config["source_weights"] == {"image_swap": 2.5}
+    runs.cancel(ws, run.id)  # the form is what is tested here, not the run
+    _wait(lambda: runs.refresh(ws, run.id).status != "running", 120)
+    ws.store.close()
+    broken = data.with_name("broken.jsonl")
+    rec = json.loads(data.read_text().splitlines()[0])
+    broken.write_text(json.dumps({**rec, "images": ["gone.jpg"]}) + "\n")
+    at.text_input(key="run_file").input(str(broken)).run()
+    assert not at.exception and any("line 1, images[0]: image not found" in e.value and "gone.jpg" in e.value
+                                    for e in at.error)
+    assert not [b for b in at.button if b.key == "run_launch"]
+
+
+def _wait(cond, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
