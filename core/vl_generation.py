@@ -93,3 +93,15 @@ def greedy_records(model, proc: VLProcessor, records: list[dict], max_new_tokens
                    chat_template: bool | None = None) -> list[str]:
     """``greedy_vl`` of workbench trajectory records (prompt, chat, images)."""
     return greedy_vl(model, proc, encode_records(proc, records, chat_template), max_new_tokens, batch_size)
+
+
+def encode_for(series, records: list[dict], chat_template: bool = True) -> list:
+    """``records`` as ``series`` reads them: a text series through its tokenizer
+    (``core.trajectories.encode``), a vision-language one (it has a ``processor``) with each record's images,
+    so that nothing that probes or scores a VL world silently drops its X-rays."""
+    proc = getattr(series, "processor", None)
+    if proc is None:
+        from core.trajectories import encode
+
+        return encode(series.tokenizer, records, chat_template=chat_template)
+    return encode_records(proc, records, chat_template)
