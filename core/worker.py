@@ -148,9 +148,10 @@ def perturb(cfg: AnalysisConfig | None, find: str, replace: str, mode: str, out:
         try:
             progress(0, 1, "loading the checkpoint series")
             series = load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
-                                 base_names=cfg.base_names)
+                                 base_names=cfg.base_names, vision=cfg.vision)  # a VL base: the pixel limits
             df = perturbation_test(series, records, find, replace, labels, mode=mode, progress=progress,
-                                   should_cancel=should_cancel, chat_template=cfg.chat_template)
+                                   should_cancel=should_cancel, chat_template=cfg.chat_template,
+                                   template=cfg.template)  # the analysis's answer template, as its probe
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: perturbation cancelled; nothing written", file=sys.stderr)
             return CANCELLED

@@ -88,7 +88,7 @@ with single:
             try:
                 series = get_series()
                 result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode,
-                                                   chat_template=cfg.chat_template)
+                                                   chat_template=cfg.chat_template, template=cfg.template)
             except InputError as e:
                 st.error(str(e))
                 result = None

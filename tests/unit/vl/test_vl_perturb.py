@@ -97,3 +97,25 @@ def test_held_out_synonym_twins_keep_their_source_images(world):
         assert twin["images"] == source["images"] and twin["prompt"] != source["prompt"]
         assert twin["chat"][-1]["content"] == twin["prompt"]  # the conversation the chat template renders
     assert synonym_twins(held.records, concepts.load_graph(w.graph_path)) == held.perturbed
+
+
+def test_the_perturb_job_reads_images_at_the_analysis_pixel_limits(cfg, records, tmp_path):
+    """``core.worker perturb`` on a VL analysis: the series is loaded with the analysis's pixel limits and
+    the rows equal ``perturbation_test`` on that series (images read, the analysis's answer template)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from core import worker
+
+    small = dataclasses.replace(cfg, max_pixels=28 * 28 * 4)  # fewer image tokens than the default
+    out = tmp_path / "swap.parquet"
+    assert worker.perturb(small, FIND, REPLACE, "probe", out) == 0
+    got = pd.read_parquet(out)
+    series = load_series(small.base, small.checkpoints, device="cpu", vision=small.vision)
+    (enc,) = encode_for(series, records[:1])
+    default = load_series(cfg.base, cfg.checkpoints, device="cpu")
+    assert len(enc.input_ids) < len(encode_for(default, records[:1])[0].input_ids)
+    expected = perturb.perturbation_test(series, records, FIND, REPLACE, LABELS, mode="probe",
+                                         template=small.template)
+    assert got["gold_after"].tolist() == pytest.approx(expected["gold_after"].tolist(), abs=1e-5)
