@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.answers import DEFAULT, AnswerFormat
+from core.errors import InputError
 
 
 @dataclass
@@ -67,6 +68,9 @@ def answers(model, tokenizer, records: list[dict], fmt: AnswerFormat = DEFAULT, 
 
     if not records:
         return []
+    if processor is None and (with_images := next((r for r in records if r.get("images")), None)):
+        raise InputError(f"held-out study {with_images.get('id')}: has images but the model is decoded as text; "
+                         "expected a vision-language model and its processor (processor=)")
     tokenizer = processor.tokenizer if processor is not None else tokenizer
     if max_new_tokens is None:  # room for the longest reference completion, and a little more
         longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in records)
