@@ -20,7 +20,7 @@ import dataclasses
 
 import torch
 
-from core.vision import IMAGE_PAD, VLEncoded, VLProcessor, encode_vl
+from core.vision import IMAGE_PAD, VISION_END, VISION_START, VLEncoded, VLProcessor, encode_vl
 
 
 @dataclasses.dataclass
@@ -56,6 +56,13 @@ def prompt_batch(encs: list[VLEncoded], proc: VLProcessor, device: str | torch.d
                        torch.cat(grids).to(device) if grids else None)
 
 
+def vision_tokens(proc: VLProcessor) -> list[int]:
+    """Ids of the vision tokens: never generated (a generated image token would have no image features
+    behind it; a trained model does not write them, an under-trained one might)."""
+    vocab = proc.tokenizer.get_vocab()
+    return [vocab[t] for t in (VISION_START, IMAGE_PAD, VISION_END, "<|video_pad|>") if t in vocab]
+
+
 def _pad_id(proc: VLProcessor) -> int:
     tok = proc.tokenizer
     return next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
@@ -73,7 +80,8 @@ def greedy_vl(model, proc: VLProcessor, encs: list[VLEncoded], max_new_tokens: i
     for i in range(0, len(encs), batch_size):
         batch = prompt_batch(encs[i: i + batch_size], proc, device)
         gen = model.generate(**batch.kwargs(), do_sample=False, max_new_tokens=max_new_tokens,
-                             pad_token_id=_pad_id(proc), eos_token_id=tok.eos_token_id)
+                             pad_token_id=_pad_id(proc), eos_token_id=tok.eos_token_id,
+                             suppress_tokens=vision_tokens(proc))
         out += tok.batch_decode(gen[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
     return out
 

@@ -4,7 +4,7 @@ decodes each row's tokens exactly as decoding that row alone, under the base and
 import torch
 
 from core.vision import encode_vl
-from core.vl_generation import greedy_vl, prompt_batch
+from core.vl_generation import greedy_vl, prompt_batch, vision_tokens
 from tests.unit.vl.conftest import make_records
 
 
@@ -12,7 +12,7 @@ def _tokens(model, proc, encs, n):
     batch = prompt_batch(encs, proc)
     with torch.no_grad():
         gen = model.generate(**batch.kwargs(), do_sample=False, max_new_tokens=n, pad_token_id=0,
-                             eos_token_id=None)
+                             eos_token_id=None, suppress_tokens=vision_tokens(proc))
     return gen[:, batch.input_ids.shape[1]:]
 
 
@@ -28,6 +28,7 @@ def test_a_batch_decodes_each_row_as_alone(vl_series, images):
                 assert row.tolist() == ref.tolist(), name
             texts = greedy_vl(model, proc, encs, max_new_tokens=12, batch_size=2)
         assert texts == [proc.tokenizer.decode(t, skip_special_tokens=True) for t in alone]
+        assert not set(vision_tokens(proc)) & {t for row in together.tolist() for t in row}
 
 
 def test_the_image_is_seen(vl_series, images, tmp_path):
