@@ -63,3 +63,14 @@ def test_a_vl_checkpoint_is_evaluated_like_a_text_one(world, held, model_and_pro
     expected = figures(held.records, pred(held.records), held.perturbed, pred(held.perturbed))
     assert {k: out[k] for k in expected} == expected
     json.dumps(out)  # evaluation.json
+
+
+def test_workbench_evaluate_records_a_vl_world_s_figures(world, capsys):
+    """``workbench evaluate --world`` on a VL world: one JSON row per checkpoint, recorded as metrics.json
+    (the Home page's table and the runs page's 'before' row)."""
+    from workbench.cli import _main
+
+    assert _main(["evaluate", "--world", str(world), "--checkpoint", "checkpoint-4", "--limit", "2", "--record"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["checkpoint"] for r in rows] == ["checkpoint-4"] and rows[0]["studies"] == 2
+    assert "flip_rate" in rows[0] and load_world(world).metrics()[0]["flip_rate"] == rows[0]["flip_rate"]
