@@ -10,7 +10,8 @@ world's plug-in (``core.world.World.plugin``) may add its own figures through ``
     # {"accuracy": .., "perturbed_accuracy": .., "flip_rate": .., "malformed": .., "per_category": {...}, ...}
 
 Answers come from greedy decoding of the whole completion (chat template for conversations), read with
-the world's answer format (``core.answers``); an answer that does not parse counts as malformed (and wrong).
+the world's answer format; a vision-language model decodes each study with its images
+(``processor=``, ``core.vl_generation``) (``core.answers``); an answer that does not parse counts as malformed (and wrong).
 flip rate = share of twins whose answer differs from their source's answer (the paper's perturbation test).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.answers import DEFAULT, AnswerFormat
+from core.errors import InputError
 
 
 @dataclass
@@ -30,7 +32,8 @@ class HeldOut:
 
 def synonym_twins(records: list[dict], graph) -> list[dict]:
     """For each record, its twin with the first finding named in the prompt swapped for that finding's next
-    synonym in the concept graph (records naming no finding with a synonym have no twin)."""
+    synonym in the concept graph (records naming no finding with a synonym have no twin). A twin keeps its
+    source's ``images``: a vision-language study is re-asked about the same X-ray."""
     from core import concepts
     from core.perturb import replace_span
 
@@ -57,19 +60,33 @@ def _swap_chat(rec: dict, find: str, replace: str) -> list[dict] | None:
 
 
 def answers(model, tokenizer, records: list[dict], fmt: AnswerFormat = DEFAULT, batch_size: int = 64,
-            max_new_tokens: int | None = None) -> list[str | None]:
+            max_new_tokens: int | None = None, processor=None) -> list[str | None]:
     """Greedy-decode each record's completion from its prompt (chat template for a conversation) and read the
-    answer; None where it does not parse."""
+    answer; None where it does not parse. With a ``processor`` (``core.vision.VLProcessor``) the model is a
+    vision-language one and each record is decoded with its ``images``."""
     from core.generation import greedy_completions
 
     if not records:
         return []
+    if processor is None and (with_images := next((r for r in records if r.get("images")), None)):
+        raise InputError(f"held-out study {with_images.get('id')}: has images but the model is decoded as text; "
+                         "expected a vision-language model and its processor (processor=)")
+    tokenizer = processor.tokenizer if processor is not None else tokenizer
     if max_new_tokens is None:  # room for the longest reference completion, and a little more
         longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in records)
         max_new_tokens = min(4096, int(longest * 1.25) + 8)
-    texts = greedy_completions(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, batch_size,
-                               model.device.type, chats=[r.get("chat") for r in records])
+    if processor is not None:
+        from core.vl_generation import greedy_records
+
+        # images make rows heavy (patches, and image tokens in every row): smaller batches than text
+        texts = greedy_records(model, processor, records, max_new_tokens, min(batch_size, VL_BATCH))
+    else:
+        texts = greedy_completions(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, batch_size,
+                                   model.device.type, chats=[r.get("chat") for r in records])
     return [fmt.parse(t) for t in texts]
+
+
+VL_BATCH = 16  # most rows per greedy batch of a vision-language model
 
 
 def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] | None = None,
@@ -94,11 +111,12 @@ def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] 
 
 
 def evaluate_model(model, tokenizer, held: HeldOut, fmt: AnswerFormat = DEFAULT, plugin=None,
-                   batch_size: int = 64) -> dict:
+                   batch_size: int = 64, processor=None) -> dict:
     """``figures`` of ``model`` on ``held``, plus the plug-in's ``extra_metrics`` (e.g. the sample world's
-    shortcut share) computed from the same answers."""
-    preds = answers(model, tokenizer, held.records, fmt, batch_size)
-    preds_p = answers(model, tokenizer, held.perturbed, fmt, batch_size)
+    shortcut share) computed from the same answers. ``processor``: a vision-language model's
+    (``core.vision.VLProcessor``): every study, and its perturbed twin, is decoded with its images."""
+    preds = answers(model, tokenizer, held.records, fmt, batch_size, processor=processor)
+    preds_p = answers(model, tokenizer, held.perturbed, fmt, batch_size, processor=processor)
     out = figures(held.records, preds, held.perturbed, preds_p)
     extra = getattr(plugin, "extra_metrics", None)
     if extra is not None:

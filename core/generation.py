@@ -1,4 +1,7 @@
-"""Batched greedy decoding of completions from prompts (left-padded), shared by evaluation and perturbation tests."""
+"""Batched greedy decoding of completions from prompts (left-padded), shared by evaluation and perturbation tests.
+
+Text models only: a vision-language model decodes with its images through ``core.vl_generation``.
+"""
 
 from __future__ import annotations
 

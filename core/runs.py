@@ -348,31 +348,40 @@ def worse_than_start(evaluation: dict | None, before: dict | None, margin: float
     return out
 
 
-def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None) -> dict | None:
+def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None,
+                     vision=None) -> dict | None:
     """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
-    own figures); None when the world has no held-out set or is a vision-language world (the run still
-    finishes and joins the series)."""
+    own figures); None when the world has no held-out set. A vision-language world's model decodes each
+    study with its images (``vision``: a ``core.vision.VisionConfig`` with the pixel limits; None: the
+    checkpoint's own)."""
     from core.evaluation import evaluate_model, held_out
-    from core.series import load_model, load_tokenizer
     from core.world import load_world
 
-    from core.vision import is_vl_folder
-
     world = load_world(world_path)
-    if is_vl_folder(world.base_model_dir):  # held-out evaluation decodes text only; a VL run joins the series
-        return None                       # unevaluated (its drift is scored with images by the analysis)
     held = held_out(world, limit)
     if held is None:
         return None
     full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
-    model = load_model(adapter if full else world.base_model_dir)  # a full checkpoint (e.g. -merged) as it is
+    model, tokenizer, processor = _eval_model(world.base_model_dir, adapter if full else None, vision)
     if adapter and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()  # merged: plain speed
-    return evaluate_model(model, load_tokenizer(world.base_model_dir), held, world.answer_format, world.plugin)
+    return evaluate_model(model, tokenizer, held, world.answer_format, world.plugin, processor=processor)
+
+
+def _eval_model(base: Path, full: str | Path | None, vision):
+    """(model, tokenizer, processor or None): a full checkpoint (e.g. -merged) as it is, else the base; a
+    vision-language base with its processor (tokenizer and image processor from the base folder)."""
+    from core.series import load_model, load_tokenizer
+    from core.vision import is_vl_folder, load_processor, load_vl_model
+
+    if not is_vl_folder(base):
+        return load_model(full or base), load_tokenizer(base), None
+    proc = load_processor(base, vision)
+    return load_vl_model(full or base), proc.tokenizer, proc
 
 
 def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:

@@ -148,9 +148,10 @@ def perturb(cfg: AnalysisConfig | None, find: str, replace: str, mode: str, out:
         try:
             progress(0, 1, "loading the checkpoint series")
             series = load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
-                                 base_names=cfg.base_names)
+                                 base_names=cfg.base_names, vision=cfg.vision)  # a VL base: the pixel limits
             df = perturbation_test(series, records, find, replace, labels, mode=mode, progress=progress,
-                                   should_cancel=should_cancel, chat_template=cfg.chat_template)
+                                   should_cancel=should_cancel, chat_template=cfg.chat_template,
+                                   template=cfg.template)  # the analysis's answer template, as its probe
         except (KeyboardInterrupt, Cancelled):
             print("\nworkbench: perturbation cancelled; nothing written", file=sys.stderr)
             return CANCELLED
@@ -231,7 +232,7 @@ def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: 
         return CANCELLED
     if evaluate:  # the held-out figures the runs page compares (core.runs)
         progress(1, 1, "evaluating on the held-out sets")
-        evaluation = runs.evaluate_adapter(evaluate, result.adapter_dir, evaluate_limit)
+        evaluation = runs.evaluate_adapter(evaluate, result.adapter_dir, evaluate_limit, _vision(cfg, evaluate))
         if evaluation is None:
             print(f"workbench: {evaluate} has no held-out set (world.json: evaluation); not evaluated")
             return 0
@@ -241,6 +242,19 @@ def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: 
         print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
               + f" (in {path})")
     return 0
+
+
+def _vision(cfg: TrainConfig, world: str | Path):
+    """The run's pixel limits for evaluating a vision-language world (None for a text world): a VL run is
+    evaluated on its held-out X-rays at the resolution it was trained at."""
+    from core.vision import is_vl_folder
+    from core.world import load_world
+
+    if not is_vl_folder(load_world(world).base_model_dir):
+        return None
+    from core.cpo_vl import vision_config
+
+    return vision_config(cfg)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -59,7 +59,13 @@ with single:
                            format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
     st.session_state[state.TRAJECTORY] = traj_id
     record = by_id[traj_id]
-    st.text(f"{record['prompt']}\n{record['completion']}")
+    if record.get("images"):  # a VL study: the swap is probed and decoded with this X-ray
+        picture, text = st.columns([1, 2])
+        with picture:
+            ui.images(record["images"], traj_id)
+        text.text(f"{record['prompt']}\n{record['completion']}")
+    else:
+        st.text(f"{record['prompt']}\n{record['completion']}")
     options = perturb.swaps_in(record, graph) if graph is not None else []
     c1, c2, c3 = st.columns([3, 3, 2])
     if options:
@@ -82,7 +88,7 @@ with single:
             try:
                 series = get_series()
                 result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode,
-                                                   chat_template=cfg.chat_template)
+                                                   chat_template=cfg.chat_template, template=cfg.template)
             except InputError as e:
                 st.error(str(e))
                 result = None

@@ -61,8 +61,13 @@ def write_adapters(base: Path, run: Path, steps=(2, 4), hub_id: str = HUB_ID) ->
     return run
 
 
-def write_records(data_file: Path, images: list[Path], n: int) -> Path:
-    """``n`` ms-swift records, one image each (paths relative to the data file), labels cycling."""
+HISTORY = {"Pneumonia": "consolidation", "Cardiomegaly": "an enlarged heart", "Edema": "vascular congestion",
+           "Lung Opacity": "opacity"}  # a prior report's finding, named in a held-out prompt (synonym twins)
+
+
+def write_records(data_file: Path, images: list[Path], n: int, history: bool = False) -> Path:
+    """``n`` ms-swift records, one image each (paths relative to the data file), labels cycling; with
+    ``history`` each prompt starts with a prior report naming a finding (``HISTORY``)."""
     data_file.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
@@ -71,13 +76,17 @@ def write_records(data_file: Path, images: list[Path], n: int) -> Path:
         image = images[i % len(images)]
         lines.append(json.dumps({"id": f"study-{i:03d}", "label": label, "images": [
             str(Path("..") / image.relative_to(data_file.parent.parent))],
-            "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": cot}]}))
+            "messages": [{"role": "user", "content": (f"Prior report: {HISTORY[label]}. " if history else "") + QUESTION},
+                         {"role": "assistant", "content": cot}]}))
     data_file.write_text("\n".join(lines) + "\n")
     return data_file
 
 
-def make_vl_world(root: Path, n_records: int = 8, n_images: int = 6, name: str = "Tiny X-ray world") -> Path:
-    """A registered vision-language world under ``root`` (see the module docstring); returns its folder."""
+def make_vl_world(root: Path, n_records: int = 8, n_images: int = 6, name: str = "Tiny X-ray world",
+                  held_out: int = 0) -> Path:
+    """A registered vision-language world under ``root`` (see the module docstring); returns its folder.
+    ``held_out``: that many labelled held-out studies (``data/held_out.jsonl``, prompts naming a prior
+    finding, so the concept graph's synonyms make perturbed twins), registered as the world's held-out set."""
     from core.sample.tinyvl import write_tiny_vl
     from core.world import create_world
 
@@ -86,5 +95,7 @@ def make_vl_world(root: Path, n_records: int = 8, n_images: int = 6, name: str =
     images = write_images(root / "MIMIC-CXR", n_images)
     run = write_adapters(base, root / "output" / "v0-20261128")
     data = write_records(root / "data" / "test.jsonl", images, n_records)
-    world = create_world(root / "world", name, base, [run], [data], description="a tiny VL run made in a test")
+    held = write_records(root / "data" / "held_out.jsonl", images, held_out, history=True) if held_out else None
+    world = create_world(root / "world", name, base, [run], [data], held_out=held,
+                         description="a tiny VL run made in a test")
     return world.root

@@ -208,3 +208,40 @@ def _wait(cond, timeout: float) -> None:
     while not cond():
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+@pytest.mark.slow  # a real CPO step and evaluation job on the tiny VL model: ~18 s on 2 cores
+def test_a_vl_run_is_evaluated_on_its_held_out_x_rays_and_compared(tmp_path, monkeypatch):
+    """A CPO run on a vision-language world with a held-out set: the job evaluates the new adapter with each
+    study's X-ray (core.vl_generation), and the runs page shows its held-out figures and the comparison."""
+    import json
+
+    from core import runs
+    from core.cpo import TrainConfig
+    from core.workspace import Workspace
+    from tests.vl_pairs import write_vl_pairs
+    from tests.vl_world import HUB_ID, make_vl_world
+
+    world = make_vl_world(tmp_path / "vl", held_out=4)
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
+    data = write_vl_pairs(tmp_path / "vl", tmp_path / "vl" / "pairs" / "train.jsonl", n=4)
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = TrainConfig(base_model=str(tmp_path / "vl" / "Qwen2.5-VL-tiny"), data=str(data), output_dir="unused",
+                      max_steps=1, batch_size=2, base_names=[HUB_ID])
+    run = runs.launch(ws, cfg, "vl-eval-run", world=world)
+    _wait(lambda: runs.refresh(ws, run.id).status != "running", 180)
+    run = runs.refresh(ws, run.id)
+    assert run.status == "done", run.error
+    log = run.job_handle().log_tail(40)
+    assert "has no held-out set" not in log and "flip_rate" in log  # figures printed, not the old excuse
+    saved = json.loads((run.output_dir / runs.EVALUATION_FILE).read_text())
+    assert saved == run.evaluation and saved["studies"] == 4 and saved["perturbation"] == "graph synonyms"
+    ws.store.close()
+    at = page(world, tmp_path / "ws")
+    at.run()
+    assert not at.exception
+    assert any("On the held-out sets" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["vl-eval-run"] and 0 <= table.iloc[0]["accuracy"] <= 1
+    assert "flip_rate" in table.columns and "perturbed_accuracy" in table.columns
+    assert any(s.value == "Compare" for s in at.subheader)

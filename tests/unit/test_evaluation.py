@@ -51,3 +51,15 @@ def test_core_and_pages_name_no_sample_world_specifics():
     for path in [root / "core" / "runs.py", root / "pages" / "runs.py", root / "workbench" / "charts.py"]:
         text = path.read_text()
         assert "core.sample" not in text and "opacity_to" not in text and "lung opacity" not in text.lower(), path
+
+
+def test_studies_with_images_are_never_decoded_as_text_only():
+    """A held-out study with an X-ray decoded without the VL processor would silently lose its image: refused."""
+    import pytest
+
+    from core.errors import InputError
+    from core.evaluation import answers
+
+    recs = [{"id": "s1", "prompt": "<image> Disease?", "completion": "x", "label": "Edema", "images": ["/x.jpg"]}]
+    with pytest.raises(InputError, match="held-out study s1: has images"):
+        answers(object(), object(), recs)
