@@ -45,7 +45,7 @@ except InputError as e:
 
 def get_series():
     return resources.series(cfg.base, tuple(cfg.checkpoints) if isinstance(cfg.checkpoints, list) else cfg.checkpoints,
-                            cfg.device, cfg.dtype, tuple(cfg.base_names))
+                            cfg.device, cfg.dtype, tuple(cfg.base_names), (cfg.min_pixels, cfg.max_pixels, cfg.chat_template))
 
 
 branches = run_branches(cfg.checkpoints)  # CPO runs: drawn beside their start, not on the RFT step axis
