@@ -173,10 +173,10 @@ Built by `workbench build-sample --world multimodal` (seeded; {seconds:.0f} s wi
 | path | what |
 |---|---|
 | `data/images/*.jpg` | 112 x 112 synthetic chest films that show each study's findings (`core/sample/xray.py`) |
-| `data/test.jsonl` | {n_test} held-out studies (20 per label), ms-swift records: `messages`, `images` (relative), `label`, `findings` |
+| `data/test.jsonl` | {n_test} held-out studies (as many of each label), ms-swift records: `messages`, `images` (relative), `label`, `findings` |
 | `data/sft.jsonl` | {n_sft_shipped} of the {n_sft} SFT studies (the rest are redrawn from the seed; Pneumothorax and Fracture rare) |
 | `concept_graph.json` | the text world's graph: 14 CheXpert labels, their findings, `supports` / `excludes` edges |
-| `model/` | a tiny `Qwen2_5_VLForConditionalGeneration` (vision tower + 3-D rope language model), its byte-level BPE tokenizer with Qwen's special tokens and its image processor config; random init, then SFT to read the film and write the CoT |
+| `model/` | a tiny `Qwen2_5_VLForConditionalGeneration` (vision tower + 3-D rope language model), its byte-level BPE tokenizer with Qwen's special tokens and its image processor config (16 image tokens per film); random init, then SFT of the whole model to read the film and write the CoT (with a training-only findings loss on the vision tower's tokens, dropped afterwards) |
 | `rft/checkpoint-N/` | LoRA adapters (language model only) from on-policy RFT, with `trainer_state.json` |
 | `metrics.json`, `world.json` | the table below, and the manifest the workbench reads |
 

@@ -91,32 +91,89 @@ def sft_batch(proc: VLProcessor, images: list, completions: list[str]) -> dict[s
             **pixels}
 
 
-def sft(model, proc: VLProcessor, images: list, completions: list[str], *, epochs: int, batch_size: int, lr: float,
-        seed: int, progress: Callable[[int, int, float], None] | None = None) -> list[float]:
-    """Supervised fine-tuning of the whole model (vision tower included) on film -> CoT, AdamW with warm-up
-    and a cosine schedule; returns the losses."""
+class FindingsHead(torch.nn.Module):
+    """A training-only probe on the vision tower's merged image tokens: mean over an image's tokens, then one
+    logit per finding. Its loss (multi-label BCE against the film's findings) gives the randomly initialised
+    vision tower a direct signal, so that it learns to see small findings within the build's few hundred
+    steps; the head is dropped after SFT (the saved model is the plain Qwen2.5-VL)."""
+
+    def __init__(self, model, n_findings: int):
+        super().__init__()
+        self.tokens = None
+        self.linear = torch.nn.Linear(model.config.text_config.hidden_size, n_findings)
+        self.hook = model.model.visual.register_forward_hook(lambda mod, inp, out: setattr(self, "tokens", out.pooler_output))
+
+    def loss(self, n_images: int, targets: torch.Tensor) -> torch.Tensor:
+        pooled = self.tokens.view(n_images, -1, self.tokens.shape[-1]).mean(1)  # (n_images, H)
+        return torch.nn.functional.binary_cross_entropy_with_logits(self.linear(pooled), targets)
+
+
+def pretrain_vision(model, proc: VLProcessor, head: FindingsHead, images: list, targets: torch.Tensor, *,
+                    epochs: int, batch_size: int, lr: float, seed: int,
+                    progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+    """Train the vision tower alone (with ``head``) to tell which findings a film shows, on films of every label
+    alike: what a real VL model's pretrained vision encoder brings before its language model ever sees a CoT
+    (so the classes rare in the SFT CoTs are visible to the tower, and RFT has something to bring out)."""
     rng = random.Random(seed)
     order = list(range(len(images)))
     steps = epochs * math.ceil(len(order) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    model.train()
+    visual = model.model.visual
+    opt = torch.optim.AdamW(list(visual.parameters()) + list(head.parameters()), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    visual.train()
     losses: list[float] = []
     for _ in range(epochs):
         rng.shuffle(order)
         for i in range(0, len(order), batch_size):
             idx = order[i: i + batch_size]
-            loss = model(**sft_batch(proc, [images[k] for k in idx], [completions[k] for k in idx]),
-                         use_cache=False).loss
+            pixels = image_inputs(proc, [images[k] for k in idx])
+            visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"])  # the head's hook keeps the tokens
+            loss = head.loss(len(idx), targets[idx])
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad()
             losses.append(loss.item())
             if progress:
                 progress(len(losses), steps, losses[-1])
-    model.eval()
     return losses
+
+
+def sft(model, proc: VLProcessor, images: list, completions: list[str], *, epochs: int, batch_size: int, lr: float,
+        seed: int, head: FindingsHead | None = None, targets: torch.Tensor | None = None, aux_weight: float = 1.0,
+        progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+    """Supervised fine-tuning of the whole model (vision tower included) on film -> CoT, AdamW with warm-up
+    and a cosine schedule; with ``head`` and ``targets`` ((N, F) multi-hot findings per film) also the
+    ``FindingsHead`` loss. Returns the CoT losses."""
+    rng = random.Random(seed)
+    order = list(range(len(images)))
+    steps = epochs * math.ceil(len(order) / batch_size)
+    params = list(model.parameters()) + (list(head.parameters()) if head else [])
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    losses: list[float] = []
+    try:
+        for _ in range(epochs):
+            rng.shuffle(order)
+            for i in range(0, len(order), batch_size):
+                idx = order[i: i + batch_size]
+                losses.append(_sft_step(model, proc, opt, sched, head, [images[k] for k in idx],
+                                        [completions[k] for k in idx],
+                                        targets[idx] if head else None, aux_weight))
+                if progress:
+                    progress(len(losses), steps, losses[-1])
+    finally:
+        model.eval()
+    return losses
+
+
+def _sft_step(model, proc, opt, sched, head, images, completions, targets, aux_weight) -> float:
+    loss = model(**sft_batch(proc, images, completions), use_cache=False).loss
+    total = loss + aux_weight * head.loss(len(images), targets) if head else loss
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step(), sched.step(), opt.zero_grad()
+    return loss.item()
 
 
 @torch.no_grad()

@@ -47,6 +47,10 @@ VL_RATES: dict[str, dict[str, float]] = {
     "Fracture": {"rib fracture": 0.9, "callus": 0.4},
     "Support Devices": {"endotracheal tube": 0.6, "central line": 0.6, "pacemaker leads": 0.4},
 }
+# SFT class weights: Pneumothorax and Fracture are rare (as in the text world), so that the RFT stream, uniform
+# over the labels, has something to teach; rarer would leave a vision model that never says them at all.
+SFT_WEIGHTS: dict[str, float] = {d: (0.4 if d in spec.RARE_IN_SFT else 1.0) for d in spec.DISEASES}
+
 # Every drawn finding supports its diseases in the text world's graph too, so the CoT's readings are its readings.
 assert all(f in spec.FINDING_RATES[d] for d, r in VL_RATES.items() for f in r)
 assert set(VL_RATES) == set(spec.DISEASES) and {f for r in VL_RATES.values() for f in r} <= set(xray.DRAW)
@@ -115,3 +119,13 @@ def stream_batch(world_seed: int, size: int = xray.SIZE):
             r["image"] = decode(draw(r, size))
         return recs
     return batch
+
+
+def finding_targets(records: list[dict]):
+    """Multi-hot findings of each record over ``FINDING_ORDER``.  -> (N, F) float tensor"""
+    import torch
+
+    out = torch.zeros((len(records), len(FINDING_ORDER)))
+    for i, r in enumerate(records):
+        out[i, [FINDING_ORDER.index(f) for f in r["findings"]]] = 1.0
+    return out

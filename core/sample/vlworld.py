@@ -30,7 +30,6 @@ import torch
 from core import concepts
 from core.cache import swap_in_folder
 from core.sample import rft, tinyvl, vleval, vlmodel, vlspec
-from core.sample.generator import sft_weights
 from core.sample.graph import build_graph
 
 BASE_MODEL_NAME = "cxr-demo-tiny-qwen2.5-vl"
@@ -40,14 +39,17 @@ DEFAULT_OUT = Path(__file__).resolve().parents[2] / "sample_data" / "multimodal"
 @dataclass
 class VLBuildConfig:
     seed: int = 0
-    n_sft: int = 5000
+    n_sft: int = 4000
     n_test: int = 280  # 20 per label
     n_sft_shipped: int = 140  # SFT studies written with their films (the rest are redrawn from the seed)
+    n_vision: int = 3000  # films (every label alike) for the vision tower's pretraining on findings
+    vision_epochs: int = 4
     sft_epochs: int = 3
-    sft_batch_size: int = 32
-    sft_lr: float = 2e-3
+    sft_batch_size: int = 16
+    sft_lr: float = 3e-3
+    sft_aux_weight: float = 3.0  # the vision tower's findings loss during SFT (vlmodel.FindingsHead)
     rft: rft.RFTConfig = field(default_factory=lambda: rft.RFTConfig(
-        steps=150, prompts_per_step=12, group=4, lr=1e-3, max_new_tokens=40, save_every=30))
+        steps=150, prompts_per_step=12, group=4, lr=1e-3, max_new_tokens=48, save_every=30))
     lora_r: int = 8
     lora_alpha: int = 32
     hidden: int = 96
@@ -60,7 +62,7 @@ class VLBuildConfig:
     @classmethod
     def quick(cls) -> "VLBuildConfig":
         """A miniature world (seconds) with the same files and layout, for tests."""
-        return cls(n_sft=48, n_test=14, n_sft_shipped=6, sft_epochs=1, sft_batch_size=16, hidden=32,
+        return cls(n_sft=48, n_test=14, n_sft_shipped=6, n_vision=32, vision_epochs=1, sft_epochs=1, sft_batch_size=16, hidden=32,
                    vision_hidden=16, vocab_size=400,
                    rft=rft.RFTConfig(steps=4, prompts_per_step=3, group=2, max_new_tokens=8, save_every=2))
 
@@ -72,9 +74,10 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 def make_data(cfg: VLBuildConfig) -> dict[str, list[dict]]:
     rng = random.Random(cfg.seed)
-    sft = vlspec.studies(rng, cfg.n_sft, "sft", cfg.seed, sft_weights())
+    sft = vlspec.studies(rng, cfg.n_sft, "sft", cfg.seed, vlspec.SFT_WEIGHTS)
     test = vlspec.studies(rng, cfg.n_test, "test", cfg.seed, balanced=True)
-    return {"sft": sft, "test": test}
+    vision = vlspec.studies(rng, cfg.n_vision, "vision", cfg.seed, balanced=True)  # films only, every label alike
+    return {"sft": sft, "test": test, "vision": vision}
 
 
 def write_films(data_dir: Path, records: list[dict]) -> list[dict]:
@@ -120,14 +123,23 @@ def build(out: Path, cfg: VLBuildConfig, log: Callable[[str], None] = print) -> 
     proc = load_processor(tmp / "model")
     log(f"tokenizer: {len(tok)} tokens; model: {sum(p.numel() for p in model.parameters()):,} parameters")
 
+    head = vlmodel.FindingsHead(model, len(vlspec.FINDING_ORDER))
     t0 = time.time()
+    films = [vlspec.decode(vlspec.draw(r)) for r in data["vision"]]
+    log(f"films: {len(films)} drawn in {time.time() - t0:.0f} s")
+    vlmodel.pretrain_vision(model, proc, head, films, vlspec.finding_targets(data["vision"]), epochs=cfg.vision_epochs,
+                            batch_size=32, lr=cfg.sft_lr, seed=cfg.seed,
+                            progress=_every(100, lambda s, n, loss: log(f"vision step {s}/{n} findings loss {loss:.4f} "
+                                                                          f"({time.time() - started:.0f} s)")))
+    del films
     images = [vlspec.decode(vlspec.draw(r)) for r in data["sft"]]
-    log(f"films: {len(images)} drawn in {time.time() - t0:.0f} s")
     vlmodel.sft(model, proc, images, [vlspec.completion(r) for r in data["sft"]], epochs=cfg.sft_epochs,
-                batch_size=cfg.sft_batch_size, lr=cfg.sft_lr, seed=cfg.seed,
-                progress=_every(50, lambda s, n, loss: log(f"sft step {s}/{n} loss {loss:.4f} "
+                batch_size=cfg.sft_batch_size, lr=cfg.sft_lr, seed=cfg.seed, head=head,
+                targets=vlspec.finding_targets(data["sft"]), aux_weight=cfg.sft_aux_weight,
+                progress=_every(100, lambda s, n, loss: log(f"sft step {s}/{n} loss {loss:.4f} "
                                                              f"({time.time() - started:.0f} s)")))
     del images
+    head.hook.remove()  # the head was for training only: the saved model is the plain Qwen2.5-VL
     tinyvl.write_tiny_vl(tmp / "model", model=model, tokenizer=tok)
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=lm_lora_targets(model),

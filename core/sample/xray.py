@@ -25,10 +25,10 @@ REGIONS: dict[str, str] = {
     "clear lungs": "-", "normal heart size": "-",
     "opacity": "a round soft blob in one zone of one lung",
     "hazy density": "a faint veil over most of one lung",
-    "infiltrate": "a cluster of small patches in one lower zone",
-    "consolidation": "a dense, sharply bounded region in one mid/lower zone",
-    "nodule": "a small bright dot in one lung",
-    "mass": "a large bright sharply bounded round shadow in one lung",
+    "infiltrate": "many small patches scattered over one lower zone",
+    "consolidation": "a dense upper lobe, sharply bounded below by the fissure",
+    "nodule": "a small bright dot in the middle zone of one lung",
+    "mass": "a large bright sharply bounded round shadow in the upper zone of one lung",
     "perihilar haze": "haze around both hila (a bat-wing shape)",
     "kerley b lines": "short horizontal lines at both lung bases, laterally",
     "linear band": "a thin bright horizontal band across one lower zone",
@@ -40,8 +40,8 @@ REGIONS: dict[str, str] = {
     "blunted costophrenic angle": "fluid filling one costophrenic angle",
     "meniscus sign": "a fluid level with a meniscus curving up laterally at one lung base",
     "pleural thickening": "a bright band along the lateral wall of one lung",
-    "rib fracture": "a break with a step in one lateral rib",
-    "callus": "a bright lump on one rib",
+    "rib fracture": "a break with a step in the third lateral rib of one side",
+    "callus": "a bright lump on the fourth lateral rib of one side",
     "endotracheal tube": "a bright vertical tube in the trachea",
     "central line": "a bright line from the right neck into the mediastinum",
     "pacemaker leads": "a bright device at the upper left chest with wires to the heart",
@@ -101,19 +101,20 @@ class Film:
         img = 25 + 85 * body
         for side in self.lungs:
             mask = self.lung_mask(side)
-            markings = _smooth_noise(self.base_rng, self.y.shape, 3) * 10 * np.exp(-((self.x - self.cx) / 0.25) ** 2)
+            markings = _smooth_noise(self.base_rng, self.y.shape, 4) * 5 * np.exp(-((self.x - self.cx) / 0.25) ** 2)
             img = np.where(mask, 40 + markings + 8 * np.exp(-((self.y - 0.5) / 0.2) ** 2), img)
         for k in range(6):  # ribs: faint arcs across both lungs
             yr = 0.25 + 0.085 * k
             arc = np.exp(-((self.y - yr - 0.06 * ((self.x - self.cx) / 0.35) ** 2) / 0.012) ** 2)
-            img += 14 * arc * (self.lung_mask("right") | self.lung_mask("left"))
-        img += 110 * self.blob(0.45, self.cx, 0.4, self.medi_w, sharp=8)  # mediastinum and spine
+            img += 7 * arc * (self.lung_mask("right") | self.lung_mask("left"))
+        img += 70 * self.blob(0.45, self.cx, 0.4, self.medi_w, sharp=8)  # mediastinum and spine
+        img -= 30 * self.blob(0.17, self.cx, 0.12, 0.018, sharp=8)  # the trachea's air column
         return img
 
     def heart(self) -> np.ndarray:
         return 95 * self.blob(0.66, self.cx + 0.03, 0.11, self.heart_w, sharp=8)
 
-    def render(self, noise: float = 5.0) -> np.ndarray:
+    def render(self, noise: float = 4.0) -> np.ndarray:
         img = self.anatomy() + self.heart() + self.overlay
         img += noise * self.base_rng.standard_normal(img.shape)
         return np.clip(img, 0, 255)
@@ -136,8 +137,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
 
 def _opacity(f: Film) -> None:
     cy, cx = f.zone(f.side(), f.rng.choice(["upper", "middle", "lower"]))
-    r = f.rng.uniform(0.07, 0.09)
-    f.overlay += 70 * f.blob(cy, cx, r, r)
+    r = f.rng.uniform(0.08, 0.1)
+    f.overlay += 60 * f.blob(cy, cx, r, r)
 
 
 def _hazy(f: Film) -> None:
@@ -146,26 +147,29 @@ def _hazy(f: Film) -> None:
 
 
 def _infiltrate(f: Film) -> None:
-    cy, cx = f.zone(f.side(), "lower")
-    for _ in range(5):
-        r = f.rng.uniform(0.018, 0.03)
-        f.overlay += 45 * f.blob(cy + f.rng.uniform(-0.06, 0.06), cx + f.rng.uniform(-0.05, 0.05), r, r)
+    side = f.side()
+    cy, cx = f.zone(side, "lower")
+    for _ in range(9):
+        r = f.rng.uniform(0.028, 0.038)
+        f.overlay += 75 * f.blob(cy + f.rng.uniform(-0.1, 0.08), cx + f.rng.uniform(-0.08, 0.08), r, r, sharp=6) \
+            * f.lung_mask(side)
 
 
 def _consolidation(f: Film) -> None:
-    side = f.side()
-    cy, cx = f.zone(side, f.rng.choice(["middle", "lower"]))
-    f.overlay += 70 * f.blob(cy, cx, 0.07, 0.09, sharp=14) * f.lung_mask(side)
+    side = f.side()  # a dense upper lobe, sharply bounded below by the fissure
+    g = f.lungs[side]
+    fissure = g["cy"] - 0.08 + f.rng.uniform(-0.03, 0.03)
+    f.overlay += 80 * (f.y < fissure) * f.lung_mask(side)
 
 
 def _nodule(f: Film) -> None:
-    cy, cx = f.zone(f.side(), f.rng.choice(["upper", "middle", "lower"]))
-    f.overlay += 90 * f.blob(cy, cx, 0.022, 0.022, sharp=10)
+    cy, cx = f.zone(f.side(), "middle")
+    f.overlay += 120 * f.blob(cy, cx, 0.04, 0.04, sharp=10)
 
 
 def _mass(f: Film) -> None:
-    cy, cx = f.zone(f.side(), f.rng.choice(["upper", "middle"]))
-    f.overlay += 85 * f.blob(cy, cx, 0.065, 0.065, sharp=12)
+    cy, cx = f.zone(f.side(), "upper")
+    f.overlay += 120 * f.blob(cy, cx, 0.1, 0.1, sharp=12)
 
 
 def _perihilar(f: Film) -> None:
@@ -179,13 +183,13 @@ def _kerley(f: Film) -> None:
         x_out = g["cx"] + lat * g["rx"] * 0.85
         for k in range(3):
             y = f.dome[side] - 0.1 - 0.035 * k
-            f.overlay += 60 * f.line(y, x_out, y, x_out - lat * 0.05, 0.006)
+            f.overlay += 90 * f.line(y, x_out, y, x_out - lat * 0.07, 0.012)
 
 
 def _linear_band(f: Film) -> None:
     g = f.lungs[f.side()]
     y = g["cy"] + 0.15 + f.rng.uniform(-0.02, 0.02)
-    f.overlay += 65 * f.line(y, g["cx"] - 0.09, y + 0.02, g["cx"] + 0.09, 0.01)
+    f.overlay += 85 * f.line(y, g["cx"] - 0.1, y + 0.02, g["cx"] + 0.1, 0.018)
 
 
 def _elevated_hemidiaphragm(f: Film) -> None:
@@ -214,20 +218,20 @@ def _pleural_line(f: Film) -> None:
     f.ptx_side = side
     g, lat = f.lungs[side], f.lateral(side)
     edge = g["cx"] + lat * g["rx"] * 0.45
-    f.overlay += 70 * f.line(g["cy"] - g["ry"] * 0.85, edge + lat * 0.02, g["cy"] + 0.08, edge, 0.006)
+    f.overlay += 100 * f.line(g["cy"] - g["ry"] * 0.85, edge + lat * 0.02, g["cy"] + 0.08, edge, 0.012)
 
 
 def _absent_markings(f: Film) -> None:
     side = getattr(f, "ptx_side", None) or f.side()
     f.ptx_side = side
-    f.overlay -= 22 * _pneumothorax_region(f, side)
+    f.overlay -= 35 * _pneumothorax_region(f, side)
 
 
 def _blunted_angle(f: Film) -> None:
     side = f.side()
     g, lat = f.lungs[side], f.lateral(side)
     corner_y, corner_x = f.dome[side] - 0.01, g["cx"] + lat * g["rx"] * 0.9
-    f.overlay += 75 * f.blob(corner_y, corner_x, 0.05, 0.045, sharp=10)
+    f.overlay += 90 * f.blob(corner_y, corner_x, 0.06, 0.05, sharp=10)
 
 
 def _meniscus(f: Film) -> None:
@@ -241,40 +245,39 @@ def _pleural_thickening(f: Film) -> None:
     side = f.side()
     g, lat = f.lungs[side], f.lateral(side)
     x = g["cx"] + lat * g["rx"] * 0.92
-    f.overlay += 60 * f.line(g["cy"] - 0.18, x, g["cy"] + 0.18, x, 0.014)
+    f.overlay += 80 * f.line(g["cy"] - 0.2, x, g["cy"] + 0.2, x, 0.022)
 
 
-def _rib_point(f: Film, side: str) -> tuple[float, float]:
+def _rib_point(f: Film, side: str, k: int) -> tuple[float, float]:
     g, lat = f.lungs[side], f.lateral(side)
     x = g["cx"] + lat * g["rx"] * 0.7
-    k = int(f.rng.integers(1, 5))
     return 0.25 + 0.085 * k + 0.06 * ((x - f.cx) / 0.35) ** 2, x
 
 
 def _rib_fracture(f: Film) -> None:
-    cy, cx = _rib_point(f, f.side())
-    f.overlay -= 30 * f.blob(cy, cx, 0.02, 0.012)  # the gap
-    f.overlay += 80 * f.line(cy - 0.03, cx - 0.015, cy + 0.03, cx + 0.015, 0.007)  # the displaced step
+    cy, cx = _rib_point(f, f.side(), 2)
+    f.overlay -= 40 * f.blob(cy, cx, 0.03, 0.02)  # the gap
+    f.overlay += 120 * f.line(cy - 0.05, cx - 0.025, cy + 0.05, cx + 0.025, 0.014)  # the displaced step
 
 
 def _callus(f: Film) -> None:
-    cy, cx = _rib_point(f, f.side())
-    f.overlay += 85 * f.blob(cy, cx, 0.025, 0.035, sharp=8)
+    cy, cx = _rib_point(f, f.side(), 3)
+    f.overlay += 120 * f.blob(cy, cx, 0.045, 0.06, sharp=8)
 
 
 def _ett(f: Film) -> None:
-    f.overlay += 110 * f.line(0.02, f.cx, 0.3, f.cx, 0.008)
+    f.overlay += 140 * f.line(0.02, f.cx, 0.3, f.cx, 0.014)
 
 
 def _central_line(f: Film) -> None:
-    f.overlay += 110 * f.line(0.08, f.cx - 0.25, 0.2, f.cx - 0.06, 0.007)
-    f.overlay += 110 * f.line(0.2, f.cx - 0.06, 0.42, f.cx - 0.03, 0.007)
+    f.overlay += 130 * f.line(0.08, f.cx - 0.28, 0.22, f.cx - 0.07, 0.013)
+    f.overlay += 130 * f.line(0.22, f.cx - 0.07, 0.42, f.cx - 0.04, 0.013)
 
 
 def _pacemaker(f: Film) -> None:
     dy, dx = 0.14, f.cx + 0.3
-    f.overlay += 130 * f.blob(dy, dx, 0.035, 0.05, sharp=12)
-    f.overlay += 100 * f.line(dy, dx, 0.6, f.cx + 0.05, 0.006)
+    f.overlay += 150 * f.blob(dy, dx, 0.05, 0.07, sharp=12)
+    f.overlay += 120 * f.line(dy, dx, 0.6, f.cx + 0.05, 0.012)
 
 
 DRAW: dict[str, Callable[[Film], None]] = {
