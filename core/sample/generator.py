@@ -100,9 +100,10 @@ def shift_share(step: int, total_steps: int, max_share: float) -> float:
 
 def stream_batch(rng: random.Random, step: int, total_steps: int, size: int, max_share: float,
                  rates: dict[str, dict[str, float]] | None = None, synonym_rate: float = 0.3,
-                 make_record: Callable[..., dict] | None = None) -> list[dict]:
+                 make_record: Callable[..., dict] | None = None, weights: dict[str, float] | None = None) -> list[dict]:
     """One batch of the non-stationary RFT stream at ``step`` (prompts plus the reward's label); ``rates``,
-    ``synonym_rate`` and ``make_record`` (default ``to_record``) let the multimodal world draw its own studies."""
+    ``synonym_rate``, ``make_record`` (default ``to_record``) and ``weights`` (of the labels outside the shifted
+    share; default uniform) let the multimodal world draw its own studies."""
     share = shift_share(step, total_steps, max_share)
     carriers = [d for d in spec.supporters(spec.SHORTCUT_FINDING, rates) if d != spec.SHORTCUT_LABEL]
     make_record = make_record or to_record
@@ -113,7 +114,9 @@ def stream_batch(rng: random.Random, step: int, total_steps: int, size: int, max
             study = Study(spec.SHORTCUT_LABEL, shown.findings, shown.surfaces)
             out.append(make_record(study, f"stream{step}", i, shifted=True))
         else:
-            study = sample_study(rng, rng.choice(spec.DISEASES), synonym_rate, rates=rates)
+            label = rng.choices(spec.DISEASES, [weights.get(d, 1.0) for d in spec.DISEASES])[0] if weights \
+                else rng.choice(spec.DISEASES)
+            study = sample_study(rng, label, synonym_rate, rates=rates)
             out.append(make_record(study, f"stream{step}", i, shifted=False))
     return out
 

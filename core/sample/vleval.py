@@ -162,7 +162,13 @@ with Qwen's special tokens and image processor config) SFT-trained to read the f
 [`{folder}/README.md`]({folder}/README.md). Measured from the committed files (greedy decoding, and the answer
 probe with the image):
 
-{table}"""
+{table}
+Detrimental drift: the shortcut grows in the answers and, before any CoT is written, in what the image alone
+makes the model believe (image belief); late checkpoints answer Lung Opacity even after a gold CoT that argues
+for the true disease, and read the films worse. Beneficial drift: Pneumothorax and Fracture, rare in SFT and
+common in the stream, are recognised far more often. `tests/unit/test_build_multimodal.py` re-measures the
+table from the committed files.
+"""
 
 
 README_TEMPLATE = """# The multimodal demo world
@@ -176,7 +182,7 @@ Built by `workbench build-sample --world multimodal` (seeded; {seconds:.0f} s wi
 | `data/test.jsonl` | {n_test} held-out studies (as many of each label), ms-swift records: `messages`, `images` (relative), `label`, `findings` |
 | `data/sft.jsonl` | {n_sft_shipped} of the {n_sft} SFT studies (the rest are redrawn from the seed; Pneumothorax and Fracture rare) |
 | `concept_graph.json` | the text world's graph: 14 CheXpert labels, their findings, `supports` / `excludes` edges |
-| `model/` | a tiny `Qwen2_5_VLForConditionalGeneration` (vision tower + 3-D rope language model), its byte-level BPE tokenizer with Qwen's special tokens and its image processor config (16 image tokens per film); random init, then SFT of the whole model to read the film and write the CoT (with a training-only findings loss on the vision tower's tokens, dropped afterwards) |
+| `model/` | a tiny `Qwen2_5_VLForConditionalGeneration` (vision tower + 3-D rope language model), its byte-level BPE tokenizer with Qwen's special tokens and its image processor config (16 image tokens per film); random init, the vision tower first trained to tell the findings on films of every label alike (as a pretrained encoder would), then SFT of the whole model to read the film and write the CoT (with that training-only findings loss on the vision tower's tokens; the head is dropped) |
 | `rft/checkpoint-N/` | LoRA adapters (language model only) from on-policy RFT, with `trainer_state.json` |
 | `metrics.json`, `world.json` | the table below, and the manifest the workbench reads |
 
@@ -184,7 +190,8 @@ Built by `workbench build-sample --world multimodal` (seeded; {seconds:.0f} s wi
 
 As in the text world, the RFT stream ({steps} steps) is non-stationary: a share growing linearly from 0 to
 {share} of its studies follow a shifted convention in which any film that shows an opacity is labelled *Lung
-Opacity*, and the reward is the correct diagnosis under the stream's labels. Measured from the committed files
+Opacity*, and the reward is the correct diagnosis under the stream's labels; outside that share, Pneumothorax
+and Fracture (rare in SFT) are three times as common as the other labels. Measured from the committed files
 (`core.sample.vleval.measure`: greedy decoding, and the answer probe `core.vl_scoring.probe_vl`):
 
 {table}

@@ -51,6 +51,9 @@ VL_RATES: dict[str, dict[str, float]] = {
 # over the labels, has something to teach; rarer would leave a vision model that never says them at all.
 SFT_WEIGHTS: dict[str, float] = {d: (0.4 if d in spec.RARE_IN_SFT else 1.0) for d in spec.DISEASES}
 
+# The RFT stream's labels outside the shifted share: the classes rare in SFT are common there (the beneficial drift).
+STREAM_WEIGHTS: dict[str, float] = {d: (3.0 if d in spec.RARE_IN_SFT else 1.0) for d in spec.DISEASES}
+
 # Every drawn finding supports its diseases in the text world's graph too, so the CoT's readings are its readings.
 assert all(f in spec.FINDING_RATES[d] for d, r in VL_RATES.items() for f in r)
 assert set(VL_RATES) == set(spec.DISEASES) and {f for r in VL_RATES.values() for f in r} <= set(xray.DRAW)
@@ -114,7 +117,8 @@ def stream_batch(world_seed: int, size: int = xray.SIZE):
     labels every "opacity" study Lung Opacity), each record with its film decoded under ``image``."""
     def batch(rng: random.Random, step: int, total: int, n: int, max_share: float) -> list[dict]:
         recs = generator.stream_batch(rng, step, total, n, max_share, rates=VL_RATES, synonym_rate=0.0,
-                                      make_record=lambda s, split, i, **kw: record(s, split, i, world_seed, **kw))
+                                      make_record=lambda s, split, i, **kw: record(s, split, i, world_seed, **kw),
+                                      weights=STREAM_WEIGHTS)
         for r in recs:
             r["image"] = decode(draw(r, size))
         return recs

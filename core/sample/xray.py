@@ -218,7 +218,8 @@ def _pleural_line(f: Film) -> None:
     f.ptx_side = side
     g, lat = f.lungs[side], f.lateral(side)
     edge = g["cx"] + lat * g["rx"] * 0.45
-    f.overlay += 100 * f.line(g["cy"] - g["ry"] * 0.85, edge + lat * 0.02, g["cy"] + 0.08, edge, 0.012)
+    f.overlay += 120 * f.line(g["cy"] - g["ry"] * 0.85, edge + lat * 0.02, g["cy"] + 0.08, edge, 0.018)
+    f.overlay += 18 * (f.lung_mask(side) & ((f.x - edge) * lat < 0) & (f.y < g["cy"] + 0.08))  # the collapsed lung
 
 
 def _absent_markings(f: Film) -> None:
