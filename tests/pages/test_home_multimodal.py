@@ -22,7 +22,7 @@ def test_home_on_the_multimodal_world_shows_its_films_and_drift(tmp_path):
     labels = {m.label: m.value for m in at.metric}
     assert labels["Base model"] == "Qwen2_5_VL"
     assert int(labels["Checkpoints"]) >= 4
-    assert len(at.get("imgs")) == 4  # four held-out films, each captioned with its label
+    assert len(at.get("image")) == 4  # four held-out films, each captioned with its label
     table = at.dataframe[0].value
     assert "image_belief_lung_opacity" in table.columns and table["checkpoint"].iloc[0] == "base (SFT)"
     assert any("sample_data" in i.value and "text" in i.value for i in at.info)  # how to reach the other world

@@ -138,7 +138,6 @@ def test_the_multimodal_build_writes_its_section_into_the_text_worlds_readme(tmp
     assert (tmp_path / "README.md").read_text() == f"# text world\n\n{build.NESTED_MARK}\nnew section\n"
 
 
-@pytest.mark.slow
 def test_same_seed_rebuilds_identical_files(quick_vl, tmp_path):
     again = tmp_path / "multimodal"
     vlworld.build(again, vlworld.VLBuildConfig.quick(), log=lambda m: None)
@@ -202,9 +201,9 @@ def test_recorded_drift_shows_the_shortcut_growing_beside_beneficial_drift(commi
     assert max(r["rare_class_accuracy"] for r in later) > base["rare_class_accuracy"] + 0.05
 
 
-@pytest.mark.slow
 def test_documented_table_matches_a_fresh_measurement_of_the_committed_files(committed):
-    """Recompute every row from the committed model, adapters and films (greedy decoding, the probe)."""
+    """Recompute every row from the committed model, adapters and films (greedy decoding, the probe): about
+    10 s on 2 cores, so it runs in every suite run."""
     from core.sample.vleval import FIGURES, measure
 
     fresh = {r["checkpoint"]: r for r in measure(COMMITTED, log=lambda m: None)}
