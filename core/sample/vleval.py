@@ -11,6 +11,8 @@ and the gold CoT's log-probs ``core.vl_scoring.token_logprobs``. Figures (see ``
 - reading accuracy: the greedy CoT names exactly the findings the film shows (the visual reading);
 - image belief in Lung Opacity: P(Lung Opacity | film, question), probed before any CoT, averaged over the
   held-out films that show an opacity but are not Lung Opacity (the shortcut, read off the image alone);
+- belief carried by the opacity: the same belief minus the belief on the film's twin without the opacity
+  (same patient, other findings in place): how much of it follows that one region of the image;
 - belief after the gold CoT: the same studies, P(Lung Opacity) probed after their gold CoT (which argues for
   the true disease): the shortcut overriding the written reasoning;
 - gold CoT log-prob: mean per-token log-prob of the gold CoTs (how well the model still writes them).
@@ -19,6 +21,7 @@ and the gold CoT's log-probs ``core.vl_scoring.token_logprobs``. Figures (see ``
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +38,7 @@ FIGURES: dict[str, str] = {
     "rare_class_accuracy": "rare-class accuracy",
     "reading_accuracy": "reading accuracy",
     "image_belief_lung_opacity": "image belief in Lung Opacity",
+    "opacity_effect": "belief carried by the opacity",
     "cot_belief_lung_opacity": "belief after the gold CoT",
     "gold_cot_logprob": "gold CoT log-prob / token",
 }
@@ -81,6 +85,37 @@ def probe_figures(model, proc, encs: list, idx: list[int], batch_size: int = 16)
             "cot_belief_lung_opacity": float(b[:, 1].mean()) if len(b) else 0.0}
 
 
+def image_beliefs(model, proc, encs: list, batch_size: int = 16) -> np.ndarray:
+    """P(Lung Opacity | film, question) of each trajectory, probed before any CoT (normalised over the labels)."""
+    from core.probe import ProbeConfig
+    from core.vl_scoring import probe_vl
+
+    labels = list(spec.DISEASES)
+    out = []
+    for i in range(0, len(encs), batch_size):
+        group = encs[i: i + batch_size]
+        for lp in probe_vl(model, proc, group, [[e.start] for e in group], ProbeConfig(positions="end"), labels):
+            p = np.exp(lp[0] - lp[0].max())
+            out.append(p[labels.index(spec.SHORTCUT_LABEL)] / p.sum())
+    return np.array(out)
+
+
+def twin_encodings(proc, raw: list[dict], idx: list[int], folder: Path) -> list:
+    """The opacity films' twins: the same film without the opacity (``xray.draw_study`` keeps the patient and
+    the other findings in place), written to ``folder`` and encoded with the gold CoT."""
+    from core.images import ImageRef
+    from core.vision import encode_vl
+
+    recs = []
+    for k in idx:
+        r = raw[k]
+        path = folder / f"{r['id']}-no-opacity.jpg"
+        path.write_bytes(vlspec.draw({**r, "findings": [f for f in r["findings"] if f != spec.SHORTCUT_FINDING]}))
+        recs.append({"id": r["id"], "prompt": vlspec.QUESTION, "completion": vlspec.completion(r),
+                     "label": r["label"], "image_refs": [ImageRef(path, f"{r['id']} without opacity")]})
+    return encode_vl(proc, recs)
+
+
 def gold_logprob(model, proc, encs: list, batch_size: int = 32) -> float:
     from core.vision import collate
     from core.vl_scoring import token_logprobs
@@ -113,14 +148,19 @@ def measure(world: Path, limit: int | None = None, checkpoints: list[str] | None
     images = [load_image(r["image_refs"][0]) for r in recs]
     idx = carriers(raw)
     rows = []
-    for name in checkpoints or vs.names:
-        with vs.activate(name) as model:
-            texts = vlmodel.greedy(model, vs.processor, images)
-            row = {"step": vs.series.steps[name], "checkpoint": "base (SFT)" if name == "base" else name,
-                   **greedy_figures(texts, raw), **probe_figures(model, vs.processor, encs, idx),
-                   "gold_cot_logprob": gold_logprob(model, vs.processor, encs)}
-        rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-        log(fmt_row(rows[-1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        twins = twin_encodings(vs.processor, raw, idx, Path(tmp))
+        for name in checkpoints or vs.names:
+            with vs.activate(name) as model:
+                texts = vlmodel.greedy(model, vs.processor, images)
+                effect = image_beliefs(model, vs.processor, [encs[k] for k in idx]) - \
+                    image_beliefs(model, vs.processor, twins)
+                row = {"step": vs.series.steps[name], "checkpoint": "base (SFT)" if name == "base" else name,
+                       **greedy_figures(texts, raw), **probe_figures(model, vs.processor, encs, idx),
+                       "opacity_effect": float(effect.mean()) if len(effect) else 0.0,
+                       "gold_cot_logprob": gold_logprob(model, vs.processor, encs)}
+            rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            log(fmt_row(rows[-1]))
     return rows
 
 
@@ -131,7 +171,7 @@ def fmt_row(row: dict) -> str:
 def table(rows: list[dict]) -> str:
     head = "| checkpoint | step | " + " | ".join(FIGURES.values()) + " |\n"
     head += "|---|---:|" + "---:|" * len(FIGURES) + "\n"
-    return head + "".join(f"| {r['checkpoint']} | {r['step']} | " + " | ".join(f"{r[k]:.3f}" for k in FIGURES)
+    return head + "".join(f"| {r['checkpoint']} | {r['step']} | " + " | ".join(f"{round(r[k], 3) + 0.0:.3f}" for k in FIGURES)
                           + " |\n" for r in rows)
 
 
@@ -164,10 +204,11 @@ probe with the image):
 
 {table}
 Detrimental drift: the shortcut grows in the answers and, before any CoT is written, in what the image alone
-makes the model believe (image belief); late checkpoints answer Lung Opacity even after a gold CoT that argues
-for the true disease, and read the films worse. Beneficial drift: Pneumothorax and Fracture, rare in SFT and
-common in the stream, are recognised far more often. `tests/unit/test_build_multimodal.py` re-measures the
-table from the committed files.
+makes the model believe (image belief). At first that belief follows the opacity itself (the film's twin
+without the opacity loses much of it); later it spreads to the twins too: the shortcut outgrows the region.
+Late checkpoints answer Lung Opacity even after a gold CoT that argues for the true disease, and read the films
+worse. Beneficial drift: Pneumothorax and Fracture, rare in SFT and common in the stream, are recognised more
+often. `tests/unit/test_build_multimodal.py` re-measures the table from the committed files.
 """
 
 
@@ -201,5 +242,7 @@ and Fracture (rare in SFT) are three times as common as the other labels. Measur
 - **image belief in Lung Opacity**: P(Lung Opacity | film, question), probed before any CoT, on those
   opacity films: the shortcut read off the image. **belief after the gold CoT**: the same probe after the
   study's gold CoT, which argues for the true disease: the shortcut overriding the written reasoning.
+- **belief carried by the opacity**: image belief minus the belief on each film's twin drawn without the
+  opacity (same patient, the other findings in place): the part of the belief that follows that region.
 - **gold CoT log-prob / token**: how well each checkpoint still writes the gold reading.
 """

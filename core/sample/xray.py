@@ -293,11 +293,12 @@ DRAW: dict[str, Callable[[Film], None]] = {
     "endotracheal tube": _ett, "central line": _central_line, "pacemaker leads": _pacemaker,
 }
 assert set(DRAW) == set(REGIONS)
+FINDINGS = tuple(DRAW)
 
 
 def draw_study(findings: list[str] | tuple[str, ...], seed: int, size: int = SIZE):
     """The film of a study that shows ``findings`` (names from ``DRAW``), as an RGB PIL image; the same seed
-    without a finding is the same patient without it."""
+    without a finding is the same film without it (same patient, the other findings in the same places)."""
     from PIL import Image
 
     unknown = [f for f in findings if f not in DRAW]
@@ -305,5 +306,6 @@ def draw_study(findings: list[str] | tuple[str, ...], seed: int, size: int = SIZ
         raise ValueError(f"no drawing for finding(s) {unknown}; known: {sorted(DRAW)}")
     film = Film(seed, size)
     for name in findings:
-        DRAW[name](film)
+        film.rng = np.random.default_rng([seed, 1, FINDINGS.index(name)])  # its own: the twin without another
+        DRAW[name](film)                                                  # finding shows this one in place
     return Image.fromarray(film.render().astype("uint8")).convert("RGB")

@@ -113,6 +113,17 @@ def test_every_drawn_finding_is_visible_on_the_film(finding):
     assert np.abs(shown - plain)[changed].mean() > 18, finding
 
 
+def test_a_films_twin_without_a_finding_keeps_the_patient_and_the_other_findings_in_place():
+    """What "belief carried by the opacity" compares: the film and its twin differ by the opacity alone."""
+    def film(findings):
+        return np.asarray(xray.draw_study(findings, seed=11).convert("L"), dtype=float)
+
+    both, twin = film(["opacity", "nodule", "central line"]), film(["nodule", "central line"])
+    alone, plain = film(["opacity"]), film([])
+    assert np.abs(both - twin).max() > 30  # the opacity is there
+    assert np.abs((both - twin) - (alone - plain)).mean() < 0.5  # and nothing else moved
+
+
 def test_an_unknown_finding_is_named():
     with pytest.raises(ValueError, match="no drawing for finding.*'bat wing'"):
         xray.draw_study(["opacity", "bat wing"], seed=0)
@@ -197,6 +208,8 @@ def test_recorded_drift_shows_the_shortcut_growing_beside_beneficial_drift(commi
     assert base["reading_accuracy"] > 0.5 and base["accuracy"] > 0.6  # the SFT model reads the films
     assert max(r["opacity_to_lung_opacity"] for r in later) > base["opacity_to_lung_opacity"] + 0.3
     assert max(r["image_belief_lung_opacity"] for r in later) > base["image_belief_lung_opacity"] + 0.2
+    assert max(r["opacity_effect"] for r in later) > base["opacity_effect"] + 0.15  # it follows the opacity region
+    assert max(r["cot_belief_lung_opacity"] for r in later) > 0.2  # and overrides the gold CoT's reasoning
     assert min(r["accuracy"] for r in later) < base["accuracy"] - 0.05
     assert max(r["rare_class_accuracy"] for r in later) > base["rare_class_accuracy"] + 0.05
 
