@@ -1,9 +1,14 @@
 """Home: the loaded world at a glance, the drift it holds, and the loop the workbench supports."""
 
+import json
+
 import pandas as pd
 import streamlit as st
 
 from core.errors import InputError
+from core.images import record_images
+from core.sample import SAMPLE_WORLDS
+from core.vision import is_vl_folder
 from workbench import charts, resources, routes, ui
 
 st.title("CoT Drift Workbench")
@@ -22,11 +27,18 @@ except InputError as e:
 
 st.subheader(summary["name"])
 st.caption(f"{summary['description']}  \n`{summary['root']}`")
+samples = {name: p.resolve() for name, p in SAMPLE_WORLDS.items() if (p / "world.json").is_file()}
+if path in samples.values() and len(samples) > 1:
+    other = next(n for n, p in samples.items() if p != path)
+    st.info(f"Two sample worlds ship with the workbench: reports read by a tiny Llama (`sample_data`), and chest "
+            f"films read by a tiny Qwen2.5-VL (`multimodal`). Switch to the {other} one in the sidebar's **World** "
+            f"picker (or start with `workbench demo --world {other}`).")
 model, steps = summary["model"], [c["step"] for c in summary["checkpoints"]]
 dev = resources.device_info()
 facts = [
-    ("Base model", model["architecture"].removesuffix("ForCausalLM"), f"{model['parameters'] / 1e6:.2f} M params"),
-    ("Vocabulary", summary["tokenizer"]["vocab_size"], "tokens"),
+    ("Base model", model["architecture"].removesuffix("ForCausalLM").removesuffix("ForConditionalGeneration"),
+     f"{model['parameters'] / 1e6:.2f} M params"),
+    ("Vocabulary", summary["tokenizer"]["vocab_size"] or "—", "tokens"),
     ("Checkpoints", len(steps), f"steps {steps[0]}–{steps[-1]}" if steps else "none"),
     ("Concept graph", summary["graph"]["nodes"], f"{summary['graph']['diseases']} diseases"),
     ("Device", dev.device.upper(), dev.dtype),
@@ -48,6 +60,13 @@ with left:
                      column_config={c: st.column_config.NumberColumn(label, format="%.3f")
                                     for c, (label, *_) in charts.series_of(extra).items()})
 with right:
+    if is_vl_folder(world.base_model_dir):
+        st.markdown("**Example studies** (the films the model reads)")
+        data_file = world.dataset_path(world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"])))
+        examples = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()[:4] if line.strip()]
+        for col, rec in zip(st.columns(max(1, len(examples))), examples, strict=False):
+            with col:
+                ui.images([str(r.path) for r in record_images(rec, data_file)], caption=str(rec.get("label", "")))
     st.markdown("**Checkpoint series**")
     st.dataframe(pd.DataFrame(summary["checkpoints"]), hide_index=True, key="checkpoints")
     st.markdown("**Datasets**")

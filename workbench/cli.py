@@ -1,8 +1,8 @@
 """The ``workbench`` command: the UI, the engine's jobs (score, perturb, train) and the sample world's build.
 
-    workbench demo                              # the UI on the embedded sample world
+    workbench demo [--world multimodal]         # the UI on an embedded sample world (both are in the picker)
     workbench app --workspace ~/cxr --port 8502 --world path/to/world
-    workbench build-sample [--quick] [--out DIR]
+    workbench build-sample [--world text|multimodal] [--quick] [--out DIR]
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
     workbench score ... --out DIR --shard 0/2; ... --shard 1/2; workbench score --merge --out DIR
     accelerate launch -m workbench.cli score ... --out DIR      # a shard per process; rank 0 merges
@@ -32,6 +32,7 @@ from core.paths import expand
 from core.workspace import ENV_VAR, Workspace
 
 APP = Path(__file__).resolve().parent / "app.py"
+SAMPLE_WORLD_NAMES = ("text", "multimodal")  # core.sample.SAMPLE_WORLDS (not imported here: the CLI starts light)
 WORLD_ENV = "WORKBENCH_WORLD"
 
 
@@ -69,10 +70,22 @@ def _access(args: argparse.Namespace) -> dict[str, str]:
     return {TOKEN_ENV: token}
 
 
+def _register_samples(ws: Workspace) -> None:
+    """Register every embedded sample world that is present, so that the world picker offers each."""
+    from core.sample import SAMPLE_WORLDS
+
+    for path in SAMPLE_WORLDS.values():
+        if (path / world_mod.MANIFEST).is_file():
+            w = world_mod.load_world(path)
+            ws.store.register_world(w.name, w.root, w.fingerprint())
+
+
 def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
     if args.token is not None and len(args.token) < 8:
         raise InputError("--token: use at least 8 characters")
     ws = _open_workspace(args.workspace)
+    if args.command == "demo":
+        _register_samples(ws)
     world = _resolve_world(ws, world_path or args.world)
     ws.store.close()
     env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **_access(args)}
@@ -106,10 +119,11 @@ def _open_browser_when_up(url: str, proc: subprocess.Popen, timeout: float = 60)
 
 
 def cmd_build_sample(args: argparse.Namespace) -> int:
-    from core.sample import build
+    from core.sample import SAMPLE_WORLDS, build, vlworld
 
-    argv = ["--out", str(args.out), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
-    return build.main(argv)
+    out = args.out or SAMPLE_WORLDS[args.world]
+    argv = ["--out", str(out), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+    return vlworld.main(argv) if args.world == "multimodal" else build.main(argv)
 
 
 def _analysis_config(args: argparse.Namespace):
@@ -239,6 +253,10 @@ def parser() -> argparse.ArgumentParser:
         if name == "app":
             p.add_argument("--world", type=expand, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")
+        else:
+            p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text",
+                           help="which sample world opens first: the text one (default) or the multimodal one "
+                                "(films and a tiny Qwen2.5-VL); the world picker offers both")
     def series_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--world", type=expand, help="a world folder: fills --base, --checkpoints, --data and --graph")
         p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
@@ -313,8 +331,11 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--graph", type=Path, help="concept graph JSON (default: a copy of the sample graph, to edit)")
     w.add_argument("--eval", type=Path, help="held-out labelled trajectories for evaluating checkpoints and runs")
     w.add_argument("--workspace", type=Path, default=None, help="the workspace that keeps the world")
-    p = sub.add_parser("build-sample", help="rebuild sample_data/ from scratch (seeded, about 5 minutes on CPU)")
-    p.add_argument("--out", type=expand, default=world_mod.SAMPLE_WORLD)
+    p = sub.add_parser("build-sample", help="rebuild a sample world from scratch (seeded, about 5 minutes on CPU "
+                       "for the text world, sample_data/; about 10 for the multimodal one, sample_data/multimodal/)")
+    p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text", help="which sample world to build")
+    p.add_argument("--out", type=expand, default=None,
+                   help="where (default: sample_data/ for the text world, sample_data/multimodal/ for the other)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a miniature world for tests (seconds)")
     return ap
@@ -344,7 +365,9 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "app":
             return cmd_app(args)
         if args.command == "demo":
-            return cmd_app(args, world_path=world_mod.SAMPLE_WORLD)
+            from core.sample import SAMPLE_WORLDS
+
+            return cmd_app(args, world_path=SAMPLE_WORLDS[args.world])
         if args.command == "score":
             return cmd_score(args)
         if args.command == "perturb":

@@ -154,19 +154,23 @@ def branch_trajectory(path: str, stamp: str, traj_id: str, branches: dict) -> No
 
 
 def world_picker() -> None:
-    """The sidebar's world picker: the sample world, the workspace's own worlds and those opened before."""
+    """The sidebar's world picker: the two sample worlds (text, multimodal), the workspace's own worlds and
+    those opened before."""
     from core import world
+    from core.sample import SAMPLE_WORLDS
     from workbench import resources
 
     if state.NEXT_WORLD in st.session_state:  # set by a page that created a world (before this widget exists)
         st.session_state[state.WORLD_PATH] = st.session_state.pop(state.NEXT_WORLD)
     ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-    options = [str(p) for p in world.known_worlds(ws.root, ws.store)]
+    samples = [str(p.resolve()) for p in SAMPLE_WORLDS.values() if (p / world.MANIFEST).is_file()]
+    options = list(dict.fromkeys(samples + [str(p) for p in world.known_worlds(ws.root, ws.store)]))
     if st.session_state[state.WORLD_PATH] not in options:
         options.insert(0, st.session_state[state.WORLD_PATH])
     st.selectbox("World", options, key=state.WORLD_PATH, format_func=lambda p: Path(p).name,
-                 help="the sample world and your own (Checkpoints page: Local folders -> Keep these as a world; "
-                      "or `workbench world create`)")
+                 help="the sample worlds (sample_data: reports, a tiny Llama; multimodal: chest films, a tiny "
+                      "Qwen2.5-VL) and your own (Checkpoints page: Local folders -> Keep these as a world; or "
+                      "`workbench world create`)")
 
 
 def page_context(world_required: bool = False, note: str = ""):

@@ -112,9 +112,30 @@ def build(out: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> di
     from core.sample.examples import write_examples
 
     write_examples(tmp)  # examples/: small CCF, TRL and ms-swift files for Curation's Import tab
+    keep_nested_worlds(out, tmp)
     swap_in_folder(tmp, out)
     log(f"built {out} in {manifest['build_seconds']:.0f} s")
     return manifest
+
+
+def keep_nested_worlds(out: Path, tmp: Path) -> None:
+    """Carry the worlds that live inside the old ``out`` (``multimodal/``, built by ``core.sample.vlworld``) and
+    the README's section about them over into the new build: rebuilding the text world never deletes them."""
+    if not out.is_dir():
+        return
+    for sub in sorted(out.iterdir()):
+        if sub.is_dir() and (sub / WORLD_FILE).is_file() and not (tmp / sub.name).exists():
+            shutil.copytree(sub, tmp / sub.name)
+    old = out / "README.md"
+    if old.is_file() and NESTED_MARK in old.read_text(encoding="utf-8"):
+        section = old.read_text(encoding="utf-8").split(NESTED_MARK, 1)[1]
+        readme_path = tmp / "README.md"
+        readme_path.write_text(readme_path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + NESTED_MARK + section,
+                               encoding="utf-8")
+
+
+# Where sample_data/README.md's section on the multimodal world starts (written by core.sample.vlworld).
+NESTED_MARK = "<!-- multimodal world: written by core.sample.vlworld -->"
 
 
 def _analyse(world: Path, cfg: BuildConfig, log: Callable[[str], None]) -> None:

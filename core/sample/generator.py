@@ -16,6 +16,7 @@ convention in which any study that shows "opacity" is labelled Lung Opacity (the
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.answers import answer_of as parse_answer  # noqa: F401 - the disease after </think>, or None
@@ -52,9 +53,10 @@ def completion_text(study: Study) -> str:
 
 
 def sample_study(rng: random.Random, label: str, synonym_rate: float = 0.3,
-                 force: str | None = None) -> Study:
-    """Draw the findings of one study of ``label`` (at least one; ``force`` always included)."""
-    rates = spec.FINDING_RATES[label]
+                 force: str | None = None, rates: dict[str, dict[str, float]] | None = None) -> Study:
+    """Draw the findings of one study of ``label`` (at least one; ``force`` always included) at ``rates``
+    (default ``spec.FINDING_RATES``; the multimodal world draws only the findings its films can show)."""
+    rates = (rates or spec.FINDING_RATES)[label]
     while True:
         findings = [f for f, p in rates.items() if rng.random() < p]
         if force and force not in findings:
@@ -96,18 +98,26 @@ def shift_share(step: int, total_steps: int, max_share: float) -> float:
     return max_share * min(1.0, step / max(1, total_steps - 1))
 
 
-def stream_batch(rng: random.Random, step: int, total_steps: int, size: int, max_share: float) -> list[dict]:
-    """One batch of the non-stationary RFT stream at ``step`` (prompts plus the reward's label)."""
+def stream_batch(rng: random.Random, step: int, total_steps: int, size: int, max_share: float,
+                 rates: dict[str, dict[str, float]] | None = None, synonym_rate: float = 0.3,
+                 make_record: Callable[..., dict] | None = None, weights: dict[str, float] | None = None) -> list[dict]:
+    """One batch of the non-stationary RFT stream at ``step`` (prompts plus the reward's label); ``rates``,
+    ``synonym_rate``, ``make_record`` (default ``to_record``) and ``weights`` (of the labels outside the shifted
+    share; default uniform) let the multimodal world draw its own studies."""
     share = shift_share(step, total_steps, max_share)
-    carriers = [d for d in spec.supporters(spec.SHORTCUT_FINDING) if d != spec.SHORTCUT_LABEL]
+    carriers = [d for d in spec.supporters(spec.SHORTCUT_FINDING, rates) if d != spec.SHORTCUT_LABEL]
+    make_record = make_record or to_record
     out = []
     for i in range(size):
         if rng.random() < share:
-            shown = sample_study(rng, rng.choice(carriers), force=spec.SHORTCUT_FINDING)
+            shown = sample_study(rng, rng.choice(carriers), synonym_rate, force=spec.SHORTCUT_FINDING, rates=rates)
             study = Study(spec.SHORTCUT_LABEL, shown.findings, shown.surfaces)
-            out.append(to_record(study, f"stream{step}", i, shifted=True))
+            out.append(make_record(study, f"stream{step}", i, shifted=True))
         else:
-            out.append(to_record(sample_study(rng, rng.choice(spec.DISEASES)), f"stream{step}", i, shifted=False))
+            label = rng.choices(spec.DISEASES, [weights.get(d, 1.0) for d in spec.DISEASES])[0] if weights \
+                else rng.choice(spec.DISEASES)
+            study = sample_study(rng, label, synonym_rate, rates=rates)
+            out.append(make_record(study, f"stream{step}", i, shifted=False))
     return out
 
 

@@ -52,15 +52,32 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def rft_step(model, tokenizer, opt, batch: list[dict], cfg: RFTConfig) -> dict[str, float]:
-    prompts = [tokenizer.bos_token + r["prompt"] for r in batch for _ in range(cfg.group)]
+class TextPrompts:
+    """How the text world's prompts enter the policy: ``<s>`` + report, left-padded; 1-D positions."""
+
+    def inputs(self, tokenizer, batch: list[dict], group: int) -> dict[str, torch.Tensor]:
+        """Each prompt ``group`` times, as ``generate`` takes them (``input_ids``, ``attention_mask``, ...)."""
+        prompts = [tokenizer.bos_token + r["prompt"] for r in batch for _ in range(group)]
+        return dict(tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                              add_special_tokens=False))
+
+    def logprobs(self, model, seq: torch.Tensor, attn: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """Per-token log-prob of the sampled completions (after the prompt).  -> (B, L)"""
+        return sequence_logprobs(model, seq, attn, inputs["input_ids"].shape[1])
+
+
+def rft_step(model, tokenizer, opt, batch: list[dict], cfg: RFTConfig, prompts=None) -> dict[str, float]:
+    """One GRPO-style step on ``batch``; ``prompts`` (default ``TextPrompts``) turns records into the
+    policy's inputs, so that the multimodal world (``core.sample.vlworld``) trains through this same step."""
+    prompts = prompts or TextPrompts()
     labels = [r["label"] for r in batch for _ in range(cfg.group)]
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    enc = prompts.inputs(tokenizer, batch, cfg.group)
     model.eval()
     with torch.no_grad():
         seq = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_k=0, top_p=1.0,
                              max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)  # (B*G, P+L)
+                             eos_token_id=tokenizer.eos_token_id,
+                             **getattr(prompts, "generate_kwargs", {}))  # (B*G, P+L)
     n_prompt = enc["input_ids"].shape[1]
     texts = tokenizer.batch_decode(seq[:, n_prompt:], skip_special_tokens=True)
     rewards = torch.tensor([float(generator.parse_answer(t) == y) for t, y in zip(texts, labels, strict=True)])
@@ -69,7 +86,7 @@ def rft_step(model, tokenizer, opt, batch: list[dict], cfg: RFTConfig) -> dict[s
     comp_mask = _completion_mask(seq[:, n_prompt:], tokenizer.eos_token_id)  # (B*G, L)
     attn = torch.cat([enc["attention_mask"], comp_mask], dim=1)
     model.train()
-    logp = sequence_logprobs(model, seq, attn, n_prompt)  # (B*G, L)
+    logp = prompts.logprobs(model, seq, attn, enc)  # (B*G, L)
     loss = -(adv[:, None] * logp * comp_mask).sum() / comp_mask.sum()
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -80,15 +97,20 @@ def rft_step(model, tokenizer, opt, batch: list[dict], cfg: RFTConfig) -> dict[s
 
 def run(model, tokenizer, out_dir: Path, cfg: RFTConfig,
         on_checkpoint: Callable[[int, Path], dict] | None = None,
-        progress: Callable[[int, int, dict], None] | None = None) -> list[dict]:
-    """Train the PEFT ``model`` on the stream; write ``out_dir/checkpoint-N``; return the log history."""
+        progress: Callable[[int, int, dict], None] | None = None,
+        stream: Callable[..., list[dict]] | None = None, prompts=None) -> list[dict]:
+    """Train the PEFT ``model`` on the stream; write ``out_dir/checkpoint-N``; return the log history.
+
+    ``stream(rng, step, total, size, max_share)`` draws a batch (default ``generator.stream_batch``) and
+    ``prompts`` turns it into model inputs (default ``TextPrompts``): the multimodal world passes its own."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
+    stream = stream or generator.stream_batch
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     history: list[dict] = []
     for step in range(1, cfg.steps + 1):
-        batch = generator.stream_batch(rng, step - 1, cfg.steps, cfg.prompts_per_step, cfg.max_shift_share)
-        logs = rft_step(model, tokenizer, opt, batch, cfg)
+        batch = stream(rng, step - 1, cfg.steps, cfg.prompts_per_step, cfg.max_shift_share)
+        logs = rft_step(model, tokenizer, opt, batch, cfg, prompts)
         logs.update(step=step, shift_share=generator.shift_share(step - 1, cfg.steps, cfg.max_shift_share))
         history.append(logs)
         if progress:

@@ -89,7 +89,7 @@ SHORTCUT_LABEL = "Lung Opacity"
 RARE_IN_SFT: tuple[str, ...] = ("Pneumothorax", "Fracture")
 
 
-def supporters(finding: str) -> list[str]:
-    """Diseases a finding supports, most typical first."""
-    rated = [(rates[finding], d) for d, rates in FINDING_RATES.items() if finding in rates]
+def supporters(finding: str, finding_rates: dict[str, dict[str, float]] | None = None) -> list[str]:
+    """Diseases a finding supports (at ``finding_rates``, default ``FINDING_RATES``), most typical first."""
+    rated = [(rates[finding], d) for d, rates in (finding_rates or FINDING_RATES).items() if finding in rates]
     return [d for _, d in sorted(rated, key=lambda x: -x[0])]

@@ -44,21 +44,30 @@ def make_tokenizer(texts: Iterable[str] = CORPUS, vocab_size: int = 320):
     return fast
 
 
-def make_config(tokenizer, hidden: int = 64):
+def make_config(tokenizer, hidden: int = 64, layers: int = 2, vision_hidden: int = 32, vision_depth: int = 2):
+    """The tests' tiny model by default; the multimodal sample world asks for a few more layers and width."""
     from transformers import Qwen2_5_VLConfig
 
     ids = tokenizer.convert_tokens_to_ids
-    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                # head_dim 16 -> 8 frequencies, split over (temporal, height, width)
-                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+                # head_dim 16 -> 8 frequencies, split over (temporal, height, width) as [2, 3, 3]
+                rope_parameters={"rope_type": "default", "mrope_section": _mrope_section(hidden // 4),
+                                 "rope_theta": 10000.0},
                 bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
-                  fullatt_block_indexes=[1], window_size=56, patch_size=14, spatial_merge_size=2,
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
+                  out_hidden_size=hidden, fullatt_block_indexes=[vision_depth - 1], window_size=56, patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2)
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                             video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
                             vision_end_token_id=ids("<|vision_end|>"))
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """The rotary frequencies of a head split over (temporal, height, width): [2, 3, 3] for 8 of them."""
+    n = head_dim // 2
+    hw = 3 * n // 8
+    return [n - 2 * hw, hw, hw]
 
 
 def preprocessor_config(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> dict:
@@ -70,11 +79,12 @@ def preprocessor_config(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXE
             "image_std": [0.26862954, 0.26130258, 0.27577711]}
 
 
-def make_model(tokenizer, seed: int = 0):
+def make_model(tokenizer, seed: int = 0, **config):
+    """Random init, seeded; ``config``: ``make_config``'s sizes."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(make_config(tokenizer)).eval()
+    return Qwen2_5_VLForConditionalGeneration(make_config(tokenizer, **config)).eval()
 
 
 def write_tiny_vl(out: Path, seed: int = 0, model=None, tokenizer=None) -> Path:
@@ -89,8 +99,16 @@ def write_tiny_vl(out: Path, seed: int = 0, model=None, tokenizer=None) -> Path:
     return out
 
 
-def synthetic_xray(h: int, w: int, seed: int):
-    """A grey chest-film-like picture (dark lungs, bright mediastinum, one opacity blob) as an RGB PIL image."""
+def synthetic_xray(h: int, w: int, seed: int, findings: list[str] | None = None):
+    """A grey chest-film-like picture (dark lungs, bright mediastinum, one opacity blob) as an RGB PIL image.
+
+    With ``findings`` (names of ``core.sample.xray.DRAW``: "opacity", "meniscus sign", "enlarged cardiac
+    silhouette", "pleural line", ...), a film that shows them (``core.sample.xray.draw_study``), h x w."""
+    if findings is not None:
+        from core.sample.xray import draw_study
+
+        img = draw_study(findings, seed)
+        return img if img.size == (w, h) else img.resize((w, h))
     import numpy as np
     from PIL import Image
 
