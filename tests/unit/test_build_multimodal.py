@@ -5,7 +5,6 @@ keeps it, and the committed world's documented drift table is what its files giv
 import filecmp
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
