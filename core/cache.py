@@ -156,18 +156,21 @@ class SortedByTrajectory:
     """One parquet file of a per-trajectory table whose rows arrive part by part in any trajectory order,
     written sorted by ``traj_id`` (stable: a trajectory's rows keep their order) in row groups of exactly
     ``row_group`` rows, as a whole sorted table would be written. An external sort: each part's rows go
-    to bucket files by the trajectory's rank among ``ids`` (``per_bucket`` trajectories per bucket); at
-    ``finish`` the buckets are read, sorted and appended one at a time, so memory holds one bucket.
+    to bucket files by the trajectory's rank among ``ids`` (``per_bucket`` trajectories per bucket; by default
+    as many as make about ``bucket_rows`` rows, judged from the first part); at ``finish`` the buckets are
+    read, sorted and appended one at a time, so memory holds one bucket.
 
         out = SortedByTrajectory(folder / "tokens.parquet", ids, scratch)
         for part in parts: out.add(part)
         out.finish(empty=df.head(0))
     """
 
-    def __init__(self, path: Path, ids: list[str], scratch: Path, per_bucket: int = 16, row_group: int = 8_192):
+    def __init__(self, path: Path, ids: list[str], scratch: Path, per_bucket: int | None = None,
+                 row_group: int = 8_192, bucket_rows: int = 1 << 18):
         import pyarrow as pa
 
         self.path, self.scratch, self.per_bucket, self.row_group = path, scratch, per_bucket, row_group
+        self.bucket_rows = bucket_rows  # 262,144 rows: about 50 MB of a token table with its top-k lists
         self.ids = pa.array(sorted(set(ids)), type=pa.large_string())
         self.files: dict[int, list[Path]] = {}
         self.schema = None
@@ -176,12 +179,15 @@ class SortedByTrajectory:
     def add(self, frame: pd.DataFrame | pa.Table) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
+        import pyarrow.feather as feather
 
         table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
         table = table.replace_schema_metadata(None)
         if not table.num_rows:
             return
+        if self.per_bucket is None:  # trajectories per bucket, from this first part's rows per trajectory
+            per_trajectory = table.num_rows / max(1, pc.count_distinct(table["traj_id"]).as_py())
+            self.per_bucket = max(1, int(self.bucket_rows // per_trajectory))
         rank = pc.index_in(pc.cast(table["traj_id"], pa.large_string()), value_set=self.ids)
         if rank.null_count:
             raise ValueError(f"{self.path.name}: rows of a trajectory that is not in the run")
@@ -189,8 +195,8 @@ class SortedByTrajectory:
         self.schema = table.schema if self.schema is None else pa.unify_schemas(
             [self.schema, table.schema], promote_options="permissive")
         for b in np.unique(bucket):
-            path = self.scratch / f"{self.path.stem}-{b:07d}-{sum(map(len, self.files.values())):07d}.parquet"
-            pq.write_table(table.filter(pa.array(bucket == b)), path)
+            path = self.scratch / f"{self.path.stem}-{b:07d}-{sum(map(len, self.files.values())):07d}.arrow"
+            feather.write_feather(table.filter(pa.array(bucket == b)), path, compression="lz4")  # fast to write and read
             self.files.setdefault(int(b), []).append(path)
 
     def finish(self, empty: pd.DataFrame) -> None:
@@ -203,12 +209,13 @@ class SortedByTrajectory:
     def _write_sorted(self, tmp: Path) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
+        import pyarrow.feather as feather
         import pyarrow.parquet as pq
 
         carry = None
         with pq.ParquetWriter(tmp, self.schema) as writer:
             for b in sorted(self.files):
-                t = pa.concat_tables([pq.read_table(f).cast(self.schema) for f in self.files[b]])
+                t = pa.concat_tables([feather.read_table(f, memory_map=False).cast(self.schema) for f in self.files[b]])
                 t = t.take(pc.sort_indices(t, sort_keys=[("traj_id", "ascending")]))  # a stable sort
                 t = pa.concat_tables([carry, t]) if carry is not None else t
                 whole = t.num_rows - t.num_rows % self.row_group
