@@ -84,7 +84,8 @@ class Need:
         s, t, b = self.shape, self.tokens, self.dtype_bytes
         out = {"activations": t * (4 * s.hidden + 2 * s.kv_dim + 3 * s.intermediate) * b,
                "kv cache": t * 2 * s.layers * s.kv_dim * b,  # the shared-prefix path keeps every layer's
-               "hidden states": 4 * t * s.hidden * b}  # decoder output; current, base, previous rows
+               # the decoder's output and the completion rows under every checkpoint (core.scoring._group_inner)
+               "hidden states": (1 + max(3, self.checkpoints)) * t * s.hidden * b}
         if s.eager:
             out["attention scores"] = s.heads * t * t * (b + 4)  # and their float32 softmax
         return out
