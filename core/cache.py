@@ -14,11 +14,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from core.paths import expand
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def cache_key(*parts) -> str:

@@ -86,14 +86,13 @@ def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
         return pd.DataFrame(columns=["checkpoint", "step", "token", "region", "n", "mean_effect_drift", "direction"])
     df = effects[~is_base(effects)].assign(key=effects["token"].astype(str).str.strip())
     df = df[df["key"] != ""]
-    agg = df.groupby(["checkpoint", "step", "key", "region"]).agg(
-        n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
+    agg = df.assign(drift64=df["effect_drift"].astype(np.float64)).groupby(["checkpoint", "step", "key", "region"]).agg(
+        n=("effect_drift", "size"), mean_effect_drift=("drift64", "mean"),
         total_effect_drift=("effect_drift", "sum"),
         share_detrimental=("direction", lambda s: (s == "detrimental").mean()),
         share_beneficial=("direction", lambda s: (s == "beneficial").mean()),
         trajectories=("traj_id", lambda s: sorted(set(s))[:50])).reset_index()
     agg = agg[agg["n"] >= min_count].rename(columns={"key": "token"})
-    agg["mean_effect_drift"] = agg["mean_effect_drift"].astype(np.float64)  # float64 whatever pandas' path
     agg["direction"] = np.where(agg["mean_effect_drift"] < 0, "detrimental", "beneficial")
     return agg.sort_values(["step", "total_effect_drift"]).reset_index(drop=True)
 
@@ -172,8 +171,9 @@ def final_beliefs(beliefs: pd.DataFrame) -> pd.DataFrame:
 def checkpoint_summary(scores: pd.DataFrame, beliefs: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
     """Per checkpoint: probed accuracy, mean gold belief at the end, mean KL (CoT tokens), detrimental share."""
     cot = scores[scores["in_think"]] if scores["in_think"].any() else scores
-    # means in float64 whatever the pandas path (its sorted-groups path gives float64, its other one float32)
-    kls = cot.groupby(["checkpoint", "step"])[list(SUMMARY_KL)].mean().astype(np.float64).reset_index()
+    # means of float64 (pandas' own float32 means are float32 or float64 depending on the rows' order)
+    kls = cot.astype({c: np.float64 for c in SUMMARY_KL}).groupby(["checkpoint", "step"])[list(SUMMARY_KL)].mean()
+    kls = kls.reset_index()
     det = effects.groupby("checkpoint")["direction"].agg(
         share_detrimental=lambda s: (s == "detrimental").mean(),
         share_beneficial=lambda s: (s == "beneficial").mean()).reset_index()
@@ -279,10 +279,10 @@ def drift_by_context(tokens: pd.DataFrame, n: int = 2, min_count: int = 5) -> pd
     gold trajectories), the share of positions whose top-1 token changed, and the most common new top-1.
     """
     m = _context_rows(tokens, n)
+    m = m.astype({"kl_base": np.float64, "delta_logprob": np.float64})  # means of float64 (see checkpoint_summary)
     agg = m.groupby(["checkpoint", "step", "context"]).agg(
         n=("kl_base", "size"), mean_kl_base=("kl_base", "mean"), mean_delta_logprob=("delta_logprob", "mean"),
         share_top1_changed=("top1_changed", "mean")).reset_index()
-    agg = agg.astype({"mean_kl_base": np.float64, "mean_delta_logprob": np.float64})  # whatever pandas' path
     changed = m[m["top1_changed"]].groupby(["checkpoint", "context"])["top1"].agg(
         lambda s: s.value_counts().index[0]).rename("new_top1")
     return _context_table(agg, changed, min_count)

@@ -230,11 +230,9 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
     inner = _checkpoint_inner(series, cfg.group_bytes)
     for group in _groups(series, encoded, batches, cfg.group_bytes, parents, every=inner):
         if inner:
-            stats = _group_inner(series, encoded, group, pad, cfg, can_share, until, should_cancel,
-                                 lambda name, b: _tick(name, b))
+            stats = _group_inner(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
         else:
-            stats = _group_outer(series, encoded, group, pad, cfg, can_share, until, should_cancel,
-                                 lambda name, b: _tick(name, b))
+            stats = _group_outer(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
         for b, idx in enumerate(group):
             yield idx, _frame(_meta([encoded[i] for i in idx]), stats[b], texts, series.steps)
 
@@ -242,9 +240,11 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
 def _checkpoint_inner(series: ModelSeries, budget: int) -> bool:
     """Whether a group's batches run under every checkpoint first and get their statistics after, each
     checkpoint's LM head applied once per row chunk (``_group_inner``): for adapter series (switching is free;
-    the heads are one shared weight), and for full-model series whose checkpoints' heads all fit ``budget``
-    bytes (each kept until the group's statistics are done; a 7B model's is about 1 GB)."""
-    if all(c.kind == "adapter" for c in series.checkpoints):
+    the heads are one shared weight), and otherwise (full-model checkpoints, or adapters on the LM head, each
+    a copy) when every checkpoint's head fits ``budget`` bytes (each kept until the group's statistics are
+    done; a 7B model's is about 1 GB)."""
+    out = inner(series.model).get_output_embeddings()
+    if all(c.kind == "adapter" for c in series.checkpoints) and type(out) is torch.nn.Linear:
         return True
     head = series.model.get_output_embeddings().weight
     return len(series.names) * head.numel() * head.element_size() <= budget
@@ -393,8 +393,9 @@ def _stats(cur: _Rows, targets: torch.Tensor, top_k: int, base: _Rows, prev: _Ro
     parts: dict[str, list] = {}
     for a in range(0, n, size):
         sl = slice(a, a + size)
-        st = _chunk_stats(cur.logprobs(sl), targets[sl], top_k, None if base is cur else (lambda: base.logprobs(sl)),
-                          "base" if prev is base else (lambda: prev.logprobs(sl)))
+        st = _chunk_stats(cur.logprobs(sl), targets[sl], top_k,
+                          None if base is cur else (lambda sl=sl: base.logprobs(sl)),
+                          "base" if prev is base else (lambda sl=sl: prev.logprobs(sl)))
         for k, v in st.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
@@ -439,9 +440,9 @@ def _stats_inner(rows: list[_Rows], names: list[str], parents: dict[str, str], u
         for i, name in enumerate(names):
             cur = rows[i].logprobs(sl)
             parent = parents.get(name)
-            base = None if i == 0 else (lambda: alive[names[0]])
+            base = None if i == 0 else (lambda alive=alive: alive[names[0]])
             prev = ("base" if i == 0 or parent == names[0] else
-                    (lambda c=cur: c) if parent is None else (lambda p=parent: alive[p]))
+                    (lambda c=cur: c) if parent is None else (lambda p=parent, alive=alive: alive[p]))
             for k, v in _chunk_stats(cur, targets[sl], top_k, base, prev).items():
                 parts[name].setdefault(k, []).append(v)
             if i == 0 or until.get(name, -1) > i:

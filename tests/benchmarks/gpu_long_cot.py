@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in sections:
             try:
                 results[name] = fn(series if name == "scoring" else _first_two(series))
-            except Exception as e:  # keep the other sections' figures
+            except Exception as e:  # noqa: BLE001 - any failure: reported, the other sections' figures kept
                 results[name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
                 print(results[name]["trace"], file=sys.stderr)
             save()
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 big = build_run(work / "big", SHAPES["tiny" if smoke else "7b-1layer"], 2, device, dtype)
                 results["qwen7b_one_layer"] = layer_section(big, clock, 256 if smoke else 4096, 2 if smoke else 4)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - as above
                 results["qwen7b_one_layer"] = {"error": f"{type(e).__name__}: {e}",
                                                "trace": traceback.format_exc()[-2000:]}
             save()

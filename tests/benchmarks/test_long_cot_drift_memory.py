@@ -159,7 +159,9 @@ def test_drift_step_memory_does_not_grow_with_trajectories(tmp_path, size):
 
     for name in ("summary", "by_token", "by_context", "changes"):  # the same tables either way
         a, b = (pd.read_parquet(tmp_path / f"n{small}" / f"out-{m}" / f"{name}.parquet") for m in ("whole", "parts"))
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, atol=1e-6)
+        keys = [c for c in ("checkpoint", "to_checkpoint", "token", "region", "context") if c in a]
+        a, b = (x.sort_values(keys, kind="stable").reset_index(drop=True) for x in (a, b))  # near-ties in value
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, atol=1e-6)  # may sort either way
 
 
 if __name__ == "__main__":
