@@ -165,8 +165,8 @@ def test_a_cancelled_run_keeps_its_finished_batches_and_resumes(cfg, tmp_path, m
     parts = list(tmp_path.glob("tokens-*.parts/*.parquet"))
     assert len(parts) == 2
     scored = []
-    real = scoring._score_batch
-    monkeypatch.setattr(scoring, "_score_batch", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
+    real = scoring.batch_hidden  # a batch's forward pass under one checkpoint
+    monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
     resumed = an.run_analysis(small, cache_dir=tmp_path)
     assert len({tuple(idx) for idx in scored}) == 1  # only the missing batch ran
     assert len(list(tmp_path.glob("tokens-*.parts/*.parquet"))) == 3  # kept in parts: the drift step reads one
