@@ -25,7 +25,7 @@ GIB = 1 << 30
 SAFETY = 0.8  # share of the free memory the estimate may plan for
 MAX_AUTO = 64  # larger batches only pad more; the scorer's chunks already fill the device
 FRAME_ROW_BYTES = 700  # host bytes per result row in pandas (measured: 659 with top-k 5; issue 15)
-CHUNK_MATRICES = 8  # (rows, V) float32 temporaries alive at once in core.scoring._stats
+CHUNK_MATRICES = 8  # (rows, V) float32 alive at once in core.scoring._stats_inner: base, parent, current (log p, p), JS
 PROBE_QUERY = 2048  # ProbeConfig.max_tree_tokens: the probe's query chunk over a cached prefix
 
 
