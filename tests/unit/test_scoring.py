@@ -218,7 +218,6 @@ def test_score_batches_yields_every_row_once(series, scored):
     assert enc[0].id not in {t for _, f in skipped for t in f["traj_id"]}
 
 
-@pytest.mark.slow
 def test_checkpoint_inner_statistics_equal_checkpoint_outer_bit_for_bit(adapters, quick_world, sample_world,
                                                                         tmp_path, monkeypatch):
     """Adapter series score checkpoint-inner (every checkpoint's hidden states of a batch, then one LM-head pass
