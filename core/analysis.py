@@ -14,6 +14,7 @@ The command line runs the same: ``workbench score --base DIR --checkpoints DIR -
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core import concepts, drift
-from core.cache import cache_key, cached_parts, part_name, swap_in_folder, write_parquet
+from core.cache import SortedByTrajectory, cache_key, part_name, stored_parts, swap_in_folder, write_parquet
 from core.context_check import context_warnings
 from core.errors import InputError
 from core.jobs import JOB_DIR
@@ -147,29 +148,7 @@ class Analysis:
         """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
         never leaves old and new tables mixed. ``portable`` writes the config's paths relative to ``out``
         (an analysis shipped inside a world folder); ``load`` resolves them against the folder again."""
-        import os
-        import shutil
-        import tempfile
-
-        out = expand(out).resolve()
-        config = asdict(self.config)
-        if portable:
-            for key in PATH_FIELDS:
-                value = config[key]
-                if isinstance(value, list):
-                    config[key] = [os.path.relpath(Path(v).resolve(), out) for v in value]
-                elif value:
-                    config[key] = os.path.relpath(Path(value).resolve(), out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            self._write_tables(tmp)
-            (tmp / "config.json").write_text(json.dumps(config, indent=1))
-            swap_in_folder(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        return _save_folder(self.config, out, portable, self._write_tables)
 
     def _write_tables(self, folder: Path) -> None:
         """Every table; the per-trajectory ones sorted by trajectory in row groups, so that a page reads one
@@ -201,6 +180,75 @@ class Analysis:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
         records = read_jsonl(out / TEXTS, check_images=False) if (out / TEXTS).is_file() else []
         return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}, records=records)
+
+
+def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write: Callable[[Path], None]) -> Path:
+    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in."""
+    import os
+    import tempfile
+
+    out = expand(out).resolve()
+    data = asdict(config)
+    if portable:
+        for key in PATH_FIELDS:
+            value = data[key]
+            if isinstance(value, list):
+                data[key] = [os.path.relpath(Path(v).resolve(), out) for v in value]
+            elif value:
+                data[key] = os.path.relpath(Path(value).resolve(), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        (tmp / "config.json").write_text(json.dumps(data, indent=1))
+        swap_in_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+class StagedAnalysis:
+    """``run_analysis``'s result: every table already written, part by part, into a temporary analysis folder,
+    so that no per-trajectory table was ever whole in memory. The attributes of ``Analysis``: the summary
+    tables in memory; ``tokens``, ``beliefs`` and ``effects`` read from the folder when asked for (whole:
+    for small analyses, scripts and tests). ``save`` links the written files into the analysis folder.
+    The temporary folder goes when the object does."""
+
+    def __init__(self, folder: Path, config: AnalysisConfig, records: list[dict], tables: dict[str, pd.DataFrame],
+                 staging: Path):
+        import weakref
+
+        self.folder, self.config, self.records = folder, config, records
+        for name in SUMMARY_TABLES:
+            setattr(self, name, tables[name])
+        self._cleanup = weakref.finalize(self, shutil.rmtree, staging, True)
+
+    tokens = property(lambda self: self._read("tokens"))
+    beliefs = property(lambda self: self._read("beliefs"))
+    effects = property(lambda self: self._read("effects"))
+
+    def _read(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.folder / f"{name}.parquet")
+
+    @property
+    def probed(self) -> bool:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.folder / "beliefs.parquet").metadata.num_rows > 0
+
+    def save(self, out: str | Path, portable: bool = False) -> Path:
+        """As ``Analysis.save``; the tables are hard-linked (copied across file systems), not rewritten."""
+        return _save_folder(self.config, out, portable, self._link)
+
+    def _link(self, tmp: Path) -> None:
+        import os
+
+        for f in self.folder.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
 
 
 def _load_config(out: Path) -> AnalysisConfig:
@@ -315,8 +363,9 @@ def resolve_labels(cfg: AnalysisConfig, records: list[dict]) -> tuple[list[str],
 
 
 def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progress: Progress | None = None,
-                 should_cancel: Callable[[], bool] | None = None, series: ModelSeries | None = None) -> Analysis:
-    """Score, probe and summarise; the two expensive tables are cached on disk by fingerprint."""
+                 should_cancel: Callable[[], bool] | None = None, series: ModelSeries | None = None) -> StagedAnalysis:
+    """Score, probe and summarise; the two expensive tables are cached on disk by fingerprint, in parts, and the
+    drift tables computed part by part (``assemble_parts``): host memory does not grow with the trajectories."""
     records = read_jsonl(cfg.data, cfg.limit)
     labels, graph = resolve_labels(cfg, records)
     if series is None:  # loaded only if a table is not cached yet
@@ -347,17 +396,23 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
 
     scfg = ScoreConfig(cfg.top_k, _batch_size(cfg, encoded, series, progress))
     lineage = (sorted(starts.items()),) if starts else ()  # kl_prev of a branch is to its start (older caches: not)
-    tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k, *lineage),
-                     stage("scoring", (0.0, 0.3)), should_cancel)
-    pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions, include_prompt=cfg.include_prompt)
-    if labels:
-        beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
-                           stage("probe", (0.3, 1.0)), should_cancel)
-    else:  # nothing names an answer: the token drift is still worth seeing
-        beliefs = empty_beliefs()
-        if progress:
-            progress(0.3, 1.0, f"warning: {NO_LABELS}")
-    result = assemble(cfg, records, encoded, graph, tokens, beliefs, starts)
+    staging = _staging(cache_dir)  # the tables are written here part by part, never whole in memory
+    try:
+        tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k, *lineage),
+                         stage("scoring", (0.0, 0.3)), should_cancel, staging)
+        pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions,
+                           include_prompt=cfg.include_prompt)
+        if labels:
+            beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
+                               stage("probe", (0.3, 1.0)), should_cancel, staging)
+        else:  # nothing names an answer: the token drift is still worth seeing
+            beliefs = []
+            if progress:
+                progress(0.3, 1.0, f"warning: {NO_LABELS}")
+        result = assemble_parts(cfg, records, encoded, graph, tokens, beliefs, starts, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if progress:
         progress(1.0, 1.0, "done")
     return result
@@ -397,6 +452,95 @@ def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: p
                     drift.step_changes(beliefs, branches=starts), records)
 
 
+def _staging(cache_dir: str | Path | None) -> Path:
+    """A new temporary folder for one run's parts and tables: in the cache (beside the parts, on the same disk)
+    when there is one, else in the system's temporary folder."""
+    import tempfile
+
+    root = expand(cache_dir) / ".staging" if cache_dir is not None else None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="analysis-", dir=root))
+
+
+def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, token_parts: list[Path],
+                   belief_parts: list[Path], starts: dict[str, str] | None, staging: Path) -> StagedAnalysis:
+    """``assemble`` part by part: the tables computed from the scoring and probe parts one part at a time
+    (``drift.DriftParts``) and written into ``staging``/analysis, the per-trajectory ones sorted by trajectory in
+    ROW_GROUP-row groups (``cache.SortedByTrajectory``), as ``Analysis.save`` writes them. Host memory: one part,
+    one sort bucket and the drift tables' partial sums, whatever the number of trajectories."""
+    import pyarrow.parquet as pq
+
+    folder = staging / "analysis"
+    folder.mkdir(parents=True, exist_ok=True)
+    acc = drift.DriftParts(graph, cfg.tau)
+    ids = [e.id for e in encoded]
+    out = {name: SortedByTrajectory(folder / f"{name}.parquet", ids, staging / "sort", row_group=ROW_GROUP)
+           for name in PER_TRAJECTORY}
+    for path in token_parts:
+        table = pq.read_table(path)
+        out["tokens"].add(table)
+        acc.add_tokens(_drift_columns(table))
+    by_id = {e.id: e for e in encoded}
+    empty_effects = acc.add_beliefs(empty_beliefs(), encoded) if not belief_parts else None
+    for path in belief_parts:
+        part = _checkpoint_major(pd.read_parquet(path))
+        out["beliefs"].add(part)
+        effects = acc.add_beliefs(part, [by_id[t] for t in pd.unique(part["traj_id"])])
+        out["effects"].add(effects)
+        empty_effects = effects.head(0) if empty_effects is None else empty_effects
+    out["tokens"].finish(empty=pd.DataFrame())
+    out["beliefs"].finish(empty=empty_beliefs())
+    out["effects"].finish(empty=empty_effects)
+    for parts in (token_parts, belief_parts):  # the parts of a run without a cache: written out, not needed now
+        for p in parts:
+            if p.is_relative_to(staging):
+                p.unlink(missing_ok=True)
+    tables = acc.tables(starts)
+    for name in SUMMARY_TABLES:
+        write_parquet(tables[name], folder / f"{name}.parquet", row_group_size=ROW_GROUP)
+    _write_extras(folder, records, acc)
+    return StagedAnalysis(folder, cfg, records, tables, staging)
+
+
+def _drift_columns(table) -> pd.DataFrame:
+    """The columns of a token part the drift tables read, with each row's top-1 alternative taken from the
+    top-k lists column-wise (the lists themselves, most of the part's bytes, never become Python objects)."""
+    import pyarrow.compute as pc
+
+    names = ["traj_id", "checkpoint", "step", "position", "token", "in_think", "logprob", *drift.SUMMARY_KL]
+    df = table.select(names).to_pandas()
+    if "top_tokens" in table.column_names:
+        lists = table["top_tokens"]
+        if table.num_rows and pc.min(pc.list_value_length(lists)).as_py() > 0:
+            df["top1"] = pc.list_element(lists, 0).to_pandas().to_numpy(dtype=object)
+        else:
+            df["top1"] = [x[0] if x else "" for x in lists.to_pylist()]
+    return df
+
+
+def _write_extras(folder: Path, records: list[dict], acc: drift.DriftParts) -> None:
+    """What ``Analysis._write_tables`` writes beside the tables: the texts, the explorer's trajectory ranking
+    and the per-category accuracy, from the final beliefs and per-trajectory counts (never the whole tables)."""
+    from core import explore
+
+    fin = acc.final()
+    if records:
+        with open(folder / TEXTS, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not fin.empty or records:
+        no_effects = pd.DataFrame({"traj_id": pd.Series(dtype=object), "direction": pd.Series(dtype=object)})
+        table = explore.trajectory_table(fin, no_effects, records or None)
+        if not fin.empty:  # the effect counts, summed part by part
+            counts = acc.counts()
+            for column, key in (("detrimental", "det"), ("beneficial", "ben")):
+                table[column] = table["traj_id"].map(counts[key]).fillna(0).astype(int)
+        write_parquet(table, folder / "trajectories.parquet")
+    if not fin.empty:
+        cat = drift.category_accuracy(fin)
+        write_parquet(cat.reset_index() if not cat.empty else pd.DataFrame({"gold": []}), folder / "by_category.parquet")
+
+
 def _batch_size(cfg: AnalysisConfig, encoded, series: ModelSeries | None, progress: Progress | None) -> int:
     """The config's batch size, or the most that fit the device (core.fit); refuses, before any model is loaded,
     a run that would not fit one trajectory at a time (fit.DoesNotFit, an InputError naming what to change)."""
@@ -423,8 +567,10 @@ def _checkpoint_major(df: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def _scores(get_series, encoded, scfg: ScoreConfig, cache_dir, key: str, progress, should_cancel) -> pd.DataFrame:
-    """``score``'s table, stored batch by batch as it is computed (a rerun resumes at the first missing batch)."""
+def _scores(get_series, encoded, scfg: ScoreConfig, cache_dir, key: str, progress, should_cancel,
+            scratch: Path) -> list[Path]:
+    """``score``'s table, stored batch by batch as it is computed (a rerun resumes at the first missing batch):
+    the parts' paths, in batch order (each part: a batch's rows under every checkpoint, checkpoint-major)."""
     names = [part_name(encoded[i].id for i in idx) for idx in batch_plan(encoded, scfg)]
 
     def compute(missing: set[str]):
@@ -432,11 +578,12 @@ def _scores(get_series, encoded, scfg: ScoreConfig, cache_dir, key: str, progres
                                         skip=lambda ids: part_name(ids) not in missing):
             yield part_name(encoded[i].id for i in idx), frame
 
-    return _checkpoint_major(cached_parts(cache_dir, "tokens", key, names, compute))
+    return stored_parts(cache_dir, "tokens", key, names, compute, scratch)
 
 
-def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, key: str, progress, should_cancel) -> pd.DataFrame:
-    """``probe``'s table, stored PROBE_PART trajectories at a time as it is computed."""
+def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, key: str, progress, should_cancel,
+             scratch: Path) -> list[Path]:
+    """``probe``'s table, stored PROBE_PART trajectories at a time as it is computed: the parts' paths."""
     slices = [encoded[a: a + PROBE_PART] for a in range(0, len(encoded), PROBE_PART)]
     names = [part_name(e.id for e in part) for part in slices]
 
@@ -446,7 +593,7 @@ def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, key: str, progre
             sub = (lambda d, t, m, k=k: progress(k + d / max(t, 1e-12), len(todo), m)) if progress else None
             yield name, probe(get_series(), part, pcfg, sub, should_cancel)
 
-    return _checkpoint_major(cached_parts(cache_dir, "beliefs", key, names, compute))
+    return stored_parts(cache_dir, "beliefs", key, names, compute, scratch)
 
 
 @dataclass

@@ -14,10 +14,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from core.paths import expand
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def cache_key(*parts) -> str:
@@ -111,6 +116,120 @@ def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[
 
     shutil.rmtree(folder, ignore_errors=True)
     return whole  # read from parquet parts: already the types a later read of the entry gives
+
+
+def stored_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[str],
+                 compute: Callable[[set[str]], Iterator[tuple[str, pd.DataFrame]]], scratch: Path) -> list[Path]:
+    """Like ``cached_parts``, but the table stays in its parts on disk: returns their paths in ``names`` order,
+    so that a caller reads one part at a time. Without a cache the parts go to ``scratch`` (the caller's
+    temporary folder). An entry stored whole by an earlier version is returned as its one part."""
+    if cache_dir is None:
+        folder = scratch / f"{kind}.parts"
+    else:
+        cache_dir = expand(cache_dir)
+        whole = cache_dir / f"{kind}-{key}.parquet"
+        if (hit := _read_cached_schema(whole)) is not None:
+            return [hit]
+        folder = cache_dir / f"{kind}-{key}.parts"
+    missing = {n for n in names if not _readable(folder / f"{n}.parquet")}
+    if missing:
+        for name, frame in compute(missing):
+            write_parquet(frame, folder / f"{name}.parquet")
+    return [folder / f"{n}.parquet" for n in names]
+
+
+def _readable(path: Path) -> bool:
+    """A stored part whose footer reads (a cut or damaged one is removed, to be computed again)."""
+    return _read_cached_schema(path) is not None
+
+
+def _read_cached_schema(path: Path) -> Path | None:
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+        return path
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+class SortedByTrajectory:
+    """One parquet file of a per-trajectory table whose rows arrive part by part in any trajectory order,
+    written sorted by ``traj_id`` (stable: a trajectory's rows keep their order) in row groups of exactly
+    ``row_group`` rows, as a whole sorted table would be written. An external sort: each part's rows go
+    to bucket files by the trajectory's rank among ``ids`` (``per_bucket`` trajectories per bucket; by default
+    as many as make about ``bucket_rows`` rows, judged from the first part); at ``finish`` the buckets are
+    read, sorted and appended one at a time, so memory holds one bucket.
+
+        out = SortedByTrajectory(folder / "tokens.parquet", ids, scratch)
+        for part in parts: out.add(part)
+        out.finish(empty=df.head(0))
+    """
+
+    def __init__(self, path: Path, ids: list[str], scratch: Path, per_bucket: int | None = None,
+                 row_group: int = 8_192, bucket_rows: int = 1 << 18):
+        import pyarrow as pa
+
+        self.path, self.scratch, self.per_bucket, self.row_group = path, scratch, per_bucket, row_group
+        self.bucket_rows = bucket_rows  # 262,144 rows: about 50 MB of a token table with its top-k lists
+        self.ids = pa.array(sorted(set(ids)), type=pa.large_string())
+        self.files: dict[int, list[Path]] = {}
+        self.schema = None
+        scratch.mkdir(parents=True, exist_ok=True)
+
+    def add(self, frame: pd.DataFrame | pa.Table) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.feather as feather
+
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata(None)
+        if not table.num_rows:
+            return
+        if self.per_bucket is None:  # trajectories per bucket, from this first part's rows per trajectory
+            per_trajectory = table.num_rows / max(1, pc.count_distinct(table["traj_id"]).as_py())
+            self.per_bucket = max(1, int(self.bucket_rows // per_trajectory))
+        rank = pc.index_in(pc.cast(table["traj_id"], pa.large_string()), value_set=self.ids)
+        if rank.null_count:
+            raise ValueError(f"{self.path.name}: rows of a trajectory that is not in the run")
+        bucket = pc.divide(rank, self.per_bucket).to_numpy()  # integer division of int32
+        self.schema = table.schema if self.schema is None else pa.unify_schemas(
+            [self.schema, table.schema], promote_options="permissive")
+        for b in np.unique(bucket):
+            path = self.scratch / f"{self.path.stem}-{b:07d}-{sum(map(len, self.files.values())):07d}.arrow"
+            feather.write_feather(table.filter(pa.array(bucket == b)), path, compression="lz4")  # fast to write and read
+            self.files.setdefault(int(b), []).append(path)
+
+    def finish(self, empty: pd.DataFrame) -> None:
+        """Write the file (atomically); ``empty`` (the table's columns, no rows) when no row was added."""
+        if self.schema is None:
+            write_parquet(empty, self.path)
+            return
+        _atomic(self.path, self._write_sorted)
+
+    def _write_sorted(self, tmp: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.feather as feather
+        import pyarrow.parquet as pq
+
+        carry = None
+        with pq.ParquetWriter(tmp, self.schema) as writer:
+            for b in sorted(self.files):
+                t = pa.concat_tables([feather.read_table(f, memory_map=False).cast(self.schema) for f in self.files[b]])
+                t = t.take(pc.sort_indices(t, sort_keys=[("traj_id", "ascending")]))  # a stable sort
+                t = pa.concat_tables([carry, t]) if carry is not None else t
+                whole = t.num_rows - t.num_rows % self.row_group
+                if whole:
+                    writer.write_table(t.slice(0, whole), row_group_size=self.row_group)
+                carry = t.slice(whole)
+                for f in self.files[b]:
+                    f.unlink()
+            if carry is not None and carry.num_rows:
+                writer.write_table(carry, row_group_size=self.row_group)
 
 
 def swap_in_folder(tmp: Path, out: Path) -> None:

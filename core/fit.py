@@ -25,7 +25,7 @@ GIB = 1 << 30
 SAFETY = 0.8  # share of the free memory the estimate may plan for
 MAX_AUTO = 64  # larger batches only pad more; the scorer's chunks already fill the device
 FRAME_ROW_BYTES = 700  # host bytes per result row in pandas (measured: 659 with top-k 5; issue 15)
-CHUNK_MATRICES = 8  # (rows, V) float32 temporaries alive at once in core.scoring._stats
+CHUNK_MATRICES = 8  # (rows, V) float32 alive at once in core.scoring._stats_inner: base, parent, current (log p, p), JS
 PROBE_QUERY = 2048  # ProbeConfig.max_tree_tokens: the probe's query chunk over a cached prefix
 
 
@@ -92,7 +92,8 @@ class Need:
         s, t, b = self.shape, self.tokens, self.dtype_bytes
         out = {"activations": t * (4 * s.hidden + 2 * s.kv_dim + 3 * s.intermediate) * b,
                "kv cache": t * 2 * s.layers * s.kv_dim * b,  # the shared-prefix path keeps every layer's
-               "hidden states": 4 * t * s.hidden * b}  # decoder output; current, base, previous rows
+               # the decoder's output and the completion rows under every checkpoint (core.scoring._group_inner)
+               "hidden states": (1 + max(3, self.checkpoints)) * t * s.hidden * b}
         if s.eager:
             out["attention scores"] = s.heads * t * t * (b + 4)  # and their float32 softmax
         if self.patches and s.vision_hidden:  # one vision block's transients over the row's patches, and the

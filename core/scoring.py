@@ -214,34 +214,46 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
     pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
     batches = [idx for idx in _batches(encoded, cfg.batch_size) if not (skip and skip([encoded[i].id for i in idx]))]
     texts = np.array(vocab_texts(series.tokenizer) + [""], dtype=object) if cfg.top_k else None
-    total, done = len(batches) * len(series.names), 0
+    total = len(batches) * len(series.names)
     share = cfg.share_prefix if cfg.share_prefix is not None else str(series.device) == "cpu"
     can_share = [share]  # turned off for the rest of the call if the architecture cannot share
     parents = series.parents
+    progress_done = [0]
+
+    def _tick(name: str, b: int) -> None:
+        progress_done[0] += 1
+        if progress:
+            done = progress_done[0]
+            progress(done, total, f"{name}: batch {done % len(batches) or len(batches)}/{len(batches)}")
+
     until = keep_until(series.names, parents)
-    for group in _groups(series, encoded, batches, cfg.group_bytes, parents):
-        stats: list[dict[str, dict]] = [{} for _ in group]
-        kept: list[dict[str, _Rows]] = [{} for _ in group]  # per batch: its rows under the base and the parents
-        for i, name in enumerate(series.names):  # checkpoint-outer within a group: a full checkpoint loads once
-            if should_cancel and should_cancel():
-                raise Cancelled("scoring cancelled")
-            with series.activate(name) as model:
-                for b, idx in enumerate(group):
-                    stats[b][name] = _score_batch(model, series, encoded, idx, pad, cfg, can_share, kept[b],
-                                                  name, parents.get(name))
-                    for k in [k for k in kept[b] if k != series.names[0] and until.get(k, -1) <= i]:
-                        del kept[b][k]  # no later checkpoint is measured against it
-                    done += 1
-                    if progress:
-                        progress(done, total, f"{name}: batch {done % len(batches) or len(batches)}/{len(batches)}")
-            del model  # a full checkpoint is freed before the next one loads (one in memory at a time)
+    inner = _checkpoint_inner(series, cfg.group_bytes)
+    for group in _groups(series, encoded, batches, cfg.group_bytes, parents, every=inner):
+        if inner:
+            stats = _group_inner(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
+        else:
+            stats = _group_outer(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
         for b, idx in enumerate(group):
             yield idx, _frame(_meta([encoded[i] for i in idx]), stats[b], texts, series.steps)
 
 
-def _batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int,
-                  can_share: list[bool]) -> torch.Tensor:
-    """The completion rows' last hidden states of one batch under the active checkpoint.  -> (N, H)
+def _checkpoint_inner(series: ModelSeries, budget: int) -> bool:
+    """Whether a group's batches run under every checkpoint first and get their statistics after, each
+    checkpoint's LM head applied once per row chunk (``_group_inner``): for adapter series (switching is free;
+    the heads are one shared weight), and otherwise (full-model checkpoints, or adapters on the LM head, each
+    a copy) when every checkpoint's head fits ``budget`` bytes (each kept until the group's statistics are
+    done; a 7B model's is about 1 GB)."""
+    out = inner(series.model).get_output_embeddings()
+    if all(c.kind == "adapter" for c in series.checkpoints) and type(out) is torch.nn.Linear:
+        return True
+    head = series.model.get_output_embeddings().weight
+    return len(series.names) * head.numel() * head.element_size() <= budget
+
+
+def batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int,
+                 can_share: list[bool]) -> torch.Tensor:
+    """The completion rows' last hidden states of batch ``idx`` under ``model`` (the active checkpoint), rows
+    in batch order.  -> (N, H)
     A vision-language series (one with a ``processor``) runs its images with the batch (core.vl_scoring),
     never through a shared prefix; text batches share a common prompt prefix's KV cache when they can."""
     if getattr(series, "processor", None) is not None:
@@ -257,13 +269,55 @@ def _batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[
     return hidden
 
 
+def _targets(series: ModelSeries, encoded: list[Encoded], idx: list[int]) -> torch.Tensor:
+    return torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
+
+
+def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], until: dict[str, int], should_cancel, tick) -> list[dict[str, dict]]:
+    """Every batch of the group under every checkpoint (its hidden states, (N, H) each), then each batch's
+    statistics with one LM-head pass per checkpoint and row chunk (``_stats_inner``)."""
+    rows: list[list[_Rows]] = [[] for _ in group]
+    for name in series.names:  # checkpoint-outer for the forward passes: a full checkpoint loads once
+        if should_cancel and should_cancel():
+            raise Cancelled("scoring cancelled")
+        with series.activate(name) as model:
+            for b, idx in enumerate(group):
+                rows[b].append(_Rows(model, batch_hidden(model, series, encoded, idx, pad, can_share)))
+                tick(name, b)
+        del model
+    return [_stats_inner(rows[b], series.names, series.parents, until, _targets(series, encoded, idx), cfg.top_k)
+            for b, idx in enumerate(group)]
+
+
+def _group_outer(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], until: dict[str, int], should_cancel, tick) -> list[dict[str, dict]]:
+    """Checkpoint by checkpoint, each batch's statistics as soon as its rows are computed, against the base's
+    and the parent's rows kept so far (their LM heads applied again per chunk): full-model series whose heads
+    do not all fit beside each other."""
+    parents = series.parents
+    stats: list[dict[str, dict]] = [{} for _ in group]
+    kept: list[dict[str, _Rows]] = [{} for _ in group]  # per batch: its rows under the base and the parents
+    for i, name in enumerate(series.names):  # checkpoint-outer within a group: a full checkpoint loads once
+        if should_cancel and should_cancel():
+            raise Cancelled("scoring cancelled")
+        with series.activate(name) as model:
+            for b, idx in enumerate(group):
+                stats[b][name] = _score_batch(model, series, encoded, idx, pad, cfg, can_share, kept[b],
+                                              name, parents.get(name))
+                for k in [k for k in kept[b] if k != series.names[0] and until.get(k, -1) <= i]:
+                    del kept[b][k]  # no later checkpoint is measured against it
+                tick(name, b)
+        del model  # a full checkpoint is freed before the next one loads (one in memory at a time)
+    return stats
+
+
 def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
                  can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
     """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
     (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
-    hidden = _batch_hidden(model, series, encoded, idx, pad, can_share)  # (N, H)
-    cur = _Rows(model, hidden)
-    targets = torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
+    cur = _Rows(model, batch_hidden(model, series, encoded, idx, pad, can_share))
+    targets = _targets(series, encoded, idx)
     out = _stats(cur, targets, cfg.top_k, kept.get(series.names[0], cur), kept[parent] if parent else cur)
     kept[name] = cur
     return out
@@ -301,15 +355,16 @@ def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None =
 
 
 def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]], budget: int,
-            parents: dict[str, str] | None = None) -> list[list[list[int]]]:
+            parents: dict[str, str] | None = None, every: bool = False) -> list[list[list[int]]]:
     """One batch per group for adapter series (switching is free); for series with full-model checkpoints,
-    as many batches as keep the base's and the parents' (N, H) hidden states within ``budget`` bytes, so that
-    each full checkpoint is loaded once per group, not once per batch."""
+    as many batches as keep the base's and the parents' (N, H) hidden states (``every``: every checkpoint's,
+    ``_group_inner``) within ``budget`` bytes, so that each full checkpoint is loaded once per group, not once
+    per batch."""
     if all(c.kind == "adapter" for c in series.checkpoints):
         return [[b] for b in batches]
     hidden = series.model.get_output_embeddings().weight.shape[1]
     size_of = torch.empty((), dtype=series.dtype).element_size()
-    kept = _most_kept(series.names, parents if parents is not None else series.parents)  # base + previous: 2
+    kept = len(series.names) if every else _most_kept(series.names, parents if parents is not None else series.parents)
     groups, current, size = [], [], 0
     for b in batches:
         cost = kept * sum(len(encoded[i].completion_ids) for i in b) * hidden * size_of
@@ -340,26 +395,67 @@ def _stats(cur: _Rows, targets: torch.Tensor, top_k: int, base: _Rows, prev: _Ro
     """One batch's statistics under one checkpoint, against the base and the previous checkpoint, over row
     chunks: each chunk's (rows, V) distributions are rebuilt from hidden states and dropped after use."""
     n = cur.hidden.shape[0]
-    size = chunk_rows(cur.weight.shape[0] if cur.module is None else _vocab(cur), cur.hidden.device)
+    size = _chunk(cur)
     parts: dict[str, list] = {}
     for a in range(0, n, size):
         sl = slice(a, a + size)
-        lp, p, h = cur.logprobs(sl)  # (n, V), (n, V), (n,)
-        st = token_stats(lp, targets[sl], top_k, p, h)
-        if base is cur:  # the base against itself: exactly zero, no passes over the vocabulary
-            st.update(kl_base=torch.zeros_like(h), js_base=torch.zeros_like(h))
-        else:
-            bl, bp, bh = base.logprobs(sl)
-            st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh))
-            del bl, bp, bh  # freed before the previous checkpoint's chunk is built
-        if prev is base:  # the first checkpoint after the base: the same two numbers
-            st.update(kl_prev=st["kl_base"], js_prev=st["js_base"])
-        else:
-            pl, pp, ph = prev.logprobs(sl)
-            st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
+        st = _chunk_stats(cur.logprobs(sl), targets[sl], top_k,
+                          None if base is cur else (lambda sl=sl: base.logprobs(sl)),
+                          "base" if prev is base else (lambda sl=sl: prev.logprobs(sl)))
         for k, v in st.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
+
+
+def _chunk(rows: _Rows) -> int:
+    return chunk_rows(rows.weight.shape[0] if rows.module is None else _vocab(rows), rows.hidden.device)
+
+
+def _chunk_stats(cur: tuple, targets: torch.Tensor, top_k: int, base, prev) -> dict[str, torch.Tensor]:
+    """A chunk's statistics from its (log p, p, H(p)) ``cur``; ``base`` / ``prev``: a function giving their
+    (log q, q, H(q)) for the chunk (called when needed, so a caller may build it then), None for the base
+    against itself (exactly zero, no passes over the vocabulary), "base" for a parent that is the base."""
+    lp, p, h = cur
+    st = token_stats(lp, targets, top_k, p, h)
+    if base is None:
+        st.update(kl_base=torch.zeros_like(h), js_base=torch.zeros_like(h))
+    else:
+        bl, bp, bh = base()
+        st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh))
+        del bl, bp, bh  # freed before the previous checkpoint's chunk is built (when it is built here)
+    if isinstance(prev, str):  # the first checkpoint after the base: the same two numbers
+        st.update(kl_prev=st["kl_base"], js_prev=st["js_base"])
+    else:
+        pl, pp, ph = prev()
+        st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
+    return st
+
+
+def _stats_inner(rows: list[_Rows], names: list[str], parents: dict[str, str], until: dict[str, int],
+                 targets: torch.Tensor, top_k: int) -> dict[str, dict[str, np.ndarray]]:
+    """One batch's statistics under every checkpoint (``rows[i]``: its rows under ``names[i]``), checkpoint-inner
+    per row chunk: each checkpoint's chunk of log-distributions is built once and measured against the base's
+    and its parent's, kept while a later checkpoint needs them (``until``). The same chunks and operations as
+    ``_stats``, so the same numbers, bit for bit, with one LM-head pass per checkpoint instead of up to three.
+    At most (2 + alive parents) chunks of (log q, q) are kept: the base's, the parents', the current one's."""
+    size = _chunk(rows[0])
+    parts: dict[str, dict[str, list]] = {name: {} for name in names}
+    for a in range(0, rows[0].hidden.shape[0], size):
+        sl = slice(a, a + size)
+        alive: dict[str, tuple] = {}
+        for i, name in enumerate(names):
+            cur = rows[i].logprobs(sl)
+            parent = parents.get(name)
+            base = None if i == 0 else (lambda alive=alive: alive[names[0]])
+            prev = ("base" if i == 0 or parent == names[0] else
+                    (lambda c=cur: c) if parent is None else (lambda p=parent, alive=alive: alive[p]))
+            for k, v in _chunk_stats(cur, targets[sl], top_k, base, prev).items():
+                parts[name].setdefault(k, []).append(v)
+            if i == 0 or until.get(name, -1) > i:
+                alive[name] = cur
+            for k in [k for k in alive if k != names[0] and until.get(k, -1) <= i]:
+                del alive[k]  # no later checkpoint is measured against it
+    return {name: {k: torch.cat(v).cpu().numpy() for k, v in st.items()} for name, st in parts.items()}
 
 
 def _vocab(rows: _Rows) -> int:

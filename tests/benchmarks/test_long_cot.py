@@ -99,6 +99,49 @@ def test_scoring_peak_memory_is_under_one_logits_matrix(long_series):
               f"{bare:>7.2f} {seconds / bare:>6.2f}")
 
 
+@pytest.fixture(scope="module")
+def branchy_series(long_series, tmp_path_factory):
+    """The narrow model with 4 adapter checkpoints (base + 4): the scorer's head passes per checkpoint matter."""
+    import shutil
+
+    root = Path(long_series.checkpoints[0].path).parent
+    run = tmp_path_factory.mktemp("longcot-run")
+    for step in (1, 2, 3, 4):
+        shutil.copytree(root / "checkpoint-1", run / f"checkpoint-{step}")
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return load_series(root / "model", run, device="cpu", base_names=["long-random"])
+
+
+@torch.no_grad()
+def test_scoring_head_passes_checkpoint_inner_vs_outer(branchy_series, monkeypatch):
+    """Scoring time vs the bare forward passes (``model(ids).logits`` per checkpoint), checkpoint-inner (one LM
+    head pass per checkpoint and row chunk, the default for adapters) vs checkpoint-outer (the former order:
+    each checkpoint's chunk measured against the base's and the previous one's, rebuilt: up to 3 passes)."""
+    from core import scoring
+
+    torch.set_num_threads(2)
+    series, k = branchy_series, len(branchy_series.names)
+    lengths = (1024, 4096) if FULL else (256,)
+    print(f"\nscoring one row, {k} checkpoints (4 adapters), vocabulary {VOCAB} (CPU, fp32): time vs bare forwards")
+    print(f"{'tokens':>7} {'inner s':>8} {'peak MB':>8} {'outer s':>8} {'peak MB':>8} {'bare s':>7} "
+          f"{'inner x':>8} {'outer x':>8}")
+    score(series, [_trajectory(series, 64)], ScoreConfig(top_k=5, batch_size=1))  # warm-up
+    for n in lengths:
+        e = _trajectory(series, n)
+        run = lambda e=e: score(series, [e], ScoreConfig(top_k=5, batch_size=1))  # noqa: E731
+        inner, inner_peak = _peak_above_baseline(run)
+        with monkeypatch.context() as m:
+            m.setattr(scoring, "_checkpoint_inner", lambda series, budget: False)
+            outer, outer_peak = _peak_above_baseline(run)
+        t = time.perf_counter()
+        for name in series.names:
+            with series.activate(name) as model:
+                model(torch.tensor([e.input_ids])).logits.float()
+        bare = time.perf_counter() - t
+        print(f"{n:>7} {inner:>8.2f} {inner_peak / 2**20:>8.0f} {outer:>8.2f} {outer_peak / 2**20:>8.0f} "
+              f"{bare:>7.2f} {inner / bare:>8.2f} {outer / bare:>8.2f}")
+
+
 @torch.no_grad()
 def test_probe_encodes_each_prefix_once(long_series):
     torch.set_num_threads(2)
@@ -123,5 +166,37 @@ def test_probe_encodes_each_prefix_once(long_series):
                 per = len(df) // len(long_series.names)
                 print(f"{n:>7} {mode:>9} {per:>9} {encoded / len(e.input_ids):>7.1f} {seconds:>8.2f} {plain:>7.2f} "
                       f"{seconds / plain:>7.1f}")
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def test_probe_100_labels_vs_14(long_series):
+    """The probe's cost with 100 answer labels vs the 14 of the sample world: tokens encoded (each label's
+    tokens go into every probe block) and time, sentence ends, one checkpoint."""
+    torch.set_num_threads(2)
+    few = list(DISEASES)
+    many = few + [f"Finding {k} of the chest" for k in range(100 - len(few))]
+    embed = decoder(long_series.model).embed_tokens
+    counted: list[int] = []
+    hook = embed.register_forward_hook(lambda m, a, out: counted.append(a[0].numel()))
+    n = 2048 if FULL else 512
+    e = _trajectory(long_series, n)
+    print(f"\nprobe, {n} tokens, sentence ends, vocabulary {VOCAB} (CPU, fp32), one checkpoint of "
+          f"{len(long_series.names)}: 100 labels vs 14")
+    print(f"{'labels':>7} {'label tokens':>12} {'encoded':>9} {'probe s':>8} {'x 14 labels':>11}")
+    try:
+        probe(long_series, [e], ProbeConfig(labels=few, positions="sentence"))  # warm-up
+        first = None
+        for labels in (few, many):
+            counted.clear()
+            t = time.perf_counter()
+            probe(long_series, [e], ProbeConfig(labels=labels, positions="sentence"))
+            seconds = (time.perf_counter() - t) / len(long_series.names)
+            encoded = sum(counted) / len(long_series.names)
+            label_tokens = sum(len(long_series.tokenizer(" " + y, add_special_tokens=False).input_ids) for y in labels)
+            first = first or (seconds, encoded)
+            print(f"{len(labels):>7} {label_tokens:>12} {encoded:>9.0f} {seconds:>8.2f} "
+                  f"{seconds / first[0]:>6.1f}x t {encoded / first[1]:>4.1f}x tok")
     finally:
         hook.remove()

@@ -165,15 +165,19 @@ def test_a_cancelled_run_keeps_its_finished_batches_and_resumes(cfg, tmp_path, m
     parts = list(tmp_path.glob("tokens-*.parts/*.parquet"))
     assert len(parts) == 2
     scored = []
-    real = scoring._score_batch
-    monkeypatch.setattr(scoring, "_score_batch", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
+    real = scoring.batch_hidden  # a batch's forward pass under one checkpoint
+    monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
     resumed = an.run_analysis(small, cache_dir=tmp_path)
     assert len({tuple(idx) for idx in scored}) == 1  # only the missing batch ran
-    assert not list(tmp_path.glob("tokens-*.parts"))  # whole now: stored as one table
+    assert len(list(tmp_path.glob("tokens-*.parts/*.parquet"))) == 3  # kept in parts: the drift step reads one
+    assert not list(tmp_path.glob("tokens-*.parquet"))  # at a time, never the whole table
     fresh = an.run_analysis(small)
     assert resumed.tokens[["traj_id", "checkpoint", "position"]].equals(fresh.tokens[["traj_id", "checkpoint", "position"]])
     assert (resumed.tokens["logprob"] - fresh.tokens["logprob"]).abs().max() < 1e-5
     assert resumed.beliefs[["traj_id", "checkpoint", "position"]].equals(fresh.beliefs[["traj_id", "checkpoint", "position"]])
+    staged = resumed.folder
+    del resumed
+    assert not staged.exists()  # the staged tables go with the result
 
 
 def test_cli_score_runs_from_a_saved_config(cfg, tmp_path):

@@ -181,3 +181,23 @@ def test_linear_time_drift_tables_equal_the_former_joins(every):
     want = _reference_drivers_by_concept(eff, encoded, g)
     assert len(got) == len(want) > 0
     pd.testing.assert_frame_equal(got, want, check_dtype=False, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_the_part_by_part_drift_step_writes_the_whole_table_step_s_folder(world_analysis, tmp_path):
+    """The sample world's analysis (its tables computed part by part from the cached scoring and probe parts)
+    saved = the whole-table ``assemble`` of the same scores and beliefs, saved."""
+    from core import analysis as an
+    from core.series import branch_starts, load_tokenizer, plan_series
+    from core.trajectories import encode
+    from tests.unit.test_drift_parts import assert_same_folders
+
+    cfg = world_analysis.config
+    records = world_analysis.records
+    encoded = encode(load_tokenizer(cfg.base), records, chat_template=cfg.chat_template)
+    _, graph = an.resolve_labels(cfg, records)
+    _, infos, _, _ = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
+    whole = an.assemble(cfg, records, encoded, graph, world_analysis.tokens, world_analysis.beliefs,
+                        branch_starts(infos))
+    assert len(world_analysis.tokens["traj_id"].unique()) == 70 and len(whole.by_context) > 0
+    assert_same_folders(whole.save(tmp_path / "whole"), world_analysis.save(tmp_path / "parts"))

@@ -216,3 +216,47 @@ def test_score_batches_yields_every_row_once(series, scored):
     np.testing.assert_allclose(got["kl_prev"], want["kl_prev"], atol=1e-6)
     skipped = list(score_batches(series, enc, ScoreConfig(top_k=0, batch_size=4), skip=lambda ids: enc[0].id in ids))
     assert enc[0].id not in {t for _, f in skipped for t in f["traj_id"]}
+
+
+def test_checkpoint_inner_statistics_equal_checkpoint_outer_bit_for_bit(adapters, quick_world, sample_world,
+                                                                        tmp_path, monkeypatch):
+    """Adapter series score checkpoint-inner (every checkpoint's hidden states of a batch, then one LM-head pass
+    per checkpoint and row chunk): the same numbers, bit for bit, as measuring each checkpoint against the
+    base's and its parent's rows rebuilt per chunk, over several chunks and a branching lineage (c6 starts from
+    c2 as a CPO run does, c8 continues c4), with a third of the head passes."""
+    import json
+    import shutil
+
+    from core import scoring
+    from core.series import ModelSeries, load_series
+
+    run = tmp_path / "run"
+    for src, step in (("checkpoint-2", 2), ("checkpoint-4", 4), ("checkpoint-4", 6), ("checkpoint-2", 8)):
+        shutil.copytree(adapters / src, run / f"checkpoint-{step}")
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    series = load_series(quick_world / "model", run, base_names=["cxr-demo-tiny-llama"])
+    lineage = {"checkpoint-2": "base", "checkpoint-4": "checkpoint-2", "checkpoint-6": "checkpoint-2",
+               "checkpoint-8": "checkpoint-4"}
+    monkeypatch.setattr(ModelSeries, "parents", property(lambda self: lineage))
+    monkeypatch.setattr(scoring, "chunk_rows", lambda vocab, device: 7)  # several chunks per batch
+    calls = []
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda x, w, b=None: (calls.append(1) if w.shape[0] >= len(series.tokenizer) else None)
+                        or real(x, w, b))
+    enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=5))
+    cfg = ScoreConfig(top_k=3, batch_size=3)
+    inner = score(series, enc, cfg)
+    inner_calls = len(calls)
+    monkeypatch.setattr(scoring, "_checkpoint_inner", lambda series, budget: False)
+    calls.clear()
+    outer = score(series, enc, cfg)
+    assert inner[["traj_id", "checkpoint", "position"]].equals(outer[["traj_id", "checkpoint", "position"]])
+    for col in ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev"):
+        assert np.array_equal(inner[col].to_numpy(), outer[col].to_numpy()), col
+    assert np.array_equal(np.stack(inner["top_probs"]), np.stack(outer["top_probs"]))
+    branch = inner[inner.checkpoint == "checkpoint-6"]["kl_prev"].to_numpy()
+    assert branch.max() > 0 and not np.array_equal(branch, inner[inner.checkpoint == "checkpoint-6"]["kl_base"])
+    chunks = sum(-(-sum(len(enc[i].completion_ids) for i in idx) // 7) for idx in _batches(enc, 3))
+    assert inner_calls == 5 * chunks  # one head pass per checkpoint and chunk
+    assert len(calls) == (1 + 2 + 3 + 3 + 3) * chunks  # the base; then each with the base's (and parent's) again
