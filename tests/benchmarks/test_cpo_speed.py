@@ -131,10 +131,7 @@ def _vl_world(tmp_path, hidden: int, layers: int, side: int, n_pairs: int):
     from tests.vl_world import LABELS, QUESTION
 
     tok = make_tokenizer()
-    config = make_config(tok, hidden)
-    text = config.text_config  # wider and deeper; head_dim stays 16, which the tiny model's mrope_section fits
-    text.num_hidden_layers, text.layer_types = layers, ["full_attention"] * layers
-    text.num_attention_heads, text.intermediate_size = hidden // 16, 2 * hidden
+    config = make_config(tok, hidden, layers=layers)  # 4 heads; the rotary split follows the head size
     torch.manual_seed(0)
     base = write_tiny_vl(tmp_path / "vl-base", model=Qwen2_5_VLForConditionalGeneration(config), tokenizer=tok)
     lines = []
