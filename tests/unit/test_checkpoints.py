@@ -70,4 +70,5 @@ def test_find_candidates_lists_models_and_trainer_folders(sample_world, tmp_path
     from core.checkpoints import find_candidates
 
     models, series = find_candidates([sample_world, tmp_path / "missing"])
-    assert models == [sample_world / "model"] and series == [sample_world / "rft"]
+    mm = sample_world / "multimodal"  # the multimodal sample world sits inside the text one's folder
+    assert models == [sample_world / "model", mm / "model"] and series == [sample_world / "rft", mm / "rft"]

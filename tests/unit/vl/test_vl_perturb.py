@@ -28,7 +28,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cfg(world):
-    return AnalysisConfig.from_world(world, labels=LABELS, limit=4)
+    return AnalysisConfig.from_world(world, labels=LABELS, limit=4, device="cpu")  # float32, as the expectations
 
 
 @pytest.fixture(scope="module")
