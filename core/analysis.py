@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,9 @@ from core.progress import Progress
 from core.scoring import ScoreConfig, batch_plan, score_batches
 from core.series import ModelSeries, branch_starts, load_series, load_tokenizer, plan_series, series_fingerprint
 from core.trajectories import data_hash, encode, read_jsonl
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PATH_FIELDS = ("base", "data", "checkpoints", "graph")
 TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_concept", "by_context", "changes")
@@ -463,14 +467,15 @@ def _staging(cache_dir: str | Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="analysis-", dir=root))
 
 
-def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, token_parts: list[Path],
-                   belief_parts: list[Path], starts: dict[str, str] | None, staging: Path) -> StagedAnalysis:
+def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, token_parts: Iterable[Path | pa.Table],
+                   belief_parts: Iterable[Path | pa.Table], starts: dict[str, str] | None,
+                   staging: Path) -> StagedAnalysis:
     """``assemble`` part by part: the tables computed from the scoring and probe parts one part at a time
     (``drift.DriftParts``) and written into ``staging``/analysis, the per-trajectory ones sorted by trajectory in
     ROW_GROUP-row groups (``cache.SortedByTrajectory``), as ``Analysis.save`` writes them. Host memory: one part,
-    one sort bucket and the drift tables' partial sums, whatever the number of trajectories."""
-    import pyarrow.parquet as pq
-
+    one sort bucket and the drift tables' partial sums, whatever the number of trajectories. A part: a parquet
+    file or a table (a slice of a shard's table, core.shards), read once, in the order given; each holds whole
+    trajectories, every checkpoint of them; a part file inside ``staging`` is deleted once read."""
     folder = staging / "analysis"
     folder.mkdir(parents=True, exist_ok=True)
     acc = drift.DriftParts(graph, cfg.tau)
@@ -478,29 +483,40 @@ def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, tok
     out = {name: SortedByTrajectory(folder / f"{name}.parquet", ids, staging / "sort", row_group=ROW_GROUP)
            for name in PER_TRAJECTORY}
     for path in token_parts:
-        table = pq.read_table(path)
+        table = _read_part(path, staging)
         out["tokens"].add(table)
         acc.add_tokens(_drift_columns(table))
     by_id = {e.id: e for e in encoded}
-    empty_effects = acc.add_beliefs(empty_beliefs(), encoded) if not belief_parts else None
+    empty_effects = None
     for path in belief_parts:
-        part = _checkpoint_major(pd.read_parquet(path))
+        part = _checkpoint_major(_read_part(path, staging).to_pandas())
         out["beliefs"].add(part)
         effects = acc.add_beliefs(part, [by_id[t] for t in pd.unique(part["traj_id"])])
         out["effects"].add(effects)
         empty_effects = effects.head(0) if empty_effects is None else empty_effects
+    if empty_effects is None:  # no beliefs: the empty tables' columns
+        empty_effects = acc.add_beliefs(empty_beliefs(), encoded)
     out["tokens"].finish(empty=pd.DataFrame())
     out["beliefs"].finish(empty=empty_beliefs())
     out["effects"].finish(empty=empty_effects)
-    for parts in (token_parts, belief_parts):  # the parts of a run without a cache: written out, not needed now
-        for p in parts:
-            if p.is_relative_to(staging):
-                p.unlink(missing_ok=True)
     tables = acc.tables(starts)
     for name in SUMMARY_TABLES:
         write_parquet(tables[name], folder / f"{name}.parquet", row_group_size=ROW_GROUP)
     _write_extras(folder, records, acc)
     return StagedAnalysis(folder, cfg, records, tables, staging)
+
+
+def _read_part(part: Path | pa.Table, staging: Path) -> pa.Table:
+    """A part as a table; a part file of a run without a cache (written into ``staging``) goes once read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(part, pa.Table):
+        return part
+    table = pq.read_table(part)
+    if part.is_relative_to(staging):
+        part.unlink(missing_ok=True)
+    return table
 
 
 def _drift_columns(table) -> pd.DataFrame:

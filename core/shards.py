@@ -14,7 +14,9 @@ and short ones alike. Its results go to ``.DIR.shards/I-of-N/`` beside DIR (hidd
 until the merge swaps the analysis in): its records, its scoring and probe tables, and ``shard.json`` last,
 which says the shard is complete and for which run (the whole config, the data's and the series' hashes).
 A shard scores through the workspace cache like any run, so a killed shard resumes where it stopped.
-The merge orders the rows as one process would have and computes the drift tables from them.
+The merge computes the drift tables from the shards' tables part by part (``analysis.assemble_parts``), each
+shard's file read a few row groups at a time in slices of whole trajectories: host memory does not grow with
+the trajectories, and the tables are written sorted by trajectory as one process writes them.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from core.analysis import AnalysisConfig, assemble, encode_records, resolve_labels, run_analysis
+from core.analysis import (AnalysisConfig, StagedAnalysis, assemble_parts, encode_records, resolve_labels,
+                           run_analysis)
 from core.cache import atomic_write_text, write_parquet
 from core.errors import InputError
 from core.progress import Progress
@@ -38,6 +44,7 @@ from core.trajectories import data_hash, read_jsonl
 
 SHARD_TABLES = ("tokens", "beliefs")  # what a shard computes; the drift tables come from them at the merge
 DONE = "shard.json"
+PART_ROWS = 1 << 16  # rows per part the merge reads from a shard's table (plus one trajectory's)
 
 
 @dataclass(frozen=True)
@@ -100,11 +107,22 @@ def run_shard(cfg: AnalysisConfig, shard: Shard, out: str | Path, cache_dir: str
             atomic_write_text(data, text)
         part = run_analysis(replace(cfg, data=str(data), limit=None, labels=labels), cache_dir, progress,
                             should_cancel)
-        for name in SHARD_TABLES:
-            write_parquet(getattr(part, name), folder / f"{name}.parquet")
+        for name in SHARD_TABLES:  # the staged files as they are: never read whole
+            _place(part.folder / f"{name}.parquet", folder / f"{name}.parquet")
     atomic_write_text(folder / DONE, json.dumps({**_stamp(cfg, shard.count), "index": shard.index,
                                                  "trajectories": len(mine)}, indent=1))
     return folder
+
+
+def _place(src: Path, dst: Path) -> None:
+    """``src`` at ``dst``, hard-linked (copied across file systems), swapped in whole."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def finished(out: str | Path, cfg: AnalysisConfig, count: int) -> list[int]:
@@ -134,8 +152,9 @@ def _read(path: Path) -> dict:
         raise InputError(f"{path}: not a readable shard record ({type(e).__name__})") from None
 
 
-def merge(out: str | Path):
-    """The analysis of every shard in ``out``'s shard folder, equal to an unsharded run's."""
+def merge(out: str | Path) -> StagedAnalysis:
+    """The analysis of every shard in ``out``'s shard folder, equal to an unsharded run's, computed part by part
+    (staged beside the shards, so that ``save`` links its files into ``out``)."""
     root = shard_root(out)
     metas = [_read(p) for p in sorted(root.glob(f"*/{DONE}"))]
     if not metas:
@@ -149,18 +168,58 @@ def merge(out: str | Path):
                          "this run (or ran another config, data or checkpoints); run them, then merge again")
     records = read_jsonl(cfg.data, cfg.limit)
     encoded = encode_records(cfg, records)  # text or vision-language, as run_analysis encodes them
-    tables = {name: _concat(root, stamp["count"], name) for name in SHARD_TABLES}
-    by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))  # core.scoring's batch order
-    tokens = _order(tables["tokens"], [encoded[i].id for i in by_length])
-    beliefs = _order(tables["beliefs"], [e.id for e in encoded])
     _, graph = resolve_labels(cfg, records)
     _, infos, _, _ = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
-    return assemble(cfg, records, encoded, graph, tokens, beliefs, branch_starts(infos))
+    folders = [root / f"{i}-of-{stamp['count']}" for i in range(stamp["count"])]
+    files = {name: [p for f in folders if (p := f / f"{name}.parquet").is_file()] for name in SHARD_TABLES}
+    staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=root))  # beside the shards: on out's disk
+    try:
+        return assemble_parts(cfg, records, encoded, graph, _parts(files["tokens"]), _parts(files["beliefs"]),
+                              branch_starts(infos), staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
-def _concat(root: Path, count: int, name: str) -> pd.DataFrame:
-    frames = [pd.read_parquet(p) for i in range(count) if (p := root / f"{i}-of-{count}" / f"{name}.parquet").is_file()]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def _parts(paths: list[Path]) -> Iterator[pa.Table]:
+    for path in paths:
+        yield from trajectory_slices(path)
+
+
+def trajectory_slices(path: Path, rows: int = PART_ROWS) -> Iterator[pa.Table]:
+    """A table stored sorted by trajectory (a shard's: ``SortedByTrajectory``'s row groups) as slices of whole
+    trajectories of about ``rows`` rows, read a row group at a time: memory holds a slice and one trajectory."""
+    import pyarrow.compute as pc
+
+    file = pq.ParquetFile(path)
+    carry, last = None, None
+    for g in range(file.num_row_groups):
+        table = file.read_row_group(g)
+        if not table.num_rows:
+            continue
+        if not _sorted(table["traj_id"], last):
+            raise InputError(f"{path}: rows not sorted by trajectory (a shard written by an older version); "
+                             "run that shard again (its scores come from the cache), then merge")
+        last = table["traj_id"][-1].as_py()
+        table = pa.concat_tables([carry, table]) if carry is not None else table
+        if table.num_rows < rows:
+            carry = table
+            continue
+        cut = pc.index(table["traj_id"], last).as_py()  # the last trajectory may go on in the next row group
+        if cut:
+            yield table.slice(0, cut)
+        carry = table.slice(cut)
+    if carry is not None and carry.num_rows:
+        yield carry
+
+
+def _sorted(ids: pa.ChunkedArray, before: str | None) -> bool:
+    """Whether ``ids`` are in order and none comes before ``before`` (the previous row group's last)."""
+    import pyarrow.compute as pc
+
+    ids = ids.combine_chunks()
+    ok = len(ids) < 2 or pc.all(pc.greater_equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
+    return ok and (before is None or ids[0].as_py() >= before)
 
 
 def _order(df: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
