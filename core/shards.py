@@ -186,11 +186,13 @@ def _parts(paths: list[Path]) -> Iterator[pa.Table]:
         yield from trajectory_slices(path)
 
 
-def trajectory_slices(path: Path, rows: int = PART_ROWS) -> Iterator[pa.Table]:
+def trajectory_slices(path: Path, rows: int | None = None) -> Iterator[pa.Table]:
     """A table stored sorted by trajectory (a shard's: ``SortedByTrajectory``'s row groups) as slices of whole
-    trajectories of about ``rows`` rows, read a row group at a time: memory holds a slice and one trajectory."""
+    trajectories of about ``rows`` rows (PART_ROWS), read a row group at a time: memory holds a slice, one
+    trajectory and one row group."""
     import pyarrow.compute as pc
 
+    rows = rows or PART_ROWS
     file = pq.ParquetFile(path)
     carry, last = None, None
     for g in range(file.num_row_groups):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -45,6 +46,62 @@ def test_two_shards_merged_equal_one_unsharded_run(cfg, unsharded, tmp_path):
     merged = shards.merge(out)
     assert sorted(merged.tokens["traj_id"].unique()) == sorted(pd.read_parquet(unsharded / "tokens.parquet")["traj_id"].unique())
     assert_same_analysis(merged.save(out), unsharded)
+
+
+def test_the_merge_reads_shards_in_slices_of_whole_trajectories_never_whole(cfg, unsharded, tmp_path, monkeypatch):
+    """Small row groups and slices, so that each shard's table comes in several parts: the merge never reads a
+    shard's table (nor a staged table) whole, each part holds whole trajectories, and the result is the same."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "analysis"
+    monkeypatch.setattr(an, "ROW_GROUP", 8)
+    monkeypatch.setattr(shards, "PART_ROWS", 10)
+
+    def whole(*args, **kwargs):
+        raise AssertionError(f"a whole table read: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(an.StagedAnalysis, "_read", whole)  # run_shard links the staged files
+    for i in (0, 1):
+        shards.run_shard(cfg, shards.Shard(i, 2), out, cache_dir=tmp_path / "cache")
+    root = shards.shard_root(out)
+    read_table, read_parquet = pq.read_table, pd.read_parquet
+
+    def guarded(read):
+        def run(path, *args, **kwargs):
+            assert not Path(path).is_relative_to(root) or ".merge-" in str(path), f"{path} read whole"
+            return read(path, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(pq, "read_table", guarded(read_table))
+    monkeypatch.setattr(pd, "read_parquet", guarded(read_parquet))
+    slices, real = [], shards.trajectory_slices
+    monkeypatch.setattr(shards, "trajectory_slices", lambda path: (slices.append((path.name, s)) or s for s in real(path)))
+    merged = shards.merge(out)
+    monkeypatch.undo()
+    for name in shards.SHARD_TABLES:
+        parts = [s for n, s in slices if n == f"{name}.parquet"]
+        whole_rows = sum(pq.ParquetFile(root / f"{i}-of-2" / f"{name}.parquet").metadata.num_rows for i in (0, 1))
+        assert len(parts) > 2 and sum(p.num_rows for p in parts) == whole_rows
+        ids = [set(p["traj_id"].to_pylist()) for p in parts]
+        assert sum(map(len, ids)) == len(set().union(*ids))  # no trajectory split over two parts
+        longest = max(pd.Series(p["traj_id"].to_pylist()).value_counts().max() for p in parts)
+        assert max(p.num_rows for p in parts) < 10 + longest + 8  # a slice, one trajectory, one row group
+    assert_same_analysis(merged.save(out), unsharded)
+
+
+def test_trajectory_slices_keep_trajectories_whole_and_refuse_an_unsorted_table(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = ["a"] * 3 + ["b"] * 25 + ["c"] * 2 + ["d"] * 7 + ["e"]
+    table = pa.table({"traj_id": ids, "position": list(range(len(ids)))})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=4)
+    parts = list(shards.trajectory_slices(tmp_path / "t.parquet", rows=5))
+    assert pa.concat_tables(parts).equals(table)
+    assert [sorted(set(p["traj_id"].to_pylist())) for p in parts] == [["a"], ["b", "c"], ["d"], ["e"]]
+    pq.write_table(pa.table({"traj_id": ["a", "b", "a"]}), tmp_path / "old.parquet", row_group_size=2)
+    with pytest.raises(InputError, match="old.parquet: rows not sorted by trajectory"):
+        list(shards.trajectory_slices(tmp_path / "old.parquet", rows=5))
 
 
 def test_a_missing_shard_is_named_and_nothing_is_merged(cfg, tmp_path):
