@@ -154,7 +154,7 @@ def _read(path: Path) -> dict:
 
 def merge(out: str | Path) -> StagedAnalysis:
     """The analysis of every shard in ``out``'s shard folder, equal to an unsharded run's, computed part by part
-    (staged beside the shards, so that ``save`` links its files into ``out``)."""
+    (staged beside ``out``, so that ``save`` links its files into it)."""
     root = shard_root(out)
     metas = [_read(p) for p in sorted(root.glob(f"*/{DONE}"))]
     if not metas:
@@ -172,7 +172,8 @@ def merge(out: str | Path) -> StagedAnalysis:
     _, infos, _, _ = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
     folders = [root / f"{i}-of-{stamp['count']}" for i in range(stamp["count"])]
     files = {name: [p for f in folders if (p := f / f"{name}.parquet").is_file()] for name in SHARD_TABLES}
-    staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=root))  # beside the shards: on out's disk
+    # beside the shards (on out's disk, so that save links), not inside them: the shards go once saved
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.merge-", dir=root.parent))
     try:
         return assemble_parts(cfg, records, encoded, graph, _parts(files["tokens"]), _parts(files["beliefs"]),
                               branch_starts(infos), staging)
