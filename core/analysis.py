@@ -163,7 +163,7 @@ class Analysis:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            self._write_tables(tmp)
+            self._write_tables(tmp, _portable_images(self.records, out) if portable else self.records)
             (tmp / "config.json").write_text(json.dumps(config, indent=1))
             swap_in_folder(tmp, out)
         except BaseException:
@@ -171,7 +171,7 @@ class Analysis:
             raise
         return out
 
-    def _write_tables(self, folder: Path) -> None:
+    def _write_tables(self, folder: Path, records: list[dict]) -> None:
         """Every table; the per-trajectory ones sorted by trajectory in row groups, so that a page reads one
         trajectory's rows by filter; the explorer's trajectory ranking and the texts, so that it never
         reads the whole tables nor the source file."""
@@ -182,9 +182,9 @@ class Analysis:
             if name in PER_TRAJECTORY and "traj_id" in df:
                 df = df.sort_values("traj_id", kind="stable")
             write_parquet(df, folder / f"{name}.parquet", row_group_size=ROW_GROUP)
-        if self.records:
+        if records:
             with open(folder / TEXTS, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if not self.beliefs.empty or self.records:
             write_parquet(explore.trajectory_table(self.beliefs, self.effects, self.records or None),
                           folder / "trajectories.parquet")
@@ -201,6 +201,15 @@ class Analysis:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
         records = read_jsonl(out / TEXTS, check_images=False) if (out / TEXTS).is_file() else []
         return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}, records=records)
+
+
+def _portable_images(records: list[dict], out: Path) -> list[dict]:
+    """The records with their image paths relative to the folder (``read_jsonl`` resolves them against it
+    again): a portable analysis shipped inside a world still shows its images once the world is moved."""
+    import os
+
+    return [{**r, "images": [os.path.relpath(Path(p).resolve(), out) for p in r["images"]]} if r.get("images") else r
+            for r in records]
 
 
 def _load_config(out: Path) -> AnalysisConfig:
