@@ -65,11 +65,13 @@ def test_the_world_picker_lists_and_opens_your_own_world(own_world, monkeypatch)
     monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws))
     at = AppTest.from_file(str(ROOT / "workbench" / "app.py"), default_timeout=60)
     at.run()
-    picker = at.selectbox(key=state.WORLD_PATH)
+    picker = next(s for s in at.selectbox if s.label == "World")
     assert picker.options == ["sample_data", "multimodal", "trl-run"]  # shown by folder name; both sample worlds
     picker.set_value(str(root)).run()
     assert not at.exception
-    assert at.subheader[0].value == "trl run"
+    assert at.subheader[0].value == "trl run" and at.session_state[state.WORLD_PATH] == str(root)
+    picker = next(s for s in at.selectbox if s.label == "World")
+    assert picker.value == str(root)  # a new picker, opened on the world just picked
 
 
 def test_home_and_checkpoints_work_on_your_own_world(own_world):
