@@ -153,7 +153,8 @@ def test_same_seed_rebuilds_identical_files(quick_vl, tmp_path):
     again = tmp_path / "multimodal"
     vlworld.build(again, vlworld.VLBuildConfig.quick(), log=lambda m: None)
     for rel in ("model/model.safetensors", "rft/checkpoint-4/adapter_model.safetensors", "metrics.json",
-                "data/test.jsonl", "data/images/test-00003.jpg", "model/tokenizer.json", "concept_graph.json"):
+                "data/test.jsonl", "data/images/test-00003.jpg", "model/tokenizer.json", "concept_graph.json",
+                "analysis/beliefs.parquet", "analysis/tokens.parquet", "analysis/trajectories.jsonl"):
         assert filecmp.cmp(quick_vl / rel, again / rel, shallow=False), rel
 
 
