@@ -152,9 +152,11 @@ class Analysis:
         """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
         never leaves old and new tables mixed. ``portable`` writes the config's paths relative to ``out``
         (an analysis shipped inside a world folder); ``load`` resolves them against the folder again."""
-        return _save_folder(self.config, out, portable, self._write_tables)
+        images_at = expand(out).resolve() if portable else None
+        return _save_folder(self.config, out, portable, lambda tmp: self._write_tables(
+            tmp, _portable_images(self.records, images_at) if portable else self.records))
 
-    def _write_tables(self, folder: Path) -> None:
+    def _write_tables(self, folder: Path, records: list[dict]) -> None:
         """Every table; the per-trajectory ones sorted by trajectory in row groups, so that a page reads one
         trajectory's rows by filter; the explorer's trajectory ranking and the texts, so that it never
         reads the whole tables nor the source file."""
@@ -165,9 +167,9 @@ class Analysis:
             if name in PER_TRAJECTORY and "traj_id" in df:
                 df = df.sort_values("traj_id", kind="stable")
             write_parquet(df, folder / f"{name}.parquet", row_group_size=ROW_GROUP)
-        if self.records:
+        if records:
             with open(folder / TEXTS, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if not self.beliefs.empty or self.records:
             write_parquet(explore.trajectory_table(self.beliefs, self.effects, self.records or None),
                           folder / "trajectories.parquet")
@@ -242,17 +244,33 @@ class StagedAnalysis:
         return pq.ParquetFile(self.folder / "beliefs.parquet").metadata.num_rows > 0
 
     def save(self, out: str | Path, portable: bool = False) -> Path:
-        """As ``Analysis.save``; the tables are hard-linked (copied across file systems), not rewritten."""
-        return _save_folder(self.config, out, portable, self._link)
+        """As ``Analysis.save``; the tables are hard-linked (copied across file systems), not rewritten (a
+        portable save writes the texts again, their image paths relative to the folder)."""
+        images_at = expand(out).resolve() if portable else None
+        return _save_folder(self.config, out, portable, lambda tmp: self._link(
+            tmp, _portable_images(self.records, images_at) if portable and self.records else None))
 
-    def _link(self, tmp: Path) -> None:
+    def _link(self, tmp: Path, records: list[dict] | None) -> None:
         import os
 
         for f in self.folder.iterdir():
+            if records is not None and f.name == TEXTS:
+                with open(tmp / TEXTS, "w", encoding="utf-8") as out:
+                    out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                continue
             try:
                 os.link(f, tmp / f.name)
             except OSError:
                 shutil.copy2(f, tmp / f.name)
+
+
+def _portable_images(records: list[dict], out: Path) -> list[dict]:
+    """The records with their image paths relative to the folder (``read_jsonl`` resolves them against it
+    again): a portable analysis shipped inside a world still shows its images once the world is moved."""
+    import os
+
+    return [{**r, "images": [os.path.relpath(Path(p).resolve(), out) for p in r["images"]]} if r.get("images") else r
+            for r in records]
 
 
 def _load_config(out: Path) -> AnalysisConfig:

@@ -82,6 +82,11 @@ def init() -> None:
     st.session_state.setdefault(TRAJ_WINDOW_WIDTH, 80)  # about the most token labels that fit the chart's width
 
 
+def world_picker(world: str) -> str:
+    """Widget: the sidebar's world picker while ``world`` is open (a new widget once another world is)."""
+    return f"world_picker_{world}"
+
+
 def world_path() -> Path:
     return Path(st.session_state[WORLD_PATH])
 

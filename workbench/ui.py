@@ -165,12 +165,22 @@ def world_picker() -> None:
     ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
     samples = [str(p.resolve()) for p in SAMPLE_WORLDS.values() if (p / world.MANIFEST).is_file()]
     options = list(dict.fromkeys(samples + [str(p) for p in world.known_worlds(ws.root, ws.store)]))
-    if st.session_state[state.WORLD_PATH] not in options:
-        options.insert(0, st.session_state[state.WORLD_PATH])
-    st.selectbox("World", options, key=state.WORLD_PATH, format_func=lambda p: Path(p).name,
+    current = st.session_state[state.WORLD_PATH]
+    if current not in options:
+        options.insert(0, current)
+    # The widget is keyed by the world it opens on, and starts there (index), so WORLD_PATH is never the widget's
+    # own state: keyed on WORLD_PATH, a browser that remounted the sidebar (a page switch while a run was going)
+    # showed the first option, sample_data, and its next interaction silently switched the session to that world.
+    key = state.world_picker(current)
+    st.selectbox("World", options, index=options.index(current), key=key, on_change=_pick_world, args=(key,),
+                 format_func=lambda p: Path(p).name,
                  help="the sample worlds (sample_data: reports, a tiny Llama; multimodal: chest films, a tiny "
                       "Qwen2.5-VL) and your own (Checkpoints page: Local folders -> Keep these as a world; or "
                       "`workbench world create`)")
+
+
+def _pick_world(key: str) -> None:
+    st.session_state[state.WORLD_PATH] = st.session_state[key]
 
 
 def page_context(world_required: bool = False, note: str = ""):

@@ -7,8 +7,8 @@ studies (``vlspec``) and their films (``xray``); train a byte-level BPE tokenize
 initialise a small ``Qwen2_5_VLForConditionalGeneration`` at random (``tinyvl``) and SFT all of it, vision tower
 included, to read the film and write the CoT (``vlmodel``); then RFT with LoRA on the language model only, on
 the non-stationary stream, through the text world's RFT step (``rft``), saving ``checkpoint-N`` with
-``trainer_state.json``; finally measure the drift table from the written files (``vleval``) and write the
-manifest and README. Only the held-out films and a small SFT sample are written (the full SFT set is
+``trainer_state.json``; then measure the drift table from the written files (``vleval``), score the first
+held-out studies into ``analysis/`` (so the drift explorer opens at once) and write the manifest and README. Only the held-out films and a small SFT sample are written (the full SFT set is
 redrawn from the seed), so the world stays small. ``--quick`` makes a miniature one for tests in seconds.
 """
 
@@ -58,12 +58,13 @@ class VLBuildConfig:
     vision_depth: int = 2
     vocab_size: int = 640
     threads: int = 2
+    analysis_limit: int = 140  # held-out studies (10 per label) in the shipped drift analysis (analysis/)
 
     @classmethod
     def quick(cls) -> "VLBuildConfig":
         """A miniature world (seconds) with the same files and layout, for tests."""
         return cls(n_sft=48, n_test=14, n_sft_shipped=6, n_vision=32, vision_epochs=1, sft_epochs=1, sft_batch_size=16, hidden=32,
-                   vision_hidden=16, vocab_size=400,
+                   vision_hidden=16, vocab_size=400, analysis_limit=4,
                    rft=rft.RFTConfig(steps=4, prompts_per_step=3, group=2, max_new_tokens=8, save_every=2))
 
 
@@ -151,14 +152,30 @@ def build(out: Path, cfg: VLBuildConfig, log: Callable[[str], None] = print) -> 
                                                         f"{logs['shift_share']:.2f} ({time.time() - started:.0f} s)")))
     del policy, model
     rows = vleval.measure(tmp, threads=cfg.threads, log=log)
-    manifest = _manifest(cfg, shipped, time.time() - started)
     (tmp / "metrics.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (tmp / "world.json").write_text(json.dumps(_manifest(cfg, shipped, 0.0), indent=1) + "\n")  # analyse reads it
+    analyse(tmp, cfg.analysis_limit, log)
+    manifest = _manifest(cfg, shipped, time.time() - started)
     (tmp / "world.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (tmp / "README.md").write_text(vleval.readme(manifest, rows))
     swap_in_folder(tmp, out)
     update_parent_readme(out, vleval.readme_section(manifest, rows, out.name))
     log(f"built {out} in {manifest['build_seconds']:.0f} s")
     return manifest
+
+
+def analyse(world: Path, limit: int, log: Callable[[str], None] = print) -> float:
+    """Score and probe the first ``limit`` held-out studies with their films under every checkpoint into
+    ``world/analysis`` (portable: paths relative to it), so the drift explorer opens at once on the world with
+    each study's film beside its CoT. The probe positions are the text world's (every token, prompt included).
+    Returns the seconds it took."""
+    from core.analysis import AnalysisConfig, run_analysis
+
+    t0 = time.time()
+    acfg = AnalysisConfig.from_world(world, limit=limit, device="cpu")
+    run_analysis(acfg).save(world / "analysis", portable=True)
+    log(f"analysis: {limit} held-out studies scored into analysis/ in {time.time() - t0:.0f} s")
+    return time.time() - t0
 
 
 def update_parent_readme(out: Path, section: str) -> None:
@@ -183,7 +200,7 @@ def _manifest(cfg: VLBuildConfig, shipped: dict, seconds: float) -> dict:
         "description": "Synthetic chest films, a tiny Qwen2.5-VL SFT-trained to read them and its drifting RFT "
                        "checkpoints (LoRA on the language model).",
         "base_model": "model", "base_model_name": BASE_MODEL_NAME, "checkpoints": "rft",
-        "concept_graph": "concept_graph.json", "modality": "image-text",
+        "concept_graph": "concept_graph.json", "modality": "image-text", "analysis": "analysis",
         "datasets": {name: {"path": f"data/{name}.jsonl", "records": len(recs)} for name, recs in shipped.items()},
         "default_dataset": "test", "metrics": "metrics.json", "evaluation": {"held_out": "test"},
         "plugin": "core.sample.vlplugin",

@@ -65,11 +65,26 @@ def test_the_world_picker_lists_and_opens_your_own_world(own_world, monkeypatch)
     monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws))
     at = AppTest.from_file(str(ROOT / "workbench" / "app.py"), default_timeout=60)
     at.run()
-    picker = at.selectbox(key=state.WORLD_PATH)
+    picker = next(s for s in at.selectbox if s.label == "World")
     assert picker.options == ["sample_data", "multimodal", "trl-run"]  # shown by folder name; both sample worlds
     picker.set_value(str(root)).run()
     assert not at.exception
-    assert at.subheader[0].value == "trl run"
+    assert at.subheader[0].value == "trl run" and at.session_state[state.WORLD_PATH] == str(root)
+    picker = next(s for s in at.selectbox if s.label == "World")
+    assert picker.value == str(root)  # a new picker, opened on the world just picked
+
+
+def test_the_picker_opens_a_world_a_page_just_created_and_stays_on_it(own_world, monkeypatch):
+    ws, root = own_world
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws))
+    at = AppTest.from_file(str(ROOT / "workbench" / "app.py"), default_timeout=60)
+    at.run()
+    at.session_state[state.NEXT_WORLD] = str(root)  # as the Checkpoints page leaves it after "Create the world"
+    at.run()
+    picker = next(s for s in at.selectbox if s.label == "World")
+    assert not at.exception and picker.value == str(root) and at.session_state[state.WORLD_PATH] == str(root)
+    at.run()  # a later run (another page, a widget) keeps the world
+    assert at.session_state[state.WORLD_PATH] == str(root)
 
 
 def test_home_and_checkpoints_work_on_your_own_world(own_world):

@@ -5,6 +5,7 @@ keeps it, and the committed world's documented drift table is what its files giv
 import filecmp
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,7 +153,8 @@ def test_same_seed_rebuilds_identical_files(quick_vl, tmp_path):
     again = tmp_path / "multimodal"
     vlworld.build(again, vlworld.VLBuildConfig.quick(), log=lambda m: None)
     for rel in ("model/model.safetensors", "rft/checkpoint-4/adapter_model.safetensors", "metrics.json",
-                "data/test.jsonl", "data/images/test-00003.jpg", "model/tokenizer.json", "concept_graph.json"):
+                "data/test.jsonl", "data/images/test-00003.jpg", "model/tokenizer.json", "concept_graph.json",
+                "analysis/beliefs.parquet", "analysis/tokens.parquet", "analysis/trajectories.jsonl"):
         assert filecmp.cmp(quick_vl / rel, again / rel, shallow=False), rel
 
 
@@ -222,3 +224,39 @@ def test_documented_table_matches_a_fresh_measurement_of_the_committed_files(com
     for row in committed.metrics():
         for key in FIGURES:
             assert fresh[row["checkpoint"]][key] == pytest.approx(row[key], abs=0.02), (row["checkpoint"], key)
+
+
+# ---- the shipped drift analysis (analysis/) ---------------------------------------------------------------
+
+def test_quick_world_ships_a_portable_analysis_whose_films_resolve_after_a_move(quick_vl, tmp_path):
+    """The build scores the first held-out studies into analysis/ (named in world.json); the films' paths are
+    relative to the folder, so a moved world still shows each study's film."""
+    import shutil
+
+    from core.analysis import AnalysisView
+
+    world = load_world(quick_vl)
+    assert world.manifest["analysis"] == "analysis" and world.analysis_dir == quick_vl / "analysis"
+    raw = _records(quick_vl / "analysis" / "trajectories.jsonl")
+    assert len(raw) == vlworld.VLBuildConfig.quick().analysis_limit
+    assert all(r["images"] == [f"../data/images/{r['id']}.jpg"] for r in raw)
+    moved = tmp_path / "elsewhere" / "multimodal"
+    shutil.copytree(quick_vl, moved)
+    view = AnalysisView.open(load_world(moved).analysis_dir)
+    (path,) = view.images(raw[0]["id"])
+    assert path == str((moved / "data" / "images" / f"{raw[0]['id']}.jpg").resolve())
+    assert view.config.base == str((moved / "model").resolve())
+    assert set(view.table("beliefs")["checkpoint"]) == {"base", "checkpoint-2", "checkpoint-4"}
+
+
+def test_committed_world_ships_its_drift_analysis_over_every_checkpoint(committed):
+    from core.analysis import AnalysisView
+
+    view = AnalysisView.open(committed.analysis_dir)
+    beliefs = view.table("beliefs")
+    assert beliefs["traj_id"].nunique() == committed.manifest["build_config"]["analysis_limit"] == 140
+    assert set(beliefs["checkpoint"]) == {"base", *(c.name for c in committed.checkpoints)}
+    assert view.config.positions == "every" and view.config.include_prompt  # the text world's probe positions
+    first = view.records()[0]
+    (path,) = view.images(first["id"])
+    load_image(ImageRef(Path(path), first["id"]))  # the film resolves from the folder, wherever the repo is
