@@ -82,20 +82,39 @@ def write_records(data_file: Path, images: list[Path], n: int, history: bool = F
     return data_file
 
 
+_BUILT: dict[tuple, Path] = {}  # one build per settings and test session; each call gets its own copy
+
+
 def make_vl_world(root: Path, n_records: int = 8, n_images: int = 6, name: str = "Tiny X-ray world",
                   held_out: int = 0) -> Path:
     """A registered vision-language world under ``root`` (see the module docstring); returns its folder.
     ``held_out``: that many labelled held-out studies (``data/held_out.jsonl``, prompts naming a prior
-    finding, so the concept graph's synonyms make perturbed twins), registered as the world's held-out set."""
+    finding, so the concept graph's synonyms make perturbed twins), registered as the world's held-out set.
+    Built once per settings in a session and copied for every call (the copy's world.json points at the copy),
+    so that each test owns its files and the suite pays for one build."""
+    import shutil
+    import tempfile
+
+    key = (n_records, n_images, name, held_out)
+    if key not in _BUILT or not (_BUILT[key] / "world" / "world.json").is_file():
+        _BUILT[key] = _build(Path(tempfile.mkdtemp(prefix="vl-world-")) / "run", n_records, n_images, name, held_out)
+    root = Path(root)
+    shutil.copytree(_BUILT[key], root, dirs_exist_ok=True)
+    manifest = root / "world" / "world.json"
+    manifest.write_text(manifest.read_text().replace(str(_BUILT[key]), str(root.resolve())))
+    return root / "world"
+
+
+def _build(root: Path, n_records: int, n_images: int, name: str, held_out: int) -> Path:
     from core.sample.tinyvl import write_tiny_vl
     from core.world import create_world
 
-    root = Path(root)
+    root.mkdir(parents=True)
+    root = root.resolve()
     base = write_tiny_vl(root / "Qwen2.5-VL-tiny", seed=0)
     images = write_images(root / "MIMIC-CXR", n_images)
     run = write_adapters(base, root / "output" / "v0-20261128")
     data = write_records(root / "data" / "test.jsonl", images, n_records)
     held = write_records(root / "data" / "held_out.jsonl", images, held_out, history=True) if held_out else None
-    world = create_world(root / "world", name, base, [run], [data], held_out=held,
-                         description="a tiny VL run made in a test")
-    return world.root
+    create_world(root / "world", name, base, [run], [data], held_out=held, description="a tiny VL run made in a test")
+    return root
