@@ -139,7 +139,7 @@ def _run(folder: Path, mode: str) -> dict:
 
 
 def test_drift_step_memory_does_not_grow_with_trajectories(tmp_path, size):
-    small, large = size((200, 2000), (40, 160))
+    small, large = size((200, 2000), (20, 80))
     length = 300
     print(f"\ndrift step, trajectories x {length} tokens, {len(CHECKPOINTS)} checkpoints, probe at every token, "
           f"{len(LABELS)} labels{size.header()}")

@@ -177,7 +177,7 @@ def test_accelerate_launch_runs_a_shard_per_process_and_rank_0_merges(cfg, unsha
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["probe", "generate"])
+@pytest.mark.parametrize("mode", ["probe"])  # the merge is the same for "generate" rows (decoding: 4 more CLI runs)
 def test_perturbation_shards_merged_equal_one_run(quick_world, tmp_path, mode):
     def perturb(*args):
         return subprocess.run([sys.executable, "-m", "workbench.cli", "perturb", *args], cwd=ROOT,
