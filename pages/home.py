@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.errors import InputError
 from core.images import record_images
-from core.sample import SAMPLE_WORLDS
+from core.world import known_worlds
 from core.vision import is_vl_folder
 from workbench import charts, resources, routes, ui
 
@@ -15,7 +15,7 @@ st.title("CoT Drift Workbench")
 st.caption("See where the chain of thought of RFT checkpoints drifts, tell beneficial from detrimental drift, "
            "and repair the detrimental kind with Counterfactual Preference Optimization.")
 
-_, world = ui.page_context(world_required=True)
+ws, world = ui.page_context(world_required=True)
 path = world.root
 try:
     fingerprint = world.fingerprint()
@@ -27,12 +27,10 @@ except InputError as e:
 
 st.subheader(summary["name"])
 st.caption(f"{summary['description']}  \n`{summary['root']}`")
-samples = {name: p.resolve() for name, p in SAMPLE_WORLDS.items() if (p / "world.json").is_file()}
-if path in samples.values() and len(samples) > 1:
-    other = next(n for n, p in samples.items() if p != path)
-    st.info(f"Two sample worlds ship with the workbench: reports read by a tiny Llama (`sample_data`), and chest "
-            f"films read by a tiny Qwen2.5-VL (`multimodal`). Switch to the {other} one in the sidebar's **World** "
-            f"picker (or start with `workbench demo --world {other}`).")
+others = [p for p in known_worlds(ws.root, ws.store) if p != path.resolve()]
+if others:  # e.g. the demo's two sample worlds, or a researcher's runs
+    names = ", ".join(f"`{p.name}`" for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    st.info(f"Other worlds in this workspace: {names}. Switch in the sidebar's **World** picker.")
 model, steps = summary["model"], [c["step"] for c in summary["checkpoints"]]
 dev = resources.device_info()
 facts = [

@@ -154,17 +154,15 @@ def branch_trajectory(path: str, stamp: str, traj_id: str, branches: dict) -> No
 
 
 def world_picker() -> None:
-    """The sidebar's world picker: the two sample worlds (text, multimodal), the workspace's own worlds and
-    those opened before."""
+    """The sidebar's world picker: the worlds this workspace knows (``core.world.known_worlds``: its own, those
+    registered or opened before; ``workbench demo`` registers the sample worlds)."""
     from core import world
-    from core.sample import SAMPLE_WORLDS
     from workbench import resources
 
     if state.NEXT_WORLD in st.session_state:  # set by a page that created a world (before this widget exists)
         st.session_state[state.WORLD_PATH] = st.session_state.pop(state.NEXT_WORLD)
     ws = resources.workspace(st.session_state[state.WORKSPACE_PATH])
-    samples = [str(p.resolve()) for p in SAMPLE_WORLDS.values() if (p / world.MANIFEST).is_file()]
-    options = list(dict.fromkeys(samples + [str(p) for p in world.known_worlds(ws.root, ws.store)]))
+    options = [str(p) for p in world.known_worlds(ws.root, ws.store)]
     current = st.session_state[state.WORLD_PATH]
     if current not in options:
         options.insert(0, current)
@@ -174,9 +172,9 @@ def world_picker() -> None:
     key = state.world_picker(current)
     st.selectbox("World", options, index=options.index(current), key=key, on_change=_pick_world, args=(key,),
                  format_func=lambda p: Path(p).name,
-                 help="the sample worlds (sample_data: reports, a tiny Llama; multimodal: chest films, a tiny "
-                      "Qwen2.5-VL) and your own (Checkpoints page: Local folders -> Keep these as a world; or "
-                      "`workbench world create`)")
+                 help="the worlds this workspace knows: your own (Checkpoints page: Local folders -> Keep these "
+                      "as a world; or `workbench world create`) and those opened before (`workbench demo` adds the "
+                      "sample worlds)")
 
 
 def _pick_world(key: str) -> None:

@@ -9,6 +9,13 @@ from workbench import state
 
 
 def _home(world, tmp_path) -> AppTest:
+    """Home on ``world`` in a workspace where both sample worlds are registered, as ``workbench demo`` does."""
+    from core.workspace import Workspace
+    from workbench.cli import _register_samples
+
+    ws = Workspace.open(tmp_path / "ws")
+    _register_samples(ws)
+    ws.store.close()
     at = AppTest.from_file(str(ROOT / "pages" / "home.py"), default_timeout=60)
     at.session_state[state.WORLD_PATH] = str(world)
     at.session_state[state.WORKSPACE_PATH] = str(tmp_path / "ws")
@@ -25,11 +32,11 @@ def test_home_on_the_multimodal_world_shows_its_films_and_drift(tmp_path):
     assert len(at.get("image")) == 4  # four held-out films, each captioned with its label
     table = at.dataframe[0].value
     assert "image_belief_lung_opacity" in table.columns and table["checkpoint"].iloc[0] == "base (SFT)"
-    assert any("sample_data" in i.value and "text" in i.value for i in at.info)  # how to reach the other world
+    assert any("`sample_data`" in i.value and "World" in i.value for i in at.info)  # how to reach the other world
 
 
 def test_home_on_the_text_world_points_to_the_multimodal_one(tmp_path):
     at = _home(SAMPLE_WORLDS["text"], tmp_path)
     at.run()
     assert not at.exception
-    assert any("--world multimodal" in i.value for i in at.info)
+    assert any("`multimodal`" in i.value and "World" in i.value for i in at.info)

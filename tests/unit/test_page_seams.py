@@ -83,3 +83,24 @@ def test_pages_hold_no_domain_rules():
         text = page.read_text()
         found = [b.strip() for b in banned if b in text]
         assert not found, f"{page.name}: {found} belong in core"
+
+
+def _sample_imports(path: Path) -> list[str]:
+    """The imports of ``core.sample`` (the demo worlds' builder) in one file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        found += [n for n in names if n == "core.sample" or n.startswith("core.sample.")]
+    return found
+
+
+def test_pages_and_ui_never_assume_the_sample_world(tmp_path):
+    """Pages and the UI serve any world: only the command line (``workbench demo`` / ``build-sample``) may name
+    the demo worlds' package."""
+    files = sorted((ROOT / "pages").glob("*.py")) + sorted(p for p in (ROOT / "workbench").glob("*.py")
+                                                           if p.name != "cli.py")
+    assert {str(p.relative_to(ROOT)): i for p in files if (i := _sample_imports(p))} == {}
+    bad = tmp_path / "page.py"
+    bad.write_text("from core.sample import SAMPLE_WORLDS\nimport core.sample.xray\n")
+    assert _sample_imports(bad) == ["core.sample", "core.sample.xray"]  # the check finds both forms
