@@ -1,6 +1,6 @@
 """Checkpoints: pick a base model, its RFT checkpoint series and a trajectory set, then score them.
 
-Scoring runs as a background job (``core.jobs``): it keeps going when the tab closes, the page re-attaches
+Scoring runs as a background job (``core.jobs.supervisor``): it keeps going when the tab closes, the page re-attaches
 to it, and Cancel stops it at the next batch. Results land in the workspace's analyses/ folder.
 """
 
@@ -10,16 +10,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import checkpoints as ckpts
-from core import jobs, runs
-from core import world as world_mod
-from core.analysis import AnalysisConfig, list_analyses, score_job, shell_command
-from core.branches import branch_of
+from core.cpo import runs
+from core.drift.analysis import AnalysisConfig, list_analyses, score_job, shell_command
 from core.errors import InputError
-from core.paths import expand
-from core.series import adapter_name, base_name_warnings, plan_series
-from core.vision import is_vl_folder
-from core.workspace import refused_paths, search_roots
+from core.io.paths import expand
+from core.io.roots import refused_paths, search_roots
+from core.jobs import supervisor as jobs
+from core.models import checkpoints as ckpts
+from core.models.branches import branch_of
+from core.models.series import adapter_name, base_name_warnings, plan_series
+from core.models.vision import is_vl_folder
+from core.workspace import world as world_mod
 from workbench import resources, routes, state, ui
 
 if st.session_state.pop(state.OPEN_EXPLORER, False):
@@ -147,7 +148,7 @@ if data_kind == "A world dataset":
                            format_func=lambda n: f"{n} ({world.manifest['datasets'][n]['records']} trajectories)")
     data = str(world.dataset_path(dataset))
 elif data_kind == "Curation database":
-    from core.curation import trajectories_file
+    from core.curation.queue import trajectories_file
 
     try:
         data = str(trajectories_file(ws.store, ws.uploads_dir))

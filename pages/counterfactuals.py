@@ -3,12 +3,24 @@ LLM expert), preview the change side by side, batch over a dataset, and list wha
 
 import streamlit as st
 
-from core import concepts, counterfactual_job as cf_job, jobs
-from core.counterfactual import (TARGET_MODES, choose_targets, make_counterfactuals, swap_donors, true_disease,
-                                 with_images)
-from core.counterfactual_store import by_consistency, list_counterfactuals, store_counterfactuals
+from core.counterfactuals import batch as cf_job
+from core.counterfactuals.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
+from core.counterfactuals.rewrite import (
+    TARGET_MODES,
+    choose_targets,
+    make_counterfactuals,
+    swap_donors,
+    true_disease,
+    with_images,
+)
+from core.counterfactuals.store import (
+    by_consistency,
+    list_counterfactuals,
+    store_counterfactuals,
+)
 from core.errors import InputError
-from core.expert import DEFAULT_TEMPLATE, Expert, ExpertConfig
+from core.graph import concepts
+from core.jobs import supervisor as jobs
 from workbench import curation_view, graphview, resources, state, ui
 
 MODES = {"one": "one target", "all": "all other diseases", "confusable": "confusable diseases (shared findings)"}

@@ -3,8 +3,9 @@ X reject, E save edit, S skip), settle conflicts, and export the result as a dat
 
 import streamlit as st
 
-from core import curation
-from workbench import curation_view as view, state, ui
+from core.curation import queue as curation
+from workbench import curation_view as view
+from workbench import state, ui
 from workbench.safe_text import inert
 
 st.title("Curation")

@@ -1,12 +1,12 @@
 """Drift explorer: the dataset overview (where along the steps, which tokens and concepts), then one
-trajectory token by token. Everything shown comes from an analysis folder (``core.analysis``)."""
+trajectory token by token. Everything shown comes from an analysis folder (``core.drift.analysis``)."""
 
 import pandas as pd
 import streamlit as st
 
-from core import explore
-from core.branches import run_branches
+from core.drift import explore
 from core.errors import InputError
+from core.models.branches import run_branches
 from workbench import charts, heatmap_window, resources, state, ui
 
 st.title("Drift explorer")
@@ -23,7 +23,7 @@ except (InputError, OSError) as e:
     st.stop()
 
 probed = a.probed
-if not probed:  # nothing named an answer: token drift only (core.probe.NO_LABELS)
+if not probed:  # nothing named an answer: token drift only (core.drift.probe.NO_LABELS)
     st.info("Scored without the answer probe: no labels were given, found in a concept graph, or read from the "
             "trajectories' answers. Token drift (KL, probability, entropy) is shown; beliefs and effects are not.")
 VIEWS = ["Overview", "Trajectory"]

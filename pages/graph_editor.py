@@ -7,8 +7,9 @@ saved in between, the edit is refused with a clear message instead of overwritin
 import pandas as pd
 import streamlit as st
 
-from core import concepts, graph_io
 from core.errors import InputError
+from core.graph import concepts
+from core.graph import formats as graph_io
 from workbench import graphview, resources, state, ui
 
 st.title("Concept graph")

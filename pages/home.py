@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import InputError
-from core.images import record_images
-from core.world import known_worlds
-from core.vision import is_vl_folder
+from core.io.images import record_images
+from core.models.vision import is_vl_folder
+from core.workspace.world import known_worlds
 from workbench import charts, resources, routes, ui
 
 st.title("CoT Drift Workbench")

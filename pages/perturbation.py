@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import jobs, perturb
-from core.analysis import perturb_job, resolve_labels, shell_command
-from core.branches import run_branches
+from core.drift.analysis import perturb_job, resolve_labels, shell_command
 from core.errors import InputError
-from core.vision import is_vl_folder
+from core.jobs import supervisor as jobs
+from core.models.branches import run_branches
+from core.models.vision import is_vl_folder
+from core.perturb import text as perturb
 from workbench import charts, resources, state, ui, visual_view
 
 st.title("Perturbation lab")

@@ -1,5 +1,5 @@
 """CPO runs: launch a short counterfactual preference fine-tuning run, watch it live, cancel or resume it,
-and compare the finished runs on the world's held-out sets. Runs are background jobs (``core.runs``)."""
+and compare the finished runs on the world's held-out sets. Runs are background jobs (``core.cpo.runs``)."""
 
 import time
 from pathlib import Path
@@ -7,10 +7,12 @@ from types import SimpleNamespace
 
 import streamlit as st
 
-from core import runs, snapshots
-from core.analysis import shell_command
+from core.cpo import runs
+from core.curation import snapshots
+from core.drift.analysis import shell_command
 from core.errors import InputError
-from core.workspace import data_roots, refused_paths
+from core.io.roots import refused_paths
+from core.workspace.workspace import data_roots
 from workbench import charts, resources, state, ui
 from workbench.safe_text import inert
 
@@ -33,7 +35,7 @@ def fresh_name(objective: str) -> str:
 
 # ---- launch ----------------------------------------------------------------------------------------------
 with ui.controls("Launch a run", expanded=True):
-    from core import cpo
+    from core.cpo import train as cpo
 
     starts = [runs.START_BASE] + ([c.name for c in world.checkpoints] if world else [])
     worst = runs.default_start(world) if world else None
@@ -84,7 +86,7 @@ with ui.controls("Launch a run", expanded=True):
         eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
                                      key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
         visual_weight = 0.0
-        from core.vision import is_vl_folder
+        from core.models.vision import is_vl_folder
 
         if world and is_vl_folder(world.base_model_dir):
             visual_weight = st.number_input(
@@ -191,7 +193,7 @@ def runs_panel() -> None:
 def examples(run) -> None:
     """A few of the run's pairs: the study's image beside the chosen and rejected texts; a visual pair
     (same CoT, counterfactual image) shows each side with its own image."""
-    from core.pairs import is_visual
+    from core.io.pairs import is_visual
 
     try:
         pairs = runs.examples(run)

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 import pytest
 
-from core.world import SAMPLE_WORLD
+from core.workspace.world import SAMPLE_WORLD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +28,8 @@ def sample_world() -> Path:
 
 @pytest.fixture(scope="session")
 def quick_world(tmp_path_factory) -> Path:
-    """A miniature world (same files and layout as sample_data) built by ``core.sample.build`` in seconds."""
-    from core.sample import build
+    """A miniature world (same files and layout as sample_data) built by ``workbench.demo.build`` in seconds."""
+    from workbench.demo import build
 
     out = tmp_path_factory.mktemp("worlds") / "quick"
     build.build(out, build.BuildConfig.quick(), log=lambda m: None)
@@ -81,7 +81,7 @@ def browser():
 def foreign_run(tmp_path_factory) -> dict:
     """A run made the way users make one (TRL SFTTrainer, LoRA, ``save_steps``; see tests/foreign.py), with the
     same adapters rearranged in ms-swift's layout (``swift``: its ``output/`` folder). A few seconds."""
-    import foreign
+    from tests import foreign
 
     root = tmp_path_factory.mktemp("foreign")
     run = foreign.make_trl_run(root)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core import formats
-from core.trajectories import read_jsonl
-from core.world import SAMPLE_WORLD
+from core.io import formats
+from core.io.trajectories import read_jsonl
+from core.workspace.world import SAMPLE_WORLD
 
 TEST_RECORDS = SAMPLE_WORLD / "data" / "test.jsonl"
 
@@ -39,8 +39,8 @@ def write_ccf(path: Path, n: int = 6, targets_per_item: int = 1, offset: int = 0
 def annotate_until_empty(db: str, names: list[str], barrier, results) -> None:
     """A worker process: for each annotator name in turn (all workers start each name together), claim
     and decide items until that annotator's queue is empty; put (name, item, decision) on ``results``."""
-    from core import curation
-    from core.store import Store
+    from core.curation import queue as curation
+    from core.io.store import Store
 
     store = Store.open(Path(db))
     done = []

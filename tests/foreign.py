@@ -1,4 +1,4 @@
-"""Foreign runs, made the way researchers make them (not with ``core.sample``'s builder).
+"""Foreign runs, made the way researchers make them (not with ``workbench.demo``'s builder).
 
 ``make_trl_run(root)`` writes, in a few seconds on CPU:
 

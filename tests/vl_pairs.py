@@ -55,11 +55,11 @@ def image_only_processor(proc):
 
 
 def trl_vision_rows(proc, pairs: list[dict]) -> list[dict]:
-    """Same-image pairs (``core.pairs.read_pairs``) in TRL's vision format, the prompt already templated (so
+    """Same-image pairs (``core.io.pairs.read_pairs``) in TRL's vision format, the prompt already templated (so
     TRL's collator and ours see the same text): ``<image>`` as Qwen's vision tokens, completions ending in EOS."""
     from PIL import Image
 
-    from core.cpo_vl import prompt_text
+    from core.cpo.vl import prompt_text
 
     eos = proc.tokenizer.eos_token
     image = "<|vision_start|><|image_pad|><|vision_end|>"

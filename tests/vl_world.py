@@ -1,8 +1,8 @@
 """A researcher's own vision-language run, made the way users make one, registered as a world: a tiny
-Qwen2.5-VL base folder (``core.sample.tinyvl``), two LoRA checkpoints on the language model in a trainer's
+Qwen2.5-VL base folder (``workbench.demo.tinyvl``), two LoRA checkpoints on the language model in a trainer's
 ``checkpoint-N`` layout (``trainer_state.json``, ``adapter_config.json`` naming the base by a hub id), X-ray-like
 images in MIMIC-CXR's nested layout, trajectories in the authors' ms-swift record format (``messages`` with
-``<image>``, ``images`` relative to the data file), and a world folder made by ``core.world.create_world``.
+``<image>``, ``images`` relative to the data file), and a world folder made by ``core.workspace.world.create_world``.
 
 Tests of every part of the vision-language loop use it (pages, perturbation, curation, CPO):
 
@@ -29,7 +29,7 @@ COTS = {
 
 def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` synthetic X-ray-like JPEGs of varied sizes under ``folder/mimic-cxr-00K/images/``."""
-    from core.sample.tinyvl import synthetic_xray
+    from workbench.demo.tinyvl import synthetic_xray
 
     out = []
     for i in range(n):
@@ -45,8 +45,8 @@ def write_adapters(base: Path, run: Path, steps=(2, 4), hub_id: str = HUB_ID) ->
     """LoRA checkpoints (random, non-zero) on the language model's linear layers, as a trainer saves them."""
     from peft import LoraConfig, get_peft_model
 
-    from core.vision import load_vl_model
-    from core.vl_series import lm_lora_targets
+    from core.models.vision import load_vl_model
+    from core.models.vl_series import lm_lora_targets
 
     for seed, step in enumerate(steps, start=1):
         torch.manual_seed(seed)
@@ -106,8 +106,8 @@ def make_vl_world(root: Path, n_records: int = 8, n_images: int = 6, name: str =
 
 
 def _build(root: Path, n_records: int, n_images: int, name: str, held_out: int) -> Path:
-    from core.sample.tinyvl import write_tiny_vl
-    from core.world import create_world
+    from core.workspace.world import create_world
+    from workbench.demo.tinyvl import write_tiny_vl
 
     root.mkdir(parents=True)
     root = root.resolve()
@@ -118,3 +118,23 @@ def _build(root: Path, n_records: int, n_images: int, name: str, held_out: int) 
     held = write_records(root / "data" / "held_out.jsonl", images, held_out, history=True) if held_out else None
     create_world(root / "world", name, base, [run], [data], held_out=held, description="a tiny VL run made in a test")
     return root
+
+
+def make_records(images: dict) -> list[dict]:
+    """Trajectories with one image, two images and none (a text-only row in the same batch)."""
+    from core.io.images import ImageRef
+
+    def refs(*names):
+        return [ImageRef(images[n], f"test, {n}") for n in names]
+
+    return [
+        {"id": "one", "prompt": "This is a patient's chest DR image <image>. Please help me determine the disease.",
+         "completion": "<think> There is an opacity in the left lower lobe. </think> The disease of this patient is "
+                       "Pneumonia.", "label": "Pneumonia", "image_refs": refs("d1")},
+        {"id": "two", "prompt": "Prior <image> and current <image>. Disease?",
+         "completion": "<think> No effusion. Heart is enlarged. </think> The disease of this patient is Cardiomegaly.",
+         "label": "Cardiomegaly", "image_refs": refs("d2", "d4")},
+        {"id": "none", "prompt": "No image here. Disease?",
+         "completion": "<think> Edema. </think> The disease of this patient is Edema.", "label": "Edema",
+         "image_refs": []},
+    ]

@@ -5,8 +5,7 @@ Run with ``workbench demo`` (or ``streamlit run workbench/app.py``).
 
 import streamlit as st
 
-from workbench import auth, resources, routes, state
-from workbench import ui
+from workbench import auth, resources, routes, state, ui
 
 st.set_page_config(page_title="CoT Drift Workbench", page_icon=":material/timeline:", layout="wide")
 auth.gate()  # a server started with --host for other machines asks for its token before any page renders

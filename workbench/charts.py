@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 # top label, teacher-forced at the end of the given CoT (an analysis's summary).
 GREEDY_ACCURACY = "accuracy, greedy decoding of the whole CoT"
 PROBE_ACCURACY = "probe accuracy, teacher-forced answer after the given CoT"
-DRIFT_SERIES = {  # every world's held-out figures (core.evaluation); a world's plug-in adds its own (extra=)
+DRIFT_SERIES = {  # every world's held-out figures (core.perturb.evaluation); a world's plug-in adds its own (extra=)
     "accuracy": (GREEDY_ACCURACY, "#2a9d8f", "solid"),
     "perturbed_accuracy": ("perturbed accuracy (greedy decoding)", "#264653", "dot"),
     "flip_rate": ("flip rate (near-synonym swap)", "#e76f51", "solid"),
@@ -68,7 +68,7 @@ def summary_over_steps(summary: pd.DataFrame, changes: pd.DataFrame | None = Non
                        branches: dict | None = None) -> go.Figure:
     """Per checkpoint: accuracy, final gold belief, detrimental / beneficial shares (top); KL (bottom).
     Step pairs where the per-trajectory test found a detrimental change are shaded. ``branches`` (series
-    name -> ``core.branches.Branch``) are CPO runs: drawn as stars above their start checkpoint, joined to it
+    name -> ``core.models.branches.Branch``) are CPO runs: drawn as stars above their start checkpoint, joined to it
     by a dotted line, never as points of the RFT step axis."""
     branches = {k: b for k, b in (branches or {}).items() if k in set(summary["checkpoint"])}
     is_branch = summary["checkpoint"].isin(list(branches))
@@ -175,12 +175,12 @@ TOKEN_LABELS = 80  # rotated token labels that fit side by side in the page's ch
 
 
 def token_heatmap(m, title: str = "", minimap=None, focus: int | None = None) -> go.Figure:
-    """Checkpoints x tokens coloured by ``m.metric`` (a ``core.explore.TokenMatrix``, whole or a window of one);
+    """Checkpoints x tokens coloured by ``m.metric`` (a ``core.drift.explore.TokenMatrix``, whole or a window of one);
     detrimental positions marked ▼ (red), beneficial ▲ (blue); tokens are the x-axis tick labels (every one
     up to ``TOKEN_LABELS`` columns, every k-th beyond, so that they never overlap). With
-    ``minimap`` (``core.explore.Minimap`` of the whole trajectory) a thin strip of the whole length sits above,
+    ``minimap`` (``core.drift.explore.Minimap`` of the whole trajectory) a thin strip of the whole length sits above,
     the window marked on it, and both share one colour scale; ``focus`` (a position) is outlined."""
-    from core.explore import METRICS
+    from core.drift.explore import METRICS
 
     label, _, diverging = METRICS[m.metric]
     x = list(range(m.first, m.first + len(m.positions)))  # columns of the whole trajectory
@@ -390,7 +390,7 @@ def run_comparison(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
 
 
 def start_vs_repaired(pair, start: str, repaired: str) -> go.Figure:
-    """One trajectory under a CPO run's start and the repaired model (``core.branches.trajectory_pair``): the
+    """One trajectory under a CPO run's start and the repaired model (``core.models.branches.trajectory_pair``): the
     gold-answer belief of both on one plot (top); per CoT token, KL(repaired || start) and the change of the
     token's log-probability (bottom, nats)."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45])

@@ -7,10 +7,10 @@
     workbench score ... --out DIR --shard 0/2; ... --shard 1/2; workbench score --merge --out DIR
     accelerate launch -m workbench.cli score ... --out DIR      # a shard per process; rank 0 merges
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
-    workbench train --config run.json           # a CPO run (core.cpo.TrainConfig as JSON)
+    workbench train --config run.json           # a CPO run (core.cpo.train.TrainConfig as JSON)
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
-    accelerate launch -m core.worker train --config run.json     # the same on several GPUs or with DeepSpeed
+    accelerate launch -m core.jobs.worker train --config run.json     # the same on several GPUs or with DeepSpeed
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ import urllib.request
 import webbrowser
 from pathlib import Path
 
-from core import world as world_mod
 from core.errors import InputError
-from core.paths import expand
-from core.workspace import ENV_VAR, Workspace
+from core.io.paths import expand
+from core.io.roots import ENV_VAR
+from core.workspace import world as world_mod
+from core.workspace.workspace import Workspace
 
 APP = Path(__file__).resolve().parent / "app.py"
-SAMPLE_WORLD_NAMES = ("text", "multimodal")  # core.sample.SAMPLE_WORLDS (not imported here: the CLI starts light)
+SAMPLE_WORLD_NAMES = ("text", "multimodal")  # workbench.demo.SAMPLE_WORLDS (not imported here: the CLI starts light)
 WORLD_ENV = "WORKBENCH_WORLD"
 
 
@@ -72,7 +73,7 @@ def _access(args: argparse.Namespace) -> dict[str, str]:
 
 def _register_samples(ws: Workspace) -> None:
     """Register every embedded sample world that is present, so that the world picker offers each."""
-    from core.sample import SAMPLE_WORLDS
+    from workbench.demo import SAMPLE_WORLDS
 
     for path in SAMPLE_WORLDS.values():
         if (path / world_mod.MANIFEST).is_file():
@@ -119,7 +120,7 @@ def _open_browser_when_up(url: str, proc: subprocess.Popen, timeout: float = 60)
 
 
 def cmd_build_sample(args: argparse.Namespace) -> int:
-    from core.sample import SAMPLE_WORLDS, build, vlworld
+    from workbench.demo import SAMPLE_WORLDS, build, vlworld
 
     out = args.out or SAMPLE_WORLDS[args.world]
     argv = ["--out", str(out), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
@@ -127,7 +128,7 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
 
 
 def _analysis_config(args: argparse.Namespace):
-    from core.analysis import AnalysisConfig
+    from core.drift.analysis import AnalysisConfig
 
     opts = {k: v for k, v in dict(top_k=getattr(args, "top_k", None), batch_size=getattr(args, "batch_size", None),
                                   positions=getattr(args, "positions", None), limit=args.limit, device=args.device,
@@ -155,16 +156,16 @@ def _analysis_config(args: argparse.Namespace):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from core import worker
+    from core.jobs import worker
 
     cfg = None if args.merge else _analysis_config(args)  # a merge runs from its shards' config
     cache = _open_workspace(args.workspace).cache_dir if not (args.no_cache or args.merge) else None
-    return worker.score(cfg, args.out, cache, args.force, args.shard, args.merge)  # the job's entry (core.worker)
+    return worker.score(cfg, args.out, cache, args.force, args.shard, args.merge)  # the job's entry (core.jobs.worker)
 
 
 def cmd_perturb(args: argparse.Namespace) -> int:
     """Swap a span in every trajectory of a dataset and write the before/after answers per checkpoint."""
-    from core import worker
+    from core.jobs import worker
 
     cfg = None if args.merge else _analysis_config(args)  # a merge runs from its shards' rows
     return worker.perturb(cfg, args.find, args.replace, args.mode, args.out, args.force, args.shard, args.merge)
@@ -172,9 +173,9 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """A CPO run from a TrainConfig JSON; under ``accelerate launch`` each process runs this same entry point
-    (``accelerate launch -m core.worker train --config run.json``), and TRL's Trainer shards the batches."""
-    from core import worker
-    from core.cpo import TrainConfig
+    (``accelerate launch -m core.jobs.worker train --config run.json``), and TRL's Trainer shards the batches."""
+    from core.cpo.config import TrainConfig
+    from core.jobs import worker
 
     cfg = TrainConfig.load(args.config)
     if args.resume:
@@ -185,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from core import runs
+    from core.cpo import runs
 
     world = world_mod.load_world(args.world)
     if args.record and world.root == world_mod.SAMPLE_WORLD.resolve():
@@ -306,8 +307,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows (a new "
                    "file; a previous result is replaced only with --force, other files never)")
     p.add_argument("--force", action="store_true", help="replace the previous result in --out")
-    p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m core.worker`)")
-    p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo), e.g. a run's config.json")
+    p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m core.jobs.worker`)")
+    p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo.train), e.g. a run's config.json")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
     p.add_argument("--evaluate", type=expand, metavar="WORLD",
                    help="afterwards, answer this world's held-out sets with the new adapter (evaluation.json)")
@@ -342,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.jobs import record_worker_exit
+    from core.jobs.supervisor import record_worker_exit
 
     code = 1
     try:
@@ -365,7 +366,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "app":
             return cmd_app(args)
         if args.command == "demo":
-            from core.sample import SAMPLE_WORLDS
+            from workbench.demo import SAMPLE_WORLDS
 
             return cmd_app(args, world_path=SAMPLE_WORLDS[args.world])
         if args.command == "score":

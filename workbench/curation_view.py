@@ -1,5 +1,5 @@
 """Rendering for the curation page: the side-by-side pair (the word diff from ``workbench.diffview``) and one
-function per panel. Logic stays in ``core.curation`` and ``core.snapshots``; these only lay out widgets."""
+function per panel. Logic stays in ``core.curation.queue`` and ``core.curation.snapshots``; these only lay out widgets."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import curation, snapshots
-from core.cpo import MIN_PAIRS
+from core.cpo.train import MIN_PAIRS
+from core.curation import queue as curation
+from core.curation import snapshots
 from core.errors import InputError
-from core.workspace import check_data_path, data_roots
+from core.io.roots import check_data_path
+from core.workspace.workspace import data_roots
 from workbench import resources, state, ui
 from workbench.diffview import diff_html
 from workbench.safe_text import inert

@@ -3,7 +3,7 @@
     left, right = diff_html(original, counterfactual)   # changed spans in <mark class="del"> / <mark class="ins">
     left, right = diff_html(a, b, removed=("<del>", "</del>"), added=("<ins>", "</ins>"))   # other markup
 
-The spans come from ``core.counterfactual.changed_spans`` (a word-level diff); every piece of text is escaped,
+The spans come from ``core.counterfactuals.rewrite.changed_spans`` (a word-level diff); every piece of text is escaped,
 so the result is safe for ``unsafe_allow_html``. Callers lay the two sides out (the curation page's focus
 view, the counterfactuals page's table in ``graphview.side_by_side_html``).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 
-from core.counterfactual import changed_spans
+from core.counterfactuals.rewrite import changed_spans
 
 REMOVED = ('<mark class="del">', "</mark>")
 ADDED = ('<mark class="ins">', "</mark>")

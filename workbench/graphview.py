@@ -19,7 +19,7 @@ import re
 import networkx as nx
 from pyvis.network import Network
 
-from core import concepts
+from core.graph import concepts
 from workbench.diffview import diff_html
 
 COLORS = {"disease": "#4C72B0", "finding": "#DD8452", "supports": "#2CA02C", "excludes": "#D62728", "dim": "#D9D9D9"}

@@ -1,7 +1,7 @@
 """The explorer's checkpoints x tokens heatmap of one trajectory, a window of tokens at a time.
 
 A CoT longer than the window (a setting, 40-400 tokens, 80 by default: each one labelled) is drawn one window at a time with every token
-labelled, under a thin strip of its whole length (``core.explore.minimap``) on which the window is marked;
+labelled, under a thin strip of its whole length (``core.drift.explore.minimap``) on which the window is marked;
 a slider, previous / next, "largest drift" and "next detrimental" move the window. The browser receives
 only the window's cells and the downsampled strip, and the top-k lists of the hover text are read for the
 window's rows only (``resources.window_rows``).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import explore
+from core.drift import explore
 from workbench import resources, state, ui
 
 WIDTHS = (40, 80, 150, 200, 300, 400)  # 80: every token labelled at the page's width; wider: every k-th

@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import streamlit as st
 
-from core import concepts, cpo, device, world
-from core.graph_store import GraphStore
-from core.trajectories import read_jsonl
-from core.workspace import Workspace
+from core.cpo import train as cpo
+from core.graph import concepts
+from core.graph.store import GraphStore
+from core.io.trajectories import read_jsonl
+from core.models import device
+from core.workspace import world
+from core.workspace.workspace import Workspace
 from workbench import graphview
 
 if TYPE_CHECKING:
-    from core.series import ModelSeries
+    from core.models.series import ModelSeries
 
 
 @st.cache_data(show_spinner="Reading the world…")
@@ -52,7 +55,7 @@ def workspace(path: str) -> Workspace:
 @st.cache_resource(show_spinner="Reading the analysis…", max_entries=4)
 def load_analysis(path: str, stamp: str):
     """An analysis's tables, shared read-only by every session (``stamp`` changes when it is rewritten)."""
-    from core.analysis import Analysis
+    from core.drift.analysis import Analysis
 
     return Analysis.load(path)
 
@@ -67,7 +70,7 @@ def records(path: str, limit: int | None, stamp: str) -> list[dict]:
 def analysis_view(path: str, stamp: str):
     """An analysis's config and summary tables (small whatever its size), shared read-only by every session;
     per-trajectory rows are read on demand (``trajectory_rows``)."""
-    from core.analysis import AnalysisView
+    from core.drift.analysis import AnalysisView
 
     return AnalysisView.open(path)
 
@@ -106,8 +109,8 @@ def series(base: str, checkpoints, device: str | None, dtype: str | None, base_n
            pixels: tuple[int | None, int | None, bool] = (None, None, True)):
     """One loaded series at a time (the perturbation lab's); adapters switch, weights load once. ``pixels``
     (min_pixels, max_pixels, chat_template): a vision-language series' image settings, as the analysis had them."""
-    from core.series import load_series
-    from core.vision import VisionConfig
+    from core.models.series import load_series
+    from core.models.vision import VisionConfig
 
     return load_series(base, list(checkpoints) if isinstance(checkpoints, tuple) else checkpoints,
                        device=device, dtype=dtype, base_names=list(base_names),
@@ -164,7 +167,7 @@ def graph_html(_gs: GraphStore, db: str, key: str, version: int, highlight: str 
 @st.cache_resource(max_entries=64)
 def token_matrix(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool):
     """The whole trajectory's matrix without hover text, from its rows without the top-k columns."""
-    from core import explore
+    from core.drift import explore
 
     tokens, effects = (trajectory_rows(path, stamp, t, traj_id) for t in ("tokens", "effects"))
     return explore.token_matrix(tokens, effects, traj_id, metric, include_prompt, hover=False)
@@ -181,7 +184,7 @@ def window_rows(path: str, stamp: str, traj_id: str, first: int, last: int):
 def token_heatmap(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool, start: int, width: int,
                   focus: int | None = None):
     """The heatmap of the ``width`` columns from position ``start``; the minimap when the CoT is longer."""
-    from core import explore
+    from core.drift import explore
     from workbench import charts
 
     m = token_matrix(path, stamp, traj_id, metric, include_prompt)
@@ -193,7 +196,7 @@ def token_heatmap(path: str, stamp: str, traj_id: str, metric: str, include_prom
 
 @st.cache_resource(max_entries=256)
 def belief_lines(path: str, stamp: str, traj_id: str):
-    from core import explore
+    from core.drift import explore
     from workbench import charts
 
     return charts.belief_lines(explore.belief_path(trajectory_rows(path, stamp, "beliefs", traj_id), traj_id))
@@ -201,7 +204,7 @@ def belief_lines(path: str, stamp: str, traj_id: str):
 
 @st.cache_resource(max_entries=256)
 def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
-    from core import explore
+    from core.drift import explore
     from workbench import charts
 
     belief = explore.belief_path(trajectory_rows(path, stamp, "beliefs", traj_id), traj_id)
@@ -210,8 +213,8 @@ def answer_distribution(path: str, stamp: str, traj_id: str, checkpoint: str):
 
 @st.cache_data(show_spinner="Comparing the run with its start…", max_entries=16)
 def branch_comparison(path: str, stamp: str, start: str, repaired: str):
-    """``core.branches.compare`` of a CPO run and its start, reading those two checkpoints' rows only."""
-    from core import branches
+    """``core.models.branches.compare`` of a CPO run and its start, reading those two checkpoints' rows only."""
+    from core.models import branches
 
     view = analysis_view(path, stamp)
     tokens = view.checkpoint_rows("tokens", [start, repaired], branches.TOKEN_COLUMNS)
@@ -222,7 +225,7 @@ def branch_comparison(path: str, stamp: str, start: str, repaired: str):
 @st.cache_resource(max_entries=256)
 def start_vs_repaired(path: str, stamp: str, traj_id: str, start: str, repaired: str):
     """One trajectory's start vs repaired figure (``charts.start_vs_repaired``), shared read-only."""
-    from core import branches
+    from core.models import branches
     from workbench import charts
 
     view = analysis_view(path, stamp)
@@ -234,7 +237,7 @@ def start_vs_repaired(path: str, stamp: str, traj_id: str, start: str, repaired:
 
 @st.cache_data(show_spinner="Checking the preference data…", max_entries=16)
 def preflight(cfg):
-    """``core.cpo.preflight`` of a run's config (cached by the config's fields), without the pairs it read:
+    """``core.cpo.train.preflight`` of a run's config (cached by the config's fields), without the pairs it read:
     ``st.cache_data`` copies its value on every rerun, and the page needs only the counts and messages."""
     return dataclasses.replace(cpo.preflight(cfg), records=[], encoded=[])
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import world
-from core.workspace import ENV_VAR
+from core.io.roots import ENV_VAR
+from core.workspace import world
 
 WORLD_PATH = "world_path"
 NEXT_WORLD = "_next_world"  # a world a page just created: the sidebar's picker opens it on the next run

@@ -89,7 +89,7 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
     """The latest background jobs of ``kind``: live progress with ETA and Cancel while running (the panel
     redraws itself every second), the log when one fails, and ``done_actions(job, main, side)`` to show
     or open a finished job's result. When the last running job ends, the whole page reruns."""
-    from core import jobs
+    from core.jobs import supervisor as jobs
 
     def panel() -> None:
         recent = jobs.list_jobs(job_dirs, kind)[:limit]
@@ -114,7 +114,7 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
 
 
 def branch_comparison(path: str, stamp: str, branches: dict) -> None:
-    """Start vs repaired for one CPO run of the analysis at ``path`` (``core.branches.compare``): the two models
+    """Start vs repaired for one CPO run of the analysis at ``path`` (``core.models.branches.compare``): the two models
     side by side, the trajectories whose probed answer flipped, the CoT tokens whose probability moved most."""
     from workbench import resources
 
@@ -154,9 +154,9 @@ def branch_trajectory(path: str, stamp: str, traj_id: str, branches: dict) -> No
 
 
 def world_picker() -> None:
-    """The sidebar's world picker: the worlds this workspace knows (``core.world.known_worlds``: its own, those
+    """The sidebar's world picker: the worlds this workspace knows (``core.workspace.world.known_worlds``: its own, those
     registered or opened before; ``workbench demo`` registers the sample worlds)."""
-    from core import world
+    from core.workspace import world
     from workbench import resources
 
     if state.NEXT_WORLD in st.session_state:  # set by a page that created a world (before this widget exists)
@@ -211,7 +211,7 @@ def _unusable(what: str, error: Exception) -> None:
 def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     """A picker over the workspace's analyses and the world's shipped one (the session's choice kept
     across pages); stops the page with ``empty`` and a link to Checkpoints when there is none."""
-    from core.analysis import list_analyses
+    from core.drift.analysis import list_analyses
     from workbench import routes
 
     found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
@@ -229,11 +229,11 @@ def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
 
 
 def images(paths: list[str] | None, caption: str = "") -> None:
-    """A trajectory's images beside its text (a study's X-ray): each read through ``core.images`` (size and
+    """A trajectory's images beside its text (a study's X-ray): each read through ``core.io.images`` (size and
     pixel limits checked), shown at a readable width, larger in presentation mode; a missing or unreadable
     file is named in a warning instead of breaking the page. Nothing is drawn for a text-only record."""
     from core.errors import InputError
-    from core.images import ImageRef, load_image
+    from core.io.images import ImageRef, load_image
 
     if not paths:
         return

@@ -1,6 +1,6 @@
-"""Chart builders for visual drift (``core.visual``): plain tables in, plotly figures out, tested directly.
+"""Chart builders for visual drift (``core.perturb.visual``): plain tables in, plotly figures out, tested directly.
 
-    swap_flip_chart(core.visual.swap_flip_rates(swaps))        # flip rate per category over the steps
+    swap_flip_chart(core.perturb.visual.swap_flip_rates(swaps))        # flip rate per category over the steps
     occlusion_heatmap(image_array, occlusion_rows, "Edema")     # belief drop per patch over the X-ray
 """
 
@@ -44,7 +44,7 @@ def _grid(rows: pd.DataFrame, value: str) -> tuple[list[int], list[int], np.ndar
 def occlusion_heatmap(image: np.ndarray, rows: pd.DataFrame, label: str, value: str = "drop") -> go.Figure:
     """The image (``(H, W, 3)`` uint8) with, on top, a semi-transparent heatmap of ``value`` (the drop of the
     belief in ``label`` when a patch is greyed) per patch; one heatmap per checkpoint, picked by a slider.
-    ``rows``: ``core.visual.occlusion_test`` rows of one trajectory. Red: covering the patch lowers the belief
+    ``rows``: ``core.perturb.visual.occlusion_test`` rows of one trajectory. Red: covering the patch lowers the belief
     (the answer leans on it); blue: raises it. One colour scale for every checkpoint, so they compare."""
     part = rows[rows["label"] == label]
     order = part.drop_duplicates("checkpoint").sort_values("step")["checkpoint"].tolist()
@@ -70,7 +70,7 @@ def occlusion_heatmap(image: np.ndarray, rows: pd.DataFrame, label: str, value: 
 def swap_belief_paths(rows: pd.DataFrame) -> go.Figure:
     """The belief in the true label along the CoT under each checkpoint, with the study's own image (solid)
     and with the swapped-in image (dashed). ``rows``: one trajectory and one swapped image, probed at
-    sentence ends (``core.visual.VisualConfig.positions``)."""
+    sentence ends (``core.perturb.visual.VisualConfig.positions``)."""
     fig = go.Figure()
     palette = pcolors.qualitative.Safe
     order = rows.drop_duplicates("checkpoint").sort_values("step")["checkpoint"].tolist()

@@ -1,7 +1,7 @@
 """The Perturbation lab's Image section (vision-language worlds only): swap a study's image for other
-studies' images, grey patches of it, and see the answer belief under every checkpoint (``core.visual``).
+studies' images, grey patches of it, and see the answer belief under every checkpoint (``core.perturb.visual``).
 
-Every run is a background job (``python -m core.worker visual``): progress, ETA and Cancel in the jobs
+Every run is a background job (``python -m core.jobs.worker visual``): progress, ETA and Cancel in the jobs
 panel; its table lands under the workspace's ``perturbations/visual/<world>/`` and is listed below.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core import jobs, visual
 from core.errors import InputError
-from core.images import ImageRef, load_image
+from core.io.images import ImageRef, load_image
+from core.jobs import supervisor as jobs
+from core.perturb import visual
 from workbench import ui, visual_charts
 from workbench.safe_text import inert
 
@@ -26,7 +27,7 @@ EACH = "one of each other label"
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _records(data: str, stamp: float) -> list[dict]:  # stamp: the data file's mtime, so an edit is read again
-    from core.vl_records import read_vl_records
+    from core.io.vl_records import read_vl_records
 
     return read_vl_records(data)
 

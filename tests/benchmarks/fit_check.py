@@ -1,9 +1,9 @@
-"""Device check of core.fit: the estimated bytes of a scoring batch against the measured CUDA peak.
+"""Device check of core.models.fit: the estimated bytes of a scoring batch against the measured CUDA peak.
 
     python tests/benchmarks/fit_check.py     # on a GPU: a Qwen2.5-7B-wide random model (4 layers), bf16
 
 Prints, per (tokens, batch), the measured peak above the weights and the estimate (row x batch + chunks), and
-the batch size ``core.fit`` picks for the free memory left.
+the batch size ``core.models.fit`` picks for the free memory left.
 """
 
 import json
@@ -12,10 +12,10 @@ import time
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from core import fit
-from core.scoring import ScoreConfig, score_batches
-from core.series import ModelSeries
-from core.trajectories import Encoded
+from core.drift.scoring import ScoreConfig, score_batches
+from core.io.trajectories import Encoded
+from core.models import fit
+from core.models.series import ModelSeries
 
 
 def main() -> None:

@@ -3,10 +3,10 @@
     python3 tests/benchmarks/gpu_long_cot.py --out $OUT/long_cot_gpu.json      # CUDA, bf16 (about 3-5 minutes)
     python tests/benchmarks/gpu_long_cot.py --smoke --out /tmp/smoke.json      # CPU, tiny sizes (a check, ~1 min)
 
-Not collected by pytest (its name does not start with test_); ``tests/unit/test_gpu_script.py`` runs the smoke.
+Not collected by pytest (its name does not start with test_); ``tests/benchmarks/test_gpu_script.py`` runs the smoke.
 
 A random Qwen2 model of Qwen2.5-0.5B's shapes (hidden 896, 24 layers, vocabulary 151,936) in bf16 with 4
-LoRA checkpoints (base + 4), saved and loaded through ``core.series.load_series`` as a user's run would be.
+LoRA checkpoints (base + 4), saved and loaded through ``core.models.series.load_series`` as a user's run would be.
 Prints, and writes as JSON to ``--out`` after every section (a cut run keeps what it measured):
 
 - scoring at 1,024 / 2,048 / 4,096-token rows (64 prompt + the rest completion): tokens/s (completion tokens
@@ -38,14 +38,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from core import scoring  # noqa: E402
-from core.fit import plan_for_series  # noqa: E402
-from core.forward import hidden_states  # noqa: E402
-from core.probe import ProbeConfig, probe  # noqa: E402
-from core.sample.spec import DISEASES  # noqa: E402
-from core.scoring import ScoreConfig, score_batches  # noqa: E402
-from core.series import load_series  # noqa: E402
-from core.trajectories import Encoded  # noqa: E402
+from core.drift import scoring  # noqa: E402
+from core.drift.probe import ProbeConfig, probe  # noqa: E402
+from core.drift.scoring import ScoreConfig, score_batches  # noqa: E402
+from core.io.trajectories import Encoded  # noqa: E402
+from core.models.fit import plan_for_series  # noqa: E402
+from core.models.forward import hidden_states  # noqa: E402
+from core.models.series import load_series  # noqa: E402
+from workbench.demo.spec import DISEASES  # noqa: E402
 
 SHAPES = {  # Qwen2.5-0.5B; Qwen2.5-7B with one layer; tiny (--smoke)
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -172,7 +172,7 @@ def scoring_section(series, clock: Clock, lengths: list[int], rows: dict[int, in
 
 @torch.no_grad()
 def probe_section(series, clock: Clock, lengths: list[int]) -> list[dict]:
-    from core.forward import decoder
+    from core.models.forward import decoder
 
     out = []
     embed = decoder(series.model).embed_tokens

@@ -23,9 +23,9 @@ def rss():  # current resident set size, bytes
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from peft import LoraConfig, get_peft_model
-from core.series import load_series
-from core.scoring import score, ScoreConfig
-from core.trajectories import Encoded
+from core.models.series import load_series
+from core.drift.scoring import score, ScoreConfig
+from core.io.trajectories import Encoded
 root, k, vocab = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 before = rss()
 series = load_series(root / "base", [root / f"checkpoint-{i}" for i in range(1, k + 1)])

@@ -19,9 +19,16 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from core.cpo import TrainConfig, build_trainer, dpo_args, lora_config, preflight, tokenized_dataset
-from core.sample.preferences import build_preferences
-from core.series import load_tokenizer
+from core.cpo.config import TrainConfig
+from core.cpo.train import (
+    build_trainer,
+    dpo_args,
+    lora_config,
+    preflight,
+    tokenized_dataset,
+)
+from core.models.series import load_tokenizer
+from workbench.demo.preferences import build_preferences
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 
@@ -63,7 +70,7 @@ def _run(kind: str, cfg: TrainConfig, tok, pre) -> StepTimer:
     timer = StepTimer()
     if kind == "dpo":
         cuda = torch.cuda.is_available()
-        from core.cpo import load_base
+        from core.cpo.train import load_base
 
         trainer = PlainDPO(model=load_base(cfg, cuda), args=dpo_args(cfg, cuda), processing_class=tok,
                            train_dataset=tokenized_dataset(cfg, tok, pre), peft_config=lora_config(cfg),
@@ -126,9 +133,14 @@ def _vl_world(tmp_path, hidden: int, layers: int, side: int, n_pairs: int):
 
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from core.sample.tinyvl import make_config, make_tokenizer, synthetic_xray, write_tiny_vl
     from tests.vl_pairs import cot
     from tests.vl_world import LABELS, QUESTION
+    from workbench.demo.tinyvl import (
+        make_config,
+        make_tokenizer,
+        synthetic_xray,
+        write_tiny_vl,
+    )
 
     tok = make_tokenizer()
     config = make_config(tok, hidden, layers=layers)  # 4 heads; the rotary split follows the head size
@@ -149,7 +161,7 @@ def _vl_world(tmp_path, hidden: int, layers: int, side: int, n_pairs: int):
 def _run_vl(kind: str, cfg: TrainConfig, proc, pre) -> StepTimer:
     from datasets import Dataset
 
-    from core import cpo_vl
+    from core.cpo import vl as cpo_vl
     from tests.vl_pairs import image_only_processor, trl_vision_rows
 
     timer = StepTimer()
@@ -168,7 +180,7 @@ def _run_vl(kind: str, cfg: TrainConfig, proc, pre) -> StepTimer:
 def test_vl_cpo_step_vs_plain_trl_dpo_step(tmp_path, size):
     """Qwen2.5-VL architecture, random init; batch 4 pairs, one image each, LoRA r=8 on the language model.
     The plain trainer is TRL's DPOTrainer with its own vision collator (processor, pixel_values, mm_token_type_ids)."""
-    from core import cpo_vl
+    from core.cpo import vl as cpo_vl
 
     side = size(448, 96)
     base, data = _vl_world(tmp_path, hidden=size(384, 64), layers=size(4, 2), side=side, n_pairs=size(32, 12))
@@ -183,7 +195,7 @@ def test_vl_cpo_step_vs_plain_trl_dpo_step(tmp_path, size):
         for kind in times:
             times[kind].append(statistics.median(_run_vl(kind, cfg, proc, pre).times[1:]))
     m = {k: statistics.median(v) for k, v in times.items()}
-    from core.vision import IMAGE_PAD
+    from core.models.vision import IMAGE_PAD
 
     pad = proc.token_id(IMAGE_PAD)
     image_tokens = statistics.mean(e["prompt_ids"].count(pad) for e in pre.encoded)

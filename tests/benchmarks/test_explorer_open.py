@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import drift, explore
-from core.analysis import Analysis, AnalysisConfig, AnalysisView
+from core.drift import explore
+from core.drift import findings as drift
+from core.drift.analysis import Analysis, AnalysisConfig, AnalysisView
 from workbench import charts
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.forward import decoder
-from core.probe import ProbeConfig, probe
-from core.sample.spec import DISEASES
-from core.scoring import ScoreConfig, score
-from core.series import load_series
-from core.trajectories import Encoded
+from core.drift.probe import ProbeConfig, probe
+from core.drift.scoring import ScoreConfig, score
+from core.io.trajectories import Encoded
+from core.models.forward import decoder
+from core.models.series import load_series
+from workbench.demo.spec import DISEASES
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 FULL = os.environ.get("WORKBENCH_BENCH_FULL") == "1"
@@ -117,7 +117,7 @@ def test_scoring_head_passes_checkpoint_inner_vs_outer(branchy_series, monkeypat
     """Scoring time vs the bare forward passes (``model(ids).logits`` per checkpoint), checkpoint-inner (one LM
     head pass per checkpoint and row chunk, the default for adapters) vs checkpoint-outer (the former order:
     each checkpoint's chunk measured against the base's and the previous one's, rebuilt: up to 3 passes)."""
-    from core import scoring
+    from core.drift import scoring
 
     torch.set_num_threads(2)
     series, k = branchy_series, len(branchy_series.names)

@@ -103,8 +103,8 @@ def measure(folder: Path, mode: str) -> dict:
     import networkx as nx
     import pandas as pd
 
-    from core import analysis as an
-    from core.trajectories import Encoded
+    from core.drift import analysis as an
+    from core.io.trajectories import Encoded
 
     records, encoded = [], []
     with open(folder / "encoded.jsonl") as f:

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from core.probe import ProbeConfig, _tokens, probe, probe_naive, probe_positions
-from core.sample.spec import DISEASES
-from core.series import load_series
-from core.trajectories import encode, read_jsonl
+from core.drift.probe import ProbeConfig, _tokens, probe, probe_naive, probe_positions
+from core.io.trajectories import encode, read_jsonl
+from core.models.series import load_series
+from workbench.demo.spec import DISEASES
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 LABELS = list(DISEASES)

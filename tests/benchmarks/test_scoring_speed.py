@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.scoring import ScoreConfig, _batches, _pad, js, kl, score, token_stats
-from core.series import BASE, load_series, load_tokenizer
-from core.trajectories import Encoded, encode, read_jsonl
+from core.drift.scoring import ScoreConfig, _batches, _pad, js, kl, score, token_stats
+from core.io.trajectories import Encoded, encode, read_jsonl
+from core.models.series import BASE, load_series, load_tokenizer
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 N = 120

@@ -1,4 +1,4 @@
-"""Region occlusion's cost on CPU: the workbench (``core.visual``: 16 occluded variants per forward, their
+"""Region occlusion's cost on CPU: the workbench (``core.perturb.visual``: 16 occluded variants per forward, their
 image features computed once per batch and shared by every LoRA checkpoint) vs one variant per forward with
 the vision tower run again under each checkpoint (what a loop over variants does). Prints seconds per study
 x checkpoint and the ratio (best of two interleaved runs each); asserts no timing.
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core import visual, visual_probe
-from core.world import load_world
+from core.perturb import visual, visual_probe
+from core.workspace.world import load_world
 from tests.vl_world import make_vl_world
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]

@@ -13,12 +13,12 @@ import time
 import pytest
 import torch
 
-from core.images import ImageRef
-from core.probe import ProbeConfig
-from core.sample.tinyvl import synthetic_xray, write_tiny_vl
-from core.vision import IMAGE_PAD, collate, encode_vl, load_vl_model
-from core.vl_scoring import probe_vl, probe_vl_naive
-from core.vl_series import lm_lora_targets, load_vl_series, score_vl_series
+from core.drift.probe import ProbeConfig
+from core.drift.vl_scoring import probe_vl, probe_vl_naive
+from core.io.images import ImageRef
+from core.models.vision import IMAGE_PAD, collate, encode_vl, load_vl_model
+from core.models.vl_series import lm_lora_targets, load_vl_series, score_vl_series
+from workbench.demo.tinyvl import synthetic_xray, write_tiny_vl
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 LABELS = ["Pneumonia", "Cardiomegaly", "Edema", "Atelectasis", "Pneumothorax", "No Finding"]
@@ -96,12 +96,12 @@ def test_vl_scoring_and_probe_speed(tmp_path):
     print(f"  bare batched forwards: {bare:6.2f} s")
     print(f"  workbench score_vl_series: {ours:6.2f} s  -> {notebook / ours:.1f}x faster than the notebook, "
           f"{ours / bare:.2f}x the bare forwards")
-    from core.scoring import ScoreConfig, score
+    from core.drift.scoring import ScoreConfig, score
 
     t = time.perf_counter()
     score(vs, encs, ScoreConfig(top_k=5, batch_size=8))  # what an analysis runs: every statistic, top-k
     full = time.perf_counter() - t
-    print(f"  core.scoring.score (log-prob, rank, entropy, top-5, KL/JS to base and previous): {full:6.2f} s  -> "
+    print(f"  core.drift.scoring.score (log-prob, rank, entropy, top-5, KL/JS to base and previous): {full:6.2f} s  -> "
           f"{notebook / full:.1f}x faster than the notebook (log-probs only), {full / bare:.2f}x the bare forwards")
     cfg = ProbeConfig(labels=LABELS)
     plans = [list(range(e.start, e.think_end + 1, 2)) for e in encs[:2]]

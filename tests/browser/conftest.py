@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server started with ``start_new_session=True`` and everything it started."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from core import curation, snapshots
-from core.workspace import Workspace
+from core.curation import queue as curation
+from core.curation import snapshots
+from core.workspace.workspace import Workspace
 from tests.curation_data import write_ccf
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

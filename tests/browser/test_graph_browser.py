@@ -113,8 +113,8 @@ def test_add_node_and_edge_see_them_drawn_then_generate_a_counterfactual(browser
             continue
     ended.wait_for(timeout=30_000)
     finished_first = "· done ·" in ended.inner_text()  # the batch outran the click: nothing left to stop
-    from core.counterfactual_store import list_counterfactuals
-    from core.workspace import Workspace
+    from core.counterfactuals.store import list_counterfactuals
+    from core.workspace.workspace import Workspace
 
     stored = list_counterfactuals(Workspace.open(workspace).store)
     done = stored["trajectory"].nunique()  # the batch starts at test-00000, which the single run stored too

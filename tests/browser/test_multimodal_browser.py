@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from core.sample import SAMPLE_WORLDS
-from core.workspace import Workspace
+from core.workspace.workspace import Workspace
 from tests.browser.conftest import stop, wait_http
 from tests.browser.test_loop_browser import go, idle, no_exception, set_number
 from tests.conftest import ROOT
 from tests.pages.test_images_pages import generate_like_the_page
+from workbench.demo import SAMPLE_WORLDS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -4,8 +4,9 @@ import json
 
 from streamlit.testing.v1 import AppTest
 
-from core import curation, snapshots
-from core.workspace import Workspace
+from core.curation import queue as curation
+from core.curation import snapshots
+from core.workspace.workspace import Workspace
 from tests.conftest import ROOT
 from tests.curation_data import write_ccf
 from workbench import state
@@ -118,8 +119,8 @@ def test_the_worlds_example_files_import_in_one_click_and_a_tiny_export_says_so(
 
 
 def test_example_files_are_the_same_pairs_in_each_format(sample_world):
-    from core import formats
-    from core.sample.examples import FILES
+    from core.io import formats
+    from workbench.demo.examples import FILES
 
     parsed = {fmt: formats.parse(formats.read_text(sample_world / "examples" / name), name) for fmt, name in FILES.items()}
     assert {p.format for p in parsed.values()} == set(FILES) and all(not p.errors for p in parsed.values())

@@ -222,7 +222,7 @@ def test_checkpoints_page_lists_a_joined_cpo_run_as_a_branch_of_its_start(sample
     import json
     import shutil
 
-    from core.workspace import Workspace
+    from core.workspace.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
     adapter = ws.runs_dir / "cpo" / "fix-1" / "adapter"

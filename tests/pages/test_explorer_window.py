@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.analysis import LAZY_COLUMNS, Analysis
-from core.trajectories import read_jsonl
-from core.world import load_world
+from core.drift.analysis import LAZY_COLUMNS, Analysis
+from core.io.trajectories import read_jsonl
+from core.workspace.world import load_world
 from tests.conftest import ROOT
 from workbench import state
 

@@ -3,7 +3,7 @@
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import concepts
+from core.graph import concepts
 from tests.conftest import ROOT
 from workbench import graphview, state
 
@@ -114,8 +114,9 @@ def test_counterfactuals_page_generates_previews_batches_and_lists(tmp_path):
     at.number_input(key="cf_batch_n").set_value(5).run()
     at.button(key="cf_batch_run").click().run()
     assert not at.exception and not at.error
-    from core import counterfactual_job, jobs
-    from core.workspace import Workspace
+    from core.counterfactuals import batch as counterfactual_job
+    from core.jobs import supervisor as jobs
+    from core.workspace.workspace import Workspace
 
     job = jobs.list_jobs(Workspace.open(at.session_state[state.WORKSPACE_PATH]).job_dirs, counterfactual_job.KIND)[0]
     assert job.wait(timeout=120) == "done", job.log_tail()  # a background job: the page only re-attaches
@@ -141,8 +142,8 @@ def test_counterfactuals_page_llm_expert(tmp_path):
 
 
 def test_counterfactuals_use_the_edited_graph_and_record_its_version(tmp_path, sample_world):
-    from core.graph_store import GraphStore
-    from core.workspace import Workspace
+    from core.graph.store import GraphStore
+    from core.workspace.workspace import Workspace
 
     gs = GraphStore.open(Workspace.open(tmp_path).store, sample_world / "concept_graph.json")
     gs.edit({"op": "add_node", "id": "pleural fluid", "kind": "finding"}, base=1)

@@ -3,14 +3,14 @@ pointer to the other sample world."""
 
 from streamlit.testing.v1 import AppTest
 
-from core.sample import SAMPLE_WORLDS
 from tests.conftest import ROOT
 from workbench import state
+from workbench.demo import SAMPLE_WORLDS
 
 
 def _home(world, tmp_path) -> AppTest:
     """Home on ``world`` in a workspace where both sample worlds are registered, as ``workbench demo`` does."""
-    from core.workspace import Workspace
+    from core.workspace.workspace import Workspace
     from workbench.cli import _register_samples
 
     ws = Workspace.open(tmp_path / "ws")

@@ -5,13 +5,13 @@ a text world shows none, and the curation keyboard flow is unchanged."""
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import snapshots
-from core.counterfactual import make_counterfactuals, with_images
-from core.counterfactual_store import store_counterfactuals
-from core.graph_store import GraphStore
-from core.trajectories import read_trajectories
-from core.workspace import Workspace
-from core.world import load_world
+from core.counterfactuals.rewrite import make_counterfactuals, with_images
+from core.counterfactuals.store import store_counterfactuals
+from core.curation import snapshots
+from core.graph.store import GraphStore
+from core.io.trajectories import read_trajectories
+from core.workspace.workspace import Workspace
+from core.workspace.world import load_world
 from tests.conftest import ROOT
 from tests.curation_data import write_ccf
 from tests.vl_world import make_vl_world

@@ -11,12 +11,12 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import snapshots
-from core.sample import SAMPLE_WORLDS
-from core.workspace import Workspace
-from core.world import load_world
+from core.curation import snapshots
+from core.workspace.workspace import Workspace
+from core.workspace.world import load_world
 from tests.conftest import ROOT
 from workbench import state
+from workbench.demo import SAMPLE_WORLDS
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 from streamlit.testing.v1 import AppTest
 
-from core import curation
-from core.workspace import Workspace
+from core.curation import queue as curation
+from core.workspace.workspace import Workspace
 from tests.conftest import ROOT
 from workbench import state
 

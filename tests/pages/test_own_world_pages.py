@@ -4,7 +4,7 @@ sidebar's world picker, and the pages that must work on it without any sample-wo
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import world as world_mod
+from core.workspace import world as world_mod
 from tests.conftest import ROOT
 from workbench import state
 

@@ -62,8 +62,9 @@ def test_a_short_run_finishes_is_evaluated_and_compared(quick_world, tmp_path):
 
 
 def _tiny_snapshot(workspace) -> str:
-    from core import curation, snapshots
-    from core.workspace import Workspace
+    from core.curation import queue as curation
+    from core.curation import snapshots
+    from core.workspace.workspace import Workspace
     from tests.curation_data import write_ccf
 
     ws = Workspace.open(workspace)
@@ -88,11 +89,11 @@ def test_a_tiny_snapshot_is_not_preselected_warns_and_a_choice_survives_other_pa
 
 
 def _fake_run(workspace, world, status: str, evaluation: dict | None = None, metrics: list[dict] = ()):
-    """A run row as core.runs writes it; a running one gets a real (sleeping) job."""
+    """A run row as core.cpo.runs writes it; a running one gets a real (sleeping) job."""
     import json
 
-    from core import jobs
-    from core.workspace import Workspace
+    from core.jobs import supervisor as jobs
+    from core.workspace.workspace import Workspace
 
     ws = Workspace.open(workspace)
     out = ws.runs_dir / "cpo" / "r1"
@@ -135,9 +136,9 @@ def test_a_run_worse_than_its_start_says_so(sample_world, tmp_path):
 def test_a_vl_runs_examples_show_each_sides_image_beside_its_text(tmp_path, monkeypatch):
     """A run on a vision-language world: its examples show the study's X-ray beside the chosen and rejected
     texts, and a visual pair (same CoT, another image) shows each side with its own image."""
-    from core import runs
-    from core.cpo import TrainConfig
-    from core.workspace import Workspace
+    from core.cpo import runs
+    from core.cpo.config import TrainConfig
+    from core.workspace.workspace import Workspace
     from tests.vl_pairs import write_vl_pairs
     from tests.vl_world import HUB_ID, make_vl_world
 
@@ -185,8 +186,8 @@ def test_the_launch_form_checks_pairs_with_images_on_a_vl_world(tmp_path, monkey
     at.number_input(key="run_visual_weight").set_value(2.5).run()  # the visual pairs' own CPO++ weight
     launch = at.button(key="run_launch").click().run()
     assert not launch.exception
-    from core import runs
-    from core.workspace import Workspace
+    from core.cpo import runs
+    from core.workspace.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
     (run,) = runs.list_runs(ws.store)
@@ -213,12 +214,12 @@ def _wait(cond, timeout: float) -> None:
 @pytest.mark.slow  # a real CPO step and evaluation job on the tiny VL model: ~18 s on 2 cores
 def test_a_vl_run_is_evaluated_on_its_held_out_x_rays_and_compared(tmp_path, monkeypatch):
     """A CPO run on a vision-language world with a held-out set: the job evaluates the new adapter with each
-    study's X-ray (core.vl_generation), and the runs page shows its held-out figures and the comparison."""
+    study's X-ray (core.models.vl_generation), and the runs page shows its held-out figures and the comparison."""
     import json
 
-    from core import runs
-    from core.cpo import TrainConfig
-    from core.workspace import Workspace
+    from core.cpo import runs
+    from core.cpo.config import TrainConfig
+    from core.workspace.workspace import Workspace
     from tests.vl_pairs import write_vl_pairs
     from tests.vl_world import HUB_ID, make_vl_world
 

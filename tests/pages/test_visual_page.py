@@ -10,9 +10,10 @@ import warnings
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs, visual, visual_probe
-from core.workspace import Workspace
-from core.world import load_world
+from core.jobs import supervisor as jobs
+from core.perturb import visual, visual_probe
+from core.workspace.workspace import Workspace
+from core.workspace.world import load_world
 from tests.conftest import ROOT
 from tests.vl_world import make_vl_world
 from workbench import state
@@ -56,8 +57,8 @@ def test_swap_results_draw_flip_rates_per_category(vl_world, tmp_path):
     assert any("Cost:" in c.value and "swapped images x 3 checkpoints" in c.value for c in at.caption)
     [chart] = [c for c in charts_of(at) if c["data"] and c["data"][0]["type"] == "scatter"]
     assert {t["name"] for t in chart["data"]} == {"Cardiomegaly", "Edema", "Lung Opacity", "Pneumonia"}
-    assert chart["layout"]["xaxis"]["title"]["text"] == "checkpoint step"  # values: tests/unit/vl/test_visual_charts.py
-    assert any("python -m core.worker visual --config visual.json" in c.value for c in at.code)
+    assert chart["layout"]["xaxis"]["title"]["text"] == "checkpoint step"  # values: tests/unit/workbench/test_visual_charts.py
+    assert any("python -m core.jobs.worker visual --config visual.json" in c.value for c in at.code)
 
     along = dataclasses.replace(cfg, traj_ids=["study-002"], swap_to=["Pneumonia"], positions="sentence")
     with warnings.catch_warnings():

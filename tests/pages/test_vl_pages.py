@@ -5,11 +5,10 @@ shows a trajectory's X-ray beside its chain of thought (a text-only world shows 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.analysis import AnalysisConfig, run_analysis
+from core.drift.analysis import AnalysisConfig, run_analysis
 from tests.conftest import ROOT
-from workbench import state
-
 from tests.vl_world import LABELS, make_vl_world
+from workbench import state
 
 
 def page(name: str, world, workspace) -> AppTest:
@@ -77,7 +76,7 @@ def test_checkpoints_page_loads_and_registers_a_vl_run(vl, tmp_path, monkeypatch
     at.text_input(key="ck_world_name").input("xray run").run()
     at.button(key="ck_world_create").click().run()
     assert not at.exception and not at.error
-    from core.world import load_world
+    from core.workspace.world import load_world
 
     created = load_world(tmp_path / "ws2" / "worlds" / "xray-run")
     assert created.is_vl and [c.name for c in created.checkpoints] == ["checkpoint-2", "checkpoint-4"]
@@ -96,7 +95,7 @@ def test_checkpoints_page_offers_the_pixel_limits_of_a_vl_base_only(vl, sample_w
 
 
 def test_home_describes_a_vl_world(vl):
-    from core.world import load_world
+    from core.workspace.world import load_world
 
     world, ws, _ = vl
     summary = load_world(world).summary()

@@ -1,14 +1,15 @@
 """AppTest of the Perturbation lab's text section on a vision-language world: the trajectory's X-ray is shown
 beside its text, and a synonym swap is answered with the image (the probe's figures equal
-``core.perturb.perturbation_test`` on the series, which reads each record's images)."""
+``core.perturb.text.perturbation_test`` on the series, which reads each record's images)."""
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import concepts, perturb
-from core.analysis import AnalysisConfig, run_analysis
-from core.series import load_series
-from core.trajectories import read_trajectories
+from core.drift.analysis import AnalysisConfig, run_analysis
+from core.graph import concepts
+from core.io.trajectories import read_trajectories
+from core.models.series import load_series
+from core.perturb import text as perturb
 from tests.conftest import ROOT
 from tests.vl_world import LABELS, make_vl_world
 from workbench import state

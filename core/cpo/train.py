@@ -1,0 +1,396 @@
+"""Counterfactual Preference Optimization runs: one typed config, a pre-flight check, and ``train``.
+
+    cfg = TrainConfig(base_model="sample_data/model", data="pairs.jsonl", output_dir="runs/cpo-1",
+                      init_adapter="sample_data/rft/checkpoint-160", base_names=["cxr-demo-tiny-llama"])
+    preflight(cfg).warnings        # pairs whose reasoning max_length would cut, identical chosen/rejected
+    result = train(cfg, progress=lambda done, total, msg: ..., should_cancel=lambda: False)
+    result.adapter_dir             # runs/cpo-1/adapter: a LoRA adapter core.models.series loads as a new checkpoint
+
+The same run from a shell, on one GPU or several (``accelerate launch`` for multi-GPU and DeepSpeed):
+``workbench train --config run.json`` or ``accelerate launch -m core.jobs.worker train --config run.json``.
+
+A run folder holds ``config.json`` (this TrainConfig), ``metrics.jsonl`` (one object per logging step),
+``checkpoint-N/`` (adapter + trainer_state.json + optimizer, as HF Trainer writes them) and ``adapter/``.
+The objectives live in ``core.cpo.trainer``; data is TRL preference JSONL (prompt, chosen, rejected,
+optional source and weight), tokenized in the sample world's format: BOS + prompt, " " + completion + EOS.
+A vision-language base (``core.models.vision.is_vl_folder``) trains the same objectives on pairs with images
+(``core.cpo.vl``: chat-templated prompts with their image tokens, LoRA on the language model only, the vision
+tower frozen); ``source_weights`` gives a source its own CPO++ weight, e.g. ``{"image_swap": 0.5}`` for the
+visual pairs (same CoT, counterfactual image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.cpo.config import TrainConfig
+from core.errors import InputError
+from core.io.pairs import read_pairs  # the one reader of preference pairs
+from core.jobs.supervisor import lock_folder
+
+
+@dataclass
+class Preflight:
+    pairs: int
+    truncated: list[int]  # indices of pairs longer than max_length (their reasoning or answer would be cut)
+    identical: list[int]  # indices of pairs whose chosen equals rejected (no preference signal; dropped)
+    warnings: list[str]
+    errors: list[str]
+    sources: list[str] = field(default_factory=list)
+    # what was read and tokenized, kept for tokenized_dataset (the data is read and tokenized once per run)
+    records: list[dict] = field(default_factory=list, repr=False, compare=False)
+    encoded: list[dict] = field(default_factory=list, repr=False, compare=False)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    cancelled: bool
+    metrics_path: Path
+
+
+# ---------------------------------------------------------------- data
+
+def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
+    """The paper's "DPO with random negatives": each rejected becomes the chosen of a random other pair with
+    another label (from ``label``, else the chosen's answer), drawn with ``seed``; read under the pair's own
+    images (a random *text* negative: a visual pair's counterfactual image is not kept)."""
+    from core.counterfactuals.rewrite import answer_of
+
+    rng = random.Random(seed)
+    labels = [p["label"] or answer_of(p["chosen"]) for p in pairs]
+    others = {lab: [j for j, other in enumerate(labels) if other != lab] for lab in dict.fromkeys(labels)}  # per label
+    if len(others) < 2:
+        raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
+    return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"], "rejected_images": list(p.get("images", []))}
+            for p, lab in zip(pairs, labels, strict=True)]
+
+
+def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:
+    """TRL's tokenized columns in the sample world's format: BOS + prompt | " " + completion + EOS."""
+    from core.io.trajectories import prompt_ids
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"] + eos
+
+    def first(p: dict) -> list[int]:  # conversational pairs: their turns through the chat template
+        templated = bool(p.get("chat")) and bool(getattr(tokenizer, "chat_template", None))
+        return prompt_ids(tokenizer, p["prompt"], templated, p.get("chat"))
+
+    return [{"prompt_ids": first(p), "chosen_ids": ids(p["chosen"]), "rejected_ids": ids(p["rejected"])}
+            for p in pairs]
+
+
+def _pairs_of(cfg: TrainConfig) -> list[dict]:
+    pairs = read_pairs(cfg.data)
+    return random_negatives(pairs, cfg.seed) if cfg.negatives == "random" and pairs else pairs
+
+
+MIN_PAIRS = 64  # below this a run mostly memorises its pairs (the sample world's default set has 480)
+MIN_PAIRS_PER_SOURCE = 8  # CPO++ weights and reports each source: a handful of pairs makes both noise
+_ANSWER = re.compile(r"\bis ([^.\n]+)\.?\s*$")
+
+
+def pair_label(pair: dict) -> str:
+    """The answer a pair's chosen side gives: its ``label`` field, else the text after ``</think>``
+    ("The disease of this patient is X." -> "X"), else the chosen side's last line."""
+    if pair.get("label"):
+        return str(pair["label"])
+    answer = pair["chosen"].rsplit("</think>", 1)[-1].strip().splitlines()
+    answer = answer[-1].strip() if answer else ""
+    found = _ANSWER.search(answer)
+    return (found.group(1) if found else answer)[:60] or "(no answer)"
+
+
+def balance_warnings(pairs: list[dict]) -> list[str]:
+    """Tiny or unbalanced data, said before the run: too few pairs, one answer label holding most of them,
+    sources with a handful of pairs."""
+    from collections import Counter
+
+    n, out = len(pairs), []
+    if n < MIN_PAIRS:
+        out.append(f"only {n} pairs (fewer than {MIN_PAIRS}): a run on so few pairs can leave the model worse "
+                   "than its start on the held-out sets; export more pairs or add the sample preference set")
+    labels = Counter(pair_label(p) for p in pairs)
+    top, count = labels.most_common(1)[0]
+    if n >= 2 and (len(labels) == 1 or count / n > 0.5):
+        out.append(f"unbalanced answers: {count} of {n} pairs ({count / n:.0%}) answer {top!r} "
+                   f"({len(labels)} label{'s' if len(labels) != 1 else ''} in all); the run may learn to answer it")
+    sources = Counter(p["source"] for p in pairs)
+    thin = sorted(s for s, c in sources.items() if c < MIN_PAIRS_PER_SOURCE)
+    if len(sources) > 1 and thin:
+        out.append("few pairs per source: " + ", ".join(f"{s!r} {sources[s]}" for s in thin)
+                   + f" (fewer than {MIN_PAIRS_PER_SOURCE}); their weights and per-source metrics rest on these")
+    return out
+
+
+def is_vl(cfg: TrainConfig) -> bool:
+    """Whether the run trains a vision-language base (``core.cpo.vl``)."""
+    from core.models.vision import is_vl_folder
+
+    return is_vl_folder(cfg.base_model)
+
+
+def processing(cfg: TrainConfig):
+    """What encodes the run's pairs: the VL processor (``core.models.vision.VLProcessor``) or the tokenizer."""
+    from core.models.series import load_tokenizer
+
+    if is_vl(cfg):
+        from core.cpo.vl import processor
+
+        return processor(cfg)
+    return load_tokenizer(cfg.base_model)
+
+
+def _row_length(e: dict) -> int:
+    """The longer of a pair's two rows (a VL pair's sides may have prompts of different lengths)."""
+    return max(len(e["prompt_ids"]) + len(e["chosen_ids"]),
+               len(e.get("rejected_prompt_ids", e["prompt_ids"])) + len(e["rejected_ids"]))
+
+
+def _encode(cfg: TrainConfig, proc, pairs: list[dict]) -> tuple[list[dict], list[str]]:
+    """Each pair's ids (``tokenize`` or, on a VL base, ``core.cpo.vl.encode_pairs``) and what refuses the run."""
+    if is_vl(cfg):
+        from core.cpo.vl import encode_pairs, prompt_errors
+
+        enc = encode_pairs(proc, pairs)
+        return enc, prompt_errors(enc, cfg.max_length)
+    with_images = next((i for i, p in enumerate(pairs) if p.get("images")), None)
+    if with_images is not None:
+        return [], [f"{cfg.data}: pair {with_images + 1} has images but the base model {cfg.base_model} is a "
+                    "text-only model; train a vision-language base on pairs with images"]
+    return tokenize(proc, pairs), []
+
+
+def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
+    """Check the data before the first step: empty, identical chosen/rejected, lengths against max_length,
+    images (each named when missing or unreadable; on a text base, pairs with images are refused)."""
+    pairs = _pairs_of(cfg)
+    if not pairs:
+        return Preflight(0, [], [], [], [f"{cfg.data}: no preference pairs (empty dataset)"])
+    enc, errors = _encode(cfg, tokenizer or processing(cfg), pairs)
+    if errors:
+        return Preflight(len(pairs), [], [], [], errors)
+    identical = [i for i, p in enumerate(pairs)
+                 if p["chosen"].strip() == p["rejected"].strip() and p.get("images") == p.get("rejected_images")]
+    truncated = [i for i, e in enumerate(enc) if _row_length(e) > cfg.max_length]
+    warnings = []
+    if truncated:
+        longest = max(_row_length(e) for e in enc)
+        warnings.append(f"{len(truncated)} of {len(pairs)} pairs exceed max_length {cfg.max_length} tokens "
+                        f"(longest {longest}; first: pair {truncated[0] + 1}): their reasoning or answer is cut")
+    if identical:
+        warnings.append(f"{len(identical)} pairs have identical chosen and rejected (first: pair {identical[0] + 1}); "
+                        "they carry no preference and are left out")
+    warnings += balance_warnings(pairs)
+    if len(identical) == len(pairs):
+        errors.append(f"{cfg.data}: every pair has identical chosen and rejected; nothing to learn")
+    sources = sorted({p["source"] for p in pairs})
+    return Preflight(len(pairs), truncated, identical, warnings, errors, sources, pairs, enc)
+
+
+# ---------------------------------------------------------------- training
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest whole ``checkpoint-N`` in ``output_dir`` (``core.models.resume``: one cut mid-save is skipped)."""
+    from core.models.resume import resumable_checkpoint
+
+    return resumable_checkpoint(output_dir)[0]
+
+
+def tokenized_dataset(cfg: TrainConfig, tok, pre: Preflight):
+    from datasets import Dataset
+
+    from core.io.pairs import normalise_weights
+
+    if not pre.records:  # a Preflight built by hand: read and tokenize here
+        pre = preflight(cfg, tok)
+    dropped = set(pre.identical)
+    kept = [(p, e) for i, (p, e) in enumerate(zip(pre.records, pre.encoded, strict=True)) if i not in dropped]
+    weights = normalise_weights([cfg.source_weights.get(p["source"], p["weight"]) for p, _ in kept])
+    source_idx = {s: i for i, s in enumerate(pre.sources)}
+    return Dataset.from_list([{**e, "weight": w, "source_idx": source_idx[p["source"]]}
+                              for (p, e), w in zip(kept, weights, strict=True)])
+
+
+def _base_name(cfg: TrainConfig) -> str:
+    """The base model's name written into the adapters (one that ``load_series(base_names=...)`` accepts)."""
+    if cfg.base_names:
+        return cfg.base_names[0]
+    if cfg.init_adapter:
+        cfg_file = Path(cfg.init_adapter) / "adapter_config.json"
+        try:
+            return json.loads(cfg_file.read_text())["base_model_name_or_path"]
+        except (OSError, KeyError, json.JSONDecodeError):
+            pass
+    return Path(cfg.base_model).name
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
+
+
+def _load_init_adapter(model, path: str, vl: bool = False) -> None:
+    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets); a VL
+    adapter saved in the old module layout (ms-swift on transformers < 4.52) is mapped to today's names."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from core.cpo.vl import modern_keys
+
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"{path}: init_adapter has no adapter_model.safetensors")
+    r = model.peft_config["default"].r
+    try:
+        state = load_file(weights)
+        result = set_peft_model_state_dict(model, modern_keys(state) if vl else state)
+    except RuntimeError as e:  # shapes differ: another r, or an adapter of another base
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): {detail[:200]}") from None
+    if result.unexpected_keys:
+        raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): "
+                         f"unexpected {result.unexpected_keys[0]}")
+
+
+def dpo_args(cfg: TrainConfig, cuda: bool):
+    from trl import DPOConfig
+
+    bf16 = cuda if cfg.bf16 is None else cfg.bf16
+    return DPOConfig(
+        output_dir=cfg.output_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, beta=cfg.beta,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=cfg.max_length, bf16=bf16, use_cpu=not cuda, seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="steps", save_steps=cfg.save_steps, logging_steps=cfg.logging_steps, report_to=[],
+        gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=True, lr_scheduler_type="constant",
+        remove_unused_columns=False)
+
+
+def load_base(cfg: TrainConfig, cuda: bool):
+    """The base model to train, on the CPU (the Trainer places it, on each process's own GPU under accelerate)."""
+    import torch
+
+    from core.models.checkpoints import check_model_dir
+    from core.models.series import load_model
+
+    dtype = torch.bfloat16 if (cuda if cfg.bf16 is None else cfg.bf16) else torch.float32
+    return load_model(check_model_dir(cfg.base_model), "cpu", dtype)
+
+
+def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=None, pre: Preflight | None = None):
+    """The CPOTrainer for ``cfg``, its LoRA adapter initialised (from ``init_adapter`` when given)."""
+    import torch
+
+    from core.cpo.trainer import CPOTrainer
+
+    cuda = torch.cuda.is_available()
+    tok = tokenizer or processing(cfg)
+    pre = pre or preflight(cfg, tok)
+    args = dpo_args(cfg, cuda)
+    model, peft, collator, text_tok = _parts(cfg, tok, cuda)
+    trainer = CPOTrainer(model=model, args=args, train_dataset=tokenized_dataset(cfg, tok, pre),
+                         processing_class=text_tok, peft_config=peft, callbacks=callbacks or [],
+                         data_collator=collator, objective=cfg.objective, cpo_alpha=cfg.cpo_alpha,
+                         sources=pre.sources)
+    if cfg.init_adapter:
+        _load_init_adapter(trainer.model, cfg.init_adapter, is_vl(cfg))
+    trainer.model.peft_config["default"].base_model_name_or_path = _base_name(cfg)
+    return trainer
+
+
+def _parts(cfg: TrainConfig, proc, cuda: bool):
+    """(model, LoRA config, collator, tokenizer) of a text or vision-language run. TRL gets the tokenizer in
+    both cases: the VL batches come from our collator (TRL 1.16's vision collator gives both sides the same
+    images and needs the full processor, which needs torchvision)."""
+    from core.cpo.trainer import VLPreferenceCollator, WeightedPreferenceCollator
+
+    if is_vl(cfg):
+        from core.cpo import vl as cpo_vl
+
+        model = cpo_vl.load_base(cfg, cuda)
+        tok = proc.tokenizer
+        collator = VLPreferenceCollator(proc, pad_token_id=tok.pad_token_id or 0, max_length=cfg.max_length)
+        return model, cpo_vl.lora_config(cfg, model), collator, tok
+    collator = WeightedPreferenceCollator(pad_token_id=proc.pad_token_id or 0, max_length=cfg.max_length)
+    return load_base(cfg, cuda), lora_config(cfg), collator, proc
+
+
+def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None = None,
+          should_cancel: Callable[[], bool] | None = None) -> TrainResult:
+    """Run ``cfg`` into ``cfg.output_dir``; a cancel saves the adapter and returns with ``cancelled=True``."""
+    from core.cpo.callbacks import CancelCallback, MetricsCallback, ProgressCallback
+
+    tok = processing(cfg)
+    pre = preflight(cfg, tok)
+    if pre.errors:
+        raise InputError("; ".join(pre.errors))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch every process runs this; rank 0 writes
+    lock = lock_folder(out, "run folder") if rank0 else None  # one trainer per run folder, held until return
+    if rank0:
+        cfg.save(out / "config.json")
+    resume_from = _resume_point(out, progress, rank0) if cfg.resume else None
+    cancel = CancelCallback(should_cancel or (lambda: False))
+    callbacks = [MetricsCallback(out / "metrics.jsonl", pre.sources, append=resume_from is not None),
+                 ProgressCallback(progress, pre.warnings), cancel]
+    trainer = build_trainer(cfg, callbacks, tokenizer=tok, pre=pre)
+    started = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except Exception as e:  # every failure becomes one readable message (the cause stays chained)
+        raise RuntimeError(failure_message(e)) from e
+    adapter = _save_final(trainer, out / "adapter")
+    if progress:
+        progress(1, 1, f"{'cancelled' if cancel.cancelled else 'done'} at step {trainer.state.global_step} "
+                       f"in {time.time() - started:.0f} s")
+    if lock:
+        lock.close()
+    return TrainResult(adapter, trainer.state.global_step, cancel.cancelled, out / "metrics.jsonl")
+
+
+def _resume_point(out: Path, progress: Callable[[float, float, str], None] | None, rank0: bool) -> Path:
+    """The last whole checkpoint to resume from, saying which cut-off ones were skipped; metrics.jsonl loses
+    the rows past it (the resumed run logs those steps again)."""
+    from core.models.resume import resumable_checkpoint, trim_metrics
+
+    resume_from, skipped = resumable_checkpoint(out)
+    for message in skipped:
+        if progress:
+            progress(0, 1, f"warning: {out / message}")
+    if resume_from is None:
+        raise InputError(f"{out}: resume asked, but the folder holds no complete checkpoint-N to continue from"
+                         + (f" ({'; '.join(skipped)})" if skipped else ""))
+    if rank0:
+        step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        trim_metrics(out / "metrics.jsonl", step)
+    return resume_from
+
+
+def failure_message(e: Exception) -> str:
+    import torch
+
+    text = f"{type(e).__name__}: {e}".splitlines()[0]
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+        return f"training ran out of memory ({text}); lower batch_size or max_length, or set gradient_checkpointing"
+    return f"training failed: {text}"
+
+
+def _save_final(trainer, folder: Path) -> Path:
+    trainer.save_model(str(folder))
+    if trainer.args.should_save:
+        trainer.state.save_to_json(str(folder / "trainer_state.json"))
+    return folder

@@ -1,0 +1,730 @@
+"""One drift analysis of a checkpoint series on a trajectory set: the tables the workbench shows.
+
+    cfg = AnalysisConfig(base="sample_data/model", checkpoints="sample_data/rft", data="sample_data/data/test.jsonl")
+    result = run_analysis(cfg, cache_dir="~/.cot-drift-workbench/cache")   # cached by fingerprints
+    result.save("out/")        # tokens.parquet beliefs.parquet effects.parquet ... + config.json
+    result = Analysis.load("out/")
+
+``AnalysisConfig.from_world("sample_data")`` fills in a world's base, checkpoints, test set and labels.
+The command line runs the same: ``workbench score --base DIR --checkpoints DIR --data FILE --out DIR``, or
+``workbench score --config analysis.json --out DIR``; a background job runs ``python -m core.jobs.worker score
+--config <job>/analysis.json`` (``score_job``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from core.drift import findings as drift
+from core.drift.context_check import context_warnings
+from core.drift.probe import (
+    NO_LABELS,
+    POSITION_MODES,
+    ProbeConfig,
+    empty_beliefs,
+    probe,
+)
+from core.drift.scoring import ScoreConfig, batch_plan, score_batches
+from core.errors import InputError
+from core.graph import concepts
+from core.io.cache import (
+    SortedByTrajectory,
+    cache_key,
+    part_name,
+    stored_parts,
+    swap_in_folder,
+    write_parquet,
+)
+from core.io.outputs import ANALYSIS_TABLES
+from core.io.paths import expand, expand_optional, expand_str
+from core.io.trajectories import data_hash, encode, read_jsonl
+from core.jobs.supervisor import JOB_DIR
+from core.models.series import (
+    ModelSeries,
+    branch_starts,
+    load_series,
+    load_tokenizer,
+    plan_series,
+    series_fingerprint,
+)
+from core.progress import Progress
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+PATH_FIELDS = ("base", "data", "checkpoints", "graph")
+TABLES = ANALYSIS_TABLES
+PER_TRAJECTORY = ("tokens", "beliefs", "effects")  # stored sorted by trajectory, read one trajectory at a time
+SUMMARY_TABLES = tuple(t for t in TABLES if t not in PER_TRAJECTORY)
+TEXTS = "trajectories.jsonl"  # the records scored, so that the folder is self-contained
+LAZY_COLUMNS = ("top_tokens", "top_probs")  # the tokens table's top-k lists: read for the cells shown only
+ROW_GROUP = 8_192  # rows per parquet row group: a trajectory filter decodes few of them
+
+
+@dataclass
+class AnalysisConfig:
+    base: str  # base model folder
+    data: str  # trajectories JSONL (prompt, completion, label)
+    checkpoints: str | list[str] | None = None  # trainer output folder, or an ordered list of folders
+    graph: str | None = None  # concept graph (node-link JSON): concept drivers, default labels
+    labels: list[str] = field(default_factory=list)  # answer labels; default: graph diseases, else data labels
+    template: str = ProbeConfig.template  # answer template appended at each probe position
+    positions: str = "every"  # probe positions: every | sentence | end
+    include_prompt: bool = True  # probe inside the prompt too (where the report's findings are read)
+    top_k: int = 5
+    batch_size: int | None = None  # trajectories per scoring pass; None ("auto"): the most that fit (core.models.fit)
+    limit: int | None = None  # first N trajectories only
+    device: str | None = None  # cuda | cpu | mps; default: auto
+    dtype: str | None = None  # float32 | bfloat16 | float16; default: bf16 on CUDA
+    base_names: list[str] = field(default_factory=list)  # other names of the base model in adapter configs
+    trust_remote_code: bool = False
+    tau: float = drift.TAU  # effect drift beyond which a position is detrimental / beneficial
+    chat_template: bool = True  # conversations through the tokenizer's chat template (when it has one)
+    min_pixels: int | None = field(default=None, metadata={"help": "vision-language models: fewest pixels an image "
+                                                                   "is resized to (ms-swift MIN_PIXELS); default: "
+                                                                   "the checkpoint's preprocessor_config.json"})
+    max_pixels: int | None = field(default=None, metadata={"help": "vision-language models: most pixels an image "
+                                                                   "is resized to (ms-swift MAX_PIXELS; the authors "
+                                                                   "used 1003520); default: the checkpoint's"})
+
+    def __post_init__(self):
+        for key in PATH_FIELDS:  # "~/models/base" and "$DATA/x.jsonl" as a shell would read them
+            value = getattr(self, key)
+            setattr(self, key, [expand_str(v) for v in value] if isinstance(value, list)
+                    else expand_optional(value) if isinstance(value, (str, Path)) else value)
+        if self.positions not in POSITION_MODES:
+            raise ValueError(f"positions: expected one of {POSITION_MODES}, got {self.positions!r}")
+        if self.batch_size == "auto":  # as the command line and a hand-written config say it
+            self.batch_size = None
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit: expected a positive number, got {self.limit}")
+        if not 0 < self.tau < 1:
+            raise ValueError(f"tau: expected 0 < tau < 1, got {self.tau}")
+        ScoreConfig(self.top_k, self.batch_size)  # validates those two
+        _ = self.vision  # validates the pixel limits (a ValueError naming the field)
+
+    @property
+    def vision(self):
+        """The image settings of a vision-language series (``core.models.vision.VisionConfig``)."""
+        from core.models.vision import VisionConfig
+
+        return VisionConfig(min_pixels=self.min_pixels, max_pixels=self.max_pixels, chat_template=self.chat_template)
+
+    @classmethod
+    def field_help(cls, name: str) -> str:
+        """A field's help text (its ``metadata``), for the page's and the command line's controls."""
+        return next((f.metadata.get("help", "") for f in fields(cls) if f.name == name), "")
+
+    @classmethod
+    def from_world(cls, root: str | Path, dataset: str | None = None, **overrides) -> "AnalysisConfig":
+        from core.workspace.world import load_world
+
+        w = load_world(root)
+        name = dataset or w.manifest.get("default_dataset", "test")
+        return cls(base=str(w.base_model_dir), checkpoints=w.checkpoints_arg,
+                   data=str(w.dataset_path(name)), graph=str(w.graph_path),
+                   base_names=[w.manifest.get("base_model_name", "")], **overrides)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AnalysisConfig:
+        """A config saved as JSON (an analysis folder's config.json: its relative paths resolved there)."""
+        path = Path(path)
+        if path.is_dir() or path.name == "config.json":
+            return _load_config(path if path.is_dir() else path.parent)
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except OSError as e:
+            raise InputError(f"{path}: cannot read the analysis config ({e.strerror})") from None
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: not a valid analysis config ({e})") from None
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AnalysisConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Analysis:
+    config: AnalysisConfig
+    tokens: pd.DataFrame  # one row per trajectory x checkpoint x completion token (scoring.score)
+    beliefs: pd.DataFrame  # one row per trajectory x checkpoint x probe position (probe.probe)
+    effects: pd.DataFrame  # drift.token_effects
+    summary: pd.DataFrame  # drift.checkpoint_summary
+    by_token: pd.DataFrame
+    by_concept: pd.DataFrame
+    by_context: pd.DataFrame  # drift.drift_by_context
+    changes: pd.DataFrame  # drift.step_changes
+    records: list[dict] = field(default_factory=list)  # the trajectories scored (kept in the folder)
+
+    @property
+    def probed(self) -> bool:
+        """False for an analysis scored without the probe (``core.drift.probe.NO_LABELS``): token drift only."""
+        return not self.beliefs.empty
+
+    def save(self, out: str | Path, portable: bool = False) -> Path:
+        """Write every table and config.json into a temporary sibling folder, then swap it in: a crash
+        never leaves old and new tables mixed. ``portable`` writes the config's paths relative to ``out``
+        (an analysis shipped inside a world folder); ``load`` resolves them against the folder again."""
+        images_at = expand(out).resolve() if portable else None
+        return _save_folder(self.config, out, portable, lambda tmp: self._write_tables(
+            tmp, _portable_images(self.records, images_at) if portable else self.records))
+
+    def _write_tables(self, folder: Path, records: list[dict]) -> None:
+        """Every table; the per-trajectory ones sorted by trajectory in row groups, so that a page reads one
+        trajectory's rows by filter; the explorer's trajectory ranking and the texts, so that it never
+        reads the whole tables nor the source file."""
+        from core.drift import explore
+
+        for name in TABLES:
+            df = getattr(self, name)
+            if name in PER_TRAJECTORY and "traj_id" in df:
+                df = df.sort_values("traj_id", kind="stable")
+            write_parquet(df, folder / f"{name}.parquet", row_group_size=ROW_GROUP)
+        if records:
+            with open(folder / TEXTS, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        if not self.beliefs.empty or self.records:
+            write_parquet(explore.trajectory_table(self.beliefs, self.effects, self.records or None),
+                          folder / "trajectories.parquet")
+        if not self.beliefs.empty:
+            cat = drift.category_accuracy(self.beliefs)
+            write_parquet(cat.reset_index() if not cat.empty else pd.DataFrame({"gold": []}), folder / "by_category.parquet")
+
+    @classmethod
+    def load(cls, out: str | Path) -> "Analysis":
+        out = expand(out)
+        cfg = _load_config(out)
+        missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
+        if missing:
+            raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
+        records = read_jsonl(out / TEXTS, check_images=False) if (out / TEXTS).is_file() else []
+        return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}, records=records)
+
+
+def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write: Callable[[Path], None]) -> Path:
+    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in."""
+    import os
+    import tempfile
+
+    out = expand(out).resolve()
+    data = asdict(config)
+    if portable:
+        for key in PATH_FIELDS:
+            value = data[key]
+            if isinstance(value, list):
+                data[key] = [os.path.relpath(Path(v).resolve(), out) for v in value]
+            elif value:
+                data[key] = os.path.relpath(Path(value).resolve(), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        (tmp / "config.json").write_text(json.dumps(data, indent=1))
+        swap_in_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+class StagedAnalysis:
+    """``run_analysis``'s result: every table already written, part by part, into a temporary analysis folder,
+    so that no per-trajectory table was ever whole in memory. The attributes of ``Analysis``: the summary
+    tables in memory; ``tokens``, ``beliefs`` and ``effects`` read from the folder when asked for (whole:
+    for small analyses, scripts and tests). ``save`` links the written files into the analysis folder.
+    The temporary folder goes when the object does."""
+
+    def __init__(self, folder: Path, config: AnalysisConfig, records: list[dict], tables: dict[str, pd.DataFrame],
+                 staging: Path):
+        import weakref
+
+        self.folder, self.config, self.records = folder, config, records
+        for name in SUMMARY_TABLES:
+            setattr(self, name, tables[name])
+        self._cleanup = weakref.finalize(self, shutil.rmtree, staging, True)
+
+    tokens = property(lambda self: self._read("tokens"))
+    beliefs = property(lambda self: self._read("beliefs"))
+    effects = property(lambda self: self._read("effects"))
+
+    def _read(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.folder / f"{name}.parquet")
+
+    @property
+    def probed(self) -> bool:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.folder / "beliefs.parquet").metadata.num_rows > 0
+
+    def save(self, out: str | Path, portable: bool = False) -> Path:
+        """As ``Analysis.save``; the tables are hard-linked (copied across file systems), not rewritten (a
+        portable save writes the texts again, their image paths relative to the folder)."""
+        images_at = expand(out).resolve() if portable else None
+        return _save_folder(self.config, out, portable, lambda tmp: self._link(
+            tmp, _portable_images(self.records, images_at) if portable and self.records else None))
+
+    def _link(self, tmp: Path, records: list[dict] | None) -> None:
+        import os
+
+        for f in self.folder.iterdir():
+            if records is not None and f.name == TEXTS:
+                with open(tmp / TEXTS, "w", encoding="utf-8") as out:
+                    out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                continue
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+
+
+def _portable_images(records: list[dict], out: Path) -> list[dict]:
+    """The records with their image paths relative to the folder (``read_jsonl`` resolves them against it
+    again): a portable analysis shipped inside a world still shows its images once the world is moved."""
+    import os
+
+    return [{**r, "images": [os.path.relpath(Path(p).resolve(), out) for p in r["images"]]} if r.get("images") else r
+            for r in records]
+
+
+def _load_config(out: Path) -> AnalysisConfig:
+    """An analysis folder's config, its relative paths (a portable analysis) resolved against the folder."""
+    if not (out / "config.json").is_file():
+        raise InputError(f"{out}: not an analysis folder (expected config.json and {TABLES[0]}.parquet)")
+    try:
+        data = json.loads((out / "config.json").read_text())
+        for key in PATH_FIELDS:
+            value = data.get(key)
+            if isinstance(value, list):
+                data[key] = [str((out / v).resolve()) for v in value]
+            elif value:
+                data[key] = str((out / value).resolve())
+        return AnalysisConfig.from_json(data)
+    except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:  # RecursionError: deep nesting
+        raise InputError(f"{out / 'config.json'}: not a valid analysis config ({type(e).__name__})") from None
+
+
+@dataclass
+class AnalysisView:
+    """An analysis folder read for display: the config and the summary tables at once (small whatever the
+    analysis's size), one trajectory's rows on demand (a parquet filter on the trajectory-sorted tables).
+
+        view = AnalysisView.open("out/")
+        view.rows("tokens", "test-00012")      # that trajectory's token rows only
+    """
+    path: Path
+    config: AnalysisConfig
+    summary: pd.DataFrame
+    by_token: pd.DataFrame
+    by_concept: pd.DataFrame
+    by_context: pd.DataFrame
+    changes: pd.DataFrame
+
+    @classmethod
+    def open(cls, out: str | Path) -> AnalysisView:
+        out = Path(out)
+        cfg = _load_config(out)
+        missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
+        if missing:
+            raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
+        return cls(out, cfg, **{n: pd.read_parquet(out / f"{n}.parquet") for n in SUMMARY_TABLES})
+
+    @property
+    def probed(self) -> bool:
+        """False for an analysis scored without the probe (no answer labels): its beliefs table has no rows."""
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path / "beliefs.parquet").metadata.num_rows > 0
+
+    def rows(self, table: str, traj_id: str, columns: list[str] | None = None,
+             positions: tuple[int, int] | None = None, top_k: bool = False) -> pd.DataFrame:
+        """One trajectory's rows of a per-trajectory table (``tokens``, ``beliefs``, ``effects``); with
+        ``positions`` (first, last) only those positions' rows. The top-k list columns (``LAZY_COLUMNS``,
+        most of the tokens table's bytes) are read only when asked for: ``top_k=True`` or named in ``columns``."""
+        if table not in PER_TRAJECTORY:
+            raise ValueError(f"table: expected one of {PER_TRAJECTORY}, got {table!r}")
+        import pyarrow.parquet as pq
+
+        path = self.path / f"{table}.parquet"
+        if columns is None and not top_k:
+            columns = [c for c in pq.ParquetFile(path).schema_arrow.names if c not in LAZY_COLUMNS]
+        filters = [("traj_id", "==", traj_id)]
+        if positions is not None:
+            filters += [("position", ">=", positions[0]), ("position", "<=", positions[1])]
+        return pd.read_parquet(path, columns=columns, filters=filters).reset_index(drop=True)
+
+    def table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+        return pd.read_parquet(self.path / f"{name}.parquet", columns=columns)
+
+    def checkpoint_rows(self, table: str, checkpoints: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows of a per-trajectory table under ``checkpoints`` only (e.g. a CPO run and its start)."""
+        if table not in PER_TRAJECTORY:
+            raise ValueError(f"table: expected one of {PER_TRAJECTORY}, got {table!r}")
+        return pd.read_parquet(self.path / f"{table}.parquet", columns=columns,
+                               filters=[("checkpoint", "in", list(checkpoints))]).reset_index(drop=True)
+
+    def trajectories(self) -> pd.DataFrame:
+        """The explorer's ranking (stored at save; computed from beliefs and effects for older folders)."""
+        from core.drift import explore
+
+        if (self.path / "trajectories.parquet").is_file():
+            return self.table("trajectories")
+        return explore.trajectory_table(self.table("beliefs"), self.table("effects"), self.records())
+
+    def category_accuracy(self) -> pd.DataFrame:
+        if (self.path / "by_category.parquet").is_file():
+            return self.table("by_category").set_index("gold")
+        return drift.category_accuracy(self.table("beliefs"))
+
+    def records(self) -> list[dict]:
+        """The trajectories scored: the copy in the folder (older folders: the source file, if still there)."""
+        if (self.path / TEXTS).is_file():
+            return read_jsonl(self.path / TEXTS, check_images=False)  # a moved image is warned about where shown
+        return read_jsonl(self.config.data, self.config.limit, check_images=False)
+
+    def images(self, traj_id: str) -> list[str]:
+        """The image paths of one trajectory (empty for text-only ones): ``core.drift.explore.images_of``."""
+        from core.drift import explore
+
+        return explore.images_of(self.records(), traj_id)
+
+
+def resolve_labels(cfg: AnalysisConfig, records: list[dict]) -> tuple[list[str], object]:
+    graph = concepts.load_graph(cfg.graph) if cfg.graph else None
+    if cfg.labels:
+        return list(cfg.labels), graph
+    if graph is not None and concepts.diseases(graph):
+        return concepts.diseases(graph), graph
+    return sorted({r["label"] for r in records if r.get("label")}), graph
+
+
+def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progress: Progress | None = None,
+                 should_cancel: Callable[[], bool] | None = None, series: ModelSeries | None = None) -> StagedAnalysis:
+    """Score, probe and summarise; the two expensive tables are cached on disk by fingerprint, in parts, and the
+    drift tables computed part by part (``assemble_parts``): host memory does not grow with the trajectories."""
+    records = read_jsonl(cfg.data, cfg.limit)
+    labels, graph = resolve_labels(cfg, records)
+    if series is None:  # loaded only if a table is not cached yet
+        base, infos, device, dtype = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
+        fingerprint = series_fingerprint(base, infos, dtype)
+    else:
+        fingerprint = series.fingerprint()
+    starts = branch_starts(infos if series is None else series.checkpoints)  # CPO runs: measured from their start
+    loaded: list[ModelSeries] = [series] if series is not None else []
+
+    def get_series() -> ModelSeries:
+        if not loaded:
+            loaded.append(load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
+                                      trust_remote_code=cfg.trust_remote_code, base_names=cfg.base_names,
+                                      vision=cfg.vision))
+        return loaded[0]
+
+    encoded = encode_records(cfg, records, series)
+    for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
+        if progress:
+            progress(0.0, 1.0, f"warning: {message}")
+    common = (fingerprint, data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
+    common += images_key(encoded)
+
+    def stage(name: str, share: tuple[float, float]) -> Progress | None:
+        lo, hi = share
+        return (lambda d, t, m: progress(lo + (hi - lo) * d / max(1, t), 1.0, f"{name}: {m}")) if progress else None
+
+    scfg = ScoreConfig(cfg.top_k, _batch_size(cfg, encoded, series, progress))
+    lineage = (sorted(starts.items()),) if starts else ()  # kl_prev of a branch is to its start (older caches: not)
+    staging = _staging(cache_dir)  # the tables are written here part by part, never whole in memory
+    try:
+        tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k, *lineage),
+                         stage("scoring", (0.0, 0.3)), should_cancel, staging)
+        pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions,
+                           include_prompt=cfg.include_prompt)
+        if labels:
+            beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
+                               stage("probe", (0.3, 1.0)), should_cancel, staging)
+        else:  # nothing names an answer: the token drift is still worth seeing
+            beliefs = []
+            if progress:
+                progress(0.3, 1.0, f"warning: {NO_LABELS}")
+        result = assemble_parts(cfg, records, encoded, graph, tokens, beliefs, starts, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if progress:
+        progress(1.0, 1.0, "done")
+    return result
+
+
+def encode_records(cfg: AnalysisConfig, records: list[dict], series: ModelSeries | None = None) -> list:
+    """The records as the series reads them: through the tokenizer (``core.io.trajectories.encode``), or for a
+    vision-language base with their images through its processor (``core.models.vision.encode_vl``, pixel limits
+    from ``cfg``), each image named by the data file and the trajectory when it cannot be read."""
+    from core.models.vision import is_vl_folder
+
+    if not is_vl_folder(cfg.base):
+        tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
+        return encode(tokenizer, records, chat_template=cfg.chat_template)
+    from core.io.images import refs
+    from core.models.vision import encode_vl, load_processor
+
+    proc = getattr(series, "processor", None) or load_processor(cfg.base, cfg.vision, cfg.trust_remote_code)
+    return encode_vl(proc, [{**r, "image_refs": refs(r, f"{cfg.data}, trajectory {r['id']}")} for r in records])
+
+
+def images_key(encoded: list) -> tuple:
+    """The images' part of a cache key: their content hashes and the processor's settings, per trajectory
+    (``VLEncoded.images_key``); empty for text (so text caches keep their keys)."""
+    keys = [getattr(e, "images_key", "") for e in encoded]
+    return ("images", cache_key(keys)) if any(keys) else ()
+
+
+def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: pd.DataFrame,
+             beliefs: pd.DataFrame, starts: dict[str, str] | None = None) -> Analysis:
+    """The drift tables from the scoring and probe tables: ``run_analysis``'s last step, and the merge of a
+    sharded run (core.drift.shards). ``starts``: CPO run -> its start checkpoint (``series.branch_starts``)."""
+    effects = drift.token_effects(beliefs, encoded, cfg.tau)
+    by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
+    return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
+                    drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
+                    drift.step_changes(beliefs, branches=starts), records)
+
+
+def _staging(cache_dir: str | Path | None) -> Path:
+    """A new temporary folder for one run's parts and tables: in the cache (beside the parts, on the same disk)
+    when there is one, else in the system's temporary folder."""
+    import tempfile
+
+    root = expand(cache_dir) / ".staging" if cache_dir is not None else None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="analysis-", dir=root))
+
+
+def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, token_parts: Iterable[Path | pa.Table],
+                   belief_parts: Iterable[Path | pa.Table], starts: dict[str, str] | None,
+                   staging: Path) -> StagedAnalysis:
+    """``assemble`` part by part: the tables computed from the scoring and probe parts one part at a time
+    (``drift.DriftParts``) and written into ``staging``/analysis, the per-trajectory ones sorted by trajectory in
+    ROW_GROUP-row groups (``cache.SortedByTrajectory``), as ``Analysis.save`` writes them. Host memory: one part,
+    one sort bucket and the drift tables' partial sums, whatever the number of trajectories. A part: a parquet
+    file or a table (a slice of a shard's table, core.drift.shards), read once, in the order given; each holds whole
+    trajectories, every checkpoint of them; a part file inside ``staging`` is deleted once read."""
+    folder = staging / "analysis"
+    folder.mkdir(parents=True, exist_ok=True)
+    acc = drift.DriftParts(graph, cfg.tau)
+    ids = [e.id for e in encoded]
+    out = {name: SortedByTrajectory(folder / f"{name}.parquet", ids, staging / "sort", row_group=ROW_GROUP)
+           for name in PER_TRAJECTORY}
+    for path in token_parts:
+        table = _read_part(path, staging)
+        out["tokens"].add(table)
+        acc.add_tokens(_drift_columns(table))
+    by_id = {e.id: e for e in encoded}
+    empty_effects = None
+    for path in belief_parts:
+        part = _checkpoint_major(_read_part(path, staging).to_pandas())
+        out["beliefs"].add(part)
+        effects = acc.add_beliefs(part, [by_id[t] for t in pd.unique(part["traj_id"])])
+        out["effects"].add(effects)
+        empty_effects = effects.head(0) if empty_effects is None else empty_effects
+    if empty_effects is None:  # no beliefs: the empty tables' columns
+        empty_effects = acc.add_beliefs(empty_beliefs(), encoded)
+    out["tokens"].finish(empty=pd.DataFrame())
+    out["beliefs"].finish(empty=empty_beliefs())
+    out["effects"].finish(empty=empty_effects)
+    tables = acc.tables(starts)
+    for name in SUMMARY_TABLES:
+        write_parquet(tables[name], folder / f"{name}.parquet", row_group_size=ROW_GROUP)
+    _write_extras(folder, records, acc)
+    return StagedAnalysis(folder, cfg, records, tables, staging)
+
+
+def _read_part(part: Path | pa.Table, staging: Path) -> pa.Table:
+    """A part as a table; a part file of a run without a cache (written into ``staging``) goes once read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(part, pa.Table):
+        return part
+    table = pq.read_table(part)
+    if part.is_relative_to(staging):
+        part.unlink(missing_ok=True)
+    return table
+
+
+def _drift_columns(table) -> pd.DataFrame:
+    """The columns of a token part the drift tables read, with each row's top-1 alternative taken from the
+    top-k lists column-wise (the lists themselves, most of the part's bytes, never become Python objects)."""
+    import pyarrow.compute as pc
+
+    names = ["traj_id", "checkpoint", "step", "position", "token", "in_think", "logprob", *drift.SUMMARY_KL]
+    df = table.select(names).to_pandas()
+    if "top_tokens" in table.column_names:
+        lists = table["top_tokens"]
+        if table.num_rows and pc.min(pc.list_value_length(lists)).as_py() > 0:
+            df["top1"] = pc.list_element(lists, 0).to_pandas().to_numpy(dtype=object)
+        else:
+            df["top1"] = [x[0] if x else "" for x in lists.to_pylist()]
+    return df
+
+
+def _write_extras(folder: Path, records: list[dict], acc: drift.DriftParts) -> None:
+    """What ``Analysis._write_tables`` writes beside the tables: the texts, the explorer's trajectory ranking
+    and the per-category accuracy, from the final beliefs and per-trajectory counts (never the whole tables)."""
+    from core.drift import explore
+
+    fin = acc.final()
+    if records:
+        with open(folder / TEXTS, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not fin.empty or records:
+        no_effects = pd.DataFrame({"traj_id": pd.Series(dtype=object), "direction": pd.Series(dtype=object)})
+        table = explore.trajectory_table(fin, no_effects, records or None)
+        if not fin.empty:  # the effect counts, summed part by part
+            counts = acc.counts()
+            for column, key in (("detrimental", "det"), ("beneficial", "ben")):
+                table[column] = table["traj_id"].map(counts[key]).fillna(0).astype(int)
+        write_parquet(table, folder / "trajectories.parquet")
+    if not fin.empty:
+        cat = drift.category_accuracy(fin)
+        write_parquet(cat.reset_index() if not cat.empty else pd.DataFrame({"gold": []}), folder / "by_category.parquet")
+
+
+def _batch_size(cfg: AnalysisConfig, encoded, series: ModelSeries | None, progress: Progress | None) -> int:
+    """The config's batch size, or the most that fit the device (core.models.fit); refuses, before any model is loaded,
+    a run that would not fit one trajectory at a time (fit.DoesNotFit, an InputError naming what to change)."""
+    from core.models import fit
+
+    if not encoded:
+        return cfg.batch_size or 1
+    if series is not None:
+        plan = fit.plan_for_series(series, encoded, cfg.top_k, cfg.batch_size)
+    else:
+        base, infos, device, dtype = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
+        plan = fit.plan_for_paths(base, infos, device, dtype, encoded, cfg.top_k, cfg.batch_size, cfg.trust_remote_code)
+    if progress:
+        progress(0.0, 1.0, f"warning: {plan.note}" if plan.note else f"scoring {plan.batch_size} trajectories per pass")
+    return plan.batch_size
+
+
+PROBE_PART = 16  # trajectories per stored part of the beliefs table
+
+
+def _checkpoint_major(df: pd.DataFrame) -> pd.DataFrame:
+    """Parts concatenated (each checkpoint-major in series order) -> the whole table checkpoint-major."""
+    order = {c: i for i, c in enumerate(pd.unique(df["checkpoint"]))}
+    return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _scores(get_series, encoded, scfg: ScoreConfig, cache_dir, key: str, progress, should_cancel,
+            scratch: Path) -> list[Path]:
+    """``score``'s table, stored batch by batch as it is computed (a rerun resumes at the first missing batch):
+    the parts' paths, in batch order (each part: a batch's rows under every checkpoint, checkpoint-major)."""
+    names = [part_name(encoded[i].id for i in idx) for idx in batch_plan(encoded, scfg)]
+
+    def compute(missing: set[str]):
+        for idx, frame in score_batches(get_series(), encoded, scfg, progress, should_cancel,
+                                        skip=lambda ids: part_name(ids) not in missing):
+            yield part_name(encoded[i].id for i in idx), frame
+
+    return stored_parts(cache_dir, "tokens", key, names, compute, scratch)
+
+
+def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, key: str, progress, should_cancel,
+             scratch: Path) -> list[Path]:
+    """``probe``'s table, stored PROBE_PART trajectories at a time as it is computed: the parts' paths."""
+    slices = [encoded[a: a + PROBE_PART] for a in range(0, len(encoded), PROBE_PART)]
+    names = [part_name(e.id for e in part) for part in slices]
+
+    def compute(missing: set[str]):
+        todo = [(n, part) for n, part in zip(names, slices, strict=True) if n in missing]
+        for k, (name, part) in enumerate(todo):
+            sub = (lambda d, t, m, k=k: progress(k + d / max(t, 1e-12), len(todo), m)) if progress else None
+            yield name, probe(get_series(), part, pcfg, sub, should_cancel)
+
+    return stored_parts(cache_dir, "beliefs", key, names, compute, scratch)
+
+
+@dataclass
+class AnalysisInfo:
+    path: Path
+    name: str
+    created: float  # when it was written (config.json's mtime)
+    config: AnalysisConfig
+
+    @property
+    def stamp(self) -> str:
+        """Changes whenever the folder is rewritten: part of the UI's cache keys."""
+        return f"{self.path}:{self.created}"
+
+    def describe(self) -> str:
+        data = Path(self.config.data).name
+        n = f"first {self.config.limit}" if self.config.limit else "all"
+        return f"{self.name} · {n} of {data} · probe {self.config.positions}"
+
+
+def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
+    """Analysis folders found at or directly under ``folders``, newest first (unreadable ones skipped)."""
+    seen, out = set(), []
+    for folder in folders:
+        if not folder:
+            continue
+        folder = Path(folder)
+        candidates = [folder] if (folder / "config.json").is_file() else sorted(folder.glob("*/config.json"))
+        for c in candidates:
+            path = (c if c.is_dir() else c.parent).resolve()
+            if path in seen or path.name.startswith("."):
+                continue
+            seen.add(path)
+            try:
+                data = json.loads((path / "config.json").read_text())
+                cfg = AnalysisConfig.from_json(data)
+            except (OSError, json.JSONDecodeError, TypeError, ValueError, RecursionError):
+                continue
+            out.append(AnalysisInfo(path, path.name, (path / "config.json").stat().st_mtime, cfg))
+    return sorted(out, key=lambda a: a.created, reverse=True)
+
+
+WORKER = "core.jobs.worker"  # the engine's job entry (``python -m core.jobs.worker score|perturb|train``)
+JOB_CONFIG = "analysis.json"  # the AnalysisConfig a job runs from, in its folder
+
+
+def score_job(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """What a background scoring job runs (after ``python``) and the files its folder gets: ``cfg`` saved as
+    ``analysis.json`` there and ``core.jobs.worker score --config`` on it, so no setting is lost on the way::
+
+        argv, files = score_job(cfg, out, ws.root)
+        jobs.start(ws.jobs_dir, "score", argv, files=files)
+    """
+    argv = ["-m", WORKER, "score", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--out", str(out)]
+    argv += ["--workspace", str(workspace)] if workspace else []
+    return argv, {JOB_CONFIG: config_text(cfg)}
+
+
+def perturb_job(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path) -> tuple[list[str], dict[str, str]]:
+    """The same for a perturbation over ``cfg``'s series and data (``core.jobs.worker perturb``)."""
+    argv = ["-m", WORKER, "perturb", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--find", find, "--replace", replace,
+            "--mode", mode, "--out", str(out)]
+    return argv, {JOB_CONFIG: config_text(cfg)}
+
+
+def config_text(cfg: AnalysisConfig) -> str:
+    return json.dumps(asdict(cfg), indent=1)
+
+
+def shell_command(argv: list[str], files: dict[str, str] | None = None) -> str:
+    """``argv`` (a job's, after ``python``) as lines to paste into a shell: the console command for the
+    engine's worker, and each file the job reads written first (a here-document)."""
+    import shlex
+
+    args = [str(a).replace(f"{JOB_DIR}/", "") for a in argv]
+    args = args[2:] if args[:2] == ["-m", WORKER] else args
+    heads = [f"cat > {shlex.quote(name)} <<'EOF'\n{text}\nEOF\n" for name, text in (files or {}).items()]
+    return "".join(heads) + "workbench " + " ".join(shlex.quote(a) for a in args)

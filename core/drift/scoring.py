@@ -1,0 +1,484 @@
+"""Teacher-forced scoring of trajectories under every checkpoint of a series.
+
+For each completion token t_j of each trajectory and each checkpoint i, with p_i = pi_i(. | prompt, t_<j):
+
+    logprob = log p_i(t_j)            rank = 1 + #{v : p_i(v) > p_i(t_j)}     entropy = -sum_v p_i(v) log p_i(v)
+    kl_base = KL(p_i || p_base)       js_base = JS(p_i, p_base)   (and kl_prev / js_prev to checkpoint i-1)
+    JS(p, q) = (KL(p || m) + KL(q || m)) / 2,  m = (p + q) / 2       (natural log; JS <= ln 2)
+
+Computed through entropies, which each checkpoint's pass already has: KL(p || q) = -H(p) - sum p log q and
+JS(p, q) = H(m) - (H(p) + H(q)) / 2, with the sums as row-wise dot products (einsum), so each statistic
+costs one or two passes over the (tokens x vocabulary) matrix instead of four to six.
+
+"Checkpoint i-1" is the series' parent of i (``ModelSeries.parents``): for a CPO run's adapter, the checkpoint
+it started from (so its kl_prev is the per-token drift start -> repaired); for an RFT checkpoint, the previous
+one that is not a CPO run.
+
+Memory is linear in the batch's hidden states, not its distributions: each checkpoint's pass keeps the
+completion rows' last hidden states (N, H) and its LM head (a reference to the head's weight, no copy),
+and the statistics run over row chunks, each applying the current, base and previous checkpoint's head to
+its rows only, so no (N, V) matrix is ever whole (a 4,096-token row at vocabulary 151,936 would be
+2.5 GB of fp32 logits per checkpoint). Batches are padded on the right and sorted by length; adapters are
+switched (never reloaded) between forward passes; a series of full-model checkpoints loads each checkpoint
+once per group of batches whose base and previous hidden states fit ``group_bytes``. A prompt prefix common to a whole batch
+(a system prompt, an instruction) of at least MIN_SHARED tokens is encoded once per checkpoint and its
+KV cache shared by the batch's rows.
+
+    df = score(series, encoded, ScoreConfig(top_k=5))   # one row per trajectory x checkpoint x token
+    for idx, frame in score_batches(series, encoded, cfg): ...   # the same rows, one batch at a time
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.io.trajectories import Encoded, vocab_texts
+from core.models.forward import chunk_rows, decoder, head, hidden_states, inner
+from core.models.memory import pin_mmap_threshold
+from core.models.series import ModelSeries
+from core.progress import Cancelled, Progress
+
+
+@dataclass
+class ScoreConfig:
+    top_k: int = 5  # alternatives kept per token
+    batch_size: int | None = 8  # trajectories per forward pass; None: the most that fit (core.models.fit)
+    group_bytes: int = 2 << 30  # series with full-model checkpoints: hidden states kept per load (see _groups)
+    # encode a batch's common prompt prefix once (see shared_prefix). None: on CPU only, where it measured
+    # 1.8-2.0x faster behind a 60-token instruction; on an H200 (bf16, Qwen2.5-0.5B shapes, a 64-token system
+    # prompt) repeating the cache cost more than it saved (3.03 s vs 2.05 s unshared)
+    share_prefix: bool | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.top_k <= 50:
+            raise ValueError(f"top_k: expected 0..50, got {self.top_k}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product without materialising a * b.  (N, V), (N, V) -> (N,)"""
+    return torch.einsum("nv,nv->n", a, b)
+
+
+def entropy(logp: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+    """H(p) = -sum_v p log p.  (N, V) -> (N,)"""
+    return -_dot(logp.exp() if p is None else p, logp)
+
+
+def kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, h_p: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p || q) = -H(p) - sum p log q, from log-probabilities (p and H(p) reused if given).  (N, V) -> (N,)"""
+    p = logp.exp() if p is None else p
+    h_p = entropy(logp, p) if h_p is None else h_p
+    return (-h_p - _dot(p, logq)).clamp_min(0.0)
+
+
+def js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q: torch.Tensor | None = None,
+       h_p: torch.Tensor | None = None, h_q: torch.Tensor | None = None) -> torch.Tensor:
+    """JS(p, q) = H(m) - (H(p) + H(q)) / 2, m = (p + q) / 2.  (N, V) -> (N,)"""
+    p = logp.exp() if p is None else p
+    q = logq.exp() if q is None else q
+    h_p = entropy(logp, p) if h_p is None else h_p
+    h_q = entropy(logq, q) if h_q is None else h_q
+    m = (p + q).mul_(0.5)
+    h_m = -_dot(m, torch.log(m))
+    return (h_m - 0.5 * (h_p + h_q)).clamp_min(0.0)
+
+
+def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.Tensor | None = None,
+                h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-position statistics of the actual token.  logp (N, V), targets (N,) -> dict of (N,) / (N, k)"""
+    lp = logp.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+    out = {"logprob": lp, "rank": (logp > lp[:, None]).sum(-1) + 1,
+           "entropy": entropy(logp, p) if h is None else h}
+    if top_k:
+        top = logp.topk(top_k, dim=-1)
+        out["top_ids"], out["top_probs"] = top.indices, top.values.exp()  # (N, k)
+    return out
+
+
+def batch_plan(encoded: list[Encoded], cfg: ScoreConfig) -> list[list[int]]:
+    """The batches ``score_batches`` runs, in order: indices into ``encoded`` (``cfg.batch_size`` resolved)."""
+    if cfg.batch_size is None:
+        raise ValueError("batch_plan: resolve batch_size first (core.models.fit.plan_batch)")
+    return _batches(encoded, cfg.batch_size)
+
+
+def _batches(encoded: list[Encoded], size: int) -> list[list[int]]:
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    return [order[i: i + size] for i in range(0, len(order), size)]
+
+
+def _pad(encoded: list[Encoded], idx: list[int], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(encoded[i].input_ids) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(encoded[i].input_ids)
+        ids[row, :n] = torch.tensor(encoded[i].input_ids)
+        mask[row, :n] = 1
+    return ids.to(device), mask.to(device)
+
+
+MIN_SHARED = 32  # tokens: a shorter common prefix saves less than the extra forward call costs
+
+
+def shared_prefix(ids: torch.Tensor, spans: list[tuple[int, int]]) -> int:
+    """How many leading tokens every row of the padded batch ``ids`` (B, T) has in common, up to the
+    position that predicts the first completion token (whose hidden state must be computed per row)."""
+    limit = min(s for s, _ in spans) - 1
+    if ids.shape[0] < 2 or limit <= 0:
+        return 0
+    same = (ids[:, :limit] == ids[:1, :limit]).all(0).int()  # (limit,)
+    return int(same.cumprod(0).sum())
+
+
+def _after_shared_prefix(decoder, ids: torch.Tensor, mask: torch.Tensor, shared: int) -> torch.Tensor | None:
+    """Hidden states of the positions after the shared prefix, the prefix encoded once.  -> (B, T - shared, H)
+    None for architectures whose cache cannot be repeated over a batch (some hybrid or recurrent layers):
+    the caller then encodes every row in full."""
+    try:
+        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(ids.shape[0])
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    pos = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+    return decoder(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                   use_cache=True).last_hidden_state
+
+
+def completion_hidden(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
+                      shared: int = 0) -> tuple[torch.Tensor, int]:
+    """Last hidden states of the rows predicting each completion token, rows in batch order, and the shared
+    prefix length actually used (0 when the architecture cannot share).  -> (sum of L_b, H), int
+    With ``shared`` (see ``shared_prefix``) of at least MIN_SHARED tokens, the common prefix (a system prompt,
+    an instruction) is encoded once and its KV cache repeated over the batch, so it costs one row, not B."""
+    hidden = _after_shared_prefix(decoder(model), ids, mask, shared) if shared >= MIN_SHARED else None
+    if hidden is None:
+        shared, hidden = 0, hidden_states(model, ids, None, mask)  # (B, T, H)
+    width = ids.shape[1] - shared
+    rows = torch.cat([torch.arange(s - 1 - shared, e - 1 - shared) + b * width
+                      for b, (s, e) in enumerate(spans)]).to(ids.device)
+    return hidden.reshape(-1, hidden.shape[-1])[rows], shared
+
+
+def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
+                        shared: int = 0) -> tuple[torch.Tensor, int]:
+    """The whole (N, V) float32 log-distributions (``completion_hidden`` through the head): for small inputs
+    and tests; ``score`` never builds this matrix."""
+    hidden, shared = completion_hidden(model, ids, mask, spans, shared)
+    return torch.log_softmax(head(model, hidden).float(), -1), shared
+
+
+class _Rows:
+    """One checkpoint's view of one batch: the completion rows' hidden states and that checkpoint's LM head,
+    enough to rebuild any chunk of its log-distributions on demand.  hidden (N, H)"""
+
+    def __init__(self, model, hidden: torch.Tensor):
+        self.hidden = hidden
+        out = inner(model).get_output_embeddings()
+        if type(out) is torch.nn.Linear:  # the usual head: keep its tensors (a full checkpoint's are freed with it
+            self.weight, self.bias, self.module = out.weight, out.bias, None  # otherwise; no copy is made)
+        else:  # a wrapped head (e.g. an adapter on lm_head) changes with the active adapter: freeze a copy
+            self.weight = self.bias = None
+            self.module = copy.deepcopy(out)
+
+    def logprobs(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p, p, H(p)) of a chunk of rows.  -> (n, V), (n, V), (n,)"""
+        h = self.hidden[rows]
+        logits = torch.nn.functional.linear(h, self.weight, self.bias) if self.module is None else self.module(h)
+        lp = torch.log_softmax(logits.float(), -1)  # (n, V)
+        p = lp.exp()
+        return lp, p, entropy(lp, p)
+
+
+@torch.no_grad()
+def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None = None,
+                  progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
+                  skip: Callable[[list[str]], bool] | None = None) -> Iterator[tuple[list[int], pd.DataFrame]]:
+    """Score batch by batch: yields (indices into ``encoded``, that batch's rows under every checkpoint,
+    checkpoint-major) as soon as a batch is done, so a caller can write it out and forget it. ``skip(ids)``
+    True leaves a batch out (one already written by an earlier, interrupted run)."""
+    cfg = cfg or ScoreConfig()
+    if cfg.batch_size is None and encoded:  # auto: from the free memory left beside the loaded series
+        from core.models.fit import plan_for_series
+
+        cfg = replace(cfg, batch_size=plan_for_series(series, encoded, cfg.top_k).batch_size)
+    pin_mmap_threshold()  # large buffers by mmap: flat peak memory over many checkpoints (core/models/memory.py)
+    pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
+    batches = [idx for idx in _batches(encoded, cfg.batch_size) if not (skip and skip([encoded[i].id for i in idx]))]
+    texts = np.array(vocab_texts(series.tokenizer) + [""], dtype=object) if cfg.top_k else None
+    total = len(batches) * len(series.names)
+    share = cfg.share_prefix if cfg.share_prefix is not None else str(series.device) == "cpu"
+    can_share = [share]  # turned off for the rest of the call if the architecture cannot share
+    parents = series.parents
+    progress_done = [0]
+
+    def _tick(name: str, b: int) -> None:
+        progress_done[0] += 1
+        if progress:
+            done = progress_done[0]
+            progress(done, total, f"{name}: batch {done % len(batches) or len(batches)}/{len(batches)}")
+
+    until = keep_until(series.names, parents)
+    inner = _checkpoint_inner(series, cfg.group_bytes)
+    for group in _groups(series, encoded, batches, cfg.group_bytes, parents, every=inner):
+        if inner:
+            stats = _group_inner(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
+        else:
+            stats = _group_outer(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
+        for b, idx in enumerate(group):
+            yield idx, _frame(_meta([encoded[i] for i in idx]), stats[b], texts, series.steps)
+
+
+def _checkpoint_inner(series: ModelSeries, budget: int) -> bool:
+    """Whether a group's batches run under every checkpoint first and get their statistics after, each
+    checkpoint's LM head applied once per row chunk (``_group_inner``): for adapter series (switching is free;
+    the heads are one shared weight), and otherwise (full-model checkpoints, or adapters on the LM head, each
+    a copy) when every checkpoint's head fits ``budget`` bytes (each kept until the group's statistics are
+    done; a 7B model's is about 1 GB)."""
+    out = inner(series.model).get_output_embeddings()
+    if all(c.kind == "adapter" for c in series.checkpoints) and type(out) is torch.nn.Linear:
+        return True
+    head = series.model.get_output_embeddings().weight
+    return len(series.names) * head.numel() * head.element_size() <= budget
+
+
+def batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int,
+                 can_share: list[bool]) -> torch.Tensor:
+    """The completion rows' last hidden states of batch ``idx`` under ``model`` (the active checkpoint), rows
+    in batch order.  -> (N, H)
+    A vision-language series (one with a ``processor``) runs its images with the batch (core.drift.vl_scoring),
+    never through a shared prefix; text batches share a common prompt prefix's KV cache when they can."""
+    if getattr(series, "processor", None) is not None:
+        from core.drift.vl_scoring import series_hidden
+
+        return series_hidden(series, model, [encoded[i] for i in idx])
+    ids, mask = _pad(encoded, idx, pad, series.device)
+    spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
+    shared = shared_prefix(ids, spans) if can_share[0] else 0
+    hidden, used = completion_hidden(model, ids, mask, spans, shared)  # (N, H)
+    if shared >= MIN_SHARED and not used:
+        can_share[0] = False  # the architecture's cache cannot be repeated: do not try again
+    return hidden
+
+
+def _targets(series: ModelSeries, encoded: list[Encoded], idx: list[int]) -> torch.Tensor:
+    return torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
+
+
+def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], until: dict[str, int], should_cancel, tick) -> list[dict[str, dict]]:
+    """Every batch of the group under every checkpoint (its hidden states, (N, H) each), then each batch's
+    statistics with one LM-head pass per checkpoint and row chunk (``_stats_inner``)."""
+    rows: list[list[_Rows]] = [[] for _ in group]
+    for name in series.names:  # checkpoint-outer for the forward passes: a full checkpoint loads once
+        if should_cancel and should_cancel():
+            raise Cancelled("scoring cancelled")
+        with series.activate(name) as model:
+            for b, idx in enumerate(group):
+                rows[b].append(_Rows(model, batch_hidden(model, series, encoded, idx, pad, can_share)))
+                tick(name, b)
+        del model
+    return [_stats_inner(rows[b], series.names, series.parents, until, _targets(series, encoded, idx), cfg.top_k)
+            for b, idx in enumerate(group)]
+
+
+def _group_outer(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], until: dict[str, int], should_cancel, tick) -> list[dict[str, dict]]:
+    """Checkpoint by checkpoint, each batch's statistics as soon as its rows are computed, against the base's
+    and the parent's rows kept so far (their LM heads applied again per chunk): full-model series whose heads
+    do not all fit beside each other."""
+    parents = series.parents
+    stats: list[dict[str, dict]] = [{} for _ in group]
+    kept: list[dict[str, _Rows]] = [{} for _ in group]  # per batch: its rows under the base and the parents
+    for i, name in enumerate(series.names):  # checkpoint-outer within a group: a full checkpoint loads once
+        if should_cancel and should_cancel():
+            raise Cancelled("scoring cancelled")
+        with series.activate(name) as model:
+            for b, idx in enumerate(group):
+                stats[b][name] = _score_batch(model, series, encoded, idx, pad, cfg, can_share, kept[b],
+                                              name, parents.get(name))
+                for k in [k for k in kept[b] if k != series.names[0] and until.get(k, -1) <= i]:
+                    del kept[b][k]  # no later checkpoint is measured against it
+                tick(name, b)
+        del model  # a full checkpoint is freed before the next one loads (one in memory at a time)
+    return stats
+
+
+def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
+                 can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
+    """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
+    (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
+    cur = _Rows(model, batch_hidden(model, series, encoded, idx, pad, can_share))
+    targets = _targets(series, encoded, idx)
+    out = _stats(cur, targets, cfg.top_k, kept.get(series.names[0], cur), kept[parent] if parent else cur)
+    kept[name] = cur
+    return out
+
+
+def keep_until(names: list[str], parents: dict[str, str]) -> dict[str, int]:
+    """Checkpoint name -> index (in ``names``) of the last checkpoint measured against it."""
+    pos = {n: i for i, n in enumerate(names)}
+    until: dict[str, int] = {}
+    for child, parent in parents.items():
+        until[parent] = max(until.get(parent, -1), pos[child])
+    return until
+
+
+def _most_kept(names: list[str], parents: dict[str, str]) -> int:
+    """The most rows sets a batch keeps at once while scoring ``names``: the base and the parents still needed
+    (2 in a plain series: the base and the previous checkpoint)."""
+    until = keep_until(names, parents)
+    alive = [sum(1 for k, end in until.items() if k != names[0] and names.index(k) <= i < end)
+             for i in range(len(names))]
+    return 1 + max([1, *alive])
+
+
+@torch.no_grad()
+def score(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig | None = None,
+          progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
+    """Score every trajectory under every checkpoint; one row per trajectory x checkpoint x completion token,
+    checkpoint-major in series order (``score_batches`` gives the same rows batch by batch)."""
+    frames = [f for _, f in score_batches(series, encoded, cfg, progress, should_cancel)]
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    order = {name: i for i, name in enumerate(series.names)}
+    return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _groups(series: ModelSeries, encoded: list[Encoded], batches: list[list[int]], budget: int,
+            parents: dict[str, str] | None = None, every: bool = False) -> list[list[list[int]]]:
+    """One batch per group for adapter series (switching is free); for series with full-model checkpoints,
+    as many batches as keep the base's and the parents' (N, H) hidden states (``every``: every checkpoint's,
+    ``_group_inner``) within ``budget`` bytes, so that each full checkpoint is loaded once per group, not once
+    per batch."""
+    if all(c.kind == "adapter" for c in series.checkpoints):
+        return [[b] for b in batches]
+    hidden = series.model.get_output_embeddings().weight.shape[1]
+    size_of = torch.empty((), dtype=series.dtype).element_size()
+    kept = len(series.names) if every else _most_kept(series.names, parents if parents is not None else series.parents)
+    groups, current, size = [], [], 0
+    for b in batches:
+        cost = kept * sum(len(encoded[i].completion_ids) for i in b) * hidden * size_of
+        if current and size + cost > budget:
+            groups.append(current)
+            current, size = [], 0
+        current.append(b)
+        size += cost
+    return groups + ([current] if current else [])
+
+
+STAT_COLUMNS = ("logprob", "rank", "entropy", "kl_base", "js_base", "kl_prev", "js_prev")
+
+
+def _meta(encs: list[Encoded]) -> dict[str, np.ndarray]:
+    """The columns of a batch that do not depend on the checkpoint (built once, shared by all of them)."""
+    lengths = [len(e.completion_ids) for e in encs]
+    return {
+        "traj_id": np.repeat(np.array([e.id for e in encs], dtype=object), lengths),
+        "position": np.concatenate([np.arange(n) for n in lengths]),
+        "token_id": np.concatenate([np.asarray(e.completion_ids, dtype=np.int64) for e in encs]),
+        "token": np.array([t for e in encs for t in e.completion_tokens], dtype=object),
+        "in_think": np.concatenate([np.arange(e.start, e.start + n) < e.think_end for e, n in zip(encs, lengths, strict=True)]),
+    }
+
+
+def _stats(cur: _Rows, targets: torch.Tensor, top_k: int, base: _Rows, prev: _Rows) -> dict[str, np.ndarray]:
+    """One batch's statistics under one checkpoint, against the base and the previous checkpoint, over row
+    chunks: each chunk's (rows, V) distributions are rebuilt from hidden states and dropped after use."""
+    n = cur.hidden.shape[0]
+    size = _chunk(cur)
+    parts: dict[str, list] = {}
+    for a in range(0, n, size):
+        sl = slice(a, a + size)
+        st = _chunk_stats(cur.logprobs(sl), targets[sl], top_k,
+                          None if base is cur else (lambda sl=sl: base.logprobs(sl)),
+                          "base" if prev is base else (lambda sl=sl: prev.logprobs(sl)))
+        for k, v in st.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
+
+
+def _chunk(rows: _Rows) -> int:
+    return chunk_rows(rows.weight.shape[0] if rows.module is None else _vocab(rows), rows.hidden.device)
+
+
+def _chunk_stats(cur: tuple, targets: torch.Tensor, top_k: int, base, prev) -> dict[str, torch.Tensor]:
+    """A chunk's statistics from its (log p, p, H(p)) ``cur``; ``base`` / ``prev``: a function giving their
+    (log q, q, H(q)) for the chunk (called when needed, so a caller may build it then), None for the base
+    against itself (exactly zero, no passes over the vocabulary), "base" for a parent that is the base."""
+    lp, p, h = cur
+    st = token_stats(lp, targets, top_k, p, h)
+    if base is None:
+        st.update(kl_base=torch.zeros_like(h), js_base=torch.zeros_like(h))
+    else:
+        bl, bp, bh = base()
+        st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh))
+        del bl, bp, bh  # freed before the previous checkpoint's chunk is built (when it is built here)
+    if isinstance(prev, str):  # the first checkpoint after the base: the same two numbers
+        st.update(kl_prev=st["kl_base"], js_prev=st["js_base"])
+    else:
+        pl, pp, ph = prev()
+        st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
+    return st
+
+
+def _stats_inner(rows: list[_Rows], names: list[str], parents: dict[str, str], until: dict[str, int],
+                 targets: torch.Tensor, top_k: int) -> dict[str, dict[str, np.ndarray]]:
+    """One batch's statistics under every checkpoint (``rows[i]``: its rows under ``names[i]``), checkpoint-inner
+    per row chunk: each checkpoint's chunk of log-distributions is built once and measured against the base's
+    and its parent's, kept while a later checkpoint needs them (``until``). The same chunks and operations as
+    ``_stats``, so the same numbers, bit for bit, with one LM-head pass per checkpoint instead of up to three.
+    At most (2 + alive parents) chunks of (log q, q) are kept: the base's, the parents', the current one's."""
+    size = _chunk(rows[0])
+    parts: dict[str, dict[str, list]] = {name: {} for name in names}
+    for a in range(0, rows[0].hidden.shape[0], size):
+        sl = slice(a, a + size)
+        alive: dict[str, tuple] = {}
+        for i, name in enumerate(names):
+            cur = rows[i].logprobs(sl)
+            parent = parents.get(name)
+            base = None if i == 0 else (lambda alive=alive: alive[names[0]])
+            prev = ("base" if i == 0 or parent == names[0] else
+                    (lambda c=cur: c) if parent is None else (lambda p=parent, alive=alive: alive[p]))
+            for k, v in _chunk_stats(cur, targets[sl], top_k, base, prev).items():
+                parts[name].setdefault(k, []).append(v)
+            if i == 0 or until.get(name, -1) > i:
+                alive[name] = cur
+            for k in [k for k in alive if k != names[0] and until.get(k, -1) <= i]:
+                del alive[k]  # no later checkpoint is measured against it
+    return {name: {k: torch.cat(v).cpu().numpy() for k, v in st.items()} for name, st in parts.items()}
+
+
+def _vocab(rows: _Rows) -> int:
+    return rows.module.weight.shape[0] if hasattr(rows.module, "weight") else rows.logprobs(slice(0, 1))[0].shape[-1]
+
+
+def _frame(meta: dict[str, np.ndarray], stats: dict[str, dict], texts: np.ndarray | None,
+           steps: dict[str, int]) -> pd.DataFrame:
+    """One batch's tidy table, checkpoint-major in series order: no Python work per row but the top-k lists."""
+    k = len(stats)
+    n = len(meta["position"])
+    df = pd.DataFrame({
+        "traj_id": np.tile(meta["traj_id"], k),
+        "checkpoint": np.repeat(np.array(list(stats), dtype=object), n),
+        "step": np.repeat(np.array([steps[name] for name in stats], dtype=np.int64), n),
+        "position": np.tile(meta["position"], k), "token_id": np.tile(meta["token_id"], k),
+        "token": np.tile(meta["token"], k), "in_think": np.tile(meta["in_think"], k),
+        **{c: np.concatenate([b[c] for b in stats.values()]) for c in STAT_COLUMNS},
+    })
+    df["prob"] = np.exp(df["logprob"])
+    if texts is not None:
+        ids = np.concatenate([b["top_ids"] for b in stats.values()])  # (rows, k)
+        probs = np.concatenate([b["top_probs"] for b in stats.values()]).round(5)
+        df["top_tokens"] = list(texts[np.minimum(ids, len(texts) - 1)])  # padded vocabularies: ids past the
+        df["top_probs"] = list(probs)  # tokenizer have no text
+    return df

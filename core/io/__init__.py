@@ -1,0 +1,5 @@
+"""The user's files and the workspace's own storage: paths and data roots, safe JSON, hashing, atomic files and the
+result cache, images, answers, trajectories and preference pairs in the field's formats, the SQLite store.
+
+The lowest wing: it imports only ``core.errors``, ``core.config`` and ``core.progress``.
+"""

@@ -1,0 +1,327 @@
+"""Long work as background jobs that outlive the browser: a folder per job, a supervisor process per job.
+
+    job = jobs.start(ws.jobs_dir, "score", ["-m", "core.jobs.worker", "score", "--config", "{job}/analysis.json", ...],
+                     title="score sample world", files={"analysis.json": config_text})
+    job.state()        # "running" | "done" | "failed" | "cancelled" | "died"
+    job.progress()     # {"done": 0.42, "message": "probe: checkpoint-80", "eta_s": 31.0, ...}
+    job.cancel()       # SIGTERM to the worker's process group; it stops at the next batch
+    jobs.list_jobs(ws.job_dirs, kind="score")
+
+Layout of ``jobs/<id>/``: ``job.json`` (what runs: kind, title, argv, started_at, pid), ``progress.json``
+(written by the worker through ``report_progress``, atomically), ``log.txt`` (the worker's output),
+``worker.json`` (the worker's pid and start time, written by the supervisor) and ``exit.json`` (return code
+and end time, written by the supervisor when the worker ends, however it ends). A job is "running" while its
+supervisor or its worker lives (a killed supervisor does not stop the worker, so the job goes on); one with
+neither alive and no ``exit.json`` reads as "died". Processes are matched by pid and start time, so a
+recycled pid is not taken for the job. No state lives in the page process,
+so closing the tab or restarting the app loses nothing: the page re-attaches by reading the folder.
+
+The worker finds its progress file in ``$WORKBENCH_PROGRESS``; SIGTERM asks it to stop (``cancel_flag``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.errors import InputError
+from core.io.cache import atomic_write_text
+
+PROGRESS_ENV = "WORKBENCH_PROGRESS"
+JOB_DIR = "{job}"  # in ``start``'s argv: the job's folder
+CANCELLED = 130  # the worker's exit code after a graceful cancel (as after Ctrl-C)
+
+
+@dataclass
+class Job:
+    dir: Path
+    kind: str
+    title: str
+    argv: list[str]
+    started_at: float
+    pid: int | None = None  # the supervisor's pid, also the worker's process group
+    meta: dict = field(default_factory=dict)  # caller's data, e.g. the output folder
+    pid_started: float | None = None  # the supervisor's start time (``process_start``), against pid reuse
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Job":
+        folder = Path(folder)
+        try:
+            data = json.loads((folder / "job.json").read_text())
+            return cls(folder, data["kind"], data["title"], data["argv"], data["started_at"], data.get("pid"),
+                       data.get("meta", {}), data.get("pid_started"))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
+            raise InputError(f"{folder / 'job.json'}: not a readable job description ({e})") from None
+
+    def _save(self) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "dir"}
+        atomic_write_text(self.dir / "job.json", json.dumps(data, indent=1))
+
+    def exit_info(self) -> dict | None:
+        """How the worker ended: the supervisor's ``exit.json``, else the worker's own ``worker_exit.json``
+        (``record_worker_exit``: a worker whose supervisor was killed still says how it ended)."""
+        for name in ("exit.json", WORKER_EXIT):
+            try:
+                info = json.loads((self.dir / name).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and isinstance(info.get("returncode"), int):
+                return info
+        return None
+
+    def state(self) -> str:
+        info = self.exit_info()
+        if info is not None:
+            code = info["returncode"]
+            return "done" if code == 0 else "cancelled" if code in (CANCELLED, -signal.SIGTERM) else "failed"
+        return "running" if self.live_pids() else "died"
+
+    def worker(self) -> dict | None:
+        """``{"pid", "started"}`` of the worker, once the supervisor has started it."""
+        try:
+            data = json.loads((self.dir / "worker.json").read_text())
+            return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+        except (OSError, ValueError):
+            return None
+
+    def live_pids(self) -> list[int]:
+        """The job's processes that still run: the supervisor and the worker (matched by start time)."""
+        worker = self.worker() or {}
+        candidates = [(self.pid, self.pid_started), (worker.get("pid"), worker.get("started"))]
+        return [pid for pid, started in candidates if _alive(pid, started)]
+
+    def ending(self) -> str:
+        """How the job ended, in words: its exit code, or the signal that killed its worker."""
+        info = self.exit_info()
+        if info is None:
+            return "no exit code was recorded (its supervisor was killed, or the machine restarted)"
+        code = info.get("returncode")
+        if isinstance(code, int) and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"killed by {name}" + (" (out of memory, or killed by hand)" if -code == signal.SIGKILL else "")
+        return f"exit code {code}"
+
+    def progress(self) -> dict:
+        """The worker's last report, with the elapsed time and an ETA from the rate so far."""
+        try:
+            p = json.loads((self.dir / "progress.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            p = {"done": 0.0, "message": "starting…"}
+        end = (self.exit_info() or {}).get("ended_at") or time.time()
+        p["elapsed_s"] = end - self.started_at
+        p["eta_s"] = eta_seconds(p, end)
+        return p
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.dir / "log.txt", "rb") as f:
+                f.seek(max(0, f.seek(0, 2) - 64_000))
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        # tqdm redraws with carriage returns: keep the last state of each line
+        return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
+
+    def cancel(self) -> bool:
+        """Ask the worker to stop (SIGTERM to its process group); False when it is no longer running."""
+        if self.state() != "running":
+            return False
+        try:  # the group outlives a killed supervisor while its worker runs, so this reaches the worker too
+            os.killpg(self.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def wait(self, timeout: float | None = None, poll: float = 0.2) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.state() == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still running after {timeout} s")
+            time.sleep(poll)
+        return self.state()
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (Linux), after the command name; None where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> float | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), None where unknown."""
+    fields = _stat(pid)
+    try:
+        return float(fields[19]) if fields else None  # field 22 of stat
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether ``pid`` runs and, when ``started`` is known, is the same process (not a recycled pid)."""
+    if not pid:
+        return False
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # a zombie has ended; only its exit status is left
+        return False
+    now_started = process_start(pid)
+    if started is not None and now_started is not None and now_started != started:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a finished child of this process that nobody reaped yet is not running
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", meta: dict | None = None,
+          env: dict | None = None, files: dict[str, str] | None = None) -> Job:
+    """Start ``python <argv>`` under a supervisor in a new session (it survives the page and the app).
+    ``files`` (name -> text) are written into the job's folder first, and ``JOB_DIR`` in an argv item stands
+    for that folder: a job runs from its saved config (``--config {job}/analysis.json``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = Path(jobs_dir) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    for name, text in (files or {}).items():
+        atomic_write_text(folder / name, text)
+    argv = [str(a).replace(JOB_DIR, str(folder)) for a in argv]
+    job = Job(folder, kind, title or kind, argv, time.time(), None, meta or {})
+    job._save()
+    proc = subprocess.Popen([sys.executable, "-m", "core.jobs.supervisor", str(folder)], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parents[2])
+    job.pid, job.pid_started = proc.pid, process_start(proc.pid)
+    job._save()
+    return job
+
+
+def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = None) -> list[Job]:
+    """Jobs under ``folders`` (one folder or several, e.g. ``Workspace.job_dirs``), newest first; unreadable
+    folders are skipped."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    out = []
+    for folder in (f for d in dict.fromkeys(Path(d) for d in folders) for f in d.glob("*/job.json")):
+        try:
+            job = Job.load(folder.parent)
+        except InputError:
+            continue
+        if kind is None or job.kind == kind:
+            out.append(job)
+    return sorted(out, key=lambda j: j.started_at, reverse=True)
+
+
+def eta_seconds(p: dict, now: float) -> float | None:
+    """Seconds left at the rate since the first batch was reported (``first_time``, ``first_done``); None
+    until a later report shows that rate, or when done."""
+    done, t0, d0 = p.get("done", 0.0), p.get("first_time"), p.get("first_done")
+    if not 0 < done < 1 or t0 is None or d0 is None or done <= d0:
+        return None
+    return max(0.0, now - t0) * (1 - done) / (done - d0)
+
+
+def report_progress(done: float, total: float, message: str, _state: dict = {}) -> None:  # noqa: B006
+    """For workers: write ``$WORKBENCH_PROGRESS`` (at most every 0.3 s, and always at the end)."""
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return
+    now = time.monotonic()
+    fraction = done / total if total else 0.0
+    if fraction < 1 and now - _state.get("last", 0.0) < 0.3:
+        return
+    _state["last"] = now
+    # the first report with work done (after the first batch) anchors the ETA: the rate from there on leaves
+    # out the start-up (imports, loading the models), which made the first ETAs several times too long
+    first = _state.setdefault(("first", path), [time.time(), fraction]) if fraction > 0 else [None, None]
+    atomic_write_text(Path(path), json.dumps({"done": round(fraction, 4), "message": message, "time": time.time(),
+                                              "first_time": first[0], "first_done": first[1]}),
+                      durable=False)  # replaced every 0.3 s: an fsync each time would stall on a busy disk
+
+
+LOCK_FILE = ".writer.lock"
+WORKER_EXIT = "worker_exit.json"
+
+
+def record_worker_exit(code: int) -> None:
+    """For workers: write the exit code beside ``$WORKBENCH_PROGRESS`` (a job's folder) before exiting, so
+    the job's state is known even when its supervisor was killed. Outside a job it does nothing."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        try:
+            atomic_write_text(Path(path).parent / WORKER_EXIT, json.dumps({"returncode": code, "ended_at": time.time()}))
+        except OSError:
+            pass  # the supervisor's exit.json says it as well
+
+
+def lock_folder(folder: str | Path, what: str = "folder"):
+    """For writers: hold ``folder/.writer.lock`` (an exclusive ``flock``, released when this process ends,
+    however it ends) with this process's pid and start time in it. Raises ``InputError`` naming the holder
+    when another live process writes the folder. Keep the returned file open while writing."""
+    import fcntl
+
+    path = Path(folder) / LOCK_FILE
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise InputError(f"{folder}: another process writes this {what} ({holder}); wait for it to end "
+                         "or cancel it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
+
+
+def cancel_flag() -> Callable[[], bool]:
+    """For workers: a ``should_cancel`` that turns true on SIGTERM (installed here)."""
+    flag = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    return flag.is_set
+
+
+def _supervise(folder: Path) -> int:
+    """Run the job's worker, pass SIGTERM on, record how it ended. Runs as ``python -m core.jobs.supervisor DIR``."""
+    job = Job.load(folder)
+    env = {**os.environ, PROGRESS_ENV: str(folder / "progress.json"), "PYTHONUNBUFFERED": "1"}
+    with open(folder / "log.txt", "ab") as log:
+        try:
+            worker = subprocess.Popen([sys.executable, *job.argv], stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env)
+        except OSError as e:
+            log.write(f"workbench: cannot start the worker: {e}\n".encode())
+            atomic_write_text(folder / "exit.json", json.dumps({"returncode": 127, "ended_at": time.time()}))
+            return 127
+        atomic_write_text(folder / "worker.json", json.dumps({"pid": worker.pid, "started": process_start(worker.pid)}))
+        signal.signal(signal.SIGTERM, lambda *_: worker.send_signal(signal.SIGTERM))
+        code = worker.wait()
+    atomic_write_text(folder / "exit.json", json.dumps({"returncode": code, "ended_at": time.time()}))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise(Path(sys.argv[1])))

@@ -1,0 +1,312 @@
+"""Load a base model and its checkpoint series once; switch between checkpoints without reloading.
+
+    series = load_series("sample_data/model", "sample_data/rft")
+    for name in series.names:                 # "base", "checkpoint-40", ...
+        with series.activate(name) as model:  # adapters: set_adapter under the series' lock
+            logits = model(input_ids).logits
+
+One base model lives in memory; every PEFT adapter is loaded into it once (``load_adapter``) and selected
+with ``set_adapter``; the base itself is scored with the adapters disabled. Full-model checkpoints are
+loaded one at a time when activated and released afterwards. Local paths only (``local_files_only``);
+``trust_remote_code`` stays off unless the caller asks; safetensors are preferred by transformers.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import re
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from core.errors import InputError
+from core.io.paths import expand
+from core.models import checkpoints as ckpts
+from core.models.adapter_checks import (
+    check_adapter_keys,
+    check_full_vocab,
+    refuse_pickle_adapter,
+)
+from core.models.branches import branch_of, series_parents
+from core.models.device import detect
+
+BASE = "base"
+
+
+@dataclass
+class ModelSeries:
+    base_dir: Path
+    checkpoints: list[ckpts.CheckpointInfo]
+    model: torch.nn.Module  # a PeftModel when any adapter is loaded
+    tokenizer: object
+    device: str
+    dtype: torch.dtype
+    trust_remote_code: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. adapters naming their base by another name
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _layers: list = field(default_factory=list, repr=False)  # PEFT tuner layers, found once
+    _slow: bool = field(default=False, repr=False)  # route with PEFT's set_adapter (see _route)
+
+    @property
+    def names(self) -> list[str]:
+        return [BASE] + [adapter_name(c) for c in self.checkpoints]
+
+    @property
+    def steps(self) -> dict[str, int]:
+        return {BASE: 0, **{adapter_name(c): c.step for c in self.checkpoints}}
+
+    @property
+    def parents(self) -> dict[str, str]:
+        """What each checkpoint's ``kl_prev`` / ``js_prev`` compare it with (``core.models.branches.series_parents``):
+        a CPO run's adapter its start, any other checkpoint the previous one that is not a CPO run."""
+        return series_parents(self.names, branch_starts(self.checkpoints))
+
+    @contextmanager
+    def activate(self, name: str) -> Iterator[torch.nn.Module]:
+        """The model in the state of checkpoint ``name``, held under the series' lock."""
+        with self.lock:
+            if name == BASE:
+                self._route(None)
+                yield self.model
+                return
+            info = {adapter_name(c): c for c in self.checkpoints}.get(name)
+            if info is None:
+                raise KeyError(f"unknown checkpoint {name!r}; known: {self.names}")
+            if info.kind == "adapter":
+                self._route(name)
+                yield self.model
+                return
+            full = load_model(info.path, self.device, self.dtype, self.trust_remote_code)
+            try:
+                yield full
+            finally:
+                del full
+                gc.collect()
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _route(self, adapter: str | None) -> None:
+        """Send every LoRA layer through ``adapter`` (None: adapters off, i.e. the base model).
+
+        PEFT's ``set_adapter`` / ``disable_adapter`` walk the whole module tree on every switch and redo
+        requires_grad bookkeeping; a series is frozen (loaded with is_trainable=False), so setting the two
+        routing attributes on the tuner layers, found once, is equivalent and costs O(layers), not O(modules).
+        """
+        if not hasattr(self.model, "peft_config"):
+            return
+        if not self._layers:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+            # adapters that also train whole modules (modules_to_save, trainable tokens) keep per-adapter
+            # copies in wrappers that are not tuner layers: those need PEFT's own switching
+            self._slow = any(type(m).__name__ in ("ModulesToSaveWrapper", "TrainableTokensWrapper")
+                             for m in self.model.modules())
+            if not self._slow:
+                from core.models.lean_lora import (
+                    lean_lora_forward,  # imports PEFT: only once a series has adapters
+                )
+
+                for layer in self._layers:
+                    lean_lora_forward(layer)
+        if self._slow:
+            if adapter is None:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                self.model.base_model.enable_adapter_layers()
+                self.model.set_adapter(adapter)
+            return
+        for layer in self._layers:
+            layer._disable_adapters = adapter is None
+            if adapter is not None:
+                layer._active_adapter = [adapter]
+        if adapter is not None:
+            self.model.base_model.active_adapter = adapter
+
+    def fingerprint(self) -> str:
+        return series_fingerprint(self.base_dir, self.checkpoints, self.dtype)
+
+
+def series_fingerprint(base_dir: Path, infos: list[ckpts.CheckpointInfo], dtype: torch.dtype | str) -> str:
+    """Changes whenever the base, any checkpoint's weights or configs, or the dtype change (no loading)."""
+    h = hashlib.sha256(f"{dtype}".encode())
+    for root in [Path(base_dir)] + [c.path for c in infos]:
+        for f in sorted(root.glob("*")):
+            if f.suffix in (".safetensors", ".bin", ".json"):
+                st = f.stat()
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def plan_series(base: str | Path, checkpoints=None, device: str | None = None, dtype: str | None = None):
+    """What ``load_series`` would load, without loading it: (base dir, checkpoint infos, device, dtype)."""
+    base = expand(base).resolve()
+    dev = device or detect().device
+    return base, _resolve_checkpoints(checkpoints), dev, _dtype(dtype, dev)
+
+
+GENERIC_NAMES = {"adapter", "final", "final_adapter", "output", "model"}  # named after their run folder instead
+
+
+def adapter_name(info: ckpts.CheckpointInfo) -> str:
+    """A name PEFT accepts (no dots), unique within a series: the folder name, or the run folder's name for a
+    generic one (a CPO run's ``<run>/adapter`` is called ``<run>``), or parent_folder when names repeat."""
+    if info.name in GENERIC_NAMES:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", info.path.parent.name)
+    return re.sub(r"[^A-Za-z0-9_-]", "_", info.name if not info.metrics.get("_dup") else
+                  f"{info.path.parent.name}_{info.name}")
+
+
+def branch_starts(infos: list[ckpts.CheckpointInfo]) -> dict[str, str]:
+    """The CPO runs among a series' checkpoints (``core.models.branches.branch_of``): series name -> start's name."""
+    return {adapter_name(c): b.start for c in infos if (b := branch_of(c.path)) is not None}
+
+
+def _dtype(name: str | None, device: str) -> torch.dtype:
+    if name is None:
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise InputError(f"dtype: expected float32, bfloat16 or float16, got {name!r}") from None
+
+
+def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False, auto_class=None, what: str = "model weights"):
+    """A causal LM (or ``auto_class``'s model) from a local folder, on ``device`` in eval mode (the one loader of
+    base models: scoring's series, CPO's trainer, evaluation, vision-language series); ``InputError`` names the
+    folder when its weights or config cannot be read."""
+    if auto_class is None:
+        from transformers import AutoModelForCausalLM as auto_class
+
+    try:
+        model = auto_class.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
+        raise InputError(f"{path}: cannot load {what} ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{folder}: model folder not found")
+    if not any((folder / f).is_file() for f in ("config.json", "tokenizer.json", "tokenizer_config.json")):
+        raise InputError(f"{folder}: not a model folder (expected config.json)")  # e.g. an empty folder
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions on broken files
+        raise InputError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+
+
+def _check_tokenizer(info: ckpts.CheckpointInfo, base_vocab: dict, trust_remote_code: bool) -> None:
+    if not any((info.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return  # adapters usually ship no tokenizer: they use the base's
+    vocab = load_tokenizer(info.path, trust_remote_code).get_vocab()
+    if vocab != base_vocab:
+        diff = len(set(vocab.items()) ^ set(base_vocab.items()))
+        raise InputError(f"{info.path}: tokenizer differs from the base model's ({len(vocab)} vs {len(base_vocab)} "
+                         f"tokens, {diff} entries differ); expected the same tokenizer across the series")
+
+
+def base_name_warning(info: ckpts.CheckpointInfo, accepted: set[str]) -> str | None:
+    """A message when an adapter names its base differently from the base folder given (a hub id, a path on the
+    training cluster): a hint, not proof, so never a refusal; the shapes and the tokenizer are the real checks."""
+    cfg_path = info.path / "adapter_config.json"
+    try:
+        declared = json.loads(cfg_path.read_text(encoding="utf-8-sig")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{cfg_path}: not valid JSON ({e})") from None
+    known = {Path(n.rstrip("/")).name.lower() for n in accepted if n}
+    if not declared or Path(str(declared).rstrip("/")).name.lower() in known:
+        return None
+    return (f"{cfg_path}: base_model_name_or_path {declared!r} is not the name of the base model given "
+            f"({sorted(known)}); loaded anyway, since its shapes and tokenizer fit")
+
+
+def base_name_warnings(base: str | Path, infos: list[ckpts.CheckpointInfo], base_names: Sequence[str] = ()) -> list[str]:
+    """``base_name_warning`` for every adapter of a series, without loading anything (for the page)."""
+    base = Path(base).expanduser()
+    accepted = {base.name, *base_names, _config_name(base)}
+    return [w for c in infos if c.kind == "adapter" and (w := base_name_warning(c, accepted))]
+
+
+def _config_name(base: Path) -> str:
+    try:
+        return str(json.loads((base / "config.json").read_text(encoding="utf-8-sig")).get("_name_or_path") or "")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return ""
+
+
+def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) -> list[ckpts.CheckpointInfo]:
+    if checkpoints is None:
+        return []
+    infos = ckpts.resolve(checkpoints)  # a folder, or an explicit list kept in the caller's order
+    seen: dict[str, int] = {}
+    for c in infos:
+        seen[c.name] = seen.get(c.name, 0) + 1
+    for c in infos:
+        if seen[c.name] > 1:
+            c.metrics["_dup"] = True
+    return infos
+
+
+def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path] | None = None, *,
+                device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
+                base_names: Sequence[str] = (), vision=None) -> ModelSeries:
+    """Load the base model and tokenizer, then every adapter checkpoint into it (see module docstring). A
+    vision-language base (``core.models.vision.is_vl_folder``) loads as a ``core.models.vl_series.VLSeries``, a ModelSeries
+    with its processor (``vision``: a ``core.models.vision.VisionConfig``, its pixel limits)."""
+    base = expand(base).resolve()
+    if not base.is_dir():
+        raise InputError(f"{base}: base model folder not found")
+    if not (base / "config.json").is_file():
+        raise InputError(f"{base}: not a model folder (expected config.json)")
+    from core.models.vision import is_vl_folder
+
+    if is_vl_folder(base):
+        from core.models.vl_series import load_vl_series
+
+        return load_vl_series(base, checkpoints, vision, device=device, dtype=dtype,
+                              trust_remote_code=trust_remote_code, base_names=base_names)
+    infos = _resolve_checkpoints(checkpoints)
+    dev = device or detect().device
+    dt = _dtype(dtype, dev)
+    tokenizer = load_tokenizer(base, trust_remote_code)
+    model = load_model(base, dev, dt, trust_remote_code)
+    base_vocab = tokenizer.get_vocab()
+    for info in infos:
+        _check_tokenizer(info, base_vocab, trust_remote_code)
+        if info.kind == "full":
+            check_full_vocab(info.path, model.config)  # another vocabulary: refused now, not an einsum error later
+        if info.kind == "adapter":
+            model = _attach_adapter(model, info)
+    notes = base_name_warnings(base, infos, base_names)
+    for note in notes:  # printed by the command line; the page shows ModelSeries.warnings
+        warnings.warn(note, stacklevel=2)
+    return ModelSeries(base, infos, model.eval(), tokenizer, dev, dt, trust_remote_code, warnings=notes)
+
+
+def _attach_adapter(model, info: ckpts.CheckpointInfo):
+    from peft import PeftModel
+
+    name = adapter_name(info)
+    refuse_pickle_adapter(info.path)
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(info.path, adapter_name=name, is_trainable=False)
+        else:
+            model = PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False)
+    except Exception as e:  # noqa: BLE001 - any failure to read an adapter is reported with its path
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise InputError(f"{info.path}: adapter does not fit the base model ({first})") from None
+    check_adapter_keys(model, name, info.path)  # missing or unexpected layers: an error, not a warning
+    return model

@@ -1,0 +1,172 @@
+"""Perturbation tests: replace a span (e.g. "opacity" -> "lung opacity"), re-probe, report answer flips.
+
+    pairs = perturbation_test(series, records, "consolidation", "airspace opacity", labels=diseases)
+    perturbation_summary(pairs)        # per checkpoint: accuracy before / after, flip rate
+    category_flips(pairs)              # the same per gold label (the authors' per-class figure)
+
+Two modes. ``generate`` (default): the model writes its own CoT from the (perturbed) prompt by greedy
+decoding and its answer is read after ``</think>``; this is what the model would do, and the flip rate
+the paper's authors report. ``probe``: the trajectory's CoT is kept (teacher-forced) with the span
+replaced everywhere, and the answer is the probed belief's argmax at the end of the CoT.
+
+On a vision-language series (one with a ``processor``) a record keeps its ``images`` through the swap and
+both modes read them: the probe encodes each record with its images, greedy decoding sees them
+(``core.models.vl_generation``): a synonym swap on an X-ray study is asked about the same X-ray.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from core.drift.probe import ProbeConfig, probe
+from core.io import answers
+from core.models.generation import greedy_completions
+from core.models.series import ModelSeries
+from core.models.vl_generation import encode_for, greedy_records
+from core.progress import Cancelled
+
+FIELDS = ("prompt", "completion")
+
+
+def replace_span(record: dict, find: str, replace: str) -> dict | None:
+    """``record`` with every whole-word ``find`` replaced in prompt and completion (and in a conversation's
+    turns, ``chat``, which the chat template renders); None if absent."""
+    pattern = re.compile(rf"(?<![\w]){re.escape(find)}(?![\w])")
+    if not any(pattern.search(record[f]) for f in FIELDS):
+        return None
+    new = {**record, **{f: pattern.sub(replace, record[f]) for f in FIELDS}}
+    if record.get("chat"):
+        new["chat"] = [{**t, "content": pattern.sub(replace, t["content"])} for t in record["chat"]]
+    new["perturbation"] = {"find": find, "replace": replace}
+    return new
+
+
+def find_answer(text: str, labels: list[str]) -> str | None:
+    """The label named last after ``</think>`` (or anywhere, without a think tag); None if none is."""
+    return answers.find_answer(text, labels)
+
+
+def generate_answers(model, tokenizer, prompts: list[str], labels: list[str], max_new_tokens: int = 96,
+                     batch_size: int = 64, device: str = "cpu",
+                     chats: list[list[dict] | None] | None = None) -> list[str | None]:
+    """Greedy-decode a completion for each prompt (a conversation in ``chats`` through the chat template)
+    and read its answer."""
+    texts = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, device, chats=chats)
+    return [find_answer(t, labels) for t in texts]
+
+
+def generate_vl_answers(model, processor, records: list[dict], labels: list[str], max_new_tokens: int = 96,
+                        batch_size: int = 16, chat_template: bool = True) -> list[str | None]:
+    """``generate_answers`` for a vision-language model: each record decoded with its ``images``."""
+    texts = greedy_records(model, processor, records, max_new_tokens, batch_size, chat_template)
+    return [find_answer(t, labels) for t in texts]
+
+
+def perturbation_test(series: ModelSeries, records: list[dict], find: str, replace: str, labels: list[str],
+                      mode: str = "generate", template: str | None = None, progress=None,
+                      should_cancel=None, chat_template: bool = True) -> pd.DataFrame:
+    """One row per affected trajectory x checkpoint: the answer (and in probe mode the gold belief) before
+    and after the swap, and whether it flipped. Conversations go through the tokenizer's chat template, as
+    in scoring, unless ``chat_template`` is off (the analysis setting)."""
+    if mode not in ("generate", "probe"):
+        raise ValueError(f"mode: expected 'generate' or 'probe', got {mode!r}")
+    pairs = [(r, p) for r in records if (p := replace_span(r, find, replace)) is not None]
+    if not pairs:
+        return pd.DataFrame(columns=["traj_id", "checkpoint", "step", "gold", "answer_before", "answer_after",
+                                     "gold_before", "gold_after", "flip", "belief_change"])
+    if mode == "generate":
+        return _generate_test(series, pairs, labels, progress, should_cancel, chat_template)
+    cfg = ProbeConfig(labels=labels, positions="end", **({"template": template} if template else {}))
+    both = [r for r, _ in pairs] + [{**p, "id": f"{p['id']}#perturbed"} for _, p in pairs]
+    beliefs = probe(series, encode_for(series, both, chat_template), cfg, progress, should_cancel)
+    before = beliefs[~beliefs["traj_id"].str.endswith("#perturbed")]
+    after = beliefs[beliefs["traj_id"].str.endswith("#perturbed")].assign(
+        traj_id=lambda d: d["traj_id"].str.removesuffix("#perturbed"))
+    cols = ["traj_id", "checkpoint", "step", "gold", "answer", "gold_prob"]
+    df = before[cols].merge(after[["traj_id", "checkpoint", "answer", "gold_prob"]], on=["traj_id", "checkpoint"],
+                            suffixes=("_before", "_after"))
+    df = df.rename(columns={"gold_prob_before": "gold_before", "gold_prob_after": "gold_after"})
+    df["flip"] = df["answer_before"] != df["answer_after"]
+    df["belief_change"] = df["gold_after"] - df["gold_before"]
+    return df.sort_values(["step", "traj_id"]).reset_index(drop=True)
+
+
+def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: list[str], progress,
+                   should_cancel, chat_template: bool = True) -> pd.DataFrame:
+    rows = []
+    recs = [r for r, _ in pairs] + [p for _, p in pairs]  # before, then after the swap
+    chats = [r.get("chat") if chat_template else None for r in recs]
+    for n, name in enumerate(series.names):
+        if should_cancel and should_cancel():
+            raise Cancelled("perturbation test cancelled")
+        with series.activate(name) as model:
+            answers = _answers(series, model, recs, labels, chats, chat_template)
+        before, after = answers[: len(pairs)], answers[len(pairs):]
+        rows += [{"traj_id": r["id"], "checkpoint": name, "step": series.steps[name], "gold": r.get("label"),
+                  "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after, strict=True)]
+        if progress:
+            progress(n + 1, len(series.names), f"generated under {name}")
+    df = pd.DataFrame(rows)
+    df["gold_before"] = df["gold_after"] = df["belief_change"] = float("nan")
+    df["flip"] = df["answer_before"] != df["answer_after"]
+    return df
+
+
+def _answers(series: ModelSeries, model, recs: list[dict], labels: list[str], chats, chat_template: bool):
+    proc = getattr(series, "processor", None)
+    if proc is not None:  # a vision-language series: each record with its images
+        return generate_vl_answers(model, proc, recs, labels, chat_template=chat_template)
+    return generate_answers(model, series.tokenizer, [r["prompt"] for r in recs], labels, device=series.device,
+                            chats=chats)
+
+
+def perturbation_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint: n, accuracy before and after, flip rate, mean gold-belief change."""
+    g = df.assign(correct_before=df["answer_before"] == df["gold"], correct_after=df["answer_after"] == df["gold"])
+    return g.groupby(["checkpoint", "step"]).agg(
+        n=("flip", "size"), accuracy_before=("correct_before", "mean"), accuracy_after=("correct_after", "mean"),
+        flip_rate=("flip", "mean"), mean_belief_change=("belief_change", "mean")).reset_index().sort_values("step")
+
+
+def category_flips(df: pd.DataFrame) -> pd.DataFrame:
+    """Per gold label and checkpoint: accuracy before / after and flip rate."""
+    g = df.assign(correct_before=df["answer_before"] == df["gold"], correct_after=df["answer_after"] == df["gold"])
+    return g.groupby(["gold", "checkpoint", "step"]).agg(
+        n=("flip", "size"), accuracy_before=("correct_before", "mean"), accuracy_after=("correct_after", "mean"),
+        flip_rate=("flip", "mean")).reset_index().sort_values(["gold", "step"])
+
+
+def swaps_in(record: dict, graph) -> list[tuple[str, str, list[str]]]:
+    """The finding surfaces that occur in ``record`` (prompt or completion), each with its concept and
+    the other surfaces it could be swapped for: [(concept, surface, alternatives), ...], longest first."""
+    from core.graph.concepts import synonym_sets
+
+    text = " ".join(record.get(f, "") for f in FIELDS)
+    found = []
+    for concept, surfaces in synonym_sets(graph).items():
+        for s in surfaces:
+            if re.search(rf"(?<![\w]){re.escape(s)}(?![\w])", text):
+                found.append((concept, s, [o for o in surfaces if o != s]))
+    return sorted(found, key=lambda f: -len(f[1]))
+
+
+PREFERRED_SWAP = ("consolidation", "airspace opacity")  # offered first when a graph holds it (the demo's shortcut)
+
+
+def swap_pairs(graph) -> list[tuple[str, str, str]]:
+    """Every near-synonym swap the graph offers: (concept, surface, replacement) for each ordered pair of
+    distinct names of a finding; ``PREFERRED_SWAP`` first when present."""
+    from core.graph.concepts import synonym_sets
+
+    pairs = [(c, s, o) for c, names in synonym_sets(graph).items() for s in names for o in names if o != s]
+    return sorted(pairs, key=lambda p: p[1:] != PREFERRED_SWAP)  # stable: otherwise the graph's order
+
+
+def batch_output(out_dir: Path, data: str | Path, find: str, replace: str, mode: str, limit: int) -> Path:
+    """Where a dataset-wide test writes its table: one parquet per (data, swap, mode, limit), so the same
+    test run again replaces its own result and a different one never does."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(data).stem}-{find}-{replace}-{mode}-{limit}")
+    return Path(out_dir) / f"{slug}.parquet"

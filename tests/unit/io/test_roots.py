@@ -1,0 +1,58 @@
+"""Typed paths stay under the data roots (one message, whether or not the file exists), and user text
+renders without images or live links."""
+
+import os
+
+import pytest
+
+from core.errors import InputError
+from core.io.roots import check_data_path, refused_paths
+from core.workspace.workspace import Workspace, data_roots
+from workbench.safe_text import inert
+
+
+def test_paths_outside_the_roots_get_one_message_whether_or_not_they_exist(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
+    ws = Workspace.open(tmp_path / "ws")
+    roots = data_roots(ws.store)
+    (ws.root / "uploads" / "mine.jsonl").write_text("{}")
+    assert check_data_path(ws.root / "uploads" / "mine.jsonl", roots) == (ws.root / "uploads" / "mine.jsonl").resolve()
+    messages = []
+    for path in ("/etc/passwd", "/etc/no-such-file-here", str(ws.root / ".." / "secret.txt")):
+        with pytest.raises(InputError) as e:
+            check_data_path(path, roots)
+        messages.append(str(e.value).replace(path, "PATH"))
+    assert len(set(messages)) == 1 and "not under the data roots" in messages[0]
+    os.symlink("/etc/passwd", ws.root / "uploads" / "link.jsonl")  # a link inside cannot lead out
+    assert refused_paths([str(ws.root / "uploads" / "link.jsonl"), None, ""], roots)[0].endswith(
+        messages[0].split("PATH", 1)[1])
+    monkeypatch.setenv("WORKBENCH_DATA_ROOTS", str(tmp_path))
+    (tmp_path / "data.jsonl").write_text("{}")
+    assert check_data_path(tmp_path / "data.jsonl", data_roots(ws.store)) == (tmp_path / "data.jsonl").resolve()
+
+
+def test_world_folders_are_data_roots(tmp_path, sample_world, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
+    ws = Workspace.open(tmp_path / "ws")
+    ws.store.register_world("sample", sample_world.resolve(), "f")
+    check_data_path(sample_world / "data" / "test.jsonl", data_roots(ws.store))
+
+
+@pytest.mark.parametrize("text", ["![](http://evil.example/x.png)", "[click](https://evil.example)",
+                                  "<https://evil.example>", "see https://evil.example/x.png", "www.evil.example",
+                                  "![a][r]\n\n[r]: http://evil.example/x.png"])
+def test_user_text_renders_without_images_or_links(text):
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").render(inert(text))
+    assert "<img" not in html and "<a " not in html, html
+    assert "evil.example" in html  # the text is still shown
+    # bare URLs (GFM autolinks them in the browser): the escaped colon or dot breaks the match
+    assert "https://" not in inert(text) and "http://" not in inert(text) and "www." not in inert(text)
+
+
+def test_guideline_markdown_keeps_its_formatting():
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").render(inert("# Rules\n\n- **Reject** if it cites *opacity*"))
+    assert "<h1>" in html and "<strong>" in html and "<li>" in html
