@@ -11,12 +11,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.drift.analysis import perturb_job, resolve_labels, shell_command
+from core.drift.analysis import resolve_labels
 from core.errors import InputError
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.models.branches import run_branches
 from core.models.vision import is_vl_folder
 from core.perturb import text as perturb
+from core.perturb.job import PerturbOptions
 from workbench import charts, resources, state, ui, visual_view
 
 st.title("Perturbation lab")
@@ -129,14 +131,14 @@ with batch:
     out = perturb.batch_output(ws.perturbations_dir, cfg.data, bfind, breplace, bmode, blimit)
     limit = int(blimit) or cfg.limit
     # --force: the same batch run again replaces its own earlier result (never a file the workbench did not write)
-    argv, files = perturb_job(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)
-    argv.append("--force")
-    st.code(shell_command(argv, files), language="bash")
+    job_cfg = dataclasses.replace(cfg, limit=limit)
+    options = PerturbOptions(out=str(out), find=bfind or "", replace=breplace or "", mode=bmode, force=True)
+    st.code(registry.shell_command(*registry.command("perturb", job_cfg, options)), language="bash")
     running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
                  or bool(running), icon=":material/play_arrow:"):
-        jobs.start(ws.jobs_dir, "perturb", argv, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
-                   meta={"out": str(out)}, files=files)
+        registry.launch(ws, "perturb", job_cfg, options, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
+                        meta={"out": str(out)})
         st.rerun()
 
     def show_result(job, main, side) -> None:

@@ -55,6 +55,12 @@ def running_flag(kind: str) -> str:
     return f"_running_{kind}"
 
 
+def setting(form: str, field: str) -> str:
+    """Widget: config field ``field`` of the settings form ``form`` (``workbench.forms``): ``ck_top_k``,
+    ``run_max_steps`` (``ck``: the Checkpoints page's analysis settings; ``run``: the runs page's launch form)."""
+    return f"{form}_{field}"
+
+
 def last_found(widget_key: str) -> str:
     """The folder last picked from the 'found under the data roots' list beside the text field ``widget_key``."""
     return f"{widget_key}_last_found"

@@ -33,7 +33,7 @@ from pathlib import Path
 from core.cpo.config import TrainConfig
 from core.errors import InputError
 from core.io.pairs import read_pairs  # the one reader of preference pairs
-from core.jobs.supervisor import lock_folder
+from core.io.locks import lock_folder
 
 
 @dataclass

@@ -110,7 +110,7 @@ def objective_loss(objective: str, losses: torch.Tensor, weights: torch.Tensor, 
         return (losses * weights).mean()
     if objective == "sft":
         return nll
-    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
 
 
 @dataclass
@@ -213,7 +213,7 @@ class CPOTrainer(DPOTrainer):
     def __init__(self, *args, objective: str = "cpo", cpo_alpha: float = 1.0, sources: list[str] | None = None,
                  **kwargs):
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+            raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
         check_hooks()
         self.objective, self.cpo_alpha, self.sources = objective, cpo_alpha, list(sources or [])
         super().__init__(*args, **kwargs)

@@ -20,10 +20,10 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from core.drift.config import TAU  # the config's default, named once
 from core.graph import concepts
 from core.io.trajectories import Encoded
 
-TAU = 0.05
 BASE = "base"  # the series' name for the base model (core.models.series.BASE)
 
 

@@ -27,14 +27,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.drift.config import POSITION_MODES
 from core.errors import InputError
 from core.io import answers
 from core.io.trajectories import Encoded
 from core.models.forward import decoder, hidden_states, token_logprobs
 from core.models.series import ModelSeries
 from core.progress import Cancelled, Progress
-
-POSITION_MODES = ("every", "sentence", "end")
 
 
 @dataclass

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from core.atomic import atomic_write as _atomic
+from core.atomic import atomic_write_text  # noqa: F401 - the modules that write through core.io.cache
 from core.io.paths import expand
 
 if TYPE_CHECKING:
@@ -37,31 +37,9 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
-    """``write`` a unique temporary file beside ``path``, fsync it (when ``durable``), rename it into place.
-    Readers never see a partial file either way; ``durable`` also survives a power cut, at the price of an
-    fsync, which can stall for seconds on a busy disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        if durable:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_parquet(df: pd.DataFrame, path: Path, **options) -> None:
     """``df`` to ``path`` atomically; ``options`` go to pyarrow (e.g. ``row_group_size``)."""
     _atomic(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
-
-
-def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
 
 
 def _read_cached(path: Path) -> pd.DataFrame | None:

@@ -266,12 +266,10 @@ def _occlusion_rows(r: dict, size: tuple[int, int], boxes: list[tuple], got: dic
 
 
 def load_series(cfg: VisualConfig):
-    from core.models.vision import VisionConfig
     from core.models.vl_series import load_vl_series
 
-    vcfg = VisionConfig(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, chat_template=cfg.chat_template)
-    return load_vl_series(cfg.base, cfg.checkpoints, vcfg, device=cfg.device, dtype=cfg.dtype,
-                          base_names=cfg.base_names)
+    return load_vl_series(cfg.base, cfg.checkpoints, cfg.vision, device=cfg.device, dtype=cfg.dtype,
+                          base_names=cfg.base_names, trust_remote_code=cfg.trust_remote_code)
 
 
 def run(cfg: VisualConfig, progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,

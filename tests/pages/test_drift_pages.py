@@ -83,8 +83,8 @@ def test_checkpoints_page_shows_the_sample_series_and_the_command(sample_world, 
     assert list(series["step"]) == [40, 80, 120, 160, 200, 240] and series["reward"].notna().all()
     command = at.code[0].value
     # the job's config, written out, then the command that runs from it
-    assert command.startswith("cat > analysis.json <<'EOF'") and '"limit": 50' in command
-    assert "\nworkbench score --config analysis.json --out " in command
+    assert command.startswith("cat > config.json <<'EOF'") and '"limit": 50' in command
+    assert "\nworkbench score --config config.json --out " in command
     assert not at.button(key="ck_run").disabled
     # the limit is beside the Score button, not in the collapsed settings, and says how much of the data it takes
     assert not any(n.key == "ck_limit" for e in at.expander for n in e.number_input)

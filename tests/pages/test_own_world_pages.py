@@ -106,7 +106,7 @@ def test_runs_page_on_your_own_world_has_no_sample_world_defaults(own_world):
     at.run()
     assert not at.exception
     assert not any("sample" in o for o in at.selectbox(key="run_data").options)
-    assert at.number_input(key="run_lr").value == pytest.approx(2e-5)  # the authors' default, not the demo's
+    assert at.number_input(key="run_learning_rate").value == pytest.approx(2e-5)  # the authors' default, not the demo's
 
 
 @pytest.mark.parametrize("name", ["explorer", "perturbation", "graph_editor", "counterfactuals", "curation"])

@@ -37,8 +37,8 @@ def test_a_short_run_finishes_is_evaluated_and_compared(quick_world, tmp_path):
     at = page(quick_world, tmp_path / "ws")
     at.run()
     at.selectbox(key="run_start").set_value("checkpoint-4")
-    at.number_input(key="run_steps").set_value(2)
-    at.number_input(key="run_batch").set_value(4)
+    at.number_input(key="run_max_steps").set_value(2)
+    at.number_input(key="run_batch_size").set_value(4)
     at.text_input(key="run_name").input("cpo-quick").run()
     assert not at.exception and not at.error
     at.button(key="run_launch").click().run()

@@ -83,7 +83,7 @@ def test_occlusion_runs_in_the_background_and_draws_a_heatmap_over_the_image(vl_
     assert not at.exception
     ws = Workspace.open(tmp_path / "ws")
     [job] = jobs.list_jobs(ws.job_dirs, "visual")
-    cfg = visual.VisualConfig.load(job.dir / visual.JOB_CONFIG)
+    cfg = visual.VisualConfig.load(job.dir / "config.json")  # the config the job runs from
     assert (cfg.kind, cfg.traj_ids, cfg.grid) == ("occlusion", ["study-001"], 2)
     assert job.wait(180) == "done", job.log_tail()
     at.run()

@@ -225,21 +225,22 @@ def test_image_errors_name_file_line_field_and_path(world, tmp_path):
 
 
 def test_the_background_job_and_shards_score_a_vl_world_as_one_run(cfg, result, tmp_path):
-    from core.drift.analysis import score_job
-    from core.jobs import worker
+    from core.drift.job import ScoreOptions, run_score
+    from core.jobs import registry, worker
 
-    argv, files = score_job(cfg, tmp_path / "job-out", tmp_path / "ws")  # what the page's Score button starts
+    options = ScoreOptions(out=str(tmp_path / "job-out"), workspace=str(tmp_path / "ws"))
+    argv, files = registry.command("score", cfg, options)  # what the page's Score button starts
     job = tmp_path / "job"
     job.mkdir()
-    (job / "analysis.json").write_text(files["analysis.json"])
+    (job / "config.json").write_text(files["config.json"])
     assert worker.main([a.replace("{job}", str(job)) for a in argv[2:]]) == 0  # argv after "-m core.jobs.worker"
     assert _entries(tmp_path / "ws" / "cache")
     keys = ["traj_id", "checkpoint", "position"]
     by_job = Analysis.load(tmp_path / "job-out")
     assert by_job.config.max_pixels == cfg.max_pixels and by_job.records[0]["images"] == result.records[0]["images"]
     for i in (0, 1):
-        assert worker.score(cfg, tmp_path / "sharded", shard=f"{i}/2") == 0
-    assert worker.score(None, tmp_path / "sharded", merge=True) == 0
+        assert run_score(cfg, ScoreOptions(out=str(tmp_path / "sharded"), shard=f"{i}/2", cache=False)) == 0
+    assert run_score(None, ScoreOptions(out=str(tmp_path / "sharded"), merge=True)) == 0
     merged = Analysis.load(tmp_path / "sharded")
     for got in (by_job, merged):
         both = got.tokens.merge(result.tokens, on=keys, suffixes=("", "_one"))

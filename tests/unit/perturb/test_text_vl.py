@@ -100,17 +100,17 @@ def test_held_out_synonym_twins_keep_their_source_images(world):
 
 
 def test_the_perturb_job_reads_images_at_the_analysis_pixel_limits(cfg, records, tmp_path):
-    """``core.jobs.worker perturb`` on a VL analysis: the series is loaded with the analysis's pixel limits and
+    """``core.jobs.worker perturb`` (``core.perturb.job.run_perturb``) on a VL analysis: the series is loaded with the analysis's pixel limits and
     the rows equal ``perturbation_test`` on that series (images read, the analysis's answer template)."""
     import dataclasses
 
     import pandas as pd
 
-    from core.jobs import worker
+    from core.perturb.job import PerturbOptions, run_perturb
 
     small = dataclasses.replace(cfg, max_pixels=28 * 28 * 4)  # fewer image tokens than the default
     out = tmp_path / "swap.parquet"
-    assert worker.perturb(small, FIND, REPLACE, "probe", out) == 0
+    assert run_perturb(small, PerturbOptions(out=str(out), find=FIND, replace=REPLACE, mode="probe")) == 0
     got = pd.read_parquet(out)
     series = load_series(small.base, small.checkpoints, device="cpu", vision=small.vision)
     (enc,) = encode_for(series, records[:1])

@@ -13,9 +13,11 @@ from core.drift.probe import ProbeConfig
 from core.drift.vl_scoring import probe_vl_naive
 from core.errors import InputError
 from core.io.images import load_image
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.models.vision import IMAGE_PAD, encode_vl
 from core.perturb import visual, visual_probe
+from core.perturb.job import VisualOptions
 from core.progress import Cancelled
 from core.workspace.world import load_world
 from tests.vl_world import LABELS, make_vl_world
@@ -223,7 +225,7 @@ def test_bad_configs_are_named(tmp_path, cfg):
         visual.read_records(dataclasses.replace(cfg, traj_ids=["nope"]))
     bad = tmp_path / "visual.json"
     bad.write_text('{"kind": "swap", "colour": 1}')
-    with pytest.raises(InputError, match=f"{bad}: not a valid visual-drift config.*colour"):
+    with pytest.raises(InputError, match=f"{bad}: unknown field 'colour' in the visual-drift config"):
         visual.VisualConfig.load(bad)
 
 
@@ -248,15 +250,15 @@ def test_visual_runs_as_a_job_and_cancels(tmp_path, cfg, records):
     """The worker runs from the saved config; Cancel (SIGTERM) stops it with nothing written."""
     out = tmp_path / "swap.parquet"
     job_cfg = dataclasses.replace(cfg, kind="swap", traj_ids=[records[0]["id"]])
-    argv, files = visual.visual_job(job_cfg, out)
+    argv, files = registry.command("visual", job_cfg, VisualOptions(out=str(out), force=True))
     job = jobs.start(tmp_path / "jobs", "visual", argv, files=files)
     assert job.wait(180) == "done", job.log_tail()
-    assert visual.VisualConfig.load(job.dir / visual.JOB_CONFIG) == job_cfg
+    assert visual.VisualConfig.load(job.dir / registry.CONFIG_FILE) == job_cfg
     df, meta = visual.read_result(out)
     assert len(df) == 3 * len(series_names(cfg)) and meta["variants"] == 3 and meta["checkpoints"] == 3
     assert meta["config"] == dataclasses.asdict(job_cfg) and meta["seconds"] > 0
     slow = dataclasses.replace(cfg, kind="occlusion", traj_ids=[], grid=8, batch_size=1)
-    argv, files = visual.visual_job(slow, tmp_path / "occlusion.parquet")
+    argv, files = registry.command("visual", slow, VisualOptions(out=str(tmp_path / "occlusion.parquet")))
     job = jobs.start(tmp_path / "jobs", "visual", argv, files=files)
     deadline = time.monotonic() + 120
     while job.progress()["done"] == 0 and time.monotonic() < deadline:

@@ -1,0 +1,81 @@
+"""The CPO wing's background job: a run trained from its ``TrainConfig`` (kind ``train`` of ``core.jobs.registry``),
+then, with ``evaluate``, its held-out figures (``core.cpo.runs.evaluate_adapter``).
+
+    run_train(cfg, TrainOptions(evaluate="sample_data"), progress, should_cancel)   # core.jobs.worker train
+    accelerate launch -m core.jobs.worker train --config run.json                  # each process runs this
+
+Light to import (torch and TRL load when a run starts).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from core.config import ConfigBase
+from core.cpo.config import TrainConfig
+from core.io.paths import expand_fields
+from core.progress import CANCELLED, Progress
+
+
+@dataclass
+class TrainOptions(ConfigBase):
+    """What a training job does after the run (flags beside its ``TrainConfig``; ``--resume`` is a config field)."""
+
+    what: ClassVar[str] = "training options"
+
+    evaluate: str | None = field(default=None, metadata={
+        "help": "afterwards, answer this world's held-out sets with the new adapter (evaluation.json)", "path": True})
+    evaluate_limit: int | None = field(default=None, metadata={"help": "with --evaluate: the first N held-out "
+                                                                       "studies only", "min": 1})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        expand_fields(self)
+
+
+def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None = None, should_cancel=None) -> int:
+    """A CPO run from ``cfg``, then, with ``options.evaluate`` (a world), its held-out figures. Under ``accelerate
+    launch`` each process runs this, and TRL's Trainer shards the batches. Cancel (``should_cancel``) saves the
+    adapter at the next step end and stops."""
+    from core.cpo import runs
+    from core.cpo import train as cpo
+
+    try:
+        result = cpo.train(cfg, progress=progress, should_cancel=should_cancel)
+    except RuntimeError as e:
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 1
+    print(f"workbench: {'cancelled' if result.cancelled else 'finished'} at step {result.steps}; "
+          f"adapter in {result.adapter_dir}, metrics in {result.metrics_path}")
+    if result.cancelled:
+        return CANCELLED
+    if options.evaluate:  # the held-out figures the runs page compares (core.cpo.runs)
+        if progress:
+            progress(1, 1, "evaluating on the held-out sets")
+        evaluation = runs.evaluate_adapter(options.evaluate, result.adapter_dir, options.evaluate_limit,
+                                           _vision(cfg, options.evaluate))
+        if evaluation is None:
+            print(f"workbench: {options.evaluate} has no held-out set (world.json: evaluation); not evaluated")
+            return 0
+        if options.evaluate_limit:
+            evaluation["held_out_limit"] = options.evaluate_limit  # not comparable with full-set figures
+        path = runs.write_evaluation(cfg.output_dir, evaluation)
+        print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
+              + f" (in {path})")
+    return 0
+
+
+def _vision(cfg: TrainConfig, world: str | Path):
+    """The run's pixel limits for evaluating a vision-language world (None for a text world): a VL run is
+    evaluated on its held-out X-rays at the resolution it was trained at."""
+    from core.models.vision import is_vl_folder
+    from core.workspace.world import load_world
+
+    if not is_vl_folder(load_world(world).base_model_dir):
+        return None
+    from core.cpo.vl import vision_config
+
+    return vision_config(cfg)
