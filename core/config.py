@@ -14,7 +14,7 @@ flags and form descriptions, all from the dataclass fields (PEFT's ``PeftConfigM
     RunConfig.add_arguments(parser)          # --data, --learning-rate, help from the metadata
     RunConfig.from_args(ns, base=cfg)        # the flags given, over ``base`` (a loaded file) or the defaults
     cfg.to_argv()                            # the fields that differ from their defaults, as flags
-    RunConfig.form_fields()                  # what a page renders (``workbench.forms``)
+    RunConfig.form_fields()                  # what a page renders (the pages' settings forms)
 
 **The rule for keys, one for every config.** A key that names no field is refused with an ``InputError`` naming
 the key, the file and the known fields. A key that an earlier version wrote is declared in ``renamed`` (old
@@ -220,7 +220,7 @@ class ConfigBase:
         unknown = [k for k in data if k not in fields]
         if unknown:
             raise InputError(f"{source}: unknown field {unknown[0]!r} in the {cls.what} "
-                             f"(known: {', '.join(sorted(fields))})")
+                             f"(known: {', '.join(sorted(fields)) or 'none, it has no fields'})")
         for name, value in data.items():
             if value is not None and value == fields[name].metadata.get("none"):
                 data[name] = value = None  # "batch_size": "auto", as a hand-written config may say it

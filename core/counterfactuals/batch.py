@@ -56,6 +56,8 @@ class BatchConfig(ConfigBase):
 class BatchOptions(ConfigBase):
     """A batch job takes nothing beside its config."""
 
+    what: ClassVar[str] = "counterfactual batch options"
+
 
 def source_of(world_name: str, dataset: str) -> str:
     """What stored counterfactuals name as their source: ``<world>:<dataset>``."""

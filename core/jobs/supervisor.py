@@ -1,7 +1,7 @@
 """Long work as background jobs that outlive the browser: a folder per job, a supervisor process per job.
 
-    job = jobs.start(ws.jobs_dir, "score", ["-m", "core.jobs.worker", "score", "--config", "{job}/config.json", ...],
-                     title="score sample world", files={"config.json": cfg.to_json()})   # core.jobs.registry.launch
+    argv, files = registry.command("score", cfg, options)   # python -m core.jobs.worker score --config {job}/...
+    job = jobs.start(ws.jobs_dir, "score", argv, title="score sample world", files=files)  # = registry.launch
     job.state()        # "running" | "done" | "failed" | "cancelled" | "died"
     job.progress()     # {"done": 0.42, "message": "probe: checkpoint-80", "eta_s": 31.0, ...}
     job.cancel()       # SIGTERM to the worker's process group; it stops at the next batch

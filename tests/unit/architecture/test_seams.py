@@ -60,6 +60,12 @@ def test_a_train_config_is_built_without_torch_or_trl():
     assert not loaded, f"building a TrainConfig imported {sorted(loaded)}"
 
 
+def test_the_command_line_and_the_worker_build_their_flags_without_torch():
+    """Every job command's flags come from its config's fields (core.config): those config modules stay light."""
+    loaded = _modules_after("from workbench import cli\nfrom core.jobs import worker\ncli.parser(); worker.parser()")
+    assert not loaded, f"building the command line's parsers imported {sorted(loaded)}"
+
+
 def test_the_pages_cached_access_imports_without_torch():
     loaded = _modules_after("import workbench.resources")
     assert not loaded, f"importing workbench.resources imported {sorted(loaded)}"
