@@ -132,12 +132,12 @@ with batch:
     limit = int(blimit) or cfg.limit
     # --force: the same batch run again replaces its own earlier result (never a file the workbench did not write)
     job_cfg = dataclasses.replace(cfg, limit=limit)
-    options = PerturbOptions(out=str(out), find=bfind or "", replace=breplace or "", mode=bmode, force=True)
-    st.code(registry.shell_command(*registry.command("perturb", job_cfg, options)), language="bash")
+    job_options = PerturbOptions(out=str(out), find=bfind or "", replace=breplace or "", mode=bmode, force=True)
+    st.code(registry.shell_command(*registry.command("perturb", job_cfg, job_options)), language="bash")
     running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
                  or bool(running), icon=":material/play_arrow:"):
-        registry.launch(ws, "perturb", job_cfg, options, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
+        registry.launch(ws, "perturb", job_cfg, job_options, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
                         meta={"out": str(out)})
         st.rerun()
 
