@@ -129,3 +129,27 @@ def test_a_job_of_each_kind_starts_reports_cancels_and_resumes_the_same_way(tmp_
     assert again.argv == [a.replace(str(started["score"].dir), str(again.dir)) for a in started["score"].argv]
     assert (again.dir / "config.json").read_text() == (started["score"].dir / "config.json").read_text()
     assert again.wait(300) == "done", again.log_tail()
+
+
+def test_job_folders_of_the_previous_version_still_list_and_resume(tmp_path):
+    """Jobs written before the registry (kind "cpo", the batch's own entry, a score job's analysis.json) list and
+    read as before; resuming one runs what it ran, its config file copied."""
+    import json
+
+    folders = {"cpo-1": ("cpo", ["-m", "core.jobs.worker", "train", "--config", str(tmp_path / "run.json")]),
+               "counterfactuals-1": ("counterfactuals", ["-m", "core.counterfactuals.batch", str(tmp_path / "b.json")]),
+               "score-1": ("score", ["-m", "core.jobs.worker", "score", "--config",
+                                     str(tmp_path / "jobs" / "score-1" / "analysis.json"), "--out", "o"])}
+    for i, (name, (kind, argv)) in enumerate(folders.items()):
+        folder = tmp_path / "jobs" / name
+        folder.mkdir(parents=True)
+        (folder / "job.json").write_text(json.dumps({"kind": kind, "title": name, "argv": argv, "started_at": i,
+                                                     "pid": None, "meta": {}}))
+        (folder / "exit.json").write_text(json.dumps({"returncode": 0, "ended_at": i + 1}))
+    (tmp_path / "jobs" / "score-1" / "analysis.json").write_text('{"base": "b", "data": "d"}')
+    listed = jobs.list_jobs(tmp_path / "jobs")
+    assert [j.id for j in listed] == ["score-1", "counterfactuals-1", "cpo-1"] and {j.state() for j in listed} == {"done"}
+    again = registry.relaunch(_Ws(tmp_path), listed[0])
+    assert again.argv[4] == str(again.dir / "analysis.json") and again.argv[5:] == ["--out", "o"]
+    assert (again.dir / "analysis.json").read_text() == '{"base": "b", "data": "d"}'
+    again.wait(120)
