@@ -19,7 +19,8 @@ from core.jobs import supervisor as jobs
 from core.models import checkpoints as ckpts
 from core.models.branches import branch_of
 from core.models.series import adapter_name, base_name_warnings, plan_series
-from core.models.vision import is_vl_folder
+from core.models.families import family_for
+from core.models.vision import MIN_PIXELS
 from core.workspace import world as world_mod
 from workbench import resources, routes, state, ui
 
@@ -83,6 +84,12 @@ else:
     elif graph and not problems and not expand(graph).is_file():
         problems.append(f"{graph}: concept graph file not found")
 
+family = None
+if base and not problems:
+    try:  # the base's family (core.models.families): an unsupported model_type is named here, before scoring
+        family = family_for(ckpts.check_model_dir(base))
+    except InputError as e:
+        problems.append(str(e))
 checkpoint_list = [s.strip() for s in series_arg.split(";") if s.strip()] if series_arg else []
 checkpoints_value = checkpoint_list[0] if len(checkpoint_list) == 1 else (checkpoint_list or None)
 with ui.controls("Device and settings", expanded=False):
@@ -102,10 +109,10 @@ with ui.controls("Device and settings", expanded=False):
                               help="conversational records (messages) are encoded through the tokenizer's chat "
                                    "template, as the model was trained; off: the prompt text alone")
     pixels = {}
-    if base and not problems and is_vl_folder(expand(base)):  # a vision-language base: the image settings
+    if family is not None and family.reads_images:  # a vision-language base: the image settings
         c1, c2 = st.columns(2)
         for col, name, label in ((c1, "min_pixels", "Min pixels"), (c2, "max_pixels", "Max pixels")):
-            value = col.number_input(f"{label} per image (0 = the checkpoint's)", 0, 100_000_000, 0, step=28 * 28,
+            value = col.number_input(f"{label} per image (0 = the checkpoint's)", 0, 100_000_000, 0, step=MIN_PIXELS,
                                      key=f"ck_{name}", help=AnalysisConfig.field_help(name))
             pixels[name] = int(value) or None
 

@@ -86,9 +86,7 @@ with ui.controls("Launch a run", expanded=True):
         eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
                                      key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
         visual_weight = 0.0
-        from core.models.vision import is_vl_folder
-
-        if world and is_vl_folder(world.base_model_dir):
+        if world and world.is_vl:  # its family reads images
             visual_weight = st.number_input(
                 "CPO++ weight of the visual pairs (source image_swap; 0 = as the pairs file says)", 0.0, 100.0, 0.0,
                 key="run_visual_weight", help="visual pairs keep the chain of thought and swap the study's image on "

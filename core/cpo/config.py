@@ -13,6 +13,7 @@ from pathlib import Path
 from core.errors import InputError
 from core.io import jsonsafe
 from core.io.paths import expand_optional
+from core.models.vision import MIN_PIXELS
 
 OBJECTIVES = ("cpo", "cpo++", "sft")  # implemented in core.cpo.trainer (torch + TRL), named here so configs import light
 NEGATIVES = ("counterfactual", "random")
@@ -74,7 +75,7 @@ class TrainConfig:
         for name in ("min_pixels", "max_pixels"):
             value = getattr(self, name)
             checks.append((name, value is None or (isinstance(value, int) and not isinstance(value, bool)
-                                                   and value >= 28 * 28), f"null or an integer >= {28 * 28}"))
+                                                   and value >= MIN_PIXELS), f"null or an integer >= {MIN_PIXELS}"))
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"field {name!r}: expected {expected}, got {getattr(self, name)!r}")

@@ -37,7 +37,7 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
     """``write`` a unique temporary file beside ``path``, fsync it (when ``durable``), rename it into place.
     Readers never see a partial file either way; ``durable`` also survives a power cut, at the price of an
     fsync, which can stall for seconds on a busy disk."""
@@ -57,11 +57,11 @@ def _atomic(path: Path, write: Callable[[Path], None], durable: bool = True) -> 
 
 def write_parquet(df: pd.DataFrame, path: Path, **options) -> None:
     """``df`` to ``path`` atomically; ``options`` go to pyarrow (e.g. ``row_group_size``)."""
-    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
 
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
 
 
 def _read_cached(path: Path) -> pd.DataFrame | None:
@@ -208,7 +208,7 @@ class SortedByTrajectory:
         if self.schema is None:
             write_parquet(empty, self.path)
             return
-        _atomic(self.path, self._write_sorted)
+        atomic_write(self.path, self._write_sorted)
 
     def _write_sorted(self, tmp: Path) -> None:
         import pyarrow as pa

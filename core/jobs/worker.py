@@ -218,6 +218,7 @@ def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: 
     from core.cpo import runs
     from core.cpo import train as cpo
     from core.jobs.supervisor import CANCELLED, cancel_flag
+    from core.models.vision import VisionConfig
 
     should_cancel = cancel_flag()  # SIGTERM (the page's Cancel): save the adapter at the next step end, stop
     bar, progress = progress_bar("train")
@@ -233,7 +234,8 @@ def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: 
         return CANCELLED
     if evaluate:  # the held-out figures the runs page compares (core.cpo.runs)
         progress(1, 1, "evaluating on the held-out sets")
-        evaluation = runs.evaluate_adapter(evaluate, result.adapter_dir, evaluate_limit, _vision(cfg, evaluate))
+        # the run's pixel limits: a VL run is evaluated at the resolution it was trained at (text: unused)
+        evaluation = runs.evaluate_adapter(evaluate, result.adapter_dir, evaluate_limit, VisionConfig.of(cfg))
         if evaluation is None:
             print(f"workbench: {evaluate} has no held-out set (world.json: evaluation); not evaluated")
             return 0
@@ -243,19 +245,6 @@ def train(cfg: TrainConfig, evaluate: str | Path | None = None, evaluate_limit: 
         print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
               + f" (in {path})")
     return 0
-
-
-def _vision(cfg: TrainConfig, world: str | Path):
-    """The run's pixel limits for evaluating a vision-language world (None for a text world): a VL run is
-    evaluated on its held-out X-rays at the resolution it was trained at."""
-    from core.models.vision import is_vl_folder
-    from core.workspace.world import load_world
-
-    if not is_vl_folder(load_world(world).base_model_dir):
-        return None
-    from core.cpo.vl import vision_config
-
-    return vision_config(cfg)
 
 
 def parser() -> argparse.ArgumentParser:

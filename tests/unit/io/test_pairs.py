@@ -56,7 +56,7 @@ def test_other_exports_are_not_offered_for_training(curated, tmp_path):
 
 
 def test_conversational_pairs_are_tokenized_through_the_chat_template(foreign_run, tmp_path):
-    from core.models.series import load_tokenizer
+    from core.models.loading import load_tokenizer
 
     tok = load_tokenizer(foreign_run["base"])
     rec = {"prompt": [{"role": "user", "content": "Report : fever"}],
