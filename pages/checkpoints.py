@@ -22,7 +22,7 @@ from core.jobs import supervisor as jobs
 from core.models import checkpoints as ckpts
 from core.models.branches import branch_of
 from core.models.series import adapter_name, base_name_warnings, plan_series
-from core.models.vision import is_vl_folder
+from core.models.families import family_for
 from core.workspace import world as world_mod
 from workbench import forms, resources, routes, state, ui
 
@@ -89,10 +89,16 @@ else:
     elif graph and not problems and not expand(graph).is_file():
         problems.append(f"{graph}: concept graph file not found")
 
+family = None
+if base and not problems:
+    try:  # the base's family (core.models.families): an unsupported model_type is named here, before scoring
+        family = family_for(ckpts.check_model_dir(base))
+    except InputError as e:
+        problems.append(str(e))
 checkpoint_list = [s.strip() for s in series_arg.split(";") if s.strip()] if series_arg else []
 checkpoints_value = checkpoint_list[0] if len(checkpoint_list) == 1 else (checkpoint_list or None)
 dev = resources.device_info()
-vl = bool(base and not problems and is_vl_folder(expand(base)))  # a vision-language base: its image settings too
+vl = bool(family is not None and family.reads_images)  # a base that reads images: its image settings too
 with ui.controls("Device and settings", expanded=False):
     shown = ["device", "dtype", "positions", "batch_size", "top_k", "include_prompt", "chat_template"]
     settings = forms.settings(AnalysisConfig, shown, "ck", helps={"device": f"auto: {dev.describe()}"})

@@ -16,7 +16,6 @@ from core.errors import InputError
 from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.models.branches import run_branches
-from core.models.vision import is_vl_folder
 from core.perturb import text as perturb
 from core.perturb.job import PerturbOptions
 from workbench import charts, resources, state, ui, visual_view
@@ -27,7 +26,7 @@ st.caption("Replace a finding by a near-synonym from the concept graph (or any s
            "one that drifted to a surface shortcut flips.")
 
 ws, world = ui.page_context()
-if world is not None and is_vl_folder(world.base_model_dir):
+if world is not None and world.is_vl:  # its family reads images
     visual_view.image_section(ws, world)
     st.header("Text")
 info = ui.pick_analysis(ws, world, state.LAB_ANALYSIS, "Series and trajectories (of an analysis)",
@@ -48,7 +47,7 @@ except InputError as e:
 
 def get_series():
     return resources.series(cfg.base, tuple(cfg.checkpoints) if isinstance(cfg.checkpoints, list) else cfg.checkpoints,
-                            cfg.device, cfg.dtype, tuple(cfg.base_names), (cfg.min_pixels, cfg.max_pixels, cfg.chat_template))
+                            cfg.device, cfg.dtype, tuple(cfg.base_names), cfg.vision)
 
 
 branches = run_branches(cfg.checkpoints)  # CPO runs: drawn beside their start, not on the RFT step axis

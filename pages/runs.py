@@ -72,9 +72,7 @@ with ui.controls("Launch a run", expanded=True):
             st.error(refused)
             data = None
     defaults = runs.train_defaults(world, start)
-    from core.models.vision import is_vl_folder
-
-    vl = bool(world and is_vl_folder(world.base_model_dir))
+    vl = bool(world and world.is_vl)  # its family reads images
     try:
         values = {**choice, **forms.settings(TrainConfig, FIRST, "run", defaults, columns=4)}
         with st.expander("More settings"):

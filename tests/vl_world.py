@@ -45,8 +45,8 @@ def write_adapters(base: Path, run: Path, steps=(2, 4), hub_id: str = HUB_ID) ->
     """LoRA checkpoints (random, non-zero) on the language model's linear layers, as a trainer saves them."""
     from peft import LoraConfig, get_peft_model
 
-    from core.models.vision import load_vl_model
-    from core.models.vl_series import lm_lora_targets
+    from core.models.families.qwen_vl.inputs import load_vl_model
+    from core.models.families.qwen_vl.adapters import lm_lora_targets
 
     for seed, step in enumerate(steps, start=1):
         torch.manual_seed(seed)

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from core.config import ConfigBase
 from core.io.paths import expand_fields
-from core.models.spec import check_pixels, pixels_field
+from core.models.spec import check_pixel_order, pixels_field
 
 # implemented in core.cpo.trainer (torch + TRL), named here with what each does so that configs and pages import light
 OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
@@ -85,4 +85,4 @@ class TrainConfig(ConfigBase):
                 isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
                 for k, w in self.source_weights.items()):
             raise ValueError(f"field 'source_weights': expected {SOURCE_WEIGHTS}, got {self.source_weights!r}")
-        check_pixels(self)
+        check_pixel_order(self)

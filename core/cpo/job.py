@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 from core.config import ConfigBase
@@ -42,6 +41,7 @@ def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None
     adapter at the next step end and stops."""
     from core.cpo import runs
     from core.cpo import train as cpo
+    from core.models.vision import VisionConfig
 
     try:
         result = cpo.train(cfg, progress=progress, should_cancel=should_cancel)
@@ -55,8 +55,9 @@ def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None
     if options.evaluate:  # the held-out figures the runs page compares (core.cpo.runs)
         if progress:
             progress(1, 1, "evaluating on the held-out sets")
+        # the run's pixel limits: a VL run is evaluated at the resolution it was trained at (text: unused)
         evaluation = runs.evaluate_adapter(options.evaluate, result.adapter_dir, options.evaluate_limit,
-                                           _vision(cfg, options.evaluate))
+                                           VisionConfig.of(cfg))
         if evaluation is None:
             print(f"workbench: {options.evaluate} has no held-out set (world.json: evaluation); not evaluated")
             return 0
@@ -66,16 +67,3 @@ def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None
         print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
               + f" (in {path})")
     return 0
-
-
-def _vision(cfg: TrainConfig, world: str | Path):
-    """The run's pixel limits for evaluating a vision-language world (None for a text world): a VL run is
-    evaluated on its held-out X-rays at the resolution it was trained at."""
-    from core.models.vision import is_vl_folder
-    from core.workspace.world import load_world
-
-    if not is_vl_folder(load_world(world).base_model_dir):
-        return None
-    from core.cpo.vl import vision_config
-
-    return vision_config(cfg)

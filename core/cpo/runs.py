@@ -366,9 +366,10 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.perturb.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
-    own figures); None when the world has no held-out set. A vision-language world's model decodes each
-    study with its images (``vision``: a ``core.models.vision.VisionConfig`` with the pixel limits; None: the
-    checkpoint's own)."""
+    own figures); None when the world has no held-out set. The base's family loads the model and its processor:
+    a vision-language model decodes each study with its images (``vision``: a ``core.models.vision.VisionConfig``
+    with the pixel limits; None: the checkpoint's own)."""
+    from core.models.families import family_for
     from core.perturb.evaluation import evaluate_model, held_out
     from core.workspace.world import load_world
 
@@ -377,24 +378,14 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     if held is None:
         return None
     full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
-    model, tokenizer, processor = _eval_model(world.base_model_dir, adapter if full else None, vision)
+    family = family_for(world.base_model_dir)
+    processor = family.load_processor(world.base_model_dir, vision)  # the base's tokenizer (and image processor)
+    model = family.load_model(adapter if full else world.base_model_dir)  # a full checkpoint (-merged) as it is
     if adapter and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()  # merged: plain speed
-    return evaluate_model(model, tokenizer, held, world.answer_format, world.plugin, processor=processor)
-
-
-def _eval_model(base: Path, full: str | Path | None, vision):
-    """(model, tokenizer, processor or None): a full checkpoint (e.g. -merged) as it is, else the base; a
-    vision-language base with its processor (tokenizer and image processor from the base folder)."""
-    from core.models.series import load_model, load_tokenizer
-    from core.models.vision import is_vl_folder, load_processor, load_vl_model
-
-    if not is_vl_folder(base):
-        return load_model(full or base), load_tokenizer(base), None
-    proc = load_processor(base, vision)
-    return load_vl_model(full or base), proc.tokenizer, proc
+    return evaluate_model(model, processor, held, world.answer_format, world.plugin, family=family)
 
 
 def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:

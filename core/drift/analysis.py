@@ -41,12 +41,12 @@ from core.io.cache import (
 )
 from core.io.outputs import ANALYSIS_TABLES
 from core.io.paths import expand
-from core.io.trajectories import data_hash, encode, read_jsonl
+from core.io.trajectories import data_hash, read_jsonl
+from core.models.families import family_for
 from core.models.series import (
     ModelSeries,
     branch_starts,
     load_series,
-    load_tokenizer,
     plan_series,
     series_fingerprint,
 )
@@ -321,12 +321,13 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
                                       vision=cfg.vision))
         return loaded[0]
 
+    family = series.family if series is not None else family_for(cfg.base)  # an unsupported model: refused here
     encoded = encode_records(cfg, records, series)
     for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
         if progress:
             progress(0.0, 1.0, f"warning: {message}")
     common = (fingerprint, data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
-    common += images_key(encoded)
+    common += family.inputs_key(encoded)  # images: their content and the processor's settings (text: nothing)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
         lo, hi = share
@@ -357,26 +358,14 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
 
 
 def encode_records(cfg: AnalysisConfig, records: list[dict], series: ModelSeries | None = None) -> list:
-    """The records as the series reads them: through the tokenizer (``core.io.trajectories.encode``), or for a
-    vision-language base with their images through its processor (``core.models.vision.encode_vl``, pixel limits
-    from ``cfg``), each image named by the data file and the trajectory when it cannot be read."""
-    from core.models.vision import is_vl_folder
-
-    if not is_vl_folder(cfg.base):
-        tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
-        return encode(tokenizer, records, chat_template=cfg.chat_template)
-    from core.io.images import refs
-    from core.models.vision import encode_vl, load_processor
-
-    proc = getattr(series, "processor", None) or load_processor(cfg.base, cfg.vision, cfg.trust_remote_code)
-    return encode_vl(proc, [{**r, "image_refs": refs(r, f"{cfg.data}, trajectory {r['id']}")} for r in records])
-
-
-def images_key(encoded: list) -> tuple:
-    """The images' part of a cache key: their content hashes and the processor's settings, per trajectory
-    (``VLEncoded.images_key``); empty for text (so text caches keep their keys)."""
-    keys = [getattr(e, "images_key", "") for e in encoded]
-    return ("images", cache_key(keys)) if any(keys) else ()
+    """The records as the series reads them (its family's ``encode``: a text base through its tokenizer, a
+    vision-language base with their images through its processor, pixel limits from ``cfg``), each image named
+    by the data file and the trajectory when it cannot be read. Without ``series``, only the processor loads."""
+    if series is not None:
+        return series.encode(records, cfg.chat_template, where=str(cfg.data))
+    family = family_for(cfg.base)
+    processor = family.load_processor(cfg.base, cfg.vision, cfg.trust_remote_code)
+    return family.encode(processor, records, cfg.chat_template, where=str(cfg.data))
 
 
 def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: pd.DataFrame,

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from core.atomic import atomic_write as _atomic
-from core.atomic import atomic_write_text  # noqa: F401 - the modules that write through core.io.cache
+from core.atomic import atomic_write, atomic_write_text  # noqa: F401 - re-exported for the modules that write through core.io.cache
 from core.io.paths import expand
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ def file_hash(path: str | Path) -> str:
 
 def write_parquet(df: pd.DataFrame, path: Path, **options) -> None:
     """``df`` to ``path`` atomically; ``options`` go to pyarrow (e.g. ``row_group_size``)."""
-    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
 
 
 def _read_cached(path: Path) -> pd.DataFrame | None:
@@ -186,7 +185,7 @@ class SortedByTrajectory:
         if self.schema is None:
             write_parquet(empty, self.path)
             return
-        _atomic(self.path, self._write_sorted)
+        atomic_write(self.path, self._write_sorted)
 
     def _write_sorted(self, tmp: Path) -> None:
         import pyarrow as pa

@@ -5,7 +5,7 @@ vision-language base, the chat template), declared once and inherited by the con
     class AnalysisConfig(SeriesSpec):      # base, checkpoints, base_names, device, dtype, trust_remote_code,
         data: str = field(...)             # chat_template, min_pixels, max_pixels; then its own fields
 
-    cfg.vision                             # core.models.vision.VisionConfig of those settings (imported on use)
+    cfg.vision                             # core.models.vision.VisionConfig of those settings
 
 A training run names its base ``base_model`` and loads no series, so ``core.cpo.config.TrainConfig`` takes only the
 pixel limits from here (``pixels_field``): the same help, bounds and check. Light to import (no torch).
@@ -17,10 +17,10 @@ from dataclasses import Field, dataclass, field
 
 from core.config import ConfigBase
 from core.io.paths import expand_fields
+from core.models.vision import MIN_PIXELS, VisionConfig
 
 DEVICES = ("cuda", "cpu", "mps")  # offered; any torch device string ("cuda:1") is accepted
 DTYPES = ("float32", "bfloat16", "float16")
-MIN_IMAGE_PIXELS = 28 * 28  # one merged 28x28 patch of Qwen2-VL / Qwen2.5-VL: the fewest pixels an image may have
 
 _PIXELS_HELP = {
     "min": "vision-language models: fewest pixels an image is resized to (ms-swift MIN_PIXELS); default: the "
@@ -32,11 +32,11 @@ _PIXELS_HELP = {
 
 def pixels_field(which: str) -> Field:
     """The ``min_pixels`` (``which="min"``) or ``max_pixels`` field of a config: None means the checkpoint's own."""
-    return field(default=None, metadata={"help": _PIXELS_HELP[which], "min": MIN_IMAGE_PIXELS,
+    return field(default=None, metadata={"help": _PIXELS_HELP[which], "min": MIN_PIXELS,
                                          "label": f"{which.capitalize()} pixels per image"})
 
 
-def check_pixels(cfg) -> None:
+def check_pixel_order(cfg) -> None:
     """``min_pixels`` <= ``max_pixels`` when both are set (each one's bound is checked from its metadata)."""
     if cfg.min_pixels and cfg.max_pixels and cfg.min_pixels > cfg.max_pixels:
         raise ValueError(f"field 'min_pixels': {cfg.min_pixels} is larger than max_pixels ({cfg.max_pixels})")
@@ -70,11 +70,9 @@ class SeriesSpec(ConfigBase):
         expand_fields(self)  # "~/models/base" and "$DATA/x.jsonl" as a shell would read them
         if not self.base:
             raise ValueError("field 'base': expected the base model folder, got an empty path")
-        check_pixels(self)
+        check_pixel_order(self)
 
     @property
-    def vision(self):
+    def vision(self) -> VisionConfig:
         """The image settings of a vision-language series (``core.models.vision.VisionConfig``)."""
-        from core.models.vision import VisionConfig
-
-        return VisionConfig(min_pixels=self.min_pixels, max_pixels=self.max_pixels, chat_template=self.chat_template)
+        return VisionConfig.of(self)

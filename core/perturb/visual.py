@@ -1,7 +1,7 @@
 """Visual drift: does a checkpoint's answer follow the image, and which parts of it? (vision-language series)
 
 Two image counterfactuals, both teacher-forced (the trajectory's CoT is kept; only the image changes) and
-read by the answer probe (``core.drift.vl_scoring.probe_vl``) under every checkpoint of the series:
+read by the answer probe (``core.drift.probe``, through the series' family) under every checkpoint of the series:
 
 - **Image swap**: the study's image is replaced by another study's image, of a chosen label or one of each
   other label (CPO++'s visual counterfactual: same report, counterfactual image). A model that reads the

@@ -45,11 +45,21 @@ class World:
         return self.root / self.manifest["datasets"][name]["path"]
 
     @property
-    def is_vl(self) -> bool:
-        """Whether the base model is a vision-language model (its trajectories may carry images)."""
-        from core.models.vision import is_vl_folder
+    def family(self):
+        """The base model's family (``core.models.families``, from its config.json); ``UnsupportedModel``
+        (an ``InputError``) naming the model_type when no family serves it."""
+        from core.models.families import family_for  # imports torch: a world is read without it
 
-        return is_vl_folder(self.base_model_dir)
+        return family_for(self.base_model_dir)
+
+    @property
+    def is_vl(self) -> bool:
+        """Whether the base model reads images (its family's modality), so its trajectories may carry them;
+        an unsupported or missing base reads as text here (loading it names the refusal)."""
+        try:
+            return self.family.reads_images
+        except InputError:
+            return False
 
     @property
     def graph_path(self) -> Path:
@@ -127,7 +137,7 @@ class World:
             "model": {"architecture": (cfg.get("architectures") or [cfg.get("model_type", "?")])[0],
                       "parameters": count_parameters(self.base_model_dir), "layers": text.get("num_hidden_layers"),
                       "hidden_size": text.get("hidden_size"), "path": str(self.base_model_dir),
-                      "vision": "vision_config" in cfg},
+                      "vision": self.is_vl},  # its family reads images
             "tokenizer": {"vocab_size": text.get("vocab_size")},
             "checkpoints": [{"name": c.name, "step": c.step, "kind": c.kind,
                              "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"),

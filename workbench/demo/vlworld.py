@@ -94,8 +94,8 @@ def build(out: Path, cfg: VLBuildConfig, log: Callable[[str], None] = print) -> 
     """Build the world into ``out`` (written to a temporary sibling, then swapped in); returns its manifest."""
     from peft import LoraConfig, get_peft_model
 
-    from core.models.vision import load_processor
-    from core.models.vl_series import lm_lora_targets
+    from core.models.families.qwen_vl.adapters import lm_lora_targets
+    from core.models.families.qwen_vl.inputs import load_processor
 
     started = time.time()
     torch.set_num_threads(cfg.threads)

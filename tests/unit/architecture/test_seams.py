@@ -121,7 +121,7 @@ def test_pyproject_pins_the_trl_range_the_hooks_were_checked_against():
 
 
 def test_trls_preference_collator_still_gives_the_columns_the_loss_reads():
-    from core.cpo.trainer import WeightedPreferenceCollator
+    from core.models.families.text_collator import WeightedPreferenceCollator
 
     batch = WeightedPreferenceCollator(pad_token_id=0)([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4]}])
     assert {"input_ids", "attention_mask", "completion_mask", "weight", "source_idx"} <= set(batch)
@@ -130,16 +130,16 @@ def test_trls_preference_collator_still_gives_the_columns_the_loss_reads():
 
 # ---------------------------------------------------------------------------------------- one loader of base models
 
-def test_cpo_loads_its_base_through_the_series_loader(sample_world, tmp_path, monkeypatch):
+def test_cpo_loads_its_base_through_its_family(sample_world, tmp_path, monkeypatch):
     import torch
 
     from core.cpo import train as cpo
     from core.errors import InputError
-    from core.models import series
+    from core.models.families import TEXT_FAMILY
 
     calls = []
-    real = series.load_model
-    monkeypatch.setattr(series, "load_model", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    real = TEXT_FAMILY.load_model
+    monkeypatch.setattr(TEXT_FAMILY, "load_model", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     cfg = cpo.TrainConfig(base_model=str(sample_world / "model"), data="d.jsonl", output_dir=str(tmp_path), bf16=False)
     model = cpo.load_base(cfg, cuda=False)
     assert len(calls) == 1 and calls[0][0][0] == sample_world / "model"

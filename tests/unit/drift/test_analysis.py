@@ -171,7 +171,7 @@ def test_a_cancelled_run_keeps_its_finished_batches_and_resumes(cfg, tmp_path, m
     assert len(parts) == 2
     scored = []
     real = scoring.batch_hidden  # a batch's forward pass under one checkpoint
-    monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: scored.append(a[3]) or real(*a, **k))  # a[3]: idx
     resumed = an.run_analysis(small, cache_dir=tmp_path)
     assert len({tuple(idx) for idx in scored}) == 1  # only the missing batch ran
     assert len(list(tmp_path.glob("tokens-*.parts/*.parquet"))) == 3  # kept in parts: the drift step reads one

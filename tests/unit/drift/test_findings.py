@@ -193,7 +193,8 @@ def test_the_part_by_part_drift_step_writes_the_whole_table_step_s_folder(world_
     saved = the whole-table ``assemble`` of the same scores and beliefs, saved."""
     from core.drift import analysis as an
     from core.io.trajectories import encode
-    from core.models.series import branch_starts, load_tokenizer, plan_series
+    from core.models.loading import load_tokenizer
+    from core.models.series import branch_starts, plan_series
     from tests.unit.drift.test_findings_parts import assert_same_folders
 
     cfg = world_analysis.config

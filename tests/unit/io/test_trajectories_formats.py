@@ -127,7 +127,7 @@ def test_configurable_answer_pattern():
 
 
 def test_conversations_use_the_tokenizer_chat_template_unless_turned_off(foreign_run):
-    from core.models.series import load_tokenizer
+    from core.models.loading import load_tokenizer
 
     tok = load_tokenizer(foreign_run["base"])
     recs = read_trajectories(foreign_run["train"], limit=2)

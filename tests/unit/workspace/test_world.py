@@ -89,7 +89,7 @@ def test_evaluation_figures_on_the_foreign_world(own_world):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.models.series import load_tokenizer
+    from core.models.loading import load_tokenizer
     from core.perturb.evaluation import evaluate_model
 
     _, root = own_world
