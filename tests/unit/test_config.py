@@ -211,5 +211,6 @@ def test_the_series_spec_is_one_set_of_fields_with_one_meaning():
         AnalysisConfig(base="b", data="d", min_pixels=4 * 784, max_pixels=784)
     with pytest.raises(ValueError, match="field 'base'"):
         AnalysisConfig(data="d")
-    vision = AnalysisConfig(base="b", data="d", max_pixels=112 * 112, chat_template=False).vision
-    assert (vision.max_pixels, vision.chat_template) == (112 * 112, False)
+    cfg = AnalysisConfig(base="b", data="d", max_pixels=112 * 112, chat_template=False)
+    assert (cfg.vision.max_pixels, cfg.chat_template) == (112 * 112, False)  # chat template: the series', not the images'
+
