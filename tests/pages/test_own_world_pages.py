@@ -5,7 +5,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.workspace import world as world_mod
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SAMPLE_GRAPH
 from workbench import state
 
 
@@ -31,7 +31,8 @@ def user_folders_are_a_data_root(foreign_run, monkeypatch):
 def own_world(foreign_run, tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     w = world_mod.create_world(world_mod.world_dir(ws, "trl run"), "trl run", foreign_run["base"],
-                               [foreign_run["run"]], [foreign_run["train"]], held_out=foreign_run["heldout"])
+                               [foreign_run["run"]], [foreign_run["train"]], SAMPLE_GRAPH,
+                               held_out=foreign_run["heldout"])
     return ws, w.root
 
 
