@@ -69,7 +69,7 @@ def test_former_module_paths_of_the_multimodal_plug_in_load_it_too(tmp_path):
 def test_anything_but_an_installed_plug_in_is_refused_and_never_imported(tmp_path, value):
     sys.modules.pop("antigravity", None)
     with pytest.raises(InputError) as e:
-        _world_naming(tmp_path, value).plugin
+        _ = _world_naming(tmp_path, value).plugin
     msg = str(e.value)
     assert str(tmp_path / "world.json") in msg and "'plugin'" in msg and repr(value) in msg
     assert "installed: cxr-demo, cxr-demo-multimodal" in msg and plugins.PLUGIN_GROUP in msg
@@ -106,7 +106,7 @@ def test_a_plug_in_that_fails_to_import_is_an_input_error_naming_it(tmp_path, mo
     _install(tmp_path, monkeypatch, "bad_plugin", "[cot_drift_workbench.plugins]\nbad = bad_plugin_mod\n",
              {"bad_plugin_mod": "import no_such_module_here\n"})
     with pytest.raises(InputError, match=r"plugin 'bad' \(bad_plugin_mod\) failed to load: ModuleNotFoundError"):
-        _world_naming(tmp_path, "bad").plugin
+        _ = _world_naming(tmp_path, "bad").plugin
 
 
 def test_an_unknown_provided_world_names_the_installed_ones():
