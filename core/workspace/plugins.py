@@ -92,15 +92,17 @@ def _names(known: dict) -> str:
 
 
 def provided_worlds() -> dict[str, Path]:
-    """The worlds installed packages provide (``WORLD_GROUP``), by entry point name, in their metadata's order.
-    One that fails to load or names no folder is left out with a warning (``provided_world`` names the reason)."""
+    """The worlds installed packages provide (``WORLD_GROUP``), by entry point name, in the order of their
+    folders (whatever order the metadata lists them in; a world nested in another's folder comes after it: the
+    demo's text world, then its multimodal one). One that fails to load or names no folder is left out with a
+    warning (``provided_world`` names the reason)."""
     found = {}
     for name in installed(WORLD_GROUP):
         try:
             found[name] = provided_world(name)
         except InputError as e:
             warnings.warn(str(e), stacklevel=2)
-    return found
+    return dict(sorted(found.items(), key=lambda item: (item[1].parts, item[0])))
 
 
 def provided_world(name: str) -> Path:

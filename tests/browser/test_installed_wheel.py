@@ -41,14 +41,20 @@ def build_wheel(dest: Path) -> Path:
         path = ROOT / name
         (shutil.copytree(path, src / name, ignore=SKIP) if path.is_dir() else
          (src.mkdir(exist_ok=True), shutil.copy2(path, src / name)))
-    try:  # offline when this environment can build (it has the build backend); else pip fetches it
-        import setuptools  # noqa: F401
-
-        isolation = ["--no-build-isolation"]
-    except ImportError:
-        isolation = []
+    # offline when this environment has a build backend new enough for pyproject.toml (a license string:
+    # setuptools >= 77); else pip fetches one into an isolated build environment, as `pip install` does
+    isolation = ["--no-build-isolation"] if _setuptools_major() >= 77 else []
     _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", *isolation, "-q", "-w", dest / "dist"], dest)
     return next((dest / "dist").glob("cot_drift_workbench-*.whl"))
+
+
+def _setuptools_major() -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("setuptools").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return 0
 
 
 def fresh_venv(path: Path, wheel: Path) -> Path:
