@@ -1,15 +1,16 @@
 """World plug-ins and provided worlds: the written contract through which a package adds what only its worlds have.
 
-A world's ``world.json`` may name a plug-in (``"plugin": "cxr-demo"``): the name of an entry point in the group
+A world's ``world.json`` may name a plug-in (``"plugin": "acme-math"``): the name of an entry point in the group
 ``cot_drift_workbench.plugins`` that an installed package registers. The engine reads the plug-in's optional
 attributes (``WorldPlugin``) and nothing else; it never imports a module a world file names. A package may also
 provide ready worlds (entry points in ``cot_drift_workbench.worlds``): the world picker lists them and
-``workbench demo --world NAME`` opens them. This package's own demo registers both (pyproject.toml)::
+``workbench demo --world NAME`` opens them. In the package's pyproject.toml (this package's demo registers its
+sample worlds, ``text`` and ``multimodal``, and their plug-ins, ``cxr-demo`` and ``cxr-demo-multimodal``)::
 
     [project.entry-points."cot_drift_workbench.plugins"]
-    cxr-demo = "workbench.demo.plugin"                    # a module (or any object) with WorldPlugin's attributes
+    acme-math = "acme_worlds.plugin"              # a module (or any object) with WorldPlugin's attributes
     [project.entry-points."cot_drift_workbench.worlds"]
-    text = "workbench.demo:text_world"                    # a world folder, or a callable returning one
+    acme-math = "acme_worlds:world_folder"        # a world folder, or a callable returning one
 
 Entry points are read from the installed packages' metadata: a package's new entry points count once it is
 installed (``pip install -e .`` for a checkout), and for the rest of a running process as they were first read.
@@ -28,9 +29,10 @@ from core.errors import InputError
 
 PLUGIN_GROUP = "cot_drift_workbench.plugins"
 WORLD_GROUP = "cot_drift_workbench.worlds"
-# Module paths that world.json files written before the wings move (issue 21) name: each maps to the module
-# an installed entry point now names (a name that already is such a module maps to it without this table).
-FORMER_MODULES = {"core.sample.plugin": "workbench.demo.plugin", "core.sample.vlplugin": "workbench.demo.vlplugin"}
+# The plug-ins that lived in core until the demo moved out of the engine (issue 21): world.json files written
+# then name these modules; each maps to the entry point that replaced it. (A world file naming the module an
+# installed entry point names maps to that entry point without this table.)
+FORMER_MODULES = {"core.sample.plugin": "cxr-demo", "core.sample.vlplugin": "cxr-demo-multimodal"}
 
 
 class WorldPlugin(Protocol):
@@ -66,7 +68,7 @@ def installed(group: str) -> dict[str, EntryPoint]:
 
 def load_plugin(name: object, source: str | Path) -> object:
     """The plug-in that ``world.json`` (``source``) names in its field ``plugin``: an installed entry point of
-    ``PLUGIN_GROUP`` by name (or by the module it names, or a former module path of it, ``FORMER_MODULES``);
+    ``PLUGIN_GROUP`` by name (or by the module it names, or by a former module path, ``FORMER_MODULES``);
     anything else is an ``InputError`` naming the file, the field, the value and the installed names."""
     known = installed(PLUGIN_GROUP)
     ep = _find(name, known) if isinstance(name, str) else None
@@ -81,10 +83,10 @@ def load_plugin(name: object, source: str | Path) -> object:
 
 
 def _find(name: str, known: dict[str, EntryPoint]) -> EntryPoint | None:
+    name = FORMER_MODULES.get(name, name)
     if name in known:
         return known[name]
-    module = FORMER_MODULES.get(name, name)
-    return next((ep for ep in known.values() if ep.value == module), None)
+    return next((ep for ep in known.values() if ep.value == name), None)
 
 
 def _names(known: dict) -> str:

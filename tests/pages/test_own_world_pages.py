@@ -67,7 +67,9 @@ def test_the_world_picker_lists_and_opens_your_own_world(own_world, monkeypatch)
     at = AppTest.from_file(str(ROOT / "workbench" / "app.py"), default_timeout=60)
     at.run()
     picker = next(s for s in at.selectbox if s.label == "World")
-    assert picker.options == ["sample_data", "trl-run"]  # shown by folder name; the demo registers the others
+    # shown by folder name: the worlds installed packages provide (the demo's two sample worlds), then the
+    # workspace's own
+    assert picker.options == ["sample_data", "multimodal", "trl-run"]
     picker.set_value(str(root)).run()
     assert not at.exception
     assert at.subheader[0].value == "trl run" and at.session_state[state.WORLD_PATH] == str(root)
