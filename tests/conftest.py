@@ -16,14 +16,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 import pytest
 
-from core.workspace.world import SAMPLE_WORLD
+from workbench.demo import SAMPLE_WORLDS
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_GRAPH = SAMPLE_WORLDS["text"] / "concept_graph.json"  # a world of a test's own starts from it
 
 
 @pytest.fixture(scope="session")
 def sample_world() -> Path:
-    return SAMPLE_WORLD
+    """The committed text sample world (the demo plug-in's ``text`` world: the checkout's sample_data/)."""
+    return SAMPLE_WORLDS["text"]
 
 
 @pytest.fixture(scope="session")

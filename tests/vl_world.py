@@ -107,6 +107,7 @@ def make_vl_world(root: Path, n_records: int = 8, n_images: int = 6, name: str =
 
 def _build(root: Path, n_records: int, n_images: int, name: str, held_out: int) -> Path:
     from core.workspace.world import create_world
+    from tests.conftest import SAMPLE_GRAPH
     from workbench.demo.tinyvl import write_tiny_vl
 
     root.mkdir(parents=True)
@@ -116,7 +117,8 @@ def _build(root: Path, n_records: int, n_images: int, name: str, held_out: int) 
     run = write_adapters(base, root / "output" / "v0-20261128")
     data = write_records(root / "data" / "test.jsonl", images, n_records)
     held = write_records(root / "data" / "held_out.jsonl", images, held_out, history=True) if held_out else None
-    create_world(root / "world", name, base, [run], [data], held_out=held, description="a tiny VL run made in a test")
+    create_world(root / "world", name, base, [run], [data], SAMPLE_GRAPH, held_out=held,
+                 description="a tiny VL run made in a test")
     return root
 
 

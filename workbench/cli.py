@@ -1,7 +1,7 @@
 """The ``workbench`` command: the UI, the engine's jobs (score, perturb, visual, train, counterfactuals: the kinds
 of ``core.jobs.registry``, their flags generated from their configs) and the sample world's build.
 
-    workbench demo [--world multimodal]         # the UI on an embedded sample world (both are in the picker)
+    workbench demo [--world multimodal]         # the UI on a provided world (the demo's text one by default)
     workbench app --workspace ~/cxr --port 8502 --world path/to/world
     workbench build-sample [--world text|multimodal] [--quick] [--out DIR]
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
@@ -33,11 +33,13 @@ from core.errors import InputError
 from core.io.paths import expand
 from core.io.roots import ENV_VAR
 from core.jobs import registry
+from core.workspace import plugins
 from core.workspace import world as world_mod
 from core.workspace.workspace import Workspace
 
 APP = Path(__file__).resolve().parent / "app.py"
 SAMPLE_WORLD_NAMES = ("text", "multimodal")  # workbench.demo.SAMPLE_WORLDS (not imported here: the CLI starts light)
+DEMO_WORLD = "text"  # the provided world `workbench demo` and a first `workbench app` open (pyproject entry points)
 WORLD_ENV = "WORKBENCH_WORLD"
 
 
@@ -49,14 +51,23 @@ def _open_workspace(path: Path | None) -> Workspace:
 
 
 def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
-    """The world to open: the one asked for, else the workspace's last one, else the sample world."""
+    """The world to open: the one asked for, else the workspace's last one, else a provided world (the demo's)."""
     last = ws.store.last_world()
     if not requested and last and not last.is_dir():
         print(f"workbench: warning: the last world {last} is gone; opening the sample world", file=sys.stderr)
         last = None
-    world = world_mod.load_world(requested or last or world_mod.SAMPLE_WORLD)
+    world = world_mod.load_world(requested or last or _default_world())
     ws.store.register_world(world.name, world.root, world.fingerprint())
     return world
+
+
+def _default_world() -> Path:
+    """The demo's text world, else the first world an installed package provides (``core.workspace.plugins``)."""
+    provided = plugins.provided_worlds()
+    if not provided:
+        raise InputError("no world: give --world DIR (a folder with a world.json; `workbench world create` "
+                         "writes one); no installed package provides a world")
+    return provided.get(DEMO_WORLD) or next(iter(provided.values()))
 
 
 def _access(args: argparse.Namespace) -> dict[str, str]:
@@ -76,10 +87,8 @@ def _access(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _register_samples(ws: Workspace) -> None:
-    """Register every embedded sample world that is present, so that the world picker offers each."""
-    from workbench.demo import SAMPLE_WORLDS
-
-    for path in SAMPLE_WORLDS.values():
+    """Register every world installed packages provide that is present, so that the world picker offers each."""
+    for path in plugins.provided_worlds().values():
         if (path / world_mod.MANIFEST).is_file():
             w = world_mod.load_world(path)
             ws.store.register_world(w.name, w.root, w.fingerprint())
@@ -165,8 +174,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.cpo import runs
 
     world = world_mod.load_world(args.world)
-    if args.record and world.root == world_mod.SAMPLE_WORLD.resolve():
-        raise InputError(f"{world.root}: the sample world's metrics.json is its recorded build table; not rewritten")
+    if args.record and world.root in plugins.provided_worlds().values():
+        raise InputError(f"{world.root}: a provided world's metrics.json is its recorded build table (the sample "
+                         "world's); not rewritten")
     by_name = {c.name: c for c in world.checkpoints}
     rows = []
     for name in args.checkpoint or ["base", *by_name]:
@@ -188,8 +198,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_world_create(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
+    graph = args.graph or _demo_graph()  # a copy of the sample world's graph to edit, as --help says
     world = world_mod.create_world(world_mod.world_dir(ws.root, args.name), args.name, args.base, args.checkpoints,
-                                   args.data, args.graph, args.eval)
+                                   args.data, graph, args.eval)
     ws.store.register_world(world.name, world.root, world.fingerprint())
     for note in world.manifest.get("notes", []):
         print(f"workbench: warning: {note}", file=sys.stderr)
@@ -198,6 +209,13 @@ def cmd_world_create(args: argparse.Namespace) -> int:
           f"workbench: datasets: {', '.join(world.manifest['datasets'])}\n"
           f"workbench: open it with: workbench app --world {world.root}")
     return 0
+
+
+def _demo_graph() -> Path | None:
+    """The demo's text world's concept graph (``world create`` starts from it without --graph), if provided."""
+    path = plugins.provided_worlds().get(DEMO_WORLD)
+    graph = path / "concept_graph.json" if path else None
+    return graph if graph and graph.is_file() else None
 
 
 def job_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -233,9 +251,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--world", type=expand, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")
         else:
-            p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text",
-                           help="which sample world opens first: the text one (default) or the multimodal one "
-                                "(films and a tiny Qwen2.5-VL); the world picker offers both")
+            p.add_argument("--world", default=DEMO_WORLD, metavar="NAME",
+                           help="which provided world opens first: the sample text one (text, the default) or the "
+                                "multimodal one (multimodal: films and a tiny Qwen2.5-VL), or any world an installed "
+                                "package provides (entry points cot_drift_workbench.worlds); the picker offers all")
     for kind in registry.KINDS.values():  # the engine's jobs: flags from their configs and options
         job_args(sub.add_parser(kind.name, help=kind.help), kind.name)
     p = sub.add_parser("evaluate", help="a world's held-out figures for its base and checkpoints (JSON lines)")
@@ -291,9 +310,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "app":
             return cmd_app(args)
         if args.command == "demo":
-            from workbench.demo import SAMPLE_WORLDS
-
-            return cmd_app(args, world_path=SAMPLE_WORLDS[args.world])
+            return cmd_app(args, world_path=plugins.provided_world(args.world))
         if args.command in registry.KINDS:
             return cmd_job(args)
         if args.command == "evaluate":

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.io.roots import ENV_VAR
-from core.workspace import world
+from core.workspace import plugins
 
 WORLD_PATH = "world_path"
 NEXT_WORLD = "_next_world"  # a world a page just created: the sidebar's picker opens it on the next run
@@ -77,7 +77,8 @@ def cur_note(item_id: int) -> str:
 
 
 def init() -> None:
-    st.session_state.setdefault(WORLD_PATH, os.environ.get("WORKBENCH_WORLD") or str(world.SAMPLE_WORLD))
+    if WORLD_PATH not in st.session_state:  # `workbench app` names the world; a page on its own opens a provided one
+        st.session_state[WORLD_PATH] = os.environ.get("WORKBENCH_WORLD") or _provided_world()
     st.session_state.setdefault(WORKSPACE_PATH, os.environ.get(ENV_VAR) or "")
     st.session_state.setdefault(PRESENTATION, False)
     st.session_state.setdefault(FIG_FORMAT, "png")
@@ -86,6 +87,11 @@ def init() -> None:
     st.session_state.setdefault(GRAPH_SEARCH, "")
     st.session_state.setdefault(ANNOTATOR, "")
     st.session_state.setdefault(TRAJ_WINDOW_WIDTH, 80)  # about the most token labels that fit the chart's width
+
+
+def _provided_world() -> str:
+    """The first world an installed package provides (the demo's), or "" (the page then says no world is open)."""
+    return str(next(iter(plugins.provided_worlds().values()), ""))
 
 
 def world_picker(world: str) -> str:

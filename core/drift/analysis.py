@@ -69,10 +69,10 @@ class Analysis:
     tokens: pd.DataFrame  # one row per trajectory x checkpoint x completion token (scoring.score)
     beliefs: pd.DataFrame  # one row per trajectory x checkpoint x probe position (probe.probe)
     effects: pd.DataFrame  # drift.token_effects
-    summary: pd.DataFrame  # drift.checkpoint_summary
+    summary: pd.DataFrame  # per checkpoint (drift.DriftParts: accuracy, final belief, KLs, detrimental share)
     by_token: pd.DataFrame
     by_concept: pd.DataFrame
-    by_context: pd.DataFrame  # drift.drift_by_context
+    by_context: pd.DataFrame  # the next-token drift by the tokens read just before
     changes: pd.DataFrame  # drift.step_changes
     records: list[dict] = field(default_factory=list)  # the trajectories scored (kept in the folder)
 
@@ -368,17 +368,6 @@ def encode_records(cfg: AnalysisConfig, records: list[dict], series: ModelSeries
     return family.encode(processor, records, cfg.chat_template, where=str(cfg.data))
 
 
-def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: pd.DataFrame,
-             beliefs: pd.DataFrame, starts: dict[str, str] | None = None) -> Analysis:
-    """The drift tables from the scoring and probe tables: ``run_analysis``'s last step, and the merge of a
-    sharded run (core.drift.shards). ``starts``: CPO run -> its start checkpoint (``series.branch_starts``)."""
-    effects = drift.token_effects(beliefs, encoded, cfg.tau)
-    by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
-    return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
-                    drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
-                    drift.step_changes(beliefs, branches=starts), records)
-
-
 def _staging(cache_dir: str | Path | None) -> Path:
     """A new temporary folder for one run's parts and tables: in the cache (beside the parts, on the same disk)
     when there is one, else in the system's temporary folder."""
@@ -393,7 +382,7 @@ def _staging(cache_dir: str | Path | None) -> Path:
 def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, token_parts: Iterable[Path | pa.Table],
                    belief_parts: Iterable[Path | pa.Table], starts: dict[str, str] | None,
                    staging: Path) -> StagedAnalysis:
-    """``assemble`` part by part: the tables computed from the scoring and probe parts one part at a time
+    """The drift tables computed from the scoring and probe parts one part at a time
     (``drift.DriftParts``) and written into ``staging``/analysis, the per-trajectory ones sorted by trajectory in
     ROW_GROUP-row groups (``cache.SortedByTrajectory``), as ``Analysis.save`` writes them. Host memory: one part,
     one sort bucket and the drift tables' partial sums, whatever the number of trajectories. A part: a parquet

@@ -69,37 +69,13 @@ def part_name(ids: Iterable[str]) -> str:
     return "part-" + cache_key(list(ids))
 
 
-def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[str],
-                 compute: Callable[[set[str]], Iterator[tuple[str, pd.DataFrame]]]) -> pd.DataFrame:
-    """A table computed in parts, each written to disk as soon as it is done, so that a killed or cancelled
-    run keeps what it finished and the next run computes only the missing parts. ``compute(missing)``
-    yields (name, frame) for the part names in ``missing``; the table is the parts in ``names`` order.
-    Once whole, it is stored like ``cached_frame``'s entries and its parts folder removed."""
-    if cache_dir is None:
-        frames = dict(compute(set(names)))
-        return pd.concat([frames[n] for n in names], ignore_index=True)
-    cache_dir = expand(cache_dir)  # "~/..." as a shell reads it (pandas would read "~" expanded, a write not)
-    path = cache_dir / f"{kind}-{key}.parquet"
-    if (hit := _read_cached(path)) is not None:
-        return hit
-    folder = cache_dir / f"{kind}-{key}.parts"
-    missing = {n for n in names if not (folder / f"{n}.parquet").is_file()}
-    if missing:
-        for name, frame in compute(missing):
-            write_parquet(frame, folder / f"{name}.parquet")
-    whole = pd.concat([pd.read_parquet(folder / f"{n}.parquet") for n in names], ignore_index=True)
-    write_parquet(whole, path)
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-    return whole  # read from parquet parts: already the types a later read of the entry gives
-
-
 def stored_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[str],
                  compute: Callable[[set[str]], Iterator[tuple[str, pd.DataFrame]]], scratch: Path) -> list[Path]:
-    """Like ``cached_parts``, but the table stays in its parts on disk: returns their paths in ``names`` order,
-    so that a caller reads one part at a time. Without a cache the parts go to ``scratch`` (the caller's
-    temporary folder). An entry stored whole by an earlier version is returned as its one part."""
+    """A table computed in parts, each written to disk as soon as it is done, so that a killed or cancelled
+    run keeps what it finished and the next run computes only the missing parts. ``compute(missing)`` yields
+    (name, frame) for the part names in ``missing``; returns the parts' paths in ``names`` order, so that a
+    caller reads one part at a time. Without a cache the parts go to ``scratch`` (the caller's temporary
+    folder). An entry stored whole by an earlier version is returned as its one part."""
     if cache_dir is None:
         folder = scratch / f"{kind}.parts"
     else:

@@ -29,7 +29,6 @@ from core.errors import InputError
 
 PLACEHOLDER = "<image>"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-IMAGE_FIELDS = ("images", "rejected_images")
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ import torch
 
 from core.graph import concepts
 from core.io.cache import swap_in_folder
-from workbench.demo import rft, tinyvl, vleval, vlmodel, vlspec
+from workbench.demo import multimodal_world, rft, tinyvl, vleval, vlmodel, vlspec
 from workbench.demo.graph import build_graph
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "sample_data" / "multimodal"
+DEFAULT_OUT = multimodal_world()
 
 
 @dataclass
@@ -202,7 +202,7 @@ def _manifest(cfg: VLBuildConfig, shipped: dict, seconds: float) -> dict:
         "concept_graph": "concept_graph.json", "modality": "image-text", "analysis": "analysis",
         "datasets": {name: {"path": f"data/{name}.jsonl", "records": len(recs)} for name, recs in shipped.items()},
         "default_dataset": "test", "metrics": "metrics.json", "evaluation": {"held_out": "test"},
-        "plugin": "workbench.demo.vlplugin",
+        "plugin": "cxr-demo-multimodal",
         "build_config": asdict(cfg), "build_seconds": round(seconds, 1), "torch_version": torch.__version__,
     }
 

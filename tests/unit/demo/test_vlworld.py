@@ -43,6 +43,9 @@ def test_quick_world_has_the_layout_and_loads_as_a_world_and_a_vl_series(quick_v
     state = json.loads((world.checkpoints[-1].path / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and "reward" in state["log_history"][0]
     assert [r["checkpoint"] for r in world.metrics()] == ["base (SFT)", "checkpoint-2", "checkpoint-4"]
+    # the build names the plug-in as the committed world does: an installed entry point, loaded from it
+    assert world.manifest["plugin"] == load_world(COMMITTED).manifest["plugin"] == "cxr-demo-multimodal"
+    assert world.chart_metrics() == load_world(COMMITTED).chart_metrics() != {}
     assert "| base (SFT) | 0 |" in (quick_vl / "README.md").read_text()
     series = load_series(world.base_model_dir, world.checkpoints_arg, device="cpu",
                             base_names=[world.manifest["base_model_name"]])

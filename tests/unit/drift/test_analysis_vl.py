@@ -26,7 +26,9 @@ from core.models.families.qwen_vl.forward import naive_label_logprobs, score_tab
 from core.models.families.qwen_vl.inputs import IMAGE_PAD, VLProcessor
 from core.models.series import load_series, series_fingerprint
 from core.workspace.world import load_world
+from tests.conftest import SAMPLE_GRAPH
 from tests.vl_world import LABELS, make_vl_world
+from workbench.demo import SAMPLE_WORLDS
 from workbench.demo.tinyvl import synthetic_xray
 
 
@@ -53,7 +55,7 @@ def result(cfg, series):
 
 
 def test_load_series_gives_a_vl_series_with_what_the_engine_uses(world, series, cfg):
-    assert load_world(world).is_vl and not load_world().is_vl  # the sample world is text-only
+    assert load_world(world).is_vl and not load_world(SAMPLE_WORLDS["text"]).is_vl  # the sample world is text-only
     assert load_world(world).family is QWEN_VL_FAMILY and series.family is QWEN_VL_FAMILY  # chosen once, at load
     assert isinstance(series.processor, VLProcessor)
     assert series.names == ["base", "checkpoint-2", "checkpoint-4"]
@@ -162,7 +164,7 @@ def make_vl_world_copy(root: Path) -> Path:
 
     data = root / "data" / "test.jsonl"
     return create_world(root / "world2", "copy", root / "Qwen2.5-VL-tiny", [root / "output" / "v0-20261128"],
-                        [data]).root
+                        [data], SAMPLE_GRAPH).root
 
 
 def test_the_analysis_folder_keeps_the_images_and_the_view_gives_them(result, tmp_path):

@@ -40,6 +40,12 @@ def test_corrupt_database_is_named_and_left_untouched(tmp_path):
     assert (ws / "workbench.db").read_bytes() == b"garbage" * 50
 
 
+def test_demo_opens_provided_worlds_only_and_names_them(tmp_path):
+    out = run_cli("demo", "--world", "nope", "--workspace", str(tmp_path / "ws"), "--headless")
+    assert out.returncode == 2
+    assert "world 'nope'" in out.stderr and "installed: multimodal, text" in out.stderr
+
+
 @pytest.mark.parametrize("missing", ["world.json", "model/tokenizer.json", "data/test.jsonl", "concept_graph.json"])
 def test_missing_world_file_is_named(quick_world, tmp_path, missing):
     world = tmp_path / "world"
