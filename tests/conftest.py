@@ -4,7 +4,8 @@ The suite runs on two pytest-xdist workers (``addopts`` in pyproject.toml; ``-n 
 worker is a session of its own: session fixtures are per worker, except that the costly builds (the miniature
 world, the foreign TRL run) are made once per run and copied into each worker (``built_once``). Nothing a test
 writes is shared: every test gets its own ``tmp_path``, ports are free ones, and code that opens the default
-workspace gets one of its session's own (``default_workspace``), never the user's ``~/.cot-drift-workbench``.
+workspace gets one of its session's own (``default_workspace``), never the user's ``~/.cot-drift-workbench``;
+nothing is written into the checkout but ``test-artifacts/`` (the browser tests' screenshots).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,16 +27,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 import pytest
 from filelock import FileLock  # torch and transformers depend on it
-from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from core.io.roots import ENV_VAR as WORKSPACE_ENV
 from core.workspace.world import SAMPLE_WORLD
 
 ROOT = Path(__file__).resolve().parent.parent
+HYPOTHESIS_HOME = pytest.StashKey[Path]()
 
-# Property tests keep no example database: it would be a folder (.hypothesis/) written into the repository.
-settings.register_profile("workbench", database=None)
-settings.load_profile("workbench")
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis keeps its files (example database, caches of constants) in a temporary folder of this process,
+    not in ``.hypothesis/`` of the checkout; set before collection, when it first writes there."""
+    config.stash[HYPOTHESIS_HOME] = Path(tempfile.mkdtemp(prefix="workbench-hypothesis-"))
+    set_hypothesis_home_dir(config.stash[HYPOTHESIS_HOME])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if HYPOTHESIS_HOME in config.stash:
+        shutil.rmtree(config.stash[HYPOTHESIS_HOME], ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which starts the workers
@@ -78,6 +90,16 @@ def default_workspace(tmp_path_factory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(WORKSPACE_ENV, str(path))
         yield path
+
+
+@pytest.fixture(autouse=True)
+def real_main_module() -> Iterator[None]:
+    """Streamlit's AppTest installs the page it ran as ``sys.modules["__main__"]`` and leaves it there; a process
+    started later with multiprocessing's "spawn" would run that page before its own work (and which page it is
+    depends on the order the tests ran in). Each test ends with the real ``__main__`` back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")
