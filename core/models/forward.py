@@ -3,6 +3,7 @@ last hidden states, and the LM head applied to chosen rows only (the head costs 
 
     hidden = hidden_states(model, ids, pos, mask)          # (B, T, H)
     logits = head(model, hidden[0, rows])                   # (N, V)
+    lp = token_logprobs(model, hidden, tokens, rows)        # (R,) each distinct row through the head once
 """
 
 from __future__ import annotations
@@ -40,12 +41,38 @@ def chunk_rows(vocab: int, device: torch.device | str) -> int:
     return max(1, budget // (4 * vocab))
 
 
-def token_logprobs(model, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) of each row, through the LM head in row chunks with a logsumexp per chunk: no (R, V)
-    log-softmax is ever whole.  hidden (R, H), tokens (R,) -> (R,) float32"""
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+ROW_ALIGN = 8  # rows per head call rounded up to this: CPU BLAS computes a row's logits bit-identically whatever
+# rows are beside it only at row counts that are multiples of 4 (measured: 1-3, 5-7 and 9-11 rows take another
+# kernel, whose last bits differ), so a row read alone and the same row read among others agree
+
+
+def aligned_head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on ``hidden``, zero rows padded to a multiple of ``ROW_ALIGN`` and cut off again.  (n, H) -> (n, V)"""
+    pad = -hidden.shape[0] % ROW_ALIGN
+    if pad:
+        hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[1])])
+    return head(model, hidden)[: hidden.shape[0] - pad]
+
+
+def token_logprobs(model, hidden: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(token) of each read: read r takes row ``rows[r]`` of ``hidden`` (row r when ``rows`` is None) and
+    its token ``tokens[r]``. The LM head and the full-vocabulary logsumexp run once per distinct row, in row
+    chunks (no (R, V) log-softmax is ever whole), and every read of that row takes its token from it: the
+    probe reads all labels' first tokens from one row (the template's last), which was 14 head passes for
+    14 labels. The same numbers, bit for bit, as each read through its own row (``rows=None`` on
+    ``hidden[rows]``) on CPU.  hidden (N, H), tokens (R,), rows (R,) -> (R,) float32"""
+    if rows is None:
+        distinct, which = hidden, torch.arange(tokens.shape[0], device=hidden.device)
+    else:
+        index, which = torch.unique(rows, return_inverse=True)  # which[r]: the distinct row read r reads
+        distinct = hidden[index]
+    out = torch.empty(tokens.shape[0], dtype=torch.float32, device=hidden.device)
     size = chunk_rows(inner(model).get_output_embeddings().weight.shape[0], hidden.device)
-    for a in range(0, hidden.shape[0], size):
-        logits = head(model, hidden[a: a + size]).float()  # (n, V)
-        out[a: a + size] = logits.gather(-1, tokens[a: a + size, None]).squeeze(-1) - logits.logsumexp(-1)
+    size = max(ROW_ALIGN, size - size % ROW_ALIGN)
+    for a in range(0, distinct.shape[0], size):
+        logits = aligned_head(model, distinct[a: a + size]).float()  # (n, V)
+        lse = logits.logsumexp(-1)  # (n,)
+        reads = ((which >= a) & (which < a + size)).nonzero().squeeze(1)
+        r = which[reads] - a
+        out[reads] = logits[r, tokens[reads]] - lse[r]
     return out

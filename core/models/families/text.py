@@ -99,7 +99,7 @@ class TextTrees:
         """log P(label | prefix) per tree.  -> [(P_b, K)]"""
         b = self.batch
         hidden = hidden_states(model, b.ids, b.pos, b.allow)  # (B, L, H)
-        return b.split(token_logprobs(model, hidden.reshape(-1, hidden.shape[-1])[b.rows], b.toks).cpu().numpy())
+        return b.split(token_logprobs(model, hidden.reshape(-1, hidden.shape[-1]), b.toks, b.rows).cpu().numpy())
 
 
 @dataclass
@@ -145,8 +145,8 @@ class CachedPrefix:
         pos = torch.tensor([[j + r for j in positions for r in blk.rel_pos]], device=self.device)
         hidden = dec(input_ids=ids, position_ids=pos, attention_mask=mask.to(self.device), past_key_values=cache,
                      use_cache=True).last_hidden_state[0]  # (Q, H)
-        picked = token_logprobs(model, hidden[torch.tensor(rows, device=self.device)],
-                                torch.tensor(toks, device=self.device)).cpu().numpy()
+        picked = token_logprobs(model, hidden, torch.tensor(toks, device=self.device),
+                                torch.tensor(rows, device=self.device)).cpu().numpy()
         sums = np.add.reduceat(picked, np.cumsum([0] + [len(lab) for lab in blk.reads] * len(positions))[:-1])
         return sums.reshape(len(positions), len(blk.reads))
 

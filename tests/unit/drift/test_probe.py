@@ -1,10 +1,13 @@
 """The answer probe equals the naive computation and behaves as a distribution."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core.drift.probe import ProbeConfig, probe, probe_naive, probe_positions, tokens_of
 from core.io.trajectories import encode, read_jsonl
+from core.models import forward
+from core.models.families import text
 from workbench.demo.spec import DISEASES
 
 LABELS = list(DISEASES)
@@ -129,3 +132,19 @@ def test_long_trajectories_encode_each_prefix_once(series, setup):
     cols = [f"p:{y}" for y in LABELS]
     np.testing.assert_allclose(cached[cols].to_numpy(), tree[cols].to_numpy(), atol=1e-5)
     assert cached[["traj_id", "checkpoint", "position"]].equals(tree[["traj_id", "checkpoint", "position"]])
+
+
+def _per_read(model, hidden, tokens, rows=None):
+    """The former way: every label-token read through its own row (the LM head and a full-vocabulary
+    logsumexp once per read, 14 times on the template's last row for 14 labels)."""
+    return forward.token_logprobs(model, hidden if rows is None else hidden[rows], tokens)
+
+
+@pytest.mark.parametrize("budget", [2048, 64])  # trees; the prefix's KV cache with its blocks in query chunks
+def test_each_distinct_row_once_gives_the_same_beliefs_bit_for_bit(series, setup, budget, monkeypatch):
+    cfg = ProbeConfig(labels=LABELS, positions="every", max_tree_tokens=budget)
+    once = probe(series, setup[:2], cfg)
+    monkeypatch.setattr(text, "token_logprobs", _per_read)
+    per_read = probe(series, setup[:2], cfg)
+    assert len(once) == len(per_read) > 0
+    pd.testing.assert_frame_equal(once, per_read, check_exact=True)

@@ -36,7 +36,7 @@ from core.models.families.qwen_vl.inputs import (
     rope_positions,
     vl_core,
 )
-from core.models.forward import inner
+from core.models.forward import aligned_head, inner
 from core.models.prefix_trees import LabelTokens, TreeBatch, build_tree
 
 
@@ -203,8 +203,9 @@ def tree_label_logprobs(model, proc: VLProcessor, encs: list[VLEncoded], positio
     grids = [e.image_grid_thw for e in encs if e.image_grid_thw is not None]
     hidden = trunk(model, batch.ids, batch.allow, pos.to(dev), torch.cat(pixels).to(dev) if pixels else None,
                    torch.cat(grids).to(dev) if grids else None, features)  # (B, L, H)
-    flat = _head(model)(hidden.reshape(-1, hidden.shape[-1])[batch.rows]).float()  # (R, V) only rows read
-    return batch.split(torch.log_softmax(flat, -1).gather(-1, batch.toks[:, None]).squeeze(-1).cpu().numpy())
+    index, which = torch.unique(batch.rows, return_inverse=True)  # each distinct row read through the head once
+    flat = aligned_head(model, hidden.reshape(-1, hidden.shape[-1])[index]).float()  # (U, V) only rows read
+    return batch.split(torch.log_softmax(flat, -1)[which, batch.toks].cpu().numpy())
 
 
 @torch.no_grad()
