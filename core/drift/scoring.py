@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.drift.buffers import Buffers
 from core.io.trajectories import Encoded, vocab_texts
 from core.models.forward import chunk_rows, inner
 from core.models.memory import pin_mmap_threshold
@@ -82,23 +83,36 @@ def kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, h_
 
 
 def js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q: torch.Tensor | None = None,
-       h_p: torch.Tensor | None = None, h_q: torch.Tensor | None = None) -> torch.Tensor:
-    """JS(p, q) = H(m) - (H(p) + H(q)) / 2, m = (p + q) / 2.  (N, V) -> (N,)"""
+       h_p: torch.Tensor | None = None, h_q: torch.Tensor | None = None, bufs: Buffers | None = None) -> torch.Tensor:
+    """JS(p, q) = H(m) - (H(p) + H(q)) / 2, m = (p + q) / 2 (m and log m in ``bufs``' matrices when given).
+    (N, V) -> (N,)"""
     p = logp.exp() if p is None else p
     q = logq.exp() if q is None else q
     h_p = entropy(logp, p) if h_p is None else h_p
     h_q = entropy(logq, q) if h_q is None else h_q
-    m = (p + q).mul_(0.5)
-    h_m = -_dot(m, torch.log(m))
+    m = torch.add(p, q, out=_scratch(bufs, p)).mul_(0.5)
+    log_m = torch.log(m, out=_scratch(bufs, p))
+    h_m = -_dot(m, log_m)
+    if bufs is not None:
+        bufs.give(m, log_m)
     return (h_m - 0.5 * (h_p + h_q)).clamp_min(0.0)
 
 
+def _scratch(bufs: Buffers | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(like) if bufs is None else bufs.fresh(like)
+
+
 def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.Tensor | None = None,
-                h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                h: torch.Tensor | None = None, bufs: Buffers | None = None) -> dict[str, torch.Tensor]:
     """Per-position statistics of the actual token.  logp (N, V), targets (N,) -> dict of (N,) / (N, k)"""
     lp = logp.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    out = {"logprob": lp, "rank": (logp > lp[:, None]).sum(-1) + 1,
+    # the rank counts words above the token as float 0/1 sums (exact below 2^24 words): a boolean matrix's sum
+    # ran 2-3x slower, and was a tenth of scoring's time at vocabulary 151,936 (issue 27)
+    above = torch.gt(logp, lp[:, None], out=_scratch(bufs, logp))
+    out = {"logprob": lp, "rank": above.sum(-1).to(torch.int64) + 1,
            "entropy": entropy(logp, p) if h is None else h}
+    if bufs is not None:
+        bufs.give(above)
     if top_k:
         top = logp.topk(top_k, dim=-1)
         out["top_ids"], out["top_probs"] = top.indices, top.values.exp()  # (N, k)
@@ -131,12 +145,21 @@ class _Rows:
             self.weight = self.bias = None
             self.module = copy.deepcopy(out)
 
-    def logprobs(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log p, p, H(p)) of a chunk of rows.  -> (n, V), (n, V), (n,)"""
+    def logprobs(self, rows: slice, bufs: Buffers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p, p, H(p)) of a chunk of rows, log p and p in matrices of ``bufs`` (give them back after use).
+        The same numbers as a fresh ``log_softmax(linear(h))``.  -> (n, V), (n, V), (n,)"""
         h = self.hidden[rows]
-        logits = torch.nn.functional.linear(h, self.weight, self.bias) if self.module is None else self.module(h)
-        lp = torch.log_softmax(logits.float(), -1)  # (n, V)
-        p = lp.exp()
+        logits = bufs.take(h.shape[0])
+        if self.module is None and self.weight.dtype == torch.float32:  # straight into the reused matrix
+            if self.bias is None:
+                torch.mm(h, self.weight.t(), out=logits)
+            else:
+                torch.addmm(self.bias, h, self.weight.t(), out=logits)
+        else:  # low precision or a wrapped head: its own (n, V) result, then float32
+            logits.copy_(torch.nn.functional.linear(h, self.weight, self.bias) if self.module is None else self.module(h))
+        lp = torch.log_softmax(logits, -1, out=bufs.take(h.shape[0]))  # (n, V)
+        bufs.give(logits)
+        p = torch.exp(lp, out=bufs.take(h.shape[0]))
         return lp, p, entropy(lp, p)
 
 
@@ -169,9 +192,10 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
 
     until = keep_until(series.names, parents)
     inner = _checkpoint_inner(series, cfg.group_bytes)
+    reuse: dict = {}  # the row chunks' matrices (core.drift.buffers), made by the first batch, reused by the rest
     for group in _groups(series, encoded, batches, cfg.group_bytes, parents, every=inner):
         if inner:
-            stats = _group_inner(series, encoded, group, cfg, can_share, until, should_cancel, _tick)
+            stats = _group_inner(series, encoded, group, cfg, can_share, until, should_cancel, _tick, reuse)
         else:
             stats = _group_outer(series, encoded, group, cfg, can_share, until, should_cancel, _tick)
         for b, idx in enumerate(group):
@@ -204,7 +228,8 @@ def _targets(series: ModelSeries, encoded: list[Encoded], idx: list[int]) -> tor
 
 
 def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], cfg: ScoreConfig,
-                 can_share: list[bool], until: dict[str, int], should_cancel, tick) -> list[dict[str, dict]]:
+                 can_share: list[bool], until: dict[str, int], should_cancel, tick,
+                 reuse: dict) -> list[dict[str, dict]]:
     """Every batch of the group under every checkpoint (its hidden states, (N, H) each), then each batch's
     statistics with one LM-head pass per checkpoint and row chunk (``_stats_inner``)."""
     rows: list[list[_Rows]] = [[] for _ in group]
@@ -216,8 +241,10 @@ def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[i
                 rows[b].append(_Rows(model, batch_hidden(model, series, encoded, idx, can_share)))
                 tick(name, b)
         del model
-    return [_stats_inner(rows[b], series.names, series.parents, until, _targets(series, encoded, idx), cfg.top_k)
-            for b, idx in enumerate(group)]
+    if "bufs" not in reuse:  # one set of chunk matrices for the whole scoring call (a new set per batch faulted
+        reuse["bufs"] = Buffers(_chunk(rows[0][0]), _vocab(rows[0][0]), rows[0][0].hidden.device)  # its pages in again)
+    return [_stats_inner(rows[b], series.names, series.parents, until, _targets(series, encoded, idx), cfg.top_k,
+                         reuse["bufs"]) for b, idx in enumerate(group)]
 
 
 def _group_outer(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], cfg: ScoreConfig,
@@ -323,73 +350,89 @@ def _meta(encs: list[Encoded]) -> dict[str, np.ndarray]:
 
 def _stats(cur: _Rows, targets: torch.Tensor, top_k: int, base: _Rows, prev: _Rows) -> dict[str, np.ndarray]:
     """One batch's statistics under one checkpoint, against the base and the previous checkpoint, over row
-    chunks: each chunk's (rows, V) distributions are rebuilt from hidden states and dropped after use."""
+    chunks: each chunk's (rows, V) distributions are rebuilt from hidden states into reused matrices."""
     n = cur.hidden.shape[0]
     size = _chunk(cur)
+    bufs = Buffers(size, _vocab(cur), cur.hidden.device)
     parts: dict[str, list] = {}
     for a in range(0, n, size):
         sl = slice(a, a + size)
-        st = _chunk_stats(cur.logprobs(sl), targets[sl], top_k,
-                          None if base is cur else (lambda sl=sl: base.logprobs(sl)),
-                          "base" if prev is base else (lambda sl=sl: prev.logprobs(sl)))
+        mine = cur.logprobs(sl, bufs)
+        st = _chunk_stats(mine, targets[sl], top_k,
+                          None if base is cur else (lambda sl=sl: base.logprobs(sl, bufs)),
+                          "base" if prev is base else (lambda sl=sl: prev.logprobs(sl, bufs)), bufs, release=True)
+        bufs.give(*mine[:2])
         for k, v in st.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 
 def _chunk(rows: _Rows) -> int:
-    return chunk_rows(rows.weight.shape[0] if rows.module is None else _vocab(rows), rows.hidden.device)
+    return chunk_rows(_vocab(rows), rows.hidden.device)
 
 
-def _chunk_stats(cur: tuple, targets: torch.Tensor, top_k: int, base, prev) -> dict[str, torch.Tensor]:
+def _chunk_stats(cur: tuple, targets: torch.Tensor, top_k: int, base, prev, bufs: Buffers,
+                 release: bool = False) -> dict[str, torch.Tensor]:
     """A chunk's statistics from its (log p, p, H(p)) ``cur``; ``base`` / ``prev``: a function giving their
-    (log q, q, H(q)) for the chunk (called when needed, so a caller may build it then), None for the base
-    against itself (exactly zero, no passes over the vocabulary), "base" for a parent that is the base."""
+    (log q, q, H(q)) for the chunk (called when needed, so a caller may build it then; ``release``: built
+    here, given back to ``bufs`` after use), None for the base against itself (exactly zero, no passes over
+    the vocabulary), "base" for a parent that is the base."""
     lp, p, h = cur
-    st = token_stats(lp, targets, top_k, p, h)
+    st = token_stats(lp, targets, top_k, p, h, bufs)
     if base is None:
         st.update(kl_base=torch.zeros_like(h), js_base=torch.zeros_like(h))
     else:
         bl, bp, bh = base()
-        st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh))
-        del bl, bp, bh  # freed before the previous checkpoint's chunk is built (when it is built here)
+        st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh, bufs))
+        if release:  # freed before the previous checkpoint's chunk is built (when it is built here)
+            bufs.give(bl, bp)
     if isinstance(prev, str):  # the first checkpoint after the base: the same two numbers
         st.update(kl_prev=st["kl_base"], js_prev=st["js_base"])
     else:
         pl, pp, ph = prev()
-        st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph))
+        st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph, bufs))
+        if release and pl is not lp:
+            bufs.give(pl, pp)
     return st
 
 
 def _stats_inner(rows: list[_Rows], names: list[str], parents: dict[str, str], until: dict[str, int],
-                 targets: torch.Tensor, top_k: int) -> dict[str, dict[str, np.ndarray]]:
+                 targets: torch.Tensor, top_k: int, bufs: Buffers | None = None) -> dict[str, dict[str, np.ndarray]]:
     """One batch's statistics under every checkpoint (``rows[i]``: its rows under ``names[i]``), checkpoint-inner
     per row chunk: each checkpoint's chunk of log-distributions is built once and measured against the base's
     and its parent's, kept while a later checkpoint needs them (``until``). The same chunks and operations as
     ``_stats``, so the same numbers, bit for bit, with one LM-head pass per checkpoint instead of up to three.
-    At most (2 + alive parents) chunks of (log q, q) are kept: the base's, the parents', the current one's."""
+    At most (2 + alive parents) chunks of (log q, q) are kept: the base's, the parents', the current one's;
+    all in ``bufs``' matrices, reused from chunk to chunk (and batch to batch when the caller passes them)."""
     size = _chunk(rows[0])
+    bufs = bufs or Buffers(size, _vocab(rows[0]), rows[0].hidden.device)
     parts: dict[str, dict[str, list]] = {name: {} for name in names}
     for a in range(0, rows[0].hidden.shape[0], size):
         sl = slice(a, a + size)
         alive: dict[str, tuple] = {}
         for i, name in enumerate(names):
-            cur = rows[i].logprobs(sl)
+            cur = rows[i].logprobs(sl, bufs)
             parent = parents.get(name)
             base = None if i == 0 else (lambda alive=alive: alive[names[0]])
             prev = ("base" if i == 0 or parent == names[0] else
                     (lambda c=cur: c) if parent is None else (lambda p=parent, alive=alive: alive[p]))
-            for k, v in _chunk_stats(cur, targets[sl], top_k, base, prev).items():
+            for k, v in _chunk_stats(cur, targets[sl], top_k, base, prev, bufs).items():
                 parts[name].setdefault(k, []).append(v)
             if i == 0 or until.get(name, -1) > i:
                 alive[name] = cur
+            else:
+                bufs.give(*cur[:2])
             for k in [k for k in alive if k != names[0] and until.get(k, -1) <= i]:
-                del alive[k]  # no later checkpoint is measured against it
+                bufs.give(*alive.pop(k)[:2])  # no later checkpoint is measured against it
+        for kept in alive.values():
+            bufs.give(*kept[:2])
     return {name: {k: torch.cat(v).cpu().numpy() for k, v in st.items()} for name, st in parts.items()}
 
 
 def _vocab(rows: _Rows) -> int:
-    return rows.module.weight.shape[0] if hasattr(rows.module, "weight") else rows.logprobs(slice(0, 1))[0].shape[-1]
+    if rows.module is None:
+        return rows.weight.shape[0]
+    return rows.module.weight.shape[0] if hasattr(rows.module, "weight") else rows.module(rows.hidden[:1]).shape[-1]
 
 
 def _frame(meta: dict[str, np.ndarray], stats: dict[str, dict], texts: np.ndarray | None,

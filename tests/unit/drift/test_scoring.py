@@ -186,16 +186,22 @@ def test_statistics_never_build_a_whole_distribution_matrix(series, sample_world
     enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=3))
     cfg = ScoreConfig(top_k=3, batch_size=3)
     whole = score(series, enc, cfg)
-    calls = []
-    real = torch.nn.functional.linear
+    calls, vocab = [], len(series.tokenizer)
+    real_linear, real_mm = torch.nn.functional.linear, torch.mm
 
     def spy(x, w, b=None):
-        if w.shape[0] == len(series.tokenizer) or w.shape[0] > 1000:
+        if w.shape[0] == vocab or w.shape[0] > 1000:
             calls.append(x.shape[0])
-        return real(x, w, b)
+        return real_linear(x, w, b)
+
+    def spy_mm(x, w, **kw):  # the head straight into a reused matrix: mm(h, W.t(), out=...)
+        if w.shape[1] == vocab:
+            calls.append(x.shape[0])
+        return real_mm(x, w, **kw)
 
     monkeypatch.setattr(scoring, "chunk_rows", lambda vocab, device: 3)
     monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    monkeypatch.setattr(torch, "mm", spy_mm)
     chunked = score(series, enc, cfg)
     assert calls and max(calls) <= 3
     cols = ["logprob", "entropy", "kl_base", "js_base", "kl_prev", "js_prev"]
@@ -238,10 +244,12 @@ def test_checkpoint_inner_statistics_equal_checkpoint_outer_bit_for_bit(adapters
     monkeypatch.setattr(ModelSeries, "parents", property(lambda self: lineage))
     monkeypatch.setattr(scoring, "chunk_rows", lambda vocab, device: 7)  # several chunks per batch
     calls = []
-    real = torch.nn.functional.linear
+    real, real_mm = torch.nn.functional.linear, torch.mm
     monkeypatch.setattr(torch.nn.functional, "linear",
                         lambda x, w, b=None: (calls.append(1) if w.shape[0] >= len(series.tokenizer) else None)
                         or real(x, w, b))
+    monkeypatch.setattr(torch, "mm", lambda x, w, **kw: (calls.append(1) if w.shape[1] >= len(series.tokenizer)
+                                                         else None) or real_mm(x, w, **kw))  # the head into a reused matrix
     enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=5))
     cfg = ScoreConfig(top_k=3, batch_size=3)
     inner = score(series, enc, cfg)
