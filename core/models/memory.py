@@ -13,6 +13,9 @@ returns the large ones: flat peaks at no measurable cost. At vocabulary 151,936 
 rank temporary (55 rows x V booleans) is 8.36 MB, just under 8 MiB: from the heap, interleaved with the
 chunks' small results, it fragmented it, and the peak of one 4,096-token row varied from 0.2 to 1.4 GB
 between identical runs; at 4 MiB it stayed at 0.22-0.25 GB, no slower. The scorer calls it. No-ops off glibc.
+The price was a fresh mmap, its pages zero-filled by the kernel, for every such buffer: at vocabulary 151,936
+about 40 % of scoring's CPU time (issue 27). Scoring now makes its chunks' matrices once per call and reuses
+them (``core.drift.buffers``): they fault in once, and the pin still keeps the rest of the heap flat.
 """
 
 from __future__ import annotations
