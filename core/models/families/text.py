@@ -1,7 +1,6 @@
 """The text family: any decoder-only causal LM transformers loads with ``AutoModelForCausalLM`` and whose
-layers take a 4-D attention mask, position ids and a KV cache (``MODEL_TYPES``, each checked by a test
-that builds a tiny random model of that type and compares the probe and the shared-prefix scoring with
-re-encoding).
+layers take a 4-D attention mask, position ids and a KV cache (its model types are its rows of the family
+matrix, ``core.models.families.matrix``, each checked by the matrix test on a tiny random model of that type).
 
 What is text-specific lives here: records encoded through the tokenizer (``core.io.trajectories.encode``;
 the chat template renders the records that are conversations), scoring's shared prompt prefix (a prefix
@@ -30,12 +29,6 @@ from core.models.families.windows import full_cache, layer_masks
 from core.models.forward import decoder, hidden_states, token_logprobs
 from core.models.loading import load_model, load_tokenizer
 from core.models.prefix_trees import Block, LabelTokens, TreeBatch, build_tree
-
-# decoder-only transformers that tests/unit/models/families/test_text.py checks on a tiny random model of each
-# (the probe equal to re-encoding on both of its paths, a shared prefix equal to none); adding one is a line here
-# and that test passing (cohere / cohere2 do not: their attention reads the probe's 4-D mask otherwise)
-MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
-               "gemma3_text", "phi", "phi3", "olmo2", "granite", "starcoder2", "smollm3", "gpt_neox", "gpt2")
 
 MIN_SHARED = 32  # tokens: a shorter common prefix saves less than the extra forward call costs
 
@@ -193,7 +186,6 @@ def tokenize_pairs(tokenizer, pairs: list[dict]) -> list[dict]:
 class TextFamily(Family):
     name = "text"
     modality = TEXT
-    model_types = MODEL_TYPES
     auto_class = "AutoModelForCausalLM"
     chat_prompts = "records that are conversations (messages); plain prompts are read as text with BOS"
 
