@@ -50,8 +50,8 @@ MATRIX: tuple[Entry, ...] = (
     Entry("smollm3", "text", "SmolLM3", SCORED),
     Entry("gpt_neox", "text", "GPT-NeoX / Pythia", SCORED),
     Entry("gpt2", "text", "GPT-2", SCORED),
-    Entry("qwen2_vl", "qwen_vl", "Qwen2-VL", (SCORE, PROBE, EVALUATE)),
-    Entry("qwen2_5_vl", "qwen_vl", "Qwen2.5-VL", ALL_OPS),
+    Entry("qwen2_vl", "qwen_vl", "Qwen2-VL", TEXT_OPS, "vision tower untouched by CPO"),
+    Entry("qwen2_5_vl", "qwen_vl", "Qwen2.5-VL", ALL_OPS, "vision tower untouched by CPO; image swap and occlusion"),
 )
 
 # model types a researcher may well bring that are not served, and why (said in the refusal and the README)

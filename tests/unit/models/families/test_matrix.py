@@ -11,8 +11,9 @@ in a TRL layout), each compared with the model's own direct computation:
   scores are a direct forward of the trained model.
 
 The models are built once per module (small shapes: 2 layers, hidden 64) and shared by its tests. The Qwen-VL
-rows are checked by ``tests/unit/models/families/qwen_vl`` and the VL tests of ``cpo`` and ``perturb`` (see
-``test_every_vl_cell_names_its_test``). A type that fails here does not go in the matrix (``matrix.REFUSED``
+rows are checked by the tests ``VL_CELLS`` names (``tests/unit/models/families/qwen_vl``, the VL tests of ``cpo``
+and ``perturb``), each against the model's own forward, re-encoding or decoding alone;
+``test_every_vl_cell_names_its_test`` holds the matrix's VL claims to exactly those. A type that fails here does not go in the matrix (``matrix.REFUSED``
 says why)."""
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from core.drift.probe import ProbeConfig, probe, probe_positions, sentence_ids, 
 from core.drift.scoring import ScoreConfig, score
 from core.io.trajectories import encode, prompt_ids, read_jsonl
 from core.models.families import TEXT_FAMILY, family_for
-from core.models.families.matrix import EVALUATE, MATRIX, PROBE, SCORE, TRAIN
+from core.models.families.matrix import EVALUATE, MATRIX, PROBE, SCORE, TRAIN, VISUAL
 from core.models.families.windows import sliding_window
 from core.models.series import load_series
 
@@ -40,6 +41,26 @@ WINDOW = 12  # tokens: shorter than every CoT and every shared prompt prefix bel
 INSTRUCTION = "You are a careful radiologist. Read the report and answer with one disease name only. "
 LABELS = ["Atelectasis", "Edema", "Pleural Other", "Pneumonia"]
 BASE_NAME = "tiny-base"
+
+QWEN_VL = "tests/unit/models/families/qwen_vl/"
+VL_CELLS: dict[tuple[str, str], tuple[str, ...]] = {  # (model_type, operation) -> the tests that check that cell
+    ("qwen2_vl", SCORE): (QWEN_VL + "test_qwen2_vl.py::test_qwen2_vl_scoring_equals_a_direct_forward",),
+    ("qwen2_vl", PROBE): (QWEN_VL + "test_qwen2_vl.py::test_qwen2_vl_probe_equals_naive_reencoding",),
+    ("qwen2_vl", EVALUATE): (QWEN_VL + "test_qwen2_vl.py::test_qwen2_vl_batch_decodes_each_record_as_alone",),
+    ("qwen2_vl", TRAIN): (QWEN_VL + "test_qwen2_vl.py::"
+                          "test_qwen2_vl_cpo_step_trains_the_language_model_lora_and_not_the_vision_tower",),
+    ("qwen2_5_vl", SCORE): (QWEN_VL + "test_forward.py::test_scoring_equals_a_direct_forward",),
+    ("qwen2_5_vl", PROBE): (QWEN_VL + "test_forward.py::test_probe_equals_naive_reencoding",),
+    ("qwen2_5_vl", EVALUATE): (QWEN_VL + "test_generation.py::test_a_batch_decodes_each_row_as_alone",
+                               "tests/unit/perturb/test_evaluation_vl.py::"
+                               "test_answers_are_decoded_with_each_study_s_image_in_batches_as_alone"),
+    ("qwen2_5_vl", TRAIN): ("tests/unit/cpo/test_vl.py::"
+                            "test_a_cpo_step_changes_the_language_model_lora_and_not_the_vision_tower",
+                            "tests/unit/cpo/test_vl.py::test_the_runs_logps_are_the_models_own_with_images_and_3d_positions"),
+    ("qwen2_5_vl", VISUAL): ("tests/unit/perturb/test_visual.py::"
+                             "test_beliefs_under_a_swap_equal_naive_reencoding_of_the_swapped_record",
+                             "tests/unit/perturb/test_visual.py::test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image"),
+}
 
 # what each model_type's tiny model sets beyond SHAPE; several variants where a family has several forms
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
@@ -228,3 +249,15 @@ def pairs(tmp_path_factory, sample_world):
     from workbench.demo.preferences import build_preferences
 
     return build_preferences(sample_world, tmp_path_factory.mktemp("pairs") / "pairs.jsonl", n=4, seed=0)
+
+
+def test_every_vl_cell_names_its_test():
+    """The matrix claims a VL cell exactly where a test checks it, and every test named exists."""
+    import importlib
+
+    claimed = {(e.model_type, op) for e in MATRIX if e.family != "text" for op in e.tested}
+    assert claimed == set(VL_CELLS)
+    for node in (n for nodes in VL_CELLS.values() for n in nodes):
+        path, name = node.split("::")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert callable(getattr(module, name, None)), node
