@@ -16,8 +16,7 @@ from dataclasses import dataclass
 SCORE, PROBE, EVALUATE, TRAIN, VISUAL = "score", "probe", "evaluate", "train", "visual drift"
 OPERATIONS = (SCORE, PROBE, EVALUATE, TRAIN, VISUAL)
 TEXT_OPS = (SCORE, PROBE, EVALUATE, TRAIN)
-ALL_OPS = OPERATIONS
-SCORED = (SCORE, PROBE)  # score and probe only: the model types checked before the matrix (``test_matrix``)
+ALL_OPS = OPERATIONS  # a vision-language model: the text operations and visual drift
 
 
 @dataclass(frozen=True)
@@ -40,16 +39,16 @@ MATRIX: tuple[Entry, ...] = (
           "sliding window shorter than the CoT: mixed and all-sliding layers; final soft-capping"),
     Entry("mistral", "text", "Mistral", TEXT_OPS, "sliding window shorter than the CoT"),
     Entry("phi3", "text", "Phi-3", TEXT_OPS, "sliding window shorter than the CoT"),
-    Entry("mixtral", "text", "Mixtral", SCORED),
-    Entry("qwen2_moe", "text", "Qwen2-MoE", SCORED),
-    Entry("gemma", "text", "Gemma", SCORED),
-    Entry("phi", "text", "Phi-1 / Phi-2", SCORED),
-    Entry("olmo2", "text", "OLMo 2", SCORED),
-    Entry("granite", "text", "Granite", SCORED, "logit scaling"),
-    Entry("starcoder2", "text", "StarCoder2", SCORED),
-    Entry("smollm3", "text", "SmolLM3", SCORED),
-    Entry("gpt_neox", "text", "GPT-NeoX / Pythia", SCORED),
-    Entry("gpt2", "text", "GPT-2", SCORED),
+    Entry("mixtral", "text", "Mixtral", TEXT_OPS),
+    Entry("qwen2_moe", "text", "Qwen2-MoE", TEXT_OPS),
+    Entry("gemma", "text", "Gemma", TEXT_OPS),
+    Entry("phi", "text", "Phi-1 / Phi-2", TEXT_OPS),
+    Entry("olmo2", "text", "OLMo 2", TEXT_OPS),
+    Entry("granite", "text", "Granite", TEXT_OPS, "logit scaling"),
+    Entry("starcoder2", "text", "StarCoder2", TEXT_OPS),
+    Entry("smollm3", "text", "SmolLM3", TEXT_OPS),
+    Entry("gpt_neox", "text", "GPT-NeoX / Pythia", TEXT_OPS),
+    Entry("gpt2", "text", "GPT-2", TEXT_OPS),
     Entry("qwen2_vl", "qwen_vl", "Qwen2-VL", TEXT_OPS, "vision tower untouched by CPO"),
     Entry("qwen2_5_vl", "qwen_vl", "Qwen2.5-VL", ALL_OPS, "vision tower untouched by CPO; image swap and occlusion"),
 )
