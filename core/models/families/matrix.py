@@ -51,12 +51,11 @@ MATRIX: tuple[Entry, ...] = (
     Entry("gpt2", "text", "GPT-2", TEXT_OPS),
     Entry("qwen2_vl", "qwen_vl", "Qwen2-VL", TEXT_OPS, "vision tower untouched by CPO"),
     Entry("qwen2_5_vl", "qwen_vl", "Qwen2.5-VL", ALL_OPS, "vision tower untouched by CPO; image swap and occlusion"),
+    Entry("qwen3_vl", "qwen_vl", "Qwen3-VL", TEXT_OPS, "deepstack features (inner vision layers) in training too"),
 )
 
 # model types a researcher may well bring that are not served, and why (said in the refusal and the README)
 REFUSED: dict[str, str] = {
-    "qwen3_vl": "Qwen3-VL's deepstack image features reach the language model through its own forward only "
-                "(scoring works, a CPO step does not); not served until a backend carries them",
     "llava": "LLaVA-1.5 needs its own backend (CLIP tower, projector, `<image>` expanded by its processor's rules)",
     "llava_onevision": "LLaVA-OneVision needs its own backend (SigLIP tower, any-resolution tiles)",
     "gemma3": "Gemma 3 with images needs its own backend (SigLIP tower, bidirectional attention over images)",

@@ -1,4 +1,4 @@
-"""The Qwen-VL family (Qwen2-VL, Qwen2.5-VL): models that read images, loaded with
+"""The Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): models that read images, loaded with
 ``AutoModelForImageTextToText`` and their image processor.
 
 Its parts, one module each: ``inputs`` (processor, records with images -> ids, padded batches, 3-D rotary

@@ -43,12 +43,16 @@ LABELS = ["Atelectasis", "Edema", "Pleural Other", "Pneumonia"]
 BASE_NAME = "tiny-base"
 
 QWEN_VL = "tests/unit/models/families/qwen_vl/"
+OTHER = QWEN_VL + "test_qwen2_and_3_vl.py::"  # parametrised over Qwen2-VL and Qwen3-VL
 VL_CELLS: dict[tuple[str, str], tuple[str, ...]] = {  # (model_type, operation) -> the tests that check that cell
-    ("qwen2_vl", SCORE): (QWEN_VL + "test_qwen2_vl.py::test_qwen2_vl_scoring_equals_a_direct_forward",),
-    ("qwen2_vl", PROBE): (QWEN_VL + "test_qwen2_vl.py::test_qwen2_vl_probe_equals_naive_reencoding",),
-    ("qwen2_vl", EVALUATE): (QWEN_VL + "test_qwen2_vl.py::test_qwen2_vl_batch_decodes_each_record_as_alone",),
-    ("qwen2_vl", TRAIN): (QWEN_VL + "test_qwen2_vl.py::"
-                          "test_qwen2_vl_cpo_step_trains_the_language_model_lora_and_not_the_vision_tower",),
+    ("qwen2_vl", SCORE): (OTHER + "test_qwen_vl_scoring_equals_a_direct_forward",),
+    ("qwen2_vl", PROBE): (OTHER + "test_qwen_vl_probe_equals_naive_reencoding",),
+    ("qwen2_vl", EVALUATE): (OTHER + "test_qwen_vl_batch_decodes_each_record_as_alone",),
+    ("qwen2_vl", TRAIN): (OTHER + "test_qwen_vl_cpo_step_trains_the_language_model_lora_and_not_the_vision_tower",),
+    ("qwen3_vl", SCORE): (OTHER + "test_qwen_vl_scoring_equals_a_direct_forward",),
+    ("qwen3_vl", PROBE): (OTHER + "test_qwen_vl_probe_equals_naive_reencoding",),
+    ("qwen3_vl", EVALUATE): (OTHER + "test_qwen_vl_batch_decodes_each_record_as_alone",),
+    ("qwen3_vl", TRAIN): (OTHER + "test_qwen_vl_cpo_step_trains_the_language_model_lora_and_not_the_vision_tower",),
     ("qwen2_5_vl", SCORE): (QWEN_VL + "test_forward.py::test_scoring_equals_a_direct_forward",),
     ("qwen2_5_vl", PROBE): (QWEN_VL + "test_forward.py::test_probe_equals_naive_reencoding",),
     ("qwen2_5_vl", EVALUATE): (QWEN_VL + "test_generation.py::test_a_batch_decodes_each_row_as_alone",

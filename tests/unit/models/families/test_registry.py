@@ -65,7 +65,7 @@ def test_the_families_are_a_table_of_data():
     rows = table()
     assert [r["family"] for r in rows] == [f.name for f in FAMILIES] == ["text", "qwen_vl"]
     assert {r["modality"] for r in rows} == {"text", "vision-language"}
-    assert rows[1]["model_types"] == ["qwen2_vl", "qwen2_5_vl"] and rows[1]["loads_with"] == "AutoModelForImageTextToText"
+    assert rows[1]["model_types"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] and rows[1]["loads_with"] == "AutoModelForImageTextToText"
     assert {"llama", "qwen2", "qwen3", "mistral", "phi3"} <= set(rows[0]["model_types"])
     claimed = [t for f in FAMILIES for t in f.model_types]
     assert len(claimed) == len(set(claimed))  # no model_type is served by two families
@@ -77,7 +77,7 @@ def test_the_families_are_a_table_of_data():
 def _refusal(message: str, model_type: str, looks: str) -> None:
     assert f"model_type {model_type!r} is not a supported model family" in message
     assert f"looks like a {looks} model" in message
-    assert "supported: text (text: llama, " in message and "qwen_vl (vision-language: qwen2_vl, qwen2_5_vl)" in message
+    assert "supported: text (text: llama, " in message and "qwen_vl (vision-language: qwen2_vl, qwen2_5_vl, qwen3_vl)" in message
 
 
 def test_a_tiny_random_bert_is_refused_at_load(bert):
