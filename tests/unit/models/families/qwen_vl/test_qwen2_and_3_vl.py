@@ -20,6 +20,7 @@ from core.drift.probe import ProbeConfig, probe_at, tokens_of
 from core.drift.scoring import ScoreConfig, score
 from core.models.families import QWEN_VL_FAMILY, family_for
 from core.models.families.qwen_vl.forward import naive_label_logprobs, token_logprobs
+from core.models.families.qwen_vl.generation import greedy_vl
 from core.models.families.qwen_vl.inputs import IMAGE_PAD, collate, encode_vl, load_vl_model
 from core.models.forward import inner
 from core.models.series import load_series
@@ -126,8 +127,11 @@ def test_qwen_vl_batch_decodes_each_record_as_alone(series, encoded):
     proc = series.processor
     with series.activate(series.names[-1]) as model:
         together = _tokens(model, proc, encoded, 10)
-        for row, e in zip(together, encoded, strict=True):
-            assert row.tolist() == _tokens(model, proc, [e], 10)[0].tolist(), e.id
+        alone = [_tokens(model, proc, [e], 10)[0] for e in encoded]
+        for row, ref, e in zip(together, alone, encoded, strict=True):
+            assert row.tolist() == ref.tolist(), e.id
+        texts = greedy_vl(model, proc, encoded, max_new_tokens=10, batch_size=2)  # what the evaluation decodes
+    assert texts == [proc.tokenizer.decode(t, skip_special_tokens=True) for t in alone]
 
 
 def test_qwen_vl_cpo_step_trains_the_language_model_lora_and_not_the_vision_tower(folder, tmp_path):
