@@ -25,10 +25,13 @@ from core.errors import InputError
 from core.io.trajectories import Encoded, encode, prompt_ids
 from core.models.adapter_checks import check_adapter_keys, refuse_pickle_adapter
 from core.models.families.base import TEXT, Family
+from core.models.families.matrix import types_of
 from core.models.families.windows import full_cache, layer_masks
 from core.models.forward import decoder, hidden_states, token_logprobs
 from core.models.loading import load_model, load_tokenizer
 from core.models.prefix_trees import Block, LabelTokens, TreeBatch, build_tree
+
+MODEL_TYPES = types_of("text")  # its rows of the family matrix (kept under this name for older imports)
 
 MIN_SHARED = 32  # tokens: a shorter common prefix saves less than the extra forward call costs
 

@@ -72,10 +72,13 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
                                          max_window_layers=1)),
               ("qwen2-untied", dict(tie_word_embeddings=False))],
     "qwen3_moe": [("qwen3_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32))],
-    "gemma2": [("gemma2", dict(sliding_window=WINDOW, final_logit_softcapping=0.5, attn_logit_softcapping=5.0))],
-    "gemma3_text": [("gemma3-mixed", dict(sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"],
-                                          final_logit_softcapping=0.5)),
-                    ("gemma3-all-sliding", dict(sliding_window=WINDOW, layer_types=["sliding_attention"] * 2))],
+    "gemma": [("gemma", dict(head_dim=16))],  # Gemma's default heads are 256 wide: 16 keeps the tiny model tiny
+    "gemma2": [("gemma2", dict(head_dim=16, sliding_window=WINDOW, final_logit_softcapping=0.5,
+                               attn_logit_softcapping=5.0))],
+    "gemma3_text": [("gemma3-mixed", dict(head_dim=16, sliding_window=WINDOW, final_logit_softcapping=0.5,
+                                          layer_types=["sliding_attention", "full_attention"])),
+                    ("gemma3-all-sliding", dict(head_dim=16, sliding_window=WINDOW,
+                                                layer_types=["sliding_attention"] * 2))],
     "mistral": [("mistral", dict(sliding_window=WINDOW))],
     "phi3": [("phi3", dict(sliding_window=WINDOW))],
     "granite": [("granite", dict(logits_scaling=4.0))],
@@ -193,18 +196,17 @@ def test_probe_equals_naive_reencoding_at_every_position(model_type, name, extra
     tk = tokens_of(series.tokenizer, cfg, LABELS)
     tree, cached = (probe(series, encoded, ProbeConfig(labels=LABELS, positions="every", max_tree_tokens=budget))
                     for budget in (4096, 64))  # one tree per trajectory; the prefix's KV cache, blocks in chunks
-    for name_ in series.names:
+    np.testing.assert_allclose(tree[cols].to_numpy(), cached[cols].to_numpy(), atol=2e-5)  # every row of both
+    for name_, e in zip(series.names, encoded, strict=True):  # re-encoding: the base on one, the LoRA on the other
         with series.activate(name_) as model:
-            for e in encoded:
-                positions = probe_positions(e, "every", tk.template[0], sentence_ids(series.tokenizer))
-                ref = naive(model, e, positions, tk)  # (P, K) log-probs
-                z = np.exp(ref - ref.max(1, keepdims=True))
-                z /= z.sum(1, keepdims=True)
-                for frame in (tree, cached):
-                    got = frame[(frame.traj_id == e.id) & (frame.checkpoint == name_)]
-                    assert len(got) == len(positions)
-                    np.testing.assert_allclose(got[cols].to_numpy(), z, atol=2e-5, err_msg=f"{name_}, {e.id}")
-
+            positions = probe_positions(e, "every", tk.template[0], sentence_ids(series.tokenizer))
+            ref = naive(model, e, positions, tk)  # (P, K) log-probs
+        z = np.exp(ref - ref.max(1, keepdims=True))
+        z /= z.sum(1, keepdims=True)
+        for frame in (tree, cached):
+            got = frame[(frame.traj_id == e.id) & (frame.checkpoint == name_)]
+            assert len(got) == len(positions)
+            np.testing.assert_allclose(got[cols].to_numpy(), z, atol=2e-5, err_msg=f"{name_}, {e.id}")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type, name, extra", cases(EVALUATE))
