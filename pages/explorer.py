@@ -67,14 +67,16 @@ if view == "Overview":
         st.markdown("**Across the checkpoints**: probe accuracy, belief, detrimental share and KL")
         st.caption("Probe accuracy: the answer the model gives when asked right after the trajectory's own CoT "
                    "(teacher-forced). It is not the Home page's accuracy, which decodes the whole CoT greedily.")
-        ui.figure(charts.summary_over_steps(s, a.changes, branches), "summary-chart", "drift-summary")
+        ui.figure(charts.summary_over_steps(s, a.changes, branches), "summary-chart", "drift-summary",
+                  title="Drift across the checkpoints (teacher-forced probe)")
     with right:
         st.markdown("**Probe accuracy per category**")
         cat = resources.category_accuracy(chosen, info.stamp)
         if cat.empty:
             st.info("The trajectories carry no gold labels.")
         else:
-            ui.figure(charts.category_heatmap(cat, branches), "category-chart", "category-accuracy")
+            ui.figure(charts.category_heatmap(cat, branches), "category-chart", "category-accuracy",
+                      title="Probe accuracy per category")
     with st.expander("Per-checkpoint table and step tests", expanded=False):
         s = s.assign(branch_of=[branches[c].start if c in branches else "" for c in s["checkpoint"]])
         ui.table(s, "summary-table", "checkpoint-summary",
@@ -164,13 +166,14 @@ else:
         if belief_view is None:
             st.caption("No belief along the trajectory: it was scored without the answer probe.")
         elif belief_view == BELIEF_VIEWS[0]:
-            ui.figure(resources.belief_lines(chosen, info.stamp, traj_id), "belief-lines", f"belief-{traj_id}")
+            ui.figure(resources.belief_lines(chosen, info.stamp, traj_id), "belief-lines", f"belief-{traj_id}",
+                      title=f"Belief in the gold answer along {traj_id}")
         else:
             order = list(a.summary["checkpoint"])
             at = st.select_slider("Under checkpoint", order, value=r["worst_checkpoint"]
                                   if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
             ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
-                      f"answers-{traj_id}-{at}")
+                      f"answers-{traj_id}-{at}", title=f"Every answer's belief along {traj_id} under {at}")
     if branches := run_branches(a.config.checkpoints):  # CPO runs: against their start, not the step before
         ui.branch_trajectory(chosen, info.stamp, traj_id, branches)
     if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):

@@ -53,7 +53,8 @@ with left:
     if table.empty:
         st.info("This world records no drift table yet; score it in the drift explorer.")
     else:
-        st.plotly_chart(charts.drift_over_steps(table, extra), key="drift_over_steps")
+        ui.figure(charts.drift_over_steps(table, extra), "drift_over_steps", "drift-over-steps",
+                  title="Drift across the RFT checkpoints (held-out, greedy decoding)")
         st.dataframe(table, hide_index=True, key="drift_table",
                      column_config={c: st.column_config.NumberColumn(label, format="%.3f")
                                     for c, (label, *_) in charts.series_of(extra).items()})

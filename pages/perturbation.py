@@ -103,7 +103,8 @@ with single:
             flips = int(result["flip"].sum())
             st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result)} checkpoints.")
             if m == "probe":
-                ui.figure(charts.perturbation_beliefs(result, branches), "lab-single-chart", f"swap-{traj_id}")
+                ui.figure(charts.perturbation_beliefs(result, branches), "lab-single-chart", f"swap-{traj_id}",
+                          title=f"{traj_id}: gold belief before and after {f} → {r}")
             ui.table(result, "lab-single-table", f"swap-{traj_id}")
 
 with batch:
@@ -148,12 +149,14 @@ with batch:
             summary = perturb.perturbation_summary(df)
             with main:
                 st.markdown("Per checkpoint: accuracy before and after the swap, and the flip rate")
-                ui.figure(charts.perturbation_over_steps(summary, branches), f"lab-sum-{job.id}", f"flips-{job.id}")
+                ui.figure(charts.perturbation_over_steps(summary, branches), f"lab-sum-{job.id}", f"flips-{job.id}",
+                          title=f"{job.title}: accuracy and flip rate per checkpoint")
                 ui.table(summary, f"lab-sumt-{job.id}", f"flips-{job.id}")
                 cats = perturb.category_flips(df)
                 if not cats.empty:
                     st.markdown("Flip rate per gold category and checkpoint")
-                    ui.figure(charts.category_flip_heatmap(cats, branches=branches), f"lab-cat-{job.id}", f"category-flips-{job.id}")
+                    ui.figure(charts.category_flip_heatmap(cats, branches=branches), f"lab-cat-{job.id}",
+                              f"category-flips-{job.id}", title=f"{job.title}: flip rate per category")
 
     previous = jobs.list_jobs(ws.job_dirs, "perturb")
     newest = previous[0].id if previous else None

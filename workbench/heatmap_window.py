@@ -31,7 +31,8 @@ def show(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool)
     start = _controls(m, width) if m.width > width else m.positions[0]
     focus = st.session_state.get(state.TRAJ_FOCUS)
     ui.figure(resources.token_heatmap(path, stamp, traj_id, metric, include_prompt, start, width, focus),
-              "token-heatmap", f"heatmap-{traj_id}-{metric}")
+              "token-heatmap", f"heatmap-{traj_id}-{metric}-from-{start}",
+              title=f"{traj_id}: {explore.METRICS[metric][0]}, per checkpoint and token")
 
 
 def _controls(m: explore.TokenMatrix, width: int) -> int:

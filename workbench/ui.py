@@ -8,47 +8,62 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from workbench import state
+from workbench import figures, state
 from workbench.safe_text import inert
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "figure"
+def _file_name(name: str) -> str:
+    """A download's file name: the world first, then what the caller names (view, trajectory, checkpoint)."""
+    return figures.file_name(state.world_path().name, name)
 
 
-def plot_config(name: str) -> dict:
-    """Plotly's camera button downloads the figure as PNG or SVG (chosen in the sidebar), drawn by the
-    browser itself: no server-side renderer, works offline."""
-    scale = 2 if st.session_state.get(state.FIG_FORMAT, "png") == "png" else 1
-    return {"displaylogo": False,
-            "toImageButtonOptions": {"format": st.session_state.get(state.FIG_FORMAT, "png"),
-                                     "filename": _slug(name), "scale": scale}}
-
-
-def figure(fig: go.Figure, key: str, name: str, **kwargs):
-    """Show ``fig``; offer it as a self-contained interactive HTML file (built only when clicked)."""
+def figure(fig: go.Figure, key: str, name: str, title: str = "", **kwargs):
+    """Show ``fig`` titled ``title`` (what it shows; the world is added), scaled up in presentation mode; the
+    camera button saves it as PNG or SVG (the sidebar's choice) at a slide's size, and "Interactive HTML"
+    offers it as a self-contained page (built only when clicked). Files are named world-``name``."""
+    world = state.world_path().name
+    fig = figures.finished(fig, f"{title} · {world}" if title else "")  # a copy: figures may come from a cache
     if st.session_state.get(state.PRESENTATION):
-        fig = go.Figure(fig).update_layout(font={"size": 16})  # a copy: figures may come from a shared cache
-    event = st.plotly_chart(fig, key=key, config=plot_config(name), **kwargs)
-    st.download_button("Interactive HTML", lambda: fig.to_html(include_plotlyjs=True, full_html=True),
-                       file_name=f"{_slug(name)}.html", mime="text/html", key=f"{key}-html",
-                       icon=":material/download:", type="tertiary", on_click="ignore")
+        fig = figures.scaled(fig, figures.PRESENTATION_SCALE)
+    config = figures.plot_config(_file_name(name), st.session_state.get(state.FIG_FORMAT) or "png", fig)
+    event = st.plotly_chart(fig, key=key, config=config, **kwargs)
+    st.download_button("Interactive HTML", lambda: figures.html_file(fig, config), file_name=f"{_file_name(name)}.html",
+                       mime="text/html", key=f"{key}-html", icon=":material/download:", type="tertiary",
+                       on_click="ignore")
     return event
 
 
 def table(df: pd.DataFrame, key: str, name: str, **kwargs):
-    """Show ``df``; offer it as CSV (built only when clicked)."""
-    event = st.dataframe(df, key=key, hide_index=kwargs.pop("hide_index", True), **kwargs)
-    st.download_button("CSV", lambda: df.to_csv(index=False), file_name=f"{_slug(name)}.csv", mime="text/csv",
+    """Show ``df`` with readable column names (``column_labels``; a caller's ``column_config`` wins); offer it
+    as CSV under its own column names (built only when clicked)."""
+    config = column_labels(df.columns)
+    for column, given in (kwargs.pop("column_config", None) or {}).items():  # a config without a label keeps ours
+        config[column] = {**given, "label": given.get("label") or config.get(column)} if isinstance(given, dict) else given
+    event = st.dataframe(df, key=key, hide_index=kwargs.pop("hide_index", True), column_config=config, **kwargs)
+    st.download_button("CSV", lambda: df.to_csv(index=False), file_name=f"{_file_name(name)}.csv", mime="text/csv",
                        key=f"{key}-csv", icon=":material/download:", type="tertiary", on_click="ignore")
     return event
+
+
+# Column names whose words alone would mislead or read as code; every other snake_case name shows with spaces.
+COLUMN_LABELS = {
+    "traj_id": "trajectory", "kl_base": "KL to base", "kl_prev": "KL to previous", "js_base": "JS to base",
+    "js_prev": "JS to previous", "mean_kl_base": "mean KL to base", "mean_effect_drift": "mean effect drift",
+    "follows_image": "answer = swapped image's label", "flip_rate": "flip rate", "n": "count",
+    "final_gold_prob": "final gold belief", "gold_prob": "gold belief", "logprob": "log-prob",
+}
+
+
+def column_labels(columns) -> dict:
+    """Streamlit column labels for raw table columns: ``COLUMN_LABELS``, else the name with spaces."""
+    return {c: COLUMN_LABELS.get(c, c.replace("_", " ")) for c in columns
+            if isinstance(c, str) and (c in COLUMN_LABELS or "_" in c)}
 
 
 def controls(label: str, expanded: bool = True):
@@ -150,7 +165,7 @@ def branch_trajectory(path: str, stamp: str, traj_id: str, branches: dict) -> No
     st.markdown("**Start vs repaired on this trajectory**")
     name = pick_branch(branches, "traj_branch_run")
     figure(resources.start_vs_repaired(path, stamp, traj_id, branches[name].start, name), "branch-trajectory",
-           f"start-vs-{name}-{traj_id}")
+           f"start-vs-{name}-{traj_id}", title=f"{traj_id} under {branches[name].start} and the CPO run {name}")
 
 
 def world_picker() -> None:

@@ -49,7 +49,10 @@ def test_token_heatmap_escapes_tokens_and_marks_directions():
     assert "<br>" in heat.customdata[0][0]  # line breaks of the hover text survive as markup
     assert heat.zmid == 0 and heat.zmin == -0.4  # diverging scale around zero for belief metrics
     marks = {t.name: (list(t.x), list(t.y)) for t in fig.data[1:]}
-    assert marks == {"detrimental": ([0], ["&lt;b&gt;ck&lt;/b&gt;"]), "beneficial": ([2], ["&lt;b&gt;ck&lt;/b&gt;"])}
+    assert marks == {"detrimental position": ([0], ["&lt;b&gt;ck&lt;/b&gt;"]),
+                     "beneficial position": ([2], ["&lt;b&gt;ck&lt;/b&gt;"])}
+    down = fig.data[1].customdata[0]  # a ▼ cell's hover: what every cell's says (token, top-k, value), then ▼
+    assert "top: '&lt;think&gt;' 0.9" in down and "-0.4000" in down and down.endswith("▼ detrimental position")
     assert "&lt;script&gt;" in fig.layout.title.text
 
 
