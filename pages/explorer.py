@@ -91,14 +91,19 @@ if view == "Overview":
     st.caption("Effect drift: how much reading a token moves the belief in the gold answer, minus what the base "
                "model's belief did. Negative is detrimental. Pick a row to open the trajectories where it happens.")
     with ui.controls("Driver filters"):
-        c1, c2, c3 = st.columns([2, 2, 3])
+        c1, c2, c3, c4 = st.columns([2, 2, 3, 2])
         kind = c1.radio("By", ["token", "concept", "context"], horizontal=True, key="driver_kind",
                         captions=None)
         ckpts = [c for c in s["checkpoint"] if c != "base"]
         ckpt = c2.selectbox("Checkpoint", ["all", *ckpts], index=ckpts.index(worst["checkpoint"]) + 1
                             if worst["checkpoint"] in ckpts else 0, key="driver_checkpoint")
         direction = c3.radio("Direction", ["detrimental", "beneficial", "all"], horizontal=True, key="driver_direction")
+        words = c4.toggle("Words only", True, key="driver_words", disabled=kind != "token",
+                          help="hide punctuation, the prompt's template (tokens read in every study, such as "
+                               "'Question') and tokens read fewer than 3 times")
     table = {"token": a.by_token, "concept": a.by_concept, "context": a.by_context}[kind]
+    if kind == "token" and words and not table.empty:
+        table = explore.content_drivers(table, len(trajs))
     if table.empty:
         st.info(f"No {kind} table in this analysis" + (" (it was scored without a concept graph)." if kind == "concept" else "."))
     else:

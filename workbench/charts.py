@@ -153,11 +153,15 @@ def _summary_lines(summary: pd.DataFrame, changes: pd.DataFrame | None) -> go.Fi
                               row=row, col=1)
     if changes is not None and not changes.empty:
         bad = changes[changes["changed"] & (changes["direction"] == "detrimental")]
-        for _, r in bad.iterrows():  # shaded on both rows; labelled once, above the plot, never on a line
+        for _, r in bad.iterrows():  # shaded on both rows, named in the legend (labels on each crowded the lines)
             fig.add_vrect(x0=r["from_step"], x1=r["to_step"], fillcolor="#d62828", opacity=0.10, line_width=0)
-            fig.add_annotation(x=r["from_step"], xref="x", xanchor="left", y=1, yref="paper", yanchor="bottom",
-                               showarrow=False, font={"size": 11, "color": "#9d0208"},
-                               text="detrimental" + (" · Page-Hinkley alarm" if r["page_hinkley_alarm"] else ""))
+        if len(bad):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="detrimental step change (shaded)",
+                                     marker={"symbol": "square", "size": 14, "color": "rgba(214, 40, 40, 0.25)"},
+                                     hoverinfo="skip"), row=1, col=1)
+        for _, r in bad[bad["page_hinkley_alarm"].astype(bool)].iterrows():  # above the plot, at the alarm's step
+            fig.add_annotation(x=r["to_step"], xref="x", xanchor="right", y=1, yref="paper", yanchor="bottom",
+                               showarrow=False, font={"size": 11, "color": "#9d0208"}, text="Page-Hinkley alarm ▼")
     fig.update_yaxes(title_text="share", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="nats", row=2, col=1)
     fig.update_xaxes(title_text="RFT step", row=2, col=1)

@@ -67,26 +67,27 @@ def wrap(text: str, width: int = LEGEND_WRAP) -> str:
 
 
 def scaled(fig: go.Figure, k: float) -> go.Figure:
-    """A copy of ``fig`` for a projector: every font (the layout's and each one a builder set: tick labels,
-    titles, annotations, text on cells), marker and line width times ``k``, its height and margins too, and
-    token axes labelled every n-th token where ``k`` times more labels would no longer fit side by side."""
+    """A copy of ``fig`` for a projector: every font (tick labels, axis and figure titles, legend, annotations,
+    colour bars, text on cells, hover labels), marker and line width times ``k``, its height and margins too,
+    and token axes labelled every n-th token where ``k`` times more labels would no longer fit side by side.
+    Each font is set explicitly: a size left to the template (Streamlit's theme sets its own) would not grow."""
     fig = go.Figure(fig)
     lay = fig.layout
-    fig.update_layout(font={"size": (lay.font.size or BASE_FONT) * k}, hoverlabel={"font": {"size": 13 * k}})
+    fig.update_layout(font={"size": (lay.font.size or BASE_FONT) * k}, hoverlabel={"font": {"size": 13 * k}},
+                      legend={"font": {"size": (lay.legend.font.size or BASE_FONT) * k}})
     if lay.height:
         fig.update_layout(height=round(lay.height * k))
     fig.update_layout(margin={side: round(getattr(lay.margin, side) * k) for side in "tlrb"
                               if getattr(lay.margin, side) is not None})
-    if lay.title.font.size:
-        lay.title.font.size *= k
+    lay.title.font.size = (lay.title.font.size or BASE_FONT + 3) * k
     for axis in _axes(fig):
-        for font in (axis.tickfont, axis.title.font):
-            if font.size:
-                font.size *= k
+        axis.tickfont.size = (axis.tickfont.size or BASE_FONT) * k
+        axis.title.font.size = (axis.title.font.size or BASE_FONT + 1) * k
         _thin_ticks(axis, k)
     for note in lay.annotations:
-        if note.font.size:
-            note.font.size *= k
+        note.font.size = (note.font.size or BASE_FONT) * k
+    for slider in lay.sliders:
+        slider.font.size = (slider.font.size or BASE_FONT) * k
     for trace in fig.data:
         _scale_trace(trace, k)
     return fig
@@ -118,8 +119,7 @@ def _scale_trace(trace, k: float) -> None:
         textfont.size *= k
     if getattr(trace, "colorbar", None) is not None:
         for font in (trace.colorbar.tickfont, trace.colorbar.title.font):
-            if font.size:
-                font.size *= k
+            font.size = (font.size or BASE_FONT) * k
 
 
 def slide_size(fig: go.Figure) -> tuple[int, int]:

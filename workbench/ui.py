@@ -18,6 +18,20 @@ from workbench import figures, state
 from workbench.safe_text import inert
 
 
+# Page-wide rules (app.py renders them once): an image never runs past its column (a fixed width in a narrow
+# column spilled over its neighbours); presentation mode enlarges the type and hides the sidebar's toggle.
+STYLE = ("[data-testid='stColumn'] [data-testid^='stImage'] {max-width: 100%;} "
+         "[data-testid='stColumn'] [data-testid^='stImage'] img {max-width: 100%; height: auto;}")
+PRESENTATION_STYLE = ("html, .stMarkdown p, .stDataFrame {font-size: 1.25rem;} "
+                      "[data-testid='stSidebarCollapsedControl'] {display: none;}")
+
+
+def style() -> None:
+    """The page-wide CSS (``STYLE``, and ``PRESENTATION_STYLE`` when presenting)."""
+    presenting = st.session_state.get(state.PRESENTATION)
+    st.html(f"<style>{STYLE} {PRESENTATION_STYLE if presenting else ''}</style>")
+
+
 def _file_name(name: str) -> str:
     """A download's file name: the world first, then what the caller names (view, trajectory, checkpoint)."""
     return figures.file_name(state.world_path().name, name)
@@ -243,16 +257,17 @@ def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     return found[paths.index(chosen)]
 
 
-def images(paths: list[str] | None, caption: str = "") -> None:
+def images(paths: list[str] | None, caption: str = "", width: int | str | None = None) -> None:
     """A trajectory's images beside its text (a study's X-ray): each read through ``core.io.images`` (size and
-    pixel limits checked), shown at a readable width, larger in presentation mode; a missing or unreadable
-    file is named in a warning instead of breaking the page. Nothing is drawn for a text-only record."""
+    pixel limits checked), shown at a readable width (``width``: pixels or "stretch", default 300 px, 520 in
+    presentation mode; never wider than its column, ``STYLE``); a missing or unreadable file is named in a
+    warning instead of breaking the page. Nothing is drawn for a text-only record."""
     from core.errors import InputError
     from core.io.images import ImageRef, load_image
 
     if not paths:
         return
-    width = 520 if st.session_state.get(state.PRESENTATION) else 300
+    width = width or (520 if st.session_state.get(state.PRESENTATION) else 300)
     columns = st.columns(len(paths)) if len(paths) > 1 else [st.container()]
     for i, (path, column) in enumerate(zip(paths, columns, strict=True)):
         try:
