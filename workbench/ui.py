@@ -126,12 +126,15 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
             status, p = job.state(), job.progress()
             with st.container(border=True):
                 main, side = st.columns([5, 1])
-                main.markdown(f"**{inert(job.title)}** · {status} · {duration(p['elapsed_s'])}")
+                cancelling = status == "running" and job.cancelling
+                shown = "cancelling…" if cancelling else status
+                main.markdown(f"**{inert(job.title)}** · {shown} · {duration(p['elapsed_s'])}")
                 if status == "running":
-                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {inert(p.get('message', ''))} · "
-                                                            f"ETA {duration(p['eta_s'])}")
-                    if side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:"):
-                        job.cancel()
+                    what = "stopping after the current step" if cancelling else inert(p.get("message", ""))
+                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {what} · ETA {duration(p['eta_s'])}")
+                    # on_click: the cancel is asked before this rerun draws the panel, so it shows at once
+                    side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:", on_click=job.cancel,
+                                disabled=cancelling)
                 elif status == "done":
                     done_actions(job, main, side)
                 if status != "done":

@@ -138,6 +138,25 @@ def stored_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[
     return [folder / f"{n}.parquet" for n in names]
 
 
+def stored_grid(cache_dir: str | Path | None, kind: str, keys: dict[str, str], names: list[str],
+                compute: Callable[[dict[str, set[str]]], Iterator[tuple[str, str, pd.DataFrame]]],
+                scratch: Path) -> list[list[Path]]:
+    """``stored_parts`` for a table cut two ways: in parts (``names``, e.g. batches of trajectories) and in
+    columns of a grid (``keys``: column -> its own key, e.g. one per checkpoint). Part ``n`` of column ``c``
+    is ``<kind>-<keys[c]>.parts/<n>.parquet``, so a column whose key did not change (a checkpoint already
+    scored) is read, never computed again, when another column is added. ``compute(missing)`` gets column ->
+    the part names it lacks and yields (column, part name, frame) for them. Returns, per part name in order,
+    the paths of its columns in ``keys`` order. Without a cache the parts go to ``scratch``."""
+    root = expand(cache_dir) if cache_dir is not None else scratch
+    folders = {c: root / f"{kind}-{k}.parts" for c, k in keys.items()}
+    missing = {c: {n for n in names if not _readable(folders[c] / f"{n}.parquet")} for c in keys}
+    missing = {c: m for c, m in missing.items() if m}
+    if missing:
+        for column, name, frame in compute(missing):
+            write_parquet(frame, folders[column] / f"{name}.parquet")
+    return [[folders[c] / f"{n}.parquet" for c in keys] for n in names]
+
+
 def _readable(path: Path) -> bool:
     """A stored part whose footer reads (a cut or damaged one is removed, to be computed again)."""
     return _read_cached_schema(path) is not None
