@@ -164,3 +164,15 @@ def test_a_previous_result_is_replaced_only_with_force(tmp_path):
     pd.DataFrame({"other": [1]}).to_parquet(result)
     with pytest.raises(InputError, match="did not write"):
         check_result_file(result, True, PERTURB_COLUMNS)
+
+
+def test_build_sample_help_and_the_readme_give_the_same_build_times():
+    import re
+
+    from workbench.cli import parser
+
+    sub = next(a for a in parser()._actions if a.choices and "build-sample" in a.choices)
+    help_text = " ".join(a.help for a in sub._choices_actions if a.dest == "build-sample")
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `workbench build-sample"))
+    for text in (help_text, row):  # the text world about 5 minutes, the multimodal one 3.5 (7 on busy cores)
+        assert re.search(r"about 5 minutes", text) and "3.5" in text and "up to 7" in text, text
