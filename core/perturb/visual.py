@@ -38,7 +38,8 @@ KINDS = ("swap", "occlusion")
 SWAP_COLUMNS = ("traj_id", "checkpoint", "step", "gold", "image", "swapped_image", "swapped_label",
                 "belief_original", "belief_swapped", "answer_before", "answer_after", "flipped")
 OCCLUSION_COLUMNS = ("traj_id", "checkpoint", "step", "image", "patch", "x0", "y0", "x1", "y1", "label",
-                     "belief", "base_belief", "drop")
+                     "belief", "base_belief", "drop", "probed_at")
+OCCLUSION_AT = {"start": "before the CoT (image and prompt only)", "end": "at the end of the CoT"}
 
 
 def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
@@ -69,6 +70,9 @@ class VisualConfig:
     region: list[int] | None = _help("occlusion: one rectangle [x0, y0, x1, y1] in image pixels instead of "
                                      "the grid", None)
     fill: int | None = _help("occlusion: grey level 0-255 of a covered patch; None: the image's mean", None)
+    occlusion_at: str = _help("occlusion: where the belief is read: 'start' (before the CoT: what the image and "
+                              "the prompt alone make the model believe; a CoT that names the answer drowns the "
+                              "image's effect by its end) or 'end' (after the whole CoT)", "start")
     batch_size: int = _help("variants per forward pass", 16)
     device: str | None = _help("cpu | cuda; None: the best available", None)
     dtype: str | None = _help("float32 | bfloat16 | float16; None: by device", None)
@@ -82,6 +86,8 @@ class VisualConfig:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if self.positions not in ("end", "sentence"):
             raise ValueError(f"positions: expected 'end' or 'sentence', got {self.positions!r}")
+        if self.occlusion_at not in OCCLUSION_AT:
+            raise ValueError(f"occlusion_at: expected one of {tuple(OCCLUSION_AT)}, got {self.occlusion_at!r}")
         for name in ("donors_per_label", "grid", "batch_size", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
@@ -114,6 +120,17 @@ class VisualConfig:
         name = dataset or world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"]))
         return cls(base=str(world.base_model_dir), checkpoints=world.checkpoints_arg,
                    data=str(world.dataset_path(name)), **kw)
+
+
+    @classmethod
+    def from_analysis(cls, acfg, **kw) -> VisualConfig:
+        """The series and data an analysis scored (a ``core.drift.analysis.AnalysisConfig``: its base, its
+        checkpoints with any CPO run joined, its data file, labels, template and pixel limits): the lab's image
+        section then perturbs the study its text section does, under the same checkpoints."""
+        return cls(base=acfg.base, checkpoints=acfg.checkpoints or [], data=acfg.data, labels=list(acfg.labels),
+                   template=acfg.template, device=acfg.device, dtype=acfg.dtype, min_pixels=acfg.min_pixels,
+                   max_pixels=acfg.max_pixels, chat_template=acfg.chat_template, base_names=list(acfg.base_names),
+                   **kw)
 
 
 # ---- records and their image variants ---------------------------------------------------------------
@@ -202,11 +219,12 @@ def occluded_encodings(proc, enc, image, boxes: list[tuple], fill: int | None, f
 # ---- summaries, the job --------------------------------------------------------------------------------
 
 def swap_flip_rates(df: pd.DataFrame) -> pd.DataFrame:
-    """Per true label (category) and checkpoint, at the end of the CoT: n swaps, the flip rate, the share
-    whose answer became the swapped image's label (``follows_image``) and the mean change of the belief in
-    the true label."""
+    """Per true label (category) and checkpoint, at the end of the CoT: n swaps, the flip rate (the answer
+    changed), the share whose answer *became* the swapped image's label (``follows_image``: flips only, so
+    never above the flip rate; an answer that already was that label with the study's own image did not
+    follow the image) and the mean change of the belief in the true label."""
     end = df[df["is_end"]] if "is_end" in df else df
-    g = end.assign(follows=end["answer_after"] == end["swapped_label"],
+    g = end.assign(follows=end["flipped"].astype(bool) & (end["answer_after"] == end["swapped_label"]),
                    change=end["belief_original"] - end["belief_before"])
     out = g.groupby(["gold", "checkpoint", "step"]).agg(
         n=("flipped", "size"), flip_rate=("flipped", "mean"), follows_image=("follows", "mean"),
@@ -277,10 +295,12 @@ def read_result(path: str | Path) -> tuple[pd.DataFrame, dict]:
 
 
 def results_dir(workspace, world) -> Path:
-    """Where the Perturbation lab keeps a world's visual-drift results: ``perturbations/visual/<world>/``."""
+    """Where the Perturbation lab keeps a world's visual-drift results: ``perturbations/visual/<world>/``
+    (``world``: a world, or its name)."""
     import re
 
-    return workspace.perturbations_dir / "visual" / (re.sub(r"[^A-Za-z0-9_.-]+", "-", world.name).strip("-.") or "world")
+    name = world if isinstance(world, str) else world.name
+    return workspace.perturbations_dir / "visual" / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "world")
 
 
 def result_path(folder: str | Path, cfg: VisualConfig) -> Path:
