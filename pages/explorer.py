@@ -62,7 +62,7 @@ if view == "Overview":
     for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
         col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 
-    left, right = st.columns([3, 2])
+    left, right = ui.side_by_side([3, 2])
     with left:
         st.markdown("**Across the checkpoints**: probe accuracy, belief, detrimental share and KL")
         st.caption("Probe accuracy: the answer the model gives when asked right after the trajectory's own CoT "

@@ -28,6 +28,7 @@ SLIDE_WIDTH = 1280  # px of a PNG / SVG from the camera button (a 16:9 slide is 
 SLIDE_HEIGHT = (420, 720)  # the figure's own height, kept within these
 TOKEN_TICKS = 80  # rotated token labels that fit side by side across a chart at the base font
 LEGEND_WRAP = 34  # characters of a legend entry before it wraps (long ones were cut at the figure's edge)
+TITLE_WRAP = 60  # characters of a title line: one fits a half-page chart at the presentation size
 
 
 def _axes(fig: go.Figure) -> list:
@@ -46,11 +47,11 @@ def finished(fig: go.Figure, title: str = "") -> go.Figure:
         if trace.name and len(trace.name) > LEGEND_WRAP and "<br>" not in trace.name:
             trace.name = wrap(trace.name)
     if title:
-        margin = fig.layout.margin
-        fig.update_layout(title={"text": html.escape(title, quote=False), "x": 0, "xanchor": "left", "y": 1,
-                                 "yref": "container", "yanchor": "top", "pad": {"t": 8, "l": 8},
-                                 "font": {"size": BASE_FONT + 3}},
-                          margin={"t": max(margin.t or 0, 48)})
+        # above the plot, pushing the top margin as high as its lines need (a long title wraps instead of
+        # running off the figure); its padding below leaves a line for labels drawn above the plot
+        text = wrap(html.escape(title, quote=False), TITLE_WRAP)
+        fig.update_layout(title={"text": text, "x": 0, "xanchor": "left", "xref": "container", "yref": "paper",
+                                 "automargin": True, "pad": {"l": 8, "b": 18}, "font": {"size": BASE_FONT + 3}})
     return fig
 
 
@@ -80,6 +81,8 @@ def scaled(fig: go.Figure, k: float) -> go.Figure:
     fig.update_layout(margin={side: round(getattr(lay.margin, side) * k) for side in "tlrb"
                               if getattr(lay.margin, side) is not None})
     lay.title.font.size = (lay.title.font.size or BASE_FONT + 3) * k
+    if lay.title.text:  # k times larger letters: k times fewer on a line
+        lay.title.text = wrap(lay.title.text.replace("<br>", " "), int(TITLE_WRAP / k))
     for axis in _axes(fig):
         axis.tickfont.size = (axis.tickfont.size or BASE_FONT) * k
         axis.title.font.size = (axis.title.font.size or BASE_FONT + 1) * k

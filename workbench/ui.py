@@ -85,6 +85,14 @@ def controls(label: str, expanded: bool = True):
     return st.expander(label, expanded=expanded and not st.session_state.get(state.PRESENTATION, False))
 
 
+def side_by_side(spec: list[int]) -> list:
+    """Columns for charts that sit side by side on a screen; stacked, each the page's whole width, when presenting
+    (a chart's larger type in a narrow column left no room for its labels)."""
+    if st.session_state.get(state.PRESENTATION):
+        return [st.container() for _ in spec]
+    return list(st.columns(spec))
+
+
 def number(value) -> float | None:
     """``value`` as a float, or None when it is missing, null or NaN (so ``f"{x:.0f}"`` is never handed None)."""
     try:
