@@ -137,7 +137,7 @@ if infos:
                                 "lr": c.training.get("lr"), "reward": c.training.get("reward"),
                                 "loss": c.training.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
-                 column_config={"reward": st.column_config.NumberColumn(format="%.3f"),
+                 column_config={"branch_of": "CPO run from", "reward": st.column_config.NumberColumn(format="%.3f"),
                                 "loss": st.column_config.NumberColumn(format="%.4f"),
                                 "lr": st.column_config.NumberColumn(format="%.1e")})
     for note in base_name_warnings(base, infos, base_names):  # a hint, not proof: never a refusal

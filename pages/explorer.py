@@ -174,9 +174,11 @@ else:
             ui.figure(resources.belief_lines(chosen, info.stamp, traj_id), "belief-lines", f"belief-{traj_id}",
                       title=f"Belief in the gold answer along {traj_id}")
         else:
-            order = list(a.summary["checkpoint"])
+            runs = run_branches(a.config.checkpoints)  # a CPO run right after its start, named as a run
+            order = charts.branch_order(list(a.summary["checkpoint"]), runs)
             at = st.select_slider("Under checkpoint", order, value=r["worst_checkpoint"]
-                                  if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
+                                  if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint",
+                                  format_func=lambda c: charts.branch_label(c, runs))
             ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
                       f"answers-{traj_id}-{at}", title=f"Every answer's belief along {traj_id} under {at}")
     if branches := run_branches(a.config.checkpoints):  # CPO runs: against their start, not the step before
