@@ -191,9 +191,10 @@ def _occlusion_result(df, traj: str, name: str) -> None:
     rows = df[df["traj_id"] == shown]
     labels = list(dict.fromkeys(rows["label"]))
     first = rows.iloc[0]
-    default = first["gold"] if first["gold"] in labels else first["answer"]
-    label = st.selectbox("Belief in", labels, index=labels.index(default), key="vis_occ_label",
-                         help="red: greying the patch lowers this label's belief (the answer leans on it)")
+    default = visual.strongest_label(rows)  # the label whose belief the patches move most: the effect shows
+    label = st.selectbox("Belief in", labels, index=labels.index(default), key=f"vis_occ_label-{name}-{shown}",
+                         help="red: greying the patch lowers this label's belief (the answer leans on it); first "
+                              "shown: the label whose belief the patches move most")
     try:
         image = np.asarray(load_image(ImageRef(Path(first["image"]), f"occlusion result {name}")))
     except InputError as e:

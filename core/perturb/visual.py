@@ -232,6 +232,13 @@ def swap_flip_rates(df: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"gold": "category"}).sort_values(["category", "step"]).reset_index(drop=True)
 
 
+def strongest_label(rows: pd.DataFrame) -> str:
+    """Of one study's occlusion rows, the label whose belief a patch moves most (largest ``|drop|`` under any
+    checkpoint): the one to draw first, where the image's effect shows (the gold label's belief can be near
+    zero before the CoT, and so cannot drop)."""
+    return str(rows.loc[rows["drop"].abs().idxmax(), "label"])
+
+
 def top_patches(rows: pd.DataFrame, label: str) -> pd.DataFrame:
     """Per checkpoint (in step order), the patch whose greying lowers the belief in ``label`` most."""
     part = rows[rows["label"] == label].sort_values(["step", "drop"], ascending=[True, False])

@@ -141,6 +141,8 @@ def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, 
     ref = _naive_belief(series, "checkpoint-2", variant, run_cfg)
     got = df[(df.checkpoint == "checkpoint-2") & (df.patch == 3)].set_index("label")["belief"]
     np.testing.assert_allclose(got[LABELS_SORTED].to_numpy(), ref, rtol=1e-4, atol=1e-5)
+    strongest = visual.strongest_label(df)
+    assert df[df.label == strongest]["drop"].abs().max() == df["drop"].abs().max()
     top = visual.top_patches(df, "Edema")
     assert top["checkpoint"].tolist() == series.names
     for _, t in top.iterrows():
