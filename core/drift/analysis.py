@@ -24,22 +24,20 @@ import numpy as np
 import pandas as pd
 
 from core.drift import findings as drift
+from core.drift import parts
 from core.drift.context_check import context_warnings
 from core.drift.probe import (
     NO_LABELS,
     POSITION_MODES,
     ProbeConfig,
     empty_beliefs,
-    probe,
 )
-from core.drift.scoring import ScoreConfig, batch_plan, score_batches
+from core.drift.scoring import ScoreConfig
 from core.errors import InputError
 from core.graph import concepts
 from core.io.cache import (
     SortedByTrajectory,
     cache_key,
-    part_name,
-    stored_grid,
     swap_in_folder,
     write_parquet,
 )
@@ -49,14 +47,11 @@ from core.io.trajectories import data_hash, encode, read_jsonl
 from core.jobs.supervisor import JOB_DIR
 from core.models.branches import series_parents
 from core.models.series import (
-    BASE,
     ModelSeries,
-    adapter_name,
     branch_starts,
     load_series,
     load_tokenizer,
     plan_series,
-    series_fingerprint,
 )
 from core.progress import Progress
 
@@ -413,7 +408,7 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
                  should_cancel: Callable[[], bool] | None = None, series: ModelSeries | None = None) -> StagedAnalysis:
     """Score, probe and summarise; the two expensive tables are cached on disk by fingerprint, in parts, and the
     drift tables computed part by part (``assemble_parts``): host memory does not grow with the trajectories."""
-    progress = _remembered(progress)  # says what it is doing (reading, loading) at the fraction reached so far
+    progress = parts.Remembered(progress)  # says what it is doing (reading, loading) at the fraction reached so far
     if progress:
         progress(0.0, 1.0, f"reading the trajectories of {Path(cfg.data).name}")
     records = read_jsonl(cfg.data, cfg.limit)
@@ -442,7 +437,7 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
             progress(0.0, 1.0, f"warning: {message}")
     common = (data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
     common += images_key(encoded)
-    marks = checkpoint_marks(base, infos, dtype)
+    marks = parts.checkpoint_marks(base, infos, dtype)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
         lo, hi = share
@@ -452,12 +447,12 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     parents = series_parents(list(marks), starts)
     staging = _staging(cache_dir)  # the tables are written here part by part, never whole in memory
     try:
-        tokens = _scores(get_series, encoded, scfg, cache_dir, token_keys(marks, parents, *common, cfg.top_k),
+        tokens = parts.scores(get_series, encoded, scfg, cache_dir, parts.token_keys(marks, parents, *common, cfg.top_k),
                          parents, stage("scoring", (0.0, 0.3)), should_cancel, staging)
         pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions,
                            include_prompt=cfg.include_prompt)
         if labels:
-            beliefs = _beliefs(get_series, encoded, pcfg, cache_dir,
+            beliefs = parts.beliefs(get_series, encoded, pcfg, cache_dir,
                                {n: cache_key(*common, asdict(pcfg), mark) for n, mark in marks.items()},
                                stage("probe", (0.3, 1.0)), should_cancel, staging)
         else:  # nothing names an answer: the token drift is still worth seeing
@@ -628,102 +623,10 @@ def _batch_size(cfg: AnalysisConfig, encoded, series: ModelSeries | None, progre
     return plan.batch_size
 
 
-PROBE_PART = 16  # trajectories per stored part of the beliefs table
-
-
 def _checkpoint_major(df: pd.DataFrame) -> pd.DataFrame:
     """Parts concatenated (each checkpoint-major in series order) -> the whole table checkpoint-major."""
     order = {c: i for i, c in enumerate(pd.unique(df["checkpoint"]))}
     return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
-
-
-# The cache is keyed per checkpoint: a checkpoint's rows depend on its own weights (and, for the scores, the
-# base's and its parent's: KL to them), never on which other checkpoints share the series. Adding a checkpoint
-# (a CPO run joining an analysis) computes that checkpoint alone; the others' parts are read back.
-
-def checkpoint_marks(base: Path, infos: list, dtype) -> dict[str, tuple]:
-    """Series name -> what its rows are keyed by: its name and step, and the fingerprint of the base's and its
-    own files (``series_fingerprint`` of the base and that one checkpoint)."""
-    marks = {BASE: (BASE, 0, series_fingerprint(base, [], dtype))}
-    for c in infos:
-        marks[adapter_name(c)] = (adapter_name(c), c.step, series_fingerprint(base, [c], dtype))
-    return marks
-
-
-def token_keys(marks: dict[str, tuple], parents: dict[str, str], *common) -> dict[str, str]:
-    """The scoring cache key of each checkpoint: its mark, and its parent's (``kl_prev`` is measured to it)."""
-    return {n: cache_key(*common, mark, marks[parents[n]] if n in parents else None) for n, mark in marks.items()}
-
-
-class _Only:
-    """A series seen through some of its checkpoint names (what scoring and the probe iterate): the rest of it
-    is the series' own. ``measured``: the names whose rows are kept; the others are there as references (the
-    base, a parent) and are measured against the base, their rows thrown away."""
-
-    def __init__(self, series: ModelSeries, names: set[str], measured: set[str]):
-        self._series = series
-        self.names = [n for n in series.names if n in names]
-        self.checkpoints = [c for c in series.checkpoints if adapter_name(c) in names]
-        full = series.parents
-        self.parents = {n: full[n] if n in measured else self.names[0] for n in self.names[1:]}
-
-    def __getattr__(self, name: str):
-        return getattr(self._series, name)
-
-
-def _scores(get_series, encoded, scfg: ScoreConfig, cache_dir, keys: dict[str, str], parents: dict[str, str],
-            progress, should_cancel, scratch: Path) -> list[list[Path]]:
-    """``score``'s table, stored per batch and checkpoint as it is computed (a rerun resumes at the first missing
-    batch; a new checkpoint is scored alone, with the base and its parent as references): per batch, the paths
-    of its rows under each checkpoint in series order."""
-    names = [part_name(encoded[i].id for i in idx) for idx in batch_plan(encoded, scfg)]
-
-    def compute(missing: dict[str, set[str]]):
-        wanted = set().union(*missing.values())
-        needed = {BASE, *missing, *(parents[n] for n in missing if n in parents)}
-        series = _Only(get_series(), needed, set(missing))
-        for idx, frame in score_batches(series, encoded, scfg, progress, should_cancel,
-                                        skip=lambda ids: part_name(ids) not in wanted):
-            name = part_name(encoded[i].id for i in idx)
-            for checkpoint in (c for c in series.names if name in missing.get(c, ())):
-                yield checkpoint, name, frame[frame["checkpoint"] == checkpoint].reset_index(drop=True)
-
-    return stored_grid(cache_dir, "tokens", keys, names, compute, scratch)
-
-
-def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, keys: dict[str, str], progress, should_cancel,
-             scratch: Path) -> list[list[Path]]:
-    """``probe``'s table, stored PROBE_PART trajectories at a time per checkpoint, only the missing checkpoints
-    probed: per part, the paths of its rows under each checkpoint in series order."""
-    slices = [encoded[a: a + PROBE_PART] for a in range(0, len(encoded), PROBE_PART)]
-    names = [part_name(e.id for e in part) for part in slices]
-
-    def compute(missing: dict[str, set[str]]):
-        todo = [(n, part) for n, part in zip(names, slices, strict=True) if any(n in m for m in missing.values())]
-        for k, (name, part) in enumerate(todo):
-            sub = (lambda d, t, m, k=k: progress(k + d / max(t, 1e-12), len(todo), m)) if progress else None
-            lacking = {c for c, m in missing.items() if name in m}
-            frame = probe(_Only(get_series(), lacking, lacking), part, pcfg, sub, should_cancel)
-            for checkpoint in (c for c in get_series().names if c in lacking):
-                yield checkpoint, name, frame[frame["checkpoint"] == checkpoint].reset_index(drop=True)
-
-    return stored_grid(cache_dir, "beliefs", keys, names, compute, scratch)
-
-
-class _remembered:
-    """A progress callback that remembers the fraction last reported (``done``), so that a message about what
-    the run does next (loading the model) keeps the bar where it is. ``_remembered(None)`` is None."""
-
-    def __new__(cls, progress):
-        return None if progress is None else super().__new__(cls)
-
-    def __init__(self, progress):
-        self.progress, self.done = progress, 0.0
-
-    def __call__(self, done: float, total: float, message: str) -> None:
-        if not message.startswith("warning: "):
-            self.done = done / max(total, 1e-12)
-        self.progress(done, total, message)
 
 
 @dataclass

@@ -206,7 +206,7 @@ def test_adding_a_cpo_run_scores_and_probes_it_alone_with_the_same_numbers(cfg, 
     import dataclasses
     import shutil
 
-    from core.drift import scoring
+    from core.drift import parts, scoring
 
     run = tmp_path / "runs" / "fix" / "adapter"  # a CPO run from checkpoint-2, as core.cpo writes one
     shutil.copytree(adapters / "checkpoint-4", run)
@@ -218,10 +218,10 @@ def test_adding_a_cpo_run_scores_and_probes_it_alone_with_the_same_numbers(cfg, 
     cache = tmp_path / "cache"
     an.run_analysis(before, cache_dir=cache)
     probed, scored, kept = [], [], []
-    real_probe, real_batches = an.probe, an.score_batches
-    monkeypatch.setattr(an, "probe", lambda series, part, *a, **k: probed.append(list(series.names)) or
+    real_probe, real_batches = parts.probe, parts.score_batches
+    monkeypatch.setattr(parts, "probe", lambda series, part, *a, **k: probed.append(list(series.names)) or
                         real_probe(series, part, *a, **k))
-    monkeypatch.setattr(an, "score_batches", lambda series, *a, **k: scored.append(list(series.names)) or
+    monkeypatch.setattr(parts, "score_batches", lambda series, *a, **k: scored.append(list(series.names)) or
                         real_batches(series, *a, **k))
     real_forward = scoring.batch_hidden
     monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: kept.append(1) or real_forward(*a, **k))
