@@ -55,7 +55,7 @@ branches = run_branches(cfg.checkpoints)  # CPO runs: drawn beside their start, 
 by_id = {r["id"]: r for r in records}
 ids = list(by_id)
 state.persist(state.LAB_TRAJECTORY, state.TRAJECTORY, ids)
-traj_id = st.selectbox("Study", ids, key=state.LAB_TRAJECTORY, format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
+traj_id = st.selectbox("Trajectory", ids, key=state.LAB_TRAJECTORY, format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
 st.session_state[state.TRAJECTORY] = traj_id
 record = by_id[traj_id]
 if record.get("images"):  # a VL study: every test below reads it with this X-ray

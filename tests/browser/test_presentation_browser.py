@@ -136,7 +136,7 @@ def test_explorer_charts_in_presentation_mode_and_the_heatmap_exported_whole(bro
     idle(page)
     page.get_by_text("token of the chain of thought").first.wait_for(timeout=60_000)
     charts = check_charts(page, min_tick_font=16)  # the tokens: 11 px, times 1.5 (they were about 9 px)
-    heat = next(c for c in charts if "per checkpoint and token" in c["title"])
+    heat = next(c for c in charts if "per checkpoint" in c["title"])  # (its lines run together in textContent)
     assert heat["tickFont"] >= 16
     page.screenshot(path=str(artifacts / "explorer-trajectory-presenting.png"), full_page=True)
     no_exception(page)
@@ -168,8 +168,16 @@ def test_explorer_charts_in_presentation_mode_and_the_heatmap_exported_whole(bro
         plot.locator(".modebar-btn[data-title='Download plot']").click()
     svg = got.value
     assert svg.suggested_filename.startswith("multimodal-heatmap-") and svg.suggested_filename.endswith(".svg")
-    text = open(svg.path(), encoding="utf-8").read()
+    svg.save_as(tmp_path / svg.suggested_filename)  # with its extension: a browser draws it as SVG
+    text = (tmp_path / svg.suggested_filename).read_text(encoding="utf-8")
     assert 'width="1280"' in text  # slide-sized
     for expected in ("token of the chain of thought", "checkpoint-150", "base", "multimodal", "effect drift"):
         assert expected in text, expected
+    drawn = browser.new_page(viewport={"width": 1300, "height": 800})  # the file itself, drawn: nothing cut or covered
+    drawn.goto((tmp_path / svg.suggested_filename).as_uri())
+    [chart] = drawn.evaluate(CHARTS.replace("[data-testid='stMain'] .js-plotly-plot", "svg.main-svg")
+                             .replace("gd.querySelector('svg.main-svg')", "gd"))
+    assert len(chart["ticks"]) > 10 and all(inside(t, chart["svg"], tol=2) for t in chart["ticks"])
+    assert all(not overlap(legend, t["box"]) for legend in chart["legend"] for t in chart["titles"]), chart
+    drawn.close()
     page.close()
