@@ -11,13 +11,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.drift.analysis import AnalysisConfig, list_analyses, perturb_job, resolve_labels, shell_command
+from core.drift.analysis import list_analyses, resolve_labels
+from core.drift.config import AnalysisConfig
 from core.errors import InputError
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.models.branches import run_branches
-from core.models.vision import is_vl_folder
+from core.models.families import family_for
 from core.perturb import text as perturb
 from core.perturb import visual
+from core.perturb.job import PerturbOptions
 from workbench import charts, resources, state, ui, visual_view
 
 st.title("Perturbation lab")
@@ -40,6 +43,7 @@ try:
     # the graph as edited on the Concept graph page (its file is version 1): swaps follow the researchers' edits
     graph = resources.concept_graph(st.session_state[state.WORKSPACE_PATH], cfg.graph)[0] if cfg.graph else None
     labels, _ = resolve_labels(cfg, records)
+    reads_images = family_for(cfg.base).reads_images  # an unsupported model: refused by name here
 except InputError as e:
     st.error(f"Cannot read this analysis's inputs: {e}")
     st.stop()
@@ -47,7 +51,7 @@ except InputError as e:
 
 def get_series():
     return resources.series(cfg.base, tuple(cfg.checkpoints) if isinstance(cfg.checkpoints, list) else cfg.checkpoints,
-                            cfg.device, cfg.dtype, tuple(cfg.base_names), (cfg.min_pixels, cfg.max_pixels, cfg.chat_template))
+                            cfg.device, cfg.dtype, tuple(cfg.base_names), cfg.vision)
 
 
 branches = run_branches(cfg.checkpoints)  # CPO runs: drawn beside their start, not on the RFT step axis
@@ -65,7 +69,7 @@ if record.get("images"):  # a VL study: every test below reads it with this X-ra
     text.text(f"{record['prompt']}\n{record['completion']}")
 else:
     st.text(f"{record['prompt']}\n{record['completion']}")
-if is_vl_folder(cfg.base) and record.get("images"):
+if reads_images and record.get("images"):  # the series' family reads this X-ray
     visual_view.image_section(ws, world, visual.VisualConfig.from_analysis(cfg), record, labels, len(records))
     st.header("Text")
 single, batch = st.tabs(["One trajectory", "Over the dataset"])
@@ -134,14 +138,14 @@ with batch:
     out = perturb.batch_output(ws.perturbations_dir, cfg.data, bfind, breplace, bmode, blimit)
     limit = int(blimit) or cfg.limit
     # --force: the same batch run again replaces its own earlier result (never a file the workbench did not write)
-    argv, files = perturb_job(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)
-    argv.append("--force")
-    st.code(shell_command(argv, files), language="bash")
+    job_cfg = dataclasses.replace(cfg, limit=limit)
+    job_options = PerturbOptions(out=str(out), find=bfind or "", replace=breplace or "", mode=bmode, force=True)
+    st.code(registry.shell_command(*registry.command("perturb", job_cfg, job_options)), language="bash")
     running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
                  or bool(running), icon=":material/play_arrow:"):
-        jobs.start(ws.jobs_dir, "perturb", argv, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
-                   meta={"out": str(out)}, files=files)
+        registry.launch(ws, "perturb", job_cfg, job_options, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
+                        meta={"out": str(out)})
         st.rerun()
 
     def show_result(job, main, side) -> None:
