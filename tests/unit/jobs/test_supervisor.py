@@ -59,7 +59,7 @@ def test_cancel_stops_the_worker_at_its_next_check(tmp_path):
 
 SLOW_STOP = textwrap.dedent("""
     import sys, time
-    from core.jobs.supervisor import cancel_flag, report_progress
+    from core.progress import cancel_flag, report_progress
     stop = cancel_flag()
     time.sleep(1.0)  # importing torch, say: no report yet
     while True:

@@ -49,9 +49,9 @@ def records(cfg):
 
 def _naive_belief(series, checkpoint, enc, cfg, every: bool = False):
     """The reference: softmax over labels of ``naive_label_logprobs`` (re-encoding image + prefix + label), at the
-    end of the CoT (or, ``every``, at each of the config's probe positions)."""
+    last of the config's probe positions (or, ``every``, at each of them)."""
     tk = tokens_of(series.tokenizer, ProbeConfig(labels=LABELS_SORTED, template=cfg.template), LABELS_SORTED)
-    pos = probe_positions(enc, cfg.positions, tk.template[0], sentence_ids(series.tokenizer))
+    [pos] = visual_probe._positions([enc], tk, series.tokenizer, cfg)  # occlusion: before the CoT by default
     with series.activate(checkpoint) as model:
         lp = naive_label_logprobs(model, series.processor, enc, pos if every else pos[-1:], tk)
     z = np.exp(lp - lp.max(-1, keepdims=True))
@@ -141,7 +141,8 @@ def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, 
     image = load_image(records[1]["image_refs"][0])
     enc = encode_vl(series.processor, [records[1]])[0]
     [variant] = visual.occluded_encodings(series.processor, enc, image, [(row.x0, row.y0, row.x1, row.y1)], 0)
-    [pos] = visual_probe._positions([variant], series.processor, run_cfg, LABELS_SORTED)
+    tk = tokens_of(series.tokenizer, ProbeConfig(labels=LABELS_SORTED, template=run_cfg.template), LABELS_SORTED)
+    [pos] = visual_probe._positions([variant], tk, series.tokenizer, run_cfg)
     assert (pos == [variant.start]) == (at == "start")  # before the CoT: right after the image and prompt
     ref = _naive_belief(series, "checkpoint-2", variant, run_cfg)
     got = df[(df.checkpoint == "checkpoint-2") & (df.patch == 3)].set_index("label")["belief"]
