@@ -301,8 +301,9 @@ def resolve_labels(cfg: AnalysisConfig, records: list[dict]) -> tuple[list[str],
 
 def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progress: Progress | None = None,
                  should_cancel: Callable[[], bool] | None = None, series: ModelSeries | None = None) -> StagedAnalysis:
-    """Score, probe and summarise; the two expensive tables are cached on disk by fingerprint, in parts, and the
-    drift tables computed part by part (``assemble_parts``): host memory does not grow with the trajectories."""
+    """Score, probe and summarise; the two expensive tables are cached on disk in parts per checkpoint (``parts``:
+    a checkpoint added to a scored series is computed alone), and the drift tables computed part by part
+    (``assemble_parts``): host memory does not grow with the trajectories."""
     progress = parts.Remembered(progress)  # says what it is doing (reading, loading) at the fraction reached so far
     if progress:
         progress(0.0, 1.0, f"reading the trajectories of {Path(cfg.data).name}")

@@ -22,7 +22,6 @@ from core.models.series import BASE, ModelSeries, adapter_name, series_fingerpri
 PROBE_PART = 16  # trajectories per stored part of the beliefs table
 
 
-
 # The cache is keyed per checkpoint: a checkpoint's rows depend on its own weights (and, for the scores, the
 # base's and its parent's: KL to them), never on which other checkpoints share the series. Adding a checkpoint
 # (a CPO run joining an analysis) computes that checkpoint alone; the others' parts are read back.
