@@ -277,7 +277,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--eval", type=Path, help="held-out labelled trajectories for evaluating checkpoints and runs")
     w.add_argument("--workspace", type=Path, default=None, help="the workspace that keeps the world")
     p = sub.add_parser("build-sample", help="rebuild a sample world from scratch (seeded, about 5 minutes on CPU "
-                       "for the text world, sample_data/; about 10 for the multimodal one, sample_data/multimodal/)")
+                       "for the text world, sample_data/; 3.5 for the multimodal one, sample_data/multimodal/, up to 7 on "
+                       "busy shared cores)")
     p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text", help="which sample world to build")
     p.add_argument("--out", type=expand, default=None,
                    help="where (default: sample_data/ for the text world, sample_data/multimodal/ for the other)")
