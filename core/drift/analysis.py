@@ -211,7 +211,8 @@ class Analysis:
 
 
 def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write: Callable[[Path], None]) -> Path:
-    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in."""
+    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in (also
+    ``save_folder``: the drift watch writes its growing analysis folder through it)."""
     import os
     import tempfile
 
@@ -234,6 +235,9 @@ def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+save_folder = _save_folder  # the public name (core.watch.store)
 
 
 class StagedAnalysis:
