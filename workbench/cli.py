@@ -10,6 +10,9 @@
     workbench train --config run.json           # a CPO run (core.cpo.train.TrainConfig as JSON)
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
+    workbench watch --run DIR --base DIR --data FILE [--out DIR] [--once]   # drift watch of a running job
+    workbench watch plugin --out cot_drift_watch.py     # the trainer callback / ms-swift plugin as one file
+    workbench demo --watch                      # a live GRPO run with the watch attached (workbench.demo.watch_demo)
     accelerate launch -m core.jobs.worker train --config run.json     # the same on several GPUs or with DeepSpeed
 """
 
@@ -94,7 +97,7 @@ def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
            "--server.address", args.host, "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
            "--server.headless", "true"]
-    url = f"http://localhost:{args.port}"
+    url = f"http://localhost:{args.port}" + getattr(args, "open_path", "")
     print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\nworkbench: open {url}", flush=True)
     proc = subprocess.Popen(cmd, env=env)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stopping `workbench` stops its server, never orphans it
@@ -258,6 +261,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text",
                            help="which sample world opens first: the text one (default) or the multimodal one "
                                 "(films and a tiny Qwen2.5-VL); the world picker offers both")
+            p.add_argument("--watch", action="store_true", help="also start a short real RFT (TRL GRPOTrainer on the "
+                           "text world's shifting stream, CPU) with the drift watch attached; opens the Watch page")
     def series_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--world", type=expand, help="a world folder: fills --base, --checkpoints, --data and --graph")
         p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
@@ -332,6 +337,9 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--graph", type=Path, help="concept graph JSON (default: a copy of the sample graph, to edit)")
     w.add_argument("--eval", type=Path, help="held-out labelled trajectories for evaluating checkpoints and runs")
     w.add_argument("--workspace", type=Path, default=None, help="the workspace that keeps the world")
+    from workbench import watch_cli
+
+    watch_cli.add_parser(sub)
     p = sub.add_parser("build-sample", help="rebuild a sample world from scratch (seeded, about 5 minutes on CPU "
                        "for the text world, sample_data/; about 10 for the multimodal one, sample_data/multimodal/)")
     p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text", help="which sample world to build")
@@ -368,6 +376,11 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from workbench.demo import SAMPLE_WORLDS
 
+            if args.watch:  # a live run for the Watch page (workbench.demo.watch_demo)
+                from workbench.demo import watch_demo
+
+                watch_demo.start(_open_workspace(args.workspace), SAMPLE_WORLDS["text"])
+                args.open_path = "/watch"
             return cmd_app(args, world_path=SAMPLE_WORLDS[args.world])
         if args.command == "score":
             return cmd_score(args)
@@ -379,6 +392,10 @@ def _main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "world":
             return cmd_world_create(args)
+        if args.command == "watch":
+            from workbench import watch_cli
+
+            return watch_cli.run(args, _open_workspace)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

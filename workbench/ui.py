@@ -212,9 +212,10 @@ def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     """A picker over the workspace's analyses and the world's shipped one (the session's choice kept
     across pages); stops the page with ``empty`` and a link to Checkpoints when there is none."""
     from core.drift.analysis import list_analyses
+    from core.watch.views import watch_analyses
     from workbench import routes
 
-    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None, *watch_analyses(ws.root))
     if not found:
         st.info(empty)
         st.page_link(routes.checkpoints(), label="Go to Checkpoints")

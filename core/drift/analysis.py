@@ -671,7 +671,8 @@ class AnalysisInfo:
     def describe(self) -> str:
         data = Path(self.config.data).name
         n = f"first {self.config.limit}" if self.config.limit else "all"
-        return f"{self.name} · {n} of {data} · probe {self.config.positions}"
+        name = f"{self.path.parent.name}/{self.name}" if self.name == "analysis" else self.name  # a world's, a watch's
+        return f"{name} · {n} of {data} · probe {self.config.positions}"
 
 
 def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:

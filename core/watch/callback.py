@@ -3,7 +3,8 @@
 One self-contained file: it imports the standard library and transformers only, so it runs in the trainer's own
 environment whatever that pins (``workbench watch plugin --out FILE`` writes it out; in the workbench it is
 ``core.watch.callback``). Its cost in the training loop is the copy of the checkpoint's weights and a file check
-per step; scoring runs in a process of ours beside the trainer (``workbench watch --run WATCH_DIR``).
+per step; scoring runs in a process of ours beside the trainer (``workbench watch --run WATCH_DIR``, or
+``python -m core.watch.scorer --run WATCH_DIR``, which ``spawn=True`` starts).
 
 TRL and every HF ``Trainer``::
 
@@ -40,7 +41,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-FORMAT = "cot-drift-watch"  # watch.json's "format": what tells a watch folder from a trainer's output folder
+FORMAT = "cot-drift-watch"  # watch.json's "format" (the names below: core.watch.layout, kept equal by a test)
 VERSION = 1
 MARKER = "watch.json"
 CHECKPOINTS = "checkpoints"
@@ -175,8 +176,8 @@ class DriftWatchCallback(TrainerCallback):
 
     keep: "adapters" | "all" | "none" (what stays after scoring). stop_on: alarm rules that end training
     (``core.watch.alarms.RULES``: belief_fall, detrimental_rise, concept_surge, entropy_collapse, kl_jump,
-    malformed). spawn: start the scorer beside the trainer (``python -m workbench.cli watch --run watch_dir`` +
-    ``scorer_args``, with ``python``, default ``$WORKBENCH_PYTHON`` or this interpreter). max_lag: if set, wait at
+    malformed). spawn: start the scorer beside the trainer (``python -m core.watch.scorer --run watch_dir`` +
+    ``scorer_args``, with ``python``: the workbench's interpreter, default ``$WORKBENCH_PYTHON`` or this one). max_lag: if set, wait at
     each save while more than this many recorded checkpoints are not scored yet (off by default: never blocks)."""
 
     def __init__(self, watch_dir: str | Path, keep: str = "adapters", stop_on: list[str] | tuple = (),
@@ -253,10 +254,10 @@ def _state_dict(state) -> dict:
 
 
 def spawn_scorer(watch_dir: Path, scorer_args: list[str], python: str) -> subprocess.Popen:
-    """Start ``python -m workbench.cli watch --run watch_dir ...`` in its own session (it finishes the queue when the
+    """Start ``python -m core.watch.scorer --run watch_dir ...`` in its own session (it finishes the queue when the
     trainer ends), its output in ``watch_dir/scorer.log``."""
     log = open(Path(watch_dir) / "scorer.log", "ab")  # the child keeps it open
-    cmd = [python, "-m", "workbench.cli", "watch", "--run", str(watch_dir), *scorer_args]
+    cmd = [python, "-m", "core.watch.scorer", "--run", str(watch_dir), *scorer_args]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -7,7 +7,7 @@ shows them, and the scorer (a background job) runs from the saved file, so no se
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from core.errors import InputError
@@ -123,6 +123,49 @@ class WatchConfig:
             return cls(**data)
         except (TypeError, ValueError) as e:
             raise InputError(f"{path}: {e}") from None
+
+
+PATH_FIELDS = ("run", "base", "data", "out", "world", "graph")
+
+
+def add_arguments(parser) -> None:
+    """One ``--flag`` per ``WatchConfig`` field, its help text from the field (every flag defaults to None: a config
+    holds the flags given and its own defaults for the rest, ``from_args``)."""
+    import typing
+
+    from core.io.paths import expand
+
+    hints = typing.get_type_hints(WatchConfig)
+    for f in fields(WatchConfig):
+        flag, kind, help_ = "--" + f.name.replace("_", "-"), hints[f.name], f.metadata.get("help", "")
+        if f.default not in (MISSING, None) and kind is not bool:
+            help_ += f" (default {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=help_)
+        elif f.name == "labels":
+            parser.add_argument(flag, nargs="*", default=None, help=help_)
+        else:
+            parser.add_argument(flag, type=expand if f.name in PATH_FIELDS else _scalar(kind), default=None, help=help_)
+
+
+def from_args(args) -> WatchConfig:
+    """A ``WatchConfig`` from parsed flags (``add_arguments``): the flags given, the defaults for the rest."""
+    given = {f.name: getattr(args, f.name) for f in fields(WatchConfig) if getattr(args, f.name, None) is not None}
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    if "run" not in given:
+        raise InputError("watch: give --run DIR (a callback's watch folder or a trainer's output folder)")
+    try:
+        return WatchConfig(**given)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _scalar(kind):
+    """The argparse type of a field annotated ``int``, ``float | None``, ``str | None`` ..."""
+    import typing
+
+    args = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+    return args[0] if args[0] in (int, float) else str
 
 
 def _int(value) -> bool:

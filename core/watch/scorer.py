@@ -23,13 +23,10 @@ from pathlib import Path
 
 from core.errors import InputError
 from core.progress import Cancelled, Progress
-from core.watch import callback
+from core.watch import layout
 from core.watch.config import WatchConfig
+from core.watch.layout import CONFIG, KEPT, PROBE, STATUS, is_watch_folder, read_alarms
 
-STATUS = "status.json"
-CONFIG = "config.json"
-PROBE = "probe.jsonl"
-KEPT = "kept.json"  # steps kept whatever ``keep`` says (an alarm fired there)
 ASSEMBLE_EVERY = 30.0  # seconds: while behind, the analysis is rebuilt at most this often (always when caught up)
 SCORING_FIELDS = ("base", "data", "world", "graph", "labels", "limit", "positions", "top_k", "dtype", "trust_remote_code")
 
@@ -51,8 +48,9 @@ class Watch:
             out = run.resolve()
             if cfg.out and Path(cfg.out).resolve() != out:
                 raise InputError(f"--out {cfg.out}: a callback's watch folder is its own output ({out}); leave --out out")
-            keep, follower = (callback.read_json(out / callback.MARKER) or {}).get("keep", "adapters"), None
+            keep, follower = (layout.read_json(out / layout.MARKER) or {}).get("keep", "adapters"), None
         else:
+            from core.watch import callback
             from core.watch.follow import Follower
 
             if not run.is_dir():
@@ -68,10 +66,6 @@ class Watch:
             keep = cfg.keep
         _check_same_settings(out, cfg)
         return cls(cfg, out, follower, keep)
-
-
-def is_watch_folder(path: str | Path) -> bool:
-    return (callback.read_json(Path(path) / callback.MARKER) or {}).get("format") == callback.FORMAT
 
 
 def _check_same_settings(out: Path, cfg: WatchConfig) -> None:
@@ -163,7 +157,7 @@ class _Loop:
     def recorded(self) -> list:
         from core.models.checkpoints import read_checkpoint
 
-        folders = [p for p in (self.w.out / callback.CHECKPOINTS).glob("checkpoint-*") if p.is_dir()]
+        folders = [p for p in (self.w.out / layout.CHECKPOINTS).glob("checkpoint-*") if p.is_dir()]
         return sorted((read_checkpoint(p) for p in folders), key=lambda c: c.step)
 
     def _queue(self) -> list:
@@ -171,7 +165,7 @@ class _Loop:
         return [c for c in self.recorded() if c.name not in done]
 
     def _trainer_ended(self) -> bool:
-        trainer = callback.read_json(self.w.out / callback.TRAINER) or {}
+        trainer = layout.read_json(self.w.out / layout.TRAINER) or {}
         return trainer.get("status") in ("ended", "stopped")
 
     # ---- one step
@@ -201,7 +195,7 @@ class _Loop:
         before = [s for s in scored if s["step"] < info.step]
         if not before:
             return None
-        folder = self.w.out / callback.CHECKPOINTS / before[-1]["checkpoint"]
+        folder = self.w.out / layout.CHECKPOINTS / before[-1]["checkpoint"]
         if not folder.is_dir():
             raise InputError(f"{folder}: the previous step's checkpoint is gone (needed for the KL to the previous "
                              "step); it was deleted outside the watch")
@@ -242,7 +236,7 @@ class _Loop:
         found = alarms.evaluate(s.summary(), s.table("by_concept"), s.table("by_token"), s.table("by_context"),
                                 s.finals(), answers, self.cfg, checkpoint)
         have = {(a.get("rule"), a.get("checkpoint")) for a in read_alarms(self.w.out)}
-        with open(self.w.out / callback.ALARMS, "a", encoding="utf-8") as f:
+        with open(self.w.out / layout.ALARMS, "a", encoding="utf-8") as f:
             for a in found:
                 if (a["rule"], a["checkpoint"]) not in have:
                     f.write(json.dumps({**a, "time": time.time()}) + "\n")
@@ -258,19 +252,19 @@ class _Loop:
                 self._alarms(s["checkpoint"])
 
     def _keep_step(self, checkpoint: str) -> None:
-        kept = set((callback.read_json(self.w.out / KEPT) or {}).get("kept", [])) | {checkpoint}
-        callback.write_json(self.w.out / KEPT, {"kept": sorted(kept)})
+        kept = set((layout.read_json(self.w.out / KEPT) or {}).get("kept", [])) | {checkpoint}
+        layout.write_json(self.w.out / KEPT, {"kept": sorted(kept)})
 
     def _release(self, prev, new) -> None:
         """Let ``prev`` go once ``new`` is scored, as ``keep`` says (never a step an alarm fired at; only the watch's
         own copies and links, never the trainer's folder)."""
         if prev is None or self.w.keep == "all":
             return
-        kept = set((callback.read_json(self.w.out / KEPT) or {}).get("kept", []))
+        kept = set((layout.read_json(self.w.out / KEPT) or {}).get("kept", []))
         if prev.name in kept or (self.w.keep == "adapters" and prev.kind == "adapter"):
             return
-        folder = self.w.out / callback.CHECKPOINTS / prev.name
-        if folder.is_dir() and folder.resolve().is_relative_to((self.w.out / callback.CHECKPOINTS).resolve()):
+        folder = self.w.out / layout.CHECKPOINTS / prev.name
+        if folder.is_dir() and folder.resolve().is_relative_to((self.w.out / layout.CHECKPOINTS).resolve()):
             shutil.rmtree(folder)
             self.status["released"] = sorted({*self.status.get("released", []), prev.step})
 
@@ -291,7 +285,7 @@ class _Loop:
         if state != "scoring":
             self.status.pop("scoring", None)
         self.status["queued"] = extra.get("queued", [c.step for c in self._queue()] if state != "failed" else [])
-        callback.write_json(self.w.out / STATUS, self.status)
+        layout.write_json(self.w.out / STATUS, self.status)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -301,37 +295,28 @@ class _Loop:
             time.sleep(min(0.2, end - time.monotonic()))
 
 
-def read_alarms(out: str | Path) -> list[dict]:
-    """The alarms raised so far (``alarms.jsonl``), in order; unreadable lines skipped."""
-    path = Path(out) / callback.ALARMS
-    if not path.is_file():
-        return []
-    found = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            a = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(a, dict):
-            found.append(a)
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m core.watch.scorer --config FILE``: a background job's entry (a saved ``WatchConfig``)."""
+    """``python -m core.watch.scorer --config FILE`` (a background job: a saved ``WatchConfig``), or the config's flags
+    (``--run DIR --base ... --data ...``: what the callback's ``spawn`` runs). ``--workspace`` (default
+    ``$WORKBENCH_WORKSPACE`` or the default workspace) lists the watch on its Watch page."""
     import argparse
+    import os
     import sys
 
     from core.jobs.supervisor import CANCELLED, cancel_flag, record_worker_exit, report_progress
+    from core.watch.config import add_arguments, from_args
 
     ap = argparse.ArgumentParser(prog="python -m core.watch.scorer")
-    ap.add_argument("--config", required=True, help="a WatchConfig JSON")
+    ap.add_argument("--config", help="a WatchConfig JSON (instead of the flags)")
+    ap.add_argument("--workspace", default=None, help="the workspace whose Watch page lists this watch")
+    add_arguments(ap)
     args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths only
     code = 1
     try:
-        cfg = WatchConfig.load(args.config)
-        should_cancel = cancel_flag()
-        n = run(cfg, report_progress, should_cancel)
+        cfg = WatchConfig.load(args.config) if args.config else from_args(args)
+        _register(cfg, args.workspace)
+        n = run(cfg, report_progress, cancel_flag())
         print(f"workbench: watch scored {n} step(s)", flush=True)
         code = 0
     except Cancelled:
@@ -342,6 +327,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         record_worker_exit(code)
     return code
+
+
+def _register(cfg: WatchConfig, workspace: str | None) -> None:
+    """List the watch on the workspace's Watch page (the named workspace, else the default one)."""
+    from core.watch.views import register
+    from core.workspace.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    try:
+        register(ws.root, Watch.open(resolve(cfg)).out)
+    finally:
+        ws.store.close()
 
 
 def job_files(cfg: WatchConfig) -> tuple[list[str], dict[str, str]]:

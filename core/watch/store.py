@@ -24,11 +24,11 @@ from pathlib import Path
 import pandas as pd
 
 from core.drift import findings as drift
-from core.drift.analysis import ROW_GROUP, TEXTS, AnalysisConfig, save_folder
-from core.drift.probe import empty_beliefs
+from core.drift.findings import BASE
 from core.io.cache import SortedByTrajectory, atomic_write_text, write_parquet
-from core.models.series import BASE
 
+ROW_GROUP = 8_192  # core.drift.analysis.ROW_GROUP (not imported here: it brings torch, and the page reads steps)
+TEXTS = "trajectories.jsonl"  # core.drift.analysis.TEXTS
 STEPS = "steps"
 ANALYSIS = "analysis"
 STEP_FILE = "step.json"
@@ -163,12 +163,15 @@ class StepStore:
         steps = self.scored()
         if not steps or not self.has_base():
             return None
+        from core.drift.analysis import save_folder
+
         names = [BASE] + [s["checkpoint"] for s in steps]
         config = replace(probe_set.config, checkpoints=list(kept))
         return save_folder(config, self.analysis_dir, False, lambda tmp: self._write_analysis(tmp, names, probe_set))
 
     def _write_analysis(self, folder: Path, names: list[str], probe_set) -> None:
         from core.drift import explore
+        from core.drift.probe import empty_beliefs
 
         ids = [e.id for e in probe_set.encoded]
         scratch = Path(tempfile.mkdtemp(prefix="sort-", dir=folder))
@@ -219,8 +222,9 @@ def _rows_of(df: pd.DataFrame, name: str) -> pd.DataFrame:
     return df[df["checkpoint"].isin([name, BASE])] if "accuracy" in df else df[df["checkpoint"] == name]
 
 
-def analysis_config(cfg, records_file: Path, labels: list[str]) -> AnalysisConfig:
+def analysis_config(cfg, records_file: Path, labels: list[str]):
     """The analysis config of a watch (``cfg``: a ``core.watch.config.WatchConfig``): its probe set, its settings."""
+    from core.drift.analysis import AnalysisConfig
     from core.io.answers import DEFAULT
 
     template = DEFAULT.template
