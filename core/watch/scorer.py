@@ -81,9 +81,14 @@ def _check_same_settings(out: Path, cfg: WatchConfig) -> None:
 
 
 def resolve(cfg: WatchConfig) -> WatchConfig:
-    """``cfg`` with the base, probe set and graph filled in from its world, and checked."""
+    """``cfg`` with the base, probe set and graph filled in from the watch's saved settings (a resumed watch) or from
+    its world, and checked."""
     import dataclasses
 
+    saved = (Path(cfg.run) if is_watch_folder(cfg.run) else Path(cfg.out or cfg.run)) / CONFIG
+    if saved.is_file() and not (cfg.base or cfg.data or cfg.world):
+        old = WatchConfig.load(saved)
+        cfg = dataclasses.replace(cfg, **{k: getattr(old, k) for k in SCORING_FIELDS})
     if cfg.world:
         from core.workspace.world import load_world
 
@@ -116,6 +121,7 @@ class _Loop:
         self.w, self.cfg, self.progress = watch, watch.cfg, progress
         self.cancelled = should_cancel or (lambda: False)
         self.store = StepStore(watch.out)
+        self.store.clean()  # what a killed scorer was writing: scored again
         self.cfg.save(watch.out / CONFIG)
         self.probe_set = None  # loaded with the first checkpoint (reads the tokenizer, the graph)
         self.scorer = None

@@ -53,9 +53,15 @@ class StepStore:
                 info = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue
-            if f.parent.name != BASE:
+            if f.parent.name != BASE and not f.parent.name.startswith("."):  # ".name.xyz": a step being written
                 found.append(info)
         return sorted(found, key=lambda s: (s["step"], s["checkpoint"]))
+
+    def clean(self) -> None:
+        """Remove steps a killed scorer left half-written (their temporary ``.name.xyz`` folders)."""
+        for tmp in self.steps_dir.glob(".*"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def has_base(self) -> bool:
         return (self.steps_dir / BASE / STEP_FILE).is_file()
