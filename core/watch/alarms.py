@@ -4,7 +4,7 @@ Rules (thresholds: ``core.watch.config.WatchConfig``; defaults fire on the sampl
 stay quiet on a stationary run, both tested):
 
     belief_fall        mean final gold-answer belief fell by > belief_drop since the previous step, or the engine's
-                       Page-Hinkley detector (core.drift.findings.page_hinkley) alarms at this step
+                       Page-Hinkley detector (core.drift.findings.page_hinkley, threshold page_hinkley) alarms here
     detrimental_rise   detrimental share of read positions rose by > detrimental_rise over its lowest so far, to
                        at least 1.5x it
     concept_surge      one concept's mean effect drift (core.drift.findings: drivers_by_concept) fell by > concept_drop
@@ -70,7 +70,7 @@ def _belief(line, i, _concepts, _answers, cfg) -> dict:
     if now is None or prev is None:
         return {}
     series = [v for v in line.loc[:i, "final_gold_prob"].tolist() if not np.isnan(v)]
-    ph = drift.page_hinkley(series)
+    ph = drift.page_hinkley(series, threshold=cfg.page_hinkley)
     if prev - now > cfg.belief_drop or ph == len(series) - 1:
         return {"": {"figure": "final gold-answer belief", "value": round(now, 4), "previous": round(prev, 4),
                      "threshold": cfg.belief_drop, "page_hinkley": ph == len(series) - 1,

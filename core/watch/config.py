@@ -57,6 +57,8 @@ class WatchConfig:
     # alarm thresholds (core.watch.alarms): defaults fire on the sample world's shortcut, stay quiet when stationary
     belief_drop: float = _help("belief_fall: the mean final gold-answer belief fell by more than this since the "
                                "previous step", default=0.1)
+    page_hinkley: float = _help("belief_fall: the Page-Hinkley detector's threshold on the mean final gold belief "
+                                "(core.drift.findings.page_hinkley; the engine's default)", default=0.1)
     detrimental_rise: float = _help("detrimental_rise: the detrimental share rose by more than this over its "
                                     "lowest so far (and to 1.5x it)", default=0.03)
     concept_drop: float = _help("concept_surge: one concept's mean effect drift fell by more than this since the "
@@ -88,7 +90,7 @@ class WatchConfig:
                   ("labels", isinstance(self.labels, list) and all(isinstance(x, str) for x in self.labels),
                    "a list of label strings"),
                   ("concept_min", _int(self.concept_min) and self.concept_min > 0, "a positive integer")]
-        for name in ("belief_drop", "detrimental_rise", "concept_drop", "kl_min"):
+        for name in ("belief_drop", "page_hinkley", "detrimental_rise", "concept_drop", "kl_min"):
             checks.append((name, _num(getattr(self, name)) and getattr(self, name) > 0, "a positive number"))
         for name in ("entropy_ratio", "malformed_share"):
             checks.append((name, _num(getattr(self, name)) and 0 < getattr(self, name) < 1, "a number in (0, 1)"))

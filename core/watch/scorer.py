@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(ap)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths only
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see workbench/cli.py)
     code = 1
     try:
         cfg = WatchConfig.load(args.config) if args.config else from_args(args)

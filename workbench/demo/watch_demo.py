@@ -14,6 +14,7 @@ The audience sees the shortcut appear in the drift curves and the alarm fire; St
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -66,7 +67,7 @@ def train(world: Path, out: Path, watch_dir: Path, cfg: WatchDemoConfig, callbac
                       num_generations=cfg.group, max_completion_length=cfg.max_completion_length, learning_rate=cfg.lr,
                       beta=0.0, temperature=1.0, shuffle_dataset=False, logging_steps=1, save_steps=cfg.save_steps,
                       save_total_limit=1, save_only_model=True, report_to=[], use_cpu=True, bf16=False, seed=cfg.seed,
-                      disable_tqdm=True)
+                      disable_tqdm=True, gradient_checkpointing=False)
     model = AutoModelForCausalLM.from_pretrained(world / "model")
     trainer = GRPOTrainer(model=model, reward_funcs=stream_reward, args=args, train_dataset=stream_dataset(tok, cfg),
                           processing_class=tok, callbacks=[DriftWatchCallback(watch_dir), *(callbacks or [])],
@@ -100,6 +101,11 @@ def start(ws, world: Path, cfg: WatchDemoConfig | None = None, limit: int = 32) 
 
 def main(argv: list[str] | None = None) -> int:
     import json
+
+    # before torch loads: OpenMP threads that spin while they wait starve each other on shared cores (a GRPO step of
+    # this tiny model took 25-60 s spinning, 2-3 s passive, at load 9-11 on 2 cores)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     ap = argparse.ArgumentParser(prog="python -m workbench.demo.watch_demo")
     ap.add_argument("--world", type=Path, required=True, help="the text sample world (its model/ is the SFT base)")
