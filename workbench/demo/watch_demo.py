@@ -67,7 +67,7 @@ def train(world: Path, out: Path, watch_dir: Path, cfg: WatchDemoConfig, callbac
                       num_generations=cfg.group, max_completion_length=cfg.max_completion_length, learning_rate=cfg.lr,
                       beta=0.0, temperature=1.0, shuffle_dataset=False, logging_steps=1, save_steps=cfg.save_steps,
                       save_total_limit=1, save_only_model=True, report_to=[], use_cpu=True, bf16=False, seed=cfg.seed,
-                      disable_tqdm=True, gradient_checkpointing=False)
+                      disable_tqdm=True, gradient_checkpointing=False, lr_scheduler_type="constant")
     model = AutoModelForCausalLM.from_pretrained(world / "model")
     trainer = GRPOTrainer(model=model, reward_funcs=stream_reward, args=args, train_dataset=stream_dataset(tok, cfg),
                           processing_class=tok, callbacks=[DriftWatchCallback(watch_dir), *(callbacks or [])],
