@@ -103,7 +103,7 @@ with left:
         asked = view.stop_asked
         if asked:
             st.info(f"Stop asked ({inert(asked.get('by', ''))}): the trainer ends at its next step.")
-        elif st.button("Stop training", icon=":material/stop_circle:", type="primary",
+        elif st.button("Stop training", key="watch_stop", icon=":material/stop_circle:", type="primary",
                        help="the callback ends training at its next step (control.should_training_stop)"):
             view.stop("the Watch page")
             st.rerun()
@@ -112,7 +112,7 @@ with left:
 with right:
     if view.finished:
         name = st.text_input("World name", value=view.name, key=state.WATCH_WORLD_NAME)
-        if st.button("Open as a world", icon=":material/public:",
+        if st.button("Open as a world", key="watch_world", icon=":material/public:",
                      help="the kept checkpoints and this watch's analysis become a world (explorer, counterfactuals, "
                           "curation and CPO runs work on it)"):
             try:
