@@ -263,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
                                 "(films and a tiny Qwen2.5-VL); the world picker offers both")
             p.add_argument("--watch", action="store_true", help="also start a short real RFT (TRL GRPOTrainer on the "
                            "text world's shifting stream, CPU) with the drift watch attached; opens the Watch page")
+            p.add_argument("--watch-config", type=expand, default=None, help="with --watch: the run's settings, a JSON "
+                           "of workbench.demo.watch_demo.WatchDemoConfig fields (steps, lr, save_steps, ...)")
     def series_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--world", type=expand, help="a world folder: fills --base, --checkpoints, --data and --graph")
         p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
@@ -379,7 +381,8 @@ def _main(argv: list[str] | None = None) -> int:
             if args.watch:  # a live run for the Watch page (workbench.demo.watch_demo)
                 from workbench.demo import watch_demo
 
-                watch_demo.start(_open_workspace(args.workspace), SAMPLE_WORLDS["text"])
+                watch_demo.start(_open_workspace(args.workspace), SAMPLE_WORLDS["text"],
+                                 watch_demo.load_config(args.watch_config))
                 args.open_path = "/watch"
             return cmd_app(args, world_path=SAMPLE_WORLDS[args.world])
         if args.command == "score":

@@ -34,9 +34,9 @@ def watch_curves(summary: pd.DataFrame, history: pd.DataFrame, alarms: list[dict
             fig.add_trace(go.Scatter(x=h["step"], y=h[col], name=label, mode="lines", line={"color": color, "dash": dash},
                                      hovertemplate="step %{x}<br>" + label + ": %{y:.3f}<extra></extra>"), row=3, col=1)
     for step, rules in _alarm_steps(alarms).items():
-        fig.add_vline(x=step, line={"color": "#d62828", "dash": "dash", "width": 1.5},
-                      annotation_text=_esc("alarm: " + ", ".join(rules)), annotation_position="top right",
-                      annotation_font_size=11)
+        fig.add_vline(x=step, line={"color": "#d62828", "dash": "dash", "width": 1.5})  # across the three panels
+        fig.add_annotation(x=step, xref="x", y=1.0, yref="y domain", text=_esc("alarm: " + ", ".join(rules)),
+                           showarrow=False, xanchor="left", yanchor="bottom", font={"size": 11, "color": "#d62828"})
     fig.update_yaxes(title_text="share", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="nats", row=2, col=1)
     fig.update_yaxes(title_text="trainer log", row=3, col=1)

@@ -1,0 +1,72 @@
+"""A training run with the drift watch vs without (target: within 5 % with the scorer on another device).
+
+TRL's GRPOTrainer on the text sample world's SFT base (LoRA r=8 on all linear layers, 8 prompts x 4 completions a
+step, ``save_steps=1, save_total_limit=1``: every step saves, so every step pays the watch's recording), on CPU.
+Three arms, interleaved over rounds, the same seed and data:
+
+- ``plain``: the trainer alone;
+- ``watch``: with ``DriftWatchCallback`` (each saved adapter copied into the watch folder, a stop-file check per
+  step): the training process's whole cost when the scorer runs on another device or machine;
+- ``watch + scorer``: the same with the scorer spawned beside it on the same CPU cores (a shared device).
+
+Wall time of ``trainer.train()`` per arm (median over rounds) and the ratios to ``plain`` are printed; no assertion.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
+
+
+def _train(sample_world, root, steps: int, arm: str) -> tuple[float, list[float]]:
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from core.watch.callback import DriftWatchCallback
+    from workbench.demo import watch_demo
+
+    tok = AutoTokenizer.from_pretrained(sample_world / "model")
+    cfg = watch_demo.WatchDemoConfig(steps=steps)
+    args = GRPOConfig(output_dir=str(root / "out"), max_steps=steps, per_device_train_batch_size=32, num_generations=4,
+                      max_completion_length=64, learning_rate=2e-3, lr_scheduler_type="constant", beta=0.0,
+                      shuffle_dataset=False, logging_steps=1, save_steps=1, save_total_limit=1, save_only_model=True,
+                      report_to=[], use_cpu=True, bf16=False, seed=0, disable_tqdm=True, gradient_checkpointing=False)
+    callbacks = []
+    if arm != "plain":
+        callbacks.append(DriftWatchCallback(root / "watch", spawn=arm == "watch + scorer", python=sys.executable,
+                                            scorer_args=["--world", str(sample_world), "--limit", "16", "--decode", "0",
+                                                         "--poll", "0.2", "--workspace", str(root / "ws")]))
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(sample_world / "model"),
+                          reward_funcs=watch_demo.stream_reward, args=args,
+                          train_dataset=watch_demo.stream_dataset(tok, cfg), processing_class=tok, callbacks=callbacks,
+                          peft_config=LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    if callbacks and callbacks[0].scorer is not None:
+        callbacks[0].scorer.wait(timeout=900)  # not timed: it finishes its queue after the run
+    return seconds, callbacks[0].record_seconds if callbacks else []
+
+
+def test_training_with_the_watch_vs_without(tmp_path, sample_world, size):
+    steps, rounds = size(16, 3), size(3, 1)
+    arms = ("plain", "watch", "watch + scorer")
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    records: list[float] = []
+    for r in range(rounds):
+        for arm in arms:
+            seconds, rec = _train(sample_world, tmp_path / f"{r}-{arm.replace(' ', '')}", steps, arm)
+            times[arm].append(seconds)
+            records += rec
+    plain = statistics.median(times["plain"])
+    print(f"\nGRPO, {steps} steps, save_steps=1, CPU{size.header()}:")
+    for arm in arms:
+        m = statistics.median(times[arm])
+        print(f"  {arm:15s} {m:7.1f} s  ratio to plain: {m / plain:.3f}x")
+    print(f"  recording one checkpoint (the callback's cost per save): median {1000 * statistics.median(records):.1f} ms")
