@@ -73,6 +73,20 @@ def alarms(view: views.WatchView) -> None:
                 open_in_explorer(view, alarm)
 
 
+def stop(view: views.WatchView) -> None:
+    """Stop (in the live panel: it appears once the trainer runs)."""
+    if view.has_callback and view.trainer_state == "running":
+        asked = view.stop_asked
+        if asked:
+            st.info(f"Stop asked ({inert(asked.get('by', ''))}): the trainer ends at its next step.")
+        elif st.button("Stop training", key="watch_stop", icon=":material/stop_circle:", type="primary",
+                       help="the callback ends training at its next step (control.should_training_stop)"):
+            view.stop("the Watch page")
+            st.rerun(scope="fragment")
+    elif not view.has_callback:
+        st.caption("Followed from its folder (no callback): Stop cannot reach this trainer.")
+
+
 def live() -> None:
     try:
         view = views.WatchView.open(chosen)
@@ -80,6 +94,7 @@ def live() -> None:
         st.error(str(e))
         return
     header(view)
+    stop(view)
     if view.status.get("state") == "failed":
         st.error(f"The scorer failed: {inert(view.status.get('error', ''))}")
     ui.figure(watch_charts.watch_curves(view.summary(), view.log_history(), view.alarms), "watch-curves",
@@ -97,34 +112,21 @@ def is_live(path: str) -> bool:
 ui.live_fragment(live, lambda: is_live(chosen), state.running_flag("watch"))
 
 view = views.WatchView.open(chosen)
-left, right = st.columns(2)
-with left:
-    if view.has_callback and view.trainer_state == "running":
-        asked = view.stop_asked
-        if asked:
-            st.info(f"Stop asked ({inert(asked.get('by', ''))}): the trainer ends at its next step.")
-        elif st.button("Stop training", key="watch_stop", icon=":material/stop_circle:", type="primary",
-                       help="the callback ends training at its next step (control.should_training_stop)"):
-            view.stop("the Watch page")
-            st.rerun()
-    elif not view.has_callback:
-        st.caption("Followed from its folder (no callback): Stop cannot reach this trainer.")
-with right:
-    if view.finished:
-        name = st.text_input("World name", value=view.name, key=state.WATCH_WORLD_NAME)
-        if st.button("Open as a world", key="watch_world", icon=":material/public:",
-                     help="the kept checkpoints and this watch's analysis become a world (explorer, counterfactuals, "
-                          "curation and CPO runs work on it)"):
-            try:
-                made = views.open_as_world(chosen, ws.root, name)
-            except InputError as e:
-                st.error(str(e))
-            else:
-                ws.store.register_world(made.name, made.root, made.fingerprint())
-                st.session_state[state.NEXT_WORLD] = str(made.root)
-                st.session_state[state.ANALYSIS] = str(made.analysis_dir)
-                st.success(f"World {inert(made.name)} created; the explorer opens it.")
-                st.page_link(routes.explorer(), label="Open the Drift explorer", icon=":material/stacked_line_chart:")
+if view.finished:
+    name = st.text_input("World name", value=view.name, key=state.WATCH_WORLD_NAME)
+    if st.button("Open as a world", key="watch_world", icon=":material/public:",
+                 help="the kept checkpoints and this watch's analysis become a world (explorer, counterfactuals, "
+                      "curation and CPO runs work on it)"):
+        try:
+            made = views.open_as_world(chosen, ws.root, name)
+        except InputError as e:
+            st.error(str(e))
+        else:
+            ws.store.register_world(made.name, made.root, made.fingerprint())
+            st.session_state[state.NEXT_WORLD] = str(made.root)
+            st.session_state[state.ANALYSIS] = str(made.analysis_dir)
+            st.success(f"World {inert(made.name)} created; the explorer opens it.")
+            st.page_link(routes.explorer(), label="Open the Drift explorer", icon=":material/stacked_line_chart:")
 with st.expander("Recorded checkpoints and settings", expanded=False):
     ui.table(pd.DataFrame(view.recorded()), "watch-recorded", f"watch-{view.name}-checkpoints")
     st.json(view.config(), expanded=False)
