@@ -25,7 +25,8 @@ def make_watch(world: Path, root: Path, status: str = "running", steps: tuple[in
         peft.save_pretrained(root / "run" / f"checkpoint-{step}", save_embedding_layers=False)
         history += [{"step": s, "loss": 1.0 / s, "reward": 0.1 * s} for s in range(len(history) + 1, step + 1)]
         callback.record(root / "run" / f"checkpoint-{step}", watch, step, {"global_step": step, "log_history": history})
-    scorer.run(WatchConfig(run=str(watch), world=str(world), limit=4, batch_size=4, decode=2, once=True))
+    scorer.run(WatchConfig(run=str(watch), world=str(world), limit=4, batch_size=4, decode=2, once=True,
+                           positions="sentence"))
     (watch / "trainer.json").write_text(json.dumps({"status": status, "global_step": steps[-1], "max_steps": 10,
                                                     "log_history": history}))
     return watch

@@ -31,7 +31,8 @@ def test_a_watch_as_the_page_reads_it_then_as_a_world(recorded, quick_world, tmp
     with pytest.raises(InputError, match="no analysis yet"):
         views.open_as_world(recorded, ws, "too-early")
 
-    scorer.run(WatchConfig(run=str(recorded), world=str(quick_world), limit=6, batch_size=4, decode=0, once=True))
+    scorer.run(WatchConfig(run=str(recorded), world=str(quick_world), limit=4, batch_size=4, decode=0, once=True,
+                           positions="end"))
     (recorded / "trainer.json").write_text(json.dumps({"status": "stopped", "global_step": 7, "log_history": []}))
     view = views.WatchView.open(recorded)
     assert view.finished and view.scorer_state == "done" and view.lag()["queued"] == 0 and len(view.steps) == 3
