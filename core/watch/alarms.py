@@ -71,12 +71,14 @@ def _belief(line, i, _concepts, _answers, cfg) -> dict:
         return {}
     series = [v for v in line.loc[:i, "final_gold_prob"].tolist() if not np.isnan(v)]
     ph = drift.page_hinkley(series, threshold=cfg.page_hinkley)
-    if prev - now > cfg.belief_drop or ph == len(series) - 1:
-        return {"": {"figure": "final gold-answer belief", "value": round(now, 4), "previous": round(prev, 4),
-                     "threshold": cfg.belief_drop, "page_hinkley": ph == len(series) - 1,
-                     "message": f"gold-answer belief fell {prev:.2f} -> {now:.2f} ({now - prev:+.2f})"
-                                + (", Page-Hinkley alarm" if ph == len(series) - 1 else "")}}
-    return {}
+    dropped, detected = prev - now > cfg.belief_drop, ph == len(series) - 1
+    if not (dropped or detected):
+        return {}
+    message = f"gold-answer belief fell {prev:.2f} -> {now:.2f} ({now - prev:+.2f})" if dropped else \
+        f"gold-answer belief in a sustained fall ({series[0]:.2f} at the base, {now:.2f} now)"
+    return {"": {"figure": "final gold-answer belief", "value": round(now, 4), "previous": round(prev, 4),
+                 "threshold": cfg.belief_drop, "page_hinkley": detected,
+                 "message": message + (", Page-Hinkley alarm" if detected else "")}}
 
 
 def _detrimental(line, i, _concepts, _answers, cfg) -> dict:

@@ -123,8 +123,6 @@ def advance(series: ModelSeries | None, cfg: AnalysisConfig, infos: list[Checkpo
     reusable = (series is not None and getattr(series, "processor", None) is None and hasattr(series.model, "peft_config")
                 and all(c.kind == "adapter" for c in [*series.checkpoints, *infos]))
     if not reusable:
-        if series is not None:
-            del series
         return load_series(cfg.base, [str(c.path) for c in infos], device=cfg.device, dtype=cfg.dtype,
                            trust_remote_code=cfg.trust_remote_code, base_names=cfg.base_names, vision=cfg.vision)
     from core.models.adapter_checks import check_adapter_keys, refuse_pickle_adapter
@@ -153,12 +151,3 @@ def advance(series: ModelSeries | None, cfg: AnalysisConfig, infos: list[Checkpo
     return ModelSeries(series.base_dir, list(infos), model, series.tokenizer, series.device, series.dtype,
                        series.trust_remote_code, warnings=series.warnings)
 
-
-def load_probe_records(cfg: AnalysisConfig) -> list[dict]:
-    """The probe set's records (the first ``cfg.limit`` of ``cfg.data``)."""
-    from core.io.trajectories import read_jsonl
-
-    return read_jsonl(cfg.data, cfg.limit)
-
-
-__all__ = ["BASE", "ProbeSet", "StepResult", "StepScorer", "advance", "load_probe_records"]
