@@ -25,7 +25,7 @@ from workbench.demo import generator
 
 @dataclass
 class WatchDemoConfig:
-    steps: int = 48  # optimisation steps (each one generation batch): the shortcut shows from about step 32
+    steps: int = 40  # optimisation steps (each one generation batch): the shortcut shows from about step 32
     prompts_per_step: int = 8
     group: int = 4  # completions per prompt (GRPO's group)
     lr: float = 2e-3  # constant (5e-3 broke the model: entropy 5.9 nats, accuracy 0.06)
