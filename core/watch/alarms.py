@@ -5,8 +5,7 @@ stay quiet on a stationary run, both tested):
 
     belief_fall        mean final gold-answer belief fell by > belief_drop since the previous step, or the engine's
                        Page-Hinkley detector (core.drift.findings.page_hinkley, threshold page_hinkley) alarms here
-    detrimental_rise   detrimental share of read positions rose by > detrimental_rise over its lowest so far, to
-                       at least 1.5x it
+    detrimental_rise   detrimental share of read positions rose by > detrimental_rise since the previous step
     concept_surge      one concept's mean effect drift (core.drift.findings: drivers_by_concept) fell by > concept_drop
                        since the previous step (the shortcut: "opacity" now pulls belief to Lung Opacity)
     entropy_collapse   mean CoT token entropy below entropy_ratio x the base's
@@ -82,16 +81,14 @@ def _belief(line, i, _concepts, _answers, cfg) -> dict:
 
 
 def _detrimental(line, i, _concepts, _answers, cfg) -> dict:
-    shares = line.loc[1:i, "share_detrimental"].astype(float).tolist()
-    if len(shares) < 2 or np.isnan(shares[-1]):
+    if i < 2:
+        return {}  # a first step's share is all the run's drift so far (the base's is 0 by definition)
+    prev, now = _value(line.loc[i - 1, "share_detrimental"]), _value(line.loc[i, "share_detrimental"])
+    if prev is None or now is None or now - prev <= cfg.detrimental_rise:
         return {}
-    lowest = np.nanmin(shares[:-1])
-    now = shares[-1]
-    if now - lowest > cfg.detrimental_rise and now >= 1.5 * lowest:
-        return {"": {"figure": "detrimental share", "value": round(now, 4), "previous": round(float(lowest), 4),
-                     "threshold": cfg.detrimental_rise,
-                     "message": f"detrimental share rose {lowest:.3f} -> {now:.3f} (lowest so far -> now)"}}
-    return {}
+    return {"": {"figure": "detrimental share", "value": round(now, 4), "previous": round(prev, 4),
+                 "threshold": cfg.detrimental_rise,
+                 "message": f"detrimental share rose {prev:.3f} -> {now:.3f} since the previous step"}}
 
 
 def _concepts(line, i, by_concept, _answers, cfg) -> dict:

@@ -59,8 +59,8 @@ class WatchConfig:
                                "previous step", default=0.1)
     page_hinkley: float = _help("belief_fall: the Page-Hinkley detector's threshold on the mean final gold belief "
                                 "(core.drift.findings.page_hinkley; the engine's default)", default=0.1)
-    detrimental_rise: float = _help("detrimental_rise: the detrimental share rose by more than this over its "
-                                    "lowest so far (and to 1.5x it)", default=0.03)
+    detrimental_rise: float = _help("detrimental_rise: the detrimental share rose by more than this since the "
+                                    "previous step", default=0.025)
     concept_drop: float = _help("concept_surge: one concept's mean effect drift fell by more than this since the "
                                 "previous step", default=0.15)
     concept_min: int = _help("concept_surge: mentions a concept needs in the probe set", default=8)
