@@ -1,17 +1,71 @@
-"""Progress reporting and cancellation shared by every long job (scoring, probe, perturbation, the CLI).
+"""Progress reporting and cancellation shared by every long job (scoring, probe, perturbation, the CLI), and what a
+job's body needs to talk to its job folder (``core.jobs.supervisor``) without importing the jobs wing.
 
     def job(..., progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None): ...
         if should_cancel and should_cancel():
             raise Cancelled("scoring cancelled")
         progress(done, total, "base: batch 3/40")
+
+    should_cancel = cancel_flag()       # in a worker: SIGTERM (the page's Cancel) turns it true
+    report_progress(3, 40, "batch 3")   # in a worker: into $WORKBENCH_PROGRESS (a job's progress.json)
+    record_worker_exit(code)            # in a worker: how it ended, beside the progress file
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
+
+from core.atomic import atomic_write_text
 
 Progress = Callable[[float, float, str], None]  # (done, total, message)
+
+PROGRESS_ENV = "WORKBENCH_PROGRESS"  # the worker's progress file, set by the supervisor
+JOB_DIR = "{job}"  # in a job's argv: its folder (``core.jobs.supervisor.start`` fills it in)
+CANCELLED = 130  # a worker's exit code after a graceful cancel (as after Ctrl-C)
+WORKER_EXIT = "worker_exit.json"
 
 
 class Cancelled(RuntimeError):
     """Raised when the caller's ``should_cancel`` returned True."""
+
+
+def report_progress(done: float, total: float, message: str, _state: dict = {}) -> None:  # noqa: B006
+    """For workers: write ``$WORKBENCH_PROGRESS`` (at most every 0.3 s, and always at the end)."""
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return
+    now = time.monotonic()
+    fraction = done / total if total else 0.0
+    if fraction < 1 and now - _state.get("last", 0.0) < 0.3:
+        return
+    _state["last"] = now
+    # the first report with work done (after the first batch) anchors the ETA: the rate from there on leaves
+    # out the start-up (imports, loading the models), which made the first ETAs several times too long
+    first = _state.setdefault(("first", path), [time.time(), fraction]) if fraction > 0 else [None, None]
+    atomic_write_text(Path(path), json.dumps({"done": round(fraction, 4), "message": message, "time": time.time(),
+                                              "first_time": first[0], "first_done": first[1]}),
+                      durable=False)  # replaced every 0.3 s: an fsync each time would stall on a busy disk
+
+
+def record_worker_exit(code: int) -> None:
+    """For workers: write the exit code beside ``$WORKBENCH_PROGRESS`` (a job's folder) before exiting, so
+    the job's state is known even when its supervisor was killed. Outside a job it does nothing."""
+    path = os.environ.get(PROGRESS_ENV)
+    if path:
+        try:
+            atomic_write_text(Path(path).parent / WORKER_EXIT, json.dumps({"returncode": code, "ended_at": time.time()}))
+        except OSError:
+            pass  # the supervisor's exit.json says it as well
+
+
+def cancel_flag() -> Callable[[], bool]:
+    """For workers: a ``should_cancel`` that turns true on SIGTERM (installed here)."""
+    flag = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    return flag.is_set

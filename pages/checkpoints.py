@@ -11,17 +11,20 @@ import pandas as pd
 import streamlit as st
 
 from core.cpo import runs
-from core.drift.analysis import AnalysisConfig, list_analyses, score_job, shell_command
+from core.drift.analysis import list_analyses
+from core.drift.config import AnalysisConfig
+from core.drift.job import ScoreOptions
 from core.errors import InputError
 from core.io.paths import expand
 from core.io.roots import refused_paths, search_roots
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.models import checkpoints as ckpts
 from core.models.branches import branch_of
 from core.models.series import adapter_name, base_name_warnings, plan_series
-from core.models.vision import is_vl_folder
+from core.models.families import family_for
 from core.workspace import world as world_mod
-from workbench import resources, routes, state, ui
+from workbench import forms, resources, routes, state, ui
 
 if st.session_state.pop(state.OPEN_EXPLORER, False):
     st.switch_page(routes.explorer())
@@ -31,6 +34,9 @@ st.caption("Choose the base model and its checkpoint series, the trajectories to
 
 ws, world = ui.page_context(note="; give local folders instead.")
 roots = search_roots(ws.root, world and world.root)
+# the analysis fields this page sets itself (the series and data pickers, the limit beside Score), and
+# trust_remote_code: running a model folder's own code is asked for on the command line only
+PAGE_SET = ("base", "checkpoints", "base_names", "data", "graph", "limit", "trust_remote_code")
 
 
 def picker(label: str, candidates: list[Path], key: str, help_: str) -> str:
@@ -83,38 +89,28 @@ else:
     elif graph and not problems and not expand(graph).is_file():
         problems.append(f"{graph}: concept graph file not found")
 
+family = None
+if base and not problems:
+    try:  # the base's family (core.models.families): an unsupported model_type is named here, before scoring
+        family = family_for(ckpts.check_model_dir(base))
+    except InputError as e:
+        problems.append(str(e))
 checkpoint_list = [s.strip() for s in series_arg.split(";") if s.strip()] if series_arg else []
 checkpoints_value = checkpoint_list[0] if len(checkpoint_list) == 1 else (checkpoint_list or None)
+dev = resources.device_info()
+vl = bool(family is not None and family.reads_images)  # a base that reads images: its image settings too
 with ui.controls("Device and settings", expanded=False):
-    c1, c2, c3 = st.columns(3)
-    dev = resources.device_info()
-    device = c1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="ck_device",
-                          help=f"auto: {dev.describe()}")
-    dtype = c2.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="ck_dtype",
-                         help="auto: bfloat16 on CUDA, float32 on CPU")
-    positions = c3.selectbox("Probe positions", ["every", "sentence", "end"], key="ck_positions",
-                             help="every token (finest, slowest), sentence ends, or only the end of the CoT")
-    c1, c2, c3 = st.columns(3)
-    batch_size = c1.number_input("Batch size", 1, 512, 8, key="ck_batch")
-    top_k = c2.number_input("Top-k alternatives", 1, 50, 5, key="ck_topk")
-    include_prompt = c3.toggle("Probe inside the report too", True, key="ck_prompt")
-    chat_template = st.toggle("Chat template for conversations", True, key="ck_chat",
-                              help="conversational records (messages) are encoded through the tokenizer's chat "
-                                   "template, as the model was trained; off: the prompt text alone")
-    pixels = {}
-    if base and not problems and is_vl_folder(expand(base)):  # a vision-language base: the image settings
-        c1, c2 = st.columns(2)
-        for col, name, label in ((c1, "min_pixels", "Min pixels"), (c2, "max_pixels", "Max pixels")):
-            value = col.number_input(f"{label} per image (0 = the checkpoint's)", 0, 100_000_000, 0, step=28 * 28,
-                                     key=f"ck_{name}", help=AnalysisConfig.field_help(name))
-            pixels[name] = int(value) or None
+    shown = ["device", "dtype", "positions", "batch_size", "top_k", "include_prompt", "chat_template"]
+    settings = forms.settings(AnalysisConfig, shown, "ck", helps={"device": f"auto: {dev.describe()}"})
+    settings |= forms.settings(AnalysisConfig, forms.others(AnalysisConfig, shown, PAGE_SET + (
+        () if vl else ("min_pixels", "max_pixels"))), "ck")
+device, dtype = settings["device"], settings["dtype"]
 
 infos = []
 if base and not problems:
     try:
         ckpts.check_model_dir(base)
-        _, infos, dev_name, torch_dtype = plan_series(base, checkpoints_value, None if device == "auto" else device,
-                                                      None if dtype == "auto" else dtype)
+        _, infos, dev_name, torch_dtype = plan_series(base, checkpoints_value, device, dtype)
     except InputError as e:
         problems.append(str(e))
     except ValueError as e:
@@ -185,8 +181,9 @@ if source == "Local folders" and base and data and not problems:
         if st.button("Create the world", key="ck_world_create", disabled=not world_name.strip(),
                      help="writes a world.json under the workspace naming these folders; nothing is copied"):
             try:
+                start = graph or (world and world.graph_path)  # the open world's graph, to edit
                 new = world_mod.create_world(world_mod.world_dir(ws.root, world_name), world_name, base,
-                                             checkpoint_list, [data], graph, held or None)
+                                             checkpoint_list, [data], start, held or None)
                 ws.store.register_world(new.name, new.root, new.fingerprint())
                 st.session_state[state.NEXT_WORLD] = str(new.root)  # the sidebar's picker switches to it
                 st.rerun()
@@ -208,23 +205,20 @@ if not problems:
     try:
         cfg = AnalysisConfig(base=str(expand(base).resolve()), data=str(expand(data).resolve()),
                              checkpoints=checkpoints_value, graph=graph and str(expand(graph).resolve()),
-                             base_names=base_names, positions=positions, top_k=int(top_k),
-                             batch_size=int(batch_size), limit=int(limit) or None, include_prompt=include_prompt,
-                             chat_template=chat_template, **pixels,
-                             device=None if device == "auto" else device, dtype=None if dtype == "auto" else dtype)
+                             base_names=base_names, limit=int(limit) or None, **settings)
     except ValueError as e:
         problems.append(f"Settings: {e}")
 for p in problems:
     st.error(p)
 if cfg is not None:
     name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv, files = score_job(cfg, ws.analyses_dir / name, ws.root)  # the job runs from the saved config
-    st.code(shell_command(argv, files), language="bash")
+    options = ScoreOptions(out=str(ws.analyses_dir / name), workspace=str(ws.root))
+    st.code(registry.shell_command(*registry.command("score", cfg, options)), language="bash")  # as the job runs
     running = [j for j in jobs.list_jobs(ws.job_dirs, "score") if j.state() == "running"]
     if st.button("Score", type="primary", icon=":material/play_arrow:", key="ck_run", disabled=bool(running),
                  help="runs in the background; the result is cached, so the same request returns at once"):
-        jobs.start(ws.jobs_dir, "score", argv, title=f"score {Path(data).name} under {len(infos) + 1} models",
-                   meta={"out": str(ws.analyses_dir / name)}, files=files)
+        registry.launch(ws, "score", cfg, options, title=f"score {Path(data).name} under {len(infos) + 1} models",
+                        meta={"out": options.out})
         st.rerun()
     if running:
         st.caption("One scoring job at a time: wait for it or cancel it below.")

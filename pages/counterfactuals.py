@@ -20,6 +20,7 @@ from core.counterfactuals.store import (
 )
 from core.errors import InputError
 from core.graph import concepts
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from workbench import curation_view, graphview, resources, state, ui
 
@@ -142,8 +143,9 @@ if st.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or tar
              icon=":material/play_arrow:"):
     try:
         llm = {"expert_checkpoint": ckpt, "expert": {"template": template, **settings}} if expert else {}
-        cf_job.start(ws, cf_job.BatchConfig(workspace=str(ws.root), world=str(world.root), dataset=ds, n=int(n),
-                                            mode=mode, target=target, method=method, **llm))
+        batch = cf_job.BatchConfig(workspace=str(ws.root), world=str(world.root), dataset=ds, n=int(n), mode=mode,
+                                   target=target, method=method, **llm)
+        registry.launch(ws, cf_job.KIND, batch, title=f"counterfactuals · {ds} · {int(n)} trajectories · {mode}")
         st.rerun()
     except (InputError, ValueError) as e:
         st.error(str(e))

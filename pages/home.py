@@ -7,7 +7,6 @@ import streamlit as st
 
 from core.errors import InputError
 from core.io.images import record_images
-from core.models.vision import is_vl_folder
 from core.workspace.world import known_worlds
 from workbench import charts, resources, routes, ui
 
@@ -58,7 +57,7 @@ with left:
                      column_config={c: st.column_config.NumberColumn(label, format="%.3f")
                                     for c, (label, *_) in charts.series_of(extra).items()})
 with right:
-    if is_vl_folder(world.base_model_dir):
+    if world.is_vl:  # its family reads images
         st.markdown("**Example studies** (the films the model reads)")
         data_file = world.dataset_path(world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"])))
         examples = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()[:4] if line.strip()]

@@ -11,12 +11,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.drift.analysis import perturb_job, resolve_labels, shell_command
+from core.drift.analysis import resolve_labels
 from core.errors import InputError
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.models.branches import run_branches
-from core.models.vision import is_vl_folder
 from core.perturb import text as perturb
+from core.perturb.job import PerturbOptions
 from workbench import charts, resources, state, ui, visual_view
 
 st.title("Perturbation lab")
@@ -25,7 +26,7 @@ st.caption("Replace a finding by a near-synonym from the concept graph (or any s
            "one that drifted to a surface shortcut flips.")
 
 ws, world = ui.page_context()
-if world is not None and is_vl_folder(world.base_model_dir):
+if world is not None and world.is_vl:  # its family reads images
     visual_view.image_section(ws, world)
     st.header("Text")
 info = ui.pick_analysis(ws, world, state.LAB_ANALYSIS, "Series and trajectories (of an analysis)",
@@ -46,7 +47,7 @@ except InputError as e:
 
 def get_series():
     return resources.series(cfg.base, tuple(cfg.checkpoints) if isinstance(cfg.checkpoints, list) else cfg.checkpoints,
-                            cfg.device, cfg.dtype, tuple(cfg.base_names), (cfg.min_pixels, cfg.max_pixels, cfg.chat_template))
+                            cfg.device, cfg.dtype, tuple(cfg.base_names), cfg.vision)
 
 
 branches = run_branches(cfg.checkpoints)  # CPO runs: drawn beside their start, not on the RFT step axis
@@ -129,14 +130,14 @@ with batch:
     out = perturb.batch_output(ws.perturbations_dir, cfg.data, bfind, breplace, bmode, blimit)
     limit = int(blimit) or cfg.limit
     # --force: the same batch run again replaces its own earlier result (never a file the workbench did not write)
-    argv, files = perturb_job(dataclasses.replace(cfg, limit=limit), bfind or "", breplace or "", bmode, out)
-    argv.append("--force")
-    st.code(shell_command(argv, files), language="bash")
+    job_cfg = dataclasses.replace(cfg, limit=limit)
+    job_options = PerturbOptions(out=str(out), find=bfind or "", replace=breplace or "", mode=bmode, force=True)
+    st.code(registry.shell_command(*registry.command("perturb", job_cfg, job_options)), language="bash")
     running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
                  or bool(running), icon=":material/play_arrow:"):
-        jobs.start(ws.jobs_dir, "perturb", argv, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
-                   meta={"out": str(out)}, files=files)
+        registry.launch(ws, "perturb", job_cfg, job_options, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
+                        meta={"out": str(out)})
         st.rerun()
 
     def show_result(job, main, side) -> None:

@@ -3,17 +3,17 @@ and compare the finished runs on the world's held-out sets. Runs are background 
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import streamlit as st
 
 from core.cpo import runs
+from core.cpo.config import TrainConfig
 from core.curation import snapshots
-from core.drift.analysis import shell_command
+from core.jobs.registry import shell_command
 from core.errors import InputError
 from core.io.roots import refused_paths
 from core.workspace.workspace import data_roots
-from workbench import charts, resources, state, ui
+from workbench import charts, forms, resources, state, ui
 from workbench.safe_text import inert
 
 st.title("CPO runs")
@@ -22,9 +22,10 @@ st.caption("Repair detrimental drift with Counterfactual Preference Optimization
            "it keeps going), then answers the world's held-out studies so runs can be compared.")
 
 ws, world = ui.page_context()
-OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
-              "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
-              "sft": "SFT baseline: NLL on the chosen side only"}
+# the TrainConfig fields this page sets itself: the world's base, the data picker, the run folder, the start,
+# the run's base names, the visual pairs' weight; the pixel limits are shown for a vision-language world only
+PAGE_SET = ("base_model", "data", "output_dir", "init_adapter", "resume", "base_names", "source_weights")
+FIRST = ["max_steps", "learning_rate", "batch_size", "max_length"]
 
 
 def fresh_name(objective: str) -> str:
@@ -42,10 +43,10 @@ with ui.controls("Launch a run", expanded=True):
     c1, c2, c3 = st.columns(3)
     start = c1.selectbox("Start from", starts, index=starts.index(worst) if worst in starts else 0, key="run_start",
                          help="the drifted checkpoint to repair (default: the world's least accurate one), or the SFT base")
-    objective = c2.selectbox("Objective", list(OBJECTIVES), format_func=lambda k: OBJECTIVES[k], key="run_objective")
-    negatives = c3.radio("Rejected side", ["counterfactual", "random"], horizontal=True, key="run_negatives",
-                         help="random: another study's chain of thought with a different answer (the paper's "
-                              "'DPO with random negatives' baseline, built from the same pairs)")
+    # the objectives and the kinds of rejected side, with their descriptions, come from the config's fields
+    choice = {name: forms.field(column, TrainConfig, name, "run") for column, name in ((c2, "objective"),
+                                                                                        (c3, "negatives"))}
+    objective = choice["objective"]
     snaps = [s for s in snapshots.snapshots(ws.store) if snapshots.trainable(s)]
     plugin = world.plugin if world else None  # a world's own preference set and default lr (its plug-in)
     own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
@@ -70,29 +71,25 @@ with ui.controls("Launch a run", expanded=True):
         for refused in refused_paths([data], data_roots(ws.store, world and world.root)):  # existence not told
             st.error(refused)
             data = None
-    c1, c2, c3, c4 = st.columns(4)
-    defaults = SimpleNamespace(**runs.train_defaults(world, start))
-    max_steps = c1.number_input("Max steps", 1, 100_000, defaults.max_steps, key="run_steps")
-    lr = c2.number_input("Learning rate", 1e-7, 1e-1, defaults.learning_rate, format="%.1e", key="run_lr")
-    batch = c3.number_input("Batch size", 1, 1024, defaults.batch_size, key="run_batch")
-    max_length = c4.number_input("Max length (tokens)", 16, 32_768, defaults.max_length, key="run_maxlen")
-    with st.expander("More settings"):
-        c1, c2, c3, c4, c5 = st.columns(5)
-        beta = c1.number_input("beta", 0.0, 10.0, defaults.beta, key="run_beta")
-        cpo_alpha = c2.number_input("NLL weight (cpo_alpha)", 0.0, 10.0, defaults.cpo_alpha, key="run_alpha")
-        lora_r = c3.number_input("LoRA r", 1, 256, defaults.lora_r, key="run_lora_r")
-        lora_alpha = c4.number_input("LoRA alpha", 1, 512, defaults.lora_alpha, key="run_lora_alpha")
-        seed = c5.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="run_seed")
-        eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
-                                     key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
-        visual_weight = 0.0
-        from core.models.vision import is_vl_folder
-
-        if world and is_vl_folder(world.base_model_dir):
-            visual_weight = st.number_input(
-                "CPO++ weight of the visual pairs (source image_swap; 0 = as the pairs file says)", 0.0, 100.0, 0.0,
-                key="run_visual_weight", help="visual pairs keep the chain of thought and swap the study's image on "
-                                              "the rejected side; weights are normalised to mean one over all pairs")
+    defaults = runs.train_defaults(world, start)
+    vl = bool(world and world.is_vl)  # its family reads images
+    try:
+        values = {**choice, **forms.settings(TrainConfig, FIRST, "run", defaults, columns=4)}
+        with st.expander("More settings"):
+            skip = PAGE_SET + ("objective", "negatives") + (() if vl else ("min_pixels", "max_pixels"))
+            values |= forms.settings(TrainConfig, forms.others(TrainConfig, FIRST, skip), "run", defaults,
+                                     columns=5)
+            eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
+                                         key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
+            visual_weight = 0.0
+            if vl:
+                visual_weight = st.number_input(
+                    "CPO++ weight of the visual pairs (source image_swap; 0 = as the pairs file says)", 0.0, 100.0, 0.0,
+                    key="run_visual_weight", help="visual pairs keep the chain of thought and swap the study's image on "
+                                                  "the rejected side; weights are normalised to mean one over all pairs")
+    except ValueError as e:
+        values, eval_limit, visual_weight = None, 0, 0.0
+        st.error(str(e))
     if st.session_state.pop(state.RUN_NAME_FRESH, False) or not st.session_state.get(state.RUN_NAME):
         st.session_state[state.RUN_NAME] = fresh_name(objective)  # set before the widget: the field shows it
     name = st.text_input("Run name", key=state.RUN_NAME)
@@ -102,16 +99,12 @@ with ui.controls("Launch a run", expanded=True):
         problems.append("Open a world first: its base model and held-out sets are what a run trains and is judged on.")
     elif not data:
         problems.append("Choose the preference data.")
-    else:
+    elif values is not None:
         try:
-            cfg = cpo.TrainConfig(
+            cfg = TrainConfig(
                 base_model=str(world.base_model_dir), data=data, output_dir=str(ws.cpo_run_dir(name)),
-                init_adapter=runs.start_adapter(world, start),
-                objective=objective, negatives=negatives, max_steps=int(max_steps), learning_rate=float(lr),
-                batch_size=int(batch), max_length=int(max_length), beta=float(beta), cpo_alpha=float(cpo_alpha),
-                lora_r=int(lora_r), lora_alpha=int(lora_alpha), seed=int(seed),
-                base_names=[world.manifest.get("base_model_name", "")],
-                source_weights={"image_swap": float(visual_weight)} if visual_weight > 0 else {})
+                init_adapter=runs.start_adapter(world, start), base_names=[world.manifest.get("base_model_name", "")],
+                source_weights={"image_swap": float(visual_weight)} if visual_weight > 0 else {}, **values)
             check = resources.preflight(cfg)
             st.caption(f"Pre-flight: {check.pairs} pairs · {len(check.truncated)} whose reasoning max length would "
                        f"cut · {len(check.identical)} with identical chosen and rejected")

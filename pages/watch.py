@@ -7,7 +7,9 @@ import streamlit as st
 
 from core.errors import InputError
 from core.watch import views
-from workbench import routes, state, ui, watch_charts
+from core.watch.config import WatchConfig
+from core.watch.job import launch
+from workbench import forms, routes, state, ui, watch_charts
 from workbench.safe_text import inert
 
 if st.session_state.pop(state.OPEN_EXPLORER, False):
@@ -109,9 +111,47 @@ def is_live(path: str) -> bool:
         return False
 
 
-ui.live_fragment(live, lambda: is_live(chosen), state.running_flag("watch"))
+ui.live_fragment(live, lambda: is_live(chosen), state.running_flag("watch-live"))
+
+SCORER_SHOWN = ["limit", "device", "dtype", "decode"]
+
+
+def start_scorer(view: views.WatchView) -> None:
+    """Start the scorer as a background job (kind ``watch``): with the watch's saved settings when it was scored
+    before (it resumes at the first unscored step), else on the open world's probe set with the settings below."""
+    saved = view.config()
+    if saved:
+        st.caption("Resumes at the first unscored step, with the settings this watch was scored with.")
+        values, make = {}, lambda: WatchConfig.from_dict(saved, str(view.out / "config.json"))
+    elif world is None:
+        st.info("Open a world (its base model and probe set) to score this watch from here, or start "
+                f"`workbench watch --run {inert(str(view.out))} --base BASE --data FILE --job`.")
+        return
+    else:
+        st.caption(f"Probe set and base model: the world {inert(world.name)}'s.")
+        values = forms.settings(WatchConfig, SCORER_SHOWN, "watch")
+        make = lambda: WatchConfig(run=str(view.out), world=str(world.root), **values)  # noqa: E731
+    if st.button("Start the scorer", key="watch_start_scorer", icon=":material/play_arrow:",
+                 help="a background job: progress and Cancel below; it scores each recorded checkpoint in turn"):
+        try:
+            job = launch(ws, make())
+        except (InputError, ValueError) as e:
+            st.error(str(e))
+        else:
+            st.success(f"Scorer job {inert(job.id)} started.")
+
+
+def scorer_done(job, main, side) -> None:
+    said = [line for line in job.log_tail(40).splitlines() if line.startswith("workbench: watch scored")]
+    main.caption(inert(said[-1].removeprefix("workbench: ")) if said else "Finished.")
+
 
 view = views.WatchView.open(chosen)
+st.subheader("Scorer")
+if view.needs_scorer:
+    start_scorer(view)
+ui.jobs_panel(ws.jobs_dir, "watch", scorer_done, select=lambda job: job.meta.get("out") == str(view.out.resolve()))
+
 if view.finished:
     name = st.text_input("World name", value=view.name, key=state.WATCH_WORLD_NAME)
     if st.button("Open as a world", key="watch_world", icon=":material/public:",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from core.io import formats
 from core.io.trajectories import read_jsonl
-from core.workspace.world import SAMPLE_WORLD
+from workbench.demo import SAMPLE_WORLDS
 
-TEST_RECORDS = SAMPLE_WORLD / "data" / "test.jsonl"
+TEST_RECORDS = SAMPLE_WORLDS["text"] / "data" / "test.jsonl"
 
 
 def ccf_items(n: int = 6, targets_per_item: int = 1, offset: int = 0) -> list[dict]:

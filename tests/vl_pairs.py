@@ -59,7 +59,7 @@ def trl_vision_rows(proc, pairs: list[dict]) -> list[dict]:
     TRL's collator and ours see the same text): ``<image>`` as Qwen's vision tokens, completions ending in EOS."""
     from PIL import Image
 
-    from core.cpo.vl import prompt_text
+    from core.models.families.qwen_vl.pairs import prompt_text
 
     eos = proc.tokenizer.eos_token
     image = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -45,8 +45,8 @@ def write_adapters(base: Path, run: Path, steps=(2, 4), hub_id: str = HUB_ID) ->
     """LoRA checkpoints (random, non-zero) on the language model's linear layers, as a trainer saves them."""
     from peft import LoraConfig, get_peft_model
 
-    from core.models.vision import load_vl_model
-    from core.models.vl_series import lm_lora_targets
+    from core.models.families.qwen_vl.inputs import load_vl_model
+    from core.models.families.qwen_vl.adapters import lm_lora_targets
 
     for seed, step in enumerate(steps, start=1):
         torch.manual_seed(seed)
@@ -107,6 +107,7 @@ def make_vl_world(root: Path, n_records: int = 8, n_images: int = 6, name: str =
 
 def _build(root: Path, n_records: int, n_images: int, name: str, held_out: int) -> Path:
     from core.workspace.world import create_world
+    from tests.conftest import SAMPLE_GRAPH
     from workbench.demo.tinyvl import write_tiny_vl
 
     root.mkdir(parents=True)
@@ -116,7 +117,8 @@ def _build(root: Path, n_records: int, n_images: int, name: str, held_out: int) 
     run = write_adapters(base, root / "output" / "v0-20261128")
     data = write_records(root / "data" / "test.jsonl", images, n_records)
     held = write_records(root / "data" / "held_out.jsonl", images, held_out, history=True) if held_out else None
-    create_world(root / "world", name, base, [run], [data], held_out=held, description="a tiny VL run made in a test")
+    create_world(root / "world", name, base, [run], [data], SAMPLE_GRAPH, held_out=held,
+                 description="a tiny VL run made in a test")
     return root
 
 

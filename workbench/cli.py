@@ -1,13 +1,16 @@
-"""The ``workbench`` command: the UI, the engine's jobs (score, perturb, train) and the sample world's build.
+"""The ``workbench`` command: the UI, the engine's jobs (score, perturb, visual, train, counterfactuals: the kinds
+of ``core.jobs.registry``, their flags generated from their configs) and the sample world's build.
 
-    workbench demo [--world multimodal]         # the UI on an embedded sample world (both are in the picker)
+    workbench demo [--world multimodal]         # the UI on a provided world (the demo's text one by default)
     workbench app --workspace ~/cxr --port 8502 --world path/to/world
     workbench build-sample [--world text|multimodal] [--quick] [--out DIR]
     workbench score --base DIR --checkpoints DIR --data FILE --out DIR   (or: --world sample_data --out DIR)
     workbench score ... --out DIR --shard 0/2; ... --shard 1/2; workbench score --merge --out DIR
     accelerate launch -m workbench.cli score ... --out DIR      # a shard per process; rank 0 merges
     workbench perturb --world sample_data --find consolidation --replace "airspace opacity" --out pairs.parquet
-    workbench train --config run.json           # a CPO run (core.cpo.train.TrainConfig as JSON)
+    workbench visual --world sample_data/multimodal --kind occlusion --traj-id ID --out occlusion.parquet
+    workbench train --config run.json           # a CPO run (core.cpo.config.TrainConfig as JSON, or its flags)
+    workbench counterfactuals --workspace DIR --world DIR --dataset test --n 50   # a counterfactual batch
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
     workbench watch --run DIR --base DIR --data FILE [--out DIR] [--once]   # drift watch of a running job
@@ -32,11 +35,14 @@ from pathlib import Path
 from core.errors import InputError
 from core.io.paths import expand
 from core.io.roots import ENV_VAR
+from core.jobs import registry
+from core.workspace import plugins
 from core.workspace import world as world_mod
 from core.workspace.workspace import Workspace
 
 APP = Path(__file__).resolve().parent / "app.py"
 SAMPLE_WORLD_NAMES = ("text", "multimodal")  # workbench.demo.SAMPLE_WORLDS (not imported here: the CLI starts light)
+DEMO_WORLD = "text"  # the provided world `workbench demo` and a first `workbench app` open (pyproject entry points)
 WORLD_ENV = "WORKBENCH_WORLD"
 
 
@@ -48,14 +54,23 @@ def _open_workspace(path: Path | None) -> Workspace:
 
 
 def _resolve_world(ws: Workspace, requested: Path | None) -> world_mod.World:
-    """The world to open: the one asked for, else the workspace's last one, else the sample world."""
+    """The world to open: the one asked for, else the workspace's last one, else a provided world (the demo's)."""
     last = ws.store.last_world()
     if not requested and last and not last.is_dir():
         print(f"workbench: warning: the last world {last} is gone; opening the sample world", file=sys.stderr)
         last = None
-    world = world_mod.load_world(requested or last or world_mod.SAMPLE_WORLD)
+    world = world_mod.load_world(requested or last or _default_world())
     ws.store.register_world(world.name, world.root, world.fingerprint())
     return world
+
+
+def _default_world() -> Path:
+    """The demo's text world, else the first world an installed package provides (``core.workspace.plugins``)."""
+    provided = plugins.provided_worlds()
+    if not provided:
+        raise InputError("no world: give --world DIR (a folder with a world.json; `workbench world create` "
+                         "writes one); no installed package provides a world")
+    return provided.get(DEMO_WORLD) or next(iter(provided.values()))
 
 
 def _access(args: argparse.Namespace) -> dict[str, str]:
@@ -75,10 +90,8 @@ def _access(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _register_samples(ws: Workspace) -> None:
-    """Register every embedded sample world that is present, so that the world picker offers each."""
-    from workbench.demo import SAMPLE_WORLDS
-
-    for path in SAMPLE_WORLDS.values():
+    """Register every world installed packages provide that is present, so that the world picker offers each."""
+    for path in plugins.provided_worlds().values():
         if (path / world_mod.MANIFEST).is_file():
             w = world_mod.load_world(path)
             ws.store.register_world(w.name, w.root, w.fingerprint())
@@ -130,60 +143,32 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
     return vlworld.main(argv) if args.world == "multimodal" else build.main(argv)
 
 
-def _analysis_config(args: argparse.Namespace):
-    from core.drift.analysis import AnalysisConfig
-
-    opts = {k: v for k, v in dict(top_k=getattr(args, "top_k", None), batch_size=getattr(args, "batch_size", None),
-                                  positions=getattr(args, "positions", None), limit=args.limit, device=args.device,
-                                  dtype=args.dtype, min_pixels=getattr(args, "min_pixels", None),
-                                  max_pixels=getattr(args, "max_pixels", None)).items() if v is not None}
-    if getattr(args, "cot_only", False):
-        opts["include_prompt"] = False
-    if getattr(args, "no_chat_template", False):
-        opts["chat_template"] = False
-    try:
-        if getattr(args, "config", None):  # a saved config (an analysis folder's config.json) runs as it was
-            import dataclasses
-
-            return dataclasses.replace(AnalysisConfig.load(args.config), **opts)
-        if args.world:
-            return AnalysisConfig.from_world(args.world, args.dataset, **opts)
-        if not (args.base and args.data):
-            raise InputError(f"{args.command}: give --world DIR, or --base DIR and --data FILE (and --checkpoints DIR)")
-        return AnalysisConfig(base=str(args.base), data=str(args.data), graph=args.graph and str(args.graph),
-                              checkpoints=[str(c) for c in args.checkpoints] if len(args.checkpoints or []) > 1
-                              else (str(args.checkpoints[0]) if args.checkpoints else None),
-                              base_names=args.base_name or [], **opts)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+def job_config(args: argparse.Namespace, kind: str):
+    """The config of a job command: ``--config FILE`` (as a job runs it), else ``--world DIR`` for the kinds that
+    read a world, else the fields' flags alone; flags given beside a file or a world override it."""
+    cls = registry.get(kind).config_class()
+    worlds = hasattr(cls, "from_world")
+    if args.config:  # a saved config (an analysis folder's config.json too) runs as it was
+        base = cls.load(args.config)
+    elif worlds and args.world:
+        try:
+            base = cls.from_world(args.world, args.dataset)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    else:
+        base = None
+    hint = "or give --config FILE" + (", or --world DIR" if worlds else "")
+    return cls.from_args(args, base, hint=f"{kind}: {hint}")
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_job(args: argparse.Namespace) -> int:
+    """A job of the engine (``core.jobs.registry``) run here, with a progress bar: what its background job runs."""
     from core.jobs import worker
 
-    cfg = None if args.merge else _analysis_config(args)  # a merge runs from its shards' config
-    cache = _open_workspace(args.workspace).cache_dir if not (args.no_cache or args.merge) else None
-    return worker.score(cfg, args.out, cache, args.force, args.shard, args.merge)  # the job's entry (core.jobs.worker)
-
-
-def cmd_perturb(args: argparse.Namespace) -> int:
-    """Swap a span in every trajectory of a dataset and write the before/after answers per checkpoint."""
-    from core.jobs import worker
-
-    cfg = None if args.merge else _analysis_config(args)  # a merge runs from its shards' rows
-    return worker.perturb(cfg, args.find, args.replace, args.mode, args.out, args.force, args.shard, args.merge)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """A CPO run from a TrainConfig JSON; under ``accelerate launch`` each process runs this same entry point
-    (``accelerate launch -m core.jobs.worker train --config run.json``), and TRL's Trainer shards the batches."""
-    from core.cpo.config import TrainConfig
-    from core.jobs import worker
-
-    cfg = TrainConfig.load(args.config)
-    if args.resume:
-        cfg.resume = True
-    return worker.train(cfg, args.evaluate, args.evaluate_limit)
+    k = registry.get(args.command)
+    options = k.options_class().from_args(args)
+    cfg = None if getattr(options, "merge", False) else job_config(args, k.name)  # a merge: its shards' config
+    return worker.execute(k.name, cfg, options)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -192,8 +177,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.cpo import runs
 
     world = world_mod.load_world(args.world)
-    if args.record and world.root == world_mod.SAMPLE_WORLD.resolve():
-        raise InputError(f"{world.root}: the sample world's metrics.json is its recorded build table; not rewritten")
+    if args.record and world.root in plugins.provided_worlds().values():
+        raise InputError(f"{world.root}: a provided world's metrics.json is its recorded build table (the sample "
+                         "world's); not rewritten")
     by_name = {c.name: c for c in world.checkpoints}
     rows = []
     for name in args.checkpoint or ["base", *by_name]:
@@ -215,8 +201,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_world_create(args: argparse.Namespace) -> int:
     ws = Workspace.open(args.workspace)
+    graph = args.graph or _demo_graph()  # a copy of the sample world's graph to edit, as --help says
     world = world_mod.create_world(world_mod.world_dir(ws.root, args.name), args.name, args.base, args.checkpoints,
-                                   args.data, args.graph, args.eval)
+                                   args.data, graph, args.eval)
     ws.store.register_world(world.name, world.root, world.fingerprint())
     for note in world.manifest.get("notes", []):
         print(f"workbench: warning: {note}", file=sys.stderr)
@@ -227,16 +214,25 @@ def cmd_world_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch_size(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
-    return value
+def _demo_graph() -> Path | None:
+    """The demo's text world's concept graph (``world create`` starts from it without --graph), if provided."""
+    path = plugins.provided_worlds().get(DEMO_WORLD)
+    graph = path / "concept_graph.json" if path else None
+    return graph if graph and graph.is_file() else None
+
+
+def job_args(p: argparse.ArgumentParser, kind: str) -> None:
+    """A job command's flags: ``--config``, the options and the config's fields (``core.jobs.worker``), and for the
+    kinds that read a world, ``--world`` / ``--dataset``."""
+    from core.jobs import worker
+
+    worker.add_job_arguments(p, kind, config_required=False)
+    if hasattr(registry.get(kind).config_class(), "from_world"):
+        p.add_argument("--world", type=expand, help="a world folder: fills --base, --checkpoints, --data (and --graph)")
+        p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
+    if kind in ("score", "perturb"):  # the earlier name of --no-include-prompt
+        p.add_argument("--cot-only", dest="include_prompt", action="store_false", default=argparse.SUPPRESS,
+                       help="probe the CoT only, not the prompt (= --no-include-prompt)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -258,68 +254,21 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--world", type=expand, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")
         else:
-            p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text",
-                           help="which sample world opens first: the text one (default) or the multimodal one "
-                                "(films and a tiny Qwen2.5-VL); the world picker offers both")
+            p.add_argument("--world", default=DEMO_WORLD, metavar="NAME",
+                           help="which provided world opens first: the sample text one (text, the default) or the "
+                                "multimodal one (multimodal: films and a tiny Qwen2.5-VL), or any world an installed "
+                                "package provides (entry points cot_drift_workbench.worlds); the picker offers all")
             p.add_argument("--watch", action="store_true", help="also start a short real RFT (TRL GRPOTrainer on the "
                            "text world's shifting stream, CPU) with the drift watch attached; opens the Watch page")
             p.add_argument("--watch-config", type=expand, default=None, help="with --watch: the run's settings, a JSON "
                            "of workbench.demo.watch_demo.WatchDemoConfig fields (steps, lr, save_steps, ...)")
-    def series_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--world", type=expand, help="a world folder: fills --base, --checkpoints, --data and --graph")
-        p.add_argument("--dataset", default=None, help="with --world: which dataset (default: the world's default)")
-        p.add_argument("--base", type=expand, help="base model folder (config.json, weights, tokenizer)")
-        p.add_argument("--checkpoints", type=expand, nargs="*", help="trainer output folder, or checkpoint folders in order")
-        p.add_argument("--data", type=expand, help="trajectories JSONL with prompt, completion, label")
-        p.add_argument("--graph", type=expand, help="concept graph JSON (labels and concept drivers)")
-        p.add_argument("--base-name", action="append", help="another name of the base model in adapter configs")
-        p.add_argument("--limit", type=int, help="first N trajectories only")
-        p.add_argument("--device", choices=["cuda", "cpu", "mps"])
-        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-        p.add_argument("--no-chat-template", action="store_true",
-                       help="encode conversations as plain prompt text, not through the tokenizer's chat template")
-        p.add_argument("--min-pixels", type=int, help="vision-language models: fewest pixels an image is resized "
-                       "to (ms-swift MIN_PIXELS); default: the checkpoint's preprocessor_config.json")
-        p.add_argument("--max-pixels", type=int, help="vision-language models: most pixels an image is resized to "
-                       "(ms-swift MAX_PIXELS; the authors used 1003520); default: the checkpoint's")
+    for kind in registry.KINDS.values():  # the engine's jobs: flags from their configs and options
+        if kind.name == "watch":  # its own command: the job's flags, --job, and `watch plugin`
+            from workbench import watch_cli
 
-    p = sub.add_parser("score", help="score trajectories under a checkpoint series and write the drift tables")
-    series_args(p)
-    p.add_argument("--out", type=expand, required=True, help="folder for the parquet tables and config.json "
-                   "(new or empty; a previous analysis is replaced only with --force, other files never)")
-    p.add_argument("--force", action="store_true", help="replace the previous analysis in --out")
-    p.add_argument("--config", type=expand, help="an AnalysisConfig JSON (e.g. an analysis's config.json) instead of "
-                   "the series flags; flags given as well override it")
-    p.add_argument("--shard", metavar="I/N", help="score only shard I of N of the trajectories (0-based) into a "
-                   "folder beside --out; then `workbench score --merge --out DIR`. Under `accelerate launch` each "
-                   "process takes its RANK/WORLD_SIZE and rank 0 merges by itself")
-    p.add_argument("--merge", action="store_true", help="merge the finished shards of --out into one analysis")
-    p.add_argument("--batch-size", type=_batch_size, help="trajectories per scoring pass, or auto (the default): "
-                   "the most that the free device memory holds, by estimate (a run that cannot fit is refused first)")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--positions", choices=["every", "sentence", "end"])
-    p.add_argument("--cot-only", action="store_true", help="probe the CoT only, not the prompt")
-    p.add_argument("--workspace", type=expand, default=None, help="its cache/ keeps results for a second run")
-    p.add_argument("--no-cache", action="store_true")
-    p = sub.add_parser("perturb", help="swap a span in every trajectory; answers before/after per checkpoint")
-    series_args(p)
-    p.add_argument("--config", type=expand, help="an AnalysisConfig JSON instead of the series flags")
-    p.add_argument("--find", help='the span to replace, e.g. "consolidation" (required but with --merge)')
-    p.add_argument("--replace", default="", help='its replacement, e.g. "airspace opacity"')
-    p.add_argument("--shard", metavar="I/N", help="only shard I of N of the trajectories; then --merge (under "
-                   "`accelerate launch`: RANK/WORLD_SIZE, and rank 0 merges)")
-    p.add_argument("--merge", action="store_true", help="merge the finished shards of --out into one result file")
-    p.add_argument("--mode", choices=["generate", "probe"], default="generate",
-                   help="generate: the model writes its own CoT (default); probe: the CoT is teacher-forced")
-    p.add_argument("--out", type=expand, required=True, help="parquet file for the per-trajectory rows (a new "
-                   "file; a previous result is replaced only with --force, other files never)")
-    p.add_argument("--force", action="store_true", help="replace the previous result in --out")
-    p = sub.add_parser("train", help="a CPO run from a config JSON (also under `accelerate launch -m core.jobs.worker`)")
-    p.add_argument("--config", type=expand, required=True, help="TrainConfig JSON (core.cpo.train), e.g. a run's config.json")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in output_dir")
-    p.add_argument("--evaluate", type=expand, metavar="WORLD",
-                   help="afterwards, answer this world's held-out sets with the new adapter (evaluation.json)")
-    p.add_argument("--evaluate-limit", type=int, help="with --evaluate: the first N held-out studies only")
+            watch_cli.add_parser(sub)
+            continue
+        job_args(sub.add_parser(kind.name, help=kind.help), kind.name)
     p = sub.add_parser("evaluate", help="a world's held-out figures for its base and checkpoints (JSON lines)")
     p.add_argument("--world", type=Path, required=True)
     p.add_argument("--checkpoint", action="append", help="checkpoint name or folder (repeatable; default: all and the base)")
@@ -339,9 +288,6 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--graph", type=Path, help="concept graph JSON (default: a copy of the sample graph, to edit)")
     w.add_argument("--eval", type=Path, help="held-out labelled trajectories for evaluating checkpoints and runs")
     w.add_argument("--workspace", type=Path, default=None, help="the workspace that keeps the world")
-    from workbench import watch_cli
-
-    watch_cli.add_parser(sub)
     p = sub.add_parser("build-sample", help="rebuild a sample world from scratch (seeded, about 5 minutes on CPU "
                        "for the text world, sample_data/; about 10 for the multimodal one, sample_data/multimodal/)")
     p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text", help="which sample world to build")
@@ -353,7 +299,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.jobs.supervisor import record_worker_exit
+    from core.progress import record_worker_exit
 
     code = 1
     try:
@@ -376,29 +322,23 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "app":
             return cmd_app(args)
         if args.command == "demo":
-            from workbench.demo import SAMPLE_WORLDS
-
             if args.watch:  # a live run for the Watch page (workbench.demo.watch_demo)
-                from workbench.demo import watch_demo
+                from workbench.demo import SAMPLE_WORLDS, watch_demo
 
                 watch_demo.start(_open_workspace(args.workspace), SAMPLE_WORLDS["text"],
                                  watch_demo.load_config(args.watch_config))
                 args.open_path = "/watch"
-            return cmd_app(args, world_path=SAMPLE_WORLDS[args.world])
-        if args.command == "score":
-            return cmd_score(args)
-        if args.command == "perturb":
-            return cmd_perturb(args)
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        if args.command == "world":
-            return cmd_world_create(args)
+            return cmd_app(args, world_path=plugins.provided_world(args.world))
         if args.command == "watch":
             from workbench import watch_cli
 
             return watch_cli.run(args, _open_workspace)
+        if args.command in registry.KINDS:
+            return cmd_job(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "world":
+            return cmd_world_create(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

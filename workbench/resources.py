@@ -106,15 +106,13 @@ def graph_file(path: str, stamp: str):
 
 @st.cache_resource(show_spinner="Loading the checkpoint series…", max_entries=1)
 def series(base: str, checkpoints, device: str | None, dtype: str | None, base_names: tuple[str, ...],
-           pixels: tuple[int | None, int | None, bool] = (None, None, True)):
-    """One loaded series at a time (the perturbation lab's); adapters switch, weights load once. ``pixels``
-    (min_pixels, max_pixels, chat_template): a vision-language series' image settings, as the analysis had them."""
+           vision=None):
+    """One loaded series at a time (the perturbation lab's); adapters switch, weights load once. ``vision``: a
+    vision-language series' pixel limits (``core.models.vision.VisionConfig``), as the analysis had them."""
     from core.models.series import load_series
-    from core.models.vision import VisionConfig
 
     return load_series(base, list(checkpoints) if isinstance(checkpoints, tuple) else checkpoints,
-                       device=device, dtype=dtype, base_names=list(base_names),
-                       vision=VisionConfig(min_pixels=pixels[0], max_pixels=pixels[1], chat_template=pixels[2]))
+                       device=device, dtype=dtype, base_names=list(base_names), vision=vision)
 
 
 def file_stamp(path: str) -> str:

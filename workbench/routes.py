@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-PAGES = Path(__file__).resolve().parent.parent / "pages"
+from workbench.shipped import shipped
+
+PAGES = shipped("pages")  # the checkout's pages/, or an installed copy's workbench/pages/
 
 
 def home():

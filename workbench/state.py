@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.io.roots import ENV_VAR
-from core.workspace import world
+from core.workspace import plugins
 
 WORLD_PATH = "world_path"
 NEXT_WORLD = "_next_world"  # a world a page just created: the sidebar's picker opens it on the next run
@@ -58,6 +58,12 @@ def running_flag(kind: str) -> str:
     return f"_running_{kind}"
 
 
+def setting(form: str, field: str) -> str:
+    """Widget: config field ``field`` of the settings form ``form`` (``workbench.forms``): ``ck_top_k``,
+    ``run_max_steps`` (``ck``: the Checkpoints page's analysis settings; ``run``: the runs page's launch form)."""
+    return f"{form}_{field}"
+
+
 def last_found(widget_key: str) -> str:
     """The folder last picked from the 'found under the data roots' list beside the text field ``widget_key``."""
     return f"{widget_key}_last_found"
@@ -74,7 +80,8 @@ def cur_note(item_id: int) -> str:
 
 
 def init() -> None:
-    st.session_state.setdefault(WORLD_PATH, os.environ.get("WORKBENCH_WORLD") or str(world.SAMPLE_WORLD))
+    if WORLD_PATH not in st.session_state:  # `workbench app` names the world; a page on its own opens a provided one
+        st.session_state[WORLD_PATH] = os.environ.get("WORKBENCH_WORLD") or _provided_world()
     st.session_state.setdefault(WORKSPACE_PATH, os.environ.get(ENV_VAR) or "")
     st.session_state.setdefault(PRESENTATION, False)
     st.session_state.setdefault(FIG_FORMAT, "png")
@@ -83,6 +90,11 @@ def init() -> None:
     st.session_state.setdefault(GRAPH_SEARCH, "")
     st.session_state.setdefault(ANNOTATOR, "")
     st.session_state.setdefault(TRAJ_WINDOW_WIDTH, 80)  # about the most token labels that fit the chart's width
+
+
+def _provided_world() -> str:
+    """The first world an installed package provides (the demo's), or "" (the page then says no world is open)."""
+    return str(next(iter(plugins.provided_worlds().values()), ""))
 
 
 def world_picker(world: str) -> str:

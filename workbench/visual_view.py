@@ -1,7 +1,8 @@
 """The Perturbation lab's Image section (vision-language worlds only): swap a study's image for other
 studies' images, grey patches of it, and see the answer belief under every checkpoint (``core.perturb.visual``).
 
-Every run is a background job (``python -m core.jobs.worker visual``): progress, ETA and Cancel in the jobs
+Every run is a background job (``core.jobs.registry.launch(ws, "visual", ...)``: ``python -m core.jobs.worker
+visual``): progress, ETA and Cancel in the jobs
 panel; its table lands under the workspace's ``perturbations/visual/<world>/`` and is listed below.
 """
 
@@ -16,12 +17,14 @@ import streamlit as st
 
 from core.errors import InputError
 from core.io.images import ImageRef, load_image
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.perturb import visual
+from core.perturb.job import VisualOptions
 from workbench import ui, visual_charts
 from workbench.safe_text import inert
 
-KIND = "visual"
+KIND = "visual"  # the job kind (core.jobs.registry)
 EACH = "one of each other label"
 
 
@@ -78,8 +81,7 @@ def _launch(ws, folder: Path, cfg: visual.VisualConfig, title: str, busy: bool, 
     if st.button("Run", type="primary", key=key, disabled=busy, icon=":material/play_arrow:",
                  help="runs in the background; one visual job at a time" if busy else None):
         out = visual.result_path(folder, cfg)
-        argv, files = visual.visual_job(cfg, out)
-        jobs.start(ws.jobs_dir, KIND, argv, title=title, meta={"out": str(out)}, files=files)
+        registry.launch(ws, KIND, cfg, VisualOptions(out=str(out), force=True), title=title, meta={"out": str(out)})
         st.rerun()
 
 
@@ -128,7 +130,8 @@ def _dataset_form(ws, folder, base, labels, n_records, busy) -> None:
                "true label and checkpoint step is drawn below when it is done.")
     cfg = dataclasses.replace(base, kind="swap", swap_to=swap_to, limit=int(limit) or None)
     with st.expander("Command line (the same job on another machine)"):
-        st.code(visual.command_text(*visual.visual_job(cfg, visual.result_path(folder, cfg))), language="bash")
+        options = VisualOptions(out=str(visual.result_path(folder, cfg)), force=True)
+        st.code(registry.shell_command(*registry.command(KIND, cfg, options)), language="bash")
     _launch(ws, folder, cfg, f"image swaps over {Path(base.data).name}", busy, "vis_batch_run")
 
 

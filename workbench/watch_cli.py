@@ -1,4 +1,5 @@
-"""``workbench watch``: the drift watch from the command line (its flags generated from ``WatchConfig``).
+"""``workbench watch``: the drift watch from the command line (job kind ``watch``: its flags generated from
+``WatchConfig`` and ``WatchOptions``, as for every job of ``core.jobs.registry``).
 
     workbench watch --run runs/grpo/watch --base /models/Qwen2.5-0.5B --data probe.jsonl     # a callback's folder
     workbench watch --run /runs/verl/ckpts --out runs/verl-watch --world W --device cuda:1    # follow any trainer
@@ -10,26 +11,25 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from core.errors import InputError
 from core.io.paths import expand
-from core.watch.config import from_args
+from core.jobs import registry
+
 
 def add_parser(sub) -> None:
     """The ``watch`` subcommand (and ``watch plugin``) on the command line's subparsers."""
-    from core.watch.config import add_arguments
+    from core.jobs import worker
 
-    p = sub.add_parser("watch", help="score each checkpoint of a running job as it is saved; alarms; the drift series")
-    add_arguments(p)  # one flag per WatchConfig field, with its help
+    p = sub.add_parser("watch", help=registry.get("watch").help)
+    worker.add_job_arguments(p, "watch", config_required=False)  # --config, --workspace, a flag per WatchConfig field
     p.add_argument("--job", action="store_true", help="run the scorer as a background job of the workspace "
                    "(the Watch page shows its progress and cancels it)")
-    p.add_argument("--workspace", type=expand, default=None, help="the workspace whose Watch page lists this watch")
     w = p.add_subparsers(dest="watch_command")
     plug = w.add_parser("plugin", help="write the trainer callback as one file: TRL / HF Trainer callback and "
                                        "ms-swift plugin (--external_plugins FILE --callbacks cot_drift_watch)")
-    plug.add_argument("--out", type=expand, required=True, help="the .py file to write (a new file)")
+    plug.add_argument("--out", dest="plugin_out", type=expand, required=True, help="the .py file to write (a new file)")
 
 
 def write_plugin(out: Path) -> int:
@@ -47,44 +47,34 @@ def write_plugin(out: Path) -> int:
     return 0
 
 
+def config(args: argparse.Namespace):
+    """The watch's config: ``--config FILE`` with the flags given over it, else the flags alone (``--run`` needed)."""
+    from core.watch.config import WatchConfig
+
+    base = WatchConfig.load(args.config) if args.config else None
+    return WatchConfig.from_args(args, base, hint="watch: or give --config FILE")
+
+
 def run(args: argparse.Namespace, open_workspace) -> int:
-    """``workbench watch``: the scorer in this process (progress bar; Ctrl-C stops it), or ``--job`` in the background."""
-    from core.watch import scorer, views
+    """``workbench watch``: the scorer in this process (the worker's progress bar; Ctrl-C stops it, keeping every
+    step scored), or ``--job`` in the background; ``watch plugin`` writes the callback's file."""
+    from core.jobs import worker
+    from core.watch import scorer
+    from core.watch.job import WatchOptions
 
     if getattr(args, "watch_command", None) == "plugin":
-        return write_plugin(args.out)
-    cfg = scorer.resolve(from_args(args))
-    ws = open_workspace(args.workspace)
-    out = scorer.Watch.open(cfg).out
-    views.register(ws.root, out)
+        return write_plugin(args.plugin_out)
+    cfg = scorer.resolve(config(args))
+    options = WatchOptions.from_args(args)
     if args.job:
-        job = start_job(ws, cfg)
+        job = start_job(open_workspace(options.workspace), cfg)
         print(f"workbench: watch job {job.id} ({job.dir}); the Watch page shows it")
         return 0
-    from core.jobs.supervisor import cancel_flag
-    from core.jobs.worker import progress_bar
-    from core.progress import Cancelled
-
-    bar, progress = progress_bar("watch")
-    with bar:
-        try:
-            n = scorer.run(cfg, progress, cancel_flag())
-        except (KeyboardInterrupt, Cancelled):
-            print("\nworkbench: watch stopped; every step scored so far is kept (run it again to resume)", file=sys.stderr)
-            return 130
-    alarms = scorer.read_alarms(out)
-    print(f"workbench: scored {n} step(s) into {out / 'analysis'}; {len(alarms)} alarm(s)")
-    for a in alarms:
-        print(f"  step {a['step']}: {a['rule']}: {a['message']}")
-    return 0
+    return worker.execute("watch", cfg, options)
 
 
 def start_job(ws, cfg):
-    """The scorer as a background job of workspace ``ws`` (kind "watch": its config saved in the job's folder)."""
-    from core.jobs import supervisor as jobs
-    from core.watch import scorer
+    """The scorer as a background job of workspace ``ws`` (``core.watch.job.launch``: kind ``watch``)."""
+    from core.watch.job import launch
 
-    argv, files = scorer.job_files(cfg)
-    return jobs.start(ws.jobs_dir, "watch", argv, title=f"watch {Path(cfg.run).name}",
-                      meta={"out": str(scorer.Watch.open(cfg).out)}, files=files)
-
+    return launch(ws, cfg)

@@ -1,66 +1,62 @@
-"""The counterfactual batch as a background job (``core.jobs.supervisor``), like scoring: it outlives the browser tab,
-reports progress and stops at the next trajectory on Cancel (SIGTERM), everything finished so far stored.
+"""The counterfactual batch as a background job (kind ``counterfactuals`` of ``core.jobs.registry``), like scoring:
+it outlives the browser tab, reports progress and stops at the next trajectory on Cancel (SIGTERM), everything
+finished so far stored.
 
     cfg = BatchConfig(workspace=str(ws.root), world=str(world.root), dataset="held_out", n=50, mode="all")
-    job = start(ws, cfg)                      # python -m core.counterfactuals.batch <config.json>
+    job = registry.launch(ws, "counterfactuals", cfg, title="...")   # python -m core.jobs.worker counterfactuals
     run(cfg, progress, should_cancel)         # the same work in this process (a notebook, a test)
 
-The config is saved under the workspace's ``cache/counterfactual-batches/`` and the worker runs from that
-file, never from flags; the counterfactuals land in the workspace database, as from the page's single run.
+The worker runs from the config saved in the job's folder, never from flags; the counterfactuals land in the
+workspace database, as from the page's single run.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from core.config import ConfigBase
 from core.counterfactuals.rewrite import TARGET_MODES
-from core.errors import InputError
-from core.progress import Progress
+from core.io.paths import expand_fields
+from core.progress import CANCELLED, Progress
 
-KIND = "counterfactuals"
+KIND = "counterfactuals"  # the job kind (core.jobs.registry)
 METHODS = ("graph", "llm", "image_swap")
 
 
 @dataclass
-class BatchConfig:
-    workspace: str = field(metadata={"help": "the workspace whose database stores the counterfactuals"})
-    world: str = field(metadata={"help": "the world folder: its datasets, concept graph and models"})
+class BatchConfig(ConfigBase):
+    """One batch of counterfactuals: which trajectories of which world, rewritten how."""
+
+    what: ClassVar[str] = "counterfactual batch config"
+
+    workspace: str = field(metadata={"help": "the workspace whose database stores the counterfactuals", "path": True})
+    world: str = field(metadata={"help": "the world folder: its datasets, concept graph and models", "path": True})
     dataset: str = field(metadata={"help": "the world's dataset to rewrite"})
-    n: int = field(default=50, metadata={"help": "trajectories, from the first"})
-    mode: str = field(default="all", metadata={"help": "targets: " + " | ".join(TARGET_MODES)})
+    n: int = field(default=50, metadata={"help": "trajectories, from the first", "min": 1})
+    mode: str = field(default="all", metadata={"help": "targets: " + " | ".join(TARGET_MODES),
+                                               "choices": TARGET_MODES})
     target: str | None = field(default=None, metadata={"help": "the target disease when mode is 'one'"})
     method: str = field(default="graph", metadata={"help": "graph rules, a local LLM expert ('llm'), or another "
-                                                           "study's image of the target ('image_swap')"})
+                                                           "study's image of the target ('image_swap')",
+                                                   "choices": METHODS})
     expert_checkpoint: str | None = field(default=None, metadata={"help": "the expert's checkpoint (llm)"})
-    expert: dict = field(default_factory=dict, metadata={"help": "ExpertConfig fields (llm)"})
+    expert: dict = field(default_factory=dict, metadata={"help": "ExpertConfig fields (llm), as a JSON object"})
 
     def __post_init__(self) -> None:
-        if self.mode not in TARGET_MODES:
-            raise ValueError(f"mode {self.mode!r}: expected one of {TARGET_MODES}")
+        super().__post_init__()
+        expand_fields(self)
         if self.mode == "one" and not self.target:
             raise ValueError("mode 'one' needs a target disease")
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r}: expected one of {METHODS}")
         if self.method == "llm" and not self.expert_checkpoint:
             raise ValueError("method 'llm' needs expert_checkpoint")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
 
-    def save(self, path: str | Path) -> Path:
-        from core.io.cache import atomic_write_text
 
-        atomic_write_text(Path(path), json.dumps(asdict(self), indent=1))
-        return Path(path)
+@dataclass
+class BatchOptions(ConfigBase):
+    """A batch job takes nothing beside its config."""
 
-    @classmethod
-    def load(cls, path: str | Path) -> "BatchConfig":
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise InputError(f"{path}: not a counterfactual batch config ({e})") from None
+    what: ClassVar[str] = "counterfactual batch options"
 
 
 def source_of(world_name: str, dataset: str) -> str:
@@ -103,46 +99,14 @@ def _expert(cfg: BatchConfig, world):
     arg = world.checkpoints_arg
     series = load_series(world.base_model_dir, arg,
                          base_names=[world.manifest.get("base_model_name", world.base_model_dir.name)])
-    return Expert(series, cfg.expert_checkpoint, ExpertConfig(**cfg.expert))
+    return Expert(series, cfg.expert_checkpoint, ExpertConfig.from_dict(cfg.expert, "the batch's expert settings"))
 
 
-def start(ws, cfg: BatchConfig, title: str = ""):
-    """Start the batch as a job of kind ``KIND`` in ``ws.jobs_dir``, running from its saved config."""
-    import uuid
-
-    from core.jobs import supervisor as jobs
-
-    path = cfg.save(ws.cache_dir / "counterfactual-batches" / f"{uuid.uuid4().hex}.json")
-    return jobs.start(ws.jobs_dir, KIND, ["-m", "core.counterfactuals.batch", str(path)],
-                      title=title or f"counterfactuals · {cfg.dataset} · {cfg.n} trajectories · {cfg.mode}",
-                      meta={"config": str(path)})
-
-
-def main(argv: list[str] | None = None) -> int:
-    from core.jobs.supervisor import (
-        CANCELLED,
-        cancel_flag,
-        record_worker_exit,
-        report_progress,
-    )
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m core.counterfactuals.batch CONFIG.json", file=sys.stderr)
-        return 2
-    should_cancel = cancel_flag()  # SIGTERM (the page's Cancel): stop after the current trajectory
-    try:
-        last = run(BatchConfig.load(args[0]), report_progress, should_cancel)
-    except (InputError, ValueError) as e:
-        print(f"counterfactuals: error: {e}", file=sys.stderr)
-        record_worker_exit(1)
-        return 1
-    code = CANCELLED if should_cancel() else 0
+def run_job(cfg: BatchConfig, options: BatchOptions, progress: Progress | None = None, should_cancel=None) -> int:
+    """The job's body (``python -m core.jobs.worker counterfactuals --config FILE``): the batch, then a line of what
+    it stored; the exit code says whether Cancel stopped it."""
+    last = run(cfg, progress, should_cancel)
+    code = CANCELLED if should_cancel and should_cancel() else 0
     print(f"counterfactuals: {'cancelled' if code else 'finished'}: "
           + (f"{last.done} of {last.total} trajectories, {last.stored} counterfactuals stored" if last else "nothing to do"))
-    record_worker_exit(code)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

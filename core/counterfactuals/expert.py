@@ -13,11 +13,13 @@ its oldest tokens; ``info`` records both, and it is stored with the counterfactu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import networkx as nx
 import torch
 
+from core.config import ConfigBase
 from core.errors import InputError
 from core.graph import concepts
 from core.io.trajectories import prompt_ids
@@ -31,7 +33,11 @@ PLACEHOLDERS = ("{report}", "{graph}", "{disease}")
 
 
 @dataclass
-class ExpertConfig:
+class ExpertConfig(ConfigBase):
+    """How the LLM expert writes (saved inside a counterfactual batch's config and with each counterfactual)."""
+
+    what: ClassVar[str] = "expert config"
+
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "prompt with {report}, {graph} and {disease}"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature (> 0)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass in (0, 1]"})
@@ -40,6 +46,7 @@ class ExpertConfig:
     graph_scope: str = field(default="focus", metadata={"help": "'focus': edges into true and target; 'all'"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         missing = [p for p in PLACEHOLDERS if p not in self.template]
         if missing:
             raise InputError(f"expert prompt: the template must contain {', '.join(missing)}")
@@ -51,9 +58,6 @@ class ExpertConfig:
             raise InputError(f"expert: max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.graph_scope not in ("focus", "all"):
             raise InputError(f"expert: graph_scope must be 'focus' or 'all', got {self.graph_scope!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_prompt(template: str, report: str, graph_text: str, disease: str) -> str:

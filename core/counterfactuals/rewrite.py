@@ -30,10 +30,8 @@ import networkx as nx
 
 from core.errors import InputError
 from core.graph import concepts
-from core.io import answers
 from core.io.answers import answer_of
 
-ANSWER_RE = re.compile(answers.DEFAULT.pattern)  # kept for old importers; core.io.answers is the one home
 TARGET_MODES = ("one", "all", "confusable")
 
 

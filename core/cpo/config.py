@@ -1,106 +1,104 @@
 """The config of a CPO run (``TrainConfig``), saved as ``config.json`` in its run folder.
 
 Light to import (no torch, no TRL): the pages, the command line and the job registry read it; the objectives
-themselves live in ``core.cpo.trainer`` and the run in ``core.cpo.train``.
+themselves live in ``core.cpo.trainer`` and the run in ``core.cpo.train``. Loading, flags and the runs page's
+form come from ``core.config.ConfigBase``; the pixel limits from ``core.models.spec``.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from core.errors import InputError
-from core.io import jsonsafe
-from core.io.paths import expand_optional
+from core.config import ConfigBase
+from core.io.paths import expand_fields
+from core.models.spec import check_pixel_order, pixels_field
 
-OBJECTIVES = ("cpo", "cpo++", "sft")  # implemented in core.cpo.trainer (torch + TRL), named here so configs import light
-NEGATIVES = ("counterfactual", "random")
+# implemented in core.cpo.trainer (torch + TRL), named here with what each does so that configs and pages import light
+OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (reference-free; the authors' script)",
+              "cpo++": "CPO++: sigmoid DPO against the frozen SFT model, pairs weighted per source",
+              "sft": "SFT baseline: NLL on the chosen side only"}
+NEGATIVES = {"counterfactual": "the pair's counterfactual chain of thought",
+             "random": "another study's chain of thought with a different answer (the paper's 'DPO with random "
+                       "negatives' baseline, built from the same pairs, seeded)"}
+SOURCE_WEIGHTS = "an object of source name -> positive number"
+
+
+def _positive(help_: str, default: int, **meta) -> int:
+    return field(default=default, metadata={"help": help_, "min": 1, **meta})
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """One CPO run. Defaults: the authors' script (LoRA all-linear r=8 alpha=32, bf16 on CUDA)."""
 
-    base_model: str  # base model folder (local path)
-    data: str  # TRL preference JSONL: prompt, chosen, rejected, optional source, weight
-    output_dir: str
-    init_adapter: str | None = None  # continue this LoRA checkpoint (e.g. the drifted sample_data/rft/checkpoint-160)
-    objective: str = "cpo"  # "cpo" | "cpo++" | "sft" (see core.cpo.trainer)
-    negatives: str = "counterfactual"  # "random": rejected = another pair's chosen of another label (seeded)
-    max_steps: int = 60
-    learning_rate: float = 2e-5
-    beta: float = 0.1
-    cpo_alpha: float = 1.0
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 256
-    lora_r: int = 8
-    lora_alpha: int = 32
-    bf16: bool | None = None  # None: bf16 on CUDA, fp32 on CPU
-    seed: int = 0
-    save_steps: int = 20
-    logging_steps: int = 1
-    resume: bool = False  # continue from the last checkpoint-N in output_dir
-    base_names: list[str] = field(default_factory=list)  # names of the base in adapter configs
-    gradient_checkpointing: bool = False  # trade compute for memory on large models
-    source_weights: dict[str, float] = field(default_factory=dict)  # per-source pair weight (cpo++), replacing
-    # the pairs file's ``weight`` of that source, e.g. {"image_swap": 0.5} for the visual pairs
-    min_pixels: int | None = None  # vision-language bases: the image processor's limits (None: the checkpoint's)
-    max_pixels: int | None = None  # (the authors: MAX_PIXELS=1003520)
+    what: ClassVar[str] = "CPO run config"
+
+    base_model: str = field(metadata={"help": "the base model folder (a local path)", "path": True})
+    data: str = field(metadata={"help": "TRL preference JSONL: prompt, chosen, rejected, optional source, weight",
+                                "path": True})
+    output_dir: str = field(metadata={"help": "the run folder (metrics.jsonl, checkpoint-N/, adapter/)",
+                                      "path": True})
+    init_adapter: str | None = field(default=None, metadata={
+        "help": "continue this LoRA checkpoint (e.g. a drifted RFT checkpoint); default: a new adapter on the base",
+        "path": True})
+    objective: str = field(default="cpo", metadata={"help": "the loss (core.cpo.trainer)", "choices": OBJECTIVES})
+    negatives: str = field(default="counterfactual", metadata={"help": "the rejected side", "choices": NEGATIVES,
+                                                               "label": "Rejected side"})
+    max_steps: int = _positive("optimizer steps", 60)
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate", "gt": 0})
+    beta: float = field(default=0.1, metadata={"help": "preference loss temperature (DPO / CPO beta)", "gt": 0,
+                                               "label": "beta"})
+    cpo_alpha: float = field(default=1.0, metadata={"help": "cpo: weight of the NLL term on the chosen side "
+                                                            "(TRL's cpo_alpha; 0: the preference loss alone)",
+                                                    "min": 0, "label": "NLL weight (cpo_alpha)"})
+    batch_size: int = _positive("pairs per device per step", 8)
+    gradient_accumulation_steps: int = _positive("batches accumulated per optimizer step", 1)
+    max_length: int = _positive("tokens of prompt + completion kept (longer pairs are cut)", 256,
+                                label="Max length (tokens)")
+    lora_r: int = _positive("LoRA rank (a continued adapter keeps its own)", 8, label="LoRA r")
+    lora_alpha: int = _positive("LoRA scaling alpha", 32, label="LoRA alpha")
+    bf16: bool | None = field(default=None, metadata={"help": "train in bfloat16; default: on CUDA, fp32 on CPU",
+                                                      "none": "auto"})
+    seed: int = field(default=0, metadata={"help": "seeds the data order, LoRA init and random negatives",
+                                           "min": 0})
+    save_steps: int = _positive("steps between checkpoint-N saves (resume points)", 20)
+    logging_steps: int = _positive("steps between metrics.jsonl lines", 1)
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint-N in output_dir"})
+    base_names: list[str] = field(default_factory=list, metadata={
+        "help": "other names of the base model in adapter configs", "flag": "--base-name"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "trade compute for memory on large models"})
+    source_weights: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "per-source pair weight (cpo++), replacing the pairs file's weight of that source, e.g. "
+                '{"image_swap": 0.5} for the visual pairs', "expected": SOURCE_WEIGHTS})
+    min_pixels: int | None = pixels_field("min")
+    max_pixels: int | None = pixels_field("max")
 
     def __post_init__(self) -> None:
-        checks = [("objective", self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
-                  ("negatives", self.negatives in NEGATIVES, f"one of {', '.join(NEGATIVES)}")]
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "lora_r",
-                     "lora_alpha", "save_steps", "logging_steps"):
-            value = getattr(self, name)
-            checks.append((name, isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                           "a positive integer"))
-        for name in ("learning_rate", "beta"):
-            checks.append((name, isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0,
-                           "a positive number"))
-        checks.append(("cpo_alpha", isinstance(self.cpo_alpha, (int, float)) and self.cpo_alpha >= 0,
-                       "a number >= 0"))
-        for name in ("base_model", "data", "output_dir", "init_adapter"):  # "~" and "$VAR" as a shell reads them
-            if isinstance(getattr(self, name), str):
-                setattr(self, name, expand_optional(getattr(self, name)))
+        super().__post_init__()
+        expand_fields(self)  # "~" and "$VAR" as a shell reads them
         for name in ("base_model", "data", "output_dir"):
-            checks.append((name, isinstance(getattr(self, name), str) and getattr(self, name).strip() != "",
-                           "a non-empty path"))
-        checks.append(("source_weights", isinstance(self.source_weights, dict) and all(
-            isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
-            for k, w in self.source_weights.items()), "an object of source name -> positive number"))
-        for name in ("min_pixels", "max_pixels"):
-            value = getattr(self, name)
-            checks.append((name, value is None or (isinstance(value, int) and not isinstance(value, bool)
-                                                   and value >= 28 * 28), f"null or an integer >= {28 * 28}"))
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"field {name!r}: expected {expected}, got {getattr(self, name)!r}")
-
-    def save(self, path: str | Path) -> None:
-        from core.io.cache import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(asdict(self), indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        """Read a config JSON; unknown or bad fields raise InputError naming the file and the field."""
-        try:
-            text = Path(path).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: not a readable JSON config ({e})") from None
-        data = jsonsafe.loads(text, str(path))
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: expected a JSON object of TrainConfig fields")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"{path}: unknown field {unknown[0]!r} (expected some of {', '.join(sorted(known))})")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"{path}: {e}") from None
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise ValueError(f"field {name!r}: expected a non-empty path, got {getattr(self, name)!r}")
+        if not isinstance(self.source_weights, dict) or not all(
+                isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                for k, w in self.source_weights.items()):
+            raise ValueError(f"field 'source_weights': expected {SOURCE_WEIGHTS}, got {self.source_weights!r}")
+        check_pixel_order(self)
 
 
+@dataclass
+class TrainOptions(ConfigBase):
+    """What a training job does after the run (flags beside its ``TrainConfig``; ``--resume`` is a config field)."""
+
+    what: ClassVar[str] = "training options"
+
+    evaluate: str | None = field(default=None, metadata={
+        "help": "afterwards, answer this world's held-out sets with the new adapter (evaluation.json)", "path": True})
+    evaluate_limit: int | None = field(default=None, metadata={"help": "with --evaluate: the first N held-out "
+                                                                       "studies only", "min": 1})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        expand_fields(self)

@@ -1,5 +1,5 @@
-"""CPO runs: a registry in the workspace database, each run a background job (``core.jobs.supervisor``) that trains
-with ``core.cpo.train`` and then evaluates the new adapter on the world's held-out set (``core.perturb.evaluation``).
+"""CPO runs: a registry in the workspace database, each run a background job of kind ``train`` (started, cancelled
+and resumed through ``core.jobs.registry``, like every job) that trains with ``core.cpo.train`` and then evaluates the new adapter on the world's held-out set (``core.perturb.evaluation``).
 
     run = runs.launch(ws, cfg, name="cpo-repair", world=world_path, snapshot="sft-pairs-v1")
     runs.refresh(ws, run.id)       # sync the registry with the job: running -> done | failed | cancelled
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.cpo.config import TrainOptions
 from core.errors import InputError
 from core.io.store import Store
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 
 EVALUATION_FILE = "evaluation.json"
@@ -86,11 +88,13 @@ def list_runs(store: Store) -> list[Run]:
 
 
 def train_argv(config_path: str | Path, world: str | Path | None = None, evaluate_limit: int | None = None) -> list[str]:
-    """What a run's job executes (after ``python``): train, then evaluate on the world's held-out sets
-    (the first ``evaluate_limit`` studies, or all)."""
-    argv = ["-m", "core.jobs.worker", "train", "--config", str(config_path)]
-    argv += ["--evaluate", str(world)] if world else []
-    return argv + (["--evaluate-limit", str(evaluate_limit)] if world and evaluate_limit else [])
+    """What a run's job executes (after ``python``; ``core.jobs.registry.command``): train from the run folder's
+    config, then evaluate on the world's held-out sets (the first ``evaluate_limit`` studies, or all)."""
+    return registry.command("train", options=_options(world, evaluate_limit), config_path=config_path)[0]
+
+
+def _options(world: str | Path | None, evaluate_limit: int | None):
+    return TrainOptions(evaluate=str(world) if world else None, evaluate_limit=evaluate_limit if world else None)
 
 
 def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | None = None,
@@ -114,7 +118,9 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
                           (name, cfg.objective, (out / "config.json").read_text(), cfg.data, snapshot,
                            str(world) if world else None, str(out), now, now))
         run_id = cur.lastrowid
-    return _start(ws, get(ws.store, run_id), train_argv(out / "config.json", world, evaluate_limit))
+    run = get(ws.store, run_id)
+    return _started(ws, run, registry.launch(ws, "train", options=_options(world, evaluate_limit),
+                                             config_path=run.config_path, **_job_labels(run)))
 
 
 START_BASE = "base (SFT)"  # a run's start when it trains the base model itself, not a drifted checkpoint
@@ -165,8 +171,11 @@ def train_defaults(world=None, start: str | None = None) -> dict:
     return out
 
 
-def _start(ws, run: Run, argv: list[str]) -> Run:
-    job = jobs.start(ws.jobs_dir, "cpo", argv, title=f"{run.objective} · {run.name}", meta={"run": run.id})
+def _job_labels(run: Run) -> dict:
+    return {"title": f"{run.objective} · {run.name}", "meta": {"run": run.id}}
+
+
+def _started(ws, run: Run, job: jobs.Job) -> Run:
     _update(ws.store, run.id, status="running", job=str(job.dir), error=None)
     return get(ws.store, run.id)
 
@@ -264,7 +273,10 @@ def resume(ws, run_id: int) -> Run:
     cfg = TrainConfig.load(run.config_path)
     cfg.resume = True
     cfg.save(run.config_path)
-    return _start(ws, run, previous.argv if previous else train_argv(run.config_path, run.world))
+    if previous:  # the same job again (core.jobs.registry.relaunch): its options, the run folder's config
+        return _started(ws, run, registry.relaunch(ws, previous, meta={"run": run.id}))
+    return _started(ws, run, registry.launch(ws, "train", options=_options(run.world, None),
+                                             config_path=run.config_path, **_job_labels(run)))
 
 
 def _still_running(job, grace: float = 15.0) -> bool:
@@ -353,9 +365,10 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.perturb.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
-    own figures); None when the world has no held-out set. A vision-language world's model decodes each
-    study with its images (``vision``: a ``core.models.vision.VisionConfig`` with the pixel limits; None: the
-    checkpoint's own)."""
+    own figures); None when the world has no held-out set. The base's family loads the model and its processor:
+    a vision-language model decodes each study with its images (``vision``: a ``core.models.vision.VisionConfig``
+    with the pixel limits; None: the checkpoint's own)."""
+    from core.models.families import family_for
     from core.perturb.evaluation import evaluate_model, held_out
     from core.workspace.world import load_world
 
@@ -364,24 +377,14 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     if held is None:
         return None
     full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
-    model, tokenizer, processor = _eval_model(world.base_model_dir, adapter if full else None, vision)
+    family = family_for(world.base_model_dir)
+    processor = family.load_processor(world.base_model_dir, vision)  # the base's tokenizer (and image processor)
+    model = family.load_model(adapter if full else world.base_model_dir)  # a full checkpoint (-merged) as it is
     if adapter and not full:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()  # merged: plain speed
-    return evaluate_model(model, tokenizer, held, world.answer_format, world.plugin, processor=processor)
-
-
-def _eval_model(base: Path, full: str | Path | None, vision):
-    """(model, tokenizer, processor or None): a full checkpoint (e.g. -merged) as it is, else the base; a
-    vision-language base with its processor (tokenizer and image processor from the base folder)."""
-    from core.models.series import load_model, load_tokenizer
-    from core.models.vision import is_vl_folder, load_processor, load_vl_model
-
-    if not is_vl_folder(base):
-        return load_model(full or base), load_tokenizer(base), None
-    proc = load_processor(base, vision)
-    return load_vl_model(full or base), proc.tokenizer, proc
+    return evaluate_model(model, processor, held, world.answer_format, world.plugin, family=family)
 
 
 def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:

@@ -12,11 +12,12 @@ The same run from a shell, on one GPU or several (``accelerate launch`` for mult
 A run folder holds ``config.json`` (this TrainConfig), ``metrics.jsonl`` (one object per logging step),
 ``checkpoint-N/`` (adapter + trainer_state.json + optimizer, as HF Trainer writes them) and ``adapter/``.
 The objectives live in ``core.cpo.trainer``; data is TRL preference JSONL (prompt, chosen, rejected,
-optional source and weight), tokenized in the sample world's format: BOS + prompt, " " + completion + EOS.
-A vision-language base (``core.models.vision.is_vl_folder``) trains the same objectives on pairs with images
-(``core.cpo.vl``: chat-templated prompts with their image tokens, LoRA on the language model only, the vision
-tower frozen); ``source_weights`` gives a source its own CPO++ weight, e.g. ``{"image_swap": 0.5}`` for the
-visual pairs (same CoT, counterfactual image).
+optional source and weight). The base model's family (``core.models.families``, chosen once from its
+``config.json``) loads it and its processor, encodes the pairs (text: BOS + prompt, " " + completion + EOS;
+Qwen-VL: chat-templated prompts with their image tokens), collates the batches and names the LoRA targets and
+the frozen modules (Qwen-VL: the language model's linear layers, the vision tower frozen); ``source_weights``
+gives a source its own CPO++ weight, e.g. ``{"image_swap": 0.5}`` for the visual pairs (same CoT,
+counterfactual image).
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.cpo.config import TrainConfig
 from core.errors import InputError
 from core.io.pairs import read_pairs  # the one reader of preference pairs
-from core.jobs.supervisor import lock_folder
+from core.io.locks import lock_folder
+from core.models.vision import VisionConfig
+
+if TYPE_CHECKING:
+    from core.models.families import Family
 
 
 @dataclass
@@ -72,23 +78,6 @@ def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
         raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")
     return [{**p, "rejected": pairs[rng.choice(others[lab])]["chosen"], "rejected_images": list(p.get("images", []))}
             for p, lab in zip(pairs, labels, strict=True)]
-
-
-def tokenize(tokenizer, pairs: list[dict]) -> list[dict]:
-    """TRL's tokenized columns in the sample world's format: BOS + prompt | " " + completion + EOS."""
-    from core.io.trajectories import prompt_ids
-
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(" " + text, add_special_tokens=False)["input_ids"] + eos
-
-    def first(p: dict) -> list[int]:  # conversational pairs: their turns through the chat template
-        templated = bool(p.get("chat")) and bool(getattr(tokenizer, "chat_template", None))
-        return prompt_ids(tokenizer, p["prompt"], templated, p.get("chat"))
-
-    return [{"prompt_ids": first(p), "chosen_ids": ids(p["chosen"]), "rejected_ids": ids(p["rejected"])}
-            for p in pairs]
 
 
 def _pairs_of(cfg: TrainConfig) -> list[dict]:
@@ -134,22 +123,17 @@ def balance_warnings(pairs: list[dict]) -> list[str]:
     return out
 
 
-def is_vl(cfg: TrainConfig) -> bool:
-    """Whether the run trains a vision-language base (``core.cpo.vl``)."""
-    from core.models.vision import is_vl_folder
+def family_of(cfg: TrainConfig) -> Family:
+    """The base model's family (``core.models.families.family_for``; an unsupported one is refused by name)."""
+    from core.models.families import family_for  # torch: this module stays light for the pages
 
-    return is_vl_folder(cfg.base_model)
+    return family_for(cfg.base_model)
 
 
 def processing(cfg: TrainConfig):
-    """What encodes the run's pairs: the VL processor (``core.models.vision.VLProcessor``) or the tokenizer."""
-    from core.models.series import load_tokenizer
-
-    if is_vl(cfg):
-        from core.cpo.vl import processor
-
-        return processor(cfg)
-    return load_tokenizer(cfg.base_model)
+    """What encodes the run's pairs: the family's processor (a text base's tokenizer, a VL base's processor
+    with the run's pixel limits)."""
+    return family_of(cfg).load_processor(cfg.base_model, VisionConfig.of(cfg))
 
 
 def _row_length(e: dict) -> int:
@@ -158,27 +142,14 @@ def _row_length(e: dict) -> int:
                len(e.get("rejected_prompt_ids", e["prompt_ids"])) + len(e["rejected_ids"]))
 
 
-def _encode(cfg: TrainConfig, proc, pairs: list[dict]) -> tuple[list[dict], list[str]]:
-    """Each pair's ids (``tokenize`` or, on a VL base, ``core.cpo.vl.encode_pairs``) and what refuses the run."""
-    if is_vl(cfg):
-        from core.cpo.vl import encode_pairs, prompt_errors
-
-        enc = encode_pairs(proc, pairs)
-        return enc, prompt_errors(enc, cfg.max_length)
-    with_images = next((i for i, p in enumerate(pairs) if p.get("images")), None)
-    if with_images is not None:
-        return [], [f"{cfg.data}: pair {with_images + 1} has images but the base model {cfg.base_model} is a "
-                    "text-only model; train a vision-language base on pairs with images"]
-    return tokenize(proc, pairs), []
-
-
 def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
     """Check the data before the first step: empty, identical chosen/rejected, lengths against max_length,
     images (each named when missing or unreadable; on a text base, pairs with images are refused)."""
     pairs = _pairs_of(cfg)
     if not pairs:
         return Preflight(0, [], [], [], [f"{cfg.data}: no preference pairs (empty dataset)"])
-    enc, errors = _encode(cfg, tokenizer or processing(cfg), pairs)
+    enc, errors = family_of(cfg).encode_pairs(tokenizer or processing(cfg), pairs, cfg.max_length, str(cfg.data),
+                                              str(cfg.base_model))
     if errors:
         return Preflight(len(pairs), [], [], [], errors)
     identical = [i for i, p in enumerate(pairs)
@@ -236,20 +207,20 @@ def _base_name(cfg: TrainConfig) -> str:
     return Path(cfg.base_model).name
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg: TrainConfig, model=None, family: Family | None = None):
+    """LoRA r/alpha of the run on the family's targets (text: all linear layers; Qwen-VL: the language model's)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", lora_dropout=0.0,
+    targets = (family or family_of(cfg)).lora_targets(model)
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
                       task_type="CAUSAL_LM")
 
 
-def _load_init_adapter(model, path: str, vl: bool = False) -> None:
-    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets); a VL
-    adapter saved in the old module layout (ms-swift on transformers < 4.52) is mapped to today's names."""
+def _load_init_adapter(model, path: str, family: Family) -> None:
+    """Copy a LoRA checkpoint's weights into the trainer's "default" adapter (same r and targets), under the
+    family's current module names (a VL adapter of ms-swift on transformers < 4.52 is mapped)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from core.cpo.vl import modern_keys
 
     weights = Path(path) / "adapter_model.safetensors"
     if not weights.is_file():
@@ -257,7 +228,7 @@ def _load_init_adapter(model, path: str, vl: bool = False) -> None:
     r = model.peft_config["default"].r
     try:
         state = load_file(weights)
-        result = set_peft_model_state_dict(model, modern_keys(state) if vl else state)
+        result = set_peft_model_state_dict(model, family.adapter_state(state))
     except RuntimeError as e:  # shapes differ: another r, or an adapter of another base
         detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
         raise InputError(f"{path}: adapter weights do not fit this LoRA config (r={r}): {detail[:200]}") from None
@@ -279,15 +250,15 @@ def dpo_args(cfg: TrainConfig, cuda: bool):
         remove_unused_columns=False)
 
 
-def load_base(cfg: TrainConfig, cuda: bool):
-    """The base model to train, on the CPU (the Trainer places it, on each process's own GPU under accelerate)."""
+def load_base(cfg: TrainConfig, cuda: bool, family: Family | None = None):
+    """The base model to train, through its family, on the CPU (the Trainer places it, on each process's own
+    GPU under accelerate): bf16 on CUDA unless ``cfg.bf16`` says otherwise, fp32 on the CPU."""
     import torch
 
     from core.models.checkpoints import check_model_dir
-    from core.models.series import load_model
 
     dtype = torch.bfloat16 if (cuda if cfg.bf16 is None else cfg.bf16) else torch.float32
-    return load_model(check_model_dir(cfg.base_model), "cpu", dtype)
+    return (family or family_of(cfg)).load_model(check_model_dir(cfg.base_model), "cpu", dtype)
 
 
 def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=None, pre: Preflight | None = None):
@@ -300,32 +271,18 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=Non
     tok = tokenizer or processing(cfg)
     pre = pre or preflight(cfg, tok)
     args = dpo_args(cfg, cuda)
-    model, peft, collator, text_tok = _parts(cfg, tok, cuda)
+    family = family_of(cfg)
+    model = load_base(cfg, cuda, family)
+    # TRL gets the tokenizer for either family: the batches come from the family's collator (TRL 1.16's vision
+    # collator gives both sides the same images and needs the full processor, which needs torchvision)
     trainer = CPOTrainer(model=model, args=args, train_dataset=tokenized_dataset(cfg, tok, pre),
-                         processing_class=text_tok, peft_config=peft, callbacks=callbacks or [],
-                         data_collator=collator, objective=cfg.objective, cpo_alpha=cfg.cpo_alpha,
-                         sources=pre.sources)
+                         processing_class=family.tokenizer(tok), peft_config=lora_config(cfg, model, family),
+                         callbacks=callbacks or [], data_collator=family.preference_collator(tok, cfg.max_length),
+                         objective=cfg.objective, cpo_alpha=cfg.cpo_alpha, sources=pre.sources, family=family)
     if cfg.init_adapter:
-        _load_init_adapter(trainer.model, cfg.init_adapter, is_vl(cfg))
+        _load_init_adapter(trainer.model, cfg.init_adapter, family)
     trainer.model.peft_config["default"].base_model_name_or_path = _base_name(cfg)
     return trainer
-
-
-def _parts(cfg: TrainConfig, proc, cuda: bool):
-    """(model, LoRA config, collator, tokenizer) of a text or vision-language run. TRL gets the tokenizer in
-    both cases: the VL batches come from our collator (TRL 1.16's vision collator gives both sides the same
-    images and needs the full processor, which needs torchvision)."""
-    from core.cpo.trainer import VLPreferenceCollator, WeightedPreferenceCollator
-
-    if is_vl(cfg):
-        from core.cpo import vl as cpo_vl
-
-        model = cpo_vl.load_base(cfg, cuda)
-        tok = proc.tokenizer
-        collator = VLPreferenceCollator(proc, pad_token_id=tok.pad_token_id or 0, max_length=cfg.max_length)
-        return model, cpo_vl.lora_config(cfg, model), collator, tok
-    collator = WeightedPreferenceCollator(pad_token_id=proc.pad_token_id or 0, max_length=cfg.max_length)
-    return load_base(cfg, cuda), lora_config(cfg), collator, proc
 
 
 def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None = None,

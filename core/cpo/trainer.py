@@ -1,4 +1,4 @@
-"""The CPO objectives on TRL's DPOTrainer: pure loss functions, a weighted collator and a small subclass.
+"""The CPO objectives on TRL's DPOTrainer: pure loss functions and a small subclass (batches: the family's collator).
 
     losses, nll = cpo_losses(policy_chosen, policy_rejected, chosen_nll, beta=0.1)   # per pair, (B,)
     losses = dpo_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
@@ -15,10 +15,10 @@ Three objectives share one forward pass of the policy over ``[chosen; rejected]`
   authors' CPO++ trainer.
 - ``sft``: the NLL of the chosen completion only (the paper's SFT baseline).
 
-On a vision-language base the batch also carries ``pixel_values`` / ``image_grid_thw`` (chosen rows' images,
-then rejected rows': a visual pair's rejected side is encoded with its own image) and ``mm_token_type_ids``,
-from which Qwen2.5-VL computes its 3-D rotary positions (``VLPreferenceCollator``); the policy and the
-reference forward both get them.
+The batches come from the base model's family (``core.models.families``: its ``preference_collator``); what
+the model takes besides ids and mask (a Qwen-VL batch's image features, grids and image-token types, chosen
+rows' images then rejected rows') comes from its ``forward_inputs``, computed once per batch for the policy
+and the reference forward.
 
 Rewards follow each objective's paper: ``beta * log pi`` for cpo and sft, ``beta * (log pi - log pi_ref)``
 for cpo++. Per-source ``loss/<source>`` and ``accuracy/<source>`` are logged next to TRL's metrics.
@@ -27,16 +27,15 @@ for cpo++. Per-source ``loss/<source>`` and ``accuracy/<source>`` are logged nex
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import trl
 from trl import DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from core.cpo.config import OBJECTIVES
 from core.io.pairs import normalise_weights  # noqa: F401 - the one weight rule (core.io.pairs)
+from core.models.families import TEXT_FAMILY, Family
 
 # CPOTrainer leans on private parts of TRL's DPOTrainer (and of transformers' Trainer under it), which change
 # between minor releases without notice. pyproject.toml pins the TRL range they were checked against; this
@@ -110,112 +109,19 @@ def objective_loss(objective: str, losses: torch.Tensor, weights: torch.Tensor, 
         return (losses * weights).mean()
     if objective == "sft":
         return nll
-    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-
-
-@dataclass
-class WeightedPreferenceCollator(DataCollatorForPreference):
-    """TRL's preference collator plus each pair's ``weight`` and ``source_idx``.
-
-    >>> c = WeightedPreferenceCollator(pad_token_id=0)
-    >>> b = c([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5], "weight": 2.0, "source_idx": 1}])
-    >>> b["input_ids"].tolist(), b["weight"].tolist(), b["source_idx"].tolist()
-    ([[1, 2, 3, 0], [1, 2, 4, 5]], [2.0], [1])
-    """
-
-    def torch_call(self, examples: list[dict]) -> dict:
-        out = super().torch_call(examples)
-        out["weight"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])  # (B,)
-        out["source_idx"] = torch.tensor([int(e.get("source_idx", 0)) for e in examples])  # (B,)
-        return out
-
-
-@dataclass
-class VLPreferenceCollator:
-    """Pairs with images (``core.cpo.vl.encode_pairs`` rows) into TRL's ``[chosen; rejected]`` batch layout,
-    right-padded, with the model's image inputs:
-
-    - ``image_grid_thw``: the grid of every row's images, chosen rows first, then rejected rows (a visual
-      pair's rejected side has its own image, and so its own grid and image-token count);
-    - ``pixel_values`` / ``distinct_grid_thw``: the patches and grids of the batch's *distinct* images, and
-      ``image_index``: which distinct image each row image is. A same-image pair's two rows share one image,
-      so the (frozen) vision tower encodes it once (``CPOTrainer``), not twice as TRL's vision collator does;
-    - ``mm_token_type_ids`` (1 on image tokens), from which Qwen2.5-VL computes its 3-D rotary positions.
-
-    Only completions are cut at ``max_length``: a cut prompt would cut an image (pre-flight refuses those)."""
-
-    processor: object  # core.models.vision.VLProcessor
-    pad_token_id: int = 0
-    max_length: int | None = None
-
-    def __call__(self, examples: list[dict]) -> dict:
-        from core.models.vision import IMAGE_PAD
-
-        rows = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
-        rows += [(e["rejected_prompt_ids"], e["rejected_ids"]) for e in examples]
-        ids, mask, comp = self._pad(rows)
-        out = {"input_ids": ids, "attention_mask": mask, "completion_mask": comp,
-               "mm_token_type_ids": (ids == self.processor.token_id(IMAGE_PAD)).long(),  # (2B, T)
-               "weight": torch.tensor([float(e.get("weight", 1.0)) for e in examples]),  # (B,)
-               "source_idx": torch.tensor([int(e.get("source_idx", 0)) for e in examples])}  # (B,)
-        paths = [p for e in examples for p in e["image_paths"]]
-        paths += [p for e in examples for p in e["rejected_image_paths"]]
-        if paths:
-            distinct = list(dict.fromkeys(paths))
-            out["pixel_values"], out["distinct_grid_thw"] = self._pixels(distinct)
-            out["image_index"] = torch.tensor([distinct.index(p) for p in paths])  # (row images,)
-            out["image_grid_thw"] = out["distinct_grid_thw"][out["image_index"]]  # (row images, 3)
-        return out
-
-    def _pad(self, rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cut = [(p, c[: max(0, self.max_length - len(p))] if self.max_length else c) for p, c in rows]
-        width = max(len(p) + len(c) for p, c in cut)
-        ids = torch.full((len(cut), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(cut), width), dtype=torch.long)
-        comp = torch.zeros((len(cut), width), dtype=torch.long)
-        for b, (p, c) in enumerate(cut):
-            ids[b, : len(p) + len(c)] = torch.tensor(p + c)
-            mask[b, : len(p) + len(c)] = 1
-            comp[b, len(p): len(p) + len(c)] = 1
-        return ids, mask, comp
-
-    def _pixels(self, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patches and grids of the given images, in order.  -> (patches, D), (n_images, 3)"""
-        from pathlib import Path
-
-        from core.io.images import ImageRef, load_image
-
-        proc = self.processor
-        return proc.pixels([load_image(ImageRef(Path(p), f"pair image {p}"), proc.cfg.limits) for p in paths])
-
-
-def image_inputs(model, inputs: dict) -> dict:
-    """The image part of a VL batch as the model takes it: each row image's features (the vision tower run
-    once over the distinct images, without gradients: it is frozen, and LoRA sits on the language model only),
-    the grids and image-token types its 3-D positions come from. ``{}`` for a text batch."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    from core.models.vision import vl_core
-
-    if "image_index" not in inputs:
-        return {k: inputs[k] for k in ("mm_token_type_ids",) if k in inputs}
-    with torch.no_grad():
-        distinct = vl_core(model).get_image_features(inputs["pixel_values"], inputs["distinct_grid_thw"],
-                                                     return_dict=True).pooler_output  # per distinct image
-    per_row = tuple(distinct[i] for i in inputs["image_index"].tolist())
-    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_row)},
-            "image_grid_thw": inputs["image_grid_thw"], "mm_token_type_ids": inputs["mm_token_type_ids"]}
+    raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
 
 
 class CPOTrainer(DPOTrainer):
     """DPOTrainer with the workbench's objectives, pair weights and per-source metrics (see the module)."""
 
     def __init__(self, *args, objective: str = "cpo", cpo_alpha: float = 1.0, sources: list[str] | None = None,
-                 **kwargs):
+                 family: Family = TEXT_FAMILY, **kwargs):
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+            raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
         check_hooks()
         self.objective, self.cpo_alpha, self.sources = objective, cpo_alpha, list(sources or [])
+        self.family = family  # the base model's (core.models.families): what a batch gives the model besides ids
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -231,14 +137,14 @@ class CPOTrainer(DPOTrainer):
     def _sequence_logps(self, model, inputs: dict, labels: torch.Tensor, seq_len: int,
                         images: dict | None = None) -> torch.Tensor:
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-                    use_cache=False, fused_lm_head=True, **(images or {}))  # images: image_inputs(...)
+                    use_cache=False, fused_lm_head=True, **(images or {}))  # images: Family.forward_inputs
         return out.log_probs[:, -seq_len:]  # (2B, T-1), 0 where the label is -100
 
     def _compute_loss(self, model, inputs, return_outputs=False):
         mode = "train" if self.model.training else "eval"
         mask = inputs["completion_mask"][..., 1:].float()  # (2B, T-1): which next tokens are completion tokens
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)  # (2B, T)
-        images = image_inputs(self.accelerator.unwrap_model(model), inputs)  # once for policy and reference
+        images = self.family.forward_inputs(self.accelerator.unwrap_model(model), inputs)  # once for both
         per_token = self._sequence_logps(model, inputs, labels, mask.size(1), images) * mask  # (2B, T-1)
         chosen, rejected = per_token.sum(1).chunk(2)  # (B,), (B,)
         nll = chosen_nll(per_token.chunk(2)[0], mask.chunk(2)[0])

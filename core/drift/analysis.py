@@ -5,10 +5,11 @@
     result.save("out/")        # tokens.parquet beliefs.parquet effects.parquet ... + config.json
     result = Analysis.load("out/")
 
-``AnalysisConfig.from_world("sample_data")`` fills in a world's base, checkpoints, test set and labels.
-The command line runs the same: ``workbench score --base DIR --checkpoints DIR --data FILE --out DIR``, or
-``workbench score --config analysis.json --out DIR``; a background job runs ``python -m core.jobs.worker score
---config <job>/analysis.json`` (``score_job``).
+``AnalysisConfig`` (``core.drift.config``, imported here too) says what to analyse; ``AnalysisConfig.from_world(
+"sample_data")`` fills in a world's base, checkpoints, test set and labels. The command line runs the same:
+``workbench score --base DIR --checkpoints DIR --data FILE --out DIR``, or ``workbench score --config
+analysis.json --out DIR``; a background job runs ``python -m core.jobs.worker score --config <job>/config.json``
+(``core.jobs.registry.launch(ws, "score", cfg, ScoreOptions(out=...))``, the body in ``core.drift.job``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,13 +26,8 @@ import pandas as pd
 
 from core.drift import findings as drift
 from core.drift.context_check import context_warnings
-from core.drift.probe import (
-    NO_LABELS,
-    POSITION_MODES,
-    ProbeConfig,
-    empty_beliefs,
-    probe,
-)
+from core.drift.config import AnalysisConfig, load_folder_config
+from core.drift.probe import NO_LABELS, ProbeConfig, empty_beliefs, probe
 from core.drift.scoring import ScoreConfig, batch_plan, score_batches
 from core.errors import InputError
 from core.graph import concepts
@@ -44,14 +40,13 @@ from core.io.cache import (
     write_parquet,
 )
 from core.io.outputs import ANALYSIS_TABLES
-from core.io.paths import expand, expand_optional, expand_str
-from core.io.trajectories import data_hash, encode, read_jsonl
-from core.jobs.supervisor import JOB_DIR
+from core.io.paths import expand
+from core.io.trajectories import data_hash, read_jsonl
+from core.models.families import family_for
 from core.models.series import (
     ModelSeries,
     branch_starts,
     load_series,
-    load_tokenizer,
     plan_series,
     series_fingerprint,
 )
@@ -60,7 +55,6 @@ from core.progress import Progress
 if TYPE_CHECKING:
     import pyarrow as pa
 
-PATH_FIELDS = ("base", "data", "checkpoints", "graph")
 TABLES = ANALYSIS_TABLES
 PER_TRAJECTORY = ("tokens", "beliefs", "effects")  # stored sorted by trajectory, read one trajectory at a time
 SUMMARY_TABLES = tuple(t for t in TABLES if t not in PER_TRAJECTORY)
@@ -70,98 +64,15 @@ ROW_GROUP = 8_192  # rows per parquet row group: a trajectory filter decodes few
 
 
 @dataclass
-class AnalysisConfig:
-    base: str  # base model folder
-    data: str  # trajectories JSONL (prompt, completion, label)
-    checkpoints: str | list[str] | None = None  # trainer output folder, or an ordered list of folders
-    graph: str | None = None  # concept graph (node-link JSON): concept drivers, default labels
-    labels: list[str] = field(default_factory=list)  # answer labels; default: graph diseases, else data labels
-    template: str = ProbeConfig.template  # answer template appended at each probe position
-    positions: str = "every"  # probe positions: every | sentence | end
-    include_prompt: bool = True  # probe inside the prompt too (where the report's findings are read)
-    top_k: int = 5
-    batch_size: int | None = None  # trajectories per scoring pass; None ("auto"): the most that fit (core.models.fit)
-    limit: int | None = None  # first N trajectories only
-    device: str | None = None  # cuda | cpu | mps; default: auto
-    dtype: str | None = None  # float32 | bfloat16 | float16; default: bf16 on CUDA
-    base_names: list[str] = field(default_factory=list)  # other names of the base model in adapter configs
-    trust_remote_code: bool = False
-    tau: float = drift.TAU  # effect drift beyond which a position is detrimental / beneficial
-    chat_template: bool = True  # conversations through the tokenizer's chat template (when it has one)
-    min_pixels: int | None = field(default=None, metadata={"help": "vision-language models: fewest pixels an image "
-                                                                   "is resized to (ms-swift MIN_PIXELS); default: "
-                                                                   "the checkpoint's preprocessor_config.json"})
-    max_pixels: int | None = field(default=None, metadata={"help": "vision-language models: most pixels an image "
-                                                                   "is resized to (ms-swift MAX_PIXELS; the authors "
-                                                                   "used 1003520); default: the checkpoint's"})
-
-    def __post_init__(self):
-        for key in PATH_FIELDS:  # "~/models/base" and "$DATA/x.jsonl" as a shell would read them
-            value = getattr(self, key)
-            setattr(self, key, [expand_str(v) for v in value] if isinstance(value, list)
-                    else expand_optional(value) if isinstance(value, (str, Path)) else value)
-        if self.positions not in POSITION_MODES:
-            raise ValueError(f"positions: expected one of {POSITION_MODES}, got {self.positions!r}")
-        if self.batch_size == "auto":  # as the command line and a hand-written config say it
-            self.batch_size = None
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit: expected a positive number, got {self.limit}")
-        if not 0 < self.tau < 1:
-            raise ValueError(f"tau: expected 0 < tau < 1, got {self.tau}")
-        ScoreConfig(self.top_k, self.batch_size)  # validates those two
-        _ = self.vision  # validates the pixel limits (a ValueError naming the field)
-
-    @property
-    def vision(self):
-        """The image settings of a vision-language series (``core.models.vision.VisionConfig``)."""
-        from core.models.vision import VisionConfig
-
-        return VisionConfig(min_pixels=self.min_pixels, max_pixels=self.max_pixels, chat_template=self.chat_template)
-
-    @classmethod
-    def field_help(cls, name: str) -> str:
-        """A field's help text (its ``metadata``), for the page's and the command line's controls."""
-        return next((f.metadata.get("help", "") for f in fields(cls) if f.name == name), "")
-
-    @classmethod
-    def from_world(cls, root: str | Path, dataset: str | None = None, **overrides) -> "AnalysisConfig":
-        from core.workspace.world import load_world
-
-        w = load_world(root)
-        name = dataset or w.manifest.get("default_dataset", "test")
-        return cls(base=str(w.base_model_dir), checkpoints=w.checkpoints_arg,
-                   data=str(w.dataset_path(name)), graph=str(w.graph_path),
-                   base_names=[w.manifest.get("base_model_name", "")], **overrides)
-
-    @classmethod
-    def load(cls, path: str | Path) -> AnalysisConfig:
-        """A config saved as JSON (an analysis folder's config.json: its relative paths resolved there)."""
-        path = Path(path)
-        if path.is_dir() or path.name == "config.json":
-            return _load_config(path if path.is_dir() else path.parent)
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except OSError as e:
-            raise InputError(f"{path}: cannot read the analysis config ({e.strerror})") from None
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise InputError(f"{path}: not a valid analysis config ({e})") from None
-
-    @classmethod
-    def from_json(cls, data: dict) -> "AnalysisConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
 class Analysis:
     config: AnalysisConfig
     tokens: pd.DataFrame  # one row per trajectory x checkpoint x completion token (scoring.score)
     beliefs: pd.DataFrame  # one row per trajectory x checkpoint x probe position (probe.probe)
     effects: pd.DataFrame  # drift.token_effects
-    summary: pd.DataFrame  # drift.checkpoint_summary
+    summary: pd.DataFrame  # per checkpoint (drift.DriftParts: accuracy, final belief, KLs, detrimental share)
     by_token: pd.DataFrame
     by_concept: pd.DataFrame
-    by_context: pd.DataFrame  # drift.drift_by_context
+    by_context: pd.DataFrame  # the next-token drift by the tokens read just before
     changes: pd.DataFrame  # drift.step_changes
     records: list[dict] = field(default_factory=list)  # the trajectories scored (kept in the folder)
 
@@ -202,7 +113,7 @@ class Analysis:
     @classmethod
     def load(cls, out: str | Path) -> "Analysis":
         out = expand(out)
-        cfg = _load_config(out)
+        cfg = load_folder_config(out)
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
@@ -217,9 +128,9 @@ def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write:
     import tempfile
 
     out = expand(out).resolve()
-    data = asdict(config)
+    data = config.to_dict()
     if portable:
-        for key in PATH_FIELDS:
+        for key in config.path_fields():
             value = data[key]
             if isinstance(value, list):
                 data[key] = [os.path.relpath(Path(v).resolve(), out) for v in value]
@@ -229,7 +140,7 @@ def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write(tmp)
-        (tmp / "config.json").write_text(json.dumps(data, indent=1))
+        (tmp / "config.json").write_text(json.dumps(data, indent=1) + "\n")
         swap_in_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -299,23 +210,6 @@ def _portable_images(records: list[dict], out: Path) -> list[dict]:
             for r in records]
 
 
-def _load_config(out: Path) -> AnalysisConfig:
-    """An analysis folder's config, its relative paths (a portable analysis) resolved against the folder."""
-    if not (out / "config.json").is_file():
-        raise InputError(f"{out}: not an analysis folder (expected config.json and {TABLES[0]}.parquet)")
-    try:
-        data = json.loads((out / "config.json").read_text())
-        for key in PATH_FIELDS:
-            value = data.get(key)
-            if isinstance(value, list):
-                data[key] = [str((out / v).resolve()) for v in value]
-            elif value:
-                data[key] = str((out / value).resolve())
-        return AnalysisConfig.from_json(data)
-    except (json.JSONDecodeError, TypeError, ValueError, RecursionError) as e:  # RecursionError: deep nesting
-        raise InputError(f"{out / 'config.json'}: not a valid analysis config ({type(e).__name__})") from None
-
-
 @dataclass
 class AnalysisView:
     """An analysis folder read for display: the config and the summary tables at once (small whatever the
@@ -335,7 +229,7 @@ class AnalysisView:
     @classmethod
     def open(cls, out: str | Path) -> AnalysisView:
         out = Path(out)
-        cfg = _load_config(out)
+        cfg = load_folder_config(out)
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
@@ -431,12 +325,13 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
                                       vision=cfg.vision))
         return loaded[0]
 
+    family = series.family if series is not None else family_for(cfg.base)  # an unsupported model: refused here
     encoded = encode_records(cfg, records, series)
     for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
         if progress:
             progress(0.0, 1.0, f"warning: {message}")
     common = (fingerprint, data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
-    common += images_key(encoded)
+    common += family.inputs_key(encoded)  # images: their content and the processor's settings (text: nothing)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
         lo, hi = share
@@ -467,37 +362,14 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
 
 
 def encode_records(cfg: AnalysisConfig, records: list[dict], series: ModelSeries | None = None) -> list:
-    """The records as the series reads them: through the tokenizer (``core.io.trajectories.encode``), or for a
-    vision-language base with their images through its processor (``core.models.vision.encode_vl``, pixel limits
-    from ``cfg``), each image named by the data file and the trajectory when it cannot be read."""
-    from core.models.vision import is_vl_folder
-
-    if not is_vl_folder(cfg.base):
-        tokenizer = series.tokenizer if series is not None else load_tokenizer(cfg.base, cfg.trust_remote_code)
-        return encode(tokenizer, records, chat_template=cfg.chat_template)
-    from core.io.images import refs
-    from core.models.vision import encode_vl, load_processor
-
-    proc = getattr(series, "processor", None) or load_processor(cfg.base, cfg.vision, cfg.trust_remote_code)
-    return encode_vl(proc, [{**r, "image_refs": refs(r, f"{cfg.data}, trajectory {r['id']}")} for r in records])
-
-
-def images_key(encoded: list) -> tuple:
-    """The images' part of a cache key: their content hashes and the processor's settings, per trajectory
-    (``VLEncoded.images_key``); empty for text (so text caches keep their keys)."""
-    keys = [getattr(e, "images_key", "") for e in encoded]
-    return ("images", cache_key(keys)) if any(keys) else ()
-
-
-def assemble(cfg: AnalysisConfig, records: list[dict], encoded, graph, tokens: pd.DataFrame,
-             beliefs: pd.DataFrame, starts: dict[str, str] | None = None) -> Analysis:
-    """The drift tables from the scoring and probe tables: ``run_analysis``'s last step, and the merge of a
-    sharded run (core.drift.shards). ``starts``: CPO run -> its start checkpoint (``series.branch_starts``)."""
-    effects = drift.token_effects(beliefs, encoded, cfg.tau)
-    by_concept = drift.drivers_by_concept(effects, encoded, graph, cfg.tau) if graph is not None else pd.DataFrame()
-    return Analysis(cfg, tokens, beliefs, effects, drift.checkpoint_summary(tokens, beliefs, effects),
-                    drift.drivers_by_token(effects), by_concept, drift.drift_by_context(tokens),
-                    drift.step_changes(beliefs, branches=starts), records)
+    """The records as the series reads them (its family's ``encode``: a text base through its tokenizer, a
+    vision-language base with their images through its processor, pixel limits from ``cfg``), each image named
+    by the data file and the trajectory when it cannot be read. Without ``series``, only the processor loads."""
+    if series is not None:
+        return series.encode(records, cfg.chat_template, where=str(cfg.data))
+    family = family_for(cfg.base)
+    processor = family.load_processor(cfg.base, cfg.vision, cfg.trust_remote_code)
+    return family.encode(processor, records, cfg.chat_template, where=str(cfg.data))
 
 
 def _staging(cache_dir: str | Path | None) -> Path:
@@ -514,7 +386,7 @@ def _staging(cache_dir: str | Path | None) -> Path:
 def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, token_parts: Iterable[Path | pa.Table],
                    belief_parts: Iterable[Path | pa.Table], starts: dict[str, str] | None,
                    staging: Path) -> StagedAnalysis:
-    """``assemble`` part by part: the tables computed from the scoring and probe parts one part at a time
+    """The drift tables computed from the scoring and probe parts one part at a time
     (``drift.DriftParts``) and written into ``staging``/analysis, the per-trajectory ones sorted by trajectory in
     ROW_GROUP-row groups (``cache.SortedByTrajectory``), as ``Analysis.save`` writes them. Host memory: one part,
     one sort bucket and the drift tables' partial sums, whatever the number of trajectories. A part: a parquet
@@ -689,47 +561,8 @@ def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
                 continue
             seen.add(path)
             try:
-                data = json.loads((path / "config.json").read_text())
-                cfg = AnalysisConfig.from_json(data)
-            except (OSError, json.JSONDecodeError, TypeError, ValueError, RecursionError):
+                cfg = load_folder_config(path)
+            except InputError:
                 continue
             out.append(AnalysisInfo(path, path.name, (path / "config.json").stat().st_mtime, cfg))
     return sorted(out, key=lambda a: a.created, reverse=True)
-
-
-WORKER = "core.jobs.worker"  # the engine's job entry (``python -m core.jobs.worker score|perturb|train``)
-JOB_CONFIG = "analysis.json"  # the AnalysisConfig a job runs from, in its folder
-
-
-def score_job(cfg: AnalysisConfig, out: str | Path, workspace: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
-    """What a background scoring job runs (after ``python``) and the files its folder gets: ``cfg`` saved as
-    ``analysis.json`` there and ``core.jobs.worker score --config`` on it, so no setting is lost on the way::
-
-        argv, files = score_job(cfg, out, ws.root)
-        jobs.start(ws.jobs_dir, "score", argv, files=files)
-    """
-    argv = ["-m", WORKER, "score", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--out", str(out)]
-    argv += ["--workspace", str(workspace)] if workspace else []
-    return argv, {JOB_CONFIG: config_text(cfg)}
-
-
-def perturb_job(cfg: AnalysisConfig, find: str, replace: str, mode: str, out: str | Path) -> tuple[list[str], dict[str, str]]:
-    """The same for a perturbation over ``cfg``'s series and data (``core.jobs.worker perturb``)."""
-    argv = ["-m", WORKER, "perturb", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--find", find, "--replace", replace,
-            "--mode", mode, "--out", str(out)]
-    return argv, {JOB_CONFIG: config_text(cfg)}
-
-
-def config_text(cfg: AnalysisConfig) -> str:
-    return json.dumps(asdict(cfg), indent=1)
-
-
-def shell_command(argv: list[str], files: dict[str, str] | None = None) -> str:
-    """``argv`` (a job's, after ``python``) as lines to paste into a shell: the console command for the
-    engine's worker, and each file the job reads written first (a here-document)."""
-    import shlex
-
-    args = [str(a).replace(f"{JOB_DIR}/", "") for a in argv]
-    args = args[2:] if args[:2] == ["-m", WORKER] else args
-    heads = [f"cat > {shlex.quote(name)} <<'EOF'\n{text}\nEOF\n" for name, text in (files or {}).items()]
-    return "".join(heads) + "workbench " + " ".join(shlex.quote(a) for a in args)

@@ -20,10 +20,10 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from core.drift.config import TAU  # the config's default, named once
 from core.graph import concepts
 from core.io.trajectories import Encoded
 
-TAU = 0.05
 BASE = "base"  # the series' name for the base model (core.models.series.BASE)
 
 
@@ -80,23 +80,6 @@ def _span_texts(df: pd.DataFrame, encoded: list[Encoded]) -> np.ndarray:
     return out
 
 
-def drivers_by_token(effects: pd.DataFrame, min_count: int = 5) -> pd.DataFrame:
-    """Tokens ranked by total effect drift per checkpoint (most detrimental first)."""
-    if effects.empty:  # a single probe position per trajectory reads no tokens
-        return pd.DataFrame(columns=["checkpoint", "step", "token", "region", "n", "mean_effect_drift", "direction"])
-    df = effects[~is_base(effects)].assign(key=effects["token"].astype(str).str.strip())
-    df = df[df["key"] != ""]
-    agg = df.assign(drift64=df["effect_drift"].astype(np.float64)).groupby(["checkpoint", "step", "key", "region"]).agg(
-        n=("effect_drift", "size"), mean_effect_drift=("drift64", "mean"),
-        total_effect_drift=("effect_drift", "sum"),
-        share_detrimental=("direction", lambda s: (s == "detrimental").mean()),
-        share_beneficial=("direction", lambda s: (s == "beneficial").mean()),
-        trajectories=("traj_id", lambda s: sorted(set(s))[:50])).reset_index()
-    agg = agg[agg["n"] >= min_count].rename(columns={"key": "token"})
-    agg["direction"] = np.where(agg["mean_effect_drift"] < 0, "detrimental", "beneficial")
-    return agg.sort_values(["step", "total_effect_drift"]).reset_index(drop=True)
-
-
 def concept_surfaces(graph: nx.DiGraph) -> list[tuple[str, str]]:
     """(surface form, concept) for every finding's label and synonyms, longest first."""
     pairs = [(s, n) for n in concepts.findings(graph) for s in concepts.names(graph, n)]
@@ -146,46 +129,18 @@ def span_sums(effects: pd.DataFrame, spans: pd.DataFrame, value: str = "effect_d
     return m[m["n_positions"] > 0].drop(columns=["g"]).reset_index(drop=True)
 
 
-def drivers_by_concept(effects: pd.DataFrame, encoded: list[Encoded], graph: nx.DiGraph, tau: float = TAU) -> pd.DataFrame:
-    """Concepts (findings of the graph) ranked by the effect drift of reading their mentions, per checkpoint."""
-    surfaces = concept_surfaces(graph)
-    spans = [(e.id, c, a, b) for e in encoded for c, a, b in concept_spans(e, surfaces)]
-    if not spans or effects.empty:
-        return pd.DataFrame(columns=["checkpoint", "step", "concept", "n", "mean_effect_drift"])
-    per = span_sums(effects, pd.DataFrame(spans, columns=["traj_id", "concept", "first", "end"]))
-    per = per[~is_base(per)]
-    per = per.assign(det=per["effect_drift"] < -tau, ben=per["effect_drift"] > tau)
-    agg = per.groupby(["checkpoint", "step", "concept"]).agg(
-        n=("effect_drift", "size"), mean_effect_drift=("effect_drift", "mean"),
-        share_detrimental=("det", "mean"), share_beneficial=("ben", "mean")).reset_index()
-    agg["direction"] = np.where(agg["mean_effect_drift"] < 0, "detrimental", "beneficial")
-    return agg.sort_values(["step", "mean_effect_drift"]).reset_index(drop=True)
-
-
 def final_beliefs(beliefs: pd.DataFrame) -> pd.DataFrame:
     """The belief at each trajectory's last probe position, per checkpoint."""
     idx = beliefs.groupby(["traj_id", "checkpoint"])["position"].idxmax()
     return beliefs.loc[idx].reset_index(drop=True)
 
 
-def checkpoint_summary(scores: pd.DataFrame, beliefs: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
-    """Per checkpoint: probed accuracy, mean gold belief at the end, mean KL (CoT tokens), detrimental share."""
-    cot = scores[scores["in_think"]] if scores["in_think"].any() else scores
-    # means of float64 (pandas' own float32 means are float32 or float64 depending on the rows' order)
-    kls = cot.astype({c: np.float64 for c in SUMMARY_KL}).groupby(["checkpoint", "step"])[list(SUMMARY_KL)].mean()
-    kls = kls.reset_index()
-    det = effects.groupby("checkpoint")["direction"].agg(
-        share_detrimental=lambda s: (s == "detrimental").mean(),
-        share_beneficial=lambda s: (s == "beneficial").mean()).reset_index()
-    return _summary(kls, final_beliefs(beliefs), det)
-
-
 SUMMARY_KL = ("kl_base", "kl_prev", "js_base", "entropy")  # averaged over the CoT's tokens per checkpoint
 
 
 def _summary(kls: pd.DataFrame, fin: pd.DataFrame, det: pd.DataFrame) -> pd.DataFrame:
-    """``checkpoint_summary`` from its three parts: mean KLs per (checkpoint, step), the final beliefs, and the
-    detrimental / beneficial shares per checkpoint (whole tables or combined parts, ``DriftParts``)."""
+    """The per-checkpoint summary from its three parts: mean KLs per (checkpoint, step), the final beliefs, and
+    the detrimental / beneficial shares per checkpoint (combined parts, ``DriftParts``)."""
     acc = fin.assign(correct=fin["answer"] == fin["gold"]).groupby(["checkpoint", "step"]).agg(
         accuracy=("correct", "mean"), final_gold_prob=("gold_prob", "mean")).reset_index()
     if det.empty:  # no effects (no probe, or one probe position): the columns stay, empty
@@ -271,23 +226,6 @@ def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int
     return df
 
 
-def drift_by_context(tokens: pd.DataFrame, n: int = 2, min_count: int = 5) -> pd.DataFrame:
-    """Where the next-token distribution moved most, grouped by the ``n`` tokens read just before.
-
-    Per checkpoint and context (e.g. "opacity suggests"): mean KL to base, mean change of the actual
-    token's log-prob vs base (< 0: the trajectory's own reasoning became less likely: detrimental on
-    gold trajectories), the share of positions whose top-1 token changed, and the most common new top-1.
-    """
-    m = _context_rows(tokens, n)
-    m = m.astype({"kl_base": np.float64, "delta_logprob": np.float64})  # means of float64 (see checkpoint_summary)
-    agg = m.groupby(["checkpoint", "step", "context"]).agg(
-        n=("kl_base", "size"), mean_kl_base=("kl_base", "mean"), mean_delta_logprob=("delta_logprob", "mean"),
-        share_top1_changed=("top1_changed", "mean")).reset_index()
-    changed = m[m["top1_changed"]].groupby(["checkpoint", "context"])["top1"].agg(
-        lambda s: s.value_counts().index[0]).rename("new_top1")
-    return _context_table(agg, changed, min_count)
-
-
 def _context_rows(tokens: pd.DataFrame, n: int) -> pd.DataFrame:
     """The non-base token rows with their ``n``-token context, their top-1 and the base's at that position,
     sorted by (trajectory, step, position). Per trajectory: a part of the tables gives its part of the rows."""
@@ -314,10 +252,11 @@ def _context_table(agg: pd.DataFrame, changed: pd.Series, min_count: int) -> pd.
     return agg.sort_values(["step", "mean_kl_base"], ascending=[True, False]).reset_index(drop=True)
 
 
-# The same tables computed part by part (a part: some trajectories' rows under every checkpoint), so that
+# The drift tables computed part by part (a part: some trajectories' rows under every checkpoint), so that
 # host memory holds one part's rows plus partial sums, never a whole table. Every drift table is a sum or a
 # mean per trajectory x checkpoint (or of those): each part adds its sums and counts, the tables divide at
-# the end. Equal to the whole-table functions above to float rounding (sums added in another order).
+# the end. Equal to the whole-table computation (the tests' reference, tests/drift_reference.py) to float
+# rounding (sums added in another order).
 
 FOLD = 64  # partial frames kept before they are summed into one (bounds their memory by the distinct keys)
 
@@ -351,6 +290,14 @@ class DriftParts:
         for part in token_parts: acc.add_tokens(part)
         for part in belief_parts: effects = acc.add_beliefs(part, encoded_of_part)
         tables = acc.tables(branches)     # summary, by_token, by_concept, by_context, changes, final, counts
+
+    The tables: ``summary`` per checkpoint: probed accuracy, mean gold belief at the end, mean KL (CoT tokens),
+    detrimental / beneficial share; ``by_token``: tokens ranked by total effect drift per checkpoint (most
+    detrimental first); ``by_concept``: concepts (findings of the graph) ranked by the effect drift of reading
+    their mentions; ``by_context``: where the next-token distribution moved most, grouped by the ``n_context``
+    tokens read just before (mean KL to base, mean change of the actual token's log-prob vs base: < 0, the
+    trajectory's own reasoning became less likely; the share of positions whose top-1 changed and the most
+    common new top-1); ``changes``: ``step_changes`` over the final beliefs.
     """
 
     def __init__(self, graph: nx.DiGraph | None = None, tau: float = TAU, n_context: int = 2, min_count: int = 5):
@@ -464,9 +411,10 @@ class DriftParts:
 
     def _by_context(self) -> pd.DataFrame:
         t = self._ctx.total()
-        if t is None:
-            return drift_by_context(pd.DataFrame(columns=["traj_id", "checkpoint", "step", "position", "token",
-                                                          "logprob", "kl_base"]), self.n_context, self.min_count)
+        if t is None:  # no token rows: the table's columns, empty
+            t = pd.DataFrame({"checkpoint": pd.Series(dtype=object), "step": pd.Series(dtype=object),
+                              "context": pd.Series(dtype=object), "n": pd.Series(dtype=np.int64),
+                              **{c: pd.Series(dtype=np.float64) for c in ("kl", "dl", "ch")}})
         agg = t[["checkpoint", "step", "context", "n"]].assign(
             mean_kl_base=t["kl"] / t["n"], mean_delta_logprob=t["dl"] / t["n"], share_top1_changed=t["ch"] / t["n"])
         top = _fold_top1(self._top1) if self._top1 else pd.DataFrame(
@@ -477,8 +425,8 @@ class DriftParts:
 
     def _by_token(self) -> pd.DataFrame:
         t = self._tok.total()
-        if not self.effects or t is None:
-            return drivers_by_token(pd.DataFrame())
+        if not self.effects or t is None:  # a single probe position per trajectory reads no tokens
+            return pd.DataFrame(columns=["checkpoint", "step", "token", "region", "n", "mean_effect_drift", "direction"])
         keys = ["checkpoint", "step", "key", "region"]
         trajs = _first_trajectories(pd.concat(self._tok_traj, ignore_index=True), keys)
         lists = trajs.groupby(keys, sort=True)["traj_id"].agg(list).rename("trajectories").reset_index()
@@ -506,7 +454,7 @@ class DriftParts:
 
 
 def _first_trajectories(df: pd.DataFrame, keys: list[str], limit: int = 50) -> pd.DataFrame:
-    """Per key, its first ``limit`` distinct trajectories in sorted order (``drivers_by_token``'s list)."""
+    """Per key, its first ``limit`` distinct trajectories in sorted order (the by-token table's list)."""
     df = df.drop_duplicates([*keys, "traj_id"]).sort_values("traj_id", kind="stable")
     return df.groupby(keys, sort=False).head(limit)
 

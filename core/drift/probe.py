@@ -8,14 +8,17 @@ labels y_k if the model had to answer right there, through an answer template::
 Efficiency: the prefix is never re-encoded per label or per position. One forward pass takes the
 trajectory once plus, for every probe position, a copy of the template and the label tokens whose
 attention (a 4D mask) sees only ``x[:j]``, its template and its own label prefix, with position ids
-continuing from j. That is exactly the KV cache of the prefix, shared by all probes, and mathematically
-equal to the naive computation (``probe_naive``), which re-encodes prefix + template + label each time.
-A trajectory whose tree would pass ``max_tree_tokens`` (long CoTs, or every position of a 4,096-token one)
-takes the prefix's real KV cache instead (``_Cached``): the prefix encoded once, the probe blocks in query
-chunks over it, so the tokens encoded stay linear in length. Label log-probs come through a row-chunked
-logsumexp (``core.models.forward.token_logprobs``), never a whole-vocabulary log-softmax of every read row.
+continuing from j (``core.models.prefix_trees``). That is exactly the KV cache of the prefix, shared by all
+probes, and mathematically equal to the naive computation (``probe_naive``), which re-encodes prefix +
+template + label each time. The series' family (``core.models.families``) runs the trees through its model:
+text with 1-D positions and label log-probs through a row-chunked logsumexp, Qwen-VL with the images in the
+prefix and its 3-D positions (probes start after the last image). A trajectory whose tree would pass
+``max_tree_tokens`` (long CoTs, or every position of a 4,096-token one) takes the prefix's real KV cache
+instead where the family can (text: the prefix encoded once, the probe blocks in query chunks over it, so the
+tokens encoded stay linear in length), else its positions are split into several trees.
 
     df = probe(series, encoded, ProbeConfig(labels=diseases, positions="every"))
+    lp = probe_at(series, model, encoded, positions, cfg, labels)    # log P(label | x[:j]) at given positions
 """
 
 from __future__ import annotations
@@ -27,14 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.drift.config import POSITION_MODES
 from core.errors import InputError
 from core.io import answers
 from core.io.trajectories import Encoded
-from core.models.forward import decoder, hidden_states, token_logprobs
+from core.models.prefix_trees import LabelTokens, label_tokens
 from core.models.series import ModelSeries
 from core.progress import Cancelled, Progress
-
-POSITION_MODES = ("every", "sentence", "end")
 
 
 @dataclass
@@ -54,15 +56,14 @@ class ProbeConfig:
             raise ValueError(f"max_tree_tokens: expected >= 64, got {self.max_tree_tokens}")
 
 
-@dataclass(frozen=True)
-class _Tokens:
-    template: list[int]
-    labels: list[list[int]]
+def tokens_of(tokenizer, cfg: ProbeConfig, labels: list[str]) -> LabelTokens:
+    """The template's and the labels' token ids (``core.models.prefix_trees.label_tokens``)."""
+    return label_tokens(tokenizer, cfg.template, labels)
 
 
-def _tokens(tokenizer, cfg: ProbeConfig, labels: list[str]) -> _Tokens:
-    lab = [tokenizer(" " + y, add_special_tokens=False)["input_ids"] for y in labels]
-    return _Tokens(tokenizer(cfg.template, add_special_tokens=False)["input_ids"], lab)
+def sentence_ids(tokenizer) -> set[int]:
+    """Token ids that end a sentence (".", "?", "!"): the probe's ``sentence`` positions follow them."""
+    return {i for t, i in tokenizer.get_vocab().items() if t.strip("▁Ġ ").endswith((".", "?", "!"))}
 
 
 def probe_positions(enc: Encoded, mode: str, template_first: int, sentence_ids: set[int],
@@ -78,145 +79,6 @@ def probe_positions(enc: Encoded, mode: str, template_first: int, sentence_ids: 
         return list(range(first, last + 1))
     ends = [j for j in range(first + 1, last) if enc.input_ids[j - 1] in sentence_ids and j != enc.start]
     return sorted({first, enc.start, *ends, last})
-
-
-@dataclass(frozen=True)
-class _Block:
-    """One probe's extra tokens after a prefix: the template, then every label's tokens but the last."""
-    ids: list[int]  # (B,)
-    inner: np.ndarray  # (B, B) bool: template rows see the template causally, label rows it and their own prefix
-    rel_pos: list[int]  # (B,) position ids relative to the probe position
-    reads: list[list[tuple[int, int]]]  # per label: (row in the block, the label token that row predicts)
-
-    @classmethod
-    def of(cls, tk: _Tokens) -> _Block:
-        m = len(tk.template)
-        ids = tk.template + [t for lab in tk.labels for t in lab[:-1]]
-        inner = np.zeros((len(ids), len(ids)), dtype=bool)
-        inner[:m, :m] = np.tril(np.ones((m, m), dtype=bool))
-        reads, s = [], m
-        for lab in tk.labels:
-            n = len(lab) - 1
-            inner[s: s + n, :m] = True
-            inner[s: s + n, s: s + n] = np.tril(np.ones((n, n), dtype=bool))
-            reads.append(list(zip([m - 1] + [s + q for q in range(n)], lab, strict=True)))
-            s += n
-        rel_pos = list(range(m)) + [m + q for lab in tk.labels for q in range(len(lab) - 1)]
-        return cls(ids, inner, rel_pos, reads)
-
-
-def build_tree(prefix: list[int], positions: list[int], tk: _Tokens):
-    """Token ids, position ids, a (L, L) boolean attention mask and, per position and label, the rows whose
-    logits predict the label's tokens.  Returns (ids (L,), pos (L,), allow (L, L), reads)."""
-    blk = _Block.of(tk)
-    T, B, P = len(prefix), len(blk.ids), len(positions)
-    allow = np.zeros((T + B * P, T + B * P), dtype=bool)
-    allow[:T, :T] = np.tril(np.ones((T, T), dtype=bool))
-    ids, pos, reads = list(prefix), list(range(T)), []
-    for p, j in enumerate(positions):
-        o = T + p * B
-        allow[o: o + B, :j] = True
-        allow[o: o + B, o: o + B] = blk.inner
-        ids += blk.ids
-        pos += [j + r for r in blk.rel_pos]
-        reads.append([[(o + r, t) for r, t in lab] for lab in blk.reads])
-    return ids, pos, allow, reads
-
-
-@dataclass
-class _Cached:
-    """One long trajectory probed over its prefix's KV cache: the prefix (up to the last probe position) is
-    encoded once, then the probe blocks run in query chunks of at most ``budget`` tokens, each block seeing
-    the cached prefix up to its position j and itself (a (Q, T + Q) mask); the cache is cropped back to the
-    prefix after each chunk. Tokens encoded: T + B x P, linear in length, whatever the positions."""
-    prefix: list[int]
-    positions: list[int]
-    block: _Block
-    budget: int
-    device: str
-    dtype: torch.dtype
-
-    @torch.no_grad()
-    def label_logprobs(self, model) -> list[np.ndarray]:
-        """log P(label | prefix) at every position.  -> [(P, K)]"""
-        dec = decoder(model)
-        T = len(self.prefix)
-        cache = dec(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True).past_key_values
-        per = max(1, self.budget // len(self.block.ids))
-        parts = []
-        for a in range(0, len(self.positions), per):
-            parts.append(self._chunk(model, dec, cache, T, self.positions[a: a + per]))
-            cache.crop(T - cache.get_seq_length())  # drop the chunk's keys and values (a negative count: every
-            # transformers version reads it so): the next chunk sees the prefix only
-        return [np.concatenate(parts)]
-
-    def _chunk(self, model, dec, cache, T: int, positions: list[int]) -> np.ndarray:
-        blk, B = self.block, len(self.block.ids)
-        Q = B * len(positions)
-        allow = torch.zeros((Q, T + Q), dtype=torch.bool)
-        rows, toks = [], []
-        for p, j in enumerate(positions):
-            allow[p * B: (p + 1) * B, :j] = True
-            allow[p * B: (p + 1) * B, T + p * B: T + (p + 1) * B] = torch.from_numpy(blk.inner)
-            for lab in blk.reads:
-                rows += [p * B + r for r, _ in lab]
-                toks += [t for _, t in lab]
-        mask = torch.zeros((1, 1, Q, T + Q), dtype=self.dtype).masked_fill_(~allow, torch.finfo(self.dtype).min)
-        ids = torch.tensor([blk.ids * len(positions)], device=self.device)
-        pos = torch.tensor([[j + r for j in positions for r in blk.rel_pos]], device=self.device)
-        hidden = dec(input_ids=ids, position_ids=pos, attention_mask=mask.to(self.device), past_key_values=cache,
-                     use_cache=True).last_hidden_state[0]  # (Q, H)
-        picked = token_logprobs(model, hidden[torch.tensor(rows, device=self.device)],
-                                torch.tensor(toks, device=self.device)).cpu().numpy()
-        sums = np.add.reduceat(picked, np.cumsum([0] + [len(lab) for lab in blk.reads] * len(positions))[:-1])
-        return sums.reshape(len(positions), len(blk.reads))
-
-
-@dataclass
-class _Batch:
-    """Several trees padded into one forward pass (built once, reused for every checkpoint)."""
-    ids: torch.Tensor  # (B, L)
-    pos: torch.Tensor  # (B, L)
-    allow: torch.Tensor  # (B, 1, L, L)
-    rows: torch.Tensor  # (R,) flat index b * L + row of each label-token read
-    toks: torch.Tensor  # (R,)
-    lengths: list[int]  # tokens per (tree, position, label), in order
-    shapes: list[tuple[int, int]]  # (positions, labels) per tree
-
-    @classmethod
-    def make(cls, trees: list[tuple], n_labels: int, device: str, dtype: torch.dtype = torch.float32) -> _Batch:
-        L = max(len(t[0]) for t in trees)
-        ids = torch.zeros((len(trees), L), dtype=torch.long)
-        pos = torch.zeros((len(trees), L), dtype=torch.long)
-        allow = torch.zeros((len(trees), 1, L, L), dtype=torch.bool)
-        allow[:, 0] = torch.eye(L, dtype=torch.bool)  # padding rows see themselves (no empty softmax)
-        rows, toks, lengths, shapes = [], [], [], []
-        for b, (i, p, a, reads) in enumerate(trees):
-            ids[b, : len(i)], pos[b, : len(p)] = torch.tensor(i), torch.tensor(p)
-            allow[b, 0, : len(i), : len(i)] = torch.from_numpy(a)
-            for per in reads:
-                for lab in per:
-                    rows += [b * L + r for r, _ in lab]
-                    toks += [t for _, t in lab]
-                    lengths.append(len(lab))
-            shapes.append((len(reads), n_labels))
-        # additive mask (0 where allowed, dtype min elsewhere): eager attention adds it to the scores,
-        # so a boolean mask would be read as +1/+0 there; sdpa takes either form
-        additive = torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
-        return cls(ids.to(device), pos.to(device), additive.to(device), torch.tensor(rows, device=device),
-                   torch.tensor(toks, device=device), lengths, shapes)
-
-    @torch.no_grad()
-    def label_logprobs(self, model) -> list[np.ndarray]:
-        """log P(label | prefix) per tree.  -> [(P_b, K)]"""
-        hidden = hidden_states(model, self.ids, self.pos, self.allow)  # (B, L, H)
-        picked = token_logprobs(model, hidden.reshape(-1, hidden.shape[-1])[self.rows], self.toks).cpu().numpy()
-        sums = np.add.reduceat(picked, np.cumsum([0] + self.lengths[:-1]))
-        out, k = [], 0
-        for p, n in self.shapes:
-            out.append(sums[k: k + p * n].reshape(p, n))
-            k += p * n
-        return out
 
 
 NO_LABELS = ("no answer labels: none given, no concept graph with diseases, and no record with a 'label' or an "
@@ -242,23 +104,10 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
           progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Beliefs along every CoT under every checkpoint: one row per trajectory x checkpoint x probe position,
     with a ``p:<label>`` column per label, ``gold_prob``, ``answer`` (argmax) and ``label_mass``."""
-    if getattr(series, "processor", None) is not None:  # vision-language: the images in every prefix
-        from core.drift.vl_scoring import probe_series
-
-        return probe_series(series, encoded, cfg, progress, should_cancel)
     cfg = cfg or ProbeConfig()
     labels = labels_of(encoded, cfg)
-    tk = _tokens(series.tokenizer, cfg, labels)
-    sentence_ids = {i for t, i in series.tokenizer.get_vocab().items() if t.strip("▁Ġ ").endswith((".", "?", "!"))}
-    per_position = len(tk.template) + sum(len(lab) - 1 for lab in tk.labels)
-    trees, cached = [], []  # (trajectory, its probe positions): one tree each, or the prefix cache
-    for e in encoded:
-        positions = probe_positions(e, cfg.positions, tk.template[0], sentence_ids, cfg.include_prompt)
-        fits = positions[-1] + per_position * len(positions) <= cfg.max_tree_tokens
-        (trees if fits else cached).append((e, positions))
-    groups = [("tree", g) for g in _group_by_budget(trees, per_position, cfg.max_tree_tokens)]
-    groups += [("cached", [job]) for job in cached]
-    block = _Block.of(tk)
+    tk = tokens_of(series.tokenizer, cfg, labels)
+    groups = probe_groups(series, encoded, cfg, tk)
     results: dict[str, list] = {name: [] for name in series.names}
     total, done = len(groups) * len(series.names), 0
 
@@ -266,10 +115,8 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
         kind, jobs = group
         if kind == "cached":
             (e, positions), = jobs
-            return _Cached(e.input_ids[: positions[-1]], positions, block, cfg.max_tree_tokens, series.device,
-                           series.dtype)
-        return _Batch.make([build_tree(e.input_ids[: ch[-1]], ch, tk) for e, ch in jobs], len(labels),
-                           series.device, series.dtype)
+            return series.family.cached_prefix(series, e, positions, tk, cfg.max_tree_tokens)
+        return series.family.tree_batch(series, jobs, tk)
 
     def run(name, batch, model):
         nonlocal done
@@ -292,18 +139,58 @@ def probe(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig | None =
                 for group in groups:
                     run(name, make(group), model)
             del model  # freed before the next full checkpoint loads
-    frames = []
-    for name in series.names:
-        per_traj: dict[str, list] = {e.id: [e, [], []] for e in encoded}  # in the order of ``encoded``
-        for (e, ch), lp in zip([job for _, jobs in groups for job in jobs], results[name], strict=True):
-            per_traj[e.id][1] += ch
-            per_traj[e.id][2].append(lp)
-        frames += [_belief_frame(e, name, series.steps[name], pos, np.concatenate(lps), labels)
-                   for e, pos, lps in per_traj.values()]
-    return pd.concat(frames, ignore_index=True)
+    jobs = [job for _, group in groups for job in group]
+    return pd.concat([f for name in series.names
+                      for f in belief_frames(encoded, jobs, results[name], name, series.steps[name], labels)],
+                     ignore_index=True)
 
 
-def _group_by_budget(jobs: list, per_position: int, budget: int) -> list[list]:
+def probe_groups(series: ModelSeries, encoded: list[Encoded], cfg: ProbeConfig,
+                 tk: LabelTokens) -> list[tuple[str, list]]:
+    """The forward passes of a probe, in order: ("tree", [(trajectory, positions), ...]) packed within the
+    budget, then ("cached", [(trajectory, positions)]) for each trajectory whose tree alone would pass
+    ``max_tree_tokens`` (a family without a prefix cache splits its positions into several trees instead).
+    Positions start where the family can read (after the last image of a vision-language prompt)."""
+    family, sentence = series.family, sentence_ids(series.tokenizer)
+    per_position = tk.per_position
+    trees, cached = [], []
+    for e in encoded:
+        first = family.first_probe_position(e, series.processor)
+        positions = [j for j in probe_positions(e, cfg.positions, tk.template[0], sentence, cfg.include_prompt)
+                     if j >= first]
+        if not positions:
+            continue
+        if positions[-1] + per_position * len(positions) <= cfg.max_tree_tokens:
+            trees.append((e, positions))
+        elif family.caches_prefix:
+            cached.append((e, positions))
+        else:
+            trees += [(e, ch) for ch in chunk_positions(positions, per_position, cfg.max_tree_tokens)]
+    return [("tree", g) for g in group_by_budget(trees, per_position, cfg.max_tree_tokens)] + \
+        [("cached", [job]) for job in cached]
+
+
+def chunk_positions(positions: list[int], per_position: int, budget: int) -> list[list[int]]:
+    """Probe positions split so that each tree (prefix up to its last position + its blocks) stays within
+    ``budget`` tokens; each chunk encodes its prefix once."""
+    out, current = [], []
+    for j in positions:
+        if current and j + per_position * (len(current) + 1) > budget:
+            out.append(current)
+            current = []
+        current.append(j)
+    return out + ([current] if current else [])
+
+
+def probe_at(series: ModelSeries, model, encoded: list[Encoded], positions: list[list[int]], cfg: ProbeConfig,
+             labels: list[str]) -> list[np.ndarray]:
+    """log P(label | x[:j]) at the given positions of each trajectory, under ``model`` (a checkpoint of
+    ``series``, active), all trees in one forward pass.  -> [(P_b, K)]"""
+    tk = tokens_of(series.tokenizer, cfg, labels)
+    return series.family.tree_batch(series, list(zip(encoded, positions, strict=True)), tk).label_logprobs(model)
+
+
+def group_by_budget(jobs: list, per_position: int, budget: int) -> list[list]:
     """Pack trees into forward passes of at most ``budget`` x 4 padded tokens in total."""
     groups, current, widest = [], [], 0
     for e, ch in jobs:
@@ -316,7 +203,19 @@ def _group_by_budget(jobs: list, per_position: int, budget: int) -> list[list]:
     return groups + ([current] if current else [])
 
 
-def _belief_frame(e: Encoded, name: str, step: int, positions: list[int], lp: np.ndarray, labels: list[str]) -> pd.DataFrame:
+def belief_frames(encoded: list[Encoded], jobs: list[tuple], results: list[np.ndarray], name: str, step: int,
+                  labels: list[str]) -> list[pd.DataFrame]:
+    """One checkpoint's belief tables, one per trajectory in the order of ``encoded``, from the jobs run
+    (several per trajectory when its positions were chunked) and their (P, K) label log-probs."""
+    per_traj: dict[str, list] = {e.id: [e, [], []] for e in encoded}
+    for (e, ch), lp in zip(jobs, results, strict=True):
+        per_traj[e.id][1] += ch
+        per_traj[e.id][2].append(lp)
+    return [belief_frame(e, name, step, pos, np.concatenate(lps), labels) for e, pos, lps in per_traj.values() if lps]
+
+
+def belief_frame(e: Encoded, name: str, step: int, positions: list[int], lp: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """Beliefs z_j = softmax_k log P(y_k | x_<j) at a trajectory's positions under one checkpoint.  lp (P, K)"""
     z = np.exp(lp - lp.max(1, keepdims=True))
     z /= z.sum(1, keepdims=True)  # (P, K) belief over labels
     df = pd.DataFrame(z, columns=[f"p:{y}" for y in labels])
@@ -335,7 +234,7 @@ def _belief_frame(e: Encoded, name: str, step: int, positions: list[int], lp: np
 def probe_naive(model, encoded: Encoded, positions: list[int], tokenizer, cfg: ProbeConfig, labels: list[str],
                 device: str = "cpu") -> np.ndarray:
     """Reference: re-encode prefix + template + label for every position and label.  -> (P, K) log-probs"""
-    tk = _tokens(tokenizer, cfg, labels)
+    tk = tokens_of(tokenizer, cfg, labels)
     out = np.zeros((len(positions), len(labels)))
     for p, j in enumerate(positions):
         for k, lab in enumerate(tk.labels):

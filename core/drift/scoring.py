@@ -18,11 +18,13 @@ Memory is linear in the batch's hidden states, not its distributions: each check
 completion rows' last hidden states (N, H) and its LM head (a reference to the head's weight, no copy),
 and the statistics run over row chunks, each applying the current, base and previous checkpoint's head to
 its rows only, so no (N, V) matrix is ever whole (a 4,096-token row at vocabulary 151,936 would be
-2.5 GB of fp32 logits per checkpoint). Batches are padded on the right and sorted by length; adapters are
-switched (never reloaded) between forward passes; a series of full-model checkpoints loads each checkpoint
-once per group of batches whose base and previous hidden states fit ``group_bytes``. A prompt prefix common to a whole batch
-(a system prompt, an instruction) of at least MIN_SHARED tokens is encoded once per checkpoint and its
-KV cache shared by the batch's rows.
+2.5 GB of fp32 logits per checkpoint). Batches are sorted by length; adapters are switched (never
+reloaded) between forward passes; a series of full-model checkpoints loads each checkpoint once per group of
+batches whose base and previous hidden states fit ``group_bytes``. The hidden states of a batch come from the
+series' family (``core.models.families``): a text batch padded on the right, a prompt prefix common to the
+whole batch (a system prompt, an instruction) of at least ``MIN_SHARED`` (32) tokens encoded once per checkpoint
+and its KV cache shared by the rows; a Qwen-VL batch with its images, their features computed once for every
+adapter that leaves the vision tower untouched.
 
     df = score(series, encoded, ScoreConfig(top_k=5))   # one row per trajectory x checkpoint x token
     for idx, frame in score_batches(series, encoded, cfg): ...   # the same rows, one batch at a time
@@ -39,7 +41,7 @@ import pandas as pd
 import torch
 
 from core.io.trajectories import Encoded, vocab_texts
-from core.models.forward import chunk_rows, decoder, head, hidden_states, inner
+from core.models.forward import chunk_rows, inner
 from core.models.memory import pin_mmap_threshold
 from core.models.series import ModelSeries
 from core.progress import Cancelled, Progress
@@ -50,7 +52,7 @@ class ScoreConfig:
     top_k: int = 5  # alternatives kept per token
     batch_size: int | None = 8  # trajectories per forward pass; None: the most that fit (core.models.fit)
     group_bytes: int = 2 << 30  # series with full-model checkpoints: hidden states kept per load (see _groups)
-    # encode a batch's common prompt prefix once (see shared_prefix). None: on CPU only, where it measured
+    # encode a batch's common prompt prefix once (a text family's shared_prefix). None: on CPU only, where it measured
     # 1.8-2.0x faster behind a 60-token instruction; on an H200 (bf16, Qwen2.5-0.5B shapes, a 64-token system
     # prompt) repeating the cache cost more than it saved (3.03 s vs 2.05 s unshared)
     share_prefix: bool | None = None
@@ -107,73 +109,13 @@ def batch_plan(encoded: list[Encoded], cfg: ScoreConfig) -> list[list[int]]:
     """The batches ``score_batches`` runs, in order: indices into ``encoded`` (``cfg.batch_size`` resolved)."""
     if cfg.batch_size is None:
         raise ValueError("batch_plan: resolve batch_size first (core.models.fit.plan_batch)")
-    return _batches(encoded, cfg.batch_size)
+    return length_batches(encoded, cfg.batch_size)
 
 
-def _batches(encoded: list[Encoded], size: int) -> list[list[int]]:
+def length_batches(encoded: list[Encoded], size: int) -> list[list[int]]:
+    """Indices into ``encoded`` sorted by length, ``size`` at a time (short rows padded with short ones)."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     return [order[i: i + size] for i in range(0, len(order), size)]
-
-
-def _pad(encoded: list[Encoded], idx: list[int], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(encoded[i].input_ids) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for row, i in enumerate(idx):
-        n = len(encoded[i].input_ids)
-        ids[row, :n] = torch.tensor(encoded[i].input_ids)
-        mask[row, :n] = 1
-    return ids.to(device), mask.to(device)
-
-
-MIN_SHARED = 32  # tokens: a shorter common prefix saves less than the extra forward call costs
-
-
-def shared_prefix(ids: torch.Tensor, spans: list[tuple[int, int]]) -> int:
-    """How many leading tokens every row of the padded batch ``ids`` (B, T) has in common, up to the
-    position that predicts the first completion token (whose hidden state must be computed per row)."""
-    limit = min(s for s, _ in spans) - 1
-    if ids.shape[0] < 2 or limit <= 0:
-        return 0
-    same = (ids[:, :limit] == ids[:1, :limit]).all(0).int()  # (limit,)
-    return int(same.cumprod(0).sum())
-
-
-def _after_shared_prefix(decoder, ids: torch.Tensor, mask: torch.Tensor, shared: int) -> torch.Tensor | None:
-    """Hidden states of the positions after the shared prefix, the prefix encoded once.  -> (B, T - shared, H)
-    None for architectures whose cache cannot be repeated over a batch (some hybrid or recurrent layers):
-    the caller then encodes every row in full."""
-    try:
-        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values
-        cache.batch_repeat_interleave(ids.shape[0])
-    except (AttributeError, NotImplementedError, TypeError):
-        return None
-    pos = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-    return decoder(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                   use_cache=True).last_hidden_state
-
-
-def completion_hidden(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
-                      shared: int = 0) -> tuple[torch.Tensor, int]:
-    """Last hidden states of the rows predicting each completion token, rows in batch order, and the shared
-    prefix length actually used (0 when the architecture cannot share).  -> (sum of L_b, H), int
-    With ``shared`` (see ``shared_prefix``) of at least MIN_SHARED tokens, the common prefix (a system prompt,
-    an instruction) is encoded once and its KV cache repeated over the batch, so it costs one row, not B."""
-    hidden = _after_shared_prefix(decoder(model), ids, mask, shared) if shared >= MIN_SHARED else None
-    if hidden is None:
-        shared, hidden = 0, hidden_states(model, ids, None, mask)  # (B, T, H)
-    width = ids.shape[1] - shared
-    rows = torch.cat([torch.arange(s - 1 - shared, e - 1 - shared) + b * width
-                      for b, (s, e) in enumerate(spans)]).to(ids.device)
-    return hidden.reshape(-1, hidden.shape[-1])[rows], shared
-
-
-def completion_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]],
-                        shared: int = 0) -> tuple[torch.Tensor, int]:
-    """The whole (N, V) float32 log-distributions (``completion_hidden`` through the head): for small inputs
-    and tests; ``score`` never builds this matrix."""
-    hidden, shared = completion_hidden(model, ids, mask, spans, shared)
-    return torch.log_softmax(head(model, hidden).float(), -1), shared
 
 
 class _Rows:
@@ -211,8 +153,7 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
 
         cfg = replace(cfg, batch_size=plan_for_series(series, encoded, cfg.top_k).batch_size)
     pin_mmap_threshold()  # large buffers by mmap: flat peak memory over many checkpoints (core/models/memory.py)
-    pad = series.tokenizer.pad_token_id if series.tokenizer.pad_token_id is not None else 0
-    batches = [idx for idx in _batches(encoded, cfg.batch_size) if not (skip and skip([encoded[i].id for i in idx]))]
+    batches = [idx for idx in length_batches(encoded, cfg.batch_size) if not (skip and skip([encoded[i].id for i in idx]))]
     texts = np.array(vocab_texts(series.tokenizer) + [""], dtype=object) if cfg.top_k else None
     total = len(batches) * len(series.names)
     share = cfg.share_prefix if cfg.share_prefix is not None else str(series.device) == "cpu"
@@ -230,9 +171,9 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
     inner = _checkpoint_inner(series, cfg.group_bytes)
     for group in _groups(series, encoded, batches, cfg.group_bytes, parents, every=inner):
         if inner:
-            stats = _group_inner(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
+            stats = _group_inner(series, encoded, group, cfg, can_share, until, should_cancel, _tick)
         else:
-            stats = _group_outer(series, encoded, group, pad, cfg, can_share, until, should_cancel, _tick)
+            stats = _group_outer(series, encoded, group, cfg, can_share, until, should_cancel, _tick)
         for b, idx in enumerate(group):
             yield idx, _frame(_meta([encoded[i] for i in idx]), stats[b], texts, series.steps)
 
@@ -250,30 +191,19 @@ def _checkpoint_inner(series: ModelSeries, budget: int) -> bool:
     return len(series.names) * head.numel() * head.element_size() <= budget
 
 
-def batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int,
+def batch_hidden(model, series: ModelSeries, encoded: list[Encoded], idx: list[int],
                  can_share: list[bool]) -> torch.Tensor:
     """The completion rows' last hidden states of batch ``idx`` under ``model`` (the active checkpoint), rows
-    in batch order.  -> (N, H)
-    A vision-language series (one with a ``processor``) runs its images with the batch (core.drift.vl_scoring),
-    never through a shared prefix; text batches share a common prompt prefix's KV cache when they can."""
-    if getattr(series, "processor", None) is not None:
-        from core.drift.vl_scoring import series_hidden
-
-        return series_hidden(series, model, [encoded[i] for i in idx])
-    ids, mask = _pad(encoded, idx, pad, series.device)
-    spans = [(encoded[i].start, len(encoded[i].input_ids)) for i in idx]
-    shared = shared_prefix(ids, spans) if can_share[0] else 0
-    hidden, used = completion_hidden(model, ids, mask, spans, shared)  # (N, H)
-    if shared >= MIN_SHARED and not used:
-        can_share[0] = False  # the architecture's cache cannot be repeated: do not try again
-    return hidden
+    in batch order, from the series' family (``Family.completion_hidden``: a text batch shares a common prompt
+    prefix's KV cache when it can; a vision-language batch runs with its images).  -> (N, H)"""
+    return series.family.completion_hidden(series, model, [encoded[i] for i in idx], can_share)
 
 
 def _targets(series: ModelSeries, encoded: list[Encoded], idx: list[int]) -> torch.Tensor:
     return torch.as_tensor(np.concatenate([encoded[i].completion_ids for i in idx])).to(series.device)
 
 
-def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], pad: int, cfg: ScoreConfig,
+def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], cfg: ScoreConfig,
                  can_share: list[bool], until: dict[str, int], should_cancel, tick) -> list[dict[str, dict]]:
     """Every batch of the group under every checkpoint (its hidden states, (N, H) each), then each batch's
     statistics with one LM-head pass per checkpoint and row chunk (``_stats_inner``)."""
@@ -283,14 +213,14 @@ def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[i
             raise Cancelled("scoring cancelled")
         with series.activate(name) as model:
             for b, idx in enumerate(group):
-                rows[b].append(_Rows(model, batch_hidden(model, series, encoded, idx, pad, can_share)))
+                rows[b].append(_Rows(model, batch_hidden(model, series, encoded, idx, can_share)))
                 tick(name, b)
         del model
     return [_stats_inner(rows[b], series.names, series.parents, until, _targets(series, encoded, idx), cfg.top_k)
             for b, idx in enumerate(group)]
 
 
-def _group_outer(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], pad: int, cfg: ScoreConfig,
+def _group_outer(series: ModelSeries, encoded: list[Encoded], group: list[list[int]], cfg: ScoreConfig,
                  can_share: list[bool], until: dict[str, int], should_cancel, tick) -> list[dict[str, dict]]:
     """Checkpoint by checkpoint, each batch's statistics as soon as its rows are computed, against the base's
     and the parent's rows kept so far (their LM heads applied again per chunk): full-model series whose heads
@@ -303,7 +233,7 @@ def _group_outer(series: ModelSeries, encoded: list[Encoded], group: list[list[i
             raise Cancelled("scoring cancelled")
         with series.activate(name) as model:
             for b, idx in enumerate(group):
-                stats[b][name] = _score_batch(model, series, encoded, idx, pad, cfg, can_share, kept[b],
+                stats[b][name] = _score_batch(model, series, encoded, idx, cfg, can_share, kept[b],
                                               name, parents.get(name))
                 for k in [k for k in kept[b] if k != series.names[0] and until.get(k, -1) <= i]:
                     del kept[b][k]  # no later checkpoint is measured against it
@@ -312,11 +242,11 @@ def _group_outer(series: ModelSeries, encoded: list[Encoded], group: list[list[i
     return stats
 
 
-def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], pad: int, cfg: ScoreConfig,
+def _score_batch(model, series: ModelSeries, encoded: list[Encoded], idx: list[int], cfg: ScoreConfig,
                  can_share: list[bool], kept: dict[str, _Rows], name: str, parent: str | None) -> dict[str, np.ndarray]:
     """One batch under one (active) checkpoint ``name``: its statistics against the base and its ``parent``
     (their rows in ``kept``, keyed by checkpoint name; this checkpoint's rows are added)."""
-    cur = _Rows(model, batch_hidden(model, series, encoded, idx, pad, can_share))
+    cur = _Rows(model, batch_hidden(model, series, encoded, idx, can_share))
     targets = _targets(series, encoded, idx)
     out = _stats(cur, targets, cfg.top_k, kept.get(series.names[0], cur), kept[parent] if parent else cur)
     kept[name] = cur

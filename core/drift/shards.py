@@ -165,7 +165,7 @@ def merge(out: str | Path) -> StagedAnalysis:
     metas = [_read(p) for p in sorted(root.glob(f"*/{DONE}"))]
     if not metas:
         raise InputError(f"{root}: no finished shard to merge (run `workbench score ... --out {out} --shard I/N` first)")
-    cfg = AnalysisConfig.from_json(metas[0]["config"])
+    cfg = AnalysisConfig.from_dict(metas[0]["config"], str(out))
     stamp = _stamp(cfg, metas[0]["count"])
     mine = [m for m in metas if {k: m.get(k) for k in stamp} == json.loads(json.dumps(stamp))]
     missing = sorted(set(range(stamp["count"])) - {m["index"] for m in mine})
@@ -278,7 +278,7 @@ def merge_rows(out: str | Path) -> pd.DataFrame:
     metas = [_read(p) for p in sorted(root.glob("*-of-*.json"))]
     if not metas:
         raise InputError(f"{root}: no finished shard to merge (run `workbench perturb ... --out {out} --shard I/N` first)")
-    cfg = AnalysisConfig.from_json(metas[0]["config"])
+    cfg = AnalysisConfig.from_dict(metas[0]["config"], str(out))
     stamp = rows_stamp(cfg, metas[0]["count"], **metas[0]["swap"])
     missing = sorted(set(range(stamp["count"])) - set(rows_finished(out, stamp)))
     if missing:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from core.atomic import atomic_write, atomic_write_text  # noqa: F401 - re-exported for the modules that write through core.io.cache
 from core.io.paths import expand
 
 if TYPE_CHECKING:
@@ -37,31 +36,9 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
-    """``write`` a unique temporary file beside ``path``, fsync it (when ``durable``), rename it into place.
-    Readers never see a partial file either way; ``durable`` also survives a power cut, at the price of an
-    fsync, which can stall for seconds on a busy disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        if durable:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_parquet(df: pd.DataFrame, path: Path, **options) -> None:
     """``df`` to ``path`` atomically; ``options`` go to pyarrow (e.g. ``row_group_size``)."""
-    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
-
-
-def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, **options))
 
 
 def _read_cached(path: Path) -> pd.DataFrame | None:
@@ -92,37 +69,13 @@ def part_name(ids: Iterable[str]) -> str:
     return "part-" + cache_key(list(ids))
 
 
-def cached_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[str],
-                 compute: Callable[[set[str]], Iterator[tuple[str, pd.DataFrame]]]) -> pd.DataFrame:
-    """A table computed in parts, each written to disk as soon as it is done, so that a killed or cancelled
-    run keeps what it finished and the next run computes only the missing parts. ``compute(missing)``
-    yields (name, frame) for the part names in ``missing``; the table is the parts in ``names`` order.
-    Once whole, it is stored like ``cached_frame``'s entries and its parts folder removed."""
-    if cache_dir is None:
-        frames = dict(compute(set(names)))
-        return pd.concat([frames[n] for n in names], ignore_index=True)
-    cache_dir = expand(cache_dir)  # "~/..." as a shell reads it (pandas would read "~" expanded, a write not)
-    path = cache_dir / f"{kind}-{key}.parquet"
-    if (hit := _read_cached(path)) is not None:
-        return hit
-    folder = cache_dir / f"{kind}-{key}.parts"
-    missing = {n for n in names if not (folder / f"{n}.parquet").is_file()}
-    if missing:
-        for name, frame in compute(missing):
-            write_parquet(frame, folder / f"{name}.parquet")
-    whole = pd.concat([pd.read_parquet(folder / f"{n}.parquet") for n in names], ignore_index=True)
-    write_parquet(whole, path)
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-    return whole  # read from parquet parts: already the types a later read of the entry gives
-
-
 def stored_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[str],
                  compute: Callable[[set[str]], Iterator[tuple[str, pd.DataFrame]]], scratch: Path) -> list[Path]:
-    """Like ``cached_parts``, but the table stays in its parts on disk: returns their paths in ``names`` order,
-    so that a caller reads one part at a time. Without a cache the parts go to ``scratch`` (the caller's
-    temporary folder). An entry stored whole by an earlier version is returned as its one part."""
+    """A table computed in parts, each written to disk as soon as it is done, so that a killed or cancelled
+    run keeps what it finished and the next run computes only the missing parts. ``compute(missing)`` yields
+    (name, frame) for the part names in ``missing``; returns the parts' paths in ``names`` order, so that a
+    caller reads one part at a time. Without a cache the parts go to ``scratch`` (the caller's temporary
+    folder). An entry stored whole by an earlier version is returned as its one part."""
     if cache_dir is None:
         folder = scratch / f"{kind}.parts"
     else:
@@ -208,7 +161,7 @@ class SortedByTrajectory:
         if self.schema is None:
             write_parquet(empty, self.path)
             return
-        _atomic(self.path, self._write_sorted)
+        atomic_write(self.path, self._write_sorted)
 
     def _write_sorted(self, tmp: Path) -> None:
         import pyarrow as pa

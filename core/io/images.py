@@ -29,18 +29,18 @@ from core.errors import InputError
 
 PLACEHOLDER = "<image>"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-IMAGE_FIELDS = ("images", "rejected_images")
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an input image may be before it is decoded (the model's own min/max pixels are in VisionConfig)."""
-    max_bytes: int = 64 << 20  # a file larger than this is refused before it is read
-    max_pixels: int = 50_000_000  # width x height from the header, checked before decoding (decompression bombs)
+    """What an input image file may be before it is decoded (what the model resizes it to is another setting:
+    ``core.models.vision.VisionConfig.min_pixels`` / ``max_pixels``)."""
+    max_file_bytes: int = 64 << 20  # a file larger than this is refused before it is read
+    max_file_pixels: int = 50_000_000  # width x height from the header, checked before decoding (decompression bombs)
 
     def __post_init__(self):
-        if self.max_bytes < 1 or self.max_pixels < 1:
-            raise ValueError(f"ImageLimits: expected positive limits, got {self.max_bytes}, {self.max_pixels}")
+        if self.max_file_bytes < 1 or self.max_file_pixels < 1:
+            raise ValueError(f"ImageLimits: expected positive limits, got {self.max_file_bytes}, {self.max_file_pixels}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def record_images(rec: dict, data_file: Path, line: int | str | None = None, fie
 
 def refs(rec: dict, where: str = "") -> list[ImageRef]:
     """The images of a workbench trajectory record (``"images"``: absolute path strings, as
-    ``core.io.trajectories`` keeps them) as refs for ``core.models.vision.encode_vl``; ``where`` names the record."""
+    ``core.io.trajectories`` keeps them) as refs for the vision-language family's encoder; ``where`` names the record."""
     where = where or f"trajectory {rec.get('id', '?')}"
     return [ImageRef(Path(p), f"{where}, images[{i}]") for i, p in enumerate(rec.get("images") or [])]
 
@@ -122,8 +122,8 @@ def check_file(ref: ImageRef, limits: ImageLimits) -> None:
     if not ref.path.is_file():
         raise InputError(f"{ref.where}: not a file: {ref.path}")
     size = ref.path.stat().st_size
-    if size > limits.max_bytes:
-        raise InputError(f"{ref.where}: image {ref.path} is {size} bytes, over the limit of {limits.max_bytes}")
+    if size > limits.max_file_bytes:
+        raise InputError(f"{ref.where}: image {ref.path} is {size} bytes, over the limit of {limits.max_file_bytes}")
 
 
 def load_image(ref: ImageRef, limits: ImageLimits | None = None):
@@ -144,9 +144,9 @@ def _open(ref: ImageRef, limits: ImageLimits, use):
     try:
         with Image.open(ref.path) as im:
             w, h = im.size
-            if w * h > limits.max_pixels:
+            if w * h > limits.max_file_pixels:
                 raise InputError(f"{ref.where}: image {ref.path} has {w}x{h} pixels, over the limit of "
-                                 f"{limits.max_pixels}")
+                                 f"{limits.max_file_pixels}")
             return use(im)
     except InputError:
         raise

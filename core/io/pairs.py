@@ -35,8 +35,6 @@ from core.io.images import (
     record_images,
 )
 
-VISUAL_SOURCE = "image_swap"  # the source name of visual pairs (same CoT, counterfactual image)
-
 
 def normalise_weights(weights: list[float]) -> list[float]:
     """Scale positive pair weights to mean one (the authors' CPO++ normalisation); all ones if none given."""

@@ -24,3 +24,15 @@ def expand(path: str | os.PathLike) -> Path:
 
 def expand_optional(path: str | os.PathLike | None) -> str | None:
     return None if path is None or path == "" else expand_str(path)
+
+
+def expand_fields(cfg) -> None:
+    """Expand, in place, the path fields of a config (``ConfigBase.path_fields``: one path or a list of them);
+    an empty optional path becomes None."""
+    for name in cfg.path_fields():
+        value = getattr(cfg, name)
+        if isinstance(value, list):
+            setattr(cfg, name, [expand_str(v) for v in value])
+        elif isinstance(value, (str, os.PathLike)):
+            empty = None if cfg.types()[name].optional else ""
+            setattr(cfg, name, expand_str(value) if os.fspath(value) != "" else empty)

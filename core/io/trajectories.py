@@ -207,13 +207,13 @@ def _feature_image(value: dict, path: Path, where: str, cache: str | Path | None
         return name
     if not isinstance(data, (bytes, bytearray)):
         raise InputError(f"{path}, {where}: expected image bytes, got {type(data).__name__}")
-    from core.io.cache import _atomic
+    from core.io.cache import atomic_write
 
     folder = expand(cache) if cache else _default_image_cache()
     suffix = Path(name).suffix.lower() if isinstance(name, str) and Path(name).suffix else _suffix(bytes(data))
     target = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
     if not target.is_file():  # the same bytes, the same file: written once, never overwritten
-        _atomic(target, lambda tmp: tmp.write_bytes(bytes(data)), durable=False)
+        atomic_write(target, lambda tmp: tmp.write_bytes(bytes(data)), durable=False)
     return str(target)
 
 

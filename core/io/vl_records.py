@@ -1,5 +1,5 @@
 """Trajectory records with images, as the field writes them, read into ``{id, prompt, completion, label,
-image_refs}`` records for ``core.models.vision.encode_vl``.
+image_refs}`` records for the Qwen-VL family's ``encode_vl`` (``core.models.families.qwen_vl.inputs``).
 
 - plain: ``{"prompt": "... <image> ...", "completion": "...", "images": ["rel/or/abs.jpg"]}``
 - ms-swift: ``{"messages": [system?, user, assistant], "images": [...], "rejected_messages": [...],

@@ -1,7 +1,7 @@
 """Long work as background jobs that outlive the browser: a folder per job, a supervisor process per job.
 
-    job = jobs.start(ws.jobs_dir, "score", ["-m", "core.jobs.worker", "score", "--config", "{job}/analysis.json", ...],
-                     title="score sample world", files={"analysis.json": config_text})
+    argv, files = registry.command("score", cfg, options)   # python -m core.jobs.worker score --config {job}/...
+    job = jobs.start(ws.jobs_dir, "score", argv, title="score sample world", files=files)  # = registry.launch
     job.state()        # "running" | "done" | "failed" | "cancelled" | "died"
     job.progress()     # {"done": 0.42, "message": "probe: checkpoint-80", "eta_s": 31.0, ...}
     job.cancel()       # SIGTERM to the worker's process group; it stops at the next batch
@@ -16,7 +16,9 @@ neither alive and no ``exit.json`` reads as "died". Processes are matched by pid
 recycled pid is not taken for the job. No state lives in the page process,
 so closing the tab or restarting the app loses nothing: the page re-attaches by reading the folder.
 
-The worker finds its progress file in ``$WORKBENCH_PROGRESS``; SIGTERM asks it to stop (``cancel_flag``).
+The worker finds its progress file in ``$WORKBENCH_PROGRESS``; SIGTERM asks it to stop (``cancel_flag``); both
+helpers live in ``core.progress``, so a job's body needs nothing from this wing. Jobs of the engine's kinds start
+through ``core.jobs.registry.launch``, which builds their argv and files in one place.
 """
 
 from __future__ import annotations
@@ -26,19 +28,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core.atomic import atomic_write_text
 from core.errors import InputError
-from core.io.cache import atomic_write_text
+from core.progress import CANCELLED, JOB_DIR, PROGRESS_ENV, WORKER_EXIT
 
-PROGRESS_ENV = "WORKBENCH_PROGRESS"
-JOB_DIR = "{job}"  # in ``start``'s argv: the job's folder
-CANCELLED = 130  # the worker's exit code after a graceful cancel (as after Ctrl-C)
 
 
 @dataclass
@@ -239,69 +238,6 @@ def eta_seconds(p: dict, now: float) -> float | None:
     if not 0 < done < 1 or t0 is None or d0 is None or done <= d0:
         return None
     return max(0.0, now - t0) * (1 - done) / (done - d0)
-
-
-def report_progress(done: float, total: float, message: str, _state: dict = {}) -> None:  # noqa: B006
-    """For workers: write ``$WORKBENCH_PROGRESS`` (at most every 0.3 s, and always at the end)."""
-    path = os.environ.get(PROGRESS_ENV)
-    if not path:
-        return
-    now = time.monotonic()
-    fraction = done / total if total else 0.0
-    if fraction < 1 and now - _state.get("last", 0.0) < 0.3:
-        return
-    _state["last"] = now
-    # the first report with work done (after the first batch) anchors the ETA: the rate from there on leaves
-    # out the start-up (imports, loading the models), which made the first ETAs several times too long
-    first = _state.setdefault(("first", path), [time.time(), fraction]) if fraction > 0 else [None, None]
-    atomic_write_text(Path(path), json.dumps({"done": round(fraction, 4), "message": message, "time": time.time(),
-                                              "first_time": first[0], "first_done": first[1]}),
-                      durable=False)  # replaced every 0.3 s: an fsync each time would stall on a busy disk
-
-
-LOCK_FILE = ".writer.lock"
-WORKER_EXIT = "worker_exit.json"
-
-
-def record_worker_exit(code: int) -> None:
-    """For workers: write the exit code beside ``$WORKBENCH_PROGRESS`` (a job's folder) before exiting, so
-    the job's state is known even when its supervisor was killed. Outside a job it does nothing."""
-    path = os.environ.get(PROGRESS_ENV)
-    if path:
-        try:
-            atomic_write_text(Path(path).parent / WORKER_EXIT, json.dumps({"returncode": code, "ended_at": time.time()}))
-        except OSError:
-            pass  # the supervisor's exit.json says it as well
-
-
-def lock_folder(folder: str | Path, what: str = "folder"):
-    """For writers: hold ``folder/.writer.lock`` (an exclusive ``flock``, released when this process ends,
-    however it ends) with this process's pid and start time in it. Raises ``InputError`` naming the holder
-    when another live process writes the folder. Keep the returned file open while writing."""
-    import fcntl
-
-    path = Path(folder) / LOCK_FILE
-    f = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        f.close()
-        raise InputError(f"{folder}: another process writes this {what} ({holder}); wait for it to end "
-                         "or cancel it") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
-    return f
-
-
-def cancel_flag() -> Callable[[], bool]:
-    """For workers: a ``should_cancel`` that turns true on SIGTERM (installed here)."""
-    flag = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: flag.set())
-    return flag.is_set
 
 
 def _supervise(folder: Path) -> int:

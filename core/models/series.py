@@ -9,6 +9,10 @@ One base model lives in memory; every PEFT adapter is loaded into it once (``loa
 with ``set_adapter``; the base itself is scored with the adapters disabled. Full-model checkpoints are
 loaded one at a time when activated and released afterwards. Local paths only (``local_files_only``);
 ``trust_remote_code`` stays off unless the caller asks; safetensors are preferred by transformers.
+
+The model family (``core.models.families``) is chosen once, from the base's ``config.json``, and kept as
+``series.family``: it loads the model, its processor and adapters, and is what the scorer, the probe and
+greedy decoding call (``series.encode(records)``, ``series.family.completion_hidden(...)``, ...).
 """
 
 from __future__ import annotations
@@ -29,13 +33,11 @@ import torch
 from core.errors import InputError
 from core.io.paths import expand
 from core.models import checkpoints as ckpts
-from core.models.adapter_checks import (
-    check_adapter_keys,
-    check_full_vocab,
-    refuse_pickle_adapter,
-)
+from core.models.adapter_checks import check_full_vocab
 from core.models.branches import branch_of, series_parents
 from core.models.device import detect
+from core.models.families import TEXT_FAMILY, Family, family_for
+from core.models.loading import load_tokenizer
 
 BASE = "base"
 
@@ -50,9 +52,18 @@ class ModelSeries:
     dtype: torch.dtype
     trust_remote_code: bool = False
     warnings: list[str] = field(default_factory=list)  # e.g. adapters naming their base by another name
+    family: Family = TEXT_FAMILY  # chosen once from the base's config.json (core.models.families)
+    processor: object = None  # the family's: the tokenizer of a text series, a VLProcessor for Qwen-VL
+    shared_inputs: bool = True  # no checkpoint touches the family's frozen modules (a vision tower): what they
+    # compute for a batch (image features) is the same under every checkpoint and computed once (``keep``)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _layers: list = field(default_factory=list, repr=False)  # PEFT tuner layers, found once
     _slow: bool = field(default=False, repr=False)  # route with PEFT's set_adapter (see _route)
+    _kept: tuple | None = field(default=None, repr=False)  # (key, inputs) of the last batch (see ``keep``)
+
+    def __post_init__(self):
+        if self.processor is None:
+            self.processor = self.tokenizer  # a series built by hand from a model and its tokenizer
 
     @property
     def names(self) -> list[str]:
@@ -83,7 +94,7 @@ class ModelSeries:
                 self._route(name)
                 yield self.model
                 return
-            full = load_model(info.path, self.device, self.dtype, self.trust_remote_code)
+            full = self.family.load_model(info.path, self.device, self.dtype, self.trust_remote_code)
             try:
                 yield full
             finally:
@@ -133,6 +144,23 @@ class ModelSeries:
     def fingerprint(self) -> str:
         return series_fingerprint(self.base_dir, self.checkpoints, self.dtype)
 
+    def encode(self, records: list[dict], chat_template: bool = True, where: str = "") -> list:
+        """``records`` as this series reads them (its family's ``encode``): a text series through its
+        tokenizer, a vision-language one with each record's images (``where``: the data file, for errors)."""
+        return self.family.encode(self.processor, records, chat_template, where)
+
+    def keep(self, key, make):
+        """One batch's model inputs, built by ``make()`` the first time ``key`` is asked and kept for the next
+        checkpoints (scoring is batch-outer): a family's padded batch and shared image features."""
+        if self._kept is None or self._kept[0] != key:
+            self._kept = None  # the previous batch's tensors are freed before this one's are built
+            self._kept = (key, make())
+        return self._kept[1]
+
+    def forget_inputs(self) -> None:
+        """Free the kept batch (e.g. before the probe builds its own)."""
+        self._kept = None
+
 
 def series_fingerprint(base_dir: Path, infos: list[ckpts.CheckpointInfo], dtype: torch.dtype | str) -> str:
     """Changes whenever the base, any checkpoint's weights or configs, or the dtype change (no loading)."""
@@ -176,35 +204,6 @@ def _dtype(name: str | None, device: str) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
         raise InputError(f"dtype: expected float32, bfloat16 or float16, got {name!r}") from None
-
-
-def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               trust_remote_code: bool = False, auto_class=None, what: str = "model weights"):
-    """A causal LM (or ``auto_class``'s model) from a local folder, on ``device`` in eval mode (the one loader of
-    base models: scoring's series, CPO's trainer, evaluation, vision-language series); ``InputError`` names the
-    folder when its weights or config cannot be read."""
-    if auto_class is None:
-        from transformers import AutoModelForCausalLM as auto_class
-
-    try:
-        model = auto_class.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - safetensors, torch and config errors alike, named by path
-        raise InputError(f"{path}: cannot load {what} ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval()
-
-
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise InputError(f"{folder}: model folder not found")
-    if not any((folder / f).is_file() for f in ("config.json", "tokenizer.json", "tokenizer_config.json")):
-        raise InputError(f"{folder}: not a model folder (expected config.json)")  # e.g. an empty folder
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions on broken files
-        raise InputError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
 
 
 def _check_tokenizer(info: ckpts.CheckpointInfo, base_vocab: dict, trust_remote_code: bool) -> None:
@@ -262,51 +261,32 @@ def _resolve_checkpoints(checkpoints: str | Path | Sequence[str | Path] | None) 
 def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path] | None = None, *,
                 device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
                 base_names: Sequence[str] = (), vision=None) -> ModelSeries:
-    """Load the base model and tokenizer, then every adapter checkpoint into it (see module docstring). A
-    vision-language base (``core.models.vision.is_vl_folder``) loads as a ``core.models.vl_series.VLSeries``, a ModelSeries
-    with its processor (``vision``: a ``core.models.vision.VisionConfig``, its pixel limits)."""
+    """Load the base model and its processor through the base's family (``core.models.families.family_for``:
+    an unsupported ``model_type`` is refused by name), then every adapter checkpoint into it (see module
+    docstring). ``vision``: a ``core.models.vision.VisionConfig``, the pixel limits of a family that reads images."""
     base = expand(base).resolve()
     if not base.is_dir():
         raise InputError(f"{base}: base model folder not found")
     if not (base / "config.json").is_file():
         raise InputError(f"{base}: not a model folder (expected config.json)")
-    from core.models.vision import is_vl_folder
-
-    if is_vl_folder(base):
-        from core.models.vl_series import load_vl_series
-
-        return load_vl_series(base, checkpoints, vision, device=device, dtype=dtype,
-                              trust_remote_code=trust_remote_code, base_names=base_names)
+    family = family_for(base)
     infos = _resolve_checkpoints(checkpoints)
     dev = device or detect().device
     dt = _dtype(dtype, dev)
-    tokenizer = load_tokenizer(base, trust_remote_code)
-    model = load_model(base, dev, dt, trust_remote_code)
+    processor = family.load_processor(base, vision, trust_remote_code)
+    tokenizer = family.tokenizer(processor)
+    model = family.load_model(base, dev, dt, trust_remote_code)
     base_vocab = tokenizer.get_vocab()
     for info in infos:
         _check_tokenizer(info, base_vocab, trust_remote_code)
         if info.kind == "full":
             check_full_vocab(info.path, model.config)  # another vocabulary: refused now, not an einsum error later
         if info.kind == "adapter":
-            model = _attach_adapter(model, info)
+            model = family.attach_adapter(model, info.path, adapter_name(info))
+    shared = all(c.kind == "adapter" for c in infos) and (not hasattr(model, "peft_config")
+                                                          or family.frozen_untouched(model))
     notes = base_name_warnings(base, infos, base_names)
     for note in notes:  # printed by the command line; the page shows ModelSeries.warnings
         warnings.warn(note, stacklevel=2)
-    return ModelSeries(base, infos, model.eval(), tokenizer, dev, dt, trust_remote_code, warnings=notes)
-
-
-def _attach_adapter(model, info: ckpts.CheckpointInfo):
-    from peft import PeftModel
-
-    name = adapter_name(info)
-    refuse_pickle_adapter(info.path)
-    try:
-        if isinstance(model, PeftModel):
-            model.load_adapter(info.path, adapter_name=name, is_trainable=False)
-        else:
-            model = PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False)
-    except Exception as e:  # noqa: BLE001 - any failure to read an adapter is reported with its path
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise InputError(f"{info.path}: adapter does not fit the base model ({first})") from None
-    check_adapter_keys(model, name, info.path)  # missing or unexpected layers: an error, not a warning
-    return model
+    return ModelSeries(base, infos, model.eval(), tokenizer, dev, dt, trust_remote_code, warnings=notes,
+                       family=family, processor=processor, shared_inputs=shared)

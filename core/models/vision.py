@@ -1,61 +1,50 @@
-"""Vision-language checkpoints: load the model and its processor, and turn records with images into inputs.
+"""The image settings of a vision-language series: one ``VisionConfig``, and the smallest image a model reads.
 
-Qwen2.5-VL first; the pieces that are Qwen's (the image tokens, 3-D rotary positions) are named here so
-that LLaVA-style models can follow with their own. Local folders only; ``trust_remote_code`` off unless
-asked for.
+Light to import (no torch): the configs of analyses, runs and visual tests build it from their own
+``min_pixels`` / ``max_pixels`` fields (``VisionConfig.of(cfg)``), and a family that reads images
+(``core.models.families``) applies it when it loads its processor. A text family ignores it.
 
-    proc = load_processor(folder, VisionConfig(max_pixels=1003520))   # full processor, or the fallback
-    model = load_vl_model(folder)                                      # AutoModelForImageTextToText
-    encs = encode_vl(proc, [{"prompt": "... <image> ...", "completion": "<think> ...", "images": [ref]}])
-    batch = collate(encs, proc, model)                                 # VLBatch: ids, mask, pixels, 3-D positions
+    vision = VisionConfig(max_pixels=1003520)           # the authors' MAX_PIXELS
+    vision = VisionConfig.of(analysis_config)           # the pixel limits an analysis was scored with
+    vision.limits                                       # core.io.images.ImageLimits: input files, before decoding
 
-Where transformers' full ``AutoProcessor`` cannot load (Qwen2.5-VL's video processor needs torchvision),
-the image processor and tokenizer are loaded on their own and each ``<image>`` placeholder is expanded
-here into ``<|vision_start|>`` + n x ``<|image_pad|>`` + ``<|vision_end|>``, n = prod(image_grid_thw) //
-merge_size**2, exactly as ``Qwen2_5_VLProcessor`` does (tests compare token for token). The same code runs
-when the full processor loads: only its image processor and tokenizer are used.
+Two kinds of limits, named apart: ``min_pixels`` / ``max_pixels`` are what the image processor resizes an
+image to (ms-swift's MIN_PIXELS / MAX_PIXELS); ``max_file_bytes`` / ``max_file_pixels`` are what an input file
+may be before it is decoded (``core.io.images.ImageLimits``: decompression bombs, huge files).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
+from core.io.images import ImageLimits
 
-from core.errors import InputError
-from core.io.images import (
-    ImageLimits,
-    ImageRef,
-    images_key,
-    load_image,
-    split_placeholders,
-)
-from core.io.trajectories import Encoded, token_text
-
-VL_MODEL_TYPES = {"qwen2_5_vl", "qwen2_vl"}  # architectures whose inputs this module builds
-VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
+MIN_PIXELS = 28 * 28  # one merged 2x2 group of 14x14 patches: the smallest image Qwen2-VL's processor makes
 
 
-@dataclass
+def check_pixels(name: str, value: object) -> int | None:
+    """``value`` as a pixel limit (None: the checkpoint's own), else a ``ValueError`` naming ``name``."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < MIN_PIXELS:
+        raise ValueError(f"{name}: expected null or an integer >= {MIN_PIXELS} (one merged 28x28 patch), "
+                         f"got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class VisionConfig:
     """Pixel limits of the image processor (as ms-swift's MIN_PIXELS / MAX_PIXELS) and input-file limits."""
     min_pixels: int | None = field(default=None, metadata={"help": "fewest pixels an image is resized to; "
                                                                    "None: the checkpoint's preprocessor_config"})
     max_pixels: int | None = field(default=None, metadata={"help": "most pixels an image is resized to (the "
                                                                    "authors: 1003520); None: the checkpoint's"})
-    chat_template: bool = field(default=True, metadata={"help": "wrap the prompt in the tokenizer's chat "
-                                                                "template (the format VL models are tuned on)"})
     max_file_bytes: int = field(default=64 << 20, metadata={"help": "larger image files are refused"})
     max_file_pixels: int = field(default=50_000_000, metadata={"help": "larger images are refused before decoding"})
 
     def __post_init__(self):
         for name in ("min_pixels", "max_pixels"):
-            v = getattr(self, name)
-            if v is not None and v < 28 * 28:
-                raise ValueError(f"{name}: expected at least {28 * 28} (one merged 28x28 patch), got {v}")
+            check_pixels(name, getattr(self, name))
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
 
@@ -63,206 +52,8 @@ class VisionConfig:
     def limits(self) -> ImageLimits:
         return ImageLimits(self.max_file_bytes, self.max_file_pixels)
 
-
-def is_vl_folder(path: str | Path) -> bool:
-    """Whether a model folder holds a vision-language model (its config has a vision tower)."""
-    try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return cfg.get("model_type") in VL_MODEL_TYPES or "vision_config" in cfg
-
-
-@dataclass
-class VLProcessor:
-    """The image processor and tokenizer of a VL checkpoint; ``full`` is transformers' processor when it loaded."""
-    image_processor: object
-    tokenizer: object
-    full: object | None
-    cfg: VisionConfig
-
-    @property
-    def merge_size(self) -> int:
-        return int(getattr(self.image_processor, "merge_size", 2))
-
-    def settings_key(self) -> str:
-        """What decides the pixels the model sees besides the files: resize limits, patching, normalisation."""
-        ip = self.image_processor
-        keys = ("size", "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std",
-                "rescale_factor", "do_resize", "do_normalize")
-        text = json.dumps({k: str(getattr(ip, k, None)) for k in keys}, sort_keys=True)
-        return hashlib.sha256(f"{type(ip).__name__}:{text}".encode()).hexdigest()[:16]
-
-    def token_id(self, token: str) -> int:
-        tid = self.tokenizer.convert_tokens_to_ids(token)
-        if tid is None or tid == self.tokenizer.unk_token_id:
-            raise InputError(f"tokenizer has no {token} token; expected a Qwen2-VL / Qwen2.5-VL tokenizer")
-        return tid
-
-    def pixels(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patches of every image, flattened, and their grids.  -> (sum of t*h*w, C*tp*p*p), (n_images, 3)"""
-        out = self.image_processor(images=images, return_tensors="pt")
-        return out["pixel_values"], out["image_grid_thw"]
-
-    def n_tokens(self, grid: torch.Tensor) -> int:
-        """Image tokens the language model sees for one image: prod(t, h, w) // merge_size**2."""
-        return int(grid.prod()) // self.merge_size ** 2
-
-    def text_ids(self, text: str, grids: torch.Tensor) -> list[int]:
-        """Token ids of ``text`` with its i-th ``<image>`` expanded for the i-th grid; the pieces between
-        placeholders are tokenized on their own, as the processor's added-token split does."""
-        pieces = split_placeholders(text)
-        if len(pieces) - 1 != len(grids):
-            raise InputError(f"{len(pieces) - 1} <image> placeholder(s) for {len(grids)} image(s)")
-        start, pad, end = self.token_id(VISION_START), self.token_id(IMAGE_PAD), self.token_id(VISION_END)
-        ids = self.tokenizer(pieces[0], add_special_tokens=False)["input_ids"]
-        for grid, piece in zip(grids, pieces[1:], strict=True):
-            ids += [start] + [pad] * self.n_tokens(grid) + [end]
-            ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
-        return ids
-
-
-def load_processor(path: str | Path, cfg: VisionConfig | None = None, trust_remote_code: bool = False) -> VLProcessor:
-    """transformers' AutoProcessor when it loads, else AutoImageProcessor + AutoTokenizer (see module docstring)."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-    cfg = cfg or VisionConfig()
-    kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-    try:
-        full = AutoProcessor.from_pretrained(path, **kw)
-        image_processor, tokenizer = full.image_processor, full.tokenizer
-    except Exception:  # noqa: BLE001 - ImportError (no torchvision) and the like: fall back to the two parts
-        full = None
-        try:
-            image_processor = AutoImageProcessor.from_pretrained(path, **kw)
-            tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        except Exception as e:  # noqa: BLE001 - named by folder
-            raise InputError(f"{path}: cannot load the image processor and tokenizer "
-                             f"({str(e).splitlines()[0]}); expected preprocessor_config.json and a tokenizer") from None
-    _set_pixels(image_processor, cfg)
-    return VLProcessor(image_processor, tokenizer, full, cfg)
-
-
-def _set_pixels(image_processor, cfg: VisionConfig) -> None:
-    """Apply the min/max pixel settings: ``size`` holds them as shortest_edge / longest_edge (in pixels)."""
-    size = dict(getattr(image_processor, "size", {}) or {})
-    size = {k: v for k, v in size.items() if v is not None}
-    if cfg.min_pixels is not None:
-        size["shortest_edge"] = cfg.min_pixels
-    if cfg.max_pixels is not None:
-        size["longest_edge"] = cfg.max_pixels
-    if cfg.min_pixels is not None or cfg.max_pixels is not None:
-        image_processor.size = type(image_processor.size)(**size) if not isinstance(image_processor.size, dict) else size
-        for name, v in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)):
-            if v is not None and hasattr(image_processor, name):
-                setattr(image_processor, name, v)
-
-
-def load_vl_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  trust_remote_code: bool = False):
-    """A vision-language model from a local folder through transformers' image-text-to-text auto class."""
-    from transformers import AutoModelForImageTextToText
-
-    from core.models.series import load_model
-
-    return load_model(path, device, dtype, trust_remote_code, AutoModelForImageTextToText, "vision-language model")
-
-
-@dataclass(frozen=True)
-class VLEncoded(Encoded):
-    """A trajectory with its images: ``input_ids`` already hold the expanded image tokens (prompt tokens)."""
-    pixel_values: torch.Tensor | None = field(default=None, compare=False)  # (patches, C*tp*p*p)
-    image_grid_thw: torch.Tensor | None = field(default=None, compare=False)  # (n_images, 3)
-    images_key: str = ""  # content hash of the images, in order, and of the pixel settings (a cache key part)
-
-
-def as_vl(enc: Encoded) -> VLEncoded:
-    """A text trajectory (``core.io.trajectories.Encoded``) as a VL one without images, so that a caller that
-    encoded text only (no images in its records) still runs on a vision-language series."""
-    return enc if isinstance(enc, VLEncoded) else VLEncoded(enc.id, enc.input_ids, enc.start, enc.think_end,
-                                                            enc.label, enc.tokens)
-
-
-def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_refs") -> list[VLEncoded]:
-    """Encode records ``{id, prompt, completion, label?, chat?, image_refs: [ImageRef]}``: the prompt (a
-    conversation's ``chat`` turns, else the prompt as one user turn, in the chat template when
-    ``cfg.chat_template``) with its images expanded, then the completion's tokens."""
-    think = proc.tokenizer.get_vocab().get("</think>")
-    out = []
-    for rec in records:
-        refs: list[ImageRef] = rec.get(image_field) or []
-        images = [load_image(r, proc.cfg.limits) for r in refs]
-        pixels, grids = proc.pixels(images) if images else (None, torch.zeros((0, 3), dtype=torch.long))
-        prompt = rec["prompt"]
-        if proc.cfg.chat_template:
-            turns = rec.get("chat") or [{"role": "user", "content": prompt}]  # a system turn too, as trained
-            prompt = proc.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        try:
-            p = proc.text_ids(prompt, grids)
-        except InputError as e:
-            raise InputError(f"trajectory {rec.get('id')}: {e}") from None
-        c = proc.tokenizer(rec["completion"] if proc.cfg.chat_template else " " + rec["completion"],
-                           add_special_tokens=False)["input_ids"]
-        ids = p + c
-        ends = [i for i in range(len(p), len(ids)) if ids[i] == think]
-        out.append(VLEncoded(str(rec["id"]), ids, len(p), ends[0] if ends else len(ids), rec.get("label"),
-                             [token_text(proc.tokenizer, t) for t in ids], pixels,
-                             grids if images else None, _key(refs, proc) if refs else ""))
-    return out
-
-
-def _key(refs: list[ImageRef], proc: VLProcessor) -> str:
-    return hashlib.sha256(f"{images_key(refs)}:{proc.settings_key()}".encode()).hexdigest()[:16]
-
-
-@dataclass
-class VLBatch:
-    """Right-padded rows with their images, ready for the model.  Shapes: B rows, T tokens."""
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
-    mm_token_type_ids: torch.Tensor  # (B, T) 1 on image tokens
-    position_ids: torch.Tensor  # (3, B, T) Qwen's 3-D rotary positions (temporal, height, width)
-    pixel_values: torch.Tensor | None  # (patches of all rows' images, D)
-    image_grid_thw: torch.Tensor | None  # (images of all rows, 3), in row order
-    completion_mask: torch.Tensor  # (B, T) True on completion tokens (the scored ones; never image tokens)
-    spans: list[tuple[int, int]]  # (start, end) of each row's completion
-
-
-def collate(encs: list[VLEncoded], proc: VLProcessor, model, device: str | torch.device | None = None) -> VLBatch:
-    """Pad ``encs`` on the right into one batch and compute its 3-D positions with the model's
-    ``get_rope_index`` (the positions the model itself would use); on ``device``, by default the model's."""
-    device = device or next(model.parameters()).device
-    pad = proc.tokenizer.pad_token_id if proc.tokenizer.pad_token_id is not None else 0
-    image_id = proc.token_id(IMAGE_PAD)
-    width = max(len(e.input_ids) for e in encs)
-    ids = torch.full((len(encs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encs), width), dtype=torch.long)
-    comp = torch.zeros((len(encs), width), dtype=torch.bool)
-    for b, e in enumerate(encs):
-        ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        mask[b, : len(e.input_ids)] = 1
-        comp[b, e.start: len(e.input_ids)] = True
-    types = (ids == image_id).int()
-    pixels = [e.pixel_values for e in encs if e.pixel_values is not None]
-    grids = [e.image_grid_thw for e in encs if e.image_grid_thw is not None]
-    grid = torch.cat(grids) if grids else None
-    pos = rope_positions(model, ids, types, grid, mask)
-    return VLBatch(ids.to(device), mask.to(device), types.to(device), pos.to(device),
-                   torch.cat(pixels).to(device) if pixels else None, grid.to(device) if grid is not None else None,
-                   comp.to(device), [(e.start, len(e.input_ids)) for e in encs])
-
-
-def vl_core(model):
-    """The multimodal trunk (vision tower + language model, no LM head) under any PEFT wrapping."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model
-
-
-def rope_positions(model, ids: torch.Tensor, types: torch.Tensor, grid: torch.Tensor | None,
-                   mask: torch.Tensor) -> torch.Tensor:
-    """3-D rotary positions of a padded batch.  -> (3, B, T); text-only rows get t = h = w = index."""
-    if grid is None:
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        return pos[None].expand(3, -1, -1).clone()
-    pos, _ = vl_core(model).get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=grid, attention_mask=mask)
-    return pos
+    @classmethod
+    def of(cls, settings: object) -> VisionConfig:
+        """The pixel limits of any config that carries ``min_pixels`` / ``max_pixels`` (an analysis, a CPO
+        run, a visual test); the file limits keep their defaults."""
+        return cls(min_pixels=getattr(settings, "min_pixels", None), max_pixels=getattr(settings, "max_pixels", None))

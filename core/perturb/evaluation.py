@@ -9,9 +9,10 @@ world's plug-in (``core.workspace.world.World.plugin``) may add its own figures 
     figures = evaluate_model(model, tokenizer, held, world.answer_format, world.plugin)
     # {"accuracy": .., "perturbed_accuracy": .., "flip_rate": .., "malformed": .., "per_category": {...}, ...}
 
-Answers come from greedy decoding of the whole completion (chat template for conversations), read with
-the world's answer format; a vision-language model decodes each study with its images
-(``processor=``, ``core.models.vl_generation``) (``core.io.answers``); an answer that does not parse counts as malformed (and wrong).
+Answers come from greedy decoding of the whole completion (chat template for conversations) by the model's
+family (``core.models.families``: a vision-language model decodes each study with its images; ``processor``
+is then its processor), read with the world's answer format (``core.io.answers``); an answer that does not
+parse counts as malformed (and wrong).
 flip rate = share of twins whose answer differs from their source's answer (the paper's perturbation test).
 """
 
@@ -59,34 +60,30 @@ def _swap_chat(rec: dict, find: str, replace: str) -> list[dict] | None:
     return [{**t, "content": t["content"].replace(find, replace)} for t in rec["chat"]]
 
 
-def answers(model, tokenizer, records: list[dict], fmt: AnswerFormat = DEFAULT, batch_size: int = 64,
-            max_new_tokens: int | None = None, processor=None) -> list[str | None]:
+def answers(model, processor, records: list[dict], fmt: AnswerFormat = DEFAULT, batch_size: int = 64,
+            max_new_tokens: int | None = None, family=None) -> list[str | None]:
     """Greedy-decode each record's completion from its prompt (chat template for a conversation) and read the
-    answer; None where it does not parse. With a ``processor`` (``core.models.vision.VLProcessor``) the model is a
-    vision-language one and each record is decoded with its ``images``."""
-    from core.models.generation import greedy_completions
-
+    answer; None where it does not parse. ``processor``: the tokenizer of a text model, the processor of a
+    vision-language one (each record decoded with its ``images``); ``family``: the model's
+    (``core.models.families``), by default the one its config names."""
     if not records:
         return []
-    if processor is None and (with_images := next((r for r in records if r.get("images")), None)):
-        raise InputError(f"held-out study {with_images.get('id')}: has images but the model is decoded as text; "
-                         "expected a vision-language model and its processor (processor=)")
-    tokenizer = processor.tokenizer if processor is not None else tokenizer
+    family = family or _family_of(model)
+    if not family.reads_images and (with_images := next((r for r in records if r.get("images")), None)):
+        raise InputError(f"held-out study {with_images.get('id')}: has images but the model ({family.name} family) "
+                         "reads text only; expected a vision-language model to decode it with its images")
+    tokenizer = family.tokenizer(processor)
     if max_new_tokens is None:  # room for the longest reference completion, and a little more
         longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in records)
         max_new_tokens = min(4096, int(longest * 1.25) + 8)
-    if processor is not None:
-        from core.models.vl_generation import greedy_records
-
-        # images make rows heavy (patches, and image tokens in every row): smaller batches than text
-        texts = greedy_records(model, processor, records, max_new_tokens, min(batch_size, VL_BATCH))
-    else:
-        texts = greedy_completions(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, batch_size,
-                                   model.device.type, chats=[r.get("chat") for r in records])
-    return [fmt.parse(t) for t in texts]
+    batch_size = min(batch_size, family.max_generation_batch or batch_size)  # images make rows heavy
+    return [fmt.parse(t) for t in family.greedy(model, processor, records, max_new_tokens, batch_size)]
 
 
-VL_BATCH = 16  # most rows per greedy batch of a vision-language model
+def _family_of(model):
+    from core.models.families import family_of_config
+
+    return family_of_config(model.config, f"{getattr(model.config, 'name_or_path', '') or 'the model'}: config")
 
 
 def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] | None = None,
@@ -110,13 +107,13 @@ def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] 
     return out
 
 
-def evaluate_model(model, tokenizer, held: HeldOut, fmt: AnswerFormat = DEFAULT, plugin=None,
-                   batch_size: int = 64, processor=None) -> dict:
+def evaluate_model(model, processor, held: HeldOut, fmt: AnswerFormat = DEFAULT, plugin=None,
+                   batch_size: int = 64, family=None) -> dict:
     """``figures`` of ``model`` on ``held``, plus the plug-in's ``extra_metrics`` (e.g. the sample world's
-    shortcut share) computed from the same answers. ``processor``: a vision-language model's
-    (``core.models.vision.VLProcessor``): every study, and its perturbed twin, is decoded with its images."""
-    preds = answers(model, tokenizer, held.records, fmt, batch_size, processor=processor)
-    preds_p = answers(model, tokenizer, held.perturbed, fmt, batch_size, processor=processor)
+    shortcut share) computed from the same answers. ``processor``: the model's tokenizer, or a vision-language
+    model's processor (every study, and its perturbed twin, decoded with its images); see ``answers``."""
+    preds = answers(model, processor, held.records, fmt, batch_size, family=family)
+    preds_p = answers(model, processor, held.perturbed, fmt, batch_size, family=family)
     out = figures(held.records, preds, held.perturbed, preds_p)
     extra = getattr(plugin, "extra_metrics", None)
     if extra is not None:

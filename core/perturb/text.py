@@ -9,9 +9,9 @@ decoding and its answer is read after ``</think>``; this is what the model would
 the paper's authors report. ``probe``: the trajectory's CoT is kept (teacher-forced) with the span
 replaced everywhere, and the answer is the probed belief's argmax at the end of the CoT.
 
-On a vision-language series (one with a ``processor``) a record keeps its ``images`` through the swap and
-both modes read them: the probe encodes each record with its images, greedy decoding sees them
-(``core.models.vl_generation``): a synonym swap on an X-ray study is asked about the same X-ray.
+Both modes go through the series' family (``core.models.families``): on a vision-language series a record
+keeps its ``images`` through the swap and both modes read them (the probe encodes each record with its images,
+greedy decoding sees them): a synonym swap on an X-ray study is asked about the same X-ray.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import pandas as pd
 
 from core.drift.probe import ProbeConfig, probe
 from core.io import answers
-from core.models.generation import greedy_completions
 from core.models.series import ModelSeries
-from core.models.vl_generation import encode_for, greedy_records
 from core.progress import Cancelled
 
 FIELDS = ("prompt", "completion")
@@ -49,22 +47,6 @@ def find_answer(text: str, labels: list[str]) -> str | None:
     return answers.find_answer(text, labels)
 
 
-def generate_answers(model, tokenizer, prompts: list[str], labels: list[str], max_new_tokens: int = 96,
-                     batch_size: int = 64, device: str = "cpu",
-                     chats: list[list[dict] | None] | None = None) -> list[str | None]:
-    """Greedy-decode a completion for each prompt (a conversation in ``chats`` through the chat template)
-    and read its answer."""
-    texts = greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, device, chats=chats)
-    return [find_answer(t, labels) for t in texts]
-
-
-def generate_vl_answers(model, processor, records: list[dict], labels: list[str], max_new_tokens: int = 96,
-                        batch_size: int = 16, chat_template: bool = True) -> list[str | None]:
-    """``generate_answers`` for a vision-language model: each record decoded with its ``images``."""
-    texts = greedy_records(model, processor, records, max_new_tokens, batch_size, chat_template)
-    return [find_answer(t, labels) for t in texts]
-
-
 def perturbation_test(series: ModelSeries, records: list[dict], find: str, replace: str, labels: list[str],
                       mode: str = "generate", template: str | None = None, progress=None,
                       should_cancel=None, chat_template: bool = True) -> pd.DataFrame:
@@ -81,7 +63,7 @@ def perturbation_test(series: ModelSeries, records: list[dict], find: str, repla
         return _generate_test(series, pairs, labels, progress, should_cancel, chat_template)
     cfg = ProbeConfig(labels=labels, positions="end", **({"template": template} if template else {}))
     both = [r for r, _ in pairs] + [{**p, "id": f"{p['id']}#perturbed"} for _, p in pairs]
-    beliefs = probe(series, encode_for(series, both, chat_template), cfg, progress, should_cancel)
+    beliefs = probe(series, series.encode(both, chat_template), cfg, progress, should_cancel)
     before = beliefs[~beliefs["traj_id"].str.endswith("#perturbed")]
     after = beliefs[beliefs["traj_id"].str.endswith("#perturbed")].assign(
         traj_id=lambda d: d["traj_id"].str.removesuffix("#perturbed"))
@@ -98,12 +80,13 @@ def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: 
                    should_cancel, chat_template: bool = True) -> pd.DataFrame:
     rows = []
     recs = [r for r, _ in pairs] + [p for _, p in pairs]  # before, then after the swap
-    chats = [r.get("chat") if chat_template else None for r in recs]
+    batch = min(64, series.family.max_generation_batch or 64)
     for n, name in enumerate(series.names):
         if should_cancel and should_cancel():
             raise Cancelled("perturbation test cancelled")
-        with series.activate(name) as model:
-            answers = _answers(series, model, recs, labels, chats, chat_template)
+        with series.activate(name) as model:  # each record decoded as the family reads it (VL: with its images)
+            texts = series.family.greedy(model, series.processor, recs, 96, batch, chat_template)
+        answers = [find_answer(t, labels) for t in texts]
         before, after = answers[: len(pairs)], answers[len(pairs):]
         rows += [{"traj_id": r["id"], "checkpoint": name, "step": series.steps[name], "gold": r.get("label"),
                   "answer_before": b, "answer_after": a} for (r, _), b, a in zip(pairs, before, after, strict=True)]
@@ -113,14 +96,6 @@ def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: 
     df["gold_before"] = df["gold_after"] = df["belief_change"] = float("nan")
     df["flip"] = df["answer_before"] != df["answer_after"]
     return df
-
-
-def _answers(series: ModelSeries, model, recs: list[dict], labels: list[str], chats, chat_template: bool):
-    proc = getattr(series, "processor", None)
-    if proc is not None:  # a vision-language series: each record with its images
-        return generate_vl_answers(model, proc, recs, labels, chat_template=chat_template)
-    return generate_answers(model, series.tokenizer, [r["prompt"] for r in recs], labels, device=series.device,
-                            chats=chats)
 
 
 def perturbation_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Visual drift: does a checkpoint's answer follow the image, and which parts of it? (vision-language series)
 
 Two image counterfactuals, both teacher-forced (the trajectory's CoT is kept; only the image changes) and
-read by the answer probe (``core.drift.vl_scoring.probe_vl``) under every checkpoint of the series:
+read by the answer probe (``core.drift.probe``, through the series' family) under every checkpoint of the series:
 
 - **Image swap**: the study's image is replaced by another study's image, of a chosen label or one of each
   other label (CPO++'s visual counterfactual: same report, counterfactual image). A model that reads the
@@ -18,21 +18,24 @@ their text ids (an occluded image keeps its size, so its image tokens too).
     cfg = VisualConfig.from_world(world, kind="occlusion", traj_ids=["study-000"], grid=4)
     df = core.perturb.visual_probe.run(cfg)   # one row per trajectory x checkpoint x patch x label (the model work)
     swap_flip_rates(swaps)            # per true label and checkpoint: flip rate under image swaps
-    python -m core.jobs.worker visual --config visual.json --out result.parquet      # as a background job
+    python -m core.jobs.worker visual --config config.json --out result.parquet     # as a background job
+    core.jobs.registry.launch(ws, "visual", cfg, VisualOptions(out=...))             # (core.perturb.job)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from core.errors import InputError
 from core.io import answers
+from core.models.spec import SeriesSpec
 
 KINDS = ("swap", "occlusion")
 SWAP_COLUMNS = ("traj_id", "checkpoint", "step", "gold", "image", "swapped_image", "swapped_label",
@@ -41,79 +44,66 @@ OCCLUSION_COLUMNS = ("traj_id", "checkpoint", "step", "image", "patch", "x0", "y
                      "belief", "base_belief", "drop")
 
 
-def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
-class VisualConfig:
-    """One visual-drift job: what to perturb, on which series and trajectories (saved as the job's JSON)."""
-    kind: str = _help("swap: replace the image by other studies' images; occlusion: grey patches one at a time",
-                      "swap")
-    base: str = _help("the vision-language base model folder", "")
-    checkpoints: str | list[str] = _help("a trainer output folder or an ordered list of checkpoints", factory=list)
-    data: str = _help("the trajectories (plain or ms-swift JSONL with images)", "")
-    traj_ids: list[str] = _help("trajectories to perturb; empty: every one (up to limit)", factory=list)
-    limit: int | None = _help("the first N trajectories of the data only", None)
-    labels: list[str] = _help("answer labels; empty: the labels in the data", factory=list)
-    template: str = _help("text the probe appends before a label", answers.DEFAULT.template)
-    positions: str = _help("probe at the end of the CoT (end) or also at its sentence ends (sentence)", "end")
-    swap_to: list[str] = _help("swap: take images of these labels; empty: one of each other label",
-                               factory=list)
-    donors_per_label: int = _help("swap: how many other studies' images per label", 1)
-    decode: bool = _help("swap: also let each checkpoint write its own CoT from the swapped image", False)
-    max_new_tokens: int = _help("swap with decode: tokens each greedy completion may write", 96)
-    grid: int = _help("occlusion: patches per side (grid x grid variants per image)", 4)
-    region: list[int] | None = _help("occlusion: one rectangle [x0, y0, x1, y1] in image pixels instead of "
-                                     "the grid", None)
-    fill: int | None = _help("occlusion: grey level 0-255 of a covered patch; None: the image's mean", None)
-    batch_size: int = _help("variants per forward pass", 16)
-    device: str | None = _help("cpu | cuda; None: the best available", None)
-    dtype: str | None = _help("float32 | bfloat16 | float16; None: by device", None)
-    min_pixels: int | None = _help("image processor's fewest pixels; None: the checkpoint's", None)
-    max_pixels: int | None = _help("image processor's most pixels; None: the checkpoint's", None)
-    chat_template: bool = _help("wrap the prompt in the tokenizer's chat template", True)
-    base_names: list[str] = _help("other names of the base (adapter configs that name it so)", factory=list)
+class VisualConfig(SeriesSpec):
+    """One visual-drift job: the series (``SeriesSpec``), what to perturb and on which trajectories (saved as the
+    job's JSON and beside its result)."""
+
+    what: ClassVar[str] = "visual-drift config"
+
+    kind: str = field(default="swap", metadata={"help": "swap: replace the image by other studies' images; "
+                                                        "occlusion: grey patches one at a time", "choices": KINDS})
+    data: str = field(default="", metadata={"help": "the trajectories (plain or ms-swift JSONL with images)",
+                                            "path": True})
+    traj_ids: list[str] = field(default_factory=list, metadata={
+        "help": "trajectories to perturb; empty: every one (up to limit)", "flag": "--traj-id"})
+    limit: int | None = field(default=None, metadata={"help": "the first N trajectories of the data only", "min": 1,
+                                                      "none": "all"})
+    labels: list[str] = field(default_factory=list, metadata={"help": "answer labels; empty: the labels in the "
+                                                                      "data"})
+    template: str = field(default=answers.DEFAULT.template, metadata={"help": "text the probe appends before a "
+                                                                              "label"})
+    positions: str = field(default="end", metadata={
+        "help": "probe at the end of the CoT (end) or also at its sentence ends (sentence)",
+        "choices": ("end", "sentence")})
+    swap_to: list[str] = field(default_factory=list, metadata={
+        "help": "swap: take images of these labels; empty: one of each other label"})
+    donors_per_label: int = field(default=1, metadata={"help": "swap: how many other studies' images per label",
+                                                       "min": 1})
+    decode: bool = field(default=False, metadata={"help": "swap: also let each checkpoint write its own CoT from "
+                                                          "the swapped image"})
+    max_new_tokens: int = field(default=96, metadata={"help": "swap with decode: tokens each greedy completion "
+                                                              "may write", "min": 1})
+    grid: int = field(default=4, metadata={"help": "occlusion: patches per side (grid x grid variants per image)",
+                                           "min": 1})
+    region: list[int] | None = field(default=None, metadata={
+        "help": "occlusion: one rectangle x0 y0 x1 y1 in image pixels instead of the grid"})
+    fill: int | None = field(default=None, metadata={
+        "help": "occlusion: grey level 0-255 of a covered patch; default: the image's mean", "min": 0, "max": 255,
+        "none": "mean"})
+    batch_size: int = field(default=16, metadata={"help": "variants per forward pass", "min": 1})
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
-        if self.positions not in ("end", "sentence"):
-            raise ValueError(f"positions: expected 'end' or 'sentence', got {self.positions!r}")
-        for name in ("donors_per_label", "grid", "batch_size", "max_new_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
+        # its own rules first: the error names what was set wrong before a missing base is mentioned
         if self.region is not None and (len(self.region) != 4 or self.region[0] >= self.region[2]
                                         or self.region[1] >= self.region[3] or min(self.region) < 0):
             raise ValueError(f"region: expected [x0, y0, x1, y1] with x0 < x1, y0 < y1, >= 0; got {self.region!r}")
-        if self.fill is not None and not 0 <= self.fill <= 255:
-            raise ValueError(f"fill: expected a grey level 0-255 or None, got {self.fill!r}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def load(cls, path: str | Path) -> VisualConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            unknown = sorted(set(data) - {f.name for f in fields(cls)})
-            if unknown:
-                raise ValueError(f"unknown field(s) {unknown}")
-            return cls(**data)
-        except OSError as e:
-            raise InputError(f"{path}: cannot read the visual-drift config ({e.strerror})") from None
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise InputError(f"{path}: not a valid visual-drift config ({e})") from None
+        self.check_fields()
+        super().__post_init__()
+        if not self.data:
+            raise ValueError("field 'data': expected the trajectories file, got an empty path")
 
     @classmethod
     def from_world(cls, world, dataset: str | None = None, **kw) -> VisualConfig:
-        """The world's base, series and dataset (its default one unless ``dataset`` names another)."""
+        """The world's base, series and dataset (its default one unless ``dataset`` names another); ``world``: a
+        loaded ``World`` or its folder."""
+        if isinstance(world, (str, Path)):
+            from core.workspace.world import load_world
+
+            world = load_world(world)
         name = dataset or world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"]))
-        return cls(base=str(world.base_model_dir), checkpoints=world.checkpoints_arg,
-                   data=str(world.dataset_path(name)), **kw)
+        return cls(**{"base": str(world.base_model_dir), "checkpoints": world.checkpoints_arg,
+                      "data": str(world.dataset_path(name)), **kw})
 
 
 # ---- records and their image variants ---------------------------------------------------------------
@@ -290,7 +280,7 @@ def result_path(folder: str | Path, cfg: VisualConfig) -> Path:
     import re
 
     what = asdict(cfg)
-    for k in ("device", "dtype", "batch_size"):  # how it runs, not what it measures
+    for k in ("device", "dtype", "batch_size", "trust_remote_code"):  # how it runs, not what it measures
         what.pop(k)
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
     who = cfg.traj_ids[0] if len(cfg.traj_ids) == 1 else f"{len(cfg.traj_ids) or cfg.limit or 'all'}"
@@ -306,24 +296,3 @@ def list_results(folder: str | Path) -> list[Path]:
 
 def result_kind(path: str | Path) -> str:
     return Path(path).name.split("-", 1)[0]
-
-
-JOB_CONFIG = "visual.json"
-
-
-def visual_job(cfg: VisualConfig, out: str | Path) -> tuple[list[str], dict[str, str]]:
-    """argv and files of a background job (``core.jobs.supervisor.start``): the worker runs from the saved config."""
-    from core.jobs.supervisor import JOB_DIR
-
-    argv = ["-m", "core.jobs.worker", "visual", "--config", f"{JOB_DIR}/{JOB_CONFIG}", "--out", str(out), "--force"]
-    return argv, {JOB_CONFIG: cfg.to_json()}
-
-
-def command_text(argv: list[str], files: dict[str, str]) -> str:
-    """A job as lines to paste into a shell (a cluster node): its config written first, then the worker."""
-    import shlex
-
-    from core.jobs.supervisor import JOB_DIR
-
-    heads = [f"cat > {shlex.quote(name)} <<'EOF'\n{text}\nEOF\n" for name, text in files.items()]
-    return "".join(heads) + "python " + " ".join(shlex.quote(str(a).replace(f"{JOB_DIR}/", "")) for a in argv)

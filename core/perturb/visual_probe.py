@@ -2,10 +2,11 @@
 
 The model work of ``core.perturb.visual`` (which builds the variants and says what they mean): each batch of
 variants (another study's image, or the study's image with one patch greyed) is probed at the end of its
-CoT (``core.drift.vl_scoring.probe_vl``) under every checkpoint of a VL series. Variants of one study share their
-text ids; a batch is one forward per checkpoint, its image features computed once and reused under every
-adapter checkpoint when the vision tower is shared (LoRA on the language model); a series of full
-checkpoints loads each once and makes the batches again under it. Memory holds one batch of images.
+CoT (the series' family's probe trees, ``Family.tree_batch``) under every checkpoint of a series whose family
+reads images. Variants of one study share their text ids; a batch is one forward per checkpoint, its image
+features computed once and reused under every adapter checkpoint when the vision tower is shared (LoRA on the
+language model); a series of full checkpoints loads each once and makes the batches again under it. Memory
+holds one batch of images.
 
     vs = load_series(cfg)                       # a core.perturb.visual.VisualConfig's base and checkpoints
     df = run(cfg, progress, should_cancel, vs)  # swap_test or occlusion_test, with its cost in df.attrs
@@ -20,8 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from core.drift.probe import ProbeConfig, probe_positions, sentence_ids, tokens_of
 from core.errors import InputError
 from core.io import answers
+from core.models.families.qwen_vl.inputs import encode_vl  # the variants are Qwen-VL inputs (patch pixels, grids)
+from core.models.prefix_trees import LabelTokens
 from core.perturb.visual import (
     VisualConfig,
     cost_text,
@@ -37,11 +41,8 @@ from core.perturb.visual import (
 Progress = Callable[[float, float, str], None]
 
 
-def _positions(encs, proc, cfg: VisualConfig, labels: list[str]) -> list[list[int]]:
-    from core.drift.probe import ProbeConfig, _tokens, probe_positions
-
-    tk = _tokens(proc.tokenizer, ProbeConfig(labels=labels, template=cfg.template), labels)
-    ends = {i for t, i in proc.tokenizer.get_vocab().items() if t.strip("▁Ġ ").endswith((".", "?", "!"))}
+def _positions(encs, tk: LabelTokens, tokenizer, cfg: VisualConfig) -> list[list[int]]:
+    ends = sentence_ids(tokenizer)
     return [probe_positions(e, cfg.positions, tk.template[0], ends) for e in encs]
 
 
@@ -73,45 +74,33 @@ def beliefs(vs, make_batches: Callable[[], Iterable[list]], cfg: VisualConfig, l
     series: batch-outer, checkpoint-inner (adapters switched in place; a batch's image features computed
     once when the vision tower is shared); full checkpoints: each loaded once, the batches made again."""
     out = {}
-    if all(c.kind == "adapter" for c in vs.series.checkpoints):
+    tk = tokens_of(vs.tokenizer, ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions), labels)
+    if all(c.kind == "adapter" for c in vs.checkpoints):
         for group in make_batches():
-            features = {}  # the batch's image features, shared by every adapter when the tower is
+            trees = _trees(vs, group, tk, cfg)  # its image features shared by every adapter when the tower is
             for name in vs.names:
                 with vs.activate(name) as model:
-                    _probe_group(vs, model, name, group, cfg, labels, counter, out, features)
+                    _probe_group(model, name, group, trees, counter, out)
         return out
     for name in vs.names:
         with vs.activate(name) as model:
             for group in make_batches():
-                _probe_group(vs, model, name, group, cfg, labels, counter, out, {})
+                _probe_group(model, name, group, _trees(vs, group, tk, cfg), counter, out)
     return out
 
 
-def _probe_group(vs, model, name: str, group: list, cfg: VisualConfig, labels: list[str], counter: _Counter,
-                 out: dict, features: dict) -> None:
-    from core.drift.probe import ProbeConfig
-    from core.drift.vl_scoring import image_features, probe_vl
+def _trees(vs, group: list, tk: LabelTokens, cfg: VisualConfig):
+    """The group's probe trees (``Family.tree_batch``) and their positions."""
+    pos = _positions(group, tk, vs.tokenizer, cfg)
+    return vs.family.tree_batch(vs, list(zip(group, pos, strict=True)), tk), pos
 
+
+def _probe_group(model, name: str, group: list, trees, counter: _Counter, out: dict) -> None:
     counter.check()
-    pos = _positions(group, vs.processor, cfg, labels)
-    if vs.shared_vision and "image" not in features:
-        features["image"] = _features(model, group, image_features)
-    pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions)
-    logp = probe_vl(model, vs.processor, group, pos, pcfg, labels, features.get("image"))
-    for e, p, lp in zip(group, pos, logp, strict=True):
+    batch, pos = trees
+    for e, p, lp in zip(group, pos, batch.label_logprobs(model), strict=True):
         out[(e.id, name)] = ([j - e.start for j in p], _softmax(lp))
     counter.step(f"{name}: {group[-1].id}")
-
-
-def _features(model, group, image_features):
-    import torch
-
-    pixels = [e.pixel_values for e in group if e.pixel_values is not None]
-    grids = [e.image_grid_thw for e in group if e.image_grid_thw is not None]
-    if not pixels:
-        return None
-    dev = next(model.parameters()).device
-    return image_features(model, torch.cat(pixels).to(dev), torch.cat(grids).to(dev))
 
 
 def _softmax(logp: np.ndarray) -> np.ndarray:
@@ -129,8 +118,6 @@ def swap_test(vs, records: list[dict], pool: list[dict], cfg: VisualConfig, labe
               progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Each record with each donor's image (``donors``), its CoT kept: one row per pair x checkpoint x
     probe position (``position``: tokens into the completion; ``is_end``: the end of the CoT)."""
-    from core.models.vision import encode_vl
-
     pairs = [(r, swap_image(r, d)) for r in records
              for d in donors(r, pool, labels, cfg.swap_to, cfg.donors_per_label)]
     if not pairs:
@@ -138,10 +125,11 @@ def swap_test(vs, records: list[dict], pool: list[dict], cfg: VisualConfig, labe
     chunks = _chunks(list({r["id"]: r for r, _ in pairs}.values()) + [v for _, v in pairs], cfg.batch_size)
     steps = len(chunks) * len(vs.names) * (2 if cfg.decode else 1)
     counter = _Counter(steps, progress=progress, should_cancel=should_cancel)
-    got = beliefs(vs, lambda: (encode_vl(vs.processor, c) for c in chunks), cfg, labels, counter)
-    decoded = _decode(vs, chunks, labels, cfg.max_new_tokens, counter) if cfg.decode else None
+    got = beliefs(vs, lambda: (encode_vl(vs.processor, c, chat_template=cfg.chat_template) for c in chunks), cfg,
+                  labels, counter)
+    decoded = _decode(vs, chunks, labels, cfg, counter) if cfg.decode else None
     rows = [row for r, v in pairs for name in vs.names
-            for row in _swap_rows(r, v, got, decoded, name, vs.series.steps[name], labels)]
+            for row in _swap_rows(r, v, got, decoded, name, vs.steps[name], labels)]
     return pd.DataFrame(rows)
 
 
@@ -168,21 +156,19 @@ def _swap_rows(r: dict, v: dict, got: dict, decoded: dict | None, name: str, ste
     return rows
 
 
-def _decode(vs, chunks: list[list[dict]], labels: list[str], max_new_tokens: int, counter: _Counter) -> dict:
+def _decode(vs, chunks: list[list[dict]], labels: list[str], cfg: VisualConfig, counter: _Counter) -> dict:
     """Greedy completion of each record's prompt (with its images) under each checkpoint; its answer.
     Checkpoint-outer (a full checkpoint loads once); the records encoded a chunk at a time."""
     import torch
-
-    from core.models.vision import encode_vl
 
     out = {}
     for name in vs.names:
         with vs.activate(name) as model, torch.no_grad():
             for chunk in chunks:
-                encs = encode_vl(vs.processor, chunk)
+                encs = encode_vl(vs.processor, chunk, chat_template=cfg.chat_template)
                 for e in encs:
                     counter.check()
-                    out[(e.id, name)] = answers.find_answer(_greedy(model, vs.processor, e, max_new_tokens), labels)
+                    out[(e.id, name)] = answers.find_answer(_greedy(model, vs.processor, e, cfg.max_new_tokens), labels)
                 counter.step(f"{name}: decoded {encs[-1].id}")
     return out
 
@@ -219,16 +205,15 @@ def occlusion_test(vs, records: list[dict], cfg: VisualConfig, labels: list[str]
         got = beliefs(vs, lambda r=r, boxes=boxes: _occlusion_batches(vs.processor, r, boxes, cfg), cfg, labels,
                       counter)
         rows += [row for name in vs.names
-                 for row in _occlusion_rows(r, size, boxes, got, name, vs.series.steps[name], labels)]
+                 for row in _occlusion_rows(r, size, boxes, got, name, vs.steps[name], labels)]
     return pd.DataFrame(rows)
 
 
 def _occlusion_batches(proc, record: dict, boxes: list[tuple], cfg: VisualConfig) -> Iterator[list]:
     """The study as it is, then its occluded variants, ``cfg.batch_size`` encodings at a time."""
     from core.io.images import load_image
-    from core.models.vision import encode_vl
 
-    enc = encode_vl(proc, [record])[0]
+    enc = encode_vl(proc, [record], chat_template=cfg.chat_template)[0]
     image = load_image(record["image_refs"][0], proc.cfg.limits)
     first = cfg.batch_size - 1
     yield [enc, *occluded_encodings(proc, enc, image, boxes[:first], cfg.fill)]
@@ -266,12 +251,16 @@ def _occlusion_rows(r: dict, size: tuple[int, int], boxes: list[tuple], got: dic
 
 
 def load_series(cfg: VisualConfig):
-    from core.models.vision import VisionConfig
-    from core.models.vl_series import load_vl_series
+    """The config's series; a base whose family does not read images is refused by name (visual drift swaps
+    and covers images)."""
+    from core.models import series
 
-    vcfg = VisionConfig(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, chat_template=cfg.chat_template)
-    return load_vl_series(cfg.base, cfg.checkpoints, vcfg, device=cfg.device, dtype=cfg.dtype,
-                          base_names=cfg.base_names)
+    vs = series.load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype, base_names=cfg.base_names,
+                            vision=cfg.vision, trust_remote_code=cfg.trust_remote_code)
+    if not vs.family.reads_images:
+        raise InputError(f"{cfg.base}: visual drift needs a model that reads images; this base is of the "
+                         f"{vs.family.name} family ({vs.family.modality})")
+    return vs
 
 
 def run(cfg: VisualConfig, progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None,
@@ -293,6 +282,6 @@ def run(cfg: VisualConfig, progress: Progress | None = None, should_cancel: Call
     seconds = time.perf_counter() - t0
     variants = df.drop_duplicates(["traj_id", "swapped_id"] if cfg.kind == "swap" else ["traj_id", "patch"])
     df.attrs.update(seconds=round(seconds, 3), trajectories=len(records), variants=len(variants),
-                    checkpoints=len(vs.names), device=str(vs.series.device))
+                    checkpoints=len(vs.names), device=str(vs.device))
     print(f"workbench: {cost_text(df.attrs, cfg.kind)}")
     return df

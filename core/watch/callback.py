@@ -3,8 +3,8 @@
 One self-contained file: it imports the standard library and transformers only, so it runs in the trainer's own
 environment whatever that pins (``workbench watch plugin --out FILE`` writes it out; in the workbench it is
 ``core.watch.callback``). Its cost in the training loop is the copy of the checkpoint's weights and a file check
-per step; scoring runs in a process of ours beside the trainer (``workbench watch --run WATCH_DIR``, or
-``python -m core.watch.scorer --run WATCH_DIR``, which ``spawn=True`` starts).
+per step; scoring runs in a process of ours beside the trainer (``workbench watch --run WATCH_DIR``, or the job
+entry ``python -m core.jobs.worker watch --config WATCH_DIR/spawn.json``, which ``spawn=True`` starts).
 
 TRL and every HF ``Trainer``::
 
@@ -49,6 +49,7 @@ TRAINER = "trainer.json"
 STOP = "stop.json"
 ALARMS = "alarms.jsonl"
 RECORD = "record.json"
+SPAWN = "spawn.json"  # the config the spawned scorer runs from (its flags override it)
 KEEP = ("adapters", "all", "none")
 ENV_PREFIX = "COT_DRIFT_WATCH_"
 # what a checkpoint folder holds that is not the model: the optimizer and the trainer's resume state
@@ -176,8 +177,9 @@ class DriftWatchCallback(TrainerCallback):
 
     keep: "adapters" | "all" | "none" (what stays after scoring). stop_on: alarm rules that end training
     (``core.watch.alarms.RULES``: belief_fall, detrimental_rise, concept_surge, entropy_collapse, kl_jump,
-    malformed). spawn: start the scorer beside the trainer (``python -m core.watch.scorer --run watch_dir`` +
-    ``scorer_args``, with ``python``: the workbench's interpreter, default ``$WORKBENCH_PYTHON`` or this one). max_lag: if set, wait at
+    malformed). spawn: start the scorer beside the trainer (``python -m core.jobs.worker watch`` on the watch
+    folder + ``scorer_args``, its flags; ``python``: the workbench's interpreter, default ``$WORKBENCH_PYTHON`` or
+    this one). max_lag: if set, wait at
     each save while more than this many recorded checkpoints are not scored yet (off by default: never blocks)."""
 
     def __init__(self, watch_dir: str | Path, keep: str = "adapters", stop_on: list[str] | tuple = (),
@@ -254,10 +256,13 @@ def _state_dict(state) -> dict:
 
 
 def spawn_scorer(watch_dir: Path, scorer_args: list[str], python: str) -> subprocess.Popen:
-    """Start ``python -m core.watch.scorer --run watch_dir ...`` in its own session (it finishes the queue when the
-    trainer ends), its output in ``watch_dir/scorer.log``."""
+    """Start the scorer, the workbench's job entry ``python -m core.jobs.worker watch --config watch_dir/spawn.json
+    ...`` (a watch config naming this folder; ``scorer_args``: its flags), in its own session (it finishes the queue
+    when the trainer ends), its output in ``watch_dir/scorer.log``."""
+    spawn = Path(watch_dir) / SPAWN
+    write_json(spawn, {"run": str(Path(watch_dir).resolve())})
     log = open(Path(watch_dir) / "scorer.log", "ab")  # the child keeps it open
-    cmd = [python, "-m", "core.watch.scorer", "--run", str(watch_dir), *scorer_args]
+    cmd = [python, "-m", "core.jobs.worker", "watch", "--config", str(spawn), *scorer_args]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -1,6 +1,6 @@
 """The scorer beside the trainer: score each recorded checkpoint against the base and the previous one, step by step.
 
-    python -m core.watch.scorer --config watch.json          # what a background job runs (a WatchConfig JSON)
+    python -m core.jobs.worker watch --config watch.json     # a background job (kind ``watch``: core.watch.job)
     workbench watch --run WATCH_DIR --base BASE --data FILE  # the same from its flags
 
 ``run(cfg, progress, should_cancel)`` loops: take new checkpoints (a callback's watch folder, or a trainer's folder it
@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InputError
@@ -103,7 +103,7 @@ def resolve(cfg: WatchConfig) -> WatchConfig:
 
 def run(cfg: WatchConfig, progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> int:
     """The scorer's loop (see the module docstring); returns the number of steps scored by this call."""
-    from core.jobs.supervisor import lock_folder
+    from core.io.locks import lock_folder
 
     cfg = resolve(cfg)
     watch = Watch.open(cfg)
@@ -299,63 +299,3 @@ class _Loop:
             if self.cancelled():
                 raise Cancelled("watch cancelled")
             time.sleep(min(0.2, end - time.monotonic()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m core.watch.scorer --config FILE`` (a background job: a saved ``WatchConfig``), or the config's flags
-    (``--run DIR --base ... --data ...``: what the callback's ``spawn`` runs). ``--workspace`` (default
-    ``$WORKBENCH_WORKSPACE`` or the default workspace) lists the watch on its Watch page."""
-    import argparse
-    import os
-    import sys
-
-    from core.jobs.supervisor import CANCELLED, cancel_flag, record_worker_exit, report_progress
-    from core.watch.config import add_arguments, from_args
-
-    ap = argparse.ArgumentParser(prog="python -m core.watch.scorer")
-    ap.add_argument("--config", help="a WatchConfig JSON (instead of the flags)")
-    ap.add_argument("--workspace", default=None, help="the workspace whose Watch page lists this watch")
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths only
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see workbench/cli.py)
-    code = 1
-    try:
-        cfg = WatchConfig.load(args.config) if args.config else from_args(args)
-        _register(cfg, args.workspace)
-        n = run(cfg, report_progress, cancel_flag())
-        print(f"workbench: watch scored {n} step(s)", flush=True)
-        code = 0
-    except Cancelled:
-        code = CANCELLED
-    except InputError as e:
-        print(f"workbench: error: {e}", file=sys.stderr)
-        code = 2
-    finally:
-        record_worker_exit(code)
-    return code
-
-
-def _register(cfg: WatchConfig, workspace: str | None) -> None:
-    """List the watch on the workspace's Watch page (the named workspace, else the default one)."""
-    from core.watch.views import register
-    from core.workspace.workspace import Workspace
-
-    ws = Workspace.open(workspace)
-    try:
-        register(ws.root, Watch.open(resolve(cfg)).out)
-    finally:
-        ws.store.close()
-
-
-def job_files(cfg: WatchConfig) -> tuple[list[str], dict[str, str]]:
-    """What a background scorer job runs (after ``python``) and the file its folder gets (its saved config)."""
-    from core.jobs.supervisor import JOB_DIR
-
-    return ["-m", "core.watch.scorer", "--config", f"{JOB_DIR}/watch.json"], {"watch.json": json.dumps(asdict(cfg), indent=1)}
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -162,6 +162,22 @@ class WatchView:
     def config(self) -> dict:
         return layout.read_json(self.out / CONFIG) or {}
 
+    @property
+    def scorer_running(self) -> bool:
+        return self.scorer_state in ("starting", "waiting", "scoring")
+
+    @property
+    def needs_scorer(self) -> bool:
+        """No scorer runs while the trainer runs or recorded checkpoints wait unscored (one can be started)."""
+        return not self.scorer_running and (self.trainer_state == "running" or self.lag()["queued"] > 0)
+
+    def scorer_jobs(self, jobs_dir: str | Path) -> list:
+        """The workspace's background scorer jobs (kind ``watch``) of this watch, newest first."""
+        from core.jobs import supervisor
+
+        return [j for j in supervisor.list_jobs(jobs_dir, "watch")
+                if j.meta.get("out") and Path(j.meta["out"]).resolve() == self.out.resolve()]
+
 
 def _alive(pid) -> bool:
     import os

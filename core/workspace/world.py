@@ -1,9 +1,10 @@
 """A world: a base model, its checkpoint series, trajectory datasets and a concept graph in one folder.
 
-``sample_data/`` is the embedded demo world; any folder with a ``world.json`` manifest of the same shape
-is one too. ``load_world`` checks every file the manifest names and says which one is missing.
+Any folder with a ``world.json`` manifest is a world; ``load_world`` checks every file the manifest names and
+says which one is missing. The engine knows no world of its own: installed packages provide ready worlds and
+the plug-ins worlds name (``core.workspace.plugins``; this package's demo provides the two sample worlds).
 
-    w = load_world("sample_data")
+    w = load_world("path/to/world")
     w.summary()      # plain dict for the Home page: model, tokenizer, checkpoints, graph, datasets, device
 """
 
@@ -14,15 +15,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import networkx as nx
+
 from core.errors import InputError
 from core.graph import concepts
 from core.io import jsonsafe
 from core.io.paths import expand
 from core.models import checkpoints
+from core.workspace import plugins
 
 MANIFEST = "world.json"
-REQUIRED_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
-SAMPLE_WORLD = Path(__file__).resolve().parents[2] / "sample_data"
 
 
 @dataclass
@@ -45,11 +47,21 @@ class World:
         return self.root / self.manifest["datasets"][name]["path"]
 
     @property
-    def is_vl(self) -> bool:
-        """Whether the base model is a vision-language model (its trajectories may carry images)."""
-        from core.models.vision import is_vl_folder
+    def family(self):
+        """The base model's family (``core.models.families``, from its config.json); ``UnsupportedModel``
+        (an ``InputError``) naming the model_type when no family serves it."""
+        from core.models.families import family_for  # imports torch: a world is read without it
 
-        return is_vl_folder(self.base_model_dir)
+        return family_for(self.base_model_dir)
+
+    @property
+    def is_vl(self) -> bool:
+        """Whether the base model reads images (its family's modality), so its trajectories may carry them;
+        an unsupported or missing base reads as text here (loading it names the refusal)."""
+        try:
+            return self.family.reads_images
+        except InputError:
+            return False
 
     @property
     def graph_path(self) -> Path:
@@ -70,17 +82,11 @@ class World:
 
     @property
     def plugin(self):
-        """The world's plug-in module (``world.json``: ``"plugin": "package.module"``), or None: what only this
-        world has (its own metrics, default learning rate, preference set); the demo worlds ship one."""
+        """The world's plug-in (``world.json``: ``"plugin": "NAME"``, an installed entry point; the contract is
+        ``core.workspace.plugins.WorldPlugin``), or None: what only this world has (its own metrics, default
+        learning rate, preference set); the demo worlds name one."""
         name = self.manifest.get("plugin")
-        if not name:
-            return None
-        import importlib
-
-        try:
-            return importlib.import_module(name)
-        except ImportError as e:
-            raise InputError(f"{self.root / MANIFEST}: plugin {name!r} cannot be imported ({e})") from None
+        return None if name is None or name == "" else plugins.load_plugin(name, self.root / MANIFEST)
 
     def evaluation_spec(self) -> dict:
         """``{"held_out": dataset name, "perturbed": dataset name or None}``; empty when there is none."""
@@ -127,7 +133,7 @@ class World:
             "model": {"architecture": (cfg.get("architectures") or [cfg.get("model_type", "?")])[0],
                       "parameters": count_parameters(self.base_model_dir), "layers": text.get("num_hidden_layers"),
                       "hidden_size": text.get("hidden_size"), "path": str(self.base_model_dir),
-                      "vision": "vision_config" in cfg},
+                      "vision": self.is_vl},  # its family reads images
             "tokenizer": {"vocab_size": text.get("vocab_size")},
             "checkpoints": [{"name": c.name, "step": c.step, "kind": c.kind,
                              "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"),
@@ -171,15 +177,17 @@ def count_parameters(model_dir: Path) -> int:
     return total
 
 
-def load_world(root: str | Path = SAMPLE_WORLD) -> World:
+def load_world(root: str | Path) -> World:
     """Read and check a world folder; ``InputError`` names the first missing or malformed file."""
+    if not str(root).strip():
+        raise InputError("no world chosen: expected a world folder (one with a world.json)")
     root = expand(root).resolve()
     manifest_path = root / MANIFEST
     if not root.is_dir():
         raise InputError(f"{root}: world folder not found")
     if not manifest_path.is_file():
-        raise InputError(f"{manifest_path}: missing world manifest (run `workbench build-sample` to rebuild "
-                         "the sample world)")
+        raise InputError(f"{manifest_path}: missing world manifest (a world folder has a world.json; "
+                         "`workbench world create` writes one, `workbench build-sample` rebuilds a sample world)")
     manifest = jsonsafe.loads(manifest_path.read_text(encoding="utf-8-sig"), str(manifest_path))
     for key in ("base_model", "checkpoints", "concept_graph", "datasets"):
         if key not in manifest:
@@ -220,9 +228,10 @@ def world_dir(workspace_root: str | Path, name: str) -> Path:
 
 
 def known_worlds(workspace_root: str | Path | None = None, store=None) -> list[Path]:
-    """For the world picker: the sample world, the worlds under ``<workspace>/worlds/`` and those opened before
-    (the workspace database's registry) that still have a manifest."""
-    found = [SAMPLE_WORLD]
+    """For the world picker: the worlds installed packages provide (``plugins.provided_worlds``: the demo's
+    sample worlds), the worlds under ``<workspace>/worlds/`` and those opened before (the workspace database's
+    registry) that still have a manifest."""
+    found = list(plugins.provided_worlds().values())
     if workspace_root:
         found += sorted(p.parent for p in (Path(workspace_root) / WORLDS_DIR).glob(f"*/{MANIFEST}"))
     if store is not None:
@@ -235,9 +244,10 @@ def create_world(out: str | Path, name: str, base: str | Path, checkpoints: list
                  description: str = "") -> World:
     """Register a researcher's own run as a world in the new folder ``out``: ``world.json`` names the base model,
     the checkpoint series (ordered; each a trainer output folder or a checkpoint), the trajectory files and the
-    optional held-out set by their absolute paths (nothing of the user's is copied or moved), and a concept
-    graph (the given one, else a copy of the sample graph, to edit). Every file is read and checked first;
-    ``out`` must not exist yet."""
+    optional held-out set by their absolute paths (nothing of the user's is copied or moved), and a copy of the
+    concept graph ``graph`` to edit (without one, an empty graph: the engine assumes no domain; the command line
+    starts from the sample graph, the Checkpoints page from the open world's). Every file is read and checked
+    first; ``out`` must not exist yet."""
     import shutil
 
     from core.io.trajectories import read_trajectories
@@ -275,7 +285,10 @@ def create_world(out: str | Path, name: str, base: str | Path, checkpoints: list
                 "datasets": datasets, "default_dataset": next(iter(datasets)), "evaluation": evaluation,
                 "notes": base_name_warnings(base, infos)}
     out.mkdir(parents=True)
-    shutil.copyfile(graph_path or SAMPLE_WORLD / "concept_graph.json", out / "concept_graph.json")
+    if graph_path is not None:
+        shutil.copyfile(graph_path, out / "concept_graph.json")
+    else:
+        concepts.save_graph(nx.DiGraph(), out / "concept_graph.json")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return load_world(out)
 

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from core.drift import scoring  # noqa: E402
 from core.drift.probe import ProbeConfig, probe  # noqa: E402
 from core.drift.scoring import ScoreConfig, score_batches  # noqa: E402
+from core.models.families.text import pad_right  # noqa: E402
 from core.io.trajectories import Encoded  # noqa: E402
 from core.models.fit import plan_for_series  # noqa: E402
 from core.models.forward import hidden_states  # noqa: E402
@@ -124,8 +125,8 @@ def bare(series, enc: list[Encoded], batch: int) -> None:
     pad = series.tokenizer.pad_token_id or 0
     for name in series.names:
         with series.activate(name) as m:
-            for idx in scoring._batches(enc, batch):
-                ids, mask = scoring._pad(enc, idx, pad, series.device)
+            for idx in scoring.length_batches(enc, batch):
+                ids, mask = pad_right([enc[i] for i in idx], pad, series.device)
                 m(input_ids=ids, attention_mask=mask).logits.float()
 
 
@@ -220,7 +221,7 @@ def layer_section(series, clock: Clock, length: int, rows: int) -> dict:
     bare(series, enc, rows)
     bare_s, _ = clock.stop(t0)
     pad = series.tokenizer.pad_token_id or 0
-    ids, mask = scoring._pad(enc, list(range(rows)), pad, series.device)
+    ids, mask = pad_right(enc[:rows], pad, series.device)
     t0 = clock.start()
     for name in series.names:
         with series.activate(name) as m:

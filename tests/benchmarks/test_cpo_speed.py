@@ -27,7 +27,7 @@ from core.cpo.train import (
     preflight,
     tokenized_dataset,
 )
-from core.models.series import load_tokenizer
+from core.models.loading import load_tokenizer
 from workbench.demo.preferences import build_preferences
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
@@ -161,16 +161,16 @@ def _vl_world(tmp_path, hidden: int, layers: int, side: int, n_pairs: int):
 def _run_vl(kind: str, cfg: TrainConfig, proc, pre) -> StepTimer:
     from datasets import Dataset
 
-    from core.cpo import vl as cpo_vl
+    from core.cpo.train import load_base
     from tests.vl_pairs import image_only_processor, trl_vision_rows
 
     timer = StepTimer()
     if kind == "dpo":
         cuda = torch.cuda.is_available()
-        model = cpo_vl.load_base(cfg, cuda)
+        model = load_base(cfg, cuda)  # through the base's family (Qwen-VL)
         trainer = DPOTrainer(model=model, args=dpo_args(cfg, cuda), processing_class=image_only_processor(proc),
                              train_dataset=Dataset.from_list(trl_vision_rows(proc, pre.records)),
-                             peft_config=cpo_vl.lora_config(cfg, model), callbacks=[timer])
+                             peft_config=lora_config(cfg, model), callbacks=[timer])
     else:
         trainer = build_trainer(TrainConfig(**{**cfg.__dict__, "objective": kind}), [timer], tokenizer=proc, pre=pre)
     trainer.train()
@@ -180,14 +180,14 @@ def _run_vl(kind: str, cfg: TrainConfig, proc, pre) -> StepTimer:
 def test_vl_cpo_step_vs_plain_trl_dpo_step(tmp_path, size):
     """Qwen2.5-VL architecture, random init; batch 4 pairs, one image each, LoRA r=8 on the language model.
     The plain trainer is TRL's DPOTrainer with its own vision collator (processor, pixel_values, mm_token_type_ids)."""
-    from core.cpo import vl as cpo_vl
+    from core.cpo.train import processing
 
     side = size(448, 96)
     base, data = _vl_world(tmp_path, hidden=size(384, 64), layers=size(4, 2), side=side, n_pairs=size(32, 12))
     cfg = TrainConfig(base_model=str(base), data=str(data), output_dir=str(tmp_path / "out"), max_steps=size(6, 3),
                       save_steps=10**6, logging_steps=10**6, batch_size=4, learning_rate=1e-4, max_length=1024,
                       max_pixels=side * side)  # the whole image: (side / 28)^2 image tokens
-    proc = cpo_vl.processor(cfg)
+    proc = processing(cfg)  # the family's processor, with the run's pixel limits
     pre = preflight(cfg, proc)
     assert not pre.errors, pre.errors
     times: dict[str, list[float]] = {"dpo": [], "cpo": [], "cpo++": []}
@@ -195,7 +195,7 @@ def test_vl_cpo_step_vs_plain_trl_dpo_step(tmp_path, size):
         for kind in times:
             times[kind].append(statistics.median(_run_vl(kind, cfg, proc, pre).times[1:]))
     m = {k: statistics.median(v) for k, v in times.items()}
-    from core.models.vision import IMAGE_PAD
+    from core.models.families.qwen_vl.inputs import IMAGE_PAD
 
     pad = proc.token_id(IMAGE_PAD)
     image_tokens = statistics.mean(e["prompt_ids"].count(pad) for e in pre.encoded)

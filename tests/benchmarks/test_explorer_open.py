@@ -22,6 +22,7 @@ import pytest
 from core.drift import explore
 from core.drift import findings as drift
 from core.drift.analysis import Analysis, AnalysisConfig, AnalysisView
+from tests.drift_reference import drivers_by_token
 from workbench import charts
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
@@ -69,7 +70,7 @@ def _analysis(n: int, length: int, rng, checkpoints=CHECKPOINTS) -> Analysis:
                             "entropy": 1.0, "share_detrimental": 0.1, "share_beneficial": 0.1})
     cfg = AnalysisConfig(base="model", data="missing.jsonl")
     records = [{"id": t, "prompt": "p", "completion": "c", "label": g} for t, g in zip(ids, gold, strict=True)]
-    return Analysis(cfg, tokens, beliefs, effects, summary, drift.drivers_by_token(effects.head(20_000)),
+    return Analysis(cfg, tokens, beliefs, effects, summary, drivers_by_token(effects.head(20_000)),
                     pd.DataFrame(), pd.DataFrame(), drift.step_changes(beliefs, n_permutations=50), records)
 
 

@@ -1,7 +1,8 @@
 """Host memory of the drift step (scores and beliefs -> the analysis folder) vs the number of trajectories.
 
 Before: the whole token and belief tables assembled from their cached parts, the drift tables computed from
-them (``analysis.assemble``) and saved (``Analysis.save``). After: the same folder written part by part
+them (``tests.drift_reference.assemble``: the whole-table reference the engine is tested against) and saved
+(``Analysis.save``). After: the same folder written part by part
 (``analysis.assemble_parts``: ``drift.DriftParts`` + ``cache.SortedByTrajectory``), as ``run_analysis`` does.
 
 Random tables of the real shape, no model: trajectories x 300 tokens, 3 checkpoints, a probe at every token
@@ -105,6 +106,7 @@ def measure(folder: Path, mode: str) -> dict:
 
     from core.drift import analysis as an
     from core.io.trajectories import Encoded
+    from tests.drift_reference import assemble
 
     records, encoded = [], []
     with open(folder / "encoded.jsonl") as f:
@@ -124,7 +126,7 @@ def measure(folder: Path, mode: str) -> dict:
     if mode == "whole":
         whole = [an._checkpoint_major(pd.concat([pd.read_parquet(p) for p in ps], ignore_index=True))
                  for ps in (tokens, beliefs)]
-        an.assemble(cfg, records, encoded, graph, *whole, {}).save(folder / f"out-{mode}")
+        assemble(cfg, records, encoded, graph, *whole, {}).save(folder / f"out-{mode}")
     else:
         an.assemble_parts(cfg, records, encoded, graph, tokens, beliefs, {}, folder / "staging").save(
             folder / f"out-{mode}")

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from core.drift.probe import ProbeConfig, _tokens, probe, probe_naive, probe_positions
+from core.drift.probe import ProbeConfig, probe, probe_naive, probe_positions, tokens_of
 from core.io.trajectories import encode, read_jsonl
 from core.models.series import load_series
 from workbench.demo.spec import DISEASES
@@ -20,7 +20,7 @@ LABELS = list(DISEASES)
 
 @torch.no_grad()
 def per_position_batched(model, e, positions, tokenizer, cfg):
-    tk = _tokens(tokenizer, cfg, LABELS)
+    tk = tokens_of(tokenizer, cfg, LABELS)
     for j in positions:
         seqs = [e.input_ids[:j] + tk.template + lab for lab in tk.labels]
         width = max(map(len, seqs))
@@ -35,7 +35,7 @@ def test_probe_speed(sample_world, size):
                          base_names=["cxr-demo-tiny-llama"])
     encoded = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=size(6, 1)))
     cfg = ProbeConfig(labels=LABELS)
-    tk = _tokens(series.tokenizer, cfg, LABELS)
+    tk = tokens_of(series.tokenizer, cfg, LABELS)
     plans = [(e, probe_positions(e, "every", tk.template[0], set())) for e in encoded]
     n_probes = sum(len(p) for _, p in plans)
     probe(series, encoded[:1], cfg)  # warm-up

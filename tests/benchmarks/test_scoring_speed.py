@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.drift.scoring import ScoreConfig, _batches, _pad, js, kl, score, token_stats
+from core.drift.scoring import ScoreConfig, js, kl, length_batches, score, token_stats
+from core.models.families.text import pad_right
 from core.io.trajectories import Encoded, encode, read_jsonl
-from core.models.series import BASE, load_series, load_tokenizer
+from core.models.loading import load_tokenizer
+from core.models.series import BASE, load_series
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 N = 120
@@ -53,8 +55,8 @@ def notebook_way(world, encoded, top_k=5, device="cpu", dtype=torch.float32):
 @torch.no_grad()
 def bare_forwards(series, encoded, batch_size):
     pad = series.tokenizer.pad_token_id
-    for idx in _batches(encoded, batch_size):
-        ids, mask = _pad(encoded, idx, pad, series.device)
+    for idx in length_batches(encoded, batch_size):
+        ids, mask = pad_right([encoded[i] for i in idx], pad, series.device)
         for name in series.names:
             with series.activate(name) as m:
                 m(input_ids=ids, attention_mask=mask).logits.sum().item()

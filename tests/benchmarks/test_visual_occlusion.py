@@ -32,7 +32,7 @@ def test_occlusion_cost(tmp_path, size):
                                          max_pixels=side * side, batch_size=16)
     vs = visual_probe.load_series(cfg)
     ways = {"workbench": (cfg, vs), "one variant per forward": (dataclasses.replace(cfg, batch_size=1),
-                                                               dataclasses.replace(vs, shared_vision=False))}
+                                                               dataclasses.replace(vs, shared_inputs=False))}
     timings = {name: float("inf") for name in ways}
     visual_probe.run(dataclasses.replace(cfg, limit=1, grid=1), series=vs)  # warm-up
     for _ in range(size(2, 1)):  # interleaved, the best of each: a shared machine's load varies

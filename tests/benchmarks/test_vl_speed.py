@@ -13,11 +13,13 @@ import time
 import pytest
 import torch
 
-from core.drift.probe import ProbeConfig
-from core.drift.vl_scoring import probe_vl, probe_vl_naive
+from core.drift.probe import ProbeConfig, tokens_of
+from core.models.families.qwen_vl.forward import naive_label_logprobs, tree_label_logprobs
 from core.io.images import ImageRef
-from core.models.vision import IMAGE_PAD, collate, encode_vl, load_vl_model
-from core.models.vl_series import lm_lora_targets, load_vl_series, score_vl_series
+from core.models.families.qwen_vl.inputs import IMAGE_PAD, collate, encode_vl, load_vl_model
+from core.models.families.qwen_vl.adapters import lm_lora_targets
+from core.models.families.qwen_vl.forward import score_table
+from core.models.series import load_series
 from workbench.demo.tinyvl import synthetic_xray, write_tiny_vl
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
@@ -76,12 +78,12 @@ def test_vl_scoring_and_probe_speed(tmp_path):
     # measure contention (BENCH_THREADS overrides)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     base, run, records = world(tmp_path)
-    vs = load_vl_series(base, run, device="cpu")
+    vs = load_series(base, run, device="cpu")
     encs = encode_vl(vs.processor, records)
     pad = vs.processor.token_id(IMAGE_PAD)
-    score_vl_series(vs, encs[:2])  # warm-up
+    score_table(vs, encs[:2])  # warm-up
     t = time.perf_counter()
-    df = score_vl_series(vs, encs, batch_size=8)
+    df = score_table(vs, encs, batch_size=8)
     ours = time.perf_counter() - t
     t = time.perf_counter()
     notebook_scoring(base, run, encs, pad)
@@ -94,7 +96,7 @@ def test_vl_scoring_and_probe_speed(tmp_path):
           f" {len(df)} scored tokens:")
     print(f"  notebook (load per checkpoint, one record at a time): {notebook:6.2f} s")
     print(f"  bare batched forwards: {bare:6.2f} s")
-    print(f"  workbench score_vl_series: {ours:6.2f} s  -> {notebook / ours:.1f}x faster than the notebook, "
+    print(f"  workbench score_table: {ours:6.2f} s  -> {notebook / ours:.1f}x faster than the notebook, "
           f"{ours / bare:.2f}x the bare forwards")
     from core.drift.scoring import ScoreConfig, score
 
@@ -104,15 +106,16 @@ def test_vl_scoring_and_probe_speed(tmp_path):
     print(f"  core.drift.scoring.score (log-prob, rank, entropy, top-5, KL/JS to base and previous): {full:6.2f} s  -> "
           f"{notebook / full:.1f}x faster than the notebook (log-probs only), {full / bare:.2f}x the bare forwards")
     cfg = ProbeConfig(labels=LABELS)
+    tk = tokens_of(vs.tokenizer, cfg, LABELS)
     plans = [list(range(e.start, e.think_end + 1, 2)) for e in encs[:2]]
     with vs.activate("checkpoint-4") as model:
         t = time.perf_counter()
         for e, pos in zip(encs[:2], plans, strict=True):
-            probe_vl(model, vs.processor, [e], [pos], cfg, LABELS)
+            tree_label_logprobs(model, vs.processor, [e], [pos], tk)
         fast = time.perf_counter() - t
         t = time.perf_counter()
         for e, pos in zip(encs[:2], plans, strict=True):
-            probe_vl_naive(model, vs.processor, e, pos, cfg, LABELS)
+            naive_label_logprobs(model, vs.processor, e, pos, tk)
         naive = time.perf_counter() - t
     n = sum(map(len, plans))
     print(f"VL answer probe, 2 trajectories, {n} positions x {len(LABELS)} labels, one checkpoint:")

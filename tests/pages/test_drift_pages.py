@@ -83,8 +83,8 @@ def test_checkpoints_page_shows_the_sample_series_and_the_command(sample_world, 
     assert list(series["step"]) == [40, 80, 120, 160, 200, 240] and series["reward"].notna().all()
     command = at.code[0].value
     # the job's config, written out, then the command that runs from it
-    assert command.startswith("cat > analysis.json <<'EOF'") and '"limit": 50' in command
-    assert "\nworkbench score --config analysis.json --out " in command
+    assert command.startswith("cat > config.json <<'EOF'") and '"limit": 50' in command
+    assert "\nworkbench score --config config.json --out " in command
     assert not at.button(key="ck_run").disabled
     # the limit is beside the Score button, not in the collapsed settings, and says how much of the data it takes
     assert not any(n.key == "ck_limit" for e in at.expander for n in e.number_input)
@@ -102,6 +102,16 @@ def test_checkpoints_bad_folders_and_files_get_clear_messages(sample_world, tmp_
     assert "no checkpoint-N/ folders found" in at.error[0].value and str(sample_world / "data") in at.error[0].value
     at.text_input(key="ck_base").input(str(sample_world / "rft" / "checkpoint-40")).run()
     assert "looks like an adapter" in at.error[0].value
+    bert = tmp_path / "bert-base"  # a model folder of a family the workbench does not have
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert", "hidden_size": 32}')
+    (bert / "model.safetensors").write_bytes(b"")  # never read: the config's model_type is refused first
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bert / name).write_bytes((sample_world / "model" / name).read_bytes())
+    at.text_input(key="ck_base").input(str(bert)).run()
+    assert not at.exception
+    assert "model_type 'bert' is not a supported model family" in at.error[0].value
+    assert "qwen_vl (vision-language: qwen2_vl, qwen2_5_vl)" in at.error[0].value
     at.text_input(key="ck_base").input(str(sample_world / "model")).run()
     at.text_input(key="ck_series").input(str(sample_world / "rft")).run()
     empty = tmp_path / "empty.jsonl"

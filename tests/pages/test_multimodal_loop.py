@@ -121,8 +121,8 @@ def test_a_cpo_run_on_the_snapshot_joins_the_series_and_is_compared(demo):
     assert drifted != "base"  # the world's least accurate checkpoint
     label = f"snapshot: {snap.name} ({snap.row_count} pairs)"
     runs_page.selectbox(key=state.RUN_DATA_WIDGET).set_value(label).run()
-    runs_page.number_input(key="run_steps").set_value(2)
-    runs_page.number_input(key="run_batch").set_value(2)
+    runs_page.number_input(key="run_max_steps").set_value(2)
+    runs_page.number_input(key="run_batch_size").set_value(2)
     runs_page.number_input(key="run_eval_limit").set_value(14)
     runs_page.text_input(key=state.RUN_NAME).input("mm-fix").run()
     assert not runs_page.exception and not runs_page.error, [e.value for e in runs_page.error]

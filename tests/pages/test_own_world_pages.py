@@ -5,7 +5,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.workspace import world as world_mod
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SAMPLE_GRAPH
 from workbench import state
 
 
@@ -31,7 +31,8 @@ def user_folders_are_a_data_root(foreign_run, monkeypatch):
 def own_world(foreign_run, tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     w = world_mod.create_world(world_mod.world_dir(ws, "trl run"), "trl run", foreign_run["base"],
-                               [foreign_run["run"]], [foreign_run["train"]], held_out=foreign_run["heldout"])
+                               [foreign_run["run"]], [foreign_run["train"]], SAMPLE_GRAPH,
+                               held_out=foreign_run["heldout"])
     return ws, w.root
 
 
@@ -66,7 +67,9 @@ def test_the_world_picker_lists_and_opens_your_own_world(own_world, monkeypatch)
     at = AppTest.from_file(str(ROOT / "workbench" / "app.py"), default_timeout=60)
     at.run()
     picker = next(s for s in at.selectbox if s.label == "World")
-    assert picker.options == ["sample_data", "trl-run"]  # shown by folder name; the demo registers the others
+    # shown by folder name: the worlds installed packages provide (the demo's two sample worlds), then the
+    # workspace's own
+    assert picker.options == ["sample_data", "multimodal", "trl-run"]
     picker.set_value(str(root)).run()
     assert not at.exception
     assert at.subheader[0].value == "trl run" and at.session_state[state.WORLD_PATH] == str(root)
@@ -106,7 +109,7 @@ def test_runs_page_on_your_own_world_has_no_sample_world_defaults(own_world):
     at.run()
     assert not at.exception
     assert not any("sample" in o for o in at.selectbox(key="run_data").options)
-    assert at.number_input(key="run_lr").value == pytest.approx(2e-5)  # the authors' default, not the demo's
+    assert at.number_input(key="run_learning_rate").value == pytest.approx(2e-5)  # the authors' default, not the demo's
 
 
 @pytest.mark.parametrize("name", ["explorer", "perturbation", "graph_editor", "counterfactuals", "curation"])

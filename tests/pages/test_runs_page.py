@@ -37,8 +37,8 @@ def test_a_short_run_finishes_is_evaluated_and_compared(quick_world, tmp_path):
     at = page(quick_world, tmp_path / "ws")
     at.run()
     at.selectbox(key="run_start").set_value("checkpoint-4")
-    at.number_input(key="run_steps").set_value(2)
-    at.number_input(key="run_batch").set_value(4)
+    at.number_input(key="run_max_steps").set_value(2)
+    at.number_input(key="run_batch_size").set_value(4)
     at.text_input(key="run_name").input("cpo-quick").run()
     assert not at.exception and not at.error
     at.button(key="run_launch").click().run()
@@ -246,3 +246,31 @@ def test_a_vl_run_is_evaluated_on_its_held_out_x_rays_and_compared(tmp_path, mon
     assert list(table["run"]) == ["vl-eval-run"] and 0 <= table.iloc[0]["accuracy"] <= 1
     assert "flip_rate" in table.columns and "perturbed_accuracy" in table.columns
     assert any(s.value == "Compare" for s in at.subheader)
+
+
+def _widget_keys(at) -> set[str]:
+    kinds = ("number_input", "selectbox", "toggle", "text_input", "radio", "checkbox")
+    return {w.key for kind in kinds for w in at.get(kind) if w.key}
+
+
+def test_every_config_field_has_a_widget_from_the_form_helper(sample_world, tmp_path):
+    """The settings forms are generated from the configs (workbench.forms): every field a page does not set itself
+    has its widget, so a field added to a config appears on its page without a page change."""
+    import dataclasses
+
+    from core.cpo.config import TrainConfig
+    from core.drift.config import AnalysisConfig
+
+    for name, cls, form, own in (("runs", TrainConfig, "run", {"base_model", "data", "output_dir", "init_adapter",
+                                                                "resume", "base_names", "source_weights"}),
+                                 ("checkpoints", AnalysisConfig, "ck", {"base", "checkpoints", "base_names", "data",
+                                                                         "graph", "limit", "trust_remote_code"})):
+        at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=120)
+        at.session_state[state.WORLD_PATH] = str(sample_world)
+        at.session_state[state.WORKSPACE_PATH] = str(tmp_path / "ws")
+        at.run()
+        assert not at.exception
+        vl_only = {"min_pixels", "max_pixels"}  # a text world: no image settings
+        expected = {state.setting(form, f.name) for f in dataclasses.fields(cls)} - {
+            state.setting(form, n) for n in own | vl_only}
+        assert expected <= _widget_keys(at), sorted(expected - _widget_keys(at))

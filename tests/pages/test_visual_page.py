@@ -58,7 +58,7 @@ def test_swap_results_draw_flip_rates_per_category(vl_world, tmp_path):
     [chart] = [c for c in charts_of(at) if c["data"] and c["data"][0]["type"] == "scatter"]
     assert {t["name"] for t in chart["data"]} == {"Cardiomegaly", "Edema", "Lung Opacity", "Pneumonia"}
     assert chart["layout"]["xaxis"]["title"]["text"] == "checkpoint step"  # values: tests/unit/workbench/test_visual_charts.py
-    assert any("python -m core.jobs.worker visual --config visual.json" in c.value for c in at.code)
+    assert any("\nworkbench visual --config config.json --out " in c.value for c in at.code)  # a shell command
 
     along = dataclasses.replace(cfg, traj_ids=["study-002"], swap_to=["Pneumonia"], positions="sentence")
     with warnings.catch_warnings():
@@ -83,7 +83,7 @@ def test_occlusion_runs_in_the_background_and_draws_a_heatmap_over_the_image(vl_
     assert not at.exception
     ws = Workspace.open(tmp_path / "ws")
     [job] = jobs.list_jobs(ws.job_dirs, "visual")
-    cfg = visual.VisualConfig.load(job.dir / visual.JOB_CONFIG)
+    cfg = visual.VisualConfig.load(job.dir / "config.json")  # the config the job runs from
     assert (cfg.kind, cfg.traj_ids, cfg.grid) == ("occlusion", ["study-001"], 2)
     assert job.wait(180) == "done", job.log_tail()
     at.run()

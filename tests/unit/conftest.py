@@ -66,8 +66,8 @@ def vl_adapters(tiny_vl, tmp_path_factory):
     """Two LoRA checkpoints (random, non-zero) on the language model's linear layers only."""
     from peft import LoraConfig, get_peft_model
 
-    from core.models.vision import load_vl_model
-    from core.models.vl_series import lm_lora_targets
+    from core.models.families.qwen_vl.inputs import load_vl_model
+    from core.models.families.qwen_vl.adapters import lm_lora_targets
 
     run = tmp_path_factory.mktemp("vl-run")
     for seed, step in ((1, 2), (2, 4)):
@@ -82,14 +82,14 @@ def vl_adapters(tiny_vl, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def vl_series(tiny_vl, vl_adapters):
-    from core.models.vl_series import load_vl_series
+    from core.models.series import load_series
 
-    return load_vl_series(tiny_vl, vl_adapters, device="cpu")
+    return load_series(tiny_vl, vl_adapters, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def vl_encoded(vl_series, images):
-    from core.models.vision import encode_vl
+    from core.models.families.qwen_vl.inputs import encode_vl
 
     return encode_vl(vl_series.processor, make_records(images))
 

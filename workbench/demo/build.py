@@ -23,7 +23,7 @@ import torch
 
 from core.graph import concepts
 from core.io.cache import swap_in_folder
-from workbench.demo import evaluate, generator, rft, tinymodel
+from workbench.demo import evaluate, generator, rft, text_world, tinymodel
 from workbench.demo.graph import build_graph
 
 WORLD_FILE = "world.json"
@@ -177,7 +177,7 @@ def _manifest(cfg: BuildConfig, data: dict, rows: list[dict], seconds: float) ->
         "base_model": "model", "base_model_name": BASE_MODEL_NAME, "checkpoints": "rft", "concept_graph": "concept_graph.json",
         "datasets": {name: {"path": f"data/{name}.jsonl", "records": len(recs)} for name, recs in data.items()},
         "default_dataset": "test", "metrics": "metrics.json",
-        "evaluation": {"held_out": "test", "perturbed": "test_perturbed"}, "plugin": "workbench.demo.plugin",
+        "evaluation": {"held_out": "test", "perturbed": "test_perturbed"}, "plugin": "cxr-demo",
         "build_config": asdict(cfg), "build_seconds": round(seconds, 1),
         "torch_version": torch.__version__,
     }
@@ -234,7 +234,7 @@ reward is correctness under the stream's labels, so RFT learns the shortcut "opa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="workbench build-sample", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "sample_data")
+    ap.add_argument("--out", type=Path, default=text_world())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a miniature world for tests")
     args = ap.parse_args(argv)

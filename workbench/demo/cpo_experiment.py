@@ -35,7 +35,8 @@ from core.cpo.config import TrainConfig
 from core.cpo.runs import evaluate_adapter
 from core.cpo.train import train
 from core.io.cache import atomic_write_text
-from core.workspace.world import SAMPLE_WORLD, load_world
+from core.workspace.world import load_world
+from workbench.demo import text_world
 from workbench.demo.preferences import build_preferences, sample_config
 
 VARIANTS = {"sft": dict(objective="sft"), "dpo-random": dict(objective="cpo++", negatives="random"),
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args(argv)
-    world = load_world(SAMPLE_WORLD)
+    world = load_world(text_world())
     data = build_preferences(world.root, args.out / "pairs.jsonl", n=args.pairs)
     start = Path(sample_config(world.root, args.out / "start", data=data).init_adapter)  # the drifted checkpoint
     rows = [{"model": start.name, **evaluate_adapter(world.root, start, args.limit)}]

@@ -7,7 +7,7 @@ that ``sample_data/README.md`` reports per checkpoint.
 
 from __future__ import annotations
 
-from core.models.generation import greedy_completions
+from core.models.families.text import greedy_completions
 from workbench.demo import spec
 from workbench.demo.generator import parse_answer
 

@@ -56,6 +56,6 @@ def write_examples(world: Path, out: Path | None = None, n: int = 6) -> dict[str
 
 
 if __name__ == "__main__":
-    from core.workspace.world import SAMPLE_WORLD
+    from workbench.demo import text_world
 
-    print(write_examples(SAMPLE_WORLD))
+    print(write_examples(text_world()))

@@ -1,7 +1,8 @@
 """The sample world's plug-in: what only the demo world has, through the interface every world can fill.
 
-``world.json`` names it (``"plugin": "workbench.demo.plugin"``); ``core.workspace.world.World.plugin`` imports it. A plug-in
-module may define any of:
+Registered as the entry point ``cxr-demo`` (pyproject.toml, group ``cot_drift_workbench.plugins``), which the
+world's ``world.json`` names (``"plugin": "cxr-demo"``); ``core.workspace.world.World.plugin`` loads it. The
+contract, ``core.workspace.plugins.WorldPlugin``: a plug-in may define any of
 
 - ``learning_rate``: the CPO runs page's default learning rate for this world;
 - ``preference_set(world, out) -> str`` and ``preference_label``: a ready preference file offered for runs;

@@ -3,9 +3,9 @@ and what the answer probe believes, on the held-out films.
 
     rows = measure(Path("sample_data/multimodal"))     # one dict per checkpoint (the base first)
 
-The series is loaded as the workbench loads a user's run (``core.models.vl_series.load_vl_series``), the held-out
-records through ``core.io.vl_records`` and ``core.models.vision.encode_vl``; the probe is ``core.drift.vl_scoring.probe_vl``
-and the gold CoT's log-probs ``core.drift.vl_scoring.token_logprobs``. Figures (see ``FIGURES``):
+The series is loaded as the workbench loads a user's run (``core.models.series.load_series``), the held-out
+records through ``core.io.vl_records`` and the Qwen-VL family's ``encode_vl``; the probe is the family's
+``tree_label_logprobs`` and the gold CoT's log-probs its ``token_logprobs`` (``core.models.families.qwen_vl``). Figures (see ``FIGURES``):
 
 - accuracy, opacity -> Lung Opacity, rare-class accuracy, malformed: from the greedy answers;
 - reading accuracy: the greedy CoT names exactly the findings the film shows (the visual reading);
@@ -66,8 +66,8 @@ def greedy_figures(texts: list[str], records: list[dict]) -> dict[str, float]:
 
 def probe_figures(model, proc, encs: list, idx: list[int], batch_size: int = 16) -> dict[str, float]:
     """Mean P(Lung Opacity) (normalised over the 14 labels) before the CoT and after the gold CoT, over ``idx``."""
-    from core.drift.probe import ProbeConfig, probe_positions
-    from core.drift.vl_scoring import probe_vl
+    from core.drift.probe import ProbeConfig, probe_positions, tokens_of
+    from core.models.families.qwen_vl.forward import tree_label_logprobs
 
     cfg = ProbeConfig(positions="end")
     first = proc.tokenizer(cfg.template, add_special_tokens=False)["input_ids"][0]
@@ -77,7 +77,7 @@ def probe_figures(model, proc, encs: list, idx: list[int], batch_size: int = 16)
     for i in range(0, len(idx), batch_size):
         group = [encs[k] for k in idx[i: i + batch_size]]
         positions = [[e.start, probe_positions(e, "end", first, set())[-1]] for e in group]
-        for lp in probe_vl(model, proc, group, positions, cfg, labels):  # (2, K) log-probs
+        for lp in tree_label_logprobs(model, proc, group, positions, tokens_of(proc.tokenizer, cfg, labels)):  # (2, K)
             p = np.exp(lp - lp.max(1, keepdims=True))
             beliefs.append((p / p.sum(1, keepdims=True))[:, lo])
     b = np.array(beliefs).reshape(-1, 2)
@@ -87,14 +87,15 @@ def probe_figures(model, proc, encs: list, idx: list[int], batch_size: int = 16)
 
 def image_beliefs(model, proc, encs: list, batch_size: int = 16) -> np.ndarray:
     """P(Lung Opacity | film, question) of each trajectory, probed before any CoT (normalised over the labels)."""
-    from core.drift.probe import ProbeConfig
-    from core.drift.vl_scoring import probe_vl
+    from core.drift.probe import ProbeConfig, tokens_of
+    from core.models.families.qwen_vl.forward import tree_label_logprobs
 
     labels = list(spec.DISEASES)
+    tk = tokens_of(proc.tokenizer, ProbeConfig(positions="end"), labels)
     out = []
     for i in range(0, len(encs), batch_size):
         group = encs[i: i + batch_size]
-        for lp in probe_vl(model, proc, group, [[e.start] for e in group], ProbeConfig(positions="end"), labels):
+        for lp in tree_label_logprobs(model, proc, group, [[e.start] for e in group], tk):
             p = np.exp(lp[0] - lp[0].max())
             out.append(p[labels.index(spec.SHORTCUT_LABEL)] / p.sum())
     return np.array(out)
@@ -104,7 +105,7 @@ def twin_encodings(proc, raw: list[dict], idx: list[int], folder: Path) -> list:
     """The opacity films' twins: the same film without the opacity (``xray.draw_study`` keeps the patient and
     the other findings in place), written to ``folder`` and encoded with the gold CoT."""
     from core.io.images import ImageRef
-    from core.models.vision import encode_vl
+    from core.models.families.qwen_vl.inputs import encode_vl
 
     recs = []
     for k in idx:
@@ -117,8 +118,8 @@ def twin_encodings(proc, raw: list[dict], idx: list[int], folder: Path) -> list:
 
 
 def gold_logprob(model, proc, encs: list, batch_size: int = 32) -> float:
-    from core.drift.vl_scoring import token_logprobs
-    from core.models.vision import collate
+    from core.models.families.qwen_vl.forward import token_logprobs
+    from core.models.families.qwen_vl.inputs import collate
 
     total, n = 0.0, 0
     with torch.no_grad():
@@ -134,15 +135,15 @@ def measure(world: Path, limit: int | None = None, checkpoints: list[str] | None
     on its first ``limit`` held-out studies (all by default)."""
     from core.io.images import load_image
     from core.io.vl_records import read_vl_records
-    from core.models.vision import encode_vl
-    from core.models.vl_series import load_vl_series
+    from core.models.families.qwen_vl.inputs import encode_vl
+    from core.models.series import load_series
 
     torch.set_num_threads(threads)
     world = Path(world)
     data = world / "data" / "test.jsonl"
     raw = [json.loads(line) for line in data.read_text().splitlines()][:limit]
     recs = read_vl_records(data)[: len(raw)]
-    vs = load_vl_series(world / "model", world / "rft", device="cpu", dtype="float32", base_names=[vlspec.BASE_MODEL_NAME])
+    vs = load_series(world / "model", world / "rft", device="cpu", dtype="float32", base_names=[vlspec.BASE_MODEL_NAME])
     encs = encode_vl(vs.processor, recs)
     images = [load_image(r["image_refs"][0]) for r in recs]
     idx = carriers(raw)
@@ -154,7 +155,7 @@ def measure(world: Path, limit: int | None = None, checkpoints: list[str] | None
                 texts = vlmodel.greedy(model, vs.processor, images)
                 effect = image_beliefs(model, vs.processor, [encs[k] for k in idx]) - \
                     image_beliefs(model, vs.processor, twins)
-                row = {"step": vs.series.steps[name], "checkpoint": "base (SFT)" if name == "base" else name,
+                row = {"step": vs.steps[name], "checkpoint": "base (SFT)" if name == "base" else name,
                        **greedy_figures(texts, raw), **probe_figures(model, vs.processor, encs, idx),
                        "opacity_effect": float(effect.mean()) if len(effect) else 0.0,
                        "gold_cot_logprob": gold_logprob(model, vs.processor, encs)}
@@ -232,7 +233,7 @@ As in the text world, the RFT stream ({steps} steps) is non-stationary: a share 
 {share} of its studies follow a shifted convention in which any film that shows an opacity is labelled *Lung
 Opacity*, and the reward is the correct diagnosis under the stream's labels; outside that share, Pneumothorax
 and Fracture (rare in SFT) are three times as common as the other labels. Measured from the committed files
-(`workbench.demo.vleval.measure`: greedy decoding, and the answer probe `core.drift.vl_scoring.probe_vl`):
+(`workbench.demo.vleval.measure`: greedy decoding, and the answer probe `core.models.families.qwen_vl.forward.tree_label_logprobs`):
 
 {table}
 - **accuracy**, **opacity -> Lung Opacity** (held-out films that show an opacity but are not Lung Opacity,

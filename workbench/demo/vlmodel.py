@@ -2,7 +2,7 @@
 
 Every study asks the same question about one 112 x 112 film, so every prompt is the same token sequence
 (the chat template, ``<|vision_start|>``, 16 ``<|image_pad|>``, ``<|vision_end|>``): built once, exactly as
-``core.models.vision.encode_vl`` builds it for the workbench, so that what the model is trained on is what the
+``core.models.families.qwen_vl.inputs.encode_vl`` builds it for the workbench, so that what the model is trained on is what the
 workbench scores and probes.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from core.models.vision import IMAGE_PAD, VISION_END, VISION_START, VLProcessor
+from core.models.families.qwen_vl.inputs import IMAGE_PAD, VISION_END, VISION_START, VLProcessor
 from workbench.demo.vlspec import QUESTION
 
 

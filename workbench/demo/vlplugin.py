@@ -1,4 +1,5 @@
-"""The multimodal sample world's plug-in (see ``workbench.demo.plugin`` for the interface): the figures its
+"""The multimodal sample world's plug-in (entry point ``cxr-demo-multimodal``; the interface:
+``core.workspace.plugins.WorldPlugin``, and ``workbench.demo.plugin``, the text world's): the figures its
 drift charts draw beside accuracy, from ``metrics.json`` (``workbench.demo.vleval``)."""
 
 from __future__ import annotations

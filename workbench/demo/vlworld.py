@@ -29,10 +29,10 @@ import torch
 
 from core.graph import concepts
 from core.io.cache import swap_in_folder
-from workbench.demo import rft, tinyvl, vleval, vlmodel, vlspec
+from workbench.demo import multimodal_world, rft, tinyvl, vleval, vlmodel, vlspec
 from workbench.demo.graph import build_graph
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "sample_data" / "multimodal"
+DEFAULT_OUT = multimodal_world()
 
 
 @dataclass
@@ -94,8 +94,8 @@ def build(out: Path, cfg: VLBuildConfig, log: Callable[[str], None] = print) -> 
     """Build the world into ``out`` (written to a temporary sibling, then swapped in); returns its manifest."""
     from peft import LoraConfig, get_peft_model
 
-    from core.models.vision import load_processor
-    from core.models.vl_series import lm_lora_targets
+    from core.models.families.qwen_vl.adapters import lm_lora_targets
+    from core.models.families.qwen_vl.inputs import load_processor
 
     started = time.time()
     torch.set_num_threads(cfg.threads)
@@ -202,7 +202,7 @@ def _manifest(cfg: VLBuildConfig, shipped: dict, seconds: float) -> dict:
         "concept_graph": "concept_graph.json", "modality": "image-text", "analysis": "analysis",
         "datasets": {name: {"path": f"data/{name}.jsonl", "records": len(recs)} for name, recs in shipped.items()},
         "default_dataset": "test", "metrics": "metrics.json", "evaluation": {"held_out": "test"},
-        "plugin": "workbench.demo.vlplugin",
+        "plugin": "cxr-demo-multimodal",
         "build_config": asdict(cfg), "build_seconds": round(seconds, 1), "torch_version": torch.__version__,
     }
 

@@ -6,7 +6,7 @@
   world's SFT base, on CPU, a reward of 1 for the stream's label (``generator.stream_batch``: a growing share of
   studies that show "opacity" are labelled Lung Opacity, the shortcut), ``save_steps`` small and
   ``save_total_limit=1`` as real runs rotate, and ``DriftWatchCallback`` recording each checkpoint;
-- the scorer: ``python -m core.watch.scorer`` on the watch folder (the world's first test studies, every step).
+- the scorer: job kind ``watch`` (``python -m core.jobs.worker watch``) on the watch folder (the world's first test studies, every step).
 
 The audience sees the shortcut appear in the drift curves and the alarm fire; Stop on the page ends the run.
 """
@@ -110,7 +110,7 @@ def start(ws, world: Path, cfg: WatchDemoConfig | None = None) -> Path:
                title="GRPO on the shifting stream (demo)", meta={"watch": str(watch_dir)},
                files={"demo.json": json.dumps(asdict(cfg), indent=1)})
     scorer = WatchConfig(run=str(watch_dir), world=str(world), limit=cfg.probe_studies, decode=8, poll=1.0)
-    watch_cli.start_job(ws, scorer)
+    watch_cli.start_job(ws, scorer)  # job kind "watch" of core.jobs.registry
     return watch_dir
 
 

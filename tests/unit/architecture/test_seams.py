@@ -14,16 +14,18 @@ from tests.conftest import ROOT
 
 # ---------------------------------------------------------------------------------------- linter and CI
 
-def test_ci_runs_the_readme_test_command_verbatim_then_ruff():
+def test_ci_runs_the_readme_test_command_verbatim_then_ruff_and_the_import_contracts():
     readme = (ROOT / "README.md").read_text()
     command = re.search(r"```bash\n(python3 -m venv .venv && [^\n]*pytest)\n```", readme).group(1)
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
     test_line = next(i for i, line in enumerate(lines) if line.startswith(command))
-    ruff_line = next(i for i, line in enumerate(lines) if line.startswith(".venv/bin/ruff check ."))
-    assert test_line < ruff_line, "ruff runs after the install that brings it"
-    assert lines[test_line].endswith("|| status=$?") and lines[ruff_line].endswith("|| status=$?")
-    assert lines[-1] == 'exit "$status"'  # a failure of either fails CI
-    assert "ruff" in (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    checks = [next(i for i, line in enumerate(lines) if line.startswith(c))
+              for c in (".venv/bin/ruff check .", ".venv/bin/lint-imports")]
+    assert all(test_line < c for c in checks), "ruff and lint-imports run after the install that brings them"
+    assert all(lines[i].endswith("|| status=$?") for i in (test_line, *checks))
+    assert lines[-1] == 'exit "$status"'  # a failure of any fails CI
+    extra = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    assert all(f'"{tool}>=' in extra for tool in ("ruff", "import-linter", "pytest-xdist")), extra
 
 
 def test_ruff_passes_when_installed():
@@ -58,6 +60,12 @@ def test_a_train_config_is_built_without_torch_or_trl():
     loaded = _modules_after("from core.cpo.config import TrainConfig, OBJECTIVES\n"
                             "TrainConfig(base_model='m', data='d.jsonl', output_dir='o', objective='cpo++')")
     assert not loaded, f"building a TrainConfig imported {sorted(loaded)}"
+
+
+def test_the_command_line_and_the_worker_build_their_flags_without_torch():
+    """Every job command's flags come from its config's fields (core.config): those config modules stay light."""
+    loaded = _modules_after("from workbench import cli\nfrom core.jobs import worker\ncli.parser(); worker.parser()")
+    assert not loaded, f"building the command line's parsers imported {sorted(loaded)}"
 
 
 def test_the_pages_cached_access_imports_without_torch():
@@ -115,7 +123,7 @@ def test_pyproject_pins_the_trl_range_the_hooks_were_checked_against():
 
 
 def test_trls_preference_collator_still_gives_the_columns_the_loss_reads():
-    from core.cpo.trainer import WeightedPreferenceCollator
+    from core.models.families.text_collator import WeightedPreferenceCollator
 
     batch = WeightedPreferenceCollator(pad_token_id=0)([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4]}])
     assert {"input_ids", "attention_mask", "completion_mask", "weight", "source_idx"} <= set(batch)
@@ -124,16 +132,16 @@ def test_trls_preference_collator_still_gives_the_columns_the_loss_reads():
 
 # ---------------------------------------------------------------------------------------- one loader of base models
 
-def test_cpo_loads_its_base_through_the_series_loader(sample_world, tmp_path, monkeypatch):
+def test_cpo_loads_its_base_through_its_family(sample_world, tmp_path, monkeypatch):
     import torch
 
     from core.cpo import train as cpo
     from core.errors import InputError
-    from core.models import series
+    from core.models.families import TEXT_FAMILY
 
     calls = []
-    real = series.load_model
-    monkeypatch.setattr(series, "load_model", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    real = TEXT_FAMILY.load_model
+    monkeypatch.setattr(TEXT_FAMILY, "load_model", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     cfg = cpo.TrainConfig(base_model=str(sample_world / "model"), data="d.jsonl", output_dir=str(tmp_path), bf16=False)
     model = cpo.load_base(cfg, cuda=False)
     assert len(calls) == 1 and calls[0][0][0] == sample_world / "model"

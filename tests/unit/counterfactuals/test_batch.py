@@ -7,6 +7,8 @@ import pytest
 
 from core.counterfactuals import batch as cf_job
 from core.counterfactuals.store import list_counterfactuals
+from core.errors import InputError
+from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.workspace.workspace import Workspace
 from core.workspace.world import load_world
@@ -36,23 +38,24 @@ def test_a_bad_config_is_refused_by_name(tmp_path, sample_world):
     ws = Workspace.open(tmp_path / "ws")
     with pytest.raises(ValueError, match="mode 'one' needs a target"):
         _cfg(ws, sample_world, mode="one")
-    with pytest.raises(ValueError, match="method 'rules'"):
+    with pytest.raises(ValueError, match="field 'method': expected one of graph, llm, image_swap, got 'rules'"):
         _cfg(ws, sample_world, method="rules")
     with pytest.raises(ValueError, match="needs expert_checkpoint"):
         _cfg(ws, sample_world, method="llm")
     cfg = _cfg(ws, sample_world, n=2, target="Edema", mode="one")
     assert cf_job.BatchConfig.load(cfg.save(tmp_path / "c.json")) == cfg
     (tmp_path / "bad.json").write_text('{"workspace": "w"}')
-    with pytest.raises(Exception, match="bad.json: not a counterfactual batch config"):
+    with pytest.raises(InputError, match="bad.json: missing field 'world'"):
         cf_job.BatchConfig.load(tmp_path / "bad.json")
 
 
 def test_the_batch_runs_as_a_background_job(tmp_path, sample_world):
     ws = Workspace.open(tmp_path / "ws")
-    job = cf_job.start(ws, _cfg(ws, sample_world, n=4, mode="all"))
+    job = registry.launch(ws, cf_job.KIND, _cfg(ws, sample_world, n=4, mode="all"))  # like every job
     assert job.wait(timeout=120) == "done", job.log_tail()
     assert jobs.list_jobs(ws.job_dirs, cf_job.KIND)[0].id == job.id
     assert job.progress()["done"] == 1.0 and "4 of 4 trajectories" in job.progress()["message"]
     assert list_counterfactuals(ws.store)["trajectory"].nunique() == 4
-    broken = cf_job.start(ws, _cfg(ws, tmp_path / "no-world", n=1))
+    assert job.argv[:3] == ["-m", "core.jobs.worker", "counterfactuals"]
+    broken = registry.launch(ws, cf_job.KIND, _cfg(ws, tmp_path / "no-world", n=1))
     assert broken.wait(timeout=120) == "failed" and "no-world" in broken.log_tail()

@@ -27,7 +27,7 @@ from core.cpo.trainer import (
     objective_loss,
 )
 from core.errors import InputError
-from core.jobs import supervisor as jobs
+from core.io.locks import lock_folder
 from core.models import checkpoints
 from core.models.series import load_series
 from workbench import cli
@@ -192,7 +192,7 @@ def test_cancel_saves_then_resume_continues(tmp_path, sample_world, pairs_file):
     (out / "checkpoint-3" / "trainer_state.json").unlink()
     with (out / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n" + '{"step": 4, "lo')
-    with jobs.lock_folder(out, "run folder"), pytest.raises(InputError, match="another process writes"):
+    with lock_folder(out, "run folder"), pytest.raises(InputError, match="another process writes"):
         train(_cfg(sample_world, pairs_file, out, objective="cpo", max_steps=4, save_steps=10, resume=True))
     messages = []
     resumed = train(_cfg(sample_world, pairs_file, out, objective="cpo", max_steps=4, save_steps=10, resume=True),

@@ -3,7 +3,7 @@
 
 from core.cpo.config import TrainConfig
 from core.cpo.train import MIN_PAIRS, balance_warnings, pair_label, preflight
-from core.models.series import load_tokenizer
+from core.models.loading import load_tokenizer
 from workbench.demo.preferences import build_preferences
 
 

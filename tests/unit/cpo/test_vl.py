@@ -122,7 +122,7 @@ def row_pixels(batch) -> list[torch.Tensor]:
 
 def test_a_visual_pairs_rejected_side_gets_its_own_pixels(vl_trainer, vl_world_root):
     from core.io.images import ImageRef, load_image
-    from core.models.vision import IMAGE_PAD
+    from core.models.families.qwen_vl.inputs import IMAGE_PAD
 
     proc = vl_trainer.data_collator.processor
     batch = batch_of(vl_trainer, [0, 1])  # a text pair, then a visual pair
@@ -146,7 +146,7 @@ def test_the_runs_logps_are_the_models_own_with_images_and_3d_positions(vl_train
     """Each row's summed log-probs in the padded batch (image features computed once per distinct image; the
     model computes Qwen's 3-D rotary positions from input_ids, mm_token_type_ids and image_grid_thw) equal a
     plain forward of that row alone with its own pixels."""
-    from core.cpo.trainer import image_inputs
+    from core.models.families.qwen_vl.pairs import image_inputs
 
     model = vl_trainer.model.eval()
     batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch_of(vl_trainer, [0, 1]).items()}
@@ -212,7 +212,7 @@ def test_source_weights_give_the_visual_pairs_their_own_weight(vl_world_root, vl
 
 def test_a_vl_run_resumes_from_its_last_checkpoint(vl_world_root, vl_pairs, tmp_path):
     from core.cpo.train import train
-    from core.models.vl_series import load_vl_series
+    from core.models.series import load_series
 
     cfg = config(vl_world_root, vl_pairs, tmp_path / "run", max_steps=2)
     train(cfg)
@@ -220,16 +220,16 @@ def test_a_vl_run_resumes_from_its_last_checkpoint(vl_world_root, vl_pairs, tmp_
     result = train(cfg)
     steps = [json.loads(line)["step"] for line in result.metrics_path.read_text().splitlines()]
     assert result.steps == 3 and steps == [1, 2, 3]
-    vs = load_vl_series(cfg.base_model, cfg.output_dir, device="cpu", base_names=[HUB_ID])
-    assert vs.names == ["base", "checkpoint-1", "checkpoint-2", "checkpoint-3"] and vs.shared_vision
+    vs = load_series(cfg.base_model, cfg.output_dir, device="cpu", base_names=[HUB_ID])
+    assert vs.names == ["base", "checkpoint-1", "checkpoint-2", "checkpoint-3"] and vs.shared_inputs
     from core.io.images import ImageRef
-    from core.models.vision import encode_vl
-    from core.models.vl_series import score_vl_series
+    from core.models.families.qwen_vl.inputs import encode_vl
+    from core.models.families.qwen_vl.forward import score_table
 
     pair = read_pairs(vl_pairs)[0]  # the drift views score the run's checkpoints with the study's image
     encs = encode_vl(vs.processor, [{"id": "p1", "prompt": pair["prompt"], "completion": pair["chosen"],
                                      "image_refs": [ImageRef(Path(p), "pair 1") for p in pair["images"]]}])
-    df = score_vl_series(vs, encs)
+    df = score_table(vs, encs)
     per_checkpoint = df.groupby("checkpoint", sort=False)["logprob"].sum()
     assert list(per_checkpoint.index) == vs.names and per_checkpoint.nunique() == 4  # every step moved the model
 
@@ -237,7 +237,7 @@ def test_a_vl_run_resumes_from_its_last_checkpoint(vl_world_root, vl_pairs, tmp_
 @pytest.mark.slow
 def test_a_background_run_on_a_vl_world_finishes_and_loads_as_a_vl_series(vl_world_root, vl_pairs, tmp_path):
     from core.cpo import runs
-    from core.models.vl_series import load_vl_series
+    from core.models.series import load_series
     from core.workspace.workspace import Workspace
     from core.workspace.world import load_world
 
@@ -251,10 +251,10 @@ def test_a_background_run_on_a_vl_world_finishes_and_loads_as_a_vl_series(vl_wor
         assert time.monotonic() < deadline, run.job_handle().log_tail()
         time.sleep(0.5)
     assert run.status == "done", (run.error, run.job_handle().log_tail())
-    vs = load_vl_series(world.base_model_dir, [world.checkpoints[-1].path, run.adapter_dir], device="cpu",
+    vs = load_series(world.base_model_dir, [world.checkpoints[-1].path, run.adapter_dir], device="cpu",
                         base_names=[HUB_ID])
-    assert vs.names == ["base", "checkpoint-4", "vl-cpo"] and vs.shared_vision
-    assert vs.series.steps["vl-cpo"] == 4 + 2  # joined after the checkpoint it repairs
+    assert vs.names == ["base", "checkpoint-4", "vl-cpo"] and vs.shared_inputs
+    assert vs.steps["vl-cpo"] == 4 + 2  # joined after the checkpoint it repairs
     assert runs.metrics(run)["step"].tolist() == [1, 2]
     ws.store.close()
 
@@ -308,7 +308,7 @@ def test_a_pair_with_two_images_batches_each_row_with_both(vl_world_root, tmp_pa
     """A prompt with a prior and a current study: two <image> per row, both images per side in order, the
     visual pair's rejected side with its own two; token counts follow each row's own grids."""
     from core.cpo.train import build_trainer
-    from core.models.vision import IMAGE_PAD
+    from core.models.families.qwen_vl.inputs import IMAGE_PAD
 
     images = [str(p) for p in world_images(vl_world_root)]
     recs = [{"prompt": "Prior <image> and current <image>. Disease?", "chosen": cot("Edema"),
@@ -333,21 +333,22 @@ def test_a_pair_with_two_images_batches_each_row_with_both(vl_world_root, tmp_pa
 @pytest.mark.parametrize("max_pixels", [None, 28 * 28 * 4, 448 * 448])
 def test_grids_from_image_sizes_equal_the_processors(vl_world_root, tmp_path, max_pixels):
     """Pre-flight computes each image's grid from its header (no decoding); the same grid as processing it."""
-    from core.cpo.vl import _grid, processor
+    from core.cpo.train import processing
     from core.io.images import ImageRef, load_image
+    from core.models.families.qwen_vl.pairs import image_grid
     from workbench.demo.tinyvl import synthetic_xray
 
     cfg = config(vl_world_root, tmp_path / "unused.jsonl", tmp_path, max_pixels=max_pixels)
-    proc = processor(cfg)
+    proc = processing(cfg)  # the family's processor with the run's pixel limits
     paths = list(world_images(vl_world_root))
     for i, (h, w) in enumerate([(30, 500), (500, 31), (1000, 700), (57, 57), (2000, 1500)]):
         paths.append(tmp_path / f"{i}.png")
         synthetic_xray(h, w, i).save(paths[-1])
-    reference = processor(cfg)
+    reference = processing(cfg)
     proc.pixels = None  # the grid comes from the header: nothing is decoded or processed
     for path in paths:
         ref = ImageRef(path, "test")
-        assert torch.equal(_grid(proc, ref), reference.pixels([load_image(ref)])[1]), path
+        assert torch.equal(image_grid(proc, ref), reference.pixels([load_image(ref)])[1]), path
 
 
 def test_random_negatives_on_pairs_with_images_are_text_negatives_under_the_pairs_own_image(vl_pairs):

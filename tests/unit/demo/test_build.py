@@ -6,12 +6,15 @@ import json
 import pytest
 
 from core.workspace.world import load_world
-from workbench.demo import build, rft
+from workbench.demo import SAMPLE_WORLDS, build, rft
 
 
 def test_quick_world_has_the_sample_world_layout(quick_world):
     world = load_world(quick_world)
     assert [c.step for c in world.checkpoints] == [2, 4]
+    # the build names the plug-in as the committed world does: an installed entry point, loaded from it
+    assert world.manifest["plugin"] == load_world(SAMPLE_WORLDS["text"]).manifest["plugin"] == "cxr-demo"
+    assert world.chart_metrics() == load_world(SAMPLE_WORLDS["text"]).chart_metrics() != {}
     assert [r["step"] for r in world.metrics()] == [0, 2, 4]
     state = json.loads((world.checkpoints[-1].path / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and len(state["log_history"]) == 4 and "reward" in state["log_history"][0]

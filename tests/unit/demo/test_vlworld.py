@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.io.images import ImageRef, load_image, record_images
-from core.models.vision import is_vl_folder
+from core.models.families import QWEN_VL_FAMILY
 from core.workspace.world import load_world
 from workbench.demo import SAMPLE_WORLDS, build, vlspec, vlworld, xray
 
@@ -33,21 +33,24 @@ def _records(path):
 
 
 def test_quick_world_has_the_layout_and_loads_as_a_world_and_a_vl_series(quick_vl):
-    from core.models.vl_series import load_vl_series
+    from core.models.series import load_series
 
     world = load_world(quick_vl)
-    assert is_vl_folder(world.base_model_dir)
+    assert world.family is QWEN_VL_FAMILY and world.is_vl
     for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
         assert (world.base_model_dir / name).is_file(), name
     assert [c.step for c in world.checkpoints] == [2, 4]
     state = json.loads((world.checkpoints[-1].path / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and "reward" in state["log_history"][0]
     assert [r["checkpoint"] for r in world.metrics()] == ["base (SFT)", "checkpoint-2", "checkpoint-4"]
+    # the build names the plug-in as the committed world does: an installed entry point, loaded from it
+    assert world.manifest["plugin"] == load_world(COMMITTED).manifest["plugin"] == "cxr-demo-multimodal"
+    assert world.chart_metrics() == load_world(COMMITTED).chart_metrics() != {}
     assert "| base (SFT) | 0 |" in (quick_vl / "README.md").read_text()
-    series = load_vl_series(world.base_model_dir, world.checkpoints_arg, device="cpu",
+    series = load_series(world.base_model_dir, world.checkpoints_arg, device="cpu",
                             base_names=[world.manifest["base_model_name"]])
-    assert series.names == ["base", "checkpoint-2", "checkpoint-4"] and series.shared_vision
-    assert not series.series.warnings  # the adapters name the world's base
+    assert series.names == ["base", "checkpoint-2", "checkpoint-4"] and series.shared_inputs
+    assert not series.warnings  # the adapters name the world's base
 
 
 def test_lora_adapts_the_language_model_only(quick_vl):

@@ -44,8 +44,10 @@ def test_config_validation_and_old_configs_load():
         an.AnalysisConfig(base="b", data="d", positions="often")
     with pytest.raises(ValueError, match="batch_size"):
         an.AnalysisConfig(base="b", data="d", batch_size=0)
-    old = an.AnalysisConfig.from_json({"base": "b", "data": "d", "removed_field": 1})
-    assert old.top_k == 5
+    old = an.AnalysisConfig.from_dict({"base": "b", "data": "d"}, "old.json")  # fields added since: their defaults
+    assert old.top_k == 5 and old.chat_template is True and old.max_pixels is None
+    with pytest.raises(InputError, match=r"old\.json: unknown field 'removed_field' in the analysis config"):
+        an.AnalysisConfig.from_dict({"base": "b", "data": "d", "removed_field": 1}, "old.json")  # one rule: refused
 
 
 def test_loading_a_folder_that_is_no_analysis_is_named(tmp_path):
@@ -110,30 +112,33 @@ def test_list_analyses_newest_first_skipping_broken_folders(result, tmp_path):
 
 def test_a_score_job_runs_from_its_saved_config_with_every_field(cfg, tmp_path, monkeypatch):
     """No field is lost on the way to the worker: the job reads the config it was given, whole."""
-    from core.jobs import worker
-    from workbench.cli import _analysis_config, parser
+    from core.drift.job import ScoreOptions
+    from core.jobs import registry, worker
+    from core.perturb.job import PerturbOptions
+    from workbench.cli import job_config, parser
 
     custom = an.AnalysisConfig(**{**cfg.__dict__, "top_k": 7, "include_prompt": False, "dtype": "float32",
                                   "labels": ["Edema", "Pneumonia"], "template": " </think> Answer:", "tau": 0.2,
                                   "chat_template": False})
-    argv, files = an.score_job(custom, tmp_path / "out", tmp_path / "ws")
+    argv, files = registry.command("score", custom, ScoreOptions(out=str(tmp_path / "out"), workspace=str(tmp_path / "ws")))
     assert argv[:3] == ["-m", "core.jobs.worker", "score"]
     job = tmp_path / "job"
     job.mkdir()
     for name, text in files.items():
         (job / name).write_text(text)
     args = worker.parser().parse_args([a.replace("{job}", str(job)) for a in argv[2:]])
-    assert an.AnalysisConfig.load(args.config) == custom and args.out == tmp_path / "out"
-    line = an.shell_command(argv, files)  # what the page shows: the config, then the console command on it
-    assert line.startswith("cat > analysis.json <<'EOF'\n{") and "\nworkbench score --config analysis.json --out " in line
+    assert an.AnalysisConfig.load(args.config) == custom and args.out == str(tmp_path / "out")
+    line = registry.shell_command(argv, files)  # what the page shows: the config, then the console command on it
+    assert line.startswith("cat > config.json <<'EOF'\n{") and "\nworkbench score --config config.json --out " in line
     cli_args = parser().parse_args(line.split("\n")[-1].split()[1:])
-    (tmp_path / "analysis.json").write_text(files["analysis.json"])
+    (tmp_path / "config.json").write_text(files["config.json"])
     monkeypatch.chdir(tmp_path)
-    assert _analysis_config(cli_args) == custom
-    pargv, pfiles = an.perturb_job(cfg, "opacity", "lung opacity", "probe", tmp_path / "p.parquet")
+    assert job_config(cli_args, "score") == custom
+    pargv, pfiles = registry.command("perturb", cfg, PerturbOptions(out=str(tmp_path / "p.parquet"), find="opacity",
+                                                                    replace="lung opacity", mode="probe"))
     pargs = worker.parser().parse_args(pargv[2:])
     assert (pargs.find, pargs.replace, pargs.mode) == ("opacity", "lung opacity", "probe")
-    assert json.loads(pfiles["analysis.json"])["limit"] == 6
+    assert json.loads(pfiles["config.json"])["limit"] == 6
 
 
 def test_core_never_names_the_ui_package():
@@ -166,7 +171,7 @@ def test_a_cancelled_run_keeps_its_finished_batches_and_resumes(cfg, tmp_path, m
     assert len(parts) == 2
     scored = []
     real = scoring.batch_hidden  # a batch's forward pass under one checkpoint
-    monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: scored.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: scored.append(a[3]) or real(*a, **k))  # a[3]: idx
     resumed = an.run_analysis(small, cache_dir=tmp_path)
     assert len({tuple(idx) for idx in scored}) == 1  # only the missing batch ran
     assert len(list(tmp_path.glob("tokens-*.parts/*.parquet"))) == 3  # kept in parts: the drift step reads one

@@ -1,5 +1,5 @@
 """A user's vision-language run through the drift engine, as a text run goes: the series loads through
-``load_series``, ``run_analysis`` scores with the same statistics code (equal to ``score_vl_series`` and to a
+``load_series``, ``run_analysis`` scores with the same statistics code (equal to the family's reference ``score_table`` and to a
 direct forward), the probe's beliefs equal naive re-encoding with the images, a changed image file invalidates
 the cached rows, the analysis folder keeps the images, and ``workbench score`` writes it."""
 
@@ -18,15 +18,17 @@ from core.drift.analysis import (
     encode_records,
     run_analysis,
 )
-from core.drift.probe import ProbeConfig
-from core.drift.vl_scoring import probe_vl_naive
+from core.drift.probe import ProbeConfig, tokens_of
 from core.errors import InputError
 from core.io.trajectories import read_trajectories
-from core.models.series import ModelSeries, load_series, series_fingerprint
-from core.models.vision import IMAGE_PAD
-from core.models.vl_series import VLSeries, score_vl_series
+from core.models.families import QWEN_VL_FAMILY
+from core.models.families.qwen_vl.forward import naive_label_logprobs, score_table
+from core.models.families.qwen_vl.inputs import IMAGE_PAD, VLProcessor
+from core.models.series import load_series, series_fingerprint
 from core.workspace.world import load_world
+from tests.conftest import SAMPLE_GRAPH
 from tests.vl_world import LABELS, make_vl_world
+from workbench.demo import SAMPLE_WORLDS
 from workbench.demo.tinyvl import synthetic_xray
 
 
@@ -53,14 +55,15 @@ def result(cfg, series):
 
 
 def test_load_series_gives_a_vl_series_with_what_the_engine_uses(world, series, cfg):
-    assert load_world(world).is_vl and not load_world().is_vl  # the sample world is text-only
-    assert isinstance(series, VLSeries) and isinstance(series, ModelSeries)
+    assert load_world(world).is_vl and not load_world(SAMPLE_WORLDS["text"]).is_vl  # the sample world is text-only
+    assert load_world(world).family is QWEN_VL_FAMILY and series.family is QWEN_VL_FAMILY  # chosen once, at load
+    assert isinstance(series.processor, VLProcessor)
     assert series.names == ["base", "checkpoint-2", "checkpoint-4"]
     assert series.steps == {"base": 0, "checkpoint-2": 2, "checkpoint-4": 4}
     assert series.parents == {"checkpoint-2": "base", "checkpoint-4": "checkpoint-2"}
     assert series.device == "cpu" and series.dtype == torch.float32 and series.processor is not None
     assert series.fingerprint() == series_fingerprint(series.base_dir, series.checkpoints, torch.float32)
-    assert series.tokenizer is series.processor.tokenizer and series.shared_vision
+    assert series.tokenizer is series.processor.tokenizer and series.shared_inputs
 
 
 def test_records_keep_their_images_as_absolute_paths(world, cfg, result):
@@ -83,7 +86,7 @@ def test_image_tokens_are_prompt_and_never_scored(cfg, series, result):
 
 def test_analysis_scores_equal_score_vl_series_and_a_direct_forward(cfg, series, result):
     encoded = encode_records(cfg, read_trajectories(cfg.data), series)
-    ref = score_vl_series(series, encoded, batch_size=5)  # other batches, its own code
+    ref = score_table(series, encoded, batch_size=5)  # other batches, its own code
     keys = ["traj_id", "checkpoint", "position"]
     merged = result.tokens.merge(ref, on=keys, suffixes=("", "_ref"))
     assert len(merged) == len(ref) == len(result.tokens)
@@ -121,7 +124,7 @@ def test_probe_beliefs_equal_naive_re_encoding_with_the_image(cfg, series, resul
             positions = (rows["position"] + e.start).tolist()
             assert min(positions) > max(i for i, t in enumerate(e.input_ids) if t == series.processor.token_id(IMAGE_PAD))
             with series.activate(name) as model:
-                naive = probe_vl_naive(model, series.processor, e, positions, pcfg, LABELS)
+                naive = naive_label_logprobs(model, series.processor, e, positions, tokens_of(series.tokenizer, pcfg, LABELS))
             z = np.exp(naive - naive.max(1, keepdims=True))
             z /= z.sum(1, keepdims=True)
             assert np.allclose(rows[[f"p:{y}" for y in LABELS]].to_numpy(), z, atol=1e-5)
@@ -161,7 +164,7 @@ def make_vl_world_copy(root: Path) -> Path:
 
     data = root / "data" / "test.jsonl"
     return create_world(root / "world2", "copy", root / "Qwen2.5-VL-tiny", [root / "output" / "v0-20261128"],
-                        [data]).root
+                        [data], SAMPLE_GRAPH).root
 
 
 def test_the_analysis_folder_keeps_the_images_and_the_view_gives_them(result, tmp_path):
@@ -225,21 +228,22 @@ def test_image_errors_name_file_line_field_and_path(world, tmp_path):
 
 
 def test_the_background_job_and_shards_score_a_vl_world_as_one_run(cfg, result, tmp_path):
-    from core.drift.analysis import score_job
-    from core.jobs import worker
+    from core.drift.job import ScoreOptions, run_score
+    from core.jobs import registry, worker
 
-    argv, files = score_job(cfg, tmp_path / "job-out", tmp_path / "ws")  # what the page's Score button starts
+    options = ScoreOptions(out=str(tmp_path / "job-out"), workspace=str(tmp_path / "ws"))
+    argv, files = registry.command("score", cfg, options)  # what the page's Score button starts
     job = tmp_path / "job"
     job.mkdir()
-    (job / "analysis.json").write_text(files["analysis.json"])
+    (job / "config.json").write_text(files["config.json"])
     assert worker.main([a.replace("{job}", str(job)) for a in argv[2:]]) == 0  # argv after "-m core.jobs.worker"
     assert _entries(tmp_path / "ws" / "cache")
     keys = ["traj_id", "checkpoint", "position"]
     by_job = Analysis.load(tmp_path / "job-out")
     assert by_job.config.max_pixels == cfg.max_pixels and by_job.records[0]["images"] == result.records[0]["images"]
     for i in (0, 1):
-        assert worker.score(cfg, tmp_path / "sharded", shard=f"{i}/2") == 0
-    assert worker.score(None, tmp_path / "sharded", merge=True) == 0
+        assert run_score(cfg, ScoreOptions(out=str(tmp_path / "sharded"), shard=f"{i}/2", cache=False)) == 0
+    assert run_score(None, ScoreOptions(out=str(tmp_path / "sharded"), merge=True)) == 0
     merged = Analysis.load(tmp_path / "sharded")
     for got in (by_job, merged):
         both = got.tokens.merge(result.tokens, on=keys, suffixes=("", "_one"))
@@ -292,7 +296,8 @@ def test_text_encoded_trajectories_still_run_on_a_vl_series(series):
 def test_no_shared_prefix_kv_reuse_for_vl_batches(cfg, series):
     """Rows with a long common system prompt before their images: scoring with prefix sharing asked for
     equals the reference (a shared text prefix cache would lose the images' 3-D positions and pixels)."""
-    from core.drift.scoring import MIN_SHARED, ScoreConfig, score, shared_prefix
+    from core.drift.scoring import ScoreConfig, score
+    from core.models.families.text import MIN_SHARED, shared_prefix
 
     system = {"role": "system", "content": "You are a careful radiologist. " * 12}
     recs = [{**r, "chat": [system, *r["chat"]]} for r in read_trajectories(cfg.data)[:4]]
@@ -300,7 +305,7 @@ def test_no_shared_prefix_kv_reuse_for_vl_batches(cfg, series):
     ids = torch.tensor([e.input_ids[: min(len(x.input_ids) for x in encoded)] for e in encoded])
     assert shared_prefix(ids, [(e.start, len(e.input_ids)) for e in encoded]) >= MIN_SHARED
     got = score(series, encoded, ScoreConfig(top_k=0, batch_size=4, share_prefix=True))
-    ref = score_vl_series(series, encoded, batch_size=4)
+    ref = score_table(series, encoded, batch_size=4)
     both = got.merge(ref, on=["traj_id", "checkpoint", "position"], suffixes=("", "_ref"))
     assert len(both) == len(ref) and np.allclose(both["logprob"], both["logprob_ref"], atol=2e-5)
 
@@ -310,7 +315,7 @@ def test_a_merged_full_vl_checkpoint_scores_and_probes_as_its_adapter(cfg, serie
     class when its turn comes, its rows equal to those of the adapter it was merged from."""
     from peft import PeftModel
 
-    from core.models.vision import load_vl_model
+    from core.models.families.qwen_vl.inputs import load_vl_model
 
     run = Path(cfg.checkpoints if isinstance(cfg.checkpoints, str) else cfg.checkpoints[0])
     adapter = next(run.rglob("checkpoint-4"))

@@ -173,15 +173,19 @@ def test_linear_time_drift_tables_equal_the_former_joins(every):
         encoded.append(e)
         positions = list(range(0, len(toks) - 2, every)) + [len(toks) - 2]
         for step, name in ((0, "base"), (5, "c5"), (10, "c10")):
-            rows += [{"traj_id": e.id, "checkpoint": name, "step": step, "position": p,
-                      "gold_prob": float(rng.random())} for p in sorted(set(positions))]
-    eff = drift.token_effects(pd.DataFrame(rows), encoded)
+            rows += [{"traj_id": e.id, "checkpoint": name, "step": step, "position": p, "answer": "Pneumonia",
+                      "gold": "Pneumonia", "gold_prob": float(rng.random())} for p in sorted(set(positions))]
+    beliefs = pd.DataFrame(rows)
+    eff = drift.token_effects(beliefs, encoded)
     want_tokens = ["".join(next(e for e in encoded if e.id == t).tokens[2 + p: 2 + q])
                    for t, p, q in zip(eff["traj_id"], eff["position"], eff["next_position"], strict=True)]
     assert eff["token"].tolist() == want_tokens
     for e in encoded:
         assert drift.concept_spans(e, drift.concept_surfaces(g)) == _reference_concept_spans(e, drift.concept_surfaces(g))
-    got = drift.drivers_by_concept(eff, encoded, g)
+    acc = drift.DriftParts(g)  # the engine's table, its trajectories in two parts
+    for part in (encoded[:5], encoded[5:]):
+        acc.add_beliefs(beliefs[beliefs["traj_id"].isin({e.id for e in part})], part)
+    got = acc.tables()["by_concept"]
     want = _reference_drivers_by_concept(eff, encoded, g)
     assert len(got) == len(want) > 0
     pd.testing.assert_frame_equal(got, want, check_dtype=False, atol=1e-9)
@@ -190,10 +194,12 @@ def test_linear_time_drift_tables_equal_the_former_joins(every):
 @pytest.mark.slow
 def test_the_part_by_part_drift_step_writes_the_whole_table_step_s_folder(world_analysis, tmp_path):
     """The sample world's analysis (its tables computed part by part from the cached scoring and probe parts)
-    saved = the whole-table ``assemble`` of the same scores and beliefs, saved."""
+    saved = the whole-table reference (``tests.drift_reference.assemble``) of the same scores and beliefs, saved."""
     from core.drift import analysis as an
     from core.io.trajectories import encode
-    from core.models.series import branch_starts, load_tokenizer, plan_series
+    from core.models.loading import load_tokenizer
+    from core.models.series import branch_starts, plan_series
+    from tests.drift_reference import assemble
     from tests.unit.drift.test_findings_parts import assert_same_folders
 
     cfg = world_analysis.config
@@ -201,7 +207,7 @@ def test_the_part_by_part_drift_step_writes_the_whole_table_step_s_folder(world_
     encoded = encode(load_tokenizer(cfg.base), records, chat_template=cfg.chat_template)
     _, graph = an.resolve_labels(cfg, records)
     _, infos, _, _ = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
-    whole = an.assemble(cfg, records, encoded, graph, world_analysis.tokens, world_analysis.beliefs,
+    whole = assemble(cfg, records, encoded, graph, world_analysis.tokens, world_analysis.beliefs,
                         branch_starts(infos))
     assert len(world_analysis.tokens["traj_id"].unique()) == 70 and len(whole.by_context) > 0
     assert_same_folders(whole.save(tmp_path / "whole"), world_analysis.save(tmp_path / "parts"))

@@ -1,5 +1,6 @@
 """The drift step part by part (``analysis.assemble_parts``, ``drift.DriftParts``, ``cache.SortedByTrajectory``)
-writes the same analysis folder as the whole-table step (``analysis.assemble`` + ``Analysis.save``)."""
+writes the same analysis folder as the whole-table reference (``tests.drift_reference.assemble`` +
+``Analysis.save``)."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 from core.drift import analysis as an
 from core.io.cache import SortedByTrajectory
 from core.io.trajectories import Encoded
+from tests import drift_reference as reference
 
 WORDS = [" lung", " opacity", " airspace", " consol", "idation", " effusion", " and", " no", ".", " opac", "ity",
          " suggests", " Pneumonia", " normal"]
@@ -102,7 +104,7 @@ def _whole(paths: list[Path]) -> pd.DataFrame:
 
 
 def _both(cfg, records, encoded, graph, token_paths, belief_paths, starts, tmp_path: Path):
-    whole = an.assemble(cfg, records, encoded, graph, _whole(token_paths),
+    whole = reference.assemble(cfg, records, encoded, graph, _whole(token_paths),
                         _whole(belief_paths) if belief_paths else an.empty_beliefs(), starts)
     a = whole.save(tmp_path / "whole")
     staged = an.assemble_parts(cfg, records, encoded, graph, token_paths, belief_paths, starts, tmp_path / "staging")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core.drift.probe import ProbeConfig, _tokens, probe, probe_naive, probe_positions
+from core.drift.probe import ProbeConfig, probe, probe_naive, probe_positions, tokens_of
 from core.io.trajectories import encode, read_jsonl
 from workbench.demo.spec import DISEASES
 
@@ -20,7 +20,7 @@ def setup(series, sample_world):
 def test_probe_equals_naive_reencoding(series, setup, include_prompt):
     cfg = ProbeConfig(labels=LABELS, include_prompt=include_prompt, max_tree_tokens=400)  # forces chunking
     df = probe(series, setup, cfg)
-    tk = _tokens(series.tokenizer, cfg, LABELS)
+    tk = tokens_of(series.tokenizer, cfg, LABELS)
     for e in setup[:2]:
         positions = probe_positions(e, "every", tk.template[0], set(), include_prompt)[::4]
         for name in (series.names[0], series.names[-1]):
@@ -44,7 +44,7 @@ def test_beliefs_are_distributions_and_gold_column_matches(series, setup):
 
 
 def test_position_modes(setup, series):
-    tk = _tokens(series.tokenizer, ProbeConfig(labels=LABELS), LABELS)
+    tk = tokens_of(series.tokenizer, ProbeConfig(labels=LABELS), LABELS)
     dots = {series.tokenizer.convert_tokens_to_ids(".")}
     e = setup[0]
     every = probe_positions(e, "every", tk.template[0], dots)
@@ -70,7 +70,7 @@ def test_probe_is_exact_with_eager_attention_too(sample_world, max_tree_tokens):
     e = encode(s.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=1))[0]
     cfg = ProbeConfig(labels=LABELS, max_tree_tokens=max_tree_tokens)
     df = probe(s, [e], cfg)
-    positions = probe_positions(e, "every", _tokens(s.tokenizer, cfg, LABELS).template[0], set())[::5]
+    positions = probe_positions(e, "every", tokens_of(s.tokenizer, cfg, LABELS).template[0], set())[::5]
     with s.activate("checkpoint-160") as m:
         ref = probe_naive(m, e, positions, s.tokenizer, cfg, LABELS)
     z = np.exp(ref - ref.max(1, keepdims=True))
@@ -95,8 +95,8 @@ def test_full_checkpoint_series_probe_loads_each_once(quick_world, adapters, ser
     merged.save_pretrained(tmp_path / "full" / "checkpoint-4")
     full = series_mod.load_series(quick_world / "model", tmp_path / "full")
     loads = []
-    real = series_mod.load_model
-    monkeypatch.setattr(series_mod, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    real = full.family.load_model  # a full checkpoint loads through the series' family
+    monkeypatch.setattr(full.family, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
     cfg = ProbeConfig(labels=LABELS, max_tree_tokens=300)  # several groups
     got = probe(full, setup, cfg)
     assert len(loads) == 1
@@ -119,7 +119,7 @@ def test_long_trajectories_encode_each_prefix_once(series, setup):
         cached = probe(series, setup[:2], ProbeConfig(labels=LABELS, positions="every", max_tree_tokens=64))
     finally:
         hook.remove()
-    tk = _tokens(series.tokenizer, ProbeConfig(labels=LABELS), LABELS)
+    tk = tokens_of(series.tokenizer, ProbeConfig(labels=LABELS), LABELS)
     block = len(tk.template) + sum(len(lab) - 1 for lab in tk.labels)
     want = 0
     for e in setup[:2]:

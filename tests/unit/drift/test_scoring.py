@@ -8,18 +8,16 @@ import pytest
 import torch
 
 from core.drift.scoring import (
-    MIN_SHARED,
     Cancelled,
     ScoreConfig,
-    _batches,
-    _pad,
     js,
     kl,
+    length_batches,
     score,
-    shared_prefix,
     token_stats,
 )
 from core.io.trajectories import encode, read_jsonl
+from core.models.families.text import MIN_SHARED, pad_right, shared_prefix
 
 
 def test_token_stats_match_direct_computation():
@@ -86,8 +84,8 @@ def test_a_shared_prompt_prefix_is_encoded_once_with_the_same_scores(series, sam
     recs = [{**r, "prompt": instruction + r["prompt"]} for r in read_jsonl(sample_world / "data" / "test.jsonl", limit=7)]
     enc = encode(series.tokenizer, recs)
     cfg = ScoreConfig(top_k=3, batch_size=4)
-    for idx in _batches(enc, cfg.batch_size):
-        ids, _ = _pad(enc, idx, 0, "cpu")
+    for idx in length_batches(enc, cfg.batch_size):
+        ids, _ = pad_right([enc[i] for i in idx], 0, "cpu")
         assert shared_prefix(ids, [(enc[i].start, len(enc[i].input_ids)) for i in idx]) >= MIN_SHARED
     shared = score(series, enc, cfg)
     plain = score(series, enc, ScoreConfig(top_k=3, batch_size=4, share_prefix=False))
@@ -143,8 +141,8 @@ def test_full_checkpoints_load_once_per_group_and_match_their_adapters(series, a
         merged.save_pretrained(tmp_path / "full" / name)
     full = series_mod.load_series(quick_world / "model", tmp_path / "full")
     loads = []
-    real = series_mod.load_model
-    monkeypatch.setattr(series_mod, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    real = full.family.load_model  # a full checkpoint loads through the series' family
+    monkeypatch.setattr(full.family, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
     enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=6))
     got = score(full, enc, ScoreConfig(top_k=2, batch_size=2))  # 3 batches, one group
     assert len(loads) == 2  # each full checkpoint loaded once, not once per batch
@@ -257,6 +255,6 @@ def test_checkpoint_inner_statistics_equal_checkpoint_outer_bit_for_bit(adapters
     assert np.array_equal(np.stack(inner["top_probs"]), np.stack(outer["top_probs"]))
     branch = inner[inner.checkpoint == "checkpoint-6"]["kl_prev"].to_numpy()
     assert branch.max() > 0 and not np.array_equal(branch, inner[inner.checkpoint == "checkpoint-6"]["kl_base"])
-    chunks = sum(-(-sum(len(enc[i].completion_ids) for i in idx) // 7) for idx in _batches(enc, 3))
+    chunks = sum(-(-sum(len(enc[i].completion_ids) for i in idx) // 7) for idx in length_batches(enc, 3))
     assert inner_calls == 5 * chunks  # one head pass per checkpoint and chunk
     assert len(calls) == (1 + 2 + 3 + 3 + 3) * chunks  # the base; then each with the base's (and parent's) again

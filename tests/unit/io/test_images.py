@@ -85,9 +85,9 @@ def test_bad_images_name_the_record_and_path(tmp_path, images, case, expected):
 def test_oversized_images_are_refused_before_decoding(images):
     ref = ImageRef(images["d4"], "data.jsonl, line 9, images[0]")  # 300 x 150
     with pytest.raises(InputError, match=r"line 9, images\[0\]: image .*d4.png has 300x150 pixels, over the limit"):
-        check_image(ref, ImageLimits(max_pixels=300 * 150 - 1))
+        check_image(ref, ImageLimits(max_file_pixels=300 * 150 - 1))
     with pytest.raises(InputError, match=r"line 9, images\[0\]: image .*d4.png is \d+ bytes, over the limit of 100"):
-        load_image(ref, ImageLimits(max_bytes=100))
+        load_image(ref, ImageLimits(max_file_bytes=100))
     assert check_image(ref) == (300, 150) and load_image(ref).size == (300, 150)
 
 

@@ -56,7 +56,8 @@ def test_other_exports_are_not_offered_for_training(curated, tmp_path):
 
 
 def test_conversational_pairs_are_tokenized_through_the_chat_template(foreign_run, tmp_path):
-    from core.models.series import load_tokenizer
+    from core.models.families.text import tokenize_pairs
+    from core.models.loading import load_tokenizer
 
     tok = load_tokenizer(foreign_run["base"])
     rec = {"prompt": [{"role": "user", "content": "Report : fever"}],
@@ -64,7 +65,7 @@ def test_conversational_pairs_are_tokenized_through_the_chat_template(foreign_ru
            "rejected": [{"role": "assistant", "content": "<think> fever </think> Edema"}]}
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(rec) + "\n")
-    enc = cpo.tokenize(tok, read_pairs(path))[0]
+    enc = tokenize_pairs(tok, read_pairs(path))[0]  # a text run's pair ids (the family's encode_pairs)
     expected = tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=False)
     assert enc["prompt_ids"] == tok(expected, add_special_tokens=False)["input_ids"]
 

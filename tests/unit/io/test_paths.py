@@ -52,7 +52,9 @@ def test_configs_store_expanded_paths(home, tmp_path):
 
 
 def test_cli_paths_expand(home):
-    from workbench.cli import parser
+    from core.drift.job import ScoreOptions
+    from workbench.cli import job_config, parser
 
     args = parser().parse_args(["score", "--base", "~/model", "--data", "$WB_DATA/t.jsonl", "--out", "~/out"])
-    assert args.base == home / "model" and args.out == home / "out" and "$" not in str(args.data)
+    cfg, options = job_config(args, "score"), ScoreOptions.from_args(args)  # what the job gets from the flags
+    assert cfg.base == str(home / "model") and options.out == str(home / "out") and "$" not in cfg.data

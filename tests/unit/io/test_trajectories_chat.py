@@ -4,7 +4,7 @@ scoring feeds it (``core.io.trajectories.encode``: the conversation through the 
 
 import pytest
 
-from core.cpo.train import tokenize
+from core.models.families.text import tokenize_pairs as tokenize  # CPO's pair ids of the text family
 from core.io import formats
 from core.io.pairs import read_pairs
 from core.io.trajectories import encode, prompt_ids, read_trajectories

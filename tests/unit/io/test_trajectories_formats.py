@@ -127,7 +127,7 @@ def test_configurable_answer_pattern():
 
 
 def test_conversations_use_the_tokenizer_chat_template_unless_turned_off(foreign_run):
-    from core.models.series import load_tokenizer
+    from core.models.loading import load_tokenizer
 
     tok = load_tokenizer(foreign_run["base"])
     recs = read_trajectories(foreign_run["train"], limit=2)
@@ -142,8 +142,11 @@ def test_conversations_use_the_tokenizer_chat_template_unless_turned_off(foreign
 def test_the_chat_template_setting_travels_to_the_scoring_job():
     import json
 
-    from core.drift.analysis import AnalysisConfig, score_job
+    from core.drift.config import AnalysisConfig
+    from core.drift.job import ScoreOptions
+    from core.jobs import registry
 
     for on in (True, False):
-        _, files = score_job(AnalysisConfig(base="b", data="d.jsonl", chat_template=on), "out")
-        assert AnalysisConfig.from_json(json.loads(files["analysis.json"])).chat_template is on
+        _, files = registry.command("score", AnalysisConfig(base="b", data="d.jsonl", chat_template=on),
+                                    ScoreOptions(out="out"))
+        assert AnalysisConfig.from_dict(json.loads(files["config.json"])).chat_template is on

@@ -11,7 +11,7 @@ from core.jobs import supervisor as jobs
 
 WORKER = textwrap.dedent("""
     import sys, time
-    from core.jobs.supervisor import cancel_flag, report_progress
+    from core.progress import cancel_flag, report_progress
     stop = cancel_flag()
     steps = int(sys.argv[1])
     for i in range(steps):
@@ -114,15 +114,18 @@ def test_list_jobs_newest_first_and_skips_junk(tmp_path):
 def test_score_and_perturb_run_as_jobs_on_the_quick_world(tmp_path, quick_world):
     """Jobs run the engine's worker (core.jobs.worker) from the config saved in the job folder: settings that have
     no command-line flag (labels, answer template, tau) reach the analysis unchanged."""
-    from core.drift.analysis import AnalysisConfig, perturb_job, score_job
+    from core.drift.config import AnalysisConfig
+    from core.drift.job import ScoreOptions
+    from core.jobs import registry
+    from core.perturb.job import PerturbOptions
 
     out = tmp_path / "analysis"
     cfg = AnalysisConfig.from_world(quick_world, limit=3, labels=["Edema", "Pneumonia"], tau=0.2,
                                     template=" </think> Answer:", positions="end")
-    argv, files = score_job(cfg, out)
-    job = jobs.start(tmp_path / "runs", "score", [*argv, "--no-cache"], files=files)
+    argv, files = registry.command("score", cfg, ScoreOptions(out=str(out), cache=False))
+    job = jobs.start(tmp_path / "runs", "score", argv, files=files)
     assert job.wait(120) == "done", job.log_tail()
-    assert job.argv[:3] == ["-m", "core.jobs.worker", "score"] and (job.dir / "analysis.json").is_file()
+    assert job.argv[:3] == ["-m", "core.jobs.worker", "score"] and (job.dir / "config.json").is_file()
     assert job.progress()["done"] == 1.0
     result = Analysis.load(out)
     assert result.config == cfg  # labels, template, tau: through the job into config.json
@@ -130,7 +133,8 @@ def test_score_and_perturb_run_as_jobs_on_the_quick_world(tmp_path, quick_world)
     assert {c for c in result.beliefs if c.startswith("p:")} == {"p:Edema", "p:Pneumonia"}
 
     pairs = tmp_path / "pairs.parquet"
-    argv, files = perturb_job(AnalysisConfig.from_world(quick_world, limit=20), "opacity", "shadow", "probe", pairs)
+    argv, files = registry.command("perturb", AnalysisConfig.from_world(quick_world, limit=20),
+                                   PerturbOptions(out=str(pairs), find="opacity", replace="shadow", mode="probe"))
     job = jobs.start(tmp_path / "runs", "perturb", argv, files=files)
     assert job.wait(120) == "done", job.log_tail()
     df = pd.read_parquet(pairs)
@@ -141,7 +145,7 @@ def test_a_worker_whose_supervisor_was_killed_still_says_how_it_ended(tmp_path):
     import os
     import signal
 
-    worker = "import time\nfrom core.jobs.supervisor import record_worker_exit\ntime.sleep(1.5)\nrecord_worker_exit(0)\n"
+    worker = "import time\nfrom core.progress import record_worker_exit\ntime.sleep(1.5)\nrecord_worker_exit(0)\n"
     job = jobs.start(tmp_path, "test", ["-c", worker], title="orphan")
     assert _wait_for(lambda: job.worker() is not None)
     os.kill(job.pid, signal.SIGKILL)

@@ -2,7 +2,8 @@
 
 import json
 
-from core.jobs.supervisor import eta_seconds, report_progress
+from core.jobs.supervisor import eta_seconds
+from core.progress import report_progress
 
 
 def test_eta_leaves_out_the_start_up():

@@ -19,13 +19,14 @@ from core.graph import concepts
 from core.io.trajectories import read_trajectories
 from core.workspace import world as world_mod
 from core.workspace.workspace import Workspace
+from tests.conftest import SAMPLE_GRAPH
 
 
 @pytest.mark.slow
 def test_the_loop_on_a_foreign_world(foreign_run, tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     w = world_mod.create_world(ws.root / "worlds" / "trl", "trl", foreign_run["base"], [foreign_run["run"]],
-                               [foreign_run["train"]], held_out=foreign_run["heldout"])
+                               [foreign_run["train"]], SAMPLE_GRAPH, held_out=foreign_run["heldout"])
     ws.store.register_world(w.name, w.root, w.fingerprint())
     assert w.root in world_mod.known_worlds(ws.root, ws.store)
 

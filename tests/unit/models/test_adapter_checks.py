@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from core.errors import InputError
 from core.models import checkpoints
-from core.models.series import load_series, load_tokenizer
+from core.models.loading import load_tokenizer
+from core.models.series import load_series
 
 BASE_NAMES = ["cxr-demo-tiny-llama"]
 

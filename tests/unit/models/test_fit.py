@@ -94,8 +94,8 @@ def test_free_memory_from_psutil_or_proc_meminfo(monkeypatch):
 
 def test_configs_take_auto_and_old_configs_keep_their_batch_size():
     assert an.AnalysisConfig(base="b", data="d").batch_size is None
-    assert an.AnalysisConfig.from_json({"base": "b", "data": "d", "batch_size": "auto"}).batch_size is None
-    assert an.AnalysisConfig.from_json({"base": "b", "data": "d", "batch_size": 8}).batch_size == 8
+    assert an.AnalysisConfig.from_dict({"base": "b", "data": "d", "batch_size": "auto"}).batch_size is None
+    assert an.AnalysisConfig.from_dict({"base": "b", "data": "d", "batch_size": 8}).batch_size == 8
 
 
 def test_the_analysis_refuses_before_loading_any_model(quick_world, monkeypatch):

@@ -58,8 +58,9 @@ def test_studies_with_images_are_never_decoded_as_text_only():
     import pytest
 
     from core.errors import InputError
+    from core.models.families import TEXT_FAMILY
     from core.perturb.evaluation import answers
 
     recs = [{"id": "s1", "prompt": "<image> Disease?", "completion": "x", "label": "Edema", "images": ["/x.jpg"]}]
     with pytest.raises(InputError, match="held-out study s1: has images"):
-        answers(object(), object(), recs)
+        answers(object(), object(), recs, family=TEXT_FAMILY)  # refused before the model or tokenizer is used

@@ -8,8 +8,8 @@ import pytest
 
 from core.cpo.runs import evaluate_adapter
 from core.io.answers import AnswerFormat
-from core.models.vision import load_processor, load_vl_model
-from core.models.vl_generation import encode_records, greedy_vl
+from core.models.families.qwen_vl.generation import greedy_vl
+from core.models.families.qwen_vl.inputs import encode_records, load_processor, load_vl_model
 from core.perturb.evaluation import answers, figures, held_out
 from core.workspace.world import load_world
 from tests.vl_world import make_vl_world
@@ -36,7 +36,7 @@ def model_and_proc(world):
 def test_answers_are_decoded_with_each_study_s_image_in_batches_as_alone(held, model_and_proc):
     model, proc = model_and_proc
     recs = held.records + held.perturbed
-    got = answers(model, None, recs, EVERYTHING, batch_size=3, max_new_tokens=10, processor=proc)
+    got = answers(model, proc, recs, EVERYTHING, batch_size=3, max_new_tokens=10)  # the family: from the config
     alone = [EVERYTHING.parse(greedy_vl(model, proc, encode_records(proc, [r]), 10)[0]) for r in recs]
     assert got == alone and all(got)
     encs = encode_records(proc, recs)

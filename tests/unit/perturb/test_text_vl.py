@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from core.drift.analysis import AnalysisConfig
-from core.drift.probe import ProbeConfig, probe_positions
-from core.drift.vl_scoring import probe_vl_naive
+from core.drift.probe import ProbeConfig, probe_positions, tokens_of
 from core.graph import concepts
 from core.io.trajectories import read_trajectories
+from core.models.families.qwen_vl.forward import naive_label_logprobs
+from core.models.families.qwen_vl.generation import greedy_records
+from core.models.families.qwen_vl.inputs import IMAGE_PAD
 from core.models.series import load_series
-from core.models.vision import IMAGE_PAD
-from core.models.vl_generation import encode_for, greedy_records
 from core.perturb import text as perturb
 from core.perturb.evaluation import held_out, synonym_twins
 from core.workspace.world import load_world
@@ -60,12 +60,12 @@ def test_the_probed_twin_equals_naive_re_encoding_with_its_image(series, records
     first = series.tokenizer(pcfg.template, add_special_tokens=False)["input_ids"][0]
     for rec in hit:
         twin = perturb.replace_span(rec, FIND, REPLACE)
-        (enc,) = encode_for(series, [twin])
+        (enc,) = series.encode([twin])
         assert enc.pixel_values is not None and series.processor.token_id(IMAGE_PAD) in enc.input_ids
         j = probe_positions(enc, "end", first, set())[-1]
         for name in ("base", "checkpoint-4"):
             with series.activate(name) as model:
-                naive = _softmax(probe_vl_naive(model, series.processor, enc, [j], pcfg, LABELS))[0]
+                naive = _softmax(naive_label_logprobs(model, series.processor, enc, [j], tokens_of(series.tokenizer, pcfg, LABELS)))[0]
             row = df[(df["traj_id"] == rec["id"]) & (df["checkpoint"] == name)].iloc[0]
             assert row["gold_after"] == pytest.approx(naive[LABELS.index(rec["label"])], abs=1e-5)
             assert row["answer_after"] == LABELS[int(naive.argmax())]
@@ -100,22 +100,22 @@ def test_held_out_synonym_twins_keep_their_source_images(world):
 
 
 def test_the_perturb_job_reads_images_at_the_analysis_pixel_limits(cfg, records, tmp_path):
-    """``core.jobs.worker perturb`` on a VL analysis: the series is loaded with the analysis's pixel limits and
+    """``core.jobs.worker perturb`` (``core.perturb.job.run_perturb``) on a VL analysis: the series is loaded with the analysis's pixel limits and
     the rows equal ``perturbation_test`` on that series (images read, the analysis's answer template)."""
     import dataclasses
 
     import pandas as pd
 
-    from core.jobs import worker
+    from core.perturb.job import PerturbOptions, run_perturb
 
     small = dataclasses.replace(cfg, max_pixels=28 * 28 * 4)  # fewer image tokens than the default
     out = tmp_path / "swap.parquet"
-    assert worker.perturb(small, FIND, REPLACE, "probe", out) == 0
+    assert run_perturb(small, PerturbOptions(out=str(out), find=FIND, replace=REPLACE, mode="probe")) == 0
     got = pd.read_parquet(out)
     series = load_series(small.base, small.checkpoints, device="cpu", vision=small.vision)
-    (enc,) = encode_for(series, records[:1])
+    (enc,) = series.encode(records[:1])
     default = load_series(cfg.base, cfg.checkpoints, device="cpu")
-    assert len(enc.input_ids) < len(encode_for(default, records[:1])[0].input_ids)
+    assert len(enc.input_ids) < len(default.encode(records[:1])[0].input_ids)
     expected = perturb.perturbation_test(series, records, FIND, REPLACE, LABELS, mode="probe",
                                          template=small.template)
     assert got["gold_after"].tolist() == pytest.approx(expected["gold_after"].tolist(), abs=1e-5)

@@ -9,13 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.drift.probe import ProbeConfig
-from core.drift.vl_scoring import probe_vl_naive
+from core.drift.probe import ProbeConfig, probe_positions, sentence_ids, tokens_of
 from core.errors import InputError
 from core.io.images import load_image
+from core.jobs import registry
 from core.jobs import supervisor as jobs
-from core.models.vision import IMAGE_PAD, encode_vl
+from core.models.families.qwen_vl.forward import naive_label_logprobs
+from core.models.families.qwen_vl.inputs import IMAGE_PAD, encode_vl
 from core.perturb import visual, visual_probe
+from core.perturb.job import VisualOptions
 from core.progress import Cancelled
 from core.workspace.world import load_world
 from tests.vl_world import LABELS, make_vl_world
@@ -46,13 +48,15 @@ def records(cfg):
 
 
 def _naive_belief(series, checkpoint, enc, cfg, every: bool = False):
-    """The reference: softmax over labels of ``probe_vl_naive`` (re-encoding image + prefix + label), at the
+    """The reference: softmax over labels of ``naive_label_logprobs`` (re-encoding image + prefix + label), at the
     end of the CoT (or, ``every``, at each of the config's probe positions)."""
-    [pos] = visual_probe._positions([enc], series.processor, cfg, LABELS_SORTED)
+    tk = tokens_of(series.tokenizer, ProbeConfig(labels=LABELS_SORTED, template=cfg.template), LABELS_SORTED)
+    pos = probe_positions(enc, cfg.positions, tk.template[0], sentence_ids(series.tokenizer))
     with series.activate(checkpoint) as model:
-        lp = probe_vl_naive(model, series.processor, enc, pos if every else pos[-1:],
-                            ProbeConfig(labels=LABELS_SORTED, template=cfg.template), LABELS_SORTED)
-    return visual_probe._softmax(lp) if every else visual_probe._softmax(lp)[-1]
+        lp = naive_label_logprobs(model, series.processor, enc, pos if every else pos[-1:], tk)
+    z = np.exp(lp - lp.max(-1, keepdims=True))
+    z /= z.sum(-1, keepdims=True)  # (P, K) belief over the labels
+    return z if every else z[-1]
 
 
 def test_swap_changes_the_encoded_image_and_keeps_the_text_ids(series, records):
@@ -119,8 +123,9 @@ def test_swap_beliefs_at_sentence_ends_equal_naive_reencoding(series, cfg, recor
     donor = next(r for r in records if r["id"] == rows.iloc[0]["swapped_id"])
     enc = encode_vl(series.processor, [visual.swap_image(records[2], donor)])[0]
     ref = _naive_belief(series, "checkpoint-2", enc, run_cfg, every=True)
-    assert rows["position"].tolist() == [j - enc.start for j in visual_probe._positions([enc], series.processor,
-                                                                                  run_cfg, LABELS_SORTED)[0]]
+    first = series.tokenizer(run_cfg.template, add_special_tokens=False)["input_ids"][0]
+    positions = probe_positions(enc, "sentence", first, sentence_ids(series.tokenizer))
+    assert rows["position"].tolist() == [j - enc.start for j in positions]
     np.testing.assert_allclose(rows["belief_swapped"], ref[:, LABELS_SORTED.index("Pneumonia")], rtol=1e-4, atol=1e-5)
 
 
@@ -157,15 +162,15 @@ def test_a_full_checkpoint_series_loads_each_checkpoint_once_and_matches_naive(c
     """A merged (full) VL checkpoint: checkpoint-outer, the batches made again under it; same beliefs."""
     import torch
 
-    from core.models.vision import load_vl_model
-    from core.models.vl_series import load_vl_series
+    from core.models.families.qwen_vl.inputs import load_vl_model
+    from core.models.series import load_series
 
     model = load_vl_model(cfg.base)
     with torch.no_grad():
         model.lm_head.weight.mul_(1.5)
     model.save_pretrained(tmp_path / "checkpoint-8-merged")
-    full = load_vl_series(cfg.base, [tmp_path / "checkpoint-8-merged"], device="cpu")
-    assert not full.shared_vision
+    full = load_series(cfg.base, [tmp_path / "checkpoint-8-merged"], device="cpu")
+    assert not full.shared_inputs
     run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[records[0]["id"]], grid=2, batch_size=2)
     df = visual_probe.run(run_cfg, series=full)
     image = load_image(records[0]["image_refs"][0])
@@ -223,7 +228,7 @@ def test_bad_configs_are_named(tmp_path, cfg):
         visual.read_records(dataclasses.replace(cfg, traj_ids=["nope"]))
     bad = tmp_path / "visual.json"
     bad.write_text('{"kind": "swap", "colour": 1}')
-    with pytest.raises(InputError, match=f"{bad}: not a valid visual-drift config.*colour"):
+    with pytest.raises(InputError, match=f"{bad}: unknown field 'colour' in the visual-drift config"):
         visual.VisualConfig.load(bad)
 
 
@@ -248,15 +253,15 @@ def test_visual_runs_as_a_job_and_cancels(tmp_path, cfg, records):
     """The worker runs from the saved config; Cancel (SIGTERM) stops it with nothing written."""
     out = tmp_path / "swap.parquet"
     job_cfg = dataclasses.replace(cfg, kind="swap", traj_ids=[records[0]["id"]])
-    argv, files = visual.visual_job(job_cfg, out)
+    argv, files = registry.command("visual", job_cfg, VisualOptions(out=str(out), force=True))
     job = jobs.start(tmp_path / "jobs", "visual", argv, files=files)
     assert job.wait(180) == "done", job.log_tail()
-    assert visual.VisualConfig.load(job.dir / visual.JOB_CONFIG) == job_cfg
+    assert visual.VisualConfig.load(job.dir / registry.CONFIG_FILE) == job_cfg
     df, meta = visual.read_result(out)
     assert len(df) == 3 * len(series_names(cfg)) and meta["variants"] == 3 and meta["checkpoints"] == 3
     assert meta["config"] == dataclasses.asdict(job_cfg) and meta["seconds"] > 0
     slow = dataclasses.replace(cfg, kind="occlusion", traj_ids=[], grid=8, batch_size=1)
-    argv, files = visual.visual_job(slow, tmp_path / "occlusion.parquet")
+    argv, files = registry.command("visual", slow, VisualOptions(out=str(tmp_path / "occlusion.parquet")))
     job = jobs.start(tmp_path / "jobs", "visual", argv, files=files)
     deadline = time.monotonic() + 120
     while job.progress()["done"] == 0 and time.monotonic() < deadline:

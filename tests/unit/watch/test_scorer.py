@@ -57,7 +57,7 @@ def test_killed_mid_run_it_resumes_at_the_first_unscored_step_and_repeats_none(r
     cfg = _config(recorded, quick_world)
     cfg.save(tmp_path / "watch.json")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "core.watch.scorer", "--config", str(tmp_path / "watch.json"),
+    proc = subprocess.Popen([sys.executable, "-m", "core.jobs.worker", "watch", "--config", str(tmp_path / "watch.json"),
                              "--workspace", str(tmp_path / "ws")], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = recorded / "steps" / "checkpoint-4" / "step.json"

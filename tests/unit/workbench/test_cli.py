@@ -40,6 +40,12 @@ def test_corrupt_database_is_named_and_left_untouched(tmp_path):
     assert (ws / "workbench.db").read_bytes() == b"garbage" * 50
 
 
+def test_demo_opens_provided_worlds_only_and_names_them(tmp_path):
+    out = run_cli("demo", "--world", "nope", "--workspace", str(tmp_path / "ws"), "--headless")
+    assert out.returncode == 2
+    assert "world 'nope'" in out.stderr and "installed: multimodal, text" in out.stderr
+
+
 @pytest.mark.parametrize("missing", ["world.json", "model/tokenizer.json", "data/test.jsonl", "concept_graph.json"])
 def test_missing_world_file_is_named(quick_world, tmp_path, missing):
     world = tmp_path / "world"
@@ -164,3 +170,22 @@ def test_a_previous_result_is_replaced_only_with_force(tmp_path):
     pd.DataFrame({"other": [1]}).to_parquet(result)
     with pytest.raises(InputError, match="did not write"):
         check_result_file(result, True, PERTURB_COLUMNS)
+
+
+def test_the_readme_command_table_names_real_flags_of_every_job_command():
+    """Each job kind has a row in the README's command table, and every flag a row names exists (they are
+    generated from the configs, so a renamed field would leave the table wrong)."""
+    import re
+
+    from core.jobs import registry
+    from workbench import cli
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Command line", 1)[1].split("\n\n", 2)[1]
+    subparsers = cli.parser()._subparsers._group_actions[0].choices
+    for kind in registry.KINDS:
+        rows = [line for line in table.splitlines() if line.startswith(f"| `workbench {kind} ")]
+        assert rows, f"no row for `workbench {kind}` in the README's command table"
+        flags = {s for a in subparsers[kind]._actions for s in a.option_strings}
+        named = set(re.findall(r"(--[a-z][a-z-]*)", rows[0].split("|")[1]))
+        assert named and named <= flags, f"workbench {kind}: {sorted(named - flags)} are not flags"

@@ -5,9 +5,11 @@ import json
 import pytest
 
 from core.errors import InputError
+from core.graph import concepts
 from core.perturb.evaluation import held_out, synonym_twins
 from core.workspace import world as world_mod
 from workbench import cli
+from workbench.demo import SAMPLE_WORLDS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,20 @@ def test_world_create_registers_the_run_without_copying_it(own_world, foreign_ru
     assert (root / "concept_graph.json").is_file() and not list(root.glob("*.safetensors"))
     summary = w.summary()
     assert summary["checkpoints"][0]["objective"] == "sft" and summary["checkpoints"][0]["lora_rank"] == 4
-    assert root in world_mod.known_worlds(ws) and world_mod.SAMPLE_WORLD in world_mod.known_worlds(ws)
+    assert root in world_mod.known_worlds(ws) and SAMPLE_WORLDS["text"] in world_mod.known_worlds(ws)
+    # the command line starts the world's graph from the sample world's (a copy, to edit)
+    assert (root / "concept_graph.json").read_bytes() == (SAMPLE_WORLDS["text"] / "concept_graph.json").read_bytes()
+
+
+def test_the_engine_starts_a_world_without_a_graph_from_an_empty_one(foreign_run, tmp_path):
+    w = world_mod.create_world(tmp_path / "w", "w", foreign_run["base"], [foreign_run["run"]], [foreign_run["train"]])
+    graph = concepts.load_graph(w.graph_path)
+    assert graph.number_of_nodes() == 0 and w.summary()["graph"]["nodes"] == 0
+
+
+def test_no_world_is_a_clear_error():
+    with pytest.raises(InputError, match="no world chosen"):
+        world_mod.load_world("")
 
 
 def test_world_create_with_the_ms_swift_layout_and_a_parquet_set(foreign_run, tmp_path, capsys):
@@ -89,7 +104,7 @@ def test_evaluation_figures_on_the_foreign_world(own_world):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core.models.series import load_tokenizer
+    from core.models.loading import load_tokenizer
     from core.perturb.evaluation import evaluate_model
 
     _, root = own_world
@@ -118,4 +133,4 @@ def test_evaluate_any_checkpoint_adapter_or_merged(foreign_run, tmp_path, capsys
     assert cli.main(["evaluate", "--world", str(root), "--checkpoint", "checkpoint-2", "--limit", "2", "--record"]) == 0
     recorded = world_mod.load_world(root).metrics()
     assert [(r["checkpoint"], r["step"], r["studies"]) for r in recorded] == [("checkpoint-2", 2, 2)]
-    assert cli.main(["evaluate", "--world", str(world_mod.SAMPLE_WORLD), "--record"]) == 2  # never rewritten
+    assert cli.main(["evaluate", "--world", str(SAMPLE_WORLDS["text"]), "--record"]) == 2  # never rewritten

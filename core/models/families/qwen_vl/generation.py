@@ -1,7 +1,7 @@
-"""Batched greedy decoding with images: a vision-language model writes its completion from each prompt and
-its images, the way ``core.models.generation.greedy_completions`` does for text (left-padded batches).
+"""Batched greedy decoding with images: a Qwen-VL model writes its completion from each prompt and its
+images, the way ``core.models.families.text.greedy_completions`` does for text (left-padded batches).
 
-    encs = encode_vl(proc, records)                      # core.models.vision: prompt (images expanded) + completion
+    encs = encode_vl(proc, records)                      # .inputs: prompt (images expanded) + completion
     texts = greedy_vl(model, proc, encs, max_new_tokens=96)   # decodes from each prompt (input_ids[:start])
 
 or, from workbench trajectory records (``"images"``: absolute paths, as ``core.io.trajectories`` keeps them):
@@ -20,13 +20,13 @@ import dataclasses
 
 import torch
 
-from core.models.vision import (
+from core.models.families.qwen_vl.inputs import (
     IMAGE_PAD,
     VISION_END,
     VISION_START,
     VLEncoded,
     VLProcessor,
-    encode_vl,
+    encode_records,
 )
 
 
@@ -93,30 +93,7 @@ def greedy_vl(model, proc: VLProcessor, encs: list[VLEncoded], max_new_tokens: i
     return out
 
 
-def encode_records(proc: VLProcessor, records: list[dict], chat_template: bool | None = None) -> list[VLEncoded]:
-    """Workbench trajectory records (``images``: path strings) encoded with their images; ``chat_template``
-    overrides the processor's setting (the analysis's choice), None keeps it. An unreadable image names the
-    trajectory and the path."""
-    from core.io.images import refs
-
-    if chat_template is not None and chat_template != proc.cfg.chat_template:
-        proc = dataclasses.replace(proc, cfg=dataclasses.replace(proc.cfg, chat_template=chat_template))
-    return encode_vl(proc, [{**r, "image_refs": refs(r)} for r in records])
-
-
 def greedy_records(model, proc: VLProcessor, records: list[dict], max_new_tokens: int = 96, batch_size: int = 16,
-                   chat_template: bool | None = None) -> list[str]:
+                   chat_template: bool = True) -> list[str]:
     """``greedy_vl`` of workbench trajectory records (prompt, chat, images)."""
     return greedy_vl(model, proc, encode_records(proc, records, chat_template), max_new_tokens, batch_size)
-
-
-def encode_for(series, records: list[dict], chat_template: bool = True) -> list:
-    """``records`` as ``series`` reads them: a text series through its tokenizer
-    (``core.io.trajectories.encode``), a vision-language one (it has a ``processor``) with each record's images,
-    so that nothing that probes or scores a VL world silently drops its X-rays."""
-    proc = getattr(series, "processor", None)
-    if proc is None:
-        from core.io.trajectories import encode
-
-        return encode(series.tokenizer, records, chat_template=chat_template)
-    return encode_records(proc, records, chat_template)

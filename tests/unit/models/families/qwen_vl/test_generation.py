@@ -1,10 +1,10 @@
-"""Greedy decoding with images (core.models.vl_generation): a batch (left-padded, rows with one, two and no images)
+"""Greedy decoding with images (core.models.families.qwen_vl.generation): a batch (left-padded, rows with one, two and no images)
 decodes each row's tokens exactly as decoding that row alone, under the base and under a LoRA checkpoint."""
 
 import torch
 
-from core.models.vision import encode_vl
-from core.models.vl_generation import greedy_vl, prompt_batch, vision_tokens
+from core.models.families.qwen_vl.inputs import encode_vl
+from core.models.families.qwen_vl.generation import greedy_vl, prompt_batch, vision_tokens
 from tests.vl_world import make_records
 
 

@@ -1,4 +1,4 @@
-"""Loading a vision-language checkpoint: model, processor (full or fallback), placeholder expansion."""
+"""Qwen-VL inputs (core.models.families.qwen_vl.inputs): model, processor (full or fallback), placeholder expansion."""
 
 import importlib.util
 import json
@@ -8,16 +8,16 @@ import torch
 
 from core.errors import InputError
 from core.io.images import ImageRef, load_image
-from core.models.vision import (
+from core.models.families import QWEN_VL_FAMILY, TEXT_FAMILY, family_for
+from core.models.families.qwen_vl.inputs import (
     IMAGE_PAD,
     VISION_END,
     VISION_START,
-    VisionConfig,
     encode_vl,
-    is_vl_folder,
     load_processor,
     load_vl_model,
 )
+from core.models.vision import VisionConfig
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
@@ -41,7 +41,7 @@ def test_fixture_is_a_checkpoint_folder(tiny_vl):
     names = {p.name for p in tiny_vl.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= names
     cfg = json.loads((tiny_vl / "config.json").read_text())
-    assert cfg["model_type"] == "qwen2_5_vl" and is_vl_folder(tiny_vl)
+    assert cfg["model_type"] == "qwen2_5_vl" and family_for(tiny_vl) is QWEN_VL_FAMILY
     tok = load_processor(tiny_vl).tokenizer
     for token, key in (("<|vision_start|>", "vision_start_token_id"), ("<|image_pad|>", "image_token_id"),
                        ("<|vision_end|>", "vision_end_token_id")):
@@ -111,12 +111,9 @@ def test_encode_marks_the_completion_after_the_images(tiny_vl, vl_records):
     assert encs[1].image_grid_thw.shape == (2, 3)
 
 
-def test_not_a_vl_folder_is_named(tmp_path):
+def test_a_text_model_folder_is_not_read_as_vision_language(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    from core.models.vl_series import load_vl_series
-
-    with pytest.raises(InputError, match="not a vision-language model folder"):
-        load_vl_series(tmp_path)
+    assert family_for(tmp_path) is TEXT_FAMILY and not TEXT_FAMILY.reads_images  # the VL loader is never asked
     with pytest.raises(InputError, match="cannot load vision-language model"):
         load_vl_model(tmp_path)
 
