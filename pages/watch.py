@@ -84,7 +84,7 @@ def stop(view: views.WatchView) -> None:
         elif st.button("Stop training", key="watch_stop", icon=":material/stop_circle:", type="primary",
                        help="the callback ends training at its next step (control.should_training_stop)"):
             view.stop("the Watch page")
-            st.rerun(scope="fragment")
+            st.rerun()
     elif not view.has_callback:
         st.caption("Followed from its folder (no callback): Stop cannot reach this trainer.")
 
@@ -122,7 +122,7 @@ def start_scorer(view: views.WatchView) -> None:
     saved = view.config()
     if saved:
         st.caption("Resumes at the first unscored step, with the settings this watch was scored with.")
-        values, make = {}, lambda: WatchConfig.from_dict(saved, str(view.out / "config.json"))
+        values, make = {}, lambda: WatchConfig.from_dict({**saved, "once": False}, str(view.out / "config.json"))
     elif world is None:
         st.info("Open a world (its base model and probe set) to score this watch from here, or start "
                 f"`workbench watch --run {inert(str(view.out))} --base BASE --data FILE --job`.")

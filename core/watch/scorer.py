@@ -148,6 +148,9 @@ class _Loop:
                         self.cfg.idle_exit and time.monotonic() - idle_since > self.cfg.idle_exit):
                     break
                 self._set("waiting")
+                if self.progress:  # the job panel shows a waiting scorer as such, not as "starting"
+                    n = len(self.store.scored())
+                    self.progress(n, n + 1, f"{n} step(s) scored; waiting for the next checkpoint")
                 self._sleep(self.cfg.poll)
         except (Cancelled, KeyboardInterrupt):
             self._assemble(force=True)

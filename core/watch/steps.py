@@ -90,19 +90,19 @@ class StepScorer:
         return StepResult(name, new.step, tokens, beliefs, self._answers(name))
 
     def _answers(self, name: str) -> list[dict]:
-        """Greedy answers of the first ``decode`` studies under checkpoint ``name`` (text models; None: malformed)."""
-        if not self.decode or getattr(self.series, "processor", None) is not None:
+        """Greedy answers of the first ``decode`` studies under checkpoint ``name`` (None: malformed), decoded by the
+        series' model family (``core.models.families``: text, or a vision-language model with each study's images)."""
+        if not self.decode:
             return []
         from core.io.answers import DEFAULT
-        from core.models.generation import greedy_completions
 
         fmt = self.format or DEFAULT
         recs = self.set.records[: self.decode]
         tok = self.series.tokenizer
         longest = max(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in recs)
         with self.series.activate(name) as model:
-            texts = greedy_completions(model, tok, [r["prompt"] for r in recs], int(longest * 1.25) + 8,
-                                       device=str(self.series.device), chats=[r.get("chat") for r in recs])
+            texts = self.series.family.greedy(model, self.series.processor, recs, int(longest * 1.25) + 8,
+                                              chat_template=self.set.config.chat_template)
         return [{"traj_id": r["id"], "answer": fmt.parse(t), "gold": r.get("label")} for r, t in zip(recs, texts, strict=True)]
 
 
@@ -120,7 +120,7 @@ def advance(series: ModelSeries | None, cfg: AnalysisConfig, infos: list[Checkpo
     """A series of the base and ``infos`` (in order). When the loaded series and ``infos`` are all LoRA adapters on a
     text model, the base model stays loaded: new adapters are attached, those no longer needed deleted; otherwise
     the series is loaded afresh (full checkpoints load one at a time when activated anyway)."""
-    reusable = (series is not None and getattr(series, "processor", None) is None and hasattr(series.model, "peft_config")
+    reusable = (series is not None and not series.family.reads_images and hasattr(series.model, "peft_config")
                 and all(c.kind == "adapter" for c in [*series.checkpoints, *infos]))
     if not reusable:
         return load_series(cfg.base, [str(c.path) for c in infos], device=cfg.device, dtype=cfg.dtype,
@@ -149,5 +149,6 @@ def advance(series: ModelSeries | None, cfg: AnalysisConfig, infos: list[Checkpo
     for name in have - wanted:
         model.delete_adapter(name)
     return ModelSeries(series.base_dir, list(infos), model, series.tokenizer, series.device, series.dtype,
-                       series.trust_remote_code, warnings=series.warnings)
+                       series.trust_remote_code, warnings=series.warnings, family=series.family,
+                       processor=series.processor)
 

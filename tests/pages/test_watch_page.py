@@ -77,3 +77,62 @@ def test_a_finished_watch_becomes_a_world(quick_world, tmp_path):
     assert not at.exception and any("World watched-world created" in s.value for s in at.success)
     assert (ws / "worlds" / "watched-world" / "analysis" / "config.json").is_file()
     assert at.session_state[state.NEXT_WORLD] == str(ws / "worlds" / "watched-world")
+
+
+def _reporting(job, timeout: float = 180.0):
+    """Wait until the scorer job reports (its cancel flag is set up by then: a SIGTERM earlier kills it)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while job.progress()["message"] == "starting…":
+        assert job.state() == "running" and time.monotonic() < deadline, job.log_tail()
+        time.sleep(0.1)
+    return job
+
+
+def _job_of(ws, watch):
+    from core.jobs import supervisor
+
+    found = [j for j in supervisor.list_jobs(ws / "jobs", "watch") if j.meta.get("out") == str(watch.resolve())]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_scorer_starts_as_a_job_with_its_saved_settings_and_cancels_from_the_page(quick_world, tmp_path):
+    ws = tmp_path / "ws"
+    watch = make_watch(quick_world, tmp_path / "resume", status="running", steps=(2,))
+    views.register(ws, watch)
+    at = page(quick_world, ws)
+    at.run()
+    assert any("Resumes at the first unscored step" in c.value for c in at.caption)
+    at.button(key="watch_start_scorer").click().run()
+    assert not at.exception
+    job = _job_of(ws, watch)
+    assert job.kind == "watch" and job.argv[:3] == ["-m", "core.jobs.worker", "watch"]
+    saved = json.loads((job.dir / "config.json").read_text())
+    assert saved["limit"] == 4 and saved["positions"] == "sentence" and saved["once"] is False
+    assert "waiting for the next checkpoint" in _reporting(job).progress()["message"]
+    at.run()
+    at.button(key=f"cancel-{job.id}").click().run()  # the jobs panel's Cancel: SIGTERM to the worker
+    assert job.wait(120) == "cancelled", job.log_tail()
+    assert views.WatchView.open(watch).scorer_state == "cancelled"
+
+
+def test_a_new_watch_is_scored_on_the_open_worlds_probe_set(quick_world, tmp_path):
+    from core.watch import callback
+
+    ws = tmp_path / "ws"
+    scored = make_watch(quick_world, tmp_path / "src", status="ended", steps=(2,))
+    watch = callback.init_watch(tmp_path / "fresh" / "watch", keep="adapters", source="callback")
+    callback.record(scored.parent / "run" / "checkpoint-2", watch, 2)  # recorded, never scored
+    views.register(ws, watch)
+    at = page(quick_world, ws)
+    at.run()
+    assert not at.exception and any("the world" in c.value for c in at.caption)
+    at.number_input(key=state.setting("watch", "limit")).set_value(3).run()
+    at.button(key="watch_start_scorer").click().run()
+    assert not at.exception
+    job = _job_of(ws, watch)
+    saved = json.loads((job.dir / "config.json").read_text())
+    assert saved["world"] == str(quick_world) and saved["limit"] == 3 and saved["run"] == str(watch)
+    assert _reporting(job).cancel() and job.wait(120) == "cancelled", job.log_tail()
