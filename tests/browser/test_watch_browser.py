@@ -47,6 +47,7 @@ def test_a_run_watched_live_alarm_stop_world_explorer(browser, watch_server, art
     page.goto(url + "/watch")
     page.get_by_role("heading", name="Watch").first.wait_for(timeout=90_000)
     page.get_by_text("Watched run").wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"watch demo-[0-9-]+ · running")).wait_for(timeout=120_000)  # the scorer's job
     page.get_by_text(RULE).first.wait_for(timeout=600_000)  # the live panel redraws every second
     no_exception(page)
     page.screenshot(path=str(artifacts / "watch-alarm.png"), full_page=True)
