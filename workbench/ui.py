@@ -122,14 +122,18 @@ def live_fragment(body, is_live, flag: str) -> None:
     st.fragment(panel, run_every=1.0 if is_live() else None)()
 
 
-def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
-    """The latest background jobs of ``kind``: live progress with ETA and Cancel while running (the panel
-    redraws itself every second), the log when one fails, and ``done_actions(job, main, side)`` to show
-    or open a finished job's result. When the last running job ends, the whole page reruns."""
+def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, select=None) -> None:
+    """The latest background jobs of ``kind`` (those ``select(job)`` keeps, if given): live progress with ETA and
+    Cancel while running (the panel redraws itself every second), the log when one fails, and
+    ``done_actions(job, main, side)`` to show or open a finished job's result. When the last running job ends,
+    the whole page reruns."""
     from core.jobs import supervisor as jobs
 
+    def latest() -> list:
+        return [j for j in jobs.list_jobs(job_dirs, kind) if select is None or select(j)][:limit]
+
     def panel() -> None:
-        recent = jobs.list_jobs(job_dirs, kind)[:limit]
+        recent = latest()
         for job in recent:
             status, p = job.state(), job.progress()
             with st.container(border=True):
@@ -149,8 +153,7 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
                     with main.expander("Log", expanded=status in ("failed", "died")):
                         st.code(job.log_tail(15) or "(empty)", language="text")
 
-    live_fragment(panel, lambda: any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind)[:limit]),
-                  state.running_flag(kind))
+    live_fragment(panel, lambda: any(j.state() == "running" for j in latest()), state.running_flag(kind))
 
 
 def branch_comparison(path: str, stamp: str, branches: dict) -> None:
@@ -252,9 +255,10 @@ def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     """A picker over the workspace's analyses and the world's shipped one (the session's choice kept
     across pages); stops the page with ``empty`` and a link to Checkpoints when there is none."""
     from core.drift.analysis import list_analyses
+    from core.watch.views import watch_analyses
     from workbench import routes
 
-    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None, *watch_analyses(ws.root))
     if not found:
         st.info(empty)
         st.page_link(routes.checkpoints(), label="Go to Checkpoints")

@@ -121,7 +121,8 @@ class Analysis:
 
 
 def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write: Callable[[Path], None]) -> Path:
-    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in."""
+    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in (also
+    ``save_folder``: the drift watch writes its growing analysis folder through it)."""
     import os
     import tempfile
 
@@ -144,6 +145,9 @@ def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+save_folder = _save_folder  # the public name (core.watch.store)
 
 
 class StagedAnalysis:
@@ -518,7 +522,8 @@ class AnalysisInfo:
     def describe(self) -> str:
         data = Path(self.config.data).name
         n = f"first {self.config.limit}" if self.config.limit else "all"
-        return f"{self.name} · {n} of {data} · probe {self.config.positions}"
+        name = f"{self.path.parent.name}/{self.name}" if self.name == "analysis" else self.name  # a world's, a watch's
+        return f"{name} · {n} of {data} · probe {self.config.positions}"
 
 
 def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
