@@ -42,7 +42,7 @@ import torch
 
 from core.drift.buffers import Buffers
 from core.io.trajectories import Encoded, vocab_texts
-from core.models.forward import chunk_rows, inner
+from core.models.forward import chunk_rows, inner, logit_transform
 from core.models.memory import pin_mmap_threshold
 from core.models.series import ModelSeries
 from core.progress import Cancelled, Progress
@@ -138,6 +138,7 @@ class _Rows:
 
     def __init__(self, model, hidden: torch.Tensor):
         self.hidden = hidden
+        self.finish = logit_transform(model)  # what the model's forward does after its head (scale, soft cap)
         out = inner(model).get_output_embeddings()
         if type(out) is torch.nn.Linear:  # the usual head: keep its tensors (a full checkpoint's are freed with it
             self.weight, self.bias, self.module = out.weight, out.bias, None  # otherwise; no copy is made)
@@ -157,6 +158,11 @@ class _Rows:
                 torch.addmm(self.bias, h, self.weight.t(), out=logits)
         else:  # low precision or a wrapped head: its own (n, V) result, then float32
             logits.copy_(torch.nn.functional.linear(h, self.weight, self.bias) if self.module is None else self.module(h))
+        scale, cap = self.finish  # in place, the same numbers as the model's own finish (forward.finish_logits)
+        if scale != 1.0:
+            logits.mul_(scale)
+        if cap is not None:
+            logits.div_(cap).tanh_().mul_(cap)
         lp = torch.log_softmax(logits, -1, out=bufs.take(h.shape[0]))  # (n, V)
         bufs.give(logits)
         p = torch.exp(lp, out=bufs.take(h.shape[0]))
