@@ -8,3 +8,8 @@ class InputError(ValueError):
 
 class WorkspaceError(InputError):
     """The workspace folder or its database cannot be used."""
+
+
+class NonFiniteError(RuntimeError):
+    """A number the workbench computed (a loss, a weight, a score) is NaN or infinite: the message names where
+    (the step, the checkpoint), so that no wrong figure is shown or saved as if it were one."""

@@ -288,7 +288,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=Non
 def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None = None,
           should_cancel: Callable[[], bool] | None = None) -> TrainResult:
     """Run ``cfg`` into ``cfg.output_dir``; a cancel saves the adapter and returns with ``cancelled=True``."""
-    from core.cpo.callbacks import CancelCallback, MetricsCallback, ProgressCallback
+    from core.cpo.callbacks import CancelCallback, FiniteCallback, MetricsCallback, ProgressCallback
 
     tok = processing(cfg)
     pre = preflight(cfg, tok)
@@ -303,7 +303,7 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     resume_from = _resume_point(out, progress, rank0) if cfg.resume else None
     cancel = CancelCallback(should_cancel or (lambda: False))
     callbacks = [MetricsCallback(out / "metrics.jsonl", pre.sources, append=resume_from is not None),
-                 ProgressCallback(progress, pre.warnings), cancel]
+                 ProgressCallback(progress, pre.warnings), FiniteCallback(), cancel]
     trainer = build_trainer(cfg, callbacks, tokenizer=tok, pre=pre)
     started = time.time()
     try:

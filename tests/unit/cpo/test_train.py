@@ -128,7 +128,7 @@ def test_preflight_flags_empty_identical_and_truncated(tmp_path, sample_world):
 def test_bad_pair_line_is_named(tmp_path):
     path = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
                                          {"prompt": "a", "chosen": "b", "rejected": "c", "weight": -2}])
-    with pytest.raises(InputError, match=r"p.jsonl, line 2, field 'weight': expected a positive number"):
+    with pytest.raises(InputError, match=r"p.jsonl, line 2, field 'weight': expected a positive finite number"):
         read_pairs(path)
 
 
