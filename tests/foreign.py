@@ -87,9 +87,15 @@ def make_trl_run(root: Path, n_train: int = 24, n_heldout: int = 12, seed: int =
                          train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in train]),
                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     trainer.train()
-    base = root / "user" / "base"
-    shutil.move(str(cluster_base), base)  # the adapters keep naming the cluster path, which is gone now
-    return {"base": base, "run": out, "train": data / "train.jsonl", "heldout": data / "heldout.jsonl"}
+    shutil.move(str(cluster_base), root / "user" / "base")  # the adapters keep naming the cluster path, gone now
+    return trl_run_paths(root)
+
+
+def trl_run_paths(root: Path) -> dict[str, Path]:
+    """Where ``make_trl_run(root)`` puts the base model, the TRL output folder and the data files."""
+    user = root / "user"
+    return {"base": user / "base", "run": user / "trl-out", "train": user / "data" / "train.jsonl",
+            "heldout": user / "data" / "heldout.jsonl"}
 
 
 def make_swift_layout(run: Path, base: Path, dest: Path) -> Path:

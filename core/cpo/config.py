@@ -86,3 +86,19 @@ class TrainConfig(ConfigBase):
                 isinstance(k, str) and is_weight(w) for k, w in self.source_weights.items()):
             raise ValueError(f"field 'source_weights': expected {SOURCE_WEIGHTS}, got {self.source_weights!r}")
         check_pixel_order(self)
+
+
+@dataclass
+class TrainOptions(ConfigBase):
+    """What a training job does after the run (flags beside its ``TrainConfig``; ``--resume`` is a config field)."""
+
+    what: ClassVar[str] = "training options"
+
+    evaluate: str | None = field(default=None, metadata={
+        "help": "afterwards, answer this world's held-out sets with the new adapter (evaluation.json)", "path": True})
+    evaluate_limit: int | None = field(default=None, metadata={"help": "with --evaluate: the first N held-out "
+                                                                       "studies only", "min": 1})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        expand_fields(self)

@@ -10,29 +10,8 @@ Light to import (torch and TRL load when a run starts).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from typing import ClassVar
-
-from core.config import ConfigBase
-from core.cpo.config import TrainConfig
-from core.io.paths import expand_fields
+from core.cpo.config import TrainConfig, TrainOptions
 from core.progress import CANCELLED, Progress
-
-
-@dataclass
-class TrainOptions(ConfigBase):
-    """What a training job does after the run (flags beside its ``TrainConfig``; ``--resume`` is a config field)."""
-
-    what: ClassVar[str] = "training options"
-
-    evaluate: str | None = field(default=None, metadata={
-        "help": "afterwards, answer this world's held-out sets with the new adapter (evaluation.json)", "path": True})
-    evaluate_limit: int | None = field(default=None, metadata={"help": "with --evaluate: the first N held-out "
-                                                                       "studies only", "min": 1})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        expand_fields(self)
 
 
 def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None = None, should_cancel=None) -> int:

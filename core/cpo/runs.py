@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.cpo.config import TrainOptions
 from core.errors import InputError
 from core.io.store import Store
 from core.jobs import registry
@@ -93,8 +94,6 @@ def train_argv(config_path: str | Path, world: str | Path | None = None, evaluat
 
 
 def _options(world: str | Path | None, evaluate_limit: int | None):
-    from core.cpo.job import TrainOptions
-
     return TrainOptions(evaluate=str(world) if world else None, evaluate_limit=evaluate_limit if world else None)
 
 

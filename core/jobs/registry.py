@@ -55,7 +55,7 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
             "core.perturb.job:run_perturb", "swap a span in every trajectory; answers before/after per checkpoint"),
     JobKind("visual", "core.perturb.visual:VisualConfig", "core.perturb.job:VisualOptions",
             "core.perturb.job:run_visual", "image swap or region occlusion on a vision-language series"),
-    JobKind("train", "core.cpo.config:TrainConfig", "core.cpo.job:TrainOptions", "core.cpo.job:run_train",
+    JobKind("train", "core.cpo.config:TrainConfig", "core.cpo.config:TrainOptions", "core.cpo.job:run_train",
             "a CPO run, then (with --evaluate) its held-out figures"),
     JobKind("counterfactuals", "core.counterfactuals.batch:BatchConfig", "core.counterfactuals.batch:BatchOptions",
             "core.counterfactuals.batch:run_job", "a batch of counterfactuals into the workspace database"),

@@ -15,7 +15,7 @@ from core.config import ConfigBase, field_type
 from core.counterfactuals.batch import BatchConfig, BatchOptions
 from core.counterfactuals.expert import ExpertConfig
 from core.cpo.config import TrainConfig
-from core.cpo.job import TrainOptions
+from core.cpo.config import TrainOptions
 from core.drift.config import AnalysisConfig
 from core.drift.job import ScoreOptions
 from core.errors import InputError

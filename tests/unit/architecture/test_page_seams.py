@@ -1,4 +1,7 @@
-"""Pages only show: session keys are named in workbench/state.py, every page opens through one preamble."""
+"""Pages only show: session keys are named in workbench/state.py, every page opens through one preamble.
+
+What a page may import (not the demo, not the command line, no hashlib, os, re, torch...) is an import contract in
+pyproject.toml (``lint-imports``; tests/unit/architecture/test_contracts.py)."""
 
 from __future__ import annotations
 
@@ -75,32 +78,12 @@ def test_one_live_fragment():
 
 
 def test_pages_hold_no_domain_rules():
-    """The rules moved to core stay there: no hashing, environment or regex work, no run-folder layout or
-    TrainConfig rebuilding, no sort rules of the driver tables in a page."""
-    banned = ("import hashlib", "import os", "import re\n", "os.environ", '/ "cpo" /', "dataclasses.fields(",
+    """The rules moved to core stay there: no environment reads, no run-folder layout or TrainConfig rebuilding, no
+    sort rules of the driver tables in a page. (No hashlib, os, re, sqlite3 or torch import in a page: the
+    ``thin-pages`` import contract.)"""
+    banned = ("os.environ", '/ "cpo" /', "dataclasses.fields(",
               "sort_values(", "synonym_sets(", "WORKBENCH_DATA_ROOTS", "generate_batch(")
     for page in sorted((ROOT / "pages").glob("*.py")):
         text = page.read_text()
         found = [b.strip() for b in banned if b in text]
         assert not found, f"{page.name}: {found} belong in core"
-
-
-def _sample_imports(path: Path) -> list[str]:
-    """The imports of ``workbench.demo`` (the demo worlds' builder) in one file."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-        found += [n for n in names if n == "workbench.demo" or n.startswith("workbench.demo.")]
-    return found
-
-
-def test_pages_and_ui_never_assume_the_sample_world(tmp_path):
-    """Pages and the UI serve any world: only the command line (``workbench demo`` / ``build-sample``) may name
-    the demo worlds' package."""
-    files = sorted((ROOT / "pages").glob("*.py")) + sorted(p for p in (ROOT / "workbench").glob("*.py")
-                                                           if p.name != "cli.py")
-    assert {str(p.relative_to(ROOT)): i for p in files if (i := _sample_imports(p))} == {}
-    bad = tmp_path / "page.py"
-    bad.write_text("from workbench.demo import SAMPLE_WORLDS\nimport workbench.demo.xray\n")
-    assert _sample_imports(bad) == ["workbench.demo", "workbench.demo.xray"]  # the check finds both forms

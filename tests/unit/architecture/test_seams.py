@@ -14,16 +14,18 @@ from tests.conftest import ROOT
 
 # ---------------------------------------------------------------------------------------- linter and CI
 
-def test_ci_runs_the_readme_test_command_verbatim_then_ruff():
+def test_ci_runs_the_readme_test_command_verbatim_then_ruff_and_the_import_contracts():
     readme = (ROOT / "README.md").read_text()
     command = re.search(r"```bash\n(python3 -m venv .venv && [^\n]*pytest)\n```", readme).group(1)
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
     test_line = next(i for i, line in enumerate(lines) if line.startswith(command))
-    ruff_line = next(i for i, line in enumerate(lines) if line.startswith(".venv/bin/ruff check ."))
-    assert test_line < ruff_line, "ruff runs after the install that brings it"
-    assert lines[test_line].endswith("|| status=$?") and lines[ruff_line].endswith("|| status=$?")
-    assert lines[-1] == 'exit "$status"'  # a failure of either fails CI
-    assert "ruff" in (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    checks = [next(i for i, line in enumerate(lines) if line.startswith(c))
+              for c in (".venv/bin/ruff check .", ".venv/bin/lint-imports")]
+    assert all(test_line < c for c in checks), "ruff and lint-imports run after the install that brings them"
+    assert all(lines[i].endswith("|| status=$?") for i in (test_line, *checks))
+    assert lines[-1] == 'exit "$status"'  # a failure of any fails CI
+    extra = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    assert all(f'"{tool}>=' in extra for tool in ("ruff", "import-linter", "pytest-xdist")), extra
 
 
 def test_ruff_passes_when_installed():
