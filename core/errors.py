@@ -10,6 +10,7 @@ class WorkspaceError(InputError):
     """The workspace folder or its database cannot be used."""
 
 
-class NonFiniteError(RuntimeError):
-    """A number the workbench computed (a loss, a weight, a score) is NaN or infinite: the message names where
-    (the step, the checkpoint), so that no wrong figure is shown or saved as if it were one."""
+class NonFiniteError(InputError):
+    """A number the workbench read or computed (a weight, a loss, a score) is NaN or infinite: the message names
+    where (the step, the checkpoint, the tensor), so that no wrong figure is shown or saved as if it were one.
+    An ``InputError``: what caused it is a file or a setting (a checkpoint's weights, a learning rate)."""

@@ -24,7 +24,7 @@ import torch
 
 from core.errors import InputError
 from core.io.trajectories import Encoded, encode, prompt_ids
-from core.models.adapter_checks import check_adapter_keys, refuse_pickle_adapter
+from core.models.adapter_checks import check_adapter_file, check_adapter_keys
 from core.models.families.base import TEXT, Family
 from core.models.forward import decoder, hidden_states, token_logprobs
 from core.models.loading import load_model, load_tokenizer
@@ -206,7 +206,7 @@ class TextFamily(Family):
     def attach_adapter(self, model, path: Path, name: str):
         from peft import PeftModel
 
-        refuse_pickle_adapter(path)
+        check_adapter_file(path)
         try:
             if isinstance(model, PeftModel):
                 model.load_adapter(path, adapter_name=name, is_trainable=False)
