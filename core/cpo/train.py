@@ -22,6 +22,7 @@ counterfactual image).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -207,13 +208,39 @@ def _base_name(cfg: TrainConfig) -> str:
     return Path(cfg.base_model).name
 
 
+# what scales a LoRA update besides its weights: a run continued from an adapter takes these from it, so that
+# training starts from exactly the model the start checkpoint scores as (alpha 64 read as 32 halves its update)
+SCALING_FIELDS = ("lora_alpha", "use_rslora", "alpha_pattern", "rank_pattern")
+
+
+def start_scaling(cfg: TrainConfig) -> dict:
+    """The init adapter's scaling settings (``SCALING_FIELDS`` its adapter_config.json holds); {} without one."""
+    from core.io import jsonsafe
+
+    if not cfg.init_adapter:
+        return {}
+    path = Path(cfg.init_adapter) / "adapter_config.json"
+    try:
+        config = jsonsafe.loads(path.read_text(encoding="utf-8-sig"), str(path))
+    except OSError as e:
+        raise InputError(f"{path}: the init adapter's config cannot be read ({e.strerror or e})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: expected a JSON object (a PEFT adapter config)")
+    found = {k: config[k] for k in SCALING_FIELDS if config.get(k) is not None}
+    alpha = found.get("lora_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0):
+        raise InputError(f"{path}, field 'lora_alpha': expected a positive number, got {alpha!r}")
+    return found
+
+
 def lora_config(cfg: TrainConfig, model=None, family: Family | None = None):
-    """LoRA r/alpha of the run on the family's targets (text: all linear layers; Qwen-VL: the language model's)."""
+    """LoRA r/alpha of the run on the family's targets (text: all linear layers; Qwen-VL: the language model's);
+    a continued adapter's own scaling (``start_scaling``) over the config's alpha."""
     from peft import LoraConfig
 
     targets = (family or family_of(cfg)).lora_targets(model)
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
-                      task_type="CAUSAL_LM")
+    scaling = {"lora_alpha": cfg.lora_alpha, **start_scaling(cfg)}
+    return LoraConfig(r=cfg.lora_r, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM", **scaling)
 
 
 def _load_init_adapter(model, path: str, family: Family) -> None:
@@ -298,6 +325,13 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     out.mkdir(parents=True, exist_ok=True)
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch every process runs this; rank 0 writes
     lock = lock_folder(out, "run folder") if rank0 else None  # one trainer per run folder, held until return
+    alpha = start_scaling(cfg).get("lora_alpha", cfg.lora_alpha)
+    if alpha != cfg.lora_alpha:  # the start adapter's alpha is the one trained with: the saved config says so
+        if progress:
+            progress(0, 1, f"warning: lora_alpha {alpha:g} of the init adapter is used, not {cfg.lora_alpha} "
+                           "(a continued adapter keeps its own scaling)")
+        if float(alpha).is_integer():  # the config's field is whole; a fractional alpha still trains as read
+            cfg = dataclasses.replace(cfg, lora_alpha=int(alpha))
     if rank0:
         cfg.save(out / "config.json")
     resume_from = _resume_point(out, progress, rank0) if cfg.resume else None

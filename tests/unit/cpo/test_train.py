@@ -242,3 +242,32 @@ def test_same_entry_point_under_accelerate_launch(tmp_path, sample_world, pairs_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "finished at step 1" in done.stdout
     assert json.loads((tmp_path / "run" / "adapter" / "trainer_state.json").read_text())["global_step"] == 1
+
+
+def test_a_run_from_an_adapter_starts_from_exactly_the_model_it_scores_as(tmp_path, sample_world, pairs_file):
+    """A start adapter whose alpha is 64 (B halved: the same model as checkpoint-160): the trainer's model
+    before its first step gives checkpoint-160's logits, not a half-strength update read at the config's alpha."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core.cpo.train import build_trainer
+    from core.models.series import load_series
+
+    start = tmp_path / "start" / "checkpoint-160"
+    shutil.copytree(sample_world / "rft" / "checkpoint-160", start)
+    config = json.loads((start / "adapter_config.json").read_text())
+    (start / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 2 * config["lora_alpha"]}))
+    weights = load_file(start / "adapter_model.safetensors")
+    save_file({k: v / 2 if "lora_B" in k else v for k, v in weights.items()}, start / "adapter_model.safetensors")
+    trainer = build_trainer(_cfg(sample_world, pairs_file, tmp_path / "run", init_adapter=str(start)))
+    series = load_series(sample_world / "model", sample_world / "rft" / "checkpoint-160", base_names=[BASE_NAME])
+    ids = torch.tensor([[1, 5, 9, 12, 3, 40, 7]])
+    with torch.no_grad(), series.activate("checkpoint-160") as model:
+        expected = model(input_ids=ids).logits
+    trainer.model.eval()
+    with torch.no_grad():
+        got = trainer.model(input_ids=ids).logits
+    assert trainer.model.peft_config["default"].lora_alpha == 2 * config["lora_alpha"]
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
