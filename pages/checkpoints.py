@@ -181,6 +181,8 @@ if source == "Local folders" and base and data and not problems:
         if st.button("Create the world", key="ck_world_create", disabled=not world_name.strip(),
                      help="writes a world.json under the workspace naming these folders; nothing is copied"):
             try:
+                if refused := refused_paths([held], roots):  # checked like every typed path: existence not told
+                    raise InputError(refused[0])
                 start = graph or (world and world.graph_path)  # the open world's graph, to edit
                 new = world_mod.create_world(world_mod.world_dir(ws.root, world_name), world_name, base,
                                              checkpoint_list, [data], start, held or None)

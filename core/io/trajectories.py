@@ -37,7 +37,7 @@ from core.errors import InputError
 from core.io import jsonsafe
 from core.io.answers import DEFAULT, AnswerFormat
 from core.io.images import PLACEHOLDER
-from core.io.paths import expand
+from core.io.paths import child, expand
 
 REQUIRED = ("prompt", "completion")
 CCF_QUESTION = "What is the disease of this patient?"
@@ -284,10 +284,12 @@ def _dataset_folder(path: Path):
             splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise InputError(f"{path / 'dataset_dict.json'}: expected {{\"splits\": [...]}} ({e})") from None
+        if not isinstance(splits, list):
+            raise InputError(f"{path / 'dataset_dict.json'}: expected {{\"splits\": [...]}}, got {splits!r}")
         split = "test" if "test" in splits else splits[0] if len(splits) == 1 else None
         if split is None:
             raise InputError(f"{path}: a DatasetDict with splits {splits}; pick one folder ({path}/<split>)")
-        path = path / split
+        path = child(path, split, f"{path / 'dataset_dict.json'}, field 'splits'")  # never a path out of it
     if not (path / "state.json").is_file():
         raise InputError(f"{path}: a folder, but not a Hugging Face datasets folder (no state.json); "
                          "expected a JSONL / JSON / parquet file or a save_to_disk folder")
@@ -296,7 +298,8 @@ def _dataset_folder(path: Path):
     state = json.loads((path / "state.json").read_text())
     row = 0
     for entry in state.get("_data_files", []):
-        f = path / entry["filename"]
+        f = child(path, entry.get("filename") if isinstance(entry, dict) else None,
+                  f"{path / 'state.json'}, field '_data_files'")
         try:
             with pa.memory_map(str(f)) as source:
                 table = pa.ipc.open_stream(source).read_all()

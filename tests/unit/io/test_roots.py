@@ -31,6 +31,27 @@ def test_paths_outside_the_roots_get_one_message_whether_or_not_they_exist(tmp_p
     assert check_data_path(tmp_path / "data.jsonl", data_roots(ws.store)) == (tmp_path / "data.jsonl").resolve()
 
 
+def test_a_path_is_checked_as_the_engine_reads_it_with_home_and_variables_expanded(tmp_path, monkeypatch):
+    """``$HOME/../outside`` with the working directory in a data root: checked literally it lay under the root
+    (``root/$HOME/../outside``), read expanded it is outside."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    (root / "outside").mkdir(parents=True)
+    home.mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "traj.jsonl").write_text("{}")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("DATA", str(tmp_path / "outside"))
+    for typed in ("$HOME/../outside/traj.jsonl", "${HOME}/../outside/traj.jsonl", "~/../outside/traj.jsonl",
+                  "$DATA/traj.jsonl"):
+        with pytest.raises(InputError, match="not under the data roots"):
+            check_data_path(typed, [root])
+    (root / "mine.jsonl").write_text("{}")
+    monkeypatch.setenv("HOME", str(root))
+    assert check_data_path("$HOME/mine.jsonl", [root]) == (root / "mine.jsonl").resolve()
+    assert check_data_path("data.jsonl", ["$HOME"]) == (root / "data.jsonl").resolve()  # roots expand too
+
+
 def test_world_folders_are_data_roots(tmp_path, sample_world, monkeypatch):
     monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
     ws = Workspace.open(tmp_path / "ws")
