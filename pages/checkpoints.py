@@ -166,7 +166,7 @@ else:
 total = None  # trajectories in the chosen file, shown beside the Score button's limit
 if data:
     try:
-        total = len(resources.records(data, None, resources.file_stamp(data)))
+        total = len(resources.records(data, None, resources.file_stamp(data), tuple(map(str, roots))))
         st.caption(f"`{data}`: {total} trajectories")
     except InputError as e:
         problems.append(str(e))
