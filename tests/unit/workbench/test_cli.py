@@ -141,6 +141,19 @@ def test_out_never_replaces_files_the_workbench_did_not_write(sample_world, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt"]  # no hidden .notes.txt.old
 
 
+def test_force_replaces_a_previous_analysis_but_not_the_users_files_of_the_same_names(sample_world, tmp_path, capsys):
+    from workbench import cli
+
+    out = tmp_path / "analysis"
+    args = ["score", "--world", str(sample_world), "--limit", "1", "--no-cache", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--force"]) == 0  # its own previous analysis: replaced
+    (out / "trajectories.jsonl").write_text('{"mine": "my own trajectories"}\n')
+    assert cli.main([*args, "--force"]) == 2
+    assert "did not write (trajectories.jsonl)" in capsys.readouterr().err
+    assert (out / "trajectories.jsonl").read_text() == '{"mine": "my own trajectories"}\n'
+
+
 def test_a_previous_result_is_replaced_only_with_force(tmp_path):
     import pandas as pd
 
@@ -149,15 +162,23 @@ def test_a_previous_result_is_replaced_only_with_force(tmp_path):
         PERTURB_COLUMNS,
         check_analysis_folder,
         check_result_file,
+        write_manifest,
     )
 
     prev = tmp_path / "analysis"
     prev.mkdir()
     (prev / "config.json").write_text("{}")
     pd.DataFrame({"a": [1]}).to_parquet(prev / "tokens.parquet")
+    with pytest.raises(InputError, match=r"did not write \(config.json, tokens.parquet\)"):  # no manifest: the user's
+        check_analysis_folder(prev, force=True)
+    write_manifest(prev)
     with pytest.raises(InputError, match="previous analysis; add --force"):
         check_analysis_folder(prev, force=False)
     check_analysis_folder(prev, force=True)
+    (prev / "config.json").write_text('{"base": "my own config"}')  # the user's file under the workbench's name
+    with pytest.raises(InputError, match=r"did not write \(config.json\)"):
+        check_analysis_folder(prev, force=True)
+    write_manifest(prev)
     check_analysis_folder(tmp_path / "new", force=False)
     (prev / "README.md").write_text("mine")
     with pytest.raises(InputError, match="did not write.*README.md"):
