@@ -322,8 +322,10 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     if pre.errors:
         raise InputError("; ".join(pre.errors))
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch every process runs this; rank 0 writes
+    if rank0 and not cfg.resume:
+        check_run_folder(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
     lock = lock_folder(out, "run folder") if rank0 else None  # one trainer per run folder, held until return
     alpha = start_scaling(cfg).get("lora_alpha", cfg.lora_alpha)
     if alpha != cfg.lora_alpha:  # the start adapter's alpha is the one trained with: the saved config says so
@@ -351,6 +353,33 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     if lock:
         lock.close()
     return TrainResult(adapter, trainer.state.global_step, cancel.cancelled, out / "metrics.jsonl")
+
+
+def check_run_folder(out: Path, cfg: TrainConfig) -> None:
+    """The rule of ``--out``: a new run writes into a new or empty folder, or one holding only this very config
+    (the runs page writes it before the job starts). Anything else, a config.json, README.md or metrics.jsonl
+    of the user's, a previous run (continued with ``resume``), is refused, naming the folder; nothing changes."""
+    from core.io.locks import LOCK_FILE
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out}: a file is there; output_dir names the run folder (choose a new folder)")
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if names == ["config.json"] and _same_config(out / "config.json", cfg):
+        return
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise InputError(f"{out}: output_dir holds files ({shown}); a new run is written only into a new or empty "
+                         "folder, so nothing was changed. Choose another output_dir, or set resume to continue "
+                         "a run of the workbench there")
+
+
+def _same_config(path: Path, cfg: TrainConfig) -> bool:
+    try:
+        return TrainConfig.load(path) == cfg
+    except InputError:
+        return False
 
 
 def _resume_point(out: Path, progress: Callable[[float, float, str], None] | None, rank0: bool) -> Path:
