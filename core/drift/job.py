@@ -56,9 +56,14 @@ def run_score(cfg: AnalysisConfig | None, options: ScoreOptions, progress: Progr
     it (``core.drift.shards``); ``options.merge`` builds the analysis from the finished shards (``cfg`` unused)."""
     from core.drift import shards
     from core.drift.analysis import run_analysis
+    from core.io.locks import lock_path
     from core.io.outputs import check_analysis_folder
 
     out = expand(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one scorer per analysis folder (two tabs pressing Score at once): the second is refused by name; the lock
+    # sits beside the folder, which is swapped in whole, and goes with this process
+    lock = lock_path(out.parent / f".{out.name}.writer.lock", out, "analysis folder")  # noqa: F841 - held
     check_analysis_folder(out, options.force)  # before the compute: a refusal costs nothing
     if options.merge:
         return save_analysis(shards.merge(out), out, merged=True)

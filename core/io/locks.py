@@ -19,9 +19,14 @@ def lock_folder(folder: str | Path, what: str = "folder"):
     """For writers: hold ``folder/.writer.lock`` (an exclusive ``flock``, released when this process ends,
     however it ends) with this process's pid and start time in it. Raises ``InputError`` naming the holder
     when another live process writes the folder. Keep the returned file open while writing."""
+    return lock_path(Path(folder) / LOCK_FILE, folder, what)
+
+
+def lock_path(path: Path, folder: str | Path, what: str = "folder"):
+    """``lock_folder`` with the lock file at ``path``: beside a folder that is swapped in whole (an analysis
+    folder), whose own contents the lock must not join."""
     import fcntl
 
-    path = Path(folder) / LOCK_FILE
     f = open(path, "a+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
