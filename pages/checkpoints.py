@@ -25,6 +25,7 @@ from core.models.series import adapter_name, base_name_warnings, plan_series
 from core.models.families import family_for
 from core.workspace import world as world_mod
 from workbench import forms, resources, routes, state, ui
+from workbench.safe_text import inert
 
 if st.session_state.pop(state.OPEN_EXPLORER, False):
     st.switch_page(routes.explorer())
@@ -127,7 +128,7 @@ if infos:
                                 "loss": st.column_config.NumberColumn(format="%.4f"),
                                 "lr": st.column_config.NumberColumn(format="%.1e")})
     for note in base_name_warnings(base, infos, base_names):  # a hint, not proof: never a refusal
-        st.warning(note, icon=":material/info:")
+        st.warning(inert(note), icon=":material/info:")
     st.caption(f"{len(infos)} checkpoints plus the base · scoring on **{dev_name}** in **{str(torch_dtype).removeprefix('torch.')}**")
 elif base and not problems and not checkpoints_value:
     st.info("No checkpoints given: only the base model will be scored.")
@@ -190,7 +191,7 @@ if source == "Local folders" and base and data and not problems:
                 st.session_state[state.NEXT_WORLD] = str(new.root)  # the sidebar's picker switches to it
                 st.rerun()
             except InputError as e:
-                st.error(str(e))
+                st.error(inert(str(e)))
 
 # ---- 3. score ------------------------------------------------------------------------------------------
 st.subheader("3 · Score")
@@ -211,7 +212,7 @@ if not problems:
     except ValueError as e:
         problems.append(f"Settings: {e}")
 for p in problems:
-    st.error(p)
+    st.error(inert(p))
 if cfg is not None:
     name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = ScoreOptions(out=str(ws.analyses_dir / name), workspace=str(ws.root))

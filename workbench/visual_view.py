@@ -47,7 +47,7 @@ def image_section(ws, world) -> None:
         records = _records(base.data, Path(base.data).stat().st_mtime)
         labels = visual.data_labels(base, records)
     except (InputError, OSError) as e:
-        st.error(f"Cannot read this world's images or trajectories: {e}")
+        st.error(inert(f"Cannot read this world's images or trajectories: {e}"))
         return
     by_id = {r["id"]: r for r in records}
     traj = st.selectbox("Trajectory", list(by_id), key="vis_trajectory",
@@ -116,7 +116,7 @@ def _occlusion_form(ws, folder, base, record, busy) -> None:
         cfg = dataclasses.replace(base, kind="occlusion", traj_ids=[record["id"]], grid=int(grid), region=region,
                                   fill=None if fill < 0 else int(fill))
     except ValueError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
         return
     _launch(ws, folder, cfg, f"occlusion · {record['id']}", busy, "vis_occlusion_run")
 
@@ -147,7 +147,7 @@ def _results(folder: Path, traj: str) -> None:
     try:
         df, meta = visual.read_result(path)
     except InputError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
         return
     if meta:
         st.caption(f"Cost: {visual.cost_text(meta, visual.result_kind(path))}")

@@ -227,3 +227,23 @@ def test_the_readme_command_table_names_real_flags_of_every_job_command():
         flags = {s for a in subparsers[kind]._actions for s in a.option_strings}
         named = set(re.findall(r"(--[a-z][a-z-]*)", rows[0].split("|")[1]))
         assert named and named <= flags, f"workbench {kind}: {sorted(named - flags)} are not flags"
+
+
+def test_the_token_comes_from_a_file_or_the_environment_and_the_command_line_is_warned(tmp_path, capsys, monkeypatch):
+    """``--token T`` is visible to every local user in ``ps``: ``--token-file`` keeps it out of the command line."""
+    from core.errors import InputError
+    from workbench import cli
+
+    monkeypatch.delenv("WORKBENCH_TOKEN", raising=False)
+    secret = tmp_path / "token.txt"
+    secret.write_text("from-a-file-123\n")
+    args = cli.parser().parse_args(["app", "--host", "0.0.0.0", "--token-file", str(secret)])
+    assert cli._access(args) == {"WORKBENCH_TOKEN": "from-a-file-123"}
+    captured = capsys.readouterr()
+    assert "from-a-file-123" not in captured.out + captured.err and "visible" not in captured.err
+    args = cli.parser().parse_args(["app", "--host", "0.0.0.0", "--token", "on-the-command-line"])
+    assert cli._access(args) == {"WORKBENCH_TOKEN": "on-the-command-line"}
+    assert "--token is visible to every user of this machine (ps)" in capsys.readouterr().err
+    secret.write_text("short\n")
+    with pytest.raises(InputError, match="token.txt: the token file's first line must hold a token of at least 8"):
+        cli._access(cli.parser().parse_args(["app", "--host", "0.0.0.0", "--token-file", str(secret)]))
