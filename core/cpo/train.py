@@ -344,9 +344,13 @@ def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None
     started = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        adapter = _save_final(trainer, out / "adapter")
     except Exception as e:  # every failure becomes one readable message (the cause stays chained)
+        if is_disk_full(e):
+            raise InputError(f"{out}: disk full while saving the run (step {trainer.state.global_step}); the "
+                             "checkpoint being written is incomplete and a resume skips it. Free some space, then "
+                             "resume") from e
         raise RuntimeError(failure_message(e)) from e
-    adapter = _save_final(trainer, out / "adapter")
     if progress:
         progress(1, 1, f"{'cancelled' if cancel.cancelled else 'done'} at step {trainer.state.global_step} "
                        f"in {time.time() - started:.0f} s")
@@ -398,6 +402,23 @@ def _resume_point(out: Path, progress: Callable[[float, float, str], None] | Non
         step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
         trim_metrics(out / "metrics.jsonl", step)
     return resume_from
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A full disk or quota anywhere in ``e``'s chain; torch.save says only "[enforce fail at
+    inline_container.cc] . unexpected pos" (its writer saw a short write), with no errno."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or ("inline_container" in text and "unexpected pos" in text):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def failure_message(e: Exception) -> str:

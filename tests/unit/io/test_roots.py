@@ -72,6 +72,19 @@ def test_user_text_renders_without_images_or_links(text):
     assert "https://" not in inert(text) and "http://" not in inert(text) and "www." not in inert(text)
 
 
+@pytest.mark.parametrize("text", ["see https://evil.example/x", "www.evil.example", "write to me@evil.example",
+                                  "HTTP://EVIL.EXAMPLE"])
+def test_bare_urls_match_no_autolink_after_escapes_are_resolved(text):
+    """The browser's renderer links URLs, www. names and e-mails in the text after markdown escapes are
+    resolved (GFM autolink literals): the patterns it uses must find nothing in what ``inert`` returns."""
+    import re
+
+    shown = re.sub(r"\\(.)", r"\1", inert(text))  # what the renderer's text node holds
+    gfm = [r"https?://", r"www(?=\.)", r"[-.+\w]+@[-\w]+(?:\.[-\w]+)+"]
+    assert not any(re.search(p, shown, re.IGNORECASE) for p in gfm), shown
+    assert shown.replace("\u2060", "") == text  # reads the same
+
+
 def test_guideline_markdown_keeps_its_formatting():
     from markdown_it import MarkdownIt
 
