@@ -8,6 +8,7 @@ visitor gave the token, once per browser session: typed into the form, or in the
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -21,6 +22,13 @@ from workbench import state
 
 TOKEN_ENV = "WORKBENCH_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+COOKIE = "workbench_auth"  # set by workbench.server's gate: an HMAC of the token, never the token
+
+
+def cookie_value(token: str) -> str:
+    return hmac.new(token.encode(), b"cot-drift-workbench session", hashlib.sha256).hexdigest()
 
 
 def new_token() -> str:
@@ -56,7 +64,7 @@ def _matches(given: object, token: str) -> bool:
     return isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode())
 
 
-def _check(given: object, token: str) -> bool | None:
+def check(given: object, token: str) -> bool | None:
     """True or False for a checked token; None while wrong tokens wait (``wait_seconds``)."""
     if wait_seconds() > 0:
         return None
@@ -71,8 +79,11 @@ def gate() -> None:
     token = os.environ.get(TOKEN_ENV, "")
     if not token or st.session_state.get(state.AUTH_OK):
         return
+    if hmac.compare_digest(str(st.context.cookies.get(COOKIE) or ""), cookie_value(token)):
+        st.session_state[state.AUTH_OK] = True  # the server's gate took the token already (workbench.server)
+        return
     in_link = st.query_params.get("token")
-    if in_link is not None and _check(in_link, token):
+    if in_link is not None and check(in_link, token):
         st.session_state[state.AUTH_OK] = True
         del st.query_params["token"]  # not left in the address bar or a shared link
         return
@@ -81,7 +92,7 @@ def gate() -> None:
         given = st.text_input("Access token", type="password", key="auth_token",
                               help="printed by `workbench app` when it started, or given with --token")
         submitted = st.form_submit_button("Open")
-    verdict = _check(given, token) if submitted else False
+    verdict = check(given, token) if submitted else False
     if verdict:
         st.session_state[state.AUTH_OK] = True
         st.rerun()

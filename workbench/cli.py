@@ -119,9 +119,12 @@ def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
         _register_samples(ws)
     world = _resolve_world(ws, world_path or args.world)
     ws.store.close()
-    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **_access(args)}
+    access = _access(args)
+    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **access}
+    # exposed with a token: the app behind workbench.server's gate (media and metrics need the token too)
+    entry = APP.with_name("server.py") if any(access.values()) else APP
     # Always headless: otherwise Streamlit's first-run e-mail prompt blocks on stdin. We open the browser.
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
+    cmd = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(args.port),
            "--server.address", args.host, "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
            "--server.headless", "true"]
     url = f"http://localhost:{args.port}"
