@@ -167,7 +167,11 @@ else:
 total = None  # trajectories in the chosen file, shown beside the Score button's limit
 if data:
     try:
-        total = len(resources.records(data, None, resources.file_stamp(data), tuple(map(str, roots))))
+        # a typed or uploaded file's image paths are typed paths too; a world's own datasets were checked when
+        # the world was made (their images may lie beside the run, outside the world folder)
+        typed = data_kind not in ("A world dataset", "Curation database")
+        total = len(resources.records(data, None, resources.file_stamp(data),
+                                      tuple(map(str, roots)) if typed else None))
         st.caption(f"`{data}`: {total} trajectories")
     except InputError as e:
         problems.append(str(e))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 _SYNTAX = re.compile(r"([\[\]<>])")
-_BARE_URL = re.compile(r"\b(https?|ftp|mailto|file|data)(:)", re.IGNORECASE)
+_BARE_URL = re.compile(r"\b(https?|ftp|file)(:)(?=//)", re.IGNORECASE)  # a path ending in "data:" stays
 _WWW = re.compile(r"\b(www)(\.)", re.IGNORECASE)
 _AT = re.compile(r"@")
 JOINER = "\u2060"  # WORD JOINER: invisible, and no autolink pattern matches across it
