@@ -60,14 +60,15 @@ def run_score(cfg: AnalysisConfig | None, options: ScoreOptions, progress: Progr
     from core.io.outputs import check_analysis_folder
 
     out = expand(options.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # one scorer per analysis folder (two tabs pressing Score at once): the second is refused by name; the lock
-    # sits beside the folder, which is swapped in whole, and goes with this process
-    lock = lock_path(out.parent / f".{out.name}.writer.lock", out, "analysis folder")  # noqa: F841 - held
+    part = None if options.merge else shards.Shard.parse(options.shard) if options.shard else shards.Shard.from_env()
+    if part is None:  # one process writes the folder (shards write folders of their own beside it, at once)
+        # one scorer per analysis folder (two tabs pressing Score at once): the second is refused by name; the
+        # lock sits beside the folder, which is swapped in whole, and goes with this process
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = lock_path(out.parent / f".{out.name}.writer.lock", out, "analysis folder")  # noqa: F841 - held
     check_analysis_folder(out, options.force)  # before the compute: a refusal costs nothing
     if options.merge:
         return save_analysis(shards.merge(out), out, merged=True)
-    part = shards.Shard.parse(options.shard) if options.shard else shards.Shard.from_env()
     cache = _cache_dir(options)
     if part is not None:
         return _score_shard(cfg, part, bool(options.shard), out, cache, progress, should_cancel)
