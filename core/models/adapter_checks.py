@@ -44,13 +44,23 @@ _BASE_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
 def check_adapter_file(path: Path) -> None:
     """Before an adapter is loaded: no pickle (``refuse_pickle_adapter``), every tensor finite (a NaN adapter
     scores as ``kl_base 0``), and no embedding or head weight its ``adapter_config.json`` does not declare."""
-    from safetensors import safe_open
 
     refuse_pickle_adapter(path)
     weights = path / ADAPTER_WEIGHTS
     if not weights.is_file():
         return
     declared = _declared_modules(path)
+    try:
+        _check_tensors(weights, declared)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors reports a damaged file with its own error types
+        raise InputError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def _check_tensors(weights: Path, declared: set[str]) -> None:
+    from safetensors import safe_open
+
     with safe_open(str(weights), "pt") as f:
         for key in f.keys():
             parts = key.split(".")

@@ -157,18 +157,18 @@ def test_force_replaces_a_previous_analysis_but_not_the_users_files_of_the_same_
 
 def test_two_scorers_of_one_analysis_folder_the_second_is_refused_by_name(sample_world, tmp_path, capsys):
     """Two tabs pressing Score at the same moment: one job writes the folder, the other is told."""
-    from core.io.locks import lock_path
+    from core.io.locks import lock_dir
     from workbench import cli
 
     out = tmp_path / "analyses" / "test-20260101-120000"
-    out.parent.mkdir()
-    held = lock_path(out.parent / f".{out.name}.writer.lock", out, "analysis folder")  # the first tab's job
+    out.mkdir(parents=True)  # the first tab's job made it and holds it
+    held = lock_dir(out, "analysis folder")
     try:
         assert cli.main(["score", "--world", str(sample_world), "--limit", "1", "--no-cache", "--out", str(out)]) == 2
-        assert f"{out}: another process writes this analysis folder (pid {os.getpid()}" in capsys.readouterr().err
-        assert not out.exists()
+        assert f"{out}: another process writes this analysis folder" in capsys.readouterr().err
+        assert list(out.iterdir()) == [] and list(out.parent.iterdir()) == [out]  # nothing written, no lock file
     finally:
-        held.close()
+        os.close(held)
 
 
 def test_a_previous_result_is_replaced_only_with_force(tmp_path):
