@@ -165,7 +165,7 @@ def runs_panel() -> None:
     elif run.status == "cancelled":
         st.warning(inert(run.error or "cancelled"))
     if len(m):
-        ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}")
+        ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}", title=f"Training curves of {run.name}")
     if run.evaluation:
         st.markdown("**On the held-out sets** (accuracy by greedy decoding of the whole CoT, as on Home)")
         before = runs.start_metrics(run.world, run.config.get("init_adapter")) if run.world else None
@@ -223,5 +223,6 @@ if finished:
     before = runs.start_metrics(first.world, first.config.get("init_adapter")) if first.world else None
     table = runs.comparison(finished, before)
     extra = resources.load_world(first.world).chart_metrics() if first.world and Path(first.world).is_dir() else {}
-    ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison")
+    ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison",
+              title="CPO runs on the held-out set")
     ui.table(table, "runs-compare-table", "runs-comparison")

@@ -240,3 +240,17 @@ def test_a_window_over_the_report_alone_shows_its_tokens(shipped, table):
     assert rows.empty
     w = explore.window(full, report[0], len(report), rows)
     assert w.positions == report and w.hover[0] == [repr(t) for t in w.tokens]
+
+
+def test_content_drivers_leave_out_punctuation_the_prompt_template_and_rare_tokens():
+    import pandas as pd
+
+    from core.drift.explore import content_drivers, sort_drivers
+
+    t = pd.DataFrame({"checkpoint": ["c"] * 6, "token": [".", "Question", "opacity", "rib", "nodule", "of"],
+                      "region": ["prompt", "prompt", "cot", "prompt", "prompt", "cot"], "n": [40, 20, 12, 2, 5, 30],
+                      "mean_effect_drift": [-0.9, -0.8, -0.3, -0.7, -0.5, -0.1], "direction": ["detrimental"] * 6})
+    shown = sort_drivers(content_drivers(t, n_trajectories=20), "token", "c", "detrimental")
+    # "." has no letter; "Question" is read once in each of the 20 prompts; "rib" only twice
+    assert list(shown["token"]) == ["nodule", "opacity", "of"]
+    assert list(sort_drivers(t, "token", "c", "detrimental")["token"])[:2] == [".", "Question"]  # the old default
