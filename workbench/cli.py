@@ -13,6 +13,7 @@ of ``core.jobs.registry``, their flags generated from their configs) and the sam
     workbench counterfactuals --workspace DIR --world DIR --dataset test --n 50   # a counterfactual batch
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
+    workbench families [--markdown]             # the model families served and what is tested on each
     workbench watch --run DIR --base DIR --data FILE [--out DIR] [--once]   # drift watch of a running job
     workbench watch plugin --out cot_drift_watch.py     # the trainer callback / ms-swift plugin as one file
     workbench demo --watch                      # a live GRPO run with the watch attached (workbench.demo.watch_demo)
@@ -234,6 +235,14 @@ def cmd_world_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_families(args: argparse.Namespace) -> int:
+    """Print the family matrix (``core.models.families.matrix``: the table the code dispatches on)."""
+    from core.models.families.matrix import readme_block, text_table
+
+    print(readme_block() if args.markdown else text_table())
+    return 0
+
+
 def _demo_graph() -> Path | None:
     """The demo's text world's concept graph (``world create`` starts from it without --graph), if provided."""
     path = plugins.provided_worlds().get(DEMO_WORLD)
@@ -299,6 +308,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true",
                    help="keep the figures as the world's metrics.json (the Home page's drift table, the runs page's "
                         "'before' row); not for the sample world")
+    p = sub.add_parser("families", help="the model families the workbench serves (by config.json model_type), "
+                       "what is tested on each, and the types refused by name")
+    p.add_argument("--markdown", action="store_true", help="as the README's block (Markdown)")
     p = sub.add_parser("world", help="register your own run as a world (then: workbench app --world DIR)")
     w = p.add_subparsers(dest="world_command", required=True).add_parser(
         "create", help="a world from your base model, checkpoint series, trajectories, graph and held-out set")
@@ -363,6 +375,8 @@ def _main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "world":
             return cmd_world_create(args)
+        if args.command == "families":
+            return cmd_families(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)
