@@ -8,3 +8,9 @@ class InputError(ValueError):
 
 class WorkspaceError(InputError):
     """The workspace folder or its database cannot be used."""
+
+
+class NonFiniteError(InputError):
+    """A number the workbench read or computed (a weight, a loss, a score) is NaN or infinite: the message names
+    where (the step, the checkpoint, the tensor), so that no wrong figure is shown or saved as if it were one.
+    An ``InputError``: what caused it is a file or a setting (a checkpoint's weights, a learning rate)."""

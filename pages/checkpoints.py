@@ -25,6 +25,7 @@ from core.models.series import adapter_name, base_name_warnings, plan_series
 from core.models.families import family_for
 from core.workspace import world as world_mod
 from workbench import forms, resources, routes, state, ui
+from workbench.safe_text import inert
 
 if st.session_state.pop(state.OPEN_EXPLORER, False):
     st.switch_page(routes.explorer())
@@ -137,7 +138,7 @@ if infos:
                                 "loss": st.column_config.NumberColumn(format="%.4f"),
                                 "lr": st.column_config.NumberColumn(format="%.1e")})
     for note in base_name_warnings(base, infos, base_names):  # a hint, not proof: never a refusal
-        st.warning(note, icon=":material/info:")
+        st.warning(inert(note), icon=":material/info:")
     st.caption(f"{len(infos)} checkpoints plus the base · scoring on **{dev_name}** in **{str(torch_dtype).removeprefix('torch.')}**")
 elif base and not problems and not checkpoints_value:
     st.info("No checkpoints given: only the base model will be scored.")
@@ -176,7 +177,11 @@ else:
 total = None  # trajectories in the chosen file, shown beside the Score button's limit
 if data:
     try:
-        total = len(resources.records(data, None, resources.file_stamp(data)))
+        # a typed or uploaded file's image paths are typed paths too; a world's own datasets were checked when
+        # the world was made (their images may lie beside the run, outside the world folder)
+        typed = data_kind not in ("A world dataset", "Curation database")
+        total = len(resources.records(data, None, resources.file_stamp(data),
+                                      tuple(map(str, roots)) if typed else None))
         st.caption(f"`{data}`: {total} trajectories")
     except InputError as e:
         problems.append(str(e))
@@ -191,6 +196,8 @@ if source == "Local folders" and base and data and not problems:
         if st.button("Create the world", key="ck_world_create", disabled=not world_name.strip(),
                      help="writes a world.json under the workspace naming these folders; nothing is copied"):
             try:
+                if refused := refused_paths([held], roots):  # checked like every typed path: existence not told
+                    raise InputError(refused[0])
                 start = graph or (world and world.graph_path)  # the open world's graph, to edit
                 new = world_mod.create_world(world_mod.world_dir(ws.root, world_name), world_name, base,
                                              checkpoint_list, [data], start, held or None)
@@ -198,7 +205,7 @@ if source == "Local folders" and base and data and not problems:
                 st.session_state[state.NEXT_WORLD] = str(new.root)  # the sidebar's picker switches to it
                 st.rerun()
             except InputError as e:
-                st.error(str(e))
+                st.error(inert(str(e)))
 
 # ---- 3. score ------------------------------------------------------------------------------------------
 st.subheader("3 · Score")
@@ -217,7 +224,7 @@ if not problems:
     except ValueError as e:
         problems.append(f"Settings: {e}")
 for p in problems:
-    st.error(p)
+    st.error(inert(p))
 if cfg is not None:
     name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = ScoreOptions(out=str(ws.analyses_dir / name), workspace=str(ws.root))

@@ -23,6 +23,7 @@ from core.graph import concepts
 from core.jobs import registry
 from core.jobs import supervisor as jobs
 from workbench import curation_view, graphview, resources, state, ui
+from workbench.safe_text import inert
 
 MODES = {"one": "one target", "all": "all other diseases", "confusable": "confusable diseases (shared findings)"}
 METHODS = {"graph": "graph rules", "llm": "LLM expert (local model)",
@@ -43,7 +44,7 @@ try:
     fp = world.fingerprint()
     graph, version = resources.concept_graph(ws_path, str(world.graph_path))
 except InputError as e:
-    st.error(f"Cannot open the world's concept graph: {e}")
+    st.error(inert(f"Cannot open the world's concept graph: {e}"))
     st.stop()
 
 left, right = st.columns(2)
@@ -52,7 +53,7 @@ ds = left.selectbox("Dataset", names, index=names.index(world.manifest.get("defa
 try:
     records = with_images(resources.dataset(path, ds), world.dataset_path(ds))  # images: absolute paths
 except InputError as e:
-    st.error(str(e))
+    st.error(inert(str(e)))
     st.stop()
 source = cf_job.source_of(world.name, ds)
 pick = right.selectbox("Trajectory", range(len(records)), key="cf_record",
@@ -84,7 +85,7 @@ if method == "llm":
         try:
             expert = Expert(series, ckpt, ExpertConfig(template=template, **settings))
         except InputError as e:
-            st.error(str(e))
+            st.error(inert(str(e)))
             st.stop()
 
 mode = st.radio("Targets", TARGET_MODES, format_func=MODES.get, horizontal=True, key="cf_mode")
@@ -92,11 +93,11 @@ true = true_disease(record)
 others = [d for d in concepts.diseases(graph) if d != true]
 target = st.selectbox("Target disease", others, key="cf_target") if mode == "one" else None
 targets = choose_targets(graph, true, mode, target)
-st.caption(f"Concept graph version {version} · targets for {record['id']}: {', '.join(targets) or 'none'}")
+st.caption(inert(f"Concept graph version {version} · targets for {record['id']}: {', '.join(targets) or 'none'}"))
 if method == "image_swap":  # a target needs a study of its label to take the image from
     have = {t: len(swap_donors(records, t, record)) for t in targets}
-    st.caption("Studies to take an image from: " + (", ".join(f"{t} {n}" for t, n in have.items() if n) or "none")
-               + (f" · none for {', '.join(t for t, n in have.items() if not n)}" if not all(have.values()) else ""))
+    st.caption(inert("Studies to take an image from: " + (", ".join(f"{t} {n}" for t, n in have.items() if n) or "none")
+                     + (f" · none for {', '.join(t for t, n in have.items() if not n)}" if not all(have.values()) else "")))
 
 if st.button("Generate for this trajectory", key="cf_generate", type="primary", disabled=not targets):
     try:
@@ -110,11 +111,11 @@ if st.button("Generate for this trajectory", key="cf_generate", type="primary", 
             "items": [(cf.target, cf.completion, cf.consistency and cf.consistency.score, list(cf.images), cf.method)
                       for cf in cfs]}
     except InputError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
 
 last = st.session_state[state.CF_LAST]
 if last:
-    st.subheader(f"Preview · {last['id']}")
+    st.subheader(inert(f"Preview · {last['id']}"))  # a trajectory id: the file's text
     items = last["items"]
     k = st.selectbox("Counterfactual", range(len(items)), key="cf_preview", format_func=lambda i: preview_name(items[i]))
     target, text, _, images, kind = (*items[min(k, len(items) - 1)], [], "")[:5]
@@ -148,7 +149,7 @@ if st.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or tar
         registry.launch(ws, cf_job.KIND, batch, title=f"counterfactuals · {ds} · {int(n)} trajectories · {mode}")
         st.rerun()
     except (InputError, ValueError) as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
 if running:
     st.caption("One batch at a time: wait for it or cancel it below.")
 ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job.progress().get("message", "")))

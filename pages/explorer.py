@@ -8,6 +8,7 @@ from core.drift import explore
 from core.errors import InputError
 from core.models.branches import run_branches
 from workbench import charts, heatmap_window, resources, state, ui
+from workbench.safe_text import inert
 
 st.title("Drift explorer")
 
@@ -19,7 +20,7 @@ try:
     a = resources.analysis_view(chosen, info.stamp)  # config and summary tables; trajectories on demand
     trajs = resources.trajectory_table(chosen, info.stamp)
 except (InputError, OSError) as e:
-    st.error(f"Cannot read this analysis: {e}")
+    st.error(inert(f"Cannot read this analysis: {e}"))
     st.stop()
 
 probed = a.probed

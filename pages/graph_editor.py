@@ -11,6 +11,7 @@ from core.errors import InputError
 from core.graph import concepts
 from core.graph import formats as graph_io
 from workbench import graphview, resources, state, ui
+from workbench.safe_text import inert
 
 st.title("Concept graph")
 st.caption("Diseases, the findings that support them and the ones that exclude them: the expert knowledge "
@@ -20,7 +21,7 @@ _, world = ui.page_context(world_required=True)
 try:
     gs = resources.graph_store(st.session_state[state.WORKSPACE_PATH], str(world.graph_path))
 except InputError as e:
-    st.error(f"Cannot open the concept graph: {e}")
+    st.error(inert(f"Cannot open the concept graph: {e}"))
     st.stop()
 
 head = gs.head()
@@ -39,7 +40,7 @@ def run(action, message: str) -> None:
     try:
         show(action(), message)
     except InputError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
         return
     st.rerun()
 

@@ -9,6 +9,7 @@ from core.errors import InputError
 from core.io.images import record_images
 from core.workspace.world import known_worlds
 from workbench import charts, resources, routes, ui
+from workbench.safe_text import inert
 
 st.title("CoT Drift Workbench")
 st.caption("See where the chain of thought of RFT checkpoints drifts, tell beneficial from detrimental drift, "
@@ -21,11 +22,11 @@ try:
     summary = resources.world_summary(str(path), fingerprint)
     metrics = resources.world_metrics(str(path), fingerprint)
 except InputError as e:
-    st.error(f"Cannot open the world: {e}")
+    st.error(inert(f"Cannot open the world: {e}"))
     st.stop()
 
-st.subheader(summary["name"])
-st.caption(f"{summary['description']}  \n`{summary['root']}`")
+st.subheader(inert(summary["name"]))  # world.json's text: shown as typed, fetching nothing
+st.caption(f"{inert(summary['description'])}  \n`{summary['root']}`")
 others = [p for p in known_worlds(ws.root, ws.store) if p != path.resolve()]
 if others:  # e.g. the demo's two sample worlds, or a researcher's runs
     names = ", ".join(f"`{p.name}`" for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")

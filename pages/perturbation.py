@@ -22,6 +22,7 @@ from core.perturb import text as perturb
 from core.perturb import visual
 from core.perturb.job import PerturbOptions
 from workbench import charts, resources, state, ui, visual_view
+from workbench.safe_text import inert
 
 st.title("Perturbation lab")
 st.caption("Replace a finding by a near-synonym from the concept graph (or any span) and compare the answer "
@@ -45,7 +46,7 @@ try:
     labels, _ = resolve_labels(cfg, records)
     reads_images = family_for(cfg.base).reads_images  # an unsupported model: refused by name here
 except InputError as e:
-    st.error(f"Cannot read this analysis's inputs: {e}")
+    st.error(inert(f"Cannot read this analysis's inputs: {e}"))
     st.stop()
 
 
@@ -99,14 +100,14 @@ with single:
                 result = perturb.perturbation_test(series, [record], find, replace, labels, mode=mode,
                                                    chat_template=cfg.chat_template, template=cfg.template)
             except InputError as e:
-                st.error(str(e))
+                st.error(inert(str(e)))
                 result = None
         st.session_state[state.LAB_RESULT] = (traj_id, find, replace, mode, result)
     saved = st.session_state.get(state.LAB_RESULT)
     if saved and saved[0] == traj_id and saved[4] is not None:
         _, f, r, m, result = saved
         if result.empty:
-            st.warning(f"{f!r} does not occur in this trajectory.")
+            st.warning(inert(f"{f!r} does not occur in this trajectory."))
         else:
             flips = int(result["flip"].sum())
             st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result)} checkpoints.")

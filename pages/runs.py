@@ -69,7 +69,7 @@ with ui.controls("Launch a run", expanded=True):
     else:
         data = st.text_input("Preference file (JSONL: prompt, chosen, rejected[, source, weight])", key="run_file").strip() or None
         for refused in refused_paths([data], data_roots(ws.store, world and world.root)):  # existence not told
-            st.error(refused)
+            st.error(inert(refused))
             data = None
     defaults = runs.train_defaults(world, start)
     vl = bool(world and world.is_vl)  # its family reads images
@@ -89,7 +89,7 @@ with ui.controls("Launch a run", expanded=True):
                                                   "the rejected side; weights are normalised to mean one over all pairs")
     except ValueError as e:
         values, eval_limit, visual_weight = None, 0, 0.0
-        st.error(str(e))
+        st.error(inert(str(e)))
     if st.session_state.pop(state.RUN_NAME_FRESH, False) or not st.session_state.get(state.RUN_NAME):
         st.session_state[state.RUN_NAME] = fresh_name(objective)  # set before the widget: the field shows it
     name = st.text_input("Run name", key=state.RUN_NAME)
@@ -109,12 +109,12 @@ with ui.controls("Launch a run", expanded=True):
             st.caption(f"Pre-flight: {check.pairs} pairs · {len(check.truncated)} whose reasoning max length would "
                        f"cut · {len(check.identical)} with identical chosen and rejected")
             for w in check.warnings:
-                st.warning(w)
+                st.warning(inert(w))
             problems += list(check.errors)
         except (InputError, ValueError) as e:
             problems.append(str(e))
     for p in problems:
-        st.error(p)
+        st.error(inert(p))
     if cfg is not None and not problems:
         st.code(shell_command(runs.train_argv(Path(cfg.output_dir) / "config.json", world.root, int(eval_limit) or None)),
                 language="bash")
@@ -127,7 +127,7 @@ with ui.controls("Launch a run", expanded=True):
                 st.session_state[state.RUN_NAME_FRESH] = True  # the next run gets a fresh default name
                 st.rerun()
             except InputError as e:
-                st.error(str(e))
+                st.error(inert(str(e)))
 
 
 # ---- the runs --------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def live() -> None:
     try:
         view = views.WatchView.open(chosen)
     except InputError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
         return
     header(view)
     stop(view)
@@ -136,7 +136,7 @@ def start_scorer(view: views.WatchView) -> None:
         try:
             job = launch(ws, make())
         except (InputError, ValueError) as e:
-            st.error(str(e))
+            st.error(inert(str(e)))
         else:
             st.success(f"Scorer job {inert(job.id)} started.")
 
@@ -160,7 +160,7 @@ if view.finished:
         try:
             made = views.open_as_world(chosen, ws.root, name)
         except InputError as e:
-            st.error(str(e))
+            st.error(inert(str(e)))
         else:
             ws.store.register_world(made.name, made.root, made.fingerprint())
             st.session_state[state.NEXT_WORLD] = str(made.root)

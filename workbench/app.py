@@ -3,11 +3,15 @@
 Run with ``workbench demo`` (or ``streamlit run workbench/app.py``).
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from workbench import auth, resources, routes, state, ui
 
-st.set_page_config(page_title="CoT Drift Workbench", page_icon=":material/timeline:", layout="wide")
+# the page's own icon, served by this server: a Material icon name made every page fetch it from a font host
+st.set_page_config(page_title="CoT Drift Workbench", page_icon=str(Path(__file__).with_name("favicon.png")),
+                   layout="wide")
 auth.gate()  # a server started with --host for other machines asks for its token before any page renders
 state.init()
 

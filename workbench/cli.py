@@ -81,13 +81,30 @@ def _access(args: argparse.Namespace) -> dict[str, str]:
 
     if is_loopback(args.host):
         return {TOKEN_ENV: ""}
-    token = args.token or os.environ.get(TOKEN_ENV) or new_token()
+    given = args.token or _token_file(args.token_file)
+    token = given or os.environ.get(TOKEN_ENV) or new_token()
     print(f"workbench: WARNING: listening on {args.host}: anyone who can reach port {args.port} of this machine "
           "can use the workbench once they have its token. Use it on a trusted network only.", file=sys.stderr)
-    if not args.token and not os.environ.get(TOKEN_ENV):
+    if args.token:  # the command line is public on this machine
+        print("workbench: WARNING: --token is visible to every user of this machine (ps); prefer "
+              f"${TOKEN_ENV} or --token-file", file=sys.stderr)
+    if not given and not os.environ.get(TOKEN_ENV):
         print(f"workbench: access token {token} (give it once per browser session, or open "
               f"http://HOST:{args.port}/?token={token})", flush=True)
     return {TOKEN_ENV: token}
+
+
+def _token_file(path: Path | None) -> str | None:
+    """The token in the first line of ``path`` (``--token-file``: not in the command line, which ``ps`` shows)."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip().split("\n", 1)[0].strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the token file ({getattr(e, 'strerror', None) or e})") from None
+    if len(token) < 8:
+        raise InputError(f"{path}: the token file's first line must hold a token of at least 8 characters")
+    return token
 
 
 def _register_samples(ws: Workspace) -> None:
@@ -106,9 +123,12 @@ def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
         _register_samples(ws)
     world = _resolve_world(ws, world_path or args.world)
     ws.store.close()
-    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **_access(args)}
+    access = _access(args)
+    env = {**os.environ, ENV_VAR: str(ws.root), WORLD_ENV: str(world.root), **access}
+    # exposed with a token: the app behind workbench.server's gate (media and metrics need the token too)
+    entry = APP.with_name("server.py") if any(access.values()) else APP
     # Always headless: otherwise Streamlit's first-run e-mail prompt blocks on stdin. We open the browser.
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
+    cmd = [sys.executable, "-m", "streamlit", "run", str(entry), "--server.port", str(args.port),
            "--server.address", args.host, "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
            "--server.headless", "true"]
     url = f"http://localhost:{args.port}" + getattr(args, "open_path", "")
@@ -258,7 +278,10 @@ def parser() -> argparse.ArgumentParser:
                        help="address to listen on (default 127.0.0.1: this machine only); 0.0.0.0 exposes the "
                             "workbench to the network and then requires a token")
         p.add_argument("--token", default=None,
-                       help="with --host: the shared secret visitors give (default $WORKBENCH_TOKEN, else a new one, printed)")
+                       help="with --host: the shared secret visitors give (default $WORKBENCH_TOKEN, else a new one, "
+                            "printed); visible to other users in ps: prefer $WORKBENCH_TOKEN or --token-file")
+        p.add_argument("--token-file", type=expand, default=None,
+                       help="with --host: read the token from this file's first line (kept out of the command line)")
         if name == "app":
             p.add_argument("--world", type=expand, default=None,
                            help="world folder with a world.json (default: the last one opened, else the sample world)")

@@ -115,7 +115,7 @@ def focus(store, annotator: str, flt: curation.QueueFilter, counts: tuple[int, i
     done, total = counts
     st.progress(done / total if total else 0.0, text=f"Queue: {done} of {total} settled")
     if err := st.session_state.pop(state.CUR_LAST_ERROR, None):
-        st.error(err)
+        st.error(inert(err))
     item_id = curation.claim_next(store, annotator, flt)
     if item_id is None:
         st.info("Nothing left for you in this queue." if total else "The queue is empty: import pairs first.")
@@ -217,7 +217,7 @@ def examples_panel(store, folder: Path | None) -> None:
                                                 f"{r.duplicates} duplicates, skipped {r.skipped} invalid records.")
             st.rerun()
         except InputError as e:
-            st.error(str(e))
+            st.error(inert(str(e)))
 
 
 def import_panel(store, examples: Path | None = None) -> None:
@@ -233,7 +233,7 @@ def import_panel(store, examples: Path | None = None) -> None:
     k = c[1].number_input("Decisions needed per item (k)", 1, 10, 1, key="cur_import_k")
     keep = c[2].checkbox("Keep the valid part if some records are invalid", key="cur_keep_valid")
     if done := st.session_state.pop(state.CUR_IMPORTED, None):
-        st.success(done)
+        st.success(inert(done))
     if st.button("Import", key="cur_import", type="primary"):
         bar = st.progress(0.0, text="Importing…")
         try:
@@ -254,9 +254,9 @@ def import_panel(store, examples: Path | None = None) -> None:
                                                 f"duplicates, skipped {r.skipped} invalid records.")
             st.rerun()  # the queue and the filters show the new pairs
         except UnicodeDecodeError as e:
-            st.error(f"{upload.name}: not UTF-8 text ({e.reason} at byte {e.start}); nothing was stored.")
+            st.error(inert(f"{upload.name}: not UTF-8 text ({e.reason} at byte {e.start}); nothing was stored."))
         except InputError as e:
-            st.error(str(e))
+            st.error(inert(str(e)))
     batches = snapshots.import_batches(store)
     if batches:
         st.dataframe(pd.DataFrame(batches), hide_index=True, key="cur_batches")
@@ -295,7 +295,7 @@ def export_panel(store, root: Path) -> None:
                            "default set has 480); with fewer it can leave the model worse than it started. "
                            "Fine for trying the loop; curate more pairs for a real repair.")
         except (InputError, ValueError) as e:
-            st.error(str(e))
+            st.error(inert(str(e)))
     snaps = snapshots.snapshots(store)
     if snaps and st.button("Check the snapshots' images", key="cur_check_images",
                            help="Hash every image a snapshot names again and compare with its images.json: a run "

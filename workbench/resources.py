@@ -61,9 +61,10 @@ def load_analysis(path: str, stamp: str):
 
 
 @st.cache_resource(show_spinner="Reading trajectories…", max_entries=8)
-def records(path: str, limit: int | None, stamp: str) -> list[dict]:
-    """Trajectories of a JSONL file, shared read-only by every session (no copy per rerun)."""
-    return read_jsonl(path, limit)
+def records(path: str, limit: int | None, stamp: str, roots: tuple[str, ...] | None = None) -> list[dict]:
+    """Trajectories of a JSONL file, shared read-only by every session (no copy per rerun); ``roots``: the
+    data roots its images must lie in (a file the page opened: its image paths are typed paths too)."""
+    return read_jsonl(path, limit, image_roots=None if roots is None else list(roots))
 
 
 @st.cache_resource(show_spinner="Opening the analysis…", max_entries=8)

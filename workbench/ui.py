@@ -241,13 +241,13 @@ def page_context(world_required: bool = False, note: str = ""):
     except InputError as e:
         if world_required:
             _unusable("world", e)
-        st.warning(f"Cannot open the world: {e}{note}")
+        st.warning(inert(f"Cannot open the world: {e}{note}"))
         return ws, None
 
 
 def _unusable(what: str, error: Exception) -> None:
     """The one way a page shows what it cannot open: an error naming it, then the page stops."""
-    st.error(f"Cannot open the {what}: {error}")
+    st.error(inert(f"Cannot open the {what}: {error}"))
     st.stop()
 
 

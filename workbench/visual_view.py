@@ -97,7 +97,7 @@ def _occlusion_form(ws, folder, base, record, busy) -> None:
         cfg = dataclasses.replace(base, kind="occlusion", traj_ids=[record["id"]], grid=int(grid), region=region,
                                   fill=None if fill < 0 else int(fill), occlusion_at=at)
     except ValueError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
         return
     _launch(ws, folder, cfg, f"occlusion · {record['id']}", busy, "vis_occlusion_run")
 
@@ -128,7 +128,7 @@ def _results(folder: Path, traj: str) -> None:
     try:
         df, meta = visual.read_result(path)
     except InputError as e:
-        st.error(str(e))
+        st.error(inert(str(e)))
         return
     if meta:
         st.caption(f"Cost: {visual.cost_text(meta, visual.result_kind(path))}")

@@ -1,4 +1,4 @@
-"""TrainerCallbacks of a CPO run: metrics.jsonl, progress with ETA, graceful cancel at a step end."""
+"""TrainerCallbacks of a CPO run: metrics.jsonl, progress with ETA, non-finite weights, graceful cancel at a step end."""
 
 from __future__ import annotations
 
@@ -66,6 +66,23 @@ class ProgressCallback(TrainerCallback):
         if self.progress:
             loss = "" if self.loss is None else f" loss {self.loss:.4f}"
             self.progress(state.global_step, state.max_steps, f"step {state.global_step}/{state.max_steps}{loss}")
+
+
+class FiniteCallback(TrainerCallback):
+    """After each optimizer step, before any checkpoint is saved: stop the run when a trainable weight is no
+    longer finite (a finite loss with an infinite gradient can still blow the adapter up). The trainable
+    tensors of a LoRA run are small; a full fine-tune pays one pass over its weights per step."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        from core.errors import NonFiniteError
+
+        for name, p in model.named_parameters() if model is not None else ():
+            if p.requires_grad and not torch.isfinite(p).all():
+                raise NonFiniteError(f"step {state.global_step}: the trained weight {name} is not finite after the "
+                                     "optimizer step; nothing of this step was saved. Lower the learning rate")
+        return control
 
 
 class CancelCallback(TrainerCallback):

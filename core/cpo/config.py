@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from core.config import ConfigBase
+from core.io.pairs import is_weight
 from core.io.paths import expand_fields
 from core.models.spec import check_pixel_order, pixels_field
 
@@ -21,7 +22,7 @@ OBJECTIVES = {"cpo": "CPO: contrastive preference loss + NLL on chosen (referenc
 NEGATIVES = {"counterfactual": "the pair's counterfactual chain of thought",
              "random": "another study's chain of thought with a different answer (the paper's 'DPO with random "
                        "negatives' baseline, built from the same pairs, seeded)"}
-SOURCE_WEIGHTS = "an object of source name -> positive number"
+SOURCE_WEIGHTS = "an object of source name -> positive finite number"
 
 
 def _positive(help_: str, default: int, **meta) -> int:
@@ -82,8 +83,7 @@ class TrainConfig(ConfigBase):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ValueError(f"field {name!r}: expected a non-empty path, got {getattr(self, name)!r}")
         if not isinstance(self.source_weights, dict) or not all(
-                isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
-                for k, w in self.source_weights.items()):
+                isinstance(k, str) and is_weight(w) for k, w in self.source_weights.items()):
             raise ValueError(f"field 'source_weights': expected {SOURCE_WEIGHTS}, got {self.source_weights!r}")
         check_pixel_order(self)
 

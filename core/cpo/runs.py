@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,16 +109,20 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
     out = ws.cpo_run_dir(name)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: a run folder of that name already exists; choose another name")
-    out.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(out)
-    cfg.save(out / "config.json")
     now = time.time()
-    with ws.store.transaction() as con:
-        cur = con.execute("INSERT INTO runs (name, objective, config, data, snapshot, world, status, output_dir, "
-                          "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-                          (name, cfg.objective, (out / "config.json").read_text(), cfg.data, snapshot,
-                           str(world) if world else None, str(out), now, now))
-        run_id = cur.lastrowid
+    try:  # the row claims the name (UNIQUE): of two tabs launching the same name, the second is told, and
+        # writes nothing (the folder and its config.json come after the claim)
+        with ws.store.transaction() as con:
+            cur = con.execute("INSERT INTO runs (name, objective, config, data, snapshot, world, status, "
+                              "output_dir, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                              (name, cfg.objective, cfg.to_json(), cfg.data, snapshot,
+                               str(world) if world else None, str(out), now, now))
+            run_id = cur.lastrowid
+    except sqlite3.IntegrityError:
+        raise InputError(f"run name {name!r} is taken (another tab started it just now); choose another") from None
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
     run = get(ws.store, run_id)
     return _started(ws, run, registry.launch(ws, "train", options=_options(world, evaluate_limit),
                                              config_path=run.config_path, **_job_labels(run)))

@@ -22,6 +22,7 @@ counterfactual image).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -207,13 +208,39 @@ def _base_name(cfg: TrainConfig) -> str:
     return Path(cfg.base_model).name
 
 
+# what scales a LoRA update besides its weights: a run continued from an adapter takes these from it, so that
+# training starts from exactly the model the start checkpoint scores as (alpha 64 read as 32 halves its update)
+SCALING_FIELDS = ("lora_alpha", "use_rslora", "alpha_pattern", "rank_pattern")
+
+
+def start_scaling(cfg: TrainConfig) -> dict:
+    """The init adapter's scaling settings (``SCALING_FIELDS`` its adapter_config.json holds); {} without one."""
+    from core.io import jsonsafe
+
+    if not cfg.init_adapter:
+        return {}
+    path = Path(cfg.init_adapter) / "adapter_config.json"
+    try:
+        config = jsonsafe.loads(path.read_text(encoding="utf-8-sig"), str(path))
+    except OSError as e:
+        raise InputError(f"{path}: the init adapter's config cannot be read ({e.strerror or e})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: expected a JSON object (a PEFT adapter config)")
+    found = {k: config[k] for k in SCALING_FIELDS if config.get(k) is not None}
+    alpha = found.get("lora_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0):
+        raise InputError(f"{path}, field 'lora_alpha': expected a positive number, got {alpha!r}")
+    return found
+
+
 def lora_config(cfg: TrainConfig, model=None, family: Family | None = None):
-    """LoRA r/alpha of the run on the family's targets (text: all linear layers; Qwen-VL: the language model's)."""
+    """LoRA r/alpha of the run on the family's targets (text: all linear layers; Qwen-VL: the language model's);
+    a continued adapter's own scaling (``start_scaling``) over the config's alpha."""
     from peft import LoraConfig
 
     targets = (family or family_of(cfg)).lora_targets(model)
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
-                      task_type="CAUSAL_LM")
+    scaling = {"lora_alpha": cfg.lora_alpha, **start_scaling(cfg)}
+    return LoraConfig(r=cfg.lora_r, target_modules=targets, lora_dropout=0.0, task_type="CAUSAL_LM", **scaling)
 
 
 def _load_init_adapter(model, path: str, family: Family) -> None:
@@ -288,35 +315,75 @@ def build_trainer(cfg: TrainConfig, callbacks: list | None = None, tokenizer=Non
 def train(cfg: TrainConfig, progress: Callable[[float, float, str], None] | None = None,
           should_cancel: Callable[[], bool] | None = None) -> TrainResult:
     """Run ``cfg`` into ``cfg.output_dir``; a cancel saves the adapter and returns with ``cancelled=True``."""
-    from core.cpo.callbacks import CancelCallback, MetricsCallback, ProgressCallback
+    from core.cpo.callbacks import CancelCallback, FiniteCallback, MetricsCallback, ProgressCallback
 
     tok = processing(cfg)
     pre = preflight(cfg, tok)
     if pre.errors:
         raise InputError("; ".join(pre.errors))
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch every process runs this; rank 0 writes
+    if rank0 and not cfg.resume:
+        check_run_folder(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
     lock = lock_folder(out, "run folder") if rank0 else None  # one trainer per run folder, held until return
+    alpha = start_scaling(cfg).get("lora_alpha", cfg.lora_alpha)
+    if alpha != cfg.lora_alpha:  # the start adapter's alpha is the one trained with: the saved config says so
+        if progress:
+            progress(0, 1, f"warning: lora_alpha {alpha:g} of the init adapter is used, not {cfg.lora_alpha} "
+                           "(a continued adapter keeps its own scaling)")
+        if float(alpha).is_integer():  # the config's field is whole; a fractional alpha still trains as read
+            cfg = dataclasses.replace(cfg, lora_alpha=int(alpha))
     if rank0:
         cfg.save(out / "config.json")
     resume_from = _resume_point(out, progress, rank0) if cfg.resume else None
     cancel = CancelCallback(should_cancel or (lambda: False))
     callbacks = [MetricsCallback(out / "metrics.jsonl", pre.sources, append=resume_from is not None),
-                 ProgressCallback(progress, pre.warnings), cancel]
+                 ProgressCallback(progress, pre.warnings), FiniteCallback(), cancel]
     trainer = build_trainer(cfg, callbacks, tokenizer=tok, pre=pre)
     started = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        adapter = _save_final(trainer, out / "adapter")
     except Exception as e:  # every failure becomes one readable message (the cause stays chained)
+        if is_disk_full(e):
+            raise InputError(f"{out}: disk full while saving the run (step {trainer.state.global_step}); the "
+                             "checkpoint being written is incomplete and a resume skips it. Free some space, then "
+                             "resume") from e
         raise RuntimeError(failure_message(e)) from e
-    adapter = _save_final(trainer, out / "adapter")
     if progress:
         progress(1, 1, f"{'cancelled' if cancel.cancelled else 'done'} at step {trainer.state.global_step} "
                        f"in {time.time() - started:.0f} s")
     if lock:
         lock.close()
     return TrainResult(adapter, trainer.state.global_step, cancel.cancelled, out / "metrics.jsonl")
+
+
+def check_run_folder(out: Path, cfg: TrainConfig) -> None:
+    """The rule of ``--out``: a new run writes into a new or empty folder, or one holding only this very config
+    (the runs page writes it before the job starts). Anything else, a config.json, README.md or metrics.jsonl
+    of the user's, a previous run (continued with ``resume``), is refused, naming the folder; nothing changes."""
+    from core.io.locks import LOCK_FILE
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out}: a file is there; output_dir names the run folder (choose a new folder)")
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    if names == ["config.json"] and _same_config(out / "config.json", cfg):
+        return
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise InputError(f"{out}: output_dir holds files ({shown}); a new run is written only into a new or empty "
+                         "folder, so nothing was changed. Choose another output_dir, or set resume to continue "
+                         "a run of the workbench there")
+
+
+def _same_config(path: Path, cfg: TrainConfig) -> bool:
+    try:
+        return TrainConfig.load(path) == cfg
+    except InputError:
+        return False
 
 
 def _resume_point(out: Path, progress: Callable[[float, float, str], None] | None, rank0: bool) -> Path:
@@ -335,6 +402,23 @@ def _resume_point(out: Path, progress: Callable[[float, float, str], None] | Non
         step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
         trim_metrics(out / "metrics.jsonl", step)
     return resume_from
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A full disk or quota anywhere in ``e``'s chain; torch.save says only "[enforce fail at
+    inline_container.cc] . unexpected pos" (its writer saw a short write), with no errno."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or ("inline_container" in text and "unexpected pos" in text):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def failure_message(e: Exception) -> str:

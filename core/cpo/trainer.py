@@ -34,6 +34,7 @@ import trl
 from trl import DPOTrainer
 
 from core.cpo.config import OBJECTIVES
+from core.errors import NonFiniteError
 from core.io.pairs import normalise_weights  # noqa: F401 - the one weight rule (core.io.pairs)
 from core.models.families import TEXT_FAMILY, Family
 
@@ -112,6 +113,17 @@ def objective_loss(objective: str, losses: torch.Tensor, weights: torch.Tensor, 
     raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
 
 
+def check_finite(loss: torch.Tensor, weights: torch.Tensor, step: int) -> None:
+    """Stop the run before a non-finite loss or pair weight reaches the optimizer (it would turn every adapter
+    tensor into NaN and train on, reporting nothing): a ``NonFiniteError`` naming the step."""
+    if not torch.isfinite(weights).all():
+        raise NonFiniteError(f"step {step}: a pair weight is not finite ({weights.tolist()}); nothing of this step "
+                             "was applied")
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"step {step}: the loss is {loss.item()} (not finite); nothing of this step was "
+                             "applied. Lower the learning rate or check the pairs' weights")
+
+
 class CPOTrainer(DPOTrainer):
     """DPOTrainer with the workbench's objectives, pair weights and per-source metrics (see the module)."""
 
@@ -158,6 +170,7 @@ class CPOTrainer(DPOTrainer):
             losses = cpo_losses(chosen, rejected, self.beta)
             r_chosen, r_rejected = self.beta * chosen, self.beta * rejected
         loss = objective_loss(self.objective, losses, inputs["weight"].to(losses.dtype), nll, self.cpo_alpha)
+        check_finite(loss, inputs["weight"], self.state.global_step + 1)
         self._log_batch(mode, inputs, losses.detach(), r_chosen.detach(), r_rejected.detach(), nll.detach())
         if return_outputs:
             return loss, {"chosen_logps": chosen, "rejected_logps": rejected}

@@ -198,8 +198,10 @@ def annotate(store: Store, item_id: int, annotator: str, decision: str, edited_t
     annotator = _name(annotator)
     _check(decision, DECISIONS, edited_text, "decision")
     now = time.time()
-    with store.transaction() as con:
+    with store.transaction() as con:  # BEGIN IMMEDIATE: the count and the insert are one step for every tab
         _exists(con, item_id)
+        if decision != "skip":  # a skip is not a decision
+            _not_decided(con, item_id, annotator)
         con.execute(
             "INSERT INTO annotations (counterfactual_id, annotator, decision, edited_text, note, created_at, "
             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(counterfactual_id, annotator) DO UPDATE SET "
@@ -207,6 +209,21 @@ def annotate(store: Store, item_id: int, annotator: str, decision: str, edited_t
             "updated_at = excluded.updated_at",
             (item_id, annotator, decision, edited_text if decision == "edit" else None, note or "", now, now))
         con.execute("DELETE FROM claims WHERE counterfactual_id = ? AND annotator = ?", (item_id, annotator))
+
+
+def _not_decided(con, item_id: int, annotator: str) -> None:
+    """An item that already has its k decisions from others takes no new annotator (two annotators deciding
+    a k=1 item at once: the second is told, not recorded as a conflict); one's own decision may change."""
+    k = con.execute("SELECT required_decisions FROM counterfactuals WHERE id = ?", (item_id,)).fetchone()[0]
+    others = [r[0] for r in con.execute("SELECT annotator FROM annotations WHERE counterfactual_id = ? AND "
+                                        "annotator != ? AND decision != 'skip' ORDER BY updated_at",
+                                        (item_id, annotator))]
+    mine = con.execute("SELECT 1 FROM annotations WHERE counterfactual_id = ? AND annotator = ? AND "
+                       "decision != 'skip'", (item_id, annotator)).fetchone()
+    if not mine and len(others) >= (k or 1):
+        raise InputError(f"item {item_id} was decided by {', '.join(others)} while you were reading it (it needs "
+                         f"{k or 1} decision{'s' if (k or 1) > 1 else ''}); your decision was not recorded. "
+                         "Go on with the next item")
 
 
 def item(store: Store, item_id: int) -> Item:

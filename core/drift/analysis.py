@@ -38,7 +38,7 @@ from core.io.cache import (
     swap_in_folder,
     write_parquet,
 )
-from core.io.outputs import ANALYSIS_TABLES
+from core.io.outputs import ANALYSIS_TABLES, MANIFEST, write_manifest
 from core.io.paths import expand
 from core.io.trajectories import data_hash, read_jsonl
 from core.models.branches import series_parents
@@ -140,6 +140,7 @@ def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write:
     try:
         write(tmp)
         (tmp / "config.json").write_text(json.dumps(data, indent=1) + "\n")
+        write_manifest(tmp)  # what --force may replace later: these files, unchanged
         swap_in_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,6 +191,8 @@ class StagedAnalysis:
         import os
 
         for f in self.folder.iterdir():
+            if f.name == MANIFEST:  # written anew for the new folder
+                continue
             if records is not None and f.name == TEXTS:
                 with open(tmp / TEXTS, "w", encoding="utf-8") as out:
                     out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

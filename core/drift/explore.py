@@ -169,13 +169,15 @@ def _place(df: pd.DataFrame, values: np.ndarray, order: list[str], positions: li
 def _hover_grid(tok: pd.DataFrame, order: list[str], positions: list[int], names: list[str]) -> list[list[str]]:
     """Per cell: the token, its probability and rank, the top-k alternatives; built column-wise (one string
     per token row), then placed by a pivot; cells without a score show the token alone."""
+    plain = np.array([repr(t) for t in names], dtype=object)
+    if tok.empty:  # a window over the report alone: no token rows (an empty float column would not add to str)
+        return np.broadcast_to(plain[None, :], (len(order), len(names))).tolist()
     text = tok["token"].astype(str).map(repr) + " p=" + tok["prob"].map("{:.3f}".format) + \
         " rank " + tok["rank"].astype(int).astype(str)
     if "top_tokens" in tok:
         alts = [", ".join(f"{a!r} {q:.3f}" for a, q in zip(ts, ps, strict=True)) for ts, ps in zip(tok["top_tokens"], tok["top_probs"], strict=True)]
         text = text + "\ntop: " + pd.Series(alts, index=tok.index)
     values = _place(tok, text.to_numpy(dtype=object), order, positions, None)
-    plain = np.array([repr(t) for t in names], dtype=object)
     return np.where(values == None, plain[None, :], values).tolist()  # noqa: E711 - elementwise on objects
 
 

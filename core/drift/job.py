@@ -59,14 +59,34 @@ def run_score(cfg: AnalysisConfig | None, options: ScoreOptions, progress: Progr
     from core.io.outputs import check_analysis_folder
 
     out = expand(options.out)
+    part = None if options.merge else shards.Shard.parse(options.shard) if options.shard else shards.Shard.from_env()
     check_analysis_folder(out, options.force)  # before the compute: a refusal costs nothing
-    if options.merge:
-        return save_analysis(shards.merge(out), out, merged=True)
-    part = shards.Shard.parse(options.shard) if options.shard else shards.Shard.from_env()
-    cache = _cache_dir(options)
-    if part is not None:
-        return _score_shard(cfg, part, bool(options.shard), out, cache, progress, should_cancel)
-    return save_analysis(run_analysis(cfg, cache_dir=cache, progress=progress, should_cancel=should_cancel), out)
+    if part is None:  # one process writes the folder (shards write folders of their own beside it, at once)
+        return _locked(out, lambda: save_analysis(shards.merge(out), out, merged=True) if options.merge else
+                       save_analysis(run_analysis(cfg, cache_dir=_cache_dir(options), progress=progress,
+                                                  should_cancel=should_cancel), out))
+    return _score_shard(cfg, part, bool(options.shard), out, _cache_dir(options), progress, should_cancel)
+
+
+def _locked(out: Path, work) -> int:
+    """``work()`` while this process holds the analysis folder ``out`` (created empty if new): two tabs pressing
+    Score at once, the second is refused by name. The lock is on the folder itself (no lock file in it or beside
+    it); a new folder left empty by a failure goes again."""
+    import os
+
+    from core.io.locks import lock_dir
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = lock_dir(out, "analysis folder")
+    try:
+        return work()
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        os.close(fd)
 
 
 def _cache_dir(options: ScoreOptions) -> Path | None:

@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from core.drift.buffers import Buffers
+from core.errors import NonFiniteError
 from core.io.trajectories import Encoded, vocab_texts
 from core.models.forward import chunk_rows, inner, logit_transform
 from core.models.memory import pin_mmap_threshold
@@ -441,9 +442,22 @@ def _vocab(rows: _Rows) -> int:
     return rows.module.weight.shape[0] if hasattr(rows.module, "weight") else rows.module(rows.hidden[:1]).shape[-1]
 
 
+def check_finite_stats(stats: dict[str, dict], meta: dict[str, np.ndarray]) -> None:
+    """Where a checkpoint's statistics are produced: a NaN or infinite one is an error naming the checkpoint and
+    the trajectory (it would read as ``kl_base 0``, an entropy of 0, and average into every figure)."""
+    for name, st in stats.items():
+        for column in STAT_COLUMNS:
+            bad = ~np.isfinite(st[column])
+            if bad.any():
+                raise NonFiniteError(f"checkpoint {name}: {column} is not finite ({st[column][bad][0]}) on trajectory "
+                                     f"{meta['traj_id'][np.flatnonzero(bad)[0]]!r}; its weights or inputs give NaN or "
+                                     "infinite probabilities, so it is not scored")
+
+
 def _frame(meta: dict[str, np.ndarray], stats: dict[str, dict], texts: np.ndarray | None,
            steps: dict[str, int]) -> pd.DataFrame:
     """One batch's tidy table, checkpoint-major in series order: no Python work per row but the top-k lists."""
+    check_finite_stats(stats, meta)
     k = len(stats)
     n = len(meta["position"])
     df = pd.DataFrame({

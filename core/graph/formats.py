@@ -111,6 +111,21 @@ def to_csv(graph: nx.DiGraph) -> str:
     return buf.getvalue()
 
 
+def _rows(reader: csv.DictReader, source: str):
+    """``(line, row)`` of ``reader``; a field over the csv module's limit (128 KiB) or a broken quote is an
+    ``InputError`` naming the line, not a ``_csv.Error``."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            # line_num counts the lines read whole: the bad row is the next one
+            raise InputError(f"{source}, line {reader.line_num + 1}: not a valid CSV row ({e}; a concept graph's fields "
+                             "are names and relations, not long text)") from None
+        yield reader.line_num, row
+
+
 def from_csv(text: str, source: str = "edges.csv", base: nx.DiGraph | None = None) -> nx.DiGraph:
     """A graph from a CSV edge list; node attributes come from ``base`` where it has the node."""
     reader = csv.DictReader(io.StringIO(text))
@@ -118,8 +133,7 @@ def from_csv(text: str, source: str = "edges.csv", base: nx.DiGraph | None = Non
     if missing:
         raise InputError(f"{source}, line 1: missing column(s) {missing} (expected header {','.join(CSV_FIELDS)})")
     rows = []
-    for row in reader:
-        line = reader.line_num
+    for line, row in _rows(reader, source):
         for f in CSV_FIELDS[:3]:
             if not (row.get(f) or "").strip():
                 raise InputError(f"{source}, line {line}: field '{f}' is empty")

@@ -48,6 +48,7 @@ from core.errors import InputError
 from core.io import jsonsafe
 from core.io.answers import DEFAULT as ANSWER_FORMAT
 from core.io.answers import answer_of
+from core.io.paths import child
 from core.io.images import (
     IMAGE_SUFFIXES,
     PLACEHOLDER,
@@ -610,8 +611,11 @@ def _hf_splits(folder: Path) -> list[str]:
         names = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{folder / 'dataset_dict.json'}: expected {{\"splits\": [names]}} ({e})") from None
-    if not isinstance(names, list) or not all(isinstance(n, str) and (folder / n).is_dir() for n in names):
+    if not isinstance(names, list):
         raise InputError(f"{folder / 'dataset_dict.json'}: expected a list of split folders, got {names!r}")
+    for n in names:  # a split is a folder inside this one, never a path out of it
+        if not child(folder, n, f"{folder / 'dataset_dict.json'}, field 'splits'").is_dir():
+            raise InputError(f"{folder / 'dataset_dict.json'}: expected a list of split folders, got {names!r}")
     return names
 
 

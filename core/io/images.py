@@ -129,7 +129,41 @@ def check_file(ref: ImageRef, limits: ImageLimits) -> None:
 def load_image(ref: ImageRef, limits: ImageLimits | None = None):
     """The image as an RGB PIL image; ``InputError`` names the record and path when it is missing,
     unreadable or oversized (pixels are checked from the header, before decoding)."""
-    return _open(ref, limits or ImageLimits(), lambda im: im.convert("RGB"))  # decodes while the file is open
+    return _open(ref, limits or ImageLimits(), to_rgb)  # decodes while the file is open
+
+
+def to_rgb(im):
+    """An RGB image as a viewer shows the file: turned upright by its EXIF orientation, and a 16-bit or
+    floating-point grey image (radiographs: ``I;16`` PNG or TIFF, 0..65535) scaled to 8 bits over its window
+    (``window_levels``), not clipped at 255 (which turned X-rays white)."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I") or im.mode == "F":
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = window_levels(im, a)
+        scaled = np.clip((a - lo) / (hi - lo), 0, 1) * 255 if hi > lo else np.zeros_like(a)
+        im = Image.fromarray(np.rint(scaled).astype(np.uint8))  # mode L
+    return im.convert("RGB")
+
+
+def window_levels(im, values) -> tuple[float, float]:
+    """The grey range mapped to black..white: the DICOM-style window a file gives (``WindowCenter`` /
+    ``WindowWidth`` in its text chunks or TIFF tags), else the image's own full range, as radiology viewers do."""
+    info = {str(k).lower().replace(" ", ""): v for k, v in (im.info or {}).items()}
+    try:
+        centre, width = float(info["windowcenter"]), float(info["windowwidth"])
+        if width > 0 and all(map(_finite, (centre, width))):
+            return centre - width / 2, centre + width / 2
+    except (KeyError, TypeError, ValueError):
+        pass
+    return float(values.min()), float(values.max())
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
 
 
 def check_image(ref: ImageRef, limits: ImageLimits | None = None) -> tuple[int, int]:

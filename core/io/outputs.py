@@ -26,8 +26,38 @@ ANALYSIS_TABLES = ("tokens", "beliefs", "effects", "summary", "by_token", "by_co
 ANALYSIS_EXTRAS = ("trajectories.jsonl", "trajectories.parquet", "by_category.parquet")
 
 
+# What the workbench wrote into an output folder: file name -> [size, mtime_ns] as written. ``--force`` replaces
+# a folder only when every file in it is listed here unchanged: a config.json or trajectories.jsonl of the
+# user's (same names as the workbench's own) is never taken for the workbench's.
+MANIFEST = ".workbench-files.json"
+
+
+def write_manifest(folder: Path) -> None:
+    """List every file of ``folder`` (written by the workbench, about to be swapped in) in its ``MANIFEST``."""
+    import json
+
+    files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).unlink(missing_ok=True)  # a hard link of another folder's manifest stays as it was
+    (folder / MANIFEST).write_text(json.dumps(files, indent=0) + "\n")
+
+
+def unlisted_files(folder: Path) -> list[str]:
+    """The files of ``folder`` its ``MANIFEST`` does not list as the workbench wrote them (all, without one)."""
+    import json
+
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        listed = {}
+    listed = listed if isinstance(listed, dict) else {}
+    return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and not (
+        p.is_file() and not p.is_symlink() and listed.get(p.name) == [p.stat().st_size, p.stat().st_mtime_ns]))
+
+
 def check_analysis_folder(out: Path, force: bool, tables: tuple[str, ...] = ANALYSIS_TABLES) -> None:
-    """Refuse ``out`` unless it is new, empty, or (with ``force``) a previous analysis and nothing else."""
+    """Refuse ``out`` unless it is new, empty, or (with ``force``) a previous analysis whose every file its
+    manifest lists as the workbench wrote it (``MANIFEST``)."""
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():
@@ -35,8 +65,8 @@ def check_analysis_folder(out: Path, force: bool, tables: tuple[str, ...] = ANAL
     names = {p.name for p in out.iterdir()}
     if not names:
         return
-    ours = {f"{t}.parquet" for t in tables} | {"config.json", *ANALYSIS_EXTRAS}
-    foreign = sorted(names - ours)
+    ours = {f"{t}.parquet" for t in tables} | {"config.json", MANIFEST, *ANALYSIS_EXTRAS}
+    foreign = sorted(names - ours) or unlisted_files(out)
     if foreign or "config.json" not in names:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise InputError(f"{out}: the folder holds files the workbench did not write ({shown or 'no config.json'}); "

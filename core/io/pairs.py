@@ -24,6 +24,7 @@ absolute path strings ([] for text-only pairs).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from core.errors import InputError
@@ -36,21 +37,35 @@ from core.io.images import (
 )
 
 
+def is_weight(w: object) -> bool:
+    """A pair or source weight: a positive, finite number (JSON's ``1e400`` reads as infinity)."""
+    return not isinstance(w, bool) and isinstance(w, (int, float)) and math.isfinite(w) and w > 0
+
+
 def normalise_weights(weights: list[float]) -> list[float]:
-    """Scale positive pair weights to mean one (the authors' CPO++ normalisation); all ones if none given."""
+    """Scale positive pair weights to mean one (the authors' CPO++ normalisation); all ones if none given.
+    Divided by the largest first, so that the sum of weights near ``1.8e308`` cannot overflow; a spread so
+    wide that a weight would round to 0 is refused rather than dropping its pair unseen."""
     if not weights:
         return []
-    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0 for w in weights):
-        raise ValueError("pair weights must be positive numbers")
-    mean = sum(weights) / len(weights)
-    return [w / mean for w in weights]
+    if not all(is_weight(w) for w in weights):
+        raise ValueError("pair weights must be positive finite numbers")
+    top = max(weights)
+    scaled = [w / top for w in weights]  # each in (0, 1]: their sum is at most len(weights)
+    mean = math.fsum(scaled) / len(scaled)
+    out = [s / mean for s in scaled]
+    if not all(is_weight(w) for w in out):
+        raise ValueError(f"pair weights span too wide a range ({min(weights):g} to {top:g}): the smallest would "
+                         "weigh 0 after normalising to mean one")
+    return out
 
 
 def check_weights(weights: dict[str, float], where: str = "weights") -> None:
-    """Per-source weights as export takes them: every one a positive number (training refuses 0)."""
-    bad = {k: w for k, w in weights.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0}
+    """Per-source weights as export takes them: every one a positive finite number (training refuses 0)."""
+    bad = {k: w for k, w in weights.items() if not is_weight(w)}
     if bad:
-        raise ValueError(f"{where}: every source weight must be a positive number (training refuses 0 or less), got {bad}")
+        raise ValueError(f"{where}: every source weight must be a positive finite number (training refuses 0 or "
+                         f"less), got {bad}")
 
 
 def read_pairs(path: str | Path, limits: ImageLimits | None = None) -> list[dict]:
@@ -152,8 +167,8 @@ def _texts(rec: dict, where: str) -> dict:
             raise InputError(f"{where}, field {key!r}: expected a non-empty string (or, conversational, "
                              "a list of {role, content} turns)")
     weight = rec.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise InputError(f"{where}, field 'weight': expected a positive number, got {weight!r}")
+    if not is_weight(weight):
+        raise InputError(f"{where}, field 'weight': expected a positive finite number, got {weight!r}")
     source = rec.get("source") or "all"
     if not isinstance(source, str):
         raise InputError(f"{where}, field 'source': expected a string, got {source!r}")

@@ -36,3 +36,17 @@ def expand_fields(cfg) -> None:
         elif isinstance(value, (str, os.PathLike)):
             empty = None if cfg.types()[name].optional else ""
             setattr(cfg, name, expand_str(value) if os.fspath(value) != "" else empty)
+
+
+def child(folder: Path, name: object, where: str) -> Path:
+    """``folder / name`` for a name a file inside ``folder`` gives (a split of ``dataset_dict.json``, a data file
+    of ``state.json``): one plain name whose real path stays inside ``folder``, else an ``InputError`` naming
+    ``where`` ("../../outside/train" would import a dataset outside the data roots)."""
+    from core.errors import InputError
+
+    plain = isinstance(name, str) and name.strip() and name not in (".", "..") and not any(
+        sep in name for sep in ("/", "\\", os.sep))
+    path = Path(folder) / name if plain else None
+    if path is None or not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder)):
+        raise InputError(f"{where}: expected the name of a file or folder inside {folder}, got {name!r}")
+    return path

@@ -38,9 +38,11 @@ def check_data_path(path: str | Path, roots: list[Path]) -> Path:
     """``path`` resolved (links followed, so a link cannot lead out), if it lies under one of ``roots``; else an
     ``InputError`` whose message is the same whether or not the file exists, so a visitor learns nothing
     about the machine's files outside the data roots."""
-    resolved = Path(os.path.realpath(Path(str(path)).expanduser()))
+    # expanded as the engine expands it before reading (``core.io.paths.expand``: ~ and $VARS), so that the
+    # path checked is the path read ($HOME/../outside was checked literally, under the working directory)
+    resolved = Path(os.path.realpath(expand(path)))
     for root in roots:
-        if resolved.is_relative_to(os.path.realpath(Path(root).expanduser())):
+        if resolved.is_relative_to(os.path.realpath(expand(root))):
             return resolved
     raise InputError(f"{path}: not under the data roots, so the workbench does not open it. Typed paths must lie "
                      f"in the workspace, a world folder or ${DATA_ROOTS_ENV} (start the workbench with "

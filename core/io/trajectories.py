@@ -37,7 +37,7 @@ from core.errors import InputError
 from core.io import jsonsafe
 from core.io.answers import DEFAULT, AnswerFormat
 from core.io.images import PLACEHOLDER
-from core.io.paths import expand
+from core.io.paths import child, expand
 
 REQUIRED = ("prompt", "completion")
 CCF_QUESTION = "What is the disease of this patient?"
@@ -64,17 +64,20 @@ class Encoded:
 
 
 def read_trajectories(path: str | Path, limit: int | None = None, fmt: AnswerFormat = DEFAULT,
-                      check_images: bool = True, image_cache: str | Path | None = None) -> list[dict]:
+                      check_images: bool = True, image_cache: str | Path | None = None,
+                      image_roots: list[Path] | None = None) -> list[dict]:
     """Records of a trajectory file or folder (see the module docstring); ``InputError`` names the file, the
     line or item, the field and what was expected. ``check_images=False`` skips reading the image files
-    (an analysis folder's own copy of its records: a moved image is then warned about where it is shown)."""
+    (an analysis folder's own copy of its records: a moved image is then warned about where it is shown).
+    ``image_roots``: the folders a record's images must lie in (a file opened in the UI names paths on this
+    machine as a typed path does: refused outside the data roots, one message whether or not it exists)."""
     path = expand(path)
     if not path.exists():
         raise InputError(f"{path}: trajectory file not found")
     records, seen = [], set()
     for where, raw in _raw_records(path):
         rec = normalise(raw, f"{path}, {where}", fmt)
-        with_images(rec, raw, path, where, check_images, image_cache)
+        with_images(rec, raw, path, where, check_images, image_cache, image_roots)
         rec["id"] = str(raw.get("id", raw.get("dicom_id", where.replace(" ", "-"))))
         if rec["id"] in seen:
             raise InputError(f"{path}, {where}: duplicate id {rec['id']!r} (ids must be unique)")
@@ -152,10 +155,11 @@ def _turns(messages: object, where: str, field: str, images: bool = False) -> li
 
 
 def with_images(rec: dict, raw: dict, path: Path, where: str, check: bool = True,
-                image_cache: str | Path | None = None) -> dict:
+                image_cache: str | Path | None = None, roots: list[Path] | None = None) -> dict:
     """``rec`` given ``images`` (absolute path strings) from the raw record's ``images`` (or a datasets
     ``image`` feature), placeholders matched to them; a text-only record is left as it is."""
     from core.io.images import ImageLimits, check_image, record_images, resolve
+    from core.io.roots import check_data_path
 
     feature = raw.get("image") if isinstance(raw.get("image"), dict) else None  # a datasets Image column
     if feature is not None:
@@ -170,6 +174,11 @@ def with_images(rec: dict, raw: dict, path: Path, where: str, check: bool = True
                  for i, v in enumerate(items)]
         items = [str(resolve(v, anchor)) if isinstance(v, str) and v.strip() else v for v in items]
     refs = record_images({"images": items}, path, where)
+    for ref in refs if roots is not None else ():  # before anything tells whether the file exists
+        try:
+            check_data_path(ref.path, list(roots))
+        except InputError as e:
+            raise InputError(f"{ref.where}: {e}") from None
     if check:
         limits = ImageLimits()
         for ref in refs:
@@ -284,10 +293,12 @@ def _dataset_folder(path: Path):
             splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise InputError(f"{path / 'dataset_dict.json'}: expected {{\"splits\": [...]}} ({e})") from None
+        if not isinstance(splits, list):
+            raise InputError(f"{path / 'dataset_dict.json'}: expected {{\"splits\": [...]}}, got {splits!r}")
         split = "test" if "test" in splits else splits[0] if len(splits) == 1 else None
         if split is None:
             raise InputError(f"{path}: a DatasetDict with splits {splits}; pick one folder ({path}/<split>)")
-        path = path / split
+        path = child(path, split, f"{path / 'dataset_dict.json'}, field 'splits'")  # never a path out of it
     if not (path / "state.json").is_file():
         raise InputError(f"{path}: a folder, but not a Hugging Face datasets folder (no state.json); "
                          "expected a JSONL / JSON / parquet file or a save_to_disk folder")
@@ -296,7 +307,8 @@ def _dataset_folder(path: Path):
     state = json.loads((path / "state.json").read_text())
     row = 0
     for entry in state.get("_data_files", []):
-        f = path / entry["filename"]
+        f = child(path, entry.get("filename") if isinstance(entry, dict) else None,
+                  f"{path / 'state.json'}, field '_data_files'")
         try:
             with pa.memory_map(str(f)) as source:
                 table = pa.ipc.open_stream(source).read_all()

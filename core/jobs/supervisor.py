@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from core.atomic import atomic_write_text
 from core.errors import InputError
+from core.io.outputs import disk_full_named
 from core.progress import CANCELLED, JOB_DIR, PROGRESS_ENV, WORKER_EXIT
 
 CANCEL_ASKED = "cancel_asked.json"  # written by ``Job.cancel``: the job shows "cancelling…" until it stops
@@ -211,12 +213,17 @@ def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", met
     for that folder: a job runs from its saved config (``--config {job}/analysis.json``)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = Path(jobs_dir) / f"{kind}-{stamp}-{uuid.uuid4().hex[:6]}"
-    folder.mkdir(parents=True)
-    for name, text in (files or {}).items():
-        atomic_write_text(folder / name, text)
     argv = [str(a).replace(JOB_DIR, str(folder)) for a in argv]
     job = Job(folder, kind, title or kind, argv, time.time(), None, meta or {})
-    job._save()
+    try:  # a full disk is named, and leaves no job folder behind (an empty one listed as nothing)
+        with disk_full_named(folder):
+            folder.mkdir(parents=True)
+            for name, text in (files or {}).items():
+                atomic_write_text(folder / name, text)
+            job._save()
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     proc = subprocess.Popen([sys.executable, "-m", "core.jobs.supervisor", str(folder)], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parents[2])

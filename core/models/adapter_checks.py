@@ -1,14 +1,22 @@
 """Checks that turn silently wrong checkpoints into errors, for ``core.models.series.load_series``.
 
+    check_adapter_file(path)                  # before loading: no pickle, finite weights, no undeclared base keys
     refuse_pickle_adapter(path)               # adapter_model.bin only: named, never unpickled
     check_adapter_keys(peft_model, name, path) # after loading: every weight in the file used, every layer filled
     check_full_vocab(path, base_config)        # a full checkpoint with another vocabulary size
+    check_finite_model(model, path)            # a full checkpoint with NaN or infinite weights
 
 PEFT loads an adapter whose weights miss layers, or whose ``adapter_config.json`` names another PEFT type than
 its weights hold, with at most a UserWarning: the missing layers keep their initial (zero) update and the
 drift computed from it is wrong. Comparing the file's tensor names with the adapter the model now carries
 catches both: the names PEFT would have saved for this adapter (``get_peft_model_state_dict``) must be
 exactly the names in the file.
+
+Embedding and head weights (``lm_head.weight``, ``embed_tokens.weight``) are exempt from that comparison, and
+PEFT copies such keys into the base model itself unless the adapter's config declares them
+(``modules_to_save``, ``trainable_token_indices``): an undeclared one would overwrite the base every checkpoint
+of the series shares, so ``check_adapter_file`` refuses it before anything is loaded. Declared ones stay per
+adapter (PEFT's wrappers keep one copy each).
 """
 
 from __future__ import annotations
@@ -28,6 +36,71 @@ def refuse_pickle_adapter(path: Path) -> None:
         if pickled:
             raise InputError(f"{path / pickled[0]}: is a pickle and is not loaded (safetensors only); convert it "
                              f"with safetensors.torch.save_file on a trusted machine, as {ADAPTER_WEIGHTS}")
+
+
+_BASE_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
+
+
+def check_adapter_file(path: Path) -> None:
+    """Before an adapter is loaded: no pickle (``refuse_pickle_adapter``), every tensor finite (a NaN adapter
+    scores as ``kl_base 0``), and no embedding or head weight its ``adapter_config.json`` does not declare."""
+
+    refuse_pickle_adapter(path)
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return
+    declared = _declared_modules(path)
+    try:
+        _check_tensors(weights, declared)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors reports a damaged file with its own error types
+        raise InputError(f"{weights}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def _check_tensors(weights: Path, declared: set[str]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        for key in f.keys():
+            parts = key.split(".")
+            if any(m in parts for m in _BASE_MODULES) and not any(p.startswith("lora_") for p in parts) \
+                    and not declared & set(parts):
+                raise InputError(f"{weights}: tensor {key!r} would overwrite the base model's "
+                                 f"{next(m for m in _BASE_MODULES if m in parts)} for every checkpoint of the series; "
+                                 "it is loaded only when adapter_config.json declares the module (modules_to_save "
+                                 "or trainable_token_indices)")
+            tensor = f.get_tensor(key)
+            if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                raise InputError(f"{weights}: tensor {key!r} holds NaN or infinite values; this checkpoint's drift "
+                                 "would be meaningless (a run that diverged?), so it is not loaded")
+
+
+def check_finite_model(model, path: Path) -> None:
+    """A full checkpoint whose weights hold NaN or infinity is refused by name, before it scores anything."""
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(param.isfinite().all()):
+            raise InputError(f"{path}: weight {name!r} holds NaN or infinite values; this checkpoint's drift would "
+                             "be meaningless (a run that diverged?), so it is not scored")
+
+
+def _declared_modules(path: Path) -> set[str]:
+    """The module names the adapter's config declares as its own: ``modules_to_save`` and, for trainable
+    tokens, the wrapped layers (their saved keys hold ``token_adapter``)."""
+    from core.io import jsonsafe
+
+    config_file = path / "adapter_config.json"
+    try:
+        config = jsonsafe.loads(config_file.read_text(encoding="utf-8-sig"), str(config_file))
+    except OSError:
+        return set()
+    if not isinstance(config, dict):
+        return set()
+    saved = config.get("modules_to_save") or []
+    declared = {m for m in saved if isinstance(m, str)} if isinstance(saved, list) else set()
+    if config.get("trainable_token_indices"):
+        declared.add("token_adapter")
+    return declared
 
 
 def file_keys(path: Path) -> set[str] | None:

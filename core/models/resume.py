@@ -121,4 +121,5 @@ def _is_step(value: object) -> bool:
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return math.isfinite(value) and value >= 0 and float(value).is_integer()
+    # below 2**63: a step is stored as SQLite's and parquet's 64-bit integer (100 digits overflowed after scoring)
+    return math.isfinite(value) and 0 <= value < 2**63 and float(value).is_integer()

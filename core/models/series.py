@@ -33,7 +33,7 @@ import torch
 from core.errors import InputError
 from core.io.paths import expand
 from core.models import checkpoints as ckpts
-from core.models.adapter_checks import check_full_vocab
+from core.models.adapter_checks import check_finite_model, check_full_vocab
 from core.models.branches import branch_of, series_parents
 from core.models.device import detect
 from core.models.families import TEXT_FAMILY, Family, family_for
@@ -95,6 +95,7 @@ class ModelSeries:
                 yield self.model
                 return
             full = self.family.load_model(info.path, self.device, self.dtype, self.trust_remote_code)
+            check_finite_model(full, info.path)
             try:
                 yield full
             finally:
@@ -276,6 +277,7 @@ def load_series(base: str | Path, checkpoints: str | Path | Sequence[str | Path]
     processor = family.load_processor(base, vision, trust_remote_code)
     tokenizer = family.tokenizer(processor)
     model = family.load_model(base, dev, dt, trust_remote_code)
+    check_finite_model(model, base)
     base_vocab = tokenizer.get_vocab()
     for info in infos:
         _check_tokenizer(info, base_vocab, trust_remote_code)

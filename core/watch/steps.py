@@ -125,7 +125,7 @@ def advance(series: ModelSeries | None, cfg: AnalysisConfig, infos: list[Checkpo
     if not reusable:
         return load_series(cfg.base, [str(c.path) for c in infos], device=cfg.device, dtype=cfg.dtype,
                            trust_remote_code=cfg.trust_remote_code, base_names=cfg.base_names, vision=cfg.vision)
-    from core.models.adapter_checks import check_adapter_keys, refuse_pickle_adapter
+    from core.models.adapter_checks import check_adapter_keys, check_adapter_file
 
     model = series.model
     have = {adapter_name(c) for c in series.checkpoints}
@@ -139,7 +139,7 @@ def advance(series: ModelSeries | None, cfg: AnalysisConfig, infos: list[Checkpo
             if load_tokenizer(info.path, cfg.trust_remote_code).get_vocab() != vocab:
                 raise InputError(f"{info.path}: tokenizer differs from the base model's; expected the same tokenizer "
                                  "across the series")
-        refuse_pickle_adapter(info.path)
+        check_adapter_file(info.path)  # no pickle, finite weights, no undeclared head/embedding weights
         try:
             model.load_adapter(info.path, adapter_name=name, is_trainable=False)
         except Exception as e:  # noqa: BLE001 - any failure to read an adapter is reported with its path

@@ -53,6 +53,13 @@ def test_checkpoints_page_shows_training_facts_and_the_base_name_warning_then_ke
     at.text_input(key="ck_data").input(str(foreign_run["train"])).run()
     assert at.button(key="ck_run") and not at.exception
     at.text_input(key="ck_world_name").input("from the page").run()
+    refusals = []
+    for outside in ("/etc/passwd", "/etc/no-such-held-out.jsonl"):  # one message: whether it exists is not told
+        at.text_input(key="ck_world_eval").input(outside).run()
+        at.button(key="ck_world_create").click().run()
+        refusals.append([e.value.replace(outside, "PATH") for e in at.error])
+    assert refusals[0] == refusals[1] and "not under the data roots" in refusals[0][0]
+    assert not (tmp_path / "ws" / "worlds" / "from-the-page").exists()
     at.text_input(key="ck_world_eval").input(str(foreign_run["heldout"])).run()
     at.button(key="ck_world_create").click().run()
     assert not at.exception and not at.error

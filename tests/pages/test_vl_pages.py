@@ -58,7 +58,7 @@ def test_checkpoints_page_loads_and_registers_a_vl_run(vl, tmp_path, monkeypatch
     world, ws, _ = vl
     at = page("checkpoints", world, ws)
     at.run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     table = next(d.value for d in at.dataframe if "objective" in d.value.columns)
     assert list(table["checkpoint"]) == ["checkpoint-2", "checkpoint-4"]
     assert at.button(key="ck_run") and "workbench score" in at.code[0].value

@@ -23,7 +23,7 @@ import torch
 
 from core.errors import InputError
 from core.io.trajectories import Encoded, encode, prompt_ids
-from core.models.adapter_checks import check_adapter_keys, refuse_pickle_adapter
+from core.models.adapter_checks import check_adapter_file, check_adapter_keys
 from core.models.families.base import TEXT, Family
 from core.models.families.matrix import types_of
 from core.models.families.windows import full_cache, layer_masks
@@ -205,7 +205,7 @@ class TextFamily(Family):
     def attach_adapter(self, model, path: Path, name: str):
         from peft import PeftModel
 
-        refuse_pickle_adapter(path)
+        check_adapter_file(path)
         try:
             if isinstance(model, PeftModel):
                 model.load_adapter(path, adapter_name=name, is_trainable=False)

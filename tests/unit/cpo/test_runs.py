@@ -168,3 +168,21 @@ def test_a_run_whose_supervisor_is_killed_stays_running_and_cannot_be_resumed_tw
     _wait(lambda: runs.refresh(ws, run2.id).status != "running")
     assert runs.get(ws.store, run2.id).error.startswith("killed by SIGKILL")
     ws.store.close()
+
+
+def test_two_tabs_launching_one_name_the_second_is_told_and_writes_nothing(tmp_path, monkeypatch):
+    """Both tabs pass the name check before either registers: the database's UNIQUE name decides, and the
+    loser gets a clear refusal (not an IntegrityError) before it writes a folder or a config.json."""
+    from core.cpo.config import TrainConfig
+    from core.workspace.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = TrainConfig(base_model="m", data="d.jsonl", output_dir=str(tmp_path / "unused"))
+    with ws.store.transaction() as con:  # the other tab, just now
+        con.execute("INSERT INTO runs (name, objective, config, data, status, output_dir, created_at, updated_at) "
+                    "VALUES ('same', 'cpo', '{}', 'd', 'running', 'elsewhere', 0, 0)")
+    real = ws.store.query_one
+    monkeypatch.setattr(ws.store, "query_one", lambda sql, *a: None if "FROM runs WHERE name" in sql else real(sql, *a))
+    with pytest.raises(InputError, match=r"run name 'same' is taken \(another tab started it just now\)"):
+        runs.launch(ws, cfg, "same")
+    assert not ws.cpo_run_dir("same").exists()

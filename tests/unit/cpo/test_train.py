@@ -128,7 +128,7 @@ def test_preflight_flags_empty_identical_and_truncated(tmp_path, sample_world):
 def test_bad_pair_line_is_named(tmp_path):
     path = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
                                          {"prompt": "a", "chosen": "b", "rejected": "c", "weight": -2}])
-    with pytest.raises(InputError, match=r"p.jsonl, line 2, field 'weight': expected a positive number"):
+    with pytest.raises(InputError, match=r"p.jsonl, line 2, field 'weight': expected a positive finite number"):
         read_pairs(path)
 
 
@@ -214,12 +214,11 @@ def test_cli_runs_a_config_and_reports_failures(tmp_path, sample_world, pairs_fi
     assert cli.main(["train", "--config", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err
     assert "adapter weights do not fit this LoRA config (r=4)" in err
-    crash = _cfg(sample_world, pairs_file, tmp_path / "crash", objective="cpo", max_steps=2, save_steps=2)
-    (tmp_path / "crash").mkdir()
-    (tmp_path / "crash" / "checkpoint-2").write_text("a file where the trainer saves its checkpoint")
+    crash = _cfg(sample_world, pairs_file, tmp_path / "crash", objective="cpo", max_steps=2, save_steps=2,
+                 learning_rate=1e39)  # the adapter blows up at the first step
     crash.save(tmp_path / "crash.json")
     assert cli.main(["train", "--config", str(tmp_path / "crash.json")]) == 1
-    assert "error: training failed: " in capsys.readouterr().err
+    assert "error: training failed: NonFiniteError: step 1" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text('{"base_model": "m", "data": "d", "output_dir": "o", "max_steps": 0}')
     assert cli.main(["train", "--config", str(tmp_path / "broken.json")]) == 2
     assert "field 'max_steps': expected a positive integer" in capsys.readouterr().err
@@ -242,3 +241,51 @@ def test_same_entry_point_under_accelerate_launch(tmp_path, sample_world, pairs_
     assert done.returncode == 0, done.stderr[-2000:]
     assert "finished at step 1" in done.stdout
     assert json.loads((tmp_path / "run" / "adapter" / "trainer_state.json").read_text())["global_step"] == 1
+
+
+def test_a_run_from_an_adapter_starts_from_exactly_the_model_it_scores_as(tmp_path, sample_world, pairs_file):
+    """A start adapter whose alpha is 64 (B halved: the same model as checkpoint-160): the trainer's model
+    before its first step gives checkpoint-160's logits, not a half-strength update read at the config's alpha."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core.cpo.train import build_trainer
+    from core.models.series import load_series
+
+    start = tmp_path / "start" / "checkpoint-160"
+    shutil.copytree(sample_world / "rft" / "checkpoint-160", start)
+    config = json.loads((start / "adapter_config.json").read_text())
+    (start / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 2 * config["lora_alpha"]}))
+    weights = load_file(start / "adapter_model.safetensors")
+    save_file({k: v / 2 if "lora_B" in k else v for k, v in weights.items()}, start / "adapter_model.safetensors")
+    trainer = build_trainer(_cfg(sample_world, pairs_file, tmp_path / "run", init_adapter=str(start)))
+    series = load_series(sample_world / "model", sample_world / "rft" / "checkpoint-160", base_names=[BASE_NAME])
+    ids = torch.tensor([[1, 5, 9, 12, 3, 40, 7]])
+    with torch.no_grad(), series.activate("checkpoint-160") as model:
+        expected = model(input_ids=ids).logits
+    trainer.model.eval()
+    with torch.no_grad():
+        got = trainer.model(input_ids=ids).logits
+    assert trainer.model.peft_config["default"].lora_alpha == 2 * config["lora_alpha"]
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_output_dir_holding_the_users_files_is_refused_untouched(tmp_path, sample_world, pairs_file, capsys):
+    """The rule of ``--out``: train writes a new run only into a new or empty folder, or one holding only
+    its own config (as the runs page writes it)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"config.json": '{"my": "settings"}', "README.md": "# my notes", "metrics.jsonl": '{"step": 1}\n'}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    cfg = _cfg(sample_world, pairs_file, mine, objective="sft", max_steps=1)
+    cfg.save(tmp_path / "run.json")
+    assert cli.main(["train", "--config", str(tmp_path / "run.json")]) == 2
+    assert f"{mine}: output_dir holds files (README.md, config.json, metrics.jsonl)" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in mine.iterdir()} == files
+    own = _cfg(sample_world, pairs_file, tmp_path / "own", objective="sft", max_steps=1)
+    (tmp_path / "own").mkdir()
+    own.save(tmp_path / "own" / "config.json")  # what the runs page writes before the job
+    assert cli.main(["train", "--config", str(tmp_path / "own" / "config.json")]) == 0

@@ -87,8 +87,8 @@ def test_a_text_base_refuses_pairs_with_images(sample_world, vl_pairs, tmp_path)
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("source_weights", {"image_swap": 0}, "an object of source name -> positive number"),
-    ("source_weights", ["image_swap"], "an object of source name -> positive number"),
+    ("source_weights", {"image_swap": 0}, "an object of source name -> positive finite number"),
+    ("source_weights", ["image_swap"], "an object of source name -> positive finite number"),
     ("max_pixels", 100, "null or an integer >= 784"),
 ])
 def test_the_vl_fields_of_a_config_are_checked(tmp_path, field, value, expected):

@@ -82,6 +82,7 @@ def test_bad_decisions_are_refused(store):
 
 
 def test_cohen_per_pair_fleiss_and_light_overall(store):
+    curation.set_required(store, 2)  # an agreement study: two decisions per item
     ada, bob = ["accept", "accept", "reject", "reject"], ["accept", "reject", "reject", "reject"]
     for item, a, b in zip(range(1, 5), ada, bob, strict=True):
         curation.annotate(store, item, "ada", a)
@@ -189,3 +190,15 @@ def test_curation_trajectories_become_a_file_the_engine_scores(tmp_path, sample_
     assert all(r["label"] == by_id[r["id"]]["label"] for r in back)
     assert trajectories_file(store, tmp_path) == path  # same rows, same file
     store.close()
+
+
+def test_two_annotators_deciding_one_k1_item_the_second_is_told_it_was_decided(store):
+    assert curation.claim_next(store, "ada", now=0) == 1
+    assert curation.claim_next(store, "bob", now=curation.CLAIM_TTL + 10) == 1  # ada's claim expired: both hold it
+    curation.annotate(store, 1, "ada", "accept")
+    with pytest.raises(InputError, match=r"item 1 was decided by ada while you were reading it .* your decision "
+                                         r"was not recorded"):
+        curation.annotate(store, 1, "bob", "reject")
+    assert statuses(store)[1] == "done" and curation.item(store, 1).annotations["annotator"].tolist() == ["ada"]
+    curation.annotate(store, 1, "ada", "reject")  # one's own decision may still change
+    assert statuses(store)[1] == "done"

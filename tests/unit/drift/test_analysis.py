@@ -66,7 +66,8 @@ def test_cli_score_writes_the_tables(quick_world, tmp_path):
                "--workspace", str(tmp_path / "ws"))
     assert out.returncode == 0, out.stderr
     assert {p.name for p in (tmp_path / "o").iterdir()} == {f"{t}.parquet" for t in an.TABLES} | {
-        "config.json", an.TEXTS, "trajectories.parquet", "by_category.parquet"}  # self-contained: texts, ranking
+        "config.json", an.TEXTS, "trajectories.parquet", "by_category.parquet",  # self-contained: texts, ranking
+        ".workbench-files.json"}  # what --force may replace
     assert json.loads((tmp_path / "o" / "config.json").read_text())["limit"] == 3
 
 

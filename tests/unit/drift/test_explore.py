@@ -228,6 +228,20 @@ def test_the_minimap_keeps_each_bins_peak_with_its_sign():
     assert len(short.values) == 40
 
 
+def test_a_window_over_the_report_alone_shows_its_tokens(shipped, table):
+    """A report longer than the window, "Include the report" on: the window's token rows are none (token
+    metrics exist for the completion only); its hover is the tokens alone, not a TypeError adding str to float."""
+    a, _ = shipped
+    traj = table.iloc[0]["traj_id"]
+    full = explore.token_matrix(a.tokens, a.effects, traj, "effect_drift", include_prompt=True, hover=False)
+    report = [p for p in full.positions if p < 0]
+    tok = a.tokens[a.tokens["traj_id"] == traj]
+    rows = tok[tok["position"].between(report[0], report[-1])]
+    assert rows.empty
+    w = explore.window(full, report[0], len(report), rows)
+    assert w.positions == report and w.hover[0] == [repr(t) for t in w.tokens]
+
+
 def test_content_drivers_leave_out_punctuation_the_prompt_template_and_rare_tokens():
     import pandas as pd
 

@@ -266,3 +266,19 @@ def test_checkpoint_inner_statistics_equal_checkpoint_outer_bit_for_bit(adapters
     chunks = sum(-(-sum(len(enc[i].completion_ids) for i in idx) // 7) for idx in length_batches(enc, 3))
     assert inner_calls == 5 * chunks  # one head pass per checkpoint and chunk
     assert len(calls) == (1 + 2 + 3 + 3 + 3) * chunks  # the base; then each with the base's (and parent's) again
+
+
+def test_a_checkpoint_scoring_nan_is_an_error_naming_it(adapters, quick_world, sample_world):
+    """NaN that gets past the load checks (here put into a loaded adapter) stops scoring by name, not as
+    ``kl_base 0.0000`` with an entropy of 0."""
+    from core.drift.scoring import NonFiniteError
+    from core.models.series import load_series
+
+    series = load_series(quick_world / "model", adapters, base_names=["cxr-demo-tiny-llama"])
+    with torch.no_grad():
+        for name, p in series.model.named_parameters():
+            if "lora_B.checkpoint-4" in name:
+                p.fill_(float("nan"))
+    enc = encode(series.tokenizer, read_jsonl(sample_world / "data" / "test.jsonl", limit=2))
+    with pytest.raises(NonFiniteError, match=r"checkpoint checkpoint-4: \w+ is not finite \(nan\) on trajectory"):
+        score(series, enc, ScoreConfig(top_k=4, batch_size=4))

@@ -132,6 +132,8 @@ BROKEN_FILES = [
     ("edges.csv", b"source,target,relation,weight\nf,D,supports,0.5\nf,D,excludes,1\n",
      r"edges.csv: line 3: finding 'f' both supports and excludes 'D' \(also line 2\)"),
     ("edges.csv", b"source,target\nf,D\n", r"edges.csv, line 1: missing column\(s\) \['relation'\]"),
+    ("edges.csv", b"source,target,relation,weight\nf,D,supports,0.5\n" + b"x" * (2 << 20) + b",D,supports,1\n",
+     r"edges.csv, line 3: not a valid CSV row \(field larger than field limit"),  # a 2 MB field: not _csv.Error
     ("g.graphml", b"<graphml><graph>", r"g.graphml: not valid XML"),
     ("g.json", b"{nodes: [", r"g.json, line 1: not valid JSON"),
     ("notes.txt", b"", r"notes.txt: unknown graph format"),

@@ -127,3 +127,49 @@ def test_ccf_items_find_their_image_by_dicom_id(tmp_path, image_root):
     ccf.write_text(json.dumps(items))
     with pytest.raises(InputError, match=r"ccf.json, item 2, field 'dicom_id': no image named 'd9'"):
         read_ccf_records(ccf, image_root)
+
+
+def _ramp16(tmp_path, name, **save):
+    """A 16-bit grey radiograph-like ramp: 0..4095 (12-bit detector values) in a 65535 range."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (32, 1))
+    im = Image.fromarray(a)  # mode I;16
+    im.save(tmp_path / name, **save)
+    return tmp_path / name, a
+
+
+@pytest.mark.parametrize("name", ["x.png", "x.tif"])
+def test_16_bit_images_are_scaled_over_their_range_not_clipped_white(tmp_path, name):
+    import numpy as np
+
+    path, a = _ramp16(tmp_path, name)
+    rgb = np.asarray(load_image(ImageRef(path, "t.jsonl, line 1, images[0]")))
+    assert rgb.shape == (32, 64, 3) and rgb[..., 0].min() == 0 and rgb[..., 0].max() == 255
+    assert 120 < rgb.mean() < 135  # a ramp: mid-grey on average (clipped at 255 it was 254)
+    assert np.all(np.diff(rgb[0, :, 0].astype(int)) >= 0)  # order kept
+
+
+def test_a_16_bit_png_with_a_dicom_style_window_uses_it(tmp_path):
+    import numpy as np
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("WindowCenter", "1000")
+    meta.add_text("WindowWidth", "1000")
+    path, a = _ramp16(tmp_path, "w.png", pnginfo=meta)
+    grey = np.asarray(load_image(ImageRef(path, "w")))[..., 0]
+    assert (grey[a <= 500] == 0).all() and (grey[a >= 1500] == 255).all()
+    mid = (a > 600) & (a < 1400)
+    assert ((grey[mid] > 0) & (grey[mid] < 255)).all()
+
+
+def test_exif_orientation_turns_the_image_upright(tmp_path):
+    from PIL import Image
+
+    im = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: a viewer shows it 20 wide, 40 high
+    im.save(tmp_path / "r.jpg", exif=exif)
+    assert load_image(ImageRef(tmp_path / "r.jpg", "r")).size == (20, 40)

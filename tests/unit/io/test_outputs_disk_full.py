@@ -60,3 +60,32 @@ def test_importing_into_a_database_on_a_full_disk_names_it_and_stores_nothing(tm
         snapshots.import_file(store, ccf)
     assert store.query_one("SELECT COUNT(*) FROM counterfactuals") == (0,)
     store.close()
+
+
+def test_starting_a_job_on_a_full_disk_names_it_and_leaves_no_job_folder(tiny_disk):
+    from core.jobs import supervisor
+
+    disk = tiny_disk(64 * 1024)
+    (disk / "filler").write_bytes(b"x" * (60 * 1024))
+    (disk / "jobs").mkdir()
+    with pytest.raises(InputError, match=r"jobs/score-.*: disk full while writing; nothing was written"):
+        supervisor.start(disk / "jobs", "score", ["-c", "pass"], files={"analysis.json": "{}" + " " * 8192})
+    assert list((disk / "jobs").iterdir()) == []
+
+
+def test_a_cpo_run_on_a_full_disk_says_disk_full_with_its_folder(tmp_path, sample_world, tiny_disk):
+    """torch.save on a full disk says only "[enforce fail at inline_container.cc] . unexpected pos"."""
+    from core.cpo.config import TrainConfig
+    from core.cpo.train import is_disk_full, train
+    from workbench.demo.preferences import build_preferences
+
+    assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"))
+    assert not is_disk_full(RuntimeError("size mismatch"))
+    pairs = build_preferences(sample_world, tmp_path / "pairs.jsonl", n=8, seed=0)
+    disk = tiny_disk(96 * 1024)  # the config and metrics fit; a checkpoint's optimizer state does not
+    out = disk / "run"
+    cfg = TrainConfig(base_model=str(sample_world / "model"), data=str(pairs), output_dir=str(out),
+                      init_adapter=str(sample_world / "rft" / "checkpoint-160"), max_steps=1, batch_size=4,
+                      save_steps=1, base_names=["cxr-demo-tiny-llama"])
+    with pytest.raises(InputError, match=rf"{out}: disk full while saving the run \(step 1\)"):
+        train(cfg)

@@ -74,7 +74,7 @@ def test_conversational_pairs_are_tokenized_through_the_chat_template(foreign_ru
     ({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}, "field 'prompt': expected a list of"),
     ({"prompt": [{"role": "user", "content": "x"}], "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
      "field 'chosen': expected an assistant turn"),
-    ({"prompt": "x", "chosen": "a", "rejected": "b", "weight": 0}, "field 'weight': expected a positive number"),
+    ({"prompt": "x", "chosen": "a", "rejected": "b", "weight": 0}, "field 'weight': expected a positive finite number"),
 ])
 def test_bad_pairs_are_named(tmp_path, rec, message):
     path = tmp_path / "p.jsonl"

@@ -31,6 +31,27 @@ def test_paths_outside_the_roots_get_one_message_whether_or_not_they_exist(tmp_p
     assert check_data_path(tmp_path / "data.jsonl", data_roots(ws.store)) == (tmp_path / "data.jsonl").resolve()
 
 
+def test_a_path_is_checked_as_the_engine_reads_it_with_home_and_variables_expanded(tmp_path, monkeypatch):
+    """``$HOME/../outside`` with the working directory in a data root: checked literally it lay under the root
+    (``root/$HOME/../outside``), read expanded it is outside."""
+    root, home = tmp_path / "root", tmp_path / "home"
+    (root / "outside").mkdir(parents=True)
+    home.mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "traj.jsonl").write_text("{}")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("DATA", str(tmp_path / "outside"))
+    for typed in ("$HOME/../outside/traj.jsonl", "${HOME}/../outside/traj.jsonl", "~/../outside/traj.jsonl",
+                  "$DATA/traj.jsonl"):
+        with pytest.raises(InputError, match="not under the data roots"):
+            check_data_path(typed, [root])
+    (root / "mine.jsonl").write_text("{}")
+    monkeypatch.setenv("HOME", str(root))
+    assert check_data_path("$HOME/mine.jsonl", [root]) == (root / "mine.jsonl").resolve()
+    assert check_data_path("data.jsonl", ["$HOME"]) == (root / "data.jsonl").resolve()  # roots expand too
+
+
 def test_world_folders_are_data_roots(tmp_path, sample_world, monkeypatch):
     monkeypatch.delenv("WORKBENCH_DATA_ROOTS", raising=False)
     ws = Workspace.open(tmp_path / "ws")
@@ -49,6 +70,19 @@ def test_user_text_renders_without_images_or_links(text):
     assert "evil.example" in html  # the text is still shown
     # bare URLs (GFM autolinks them in the browser): the escaped colon or dot breaks the match
     assert "https://" not in inert(text) and "http://" not in inert(text) and "www." not in inert(text)
+
+
+@pytest.mark.parametrize("text", ["see https://evil.example/x", "www.evil.example", "write to me@evil.example",
+                                  "HTTP://EVIL.EXAMPLE"])
+def test_bare_urls_match_no_autolink_after_escapes_are_resolved(text):
+    """The browser's renderer links URLs, www. names and e-mails in the text after markdown escapes are
+    resolved (GFM autolink literals): the patterns it uses must find nothing in what ``inert`` returns."""
+    import re
+
+    shown = re.sub(r"\\(.)", r"\1", inert(text))  # what the renderer's text node holds
+    gfm = [r"https?://", r"www(?=\.)", r"[-.+\w]+@[-\w]+(?:\.[-\w]+)+"]
+    assert not any(re.search(p, shown, re.IGNORECASE) for p in gfm), shown
+    assert shown.replace("\u2060", "") == text  # reads the same
 
 
 def test_guideline_markdown_keeps_its_formatting():

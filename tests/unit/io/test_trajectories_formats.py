@@ -150,3 +150,27 @@ def test_the_chat_template_setting_travels_to_the_scoring_job():
         _, files = registry.command("score", AnalysisConfig(base="b", data="d.jsonl", chat_template=on),
                                     ScoreOptions(out="out"))
         assert AnalysisConfig.from_dict(json.loads(files["config.json"])).chat_template is on
+
+
+@pytest.mark.parametrize("split", ["../outside/train", "..", "/abs/train", "sub/../../outside/train"])
+def test_a_dataset_dict_naming_a_split_outside_its_folder_is_refused(tmp_path, split):
+    """Trajectories and imports alike: a split (or a data file of state.json) is a name inside the folder."""
+    from datasets import Dataset, DatasetDict
+
+    from core.io.formats import parse_hf_folder
+
+    rows = [{"id": "s1", "messages": CHAT + [{"role": "assistant", "content": COT}]}]
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "outside"))
+    (tmp_path / "dd").mkdir()
+    (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": [split]}))
+    with pytest.raises(InputError, match=r"dd/dataset_dict.json, field 'splits': expected the name of a file or "
+                                         r"folder inside"):
+        read_trajectories(tmp_path / "dd")
+    with pytest.raises(InputError, match=r"dd/dataset_dict.json, field 'splits'"):
+        parse_hf_folder(tmp_path / "dd", tmp_path / "images")
+    state = json.loads((tmp_path / "outside" / "train" / "state.json").read_text())
+    state["_data_files"] = [{"filename": "../../outside/train/" + state["_data_files"][0]["filename"]}]
+    (tmp_path / "dd" / "train").mkdir()
+    (tmp_path / "dd" / "train" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(InputError, match=r"train/state.json, field '_data_files'"):
+        read_trajectories(tmp_path / "dd" / "train")

@@ -102,3 +102,27 @@ def test_bad_image_values_are_named(tmp_path, images):
     with pytest.raises(InputError, match=r"t\.jsonl, line 1, images\[0\]: image .*big\.png has 8000x7000 pixels"):
         read_trajectories(data)
     assert read_trajectories(data, check_images=False)[0]["images"] == [str(big)]
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot"])
+def test_images_outside_the_roots_are_refused_with_one_message_whether_or_not_they_exist(tmp_path, images, kind):
+    """A file opened in the UI names image paths on this machine: outside the data roots each is refused the
+    same way (not "image not found" for one and "cannot read image" for a protected file)."""
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "real.jpg").write_bytes(images["d1"].read_bytes())
+    messages = []
+    for name in ("real.jpg", "missing.jpg"):
+        path = str(outside / name) if kind == "absolute" else f"../../outside/{name}"
+        data = write(root / "data" / "t.jsonl", [{"id": "p", "prompt": "<image> Disease?", "completion": COT,
+                                                   "images": [path]}])
+        with pytest.raises(InputError) as e:
+            read_trajectories(data, image_roots=[root])
+        messages.append(str(e.value).replace(str(outside / name), "PATH").replace(path, "PATH"))
+    assert messages[0] == messages[1] and "t.jsonl, line 1, images[0]" in messages[0]
+    assert "not under the data roots" in messages[0]
+    (root / "data" / "in.jpg").write_bytes(images["d1"].read_bytes())
+    inside = write(root / "data" / "ok.jsonl", [{"prompt": "<image> Disease?", "completion": COT, "images": ["in.jpg"]}])
+    assert read_trajectories(inside, image_roots=[root])[0]["images"] == [str((root / "data" / "in.jpg").resolve())]

@@ -90,6 +90,8 @@ def test_train_config_deep_json_names_the_file(tmp_path):
 @pytest.mark.parametrize("state, field", [
     ({"global_step": "abc"}, "global_step"),
     ({"global_step": 1e400}, "global_step"),
+    ({"global_step": 10**99}, "global_step"),  # 100 digits: stored as a 64-bit integer, it overflowed after scoring
+    ({"global_step": 3, "log_history": [{"step": 2**63}]}, r"log_history\[0\]\.step"),
     ({"global_step": 3, "log_history": "oops"}, "log_history"),
     ({"global_step": 3, "log_history": [{"step": "x"}]}, r"log_history\[0\]\.step"),
     ({"global_step": 3, "log_history": [5]}, r"log_history\[0\]"),

@@ -83,3 +83,71 @@ def test_a_symlink_loop_in_a_run_folder_lists_each_checkpoint_once(quick_world, 
     assert [c.path for c in found] == [run / "checkpoint-2"]
     series = load_series(quick_world / "model", run, base_names=BASE_NAMES)
     assert series.names[1:] == ["checkpoint-2"]
+
+
+def test_an_adapter_with_nan_weights_is_refused_naming_the_checkpoint_and_tensor(quick_world, tmp_path):
+    run, ck = _copy(quick_world, tmp_path)
+    weights = load_file(ck / "adapter_model.safetensors")
+    key = sorted(k for k in weights if "lora_B" in k)[0]
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, ck / "adapter_model.safetensors")
+    with pytest.raises(InputError, match=rf"checkpoint-2/adapter_model.safetensors: tensor '{key}' holds NaN"):
+        load_series(quick_world / "model", run, base_names=BASE_NAMES)
+
+
+def test_a_full_checkpoint_or_base_with_nan_weights_is_refused_by_name(quick_world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from core.models.adapter_checks import check_finite_model
+
+    model = AutoModelForCausalLM.from_pretrained(quick_world / "model")
+    check_finite_model(model, quick_world / "model")
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
+    with pytest.raises(InputError, match=r"checkpoint-9: weight 'model.layers.0.mlp.up_proj.weight' holds NaN or "
+                                         r"infinite values"):
+        check_finite_model(model, tmp_path / "checkpoint-9")
+
+
+@pytest.mark.parametrize("module", ["lm_head", "model.embed_tokens"])
+def test_undeclared_head_or_embedding_weights_in_an_adapter_are_refused(quick_world, tmp_path, module):
+    run, ck = _copy(quick_world, tmp_path)
+    weights = load_file(ck / "adapter_model.safetensors")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(quick_world / "model")
+    key = f"base_model.model.{module}.weight"
+    weights[key] = base.get_submodule(module).weight.detach() + 100.0  # would move every checkpoint's logits
+    save_file(weights, ck / "adapter_model.safetensors")
+    with pytest.raises(InputError, match=rf"tensor '{key}' would overwrite the base model's "
+                                         rf"{module.rsplit('.', 1)[-1]} for every checkpoint of the series"):
+        load_series(quick_world / "model", run, base_names=BASE_NAMES)
+
+
+def test_a_declared_head_stays_with_its_adapter(quick_world, tmp_path, adapters):
+    """``modules_to_save: ["lm_head"]``: the adapter's own head, used under it alone; the base and the other
+    checkpoints score as they do without it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    base = AutoModelForCausalLM.from_pretrained(quick_world / "model")
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["lm_head"]))
+    with torch.no_grad():
+        peft.base_model.model.lm_head.modules_to_save["default"].weight.add_(5.0 * torch.randn_like(base.lm_head.weight))
+    peft.peft_config["default"].base_model_name_or_path = BASE_NAMES[0]
+    run = tmp_path / "run"
+    shutil.copytree(adapters / "checkpoint-2", run / "checkpoint-2")
+    peft.save_pretrained(run / "checkpoint-6")
+    (run / "checkpoint-6" / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
+    with_head = load_series(quick_world / "model", run, base_names=BASE_NAMES)
+    without = load_series(quick_world / "model", adapters / "checkpoint-2", base_names=BASE_NAMES)
+    ids = torch.tensor([[1, 5, 9, 12, 3]])
+
+    def logits(series, name):
+        with torch.no_grad(), series.activate(name) as model:
+            return model(input_ids=ids).logits
+
+    assert torch.equal(logits(with_head, "base"), logits(without, "base"))
+    assert torch.allclose(logits(with_head, "checkpoint-2"), logits(without, "checkpoint-2"), atol=1e-5)
+    assert (logits(with_head, "checkpoint-6") - logits(with_head, "base")).abs().max() > 1.0

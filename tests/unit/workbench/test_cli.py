@@ -1,5 +1,6 @@
 """The ``workbench`` command's bad-input paths: clear message naming the path, non-zero exit, nothing overwritten."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,35 @@ def test_out_never_replaces_files_the_workbench_did_not_write(sample_world, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.txt"]  # no hidden .notes.txt.old
 
 
+def test_force_replaces_a_previous_analysis_but_not_the_users_files_of_the_same_names(sample_world, tmp_path, capsys):
+    from workbench import cli
+
+    out = tmp_path / "analysis"
+    args = ["score", "--world", str(sample_world), "--limit", "1", "--no-cache", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--force"]) == 0  # its own previous analysis: replaced
+    (out / "trajectories.jsonl").write_text('{"mine": "my own trajectories"}\n')
+    assert cli.main([*args, "--force"]) == 2
+    assert "did not write (trajectories.jsonl)" in capsys.readouterr().err
+    assert (out / "trajectories.jsonl").read_text() == '{"mine": "my own trajectories"}\n'
+
+
+def test_two_scorers_of_one_analysis_folder_the_second_is_refused_by_name(sample_world, tmp_path, capsys):
+    """Two tabs pressing Score at the same moment: one job writes the folder, the other is told."""
+    from core.io.locks import lock_dir
+    from workbench import cli
+
+    out = tmp_path / "analyses" / "test-20260101-120000"
+    out.mkdir(parents=True)  # the first tab's job made it and holds it
+    held = lock_dir(out, "analysis folder")
+    try:
+        assert cli.main(["score", "--world", str(sample_world), "--limit", "1", "--no-cache", "--out", str(out)]) == 2
+        assert f"{out}: another process writes this analysis folder" in capsys.readouterr().err
+        assert list(out.iterdir()) == [] and list(out.parent.iterdir()) == [out]  # nothing written, no lock file
+    finally:
+        os.close(held)
+
+
 def test_a_previous_result_is_replaced_only_with_force(tmp_path):
     import pandas as pd
 
@@ -149,15 +179,23 @@ def test_a_previous_result_is_replaced_only_with_force(tmp_path):
         PERTURB_COLUMNS,
         check_analysis_folder,
         check_result_file,
+        write_manifest,
     )
 
     prev = tmp_path / "analysis"
     prev.mkdir()
     (prev / "config.json").write_text("{}")
     pd.DataFrame({"a": [1]}).to_parquet(prev / "tokens.parquet")
+    with pytest.raises(InputError, match=r"did not write \(config.json, tokens.parquet\)"):  # no manifest: the user's
+        check_analysis_folder(prev, force=True)
+    write_manifest(prev)
     with pytest.raises(InputError, match="previous analysis; add --force"):
         check_analysis_folder(prev, force=False)
     check_analysis_folder(prev, force=True)
+    (prev / "config.json").write_text('{"base": "my own config"}')  # the user's file under the workbench's name
+    with pytest.raises(InputError, match=r"did not write \(config.json\)"):
+        check_analysis_folder(prev, force=True)
+    write_manifest(prev)
     check_analysis_folder(tmp_path / "new", force=False)
     (prev / "README.md").write_text("mine")
     with pytest.raises(InputError, match="did not write.*README.md"):
@@ -201,3 +239,23 @@ def test_the_readme_command_table_names_real_flags_of_every_job_command():
         flags = {s for a in subparsers[kind]._actions for s in a.option_strings}
         named = set(re.findall(r"(--[a-z][a-z-]*)", rows[0].split("|")[1]))
         assert named and named <= flags, f"workbench {kind}: {sorted(named - flags)} are not flags"
+
+
+def test_the_token_comes_from_a_file_or_the_environment_and_the_command_line_is_warned(tmp_path, capsys, monkeypatch):
+    """``--token T`` is visible to every local user in ``ps``: ``--token-file`` keeps it out of the command line."""
+    from core.errors import InputError
+    from workbench import cli
+
+    monkeypatch.delenv("WORKBENCH_TOKEN", raising=False)
+    secret = tmp_path / "token.txt"
+    secret.write_text("from-a-file-123\n")
+    args = cli.parser().parse_args(["app", "--host", "0.0.0.0", "--token-file", str(secret)])
+    assert cli._access(args) == {"WORKBENCH_TOKEN": "from-a-file-123"}
+    captured = capsys.readouterr()
+    assert "from-a-file-123" not in captured.out + captured.err and "visible" not in captured.err
+    args = cli.parser().parse_args(["app", "--host", "0.0.0.0", "--token", "on-the-command-line"])
+    assert cli._access(args) == {"WORKBENCH_TOKEN": "on-the-command-line"}
+    assert "--token is visible to every user of this machine (ps)" in capsys.readouterr().err
+    secret.write_text("short\n")
+    with pytest.raises(InputError, match="token.txt: the token file's first line must hold a token of at least 8"):
+        cli._access(cli.parser().parse_args(["app", "--host", "0.0.0.0", "--token-file", str(secret)]))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from core.errors import InputError
-from core.models.adapter_checks import refuse_pickle_adapter
+from core.models.adapter_checks import check_adapter_file
 from core.models.families.qwen_vl.inputs import vl_core
 
 _PEFT_PARTS = {"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B"}
@@ -52,7 +52,7 @@ def attach_vl_adapter(model, path: Path, name: str):
     their layer is an ``InputError`` naming its folder (PEFT only warns, and would score a half-loaded adapter)."""
     from peft import PeftModel
 
-    refuse_pickle_adapter(path)  # adapter_model.bin only: named, never unpickled (as for text series)
+    check_adapter_file(path)  # no pickle, finite, no undeclared base weights (as for text series)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
