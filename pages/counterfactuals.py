@@ -100,10 +100,14 @@ if method == "image_swap":  # a target needs a study of its label to take the im
 
 if st.button("Generate for this trajectory", key="cf_generate", type="primary", disabled=not targets):
     try:
-        cfs = make_counterfactuals(graph, record, targets, method, version, expert, donors=records)
+        skipped: list[str] = []
+        cfs = make_counterfactuals(graph, record, targets, method, version, expert, donors=records, skipped=skipped)
+        for line in skipped:  # a rewrite of the answer alone is not a counterfactual: said, not stored
+            st.warning(line)
         if not cfs:
-            raise InputError(f"no study of {', '.join(targets)} with an image to swap in")
-        store_counterfactuals(store, record, source, cfs)
+            raise InputError(f"no study of {', '.join(targets)} with an image to swap in" if method == "image_swap"
+                             else "no counterfactual: no rewrite changed a finding (nothing was stored)")
+        store_counterfactuals(store, record, source, cfs, world.key)
         st.session_state[state.CF_LAST] = {
             "original": record["completion"], "id": record["id"], "images": record["images"],
             "label": record.get("label"),
@@ -154,7 +158,7 @@ if running:
 ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job.progress().get("message", "")))
 
 st.subheader("Stored counterfactuals")
-table = list_counterfactuals(store, source)
+table = list_counterfactuals(store, source, world.key)
 order = st.radio("Consistency", ["lowest first", "highest first"], horizontal=True, key="cf_sort")
 table = by_consistency(table, order == "lowest first")
 st.dataframe(curation_view.counterfactual_rows(table), hide_index=True, key="cf_table",

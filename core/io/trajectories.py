@@ -125,6 +125,15 @@ def normalise(rec: dict, where: str, fmt: AnswerFormat = DEFAULT) -> dict:
     return out
 
 
+def system_of(record: dict) -> str | None:
+    """The system turn of a conversation record (its ``chat``; several joined by blank lines), else its ``system``
+    field (a plain record exported with one), else None: what a stored pair keeps so that exports and training
+    see the prompt scoring saw."""
+    turns = [t["content"] for t in record.get("chat") or () if t.get("role") == "system" and t.get("content")]
+    system = "\n\n".join(turns) if turns else record.get("system")
+    return system if isinstance(system, str) and system.strip() else None
+
+
 def _string(rec: dict, key: str, where: str) -> str:
     if not isinstance(rec.get(key), str) or not rec[key].strip():
         raise InputError(f"{where}: field '{key}' must be a non-empty string")

@@ -38,6 +38,12 @@ class World:
         return self.manifest.get("name", self.root.name)
 
     @property
+    def key(self) -> str:
+        """What the workspace database files the world's items under (``trajectories.world``, jobs, snapshots,
+        runs): its folder, resolved, as the worlds registry names it."""
+        return str(self.root)
+
+    @property
     def base_model_dir(self) -> Path:
         return self.root / self.manifest["base_model"]
 
