@@ -211,14 +211,18 @@ if not problems:
 for p in problems:
     st.error(p)
 if cfg is not None:
-    name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # the folder named once per request and kept across reruns: the command shown is the one the job runs
+    names = st.session_state.setdefault(state.SCORE_OUTS, {})
+    request = cfg.to_json()
+    name = names.setdefault(request, f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     options = ScoreOptions(out=str(ws.analyses_dir / name), workspace=str(ws.root))
     st.code(registry.shell_command(*registry.command("score", cfg, options)), language="bash")  # as the job runs
-    running = [j for j in jobs.list_jobs(ws.job_dirs, "score") if j.state() == "running"]
+    running = [j for j in jobs.list_jobs(ws.job_dirs, "score", world and world.root) if j.state() == "running"]
     if st.button("Score", type="primary", icon=":material/play_arrow:", key="ck_run", disabled=bool(running),
                  help="runs in the background; the result is cached, so the same request returns at once"):
         registry.launch(ws, "score", cfg, options, title=f"score {Path(data).name} under {len(infos) + 1} models",
-                        meta={"out": options.out})
+                        meta={"out": options.out}, world=world and world.root)
+        names.pop(request)  # the next request gets a folder of its own
         st.rerun()
     if running:
         st.caption("One scoring job at a time: wait for it or cancel it below.")
@@ -232,9 +236,9 @@ def open_result(job, main, side) -> None:
         st.rerun(scope="app")
 
 
-if jobs.list_jobs(ws.job_dirs, "score"):
+if jobs.list_jobs(ws.job_dirs, "score", world and world.root):
     st.subheader("Scoring jobs")
-    ui.jobs_panel(ws.job_dirs, "score", open_result)
+    ui.jobs_panel(ws.job_dirs, "score", open_result, world=world and world.root)
 
 # ---- analyses ------------------------------------------------------------------------------------------
 found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)

@@ -142,7 +142,7 @@ st.subheader("Batch over the dataset")
 st.caption("Runs in the background (close the tab, it keeps going); Cancel stops it after the current "
            "trajectory, and what finished stays stored.")
 n = st.number_input("Trajectories (from the first)", 1, len(records), min(50, len(records)), key="cf_batch_n")
-running = [j for j in jobs.list_jobs(ws.job_dirs, cf_job.KIND) if j.state() == "running"]
+running = [j for j in jobs.list_jobs(ws.job_dirs, cf_job.KIND, world.root) if j.state() == "running"]
 if st.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or target) or bool(running),
              icon=":material/play_arrow:"):
     try:
@@ -155,7 +155,8 @@ if st.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or tar
         st.error(str(e))
 if running:
     st.caption("One batch at a time: wait for it or cancel it below.")
-ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job.progress().get("message", "")))
+ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job.progress().get("message", "")),
+              world=world.root)
 
 st.subheader("Stored counterfactuals")
 table = list_counterfactuals(store, source, world.key)

@@ -47,7 +47,8 @@ with ui.controls("Launch a run", expanded=True):
     choice = {name: forms.field(column, TrainConfig, name, "run") for column, name in ((c2, "objective"),
                                                                                         (c3, "negatives"))}
     objective = choice["objective"]
-    snaps = [s for s in snapshots.snapshots(ws.store) if snapshots.trainable(s)]
+    # this world's curation exports only (snapshots of every world are the curation page's explicit choice)
+    snaps = [s for s in snapshots.snapshots(ws.store, world.key if world else None) if snapshots.trainable(s)]
     plugin = world.plugin if world else None  # a world's own preference set and default lr (its plug-in)
     own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
     sources = [f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + own + ["a TRL preference file"]
@@ -132,9 +133,10 @@ with ui.controls("Launch a run", expanded=True):
 
 # ---- the runs --------------------------------------------------------------------------------------------
 def runs_panel() -> None:
-    all_runs = runs.refresh_all(ws)
+    runs.refresh_all(ws)
+    all_runs = runs.list_runs(ws.store, world and world.root)  # the open world's runs
     if not all_runs:
-        st.info("No run yet.")
+        st.info("No run of this world yet." if world else "No run yet.")
         return
     ids = [r.id for r in all_runs]
     if st.session_state.get(state.RUN_SELECTED) not in ids:
@@ -213,15 +215,18 @@ def examples(run) -> None:
 
 
 st.subheader("Runs")
-ui.live_fragment(runs_panel, lambda: any(r.status == "running" for r in runs.list_runs(ws.store)), state.RUNS_LIVE)
+ui.live_fragment(runs_panel, lambda: any(r.status == "running" for r in runs.list_runs(ws.store, world and world.root)),
+                 state.RUNS_LIVE)
 
 # ---- comparison ------------------------------------------------------------------------------------------
-finished = [r for r in runs.list_runs(ws.store) if r.evaluation]
+finished = [r for r in runs.list_runs(ws.store, world and world.root) if r.evaluation]  # this world's only
 if finished:
     st.subheader("Compare")
     first = finished[-1]
     before = runs.start_metrics(first.world, first.config.get("init_adapter")) if first.world else None
     table = runs.comparison(finished, before)
+    if note := runs.start_note(finished, before, Path(first.config.get("init_adapter") or "base (SFT)").name):
+        st.info(note)  # a missing start row is said, never silent
     extra = resources.load_world(first.world).chart_metrics() if first.world and Path(first.world).is_dir() else {}
     ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison")
     ui.table(table, "runs-compare-table", "runs-comparison")

@@ -85,14 +85,15 @@ def live_fragment(body, is_live, flag: str) -> None:
     st.fragment(panel, run_every=1.0 if is_live() else None)()
 
 
-def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
-    """The latest background jobs of ``kind``: live progress with ETA and Cancel while running (the panel
-    redraws itself every second), the log when one fails, and ``done_actions(job, main, side)`` to show
-    or open a finished job's result. When the last running job ends, the whole page reruns."""
+def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, world=None) -> None:
+    """The latest background jobs of ``kind`` (of the folder ``world``, when given: the open world's): live progress
+    with ETA and Cancel while running (the panel redraws itself every second), the log when one fails, and
+    ``done_actions(job, main, side)`` to show or open a finished job's result. When the last running job ends, the
+    whole page reruns."""
     from core.jobs import supervisor as jobs
 
     def panel() -> None:
-        recent = jobs.list_jobs(job_dirs, kind)[:limit]
+        recent = jobs.list_jobs(job_dirs, kind, world)[:limit]
         for job in recent:
             status, p = job.state(), job.progress()
             with st.container(border=True):
@@ -105,11 +106,13 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5) -> None:
                         job.cancel()
                 elif status == "done":
                     done_actions(job, main, side)
+                elif p.get("message"):  # what a cancelled or failed job did before it stopped (what it stored)
+                    main.caption(f"Last report: {inert(p['message'])}")
                 if status != "done":
                     with main.expander("Log", expanded=status in ("failed", "died")):
                         st.code(job.log_tail(15) or "(empty)", language="text")
 
-    live_fragment(panel, lambda: any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind)[:limit]),
+    live_fragment(panel, lambda: any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind, world)[:limit]),
                   state.running_flag(kind))
 
 
@@ -211,10 +214,17 @@ def _unusable(what: str, error: Exception) -> None:
 def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     """A picker over the workspace's analyses and the world's shipped one (the session's choice kept
     across pages); stops the page with ``empty`` and a link to Checkpoints when there is none."""
-    from core.drift.analysis import list_analyses
+    from core.drift.analysis import list_analyses, of_world
+    from core.jobs.supervisor import list_jobs
     from workbench import routes
 
     found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+    if world is not None and found:  # the open world's analyses; another world's only when the user asks
+        own = of_world(found, world, {j.meta.get("out", "") for j in list_jobs(ws.job_dirs, "score", world.root)})
+        others = len(found) - len(own)
+        if others and st.toggle(f"Also the {others} analyses of other worlds", key=f"{widget_key}_every_world"):
+            own = found
+        found = own
     if not found:
         st.info(empty)
         st.page_link(routes.checkpoints(), label="Go to Checkpoints")

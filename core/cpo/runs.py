@@ -82,9 +82,13 @@ def get(store: Store, run_id: int) -> Run:
     return _row(row)
 
 
-def list_runs(store: Store) -> list[Run]:
-    """Every run, newest first."""
-    return [_row(r) for r in store.query(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
+def list_runs(store: Store, world: str | Path | None = None) -> list[Run]:
+    """Every run, newest first; of the world at ``world`` only, when given (the runs page shows the open world's)."""
+    rows = [_row(r) for r in store.query(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
+    if world is None:
+        return rows
+    root = Path(world).resolve()
+    return [r for r in rows if r.world and Path(r.world).resolve() == root]
 
 
 def train_argv(config_path: str | Path, world: str | Path | None = None, evaluate_limit: int | None = None) -> list[str]:
@@ -331,11 +335,27 @@ def examples(run: Run, n: int = 3, scan: int = 200) -> list[dict]:
 
 def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
     """Finished runs side by side on the held-out sets, with the starting checkpoint's recorded row first
-    (left out when a run was evaluated on part of the sets only: the figures would not compare)."""
+    (left out when a run was evaluated on part of the sets only: the figures would not compare;
+    ``start_note`` says why it is missing)."""
     partial = any((r.evaluation or {}).get("held_out_limit") for r in runs)
     rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before and not partial else [])
     rows += [{"run": r.name, "objective": r.objective, **_scalars(r.evaluation)} for r in runs if r.evaluation]
     return pd.DataFrame(rows)
+
+
+def start_note(runs: list[Run], before: dict | None, start: str | None = None) -> str | None:
+    """Why the comparison has no "before" row, in words (None when it has one or there is no run)."""
+    partial = sorted({f"{r.name} ({r.evaluation['held_out_limit']} studies)" for r in runs
+                      if (r.evaluation or {}).get("held_out_limit")})
+    if not runs:
+        return None
+    if partial:
+        return ("No \"before\" row: " + ", ".join(partial) + " evaluated on the first studies only, while the start's "
+                "recorded figures cover the whole held-out set; evaluate on all of them (N = 0) to compare with the start.")
+    if before is None:
+        return (f"No \"before\" row: no recorded held-out figures of the start ({start or 'base (SFT)'}) in the world's "
+                "metrics.json; record them with `workbench evaluate --world W --record`.")
+    return None
 
 
 # held-out figures where higher is better, and where lower is better (core.perturb.evaluation)

@@ -87,10 +87,14 @@ def command(kind: str, cfg=None, options=None, config_path: str | Path | None = 
 
 
 def launch(ws, kind: str, cfg=None, options=None, title: str = "", meta: dict | None = None,
-           config_path: str | Path | None = None) -> supervisor.Job:
+           config_path: str | Path | None = None, world: str | Path | None = None) -> supervisor.Job:
     """Start a job of ``kind`` in the workspace's jobs folder (``ws.jobs_dir``): its command from ``command``,
-    its process under ``core.jobs.supervisor``; the page, the command line and a notebook start jobs this way."""
+    its process under ``core.jobs.supervisor``; the page, the command line and a notebook start jobs this way.
+    The job belongs to ``world`` (a world folder; default: the config's ``world``, or the world a run is evaluated
+    on), recorded in its ``meta`` so that a page lists its own world's jobs."""
     argv, files = command(kind, cfg, options, config_path)
+    world = world or getattr(cfg, "world", None) or getattr(options, "evaluate", None)
+    meta = {**(meta or {}), **({"world": str(Path(world).resolve())} if world else {})}
     return supervisor.start(ws.jobs_dir, kind, argv, title=title or kind, meta=meta, files=files)
 
 
