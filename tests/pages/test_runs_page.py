@@ -66,11 +66,14 @@ def _tiny_snapshot(workspace) -> str:
     from core.curation import snapshots
     from core.workspace.workspace import Workspace
     from tests.curation_data import write_ccf
+    from workbench.demo import SAMPLE_WORLDS
 
     ws = Workspace.open(workspace)
-    snapshots.import_file(ws.store, write_ccf(workspace.parent / "ccf.json", n=1))
+    world = str(SAMPLE_WORLDS["text"].resolve())  # the world the runs page opens
+    snapshots.import_file(ws.store, write_ccf(workspace.parent / "ccf.json", n=1), world=world)
     curation.annotate(ws.store, 1, "ada", "accept")
-    snap = snapshots.export_snapshot(ws.store, ws.root / "exports", snapshots.ExportConfig(format="trl", name="one"))
+    snap = snapshots.export_snapshot(ws.store, ws.root / "exports", snapshots.ExportConfig(format="trl", name="one"),
+                                     world=world)
     return f"snapshot: {snap.name} ({snap.row_count} pairs)"
 
 
