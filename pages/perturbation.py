@@ -101,8 +101,10 @@ with single:
         if result.empty:
             st.warning(f"{f!r} does not occur in this trajectory.")
         else:
-            flips = int(result["flip"].sum())
-            st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result)} checkpoints.")
+            flips, bad = int(result["flip"].sum()), int(result["malformed"].sum())
+            st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result) - bad} checkpoints"
+                        + (f"; under {bad} no answer could be read before or after the swap (malformed, not a flip)."
+                           if bad else "."))
             if m == "probe":
                 ui.figure(charts.perturbation_beliefs(result, branches), "lab-single-chart", f"swap-{traj_id}")
             ui.table(result, "lab-single-table", f"swap-{traj_id}")
