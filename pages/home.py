@@ -1,12 +1,10 @@
 """Home: the loaded world at a glance, the drift it holds, and the loop the workbench supports."""
 
-import json
-
 import pandas as pd
 import streamlit as st
 
 from core.errors import InputError
-from core.io.images import record_images
+from core.io.trajectories import read_trajectories
 from core.workspace.world import known_worlds
 from workbench import charts, resources, routes, ui
 
@@ -50,7 +48,9 @@ with left:
     extra = world.chart_metrics()  # the world's own figures (its plug-in)
     table = charts.drift_table(metrics, extra)
     if table.empty:
-        st.info("This world records no drift table yet; score it in the drift explorer.")
+        st.info("This world records no drift table yet: it comes from greedy decoding of the held-out studies under "
+                f"each checkpoint, `workbench evaluate --world {world.root} --record` (the drift explorer shows "
+                "scored analyses, it does not fill this table).")
     else:
         st.plotly_chart(charts.drift_over_steps(table, extra), key="drift_over_steps")
         st.dataframe(table, hide_index=True, key="drift_table",
@@ -60,10 +60,14 @@ with right:
     if world.is_vl:  # its family reads images
         st.markdown("**Example studies** (the films the model reads)")
         data_file = world.dataset_path(world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"])))
-        examples = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()[:4] if line.strip()]
+        try:  # the one trajectory reader: JSONL, a JSON list (ms-swift's), parquet, a datasets folder
+            examples = read_trajectories(data_file, limit=4, check_images=False)  # ui.images names a bad file
+        except InputError as e:
+            st.warning(f"Cannot show example studies: {e}")
+            examples = []
         for col, rec in zip(st.columns(max(1, len(examples))), examples, strict=False):
             with col:
-                ui.images([str(r.path) for r in record_images(rec, data_file)], caption=str(rec.get("label", "")))
+                ui.images(rec.get("images") or [], caption=str(rec.get("label") or ""))
     st.markdown("**Checkpoint series**")
     st.dataframe(pd.DataFrame(summary["checkpoints"]), hide_index=True, key="checkpoints")
     st.markdown("**Datasets**")

@@ -72,7 +72,7 @@ def read_trajectories(path: str | Path, limit: int | None = None, fmt: AnswerFor
     if not path.exists():
         raise InputError(f"{path}: trajectory file not found")
     records, seen = [], set()
-    for where, raw in _raw_records(path):
+    for where, raw in raw_records(path):
         rec = normalise(raw, f"{path}, {where}", fmt)
         with_images(rec, raw, path, where, check_images, image_cache)
         rec["id"] = str(raw.get("id", raw.get("dicom_id", where.replace(" ", "-"))))
@@ -241,7 +241,7 @@ def _suffix(data: bytes) -> str:
     return ".img"
 
 
-def _raw_records(path: Path):
+def raw_records(path: Path):
     """(where, record) from a JSONL / JSON / parquet file or a ``datasets`` folder."""
     if path.is_dir():
         yield from _dataset_folder(path)
