@@ -351,10 +351,14 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
     """Encode each record as ``prompt ids + ids(" " + completion)`` (the sample world's training format); a
     conversation (``chat``) goes through the tokenizer's chat template unless ``chat_template`` is off."""
     think = tokenizer.get_vocab().get("</think>")  # None when the tokenizer has no such token (never the unk id)
-    out = []
+    out, joined = [], 0
     for rec in records:
         templated = chat_template and bool(rec.get("chat")) and bool(getattr(tokenizer, "chat_template", None))
-        p = prompt_ids(tokenizer, rec["prompt"], templated, rec.get("chat"))
+        turns = rec.get("chat") or []
+        prompt = rec["prompt"]
+        if not templated and len(turns) > 1:  # no template: every turn as plain text, not the last user turn alone
+            prompt, joined = plain_turns(turns), joined + 1
+        p = prompt_ids(tokenizer, prompt, templated, rec.get("chat"))
         c = tokenizer(("" if templated else " ") + rec["completion"], add_special_tokens=False)["input_ids"]
         ids = p + c
         if max_length and len(ids) > max_length:
@@ -362,7 +366,20 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
         ends = [i for i in range(len(p), len(ids)) if ids[i] == think]
         out.append(Encoded(str(rec["id"]), ids, len(p), ends[0] if ends else len(ids), rec.get("label"),
                            [token_text(tokenizer, t) for t in ids]))
+    if joined:
+        import warnings
+
+        why = "the chat template is off" if not chat_template else "the tokenizer has no chat template"
+        warnings.warn(f"{joined} of {len(records)} conversations have a system or earlier turn, but {why}: their turns "
+                      "are read as plain text one after another (blank lines between), not as the model's chat format",
+                      UserWarning, stacklevel=2)
     return out
+
+
+def plain_turns(turns: list[dict]) -> str:
+    """A conversation's turns as plain text, in order, blank lines between (what a model without a chat template
+    reads): the system prompt and earlier turns are not dropped."""
+    return "\n\n".join(t["content"] for t in turns if t.get("content"))
 
 
 def token_text(tokenizer, token_id: int) -> str:
