@@ -97,6 +97,12 @@ def train_argv(config_path: str | Path, world: str | Path | None = None, evaluat
     return registry.command("train", options=_options(world, evaluate_limit), config_path=config_path)[0]
 
 
+def train_command(cfg, world: str | Path | None = None, evaluate_limit: int | None = None) -> tuple[list[str], dict]:
+    """What a run of ``cfg`` runs and the files it needs (its config.json, written first by the shell lines of
+    ``registry.shell_command``): a command that works before the run exists."""
+    return registry.command("train", cfg, _options(world, evaluate_limit))
+
+
 def _options(world: str | Path | None, evaluate_limit: int | None):
     return TrainOptions(evaluate=str(world) if world else None, evaluate_limit=evaluate_limit if world else None)
 
@@ -151,13 +157,23 @@ def default_start(world) -> str | None:
 
 
 def start_adapter(world, start: str) -> str | None:
-    """The adapter a run starting from ``start`` continues (None for ``START_BASE``)."""
+    """The adapter a run starting from ``start`` continues (None for ``START_BASE`` and for a merged full
+    checkpoint, which is the run's base instead: ``start_point``)."""
+    return start_point(world, start)[1]
+
+
+def start_point(world, start: str) -> tuple[str, str | None]:
+    """(base model, adapter to continue) of a run starting from ``start``: the world's base and the checkpoint's
+    LoRA adapter; the world's base alone for ``START_BASE``; a merged full checkpoint (ms-swift's
+    ``checkpoint-N-merged``) as the base itself, with a new LoRA over it."""
     if start == START_BASE:
-        return None
+        return str(world.base_model_dir), None
     found = next((c for c in world.checkpoints if c.name == start), None)
     if found is None:
         raise InputError(f"start {start!r}: not a checkpoint of the world {world.name!r}")
-    return str(found.path)
+    if found.kind == "full":
+        return str(found.path), None
+    return str(world.base_model_dir), str(found.path)
 
 
 def train_defaults(world=None, start: str | None = None) -> dict:
@@ -275,12 +291,15 @@ def resume(ws, run_id: int) -> Run:
         raise InputError(f"run {run.name}: its trainer (pid {', '.join(map(str, previous.live_pids()))}) still "
                          "runs; cancel it or wait for it to end before resuming")
     cfg = TrainConfig.load(run.config_path)
-    cfg.resume = True
-    cfg.save(run.config_path)
-    if previous:  # the same job again (core.jobs.registry.relaunch): its options, the run folder's config
-        return _started(ws, run, registry.relaunch(ws, previous, meta={"run": run.id}))
+    cfg.resume = True  # in a file of its own: config.json stays the run's config, reusable as it is
+    again = cfg.save(run.output_dir / RESUME_CONFIG)
+    if previous:  # the same job again (core.jobs.registry.relaunch): its options, the resume config
+        return _started(ws, run, registry.relaunch(ws, previous, meta={"run": run.id}, config_path=again))
     return _started(ws, run, registry.launch(ws, "train", options=_options(run.world, None),
-                                             config_path=run.config_path, **_job_labels(run)))
+                                             config_path=again, **_job_labels(run)))
+
+
+RESUME_CONFIG = "resume.json"  # a resumed run's config: config.json with "resume": true
 
 
 def _still_running(job, grace: float = 15.0) -> bool:
@@ -381,13 +400,14 @@ def worse_than_start(evaluation: dict | None, before: dict | None, margin: float
 
 
 def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None,
-                     vision=None) -> dict | None:
+                     vision=None, base: str | Path | None = None) -> dict | None:
     """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.perturb.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
     own figures); None when the world has no held-out set. The base's family loads the model and its processor:
     a vision-language model decodes each study with its images (``vision``: a ``core.models.vision.VisionConfig``
-    with the pixel limits; None: the checkpoint's own)."""
+    with the pixel limits; None: the checkpoint's own). ``base``: the model ``adapter`` was trained over (a run
+    started from a merged full checkpoint); default: the world's base."""
     from core.models.families import family_for
     from core.perturb.evaluation import evaluate_model, held_out
     from core.workspace.world import load_world
@@ -397,9 +417,10 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     if held is None:
         return None
     full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
+    under = Path(base) if base else world.base_model_dir
     family = family_for(world.base_model_dir)
     processor = family.load_processor(world.base_model_dir, vision)  # the base's tokenizer (and image processor)
-    model = family.load_model(adapter if full else world.base_model_dir)  # a full checkpoint (-merged) as it is
+    model = family.load_model(adapter if full else under)  # a full checkpoint (-merged) as it is
     if adapter and not full:
         from peft import PeftModel
 
@@ -415,16 +436,34 @@ def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:
     return path
 
 
-def start_metrics(world_path: str | Path, init_adapter: str | Path | None) -> dict | None:
-    """The recorded held-out figures of the checkpoint a run starts from (from the world's metrics.json),
-    so the comparison has its "before" row without re-evaluating."""
+def start_name(world_path: str | Path | None, config: dict) -> str:
+    """The name of the checkpoint a run (its saved ``config``) starts from: its adapter, the merged full
+    checkpoint it took as its base, or the world's base ("base (SFT)")."""
+    if config.get("init_adapter"):
+        return Path(config["init_adapter"]).name
+    base = config.get("base_model")
+    if base and world_path:
+        from core.workspace.world import load_world
+
+        try:
+            if Path(base).resolve() != load_world(world_path).base_model_dir.resolve():
+                return Path(base).name
+        except InputError:
+            pass
+    return "base (SFT)"
+
+
+def start_metrics(world_path: str | Path, init_adapter: str | Path | None, start: str | None = None) -> dict | None:
+    """The recorded held-out figures of the checkpoint a run starts from (from the world's metrics.json; ``start``:
+    its name, when it is not ``init_adapter``'s, e.g. a merged checkpoint the run took as its base), so the
+    comparison has its "before" row without re-evaluating."""
     from core.workspace.world import load_world
 
     try:
         rows = load_world(world_path).metrics()
     except InputError:
         return None
-    name = Path(init_adapter).name if init_adapter else "base (SFT)"
+    name = start or (Path(init_adapter).name if init_adapter else "base (SFT)")
     for row in rows:
         if row.get("checkpoint") == name:
             return {k: v for k, v in _scalars(row).items() if k not in ("checkpoint", "step")}

@@ -148,6 +148,10 @@ def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
     pairs = _pairs_of(cfg)
     if not pairs:
         return Preflight(0, [], [], [], [f"{cfg.data}: no preference pairs (empty dataset)"])
+    if cfg.init_adapter and not (Path(cfg.init_adapter) / "adapter_model.safetensors").is_file():
+        return Preflight(len(pairs), [], [], [], [
+            f"{cfg.init_adapter}: not a LoRA adapter (no adapter_model.safetensors); a merged full checkpoint is "
+            "started from as the base model (base_model = that folder, no init_adapter): a new LoRA over it"])
     enc, errors = family_of(cfg).encode_pairs(tokenizer or processing(cfg), pairs, cfg.max_length, str(cfg.data),
                                               str(cfg.base_model))
     if errors:

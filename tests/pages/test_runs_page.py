@@ -24,7 +24,8 @@ def test_launch_form_defaults_to_the_drifted_checkpoint(sample_world, tmp_path, 
     assert not at.exception and not at.error
     assert at.selectbox(key="run_start").value == "checkpoint-160"  # the world's least accurate checkpoint
     command = at.code[0].value
-    assert command.startswith("workbench train --config ") and f"--evaluate {sample_world}" in command
+    assert command.startswith("cat > config.json <<'EOF'\n")  # the config it names is written first (issue 24)
+    assert f"workbench train --config config.json --evaluate {sample_world}" in command
     assert any("Pre-flight:" in c.value and "pairs" in c.value for c in at.caption)
     at.selectbox(key="run_data").set_value("a TRL preference file").run()
     at.text_input(key="run_file").input(str(tmp_path / "missing.jsonl")).run()
