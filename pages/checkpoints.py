@@ -121,9 +121,12 @@ if infos:
                                 "branch_of": f"{b.start} + {b.run_steps} CPO steps" if (b := branch[c.path]) else "",
                                 "objective": c.training.get("objective"), "LoRA r": c.training.get("lora_rank"),
                                 "lr": c.training.get("lr"), "reward": c.training.get("reward"),
+                                "pairs ranked right": c.training.get("preference_accuracy"),  # DPO / CPO logs
                                 "loss": c.training.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
-                 column_config={"reward": st.column_config.NumberColumn(format="%.3f"),
+                 column_config={"reward": st.column_config.NumberColumn(format="%.3f", help="an RL trainer's reward"),
+                                "pairs ranked right": st.column_config.NumberColumn(
+                                    format="%.3f", help="a preference trainer's rewards/accuracies"),
                                 "loss": st.column_config.NumberColumn(format="%.4f"),
                                 "lr": st.column_config.NumberColumn(format="%.1e")})
     for note in base_name_warnings(base, infos, base_names):  # a hint, not proof: never a refusal

@@ -109,7 +109,8 @@ def balance_warnings(pairs: list[dict]) -> list[str]:
     n, out = len(pairs), []
     if n < MIN_PAIRS:
         out.append(f"only {n} pairs (fewer than {MIN_PAIRS}): a run on so few pairs can leave the model worse "
-                   "than its start on the held-out sets; export more pairs or add the sample preference set")
+                   "than its start on the held-out sets; curate and export more pairs (generate counterfactuals over "
+                   "more of the world's trajectories)")  # the engine knows no world's own preference set
     labels = Counter(pair_label(p) for p in pairs)
     top, count = labels.most_common(1)[0]
     if n >= 2 and (len(labels) == 1 or count / n > 0.5):

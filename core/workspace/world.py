@@ -142,7 +142,7 @@ class World:
                       "vision": self.is_vl},  # its family reads images
             "tokenizer": {"vocab_size": text.get("vocab_size")},
             "checkpoints": [{"name": c.name, "step": c.step, "kind": c.kind,
-                             "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"),
+                             "reward": c.training.get("reward"), "loss": c.metrics.get("loss"),
                              "objective": c.training.get("objective"), "lora_rank": c.training.get("lora_rank"),
                              "lr": c.training.get("lr")}
                             for c in self.checkpoints],
