@@ -85,3 +85,27 @@ def test_two_worlds_in_one_workspace_keep_their_own_counterfactuals(graph, recor
     a, b = list_counterfactuals(db, world="/worlds/trl"), list_counterfactuals(db, world="/worlds/swift")
     assert len(a) == len(b) > 0 and set(a["id"]).isdisjoint(b["id"])  # the same studies, one item per world
     assert set(a["source"]) == {"trl-run:train"} and len(list_counterfactuals(db)) == len(a) + len(b)
+
+
+def test_a_batch_over_a_foreign_world_keeps_its_system_turn_into_the_export(foreign_run, tmp_path, graph):
+    """The TRL run registered as a world: its batch stores items in that world with the system prompt, and a TRL
+    export of them trains on the prompt scoring saw."""
+    from core.counterfactuals.batch import BatchConfig, run
+    from core.curation import queue as curation
+    from core.curation import snapshots
+    from core.graph import concepts
+    from core.workspace.workspace import Workspace
+    from core.workspace.world import create_world
+
+    concepts.save_graph(graph, tmp_path / "graph.json")
+    world = create_world(tmp_path / "trl-world", "trl-run", foreign_run["base"], [foreign_run["run"]],
+                         [foreign_run["train"]], graph=tmp_path / "graph.json")
+    ws = Workspace.open(tmp_path / "ws")
+    last = run(BatchConfig(workspace=str(ws.root), world=str(world.root), dataset="train", n=4, mode="all"))
+    assert last.stored > 0
+    assert ws.store.query("SELECT DISTINCT world, system FROM trajectories") == [(world.key, foreign.SYSTEM)]
+    for i in curation.queue(ws.store, curation.QueueFilter(world=world.key))["id"]:
+        curation.annotate(ws.store, int(i), "ada", "accept")
+    snap = snapshots.export_snapshot(ws.store, ws.datasets_dir, snapshots.ExportConfig("trl"), world=world.key)
+    rows = [json.loads(x) for x in (snap.path / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == last.stored and {r["system"] for r in rows} == {foreign.SYSTEM}
