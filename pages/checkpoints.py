@@ -11,7 +11,6 @@ import pandas as pd
 import streamlit as st
 
 from core.cpo import runs
-from core.drift.analysis import list_analyses
 from core.drift.config import AnalysisConfig
 from core.drift.job import ScoreOptions
 from core.errors import InputError
@@ -244,9 +243,12 @@ if jobs.list_jobs(ws.job_dirs, "score", world and world.root):
     ui.jobs_panel(ws.job_dirs, "score", open_result, world=world and world.root)
 
 # ---- analyses ------------------------------------------------------------------------------------------
-found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
-if found:
+found, others = ui.world_analyses(ws, world)  # this world's; another world's open with that world
+if found or others:
     st.subheader("Analyses")
+    if others:
+        st.caption(f"{len(others)} analyses of other worlds are listed when their world is open (or in the explorer, "
+                   "on request).")
     rows = pd.DataFrame([{"analysis": a.name, "data": Path(a.config.data).name, "trajectories": a.config.limit or "all",
                           "positions": a.config.positions, "written": time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created)),
                           "path": str(a.path)} for a in found])

@@ -211,20 +211,27 @@ def _unusable(what: str, error: Exception) -> None:
     st.stop()
 
 
+def world_analyses(ws, world) -> tuple[list, list]:
+    """(the open world's analyses, the other worlds') of the workspace (``core.drift.analysis.of_world``: its
+    shipped one, those its scoring jobs wrote, those of its datasets and base); with no world open, all are its."""
+    from core.drift.analysis import list_analyses, of_world
+    from core.jobs.supervisor import list_jobs
+
+    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+    if world is None:
+        return found, []
+    own = of_world(found, world, {j.meta.get("out", "") for j in list_jobs(ws.job_dirs, "score", world.root)})
+    return own, [a for a in found if a not in own]
+
+
 def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     """A picker over the workspace's analyses and the world's shipped one (the session's choice kept
     across pages); stops the page with ``empty`` and a link to Checkpoints when there is none."""
-    from core.drift.analysis import list_analyses, of_world
-    from core.jobs.supervisor import list_jobs
     from workbench import routes
 
-    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
-    if world is not None and found:  # the open world's analyses; another world's only when the user asks
-        own = of_world(found, world, {j.meta.get("out", "") for j in list_jobs(ws.job_dirs, "score", world.root)})
-        others = len(found) - len(own)
-        if others and st.toggle(f"Also the {others} analyses of other worlds", key=f"{widget_key}_every_world"):
-            own = found
-        found = own
+    found, others = world_analyses(ws, world)  # the open world's; another world's only when the user asks
+    if others and st.toggle(f"Also the {len(others)} analyses of other worlds", key=f"{widget_key}_every_world"):
+        found = sorted(found + others, key=lambda a: a.created, reverse=True)
     if not found:
         st.info(empty)
         st.page_link(routes.checkpoints(), label="Go to Checkpoints")

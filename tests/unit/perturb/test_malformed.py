@@ -40,4 +40,4 @@ def test_flip_rates_count_only_pairs_whose_answers_were_read():
     twins = [{"id": "a~", "source_id": "a", "label": "Edema"}, {"id": "b~", "source_id": "b", "label": "Edema"}]
     out = figures(recs, [None, "Edema"], twins, [None, "Edema"])  # a's answer malformed both times: not a flip
     assert out["flip_rate"] == 0.0 and out["perturbed_malformed"] == 0.5
-    assert math.isnan(figures(recs, [None, None], twins, [None, None])["flip_rate"])
+    assert figures(recs, [None, None], twins, [None, None])["flip_rate"] is None  # no rate, not 0 or 1
