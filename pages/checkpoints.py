@@ -149,7 +149,7 @@ elif data_kind == "Curation database":
     from core.curation.queue import trajectories_file
 
     try:
-        data = str(trajectories_file(ws.store, ws.uploads_dir))
+        data = str(trajectories_file(ws.store, ws.uploads_dir, world.key if world else None))  # this world's
     except InputError as e:
         problems.append(str(e))
 elif data_kind == "A JSONL file":

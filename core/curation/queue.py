@@ -20,12 +20,12 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
+from core.curation.scored import trajectories_file  # noqa: F401 - the database's trajectories to score, here too
 from core.errors import InputError
 from core.io.store import Store
 
@@ -401,35 +401,3 @@ def save_guidelines(store: Store, text: str, author: str) -> None:
     with store.transaction() as con:
         con.execute("INSERT INTO guidelines (text, author, created_at) VALUES (?, ?, ?)",
                     (text, _name(author), time.time()))
-
-
-def trajectories_file(store: Store, folder: Path) -> Path:
-    """The database's trajectories (the original side of every pair) as a JSONL file the drift engine
-    scores (id, prompt, completion, label). Trajectories are only ever inserted, so their count, last id and
-    the last one's content hash name the file: a page rerun finds it without reading the rows again, and a
-    recreated database with as many rows does not pick up another database's file."""
-    from collections import Counter
-
-    from core.io.cache import atomic_write_text
-
-    count, last, last_hash = store.query_one(
-        "SELECT COUNT(*), MAX(id), (SELECT content_hash FROM trajectories ORDER BY id DESC LIMIT 1) FROM trajectories")
-    if not count:
-        raise InputError(f"{store.path}: no trajectories in the curation database yet (import or generate some first)")
-    path = Path(folder) / f"curation-{count}-{last}-{last_hash[:12]}.jsonl"
-    if path.exists():
-        return path
-    rows = store.query("SELECT id, external_id, prompt, completion, label, images FROM trajectories WHERE id <= ? "
-                       "ORDER BY id", (last,))
-    seen = Counter(ext for _, ext, *_ in rows)
-    atomic_write_text(path, "".join(json.dumps({"id": ext if ext and seen[ext] == 1 else f"db-{i}", "prompt": p,
-                                                "completion": c, "label": y} | _images_field(im),
-                                               ensure_ascii=False) + "\n"
-                                    for i, ext, p, c, y, im in rows))
-    return path
-
-
-def _images_field(images: str) -> dict:
-    """``{"images": [...]}`` for a trajectory with images (absolute paths), nothing for a text-only one."""
-    paths = json.loads(images)
-    return {"images": paths} if paths else {}

@@ -74,3 +74,14 @@ def test_conflicts_are_the_worlds_own(db):
         curation.annotate(db, first, "bo", "reject")
     assert set(curation.conflicts(db, TRL)["id"]) < set(curation.queue(db, curation.QueueFilter(world=TRL))["id"])
     assert len(curation.conflicts(db)) == 4 and len(curation.conflicts(db, CCF)) == 2
+
+
+def test_the_curation_trajectories_to_score_are_the_worlds_own(db, tmp_path):
+    """The Checkpoints page's *Curation database* data: the open world's studies, not every world's."""
+    from core.curation.scored import trajectories_file
+
+    def ids(path):
+        return [json.loads(x)["prompt"] for x in path.read_text().splitlines()]
+    trl, ccf, both = (trajectories_file(db, tmp_path, w) for w in (TRL, CCF, None))
+    assert len(ids(trl)) == 3 and len(ids(ccf)) == 3 and sorted(ids(both)) == sorted(ids(trl) + ids(ccf))
+    assert trajectories_file(db, tmp_path, TRL) == trl  # the same rows: the same file
