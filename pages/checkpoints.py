@@ -38,6 +38,15 @@ roots = search_roots(ws.root, world and world.root)
 PAGE_SET = ("base", "checkpoints", "base_names", "data", "graph", "limit", "trust_remote_code")
 
 
+def score_scope(limit: int, total: int | None, name: str) -> str:
+    """What the Score button will score, in words: never "the first 50 of 3"."""
+    if total is None:
+        return f"Scores the first **{limit}** trajectories" if limit else "Scores all the trajectories"
+    if not limit or limit >= total:
+        return f"Scores all **{total}** trajectories in `{name}`"
+    return f"Scores the first **{limit}** of **{total}** trajectories in `{name}`"
+
+
 def picker(label: str, candidates: list[Path], key: str, help_: str) -> str:
     """A folder: typed, or picked from what was found under the data roots."""
     c1, c2 = st.columns([3, 2])
@@ -116,14 +125,16 @@ if base and not problems:
         problems.append(f"Settings: {e}")
 if infos:
     branch = {c.path: branch_of(c.path) for c in infos}  # CPO runs: a branch of their start, not an RFT step
-    st.dataframe(pd.DataFrame([{"checkpoint": adapter_name(c), "step": c.step, "kind": c.kind,
+    # a CPO run has no place on the RFT step axis: no step, the checkpoint it branched from instead
+    st.dataframe(pd.DataFrame([{"checkpoint": adapter_name(c), "step": None if branch[c.path] else c.step, "kind": c.kind,
                                 "branch_of": f"{b.start} + {b.run_steps} CPO steps" if (b := branch[c.path]) else "",
                                 "objective": c.training.get("objective"), "LoRA r": c.training.get("lora_rank"),
                                 "lr": c.training.get("lr"), "reward": c.training.get("reward"),
                                 "pairs ranked right": c.training.get("preference_accuracy"),  # DPO / CPO logs
                                 "loss": c.training.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
-                 column_config={"reward": st.column_config.NumberColumn(format="%.3f", help="an RL trainer's reward"),
+                 column_config={"branch_of": "CPO run from",
+                                "reward": st.column_config.NumberColumn(format="%.3f", help="an RL trainer's reward"),
                                 "pairs ranked right": st.column_config.NumberColumn(
                                     format="%.3f", help="a preference trainer's rewards/accuracies"),
                                 "loss": st.column_config.NumberColumn(format="%.4f"),
@@ -199,9 +210,7 @@ c1, c2 = st.columns([1, 3])
 limit = c1.number_input("Trajectories to score (0 = all)", 0, 10_000_000, 200 if dev.device == "cuda" else 50, step=10,
                         key="ck_limit", help="the first N trajectories of the file; a GPU scores all of them quickly, "
                                              "two CPU cores about 1.5 min per 50 on the sample world")
-c2.caption(f"Scores the first **{int(limit) or 'all'}**" + (f" of **{total}** trajectories in `{Path(data).name}`"
-                                                             if total is not None else " trajectories")
-           + (" (all of them)" if total is not None and (not limit or limit >= total) else ""))
+c2.caption(score_scope(int(limit), total, Path(data).name if data else ""))
 cfg = None
 if not problems:
     try:
@@ -218,7 +227,8 @@ if cfg is not None:
     request = cfg.to_json()
     name = names.setdefault(request, f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     options = ScoreOptions(out=str(ws.analyses_dir / name), workspace=str(ws.root))
-    st.code(registry.shell_command(*registry.command("score", cfg, options)), language="bash")  # as the job runs
+    with st.expander("Command line (the same job from a shell)", icon=":material/terminal:"):
+        st.code(registry.shell_command(*registry.command("score", cfg, options)), language="bash")  # as the job runs
     running = [j for j in jobs.list_jobs(ws.job_dirs, "score", world and world.root) if j.state() == "running"]
     if st.button("Score", type="primary", icon=":material/play_arrow:", key="ck_run", disabled=bool(running),
                  help="runs in the background; the result is cached, so the same request returns at once"):

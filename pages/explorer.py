@@ -63,19 +63,21 @@ if view == "Overview":
     for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
         col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 
-    left, right = st.columns([3, 2])
+    left, right = ui.side_by_side([3, 2])
     with left:
         st.markdown("**Across the checkpoints**: probe accuracy, belief, detrimental share and KL")
         st.caption("Probe accuracy: the answer the model gives when asked right after the trajectory's own CoT "
                    "(teacher-forced). It is not the Home page's accuracy, which decodes the whole CoT greedily.")
-        ui.figure(charts.summary_over_steps(s, a.changes, branches), "summary-chart", "drift-summary")
+        ui.figure(charts.summary_over_steps(s, a.changes, branches), "summary-chart", "drift-summary",
+                  title="Drift across the checkpoints (teacher-forced probe)")
     with right:
         st.markdown("**Probe accuracy per category**")
         cat = resources.category_accuracy(chosen, info.stamp)
         if cat.empty:
             st.info("The trajectories carry no gold labels.")
         else:
-            ui.figure(charts.category_heatmap(cat, branches), "category-chart", "category-accuracy")
+            ui.figure(charts.category_heatmap(cat, branches), "category-chart", "category-accuracy",
+                      title="Probe accuracy per category")
     with st.expander("Per-checkpoint table and step tests", expanded=False):
         s = s.assign(branch_of=[branches[c].start if c in branches else "" for c in s["checkpoint"]])
         ui.table(s, "summary-table", "checkpoint-summary",
@@ -90,14 +92,19 @@ if view == "Overview":
     st.caption("Effect drift: how much reading a token moves the belief in the gold answer, minus what the base "
                "model's belief did. Negative is detrimental. Pick a row to open the trajectories where it happens.")
     with ui.controls("Driver filters"):
-        c1, c2, c3 = st.columns([2, 2, 3])
+        c1, c2, c3, c4 = st.columns([2, 2, 3, 2])
         kind = c1.radio("By", ["token", "concept", "context"], horizontal=True, key="driver_kind",
                         captions=None)
         ckpts = [c for c in s["checkpoint"] if c != "base"]
         ckpt = c2.selectbox("Checkpoint", ["all", *ckpts], index=ckpts.index(worst["checkpoint"]) + 1
                             if worst["checkpoint"] in ckpts else 0, key="driver_checkpoint")
         direction = c3.radio("Direction", ["detrimental", "beneficial", "all"], horizontal=True, key="driver_direction")
+        words = c4.toggle("Words only", True, key="driver_words", disabled=kind != "token",
+                          help="hide punctuation, the prompt's template (tokens read in every study, such as "
+                               "'Question') and tokens read fewer than 3 times")
     table = {"token": a.by_token, "concept": a.by_concept, "context": a.by_context}[kind]
+    if kind == "token" and words and not table.empty:
+        table = explore.content_drivers(table, len(trajs))
     if table.empty:
         st.info(f"No {kind} table in this analysis" + (" (it was scored without a concept graph)." if kind == "concept" else "."))
     else:
@@ -165,13 +172,16 @@ else:
         if belief_view is None:
             st.caption("No belief along the trajectory: it was scored without the answer probe.")
         elif belief_view == BELIEF_VIEWS[0]:
-            ui.figure(resources.belief_lines(chosen, info.stamp, traj_id), "belief-lines", f"belief-{traj_id}")
+            ui.figure(resources.belief_lines(chosen, info.stamp, traj_id), "belief-lines", f"belief-{traj_id}",
+                      title=f"Belief in the gold answer along {traj_id}")
         else:
-            order = list(a.summary["checkpoint"])
+            runs = run_branches(a.config.checkpoints)  # a CPO run right after its start, named as a run
+            order = charts.branch_order(list(a.summary["checkpoint"]), runs)
             at = st.select_slider("Under checkpoint", order, value=r["worst_checkpoint"]
-                                  if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint")
+                                  if r["worst_checkpoint"] in order else order[-1], key="traj_checkpoint",
+                                  format_func=lambda c: charts.branch_label(c, runs))
             ui.figure(resources.answer_distribution(chosen, info.stamp, traj_id, at), "answer-dist",
-                      f"answers-{traj_id}-{at}")
+                      f"answers-{traj_id}-{at}", title=f"Every answer's belief along {traj_id} under {at}")
     if branches := run_branches(a.config.checkpoints):  # CPO runs: against their start, not the step before
         ui.branch_trajectory(chosen, info.stamp, traj_id, branches)
     if st.toggle("Token table (every score of this trajectory)", key="traj_token_table"):

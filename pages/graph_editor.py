@@ -65,7 +65,7 @@ if query and not matches:
     st.info(f"No node matches {query!r}.")
 focus = st.selectbox("Highlight", matches, key="graph_focus") if matches else None
 st.markdown(graphview.legend_html(graph, seen, focus), unsafe_allow_html=True)
-st.iframe(resources.graph_html(gs, str(gs.store.path), gs.key, seen, focus), height=580)
+st.iframe(resources.graph_html(gs, str(gs.store.path), gs.key, seen, focus), height=graphview.HEIGHT + 20)
 
 nodes, ids = sorted(graph.nodes, key=str), lambda kind: sorted((concepts.diseases if kind == "disease" else
                                                                  concepts.findings)(graph), key=str)

@@ -30,9 +30,10 @@ if others:  # e.g. the demo's two sample worlds, or a researcher's runs
     st.info(f"Other worlds in this workspace: {names}. Switch in the sidebar's **World** picker.")
 model, steps = summary["model"], [c["step"] for c in summary["checkpoints"]]
 dev = resources.device_info()
-facts = [
-    ("Base model", model["architecture"].removesuffix("ForCausalLM").removesuffix("ForConditionalGeneration"),
-     f"{model['parameters'] / 1e6:.2f} M params"),
+params = model["parameters"]
+facts = [  # short values: a metric's value is cut, not wrapped, in a narrow column
+    ("Base model", f"{params / 1e9:.1f} B" if params >= 1e9 else f"{params / 1e6:.2f} M",
+     model["architecture"].removesuffix("ForCausalLM").removesuffix("ForConditionalGeneration")),
     ("Vocabulary", summary["tokenizer"]["vocab_size"] or "—", "tokens"),
     ("Checkpoints", len(steps), f"steps {steps[0]}–{steps[-1]}" if steps else "none"),
     ("Concept graph", summary["graph"]["nodes"], f"{summary['graph']['diseases']} diseases"),
@@ -43,8 +44,8 @@ for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True)
 
 left, right = st.columns([3, 2])
 with left:
-    st.markdown("**Drift across the RFT checkpoints** (measured when the world was built: greedy decoding of the "
-                "whole CoT on the held-out studies, not the explorer's teacher-forced probe)")
+    st.caption("Measured when the world was built: greedy decoding of the whole CoT on the held-out studies, not "
+               "the explorer's teacher-forced probe.")
     extra = world.chart_metrics()  # the world's own figures (its plug-in)
     table = charts.drift_table(metrics, extra)
     if table.empty:
@@ -52,7 +53,8 @@ with left:
                 f"each checkpoint, `workbench evaluate --world {world.root} --record` (the drift explorer shows "
                 "scored analyses, it does not fill this table).")
     else:
-        st.plotly_chart(charts.drift_over_steps(table, extra), key="drift_over_steps")
+        ui.figure(charts.drift_over_steps(table, extra), "drift_over_steps", "drift-over-steps",
+                  title="Drift across the RFT checkpoints (held-out, greedy decoding)")
         st.dataframe(table, hide_index=True, key="drift_table",
                      column_config={c: st.column_config.NumberColumn(label, format="%.3f")
                                     for c, (label, *_) in charts.series_of(extra).items()})
@@ -65,9 +67,10 @@ with right:
         except InputError as e:
             st.warning(f"Cannot show example studies: {e}")
             examples = []
-        for col, rec in zip(st.columns(max(1, len(examples))), examples, strict=False):
-            with col:
-                ui.images(rec.get("images") or [], caption=str(rec.get("label") or ""))
+        for row in range(0, len(examples), 2):  # two films a row: each fits its column, its caption under it
+            for col, rec in zip(st.columns(2), examples[row: row + 2], strict=False):
+                with col:
+                    ui.images(rec.get("images") or [], caption=str(rec.get("label") or ""), width="stretch")
     st.markdown("**Checkpoint series**")
     st.dataframe(pd.DataFrame(summary["checkpoints"]), hide_index=True, key="checkpoints")
     st.markdown("**Datasets**")
@@ -75,11 +78,12 @@ with right:
 
 st.markdown("**The loop.** Load checkpoints → see drift → edit the concept graph → generate counterfactuals → "
             "curate → run CPO → compare drift before and after.")
-for col, (route, note) in zip(st.columns(7), [
-        (routes.checkpoints, "score a series"), (routes.explorer, "where it drifts"),
+LOOP = [(routes.checkpoints, "score a series"), (routes.explorer, "where it drifts"),
         (routes.perturbation, "swap a finding"), (routes.graph_editor, "the expert knowledge"),
         (routes.counterfactuals, "rewrite the CoT"), (routes.curation, "build the dataset"),
-        (routes.runs, "repair and compare")], strict=True):
-    with col:
-        st.page_link(route(), width="stretch")
-        st.caption(note)
+        (routes.runs, "repair and compare")]
+for row in range(0, len(LOOP), 4):  # four a row: seven side by side cut their names ("Perturbation l")
+    for col, (route, note) in zip(st.columns(4), LOOP[row: row + 4], strict=False):
+        with col:
+            st.page_link(route(), width="stretch")
+            st.caption(note)

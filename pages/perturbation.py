@@ -11,12 +11,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.drift.analysis import resolve_labels
+from core.drift.analysis import list_analyses, resolve_labels
+from core.drift.config import AnalysisConfig
 from core.errors import InputError
 from core.jobs import registry
 from core.jobs import supervisor as jobs
 from core.models.branches import run_branches
+from core.models.families import family_for
 from core.perturb import text as perturb
+from core.perturb import visual
 from core.perturb.job import PerturbOptions
 from workbench import charts, resources, state, ui, visual_view
 
@@ -26,20 +29,21 @@ st.caption("Replace a finding by a near-synonym from the concept graph (or any s
            "one that drifted to a surface shortcut flips.")
 
 ws, world = ui.page_context()
-if world is not None and world.is_vl:  # its family reads images
-    visual_view.image_section(ws, world)
-    st.header("Text")
-info = ui.pick_analysis(ws, world, state.LAB_ANALYSIS, "Series and trajectories (of an analysis)",
-                        "The lab uses the checkpoint series and trajectories of an analysis; score one on the "
-                        "Checkpoints page.")
-chosen = str(info.path)
-a = resources.load_analysis(chosen, info.stamp)
-cfg = a.config
+if world is not None and not list_analyses(ws.analyses_dir, world.analysis_dir):  # nothing scored yet: the world's
+    cfg = AnalysisConfig.from_world(world.root)  # own series and default dataset
+    stamp = resources.file_stamp(cfg.data)
+    st.caption(f"No analysis of this world yet: its checkpoints and its `{Path(cfg.data).name}`.")
+else:
+    info = ui.pick_analysis(ws, world, state.LAB_ANALYSIS, "Series and trajectories (of an analysis)",
+                            "The lab uses the checkpoint series and trajectories of an analysis; score one on the "
+                            "Checkpoints page.")
+    cfg, stamp = resources.load_analysis(str(info.path), info.stamp).config, info.stamp
 try:
-    records = resources.records(cfg.data, cfg.limit, info.stamp)
+    records = resources.records(cfg.data, cfg.limit, stamp)
     # the graph as edited on the Concept graph page (its file is version 1): swaps follow the researchers' edits
     graph = resources.concept_graph(st.session_state[state.WORKSPACE_PATH], cfg.graph)[0] if cfg.graph else None
     labels, _ = resolve_labels(cfg, records)
+    reads_images = family_for(cfg.base).reads_images  # an unsupported model: refused by name here
 except InputError as e:
     st.error(f"Cannot read this analysis's inputs: {e}")
     st.stop()
@@ -51,23 +55,26 @@ def get_series():
 
 
 branches = run_branches(cfg.checkpoints)  # CPO runs: drawn beside their start, not on the RFT step axis
+# one study for both sections: the image is swapped or occluded, and the text perturbed, in the same study
+by_id = {r["id"]: r for r in records}
+ids = list(by_id)
+state.persist(state.LAB_TRAJECTORY, state.TRAJECTORY, ids)
+traj_id = st.selectbox("Trajectory", ids, key=state.LAB_TRAJECTORY, format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
+st.session_state[state.TRAJECTORY] = traj_id
+record = by_id[traj_id]
+if record.get("images"):  # a VL study: every test below reads it with this X-ray
+    picture, text = st.columns([1, 2])
+    with picture:
+        ui.images(record["images"], traj_id)
+    text.text(f"{record['prompt']}\n{record['completion']}")
+else:
+    st.text(f"{record['prompt']}\n{record['completion']}")
+if reads_images and record.get("images"):  # the series' family reads this X-ray
+    visual_view.image_section(ws, world, visual.VisualConfig.from_analysis(cfg), record, labels, len(records))
+    st.header("Text")
 single, batch = st.tabs(["One trajectory", "Over the dataset"])
 
 with single:
-    by_id = {r["id"]: r for r in records}
-    ids = list(by_id)
-    state.persist(state.LAB_TRAJECTORY, state.TRAJECTORY, ids)
-    traj_id = st.selectbox("Trajectory", ids, key=state.LAB_TRAJECTORY,
-                           format_func=lambda t: f"{t} · {by_id[t].get('label', '?')}")
-    st.session_state[state.TRAJECTORY] = traj_id
-    record = by_id[traj_id]
-    if record.get("images"):  # a VL study: the swap is probed and decoded with this X-ray
-        picture, text = st.columns([1, 2])
-        with picture:
-            ui.images(record["images"], traj_id)
-        text.text(f"{record['prompt']}\n{record['completion']}")
-    else:
-        st.text(f"{record['prompt']}\n{record['completion']}")
     options = perturb.swaps_in(record, graph) if graph is not None else []
     c1, c2, c3 = st.columns([3, 3, 2])
     if options:
@@ -106,7 +113,8 @@ with single:
                         + (f"; under {bad} no answer could be read before or after the swap (malformed, not a flip)."
                            if bad else "."))
             if m == "probe":
-                ui.figure(charts.perturbation_beliefs(result, branches), "lab-single-chart", f"swap-{traj_id}")
+                ui.figure(charts.perturbation_beliefs(result, branches), "lab-single-chart", f"swap-{traj_id}",
+                          title=f"{traj_id}: gold belief before and after {f} → {r}")
             ui.table(result, "lab-single-table", f"swap-{traj_id}")
 
 with batch:
@@ -151,12 +159,14 @@ with batch:
             summary = perturb.perturbation_summary(df)
             with main:
                 st.markdown("Per checkpoint: accuracy before and after the swap, and the flip rate")
-                ui.figure(charts.perturbation_over_steps(summary, branches), f"lab-sum-{job.id}", f"flips-{job.id}")
+                ui.figure(charts.perturbation_over_steps(summary, branches), f"lab-sum-{job.id}", f"flips-{job.id}",
+                          title=f"{job.title}: accuracy and flip rate per checkpoint")
                 ui.table(summary, f"lab-sumt-{job.id}", f"flips-{job.id}")
                 cats = perturb.category_flips(df)
                 if not cats.empty:
                     st.markdown("Flip rate per gold category and checkpoint")
-                    ui.figure(charts.category_flip_heatmap(cats, branches=branches), f"lab-cat-{job.id}", f"category-flips-{job.id}")
+                    ui.figure(charts.category_flip_heatmap(cats, branches=branches), f"lab-cat-{job.id}",
+                              f"category-flips-{job.id}", title=f"{job.title}: flip rate per category")
 
     previous = jobs.list_jobs(ws.job_dirs, "perturb", world and world.root)
     newest = previous[0].id if previous else None

@@ -169,7 +169,7 @@ def runs_panel() -> None:
     elif run.status == "cancelled":
         st.warning(inert(run.error or "cancelled"))
     if len(m):
-        ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}")
+        ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}", title=f"Training curves of {run.name}")
     if run.evaluation:
         st.markdown("**On the held-out sets** (accuracy by greedy decoding of the whole CoT, as on Home)")
         before = runs.start_metrics(run.world, None, runs.start_name(run.world, run.config)) if run.world else None
@@ -230,5 +230,6 @@ if finished:
     if note := runs.start_note(finished, before, runs.start_name(first.world, first.config)):
         st.info(note)  # a missing start row is said, never silent
     extra = resources.load_world(first.world).chart_metrics() if first.world and Path(first.world).is_dir() else {}
-    ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison")
+    ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison",
+              title="CPO runs on the held-out set")
     ui.table(table, "runs-compare-table", "runs-comparison")

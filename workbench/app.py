@@ -18,9 +18,7 @@ with st.sidebar:
                          help="what the camera button on each chart saves; every chart also offers interactive HTML")
     st.caption(f"World: `{state.world_path().name}`  \nDevice: {resources.device_info().describe()}")
 
-if st.session_state[state.PRESENTATION]:
-    st.html("<style>html, .stMarkdown p, .stDataFrame {font-size: 1.25rem;} "
-            "[data-testid='stSidebarCollapsedControl'] {display: none;}</style>")
+ui.style()  # images fit their columns; presentation mode's larger type
 
 page = st.navigation(routes.navigation())
 page.run()

@@ -10,6 +10,8 @@ import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.figures import LEGEND_BELOW
+
 # Two accuracies appear in the workbench and must never be confused: GREEDY_ACCURACY decodes the whole CoT
 # and reads its answer (the world's held-out table, CPO evaluations); PROBE_ACCURACY is the answer probe's
 # top label, teacher-forced at the end of the given CoT (an analysis's summary).
@@ -44,8 +46,8 @@ def drift_over_steps(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
                                      line={"color": color, "dash": dash}, customdata=df["checkpoint"],
                                      hovertemplate="%{customdata}<br>" + label + ": %{y:.3f}<extra></extra>"))
     fig.update_layout(xaxis_title="RFT step", yaxis_title="share of held-out studies", yaxis_range=[0, 1.02],
-                      legend={"orientation": "h", "y": -0.25}, margin={"t": 30, "l": 10, "r": 10},
-                      height=380)
+                      legend=LEGEND_BELOW, margin={"t": 30, "l": 10, "r": 10, "b": 10},
+                      height=440)
     return fig
 
 
@@ -54,6 +56,7 @@ def drift_over_steps(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
 # HTML there, and token strings such as "<think>" or a label from an imported file must show as text.
 
 STEP_COLORS = "Viridis"
+EVERY_CATEGORY = {"tickmode": "linear", "dtick": 1}  # a label on every column (plotly tilts them to fit)
 
 
 def _esc(text) -> str:
@@ -101,7 +104,10 @@ def _branch_markers(fig: go.Figure, rft: pd.DataFrame, run: pd.Series, branch) -
                       row=row, col=1)
 
 
-def _branch_trace(x: float, y0: float, y1: float, label: str, what: str, legend: bool, color: str = "#6a4c93"):
+BRANCH_COLOR = "#6a4c93"  # CPO runs, wherever they are drawn
+
+
+def _branch_trace(x: float, y0: float, y1: float, label: str, what: str, legend: bool, color: str = BRANCH_COLOR):
     """A run drawn beside the step axis: from its start's value (open circle) to its own (star) at the start's
     step, dotted, so no RFT curve passes through it."""
     return go.Scatter(x=[x, x], y=[y0, y1], mode="lines+markers", name=label, legendgroup=label, showlegend=legend,
@@ -147,14 +153,19 @@ def _summary_lines(summary: pd.DataFrame, changes: pd.DataFrame | None) -> go.Fi
                               row=row, col=1)
     if changes is not None and not changes.empty:
         bad = changes[changes["changed"] & (changes["direction"] == "detrimental")]
-        for _, r in bad.iterrows():
-            fig.add_vrect(x0=r["from_step"], x1=r["to_step"], fillcolor="#d62828", opacity=0.10, line_width=0,
-                          annotation_text="detrimental" + (" · Page-Hinkley alarm" if r["page_hinkley_alarm"] else ""),
-                          annotation_position="top left", annotation_font_size=11)
+        for _, r in bad.iterrows():  # shaded on both rows, named in the legend (labels on each crowded the lines)
+            fig.add_vrect(x0=r["from_step"], x1=r["to_step"], fillcolor="#d62828", opacity=0.10, line_width=0)
+        if len(bad):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="detrimental step change (shaded)",
+                                     marker={"symbol": "square", "size": 14, "color": "rgba(214, 40, 40, 0.25)"},
+                                     hoverinfo="skip"), row=1, col=1)
+        for _, r in bad[bad["page_hinkley_alarm"].astype(bool)].iterrows():  # above the plot, at the alarm's step
+            fig.add_annotation(x=r["to_step"], xref="x", xanchor="right", y=1, yref="paper", yanchor="bottom",
+                               showarrow=False, font={"size": 11, "color": "#9d0208"}, text="Page-Hinkley alarm ▼")
     fig.update_yaxes(title_text="share", range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="nats", row=2, col=1)
     fig.update_xaxes(title_text="RFT step", row=2, col=1)
-    fig.update_layout(height=460, legend={"orientation": "h", "y": -0.18}, margin={"t": 30, "l": 10, "r": 10})
+    fig.update_layout(height=540, legend=LEGEND_BELOW, margin={"t": 30, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -166,53 +177,66 @@ def category_heatmap(table: pd.DataFrame, branches: dict | None = None) -> go.Fi
                                y=[_esc(i) for i in table.index], colorscale="RdYlGn", zmin=0, zmax=1,
                                colorbar={"title": "accuracy"}, texttemplate="%{z:.2f}",
                                hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(height=max(260, 26 * len(table) + 90), margin={"t": 20, "l": 10, "r": 10},
-                      yaxis={"autorange": "reversed"})
+    fig.update_layout(height=max(300, 26 * len(table) + 150), margin={"t": 20, "l": 10, "r": 10, "b": 10},
+                      yaxis={"autorange": "reversed", "dtick": 1}, xaxis=EVERY_CATEGORY)
     return fig
 
 
 TOKEN_LABELS = 80  # rotated token labels that fit side by side in the page's chart width (about 700-1000 px)
 
 
-def token_heatmap(m, title: str = "", minimap=None, focus: int | None = None) -> go.Figure:
+SHORT_METRIC = {"prob": "probability", "entropy": "entropy (nats)", "kl_base": "KL to base (nats)",
+                "kl_prev": "KL to previous (nats)", "effect": "belief effect", "effect_drift": "effect drift"}
+NOT_MEASURED = "#d9d9d9"
+MARKS = {"detrimental": ("triangle-down", "#d62828", "▼"), "beneficial": ("triangle-up", "#1d3557", "▲")}
+
+
+def token_heatmap(m, title: str = "", minimap=None, focus: int | None = None, branches: dict | None = None) -> go.Figure:
     """Checkpoints x tokens coloured by ``m.metric`` (a ``core.drift.explore.TokenMatrix``, whole or a window of one);
     detrimental positions marked ▼ (red), beneficial ▲ (blue); tokens are the x-axis tick labels (every one
     up to ``TOKEN_LABELS`` columns, every k-th beyond, so that they never overlap). With
     ``minimap`` (``core.drift.explore.Minimap`` of the whole trajectory) a thin strip of the whole length sits above,
-    the window marked on it, and both share one colour scale; ``focus`` (a position) is outlined."""
+    the window marked on it, and both share one colour scale; ``focus`` (a position) is outlined. CPO runs
+    (``branches``) stand right below their start checkpoint, labelled as runs, never between RFT steps. A ▼ / ▲
+    cell's hover says what every cell's does (token, top-k, value) and then its direction."""
     from core.drift.explore import METRICS
 
     label, _, diverging = METRICS[m.metric]
     x = list(range(m.first, m.first + len(m.positions)))  # columns of the whole trajectory
-    rows = [_esc(c) for c in m.checkpoints]
+    order = [m.checkpoints.index(c) for c in branch_order(list(m.checkpoints), branches)]
+    values, direction = m.values[order], m.direction[order]
+    rows = [branch_label(m.checkpoints[i], branches) for i in order]
     scale = _heat_scale(m, diverging, minimap)
     fig = go.Figure()
-    hover = m.hover or [[repr(t) for t in m.tokens]] * len(rows)
+    hover = [m.hover[i] for i in order] if m.hover else [[repr(t) for t in m.tokens]] * len(rows)
     cells = [[f"position {p}<br>{_esc(h)}" for p, h in zip(m.positions, row, strict=True)] for row in hover]
-    fig.add_trace(go.Heatmap(z=m.values, x=x, y=rows, customdata=cells,
+    fig.add_trace(go.Heatmap(z=values, x=x, y=rows, customdata=cells,
                              hovertemplate="%{y} · %{customdata}<br>" + _esc(label) + ": %{z:.4f}<extra></extra>",
-                             colorbar={"title": {"text": m.metric}}, xgap=1, ygap=1, **scale))
-    for kind, symbol, color in (("detrimental", "triangle-down", "#d62828"), ("beneficial", "triangle-up", "#1d3557")):
-        ii, jj = np.nonzero(m.direction == kind)
+                             colorbar={"title": {"text": SHORT_METRIC.get(m.metric, m.metric)}}, xgap=1, ygap=1, **scale))
+    for kind, (symbol, color, sign) in MARKS.items():
+        ii, jj = np.nonzero(direction == kind)
         if len(ii):
-            fig.add_trace(go.Scatter(x=jj + m.first, y=[rows[i] for i in ii], mode="markers", name=kind,
+            text = [f"{rows[i]} · {cells[i][j]}<br>{_esc(label)}: {values[i, j]:.4f}<br>{sign} {kind} position"
+                    for i, j in zip(ii, jj, strict=True)]
+            fig.add_trace(go.Scatter(x=jj + m.first, y=[rows[i] for i in ii], mode="markers", name=f"{kind} position",
                                      marker={"symbol": symbol, "size": 8, "color": color,
                                              "line": {"width": 1, "color": "white"}},
-                                     hovertemplate=f"{kind} position<extra></extra>"))
+                                     customdata=text, hovertemplate="%{customdata}<extra></extra>"))
     if focus in m.positions:
         c = m.first + m.positions.index(focus)
         fig.add_vrect(x0=c - 0.5, x1=c + 0.5, line={"color": "#111", "width": 2})
     every = -(-len(x) // TOKEN_LABELS)  # wider windows label every k-th token (the hover names each)
     axis = {"tickmode": "array", "tickvals": x[::every], "ticktext": [_esc(t) for t in m.tokens[::every]], "tickangle": -90,
             "tickfont": {"size": 11}, "title": "token of the chain of thought", "range": [x[0] - 0.5, x[-1] + 0.5]}
-    height = 170 + 34 * len(rows) + (70 if minimap else 0)
-    fig.update_layout(xaxis=axis, yaxis={"autorange": "reversed", "title": "checkpoint"})
+    height = 200 + 34 * len(rows) + (70 if minimap else 0)
+    # grey behind the cells: a position not measured (NaN) never reads as a value of zero (white)
+    fig.update_layout(xaxis={**axis, "showgrid": False}, yaxis={"autorange": "reversed", "title": "checkpoint",
+                                                               "showgrid": False}, plot_bgcolor=NOT_MEASURED)
     if minimap:
         _minimap_strip(fig, m, minimap, scale, 60 / height)
     fig.update_layout(
         title={"text": _esc(title), "font": {"size": 14}} if title else None, height=height,
-        margin={"t": 40 if title else 10, "l": 10, "r": 10, "b": 10},
-        legend={"orientation": "h", "y": 1.08, "x": 1, "xanchor": "right"})
+        margin={"t": 40 if title else 10, "l": 10, "r": 10, "b": 10}, legend=LEGEND_BELOW)
     return fig
 
 
@@ -241,25 +265,36 @@ def _minimap_strip(fig: go.Figure, m, mini, scale: dict, share: float) -> None:
                       yaxis2={"domain": [1 - share, 1], "tickfont": {"size": 10}, "anchor": "x2"})
 
 
-def belief_lines(path: pd.DataFrame, tokens: list[str] | None = None) -> go.Figure:
+def belief_lines(path: pd.DataFrame, tokens: list[str] | None = None, branches: dict | None = None) -> go.Figure:
     """The probed belief in the gold answer along the trajectory (report, then CoT), one line per checkpoint
-    coloured by step. Position 0 is the first token of the model's completion."""
-    order = list(dict.fromkeys(path["checkpoint"]))
-    colors = _step_colors(len(order))
+    coloured by step. Position 0 is the first token of the model's completion. A CPO run (``branches``) is
+    listed right after its start, dashed in the runs' colour and labelled as a run, never as a later step."""
+    order = branch_order(list(dict.fromkeys(path["checkpoint"])), branches)
+    rft = [n for n in order if n not in (branches or {})]
+    colors = dict(zip(rft, _step_colors(len(rft)), strict=True))
     fig = go.Figure()
-    for name, color in zip(order, colors, strict=True):
+    for name in order:
         d = path[path["checkpoint"] == name]
-        fig.add_trace(go.Scatter(x=d["position"], y=d["gold_prob"], name=_esc(name), mode="lines",
-                                 line={"color": color, "width": 2.5 if name == order[0] else 1.8},
+        run = name not in colors
+        fig.add_trace(go.Scatter(x=d["position"], y=d["gold_prob"], name=branch_label(name, branches), mode="lines",
+                                 line={"color": BRANCH_COLOR if run else colors[name], "dash": "dash" if run else None,
+                                       "width": 2.5 if name == order[0] or run else 1.8},
                                  customdata=[_esc(a) for a in d["answer"]],
                                  hovertemplate=_esc(name) + " · position %{x}<br>gold belief %{y:.3f}"
                                  "<br>answer now: %{customdata}<extra></extra>"))
-    fig.add_vline(x=0, line_dash="dot", line_color="#888", annotation_text="CoT starts", annotation_font_size=11)
+    _cot_start(fig)
     gold = path["gold"].dropna().iloc[0] if path["gold"].notna().any() else "?"
-    fig.update_layout(height=340, yaxis={"range": [-0.02, 1.02], "title": f"P({_esc(gold)})"},
+    fig.update_layout(height=400, yaxis={"range": [-0.02, 1.02], "title": f"P({_esc(gold)})"},
                       xaxis={"title": "position (negative: inside the report)"},
-                      legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
+                      legend=LEGEND_BELOW, margin={"t": 30, "l": 10, "r": 10, "b": 10})
     return fig
+
+
+def _cot_start(fig: go.Figure) -> None:
+    """A dotted line where the CoT starts, named above the plot (not on the belief lines)."""
+    fig.add_vline(x=0, line_dash="dot", line_color="#888")
+    fig.add_annotation(x=0, xref="x", y=1, yref="paper", yanchor="bottom", showarrow=False, text="CoT starts",
+                       font={"size": 11, "color": "#555"})
 
 
 def answer_distribution(path: pd.DataFrame, checkpoint: str, labels: list[str]) -> go.Figure:
@@ -272,9 +307,9 @@ def answer_distribution(path: pd.DataFrame, checkpoint: str, labels: list[str]) 
                                  line={"width": 0.5, "color": palette[i % len(palette)]},
                                  hovertemplate=_esc(y) + ": %{y:.3f}<extra></extra>"))
     fig.add_vline(x=0, line_dash="dot", line_color="#888")
-    fig.update_layout(height=300, yaxis={"range": [0, 1.0], "title": "probed answer distribution"},
+    fig.update_layout(height=400, yaxis={"range": [0, 1.0], "title": "probed answer distribution"},
                       xaxis={"title": f"position under {_esc(checkpoint)}"}, hovermode="x unified",
-                      legend={"orientation": "h", "y": -0.3}, margin={"t": 20, "l": 10, "r": 10})
+                      legend=LEGEND_BELOW, margin={"t": 20, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -296,9 +331,9 @@ def perturbation_beliefs(df: pd.DataFrame, branches: dict | None = None) -> go.F
         fig.add_trace(go.Scatter(x=[n for n, f in zip(names, flips, strict=True) if f], y=[1.05] * int(flips.sum()), mode="text",
                                  text=["flip"] * int(flips.sum()), textfont={"color": "#d62828"}, name="answer flipped",
                                  hoverinfo="skip"))
-    fig.update_layout(barmode="group", height=320, yaxis={"range": [0, 1.12], "title": "P(gold answer)"},
-                      xaxis={"categoryorder": "array", "categoryarray": names},
-                      legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
+    fig.update_layout(barmode="group", height=380, yaxis={"range": [0, 1.12], "title": "P(gold answer)"},
+                      xaxis={"categoryorder": "array", "categoryarray": names, **EVERY_CATEGORY},
+                      legend=LEGEND_BELOW, margin={"t": 20, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -327,8 +362,8 @@ def perturbation_over_steps(summary: pd.DataFrame, branches: dict | None = None)
         for i, (col, what, color, _) in enumerate(PERTURBATION_SERIES):
             fig.add_trace(_branch_trace(float(start["step"].iloc[0]), float(start[col].iloc[0]), float(r[col]),
                                         label, what, i == 0, color))
-    fig.update_layout(height=340, xaxis_title="RFT step", yaxis={"range": [0, 1.02], "title": "share"},
-                      legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
+    fig.update_layout(height=400, xaxis_title="RFT step", yaxis={"range": [0, 1.02], "title": "share"},
+                      legend=LEGEND_BELOW, margin={"t": 20, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -342,8 +377,8 @@ def category_flip_heatmap(df: pd.DataFrame, value: str = "flip_rate", branches: 
                                y=[_esc(i) for i in table.index], zmin=0, zmax=1, texttemplate="%{z:.2f}",
                                colorscale="RdYlGn_r" if reverse else "RdYlGn", colorbar={"title": value},
                                hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(height=max(240, 26 * len(table) + 90), margin={"t": 20, "l": 10, "r": 10},
-                      yaxis={"autorange": "reversed"})
+    fig.update_layout(height=max(300, 26 * len(table) + 150), margin={"t": 20, "l": 10, "r": 10, "b": 10},
+                      yaxis={"autorange": "reversed", "dtick": 1}, xaxis=EVERY_CATEGORY)
     return fig
 
 
@@ -369,7 +404,7 @@ def run_curves(df: pd.DataFrame) -> go.Figure:
                                      hovertemplate=_esc(key) + " at step %{x}: %{y:.4f}<extra></extra>"), row=1, col=col)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(range=[-0.02, 1.02], row=1, col=4)
-    fig.update_layout(height=300, legend={"orientation": "h", "y": -0.3}, margin={"t": 40, "l": 10, "r": 10})
+    fig.update_layout(height=360, legend=LEGEND_BELOW, margin={"t": 40, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -384,8 +419,8 @@ def run_comparison(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
         if col in df:
             fig.add_trace(go.Bar(x=names, y=df[col], name=label, marker_color=color,
                                  hovertemplate="%{x}<br>" + label + ": %{y:.3f}<extra></extra>"))
-    fig.update_layout(barmode="group", height=340, yaxis={"range": [0, 1.02], "title": "share of held-out studies"},
-                      legend={"orientation": "h", "y": -0.25}, margin={"t": 20, "l": 10, "r": 10})
+    fig.update_layout(barmode="group", height=400, yaxis={"range": [0, 1.02], "title": "share of held-out studies"},
+                      legend=LEGEND_BELOW, margin={"t": 20, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -414,5 +449,5 @@ def start_vs_repaired(pair, start: str, repaired: str) -> go.Figure:
     fig.update_yaxes(title_text="P(gold answer)", range=[-0.02, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="nats", row=2, col=1)
     fig.update_xaxes(title_text="position (negative: inside the report)", row=2, col=1)
-    fig.update_layout(height=420, legend={"orientation": "h", "y": -0.2}, margin={"t": 20, "l": 10, "r": 10})
+    fig.update_layout(height=480, legend=LEGEND_BELOW, margin={"t": 20, "l": 10, "r": 10, "b": 10})
     return fig

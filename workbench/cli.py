@@ -13,6 +13,10 @@ of ``core.jobs.registry``, their flags generated from their configs) and the sam
     workbench counterfactuals --workspace DIR --world DIR --dataset test --n 50   # a counterfactual batch
     workbench evaluate --world DIR [--checkpoint NAME]... [--limit N] [--record]   # held-out figures per checkpoint
     workbench world create --name NAME --base DIR --checkpoints DIR... --data FILE... [--graph F] [--eval F]
+    workbench families [--markdown]             # the model families served and what is tested on each
+    workbench watch --run DIR --base DIR --data FILE [--out DIR] [--once]   # drift watch of a running job
+    workbench watch plugin --out cot_drift_watch.py     # the trainer callback / ms-swift plugin as one file
+    workbench demo --watch                      # a live GRPO run with the watch attached (workbench.demo.watch_demo)
     accelerate launch -m core.jobs.worker train --config run.json     # the same on several GPUs or with DeepSpeed
 """
 
@@ -107,7 +111,7 @@ def cmd_app(args: argparse.Namespace, world_path: Path | None = None) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(args.port),
            "--server.address", args.host, "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
            "--server.headless", "true"]
-    url = f"http://localhost:{args.port}"
+    url = f"http://localhost:{args.port}" + getattr(args, "open_path", "")
     print(f"workbench: world {world.root}\nworkbench: workspace {ws.root}\nworkbench: open {url}", flush=True)
     proc = subprocess.Popen(cmd, env=env)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stopping `workbench` stops its server, never orphans it
@@ -211,6 +215,14 @@ def cmd_world_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_families(args: argparse.Namespace) -> int:
+    """Print the family matrix (``core.models.families.matrix``: the table the code dispatches on)."""
+    from core.models.families.matrix import readme_block, text_table
+
+    print(readme_block() if args.markdown else text_table())
+    return 0
+
+
 def _demo_graph() -> Path | None:
     """The demo's text world's concept graph (``world create`` starts from it without --graph), if provided."""
     path = plugins.provided_worlds().get(DEMO_WORLD)
@@ -255,7 +267,16 @@ def parser() -> argparse.ArgumentParser:
                            help="which provided world opens first: the sample text one (text, the default) or the "
                                 "multimodal one (multimodal: films and a tiny Qwen2.5-VL), or any world an installed "
                                 "package provides (entry points cot_drift_workbench.worlds); the picker offers all")
+            p.add_argument("--watch", action="store_true", help="also start a short real RFT (TRL GRPOTrainer on the "
+                           "text world's shifting stream, CPU) with the drift watch attached; opens the Watch page")
+            p.add_argument("--watch-config", type=expand, default=None, help="with --watch: the run's settings, a JSON "
+                           "of workbench.demo.watch_demo.WatchDemoConfig fields (steps, lr, save_steps, ...)")
     for kind in registry.KINDS.values():  # the engine's jobs: flags from their configs and options
+        if kind.name == "watch":  # its own command: the job's flags, --job, and `watch plugin`
+            from workbench import watch_cli
+
+            watch_cli.add_parser(sub)
+            continue
         job_args(sub.add_parser(kind.name, help=kind.help), kind.name)
     p = sub.add_parser("evaluate", help="a world's held-out figures for its base and checkpoints (JSON lines)")
     p.add_argument("--world", type=Path, required=True)
@@ -264,6 +285,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true",
                    help="keep the figures as the world's metrics.json (the Home page's drift table, the runs page's "
                         "'before' row); not for the sample world")
+    p = sub.add_parser("families", help="the model families the workbench serves (by config.json model_type), "
+                       "what is tested on each, and the types refused by name")
+    p.add_argument("--markdown", action="store_true", help="as the README's block (Markdown)")
     p = sub.add_parser("world", help="register your own run as a world (then: workbench app --world DIR)")
     w = p.add_subparsers(dest="world_command", required=True).add_parser(
         "create", help="a world from your base model, checkpoint series, trajectories, graph and held-out set")
@@ -277,7 +301,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--eval", type=Path, help="held-out labelled trajectories for evaluating checkpoints and runs")
     w.add_argument("--workspace", type=Path, default=None, help="the workspace that keeps the world")
     p = sub.add_parser("build-sample", help="rebuild a sample world from scratch (seeded, about 5 minutes on CPU "
-                       "for the text world, sample_data/; about 10 for the multimodal one, sample_data/multimodal/)")
+                       "for the text world, sample_data/; 3.5 for the multimodal one, sample_data/multimodal/, up to 7 on "
+                       "busy shared cores)")
     p.add_argument("--world", choices=SAMPLE_WORLD_NAMES, default="text", help="which sample world to build")
     p.add_argument("--out", type=expand, default=None,
                    help="where (default: sample_data/ for the text world, sample_data/multimodal/ for the other)")
@@ -310,13 +335,25 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "app":
             return cmd_app(args)
         if args.command == "demo":
+            if args.watch:  # a live run for the Watch page (workbench.demo.watch_demo)
+                from workbench.demo import SAMPLE_WORLDS, watch_demo
+
+                watch_demo.start(_open_workspace(args.workspace), SAMPLE_WORLDS["text"],
+                                 watch_demo.load_config(args.watch_config))
+                args.open_path = "/watch"
             return cmd_app(args, world_path=plugins.provided_world(args.world))
+        if args.command == "watch":
+            from workbench import watch_cli
+
+            return watch_cli.run(args, _open_workspace)
         if args.command in registry.KINDS:
             return cmd_job(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
         if args.command == "world":
             return cmd_world_create(args)
+        if args.command == "families":
+            return cmd_families(args)
         return cmd_build_sample(args)
     except InputError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ import json
 import re
 
 import networkx as nx
+import numpy as np
 from pyvis.network import Network
 
 from core.graph import concepts
@@ -25,9 +26,13 @@ from workbench.diffview import diff_html
 COLORS = {"disease": "#4C72B0", "finding": "#DD8452", "supports": "#2CA02C", "excludes": "#D62728", "dim": "#D9D9D9"}
 SHAPES = {"disease": "box", "finding": "ellipse"}
 LABEL_SIZE = 20  # px at scale 1; vis-network's default 14 is unreadable once the whole graph is fitted
-MIN_START_SCALE = 0.7  # after the layout settles, zoom in to at least this (labels of ~14 px); pan for the rest
-OPTIONS = {"physics": {"barnesHut": {"gravitationalConstant": -9000, "springLength": 110},
-                       "stabilization": {"iterations": 150}},
+MIN_START_SCALE = 0.4  # the whole graph is fitted into the canvas; never drawn smaller than this (pan for the rest)
+HEIGHT = 720  # px of the canvas: the 44-node sample graph fits at a readable scale
+ASPECT = 1.35  # width / height of the canvas at the page's usual width: the layout is spread to these proportions
+FILL = 0.4  # share of the layout's area that the labelled nodes cover (the rest: room for the edges)
+# The layout is computed here (``layout``: deterministic, no labelled node on another) and drawn as it is; vis'
+# own physics drew the hubs ("opacity", "clear lungs") on top of each other and pushed nodes out of the canvas.
+OPTIONS = {"physics": {"enabled": False},
            "edges": {"arrows": {"to": {"enabled": True, "scaleFactor": 0.5}}, "smooth": False},
            "interaction": {"hover": True, "navigationButtons": False}}
 # the pyvis template links bootstrap from a CDN; the workbench is offline, and the page does not need it
@@ -38,14 +43,56 @@ def neighbourhood(graph: nx.DiGraph, node) -> set:
     return {node} | set(graph.predecessors(node)) | set(graph.successors(node)) if node in graph else set()
 
 
-def graph_html(graph: nx.DiGraph, highlight: str | None = None, height: int = 560) -> str:
+def node_box(label: str, kind: str) -> tuple[float, float]:
+    """The size of a drawn node at scale 1 (px): its label at ``LABEL_SIZE`` in a box (disease) or an ellipse
+    (finding, wider and taller around the same text)."""
+    text = 0.56 * LABEL_SIZE * len(label)
+    return (text + 14, LABEL_SIZE + 12) if kind == "disease" else (text * 1.12 + 30, LABEL_SIZE + 20)
+
+
+def layout(graph: nx.DiGraph, gap: float = 14.0, rounds: int = 300) -> dict:
+    """Node -> (x, y) in canvas px at scale 1: the graph's shape from a force layout (networkx's Kamada-Kawai,
+    deterministic), spread to ``ASPECT`` over an area the labelled nodes fill to ``FILL``, then every pair of
+    labelled boxes that overlap pushed apart along the axis they overlap least, until none does (``gap`` px
+    between them)."""
+    nodes = list(graph)
+    if len(nodes) < 2:
+        return {n: (0.0, 0.0) for n in nodes}
+    pos = nx.kamada_kawai_layout(graph.to_undirected())
+    xy = np.array([pos[n] for n in nodes], dtype=float)  # (n, 2)
+    sizes = np.array([node_box(str(graph.nodes[n].get("label", n)), graph.nodes[n].get("kind", "finding"))
+                      for n in nodes]) + gap  # (n, 2)
+    height = np.sqrt(np.prod(sizes, axis=1).sum() / FILL / ASPECT)
+    span = np.ptp(xy, axis=0)
+    xy = (xy - xy.min(axis=0)) / np.where(span > 0, span, 1.0)
+    ranks = xy.argsort(axis=0).argsort(axis=0) / (len(nodes) - 1)  # each node's order along x and along y
+    xy = ((xy + ranks) / 2 - 0.5) * [ASPECT * height, height]  # a dense core spread out, the order kept
+    half = sizes / 2
+    order = np.sign(np.arange(len(nodes))[:, None] - np.arange(len(nodes))[None, :])[..., None]  # ties: by index
+    for _ in range(rounds):
+        d = xy[:, None, :] - xy[None, :, :]  # (n, n, 2): from j to i
+        over = half[:, None, :] + half[None, :, :] - np.abs(d)  # (n, n, 2): overlap along x and y
+        hit = (over > 0).all(axis=-1)
+        np.fill_diagonal(hit, False)
+        if not hit.any():
+            break
+        least = np.arange(2) == over.argmin(axis=-1)[..., None]  # (n, n, 2): the axis to separate along
+        direction = np.where(d != 0, np.sign(d), order)
+        xy += (np.where(least & hit[..., None], over / 2 + 0.5, 0.0) * direction).sum(axis=1)
+    return {n: (float(x), float(y)) for n, (x, y) in zip(nodes, xy, strict=True)}
+
+
+def graph_html(graph: nx.DiGraph, highlight: str | None = None, height: int = HEIGHT) -> str:
     """A pyvis page of ``graph``: diseases as boxes, findings as ellipses, supports green, excludes red
-    (dashed), edge width by weight; with ``highlight``, that node's neighbourhood in colour, the rest grey."""
+    (dashed), edge width by weight, laid out by ``layout`` (no labelled node on another) and fitted into the
+    canvas; with ``highlight``, that node's neighbourhood in colour, the rest grey."""
     near = neighbourhood(graph, highlight) if highlight is not None else set(graph)
     net = Network(height=f"{height}px", width="100%", directed=True, cdn_resources="in_line")
+    at = layout(graph)
     for node, a in graph.nodes(data=True):
         kind = a.get("kind", "finding")
         net.add_node(str(node), label=str(a.get("label", node)), title=_tooltip(graph, node),
+                     x=at[node][0], y=at[node][1],
                      shape=SHAPES.get(kind, "ellipse"), color=COLORS[kind] if node in near else COLORS["dim"],
                      font={"color": "#ffffff" if kind == "disease" and node in near else "#222222",
                            "size": LABEL_SIZE},
@@ -57,12 +104,11 @@ def graph_html(graph: nx.DiGraph, highlight: str | None = None, height: int = 56
                      dashes=rel == "excludes", title=f"{a.get('label', u)} {rel} {v} ({w:g})")
     net.set_options(json.dumps(OPTIONS))
     page = _CDN.sub("", net.generate_html(notebook=False))
-    # whichever comes first after the fit (stabilisation may end before this script runs): zoom in once
+    # once drawn (or at once, if it was drawn before this script ran): the whole graph fitted into the canvas
     page = page.replace("</body>", "<script>var wbZoomed = false; function wbZoom() { if (wbZoomed) return; "
-                        f"wbZoomed = true; if (network.getScale() < {MIN_START_SCALE}) "
-                        f"network.moveTo({{scale: {MIN_START_SCALE}}}); }}"
-                        "network.once('stabilizationIterationsDone', wbZoom); network.once('stabilized', wbZoom); "
-                        "setTimeout(wbZoom, 1500);</script></body>", 1)
+                        "wbZoomed = true; network.fit({animation: false}); "
+                        f"if (network.getScale() < {MIN_START_SCALE}) network.moveTo({{scale: {MIN_START_SCALE}}}); }}"
+                        "network.once('afterDrawing', wbZoom); setTimeout(wbZoom, 300);</script></body>", 1)
     if highlight in graph:
         page = page.replace("</body>", f"<script>network.selectNodes([{_js(str(highlight))}]);</script></body>", 1)
     _check_escaped(graph, page)

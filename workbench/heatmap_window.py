@@ -14,7 +14,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.drift import explore
-from workbench import resources, state, ui
+from workbench import charts, resources, state, ui
 
 WIDTHS = (40, 80, 150, 200, 300, 400)  # 80: every token labelled at the page's width; wider: every k-th
 
@@ -31,7 +31,8 @@ def show(path: str, stamp: str, traj_id: str, metric: str, include_prompt: bool)
     start = _controls(m, width) if m.width > width else m.positions[0]
     focus = st.session_state.get(state.TRAJ_FOCUS)
     ui.figure(resources.token_heatmap(path, stamp, traj_id, metric, include_prompt, start, width, focus),
-              "token-heatmap", f"heatmap-{traj_id}-{metric}")
+              "token-heatmap", f"heatmap-{traj_id}-{metric}-from-{start}",
+              title=f"{traj_id}: {charts.SHORT_METRIC.get(metric, metric)} per checkpoint and token")
 
 
 def _controls(m: explore.TokenMatrix, width: int) -> int:

@@ -189,7 +189,8 @@ def token_heatmap(path: str, stamp: str, traj_id: str, metric: str, include_prom
     c0 = explore.window_column(m.positions, start, width)
     shown = m.positions[c0: c0 + width]
     w = explore.window(m, shown[0], width, window_rows(path, stamp, traj_id, shown[0], shown[-1]))
-    return charts.token_heatmap(w, minimap=explore.minimap(m) if m.width > width else None, focus=focus)
+    return charts.token_heatmap(w, minimap=explore.minimap(m) if m.width > width else None, focus=focus,
+                                branches=analysis_branches(path, stamp))
 
 
 @st.cache_resource(max_entries=256)
@@ -197,7 +198,15 @@ def belief_lines(path: str, stamp: str, traj_id: str):
     from core.drift import explore
     from workbench import charts
 
-    return charts.belief_lines(explore.belief_path(trajectory_rows(path, stamp, "beliefs", traj_id), traj_id))
+    return charts.belief_lines(explore.belief_path(trajectory_rows(path, stamp, "beliefs", traj_id), traj_id),
+                               branches=analysis_branches(path, stamp))
+
+
+def analysis_branches(path: str, stamp: str) -> dict:
+    """The CPO runs among an analysis's checkpoints (``core.models.branches.run_branches``): drawn as branches."""
+    from core.models.branches import run_branches
+
+    return run_branches(analysis_view(path, stamp).config.checkpoints)
 
 
 @st.cache_resource(max_entries=256)

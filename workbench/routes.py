@@ -25,6 +25,10 @@ def perturbation():
     return st.Page(PAGES / "perturbation.py", title="Perturbation lab", icon=":material/swap_horiz:")
 
 
+def watch():
+    return st.Page(PAGES / "watch.py", title="Watch", icon=":material/monitor_heart:")
+
+
 def graph_editor():
     return st.Page(PAGES / "graph_editor.py", title="Concept graph", icon=":material/hub:")
 
@@ -42,5 +46,5 @@ def runs():
 
 
 def navigation() -> dict:
-    return {"Workbench": [home()], "Drift": [checkpoints(), explorer(), perturbation()],
+    return {"Workbench": [home()], "Drift": [checkpoints(), explorer(), perturbation(), watch()],
             "Repair": [graph_editor(), counterfactuals(), curation(), runs()]}

@@ -8,52 +8,89 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from workbench import state
+from workbench import figures, state
 from workbench.safe_text import inert
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "figure"
+# Page-wide rules (app.py renders them once): an image never runs past its column (a fixed width in a narrow
+# column spilled over its neighbours); presentation mode enlarges the type and hides the sidebar's toggle.
+STYLE = ("[data-testid='stColumn'] [data-testid^='stImage'] {max-width: 100%;} "
+         "[data-testid='stColumn'] [data-testid^='stImage'] img {max-width: 100%; height: auto;}")
+PRESENTATION_STYLE = ("html, .stMarkdown p, .stDataFrame {font-size: 1.25rem;} "
+                      "[data-testid='stSidebarCollapsedControl'] {display: none;}")
 
 
-def plot_config(name: str) -> dict:
-    """Plotly's camera button downloads the figure as PNG or SVG (chosen in the sidebar), drawn by the
-    browser itself: no server-side renderer, works offline."""
-    scale = 2 if st.session_state.get(state.FIG_FORMAT, "png") == "png" else 1
-    return {"displaylogo": False,
-            "toImageButtonOptions": {"format": st.session_state.get(state.FIG_FORMAT, "png"),
-                                     "filename": _slug(name), "scale": scale}}
+def style() -> None:
+    """The page-wide CSS (``STYLE``, and ``PRESENTATION_STYLE`` when presenting)."""
+    presenting = st.session_state.get(state.PRESENTATION)
+    st.html(f"<style>{STYLE} {PRESENTATION_STYLE if presenting else ''}</style>")
 
 
-def figure(fig: go.Figure, key: str, name: str, **kwargs):
-    """Show ``fig``; offer it as a self-contained interactive HTML file (built only when clicked)."""
+def _file_name(name: str) -> str:
+    """A download's file name: the world first, then what the caller names (view, trajectory, checkpoint)."""
+    return figures.file_name(state.world_path().name, name)
+
+
+def figure(fig: go.Figure, key: str, name: str, title: str = "", **kwargs):
+    """Show ``fig`` titled ``title`` (what it shows; the world is added), scaled up in presentation mode; the
+    camera button saves it as PNG or SVG (the sidebar's choice) at a slide's size, and "Interactive HTML"
+    offers it as a self-contained page (built only when clicked). Files are named world-``name``."""
+    world = state.world_path().name
+    fig = figures.finished(fig, f"{title} · {world}" if title else "")  # a copy: figures may come from a cache
     if st.session_state.get(state.PRESENTATION):
-        fig = go.Figure(fig).update_layout(font={"size": 16})  # a copy: figures may come from a shared cache
-    event = st.plotly_chart(fig, key=key, config=plot_config(name), **kwargs)
-    st.download_button("Interactive HTML", lambda: fig.to_html(include_plotlyjs=True, full_html=True),
-                       file_name=f"{_slug(name)}.html", mime="text/html", key=f"{key}-html",
-                       icon=":material/download:", type="tertiary", on_click="ignore")
+        fig = figures.scaled(fig, figures.PRESENTATION_SCALE)
+    config = figures.plot_config(_file_name(name), st.session_state.get(state.FIG_FORMAT) or "png", fig)
+    event = st.plotly_chart(fig, key=key, config=config, **kwargs)
+    st.download_button("Interactive HTML", lambda: figures.html_file(fig, config), file_name=f"{_file_name(name)}.html",
+                       mime="text/html", key=f"{key}-html", icon=":material/download:", type="tertiary",
+                       on_click="ignore")
     return event
 
 
 def table(df: pd.DataFrame, key: str, name: str, **kwargs):
-    """Show ``df``; offer it as CSV (built only when clicked)."""
-    event = st.dataframe(df, key=key, hide_index=kwargs.pop("hide_index", True), **kwargs)
-    st.download_button("CSV", lambda: df.to_csv(index=False), file_name=f"{_slug(name)}.csv", mime="text/csv",
+    """Show ``df`` with readable column names (``column_labels``; a caller's ``column_config`` wins); offer it
+    as CSV under its own column names (built only when clicked)."""
+    config = column_labels(df.columns)
+    for column, given in (kwargs.pop("column_config", None) or {}).items():  # a config without a label keeps ours
+        config[column] = {**given, "label": given.get("label") or config.get(column)} if isinstance(given, dict) else given
+    event = st.dataframe(df, key=key, hide_index=kwargs.pop("hide_index", True), column_config=config, **kwargs)
+    st.download_button("CSV", lambda: df.to_csv(index=False), file_name=f"{_file_name(name)}.csv", mime="text/csv",
                        key=f"{key}-csv", icon=":material/download:", type="tertiary", on_click="ignore")
     return event
+
+
+# Column names whose words alone would mislead or read as code; every other snake_case name shows with spaces.
+COLUMN_LABELS = {
+    "traj_id": "trajectory", "kl_base": "KL to base", "kl_prev": "KL to previous", "js_base": "JS to base",
+    "js_prev": "JS to previous", "mean_kl_base": "mean KL to base", "mean_effect_drift": "mean effect drift",
+    "follows_image": "answer = swapped image's label", "flip_rate": "flip rate", "n": "count",
+    "final_gold_prob": "final gold belief", "gold_prob": "gold belief", "logprob": "log-prob",
+}
+
+
+def column_labels(columns) -> dict:
+    """Streamlit column labels for raw table columns: ``COLUMN_LABELS``, else the name with spaces."""
+    return {c: COLUMN_LABELS.get(c, c.replace("_", " ")) for c in columns
+            if isinstance(c, str) and (c in COLUMN_LABELS or "_" in c)}
 
 
 def controls(label: str, expanded: bool = True):
     """A container for a page's settings: open normally, tucked into a closed expander when presenting."""
     return st.expander(label, expanded=expanded and not st.session_state.get(state.PRESENTATION, False))
+
+
+def side_by_side(spec: list[int]) -> list:
+    """Columns for charts that sit side by side on a screen; stacked, each the page's whole width, when presenting
+    (a chart's larger type in a narrow column left no room for its labels)."""
+    if st.session_state.get(state.PRESENTATION):
+        return [st.container() for _ in spec]
+    return list(st.columns(spec))
 
 
 def number(value) -> float | None:
@@ -85,25 +122,31 @@ def live_fragment(body, is_live, flag: str) -> None:
     st.fragment(panel, run_every=1.0 if is_live() else None)()
 
 
-def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, world=None) -> None:
-    """The latest background jobs of ``kind`` (of the folder ``world``, when given: the open world's): live progress
-    with ETA and Cancel while running (the panel redraws itself every second), the log when one fails, and
-    ``done_actions(job, main, side)`` to show or open a finished job's result. When the last running job ends, the
-    whole page reruns."""
+def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, select=None, world=None) -> None:
+    """The latest background jobs of ``kind`` (of the folder ``world``, when given: the open world's; those
+    ``select(job)`` keeps, if given): live progress with ETA and Cancel while running (the panel redraws itself every
+    second), the log when one fails, and ``done_actions(job, main, side)`` to show or open a finished job's result.
+    When the last running job ends, the whole page reruns."""
     from core.jobs import supervisor as jobs
 
+    def latest() -> list:
+        return [j for j in jobs.list_jobs(job_dirs, kind, world) if select is None or select(j)][:limit]
+
     def panel() -> None:
-        recent = jobs.list_jobs(job_dirs, kind, world)[:limit]
+        recent = latest()
         for job in recent:
             status, p = job.state(), job.progress()
             with st.container(border=True):
                 main, side = st.columns([5, 1])
-                main.markdown(f"**{inert(job.title)}** · {status} · {duration(p['elapsed_s'])}")
+                cancelling = status == "running" and job.cancelling
+                shown = "cancelling…" if cancelling else status
+                main.markdown(f"**{inert(job.title)}** · {shown} · {duration(p['elapsed_s'])}")
                 if status == "running":
-                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {inert(p.get('message', ''))} · "
-                                                            f"ETA {duration(p['eta_s'])}")
-                    if side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:"):
-                        job.cancel()
+                    what = "stopping after the current step" if cancelling else inert(p.get("message", ""))
+                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {what} · ETA {duration(p['eta_s'])}")
+                    # on_click: the cancel is asked before this rerun draws the panel, so it shows at once
+                    side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:", on_click=job.cancel,
+                                disabled=cancelling)
                 elif status == "done":
                     done_actions(job, main, side)
                 elif p.get("message"):  # what a cancelled or failed job did before it stopped (what it stored)
@@ -112,8 +155,7 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, world=None) ->
                     with main.expander("Log", expanded=status in ("failed", "died")):
                         st.code(job.log_tail(15) or "(empty)", language="text")
 
-    live_fragment(panel, lambda: any(j.state() == "running" for j in jobs.list_jobs(job_dirs, kind, world)[:limit]),
-                  state.running_flag(kind))
+    live_fragment(panel, lambda: any(j.state() == "running" for j in latest()), state.running_flag(kind))
 
 
 def branch_comparison(path: str, stamp: str, branches: dict) -> None:
@@ -153,7 +195,7 @@ def branch_trajectory(path: str, stamp: str, traj_id: str, branches: dict) -> No
     st.markdown("**Start vs repaired on this trajectory**")
     name = pick_branch(branches, "traj_branch_run")
     figure(resources.start_vs_repaired(path, stamp, traj_id, branches[name].start, name), "branch-trajectory",
-           f"start-vs-{name}-{traj_id}")
+           f"start-vs-{name}-{traj_id}", title=f"{traj_id} under {branches[name].start} and the CPO run {name}")
 
 
 def world_picker() -> None:
@@ -217,11 +259,15 @@ def world_analyses(ws, world) -> tuple[list, list]:
     from core.drift.analysis import list_analyses, of_world
     from core.jobs.supervisor import list_jobs
 
+    from core.watch.views import watch_analyses
+
     found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+    watched = list_analyses(*watch_analyses(ws.root))  # a watched training run's: of no world, always offered
     if world is None:
-        return found, []
+        return sorted(found + watched, key=lambda a: a.created, reverse=True), []
     own = of_world(found, world, {j.meta.get("out", "") for j in list_jobs(ws.job_dirs, "score", world.root)})
-    return own, [a for a in found if a not in own]
+    return sorted(own + [w for w in watched if w not in own], key=lambda a: a.created, reverse=True), \
+        [a for a in found if a not in own]
 
 
 def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
@@ -245,16 +291,17 @@ def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     return found[paths.index(chosen)]
 
 
-def images(paths: list[str] | None, caption: str = "") -> None:
+def images(paths: list[str] | None, caption: str = "", width: int | str | None = None) -> None:
     """A trajectory's images beside its text (a study's X-ray): each read through ``core.io.images`` (size and
-    pixel limits checked), shown at a readable width, larger in presentation mode; a missing or unreadable
-    file is named in a warning instead of breaking the page. Nothing is drawn for a text-only record."""
+    pixel limits checked), shown at a readable width (``width``: pixels or "stretch", default 300 px, 520 in
+    presentation mode; never wider than its column, ``STYLE``); a missing or unreadable file is named in a
+    warning instead of breaking the page. Nothing is drawn for a text-only record."""
     from core.errors import InputError
     from core.io.images import ImageRef, load_image
 
     if not paths:
         return
-    width = 520 if st.session_state.get(state.PRESENTATION) else 300
+    width = width or (520 if st.session_state.get(state.PRESENTATION) else 300)
     columns = st.columns(len(paths)) if len(paths) > 1 else [st.container()]
     for i, (path, column) in enumerate(zip(paths, columns, strict=True)):
         try:

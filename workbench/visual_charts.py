@@ -41,21 +41,26 @@ def _grid(rows: pd.DataFrame, value: str) -> tuple[list[int], list[int], np.ndar
     return xs, ys, z
 
 
+MIN_SPAN = 1.0  # percentage points: the colour scale never stretches a smaller effect to full colour
+
+
 def occlusion_heatmap(image: np.ndarray, rows: pd.DataFrame, label: str, value: str = "drop") -> go.Figure:
     """The image (``(H, W, 3)`` uint8) with, on top, a semi-transparent heatmap of ``value`` (the drop of the
-    belief in ``label`` when a patch is greyed) per patch; one heatmap per checkpoint, picked by a slider.
-    ``rows``: ``core.perturb.visual.occlusion_test`` rows of one trajectory. Red: covering the patch lowers the belief
-    (the answer leans on it); blue: raises it. One colour scale for every checkpoint, so they compare."""
+    belief in ``label`` when a patch is greyed) per patch, in percentage points; one heatmap per checkpoint,
+    picked by a slider. ``rows``: ``core.perturb.visual.occlusion_test`` rows of one trajectory. Red: covering
+    the patch lowers the belief (the answer leans on it); blue: raises it. One colour scale for every
+    checkpoint, so they compare, from the largest change (at least ``MIN_SPAN`` points, so that noise of 1e-4
+    stays white instead of filling the scale)."""
     part = rows[rows["label"] == label]
     order = part.drop_duplicates("checkpoint").sort_values("step")["checkpoint"].tolist()
-    span = max(float(part[value].abs().max()), 1e-9) if len(part) else 1.0
+    span = max(100 * float(part[value].abs().max()), MIN_SPAN) if len(part) else MIN_SPAN
     fig = go.Figure(go.Image(z=image, x0=0.5, y0=0.5, hoverinfo="skip"))  # pixel i spans [i, i + 1]: the patches' edges
     for i, name in enumerate(order):
         xs, ys, z = _grid(part[part["checkpoint"] == name], value)
         fig.add_trace(go.Heatmap(
-            x=xs, y=ys, z=z, zmin=-span, zmid=0, zmax=span, colorscale="RdBu_r", opacity=0.55, visible=i == 0,
-            name=html.escape(name), colorbar={"title": f"{value} of<br>P({html.escape(label)})"},
-            hovertemplate=f"{html.escape(name)}: {value} %{{z:.4f}}<extra></extra>"))
+            x=xs, y=ys, z=100 * z, zmin=-span, zmid=0, zmax=span, colorscale="RdBu_r", opacity=0.55, visible=i == 0,
+            name=html.escape(name), colorbar={"title": f"{value} of<br>P({html.escape(label)}),<br>points"},
+            hovertemplate=f"{html.escape(name)}: {value} %{{z:.1f}} points<extra></extra>"))
     steps = [{"label": html.escape(n), "method": "update",
               "args": [{"visible": [True] + [j == i for j in range(len(order))]}]} for i, n in enumerate(order)]
     h, w = image.shape[:2]

@@ -28,47 +28,25 @@ KIND = "visual"  # the job kind (core.jobs.registry)
 EACH = "one of each other label"
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _records(data: str, stamp: float) -> list[dict]:  # stamp: the data file's mtime, so an edit is read again
-    from core.io.vl_records import read_vl_records
-
-    return read_vl_records(data)
-
-
-def image_section(ws, world) -> None:
+def image_section(ws, world, base: visual.VisualConfig, record: dict, labels: list[str], n_records: int) -> None:
+    """The Image section for ``record`` (the study the page picked, shown above it): swap its image, occlude
+    patches of it, or swap every study's image, under ``base``'s series (the analysis's, CPO runs included)."""
     st.header("Image")
     st.caption("Keep the CoT, change the image: swap in another study's X-ray, or grey one patch at a time. A model "
                "that reads the image moves its answer belief; one that answers from the report alone does not.")
-    names = list(world.manifest["datasets"])
-    with ui.controls("Image counterfactuals: data"):
-        dataset = st.selectbox("Dataset", names, key="vis_dataset")
-    base = visual.VisualConfig.from_world(world, dataset)
-    try:
-        records = _records(base.data, Path(base.data).stat().st_mtime)
-        labels = visual.data_labels(base, records)
-    except (InputError, OSError) as e:
-        st.error(f"Cannot read this world's images or trajectories: {e}")
-        return
-    by_id = {r["id"]: r for r in records}
-    traj = st.selectbox("Trajectory", list(by_id), key="vis_trajectory",
-                        format_func=lambda t: f"{t} · {by_id[t].get('label') or '?'}")
-    record = by_id[traj]
-    left, right = st.columns([1, 2])
-    with left:
-        ui.images(visual.image_paths(record), caption=f"{traj} · {record.get('label') or '?'}")
-    right.text(f"{record['prompt']}\n{record['completion']}")
-    folder = visual.results_dir(ws, world)
-    busy = any(j.state() == "running" for j in jobs.list_jobs(ws.job_dirs, KIND, world.root))
+    folder = visual.results_dir(ws, world.name if world is not None else Path(base.data).parent.name)
+    mine = world.root if world is not None else None  # the open world's jobs
+    busy = any(j.state() == "running" for j in jobs.list_jobs(ws.job_dirs, KIND, mine))
     swap_tab, occlusion_tab, dataset_tab = st.tabs(["Image swap", "Region occlusion", "Over the dataset"])
     with swap_tab:
         _swap_form(ws, world, folder, base, record, labels, busy)
     with occlusion_tab:
         _occlusion_form(ws, world, folder, base, record, busy)
     with dataset_tab:
-        _dataset_form(ws, world, folder, base, labels, len(records), busy)
+        _dataset_form(ws, world, folder, base, labels, n_records, busy)
     ui.jobs_panel(ws.job_dirs, KIND, lambda job, main, side: main.caption("Done: its result is listed below."),
-                 world=world.root)
-    _results(folder, traj)
+                 world=mine)
+    _results(folder, record["id"])
 
 
 def _targets(key: str, labels: list[str]) -> list[str]:
@@ -83,7 +61,7 @@ def _launch(ws, world, folder: Path, cfg: visual.VisualConfig, title: str, busy:
                  help="runs in the background; one visual job at a time" if busy else None):
         out = visual.result_path(folder, cfg)
         registry.launch(ws, KIND, cfg, VisualOptions(out=str(out), force=True), title=title, meta={"out": str(out)},
-                        world=world.root)
+                        world=world.root if world is not None else None)
         st.rerun()
 
 
@@ -104,11 +82,15 @@ def _occlusion_form(ws, world, folder, base, record, busy) -> None:
     if len(visual.image_paths(record)) != 1:
         st.info(f"Occlusion takes a study with one image; {record['id']} has {len(visual.image_paths(record))}.")
         return
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 3])
     grid = c1.selectbox("Patches per side", [4, 8, 2, 16], key="vis_grid",
                         help="grid x grid variants, one patch greyed in each")
     mode = c2.radio("Cover", ["grid", "one rectangle"], key="vis_cover", horizontal=True)
     fill = c3.number_input("Grey level (-1: the image's mean)", -1, 255, -1, key="vis_fill")
+    at = c4.radio("Read the belief", list(visual.OCCLUSION_AT), key="vis_occ_at", horizontal=True,
+                  format_func=lambda a: visual.OCCLUSION_AT[a],
+                  help="before the CoT: what the image (and the prompt) alone make the model believe. At the end "
+                       "of a CoT that names its answer, covering a patch moves the belief by 1e-4 or less")
     region = None
     if mode == "one rectangle":
         cols = st.columns(4)
@@ -116,7 +98,7 @@ def _occlusion_form(ws, world, folder, base, record, busy) -> None:
                   for c, n, v in zip(cols, ("x0", "y0", "x1", "y1"), (0, 0, 32, 32), strict=True)]
     try:
         cfg = dataclasses.replace(base, kind="occlusion", traj_ids=[record["id"]], grid=int(grid), region=region,
-                                  fill=None if fill < 0 else int(fill))
+                                  fill=None if fill < 0 else int(fill), occlusion_at=at)
     except ValueError as e:
         st.error(str(e))
         return
@@ -156,10 +138,35 @@ def _results(folder: Path, traj: str) -> None:
     if visual.result_kind(path) == "occlusion":
         _occlusion_result(df, traj, path.stem)
     else:
-        _swap_result(df, path.stem)
+        _swap_result(df, path.stem, traj)
 
 
-def _swap_result(df, name: str) -> None:
+def _swap_gallery(df, traj: str) -> None:
+    """One study's own image and each image swapped in, side by side, each with its answer and beliefs under
+    every checkpoint (end of the CoT): what the tables of file paths said, drawn."""
+    end = df[df["is_end"]]
+    ids = list(dict.fromkeys(end["traj_id"]))
+    shown = st.selectbox("Study", ids, index=ids.index(traj) if traj in ids else 0, key="vis_swap_study") \
+        if len(ids) > 1 else ids[0]
+    rows = end[end["traj_id"] == shown]
+    gold = rows["gold"].iloc[0]
+    own = rows.drop_duplicates("checkpoint")[["checkpoint", "answer_before", "belief_before"]].rename(
+        columns={"answer_before": "answer", "belief_before": f"P({gold})"})
+    panels = [(rows["image"].iloc[0].split("; "), f"own image · {gold}", own)]
+    for (image, donor, label), part in rows.groupby(["swapped_image", "swapped_id", "swapped_label"], sort=False):
+        table = part[["checkpoint", "answer_after", "belief_original", "belief_swapped", "flipped"]].rename(
+            columns={"answer_after": "answer", "belief_original": f"P({gold})", "belief_swapped": f"P({label})",
+                     "flipped": "flip"})
+        panels.append((image.split("; "), f"image of {donor} · {label}", table))
+    for row in range(0, len(panels), 3):  # three a row: each image with its table under it
+        for col, (images, caption, table) in zip(st.columns(3), panels[row: row + 3], strict=False):
+            with col:
+                ui.images(images, caption, width="stretch")
+                st.dataframe(table, hide_index=True, column_config=ui.column_labels(table.columns),
+                             key=f"vis-gallery-{shown}-{caption}")
+
+
+def _swap_result(df, name: str, traj: str) -> None:
     if (~df["is_end"]).any():  # probed along the CoT: one study's belief paths, own vs swapped image
         pairs = df.drop_duplicates(["traj_id", "swapped_id"])
         pick = st.selectbox("Swap", range(len(pairs)), key="vis_swap_pair", format_func=lambda i: (
@@ -167,13 +174,21 @@ def _swap_result(df, name: str) -> None:
             f"({pairs.iloc[i]['swapped_label']})"))
         chosen = pairs.iloc[pick]
         rows = df[(df["traj_id"] == chosen["traj_id"]) & (df["swapped_id"] == chosen["swapped_id"])]
-        ui.figure(visual_charts.swap_belief_paths(rows), "vis-swap-paths", f"image-swap-belief-{chosen['traj_id']}")
+        ui.figure(visual_charts.swap_belief_paths(rows), "vis-swap-paths", f"image-swap-belief-{chosen['traj_id']}",
+                  title=f"{chosen['traj_id']}: belief along the CoT, own vs swapped image")
     end = df[df["is_end"]]
     st.markdown(f"The answer flips in **{int(end['flipped'].sum())}** of {len(end)} swaps x checkpoints.")
+    _swap_gallery(df, traj)
     rates = visual.swap_flip_rates(df)
-    ui.figure(visual_charts.swap_flip_chart(rates), "vis-flip-chart", f"image-swap-flips-{name}")
+    st.caption("Flip rate: the share of swaps whose answer changed. Answer = swapped image's label: the share "
+               "whose answer *became* that label (a part of the flips; a study already answered with that "
+               "label under its own image did not follow the image). Belief change: P(true label) with the "
+               "swapped image minus with its own.")
+    ui.figure(visual_charts.swap_flip_chart(rates), "vis-flip-chart", f"image-swap-flips-{name}",
+              title="Flip rate under image swaps, per true label")
     ui.table(rates, "vis-flip-table", f"image-swap-flips-{name}")
-    ui.table(end, "vis-swap-table", f"image-swaps-{name}")
+    with st.expander("Every swap (a row per study, swapped image and checkpoint)"):
+        ui.table(end, "vis-swap-table", f"image-swaps-{name}")
 
 
 def _occlusion_result(df, traj: str, name: str) -> None:
@@ -182,14 +197,20 @@ def _occlusion_result(df, traj: str, name: str) -> None:
     rows = df[df["traj_id"] == shown]
     labels = list(dict.fromkeys(rows["label"]))
     first = rows.iloc[0]
-    default = first["gold"] if first["gold"] in labels else first["answer"]
-    label = st.selectbox("Belief in", labels, index=labels.index(default), key="vis_occ_label",
-                         help="red: greying the patch lowers this label's belief (the answer leans on it)")
+    default = visual.strongest_label(rows)  # the label whose belief the patches move most: the effect shows
+    label = st.selectbox("Belief in", labels, index=labels.index(default), key=f"vis_occ_label-{name}-{shown}",
+                         help="red: greying the patch lowers this label's belief (the answer leans on it); first "
+                              "shown: the label whose belief the patches move most")
     try:
         image = np.asarray(load_image(ImageRef(Path(first["image"]), f"occlusion result {name}")))
     except InputError as e:
         st.warning(inert(str(e)))
         return
-    ui.figure(visual_charts.occlusion_heatmap(image, rows, label), "vis-occlusion", f"occlusion-{shown}-{label}")
+    at = rows["probed_at"].iloc[0] if "probed_at" in rows else visual.OCCLUSION_AT["end"]  # older results: the end
+    largest = rows[rows["label"] == label]["drop"].abs().max()
+    st.caption(f"Belief read {at}. Red: covering the patch lowers P({inert(label)}); blue: raises it. The largest "
+               f"change under any checkpoint is {100 * largest:.1f} percentage points (the colour scale's end).")
+    ui.figure(visual_charts.occlusion_heatmap(image, rows, label), "vis-occlusion", f"occlusion-{shown}-{label}",
+              title=f"{shown}: drop of P({label}) when a patch is greyed, read {at}")
     st.markdown(f"Per checkpoint, the patch whose greying lowers P({inert(label)}) most")
     ui.table(visual.top_patches(rows, label), "vis-occlusion-top", f"occlusion-top-{shown}")

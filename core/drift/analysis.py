@@ -25,30 +25,29 @@ import numpy as np
 import pandas as pd
 
 from core.drift import findings as drift
+from core.drift import parts
 from core.drift.context_check import context_warnings
 from core.drift.config import AnalysisConfig, load_folder_config
-from core.drift.probe import NO_LABELS, ProbeConfig, empty_beliefs, probe
-from core.drift.scoring import ScoreConfig, batch_plan, score_batches
+from core.drift.probe import NO_LABELS, ProbeConfig, empty_beliefs
+from core.drift.scoring import ScoreConfig
 from core.errors import InputError
 from core.graph import concepts
 from core.io.cache import (
     SortedByTrajectory,
     cache_key,
-    part_name,
-    stored_parts,
     swap_in_folder,
     write_parquet,
 )
 from core.io.outputs import ANALYSIS_TABLES
 from core.io.paths import expand
 from core.io.trajectories import data_hash, read_jsonl
+from core.models.branches import series_parents
 from core.models.families import family_for
 from core.models.series import (
     ModelSeries,
     branch_starts,
     load_series,
     plan_series,
-    series_fingerprint,
 )
 from core.progress import Progress
 
@@ -122,7 +121,8 @@ class Analysis:
 
 
 def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write: Callable[[Path], None]) -> Path:
-    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in."""
+    """``write(folder)`` the tables and config.json into a temporary sibling of ``out``, then swap it in (also
+    ``save_folder``: the drift watch writes its growing analysis folder through it)."""
     import os
     import tempfile
 
@@ -145,6 +145,9 @@ def _save_folder(config: AnalysisConfig, out: str | Path, portable: bool, write:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+save_folder = _save_folder  # the public name (core.watch.store)
 
 
 class StagedAnalysis:
@@ -302,48 +305,57 @@ def resolve_labels(cfg: AnalysisConfig, records: list[dict]) -> tuple[list[str],
 
 def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progress: Progress | None = None,
                  should_cancel: Callable[[], bool] | None = None, series: ModelSeries | None = None) -> StagedAnalysis:
-    """Score, probe and summarise; the two expensive tables are cached on disk by fingerprint, in parts, and the
-    drift tables computed part by part (``assemble_parts``): host memory does not grow with the trajectories."""
+    """Score, probe and summarise; the two expensive tables are cached on disk in parts per checkpoint (``parts``:
+    a checkpoint added to a scored series is computed alone), and the drift tables computed part by part
+    (``assemble_parts``): host memory does not grow with the trajectories."""
+    progress = parts.Remembered(progress)  # says what it is doing (reading, loading) at the fraction reached so far
+    if progress:
+        progress(0.0, 1.0, f"reading the trajectories of {Path(cfg.data).name}")
     records = read_jsonl(cfg.data, cfg.limit)
     labels, graph = resolve_labels(cfg, records)
     if series is None:  # loaded only if a table is not cached yet
         base, infos, device, dtype = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
-        fingerprint = series_fingerprint(base, infos, dtype)
     else:
-        fingerprint = series.fingerprint()
-    starts = branch_starts(infos if series is None else series.checkpoints)  # CPO runs: measured from their start
+        base, infos, dtype = series.base_dir, series.checkpoints, series.dtype
+    starts = branch_starts(infos)  # CPO runs: measured from their start
     loaded: list[ModelSeries] = [series] if series is not None else []
 
     def get_series() -> ModelSeries:
         if not loaded:
+            if progress:
+                progress(progress.done, 1.0, f"loading the model: {Path(cfg.base).name} and {len(infos)} checkpoints")
             loaded.append(load_series(cfg.base, cfg.checkpoints, device=cfg.device, dtype=cfg.dtype,
                                       trust_remote_code=cfg.trust_remote_code, base_names=cfg.base_names,
                                       vision=cfg.vision))
         return loaded[0]
 
     family = series.family if series is not None else family_for(cfg.base)  # an unsupported model: refused here
+    if progress:
+        progress(0.0, 1.0, f"encoding {len(records)} trajectories")
     encoded = encode_records(cfg, records, series)
     for message in context_warnings(encoded, cfg.base):  # longer than the context: said, per trajectory
         if progress:
             progress(0.0, 1.0, f"warning: {message}")
-    common = (fingerprint, data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
+    common = (data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
     common += family.inputs_key(encoded)  # images: their content and the processor's settings (text: nothing)
+    marks = parts.checkpoint_marks(base, infos, dtype)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:
         lo, hi = share
         return (lambda d, t, m: progress(lo + (hi - lo) * d / max(1, t), 1.0, f"{name}: {m}")) if progress else None
 
     scfg = ScoreConfig(cfg.top_k, _batch_size(cfg, encoded, series, progress))
-    lineage = (sorted(starts.items()),) if starts else ()  # kl_prev of a branch is to its start (older caches: not)
+    parents = series_parents(list(marks), starts)
     staging = _staging(cache_dir)  # the tables are written here part by part, never whole in memory
     try:
-        tokens = _scores(get_series, encoded, scfg, cache_dir, cache_key(*common, cfg.top_k, *lineage),
-                         stage("scoring", (0.0, 0.3)), should_cancel, staging)
+        tokens = parts.scores(get_series, encoded, scfg, cache_dir, parts.token_keys(marks, parents, *common, cfg.top_k),
+                              parents, stage("scoring", (0.0, 0.3)), should_cancel, staging)
         pcfg = ProbeConfig(labels=labels, template=cfg.template, positions=cfg.positions,
                            include_prompt=cfg.include_prompt)
         if labels:
-            beliefs = _beliefs(get_series, encoded, pcfg, cache_dir, cache_key(*common, asdict(pcfg)),
-                               stage("probe", (0.3, 1.0)), should_cancel, staging)
+            beliefs = parts.beliefs(get_series, encoded, pcfg, cache_dir,
+                                    {n: cache_key(*common, asdict(pcfg), mark) for n, mark in marks.items()},
+                                    stage("probe", (0.3, 1.0)), should_cancel, staging)
         else:  # nothing names an answer: the token drift is still worth seeing
             beliefs = []
             if progress:
@@ -418,13 +430,16 @@ def assemble_parts(cfg: AnalysisConfig, records: list[dict], encoded, graph, tok
     return StagedAnalysis(folder, cfg, records, tables, staging)
 
 
-def _read_part(part: Path | pa.Table, staging: Path) -> pa.Table:
-    """A part as a table; a part file of a run without a cache (written into ``staging``) goes once read."""
+def _read_part(part: Path | list[Path] | pa.Table, staging: Path) -> pa.Table:
+    """A part as a table (a list of files: one per checkpoint, concatenated in order); a part file of a run
+    without a cache (written into ``staging``) goes once read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if isinstance(part, pa.Table):
         return part
+    if isinstance(part, (list, tuple)):
+        return pa.concat_tables([_read_part(p, staging) for p in part], promote_options="default")
     table = pq.read_table(part)
     if part.is_relative_to(staging):
         part.unlink(missing_ok=True)
@@ -486,42 +501,10 @@ def _batch_size(cfg: AnalysisConfig, encoded, series: ModelSeries | None, progre
     return plan.batch_size
 
 
-PROBE_PART = 16  # trajectories per stored part of the beliefs table
-
-
 def _checkpoint_major(df: pd.DataFrame) -> pd.DataFrame:
     """Parts concatenated (each checkpoint-major in series order) -> the whole table checkpoint-major."""
     order = {c: i for i, c in enumerate(pd.unique(df["checkpoint"]))}
     return df.iloc[np.argsort(df["checkpoint"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
-
-
-def _scores(get_series, encoded, scfg: ScoreConfig, cache_dir, key: str, progress, should_cancel,
-            scratch: Path) -> list[Path]:
-    """``score``'s table, stored batch by batch as it is computed (a rerun resumes at the first missing batch):
-    the parts' paths, in batch order (each part: a batch's rows under every checkpoint, checkpoint-major)."""
-    names = [part_name(encoded[i].id for i in idx) for idx in batch_plan(encoded, scfg)]
-
-    def compute(missing: set[str]):
-        for idx, frame in score_batches(get_series(), encoded, scfg, progress, should_cancel,
-                                        skip=lambda ids: part_name(ids) not in missing):
-            yield part_name(encoded[i].id for i in idx), frame
-
-    return stored_parts(cache_dir, "tokens", key, names, compute, scratch)
-
-
-def _beliefs(get_series, encoded, pcfg: ProbeConfig, cache_dir, key: str, progress, should_cancel,
-             scratch: Path) -> list[Path]:
-    """``probe``'s table, stored PROBE_PART trajectories at a time as it is computed: the parts' paths."""
-    slices = [encoded[a: a + PROBE_PART] for a in range(0, len(encoded), PROBE_PART)]
-    names = [part_name(e.id for e in part) for part in slices]
-
-    def compute(missing: set[str]):
-        todo = [(n, part) for n, part in zip(names, slices, strict=True) if n in missing]
-        for k, (name, part) in enumerate(todo):
-            sub = (lambda d, t, m, k=k: progress(k + d / max(t, 1e-12), len(todo), m)) if progress else None
-            yield name, probe(get_series(), part, pcfg, sub, should_cancel)
-
-    return stored_parts(cache_dir, "beliefs", key, names, compute, scratch)
 
 
 @dataclass
@@ -539,7 +522,8 @@ class AnalysisInfo:
     def describe(self) -> str:
         data = Path(self.config.data).name
         n = f"first {self.config.limit}" if self.config.limit else "all"
-        return f"{self.name} · {n} of {data} · probe {self.config.positions}"
+        name = f"{self.path.parent.name}/{self.name}" if self.name == "analysis" else self.name  # a world's, a watch's
+        return f"{name} · {n} of {data} · probe {self.config.positions}"
 
 
 def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:

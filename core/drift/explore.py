@@ -320,6 +320,19 @@ def sort_drivers(table: pd.DataFrame, kind: str, checkpoint: str = "all", direct
     return t.sort_values(by, ascending=(kind != "context") == (direction != "beneficial")).reset_index(drop=True)
 
 
+TEMPLATE_SHARE = 0.9  # a prompt token read this often per trajectory is the prompt's template, not its content
+
+
+def content_drivers(table: pd.DataFrame, n_trajectories: int, min_count: int = 3) -> pd.DataFrame:
+    """The token driver rows a reader can act on: a word (a letter or a digit in it), read at least ``min_count``
+    times, and not the prompt's template (a prompt token read about once in every trajectory, such as
+    "Question" or a chat template's "assistant"). On a small analysis the strongest mean effects otherwise
+    come from prompt punctuation and boilerplate read once per study (".", "of", "Question")."""
+    word = table["token"].astype(str).str.contains(r"[^\W_]", regex=True)
+    template = (table["region"] == "prompt") & (table["n"] >= TEMPLATE_SHARE * max(1, n_trajectories))
+    return table[word & ~template & (table["n"] >= min_count)].reset_index(drop=True)
+
+
 def concept_trajectories(records: list[dict], surfaces: list[str]) -> list[str]:
     """Ids of the trajectories whose completion mentions any of ``surfaces`` (whole words, any case)."""
     import re

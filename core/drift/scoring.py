@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from core.io.trajectories import Encoded, vocab_texts
-from core.models.forward import chunk_rows, inner
+from core.models.forward import chunk_rows, inner, logit_transform
 from core.models.memory import pin_mmap_threshold
 from core.models.series import ModelSeries
 from core.progress import Cancelled, Progress
@@ -124,6 +124,7 @@ class _Rows:
 
     def __init__(self, model, hidden: torch.Tensor):
         self.hidden = hidden
+        self.finish = logit_transform(model)  # what the model's forward does after its head (scale, soft cap)
         out = inner(model).get_output_embeddings()
         if type(out) is torch.nn.Linear:  # the usual head: keep its tensors (a full checkpoint's are freed with it
             self.weight, self.bias, self.module = out.weight, out.bias, None  # otherwise; no copy is made)
@@ -135,7 +136,11 @@ class _Rows:
         """(log p, p, H(p)) of a chunk of rows.  -> (n, V), (n, V), (n,)"""
         h = self.hidden[rows]
         logits = torch.nn.functional.linear(h, self.weight, self.bias) if self.module is None else self.module(h)
-        lp = torch.log_softmax(logits.float(), -1)  # (n, V)
+        scale, cap = self.finish
+        logits = logits.float() * scale if scale != 1.0 else logits.float()
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        lp = torch.log_softmax(logits, -1)  # (n, V)
         p = lp.exp()
         return lp, p, entropy(lp, p)
 

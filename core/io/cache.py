@@ -69,26 +69,24 @@ def part_name(ids: Iterable[str]) -> str:
     return "part-" + cache_key(list(ids))
 
 
-def stored_parts(cache_dir: str | Path | None, kind: str, key: str, names: list[str],
-                 compute: Callable[[set[str]], Iterator[tuple[str, pd.DataFrame]]], scratch: Path) -> list[Path]:
-    """A table computed in parts, each written to disk as soon as it is done, so that a killed or cancelled
-    run keeps what it finished and the next run computes only the missing parts. ``compute(missing)`` yields
-    (name, frame) for the part names in ``missing``; returns the parts' paths in ``names`` order, so that a
-    caller reads one part at a time. Without a cache the parts go to ``scratch`` (the caller's temporary
-    folder). An entry stored whole by an earlier version is returned as its one part."""
-    if cache_dir is None:
-        folder = scratch / f"{kind}.parts"
-    else:
-        cache_dir = expand(cache_dir)
-        whole = cache_dir / f"{kind}-{key}.parquet"
-        if (hit := _read_cached_schema(whole)) is not None:
-            return [hit]
-        folder = cache_dir / f"{kind}-{key}.parts"
-    missing = {n for n in names if not _readable(folder / f"{n}.parquet")}
+def stored_grid(cache_dir: str | Path | None, kind: str, keys: dict[str, str], names: list[str],
+                compute: Callable[[dict[str, set[str]]], Iterator[tuple[str, str, pd.DataFrame]]],
+                scratch: Path) -> list[list[Path]]:
+    """A table computed in parts, each written to disk as soon as it is done, so that a killed or cancelled run
+    keeps what it finished and the next run computes only what is missing. The table is cut two ways: in parts
+    (``names``, e.g. batches of trajectories, a caller reads one at a time) and in columns of a grid (``keys``: column -> its own key, e.g. one per checkpoint). Part ``n`` of column ``c``
+    is ``<kind>-<keys[c]>.parts/<n>.parquet``, so a column whose key did not change (a checkpoint already
+    scored) is read, never computed again, when another column is added. ``compute(missing)`` gets column ->
+    the part names it lacks and yields (column, part name, frame) for them. Returns, per part name in order,
+    the paths of its columns in ``keys`` order. Without a cache the parts go to ``scratch``."""
+    root = expand(cache_dir) if cache_dir is not None else scratch
+    folders = {c: root / f"{kind}-{k}.parts" for c, k in keys.items()}
+    missing = {c: {n for n in names if not _readable(folders[c] / f"{n}.parquet")} for c in keys}
+    missing = {c: m for c, m in missing.items() if m}
     if missing:
-        for name, frame in compute(missing):
-            write_parquet(frame, folder / f"{name}.parquet")
-    return [folder / f"{n}.parquet" for n in names]
+        for column, name, frame in compute(missing):
+            write_parquet(frame, folders[column] / f"{name}.parquet")
+    return [[folders[c] / f"{n}.parquet" for c in keys] for n in names]
 
 
 def _readable(path: Path) -> bool:

@@ -59,6 +59,8 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
             "a CPO run, then (with --evaluate) its held-out figures"),
     JobKind("counterfactuals", "core.counterfactuals.batch:BatchConfig", "core.counterfactuals.batch:BatchOptions",
             "core.counterfactuals.batch:run_job", "a batch of counterfactuals into the workspace database"),
+    JobKind("watch", "core.watch.config:WatchConfig", "core.watch.job:WatchOptions", "core.watch.job:run_watch",
+            "score each checkpoint of a running job as it is saved; alarms; the drift series"),
 )}
 
 

@@ -38,6 +38,8 @@ from core.atomic import atomic_write_text
 from core.errors import InputError
 from core.progress import CANCELLED, JOB_DIR, PROGRESS_ENV, WORKER_EXIT
 
+CANCEL_ASKED = "cancel_asked.json"  # written by ``Job.cancel``: the job shows "cancelling…" until it stops
+STARTING = "starting: loading torch and transformers…"  # before the worker's first report
 
 
 @dataclass
@@ -120,8 +122,8 @@ class Job:
         """The worker's last report, with the elapsed time and an ETA from the rate so far."""
         try:
             p = json.loads((self.dir / "progress.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            p = {"done": 0.0, "message": "starting…"}
+        except (OSError, json.JSONDecodeError):  # the worker has not reported yet: it is importing its libraries
+            p = {"done": 0.0, "message": STARTING}
         end = (self.exit_info() or {}).get("ended_at") or (time.time() if self.live_pids() else self._last_sign())
         p["elapsed_s"] = max(0.0, end - self.started_at)  # fixed once the job ended: it never grows afterwards
         p["eta_s"] = eta_seconds(p, end)
@@ -143,10 +145,17 @@ class Job:
         # tqdm redraws with carriage returns: keep the last state of each line
         return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:])
 
+    @property
+    def cancelling(self) -> bool:
+        """Cancel was asked for and the worker has not stopped yet (it stops at its next batch)."""
+        return (self.dir / CANCEL_ASKED).is_file() and self.state() == "running"
+
     def cancel(self) -> bool:
-        """Ask the worker to stop (SIGTERM to its process group); False when it is no longer running."""
+        """Ask the worker to stop (SIGTERM to its process group); False when it is no longer running. The
+        request is recorded first (``cancelling``), so every page shows it at once."""
         if self.state() != "running":
             return False
+        atomic_write_text(self.dir / CANCEL_ASKED, json.dumps({"at": time.time()}), durable=False)
         try:  # the group outlives a killed supervisor while its worker runs, so this reaches the worker too
             os.killpg(self.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):

@@ -5,6 +5,7 @@
     python -m core.jobs.worker visual --config config.json --out FILE [--force]       # image swap / occlusion (VL)
     python -m core.jobs.worker train --config run.json [--resume] [--evaluate WORLD] [--evaluate-limit N]
     python -m core.jobs.worker counterfactuals --config config.json                  # a counterfactual batch
+    python -m core.jobs.worker watch --config watch.json [--workspace DIR]           # the drift watch's scorer
     accelerate launch -m core.jobs.worker train --config run.json     # the same on several GPUs
 
 Each subcommand is a kind of ``core.jobs.registry``: its config read from ``--config`` (the flags of the config's

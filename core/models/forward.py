@@ -1,5 +1,7 @@
 """The pieces of a causal LM's forward pass that scoring and the probe call separately: the decoder's
-last hidden states, and the LM head applied to chosen rows only (the head costs tokens x vocabulary).
+last hidden states, and the LM head applied to chosen rows only (the head costs tokens x vocabulary), with
+what the model's own forward does to its logits after the head (``finish_logits``: Granite's logit scaling,
+Gemma 2's final soft-capping), so a row's log-probs are the model's.
 
     hidden = hidden_states(model, ids, pos, mask)          # (B, T, H)
     logits = head(model, hidden[0, rows])                   # (N, V)
@@ -26,8 +28,32 @@ def hidden_states(model, ids: torch.Tensor, pos: torch.Tensor | None, mask: torc
 
 
 def head(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head on selected hidden states.  (N, H) -> (N, V)"""
-    return inner(model).get_output_embeddings()(hidden)
+    """The LM head on selected hidden states, logits as the model's forward returns them.  (N, H) -> (N, V)"""
+    return finish_logits(model, inner(model).get_output_embeddings()(hidden))
+
+
+def logit_transform(model) -> tuple[float, float | None]:
+    """(scale, soft cap) the model's forward applies to the LM head's output (1.0, None: none). The
+    config fields are TRL's (``trl.trainer.utils.add_fused_lm_head``), so training and scoring agree:
+    ``logit_scale`` / ``output_multiplier`` / ``lm_head_multiplier`` multiply, ``logits_scaling`` divides
+    (Granite), then ``final_logit_softcapping`` caps (Gemma 2, Gemma 3): cap * tanh(logits / cap)."""
+    config = inner(model).config
+    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    scale = next((getattr(config, k) for k in ("logit_scale", "output_multiplier", "lm_head_multiplier")
+                  if getattr(config, k, None) is not None), None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scale = 1 / config.logits_scaling
+    return (1.0 if scale is None else float(scale)), getattr(config, "final_logit_softcapping", None) or None
+
+
+def finish_logits(model, logits: torch.Tensor) -> torch.Tensor:
+    """The LM head's output as the model's forward finishes it (``logit_transform``).  (N, V) -> (N, V)"""
+    scale, cap = logit_transform(model)
+    if scale != 1.0:
+        logits = logits * scale
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 CHUNK_BYTES = 32 << 20  # CPU: each (rows, V) float32 temporary stays below this

@@ -41,7 +41,8 @@ KINDS = ("swap", "occlusion")
 SWAP_COLUMNS = ("traj_id", "checkpoint", "step", "gold", "image", "swapped_image", "swapped_label",
                 "belief_original", "belief_swapped", "answer_before", "answer_after", "flipped")
 OCCLUSION_COLUMNS = ("traj_id", "checkpoint", "step", "image", "patch", "x0", "y0", "x1", "y1", "label",
-                     "belief", "base_belief", "drop")
+                     "belief", "base_belief", "drop", "probed_at")
+OCCLUSION_AT = {"start": "before the CoT (image and prompt only)", "end": "at the end of the CoT"}
 
 
 @dataclass
@@ -81,6 +82,10 @@ class VisualConfig(SeriesSpec):
     fill: int | None = field(default=None, metadata={
         "help": "occlusion: grey level 0-255 of a covered patch; default: the image's mean", "min": 0, "max": 255,
         "none": "mean"})
+    occlusion_at: str = field(default="start", metadata={
+        "help": "occlusion: where the belief is read: 'start' (before the CoT: what the image and the prompt alone "
+                "make the model believe; a CoT that names the answer drowns the image's effect by its end) or "
+                "'end' (after the whole CoT)", "choices": tuple(OCCLUSION_AT)})
     batch_size: int = field(default=16, metadata={"help": "variants per forward pass", "min": 1})
 
     def __post_init__(self):
@@ -104,6 +109,16 @@ class VisualConfig(SeriesSpec):
         name = dataset or world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"]))
         return cls(**{"base": str(world.base_model_dir), "checkpoints": world.checkpoints_arg,
                       "data": str(world.dataset_path(name)), **kw})
+
+    @classmethod
+    def from_analysis(cls, acfg, **kw) -> VisualConfig:
+        """The series and data an analysis scored (a ``core.drift.analysis.AnalysisConfig``: its base, its
+        checkpoints with any CPO run joined, its data file, labels, template and pixel limits): the lab's image
+        section then perturbs the study its text section does, under the same checkpoints."""
+        return cls(base=acfg.base, checkpoints=acfg.checkpoints or [], data=acfg.data, labels=list(acfg.labels),
+                   template=acfg.template, device=acfg.device, dtype=acfg.dtype, min_pixels=acfg.min_pixels,
+                   max_pixels=acfg.max_pixels, chat_template=acfg.chat_template, base_names=list(acfg.base_names),
+                   trust_remote_code=acfg.trust_remote_code, **kw)
 
 
 # ---- records and their image variants ---------------------------------------------------------------
@@ -192,16 +207,24 @@ def occluded_encodings(proc, enc, image, boxes: list[tuple], fill: int | None, f
 # ---- summaries, the job --------------------------------------------------------------------------------
 
 def swap_flip_rates(df: pd.DataFrame) -> pd.DataFrame:
-    """Per true label (category) and checkpoint, at the end of the CoT: n swaps, the flip rate, the share
-    whose answer became the swapped image's label (``follows_image``) and the mean change of the belief in
-    the true label."""
+    """Per true label (category) and checkpoint, at the end of the CoT: n swaps, the flip rate (the answer
+    changed), the share whose answer *became* the swapped image's label (``follows_image``: flips only, so
+    never above the flip rate; an answer that already was that label with the study's own image did not
+    follow the image) and the mean change of the belief in the true label."""
     end = df[df["is_end"]] if "is_end" in df else df
-    g = end.assign(follows=end["answer_after"] == end["swapped_label"],
+    g = end.assign(follows=end["flipped"].astype(bool) & (end["answer_after"] == end["swapped_label"]),
                    change=end["belief_original"] - end["belief_before"])
     out = g.groupby(["gold", "checkpoint", "step"]).agg(
         n=("flipped", "size"), flip_rate=("flipped", "mean"), follows_image=("follows", "mean"),
         belief_change=("change", "mean")).reset_index()
     return out.rename(columns={"gold": "category"}).sort_values(["category", "step"]).reset_index(drop=True)
+
+
+def strongest_label(rows: pd.DataFrame) -> str:
+    """Of one study's occlusion rows, the label whose belief a patch moves most (largest ``|drop|`` under any
+    checkpoint): the one to draw first, where the image's effect shows (the gold label's belief can be near
+    zero before the CoT, and so cannot drop)."""
+    return str(rows.loc[rows["drop"].abs().idxmax(), "label"])
 
 
 def top_patches(rows: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -267,10 +290,12 @@ def read_result(path: str | Path) -> tuple[pd.DataFrame, dict]:
 
 
 def results_dir(workspace, world) -> Path:
-    """Where the Perturbation lab keeps a world's visual-drift results: ``perturbations/visual/<world>/``."""
+    """Where the Perturbation lab keeps a world's visual-drift results: ``perturbations/visual/<world>/``
+    (``world``: a world, or its name)."""
     import re
 
-    return workspace.perturbations_dir / "visual" / (re.sub(r"[^A-Za-z0-9_.-]+", "-", world.name).strip("-.") or "world")
+    name = world if isinstance(world, str) else world.name
+    return workspace.perturbations_dir / "visual" / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "world")
 
 
 def result_path(folder: str | Path, cfg: VisualConfig) -> Path:

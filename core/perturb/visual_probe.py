@@ -26,6 +26,7 @@ from core.errors import InputError
 from core.io import answers
 from core.models.families.qwen_vl.inputs import encode_vl  # the variants are Qwen-VL inputs (patch pixels, grids)
 from core.models.prefix_trees import LabelTokens
+from core.perturb import visual
 from core.perturb.visual import (
     VisualConfig,
     cost_text,
@@ -42,6 +43,8 @@ Progress = Callable[[float, float, str], None]
 
 
 def _positions(encs, tk: LabelTokens, tokenizer, cfg: VisualConfig) -> list[list[int]]:
+    if cfg.kind == "occlusion" and cfg.occlusion_at == "start":  # right after the image and the prompt
+        return [[e.start] for e in encs]
     ends = sentence_ids(tokenizer)
     return [probe_positions(e, cfg.positions, tk.template[0], ends) for e in encs]
 
@@ -188,8 +191,9 @@ def _greedy(model, proc, e, max_new_tokens: int) -> str:
 def occlusion_test(vs, records: list[dict], cfg: VisualConfig, labels: list[str], progress: Progress | None = None,
                    should_cancel: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Each record's image with one patch greyed at a time: one row per record x checkpoint x patch x
-    label, the belief at the end of the CoT with the patch covered, without, and the drop. One study at a
-    time, its variants made a batch at a time (memory: one batch of images)."""
+    label, the belief (before the CoT or at its end: ``cfg.occlusion_at``, said in ``probed_at``) with the
+    patch covered, without, and the drop. One study at a time, its variants made a batch at a time (memory:
+    one batch of images)."""
     from core.io.images import check_image
 
     plans = []  # (record, image size, boxes)
@@ -206,7 +210,8 @@ def occlusion_test(vs, records: list[dict], cfg: VisualConfig, labels: list[str]
         got = beliefs(vs, lambda r=r, boxes=boxes: _occlusion_batches(vs.processor, r, boxes, cfg), cfg, labels,
                       counter)
         rows += [row for name in vs.names
-                 for row in _occlusion_rows(r, size, boxes, got, name, vs.steps[name], labels)]
+                 for row in _occlusion_rows(r, size, boxes, got, name, vs.steps[name], labels,
+                                            visual.OCCLUSION_AT[cfg.occlusion_at])]
     return pd.DataFrame(rows)
 
 
@@ -234,8 +239,8 @@ def _boxes(size: tuple[int, int], cfg: VisualConfig, traj_id: str) -> list[tuple
 
 
 def _occlusion_rows(r: dict, size: tuple[int, int], boxes: list[tuple], got: dict, name: str, step: int,
-                    labels: list[str]) -> list[dict]:
-    base = got[(str(r["id"]), name)][1][-1]  # (K,) at the end of the CoT
+                    labels: list[str], probed_at: str) -> list[dict]:
+    base = got[(str(r["id"]), name)][1][-1]  # (K,) at the one probe position (before the CoT, or its end)
     answer = labels[int(base.argmax())]
     n = int(round(len(boxes) ** 0.5))  # patches per side (1 for a picked rectangle)
     rows = []
@@ -247,7 +252,7 @@ def _occlusion_rows(r: dict, size: tuple[int, int], boxes: list[tuple], got: dic
                          "row": k // n, "col": k % n, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
                          "label": label, "belief": float(b[li]), "base_belief": float(base[li]),
                          "drop": float(base[li] - b[li]), "answer": answer,
-                         "answer_occluded": labels[int(b.argmax())]})
+                         "answer_occluded": labels[int(b.argmax())], "probed_at": probed_at})
     return rows
 
 

@@ -265,6 +265,7 @@ def create_world(out: str | Path, name: str, base: str | Path, checkpoints: list
         raise InputError("world name: expected a non-empty name")
     if out.exists():
         raise InputError(f"{out}: already exists; choose another world name (nothing is overwritten)")
+    _check_family(Path(base).expanduser())  # the model_type first: an unsupported model is named as such
     base = check_model_dir(base).resolve()
     series = [Path(c).expanduser().resolve() for c in checkpoints]
     infos = resolve(series) if series else []
@@ -297,6 +298,14 @@ def create_world(out: str | Path, name: str, base: str | Path, checkpoints: list
         concepts.save_graph(nx.DiGraph(), out / "concept_graph.json")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return load_world(out)
+
+
+def _check_family(base: Path) -> None:
+    """A base whose model_type no family serves is refused at registration, by name (``UnsupportedModel``),
+    not later at load."""
+    from core.models.families import family_for  # imports torch: only registration pays for it
+
+    family_for(base)
 
 
 def _dataset_name(stem: str, taken: dict) -> str:

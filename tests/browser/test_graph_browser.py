@@ -25,8 +25,9 @@ def graph_frame(page, timeout_ms: int = 60_000):
     raise AssertionError("no graph iframe with a vis network appeared")
 
 
-def wait_drawn(page, node_id: str, target: str, timeout_ms: int = 60_000) -> dict:
-    """Poll the iframe until the node and its edge are in vis' data and have canvas positions."""
+def wait_drawn(page, node_id: str, target: str, artifacts, timeout_ms: int = 150_000) -> dict:
+    """Poll the iframe until the node and its edge are in vis' data and have canvas positions (generous: under a
+    load of 10-18 on two cores the rerun after Save edge and vis' first layout took over a minute once)."""
     probe = """([id, to]) => {
         const n = nodes.get(id); if (!n) return null;
         const e = edges.get({filter: x => x.from === id && x.to === to});
@@ -41,7 +42,8 @@ def wait_drawn(page, node_id: str, target: str, timeout_ms: int = 60_000) -> dic
         if got and got["edges"] and got["placed"]:
             return got
         page.wait_for_timeout(500)
-    raise AssertionError(f"{node_id!r} -> {target!r} was not drawn")
+    page.screenshot(path=str(artifacts / "graph_editor-not-drawn.png"), full_page=True)  # what the page showed
+    raise AssertionError(f"{node_id!r} -> {target!r} was not drawn (see graph_editor-not-drawn.png)")
 
 
 def choose(page, label: str, text: str) -> None:
@@ -75,7 +77,7 @@ def test_add_node_and_edge_see_them_drawn_then_generate_a_counterfactual(browser
     page.get_by_role("button", name="Save edge").click()
     page.get_by_text("Saved ").first.wait_for(timeout=30_000)
 
-    drawn = wait_drawn(page, XSS, "Edema")
+    drawn = wait_drawn(page, XSS, "Edema", artifacts)
     assert drawn["label"] == XSS and drawn["color"] == "#2CA02C"  # drawn as text, supports green
     frame = graph_frame(page)
     assert frame.locator("img").count() == 0 and frame.locator("canvas").count() >= 1

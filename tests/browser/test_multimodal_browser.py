@@ -128,7 +128,7 @@ def test_score_the_vl_series_from_the_page_and_see_the_x_ray(browser, demo, arti
     go(page, "Checkpoints")
     page.get_by_text("5 checkpoints plus the base").wait_for(timeout=60_000)
     set_number(page, "Trajectories to score (0 = all)", 2)
-    command = page.locator("code", has_text="workbench score").first.inner_text()
+    command = page.locator("code", has_text="workbench score").first.text_content()  # in its closed expander
     # the session still has the demo's world (the sidebar's picker once switched it to sample_data here)
     assert '"data": "' + str(SAMPLE_WORLDS["multimodal"].resolve() / "data" / "test.jsonl") in command, command
     page.get_by_role("button", name="Score", exact=True).click()

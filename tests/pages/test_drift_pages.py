@@ -111,7 +111,7 @@ def test_checkpoints_bad_folders_and_files_get_clear_messages(sample_world, tmp_
     at.text_input(key="ck_base").input(str(bert)).run()
     assert not at.exception
     assert "model_type 'bert' is not a supported model family" in at.error[0].value
-    assert "qwen_vl (vision-language: qwen2_vl, qwen2_5_vl)" in at.error[0].value
+    assert "qwen_vl (vision-language: qwen2_vl, qwen2_5_vl, qwen3_vl)" in at.error[0].value
     at.text_input(key="ck_base").input(str(sample_world / "model")).run()
     at.text_input(key="ck_series").input(str(sample_world / "rft")).run()
     empty = tmp_path / "empty.jsonl"

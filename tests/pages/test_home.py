@@ -12,14 +12,14 @@ def test_home_shows_the_world_at_a_glance(sample_world):
     at.run()
     assert not at.exception
     labels = {m.label: m.value for m in at.metric}
-    assert labels["Base model"] == "Llama"
+    assert labels["Base model"] == "0.80 M" and [m.delta for m in at.metric if m.label == "Base model"] == ["Llama"]
     assert int(labels["Checkpoints"]) >= 5
     assert int(labels["Concept graph"]) == 44
     assert any("drift" in md.value.lower() for md in at.markdown)
     assert len(at.dataframe) == 3  # drift table, checkpoint series, datasets
     links = " ".join(str(p.proto) for p in at.get("page_link"))
     assert 'label: "CPO runs"' in links and 'label: "Curation"' in links  # the loop's links reach the CPO runs
-    assert any("greedy decoding" in md.value for md in at.markdown)  # which accuracy the table holds
+    assert any("greedy decoding" in c.value for c in at.caption)  # which accuracy the table holds
 
 
 def test_home_on_a_broken_world_shows_a_clear_error_not_a_traceback(tmp_path):

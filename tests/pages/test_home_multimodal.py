@@ -27,7 +27,7 @@ def test_home_on_the_multimodal_world_shows_its_films_and_drift(tmp_path):
     at.run()
     assert not at.exception and not at.warning
     labels = {m.label: m.value for m in at.metric}
-    assert labels["Base model"] == "Qwen2_5_VL"
+    assert labels["Base model"] == "0.44 M" and [m.delta for m in at.metric if m.label == "Base model"] == ["Qwen2_5_VL"]
     assert int(labels["Checkpoints"]) >= 4
     assert len(at.get("image")) == 4  # four held-out films, each captioned with its label
     table = at.dataframe[0].value

@@ -1,6 +1,6 @@
 """A vision-language run whose data is an ms-swift JSON list (not JSONL), as researchers keep it (issue 24):
-Home shows its example studies and the Perturbation lab's image section reads it: one trajectory reader
-everywhere (``core.io.trajectories.raw_records``)."""
+Home shows its example studies and the visual jobs (the Perturbation lab's image section) read it: one trajectory
+reader everywhere (``core.io.trajectories.raw_records``)."""
 
 import json
 
@@ -37,6 +37,7 @@ def test_home_and_the_image_section_read_a_json_list(tmp_path):
     assert len(records) == 8 and records[0]["where"].endswith("item 0") and records[0]["image_refs"]
     home = page("home.py", world, tmp_path / "ws")
     assert not home.exception and not home.warning and len(home.get("image")) == 4
-    lab = page("perturbation.py", world, tmp_path / "ws")
-    assert not lab.exception and not lab.error
-    assert "Image" in [h.value for h in lab.header] and lab.selectbox(key="vis_trajectory").value == "study-000"
+    from core.perturb import visual
+
+    cfg = visual.VisualConfig(base=str(world / "unused"), data=str(listed), kind="swap", traj_ids=["study-003"])
+    assert [r["id"] for r in visual.read_records(cfg)] == ["study-003"]  # what a visual job reads: the JSON list

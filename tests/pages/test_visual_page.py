@@ -40,7 +40,7 @@ def test_no_image_section_on_the_text_world(sample_world, tmp_path):
     at.run()
     assert not at.exception
     assert "Image" not in [h.value for h in at.header] and not at.get("image")
-    assert "vis_trajectory" not in [s.key for s in at.selectbox]
+    assert "vis_occlusion_run" not in [b.key for b in at.button]
 
 
 def test_swap_results_draw_flip_rates_per_category(vl_world, tmp_path):
@@ -70,6 +70,9 @@ def test_swap_results_draw_flip_rates_per_category(vl_world, tmp_path):
     assert not at.exception
     paths = [c for c in charts_of(at) if any("own image" in t.get("name", "") for t in c["data"])]
     assert len(paths) == 1 and len(paths[0]["data"]) == 2 * 3  # own and swapped image x 3 checkpoints
+    captions = [i.caption for e in at.get("image") for i in e.proto.imgs]  # the swap drawn: images side by side
+    assert any(c.startswith("own image · ") for c in captions), captions
+    assert any(c.startswith("image of ") and c.endswith("· Pneumonia") for c in captions), captions
 
 
 @pytest.mark.slow
@@ -77,7 +80,7 @@ def test_occlusion_runs_in_the_background_and_draws_a_heatmap_over_the_image(vl_
     at = page(vl_world.root, tmp_path / "ws")
     at.run()
     assert not at.exception
-    at.selectbox(key="vis_trajectory").set_value("study-001").run()
+    at.selectbox(key=state.LAB_TRAJECTORY).set_value("study-001").run()  # one study for image and text
     at.selectbox(key="vis_grid").set_value(2).run()
     at.button(key="vis_occlusion_run").click().run()
     assert not at.exception

@@ -21,6 +21,8 @@ from core.drift.job import ScoreOptions
 from core.errors import InputError
 from core.perturb.job import PerturbOptions, VisualOptions
 from core.perturb.visual import VisualConfig
+from core.watch.config import WatchConfig
+from core.watch.job import WatchOptions
 
 # one instance of every config class, its fields away from their defaults where a flag can say it
 EXAMPLES = {
@@ -50,6 +52,13 @@ EXAMPLES = {
     VisualOptions: VisualOptions(out="/v.parquet", force=True),
     TrainOptions: TrainOptions(evaluate="/w", evaluate_limit=20),
     BatchOptions: BatchOptions(),
+    WatchConfig: WatchConfig(run="/r/watch", base="/m/base", data="/d.jsonl", out="/o", graph="/g.json",
+                             labels=["Edema", "Pneumonia"], limit=9, positions="sentence", device="cpu",
+                             dtype="float32", batch_size=4, top_k=7, keep="none", decode=0, once=True, poll=0.5,
+                             idle_exit=30.0, settle=1.0, trust_remote_code=True, belief_drop=0.2, page_hinkley=0.3,
+                             detrimental_rise=0.05, concept_drop=0.1, concept_min=4, entropy_ratio=0.4, kl_jump=2.0,
+                             kl_min=0.5, malformed_share=0.3),
+    WatchOptions: WatchOptions(workspace="/ws"),
 }
 CLASSES = list(EXAMPLES)
 

@@ -9,8 +9,11 @@ A series (``core.models.series.load_series``), a CPO run, an evaluation and the 
 ``family_for`` once and then call the family's operations (``core.models.families.base.Family``); nothing
 else decides whether a model reads images. A ``model_type`` no family serves is refused with an
 ``UnsupportedModel`` (an ``InputError``) that names it, whether its config looks like a text or a
-vision-language model, and the families there are. Adding a family: implement ``Family`` in a module of
-this package and list its instance in ``FAMILIES``.
+vision-language model, why when the type is a known one left out (``matrix.REFUSED``), and the families
+there are. Which ``model_type`` goes to which family is the family matrix (``core.models.families.matrix``:
+the one table dispatch reads, the README prints and the matrix test checks cell by cell). Adding a family:
+implement ``Family`` in a module of this package, list its instance in ``FAMILIES`` and its model types in
+the matrix.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from core.errors import InputError
 from core.models.families.base import TEXT, VISION_LANGUAGE, Family
+from core.models.families.matrix import REFUSED, entry
 from core.models.families.qwen_vl import QWEN_VL_FAMILY
 from core.models.families.text import TEXT_FAMILY
 
@@ -69,17 +73,18 @@ def family_of_config(config: dict, where: str = "config.json") -> Family:
     if not isinstance(config, dict):
         config = config.to_dict()
     model_type = config.get("model_type")
-    for family in FAMILIES:
-        if model_type in family.model_types:
-            return family
+    row = entry(model_type)
+    if row is not None:
+        return family_named(row.family)
     looks = VISION_LANGUAGE if _looks_visual(config) else TEXT
     said = f"model_type {model_type!r}" if model_type else "no model_type"
+    why = f": {REFUSED[model_type]}" if model_type in REFUSED else ""
     raise UnsupportedModel(f"{where}: {said} is not a supported model family (its config looks like a {looks} "
-                           f"model); supported: {supported()}")
+                           f"model{why}); supported: {supported()}; `workbench families` prints the matrix")
 
 
 def supported() -> str:
-    """The families and their model types, in one line (for messages and the README)."""
+    """The families and their model types, in one line (for messages)."""
     return "; ".join(f"{f.name} ({f.modality}: {', '.join(f.model_types)})" for f in FAMILIES)
 
 

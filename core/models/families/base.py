@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from core.models.families.matrix import types_of
 from core.models.forward import inner
 
 TEXT = "text"
@@ -25,11 +26,16 @@ class Family(ABC):
 
     name: str = ""  # the family's name in messages, the README and the registry
     modality: str = TEXT  # TEXT or VISION_LANGUAGE: what its records may carry
-    model_types: tuple[str, ...] = ()  # config.json model_type values it serves
     auto_class: str = ""  # the transformers auto class its models load with
     chat_prompts: str = ""  # which records the ``chat_template`` setting renders through the chat template
     caches_prefix: bool = True  # the probe may encode a long prefix once into a real KV cache (else: chunks)
     max_generation_batch: int | None = None  # most rows per greedy batch (None: the caller's batch size)
+
+    @property
+    def model_types(self) -> tuple[str, ...]:
+        """The config.json model_type values it serves: its rows of the family matrix
+        (``core.models.families.matrix.MATRIX``, the one table dispatch reads)."""
+        return types_of(self.name)
 
     @property
     def reads_images(self) -> bool:

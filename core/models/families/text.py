@@ -1,7 +1,6 @@
 """The text family: any decoder-only causal LM transformers loads with ``AutoModelForCausalLM`` and whose
-layers take a 4-D attention mask, position ids and a KV cache (``MODEL_TYPES``, each checked by a test
-that builds a tiny random model of that type and compares the probe and the shared-prefix scoring with
-re-encoding).
+layers take a 4-D attention mask, position ids and a KV cache (its model types are its rows of the family
+matrix, ``core.models.families.matrix``, each checked by the matrix test on a tiny random model of that type).
 
 What is text-specific lives here: records encoded through the tokenizer (``core.io.trajectories.encode``;
 the chat template renders the records that are conversations), scoring's shared prompt prefix (a prefix
@@ -26,15 +25,13 @@ from core.errors import InputError
 from core.io.trajectories import Encoded, encode, prompt_ids
 from core.models.adapter_checks import check_adapter_keys, refuse_pickle_adapter
 from core.models.families.base import TEXT, Family
+from core.models.families.matrix import types_of
+from core.models.families.windows import full_cache, layer_masks
 from core.models.forward import decoder, hidden_states, token_logprobs
 from core.models.loading import load_model, load_tokenizer
 from core.models.prefix_trees import Block, LabelTokens, TreeBatch, build_tree
 
-# decoder-only transformers that tests/unit/models/families/test_text.py checks on a tiny random model of each
-# (the probe equal to re-encoding on both of its paths, a shared prefix equal to none); adding one is a line here
-# and that test passing (cohere / cohere2 do not: their attention reads the probe's 4-D mask otherwise)
-MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
-               "gemma3_text", "phi", "phi3", "olmo2", "granite", "starcoder2", "smollm3", "gpt_neox", "gpt2")
+MODEL_TYPES = types_of("text")  # its rows of the family matrix (kept under this name for older imports)
 
 MIN_SHARED = 32  # tokens: a shorter common prefix saves less than the extra forward call costs
 
@@ -98,7 +95,7 @@ class TextTrees:
     def label_logprobs(self, model) -> list[np.ndarray]:
         """log P(label | prefix) per tree.  -> [(P_b, K)]"""
         b = self.batch
-        hidden = hidden_states(model, b.ids, b.pos, b.allow)  # (B, L, H)
+        hidden = hidden_states(model, b.ids, b.pos, layer_masks(model, b.allow, b.pos, b.pos))  # (B, L, H)
         return b.split(token_logprobs(model, hidden.reshape(-1, hidden.shape[-1])[b.rows], b.toks).cpu().numpy())
 
 
@@ -107,7 +104,8 @@ class CachedPrefix:
     """One long trajectory probed over its prefix's KV cache: the prefix (up to the last probe position) is
     encoded once, then the probe blocks run in query chunks of at most ``budget`` tokens, each block seeing
     the cached prefix up to its position j and itself (a (Q, T + Q) mask); the cache is cropped back to the
-    prefix after each chunk. Tokens encoded: T + B x P, linear in length, whatever the positions."""
+    prefix after each chunk. Tokens encoded: T + B x P, linear in length, whatever the positions. Every layer's
+    cache keeps the whole prefix (``full_cache``), sliding layers' masks keep their window (``layer_masks``)."""
     prefix: list[int]
     positions: list[int]
     block: Block
@@ -120,7 +118,8 @@ class CachedPrefix:
         """log P(label | prefix) at every position.  -> [(P, K)]"""
         dec = decoder(model)
         T = len(self.prefix)
-        cache = dec(input_ids=torch.tensor([self.prefix], device=self.device), use_cache=True).past_key_values
+        cache = dec(input_ids=torch.tensor([self.prefix], device=self.device), past_key_values=full_cache(),
+                    use_cache=True).past_key_values
         per = max(1, self.budget // len(self.block.ids))
         parts = []
         for a in range(0, len(self.positions), per):
@@ -143,8 +142,9 @@ class CachedPrefix:
         mask = torch.zeros((1, 1, Q, T + Q), dtype=self.dtype).masked_fill_(~allow, torch.finfo(self.dtype).min)
         ids = torch.tensor([blk.ids * len(positions)], device=self.device)
         pos = torch.tensor([[j + r for j in positions for r in blk.rel_pos]], device=self.device)
-        hidden = dec(input_ids=ids, position_ids=pos, attention_mask=mask.to(self.device), past_key_values=cache,
-                     use_cache=True).last_hidden_state[0]  # (Q, H)
+        keys = torch.cat([torch.arange(T, device=self.device)[None], pos], 1)  # (1, T + Q) the keys' positions
+        hidden = dec(input_ids=ids, position_ids=pos, attention_mask=layer_masks(model, mask.to(self.device), pos, keys),
+                     past_key_values=cache, use_cache=True).last_hidden_state[0]  # (Q, H)
         picked = token_logprobs(model, hidden[torch.tensor(rows, device=self.device)],
                                 torch.tensor(toks, device=self.device)).cpu().numpy()
         sums = np.add.reduceat(picked, np.cumsum([0] + [len(lab) for lab in blk.reads] * len(positions))[:-1])
@@ -189,7 +189,6 @@ def tokenize_pairs(tokenizer, pairs: list[dict]) -> list[dict]:
 class TextFamily(Family):
     name = "text"
     modality = TEXT
-    model_types = MODEL_TYPES
     auto_class = "AutoModelForCausalLM"
     chat_prompts = "records that are conversations (messages); plain prompts are read as text with BOS"
 

@@ -168,14 +168,14 @@ def test_a_cancelled_run_keeps_its_finished_batches_and_resumes(cfg, tmp_path, m
     with pytest.raises(Cancelled):
         an.run_analysis(small, cache_dir=tmp_path, should_cancel=cancel_after_two_batches)
     parts = list(tmp_path.glob("tokens-*.parts/*.parquet"))
-    assert len(parts) == 2
+    assert len(parts) == 2 * 3  # two batches, each under the 3 checkpoints (a folder per checkpoint)
     scored = []
     real = scoring.batch_hidden  # a batch's forward pass under one checkpoint
     monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: scored.append(a[3]) or real(*a, **k))  # a[3]: idx
     resumed = an.run_analysis(small, cache_dir=tmp_path)
     assert len({tuple(idx) for idx in scored}) == 1  # only the missing batch ran
-    assert len(list(tmp_path.glob("tokens-*.parts/*.parquet"))) == 3  # kept in parts: the drift step reads one
-    assert not list(tmp_path.glob("tokens-*.parquet"))  # at a time, never the whole table
+    assert len(list(tmp_path.glob("tokens-*.parts/*.parquet"))) == 3 * 3  # kept in parts: the drift step reads
+    assert not list(tmp_path.glob("tokens-*.parquet"))  # one at a time, never the whole table
     fresh = an.run_analysis(small)
     assert resumed.tokens[["traj_id", "checkpoint", "position"]].equals(fresh.tokens[["traj_id", "checkpoint", "position"]])
     assert (resumed.tokens["logprob"] - fresh.tokens["logprob"]).abs().max() < 1e-5
@@ -202,3 +202,40 @@ def test_cli_score_runs_from_a_saved_config(cfg, tmp_path):
     run = subprocess.run([sys.executable, "-m", "workbench.cli", "score", "--config", str(bad), "--out", str(out),
                           "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert run.returncode != 0 and "bad.json" in run.stderr and "not a valid analysis config" in run.stderr
+
+
+def test_adding_a_cpo_run_scores_and_probes_it_alone_with_the_same_numbers(cfg, adapters, tmp_path, monkeypatch):
+    """The cache is per checkpoint: a run joining a scored analysis is probed alone and scored with only the base
+    and its start as references (KL to them); every other checkpoint's parts are read back. The tables equal a
+    fresh run of the whole series, bit for bit."""
+    import dataclasses
+    import shutil
+
+    from core.drift import parts, scoring
+
+    run = tmp_path / "runs" / "fix" / "adapter"  # a CPO run from checkpoint-2, as core.cpo writes one
+    shutil.copytree(adapters / "checkpoint-4", run)
+    (run / "trainer_state.json").write_text(json.dumps({"global_step": 6, "run_steps": 2}))
+    (run.parent / "config.json").write_text(json.dumps({"init_adapter": str(adapters / "checkpoint-2")}))
+    before = dataclasses.replace(cfg, batch_size=2,  # 3 batches of the 6 trajectories
+                                 checkpoints=[str(adapters / "checkpoint-2"), str(adapters / "checkpoint-4")])
+    grown = dataclasses.replace(before, checkpoints=[*before.checkpoints, str(run)])
+    cache = tmp_path / "cache"
+    an.run_analysis(before, cache_dir=cache)
+    probed, scored, kept = [], [], []
+    real_probe, real_batches = parts.probe, parts.score_batches
+    monkeypatch.setattr(parts, "probe", lambda series, part, *a, **k: probed.append(list(series.names)) or
+                        real_probe(series, part, *a, **k))
+    monkeypatch.setattr(parts, "score_batches", lambda series, *a, **k: scored.append(list(series.names)) or
+                        real_batches(series, *a, **k))
+    real_forward = scoring.batch_hidden
+    monkeypatch.setattr(scoring, "batch_hidden", lambda *a, **k: kept.append(1) or real_forward(*a, **k))
+    result = an.run_analysis(grown, cache_dir=cache)
+    assert probed and all(names == ["fix"] for names in probed)  # the probe ran under the new run only
+    assert scored == [["base", "checkpoint-2", "fix"]]  # checkpoint-4 is not needed as a reference
+    assert len(kept) == 3 * 3  # the forward passes: 3 batches x (base, start, run), not x 4 models
+    assert len(list(cache.glob("beliefs-*.parts"))) == 4 and len(list(cache.glob("tokens-*.parts"))) == 4
+    monkeypatch.undo()
+    fresh = an.run_analysis(grown)  # no cache: the whole series at once
+    assert result.tokens.equals(fresh.tokens) and result.beliefs.equals(fresh.beliefs)
+    assert result.summary.equals(fresh.summary) and result.changes.equals(fresh.changes)

@@ -146,7 +146,7 @@ def test_a_changed_image_file_invalidates_the_cached_rows(world, tmp_path):
     image = Path(first.records[0]["images"][0])
     synthetic_xray(120, 90, seed=99).save(image)  # the same file name, other pixels
     changed = run_analysis(cfg, cache_dir=cache)
-    assert len(_entries(cache)) == len(entries) + 2  # new tokens and beliefs entries
+    assert len(_entries(cache)) == 2 * len(entries)  # new tokens and beliefs entries, one per checkpoint each
     users = [r["id"] for r in first.records if r["images"][0] == str(image)]
     mine = changed.tokens["traj_id"].isin(users)
     assert not np.allclose(changed.tokens.loc[mine, "logprob"], first.tokens.loc[mine, "logprob"])

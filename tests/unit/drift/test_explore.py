@@ -226,3 +226,17 @@ def test_the_minimap_keeps_each_bins_peak_with_its_sign():
     assert (mini.lo, mini.hi) == (-0.9, 0.5)  # one colour scale for every window
     short = explore.minimap(explore.window(m, 0, 40), bins=100)  # fewer columns than bins: one per column
     assert len(short.values) == 40
+
+
+def test_content_drivers_leave_out_punctuation_the_prompt_template_and_rare_tokens():
+    import pandas as pd
+
+    from core.drift.explore import content_drivers, sort_drivers
+
+    t = pd.DataFrame({"checkpoint": ["c"] * 6, "token": [".", "Question", "opacity", "rib", "nodule", "of"],
+                      "region": ["prompt", "prompt", "cot", "prompt", "prompt", "cot"], "n": [40, 20, 12, 2, 5, 30],
+                      "mean_effect_drift": [-0.9, -0.8, -0.3, -0.7, -0.5, -0.1], "direction": ["detrimental"] * 6})
+    shown = sort_drivers(content_drivers(t, n_trajectories=20), "token", "c", "detrimental")
+    # "." has no letter; "Question" is read once in each of the 20 prompts; "rib" only twice
+    assert list(shown["token"]) == ["nodule", "opacity", "of"]
+    assert list(sort_drivers(t, "token", "c", "detrimental")["token"])[:2] == [".", "Question"]  # the old default

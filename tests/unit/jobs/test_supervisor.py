@@ -57,6 +57,31 @@ def test_cancel_stops_the_worker_at_its_next_check(tmp_path):
     assert not job.cancel()  # nothing left to cancel
 
 
+SLOW_STOP = textwrap.dedent("""
+    import sys, time
+    from core.progress import cancel_flag, report_progress
+    stop = cancel_flag()
+    time.sleep(1.0)  # importing torch, say: no report yet
+    while True:
+        report_progress(0.5, 1, "scoring")
+        if stop():
+            time.sleep(1.5)  # the batch under way finishes first
+            sys.exit(130)
+        time.sleep(0.05)
+""")
+
+
+def test_a_job_says_it_is_starting_then_cancelling_until_it_stops(tmp_path):
+    job = jobs.start(tmp_path, "test", ["-c", SLOW_STOP], title="slow to stop")
+    assert job.progress()["message"] == jobs.STARTING  # before the worker's first report: what it is doing
+    assert _wait_for(lambda: job.progress()["message"] == "scoring")
+    assert not job.cancelling
+    assert job.cancel()
+    assert job.cancelling and job.state() == "running"  # at once, on every page that reads the folder
+    assert jobs.Job.load(job.dir).cancelling
+    assert job.wait(60) == "cancelled" and not job.cancelling
+
+
 def _wait_for(cond, timeout=20.0):
     deadline = time.monotonic() + timeout
     while not cond() and time.monotonic() < deadline:

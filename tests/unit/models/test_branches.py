@@ -233,3 +233,28 @@ def test_an_analysis_of_a_series_with_a_run_measures_the_run_from_its_start(quic
         "checkpoint-2": False, "checkpoint-4": False, "fixB": True}
     kl = result.tokens.groupby("checkpoint")["kl_prev"].mean()
     assert kl["fixB"] > 0 and abs(kl["fixB"] - kl["checkpoint-4"]) > 1e-4
+
+
+def test_the_token_heatmap_and_belief_lines_draw_a_run_below_its_start_labelled_as_a_run(tmp_path):
+    """The series order puts a joined run after checkpoint-200 (its join step); both trajectory figures list it
+    right after its start, named as a CPO run, never as a step between two RFT checkpoints."""
+    import numpy as np
+
+    from core.drift.explore import TokenMatrix
+
+    branches = run_branches([str(fake_run(tmp_path))])  # fix-1 from checkpoint-160
+    names = ["base", "checkpoint-160", "checkpoint-200", "fix-1", "checkpoint-240"]
+    values = np.arange(10, dtype=float).reshape(5, 2)
+    direction = np.array([["", ""], ["", ""], ["", ""], ["detrimental", ""], ["", ""]], dtype=object)
+    m = TokenMatrix("kl_base", names, [0, 1], [" a", " b"], values, None, direction)
+    heat = charts.token_heatmap(m, branches=branches)
+    run_row = "↳ fix-1 (CPO from checkpoint-160)"
+    assert list(heat.data[0].y) == ["base", "checkpoint-160", run_row, "checkpoint-200", "checkpoint-240"]
+    assert list(heat.data[0].z[2]) == [6.0, 7.0]  # the run's values moved with its row
+    assert list(heat.data[1].y) == [run_row]  # and its ▼ mark
+
+    path = pd.DataFrame([{"checkpoint": c, "position": p, "gold_prob": 0.5, "answer": "A", "gold": "A"}
+                         for c in names for p in (0, 1)])
+    lines = charts.belief_lines(path, branches=branches)
+    assert [t.name for t in lines.data] == ["base", "checkpoint-160", run_row, "checkpoint-200", "checkpoint-240"]
+    assert lines.data[2].line.dash == "dash" and lines.data[2].line.color == charts.BRANCH_COLOR

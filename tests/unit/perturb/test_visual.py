@@ -49,9 +49,9 @@ def records(cfg):
 
 def _naive_belief(series, checkpoint, enc, cfg, every: bool = False):
     """The reference: softmax over labels of ``naive_label_logprobs`` (re-encoding image + prefix + label), at the
-    end of the CoT (or, ``every``, at each of the config's probe positions)."""
+    last of the config's probe positions (or, ``every``, at each of them)."""
     tk = tokens_of(series.tokenizer, ProbeConfig(labels=LABELS_SORTED, template=cfg.template), LABELS_SORTED)
-    pos = probe_positions(enc, cfg.positions, tk.template[0], sentence_ids(series.tokenizer))
+    [pos] = visual_probe._positions([enc], tk, series.tokenizer, cfg)  # occlusion: before the CoT by default
     with series.activate(checkpoint) as model:
         lp = naive_label_logprobs(model, series.processor, enc, pos if every else pos[-1:], tk)
     z = np.exp(lp - lp.max(-1, keepdims=True))
@@ -129,22 +129,31 @@ def test_swap_beliefs_at_sentence_ends_equal_naive_reencoding(series, cfg, recor
     np.testing.assert_allclose(rows["belief_swapped"], ref[:, LABELS_SORTED.index("Pneumonia")], rtol=1e-4, atol=1e-5)
 
 
-def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, cfg, records):
-    run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[records[1]["id"]], grid=2, batch_size=3, fill=0)
+@pytest.mark.parametrize("at", ["start", "end"])
+def test_occlusion_beliefs_equal_naive_reencoding_of_the_occluded_image(series, cfg, records, at):
+    """Read before the CoT (the default: the image and prompt alone) or at its end, as the rows say."""
+    run_cfg = dataclasses.replace(cfg, kind="occlusion", traj_ids=[records[1]["id"]], grid=2, batch_size=3, fill=0,
+                                  occlusion_at=at)
     df = visual_probe.run(run_cfg, series=series)
     assert len(df) == 4 * len(LABELS) * len(series.names) and df["drop"].abs().max() > 0
+    assert set(df["probed_at"]) == {visual.OCCLUSION_AT[at]}
     row = df[(df.checkpoint == "checkpoint-2") & (df.patch == 3)].iloc[0]
     image = load_image(records[1]["image_refs"][0])
     enc = encode_vl(series.processor, [records[1]])[0]
     [variant] = visual.occluded_encodings(series.processor, enc, image, [(row.x0, row.y0, row.x1, row.y1)], 0)
-    ref = _naive_belief(series, "checkpoint-2", variant, cfg)
+    tk = tokens_of(series.tokenizer, ProbeConfig(labels=LABELS_SORTED, template=run_cfg.template), LABELS_SORTED)
+    [pos] = visual_probe._positions([variant], tk, series.tokenizer, run_cfg)
+    assert (pos == [variant.start]) == (at == "start")  # before the CoT: right after the image and prompt
+    ref = _naive_belief(series, "checkpoint-2", variant, run_cfg)
     got = df[(df.checkpoint == "checkpoint-2") & (df.patch == 3)].set_index("label")["belief"]
     np.testing.assert_allclose(got[LABELS_SORTED].to_numpy(), ref, rtol=1e-4, atol=1e-5)
+    strongest = visual.strongest_label(df)
+    assert df[df.label == strongest]["drop"].abs().max() == df["drop"].abs().max()
     top = visual.top_patches(df, "Edema")
     assert top["checkpoint"].tolist() == series.names
     for _, t in top.iterrows():
         assert t["drop"] == df[(df.checkpoint == t.checkpoint) & (df.label == "Edema")]["drop"].max()
-    base = _naive_belief(series, "checkpoint-2", enc, cfg)
+    base = _naive_belief(series, "checkpoint-2", enc, run_cfg)
     np.testing.assert_allclose(df[(df.checkpoint == "checkpoint-2") & (df.patch == 0)].set_index("label")
                                ["base_belief"][LABELS_SORTED].to_numpy(), base, rtol=1e-4, atol=1e-5)
 
@@ -179,7 +188,7 @@ def test_a_full_checkpoint_series_loads_each_checkpoint_once_and_matches_naive(c
     [variant] = visual.occluded_encodings(full.processor, enc, image, [tuple(row.iloc[0][["x0", "y0", "x1", "y1"]])],
                                           None)
     np.testing.assert_allclose(row["belief"][LABELS_SORTED].to_numpy(),
-                               _naive_belief(full, "checkpoint-8-merged", variant, cfg), rtol=1e-4, atol=1e-5)
+                               _naive_belief(full, "checkpoint-8-merged", variant, run_cfg), rtol=1e-4, atol=1e-5)
     base = df[(df.checkpoint == "base") & (df.patch == 2)].set_index("label")["belief"][LABELS_SORTED].to_numpy()
     assert not np.allclose(base, row["belief"][LABELS_SORTED].to_numpy())
 
@@ -206,7 +215,9 @@ def test_flip_rates_per_category_from_known_rows():
     assert got[["category", "step", "n"]].values.tolist() == [["Edema", 0, 2], ["Edema", 2, 1], ["Pneumonia", 0, 1],
                                                               ["Pneumonia", 2, 1]]
     assert got["flip_rate"].tolist() == [0.5, 0.0, 0.0, 1.0]
-    assert got["follows_image"].tolist() == [0.5, 0.0, 1.0, 1.0]
+    # Pneumonia at step 0 already answered Edema with its own image: it did not follow the swapped (Edema) image
+    assert got["follows_image"].tolist() == [0.5, 0.0, 0.0, 1.0]
+    assert (got["follows_image"] <= got["flip_rate"]).all()
     np.testing.assert_allclose(got["belief_change"], [-0.2, 0.0, 0.0, -0.4])
 
 

@@ -49,7 +49,10 @@ def test_token_heatmap_escapes_tokens_and_marks_directions():
     assert "<br>" in heat.customdata[0][0]  # line breaks of the hover text survive as markup
     assert heat.zmid == 0 and heat.zmin == -0.4  # diverging scale around zero for belief metrics
     marks = {t.name: (list(t.x), list(t.y)) for t in fig.data[1:]}
-    assert marks == {"detrimental": ([0], ["&lt;b&gt;ck&lt;/b&gt;"]), "beneficial": ([2], ["&lt;b&gt;ck&lt;/b&gt;"])}
+    assert marks == {"detrimental position": ([0], ["&lt;b&gt;ck&lt;/b&gt;"]),
+                     "beneficial position": ([2], ["&lt;b&gt;ck&lt;/b&gt;"])}
+    down = fig.data[1].customdata[0]  # a ▼ cell's hover: what every cell's says (token, top-k, value), then ▼
+    assert "top: '&lt;think&gt;' 0.9" in down and "-0.4000" in down and down.endswith("▼ detrimental position")
     assert "&lt;script&gt;" in fig.layout.title.text
 
 
@@ -76,10 +79,12 @@ def test_summary_over_steps_shades_detrimental_changes():
     changes = pd.DataFrame({"from_step": [0, 1], "to_step": [1, 2], "changed": [True, True],
                             "direction": ["detrimental", "beneficial"], "page_hinkley_alarm": [True, False]})
     fig = charts.summary_over_steps(summary, changes)
-    assert len(fig.data) == 6
+    assert len(fig.data) == 7 and fig.data[6].name == "detrimental step change (shaded)"  # the shading's key
     assert fig.data[0].name == charts.PROBE_ACCURACY and "teacher-forced" in fig.data[0].name  # not the greedy one
     shaded = [s for s in fig.layout.shapes if s.type == "rect"]
     assert len(shaded) == 2 and {s.x0 for s in shaded} == {0}  # one rectangle per subplot, step 0 -> 1 only
+    note, = fig.layout.annotations  # the alarm named once, above the plot (y = 1 paper, anchored below it)
+    assert note.text.startswith("Page-Hinkley alarm") and (note.x, note.yref, note.y, note.yanchor) == (1, "paper", 1, "bottom")
 
 
 def test_perturbation_charts():

@@ -172,6 +172,18 @@ def test_a_previous_result_is_replaced_only_with_force(tmp_path):
         check_result_file(result, True, PERTURB_COLUMNS)
 
 
+def test_build_sample_help_and_the_readme_give_the_same_build_times():
+    import re
+
+    from workbench.cli import parser
+
+    sub = next(a for a in parser()._actions if a.choices and "build-sample" in a.choices)
+    help_text = " ".join(a.help for a in sub._choices_actions if a.dest == "build-sample")
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `workbench build-sample"))
+    for text in (help_text, row):  # the text world about 5 minutes, the multimodal one 3.5 (7 on busy cores)
+        assert re.search(r"about 5 minutes", text) and "3.5" in text and "up to 7" in text, text
+
+
 def test_the_readme_command_table_names_real_flags_of_every_job_command():
     """Each job kind has a row in the README's command table, and every flag a row names exists (they are
     generated from the configs, so a renamed field would leave the table wrong)."""

@@ -39,9 +39,9 @@ def test_occlusion_heatmap_covers_the_image_per_patch_and_checkpoint():
     assert [t.type for t in fig.data] == ["image", "heatmap", "heatmap"]
     base, late = fig.data[1], fig.data[2]
     assert list(base.x) == [0, 20, 40, 60] and list(base.y) == [0, 30, 60, 90]  # patch edges in pixels
-    np.testing.assert_allclose(base.z, np.arange(1, 10).reshape(3, 3) / 100)  # row by row, as the patches
-    np.testing.assert_allclose(late.z, 5 * np.arange(1, 10).reshape(3, 3) / 100)
-    assert base.zmax == late.zmax == 0.45 and base.zmin == -0.45  # one scale for every checkpoint
+    np.testing.assert_allclose(base.z, np.arange(1, 10).reshape(3, 3))  # row by row, as the patches; in points
+    np.testing.assert_allclose(late.z, 5 * np.arange(1, 10).reshape(3, 3))
+    assert base.zmax == late.zmax == 45 and base.zmin == -45  # one scale for every checkpoint
     assert base.visible and not late.visible
     steps = fig.layout.sliders[0].steps
     assert [s.label for s in steps] == ["base", "checkpoint-4"]
@@ -53,7 +53,13 @@ def test_a_single_rectangle_is_one_cell_at_its_place():
     rows = occlusion_rows(60, 90, 1).assign(x0=10, y0=20, x1=30, y1=50)
     fig = occlusion_heatmap(np.zeros((90, 60, 3), dtype=np.uint8), rows, "Pneumonia")
     assert list(fig.data[1].x) == [10, 30] and list(fig.data[1].y) == [20, 50]
-    np.testing.assert_allclose(fig.data[1].z, [[-0.01]])
+    np.testing.assert_allclose(fig.data[1].z, [[-1.0]])
+
+
+def test_a_tiny_occlusion_effect_stays_pale_instead_of_filling_the_colour_scale():
+    rows = occlusion_rows(60, 90, 2).assign(drop=lambda d: d["drop"] / 1000)  # drops of about 1e-4
+    fig = occlusion_heatmap(np.zeros((90, 60, 3), dtype=np.uint8), rows, "Edema")
+    assert fig.data[1].zmax == 1.0 and abs(fig.data[1].z).max() < 0.1  # under a tenth of the scale: pale
 
 
 def test_swap_belief_paths_draw_own_and_swapped_image_per_checkpoint():

@@ -1,4 +1,4 @@
-"""The Qwen-VL family (Qwen2-VL, Qwen2.5-VL): models that read images, loaded with
+"""The Qwen-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): models that read images, loaded with
 ``AutoModelForImageTextToText`` and their image processor.
 
 Its parts, one module each: ``inputs`` (processor, records with images -> ids, padded batches, 3-D rotary
@@ -28,13 +28,9 @@ from core.models.families.qwen_vl.inputs import (
 from core.models.families.qwen_vl.pairs import VLPreferenceCollator, encode_pairs, image_inputs, prompt_errors
 from core.models.forward import inner
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
-
-
 class QwenVLFamily(Family):
     name = "qwen_vl"
     modality = VISION_LANGUAGE
-    model_types = MODEL_TYPES
     auto_class = "AutoModelForImageTextToText"
     chat_prompts = "every record (a conversation's turns, else the prompt as one user turn)"
     caches_prefix = False  # a prefix with images and 3-D positions: long trajectories are probed in chunks

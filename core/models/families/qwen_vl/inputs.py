@@ -1,4 +1,4 @@
-"""Qwen2-VL / Qwen2.5-VL inputs: load the model and its processor, and turn records with images into ids.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL inputs: load the model and its processor, and turn records with images into ids.
 
 The pieces that are Qwen's (the image tokens, 3-D rotary positions) are named here; a later family (LLaVA-style
 models) brings its own. Local folders only; ``trust_remote_code`` off unless asked for.
@@ -65,7 +65,7 @@ class VLProcessor:
     def token_id(self, token: str) -> int:
         tid = self.tokenizer.convert_tokens_to_ids(token)
         if tid is None or tid == self.tokenizer.unk_token_id:
-            raise InputError(f"tokenizer has no {token} token; expected a Qwen2-VL / Qwen2.5-VL tokenizer")
+            raise InputError(f"tokenizer has no {token} token; expected a Qwen2-VL, Qwen2.5-VL or Qwen3-VL tokenizer")
         return tid
 
     def pixels(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,13 +162,14 @@ def image_inputs(model, inputs: dict) -> dict:
     """The image part of a VL batch as the model takes it: each row image's features (the vision tower run
     once over the distinct images, without gradients: it is frozen, and LoRA sits on the language model only),
     the grids and image-token types its 3-D positions come from. ``{}`` for a text batch."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     if "image_index" not in inputs:
         return {k: inputs[k] for k in ("mm_token_type_ids",) if k in inputs}
     with torch.no_grad():
-        distinct = vl_core(model).get_image_features(inputs["pixel_values"], inputs["distinct_grid_thw"],
-                                                     return_dict=True).pooler_output  # per distinct image
-    per_row = tuple(distinct[i] for i in inputs["image_index"].tolist())
-    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_row)},
+        out = vl_core(model).get_image_features(inputs["pixel_values"], inputs["distinct_grid_thw"],
+                                                return_dict=True)  # per distinct image
+    index = inputs["image_index"].tolist()
+    per_row = type(out)(pooler_output=tuple(out.pooler_output[i] for i in index))
+    if getattr(out, "deepstack_features", None) is not None:  # Qwen3-VL: features of inner vision layers too,
+        per_row.deepstack_features = [tuple(layer[i] for i in index) for layer in out.deepstack_features]  # per layer
+    return {"mm_encoder_outputs": {"image": per_row},
             "image_grid_thw": inputs["image_grid_thw"], "mm_token_type_ids": inputs["mm_token_type_ids"]}

@@ -65,7 +65,7 @@ def test_the_families_are_a_table_of_data():
     rows = table()
     assert [r["family"] for r in rows] == [f.name for f in FAMILIES] == ["text", "qwen_vl"]
     assert {r["modality"] for r in rows} == {"text", "vision-language"}
-    assert rows[1]["model_types"] == ["qwen2_vl", "qwen2_5_vl"] and rows[1]["loads_with"] == "AutoModelForImageTextToText"
+    assert rows[1]["model_types"] == ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] and rows[1]["loads_with"] == "AutoModelForImageTextToText"
     assert {"llama", "qwen2", "qwen3", "mistral", "phi3"} <= set(rows[0]["model_types"])
     claimed = [t for f in FAMILIES for t in f.model_types]
     assert len(claimed) == len(set(claimed))  # no model_type is served by two families
@@ -77,7 +77,7 @@ def test_the_families_are_a_table_of_data():
 def _refusal(message: str, model_type: str, looks: str) -> None:
     assert f"model_type {model_type!r} is not a supported model family" in message
     assert f"looks like a {looks} model" in message
-    assert "supported: text (text: llama, " in message and "qwen_vl (vision-language: qwen2_vl, qwen2_5_vl)" in message
+    assert "supported: text (text: llama, " in message and "qwen_vl (vision-language: qwen2_vl, qwen2_5_vl, qwen3_vl)" in message
 
 
 def test_a_tiny_random_bert_is_refused_at_load(bert):
@@ -132,3 +132,63 @@ def test_the_supported_line_names_every_family():
     line = supported()
     for family in FAMILIES:
         assert f"{family.name} ({family.modality}: " in line
+
+
+def test_llava_is_refused_with_the_reason_it_is_not_served(llava):
+    with pytest.raises(UnsupportedModel) as e:
+        family_for(llava)
+    assert "LLaVA-1.5 needs its own backend" in str(e.value) and "`workbench families`" in str(e.value)
+
+
+def test_registration_refuses_an_unsupported_base_by_name(llava, bert, sample_world, tmp_path, capsys):
+    """`workbench world create` (and the Checkpoints page's "Keep these as a world", the same create_world)
+    refuses the base before anything is written, naming its model_type and what is supported."""
+    from core.workspace.world import create_world
+    from workbench import cli
+
+    data = sample_world / "data" / "test.jsonl"
+    with pytest.raises(UnsupportedModel) as e:
+        create_world(tmp_path / "w", "w", bert, [], [data])
+    _refusal(str(e.value), "bert", "text")
+    assert not (tmp_path / "w").exists()
+    code = cli.main(["world", "create", "--name", "mine", "--base", str(llava), "--data", str(data),
+                     "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "model_type 'llava' is not a supported model family (its config looks like a vision-language" in err
+    assert "supported: text (text: llama, " in err
+
+
+def test_workbench_families_prints_the_matrix(capsys):
+    from core.models.families.matrix import MATRIX, REFUSED
+    from workbench import cli
+
+    assert cli.main(["families"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["family", "model_type", "backend", "score", "probe", "evaluate", "train",
+                                           "visual", "drift"]
+    for e in MATRIX:
+        assert e.model_type in out
+    for t in REFUSED:
+        assert f"  {t}: " in out
+
+
+def test_the_matrix_is_what_dispatch_reads():
+    from core.models.families.matrix import MATRIX, OPERATIONS
+
+    for e in MATRIX:
+        assert family_named(e.family).model_types.count(e.model_type) == 1
+        assert set(e.tested) <= set(OPERATIONS)
+        assert e.family == "qwen_vl" or "visual drift" not in e.tested  # a text model sees no image
+    assert [t for f in FAMILIES for t in f.model_types] == [e.model_type for e in sorted(
+        MATRIX, key=lambda e: [f.name for f in FAMILIES].index(e.family))]
+
+
+def test_the_readme_holds_the_generated_matrix():
+    from pathlib import Path
+
+    from core.models.families.matrix import README_END, README_START, readme_block
+
+    readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
+    held = readme[readme.index(README_START): readme.index(README_END) + len(README_END)]
+    assert held == readme_block(), "the README's family matrix differs: paste `workbench families --markdown`"
