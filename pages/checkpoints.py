@@ -11,7 +11,6 @@ import pandas as pd
 import streamlit as st
 
 from core.cpo import runs
-from core.drift.analysis import list_analyses
 from core.drift.config import AnalysisConfig
 from core.drift.job import ScoreOptions
 from core.errors import InputError
@@ -132,9 +131,13 @@ if infos:
                                 "branch_of": f"{b.start} + {b.run_steps} CPO steps" if (b := branch[c.path]) else "",
                                 "objective": c.training.get("objective"), "LoRA r": c.training.get("lora_rank"),
                                 "lr": c.training.get("lr"), "reward": c.training.get("reward"),
+                                "pairs ranked right": c.training.get("preference_accuracy"),  # DPO / CPO logs
                                 "loss": c.training.get("loss"), "path": str(c.path)}
                                for c in infos]), hide_index=True, key="ck_table",
-                 column_config={"branch_of": "CPO run from", "reward": st.column_config.NumberColumn(format="%.3f"),
+                 column_config={"branch_of": "CPO run from",
+                                "reward": st.column_config.NumberColumn(format="%.3f", help="an RL trainer's reward"),
+                                "pairs ranked right": st.column_config.NumberColumn(
+                                    format="%.3f", help="a preference trainer's rewards/accuracies"),
                                 "loss": st.column_config.NumberColumn(format="%.4f"),
                                 "lr": st.column_config.NumberColumn(format="%.1e")})
     for note in base_name_warnings(base, infos, base_names):  # a hint, not proof: never a refusal
@@ -158,7 +161,7 @@ elif data_kind == "Curation database":
     from core.curation.queue import trajectories_file
 
     try:
-        data = str(trajectories_file(ws.store, ws.uploads_dir))
+        data = str(trajectories_file(ws.store, ws.uploads_dir, world.key if world else None))  # this world's
     except InputError as e:
         problems.append(str(e))
 elif data_kind == "A JSONL file":
@@ -226,15 +229,19 @@ if not problems:
 for p in problems:
     st.error(inert(p))
 if cfg is not None:
-    name = f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # the folder named once per request and kept across reruns: the command shown is the one the job runs
+    names = st.session_state.setdefault(state.SCORE_OUTS, {})
+    request = cfg.to_json()
+    name = names.setdefault(request, f"{Path(data).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     options = ScoreOptions(out=str(ws.analyses_dir / name), workspace=str(ws.root))
     with st.expander("Command line (the same job from a shell)", icon=":material/terminal:"):
         st.code(registry.shell_command(*registry.command("score", cfg, options)), language="bash")  # as the job runs
-    running = [j for j in jobs.list_jobs(ws.job_dirs, "score") if j.state() == "running"]
+    running = [j for j in jobs.list_jobs(ws.job_dirs, "score", world and world.root) if j.state() == "running"]
     if st.button("Score", type="primary", icon=":material/play_arrow:", key="ck_run", disabled=bool(running),
                  help="runs in the background; the result is cached, so the same request returns at once"):
         registry.launch(ws, "score", cfg, options, title=f"score {Path(data).name} under {len(infos) + 1} models",
-                        meta={"out": options.out})
+                        meta={"out": options.out}, world=world and world.root)
+        names.pop(request)  # the next request gets a folder of its own
         st.rerun()
     if running:
         st.caption("One scoring job at a time: wait for it or cancel it below.")
@@ -248,14 +255,17 @@ def open_result(job, main, side) -> None:
         st.rerun(scope="app")
 
 
-if jobs.list_jobs(ws.job_dirs, "score"):
+if jobs.list_jobs(ws.job_dirs, "score", world and world.root):
     st.subheader("Scoring jobs")
-    ui.jobs_panel(ws.job_dirs, "score", open_result)
+    ui.jobs_panel(ws.job_dirs, "score", open_result, world=world and world.root)
 
 # ---- analyses ------------------------------------------------------------------------------------------
-found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
-if found:
+found, others = ui.world_analyses(ws, world)  # this world's; another world's open with that world
+if found or others:
     st.subheader("Analyses")
+    if others:
+        st.caption(f"{len(others)} analyses of other worlds are listed when their world is open (or in the explorer, "
+                   "on request).")
     rows = pd.DataFrame([{"analysis": a.name, "data": Path(a.config.data).name, "trajectories": a.config.limit or "all",
                           "positions": a.config.positions, "written": time.strftime("%Y-%m-%d %H:%M", time.localtime(a.created)),
                           "path": str(a.path)} for a in found])

@@ -101,10 +101,14 @@ if method == "image_swap":  # a target needs a study of its label to take the im
 
 if st.button("Generate for this trajectory", key="cf_generate", type="primary", disabled=not targets):
     try:
-        cfs = make_counterfactuals(graph, record, targets, method, version, expert, donors=records)
+        skipped: list[str] = []
+        cfs = make_counterfactuals(graph, record, targets, method, version, expert, donors=records, skipped=skipped)
+        for line in skipped:  # a rewrite of the answer alone is not a counterfactual: said, not stored
+            st.warning(line)
         if not cfs:
-            raise InputError(f"no study of {', '.join(targets)} with an image to swap in")
-        store_counterfactuals(store, record, source, cfs)
+            raise InputError(f"no study of {', '.join(targets)} with an image to swap in" if method == "image_swap"
+                             else "no counterfactual: no rewrite changed a finding (nothing was stored)")
+        store_counterfactuals(store, record, source, cfs, world.key)
         st.session_state[state.CF_LAST] = {
             "original": record["completion"], "id": record["id"], "images": record["images"],
             "label": record.get("label"),
@@ -139,7 +143,7 @@ st.subheader("Batch over the dataset")
 st.caption("Runs in the background (close the tab, it keeps going); Cancel stops it after the current "
            "trajectory, and what finished stays stored.")
 n = st.number_input("Trajectories (from the first)", 1, len(records), min(50, len(records)), key="cf_batch_n")
-running = [j for j in jobs.list_jobs(ws.job_dirs, cf_job.KIND) if j.state() == "running"]
+running = [j for j in jobs.list_jobs(ws.job_dirs, cf_job.KIND, world.root) if j.state() == "running"]
 if st.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or target) or bool(running),
              icon=":material/play_arrow:"):
     try:
@@ -152,10 +156,11 @@ if st.button("Run batch", key="cf_batch_run", disabled=not (mode != "one" or tar
         st.error(inert(str(e)))
 if running:
     st.caption("One batch at a time: wait for it or cancel it below.")
-ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job.progress().get("message", "")))
+ui.jobs_panel(ws.job_dirs, cf_job.KIND, lambda job, main, side: main.caption(job.progress().get("message", "")),
+              world=world.root)
 
 st.subheader("Stored counterfactuals")
-table = list_counterfactuals(store, source)
+table = list_counterfactuals(store, source, world.key)
 order = st.radio("Consistency", ["lowest first", "highest first"], horizontal=True, key="cf_sort")
 table = by_consistency(table, order == "lowest first")
 st.dataframe(curation_view.counterfactual_rows(table), hide_index=True, key="cf_table",

@@ -16,7 +16,8 @@ ws, world = ui.page_context()
 store = ws.store
 
 annotator = st.session_state[state.ANNOTATOR]
-flt = view.filters(store)
+scope = view.world_scope(store, world)  # the open world's items, or every world's when the user says so
+flt = view.filters(store, scope)
 counts = curation.progress(store, flt)  # (settled, total), shared by the focus view and the queue
 annotate, queue, conflicts, agreement, imports, exports = st.tabs(
     ["Annotate", "Queue", "Conflicts", "Agreement", "Import", "Export"])
@@ -40,12 +41,12 @@ with queue:
     view.queue_panel(store, flt, counts)
 with conflicts:
     if annotator:
-        view.conflicts_panel(store, annotator)
+        view.conflicts_panel(store, annotator, scope)
     else:
         st.info("Enter your name above to settle conflicts.")
 with agreement:
     view.agreement_panel(store)
 with imports:
-    view.import_panel(store, world.root / "examples" if world else None)
+    view.import_panel(store, world.root / "examples" if world else None, world)
 with exports:
-    view.export_panel(store, ws.datasets_dir)
+    view.export_panel(store, ws.datasets_dir, scope)

@@ -40,6 +40,7 @@ def open_driver(kind: str, table: pd.DataFrame, widget_key: str) -> None:
     graph = resources.graph_file(a.config.graph, resources.file_stamp(a.config.graph)) if a.config.graph else None
     ids, note = explore.driver_trajectories(kind, table.iloc[rows[0]], resources.analysis_records(chosen, info.stamp),
                                             graph)
+    ids = explore.most_drifted_first(ids, trajs)  # the row opens its most drifted trajectory
     st.session_state[state.DRIVER_IDS] = ids
     st.session_state[state.DRIVER_NOTE] = note
     st.session_state[state.EXPLORER_VIEW] = "Trajectory"

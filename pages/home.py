@@ -1,12 +1,10 @@
 """Home: the loaded world at a glance, the drift it holds, and the loop the workbench supports."""
 
-import json
-
 import pandas as pd
 import streamlit as st
 
 from core.errors import InputError
-from core.io.images import record_images
+from core.io.trajectories import read_trajectories
 from core.workspace.world import known_worlds
 from workbench import charts, resources, routes, ui
 from workbench.safe_text import inert
@@ -29,7 +27,7 @@ st.subheader(inert(summary["name"]))  # world.json's text: shown as typed, fetch
 st.caption(f"{inert(summary['description'])}  \n`{summary['root']}`")
 others = [p for p in known_worlds(ws.root, ws.store) if p != path.resolve()]
 if others:  # e.g. the demo's two sample worlds, or a researcher's runs
-    names = ", ".join(f"`{p.name}`" for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    names = ", ".join(f"**{inert(p.name)}**" for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
     st.info(f"Other worlds in this workspace: {names}. Switch in the sidebar's **World** picker.")
 model, steps = summary["model"], [c["step"] for c in summary["checkpoints"]]
 dev = resources.device_info()
@@ -52,7 +50,9 @@ with left:
     extra = world.chart_metrics()  # the world's own figures (its plug-in)
     table = charts.drift_table(metrics, extra)
     if table.empty:
-        st.info("This world records no drift table yet; score it in the drift explorer.")
+        st.info("This world records no drift table yet: it comes from greedy decoding of the held-out studies under "
+                f"each checkpoint, `workbench evaluate --world {world.root} --record` (the drift explorer shows "
+                "scored analyses, it does not fill this table).")
     else:
         ui.figure(charts.drift_over_steps(table, extra), "drift_over_steps", "drift-over-steps",
                   title="Drift across the RFT checkpoints (held-out, greedy decoding)")
@@ -63,12 +63,15 @@ with right:
     if world.is_vl:  # its family reads images
         st.markdown("**Example studies** (the films the model reads)")
         data_file = world.dataset_path(world.manifest.get("default_dataset") or next(iter(world.manifest["datasets"])))
-        examples = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()[:4] if line.strip()]
+        try:  # the one trajectory reader: JSONL, a JSON list (ms-swift's), parquet, a datasets folder
+            examples = read_trajectories(data_file, limit=4, check_images=False)  # ui.images names a bad file
+        except InputError as e:
+            st.warning(inert(f"Cannot show example studies: {e}"))
+            examples = []
         for row in range(0, len(examples), 2):  # two films a row: each fits its column, its caption under it
             for col, rec in zip(st.columns(2), examples[row: row + 2], strict=False):
                 with col:
-                    ui.images([str(r.path) for r in record_images(rec, data_file)], caption=str(rec.get("label", "")),
-                              width="stretch")
+                    ui.images(rec.get("images") or [], caption=str(rec.get("label") or ""), width="stretch")
     st.markdown("**Checkpoint series**")
     st.dataframe(pd.DataFrame(summary["checkpoints"]), hide_index=True, key="checkpoints")
     st.markdown("**Datasets**")

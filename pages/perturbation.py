@@ -109,8 +109,10 @@ with single:
         if result.empty:
             st.warning(inert(f"{f!r} does not occur in this trajectory."))
         else:
-            flips = int(result["flip"].sum())
-            st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result)} checkpoints.")
+            flips, bad = int(result["flip"].sum()), int(result["malformed"].sum())
+            st.markdown(f"**{f} → {r}** ({m}): the answer flips under **{flips}** of {len(result) - bad} checkpoints"
+                        + (f"; under {bad} no answer could be read before or after the swap (malformed, not a flip)."
+                           if bad else "."))
             if m == "probe":
                 ui.figure(charts.perturbation_beliefs(result, branches), "lab-single-chart", f"swap-{traj_id}",
                           title=f"{traj_id}: gold belief before and after {f} → {r}")
@@ -142,11 +144,11 @@ with batch:
     job_cfg = dataclasses.replace(cfg, limit=limit)
     job_options = PerturbOptions(out=str(out), find=bfind or "", replace=breplace or "", mode=bmode, force=True)
     st.code(registry.shell_command(*registry.command("perturb", job_cfg, job_options)), language="bash")
-    running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb") if j.state() == "running"]
+    running = [j for j in jobs.list_jobs(ws.job_dirs, "perturb", world and world.root) if j.state() == "running"]
     if st.button("Run over the dataset", type="primary", key="lab_brun", disabled=not (bfind and breplace and n_hit)
                  or bool(running), icon=":material/play_arrow:"):
         registry.launch(ws, "perturb", job_cfg, job_options, title=f"{bfind} → {breplace} ({bmode}, {Path(cfg.data).name})",
-                        meta={"out": str(out)})
+                        meta={"out": str(out)}, world=world and world.root)
         st.rerun()
 
     def show_result(job, main, side) -> None:
@@ -167,6 +169,6 @@ with batch:
                     ui.figure(charts.category_flip_heatmap(cats, branches=branches), f"lab-cat-{job.id}",
                               f"category-flips-{job.id}", title=f"{job.title}: flip rate per category")
 
-    previous = jobs.list_jobs(ws.job_dirs, "perturb")
+    previous = jobs.list_jobs(ws.job_dirs, "perturb", world and world.root)
     newest = previous[0].id if previous else None
-    ui.jobs_panel(ws.job_dirs, "perturb", show_result)
+    ui.jobs_panel(ws.job_dirs, "perturb", show_result, world=world and world.root)

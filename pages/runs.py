@@ -47,7 +47,8 @@ with ui.controls("Launch a run", expanded=True):
     choice = {name: forms.field(column, TrainConfig, name, "run") for column, name in ((c2, "objective"),
                                                                                         (c3, "negatives"))}
     objective = choice["objective"]
-    snaps = [s for s in snapshots.snapshots(ws.store) if snapshots.trainable(s)]
+    # this world's curation exports only (snapshots of every world are the curation page's explicit choice)
+    snaps = [s for s in snapshots.snapshots(ws.store, world.key if world else None) if snapshots.trainable(s)]
     plugin = world.plugin if world else None  # a world's own preference set and default lr (its plug-in)
     own = [plugin.preference_label] if hasattr(plugin, "preference_set") else []
     sources = [f"snapshot: {s.name} ({s.row_count} pairs)" for s in snaps] + own + ["a TRL preference file"]
@@ -101,9 +102,11 @@ with ui.controls("Launch a run", expanded=True):
         problems.append("Choose the preference data.")
     elif values is not None:
         try:
+            base_model, init_adapter = runs.start_point(world, start)  # a merged checkpoint is the run's base
             cfg = TrainConfig(
-                base_model=str(world.base_model_dir), data=data, output_dir=str(ws.cpo_run_dir(name)),
-                init_adapter=runs.start_adapter(world, start), base_names=[world.manifest.get("base_model_name", "")],
+                base_model=base_model, data=data, output_dir=str(ws.cpo_run_dir(name)), init_adapter=init_adapter,
+                base_names=[world.manifest.get("base_model_name", "") if init_adapter or base_model == str(
+                    world.base_model_dir) else Path(base_model).name],
                 source_weights={"image_swap": float(visual_weight)} if visual_weight > 0 else {}, **values)
             check = resources.preflight(cfg)
             st.caption(f"Pre-flight: {check.pairs} pairs · {len(check.truncated)} whose reasoning max length would "
@@ -116,8 +119,8 @@ with ui.controls("Launch a run", expanded=True):
     for p in problems:
         st.error(inert(p))
     if cfg is not None and not problems:
-        st.code(shell_command(runs.train_argv(Path(cfg.output_dir) / "config.json", world.root, int(eval_limit) or None)),
-                language="bash")
+        st.code(shell_command(*runs.train_command(cfg, world.root, int(eval_limit) or None)),  # config.json written
+                language="bash")                                                             # first: it works now
         st.caption("The run trains in the background, then answers the world's held-out sets with the new adapter.")
         if st.button("Launch", type="primary", icon=":material/rocket_launch:", key="run_launch"):
             try:
@@ -132,9 +135,10 @@ with ui.controls("Launch a run", expanded=True):
 
 # ---- the runs --------------------------------------------------------------------------------------------
 def runs_panel() -> None:
-    all_runs = runs.refresh_all(ws)
+    runs.refresh_all(ws)
+    all_runs = runs.list_runs(ws.store, world and world.root)  # the open world's runs
     if not all_runs:
-        st.info("No run yet.")
+        st.info("No run of this world yet." if world else "No run yet.")
         return
     ids = [r.id for r in all_runs]
     if st.session_state.get(state.RUN_SELECTED) not in ids:
@@ -168,10 +172,10 @@ def runs_panel() -> None:
         ui.figure(charts.run_curves(m), "run-curves", f"run-{run.name}", title=f"Training curves of {run.name}")
     if run.evaluation:
         st.markdown("**On the held-out sets** (accuracy by greedy decoding of the whole CoT, as on Home)")
-        before = runs.start_metrics(run.world, run.config.get("init_adapter")) if run.world else None
+        before = runs.start_metrics(run.world, None, runs.start_name(run.world, run.config)) if run.world else None
         st.dataframe(runs.comparison([run], before), hide_index=True, key="run-eval")
         if worse := runs.worse_than_start(run.evaluation, before):
-            start = Path(run.config.get("init_adapter") or "base (SFT)").name
+            start = runs.start_name(run.world, run.config)
             st.warning(f"This run left the model worse than its start ({start}) on the held-out sets: "
                        + "; ".join(worse) + ". Check the pre-flight warnings (tiny or unbalanced data?), the learning "
                        "rate and the number of steps.", icon=":material/trending_down:")
@@ -213,15 +217,18 @@ def examples(run) -> None:
 
 
 st.subheader("Runs")
-ui.live_fragment(runs_panel, lambda: any(r.status == "running" for r in runs.list_runs(ws.store)), state.RUNS_LIVE)
+ui.live_fragment(runs_panel, lambda: any(r.status == "running" for r in runs.list_runs(ws.store, world and world.root)),
+                 state.RUNS_LIVE)
 
 # ---- comparison ------------------------------------------------------------------------------------------
-finished = [r for r in runs.list_runs(ws.store) if r.evaluation]
+finished = [r for r in runs.list_runs(ws.store, world and world.root) if r.evaluation]  # this world's only
 if finished:
     st.subheader("Compare")
     first = finished[-1]
-    before = runs.start_metrics(first.world, first.config.get("init_adapter")) if first.world else None
+    before = runs.start_metrics(first.world, None, runs.start_name(first.world, first.config)) if first.world else None
     table = runs.comparison(finished, before)
+    if note := runs.start_note(finished, before, runs.start_name(first.world, first.config)):
+        st.info(note)  # a missing start row is said, never silent
     extra = resources.load_world(first.world).chart_metrics() if first.world and Path(first.world).is_dir() else {}
     ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison",
               title="CPO runs on the held-out set")

@@ -77,9 +77,36 @@ def pair_view(item: curation.Item) -> None:
         st.html(pair_html(item))
 
 
-def filters(store) -> curation.QueueFilter:
-    """The queue filters (an expander); returns the filter they describe."""
-    opts = curation.filter_options(store)
+def world_scope(store, world) -> str | None:
+    """Whose items the page curates: the open world's (``World.key``), or, by the user's explicit choice (or with
+    no world open), every world's (None). Items of no known world (stored before worlds, ``worldless``) are
+    listed, and placed in the open world only when the user says so."""
+    from core.counterfactuals.store import assign_world, worldless
+
+    if world is None:
+        st.caption("No world open: the items of every world.")
+        return None
+    every = st.toggle("Every world's items, not only this world's", key="cur_every_world",
+                      help="Curation, exports and snapshots cover the open world's items unless this is on.")
+    st.caption("Items of **every world** in the workspace." if every else f"Items of the world **{inert(world.name)}**.")
+    lost = worldless(store)
+    if not lost.empty:
+        with st.expander(f"{int(lost['counterfactuals'].sum())} counterfactual pairs of no known world "
+                         "(stored before worlds)", icon=":material/help:"):
+            st.dataframe(lost, hide_index=True, key="cur_worldless")
+            pick = st.multiselect("Sources to place in this world", lost["source"].tolist(), key="cur_assign_sources")
+            if st.button("Place them in this world", key="cur_assign", disabled=not pick):
+                moved, left = assign_world(store, world.key, pick)
+                st.toast(f"{moved} trajectories placed in {world.name}"
+                         + (f"; {left} already there, left as they were" if left else ""))
+                st.rerun()
+    return None if every else world.key
+
+
+def filters(store, scope: str | None = None) -> curation.QueueFilter:
+    """The queue filters (an expander) over the items of ``scope`` (a world's key; None: every world's); returns
+    the filter they describe."""
+    opts = curation.filter_options(store, scope)
     with st.expander("Queue filters", icon=":material/filter_list:"):
         c = st.columns(4)
         labels = c[0].multiselect("Label", opts["labels"], key="cur_f_labels")
@@ -90,7 +117,7 @@ def filters(store) -> curation.QueueFilter:
                            help="Graph consistency of the counterfactual; pairs without a score show only "
                                 "at the full range.")
     return curation.QueueFilter(tuple(labels), tuple(targets), tuple(methods), lo if lo > 0 else None,
-                                hi if hi < 1 else None, None if who == "anyone" else who)
+                                hi if hi < 1 else None, None if who == "anyone" else who, world=scope)
 
 
 def _store():
@@ -167,8 +194,8 @@ def _set_k(flt: curation.QueueFilter) -> None:
     st.toast(f"k = {k} on {changed} items")
 
 
-def conflicts_panel(store, annotator: str) -> None:
-    df = curation.conflicts(store)
+def conflicts_panel(store, annotator: str, scope: str | None = None) -> None:
+    df = curation.conflicts(store, scope)
     if df.empty:
         st.info("No conflicts: every item with several decisions is unanimous or settled.")
         return
@@ -202,7 +229,7 @@ EXAMPLE_NOTES = {"ccf_example.json": "CCF JSON (report, diagnose, counterfact)",
                  "swift_pairs.json": "ms-swift JSON (messages, rejected_messages)"}
 
 
-def examples_panel(store, folder: Path | None) -> None:
+def examples_panel(store, folder: Path | None, world: str = "") -> None:
     """The world's example files (``examples/``), one click to import: something to try on a fresh workspace."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".jsonl")) if folder and folder.is_dir() else []
     if not files:
@@ -212,7 +239,7 @@ def examples_panel(store, folder: Path | None) -> None:
                           format_func=lambda p: f"{p.name} · {EXAMPLE_NOTES.get(p.name, p.suffix)}")
     if c[1].button("Import the example", key="cur_import_example"):
         try:
-            r = snapshots.import_file(store, pick)
+            r = snapshots.import_file(store, pick, world=world)
             st.session_state[state.CUR_IMPORTED] = (f"Imported {pick.name} ({r.format}): kept {r.kept} pairs, "
                                                 f"{r.duplicates} duplicates, skipped {r.skipped} invalid records.")
             st.rerun()
@@ -220,8 +247,9 @@ def examples_panel(store, folder: Path | None) -> None:
             st.error(inert(str(e)))
 
 
-def import_panel(store, examples: Path | None = None) -> None:
-    examples_panel(store, examples)
+def import_panel(store, examples: Path | None = None, world=None) -> None:
+    """Import pairs into the open ``world`` (its items from now on; with none open, of no world)."""
+    examples_panel(store, examples, world.key if world else "")
     upload = st.file_uploader("Upload CCF JSON, TRL JSONL or ms-swift JSON (images by absolute path)",
                               type=["json", "jsonl"], key="cur_upload")
     path = st.text_input("…or a path on this machine (a file, or a Hugging Face datasets folder); relative "
@@ -239,10 +267,11 @@ def import_panel(store, examples: Path | None = None) -> None:
         try:
             if not (upload or path.strip()):
                 raise InputError("choose a file to upload or enter its path first")
-            roots = data_roots(store)
+            roots = data_roots(store, world and world.root)
             folder = check_data_path(image_folder.strip(), roots) if image_folder.strip() else None
             options = dict(fmt=None if fmt == "auto" else fmt, keep_valid=keep, required=int(k), image_folder=folder,
                            image_roots=roots,  # a file's image paths are typed paths too: only under the roots
+                           world=world.key if world else "",
                            progress=lambda d, n: bar.progress(d / n, text=f"Importing {d}/{n}"))
             if upload:
                 name = upload.name
@@ -257,12 +286,13 @@ def import_panel(store, examples: Path | None = None) -> None:
             st.error(inert(f"{upload.name}: not UTF-8 text ({e.reason} at byte {e.start}); nothing was stored."))
         except InputError as e:
             st.error(inert(str(e)))
-    batches = snapshots.import_batches(store)
+    batches = snapshots.import_batches(store, world.key if world else None)
     if batches:
         st.dataframe(pd.DataFrame(batches), hide_index=True, key="cur_batches")
 
 
-def export_panel(store, root: Path) -> None:
+def export_panel(store, root: Path, scope: str | None = None) -> None:
+    """Export the curated pairs of ``scope`` (the open world's key; None: every world's, as the page says)."""
     c = st.columns(4)
     fmt = c[0].selectbox("Format", ["trl", "swift", "hf", "ccf"], key="cur_export_format",
                          format_func={"trl": "TRL preference JSONL", "swift": "ms-swift JSON",
@@ -278,7 +308,7 @@ def export_panel(store, root: Path) -> None:
                               "Face folder embeds them). Otherwise the snapshot names them by absolute path. "
                               "Either way images.json records each image's content hash.")
     system = c[3].text_input("System prompt (optional)", key="cur_export_system")
-    sources = curation.filter_options(store)["sources"]
+    sources = curation.filter_options(store, scope)["sources"]
     weights = st.data_editor(pd.DataFrame({"source": sources, "weight": 1.0}), hide_index=True,
                              disabled=["source"], key="cur_export_weights")
     if st.button("Export", key="cur_export", type="primary"):
@@ -286,17 +316,20 @@ def export_panel(store, root: Path) -> None:
             cfg = snapshots.ExportConfig(fmt, float(test), int(seed), conv, system or None,
                                          dict(zip(weights["source"], weights["weight"].astype(float), strict=True)), pending,
                                          name.strip() or None, copy)
-            snap = snapshots.export_snapshot(store, root, cfg)
+            snap = snapshots.export_snapshot(store, root, cfg, scope)
             rows = ", ".join(f"{n} {split}" for split, n in snap.split["rows"].items())
+            use = (f"The CPO runs page of this world offers it as `{snap.name}`." if snapshots.trainable(snap) else
+                   f"A CPO run trains on TRL snapshots only: this {fmt} export is for other trainers (ms-swift, "
+                   "your own); export TRL to train here.")
             st.success(f"Snapshot **{snap.name}**: {snap.row_count} pairs ({rows}) in `{snap.path}` "
-                       f"(sha256 {snap.content_hash[:12]}…). A CPO run names it `{snap.name}`.")
+                       f"(sha256 {snap.content_hash[:12]}…). {use}")
             if snap.row_count < MIN_PAIRS:
                 st.warning(f"Only {snap.row_count} pairs: a CPO run wants at least {MIN_PAIRS} (the sample world's "
                            "default set has 480); with fewer it can leave the model worse than it started. "
                            "Fine for trying the loop; curate more pairs for a real repair.")
         except (InputError, ValueError) as e:
             st.error(inert(str(e)))
-    snaps = snapshots.snapshots(store)
+    snaps = snapshots.snapshots(store, scope)
     if snaps and st.button("Check the snapshots' images", key="cur_check_images",
                            help="Hash every image a snapshot names again and compare with its images.json: a run "
                                 "on a snapshot whose images changed trains on other images than were curated."):

@@ -48,6 +48,7 @@ CUR_LAST = "cur_last"  # curation: the last decision, shown under the buttons
 CUR_LAST_ERROR = "cur_last_error"  # curation: why the last decision was refused
 CUR_K = "cur_k"  # widget: decisions needed per item
 CUR_IMPORTED = "cur_imported"  # curation: what the last import kept, shown after its rerun
+SCORE_OUTS = "_score_outs"  # checkpoints: the output folder named for each scoring request (the command shows it)
 WATCH = "watch_path"  # the watch folder the Watch page shows (kept across pages)
 WATCH_PICK = "watch_pick"  # widget: the Watch page's picker (its value kept under WATCH)
 WATCH_WORLD_NAME = "watch_world_name"  # widget: the name of the world a finished watch becomes

@@ -122,15 +122,15 @@ def live_fragment(body, is_live, flag: str) -> None:
     st.fragment(panel, run_every=1.0 if is_live() else None)()
 
 
-def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, select=None) -> None:
-    """The latest background jobs of ``kind`` (those ``select(job)`` keeps, if given): live progress with ETA and
-    Cancel while running (the panel redraws itself every second), the log when one fails, and
-    ``done_actions(job, main, side)`` to show or open a finished job's result. When the last running job ends,
-    the whole page reruns."""
+def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, select=None, world=None) -> None:
+    """The latest background jobs of ``kind`` (of the folder ``world``, when given: the open world's; those
+    ``select(job)`` keeps, if given): live progress with ETA and Cancel while running (the panel redraws itself every
+    second), the log when one fails, and ``done_actions(job, main, side)`` to show or open a finished job's result.
+    When the last running job ends, the whole page reruns."""
     from core.jobs import supervisor as jobs
 
     def latest() -> list:
-        return [j for j in jobs.list_jobs(job_dirs, kind) if select is None or select(j)][:limit]
+        return [j for j in jobs.list_jobs(job_dirs, kind, world) if select is None or select(j)][:limit]
 
     def panel() -> None:
         recent = latest()
@@ -149,6 +149,8 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, select=None) -
                                 disabled=cancelling)
                 elif status == "done":
                     done_actions(job, main, side)
+                elif p.get("message"):  # what a cancelled or failed job did before it stopped (what it stored)
+                    main.caption(f"Last report: {inert(p['message'])}")
                 if status != "done":
                     with main.expander("Log", expanded=status in ("failed", "died")):
                         st.code(job.log_tail(15) or "(empty)", language="text")
@@ -251,14 +253,31 @@ def _unusable(what: str, error: Exception) -> None:
     st.stop()
 
 
+def world_analyses(ws, world) -> tuple[list, list]:
+    """(the open world's analyses, the other worlds') of the workspace (``core.drift.analysis.of_world``: its
+    shipped one, those its scoring jobs wrote, those of its datasets and base); with no world open, all are its."""
+    from core.drift.analysis import list_analyses, of_world
+    from core.jobs.supervisor import list_jobs
+
+    from core.watch.views import watch_analyses
+
+    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None)
+    watched = list_analyses(*watch_analyses(ws.root))  # a watched training run's: of no world, always offered
+    if world is None:
+        return sorted(found + watched, key=lambda a: a.created, reverse=True), []
+    own = of_world(found, world, {j.meta.get("out", "") for j in list_jobs(ws.job_dirs, "score", world.root)})
+    return sorted(own + [w for w in watched if w not in own], key=lambda a: a.created, reverse=True), \
+        [a for a in found if a not in own]
+
+
 def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     """A picker over the workspace's analyses and the world's shipped one (the session's choice kept
     across pages); stops the page with ``empty`` and a link to Checkpoints when there is none."""
-    from core.drift.analysis import list_analyses
-    from core.watch.views import watch_analyses
     from workbench import routes
 
-    found = list_analyses(ws.analyses_dir, world.analysis_dir if world else None, *watch_analyses(ws.root))
+    found, others = world_analyses(ws, world)  # the open world's; another world's only when the user asks
+    if others and st.toggle(f"Also the {len(others)} analyses of other worlds", key=f"{widget_key}_every_world"):
+        found = sorted(found + others, key=lambda a: a.created, reverse=True)
     if not found:
         st.info(empty)
         st.page_link(routes.checkpoints(), label="Go to Checkpoints")

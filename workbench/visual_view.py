@@ -35,15 +35,17 @@ def image_section(ws, world, base: visual.VisualConfig, record: dict, labels: li
     st.caption("Keep the CoT, change the image: swap in another study's X-ray, or grey one patch at a time. A model "
                "that reads the image moves its answer belief; one that answers from the report alone does not.")
     folder = visual.results_dir(ws, world.name if world is not None else Path(base.data).parent.name)
-    busy = any(j.state() == "running" for j in jobs.list_jobs(ws.job_dirs, KIND))
+    mine = world.root if world is not None else None  # the open world's jobs
+    busy = any(j.state() == "running" for j in jobs.list_jobs(ws.job_dirs, KIND, mine))
     swap_tab, occlusion_tab, dataset_tab = st.tabs(["Image swap", "Region occlusion", "Over the dataset"])
     with swap_tab:
-        _swap_form(ws, folder, base, record, labels, busy)
+        _swap_form(ws, world, folder, base, record, labels, busy)
     with occlusion_tab:
-        _occlusion_form(ws, folder, base, record, busy)
+        _occlusion_form(ws, world, folder, base, record, busy)
     with dataset_tab:
-        _dataset_form(ws, folder, base, labels, n_records, busy)
-    ui.jobs_panel(ws.job_dirs, KIND, lambda job, main, side: main.caption("Done: its result is listed below."))
+        _dataset_form(ws, world, folder, base, labels, n_records, busy)
+    ui.jobs_panel(ws.job_dirs, KIND, lambda job, main, side: main.caption("Done: its result is listed below."),
+                 world=mine)
     _results(folder, record["id"])
 
 
@@ -54,15 +56,16 @@ def _targets(key: str, labels: list[str]) -> list[str]:
     return [] if pick == EACH else [pick]
 
 
-def _launch(ws, folder: Path, cfg: visual.VisualConfig, title: str, busy: bool, key: str) -> None:
+def _launch(ws, world, folder: Path, cfg: visual.VisualConfig, title: str, busy: bool, key: str) -> None:
     if st.button("Run", type="primary", key=key, disabled=busy, icon=":material/play_arrow:",
                  help="runs in the background; one visual job at a time" if busy else None):
         out = visual.result_path(folder, cfg)
-        registry.launch(ws, KIND, cfg, VisualOptions(out=str(out), force=True), title=title, meta={"out": str(out)})
+        registry.launch(ws, KIND, cfg, VisualOptions(out=str(out), force=True), title=title, meta={"out": str(out)},
+                        world=world.root if world is not None else None)
         st.rerun()
 
 
-def _swap_form(ws, folder, base, record, labels, busy) -> None:
+def _swap_form(ws, world, folder, base, record, labels, busy) -> None:
     c1, c2 = st.columns(2)
     with c1:
         swap_to = _targets("vis_swap_to", labels)
@@ -72,10 +75,10 @@ def _swap_form(ws, folder, base, record, labels, busy) -> None:
                       help="probe at every sentence end too, not only at the end of the CoT")
     cfg = dataclasses.replace(base, kind="swap", traj_ids=[record["id"]], swap_to=swap_to, decode=decode,
                               positions="sentence" if along else "end")
-    _launch(ws, folder, cfg, f"image swap · {record['id']}", busy, "vis_swap_run")
+    _launch(ws, world, folder, cfg, f"image swap · {record['id']}", busy, "vis_swap_run")
 
 
-def _occlusion_form(ws, folder, base, record, busy) -> None:
+def _occlusion_form(ws, world, folder, base, record, busy) -> None:
     if len(visual.image_paths(record)) != 1:
         st.info(f"Occlusion takes a study with one image; {record['id']} has {len(visual.image_paths(record))}.")
         return
@@ -99,10 +102,10 @@ def _occlusion_form(ws, folder, base, record, busy) -> None:
     except ValueError as e:
         st.error(inert(str(e)))
         return
-    _launch(ws, folder, cfg, f"occlusion · {record['id']}", busy, "vis_occlusion_run")
+    _launch(ws, world, folder, cfg, f"occlusion · {record['id']}", busy, "vis_occlusion_run")
 
 
-def _dataset_form(ws, folder, base, labels, n_records, busy) -> None:
+def _dataset_form(ws, world, folder, base, labels, n_records, busy) -> None:
     c1, c2 = st.columns(2)
     with c1:
         swap_to = _targets("vis_batch_swap_to", labels)
@@ -113,7 +116,7 @@ def _dataset_form(ws, folder, base, labels, n_records, busy) -> None:
     with st.expander("Command line (the same job on another machine)"):
         options = VisualOptions(out=str(visual.result_path(folder, cfg)), force=True)
         st.code(registry.shell_command(*registry.command(KIND, cfg, options)), language="bash")
-    _launch(ws, folder, cfg, f"image swaps over {Path(base.data).name}", busy, "vis_batch_run")
+    _launch(ws, world, folder, cfg, f"image swaps over {Path(base.data).name}", busy, "vis_batch_run")
 
 
 def _results(folder: Path, traj: str) -> None:

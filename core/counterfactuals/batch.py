@@ -82,9 +82,10 @@ def run(cfg: BatchConfig, progress: Progress | None = None, should_cancel=None):
     donors = with_images(read_jsonl(str(data)), data) if cfg.method == "image_swap" else None  # the whole dataset
     last = None
     for last in generate_batch(ws.store, gs.graph(version), records, source_of(world.name, cfg.dataset), cfg.mode,
-                               cfg.target, cfg.method, version, _expert(cfg, world), donors):
+                               cfg.target, cfg.method, version, _expert(cfg, world), donors, world.key):
         if progress:
-            progress(last.done, last.total, f"{last.done} of {last.total} trajectories, {last.stored} stored")
+            progress(last.done, last.total, f"{last.done} of {last.total} trajectories, {last.stored} stored"
+                     + (f", {last.skipped} rewrites left out (no finding changed)" if last.skipped else ""))
         if should_cancel and should_cancel():
             break
     return last

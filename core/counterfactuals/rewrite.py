@@ -183,27 +183,44 @@ def _drop_span(text: str, m: Mention, kept: list[Mention]) -> tuple[int, int]:
 class Consistency:
     score: float  # mean of the three parts below, in [0, 1]
     support: float  # share of the mentioned findings that support the target (0 when none is mentioned)
-    no_excluded: float  # 1 when no finding the target excludes is mentioned, else 0
+    no_excluded: float  # 1 when the rewrite mentions findings, none of which the target excludes, and its reasoning
+    #                     names no disease but the target; 0 otherwise (a rewrite without findings shows nothing)
     format_kept: float  # share of the format checks passed (think tags as in the original, answer names target)
     supporting: tuple[str, ...]
     excluded: tuple[str, ...]
+    others: tuple[str, ...] = ()  # diseases other than the target that the reasoning still names
 
 
 def consistency(graph: nx.DiGraph, text: str, target: str, original: str | None = None,
                 forms: Forms | None = None) -> Consistency:
-    """How well ``text`` argues for ``target`` by the graph (the annotators' sort key)."""
-    found = list(dict.fromkeys(m.node for m in find_mentions(graph, text, forms) if m.kind == "finding"))
+    """How well ``text`` argues for ``target`` by the graph (the annotators' sort key), scored on what the text
+    contains: no finding mentioned is no support and no evidence of consistency (not "nothing excluded"), and a
+    reasoning that still names another disease ("... concerning for pneumonia") contradicts its answer."""
+    mentions = find_mentions(graph, text, forms)
+    found = list(dict.fromkeys(m.node for m in mentions if m.kind == "finding"))
     supports, excludes = concepts.related(graph, target, "supports"), concepts.related(graph, target, "excludes")
     sup = [f for f in found if f in supports]
     exc = [f for f in found if f in excludes]
+    reasoning_end = text.find("</think>") if "</think>" in text else len(text)
+    others = list(dict.fromkeys(m.node for m in mentions if m.kind == "disease" and m.node != target
+                                and m.start < reasoning_end))
     support = len(sup) / len(found) if found else 0.0
+    clean = 1.0 if found and not exc and not others else 0.0
     structured = original is None or answer_of(original) is not None
     checks = [answer_of(text) == target if structured else target in _tail(text)]
     if original is not None:
         checks += [(tag in text) == (tag in original) for tag in ("<think>", "</think>")]
     fmt = sum(checks) / len(checks)
-    score = round((support + (0.0 if exc else 1.0) + fmt) / 3, 4)
-    return Consistency(score, round(support, 4), 0.0 if exc else 1.0, round(fmt, 4), tuple(sup), tuple(exc))
+    score = round((support + clean + fmt) / 3, 4)
+    return Consistency(score, round(support, 4), clean, round(fmt, 4), tuple(sup), tuple(exc), tuple(others))
+
+
+def changes_findings(graph: nx.DiGraph, original: str, text: str, forms: Forms | None = None) -> bool:
+    """Whether ``text`` mentions other findings than ``original`` (a finding swapped, dropped or added): a rewrite
+    that changes only the answer is not a counterfactual, however its answer reads."""
+    def of(t: str) -> set[str]:
+        return {m.node for m in find_mentions(graph, t, forms) if m.kind == "finding"}
+    return of(original) != of(text)
 
 
 def _tail(text: str) -> str:
@@ -266,10 +283,11 @@ class Counterfactual:
 
 def make_counterfactuals(graph: nx.DiGraph, record: dict, targets: list[str], method: str = "graph",
                          graph_version: int | None = None, expert=None,
-                         donors: list[dict] | None = None) -> list[Counterfactual]:
+                         donors: list[dict] | None = None, skipped: list[str] | None = None) -> list[Counterfactual]:
     """One counterfactual of ``record`` per target, by the graph rules, by ``expert`` (an ``Expert``) or, for
     ``image_swap``, by another study's image from ``donors`` (``image_swaps``). A text counterfactual keeps
-    the record's ``images``."""
+    the record's ``images``. A text rewrite that changes no finding (only the answer) is not a counterfactual:
+    it is left out, and ``skipped`` (when given) gets a line saying so."""
     if method not in METHODS:
         raise InputError(f"counterfactual: method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "llm" and expert is None:
@@ -290,6 +308,11 @@ def make_counterfactuals(graph: nx.DiGraph, record: dict, targets: list[str], me
         else:
             text, settings = expert.rewrite(graph, record["completion"], true, target)
             model = expert.name
+        if not changes_findings(graph, record["completion"], text, forms):
+            if skipped is not None:
+                skipped.append(f"{record.get('id')} -> {target}: the rewrite changes no finding, only the answer; "
+                               "not a counterfactual")
+            continue
         out.append(Counterfactual(target, text, method, graph_version, model, settings,
                                   consistency(graph, text, target, record["completion"], forms), images))
     return out

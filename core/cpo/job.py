@@ -36,7 +36,7 @@ def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None
             progress(1, 1, "evaluating on the held-out sets")
         # the run's pixel limits: a VL run is evaluated at the resolution it was trained at (text: unused)
         evaluation = runs.evaluate_adapter(options.evaluate, result.adapter_dir, options.evaluate_limit,
-                                           VisionConfig.of(cfg))
+                                           VisionConfig.of(cfg), base=cfg.base_model)  # the adapter's own base
         if evaluation is None:
             print(f"workbench: {options.evaluate} has no held-out set (world.json: evaluation); not evaluated")
             return 0

@@ -25,6 +25,19 @@ from pathlib import Path
 import pandas as pd
 
 from core.cpo.config import TrainOptions
+from core.cpo.starts import (  # noqa: F401 - where a run starts and how it compares: the pages call them here
+    HIGHER_IS_BETTER,
+    LOWER_IS_BETTER,
+    START_BASE,
+    comparison,
+    default_start,
+    start_adapter,
+    start_metrics,
+    start_name,
+    start_note,
+    start_point,
+    worse_than_start,
+)
 from core.errors import InputError
 from core.io.store import Store
 from core.jobs import registry
@@ -83,15 +96,25 @@ def get(store: Store, run_id: int) -> Run:
     return _row(row)
 
 
-def list_runs(store: Store) -> list[Run]:
-    """Every run, newest first."""
-    return [_row(r) for r in store.query(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
+def list_runs(store: Store, world: str | Path | None = None) -> list[Run]:
+    """Every run, newest first; of the world at ``world`` only, when given (the runs page shows the open world's)."""
+    rows = [_row(r) for r in store.query(f"SELECT {_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC")]
+    if world is None:
+        return rows
+    root = Path(world).resolve()
+    return [r for r in rows if r.world and Path(r.world).resolve() == root]
 
 
 def train_argv(config_path: str | Path, world: str | Path | None = None, evaluate_limit: int | None = None) -> list[str]:
     """What a run's job executes (after ``python``; ``core.jobs.registry.command``): train from the run folder's
     config, then evaluate on the world's held-out sets (the first ``evaluate_limit`` studies, or all)."""
     return registry.command("train", options=_options(world, evaluate_limit), config_path=config_path)[0]
+
+
+def train_command(cfg, world: str | Path | None = None, evaluate_limit: int | None = None) -> tuple[list[str], dict]:
+    """What a run of ``cfg`` runs and the files it needs (its config.json, written first by the shell lines of
+    ``registry.shell_command``): a command that works before the run exists."""
+    return registry.command("train", cfg, _options(world, evaluate_limit))
 
 
 def _options(world: str | Path | None, evaluate_limit: int | None):
@@ -128,9 +151,6 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
                                              config_path=run.config_path, **_job_labels(run)))
 
 
-START_BASE = "base (SFT)"  # a run's start when it trains the base model itself, not a drifted checkpoint
-
-
 def finished_for_world(store: Store, world_root: str | Path) -> list[Run]:
     """The done runs of the world at ``world_root`` whose adapter exists: what can join its series."""
     root = Path(world_root).resolve()
@@ -142,23 +162,6 @@ def series_with_runs(checkpoints: list[str | Path], runs: list[Run]) -> str:
     """The series as ``AnalysisConfig.checkpoints`` takes it (``;``-separated): the RFT checkpoints in their
     order, then each run's adapter (``core.models.branches`` places a run as a branch of its start)."""
     return ";".join([str(c) for c in checkpoints] + [str(r.adapter_dir) for r in runs])
-
-
-def default_start(world) -> str | None:
-    """The checkpoint a repair run starts from by default: the world's least accurate recorded one."""
-    names = {c.name for c in world.checkpoints}
-    recorded = [m for m in world.metrics() if m.get("checkpoint") in names]
-    return min(recorded, key=lambda m: m.get("accuracy", 1.0))["checkpoint"] if recorded else None
-
-
-def start_adapter(world, start: str) -> str | None:
-    """The adapter a run starting from ``start`` continues (None for ``START_BASE``)."""
-    if start == START_BASE:
-        return None
-    found = next((c for c in world.checkpoints if c.name == start), None)
-    if found is None:
-        raise InputError(f"start {start!r}: not a checkpoint of the world {world.name!r}")
-    return str(found.path)
 
 
 def train_defaults(world=None, start: str | None = None) -> dict:
@@ -276,12 +279,15 @@ def resume(ws, run_id: int) -> Run:
         raise InputError(f"run {run.name}: its trainer (pid {', '.join(map(str, previous.live_pids()))}) still "
                          "runs; cancel it or wait for it to end before resuming")
     cfg = TrainConfig.load(run.config_path)
-    cfg.resume = True
-    cfg.save(run.config_path)
-    if previous:  # the same job again (core.jobs.registry.relaunch): its options, the run folder's config
-        return _started(ws, run, registry.relaunch(ws, previous, meta={"run": run.id}))
+    cfg.resume = True  # in a file of its own: config.json stays the run's config, reusable as it is
+    again = cfg.save(run.output_dir / RESUME_CONFIG)
+    if previous:  # the same job again (core.jobs.registry.relaunch): its options, the resume config
+        return _started(ws, run, registry.relaunch(ws, previous, meta={"run": run.id}, config_path=again))
     return _started(ws, run, registry.launch(ws, "train", options=_options(run.world, None),
-                                             config_path=run.config_path, **_job_labels(run)))
+                                             config_path=again, **_job_labels(run)))
+
+
+RESUME_CONFIG = "resume.json"  # a resumed run's config: config.json with "resume": true
 
 
 def _still_running(job, grace: float = 15.0) -> bool:
@@ -334,45 +340,15 @@ def examples(run: Run, n: int = 3, scan: int = 200) -> list[dict]:
     return [pairs[i] for i in order[:n]]
 
 
-def comparison(runs: list[Run], before: dict | None = None) -> pd.DataFrame:
-    """Finished runs side by side on the held-out sets, with the starting checkpoint's recorded row first
-    (left out when a run was evaluated on part of the sets only: the figures would not compare)."""
-    partial = any((r.evaluation or {}).get("held_out_limit") for r in runs)
-    rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before and not partial else [])
-    rows += [{"run": r.name, "objective": r.objective, **_scalars(r.evaluation)} for r in runs if r.evaluation]
-    return pd.DataFrame(rows)
-
-
-# held-out figures where higher is better, and where lower is better (core.perturb.evaluation)
-HIGHER_IS_BETTER = ("accuracy", "perturbed_accuracy", "rare_class_accuracy")
-LOWER_IS_BETTER = ("flip_rate", "malformed")
-
-
-def worse_than_start(evaluation: dict | None, before: dict | None, margin: float = 0.0) -> list[str]:
-    """Where a finished run's held-out figures are worse than its start checkpoint's, in words
-    (``["accuracy 0.527 < 0.587 at the start"]``); empty when it is not, or the figures do not compare
-    (no start figures, or an evaluation on part of the sets)."""
-    if not evaluation or not before or evaluation.get("held_out_limit"):
-        return []
-    out = []
-    for key in HIGHER_IS_BETTER + LOWER_IS_BETTER:
-        after, start = evaluation.get(key), before.get(key)
-        if not isinstance(after, (int, float)) or not isinstance(start, (int, float)):
-            continue
-        lower = key in LOWER_IS_BETTER
-        if (after > start + margin) if lower else (after < start - margin):
-            out.append(f"{key.replace('_', ' ')} {after:.3f} {'>' if lower else '<'} {start:.3f} at the start")
-    return out
-
-
 def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: int | None = None,
-                     vision=None) -> dict | None:
+                     vision=None, base: str | Path | None = None) -> dict | None:
     """Load the world's base model (with ``adapter`` merged in, when given; ``adapter`` may also be a full
     checkpoint, which is loaded as it is) and evaluate it on the world's
     held-out set (``core.perturb.evaluation``: accuracy, per category, malformed, flip rate, plus the world plug-in's
     own figures); None when the world has no held-out set. The base's family loads the model and its processor:
     a vision-language model decodes each study with its images (``vision``: a ``core.models.vision.VisionConfig``
-    with the pixel limits; None: the checkpoint's own)."""
+    with the pixel limits; None: the checkpoint's own). ``base``: the model ``adapter`` was trained over (a run
+    started from a merged full checkpoint); default: the world's base."""
     from core.models.families import family_for
     from core.perturb.evaluation import evaluate_model, held_out
     from core.workspace.world import load_world
@@ -382,9 +358,10 @@ def evaluate_adapter(world_path: str | Path, adapter: str | Path | None, limit: 
     if held is None:
         return None
     full = adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "config.json").is_file()
+    under = Path(base) if base else world.base_model_dir
     family = family_for(world.base_model_dir)
     processor = family.load_processor(world.base_model_dir, vision)  # the base's tokenizer (and image processor)
-    model = family.load_model(adapter if full else world.base_model_dir)  # a full checkpoint (-merged) as it is
+    model = family.load_model(adapter if full else under)  # a full checkpoint (-merged) as it is
     if adapter and not full:
         from peft import PeftModel
 
@@ -398,27 +375,6 @@ def write_evaluation(output_dir: str | Path, evaluation: dict) -> Path:
     path = Path(output_dir) / EVALUATION_FILE
     atomic_write_text(path, json.dumps(evaluation, indent=1))
     return path
-
-
-def start_metrics(world_path: str | Path, init_adapter: str | Path | None) -> dict | None:
-    """The recorded held-out figures of the checkpoint a run starts from (from the world's metrics.json),
-    so the comparison has its "before" row without re-evaluating."""
-    from core.workspace.world import load_world
-
-    try:
-        rows = load_world(world_path).metrics()
-    except InputError:
-        return None
-    name = Path(init_adapter).name if init_adapter else "base (SFT)"
-    for row in rows:
-        if row.get("checkpoint") == name:
-            return {k: v for k, v in _scalars(row).items() if k not in ("checkpoint", "step")}
-    return None
-
-
-def _scalars(evaluation: dict) -> dict:
-    """The figures that fit one table row (per-category accuracy stays in the run's evaluation)."""
-    return {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))}
 
 
 def _read_json(path: Path) -> dict | None:

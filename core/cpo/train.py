@@ -110,7 +110,8 @@ def balance_warnings(pairs: list[dict]) -> list[str]:
     n, out = len(pairs), []
     if n < MIN_PAIRS:
         out.append(f"only {n} pairs (fewer than {MIN_PAIRS}): a run on so few pairs can leave the model worse "
-                   "than its start on the held-out sets; export more pairs or add the sample preference set")
+                   "than its start on the held-out sets; curate and export more pairs (generate counterfactuals over "
+                   "more of the world's trajectories)")  # the engine knows no world's own preference set
     labels = Counter(pair_label(p) for p in pairs)
     top, count = labels.most_common(1)[0]
     if n >= 2 and (len(labels) == 1 or count / n > 0.5):
@@ -149,6 +150,10 @@ def preflight(cfg: TrainConfig, tokenizer=None) -> Preflight:
     pairs = _pairs_of(cfg)
     if not pairs:
         return Preflight(0, [], [], [], [f"{cfg.data}: no preference pairs (empty dataset)"])
+    if cfg.init_adapter and not (Path(cfg.init_adapter) / "adapter_model.safetensors").is_file():
+        return Preflight(len(pairs), [], [], [], [
+            f"{cfg.init_adapter}: not a LoRA adapter (no adapter_model.safetensors); a merged full checkpoint is "
+            "started from as the base model (base_model = that folder, no init_adapter): a new LoRA over it"])
     enc, errors = family_of(cfg).encode_pairs(tokenizer or processing(cfg), pairs, cfg.max_length, str(cfg.data),
                                               str(cfg.base_model))
     if errors:

@@ -20,12 +20,12 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
+from core.curation.scored import trajectories_file  # noqa: F401 - the database's trajectories to score, here too
 from core.errors import InputError
 from core.io.store import Store
 
@@ -49,6 +49,8 @@ class QueueFilter:
     max_consistency: float | None = None
     annotator: str | None = None       # only items this annotator decided (e.g. to give a second opinion)
     status: str = "all"
+    world: str | None = None           # the world's items only (``World.key``; '' for items of no known world);
+    #                                    None: every world's, a choice the page names
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -67,6 +69,9 @@ class QueueFilter:
         if self.max_consistency is not None:
             sql.append("c.consistency <= ?")
             params.append(self.max_consistency)
+        if self.world is not None:
+            sql.append("t.world = ?")
+            params.append(self.world)
         if self.annotator:
             sql.append("EXISTS (SELECT 1 FROM annotations x WHERE x.counterfactual_id = c.id AND x.annotator = ?)")
             params.append(self.annotator)
@@ -252,16 +257,19 @@ def set_required(store: Store, k: int, flt: QueueFilter = QueueFilter()) -> int:
                            [k, *params]).rowcount
 
 
-def filter_options(store: Store) -> dict[str, list]:
-    """Distinct values for the queue filters."""
-    pick = lambda sql: [r[0] for r in store.query(sql) if r[0] is not None]  # noqa: E731
+def filter_options(store: Store, world: str | None = None) -> dict[str, list]:
+    """Distinct values for the queue filters (among ``world``'s items, when given)."""
+    where, params = QueueFilter(world=world).where()
+    items = f"counterfactuals c JOIN trajectories t ON t.id = c.trajectory_id WHERE {where}"
+    pick = lambda sql: [r[0] for r in store.query(sql, params) if r[0] is not None]  # noqa: E731
     with store.lock:
-        return {"labels": pick("SELECT DISTINCT label FROM trajectories ORDER BY 1"),
-                "targets": pick("SELECT DISTINCT target FROM counterfactuals ORDER BY 1"),
-                "methods": pick("SELECT DISTINCT method FROM counterfactuals ORDER BY 1"),
-                "annotators": pick("SELECT DISTINCT annotator FROM annotations ORDER BY 1"),
-                "sources": pick("SELECT DISTINCT source FROM trajectories UNION SELECT DISTINCT "
-                                f"'{IMAGE_SWAP}' FROM counterfactuals WHERE method = '{IMAGE_SWAP}' ORDER BY 1")}
+        return {"labels": pick(f"SELECT DISTINCT t.label FROM {items} ORDER BY 1"),
+                "targets": pick(f"SELECT DISTINCT c.target FROM {items} ORDER BY 1"),
+                "methods": pick(f"SELECT DISTINCT c.method FROM {items} ORDER BY 1"),
+                "annotators": pick(f"SELECT DISTINCT a.annotator FROM annotations a JOIN {items} "
+                                   "AND c.id = a.counterfactual_id ORDER BY 1"),
+                "sources": pick(f"SELECT DISTINCT CASE WHEN c.method = '{IMAGE_SWAP}' THEN '{IMAGE_SWAP}' "
+                                f"ELSE t.source END FROM {items} ORDER BY 1")}
 
 
 # ---------------------------------------------------------------- agreement
@@ -321,9 +329,10 @@ def _cohen(a: pd.Series, b: pd.Series) -> float:
 
 # ---------------------------------------------------------------- conflicts and final decisions
 
-def conflicts(store: Store) -> pd.DataFrame:
-    """One row per decision on an item whose annotators disagree and that nobody has resolved yet."""
-    ids = queue(store, QueueFilter(status="conflict"))["id"].tolist()
+def conflicts(store: Store, world: str | None = None) -> pd.DataFrame:
+    """One row per decision on an item (of ``world``, when given) whose annotators disagree and that nobody has
+    resolved yet."""
+    ids = queue(store, QueueFilter(status="conflict", world=world))["id"].tolist()
     if not ids:
         return pd.DataFrame(columns=["id", "target", "annotator", "decision", "edited_text", "note"])
     return _read(store, f"SELECT a.counterfactual_id AS id, c.target, a.annotator, a.decision, a.edited_text, a.note "
@@ -348,18 +357,21 @@ def resolve(store: Store, item_id: int, decision: str, resolver: str, edited_tex
 
 CURATED_COLUMNS = """, c.content_hash AS hash, t.content_hash AS key, t.prompt, t.system, t.completion AS chosen,
        c.completion AS counterfactual, r.edited_text AS resolution_text, a.decision, a.edited_text,
-       t.images AS images, c.images AS rejected_images"""
+       t.images AS images, c.images AS rejected_images, t.meta AS meta, t.image_hashes AS image_hashes,
+       c.image_hashes AS rejected_hashes"""
 IMAGE_SWAP = "image_swap"  # the method and the pair source of CPO++'s visual counterfactuals
 
 
-def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
+def curated_rows(store: Store, include_pending: bool = False, world: str | None = None) -> list[dict]:
     """The pairs to export: chosen = the real completion, rejected = the counterfactual (or its edit).
     An item goes in when its resolution, or its k agreeing decisions, say accept or edit (never when
     they say reject); with ``include_pending`` also items that nobody has decided yet. ``images`` are the
     original's, ``rejected_images`` the counterfactual's (the same list for a text counterfactual); an image
-    swap's source is ``image_swap``, so that it gets its own weight (CPO++'s visual pairs)."""
+    swap's source is ``image_swap``, so that it gets its own weight (CPO++'s visual pairs). ``world``: that world's
+    pairs only (None: every world's); ``meta`` is the trajectory's source identifiers (a CCF item's dicom_id...)."""
     out = []
-    columns, rows = _dicts(store, QUEUE_SQL.format(columns=CURATED_COLUMNS, where="1 = 1"))
+    where, params = QueueFilter(world=world).where()
+    columns, rows = _dicts(store, QUEUE_SQL.format(columns=CURATED_COLUMNS, where=where), params)
     for r in (dict(zip(columns, row, strict=True)) for row in rows):  # plain tuples: None stays None (not NaN)
         if r["resolution"] is not None:
             decision, text = r["resolution"], r["resolution_text"]
@@ -374,10 +386,23 @@ def curated_rows(store: Store, include_pending: bool = False) -> list[dict]:
             row = {k: r[k] for k in ("id", "hash", "key", "prompt", "system", "chosen", "label", "target", "source",
                                      "method")} | {"rejected": rejected}
             row["images"], row["rejected_images"] = json.loads(r["images"]), json.loads(r["rejected_images"])
+            row["meta"] = json.loads(r["meta"] or "{}")
+            row["key"], row["hash"] = _content_keys(r)
             if row["rejected_images"] != row["images"]:  # a visual pair, generated or imported
                 row["source"] = IMAGE_SWAP
             out.append(row)
     return out
+
+
+def _content_keys(r: dict) -> tuple[str, str]:
+    """The pair's trajectory and counterfactual hashes over what an export writes (text and images, not the world
+    or the system turn, which the stored hashes take in): the split and the row order of a snapshot, so the same
+    pairs export alike from any world, and as before worlds existed."""
+    from core.io.hashing import counterfactual_hash, trajectory_hash
+
+    own, rejected = json.loads(r["image_hashes"]), json.loads(r["rejected_hashes"])
+    key = trajectory_hash(r["prompt"], r["chosen"], own)
+    return key, counterfactual_hash(key, r["target"], r["counterfactual"], () if rejected == own else rejected)
 
 
 # ---------------------------------------------------------------- guidelines
@@ -393,35 +418,3 @@ def save_guidelines(store: Store, text: str, author: str) -> None:
     with store.transaction() as con:
         con.execute("INSERT INTO guidelines (text, author, created_at) VALUES (?, ?, ?)",
                     (text, _name(author), time.time()))
-
-
-def trajectories_file(store: Store, folder: Path) -> Path:
-    """The database's trajectories (the original side of every pair) as a JSONL file the drift engine
-    scores (id, prompt, completion, label). Trajectories are only ever inserted, so their count, last id and
-    the last one's content hash name the file: a page rerun finds it without reading the rows again, and a
-    recreated database with as many rows does not pick up another database's file."""
-    from collections import Counter
-
-    from core.io.cache import atomic_write_text
-
-    count, last, last_hash = store.query_one(
-        "SELECT COUNT(*), MAX(id), (SELECT content_hash FROM trajectories ORDER BY id DESC LIMIT 1) FROM trajectories")
-    if not count:
-        raise InputError(f"{store.path}: no trajectories in the curation database yet (import or generate some first)")
-    path = Path(folder) / f"curation-{count}-{last}-{last_hash[:12]}.jsonl"
-    if path.exists():
-        return path
-    rows = store.query("SELECT id, external_id, prompt, completion, label, images FROM trajectories WHERE id <= ? "
-                       "ORDER BY id", (last,))
-    seen = Counter(ext for _, ext, *_ in rows)
-    atomic_write_text(path, "".join(json.dumps({"id": ext if ext and seen[ext] == 1 else f"db-{i}", "prompt": p,
-                                                "completion": c, "label": y} | _images_field(im),
-                                               ensure_ascii=False) + "\n"
-                                    for i, ext, p, c, y, im in rows))
-    return path
-
-
-def _images_field(images: str) -> dict:
-    """``{"images": [...]}`` for a trajectory with images (absolute paths), nothing for a text-only one."""
-    paths = json.loads(images)
-    return {"images": paths} if paths else {}

@@ -47,16 +47,19 @@ class ImportResult:
 
 def import_file(store: Store, path: str | Path, fmt: str | None = None, keep_valid: bool = False, required: int = 1,
                 progress: Callable[[int, int], None] | None = None,
-                image_folder: str | Path | None = None, image_roots: list[Path] | None = None) -> ImportResult:
+                image_folder: str | Path | None = None, image_roots: list[Path] | None = None,
+                world: str = "") -> ImportResult:
     """Import a file (CCF, TRL, ms-swift: relative ``images`` are relative to it; CCF items find their image by
     ``dicom_id`` in ``image_folder``) or a Hugging Face ``datasets`` folder (embedded images are written once
-    into the workspace's ``uploads/images/``, named by content). See ``import_text``."""
+    into the workspace's ``uploads/images/``, named by content) into ``world`` (a ``World.key``: the open world's;
+    '' for none). See ``import_text``."""
     path = Path(path).expanduser()
     if formats.is_hf_folder(path):
         parsed = formats.parse_hf_folder(path, image_store(store), image_roots)
-        return _import_parsed(store, parsed, path.name, formats.folder_hash(path), keep_valid, required, progress)
+        return _import_parsed(store, parsed, path.name, formats.folder_hash(path), keep_valid, required, progress,
+                              world)
     return import_text(store, formats.read_text(path), path.name, fmt, keep_valid, required, progress,
-                       data_file=path, image_folder=image_folder, image_roots=image_roots)
+                       data_file=path, image_folder=image_folder, image_roots=image_roots, world=world)
 
 
 def image_store(store: Store) -> Path:
@@ -67,7 +70,7 @@ def image_store(store: Store) -> Path:
 def import_text(store: Store, text: str, name: str, fmt: str | None = None, keep_valid: bool = False,
                 required: int = 1, progress: Callable[[int, int], None] | None = None,
                 data_file: str | Path | None = None, image_folder: str | Path | None = None,
-                image_roots: list[Path] | None = None) -> ImportResult:
+                image_roots: list[Path] | None = None, world: str = "") -> ImportResult:
     """Parse ``text`` (the file ``name``, at ``data_file`` when it has a path: relative images start there;
     ``image_roots``: the folders its images must lie in, the UI's data roots) and store its pairs in one
     transaction. ``required`` is k, the decisions each new pair needs;
@@ -75,11 +78,12 @@ def import_text(store: Store, text: str, name: str, fmt: str | None = None, keep
     button's rerun, rolls the whole import back)."""
     parsed = formats.parse(text, name, fmt, data_file, image_folder, image_roots)
     return _import_parsed(store, parsed, name, hashlib.sha256(text.encode()).hexdigest(), keep_valid, required,
-                          progress)
+                          progress, world)
 
 
 def _import_parsed(store: Store, parsed: formats.Parsed, name: str, digest: str, keep_valid: bool = False,
-                   required: int = 1, progress: Callable[[int, int], None] | None = None) -> ImportResult:
+                   required: int = 1, progress: Callable[[int, int], None] | None = None,
+                   world: str = "") -> ImportResult:
     if required < 1:
         raise InputError(f"required decisions per item must be at least 1, got {required}")
     if parsed.errors and not keep_valid:
@@ -91,13 +95,13 @@ def _import_parsed(store: Store, parsed: formats.Parsed, name: str, digest: str,
     now = time.time()
     with store.transaction() as con:
         batch = con.execute(
-            "INSERT INTO import_batches (name, format, content_hash, kept, duplicates, skipped, errors, created_at) "
-            "VALUES (?, ?, ?, 0, 0, ?, ?, ?)", (name, parsed.format, digest, parsed.skipped,
-                                               json.dumps(parsed.errors), now)).lastrowid
+            "INSERT INTO import_batches (name, format, content_hash, kept, duplicates, skipped, errors, created_at, "
+            "world) VALUES (?, ?, ?, 0, 0, ?, ?, ?, ?)", (name, parsed.format, digest, parsed.skipped,
+                                                         json.dumps(parsed.errors), now, world)).lastrowid
         kept = 0
         # text pairs first: a study's trajectory takes its source from them, not from a visual pair's 'image_swap'
         for i, pair in enumerate(sorted(parsed.pairs, key=lambda p: p.rejected_images is not None)):
-            kept += _insert_pair(con, pair, name, batch, required, settings, now)
+            kept += _insert_pair(con, pair, name, batch, required, settings, now, world)
             if progress and (i % 200 == 0 or i == len(parsed.pairs) - 1):
                 progress(i + 1, len(parsed.pairs))
         duplicates = len(parsed.pairs) - kept
@@ -112,11 +116,12 @@ def _error_summary(name: str, parsed: formats.Parsed) -> str:
             f"{shown}{more}." if parsed.errors else f"{name}: no pairs.")
 
 
-def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, settings: str, now: float) -> int:
+def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, settings: str, now: float,
+                 world: str = "") -> int:
     swapped = pair.rejected_images is not None  # a visual pair: the rejected side keeps its own images
     source = name if swapped and pair.source == IMAGE_SWAP else pair.source or name
     traj = insert_trajectory(con, pair.prompt, pair.chosen, source, now, pair.external_id, pair.label,
-                             pair.system, images=list(pair.images))
+                             pair.system, images=list(pair.images), world=world, meta=pair.meta)
     method = IMAGE_SWAP if swapped and pair.source == IMAGE_SWAP else "import"
     _, added = insert_counterfactual(con, traj, pair.target, pair.rejected, method, now, settings=settings,
                                      import_batch_id=batch, required_decisions=required,
@@ -124,9 +129,10 @@ def _insert_pair(con, pair: formats.Pair, name: str, batch: int, required: int, 
     return int(added)
 
 
-def import_batches(store: Store) -> list[dict]:
+def import_batches(store: Store, world: str | None = None) -> list[dict]:
+    """The imports, newest first (into ``world``, when given)."""
     rows = store.query("SELECT id, name, format, kept, duplicates, skipped, created_at FROM import_batches "
-                       "ORDER BY id DESC")
+                       "WHERE ? IS NULL OR world = ? ORDER BY id DESC", (world, world))
     return [dict(zip(("id", "name", "format", "kept", "duplicates", "skipped", "created_at"), r, strict=True)) for r in rows]
 
 
@@ -166,6 +172,7 @@ class Snapshot:
     row_count: int
     content_hash: str
     created_at: float
+    world: str = ""  # the world whose pairs it holds ('' for every world's, or one of no known world)
 
     def image_changes(self) -> list[str]:
         """One message per image of the snapshot (its ``images.json`` manifest) that is missing or whose bytes
@@ -180,11 +187,13 @@ def weighted_rows(rows: list[dict], weights: dict[str, float]) -> list[dict]:
     return [{**r, "weight": round(w, 6)} for r, w in zip(rows, normalise_weights(raw), strict=True)]
 
 
-def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:
-    """Write the curated pairs under ``root`` and record the snapshot (or return the identical one)."""
-    rows = sorted(curation.curated_rows(store, config.include_pending), key=lambda r: r["hash"])
+def export_snapshot(store: Store, root: Path, config: ExportConfig, world: str | None = None) -> Snapshot:
+    """Write the curated pairs of ``world`` (a ``World.key``; None: every world's, a choice the caller names)
+    under ``root`` and record the snapshot, in that world (or return the identical one)."""
+    rows = sorted(curation.curated_rows(store, config.include_pending, world), key=lambda r: r["hash"])
     if not rows:
-        raise InputError("nothing to export: no accepted or edited pair yet (or tick 'include undecided pairs')")
+        raise InputError("nothing to export: no accepted or edited pair yet" + (" in this world" if world else "")
+                         + " (or tick 'include undecided pairs')")
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{uuid.uuid4().hex}"
     with disk_full_named(root):  # a full disk is named; the temporary folder is removed either way
@@ -205,7 +214,7 @@ def export_snapshot(store: Store, root: Path, config: ExportConfig) -> Snapshot:
                 tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return _record(store, name, final, config, counts, digest)
+    return _record(store, name, final, config, counts, digest, world or "")
 
 
 MANIFEST = "images.json"
@@ -275,7 +284,8 @@ def image_changes(folder: Path) -> list[str]:
     return out
 
 
-def _record(store: Store, name: str, path: Path, config: ExportConfig, counts: dict, digest: str) -> Snapshot:
+def _record(store: Store, name: str, path: Path, config: ExportConfig, counts: dict, digest: str,
+            world: str = "") -> Snapshot:
     split = {"test_fraction": config.test_fraction, "seed": config.seed, "rows": counts}
     with store.transaction() as con:
         row = con.execute("SELECT content_hash FROM dataset_snapshots WHERE name = ?", (name,)).fetchone()
@@ -283,17 +293,17 @@ def _record(store: Store, name: str, path: Path, config: ExportConfig, counts: d
             raise InputError(f"snapshot {name!r} already exists with other content; choose another name")
         if not row:
             con.execute("INSERT INTO dataset_snapshots (name, path, format, split, row_count, content_hash, config, "
-                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "created_at, world) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (name, str(path), config.format, json.dumps(split), sum(counts.values()), digest,
-                         json.dumps(asdict(config), sort_keys=True), time.time()))
+                         json.dumps(asdict(config), sort_keys=True), time.time(), world))
     return snapshot(store, name)
 
 
-SNAPSHOT_COLUMNS = "id, name, path, format, split, row_count, content_hash, created_at"
+SNAPSHOT_COLUMNS = "id, name, path, format, split, row_count, content_hash, created_at, world"
 
 
 def _snapshot(row: tuple) -> Snapshot:
-    return Snapshot(row[0], row[1], Path(row[2]), row[3], json.loads(row[4]), row[5], row[6], row[7])
+    return Snapshot(row[0], row[1], Path(row[2]), row[3], json.loads(row[4]), row[5], row[6], row[7], row[8])
 
 
 def snapshot(store: Store, name: str) -> Snapshot:
@@ -311,6 +321,8 @@ def trainable(snap: Snapshot) -> bool:
     return snap.format == "trl" and (snap.path / "train.jsonl").is_file()
 
 
-def snapshots(store: Store) -> list[Snapshot]:
-    rows = store.query(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots ORDER BY id DESC")
+def snapshots(store: Store, world: str | None = None) -> list[Snapshot]:
+    """The snapshots, newest first (of ``world``, when given: what its runs page offers)."""
+    rows = store.query(f"SELECT {SNAPSHOT_COLUMNS} FROM dataset_snapshots WHERE ? IS NULL OR world = ? "
+                       "ORDER BY id DESC", (world, world))
     return [_snapshot(r) for r in rows]

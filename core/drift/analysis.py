@@ -548,3 +548,19 @@ def list_analyses(*folders: str | Path | None) -> list[AnalysisInfo]:
                 continue
             out.append(AnalysisInfo(path, path.name, (path / "config.json").stat().st_mtime, cfg))
     return sorted(out, key=lambda a: a.created, reverse=True)
+
+
+def of_world(found: list[AnalysisInfo], world, recorded: set[str] | list[str] = ()) -> list[AnalysisInfo]:
+    """The analyses of ``found`` that belong to ``world`` (a ``World``): its shipped one, those a scoring job of
+    that world wrote (``recorded``: their folders, from the jobs' ``meta``), and those that scored one of its
+    datasets with its base model (an analysis made on the command line). Another world's stays out."""
+    from core.io.paths import expand
+
+    def resolved(p) -> str:
+        return str(expand(p).resolve()) if p else ""
+
+    shipped = resolved(world.analysis_dir) if world.analysis_dir else ""
+    datasets = {resolved(world.dataset_path(n)) for n in world.manifest["datasets"]}
+    outs, base = {resolved(p) for p in recorded}, resolved(world.base_model_dir)
+    return [a for a in found if str(a.path) in outs | {shipped}
+            or (resolved(a.config.base) == base and resolved(a.config.data) in datasets)]

@@ -281,16 +281,34 @@ DRIVER_KINDS = ("token", "concept", "context")
 def driver_trajectories(kind: str, row: dict, records: list[dict], graph=None) -> tuple[list[str], str]:
     """The trajectories a driver row (of ``by_token`` / ``by_concept`` / ``by_context``) happens in, and what
     that filter is in words. A token row lists its trajectories; a concept is found by any of its names; a
-    context by its last word."""
+    context by all of its words, in order."""
     if kind == "token":
         return list(row["trajectories"]), f"token {row['token']!r} under {row['checkpoint']}"
     if kind == "concept":
         return (concept_trajectories(records, concept_names(graph, row["concept"])),
                 f"concept {row['concept']!r}")
     if kind == "context":
-        return (concept_trajectories(records, [row["context"].split(" ")[-1]]),
-                f"context {row['context']!r} under {row['checkpoint']}")
+        return (context_trajectories(records, row["context"]), f"context {row['context']!r} under {row['checkpoint']}")
     raise ValueError(f"driver kind {kind!r}: expected one of {DRIVER_KINDS}")
+
+
+def context_trajectories(records: list[dict], context: str) -> list[str]:
+    """Ids of the trajectories whose completion holds the whole ``context`` (its tokens as the text has them,
+    any run of white space between its words, any case): "lines suggests", not every "suggests"."""
+    import re
+
+    words = context.split()
+    if not words:
+        return []
+    pattern = re.compile(r"\s+".join(re.escape(w) for w in words), re.IGNORECASE)
+    return [r["id"] for r in records if pattern.search(r.get("completion", ""))]
+
+
+def most_drifted_first(ids: list[str], table: pd.DataFrame) -> list[str]:
+    """``ids`` in the order of ``table`` (``trajectory_table``: most detrimental first), so the trajectory a
+    driver row opens is its most drifted one, not the first in the file; ids the table lacks go last."""
+    rank = {t: i for i, t in enumerate(table["traj_id"] if "traj_id" in table else table.index)}
+    return sorted(ids, key=lambda t: rank.get(t, len(rank)))
 
 
 def sort_drivers(table: pd.DataFrame, kind: str, checkpoint: str = "all", direction: str = "all") -> pd.DataFrame:

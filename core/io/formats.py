@@ -39,7 +39,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,6 +64,7 @@ CCF_QUESTION = "What is the disease of this patient?"
 ANSWER = ANSWER_FORMAT.sentence
 _THINK_RE = re.compile(r"^\s*<think>(.*)</think>", re.S)
 UNKNOWN = "unknown"
+CCF_IDS = ("dicom_id", "sid", "pid")  # a CCF item's study identifiers: kept, so an export finds its images again
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Pair:
     external_id: str | None = None
     images: tuple[str, ...] = ()                   # the chosen side's images (absolute paths), () for text only
     rejected_images: tuple[str, ...] | None = None  # the rejected side's, None for the same (a text counterfactual)
+    meta: dict = field(default_factory=dict, hash=False, compare=False)  # source identifiers (CCF_IDS) to keep
 
 
 @dataclass
@@ -297,7 +299,8 @@ def _ccf_pairs(rec: dict, ctx: _Context = _Context()) -> list[Pair]:
     swaps = rec.get("image_swaps") or {}
     if not isinstance(swaps, dict):
         raise _RecordError("image_swaps", f"expected an object {{disease: [image paths]}}, got {_kind(swaps)}")
-    pairs = [replace(p, images=images or ()) for p in _ccf_text_pairs(rec, bool(swaps))]
+    ids = {k: rec[k] for k in CCF_IDS if isinstance(rec.get(k), (str, int)) and not isinstance(rec.get(k), bool)}
+    pairs = [replace(p, images=images or (), meta=ids) for p in _ccf_text_pairs(rec, bool(swaps))]
     for target, paths in swaps.items():  # CPO++'s visual pairs: the same report with another study's image
         field = f"image_swaps.{target}"
         other = _images({field: paths}, field, ctx)
@@ -306,7 +309,7 @@ def _ccf_pairs(rec: dict, ctx: _Context = _Context()) -> list[Pair]:
         chosen = pairs[0].chosen if pairs else completion(_text(rec, "report"), _text(rec, "diagnose"))
         pairs.append(Pair(_text(rec, "prompt", optional=True) or CCF_QUESTION, chosen, chosen, rec["diagnose"],
                           target, IMAGE_SWAP, external_id=None if rec.get("id") is None else str(rec["id"]),
-                          images=images, rejected_images=other))
+                          images=images, rejected_images=other, meta=ids))
     return pairs
 
 
@@ -472,6 +475,7 @@ def ccf_records(rows: list[dict], paths: dict[str, str] | None = None) -> list[d
         item = items.setdefault((row["prompt"], row["chosen"], tuple(fields.get("images", ()))), {
             "prompt": row["prompt"], "report": think_of(row["chosen"]),
             "diagnose": row["label"] or answer_of(row["chosen"]) or UNKNOWN, "counterfact": {}}
+            | {k: v for k, v in (row.get("meta") or {}).items() if k in CCF_IDS}
             | ({"images": fields["images"]} if fields else {}))
         if "rejected_images" in fields:
             item.setdefault("image_swaps", {})[row["target"]] = fields["rejected_images"]

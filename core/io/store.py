@@ -180,6 +180,13 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # of absolute paths, and of the files' content hashes (core.io.images.content_hash) in the same order. Rows
     # stored before read as text-only ('[]').
     lambda con: _add_image_columns(con),
+    # 7 -> 8: worlds (issue 24). Every trajectory (and so its counterfactuals), import batch and dataset snapshot
+    # belongs to a world (its folder, as the worlds registry names it); '' where it cannot be told. A trajectory
+    # keeps the identifiers of its source record (``meta``: a CCF item's dicom_id, sid, pid). Rows take the world
+    # of their source (a generated one's source is '<world name>:<dataset>', when exactly one registered world has
+    # that name); the rest are listed as of no known world, never guessed. Content hashes take in the world and the
+    # system turn (core.io.hashing.trajectory_hash), so the same study is one item per world.
+    lambda con: _add_worlds(con),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -220,6 +227,56 @@ def _add_image_columns(con: sqlite3.Connection) -> None:
         for column in IMAGE_COLUMNS:
             if column not in have:
                 con.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT '[]'")
+
+
+WORLD_TABLES = ("trajectories", "import_batches", "dataset_snapshots")  # a world column each (migration 8)
+
+
+def _add_worlds(con: sqlite3.Connection) -> None:
+    """Migration 7 -> 8: the ``world`` columns, ``trajectories.meta``, each trajectory's world from its source,
+    and the content hashes recomputed for the rows whose world or system turn is now part of them."""
+    for table, column, default in [*((t, "world", "''") for t in WORLD_TABLES), ("trajectories", "meta", "'{}'")]:
+        if column not in {row[1] for row in con.execute(f"PRAGMA table_info({table})")}:  # a rerun leaves it
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
+    con.execute("CREATE INDEX IF NOT EXISTS trajectories_world ON trajectories(world)")
+    by_name: dict[str, list[str]] = {}
+    for name, path in con.execute("SELECT name, path FROM worlds").fetchall():
+        by_name.setdefault(name, []).append(path)
+    for id_, source in con.execute("SELECT id, source FROM trajectories").fetchall():
+        paths = by_name.get(source.rpartition(":")[0], []) if ":" in source else []
+        if len(paths) == 1:  # a generated item's source names its world; two worlds of one name: not told
+            con.execute("UPDATE trajectories SET world = ? WHERE id = ?", (paths[0], id_))
+    con.execute("UPDATE dataset_snapshots SET world = (SELECT MIN(r.world) FROM runs r WHERE r.snapshot = "
+                "dataset_snapshots.name) WHERE world = '' AND (SELECT COUNT(DISTINCT r.world) FROM runs r WHERE "
+                "r.snapshot = dataset_snapshots.name AND r.world IS NOT NULL) = 1")  # the one world its runs named
+    _rehash_identities(con)
+
+
+def _rehash_identities(con: sqlite3.Connection) -> None:
+    """Recompute ``content_hash`` of the trajectories with a world or a system turn, and of their counterfactuals."""
+    for (id_,) in con.execute("SELECT id FROM trajectories WHERE world != '' OR system IS NOT NULL").fetchall():
+        rehash_trajectory(con, id_)
+
+
+def rehash_trajectory(con: sqlite3.Connection, id_: int) -> str:
+    """Recompute the content hash of trajectory ``id_`` from its stored fields (text, images, system turn, world)
+    and of its counterfactuals, in the caller's transaction; its new hash (``sqlite3.IntegrityError`` when
+    another row has it already: the same item is there)."""
+    import json
+
+    from core.io.hashing import counterfactual_hash, trajectory_hash
+
+    prompt, completion, images, system, world = con.execute(
+        "SELECT prompt, completion, image_hashes, system, world FROM trajectories WHERE id = ?", (id_,)).fetchone()
+    h = trajectory_hash(prompt, completion, json.loads(images), system, world)
+    con.execute("UPDATE trajectories SET content_hash = ? WHERE id = ?", (h, id_))
+    for cid, target, text, cf_images in con.execute(
+            "SELECT id, target, completion, image_hashes FROM counterfactuals WHERE trajectory_id = ?",
+            (id_,)).fetchall():
+        own = json.loads(cf_images)
+        con.execute("UPDATE counterfactuals SET content_hash = ? WHERE id = ?",
+                    (counterfactual_hash(h, target, text, () if own == json.loads(images) else own), cid))
+    return h
 
 
 @dataclass

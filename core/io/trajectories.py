@@ -75,7 +75,7 @@ def read_trajectories(path: str | Path, limit: int | None = None, fmt: AnswerFor
     if not path.exists():
         raise InputError(f"{path}: trajectory file not found")
     records, seen = [], set()
-    for where, raw in _raw_records(path):
+    for where, raw in raw_records(path):
         rec = normalise(raw, f"{path}, {where}", fmt)
         with_images(rec, raw, path, where, check_images, image_cache, image_roots)
         rec["id"] = str(raw.get("id", raw.get("dicom_id", where.replace(" ", "-"))))
@@ -126,6 +126,15 @@ def normalise(rec: dict, where: str, fmt: AnswerFormat = DEFAULT) -> dict:
         raise InputError(f"{where}: field 'label' must be a string, got {type(out['label']).__name__}")
     out["label"] = out.get("label") or fmt.parse(out["completion"])  # no label: the answer it gives
     return out
+
+
+def system_of(record: dict) -> str | None:
+    """The system turn of a conversation record (its ``chat``; several joined by blank lines), else its ``system``
+    field (a plain record exported with one), else None: what a stored pair keeps so that exports and training
+    see the prompt scoring saw."""
+    turns = [t["content"] for t in record.get("chat") or () if t.get("role") == "system" and t.get("content")]
+    system = "\n\n".join(turns) if turns else record.get("system")
+    return system if isinstance(system, str) and system.strip() else None
 
 
 def _string(rec: dict, key: str, where: str) -> str:
@@ -241,7 +250,7 @@ def _suffix(data: bytes) -> str:
     return ".img"
 
 
-def _raw_records(path: Path):
+def raw_records(path: Path):
     """(where, record) from a JSONL / JSON / parquet file or a ``datasets`` folder."""
     if path.is_dir():
         yield from _dataset_folder(path)
@@ -354,10 +363,14 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
     """Encode each record as ``prompt ids + ids(" " + completion)`` (the sample world's training format); a
     conversation (``chat``) goes through the tokenizer's chat template unless ``chat_template`` is off."""
     think = tokenizer.get_vocab().get("</think>")  # None when the tokenizer has no such token (never the unk id)
-    out = []
+    out, joined = [], 0
     for rec in records:
         templated = chat_template and bool(rec.get("chat")) and bool(getattr(tokenizer, "chat_template", None))
-        p = prompt_ids(tokenizer, rec["prompt"], templated, rec.get("chat"))
+        turns = rec.get("chat") or []
+        prompt = rec["prompt"]
+        if not templated and len(turns) > 1:  # no template: every turn as plain text, not the last user turn alone
+            prompt, joined = plain_turns(turns), joined + 1
+        p = prompt_ids(tokenizer, prompt, templated, rec.get("chat"))
         c = tokenizer(("" if templated else " ") + rec["completion"], add_special_tokens=False)["input_ids"]
         ids = p + c
         if max_length and len(ids) > max_length:
@@ -365,7 +378,20 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
         ends = [i for i in range(len(p), len(ids)) if ids[i] == think]
         out.append(Encoded(str(rec["id"]), ids, len(p), ends[0] if ends else len(ids), rec.get("label"),
                            [token_text(tokenizer, t) for t in ids]))
+    if joined:
+        import warnings
+
+        why = "the chat template is off" if not chat_template else "the tokenizer has no chat template"
+        warnings.warn(f"{joined} of {len(records)} conversations have a system or earlier turn, but {why}: their turns "
+                      "are read as plain text one after another (blank lines between), not as the model's chat format",
+                      UserWarning, stacklevel=2)
     return out
+
+
+def plain_turns(turns: list[dict]) -> str:
+    """A conversation's turns as plain text, in order, blank lines between (what a model without a chat template
+    reads): the system prompt and earlier turns are not dropped."""
+    return "\n\n".join(t["content"] for t in turns if t.get("content"))
 
 
 def token_text(tokenizer, token_id: int) -> str:

@@ -32,14 +32,10 @@ from core.io.images import (
     image_index,
     record_images,
 )
-from core.io.trajectories import json_lines
+from core.io.trajectories import json_lines, raw_records
 
 CCF_PROMPT = "This is a patient's chest DR image <image>. Please help me determine the patient's disease."
 ANSWER = "The disease of this patient is {}."
-
-
-def _where(path: Path, line: int) -> str:
-    return f"{path}, line {line}"
 
 
 def _user_and_assistant(messages: object, where: str, field: str) -> tuple[str, str]:
@@ -79,15 +75,17 @@ def read_vl_records(path: str | Path, limits: ImageLimits | None = None) -> list
         raise InputError(f"{path}: trajectory file not found")
     limits = limits or ImageLimits()
     out, seen = [], set()
-    for line, rec in json_lines(path):
-        where = _where(path, line)
-        rid = str(rec.get("id", f"line-{line}"))
+    for line, rec in raw_records(path):  # the one reader: JSONL, a JSON list (ms-swift's), parquet, a datasets folder
+        where = f"{path}, {line}"
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        rid = str(rec.get("id", line.replace(" ", "-")))
         if rid in seen:
             raise InputError(f"{where}: duplicate id {rid!r} (ids must be unique)")
         seen.add(rid)
         out += _parse(rec, rid, path, line, where, limits)
     if not out:
-        raise InputError(f"{path}: no records (expected JSONL with prompt/completion or messages per line)")
+        raise InputError(f"{path}: no records (expected JSONL or a JSON list with prompt/completion or messages)")
     return out
 
 

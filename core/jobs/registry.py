@@ -89,22 +89,29 @@ def command(kind: str, cfg=None, options=None, config_path: str | Path | None = 
 
 
 def launch(ws, kind: str, cfg=None, options=None, title: str = "", meta: dict | None = None,
-           config_path: str | Path | None = None) -> supervisor.Job:
+           config_path: str | Path | None = None, world: str | Path | None = None) -> supervisor.Job:
     """Start a job of ``kind`` in the workspace's jobs folder (``ws.jobs_dir``): its command from ``command``,
-    its process under ``core.jobs.supervisor``; the page, the command line and a notebook start jobs this way."""
+    its process under ``core.jobs.supervisor``; the page, the command line and a notebook start jobs this way.
+    The job belongs to ``world`` (a world folder; default: the config's ``world``, or the world a run is evaluated
+    on), recorded in its ``meta`` so that a page lists its own world's jobs."""
     argv, files = command(kind, cfg, options, config_path)
+    world = world or getattr(cfg, "world", None) or getattr(options, "evaluate", None)
+    meta = {**(meta or {}), **({"world": str(Path(world).resolve())} if world else {})}
     return supervisor.start(ws.jobs_dir, kind, argv, title=title or kind, meta=meta, files=files)
 
 
-def relaunch(ws, job: supervisor.Job, meta: dict | None = None) -> supervisor.Job:
+def relaunch(ws, job: supervisor.Job, meta: dict | None = None, config_path: str | Path | None = None) -> supervisor.Job:
     """A new job running what ``job`` ran: its kind, argv and the files of its folder that argv reads (a cancelled
-    or failed job resumed; a CPO run continues from its checkpoints, a scoring job from its cached parts)."""
+    or failed job resumed; a CPO run continues from its checkpoints, a scoring job from its cached parts);
+    ``config_path``: another config file for it to read (a CPO run's resume config), the options unchanged."""
     old = f"{job.dir}/"
     files = {}
     for arg in job.argv:
         if str(arg).startswith(old) and (job.dir / str(arg)[len(old):]).is_file():
             files[str(arg)[len(old):]] = (job.dir / str(arg)[len(old):]).read_text(encoding="utf-8")
     argv = [str(a).replace(old, f"{JOB_DIR}/") for a in job.argv]
+    if config_path is not None and "--config" in argv:
+        argv[argv.index("--config") + 1] = str(config_path)
     return supervisor.start(ws.jobs_dir, job.kind, argv, title=job.title, meta=meta if meta is not None else job.meta,
                             files=files)
 

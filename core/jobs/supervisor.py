@@ -126,10 +126,16 @@ class Job:
             p = json.loads((self.dir / "progress.json").read_text())
         except (OSError, json.JSONDecodeError):  # the worker has not reported yet: it is importing its libraries
             p = {"done": 0.0, "message": STARTING}
-        end = (self.exit_info() or {}).get("ended_at") or time.time()
-        p["elapsed_s"] = end - self.started_at
+        end = (self.exit_info() or {}).get("ended_at") or (time.time() if self.live_pids() else self._last_sign())
+        p["elapsed_s"] = max(0.0, end - self.started_at)  # fixed once the job ended: it never grows afterwards
         p["eta_s"] = eta_seconds(p, end)
         return p
+
+    def _last_sign(self) -> float:
+        """When a job that recorded no end (its supervisor killed, the machine restarted) last wrote anything."""
+        times = [(self.dir / n).stat().st_mtime for n in ("progress.json", "log.txt", "worker.json", "job.json")
+                 if (self.dir / n).is_file()]
+        return max(times, default=self.started_at)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -232,9 +238,12 @@ def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", met
     return job
 
 
-def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = None) -> list[Job]:
+def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = None,
+              world: str | Path | None = None) -> list[Job]:
     """Jobs under ``folders`` (one folder or several, e.g. ``Workspace.job_dirs``), newest first; unreadable
-    folders are skipped."""
+    folders are skipped. ``world``: that world's jobs only (``meta["world"]``, as ``registry.launch`` records it;
+    a job started before jobs recorded their world is of none)."""
+    key = str(Path(world).resolve()) if world else None
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     out = []
     for folder in (f for d in dict.fromkeys(Path(d) for d in folders) for f in d.glob("*/job.json")):
@@ -242,7 +251,7 @@ def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = Non
             job = Job.load(folder.parent)
         except InputError:
             continue
-        if kind is None or job.kind == kind:
+        if (kind is None or job.kind == kind) and (key is None or job.meta.get("world") == key):
             out.append(job)
     return sorted(out, key=lambda j: j.started_at, reverse=True)
 

@@ -84,9 +84,13 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")  # TRL DPO / CPO
+
+
 def _objective_from_log(metrics: dict) -> str | None:
-    """TRL writes no args.json: its logged keys say which kind of trainer wrote the checkpoint."""
-    if "rewards/margins" in metrics or "rewards/chosen" in metrics:
+    """TRL writes no args.json: its logged keys say which kind of trainer wrote the checkpoint (a preference
+    trainer's implicit rewards, any of them, are not an RL reward)."""
+    if any(k in metrics for k in PREFERENCE_KEYS):
         return "preference (DPO / CPO)"
     if "reward" in metrics or any(k.startswith("rewards/") for k in metrics):
         return "RL (GRPO / PPO)"
@@ -100,12 +104,14 @@ def training_summary(path: Path, metrics: dict) -> dict:
     folder above), the adapter's LoRA config and the trainer's last logged loss / reward / lr."""
     args = _read_json(path / "args.json") or _read_json(path.parent / "args.json")
     adapter = _read_json(path / "adapter_config.json")
-    reward = next((metrics[k] for k in ("reward", "rewards/accuracy_reward", "rewards/chosen") if k in metrics), None)
+    # an RL trainer's reward; a preference trainer logs implicit rewards instead: its share of pairs ranked right
+    reward = next((metrics[k] for k in ("reward", "rewards/accuracy_reward") if k in metrics), None)
     out = {"objective": args.get("rlhf_type") or ("sft" if args else None) or _objective_from_log(metrics),
            "train_type": args.get("train_type") or ("lora" if adapter else None),
            "lora_rank": args.get("lora_rank") or adapter.get("r"),
            "lr": args.get("learning_rate") or metrics.get("learning_rate"),
            "loss": metrics.get("loss", metrics.get("train_loss")), "reward": reward,
+           "preference_accuracy": metrics.get("rewards/accuracies"),
            "trained_from": args.get("model") or adapter.get("base_model_name_or_path")}
     return {k: v for k, v in out.items() if v is not None}
 

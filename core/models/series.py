@@ -233,10 +233,21 @@ def base_name_warning(info: ckpts.CheckpointInfo, accepted: set[str]) -> str | N
 
 
 def base_name_warnings(base: str | Path, infos: list[ckpts.CheckpointInfo], base_names: Sequence[str] = ()) -> list[str]:
-    """``base_name_warning`` for every adapter of a series, without loading anything (for the page)."""
+    """``base_name_warning`` of a series' adapters, without loading anything (for the page and ``world create``):
+    one message per base name they declare, naming the adapters, not the same message once per checkpoint."""
     base = Path(base).expanduser()
     accepted = {base.name, *base_names, _config_name(base)}
-    return [w for c in infos if c.kind == "adapter" and (w := base_name_warning(c, accepted))]
+    by_name: dict[str, list[tuple[ckpts.CheckpointInfo, str]]] = {}
+    for c in infos:
+        if c.kind == "adapter" and (w := base_name_warning(c, accepted)):
+            declared = json.loads((c.path / "adapter_config.json").read_text(encoding="utf-8-sig"))
+            by_name.setdefault(str(declared.get("base_model_name_or_path")), []).append((c, w))
+    known = sorted({Path(n.rstrip("/")).name.lower() for n in accepted if n})
+    return [found[0][1] if len(found) == 1 else
+            (f"{len(found)} adapters ({', '.join(c.name for c, _ in found)}): base_model_name_or_path {declared!r} "
+             f"in their adapter_config.json is not the name of the base model given ({known}); loaded anyway, "
+             "since their shapes and tokenizer fit")
+            for declared, found in by_name.items()]
 
 
 def _config_name(base: Path) -> str:

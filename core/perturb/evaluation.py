@@ -101,7 +101,11 @@ def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] 
     if perturbed:
         by_id = dict(zip((r["id"] for r in records), preds, strict=True))
         out["perturbed_accuracy"] = acc(perturbed, preds_perturbed)
-        out["flip_rate"] = sum(by_id.get(r["source_id"]) != p for r, p in zip(perturbed, preds_perturbed, strict=True)) / len(perturbed)
+        pairs = [(by_id.get(r["source_id"]), p) for r, p in zip(perturbed, preds_perturbed, strict=True)]
+        read = [(a, b) for a, b in pairs if a is not None and b is not None]  # a malformed answer is no flip
+        # None (JSON null) when no pair was read on both sides: no rate, and perturbed_malformed says why
+        out["flip_rate"] = sum(a != b for a, b in read) / len(read) if read else None
+        out["perturbed_malformed"] = sum(p is None for p in preds_perturbed) / len(perturbed)
     out = {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
     out["per_category"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(by_cat.items())}
     return out

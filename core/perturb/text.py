@@ -58,7 +58,7 @@ def perturbation_test(series: ModelSeries, records: list[dict], find: str, repla
     pairs = [(r, p) for r in records if (p := replace_span(r, find, replace)) is not None]
     if not pairs:
         return pd.DataFrame(columns=["traj_id", "checkpoint", "step", "gold", "answer_before", "answer_after",
-                                     "gold_before", "gold_after", "flip", "belief_change"])
+                                     "gold_before", "gold_after", "malformed", "flip", "belief_change"])
     if mode == "generate":
         return _generate_test(series, pairs, labels, progress, should_cancel, chat_template)
     cfg = ProbeConfig(labels=labels, positions="end", **({"template": template} if template else {}))
@@ -71,7 +71,7 @@ def perturbation_test(series: ModelSeries, records: list[dict], find: str, repla
     df = before[cols].merge(after[["traj_id", "checkpoint", "answer", "gold_prob"]], on=["traj_id", "checkpoint"],
                             suffixes=("_before", "_after"))
     df = df.rename(columns={"gold_prob_before": "gold_before", "gold_prob_after": "gold_after"})
-    df["flip"] = df["answer_before"] != df["answer_after"]
+    df = mark_flips(df)
     df["belief_change"] = df["gold_after"] - df["gold_before"]
     return df.sort_values(["step", "traj_id"]).reset_index(drop=True)
 
@@ -94,24 +94,49 @@ def _generate_test(series: ModelSeries, pairs: list[tuple[dict, dict]], labels: 
             progress(n + 1, len(series.names), f"generated under {name}")
     df = pd.DataFrame(rows)
     df["gold_before"] = df["gold_after"] = df["belief_change"] = float("nan")
-    df["flip"] = df["answer_before"] != df["answer_after"]
+    return mark_flips(df)
+
+
+def mark_flips(df: pd.DataFrame) -> pd.DataFrame:
+    """``malformed``: no answer could be read before or after the swap (None; a table of an older version gets
+    it from its answers); ``flip``: both answers read and they differ. A malformed pair is its own category,
+    never a flip (``None != None`` is true in pandas)."""
+    df = df.copy()
+    df["malformed"] = df["answer_before"].isna() | df["answer_after"].isna()
+    df["flip"] = (df["answer_before"] != df["answer_after"]) & ~df["malformed"]
     return df
 
 
+def _rates(g) -> pd.DataFrame:
+    """n, accuracy before and after, the flip rate over the pairs whose answers were both read (NaN when none
+    was), and the malformed share: per group of ``g`` (a grouped table of ``mark_flips``)."""
+    out = g.agg(n=("flip", "size"), accuracy_before=("correct_before", "mean"),
+                accuracy_after=("correct_after", "mean"), flips=("flip", "sum"), read=("read", "sum"),
+                malformed=("malformed", "mean"))
+    out["flip_rate"] = (out["flips"] / out["read"].where(out["read"] > 0)).astype(float)
+    return out.drop(columns=["flips", "read"])
+
+
+def _scored(df: pd.DataFrame) -> pd.DataFrame:
+    df = mark_flips(df) if "malformed" not in df else df
+    return df.assign(correct_before=df["answer_before"] == df["gold"], correct_after=df["answer_after"] == df["gold"],
+                     read=~df["malformed"])
+
+
 def perturbation_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per checkpoint: n, accuracy before and after, flip rate, mean gold-belief change."""
-    g = df.assign(correct_before=df["answer_before"] == df["gold"], correct_after=df["answer_after"] == df["gold"])
-    return g.groupby(["checkpoint", "step"]).agg(
-        n=("flip", "size"), accuracy_before=("correct_before", "mean"), accuracy_after=("correct_after", "mean"),
-        flip_rate=("flip", "mean"), mean_belief_change=("belief_change", "mean")).reset_index().sort_values("step")
+    """Per checkpoint: n, accuracy before and after, flip rate (over the pairs with both answers read),
+    malformed share, mean gold-belief change."""
+    g = _scored(df).groupby(["checkpoint", "step"])
+    out = _rates(g).join(g["belief_change"].mean().rename("mean_belief_change"))
+    return out.reset_index().sort_values("step")[["checkpoint", "step", "n", "accuracy_before", "accuracy_after",
+                                                  "flip_rate", "malformed", "mean_belief_change"]]
 
 
 def category_flips(df: pd.DataFrame) -> pd.DataFrame:
-    """Per gold label and checkpoint: accuracy before / after and flip rate."""
-    g = df.assign(correct_before=df["answer_before"] == df["gold"], correct_after=df["answer_after"] == df["gold"])
-    return g.groupby(["gold", "checkpoint", "step"]).agg(
-        n=("flip", "size"), accuracy_before=("correct_before", "mean"), accuracy_after=("correct_after", "mean"),
-        flip_rate=("flip", "mean")).reset_index().sort_values(["gold", "step"])
+    """Per gold label and checkpoint: accuracy before / after, flip rate (answers read on both sides) and
+    malformed share."""
+    out = _rates(_scored(df).groupby(["gold", "checkpoint", "step"])).reset_index().sort_values(["gold", "step"])
+    return out[["gold", "checkpoint", "step", "n", "accuracy_before", "accuracy_after", "flip_rate", "malformed"]]
 
 
 def swaps_in(record: dict, graph) -> list[tuple[str, str, list[str]]]:

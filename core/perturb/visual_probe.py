@@ -155,7 +155,8 @@ def _swap_rows(r: dict, v: dict, got: dict, decoded: dict | None, name: str, ste
                      "answer_before": a, "answer_after": b, "flipped": a != b})
     if decoded is not None:
         x, y = decoded[(r["id"], name)], decoded[(v["id"], name)]
-        rows[-1].update(decoded_before=x, decoded_after=y, decoded_flipped=x != y)
+        rows[-1].update(decoded_before=x, decoded_after=y, decoded_malformed=x is None or y is None,
+                        decoded_flipped=x is not None and y is not None and x != y)  # malformed: not a flip
     return rows
 
 

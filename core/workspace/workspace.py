@@ -103,7 +103,22 @@ class Workspace:
 
 
 def data_roots(store: Store, *extra: str | Path | None) -> list[Path]:
-    """The folders whose files a path typed in the UI may name: the workspace, every registered world
-    folder, ``$WORKBENCH_DATA_ROOTS`` and ``extra``."""
-    worlds = [Path(r[0]) for r in store.query("SELECT path FROM worlds")]
-    return [store.path.parent, *worlds, *env_data_roots(), *(Path(e) for e in extra if e)]
+    """The folders whose files a path typed in the UI may name: the workspace, every registered world folder and
+    the folders its datasets lie in (a registered run's data stays where the user keeps it), ``$WORKBENCH_DATA_ROOTS``
+    and ``extra`` (a world folder among them brings its data folders too)."""
+    worlds = [Path(r[0]) for r in store.query("SELECT path FROM worlds")] + [Path(e) for e in extra if e]
+    found = [store.path.parent, *worlds, *(f for w in worlds for f in world_data_folders(w)), *env_data_roots()]
+    return list(dict.fromkeys(found))
+
+
+def world_data_folders(root: str | Path) -> list[Path]:
+    """The folders holding the datasets the world folder ``root``'s manifest names (none when it has no readable
+    manifest): its own data, where a typed path of that world's data may point."""
+    import json
+
+    try:
+        manifest = json.loads((Path(root) / "world.json").read_text(encoding="utf-8-sig"))
+        paths = [d["path"] for d in manifest["datasets"].values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return list(dict.fromkeys((Path(root) / p).resolve().parent for p in paths if isinstance(p, str)))

@@ -38,6 +38,12 @@ class World:
         return self.manifest.get("name", self.root.name)
 
     @property
+    def key(self) -> str:
+        """What the workspace database files the world's items under (``trajectories.world``, jobs, snapshots,
+        runs): its folder, resolved, as the worlds registry names it."""
+        return str(self.root)
+
+    @property
     def base_model_dir(self) -> Path:
         return self.root / self.manifest["base_model"]
 
@@ -136,7 +142,7 @@ class World:
                       "vision": self.is_vl},  # its family reads images
             "tokenizer": {"vocab_size": text.get("vocab_size")},
             "checkpoints": [{"name": c.name, "step": c.step, "kind": c.kind,
-                             "reward": c.metrics.get("reward"), "loss": c.metrics.get("loss"),
+                             "reward": c.training.get("reward"), "loss": c.metrics.get("loss"),
                              "objective": c.training.get("objective"), "lora_rank": c.training.get("lora_rank"),
                              "lr": c.training.get("lr")}
                             for c in self.checkpoints],

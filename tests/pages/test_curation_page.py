@@ -10,6 +10,9 @@ from core.workspace.workspace import Workspace
 from tests.conftest import ROOT
 from tests.curation_data import write_ccf
 from workbench import state
+from workbench.demo import SAMPLE_WORLDS
+
+WORLD = str(SAMPLE_WORLDS["text"].resolve())  # the world the page opens by default: its items are curated
 
 
 def page(workspace, annotator: str = "") -> AppTest:
@@ -21,7 +24,7 @@ def page(workspace, annotator: str = "") -> AppTest:
 
 def test_asks_the_name_once_then_annotates_with_the_buttons(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
-    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3))
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3), world=WORLD)
     at = page(tmp_path / "ws")
     assert not at.exception
     assert any("Enter your name to start" in i.value for i in at.info)
@@ -63,7 +66,7 @@ def test_import_by_path_reports_counts_and_a_bad_file_stores_nothing(tmp_path, m
 
 def test_export_records_a_snapshot_and_agreement_renders(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
-    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3), required=2)
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3), required=2, world=WORLD)
     for who, decisions in (("ada", ["accept", "accept", "reject"]), ("bob", ["accept", "reject", "reject"])):
         for item_id, decision in zip((1, 2, 3), decisions, strict=True):
             curation.annotate(ws.store, item_id, who, decision)
@@ -81,7 +84,7 @@ def test_export_records_a_snapshot_and_agreement_renders(tmp_path):
 
 def test_guidelines_and_k_are_edited_on_the_page(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
-    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3))
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=3), world=WORLD)
     at = page(tmp_path / "ws", "ada")
     at.text_area(key="cur_guidelines").input("**Reject** every counterfactual that cites *opacity*.")
     at.button(key="cur_save_guidelines").click().run()
@@ -126,3 +129,27 @@ def test_example_files_are_the_same_pairs_in_each_format(sample_world):
     assert {p.format for p in parsed.values()} == set(FILES) and all(not p.errors for p in parsed.values())
     chosen = {fmt: sorted((x.prompt, x.chosen, x.rejected) for x in p.pairs) for fmt, p in parsed.items()}
     assert len(chosen["trl"]) == 6 and chosen["trl"] == chosen["swift"] == chosen["ccf"]
+
+
+def test_the_page_curates_the_open_worlds_items_and_lists_those_of_no_world(tmp_path):
+    """Two worlds' items and a pre-worlds import in one workspace: the page shows the open world's, every world's
+    only on the toggle, and places the worldless ones in the open world only when asked."""
+    ws = Workspace.open(tmp_path / "ws")
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "a.json", n=2), world=WORLD)
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "b.json", n=3, offset=5), world=str(tmp_path / "swift-run"))
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "old.json", n=1, offset=9))  # of no known world
+    at = page(tmp_path / "ws", "ada")
+    assert not at.exception
+    assert "0 of 2 settled" in at.get("progress")[0].proto.text  # this world's two, not the other world's
+    at.toggle(key="cur_every_world").set_value(True).run()
+    assert "0 of 6 settled" in at.get("progress")[0].proto.text and "every world" in " ".join(c.value for c in at.caption)
+    at.toggle(key="cur_every_world").set_value(False).run()
+    at.multiselect(key="cur_assign_sources").set_value(["old.json"]).run()
+    at.button(key="cur_assign").click().run()
+    assert not at.exception and "0 of 3 settled" in at.get("progress")[0].proto.text
+    for i in curation.queue(ws.store, curation.QueueFilter(world=WORLD))["id"]:
+        curation.annotate(ws.store, int(i), "ada", "accept")
+    at.run()
+    at.button(key="cur_export").click().run()
+    snap = snapshots.snapshots(ws.store)[0]
+    assert snap.row_count == 3 and snap.world == WORLD  # the other world's pairs stay out of this world's export

@@ -13,6 +13,7 @@ from core.io.trajectories import read_trajectories
 from core.workspace.workspace import Workspace
 from core.workspace.world import load_world
 from tests.conftest import ROOT
+from workbench.demo import SAMPLE_WORLDS
 from tests.curation_data import write_ccf
 from tests.vl_world import make_vl_world
 from workbench import state
@@ -46,13 +47,13 @@ def generate_like_the_page(ws: Workspace, world_root) -> None:
     graph, rec = gs.graph(gs.head()), records[0]
     cfs = make_counterfactuals(graph, rec, ["Edema"], "graph", gs.head())
     cfs += make_counterfactuals(graph, rec, ["Edema"], "image_swap", gs.head(), donors=records)
-    store_counterfactuals(ws.store, rec, f"{world.name}:test", cfs)
+    store_counterfactuals(ws.store, rec, f"{world.name}:test", cfs, world.key)
 
 
 def test_the_curation_item_shows_the_study_and_an_image_swap_side_by_side(tmp_path, vl_world):
     ws = Workspace.open(tmp_path / "ws")
     generate_like_the_page(ws, vl_world)
-    at = page("curation.py", tmp_path / "ws", annotator="ada")
+    at = page("curation.py", tmp_path / "ws", vl_world, annotator="ada")  # the world whose items they are
     assert not at.exception and not at.warning
     assert len(pictures(at)) == 1  # item 1, the graph rewrite: the study's X-ray beside the pair
     at.button(key="cur_accept").click().run()  # the keyboard flow (A) is the same buttons
@@ -77,7 +78,7 @@ def test_the_curation_item_shows_the_study_and_an_image_swap_side_by_side(tmp_pa
 
 def test_a_text_worlds_curation_item_shows_no_image(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
-    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=2))
+    snapshots.import_file(ws.store, write_ccf(tmp_path / "ccf.json", n=2), world=str(SAMPLE_WORLDS["text"].resolve()))
     at = page("curation.py", tmp_path / "ws", annotator="ada")
     assert not at.exception and at.get("html") and not pictures(at)
 

@@ -24,7 +24,8 @@ def test_launch_form_defaults_to_the_drifted_checkpoint(sample_world, tmp_path, 
     assert not at.exception and not at.error
     assert at.selectbox(key="run_start").value == "checkpoint-160"  # the world's least accurate checkpoint
     command = at.code[0].value
-    assert command.startswith("workbench train --config ") and f"--evaluate {sample_world}" in command
+    assert command.startswith("cat > config.json <<'EOF'\n")  # the config it names is written first (issue 24)
+    assert f"workbench train --config config.json --evaluate {sample_world}" in command
     assert any("Pre-flight:" in c.value and "pairs" in c.value for c in at.caption)
     at.selectbox(key="run_data").set_value("a TRL preference file").run()
     at.text_input(key="run_file").input(str(tmp_path / "missing.jsonl")).run()
@@ -66,11 +67,14 @@ def _tiny_snapshot(workspace) -> str:
     from core.curation import snapshots
     from core.workspace.workspace import Workspace
     from tests.curation_data import write_ccf
+    from workbench.demo import SAMPLE_WORLDS
 
     ws = Workspace.open(workspace)
-    snapshots.import_file(ws.store, write_ccf(workspace.parent / "ccf.json", n=1))
+    world = str(SAMPLE_WORLDS["text"].resolve())  # the world the runs page opens
+    snapshots.import_file(ws.store, write_ccf(workspace.parent / "ccf.json", n=1), world=world)
     curation.annotate(ws.store, 1, "ada", "accept")
-    snap = snapshots.export_snapshot(ws.store, ws.root / "exports", snapshots.ExportConfig(format="trl", name="one"))
+    snap = snapshots.export_snapshot(ws.store, ws.root / "exports", snapshots.ExportConfig(format="trl", name="one"),
+                                     world=world)
     return f"snapshot: {snap.name} ({snap.row_count} pairs)"
 
 
@@ -274,3 +278,31 @@ def test_every_config_field_has_a_widget_from_the_form_helper(sample_world, tmp_
         expected = {state.setting(form, f.name) for f in dataclasses.fields(cls)} - {
             state.setting(form, n) for n in own | vl_only}
         assert expected <= _widget_keys(at), sorted(expected - _widget_keys(at))
+
+
+def test_the_page_shows_the_open_worlds_runs_and_snapshots_only(sample_world, tmp_path):
+    """Two worlds in one workspace (issue 24): the sample world's run, and a run and a snapshot of a researcher's
+    TRL world; the sample world's page lists, compares and offers only its own."""
+    import json
+
+    from core.workspace.workspace import Workspace
+
+    _fake_run(tmp_path / "ws", sample_world, "done", evaluation={"accuracy": 0.9, "flip_rate": 0.05})
+    ws = Workspace.open(tmp_path / "ws")
+    other = tmp_path / "worlds" / "trl-run"
+    other_snapshot = tmp_path / "datasets" / "theirs"
+    other_snapshot.mkdir(parents=True)
+    (other_snapshot / "train.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n")
+    with ws.store.transaction() as con:
+        con.execute("INSERT INTO runs (name, objective, config, data, snapshot, world, status, output_dir, evaluation, "
+                    "created_at, updated_at) VALUES ('theirs', 'cpo', '{}', 'x', NULL, ?, 'done', ?, ?, 1, 1)",
+                    (str(other), str(tmp_path / "o"), json.dumps({"accuracy": 0.1})))
+        con.execute("INSERT INTO dataset_snapshots (name, path, format, split, row_count, content_hash, config, "
+                    "created_at, world) VALUES ('theirs', ?, 'trl', '{\"rows\": {}}', 1, 'h', '{}', 0, ?)",
+                    (str(other_snapshot), str(other)))
+    at = page(sample_world, tmp_path / "ws")
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key=state.RUN_SELECTED).options == ["r1 · cpo"]  # not the other world's run
+    assert not any("theirs" in o for o in at.selectbox(key="run_data").options)
+    assert "theirs" not in list(at.dataframe[-1].value["run"])  # Compare: this world's runs beside its start

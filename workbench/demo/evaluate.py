@@ -31,7 +31,8 @@ def drift_table_row(test: list[dict], preds: list[str | None], perturbed: list[d
         return sum(p == r["label"] for r, p in pairs) / max(1, len(pairs))
 
     by_id = dict(zip((r["id"] for r in test), preds, strict=True))
-    flips = [by_id[r["source_id"]] != p for r, p in zip(perturbed, preds_perturbed, strict=True)]
+    flips = [by_id[r["source_id"]] != p for r, p in zip(perturbed, preds_perturbed, strict=True)
+             if by_id[r["source_id"]] is not None and p is not None]  # a malformed answer is no flip
     carriers = [p for r, p in zip(test, preds, strict=True)
                 if spec.SHORTCUT_FINDING in r["findings"] and r["label"] != spec.SHORTCUT_LABEL]
     return {

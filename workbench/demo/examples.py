@@ -32,7 +32,10 @@ def example_pairs(world: Path, n: int = 6) -> list[dict]:
         targets = choose_targets(graph, true_disease(rec), "confusable")
         if not targets:
             continue
-        cf = make_counterfactuals(graph, rec, targets[:1])[0]
+        cfs = make_counterfactuals(graph, rec, targets[:1])
+        if not cfs:  # the rewrite changes no finding (a study without one): no counterfactual
+            continue
+        cf = cfs[0]
         out.append({"id": rec["id"], "prompt": rec["prompt"], "chosen": rec["completion"], "rejected": cf.completion,
                     "label": rec["label"], "target": cf.target, "source": "thinking", "weight": 1.0})
         if len(out) == n:

@@ -103,8 +103,9 @@ def test_a_driver_row_finds_its_trajectories():
                                        records) == (["x", "y"], "token 'op' under c1")
     ids, note = explore.driver_trajectories("concept", {"concept": "opacity"}, records, g)
     assert ids == ["a", "b"] and note == "concept 'opacity'"
-    ids, _ = explore.driver_trajectories("context", {"context": "the lung opacity", "checkpoint": "c1"}, records)
-    assert ids == ["a", "b"]
+    ids, _ = explore.driver_trajectories("context", {"context": "lung  opacity", "checkpoint": "c1"}, records)
+    assert ids == ["a"]  # the whole context, not its last word (issue 24)
+    assert explore.driver_trajectories("context", {"context": "the lung opacity", "checkpoint": "c1"}, records)[0] == []
     with pytest.raises(ValueError, match="driver kind"):
         explore.driver_trajectories("word", {}, records)
 

@@ -88,7 +88,8 @@ def test_a_run_job_is_cancelled_gracefully_then_resumed_to_the_end(quick_world, 
     cfg2.max_steps = int(stopped_at) + 6  # resume, a few steps more
     cfg2.save(run.config_path)
     run = runs.resume(ws, run.id)
-    assert run.status == "running"
+    assert run.status == "running" and not TrainConfig.load(run.config_path).resume  # config.json reusable as is
+    assert TrainConfig.load(run.output_dir / runs.RESUME_CONFIG).resume
     while (run := runs.refresh(ws, run.id)).status == "running":
         assert time.monotonic() < deadline + 120, run.job_handle().log_tail()
         time.sleep(0.5)

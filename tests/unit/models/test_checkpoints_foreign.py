@@ -22,7 +22,8 @@ def test_trl_run_loads_with_a_warning_about_the_base_name(foreign_run):
     with pytest.warns(UserWarning, match="base_model_name_or_path .*tiny-llama-base"):
         s = load_series(foreign_run["base"], foreign_run["run"], device="cpu")
     assert s.names == [BASE, "checkpoint-2", "checkpoint-4"]
-    assert len(s.warnings) == 2 and "loaded anyway" in s.warnings[0]
+    assert len(s.warnings) == 1 and "2 adapters (checkpoint-2, checkpoint-4)" in s.warnings[0]  # once, not per adapter
+    assert "loaded anyway" in s.warnings[0]
     # the name is a hint: once the user says it is the same model, nothing to warn about
     assert not load_series(foreign_run["base"], foreign_run["run"], device="cpu",
                            base_names=["tiny-llama-base"]).warnings
@@ -80,3 +81,27 @@ def test_broken_args_json_is_named(tmp_path):
     (tmp_path / "v0" / "args.json").write_text("{oops")
     with pytest.raises(Exception, match="args.json: not valid JSON"):
         checkpoints.discover(tmp_path)
+
+
+def test_a_preference_runs_log_is_called_so_and_shows_no_rl_reward(tmp_path):
+    """A TRL DPO run logs implicit rewards: its checkpoints are a preference run, however few keys it logged
+    (only rewards/accuracies), and its 'reward' is not rewards/chosen (issue 24)."""
+    import json
+
+    from core.models.checkpoints import read_checkpoint
+
+    for name, logged in (("dpo", {"loss": 0.6, "rewards/chosen": -1.5, "rewards/rejected": -2.0,
+                                  "rewards/margins": 0.5, "rewards/accuracies": 0.75}),
+                         ("acc-only", {"loss": 0.6, "rewards/accuracies": 0.5}),
+                         ("grpo", {"loss": 0.1, "reward": 0.4, "rewards/accuracy_reward": 0.4})):
+        ck = tmp_path / name / "checkpoint-2"
+        ck.mkdir(parents=True)
+        (ck / "adapter_config.json").write_text(json.dumps({"r": 4, "base_model_name_or_path": "b"}))
+        (ck / "adapter_model.safetensors").write_bytes(b"")
+        (ck / "trainer_state.json").write_text(json.dumps({"global_step": 2, "log_history": [{"step": 2, **logged}]}))
+        info = read_checkpoint(ck)
+        if name == "grpo":
+            assert info.training["objective"] == "RL (GRPO / PPO)" and info.training["reward"] == 0.4
+        else:
+            assert info.training["objective"] == "preference (DPO / CPO)" and "reward" not in info.training
+            assert info.training["preference_accuracy"] == logged["rewards/accuracies"]

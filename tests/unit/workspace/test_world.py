@@ -29,6 +29,7 @@ def test_world_create_registers_the_run_without_copying_it(own_world, foreign_ru
     assert [(c.name, c.step) for c in w.checkpoints] == [("checkpoint-2", 2), ("checkpoint-4", 4)]
     assert set(w.manifest["datasets"]) == {"train", "held_out"} and w.evaluation_spec() == {"held_out": "held_out"}
     assert "tiny-llama-base" in w.manifest["notes"][0]  # the adapters' base name: a warning, kept with the world
+    assert len(w.manifest["notes"]) == 1 and "2 adapters (checkpoint-2, checkpoint-4)" in w.manifest["notes"][0]
     assert (root / "concept_graph.json").is_file() and not list(root.glob("*.safetensors"))
     summary = w.summary()
     assert summary["checkpoints"][0]["objective"] == "sft" and summary["checkpoints"][0]["lora_rank"] == 4

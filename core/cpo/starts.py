@@ -1,0 +1,131 @@
+"""Where a CPO run starts and how its held-out figures compare with that start: the checkpoint it repairs (an
+adapter it continues, a merged full checkpoint it takes as its base, or the base itself), that start's recorded
+figures (the world's metrics.json), the comparison table and what it says when the start row is missing.
+
+    base_model, init_adapter = start_point(world, "checkpoint-160")
+    comparison(finished_runs, start_metrics(world.root, None, start_name(world.root, run.config)))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core.errors import InputError
+
+
+START_BASE = "base (SFT)"  # a run's start when it trains the base model itself, not a drifted checkpoint
+
+
+def default_start(world) -> str | None:
+    """The checkpoint a repair run starts from by default: the world's least accurate recorded one."""
+    names = {c.name for c in world.checkpoints}
+    recorded = [m for m in world.metrics() if m.get("checkpoint") in names]
+    return min(recorded, key=lambda m: m.get("accuracy", 1.0))["checkpoint"] if recorded else None
+
+
+def start_adapter(world, start: str) -> str | None:
+    """The adapter a run starting from ``start`` continues (None for ``START_BASE`` and for a merged full
+    checkpoint, which is the run's base instead: ``start_point``)."""
+    return start_point(world, start)[1]
+
+
+def start_point(world, start: str) -> tuple[str, str | None]:
+    """(base model, adapter to continue) of a run starting from ``start``: the world's base and the checkpoint's
+    LoRA adapter; the world's base alone for ``START_BASE``; a merged full checkpoint (ms-swift's
+    ``checkpoint-N-merged``) as the base itself, with a new LoRA over it."""
+    if start == START_BASE:
+        return str(world.base_model_dir), None
+    found = next((c for c in world.checkpoints if c.name == start), None)
+    if found is None:
+        raise InputError(f"start {start!r}: not a checkpoint of the world {world.name!r}")
+    if found.kind == "full":
+        return str(found.path), None
+    return str(world.base_model_dir), str(found.path)
+
+
+def comparison(runs: list, before: dict | None = None) -> pd.DataFrame:
+    """Finished runs side by side on the held-out sets, with the starting checkpoint's recorded row first
+    (left out when a run was evaluated on part of the sets only: the figures would not compare;
+    ``start_note`` says why it is missing)."""
+    partial = any((r.evaluation or {}).get("held_out_limit") for r in runs)
+    rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before and not partial else [])
+    rows += [{"run": r.name, "objective": r.objective, **_scalars(r.evaluation)} for r in runs if r.evaluation]
+    return pd.DataFrame(rows)
+
+
+def start_note(runs: list, before: dict | None, start: str | None = None) -> str | None:
+    """Why the comparison has no "before" row, in words (None when it has one or there is no run)."""
+    partial = sorted({f"{r.name} ({r.evaluation['held_out_limit']} studies)" for r in runs
+                      if (r.evaluation or {}).get("held_out_limit")})
+    if not runs:
+        return None
+    if partial:
+        return ("No \"before\" row: " + ", ".join(partial) + " evaluated on the first studies only, while the start's "
+                "recorded figures cover the whole held-out set; evaluate on all of them (N = 0) to compare with the start.")
+    if before is None:
+        return (f"No \"before\" row: no recorded held-out figures of the start ({start or 'base (SFT)'}) in the world's "
+                "metrics.json; record them with `workbench evaluate --world W --record`.")
+    return None
+
+
+# held-out figures where higher is better, and where lower is better (core.perturb.evaluation)
+HIGHER_IS_BETTER = ("accuracy", "perturbed_accuracy", "rare_class_accuracy")
+LOWER_IS_BETTER = ("flip_rate", "malformed")
+
+
+def worse_than_start(evaluation: dict | None, before: dict | None, margin: float = 0.0) -> list[str]:
+    """Where a finished run's held-out figures are worse than its start checkpoint's, in words
+    (``["accuracy 0.527 < 0.587 at the start"]``); empty when it is not, or the figures do not compare
+    (no start figures, or an evaluation on part of the sets)."""
+    if not evaluation or not before or evaluation.get("held_out_limit"):
+        return []
+    out = []
+    for key in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+        after, start = evaluation.get(key), before.get(key)
+        if not isinstance(after, (int, float)) or not isinstance(start, (int, float)):
+            continue
+        lower = key in LOWER_IS_BETTER
+        if (after > start + margin) if lower else (after < start - margin):
+            out.append(f"{key.replace('_', ' ')} {after:.3f} {'>' if lower else '<'} {start:.3f} at the start")
+    return out
+
+
+def start_name(world_path: str | Path | None, config: dict) -> str:
+    """The name of the checkpoint a run (its saved ``config``) starts from: its adapter, the merged full
+    checkpoint it took as its base, or the world's base ("base (SFT)")."""
+    if config.get("init_adapter"):
+        return Path(config["init_adapter"]).name
+    base = config.get("base_model")
+    if base and world_path:
+        from core.workspace.world import load_world
+
+        try:
+            if Path(base).resolve() != load_world(world_path).base_model_dir.resolve():
+                return Path(base).name
+        except InputError:
+            pass
+    return "base (SFT)"
+
+
+def start_metrics(world_path: str | Path, init_adapter: str | Path | None, start: str | None = None) -> dict | None:
+    """The recorded held-out figures of the checkpoint a run starts from (from the world's metrics.json; ``start``:
+    its name, when it is not ``init_adapter``'s, e.g. a merged checkpoint the run took as its base), so the
+    comparison has its "before" row without re-evaluating."""
+    from core.workspace.world import load_world
+
+    try:
+        rows = load_world(world_path).metrics()
+    except InputError:
+        return None
+    name = start or (Path(init_adapter).name if init_adapter else "base (SFT)")
+    for row in rows:
+        if row.get("checkpoint") == name:
+            return {k: v for k, v in _scalars(row).items() if k not in ("checkpoint", "step")}
+    return None
+
+
+def _scalars(evaluation: dict) -> dict:
+    """The figures that fit one table row (per-category accuracy stays in the run's evaluation)."""
+    return {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))}
