@@ -83,8 +83,10 @@ def _reporting(job, timeout: float = 180.0):
     """Wait until the scorer job reports (its cancel flag is set up by then: a SIGTERM earlier kills it)."""
     import time
 
+    from core.jobs.supervisor import STARTING
+
     deadline = time.monotonic() + timeout
-    while job.progress()["message"] == "starting…":
+    while job.progress()["message"] == STARTING:
         assert job.state() == "running" and time.monotonic() < deadline, job.log_tail()
         time.sleep(0.1)
     return job
