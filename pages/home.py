@@ -27,7 +27,8 @@ st.subheader(inert(summary["name"]))  # world.json's text: shown as typed, fetch
 st.caption(f"{inert(summary['description'])}  \n`{summary['root']}`")
 others = [p for p in known_worlds(ws.root, ws.store) if p != path.resolve()]
 if others:  # e.g. the demo's two sample worlds, or a researcher's runs
-    names = ", ".join(f"**{inert(p.name)}**" for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    names = ", ".join(f"`{p.name.replace('`', '')}`" for p in others[:5]) + (  # code spans: no markup
+        f" and {len(others) - 5} more" if len(others) > 5 else "")
     st.info(f"Other worlds in this workspace: {names}. Switch in the sidebar's **World** picker.")
 model, steps = summary["model"], [c["step"] for c in summary["checkpoints"]]
 dev = resources.device_info()

@@ -276,8 +276,11 @@ def pick_analysis(ws, world, widget_key: str, label: str, empty: str):
     from workbench import routes
 
     found, others = world_analyses(ws, world)  # the open world's; another world's only when the user asks
+    asked = [a for a in others if str(a.path) == st.session_state.get(state.ANALYSIS)]  # opened from elsewhere
     if others and st.toggle(f"Also the {len(others)} analyses of other worlds", key=f"{widget_key}_every_world"):
         found = sorted(found + others, key=lambda a: a.created, reverse=True)
+    elif asked:  # the session's analysis (a link, another page, a watch) stays shown though it is another world's
+        found = sorted(found + asked, key=lambda a: a.created, reverse=True)
     if not found:
         st.info(empty)
         st.page_link(routes.checkpoints(), label="Go to Checkpoints")

@@ -69,7 +69,7 @@ def test_a_run_watched_live_alarm_stop_world_explorer(browser, watch_server, art
     page.get_by_role("link", name="Open the Drift explorer").click()
     page.get_by_role("heading", name="Drift explorer").first.wait_for(timeout=60_000)
     idle(page)
-    page.get_by_text("Across the checkpoints").wait_for(timeout=60_000)
+    page.get_by_text("Across the checkpoints", exact=True).wait_for(timeout=60_000)
     no_exception(page)
     assert page.locator("[data-testid='stMetricValue']").first.inner_text() == str(RUN["probe_studies"])
     page.screenshot(path=str(artifacts / "watch-world-explorer.png"), full_page=True)

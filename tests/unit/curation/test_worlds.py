@@ -68,6 +68,7 @@ def test_each_world_curates_and_exports_its_own_pairs(db, tmp_path):
 
 
 def test_conflicts_are_the_worlds_own(db):
+    curation.set_required(db, 2)  # an agreement study: two decisions per item (a second can't decide a k=1 item)
     for world in (TRL, CCF):
         first = int(curation.queue(db, curation.QueueFilter(world=world))["id"].iloc[0])
         curation.annotate(db, first, "ada", "accept")

@@ -52,7 +52,7 @@ def test_cancel_stops_the_worker_at_its_next_check(tmp_path):
         time.sleep(0.05)
     assert job.state() == "running"
     assert job.cancel()
-    assert job.wait(60) == "cancelled"  # seconds normally; generous for a shared machine under load
+    assert job.wait(180) == "cancelled"  # seconds normally; it took over 60 s once under load on 2 cores
     assert "stopping at" in job.log_tail()
     assert not job.cancel()  # nothing left to cancel
 
