@@ -46,14 +46,30 @@ def wait_drawn(page, node_id: str, target: str, artifacts, timeout_ms: int = 150
     raise AssertionError(f"{node_id!r} -> {target!r} was not drawn (see graph_editor-not-drawn.png)")
 
 
-def choose(page, label: str, text: str) -> None:
-    """Pick an option of a Streamlit selectbox by typing part of it."""
-    box = page.get_by_role("combobox", name=label)
-    box.click(timeout=90_000)  # generous: on a loaded 2-core machine a rerun can take tens of seconds
-    page.keyboard.type(text)
-    # Enter picks the highlighted (first filtered) option; a click can miss it while a rerun redraws the list
-    page.get_by_role("option").filter(has_text=text).first.wait_for(timeout=30_000)
-    page.keyboard.press("Enter")
+def choose(page, label: str, text: str, tries: int = 3) -> None:
+    """Pick an option of a Streamlit selectbox by typing part of it. A rerun that redraws the box while we type
+    (the node just added reaches the list with it) loses the typed text or the open list: then type again."""
+    for attempt in range(tries):
+        box = page.get_by_role("combobox", name=label)
+        box.click(timeout=90_000)  # generous: on a loaded 2-core machine a rerun can take tens of seconds
+        page.keyboard.press("Control+A")
+        page.keyboard.type(text)
+        option = page.get_by_role("option").filter(has_text=text).first
+        try:  # the option shows once the list holds the new node (a rerun can redraw the list meanwhile)
+            option.wait_for(timeout=30_000)
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+            continue
+        page.keyboard.press("Enter")  # picks the highlighted (first filtered) option
+        for _ in range(30):  # the box shows it (in its input or beside it); a redraw can swallow the pick: again
+            shown = page.get_by_test_id("stSelectbox").filter(has_text=label).first
+            if text in shown.inner_text() + " ".join(i.input_value() for i in shown.locator("input").all()):
+                return
+            page.wait_for_timeout(500)
+        if attempt == tries - 1:
+            raise AssertionError(f"{label}: {text!r} was not chosen")
 
 
 def test_add_node_and_edge_see_them_drawn_then_generate_a_counterfactual(browser, app_server, artifacts, tmp_path):
@@ -71,6 +87,10 @@ def test_add_node_and_edge_see_them_drawn_then_generate_a_counterfactual(browser
     page.get_by_role("button", name="Add node").click()
     page.get_by_text(f"Added finding '{XSS}'.").wait_for(timeout=30_000)
 
+    # a fresh load: the stored graph (versioned in the workspace) with the new node in every list from the start,
+    # not a list that a rerun redraws while we type into it
+    page.reload()
+    page.get_by_text("Add a node").wait_for(timeout=90_000)
     page.get_by_role("tab", name="Edges").click()
     choose(page, "Finding", "onerror")
     choose(page, "Disease", "Edema")
