@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,6 +40,19 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> float:
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextlib.contextmanager
+def served(args: list[str], port: int):
+    """``python -m workbench.cli *args`` (a server on ``port``) until the block ends; yields its URL once it answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/_stcore/health", proc)
+        yield url
+    finally:
+        stop(proc)
 
 
 @pytest.fixture

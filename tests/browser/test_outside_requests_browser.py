@@ -2,15 +2,12 @@
 description carry markdown images, links and bare URLs renders them as text, and the page fetches nothing
 from another host (not its favicon either: a Material icon name made every page fetch one from a font host)."""
 
-import subprocess
-import sys
 from urllib.parse import urlparse
 
 import pytest
 
 from core.workspace import world as world_mod
-from tests.browser.conftest import stop, wait_http
-from tests.conftest import ROOT
+from tests.browser.conftest import served
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,16 +21,10 @@ def hostile_app(foreign_run, free_port, tmp_path):
     ws = tmp_path / "ws"
     w = world_mod.create_world(ws / "worlds" / "evil", NAME, foreign_run["base"], [foreign_run["run"]],
                                [foreign_run["heldout"]], description=DESCRIPTION)
-    cmd = [sys.executable, "-m", "workbench.cli", "app", "--headless", "--port", str(free_port), "--workspace",
+    args = ["app", "--headless", "--port", str(free_port), "--workspace",
            str(ws), "--world", str(w.root)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{free_port}"
-    try:
-        wait_http(url + "/_stcore/health", proc)
+    with served(args, free_port) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def test_world_text_and_the_favicon_fetch_nothing_from_outside(browser, hostile_app, artifacts):

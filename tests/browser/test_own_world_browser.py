@@ -2,14 +2,11 @@
 conversational data) registered with ``workbench world create``, opened with ``workbench app --world``,
 scored from the Checkpoints page and shown in the drift explorer."""
 
-import subprocess
-import sys
 
 import pytest
 
-from tests.browser.conftest import stop, wait_http
+from tests.browser.conftest import served
 from tests.browser.test_loop_browser import go, idle, no_exception, set_number
-from tests.conftest import ROOT
 from workbench import cli
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -20,16 +17,10 @@ def own_app(foreign_run, free_port, tmp_path):
     ws = tmp_path / "ws"
     assert cli.main(["world", "create", "--name", "trl run", "--base", str(foreign_run["base"]), "--checkpoints",
                      str(foreign_run["run"]), "--data", str(foreign_run["heldout"]), "--workspace", str(ws)]) == 0
-    cmd = [sys.executable, "-m", "workbench.cli", "app", "--headless", "--port", str(free_port), "--workspace",
+    args = ["app", "--headless", "--port", str(free_port), "--workspace",
            str(ws), "--world", str(ws / "worlds" / "trl-run")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{free_port}"
-    try:
-        wait_http(url + "/_stcore/health", proc)
+    with served(args, free_port) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def test_score_and_explore_a_world_of_your_own(browser, own_app, artifacts):

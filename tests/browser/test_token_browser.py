@@ -2,15 +2,12 @@
 the X-ray behind ``/media/<hash>`` nor ``/_stcore/metrics``; the token in a link leaves no history entry; wrong
 tokens wait."""
 
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.browser.conftest import stop, wait_http
-from tests.conftest import ROOT
+from tests.browser.conftest import served
 from workbench import auth
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -21,16 +18,10 @@ TOKEN = "a-token-from-a-file-42"
 @pytest.fixture
 def exposed(free_port, tmp_path):
     (tmp_path / "token").write_text(TOKEN + "\n")
-    cmd = [sys.executable, "-m", "workbench.cli", "demo", "--headless", "--host", "0.0.0.0", "--port", str(free_port),
+    args = ["demo", "--headless", "--host", "0.0.0.0", "--port", str(free_port),
            "--workspace", str(tmp_path / "ws"), "--token-file", str(tmp_path / "token")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{free_port}"
-    try:
-        wait_http(url + "/_stcore/health", proc)
+    with served(args, free_port) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 def status(url: str, data: bytes | None = None, cookie: str | None = None) -> tuple[int, str]:
