@@ -85,6 +85,9 @@ def stop(view: views.WatchView) -> None:
                        help="the callback ends training at its next step (control.should_training_stop)"):
             view.stop("the Watch page")
             st.rerun()
+    elif view.trainer_state == "stopped" and view.trainer.get("stop_reason"):
+        st.info(f"Training stopped at step {view.trainer.get('global_step', '–')}: "
+                f"{inert(view.trainer['stop_reason'])}.")
     elif not view.has_callback:
         st.caption("Followed from its folder (no callback): Stop cannot reach this trainer.")
 

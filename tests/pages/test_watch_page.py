@@ -70,8 +70,12 @@ def test_a_finished_watch_becomes_a_world(quick_world, tmp_path):
     ws = tmp_path / "ws"
     watch = make_watch(quick_world, tmp_path / "done", status="ended", steps=(2,))
     views.register(ws, watch)
+    trainer = json.loads((watch / "trainer.json").read_text())
+    (watch / "trainer.json").write_text(json.dumps({**trainer, "status": "stopped",
+                                                    "stop_reason": "stop asked (the Watch page)"}))
     at = page(quick_world, ws)
     at.run()
+    assert any("Training stopped at step 2: stop asked (the Watch page)" in i.value for i in at.info)
     at.text_input(key=state.WATCH_WORLD_NAME).set_value("watched-world").run()
     at.button(key="watch_world").click().run()
     assert not at.exception and any("World watched-world created" in s.value for s in at.success)
