@@ -6,6 +6,7 @@ scored from the Checkpoints page and shown in the drift explorer."""
 import pytest
 
 from tests.browser.conftest import served
+from tests.browser.test_drift_browser import settle
 from tests.browser.test_loop_browser import go, idle, no_exception, set_number
 from workbench import cli
 
@@ -43,7 +44,7 @@ def test_score_and_explore_a_world_of_your_own(browser, own_app, artifacts):
     page.screenshot(path=str(artifacts / "own-world-checkpoints.png"), full_page=True)
     open_button.click()
     page.get_by_text("What drives the drift").wait_for(timeout=60_000)
-    idle(page)
+    settle(page, plots=1)  # the screenshot shows the drawn charts, not their placeholders
     no_exception(page)
     page.screenshot(path=str(artifacts / "own-world-explorer.png"), full_page=True)
 

@@ -149,8 +149,9 @@ def test_the_command_line_shards_and_merges(cfg, unsharded, tmp_path):
         run = _cli(*flags, "--shard", f"{i}/2")
         assert run.returncode == 0, run.stderr
         assert "--merge" in run.stdout and not out.exists()
-    run = _cli("--merge", "--out", str(out))
-    assert run.returncode == 0, run.stderr
+    from workbench import cli
+
+    assert cli.main(["score", "--merge", "--out", str(out)]) == 0  # the merge in this process
     assert_same_analysis(out, unsharded)
     assert not (tmp_path / ".analysis.shards").exists()  # removed once the merge is saved
 
@@ -183,12 +184,14 @@ def test_perturbation_shards_merged_equal_one_run(quick_world, tmp_path, mode):
         return subprocess.run([sys.executable, "-m", "workbench.cli", "perturb", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
 
-    flags = ["--world", str(quick_world), "--limit", "12", "--find", "opacity", "--replace", "shadow", "--mode", mode]
+    from workbench import cli
+
+    flags = ["--world", str(quick_world), "--limit", "6", "--find", "opacity", "--replace", "shadow", "--mode", mode]
     one, out = tmp_path / "one.parquet", tmp_path / "sharded.parquet"
-    assert (run := perturb(*flags, "--out", str(one))).returncode == 0, run.stderr
-    for i in (1, 0):
+    assert cli.main(["perturb", *flags, "--out", str(one)]) == 0  # the unsharded run and the merge in this process
+    for i in (1, 0):  # each shard as its own process, as a launcher starts them
         assert (run := perturb(*flags, "--out", str(out), "--shard", f"{i}/2")).returncode == 0, run.stderr
     assert not out.exists()
-    assert (run := perturb("--merge", "--out", str(out))).returncode == 0, run.stderr
+    assert cli.main(["perturb", "--merge", "--out", str(out)]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(one), check_exact=False, rtol=1e-5, atol=1e-6)
     assert not shards.shard_root(out).exists()
