@@ -57,10 +57,10 @@ if view == "Overview":
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
              ("Worst checkpoint", f"step {int(worst['step'])}" if run is None else f"CPO run from {run.start}",
               f"{worst['checkpoint']} · " + (
-                  f"probe accuracy {worst['accuracy']:.2f}" if probed else f"KL to base {worst['kl_base']:.2f}")),
+                  f"probe accuracy {worst['accuracy']:.2f}" if probed else f"KL to base {ui.amount(worst['kl_base'])}")),
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
-             ("Max KL to base", f"{s['kl_base'].max():.2f}", "nats, CoT tokens")]
+             ("Max KL to base", ui.amount(s['kl_base'].max()), "nats, CoT tokens")]
     for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
         col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 

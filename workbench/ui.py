@@ -102,6 +102,17 @@ def number(value) -> float | None:
     return None if math.isnan(x) else x
 
 
+def amount(value, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or in scientific notation when those would round a non-zero value to
+    zero (a KL of 2.6e-4 is drift, not "0.00"); "–" when it is missing or not a number."""
+    x = number(value)
+    if x is None:
+        return "–"
+    if x != 0 and abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:.1e}"
+    return f"{x:.{digits}f}"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
