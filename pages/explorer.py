@@ -54,10 +54,14 @@ if view == "Overview":
     worst = s.loc[s["accuracy"].idxmin()] if probed else s.loc[s["kl_base"].idxmax()]
     run = branches.get(worst["checkpoint"])
     alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
+    measure, values = ("probe accuracy", s["accuracy"]) if probed else ("KL to base", s["kl_base"])
+    if len(s) > 1 and values.nunique(dropna=False) == 1:  # idxmin would name the first one: none is worse
+        worst_fact = ("Worst checkpoint", "none worse", f"{measure} {ui.amount(values.iloc[0])} at every one")
+    else:
+        worst_fact = ("Worst checkpoint", f"step {int(worst['step'])}" if run is None else f"CPO run from {run.start}",
+                      f"{worst['checkpoint']} · {measure} {ui.amount(worst[values.name])}")
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
-             ("Worst checkpoint", f"step {int(worst['step'])}" if run is None else f"CPO run from {run.start}",
-              f"{worst['checkpoint']} · " + (
-                  f"probe accuracy {worst['accuracy']:.2f}" if probed else f"KL to base {ui.amount(worst['kl_base'])}")),
+             worst_fact,
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
               "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
              ("Max KL to base", ui.amount(s['kl_base'].max()), "nats, CoT tokens")]

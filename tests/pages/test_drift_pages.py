@@ -251,3 +251,22 @@ def test_checkpoints_page_lists_a_joined_cpo_run_as_a_branch_of_its_start(sample
     table = at.dataframe[0].value.set_index("checkpoint")
     assert table.at["fix-1", "branch_of"] == "checkpoint-160 + 60 CPO steps"
     assert table.at["checkpoint-200", "branch_of"] == ""
+
+
+def test_explorer_names_no_worst_checkpoint_when_all_are_equal(sample_world, tmp_path):
+    """A run whose probe accuracy is the same at every checkpoint (a tiny foreign run reads 0.00 everywhere) has no
+    worst checkpoint: the first one is not named as if it were worse."""
+    import shutil
+
+    import pandas as pd
+
+    world = tmp_path / "world"
+    shutil.copytree(sample_world, world, ignore=shutil.ignore_patterns("multimodal"))
+    summary = pd.read_parquet(world / "analysis" / "summary.parquet")
+    summary["accuracy"] = 0.0
+    summary.to_parquet(world / "analysis" / "summary.parquet")
+    at = page("explorer", world, tmp_path / "ws")
+    at.run()
+    assert not at.exception
+    worst = next(m for m in at.metric if m.label == "Worst checkpoint")
+    assert worst.value == "none worse"
