@@ -178,7 +178,8 @@ def branch_comparison(path: str, stamp: str, branches: dict) -> None:
     st.subheader("Start vs repaired")
     name = pick_branch(branches, "branch_run")
     cmp = resources.branch_comparison(path, stamp, branches[name].start, name)
-    st.caption("Probe accuracy and belief are teacher-forced on the same trajectories; 'fixed' = wrong at the "
+    st.caption("Probe accuracy and belief are teacher-forced on the same trajectories (probe accuracy over the "
+               "'probed' ones: those whose own answer was read); 'fixed' = wrong at the "
                "start, right after the run; 'broken' = the reverse. kl_to_start: mean per-token KL(repaired ‖ "
                "start) over the CoT (empty for analyses scored before runs were measured from their start).")
     table(cmp.summary, "branch-summary", f"start-vs-{name}")

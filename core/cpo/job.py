@@ -57,7 +57,7 @@ def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None
 
 def _start_on_the_same_studies(cfg: TrainConfig, options: TrainOptions, progress: Progress | None) -> dict:
     """What a run evaluated on the first N studies keeps beside its figures: N, which studies, and its start's
-    figures on those same N (``core.cpo.starts.start_figures``, cached), so Compare has its "before" row."""
+    figures on those same N (``start_figures``, cached), so Compare has its "before" row."""
     from core.cpo import starts
     from core.models.vision import VisionConfig
 
@@ -67,7 +67,7 @@ def _start_on_the_same_studies(cfg: TrainConfig, options: TrainOptions, progress
         progress(1, 1, f"evaluating the start ({name}) on the same {options.evaluate_limit} studies")
     try:
         start = start_figures(options.evaluate, cfg.base_model, cfg.init_adapter, options.evaluate_limit,
-                                     VisionConfig.of(cfg), options.evaluate_cache, name)
+                              VisionConfig.of(cfg), options.evaluate_cache, name)
     except (InputError, OSError) as e:  # the run's figures stand; Compare says its start row is missing
         print(f"workbench: warning: the start ({name}) was not evaluated on the same studies: {e}", file=sys.stderr)
         return out
