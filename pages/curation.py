@@ -45,7 +45,7 @@ with conflicts:
     else:
         st.info("Enter your name above to settle conflicts.")
 with agreement:
-    view.agreement_panel(store)
+    view.agreement_panel(store, scope)
 with imports:
     view.import_panel(store, world.root / "examples" if world else None, world)
 with exports:

@@ -81,7 +81,8 @@ with ui.controls("Launch a run", expanded=True):
             values |= forms.settings(TrainConfig, forms.others(TrainConfig, FIRST, skip), "run", defaults,
                                      columns=5)
             eval_limit = st.number_input("Evaluate on the first N held-out studies (0 = all)", 0, 1_000_000, 0,
-                                         key="run_eval_limit", help="all of them for figures you report; fewer for a quick look")
+                                         key="run_eval_limit", help="all of them for figures you report; fewer for a quick look "
+                                         "(the start is then evaluated on the same N, to compare)")
             visual_weight = 0.0
             if vl:
                 visual_weight = st.number_input(

@@ -37,6 +37,19 @@ def conversation(rng: random.Random, i: int) -> dict:
                                             {"role": "assistant", "content": cot}]}
 
 
+def concept_graph():
+    """The run's concept graph: each disease of ``DISEASES`` supported by its two findings."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for disease, found in DISEASES.items():
+        g.add_node(disease, kind="disease", label=disease, synonyms=[])
+        for f in found:
+            g.add_node(f, kind="finding", label=f, synonyms=[])
+            g.add_edge(f, disease, relation="supports", weight=1.0)
+    return g
+
+
 def _tokenizer(texts: list[str]):
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

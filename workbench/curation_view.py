@@ -214,8 +214,12 @@ def conflicts_panel(store, annotator: str, scope: str | None = None) -> None:
         st.rerun()
 
 
-def agreement_panel(store) -> None:
-    ag = curation.agreement(store)
+def agreement_panel(store, scope: str | None) -> None:
+    """Agreement among the annotators of ``scope``'s items (the open world's key; None: every world's, as the
+    page's toggle says)."""
+    ag = curation.agreement(store, scope)
+    st.caption("Annotators and items of " + ("every world." if scope is None else "this world only (the toggle "
+                                                                                   "above covers every world's)."))
     fmt = lambda v: "n/a" if pd.isna(v) else f"{v:.3f}"  # noqa: E731
     c = st.columns(3)
     c[0].metric("Fleiss' kappa", fmt(ag.fleiss), help="Fleiss (1971) over items with two or more ratings")

@@ -134,39 +134,51 @@ def live_fragment(body, is_live, flag: str) -> None:
 
 
 def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, select=None, world=None) -> None:
-    """The latest background jobs of ``kind`` (of the folder ``world``, when given: the open world's; those
-    ``select(job)`` keeps, if given): live progress with ETA and Cancel while running (the panel redraws itself every
-    second), the log when one fails, and ``done_actions(job, main, side)`` to show or open a finished job's result.
-    When the last running job ends, the whole page reruns."""
+    """The latest background jobs of ``kind`` (of the folder ``world``, when given: the open world's, and apart, in
+    an expander, those that record no world: started before jobs recorded theirs; those ``select(job)`` keeps, if
+    given): live progress with ETA and Cancel while running (the panel redraws itself every second), the log when
+    one fails, and ``done_actions(job, main, side)`` to show or open a finished job's result. When the last running
+    job ends, the whole page reruns."""
     from core.jobs import supervisor as jobs
 
-    def latest() -> list:
-        return [j for j in jobs.list_jobs(job_dirs, kind, world) if select is None or select(j)][:limit]
+    def latest(**where) -> list:
+        return [j for j in jobs.list_jobs(job_dirs, kind, **where) if select is None or select(j)][:limit]
 
     def panel() -> None:
-        recent = latest()
-        for job in recent:
-            status, p = job.state(), job.progress()
-            with st.container(border=True):
-                main, side = st.columns([5, 1])
-                cancelling = status == "running" and job.cancelling
-                shown = "cancelling…" if cancelling else status
-                main.markdown(f"**{inert(job.title)}** · {shown} · {duration(p['elapsed_s'])}")
-                if status == "running":
-                    what = "stopping after the current step" if cancelling else inert(p.get("message", ""))
-                    main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {what} · ETA {duration(p['eta_s'])}")
-                    # on_click: the cancel is asked before this rerun draws the panel, so it shows at once
-                    side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:", on_click=job.cancel,
-                                disabled=cancelling)
-                elif status == "done":
-                    done_actions(job, main, side)
-                elif p.get("message"):  # what a cancelled or failed job did before it stopped (what it stored)
-                    main.caption(f"Last report: {inert(p['message'])}")
-                if status != "done":
-                    with main.expander("Log", expanded=status in ("failed", "died")):
-                        st.code(job.log_tail(15) or "(empty)", language="text")
+        for job in latest(world=world):
+            _job_card(job, done_actions)
+        old = latest(unrecorded=True) if world is not None else []
+        if old:
+            with st.expander(f"Jobs of no recorded world ({len(old)}{'+' if len(old) == limit else ''}): started "
+                             "before jobs recorded their world", icon=":material/help:"):
+                for job in old:
+                    _job_card(job, done_actions)
 
-    live_fragment(panel, lambda: any(j.state() == "running" for j in latest()), state.running_flag(kind))
+    live_fragment(panel, lambda: any(j.state() == "running" for j in latest(world=world) + latest(unrecorded=True)),
+                  state.running_flag(kind))
+
+
+def _job_card(job, done_actions) -> None:
+    """One job of ``jobs_panel``: title, state and duration; progress and Cancel while it runs; what it did."""
+    status, p = job.state(), job.progress()
+    with st.container(border=True):
+        main, side = st.columns([5, 1])
+        cancelling = status == "running" and job.cancelling
+        shown = "cancelling…" if cancelling else status
+        main.markdown(f"**{inert(job.title)}** · {shown} · {duration(p['elapsed_s'])}")
+        if status == "running":
+            what = "stopping after the current step" if cancelling else inert(p.get("message", ""))
+            main.progress(min(1.0, p["done"]), text=f"{p['done']:.0%} · {what} · ETA {duration(p['eta_s'])}")
+            # on_click: the cancel is asked before this rerun draws the panel, so it shows at once
+            side.button("Cancel", key=f"cancel-{job.id}", icon=":material/stop:", on_click=job.cancel,
+                        disabled=cancelling)
+        elif status == "done":
+            done_actions(job, main, side)
+        elif p.get("message"):  # what a cancelled or failed job did before it stopped (what it stored)
+            main.caption(f"Last report: {inert(p['message'])}")
+        if status != "done":
+            with main.expander("Log", expanded=status in ("failed", "died")):
+                st.code(job.log_tail(15) or "(empty)", language="text")
 
 
 def branch_comparison(path: str, stamp: str, branches: dict) -> None:
@@ -177,7 +189,8 @@ def branch_comparison(path: str, stamp: str, branches: dict) -> None:
     st.subheader("Start vs repaired")
     name = pick_branch(branches, "branch_run")
     cmp = resources.branch_comparison(path, stamp, branches[name].start, name)
-    st.caption("Probe accuracy and belief are teacher-forced on the same trajectories; 'fixed' = wrong at the "
+    st.caption("Probe accuracy and belief are teacher-forced on the same trajectories (probe accuracy over the "
+               "'probed' ones: those whose own answer was read); 'fixed' = wrong at the "
                "start, right after the run; 'broken' = the reverse. kl_to_start: mean per-token KL(repaired ‖ "
                "start) over the CoT (empty for analyses scored before runs were measured from their start).")
     table(cmp.summary, "branch-summary", f"start-vs-{name}")

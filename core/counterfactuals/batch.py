@@ -84,8 +84,7 @@ def run(cfg: BatchConfig, progress: Progress | None = None, should_cancel=None):
     for last in generate_batch(ws.store, gs.graph(version), records, source_of(world.name, cfg.dataset), cfg.mode,
                                cfg.target, cfg.method, version, _expert(cfg, world), donors, world.key):
         if progress:
-            progress(last.done, last.total, f"{last.done} of {last.total} trajectories, {last.stored} stored"
-                     + (f", {last.skipped} rewrites left out (no finding changed)" if last.skipped else ""))
+            progress(last.done, last.total, last.summary())
         if should_cancel and should_cancel():
             break
     return last
@@ -108,6 +107,5 @@ def run_job(cfg: BatchConfig, options: BatchOptions, progress: Progress | None =
     it stored; the exit code says whether Cancel stopped it."""
     last = run(cfg, progress, should_cancel)
     code = CANCELLED if should_cancel and should_cancel() else 0
-    print(f"counterfactuals: {'cancelled' if code else 'finished'}: "
-          + (f"{last.done} of {last.total} trajectories, {last.stored} counterfactuals stored" if last else "nothing to do"))
+    print(f"counterfactuals: {'cancelled' if code else 'finished'}: " + (last.summary() if last else "nothing to do"))
     return code

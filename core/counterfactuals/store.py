@@ -100,6 +100,11 @@ def store_counterfactuals(store: Store, record: dict, source: str, cfs: list[Cou
                           world: str = "") -> list[int]:
     """Store the trajectory (once, with its ``images`` and its conversation's system turn, in ``world``) and its
     counterfactuals (once each, with theirs); their row ids, in order."""
+    return [id_ for id_, _ in _store(store, record, source, cfs, world)]
+
+
+def _store(store: Store, record: dict, source: str, cfs: list[Counterfactual], world: str) -> list[tuple[int, bool]]:
+    """``store_counterfactuals``, with whether each row is new (False: that counterfactual was stored before)."""
     now = time.time()
     where = f"trajectory {record.get('id')}"
     images = hashed_images(record.get("images"), where)
@@ -113,7 +118,7 @@ def store_counterfactuals(store: Store, record: dict, source: str, cfs: list[Cou
                                       settings=json.dumps(cf.settings, ensure_ascii=False),
                                       graph_version=cf.graph_version, model=cf.model,
                                       consistency=None if cf.consistency is None else cf.consistency.score,
-                                      images=paths, image_hashes=hashes)[0]
+                                      images=paths, image_hashes=hashes)
                 for cf, (paths, hashes) in zip(cfs, swapped, strict=True)]
 
 
@@ -143,9 +148,16 @@ def list_counterfactuals(store: Store, source: str | None = None, world: str | N
 class BatchProgress:
     done: int  # trajectories processed
     total: int
-    stored: int  # counterfactual rows written so far (duplicates of stored ones not counted twice)
+    stored: int  # the batch's counterfactuals so far, each once: new ones and those the database held already
     last: str | None  # id of the trajectory just processed
     skipped: int = 0  # targets left out so far: the rewrite changed no finding (not a counterfactual)
+    new: int = 0  # of ``stored``, those this batch added (a rerun over stored studies adds none)
+
+    def summary(self) -> str:
+        """What the batch did so far, in words (a job's report; the page shows it when the job ends)."""
+        return (f"{self.done} of {self.total} trajectories, {self.stored} counterfactuals stored ({self.new} new, "
+                f"{self.stored - self.new} stored before)"
+                + (f", {self.skipped} rewrites left out (no finding changed)" if self.skipped else ""))
 
 
 def generate_batch(store: Store, graph: nx.DiGraph, records: list[dict], source: str, mode: str,
@@ -159,6 +171,7 @@ def generate_batch(store: Store, graph: nx.DiGraph, records: list[dict], source:
     is stored, the current one is not half-written.
     """
     stored: set[int] = set()
+    new: set[int] = set()
     skipped: list[str] = []
     for i, rec in enumerate(records):
         targets = choose_targets(graph, true_disease(rec), mode, target)
@@ -166,8 +179,10 @@ def generate_batch(store: Store, graph: nx.DiGraph, records: list[dict], source:
             targets = []
         cfs = make_counterfactuals(graph, rec, targets, method, graph_version, expert,
                                    records if donors is None else donors, skipped) if targets else []
-        stored.update(store_counterfactuals(store, rec, source, cfs, world) if cfs else [])
-        yield BatchProgress(i + 1, len(records), len(stored), rec.get("id"), len(skipped))
+        rows = _store(store, rec, source, cfs, world) if cfs else []
+        stored.update(id_ for id_, _ in rows)
+        new.update(id_ for id_, added in rows if added)
+        yield BatchProgress(i + 1, len(records), len(stored), rec.get("id"), len(skipped), len(new))
 
 
 def worldless(store: Store) -> pd.DataFrame:

@@ -97,7 +97,10 @@ class TrainOptions(ConfigBase):
     evaluate: str | None = field(default=None, metadata={
         "help": "afterwards, answer this world's held-out sets with the new adapter (evaluation.json)", "path": True})
     evaluate_limit: int | None = field(default=None, metadata={"help": "with --evaluate: the first N held-out "
-                                                                       "studies only", "min": 1})
+                                                                       "studies only (the start is evaluated on the "
+                                                                       "same N, to compare)", "min": 1})
+    evaluate_cache: str | None = field(default=None, metadata={
+        "help": "with --evaluate-limit: a folder caching the start's figures per start, N and data", "path": True})
 
     def __post_init__(self) -> None:
         super().__post_init__()

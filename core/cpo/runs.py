@@ -29,6 +29,7 @@ from core.cpo.starts import (  # noqa: F401 - where a run starts and how it comp
     HIGHER_IS_BETTER,
     LOWER_IS_BETTER,
     START_BASE,
+    START_FIGURES,
     comparison,
     default_start,
     start_adapter,
@@ -44,6 +45,7 @@ from core.jobs import registry
 from core.jobs import supervisor as jobs
 
 EVALUATION_FILE = "evaluation.json"
+START_CACHE = "start-figures"  # in the workspace cache: a start's figures on the first N studies (starts.start_figures)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -117,8 +119,9 @@ def train_command(cfg, world: str | Path | None = None, evaluate_limit: int | No
     return registry.command("train", cfg, _options(world, evaluate_limit))
 
 
-def _options(world: str | Path | None, evaluate_limit: int | None):
-    return TrainOptions(evaluate=str(world) if world else None, evaluate_limit=evaluate_limit if world else None)
+def _options(world: str | Path | None, evaluate_limit: int | None, cache: str | Path | None = None):
+    return TrainOptions(evaluate=str(world) if world else None, evaluate_limit=evaluate_limit if world else None,
+                        evaluate_cache=str(cache) if cache and world and evaluate_limit else None)
 
 
 def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | None = None,
@@ -147,7 +150,8 @@ def launch(ws, cfg, name: str, world: str | Path | None = None, snapshot: str | 
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
     run = get(ws.store, run_id)
-    return _started(ws, run, registry.launch(ws, "train", options=_options(world, evaluate_limit),
+    options = _options(world, evaluate_limit, ws.cache_dir / START_CACHE)  # the start's figures on the same N
+    return _started(ws, run, registry.launch(ws, "train", options=options,
                                              config_path=run.config_path, **_job_labels(run)))
 
 

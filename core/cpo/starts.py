@@ -4,6 +4,10 @@ figures (the world's metrics.json), the comparison table and what it says when t
 
     base_model, init_adapter = start_point(world, "checkpoint-160")
     comparison(finished_runs, start_metrics(world.root, None, start_name(world.root, run.config)))
+
+A run evaluated on the first N held-out studies (``evaluate_limit``) is compared with its start on the same N:
+the training job evaluates the start there too (``core.cpo.job.start_figures``, cached per start, N and data) and keeps the
+figures in the run's evaluation (``START_FIGURES``); the world's recorded figures cover the whole set.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from core.errors import InputError
 
 
 START_BASE = "base (SFT)"  # a run's start when it trains the base model itself, not a drifted checkpoint
+START_FIGURES = "start"  # in a run's evaluation: its start's figures on the same first N studies
+STUDIES = "held-out studies"  # the comparison's column saying which studies a row was evaluated on
 
 
 def default_start(world) -> str | None:
@@ -46,25 +52,49 @@ def start_point(world, start: str) -> tuple[str, str | None]:
 
 
 def comparison(runs: list, before: dict | None = None) -> pd.DataFrame:
-    """Finished runs side by side on the held-out sets, with the starting checkpoint's recorded row first
-    (left out when a run was evaluated on part of the sets only: the figures would not compare;
-    ``start_note`` says why it is missing)."""
-    partial = any((r.evaluation or {}).get("held_out_limit") for r in runs)
-    rows = ([{"run": "before (start checkpoint)", "objective": "", **before}] if before and not partial else [])
-    rows += [{"run": r.name, "objective": r.objective, **_scalars(r.evaluation)} for r in runs if r.evaluation]
+    """Finished runs side by side on the held-out sets, each start's row first: ``before`` (the start's recorded
+    figures, on the whole sets) when a run was evaluated on all of them, and for runs evaluated on the first N
+    studies their start's figures on those same N (``START_FIGURES``). ``STUDIES`` says which studies each row
+    covers; ``start_note`` says why a start row is missing."""
+    rows = []
+    if before and any(not _limit(r) for r in runs if r.evaluation):
+        rows.append({"run": "before (start checkpoint)", "objective": "", STUDIES: "all", **before})
+    for r in runs:
+        start = (r.evaluation or {}).get(START_FIGURES) if _limit(r) else None
+        row = start and {"run": f"before ({start.get('checkpoint', 'start')}, first {_limit(r)})", "objective": "",
+                         STUDIES: studies(start), **_scalars(start)}
+        if row and row["run"] not in [x["run"] for x in rows]:  # runs from one start on one N share its row
+            rows.append({k: v for k, v in row.items() if k != "checkpoint"})
+    rows += [{"run": r.name, "objective": r.objective, STUDIES: studies(r.evaluation), **_scalars(r.evaluation)}
+             for r in runs if r.evaluation]
     return pd.DataFrame(rows)
 
 
+def _limit(run) -> int | None:
+    return (run.evaluation or {}).get("held_out_limit")
+
+
+def studies(evaluation: dict) -> str:
+    """Which held-out studies figures cover, in words: "all", or "first 8 (study-0 … study-7)"."""
+    limit = evaluation.get("held_out_limit")
+    if not limit:
+        return "all"
+    span = evaluation.get("held_out_span")
+    return f"first {limit}" + (f" ({span})" if span else "")
+
+
 def start_note(runs: list, before: dict | None, start: str | None = None) -> str | None:
-    """Why the comparison has no "before" row, in words (None when it has one or there is no run)."""
-    partial = sorted({f"{r.name} ({r.evaluation['held_out_limit']} studies)" for r in runs
-                      if (r.evaluation or {}).get("held_out_limit")})
+    """Why the comparison lacks a start row, in words (None when each run has one, or there is no run)."""
+    partial = sorted({f"{r.name} ({_limit(r)} studies)" for r in runs
+                      if _limit(r) and not r.evaluation.get(START_FIGURES)})
     if not runs:
         return None
     if partial:
-        return ("No \"before\" row: " + ", ".join(partial) + " evaluated on the first studies only, while the start's "
-                "recorded figures cover the whole held-out set; evaluate on all of them (N = 0) to compare with the start.")
-    if before is None:
+        return ("No \"before\" row for " + ", ".join(partial) + ": evaluated on the first studies only, before runs "
+                "evaluated their start on the same studies, while the start's recorded figures cover the whole "
+                "held-out set; run it again (its start is then evaluated on the same first N), or evaluate on all "
+                "of them (N = 0).")
+    if before is None and any(not _limit(r) for r in runs if r.evaluation):
         return (f"No \"before\" row: no recorded held-out figures of the start ({start or 'base (SFT)'}) in the world's "
                 "metrics.json; record them with `workbench evaluate --world W --record`.")
     return None
@@ -78,8 +108,10 @@ LOWER_IS_BETTER = ("flip_rate", "malformed")
 def worse_than_start(evaluation: dict | None, before: dict | None, margin: float = 0.0) -> list[str]:
     """Where a finished run's held-out figures are worse than its start checkpoint's, in words
     (``["accuracy 0.527 < 0.587 at the start"]``); empty when it is not, or the figures do not compare
-    (no start figures, or an evaluation on part of the sets)."""
-    if not evaluation or not before or evaluation.get("held_out_limit"):
+    (no start figures). On the first N studies it compares with the start's figures on those same N."""
+    if evaluation and evaluation.get("held_out_limit"):
+        before = evaluation.get(START_FIGURES)
+    if not evaluation or not before:
         return []
     out = []
     for key in HIGHER_IS_BETTER + LOWER_IS_BETTER:

@@ -298,11 +298,14 @@ def fleiss_kappa(counts: np.ndarray) -> float:
     return float("nan") if np.isclose(p_e, 1.0) else float((p_bar - p_e) / (1 - p_e))
 
 
-def agreement(store: Store) -> Agreement:
+def agreement(store: Store, world: str | None = None) -> Agreement:
     """Cohen's kappa (scikit-learn) per annotator pair over the items both rated, Fleiss' kappa and
-    Light's kappa overall. Ratings are accept / reject / edit; skips are not ratings."""
-    df = _read(store, "SELECT counterfactual_id AS item, annotator, decision FROM annotations "
-                      "WHERE decision != 'skip'")
+    Light's kappa overall, over the items of ``world`` (``World.key``; '' for items of no known world; None: every
+    world's, a choice the page names). Ratings are accept / reject / edit; skips are not ratings."""
+    where, params = ("", []) if world is None else (" AND t.world = ?", [world])
+    df = _read(store, "SELECT a.counterfactual_id AS item, a.annotator, a.decision FROM annotations a "
+                      "JOIN counterfactuals c ON c.id = a.counterfactual_id JOIN trajectories t ON t.id = c.trajectory_id "
+                      "WHERE a.decision != 'skip'" + where, params)
     wide = df.pivot(index="item", columns="annotator", values="decision") if len(df) else pd.DataFrame()
     rows = []
     names = list(wide.columns)

@@ -141,15 +141,21 @@ SUMMARY_KL = ("kl_base", "kl_prev", "js_base", "entropy")  # averaged over the C
 def _summary(kls: pd.DataFrame, fin: pd.DataFrame, det: pd.DataFrame) -> pd.DataFrame:
     """The per-checkpoint summary from its three parts: mean KLs per (checkpoint, step), the final beliefs, and
     the detrimental / beneficial shares per checkpoint (combined parts, ``DriftParts``)."""
-    acc = fin.assign(correct=fin["answer"] == fin["gold"]).groupby(["checkpoint", "step"]).agg(
-        accuracy=("correct", "mean"), final_gold_prob=("gold_prob", "mean")).reset_index()
+    # a trajectory whose own answer could not be read (or names no probed label) has no gold to compare with: out
+    # of the accuracy (whose denominator, ``probed``, says how many counted), counted apart (``no_gold``), never
+    # silently wrong
+    fin = fin.assign(correct=fin["answer"] == fin["gold"], labelled=fin["gold"].notna() & fin["gold_prob"].notna())
+    acc = fin.groupby(["checkpoint", "step"]).agg(final_gold_prob=("gold_prob", "mean"), probed=("labelled", "sum"),
+                                                  no_gold=("labelled", lambda x: int((~x).sum()))).reset_index()
+    right = fin[fin["labelled"]].groupby(["checkpoint", "step"])["correct"].mean().rename("accuracy").reset_index()
+    acc = acc.merge(right, on=["checkpoint", "step"], how="left")
     if det.empty:  # no effects (no probe, or one probe position): the columns stay, empty
         det = pd.DataFrame({"checkpoint": pd.Series(dtype=object), "share_detrimental": pd.Series(dtype=float),
                             "share_beneficial": pd.Series(dtype=float)})
     # every scored checkpoint keeps its row (token drift), with NaN accuracy when nothing was probed
     out = kls.merge(acc, on=["checkpoint", "step"], how="left").merge(det, on="checkpoint", how="left")
-    order = ["checkpoint", "step", "accuracy", "final_gold_prob", "kl_base", "kl_prev", "js_base", "entropy",
-             "share_detrimental", "share_beneficial"]
+    order = ["checkpoint", "step", "accuracy", "probed", "no_gold", "final_gold_prob", "kl_base", "kl_prev",
+             "js_base", "entropy", "share_detrimental", "share_beneficial"]
     return out[order].sort_values("step", kind="stable").reset_index(drop=True)
 
 

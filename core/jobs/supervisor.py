@@ -239,10 +239,11 @@ def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", met
 
 
 def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = None,
-              world: str | Path | None = None) -> list[Job]:
+              world: str | Path | None = None, unrecorded: bool = False) -> list[Job]:
     """Jobs under ``folders`` (one folder or several, e.g. ``Workspace.job_dirs``), newest first; unreadable
-    folders are skipped. ``world``: that world's jobs only (``meta["world"]``, as ``registry.launch`` records it;
-    a job started before jobs recorded their world is of none)."""
+    folders are skipped. ``world``: that world's jobs only (``meta["world"]``, as ``registry.launch`` records it);
+    ``unrecorded``: only the jobs that record no world (started before jobs recorded theirs), which a page lists
+    apart rather than hiding them."""
     key = str(Path(world).resolve()) if world else None
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     out = []
@@ -250,6 +251,8 @@ def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = Non
         try:
             job = Job.load(folder.parent)
         except InputError:
+            continue
+        if unrecorded and job.meta.get("world"):
             continue
         if (kind is None or job.kind == kind) and (key is None or job.meta.get("world") == key):
             out.append(job)

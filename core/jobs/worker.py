@@ -23,7 +23,7 @@ import sys
 from core.errors import InputError
 from core.io.paths import expand
 from core.jobs import registry
-from core.progress import CANCELLED, Cancelled, cancel_flag, record_worker_exit, report_progress
+from core.progress import CANCELLED, Cancelled, cancel_flag, flush_progress, record_worker_exit, report_progress
 
 
 def progress_bar(desc: str):
@@ -59,6 +59,8 @@ def execute(kind: str, cfg, options) -> int:
         except (KeyboardInterrupt, Cancelled):
             print(f"\nworkbench: {kind} cancelled; nothing written", file=sys.stderr)
             return CANCELLED
+        finally:  # the last report, also when the rate limit held it back: what the job did when it stopped
+            flush_progress()
 
 
 def add_job_arguments(p: argparse.ArgumentParser, kind: str, config_required: bool = True) -> None:

@@ -113,13 +113,16 @@ def compare(tokens: pd.DataFrame, beliefs: pd.DataFrame, start: str, repaired: s
     a, b = _final(beliefs, start), _final(beliefs, repaired)
     both = a.merge(b, on=["traj_id", "gold"], suffixes=("_start", "_repaired"))
     ok_a, ok_b = both["answer_start"] == both["gold"], both["answer_repaired"] == both["gold"]
+    # a trajectory whose own answer could not be read (or is no probed label): in no accuracy (``probed``)
+    read = both["gold"].notna() & both["gold_prob_start"].notna()
     both["flip"] = ["fixed" if y and not x else "broken" if x and not y else "changed" if s != r else ""
                     for x, y, s, r in zip(ok_a, ok_b, both["answer_start"], both["answer_repaired"], strict=True)]
     both["belief_change"] = both["gold_prob_repaired"] - both["gold_prob_start"]
     cot = tokens[tokens["in_think"]] if "in_think" in tokens and tokens["in_think"].any() else tokens
     kl = cot.groupby("checkpoint")["kl_base"].mean()
     to_start = cot[cot["checkpoint"] == repaired]["kl_prev"].mean() if from_start and "kl_prev" in cot else float("nan")
-    summary = pd.DataFrame([{"model": f"{role}: {name}", "probe_accuracy": ok.mean() if len(ok) else float("nan"),
+    summary = pd.DataFrame([{"model": f"{role}: {name}", "probe_accuracy": ok[read].mean() if read.any() else float("nan"),
+                             "probed": int(read.sum()),
                              "final_gold_belief": fin.mean() if len(fin) else float("nan"),
                              "kl_to_base": kl.get(name, float("nan")),
                              "kl_to_start": 0.0 if role == "start" else to_start}

@@ -12,7 +12,8 @@ world's plug-in (``core.workspace.world.World.plugin``) may add its own figures 
 Answers come from greedy decoding of the whole completion (chat template for conversations) by the model's
 family (``core.models.families``: a vision-language model decodes each study with its images; ``processor``
 is then its processor), read with the world's answer format (``core.io.answers``); an answer that does not
-parse counts as malformed (and wrong).
+parse counts as malformed (and wrong), and says so: ``malformed`` is its share, apart, and each accuracy's
+denominator is stated (``studies``; ``perturbed_studies`` for the twins).
 flip rate = share of twins whose answer differs from their source's answer (the paper's perturbation test).
 """
 
@@ -101,6 +102,7 @@ def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] 
     if perturbed:
         by_id = dict(zip((r["id"] for r in records), preds, strict=True))
         out["perturbed_accuracy"] = acc(perturbed, preds_perturbed)
+        out["perturbed_studies"] = len(perturbed)  # the twins' accuracy's denominator
         pairs = [(by_id.get(r["source_id"]), p) for r, p in zip(perturbed, preds_perturbed, strict=True)]
         read = [(a, b) for a, b in pairs if a is not None and b is not None]  # a malformed answer is no flip
         # None (JSON null) when no pair was read on both sides: no rate, and perturbed_malformed says why

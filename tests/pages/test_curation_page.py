@@ -141,8 +141,10 @@ def test_the_page_curates_the_open_worlds_items_and_lists_those_of_no_world(tmp_
     at = page(tmp_path / "ws", "ada")
     assert not at.exception
     assert "0 of 2 settled" in at.get("progress")[0].proto.text  # this world's two, not the other world's
+    assert any("Annotators and items of this world only" in c.value for c in at.caption)  # the Agreement tab too
     at.toggle(key="cur_every_world").set_value(True).run()
     assert "0 of 6 settled" in at.get("progress")[0].proto.text and "every world" in " ".join(c.value for c in at.caption)
+    assert any(c.value == "Annotators and items of every world." for c in at.caption)
     at.toggle(key="cur_every_world").set_value(False).run()
     at.multiselect(key="cur_assign_sources").set_value(["old.json"]).run()
     at.button(key="cur_assign").click().run()

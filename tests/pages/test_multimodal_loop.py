@@ -134,8 +134,10 @@ def test_a_cpo_run_on_the_snapshot_joins_the_series_and_is_compared(demo):
     assert any("Rejected side's image" in img.proto.imgs[0].caption for img in runs_page.get("image"))
     assert any("On the held-out sets" in m.value for m in runs_page.markdown)  # evaluated with each study's film
     held = next(d.value for d in runs_page.dataframe if "held_out_limit" in d.value.columns)
-    assert list(held["run"]) == ["mm-fix"] and 0 <= held.iloc[0]["accuracy"] <= 1
-    assert held.iloc[0]["held_out_limit"] == 14  # a quick look: the first 14 studies, said in the table
+    assert list(held["run"])[-1] == "mm-fix" and 0 <= held.iloc[-1]["accuracy"] <= 1
+    assert held.iloc[-1]["held_out_limit"] == 14  # a quick look: the first 14 studies, said in the table
+    assert held.iloc[0]["run"] == f"before ({drifted}, first 14)"  # its start on the same 14 studies
+    assert held.iloc[0]["held-out studies"] == held.iloc[-1]["held-out studies"] and "first 14" in held.iloc[-1]["held-out studies"]
 
     ck = page("checkpoints", world, ws, timeout=300)
     ck.run()

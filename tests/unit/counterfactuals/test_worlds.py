@@ -5,7 +5,6 @@ and the same study in two worlds of one workspace is one item in each, listed pe
 import json
 import random
 
-import networkx as nx
 import pytest
 
 from core.counterfactuals.rewrite import changes_findings, consistency, make_counterfactuals
@@ -19,12 +18,7 @@ from tests import foreign
 @pytest.fixture
 def graph():
     """The foreign run's diseases and findings (``tests.foreign.DISEASES``), and a finding that excludes one."""
-    g = nx.DiGraph()
-    for disease, found in foreign.DISEASES.items():
-        g.add_node(disease, kind="disease", label=disease, synonyms=[])
-        for f in found:
-            g.add_node(f, kind="finding", label=f, synonyms=[])
-            g.add_edge(f, disease, relation="supports", weight=1.0)
+    g = foreign.concept_graph()
     g.add_node("No Finding", kind="disease", label="No Finding", synonyms=[])
     g.add_node("clear lungs", kind="finding", label="clear lungs", synonyms=[])
     g.add_edge("clear lungs", "No Finding", relation="supports", weight=1.0)

@@ -86,3 +86,25 @@ def test_the_curation_trajectories_to_score_are_the_worlds_own(db, tmp_path):
     trl, ccf, both = (trajectories_file(db, tmp_path, w) for w in (TRL, CCF, None))
     assert len(ids(trl)) == 3 and len(ids(ccf)) == 3 and sorted(ids(both)) == sorted(ids(trl) + ids(ccf))
     assert trajectories_file(db, tmp_path, TRL) == trl  # the same rows: the same file
+
+
+def test_agreement_counts_the_worlds_own_annotators_and_items(db):
+    """The Agreement tab of a world: its annotators and items only (issue 24: it counted every world's)."""
+    curation.set_required(db, 2)
+    trl = [int(i) for i in curation.queue(db, curation.QueueFilter(world=TRL))["id"]]
+    ccf = [int(i) for i in curation.queue(db, curation.QueueFilter(world=CCF))["id"]]
+    for item, (a, b) in zip(trl[:4], [("accept", "accept"), ("accept", "reject"), ("reject", "reject"),
+                                       ("reject", "reject")], strict=True):
+        curation.annotate(db, item, "ada", a)
+        curation.annotate(db, item, "bo", b)
+    for item in ccf:  # another world's study: other annotators, who always disagree
+        curation.annotate(db, item, "cy", "accept")
+        curation.annotate(db, item, "dee", "reject")
+    mine = curation.agreement(db, TRL)
+    assert mine.pairs[["annotator_a", "annotator_b", "items"]].values.tolist() == [["ada", "bo", 4]]
+    assert mine.items == 4 and mine.light == pytest.approx(0.5)  # p_o 0.75, p_e 0.5
+    theirs = curation.agreement(db, CCF)
+    assert theirs.pairs[["annotator_a", "annotator_b", "items"]].values.tolist() == [["cy", "dee", 3]]
+    every = curation.agreement(db)  # every world's: only when the page's toggle asks for it
+    assert every.items == 7 and len(every.pairs) == 2
+    assert curation.agreement(db, "").items == 0  # items of no known world: none here

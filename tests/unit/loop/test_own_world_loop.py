@@ -10,6 +10,7 @@ import pytest
 from core.counterfactuals.store import generate_batch
 from core.cpo import runs
 from core.cpo.config import TrainConfig
+from core.cpo.starts import STUDIES
 from core.curation import queue as curation
 from core.curation import snapshots
 from core.curation.snapshots import ExportConfig
@@ -63,7 +64,12 @@ def test_the_loop_on_a_foreign_world(foreign_run, tmp_path):
         time.sleep(0.5)
     assert run.status == "done", run.error
     assert set(run.evaluation) >= {"accuracy", "malformed", "flip_rate", "per_category"}
-    assert runs.comparison([run]).loc[0, "run"] == "repair"
+    # evaluated on the first 4 studies: its start too, on the same 4 (issue 24), cached in the workspace
+    start_figures = run.evaluation[runs.START_FIGURES]
+    assert start_figures["checkpoint"] == "checkpoint-2" and start_figures["studies"] == run.evaluation["studies"] == 4
+    table = runs.comparison([run])
+    assert list(table["run"]) == ["before (checkpoint-2, first 4)", "repair"] and table[STUDIES].nunique() == 1
+    assert len(list((ws.cache_dir / runs.START_CACHE).iterdir())) == 1
 
     # the adapter joins the series after its start checkpoint: drift before and after
     joined = [str(c.path) for c in w.checkpoints] + [str(run.adapter_dir)]
