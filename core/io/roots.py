@@ -34,19 +34,31 @@ def search_roots(workspace_root: str | Path, world_root: str | Path | None = Non
     return [*([Path(world_root)] if world_root else []), Path(workspace_root), *env_data_roots()]
 
 
-def check_data_path(path: str | Path, roots: list[Path]) -> Path:
+def check_data_path(path: str | Path, roots: list[Path], typed: bool = True) -> Path:
     """``path`` resolved (links followed, so a link cannot lead out), if it lies under one of ``roots``; else an
     ``InputError`` whose message is the same whether or not the file exists, so a visitor learns nothing
-    about the machine's files outside the data roots."""
-    # expanded as the engine expands it before reading (``core.io.paths.expand``: ~ and $VARS), so that the
-    # path checked is the path read ($HOME/../outside was checked literally, under the working directory)
-    resolved = Path(os.path.realpath(expand(path)))
+    about the machine's files outside the data roots. ``typed=False``: a path as the engine reads it already
+    (an image path inside a data file: ``~`` expanded, ``$VARS`` kept as written)."""
+    # a typed path is expanded as the engine expands it before reading (``core.io.paths.expand``: ~ and $VARS),
+    # so that the path checked is the path read ($HOME/../outside was checked literally, under the working directory)
+    resolved = Path(os.path.realpath(expand(path) if typed else path))
     for root in roots:
         if resolved.is_relative_to(os.path.realpath(expand(root))):
             return resolved
     raise InputError(f"{path}: not under the data roots, so the workbench does not open it. Typed paths must lie "
                      f"in the workspace, a world folder or ${DATA_ROOTS_ENV} (start the workbench with "
                      f"{DATA_ROOTS_ENV}=/your/data to add a folder)")
+
+
+def check_image_refs(refs: list, roots: list[Path] | None) -> None:
+    """Every image a data file names (``core.io.images.ImageRef``: its path as read, and where the file names it)
+    under ``roots``, before anything opens it: the ``InputError`` names the file, the record and the path, and is
+    the same whether or not the image exists. ``roots`` None: unchecked (a local user's command line)."""
+    for ref in refs if roots is not None else ():
+        try:
+            check_data_path(ref.path, list(roots), typed=False)  # the path the reader opens, not re-expanded
+        except InputError as e:
+            raise InputError(f"{ref.where}: {e}") from None
 
 
 def refused_paths(paths: list[str | None], roots: list[Path]) -> list[str]:
