@@ -96,6 +96,20 @@ def test_keep_none_releases_each_step_once_the_next_is_scored_but_an_alarm_step(
     assert len(Analysis.load(recorded / "analysis").summary) == 4  # every step's drift stays in the analysis
 
 
+def test_a_hand_edited_keep_or_kept_file_stops_the_scorer_before_it_releases_anything(recorded, quick_world):
+    """keep "All" was released as "none"; kept.json's "kept" as a string kept its letters: checkpoint-2, an alarm's
+    step perhaps and the only copy once the trainer's rotation deleted its own, was deleted."""
+    marker = json.loads((recorded / "watch.json").read_text())
+    (recorded / "watch.json").write_text(json.dumps({**marker, "keep": "All"}))
+    with pytest.raises(InputError, match=r"watch\.json: field 'keep': expected one of adapters, all, none, got \"All\""):
+        scorer.run(_config(recorded, quick_world))
+    (recorded / "watch.json").write_text(json.dumps({**marker, "keep": "none"}))
+    (recorded / "kept.json").write_text(json.dumps({"kept": "checkpoint-2"}))
+    with pytest.raises(InputError, match=r"kept\.json: field 'kept': expected a list of checkpoint names"):
+        scorer.run(_config(recorded, quick_world))
+    assert sorted(p.name for p in (recorded / "checkpoints").iterdir()) == [f"checkpoint-{s}" for s in (2, 4, 6)]
+
+
 def test_a_resumed_watch_with_other_settings_is_refused(recorded, quick_world):
     scorer.run(_config(recorded, quick_world))
     with pytest.raises(InputError, match="other settings .*limit"):
