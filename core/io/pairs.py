@@ -106,7 +106,7 @@ def _images(rec: dict, data_file: Path, line: int | None, limits: ImageLimits | 
     sides = []
     for field in ("images", "rejected_images"):
         refs = record_images(rec, data_file, line, field)
-        check_image_refs(refs, roots)
+        check_image_refs([r for r in refs if r.path not in checked], roots)  # a checked path passed already
         for ref in refs:
             if ref.path not in checked:
                 checked[ref.path] = check_image(ref, limits)
