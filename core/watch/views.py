@@ -45,11 +45,10 @@ def list_watches(workspace_root: str | Path | None) -> list[Path]:
         return []
     found = []
     for f in (Path(workspace_root) / WATCHES).glob("*.json"):
-        data = layout.read_json(f) or {}
-        out = Path(data.get("out", ""))
-        if data.get("out") and is_watch_folder(out):
-            found.append((data.get("registered", 0), out))
-    return [out for _, out in sorted(found, key=lambda x: x[0], reverse=True)]
+        data = layout.checked(layout.read_json(f), {"out": str, "registered": layout.NUMBER}, str(f), [])
+        if data.get("out") and is_watch_folder(data["out"]):  # a hand-edited entry of another kind: skipped
+            found.append((data.get("registered", 0), Path(data["out"])))
+    return list(dict.fromkeys(out for _, out in sorted(found, key=lambda x: x[0], reverse=True)))  # once each
 
 
 def watch_analyses(workspace_root: str | Path | None) -> list[Path]:

@@ -68,6 +68,16 @@ def test_a_bad_field_is_left_out_and_named_not_a_traceback(tmp_path, case):
         assert any(said in w and "left out" in w for w in warnings), warnings
 
 
+def test_a_hand_edited_registry_entry_is_read_as_far_as_it_can_be(tmp_path):
+    """A registry entry whose time is not a number sorts as oldest, one whose folder is not a path is skipped,
+    and a folder registered twice is listed once (it was a TypeError in the page's first line)."""
+    ws = tmp_path / "ws"
+    views.register(ws, watch_folder(tmp_path, {}))
+    (ws / "watches" / "odd.json").write_text(json.dumps({"out": str(tmp_path / "watch"), "registered": "yesterday"}))
+    (ws / "watches" / "odder.json").write_text(json.dumps({"out": 5}))
+    assert views.list_watches(ws) == [tmp_path / "watch"]
+
+
 def test_open_as_world_names_a_config_without_its_base(tmp_path):
     out = watch_folder(tmp_path, {"trainer.json": {"status": "ended"}, "config.json": {"world": 5},
                                   "analysis/config.json": {}})
