@@ -289,7 +289,7 @@ class _Loop:
             return
         folder = self.w.out / layout.CHECKPOINTS / prev.name
         if folder.is_dir() and folder.resolve().is_relative_to((self.w.out / layout.CHECKPOINTS).resolve()):
-            shutil.rmtree(folder)
+            folder.unlink() if folder.is_symlink() else shutil.rmtree(folder)  # a link goes, never its target
             self.status["released"] = sorted({*self.status.get("released", []), prev.step})
 
     def _assemble(self, force: bool) -> None:
