@@ -95,8 +95,8 @@ def test_stored_and_file_text_fetch_nothing_from_outside_on_four_pages(browser, 
     check_inert(page, outside, artifacts, "curation", [f"{EVIL}/ann.png", f"{EVIL}/node.png"])
 
     page.goto(url + "/runs")
-    page.get_by_text("Preference data").wait_for(timeout=60_000)
     choice = page.get_by_role("combobox", name="Preference data")
+    choice.wait_for(timeout=60_000)
     if choice.input_value() != "a TRL preference file":  # the default when the world has no snapshot
         choice.click()
         page.get_by_role("option", name="a TRL preference file").click()
