@@ -24,7 +24,8 @@ st.caption("Repair detrimental drift with Counterfactual Preference Optimization
 ws, world = ui.page_context()
 # the TrainConfig fields this page sets itself: the world's base, the data picker, the run folder, the start,
 # the run's base names, the visual pairs' weight; the pixel limits are shown for a vision-language world only
-PAGE_SET = ("base_model", "data", "output_dir", "init_adapter", "resume", "base_names", "source_weights")
+PAGE_SET = ("base_model", "data", "output_dir", "init_adapter", "resume", "base_names", "source_weights",
+            "image_roots")
 FIRST = ["max_steps", "learning_rate", "batch_size", "max_length"]
 
 
@@ -62,6 +63,7 @@ with ui.controls("Launch a run", expanded=True):
                                     f"{cpo.MIN_PAIRS} pairs is never pre-selected")
     st.session_state[state.RUN_DATA] = data_choice
     data, snapshot = None, None
+    roots = data_roots(ws.store, world and world.root)  # the file and every image it names must lie under them
     if data_choice.startswith("snapshot: "):
         snap = snaps[sources.index(data_choice)]
         data, snapshot = str(snap.path / "train.jsonl"), snap.name
@@ -69,7 +71,7 @@ with ui.controls("Launch a run", expanded=True):
         data = resources.world_preferences(str(world.root), str(ws.uploads_dir / f"pairs-{world.fingerprint()}.jsonl"))
     else:
         data = st.text_input("Preference file (JSONL: prompt, chosen, rejected[, source, weight])", key="run_file").strip() or None
-        for refused in refused_paths([data], data_roots(ws.store, world and world.root)):  # existence not told
+        for refused in refused_paths([data], roots):  # existence not told
             st.error(inert(refused))
             data = None
     defaults = runs.train_defaults(world, start)
@@ -108,7 +110,8 @@ with ui.controls("Launch a run", expanded=True):
                 base_model=base_model, data=data, output_dir=str(ws.cpo_run_dir(name)), init_adapter=init_adapter,
                 base_names=[world.manifest.get("base_model_name", "") if init_adapter or base_model == str(
                     world.base_model_dir) else Path(base_model).name],
-                source_weights={"image_swap": float(visual_weight)} if visual_weight > 0 else {}, **values)
+                source_weights={"image_swap": float(visual_weight)} if visual_weight > 0 else {},
+                image_roots=[str(r) for r in roots], **values)
             check = resources.preflight(cfg)
             st.caption(f"Pre-flight: {check.pairs} pairs · {len(check.truncated)} whose reasoning max length would "
                        f"cut · {len(check.identical)} with identical chosen and rejected")

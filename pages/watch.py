@@ -35,10 +35,10 @@ st.session_state[state.WATCH] = chosen
 
 def open_in_explorer(view: views.WatchView, alarm: dict) -> None:
     """The explorer on the watch's analysis, filtered to the trajectories that drove ``alarm``."""
-    ids = (alarm.get("evidence") or {}).get("trajectories") or []
+    ids = [i for i in (alarm.get("evidence") or {}).get("trajectories") or [] if isinstance(i, str)]
     st.session_state[state.ANALYSIS] = st.session_state[state.EXPLORER_ANALYSIS] = str(view.analysis)
     st.session_state[state.DRIVER_IDS] = ids or None
-    st.session_state[state.DRIVER_NOTE] = f"alarm {alarm['rule']} at step {alarm['step']}"
+    st.session_state[state.DRIVER_NOTE] = f"alarm {alarm.get('rule', '?')} at step {alarm.get('step', '?')}"
     st.session_state[state.EXPLORER_VIEW] = "Trajectory"
     if ids:
         st.session_state[state.TRAJECTORY] = st.session_state[state.EXPLORER_TRAJECTORY] = ids[0]
@@ -53,7 +53,7 @@ def header(view: views.WatchView) -> None:
              ("Scorer", view.scorer_state, f"scoring step {scoring['step']}" if scoring else "idle"),
              ("Lag", f"{lag['queued']} queued", f"oldest {ui.duration(lag['seconds'])}" if lag["seconds"] else "caught up"),
              ("Scored", f"{len(view.steps)} steps", f"last step {lag['scored_step'] or '–'}"),
-             ("Alarms", f"{len(view.alarms)}", view.alarms[-1]["rule"] if view.alarms else "none")]
+             ("Alarms", f"{len(view.alarms)}", view.alarms[-1].get("rule", "?") if view.alarms else "none")]
     for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
         col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)
 
@@ -79,7 +79,7 @@ def stop(view: views.WatchView) -> None:
     """Stop (in the live panel: it appears once the trainer runs)."""
     if view.has_callback and view.trainer_state == "running":
         asked = view.stop_asked
-        if asked:
+        if asked is not None:
             st.info(f"Stop asked ({inert(asked.get('by', ''))}): the trainer ends at its next step.")
         elif st.button("Stop training", key="watch_stop", icon=":material/stop_circle:", type="primary",
                        help="the callback ends training at its next step (control.should_training_stop)"):
@@ -105,6 +105,8 @@ def live() -> None:
     ui.figure(watch_charts.watch_curves(view.summary(), view.log_history(), view.alarms), "watch-curves",
               f"watch-{view.name}")
     alarms(view)
+    for problem in view.problems:  # a field of the watch's files that is not what its writer writes: left out, said
+        st.warning(inert(problem))
 
 
 def is_live(path: str) -> bool:

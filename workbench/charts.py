@@ -43,7 +43,7 @@ def drift_over_steps(df: pd.DataFrame, extra: dict | None = None) -> go.Figure:
     for col, (label, color, dash) in series_of(extra).items():
         if col in df:
             fig.add_trace(go.Scatter(x=df["step"], y=df[col], name=label, mode="lines+markers",
-                                     line={"color": color, "dash": dash}, customdata=df["checkpoint"],
+                                     line={"color": color, "dash": dash}, customdata=[_esc(c) for c in df["checkpoint"]],
                                      hovertemplate="%{customdata}<br>" + label + ": %{y:.3f}<extra></extra>"))
     fig.update_layout(xaxis_title="RFT step", yaxis_title="share of held-out studies", yaxis_range=[0, 1.02],
                       legend=LEGEND_BELOW, margin={"t": 30, "l": 10, "r": 10, "b": 10},

@@ -64,4 +64,5 @@ def alarm_table(alarms: list[dict]) -> pd.DataFrame:
 def evidence_tables(alarm: dict) -> dict[str, pd.DataFrame]:
     """An alarm's evidence as tables: the tokens and contexts that drove it (the explorer opens its trajectories)."""
     ev = alarm.get("evidence") or {}
-    return {k: pd.DataFrame(ev[k]) for k in ("tokens", "contexts") if ev.get(k)}
+    return {k: pd.DataFrame(ev[k]) for k in ("tokens", "contexts")  # rows: a list of objects, else left out
+            if isinstance(ev.get(k), list) and ev[k] and all(isinstance(r, dict) for r in ev[k])}

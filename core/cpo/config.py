@@ -73,6 +73,9 @@ class TrainConfig(ConfigBase):
     source_weights: dict[str, float] = field(default_factory=dict, metadata={
         "help": "per-source pair weight (cpo++), replacing the pairs file's weight of that source, e.g. "
                 '{"image_swap": 0.5} for the visual pairs', "expected": SOURCE_WEIGHTS})
+    image_roots: list[str] | None = field(default=None, metadata={
+        "help": "the folders the data file and its pairs' images must lie in (the runs page sets its data roots); "
+                "default: unchecked (your own command line)", "path": True})
     min_pixels: int | None = pixels_field("min")
     max_pixels: int | None = pixels_field("max")
 

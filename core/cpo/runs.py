@@ -336,7 +336,10 @@ def examples(run: Run, n: int = 3, scan: int = 200) -> list[dict]:
     path = Path(run.data)
     if not path.is_file():
         raise InputError(f"{path}: the run's preference data file is gone")
-    pairs = [read_pair(rec, f"{path}, line {line}", path, line) for line, rec in islice(json_lines(path), scan)]
+    roots = run.config.get("image_roots")  # a run launched from the UI shows only images under its data roots
+    roots = None if roots is None else [Path(r) for r in roots]
+    pairs = [read_pair(rec, f"{path}, line {line}", path, line, roots=roots)
+             for line, rec in islice(json_lines(path), scan)]
     firsts = {}
     for i, pair in enumerate(pairs):
         firsts.setdefault(pair["source"], i)

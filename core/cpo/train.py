@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from core.cpo.config import TrainConfig
 from core.errors import InputError
 from core.io.pairs import read_pairs  # the one reader of preference pairs
+from core.io.roots import check_data_path
 from core.io.locks import lock_folder
 from core.models.vision import VisionConfig
 
@@ -82,7 +83,10 @@ def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
 
 
 def _pairs_of(cfg: TrainConfig) -> list[dict]:
-    pairs = read_pairs(cfg.data)
+    roots = None if cfg.image_roots is None else [Path(r) for r in cfg.image_roots]
+    if roots is not None:  # a run launched from the UI: its data file, like its images, under the data roots
+        check_data_path(cfg.data, roots)
+    pairs = read_pairs(cfg.data, roots=roots)
     return random_negatives(pairs, cfg.seed) if cfg.negatives == "random" and pairs else pairs
 
 

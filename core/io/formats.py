@@ -261,7 +261,7 @@ def _check_root(path: Path, roots: tuple[Path, ...], field: str) -> None:
     from core.io.roots import check_data_path
 
     try:
-        check_data_path(path, list(roots))
+        check_data_path(path, list(roots), typed=False)  # the path read: ~ expanded, $VARS as written
     except InputError as e:
         raise _RecordError(field, str(e)) from None
 

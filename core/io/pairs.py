@@ -35,6 +35,7 @@ from core.io.images import (
     check_placeholders,
     record_images,
 )
+from core.io.roots import check_image_refs
 
 
 def is_weight(w: object) -> bool:
@@ -68,16 +69,17 @@ def check_weights(weights: dict[str, float], where: str = "weights") -> None:
                          f"less), got {bad}")
 
 
-def read_pairs(path: str | Path, limits: ImageLimits | None = None) -> list[dict]:
+def read_pairs(path: str | Path, limits: ImageLimits | None = None, roots: list[Path] | None = None) -> list[dict]:
     """Preference pairs of a TRL JSONL file; ``InputError`` names the line and field of a bad record (and the
-    path of a bad image)."""
+    path of a bad image). ``roots``: the folders its images must lie in (a run launched from the UI: the data
+    roots; each image checked before it is opened, ``core.io.roots.check_image_refs``); None: unchecked."""
     from core.io.trajectories import json_lines
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: preference data file not found")
     checked: dict[Path, tuple[int, int]] = {}  # an image shared by many pairs is checked once
-    return [read_pair(rec, f"{path}, line {n}", path, n, limits, checked) for n, rec in json_lines(path)]
+    return [read_pair(rec, f"{path}, line {n}", path, n, limits, checked, roots) for n, rec in json_lines(path)]
 
 
 def is_visual(pair: dict) -> bool:
@@ -86,8 +88,8 @@ def is_visual(pair: dict) -> bool:
 
 
 def read_pair(rec: dict, where: str, data_file: Path | None = None, line: int | None = None,
-              limits: ImageLimits | None = None, checked: dict | None = None) -> dict:
-    images, rejected_images = _images(rec, data_file or Path.cwd() / "pairs.jsonl", line, limits, checked)
+              limits: ImageLimits | None = None, checked: dict | None = None, roots: list[Path] | None = None) -> dict:
+    images, rejected_images = _images(rec, data_file or Path.cwd() / "pairs.jsonl", line, limits, checked, roots)
     if images:
         rec = _with_placeholders(rec, len(images), where)
     pair = _texts(rec, where)
@@ -97,12 +99,14 @@ def read_pair(rec: dict, where: str, data_file: Path | None = None, line: int | 
 
 
 def _images(rec: dict, data_file: Path, line: int | None, limits: ImageLimits | None,
-            checked: dict | None) -> tuple[list[str], list[str]]:
-    """The chosen and rejected sides' images as absolute path strings, each checked (named on failure)."""
+            checked: dict | None, roots: list[Path] | None = None) -> tuple[list[str], list[str]]:
+    """The chosen and rejected sides' images as absolute path strings, each checked (named on failure): under
+    ``roots`` first, so that nothing tells whether a file outside them exists."""
     checked = {} if checked is None else checked
     sides = []
     for field in ("images", "rejected_images"):
         refs = record_images(rec, data_file, line, field)
+        check_image_refs([r for r in refs if r.path not in checked], roots)  # a checked path passed already
         for ref in refs:
             if ref.path not in checked:
                 checked[ref.path] = check_image(ref, limits)

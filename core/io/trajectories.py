@@ -168,7 +168,7 @@ def with_images(rec: dict, raw: dict, path: Path, where: str, check: bool = True
     """``rec`` given ``images`` (absolute path strings) from the raw record's ``images`` (or a datasets
     ``image`` feature), placeholders matched to them; a text-only record is left as it is."""
     from core.io.images import ImageLimits, check_image, record_images, resolve
-    from core.io.roots import check_data_path
+    from core.io.roots import check_image_refs
 
     feature = raw.get("image") if isinstance(raw.get("image"), dict) else None  # a datasets Image column
     if feature is not None:
@@ -183,11 +183,7 @@ def with_images(rec: dict, raw: dict, path: Path, where: str, check: bool = True
                  for i, v in enumerate(items)]
         items = [str(resolve(v, anchor)) if isinstance(v, str) and v.strip() else v for v in items]
     refs = record_images({"images": items}, path, where)
-    for ref in refs if roots is not None else ():  # before anything tells whether the file exists
-        try:
-            check_data_path(ref.path, list(roots))
-        except InputError as e:
-            raise InputError(f"{ref.where}: {e}") from None
+    check_image_refs(refs, roots)  # before anything tells whether the file exists
     if check:
         limits = ImageLimits()
         for ref in refs:

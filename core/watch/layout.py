@@ -48,6 +48,39 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+NUMBER = (int, float)
+# what the Watch page reads of each small file, by field and kind: a value of another kind is left out and named
+# (a hand-edited or foreign file must not stop the page with a traceback)
+TRAINER_FIELDS = {"status": str, "global_step": int, "max_steps": int, "log_history": list}
+STATUS_FIELDS = {"state": str, "scoring": dict, "pid": int, "error": str}
+RECORD_FIELDS = {"step": int, "how": str, "bytes": NUMBER, "seconds": NUMBER, "recorded_at": NUMBER}
+ALARM_FIELDS = {"step": int, "rule": str, "message": str, "evidence": dict}
+STOP_FIELDS = {"by": str}
+STATE_FIELDS = {"log_history": list}  # a checkpoint's trainer_state.json
+_KINDS = {str: "a string", int: "an integer", NUMBER: "a number", list: "a list", dict: "an object"}
+
+
+def checked(data: dict | None, fields: dict, where: str, problems: list[str]) -> dict:
+    """``data`` without the fields whose value is not of its kind, each named in ``problems`` (file and field)."""
+    out = dict(data or {})
+    for key, kind in fields.items():
+        value = out.get(key)
+        good = value is None or (isinstance(value, kind) and not isinstance(value, bool)
+                                 and (kind is not NUMBER or value == value and abs(value) != float("inf")))
+        if not good:
+            problems.append(f"{where}: field {key!r}: expected {_KINDS[kind]}, got {json.dumps(value)[:60]}; left out")
+            out.pop(key)
+    return out
+
+
+def read_checked(path: Path, fields: dict, problems: list[str], where: str = "") -> dict:
+    """``read_json`` of ``path`` through ``checked``; a file that is there but not a JSON object is named too."""
+    data = read_json(path)
+    if data is None and Path(path).is_file():
+        problems.append(f"{path}: not a JSON object; left out")
+    return checked(data, fields, where or str(path), problems)
+
+
 def is_watch_folder(path: str | Path) -> bool:
     return (read_json(Path(path) / MARKER) or {}).get("format") == FORMAT
 

@@ -49,6 +49,9 @@ class Watch:
             if cfg.out and Path(cfg.out).resolve() != out:
                 raise InputError(f"--out {cfg.out}: a callback's watch folder is its own output ({out}); leave --out out")
             keep, follower = (layout.read_json(out / layout.MARKER) or {}).get("keep", "adapters"), None
+            if keep not in layout.KEEP:  # "All" or 5 released checkpoints as "none" does: the only copies, maybe
+                raise InputError(f"{out / layout.MARKER}: field 'keep': expected one of {', '.join(layout.KEEP)}, got "
+                                 f"{json.dumps(keep)[:60]}; nothing is scored or released until it is fixed")
         else:
             from core.watch import callback
             from core.watch.follow import Follower
@@ -260,8 +263,20 @@ class _Loop:
             if not (self.store.steps_dir / s["checkpoint"] / "alarms.done").is_file():
                 self._alarms(s["checkpoint"])
 
+    def _kept(self) -> set[str]:
+        """The steps alarms keep (``kept.json``); a file there that does not say so stops the scorer, named:
+        releasing on a guess could delete the checkpoint an alarm fired at."""
+        path = self.w.out / KEPT
+        if not path.exists():
+            return set()
+        kept = (layout.read_json(path) or {}).get("kept")
+        if not isinstance(kept, list) or not all(isinstance(k, str) for k in kept):
+            raise InputError(f"{path}: field 'kept': expected a list of checkpoint names (the steps alarms keep), got "
+                             f"{json.dumps(kept)[:60]}; nothing is released until it is fixed")
+        return set(kept)
+
     def _keep_step(self, checkpoint: str) -> None:
-        kept = set((layout.read_json(self.w.out / KEPT) or {}).get("kept", [])) | {checkpoint}
+        kept = self._kept() | {checkpoint}
         layout.write_json(self.w.out / KEPT, {"kept": sorted(kept)})
 
     def _release(self, prev, new) -> None:
@@ -269,12 +284,12 @@ class _Loop:
         own copies and links, never the trainer's folder)."""
         if prev is None or self.w.keep == "all":
             return
-        kept = set((layout.read_json(self.w.out / KEPT) or {}).get("kept", []))
+        kept = self._kept()
         if prev.name in kept or (self.w.keep == "adapters" and prev.kind == "adapter"):
             return
         folder = self.w.out / layout.CHECKPOINTS / prev.name
         if folder.is_dir() and folder.resolve().is_relative_to((self.w.out / layout.CHECKPOINTS).resolve()):
-            shutil.rmtree(folder)
+            folder.unlink() if folder.is_symlink() else shutil.rmtree(folder)  # a link goes, never its target
             self.status["released"] = sorted({*self.status.get("released", []), prev.step})
 
     def _assemble(self, force: bool) -> None:

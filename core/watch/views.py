@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -45,11 +45,10 @@ def list_watches(workspace_root: str | Path | None) -> list[Path]:
         return []
     found = []
     for f in (Path(workspace_root) / WATCHES).glob("*.json"):
-        data = layout.read_json(f) or {}
-        out = Path(data.get("out", ""))
-        if data.get("out") and is_watch_folder(out):
-            found.append((data.get("registered", 0), out))
-    return [out for _, out in sorted(found, key=lambda x: x[0], reverse=True)]
+        data = layout.checked(layout.read_json(f), {"out": str, "registered": layout.NUMBER}, str(f), [])
+        if data.get("out") and is_watch_folder(data["out"]):  # a hand-edited entry of another kind: skipped
+            found.append((data.get("registered", 0), Path(data["out"])))
+    return list(dict.fromkeys(out for _, out in sorted(found, key=lambda x: x[0], reverse=True)))  # once each
 
 
 def watch_analyses(workspace_root: str | Path | None) -> list[Path]:
@@ -67,14 +66,23 @@ class WatchView:
     status: dict
     steps: list[dict]
     alarms: list[dict]
+    problems: list[str] = field(default_factory=list)  # fields of its files left out, named (the page warns)
 
     @classmethod
     def open(cls, out: str | Path) -> WatchView:
         out = Path(out)
         if not is_watch_folder(out):
             raise InputError(f"{out}: not a watch folder (expected {layout.MARKER})")
-        return cls(out, layout.read_json(out / layout.MARKER) or {}, layout.read_json(out / layout.TRAINER) or {},
-                   layout.read_json(out / STATUS) or {}, StepStore(out).scored(), read_alarms(out))
+        problems: list[str] = []
+        status = layout.read_checked(out / STATUS, layout.STATUS_FIELDS, problems)
+        if "scoring" in status and not isinstance(status["scoring"].get("step"), int):
+            problems.append(f"{out / STATUS}: field 'scoring': expected an object with an integer 'step'; left out")
+            status.pop("scoring")
+        alarms = [layout.checked(a, layout.ALARM_FIELDS, f"{out / layout.ALARMS}, alarm {i + 1}", problems)
+                  for i, a in enumerate(read_alarms(out))]
+        return cls(out, layout.read_json(out / layout.MARKER) or {},
+                   layout.read_checked(out / layout.TRAINER, layout.TRAINER_FIELDS, problems), status,
+                   StepStore(out).scored(), alarms, problems)
 
     @property
     def name(self) -> str:
@@ -112,7 +120,7 @@ class WatchView:
         scored = {s["checkpoint"] for s in self.steps}
         rows = {}
         for f in (self.out / layout.CHECKPOINTS).glob("checkpoint-*"):
-            rec = layout.read_json(f / layout.RECORD) or {}
+            rec = self._record(f.name)
             rows[f.name] = {"checkpoint": f.name, "step": rec.get("step"), "how": rec.get("how"),
                             "MB": round(rec.get("bytes", 0) / 2**20, 2), "record_s": rec.get("seconds"),
                             "scored": f.name in scored, "on disk": True}
@@ -125,11 +133,17 @@ class WatchView:
         """How far the scorer is behind the trainer: checkpoints queued, seconds since the oldest queued was
         recorded, and the trainer's step against the last scored one."""
         queued = [r for r in self.recorded() if not r["scored"] and r["on disk"]]
-        oldest = min((layout.read_json(self.out / layout.CHECKPOINTS / r["checkpoint"] / layout.RECORD) or {})
-                     .get("recorded_at", time.time()) for r in queued) if queued else None
+        oldest = min(self._record(r["checkpoint"]).get("recorded_at", time.time()) for r in queued) if queued else None
         last = self.steps[-1]["step"] if self.steps else None
         return {"queued": len(queued), "seconds": None if oldest is None else max(0.0, time.time() - oldest),
                 "trainer_step": self.trainer.get("global_step"), "scored_step": last}
+
+    def _record(self, name: str) -> dict:
+        """A recorded checkpoint's ``record.json``, its fields checked (a bad one left out, named once)."""
+        problems: list[str] = []
+        rec = layout.read_checked(self.out / layout.CHECKPOINTS / name / layout.RECORD, layout.RECORD_FIELDS, problems)
+        self.problems += [p for p in problems if p not in self.problems]
+        return rec
 
     def log_history(self) -> pd.DataFrame:
         """The trainer's own log (loss, reward, ...) by step: the callback's ``trainer.json``, else the newest recorded
@@ -138,8 +152,9 @@ class WatchView:
         if not history:
             ckpts = sorted((self.out / layout.CHECKPOINTS).glob("checkpoint-*"),
                            key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else 0)
-            state = layout.read_json(ckpts[-1] / "trainer_state.json") if ckpts else None
-            history = (state or {}).get("log_history") or []
+            state = layout.read_checked(ckpts[-1] / "trainer_state.json", layout.STATE_FIELDS, self.problems) \
+                if ckpts else {}
+            history = state.get("log_history") or []
         rows = [h for h in history if isinstance(h, dict) and "step" in h]
         return pd.DataFrame(rows) if rows else pd.DataFrame({"step": []})
 
@@ -157,7 +172,10 @@ class WatchView:
 
     @property
     def stop_asked(self) -> dict | None:
-        return layout.read_json(self.out / layout.STOP)
+        """``stop.json`` as the callback reads it (any JSON object asks for a stop), its ``by`` checked."""
+        data = layout.read_json(self.out / layout.STOP)
+        return None if data is None else layout.checked(data, layout.STOP_FIELDS, str(self.out / layout.STOP),
+                                                        self.problems)
 
     def config(self) -> dict:
         return layout.read_json(self.out / CONFIG) or {}
@@ -186,7 +204,7 @@ def _alive(pid) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a pid no process can have
         return False
     except PermissionError:
         return True
@@ -203,6 +221,10 @@ def open_as_world(out: str | Path, workspace_root: str | Path, name: str):
     if view.analysis is None:
         raise InputError(f"{out}: no analysis yet (no step scored)")
     cfg = view.config()
+    for key in ("base", "world", "graph"):  # the scorer's config.json names them; a hand-edited one is named
+        if not isinstance(cfg.get(key), str if key == "base" else (str, type(None))):
+            raise InputError(f"{Path(out) / CONFIG}: field {key!r}: expected a path (a string), got "
+                             f"{json.dumps(cfg.get(key))[:60]}")
     kept = [Path(r["checkpoint"]) for r in view.recorded() if r["on disk"]]
     checkpoints = [str(Path(out).resolve() / layout.CHECKPOINTS / k) for k in kept]
     target = world_mod.world_dir(workspace_root, name)

@@ -269,7 +269,8 @@ def test_every_config_field_has_a_widget_from_the_form_helper(sample_world, tmp_
     from core.drift.config import AnalysisConfig
 
     for name, cls, form, own in (("runs", TrainConfig, "run", {"base_model", "data", "output_dir", "init_adapter",
-                                                                "resume", "base_names", "source_weights"}),
+                                                                "resume", "base_names", "source_weights",
+                                                                "image_roots"}),
                                  ("checkpoints", AnalysisConfig, "ck", {"base", "checkpoints", "base_names", "data",
                                                                          "graph", "limit", "trust_remote_code"})):
         at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=120)

@@ -73,11 +73,14 @@ def family_of_config(config: dict, where: str = "config.json") -> Family:
     if not isinstance(config, dict):
         config = config.to_dict()
     model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):  # a list or object: named, not a TypeError
+        raise UnsupportedModel(f"{where}: field 'model_type': expected a string (e.g. \"qwen2\"), got "
+                               f"{type(model_type).__name__}; supported: {supported()}")
     row = entry(model_type)
     if row is not None:
         return family_named(row.family)
     looks = VISION_LANGUAGE if _looks_visual(config) else TEXT
-    said = f"model_type {model_type!r}" if model_type else "no model_type"
+    said = f"model_type {model_type[:60]!r}" if model_type else "no model_type"  # a long one is not echoed whole
     why = f": {REFUSED[model_type]}" if model_type in REFUSED else ""
     raise UnsupportedModel(f"{where}: {said} is not a supported model family (its config looks like a {looks} "
                            f"model{why}); supported: {supported()}; `workbench families` prints the matrix")

@@ -90,3 +90,21 @@ def test_guideline_markdown_keeps_its_formatting():
 
     html = MarkdownIt("commonmark").render(inert("# Rules\n\n- **Reject** if it cites *opacity*"))
     assert "<h1>" in html and "<strong>" in html and "<li>" in html
+
+
+def test_a_typed_variable_that_is_not_a_path_is_not_expanded_so_its_value_never_shows(tmp_path, monkeypatch):
+    """``root/$SECRET.jsonl`` lay under the root, and the reader's "not found" named the path read: the server's
+    token or password in the message. A variable is expanded in a typed path only when its value is a path here;
+    one set to anything else and one not set get the same refusal, naming the variable, never its value."""
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.setenv("SECRET_VALUE", "hunter2")
+    monkeypatch.delenv("NO_SUCH_VARIABLE", raising=False)
+    messages = []
+    for name in ("SECRET_VALUE", "NO_SUCH_VARIABLE"):
+        with pytest.raises(InputError) as e:
+            check_data_path(f"{root}/${{{name}}}.jsonl", [root])
+        messages.append(str(e.value).replace(name, "NAME"))
+    assert messages[0] == messages[1] and "hunter2" not in messages[0] and "$NAME does not name a path" in messages[0]
+    monkeypatch.setenv("DATA", str(root))  # a folder: expanded, as before
+    assert check_data_path("$DATA/t.jsonl", [root]) == (root / "t.jsonl").resolve()

@@ -96,6 +96,38 @@ def test_keep_none_releases_each_step_once_the_next_is_scored_but_an_alarm_step(
     assert len(Analysis.load(recorded / "analysis").summary) == 4  # every step's drift stays in the analysis
 
 
+def test_a_hand_edited_keep_or_kept_file_stops_the_scorer_before_it_releases_anything(recorded, quick_world):
+    """keep "All" was released as "none"; kept.json's "kept" as a string kept its letters: checkpoint-2, an alarm's
+    step perhaps and the only copy once the trainer's rotation deleted its own, was deleted."""
+    marker = json.loads((recorded / "watch.json").read_text())
+    (recorded / "watch.json").write_text(json.dumps({**marker, "keep": "All"}))
+    with pytest.raises(InputError, match=r"watch\.json: field 'keep': expected one of adapters, all, none, got \"All\""):
+        scorer.run(_config(recorded, quick_world))
+    (recorded / "watch.json").write_text(json.dumps({**marker, "keep": "none"}))
+    (recorded / "kept.json").write_text(json.dumps({"kept": "checkpoint-2"}))
+    with pytest.raises(InputError, match=r"kept\.json: field 'kept': expected a list of checkpoint names"):
+        scorer.run(_config(recorded, quick_world))
+    assert sorted(p.name for p in (recorded / "checkpoints").iterdir()) == [f"checkpoint-{s}" for s in (2, 4, 6)]
+
+
+def test_linked_checkpoints_are_scored_and_only_the_links_released(recorded, quick_world, tmp_path):
+    """checkpoint-2 links out of the watch (kept: never deleted there), checkpoint-4 links to a folder inside it
+    (rmtree refused a link: the scorer failed with "Cannot call rmtree on a symbolic link"); keep none."""
+    marker = json.loads((recorded / "watch.json").read_text())
+    (recorded / "watch.json").write_text(json.dumps({**marker, "keep": "none"}))
+    ckpts = recorded / "checkpoints"
+    (ckpts / "checkpoint-2").rename(tmp_path / "outside-2")
+    (ckpts / "checkpoint-2").symlink_to(tmp_path / "outside-2")
+    (ckpts / "checkpoint-4").rename(ckpts / "real-4")
+    (ckpts / "checkpoint-4").symlink_to(ckpts / "real-4")
+    assert scorer.run(_config(recorded, quick_world)) == 3
+    alarmed = {a["checkpoint"] for a in scorer.read_alarms(recorded)}
+    assert (tmp_path / "outside-2" / "adapter_model.safetensors").is_file()  # out of the watch: untouched
+    assert (ckpts / "checkpoint-2").is_symlink()
+    assert (ckpts / "checkpoint-4").is_symlink() == ("checkpoint-4" in alarmed)  # the link released, not kept
+    assert (ckpts / "real-4" / "adapter_model.safetensors").is_file()  # its target is never deleted
+
+
 def test_a_resumed_watch_with_other_settings_is_refused(recorded, quick_world):
     scorer.run(_config(recorded, quick_world))
     with pytest.raises(InputError, match="other settings .*limit"):

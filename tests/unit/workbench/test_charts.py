@@ -144,3 +144,49 @@ def test_a_window_without_hover_text_shows_the_tokens():
     m.hover = None
     fig = charts.token_heatmap(explore.window(m, 0, 100), minimap=explore.minimap(m))
     assert fig.data[0].customdata[1][5] == "position 5<br>' w5'"
+
+
+# ---- every label from the data escaped, on the page, in presentation mode and in the exports ----------------
+HOSTILE = "ck <a href='https://evil.example/x'>x</a><img src=x>"
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_every_chart_escapes_checkpoint_and_label_names_in_presentation_mode_and_exports():
+    """Plotly renders a subset of HTML (links included) in tick labels, legends, hover text and titles: a checkpoint
+    folder or label named with markup must show as text wherever a chart puts it, and in the HTML export."""
+    from workbench import figures, watch_charts
+
+    names = ["base", HOSTILE]
+    summary = pd.DataFrame({"checkpoint": names, "step": [0, 1], "accuracy": [1, 0.5], "final_gold_prob": [0.9, 0.4],
+                            "kl_base": [0, 1], "kl_prev": [0, 1], "share_detrimental": [0, 0.1],
+                            "share_beneficial": [0, 0.02], "flip_rate": [0, 0.5], "perturbed_accuracy": [1, 0.4],
+                            "malformed": [0, 0], "accuracy_before": [1, 1], "accuracy_after": [1, 0.5],
+                            "gold_before": [0.9, 0.8], "gold_after": [0.9, 0.1], "answer_before": ["A", HOSTILE],
+                            "answer_after": [HOSTILE, "B"], "flip": [False, True], "run": names})
+    cats = pd.DataFrame({"gold": [HOSTILE, "A", "A"], "checkpoint": ["base", HOSTILE, HOSTILE], "step": [0, 1, 1],
+                         "flip_rate": [0.0, 0.5, 1.0]})
+    built = {"drift_over_steps": charts.drift_over_steps(summary),
+             "summary_over_steps": charts.summary_over_steps(summary),
+             "perturbation_beliefs": charts.perturbation_beliefs(summary),
+             "perturbation_over_steps": charts.perturbation_over_steps(summary),
+             "category_flip_heatmap": charts.category_flip_heatmap(cats),
+             "category_heatmap": charts.category_heatmap(pd.DataFrame({"base": [1.0], HOSTILE: [0.5]}, index=[HOSTILE])),
+             "run_comparison": charts.run_comparison(summary),
+             "watch_curves": watch_charts.watch_curves(summary, pd.DataFrame({"step": [1], "loss": [1.0]}),
+                                                       [{"step": 1, "rule": HOSTILE}])}
+    for name, fig in built.items():
+        out = figures.scaled(figures.finished(fig, f"{HOSTILE} · world"), figures.PRESENTATION_SCALE)
+        raw = [s for s in _strings(out.to_plotly_json()) if "<a " in s or "<img" in s]
+        assert not raw, (name, raw)
+        page = figures.html_file(out, figures.plot_config("f", "svg", out))
+        assert HOSTILE not in page and "<img src=x>" not in page, name  # the title and the embedded figure

@@ -192,3 +192,18 @@ def test_the_readme_holds_the_generated_matrix():
     readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
     held = readme[readme.index(README_START): readme.index(README_END) + len(README_END)]
     assert held == readme_block(), "the README's family matrix differs: paste `workbench families --markdown`"
+
+
+@pytest.mark.parametrize("model_type", [["llama"], {"a": 1}, 5])
+def test_a_model_type_that_is_not_a_string_is_named_not_a_type_error(tmp_path, model_type):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "vision_config": {}}))
+    with pytest.raises(InputError, match=r"config\.json: field 'model_type': expected a string"):
+        family_for(tmp_path)
+
+
+def test_a_long_model_type_is_not_echoed_whole():
+    from core.models.families import family_of_config
+
+    with pytest.raises(InputError) as e:
+        family_of_config({"model_type": "x" * 10_000})
+    assert "x" * 60 in str(e.value) and "x" * 61 not in str(e.value)
