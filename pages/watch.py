@@ -87,7 +87,7 @@ def stop(view: views.WatchView) -> None:
             st.rerun()
     elif view.trainer_state == "stopped" and view.trainer.get("stop_reason"):
         st.info(f"Training stopped at step {view.trainer.get('global_step', '–')}: "
-                f"{inert(view.trainer['stop_reason'])}.")
+                f"{inert(str(view.trainer['stop_reason']))}.")
     elif not view.has_callback:
         st.caption("Followed from its folder (no callback): Stop cannot reach this trainer.")
 
