@@ -7,8 +7,8 @@ For each completion token t_j of each trajectory and each checkpoint i, with p_i
     JS(p, q) = (KL(p || m) + KL(q || m)) / 2,  m = (p + q) / 2       (natural log; JS <= ln 2)
 
 Computed through entropies, which each checkpoint's pass already has: KL(p || q) = -H(p) - sum p log q and
-JS(p, q) = H(m) - (H(p) + H(q)) / 2, with the sums as row-wise dot products (einsum), so each statistic
-costs one or two passes over the (tokens x vocabulary) matrix instead of four to six.
+JS(p, q) = H(m) - (H(p) + H(q)) / 2, with the sums as row-wise products summed pairwise (``_dot``), so each
+statistic costs one or two passes over the (tokens x vocabulary) matrix instead of four to six.
 
 "Checkpoint i-1" is the series' parent of i (``ModelSeries.parents``): for a CPO run's adapter, the checkpoint
 it started from (so its kl_prev is the per-token drift start -> repaired); for an RFT checkpoint, the previous
@@ -66,21 +66,29 @@ class ScoreConfig:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot product without materialising a * b.  (N, V), (N, V) -> (N,)"""
-    return torch.einsum("nv,nv->n", a, b)
+def _dot(a: torch.Tensor, b: torch.Tensor, bufs: Buffers | None = None) -> torch.Tensor:
+    """Row-wise dot product: a * b into a scratch matrix (one of ``bufs``' when given), then a row sum. The
+    sum's pairwise accumulation keeps the error near 1e-6 at vocabulary 151,936, where an einsum's (one float32
+    accumulator per row in BLAS) reached 1.2e-3 on an entropy and 3e-5 on a KL or JS (issue 27; the same speed).
+    (N, V), (N, V) -> (N,)"""
+    ab = torch.mul(a, b, out=_scratch(bufs, a))
+    out = ab.sum(-1)
+    if bufs is not None:
+        bufs.give(ab)
+    return out
 
 
-def entropy(logp: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+def entropy(logp: torch.Tensor, p: torch.Tensor | None = None, bufs: Buffers | None = None) -> torch.Tensor:
     """H(p) = -sum_v p log p.  (N, V) -> (N,)"""
-    return -_dot(logp.exp() if p is None else p, logp)
+    return -_dot(logp.exp() if p is None else p, logp, bufs)
 
 
-def kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, h_p: torch.Tensor | None = None) -> torch.Tensor:
+def kl(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, h_p: torch.Tensor | None = None,
+       bufs: Buffers | None = None) -> torch.Tensor:
     """KL(p || q) = -H(p) - sum p log q, from log-probabilities (p and H(p) reused if given).  (N, V) -> (N,)"""
     p = logp.exp() if p is None else p
-    h_p = entropy(logp, p) if h_p is None else h_p
-    return (-h_p - _dot(p, logq)).clamp_min(0.0)
+    h_p = entropy(logp, p, bufs) if h_p is None else h_p
+    return (-h_p - _dot(p, logq, bufs)).clamp_min(0.0)
 
 
 def js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q: torch.Tensor | None = None,
@@ -89,11 +97,11 @@ def js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor | None = None, q:
     (N, V) -> (N,)"""
     p = logp.exp() if p is None else p
     q = logq.exp() if q is None else q
-    h_p = entropy(logp, p) if h_p is None else h_p
-    h_q = entropy(logq, q) if h_q is None else h_q
+    h_p = entropy(logp, p, bufs) if h_p is None else h_p
+    h_q = entropy(logq, q, bufs) if h_q is None else h_q
     m = torch.add(p, q, out=_scratch(bufs, p)).mul_(0.5)
     log_m = torch.log(m, out=_scratch(bufs, p))
-    h_m = -_dot(m, log_m)
+    h_m = -log_m.mul_(m).sum(-1)  # m log m in log m's matrix: no third scratch (_dot's accuracy)
     if bufs is not None:
         bufs.give(m, log_m)
     return (h_m - 0.5 * (h_p + h_q)).clamp_min(0.0)
@@ -111,7 +119,7 @@ def token_stats(logp: torch.Tensor, targets: torch.Tensor, top_k: int, p: torch.
     # ran 2-3x slower, and was a tenth of scoring's time at vocabulary 151,936 (issue 27)
     above = torch.gt(logp, lp[:, None], out=_scratch(bufs, logp))
     out = {"logprob": lp, "rank": above.sum(-1).to(torch.int64) + 1,
-           "entropy": entropy(logp, p) if h is None else h}
+           "entropy": entropy(logp, p, bufs) if h is None else h}
     if bufs is not None:
         bufs.give(above)
     if top_k:
@@ -167,7 +175,7 @@ class _Rows:
         lp = torch.log_softmax(logits, -1, out=bufs.take(h.shape[0]))  # (n, V)
         bufs.give(logits)
         p = torch.exp(lp, out=bufs.take(h.shape[0]))
-        return lp, p, entropy(lp, p)
+        return lp, p, entropy(lp, p, bufs)
 
 
 @torch.no_grad()
@@ -199,7 +207,9 @@ def score_batches(series: ModelSeries, encoded: list[Encoded], cfg: ScoreConfig 
 
     until = keep_until(series.names, parents)
     inner = _checkpoint_inner(series, cfg.group_bytes)
-    reuse: dict = {}  # the row chunks' matrices (core.drift.buffers), made by the first batch, reused by the rest
+    # the row chunks' matrices (core.drift.buffers), made by the first batch, reused by the rest; no taller than
+    # the most completion rows a batch has (a short run does not hold matrices of a full chunk's rows)
+    reuse: dict = {"most": max([sum(len(encoded[i].completion_ids) for i in idx) for idx in batches] or [1])}
     for group in _groups(series, encoded, batches, cfg.group_bytes, parents, every=inner):
         if inner:
             stats = _group_inner(series, encoded, group, cfg, can_share, until, should_cancel, _tick, reuse)
@@ -249,7 +259,8 @@ def _group_inner(series: ModelSeries, encoded: list[Encoded], group: list[list[i
                 tick(name, b)
         del model
     if "bufs" not in reuse:  # one set of chunk matrices for the whole scoring call (a new set per batch faulted
-        reuse["bufs"] = Buffers(_chunk(rows[0][0]), _vocab(rows[0][0]), rows[0][0].hidden.device)  # its pages in again)
+        reuse["bufs"] = Buffers(_chunk(rows[0][0], reuse["most"]), _vocab(rows[0][0]),  # its pages in again)
+                                rows[0][0].hidden.device)
     return [_stats_inner(rows[b], series.names, series.parents, until, _targets(series, encoded, idx), cfg.top_k,
                          reuse["bufs"]) for b, idx in enumerate(group)]
 
@@ -359,7 +370,7 @@ def _stats(cur: _Rows, targets: torch.Tensor, top_k: int, base: _Rows, prev: _Ro
     """One batch's statistics under one checkpoint, against the base and the previous checkpoint, over row
     chunks: each chunk's (rows, V) distributions are rebuilt from hidden states into reused matrices."""
     n = cur.hidden.shape[0]
-    size = _chunk(cur)
+    size = _chunk(cur, n)
     bufs = Buffers(size, _vocab(cur), cur.hidden.device)
     parts: dict[str, list] = {}
     for a in range(0, n, size):
@@ -374,8 +385,9 @@ def _stats(cur: _Rows, targets: torch.Tensor, top_k: int, base: _Rows, prev: _Ro
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 
-def _chunk(rows: _Rows) -> int:
-    return chunk_rows(_vocab(rows), rows.hidden.device)
+def _chunk(rows: _Rows, most: int | None = None) -> int:
+    """Rows per chunk of ``rows``' statistics, at most ``most`` (default: its own rows)."""
+    return max(1, min(chunk_rows(_vocab(rows), rows.hidden.device), rows.hidden.shape[0] if most is None else most))
 
 
 def _chunk_stats(cur: tuple, targets: torch.Tensor, top_k: int, base, prev, bufs: Buffers,
@@ -390,14 +402,14 @@ def _chunk_stats(cur: tuple, targets: torch.Tensor, top_k: int, base, prev, bufs
         st.update(kl_base=torch.zeros_like(h), js_base=torch.zeros_like(h))
     else:
         bl, bp, bh = base()
-        st.update(kl_base=kl(lp, bl, p, h), js_base=js(lp, bl, p, bp, h, bh, bufs))
+        st.update(kl_base=kl(lp, bl, p, h, bufs), js_base=js(lp, bl, p, bp, h, bh, bufs))
         if release:  # freed before the previous checkpoint's chunk is built (when it is built here)
             bufs.give(bl, bp)
     if isinstance(prev, str):  # the first checkpoint after the base: the same two numbers
         st.update(kl_prev=st["kl_base"], js_prev=st["js_base"])
     else:
         pl, pp, ph = prev()
-        st.update(kl_prev=kl(lp, pl, p, h), js_prev=js(lp, pl, p, pp, h, ph, bufs))
+        st.update(kl_prev=kl(lp, pl, p, h, bufs), js_prev=js(lp, pl, p, pp, h, ph, bufs))
         if release and pl is not lp:
             bufs.give(pl, pp)
     return st
@@ -411,7 +423,7 @@ def _stats_inner(rows: list[_Rows], names: list[str], parents: dict[str, str], u
     ``_stats``, so the same numbers, bit for bit, with one LM-head pass per checkpoint instead of up to three.
     At most (2 + alive parents) chunks of (log q, q) are kept: the base's, the parents', the current one's;
     all in ``bufs``' matrices, reused from chunk to chunk (and batch to batch when the caller passes them)."""
-    size = _chunk(rows[0])
+    size = _chunk(rows[0], bufs.rows if bufs else None)
     bufs = bufs or Buffers(size, _vocab(rows[0]), rows[0].hidden.device)
     parts: dict[str, dict[str, list]] = {name: {} for name in names}
     for a in range(0, rows[0].hidden.shape[0], size):

@@ -19,6 +19,12 @@ Prints, and writes as JSON to ``--out`` after every section (a cut run keeps wha
   for 4,096-token rows, and the time of one decoder layer, to extrapolate the ratio to 28 layers
   (``--no-7b`` skips it).
 
+Every timed entry also gives its model FLOPs utilisation (``mfu``): the model FLOPs of the forward work done
+(``forward_flops``: the decoder's matmuls and causal attention over every token, the LM head over the rows
+it is applied to; LoRA's rank-8 products and the statistics' elementwise passes are not counted) per second,
+over the device's peak dense bf16 FLOP/s (``PEAK_BF16`` by device name, or ``WORKBENCH_PEAK_FLOPS`` in
+FLOP/s, which wins; without either, ``mfu`` is null and ``peak_flops`` says why).
+
 Needs only torch, transformers, peft and this repository (no trl, no datasets).
 """
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -56,6 +63,51 @@ SHAPES = {  # Qwen2.5-0.5B; Qwen2.5-7B with one layer; tiny (--smoke)
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=8_192),
 }
+
+
+PEAK_BF16 = (  # dense bf16 tensor-core FLOP/s by device name (first match wins; vendors' data sheets, no sparsity)
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("GH200", 989e12),
+    ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
+)
+
+
+def peak_flops(device_name: str) -> tuple[float | None, str]:
+    """(peak bf16 FLOP/s, where it comes from): ``WORKBENCH_PEAK_FLOPS`` if set, else ``PEAK_BF16`` by name."""
+    env = os.environ.get("WORKBENCH_PEAK_FLOPS")
+    if env:
+        return float(env), "WORKBENCH_PEAK_FLOPS"
+    for key, flops in PEAK_BF16:
+        if key.lower() in device_name.lower():
+            return flops, f"table ({key})"
+    return None, f"{device_name!r} is not in PEAK_BF16; set WORKBENCH_PEAK_FLOPS (FLOP/s) for MFU"
+
+
+def forward_flops(shape: dict, tokens: int, head_rows: int) -> float:
+    """Model FLOPs of one forward pass over a ``tokens``-token row with the LM head on ``head_rows`` of them:
+    2 per multiply-add of the decoder's projections and MLP for every token, causal attention (scores and
+    their weighted sum, 2 x T^2 / 2 x hidden multiply-adds a layer), and the head (hidden x vocabulary a row)."""
+    h, layers, inter = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    per_token = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o; k, v; gate, up, down
+    attention = layers * tokens * tokens * h  # QK^T and AV over the causal half
+    return 2.0 * (tokens * per_token + attention + head_rows * h * shape["vocab_size"])
+
+
+def work_flops(shape: dict, enc: list[Encoded], checkpoints: int) -> dict[str, float]:
+    """Model FLOPs of scoring ``enc`` (the head on completion rows) and of its bare forwards (every row)."""
+    return {"score": sum(forward_flops(shape, len(e.input_ids), len(e.completion_ids)) for e in enc) * checkpoints,
+            "bare": sum(forward_flops(shape, len(e.input_ids), len(e.input_ids)) for e in enc) * checkpoints}
+
+
+def with_mfu(entry: dict, shape: dict, enc: list[Encoded], device_peak: float | None) -> dict:
+    """``entry`` with the MFU of its timed runs: scoring (the head on completion rows) and the bare forwards
+    (the head on every row), every checkpoint."""
+    for name, flops in work_flops(shape, enc, entry["checkpoints"]).items():
+        seconds = entry.get(f"{name}_s")
+        if seconds:
+            entry[f"{name}_tflops"] = flops / seconds / 1e12
+            entry[f"{name}_mfu"] = None if device_peak is None else flops / seconds / device_peak
+    return entry
 
 
 class Clock:
@@ -135,7 +187,8 @@ def run_score(series, enc, batch: int | None) -> None:
         pass
 
 
-def scoring_section(series, clock: Clock, lengths: list[int], rows: dict[int, int], fixed: int) -> list[dict]:
+def scoring_section(series, clock: Clock, lengths: list[int], rows: dict[int, int], fixed: int, shape: dict,
+                    device_peak: float | None) -> list[dict]:
     out = []
     k = len(series.names)
     run_score(series, trajectories(series, 2, 128), 2)  # warm-up (kernels, allocator)
@@ -164,6 +217,7 @@ def scoring_section(series, clock: Clock, lengths: list[int], rows: dict[int, in
                 finally:
                     scoring._checkpoint_inner = real
                 entry["outer_x_bare"] = entry["outer_s"] / entry["bare_s"]
+                with_mfu(entry, shape, enc, device_peak)
             except torch.OutOfMemoryError as e:
                 entry["error"] = f"out of memory: {str(e)[:200]}"
             out.append(_rounded(entry))
@@ -208,7 +262,7 @@ def probe_section(series, clock: Clock, lengths: list[int]) -> list[dict]:
 
 
 @torch.no_grad()
-def layer_section(series, clock: Clock, length: int, rows: int) -> dict:
+def layer_section(series, clock: Clock, length: int, rows: int, shape: dict, device_peak: float | None) -> dict:
     """A 7B-shaped model of one decoder layer: scoring vs bare forwards, and one layer's time alone, so that
     the ratio at 28 layers is (28 x layer + head + statistics) / (28 x layer + head)."""
     enc = trajectories(series, rows, length)
@@ -233,6 +287,10 @@ def layer_section(series, clock: Clock, length: int, rows: int) -> dict:
              "x_bare": score_s / bare_s, "peak_gib": peak, "one_layer_s": layer_s,
              "x_bare_at_28_layers": (bare_s + 27 * layer_s + extra) / (bare_s + 27 * layer_s),
              "tokens_per_s": sum(len(e.completion_ids) for e in enc) * k / score_s}
+    with_mfu(entry, shape, enc, device_peak)
+    at28 = work_flops(dict(shape, num_hidden_layers=28), enc, k)  # extrapolated to 28 layers, as x_bare is
+    for name, seconds in (("score", score_s + 27 * layer_s), ("bare", bare_s + 27 * layer_s)):
+        entry[f"{name}_mfu_at_28_layers"] = None if device_peak is None else at28[name] / seconds / device_peak
     print(json.dumps(_rounded(entry)), flush=True)
     return _rounded(entry)
 
@@ -256,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     clock = Clock(device)
     lengths = [128, 256] if smoke else [1024, 2048, 4096]
     rows = {128: 3, 256: 2} if smoke else {1024: 32, 2048: 16, 4096: 8}
-    results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": dtype,
-                     "smoke": smoke, "torch": torch.__version__}
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    peak, source = peak_flops(name)
+    results: dict = {"device": name, "dtype": dtype, "smoke": smoke, "torch": torch.__version__,
+                     "peak_flops": {"flops_per_s": peak, "from": source}}
+    small = SHAPES["tiny" if smoke else "0.5b"]
     out = Path(args.out)
 
     def save():
@@ -267,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-long-cot-"))
     try:
         sections = [
-            ("scoring", lambda s: scoring_section(s, clock, lengths, rows, 2 if smoke else 4)),
+            ("scoring", lambda s: scoring_section(s, clock, lengths, rows, 2 if smoke else 4, small, peak)),
             ("probe", lambda s: probe_section(s, clock, [256] if smoke else [2048, 4096])),
         ]
         t0 = time.perf_counter()
-        series = build_run(work / "small", SHAPES["tiny" if smoke else "0.5b"], 4, device, dtype)
-        results["model"] = {"shape": "tiny" if smoke else "Qwen2.5-0.5B", **SHAPES["tiny" if smoke else "0.5b"],
+        series = build_run(work / "small", small, 4, device, dtype)
+        results["model"] = {"shape": "tiny" if smoke else "Qwen2.5-0.5B", **small,
                             "checkpoints": len(series.names), "build_and_load_s": round(time.perf_counter() - t0, 1)}
         save()
         for name, fn in sections:
@@ -287,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
             if device == "cuda":
                 torch.cuda.empty_cache()
             try:
-                big = build_run(work / "big", SHAPES["tiny" if smoke else "7b-1layer"], 2, device, dtype)
-                results["qwen7b_one_layer"] = layer_section(big, clock, 256 if smoke else 4096, 2 if smoke else 4)
+                shape = SHAPES["tiny" if smoke else "7b-1layer"]
+                big = build_run(work / "big", shape, 2, device, dtype)
+                results["qwen7b_one_layer"] = layer_section(big, clock, 256 if smoke else 4096, 2 if smoke else 4,
+                                                            shape, peak)
             except Exception as e:  # noqa: BLE001 - as above
                 results["qwen7b_one_layer"] = {"error": f"{type(e).__name__}: {e}",
                                                "trace": traceback.format_exc()[-2000:]}

@@ -10,7 +10,10 @@ resident memory after the model and adapters were loaded. Contenders and lengths
 time (user + system) beside the wall-time ratio: on cores shared with other work, wall time measures the
 neighbours as much as the contender. Asserts no timing.
 Toy size: vocabulary 4,096, hidden 32, one length; full size (``pytest tests/benchmarks -s``): 512 to 4,096
-tokens a trajectory, 3 rounds (``WORKBENCH_BENCH_LENGTHS=512,1024``, ``WORKBENCH_BENCH_ROUNDS=1``: fewer).
+tokens a trajectory, 3 rounds (``WORKBENCH_BENCH_LENGTHS=512,1024``, ``WORKBENCH_BENCH_ROUNDS=1``: fewer;
+``WORKBENCH_BENCH_TOKENS=1024``: completion tokens per run, at least the longest length;
+``WORKBENCH_BENCH_CONTENDERS=workbench,bare``: some contenders only, the bare forwards always among them).
+The 1-minute load average over each contender's run is printed beside its times.
 """
 
 from __future__ import annotations
@@ -87,10 +90,12 @@ def run_one(contender: str, folder: Path, length: int, tokens: int) -> dict:
            "bare": lambda: bare_forwards(series, encoded, batch)}
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here
     before, r0, t = _status("VmRSS"), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    load = os.getloadavg()[0]
     fns[contender]()
     wall, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
     return {"wall": wall, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
-            "peak": _status("VmHWM") - before, "rows": len(series.names) * sum(len(e.completion_ids) for e in encoded)}
+            "peak": _status("VmHWM") - before, "rows": len(series.names) * sum(len(e.completion_ids) for e in encoded),
+            "load": (load + os.getloadavg()[0]) / 2}
 
 
 def _child(contender: str, folder: Path, length: int, tokens: int) -> dict:
@@ -113,13 +118,15 @@ def test_scoring_at_vocabulary_151936(tmp_path, size):
     shape = size(SHAPE, TOY)
     env = os.environ.get("WORKBENCH_BENCH_LENGTHS")  # e.g. "512,1024": fewer lengths on a busy machine
     lengths = size([int(x) for x in env.split(",")] if env else [512, 1024, 2048, 4096], [64])
-    tokens = size(max(lengths), 128)  # completion tokens per run: one trajectory at the longest length
-    rounds = size(int(os.environ.get("WORKBENCH_BENCH_ROUNDS", "3")), 1)
+    tokens = size(max(max(lengths), int(os.environ.get("WORKBENCH_BENCH_TOKENS", "0"))), 128)  # completion tokens
+    rounds = size(int(os.environ.get("WORKBENCH_BENCH_ROUNDS", "3")), 1)  # per run: >= one trajectory at the longest
+    picked = os.environ.get("WORKBENCH_BENCH_CONTENDERS", "").split(",")
+    contenders = [c for c in CONTENDERS if c in picked or c == "bare" or picked == [""]]
     random_series(tmp_path, load_tokenizer(ROOT / "sample_data" / "model"), shape, torch.float32, adapters=4)
     got: dict[tuple[int, str], list[dict]] = {}
     for _ in range(rounds):  # interleaved: every length and contender once per round
         for length in lengths:
-            for contender in CONTENDERS:
+            for contender in contenders:
                 got.setdefault((length, contender), []).append(_child(contender, tmp_path, length, tokens))
     print(f"\nscoring base + 4 LoRA adapters x {tokens} completion tokens per run, vocabulary {shape['vocab_size']:,}, "
           f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, fp32, CPU (2 threads), ranges over "
@@ -127,14 +134,14 @@ def test_scoring_at_vocabulary_151936(tmp_path, size):
     for length in lengths:
         bare = got[(length, "bare")]
         print(f"  {length} tokens a trajectory:")
-        for contender in CONTENDERS:
+        for contender in contenders:
             runs = got[(length, contender)]
             ratio = [r["wall"] / b["wall"] for r, b in zip(runs, bare, strict=True)]
             cpu = [(r["user"] + r["sys"]) / (b["user"] + b["sys"]) for r, b in zip(runs, bare, strict=True)]
             print(f"    {contender:12s} {_range([r['wall'] for r in runs], '.1f'):>11s} s  "
                   f"(user {_range([r['user'] for r in runs], '.1f')} s, system {_range([r['sys'] for r in runs], '.1f')} s)"
                   f"  peak +{_range([r['peak'] / 2**30 for r in runs], '.2f')} GB  {_range(ratio, '.2f')}x the bare "
-                  f"forwards' time, {_range(cpu, '.2f')}x their CPU time")
+                  f"forwards' time, {_range(cpu, '.2f')}x their CPU time (load {_range([r['load'] for r in runs], '.1f')})")
     assert all(r["rows"] == 5 * tokens for runs in got.values() for r in runs)
 
 

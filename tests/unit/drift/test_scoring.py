@@ -45,6 +45,26 @@ def test_kl_and_js_match_their_formulas():
     assert (js(lp, lq) <= math.log(2) + 1e-6).all() and kl(lp, lp).abs().max() < 1e-6
 
 
+def test_statistics_at_vocabulary_151936_are_within_3e_6_of_float64():
+    """At a real vocabulary the sums over 151,936 words carry float32 rounding: summed pairwise (``_dot``) the
+    entropy, KL and JS stay within 3e-6 of float64 (measured 1.0e-6; an einsum's single accumulator per row
+    was off by up to 1.2e-3 on the entropy and 2.5e-5 on the KL), from peaked to flat distributions and
+    from nearly equal to distant pairs."""
+    g = torch.Generator().manual_seed(0)
+    for scale, shift in ((0.1, 0.0), (1.0, 0.0), (3.0, 0.01), (5.0, 0.001), (8.0, 0.3)):
+        x = torch.randn(6, 151_936, generator=g) * scale
+        lp, lq = x.log_softmax(-1), (x + shift * torch.randn(6, 151_936, generator=g)).log_softmax(-1)
+        p, q = lp.double().exp(), lq.double().exp()
+        m = (p + q) / 2
+        want = {"entropy": -(p * lp.double()).sum(-1), "kl": (p * (lp.double() - lq.double())).sum(-1),
+                "js": 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)}
+        got = {"entropy": token_stats(lp, torch.zeros(6, dtype=torch.long), 0)["entropy"], "kl": kl(lp, lq),
+               "js": js(lp, lq)}
+        for name, value in got.items():
+            err = (value.double() - want[name]).abs().max().item()
+            assert err <= 3e-6, (name, scale, shift, err)
+
+
 @pytest.fixture(scope="module")
 def scored(series, sample_world):
     recs = read_jsonl(sample_world / "data" / "test.jsonl", limit=9)
