@@ -12,6 +12,7 @@ from core.drift.scoring import (
     ScoreConfig,
     js,
     kl,
+    largest,
     length_batches,
     score,
     token_stats,
@@ -63,6 +64,28 @@ def test_statistics_at_vocabulary_151936_are_within_3e_6_of_float64():
         for name, value in got.items():
             err = (value.double() - want[name]).abs().max().item()
             assert err <= 3e-6, (name, scale, shift, err)
+
+
+@pytest.mark.parametrize("vocab", [151_936, 151_936 + 77, 2_000, 300])
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_largest_gives_topk_values_and_their_columns(vocab, k):
+    """``largest`` (blocks' maxima first on CPU at large vocabularies) gives ``topk``'s values, largest first,
+    and columns holding them: at Qwen2's vocabulary, one not a multiple of the block (a tail), and small ones
+    that take ``topk`` itself; with peaked rows, flat rows and ties across blocks."""
+    g = torch.Generator().manual_seed(vocab + k)
+    x = torch.randn(7, vocab, generator=g)
+    x[1] *= 20  # peaked
+    x[2] = 0.0  # every word tied
+    x[3, ::97] = 9.0  # the largest value tied in many blocks
+    x[4, -3:] = 50.0  # the largest words in the tail
+    x[5, :5] = torch.tensor([7.0, 7.5, 8.0, 8.5, 9.0])  # all in the first block
+    values, cols = largest(x, k)
+    want = x.topk(k, dim=-1)
+    assert torch.equal(values, want.values)
+    assert torch.equal(x.gather(1, cols), values)
+    assert all(len(set(row)) == k for row in cols.tolist())  # k distinct columns
+    untied = [0, 1, 6]  # random rows: no ties, so the very same columns
+    assert torch.equal(cols[untied], want.indices[untied])
 
 
 @pytest.fixture(scope="module")
