@@ -35,7 +35,8 @@ st.session_state[state.WATCH] = chosen
 
 def open_in_explorer(view: views.WatchView, alarm: dict) -> None:
     """The explorer on the watch's analysis, filtered to the trajectories that drove ``alarm``."""
-    ids = [i for i in (alarm.get("evidence") or {}).get("trajectories") or [] if isinstance(i, str)]
+    listed = (alarm.get("evidence") or {}).get("trajectories")  # a list of ids (a string or a number: none)
+    ids = [i for i in listed if isinstance(i, str)] if isinstance(listed, list) else []
     st.session_state[state.ANALYSIS] = st.session_state[state.EXPLORER_ANALYSIS] = str(view.analysis)
     st.session_state[state.DRIVER_IDS] = ids or None
     st.session_state[state.DRIVER_NOTE] = f"alarm {alarm.get('rule', '?')} at step {alarm.get('step', '?')}"

@@ -61,12 +61,16 @@ _KINDS = {str: "a string", int: "an integer", NUMBER: "a number", list: "a list"
 
 
 def checked(data: dict | None, fields: dict, where: str, problems: list[str]) -> dict:
-    """``data`` without the fields whose value is not of its kind, each named in ``problems`` (file and field)."""
+    """``data`` without the fields whose value is not of its kind, each named in ``problems`` (file and field), and
+    without those that are null."""
     out = dict(data or {})
     for key, kind in fields.items():
         value = out.get(key)
-        good = value is None or (isinstance(value, kind) and not isinstance(value, bool)
-                                 and (kind is not NUMBER or value == value and abs(value) != float("inf")))
+        if value is None:  # absent, or null: as if absent (callers' defaults apply; a null is no value of any kind)
+            out.pop(key, None)
+            continue
+        good = (isinstance(value, kind) and not isinstance(value, bool)
+                and (kind is not NUMBER or value == value and abs(value) != float("inf")))
         if not good:
             problems.append(f"{where}: field {key!r}: expected {_KINDS[kind]}, got {json.dumps(value)[:60]}; left out")
             out.pop(key)

@@ -36,6 +36,10 @@ BAD = {  # file -> content; the warning names the file and the field
                        "alarms.jsonl, alarm 1: field 'evidence'"),
     "alarm rule": ({"alarms.jsonl": [{"step": 2, "rule": 5, "evidence": {"tokens": "x", "trajectories": "abc"}}]},
                    "alarms.jsonl, alarm 1: field 'rule'"),
+    # null is as if absent (each was a TypeError or AttributeError past the kind check, which let None through)
+    "scoring null": ({"status.json": {"state": "waiting", "scoring": None, "pid": None}}, None),
+    "record nulls": ({"checkpoints/checkpoint-2/record.json": {"step": 2, "bytes": None, "recorded_at": None},
+                      "checkpoints/checkpoint-3/record.json": {"step": None, "recorded_at": None}}, None),
     "checkpoint trainer_state": ({"trainer.json": {"status": "running"},
                                   "checkpoints/checkpoint-2/trainer_state.json": {"log_history": 5}},
                                  "trainer_state.json: field 'log_history'"),
@@ -75,7 +79,22 @@ def test_a_hand_edited_registry_entry_is_read_as_far_as_it_can_be(tmp_path):
     views.register(ws, watch_folder(tmp_path, {}))
     (ws / "watches" / "odd.json").write_text(json.dumps({"out": str(tmp_path / "watch"), "registered": "yesterday"}))
     (ws / "watches" / "odder.json").write_text(json.dumps({"out": 5}))
+    (ws / "watches" / "null.json").write_text(json.dumps({"out": str(tmp_path / "watch"), "registered": None}))
     assert views.list_watches(ws) == [tmp_path / "watch"]
+
+
+def test_an_alarm_whose_evidence_names_no_list_of_trajectories_opens_the_explorer_unfiltered(tmp_path):
+    """evidence.trajectories a string (each letter was taken for a trajectory id) or a number (a TypeError)."""
+    for listed in ("abc", 7):
+        alarm = {"step": 2, "rule": "belief_fall", "message": "m", "evidence": {"trajectories": listed}}
+        ws = tmp_path / f"ws-{listed}"
+        views.register(ws, watch_folder(tmp_path / str(listed), {"alarms.jsonl": [alarm], "analysis/config.json": {}}))
+        at = AppTest.from_file(str(ROOT / "pages" / "watch.py"), default_timeout=60)
+        at.session_state[state.WORKSPACE_PATH] = str(ws)
+        at.run()
+        at.button(key="alarm-open-0").click().run()
+        assert not at.exception, at.exception[0].value
+        assert at.session_state[state.DRIVER_IDS] is None
 
 
 def test_open_as_world_names_a_config_without_its_base(tmp_path):
