@@ -51,10 +51,13 @@ def open_driver(kind: str, table: pd.DataFrame, widget_key: str) -> None:
 if view == "Overview":
     s = a.summary
     branches = run_branches(a.config.checkpoints)  # CPO runs: branches of their start, not RFT steps
-    worst = s.loc[s["accuracy"].idxmin()] if probed else s.loc[s["kl_base"].idxmax()]
+    # accuracy where some trajectory's gold answer was probed; none (every gold unread or unknown to the probe's
+    # labels: accuracy NaN at every checkpoint) falls back to KL to base
+    by_accuracy = probed and s["accuracy"].notna().any()
+    worst = s.loc[s["accuracy"].idxmin()] if by_accuracy else s.loc[s["kl_base"].idxmax()]
     run = branches.get(worst["checkpoint"])
     alarm = a.changes[a.changes["page_hinkley_alarm"]] if "page_hinkley_alarm" in a.changes else a.changes.iloc[:0]
-    measure, values = ("probe accuracy", s["accuracy"]) if probed else ("KL to base", s["kl_base"])
+    measure, values = ("probe accuracy", s["accuracy"]) if by_accuracy else ("KL to base", s["kl_base"])
     if len(s) > 1 and values.nunique(dropna=False) == 1:  # idxmin would name the first one: none is worse
         worst_fact = ("Worst checkpoint", "none worse", f"{measure} {ui.amount(values.iloc[0])} at every one")
     else:

@@ -160,8 +160,10 @@ def _summary(kls: pd.DataFrame, fin: pd.DataFrame, det: pd.DataFrame) -> pd.Data
 
 
 def category_accuracy(beliefs: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy of the final probed answer per gold label (rows) and checkpoint (columns, by step)."""
-    fin = final_beliefs(beliefs).dropna(subset=["gold"])
+    """Accuracy of the final probed answer per gold label (rows) and checkpoint (columns, by step), over the
+    trajectories the summary's accuracy counts: a gold label the probe does not know (no ``gold_prob``) is left
+    out, not counted as always wrong."""
+    fin = final_beliefs(beliefs).dropna(subset=["gold", "gold_prob"])
     if fin.empty:
         return pd.DataFrame()
     fin = fin.assign(correct=fin["answer"] == fin["gold"])

@@ -270,3 +270,24 @@ def test_explorer_names_no_worst_checkpoint_when_all_are_equal(sample_world, tmp
     assert not at.exception
     worst = next(m for m in at.metric if m.label == "Worst checkpoint")
     assert worst.value == "none worse"
+
+
+def test_explorer_without_a_probed_gold_answer_names_the_worst_checkpoint_by_kl(sample_world, tmp_path):
+    """No trajectory's gold answer was probed (every gold unread, or none among the probe's labels): accuracy is
+    NaN at every checkpoint, and the overview names the worst checkpoint by KL to base (idxmin over all-NaN
+    accuracies raised ValueError)."""
+    import shutil
+
+    import pandas as pd
+
+    world = tmp_path / "world"
+    shutil.copytree(sample_world, world, ignore=shutil.ignore_patterns("multimodal"))
+    summary = pd.read_parquet(world / "analysis" / "summary.parquet")
+    summary["accuracy"] = float("nan")
+    summary.to_parquet(world / "analysis" / "summary.parquet")
+    at = page("explorer", world, tmp_path / "ws")
+    at.run()
+    assert not at.exception, at.exception[0].value
+    worst = next(m for m in at.metric if m.label == "Worst checkpoint")
+    top = summary.loc[summary["kl_base"].idxmax()]
+    assert worst.value == f"step {int(top['step'])}" and "KL to base" in worst.delta

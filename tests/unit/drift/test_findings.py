@@ -211,3 +211,19 @@ def test_the_part_by_part_drift_step_writes_the_whole_table_step_s_folder(world_
                         branch_starts(infos))
     assert len(world_analysis.tokens["traj_id"].unique()) == 70 and len(whole.by_context) > 0
     assert_same_folders(whole.save(tmp_path / "whole"), world_analysis.save(tmp_path / "parts"))
+
+
+def test_category_accuracy_counts_the_trajectories_the_summary_counts():
+    """A gold label the probe does not know (no gold_prob) is left out of its category, as of the summary's
+    accuracy, instead of a row reading 0.00 at every checkpoint."""
+    rows = []
+    for ck, step in (("base", 0), ("checkpoint-1", 1)):
+        rows += [{"traj_id": "a", "checkpoint": ck, "step": step, "position": 9, "gold": "Edema", "gold_prob": 0.9,
+                  "answer": "Edema"},
+                 {"traj_id": "b", "checkpoint": ck, "step": step, "position": 9, "gold": "Edema", "gold_prob": 0.2,
+                  "answer": "Pneumonia"},
+                 {"traj_id": "c", "checkpoint": ck, "step": step, "position": 9, "gold": "edema (mild)",
+                  "gold_prob": np.nan, "answer": "Edema"}]
+    table = drift.category_accuracy(pd.DataFrame(rows))
+    assert list(table.index) == ["Edema"] and list(table.columns) == ["base", "checkpoint-1"]
+    assert (table.loc["Edema"] == 0.5).all()
