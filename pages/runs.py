@@ -180,7 +180,7 @@ def runs_panel() -> None:
         st.dataframe(runs.comparison([run], before), hide_index=True, key="run-eval")
         if worse := runs.worse_than_start(run.evaluation, before):
             start = runs.start_name(run.world, run.config)
-            st.warning(f"This run left the model worse than its start ({start}) on the held-out sets: "
+            st.warning(f"This run left the model worse than its start ({inert(start)}) on the held-out sets: "
                        + "; ".join(worse) + ". Check the pre-flight warnings (tiny or unbalanced data?), the learning "
                        "rate and the number of steps.", icon=":material/trending_down:")
     with st.expander("Examples: what the run trains on"):
@@ -232,7 +232,7 @@ if finished:
     before = runs.start_metrics(first.world, None, runs.start_name(first.world, first.config)) if first.world else None
     table = runs.comparison(finished, before)
     if note := runs.start_note(finished, before, runs.start_name(first.world, first.config)):
-        st.info(note)  # a missing start row is said, never silent
+        st.info(inert(note))  # a missing start row is said, never silent (it names runs and checkpoints)
     extra = resources.load_world(first.world).chart_metrics() if first.world and Path(first.world).is_dir() else {}
     ui.figure(charts.run_comparison(table, extra), "runs-compare", "runs-comparison",
               title="CPO runs on the held-out set")

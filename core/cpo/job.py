@@ -48,6 +48,8 @@ def run_train(cfg: TrainConfig, options: TrainOptions, progress: Progress | None
             print(f"workbench: {options.evaluate} has no held-out set (world.json: evaluation); not evaluated")
             return 0
         if options.evaluate_limit:  # not comparable with full-set figures: the start on the same N studies is
+            # evaluated too; the run's own figures are written first, so they stand whatever befalls the start's
+            runs.write_evaluation(cfg.output_dir, {**evaluation, "held_out_limit": options.evaluate_limit})
             evaluation.update(_start_on_the_same_studies(cfg, options, progress))
         path = runs.write_evaluation(cfg.output_dir, evaluation)
         print("workbench: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items() if isinstance(v, float))
@@ -71,8 +73,12 @@ def _start_on_the_same_studies(cfg: TrainConfig, options: TrainOptions, progress
     except (InputError, OSError) as e:  # the run's figures stand; Compare says its start row is missing
         print(f"workbench: warning: the start ({name}) was not evaluated on the same studies: {e}", file=sys.stderr)
         return out
+    except Exception as e:  # noqa: BLE001 - loading or decoding the start (out of memory, a model error): the same
+        print(f"workbench: warning: the start ({name}) was not evaluated on the same studies: "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
+        return out
     if start:
-        out |= {"held_out_span": start["held_out_span"], starts.START_FIGURES: start}
+        out |= {"held_out_span": start.get("held_out_span"), starts.START_FIGURES: start}
     return out
 
 

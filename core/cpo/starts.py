@@ -12,6 +12,8 @@ figures in the run's evaluation (``START_FIGURES``); the world's recorded figure
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pandas as pd
@@ -63,11 +65,21 @@ def comparison(runs: list, before: dict | None = None) -> pd.DataFrame:
         start = (r.evaluation or {}).get(START_FIGURES) if _limit(r) else None
         row = start and {"run": f"before ({start.get('checkpoint', 'start')}, first {_limit(r)})", "objective": "",
                          STUDIES: studies(start), **_scalars(start)}
-        if row and row["run"] not in [x["run"] for x in rows]:  # runs from one start on one N share its row
-            rows.append({k: v for k, v in row.items() if k != "checkpoint"})
+        if row:  # runs from one start on one N share its row; the same name with other figures (another
+            row = {k: v for k, v in row.items() if k != "checkpoint"}  # held-out file, other pixel limits) is
+            same = next((x for x in rows if x["run"] == row["run"]), None)  # the run's own, named for it
+            if same is not None and _figures(same) != _figures(row):
+                row["run"] = f"{row['run'][:-1]}, for {r.name})"
+            if same is None or _figures(same) != _figures(row):
+                rows.append(row)
     rows += [{"run": r.name, "objective": r.objective, STUDIES: studies(r.evaluation), **_scalars(r.evaluation)}
              for r in runs if r.evaluation]
     return pd.DataFrame(rows)
+
+
+def _figures(row: dict) -> str:
+    """A start row's figures and studies, comparable (NaN equal to NaN)."""
+    return json.dumps({k: v for k, v in row.items() if k != "run"}, sort_keys=True, default=str)
 
 
 def _limit(run) -> int | None:

@@ -37,6 +37,17 @@ def test_runs_on_the_first_n_compare_with_their_start_on_the_same_studies():
     assert runs.worse_than_start({**quick, "accuracy": 0.0}, None) == ["accuracy 0.000 < 0.250 at the start"]
 
 
+def test_a_start_evaluated_again_with_other_figures_keeps_each_runs_own_start_row():
+    """Two runs from one start on the same N whose start figures differ (the held-out file changed between them, or
+    another pixel limit): each keeps its own start row, the second named for its run (it sat under the first's)."""
+    quick = {"accuracy": 0.75, "studies": 4, "held_out_limit": 4, START_FIGURES: START}
+    later = {**quick, START_FIGURES: {**START, "accuracy": 0.5, "held_out_span": "study-9 … study-12"}}
+    table = runs.comparison([_run(1, "quick", quick), _run(2, "later", later)])
+    assert list(table["run"]) == ["before (checkpoint-2, first 4)", "before (checkpoint-2, first 4, for later)",
+                                  "quick", "later"]
+    assert list(table["accuracy"][:2]) == [0.25, 0.5]
+
+
 def test_a_run_evaluated_on_n_before_starts_were_says_why_it_has_no_start_row():
     old = _run(1, "old", {"accuracy": 0.5, "held_out_limit": 8})
     assert list(runs.comparison([old], {"accuracy": 0.4})["run"]) == ["old"]
@@ -65,3 +76,29 @@ def test_the_start_is_evaluated_on_the_same_first_n_studies_once(foreign_run, tm
     job.start_figures(w.root, w.base_model_dir, start, 2, cache_dir=cache)  # another N: its own entry
     job.start_figures(w.root, w.base_model_dir, None, 4, cache_dir=cache)  # another start (the base)
     assert len(list(cache.iterdir())) == 3
+
+
+@pytest.mark.slow
+def test_a_start_that_fails_to_evaluate_leaves_the_runs_own_figures(sample_world, tmp_path, monkeypatch, capsys):
+    """The run's job evaluated on the first N: its start's evaluation failing with any error (out of memory, a
+    model error while loading it) leaves the run's own figures in evaluation.json, the job done and a warning
+    naming the error; Compare then says the start row is missing (it lost the run's figures: the job failed)."""
+    from core.cpo.config import TrainConfig, TrainOptions
+    from workbench.demo.preferences import build_preferences
+
+    pairs = build_preferences(sample_world, tmp_path / "pairs.jsonl", n=8, seed=0)
+    cfg = TrainConfig(base_model=str(sample_world / "model"), data=str(pairs), output_dir=str(tmp_path / "run"),
+                      init_adapter=str(sample_world / "rft" / "checkpoint-160"), max_steps=1, batch_size=4,
+                      learning_rate=1e-3,
+                      base_names=[json.loads((sample_world / "world.json").read_text())["base_model_name"]])
+
+    def out_of_memory(*args, **kwargs):  # what a start too large for the device left does while loading
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(job, "start_figures", out_of_memory)
+    assert job.run_train(cfg, TrainOptions(evaluate=str(sample_world), evaluate_limit=3)) == 0
+    evaluation = json.loads((tmp_path / "run" / runs.EVALUATION_FILE).read_text())
+    assert evaluation["studies"] == 3 and evaluation["held_out_limit"] == 3 and "accuracy" in evaluation
+    assert START_FIGURES not in evaluation
+    assert "the start (checkpoint-160) was not evaluated on the same studies: RuntimeError: CUDA out of memory" \
+        in capsys.readouterr().err
