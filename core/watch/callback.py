@@ -3,7 +3,8 @@
 One self-contained file: it imports the standard library and transformers only, so it runs in the trainer's own
 environment whatever that pins (``workbench watch plugin --out FILE`` writes it out; in the workbench it is
 ``core.watch.callback``). Its cost in the training loop is the copy of the checkpoint's weights and a file check
-per step; scoring runs in a process of ours beside the trainer (``workbench watch --run WATCH_DIR``, or the job
+per step (in a distributed run, on the first process, and one tiny all-gather of its stop decision); nothing that
+goes wrong on the watch's side stops the training (it is logged once); scoring runs in a process of ours beside the trainer (``workbench watch --run WATCH_DIR``, or the job
 entry ``python -m core.jobs.worker watch --config WATCH_DIR/spawn.json``, which ``spawn=True`` starts).
 
 TRL and every HF ``Trainer``::
@@ -30,13 +31,17 @@ trainer's rotation), else copied.
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -51,6 +56,8 @@ ALARMS = "alarms.jsonl"
 RECORD = "record.json"
 SPAWN = "spawn.json"  # the config the spawned scorer runs from (its flags override it)
 KEEP = ("adapters", "all", "none")
+LIVE = ("starting", "waiting", "scoring")  # the scorer's states while it runs (status.json)
+log = logging.getLogger("cot_drift_watch")
 ENV_PREFIX = "COT_DRIFT_WATCH_"
 # what a checkpoint folder holds that is not the model: the optimizer and the trainer's resume state
 TRAINING_STATE = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin",
@@ -59,7 +66,7 @@ TRAINING_STATE = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", 
 
 def write_json(path: Path, data: dict) -> None:
     """``data`` as JSON at ``path``, atomically (a reader sees the old file or the new one, never a part)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique across hosts too
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
@@ -144,25 +151,31 @@ def init_watch(watch_dir: str | Path, keep: str = "adapters", stop_on: list[str]
     return folder
 
 
-def stop_reason(watch_dir: Path, stop_on: list[str] | tuple, seen: dict) -> str | None:
-    """Why training should stop now, or None: ``stop.json`` (the page's Stop), or an alarm in ``alarms.jsonl`` whose
-    rule is in ``stop_on``. Reads ``alarms.jsonl`` only when it has grown (``seen`` keeps its size)."""
+def stop_reason(watch_dir: Path, stop_on: list[str] | tuple, seen: dict, since: float | None = None) -> str | None:
+    """Why training should stop now, or None: ``stop.json`` (the page's Stop; one written before ``since``, an
+    earlier run's, is not this run's), or an alarm in ``alarms.jsonl`` whose rule is in ``stop_on``. Reads the
+    alarms' file only when it has grown (``seen["size"]``: the bytes read so far, up to the last whole line; a line
+    being written is read when it ends)."""
     stop = read_json(watch_dir / STOP)
-    if stop is not None:
+    if stop is not None and not (since is not None and _written(watch_dir / STOP, stop) < since):
         return f"stop asked ({stop.get('by', 'the Watch page')})"
     if not stop_on:
         return None
     try:
         size = (watch_dir / ALARMS).stat().st_size
+        start = seen.get("size", 0) if seen.get("size", 0) <= size else 0  # a file replaced by a shorter one: anew
+        if size == start:
+            return None
+        with open(watch_dir / ALARMS, "rb") as f:
+            f.seek(start)
+            chunk = f.read(size - start)
     except OSError:
         return None
-    if size == seen.get("size"):
+    end = chunk.rfind(b"\n")
+    if end < 0:  # no whole line yet
         return None
-    with open(watch_dir / ALARMS, encoding="utf-8") as f:
-        f.seek(seen.get("size", 0))
-        lines = f.read(size - seen.get("size", 0)).splitlines()
-    seen["size"] = size
-    for line in lines:
+    seen["size"] = start + end + 1
+    for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
         try:
             alarm = json.loads(line)
         except ValueError:
@@ -170,6 +183,25 @@ def stop_reason(watch_dir: Path, stop_on: list[str] | tuple, seen: dict) -> str 
         if isinstance(alarm, dict) and alarm.get("rule") in stop_on:
             return f"alarm {alarm['rule']} at step {alarm.get('step')}: {alarm.get('message', '')}"
     return None
+
+
+def _written(path: Path, data: dict) -> float:
+    """When ``stop.json`` was written: its "time", else the file's modification time."""
+    t = data.get("time")
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        return float(t)
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def skip_alarms(watch_dir: Path, seen: dict) -> None:
+    """Alarms already in ``alarms.jsonl`` are an earlier run's: ``stop_reason`` reads only those written after."""
+    try:
+        seen["size"] = (Path(watch_dir) / ALARMS).stat().st_size
+    except OSError:
+        seen["size"] = 0
 
 
 class DriftWatchCallback(TrainerCallback):
@@ -192,6 +224,11 @@ class DriftWatchCallback(TrainerCallback):
         self.scorer: subprocess.Popen | None = None
         self.stopped: str | None = None
         self._seen: dict = {}
+        self._began: float | None = None
+        self._status: str | None = None  # what trainer.json says now (written by this process)
+        self._args = self._state = None
+        self._at_exit = False
+        self.problems: list[str] = []  # what went wrong in the watch, each said once; training goes on
         self.record_seconds: list[float] = []  # the time each recording took (its cost in the loop)
 
     @classmethod
@@ -208,18 +245,39 @@ class DriftWatchCallback(TrainerCallback):
                    stop_on=[r for r in env.get("STOP_ON", "").split(",") if r.strip()], spawn=spawn is not None,
                    scorer_args=shlex.split(spawn or ""), max_lag=int(env["MAX_LAG"]) if env.get("MAX_LAG") else None)
 
+    def _guard(self, what: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``; an error is the watch's, never the training's: logged once per kind, training goes on
+        (a full disk while copying a checkpoint, a file the scorer is writing, a folder gone)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - nothing of the watch may stop the user's training
+            said = f"{what}: {type(e).__name__}: {e}"
+            if said not in self.problems:
+                self.problems.append(said)
+                log.warning("drift watch (%s): %s; training goes on", self.watch_dir, said)
+            return None
+
     def _trainer_state(self, args, state, status: str, **extra) -> None:
         write_json(self.watch_dir / TRAINER, {
-            "status": status, "pid": os.getpid(), "output_dir": str(Path(args.output_dir).resolve()),
+            "status": status, "pid": os.getpid(), "host": socket.gethostname(),
+            "output_dir": str(Path(args.output_dir).resolve()),
             "global_step": state.global_step, "max_steps": state.max_steps, "log_history": state.log_history,
             "save_steps": getattr(args, "save_steps", None), "save_total_limit": getattr(args, "save_total_limit", None),
             "updated": time.time(), **extra})
+        self._status = status
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._began = time.time()
+        skip_alarms(self.watch_dir, self._seen)  # an earlier run's alarms (a resume) do not stop this one
         if state.is_world_process_zero:
-            self._trainer_state(args, state, "running")
+            self._args, self._state = args, state
+            self._guard("writing trainer.json", self._trainer_state, args, state, "running")
+            if not self._at_exit:
+                atexit.register(self._exited)
+                self._at_exit = True
             if self.spawn and self.scorer is None:
-                self.scorer = spawn_scorer(self.watch_dir, self.scorer_args, self.python)
+                self.scorer = self._guard("starting the scorer", spawn_scorer, self.watch_dir, self.scorer_args,
+                                          self.python)
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -229,25 +287,57 @@ class DriftWatchCallback(TrainerCallback):
         src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         started = time.monotonic()
         if src.is_dir() and checkpoint_kind(src):
-            record(src, self.watch_dir, state.global_step, _state_dict(state))
+            self._guard(f"recording {src.name}", record, src, self.watch_dir, state.global_step, _state_dict(state))
         self.record_seconds.append(time.monotonic() - started)
-        self._trainer_state(args, state, "running")
+        self._guard("writing trainer.json", self._trainer_state, args, state, "running")
         if self.max_lag is not None:
-            wait_for_scorer(self.watch_dir, self.max_lag)
+            self._guard("waiting for the scorer", wait_for_scorer, self.watch_dir, self.max_lag, 1.0, None,
+                        self.scorer)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stopped is None:
-            self.stopped = stop_reason(self.watch_dir, self.stop_on, self._seen)
+            mine = self._guard("reading stop.json and alarms.jsonl", stop_reason, self.watch_dir, self.stop_on,
+                               self._seen, self._began) if state.is_world_process_zero else None
+            if getattr(args, "world_size", 1) > 1:  # one decision for every process: the first one's
+                try:
+                    mine = shared_stop(mine, args)
+                except Exception as e:  # noqa: BLE001 - no process group (each process decides alone, as before)
+                    self._guard("sharing the stop decision", _raise, e)
+            self.stopped = mine
+            if mine is not None:
+                log.warning("drift watch (%s): training stops: %s", self.watch_dir, mine)
         if self.stopped is not None:
             control.should_training_stop = True
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self._trainer_state(args, state, "stopped" if self.stopped else "ended",
-                                **({"stop_reason": self.stopped} if self.stopped else {}))
+            self._guard("writing trainer.json", self._trainer_state, args, state,
+                        "stopped" if self.stopped else "ended", **({"stop_reason": self.stopped} if self.stopped else {}))
         return control
+
+    def _exited(self) -> None:
+        """At the training process' exit: a run that never reached ``on_train_end`` (an error, an interrupt) is
+        said to have stopped, so that a scorer beside it finishes its queue and ends instead of waiting forever."""
+        if self._status == "running" and self._args is not None:
+            self._guard("writing trainer.json", self._trainer_state, self._args, self._state, "stopped",
+                        stop_reason="the training process exited before training ended (an error or an interrupt)")
+
+
+def shared_stop(reason: str | None, args) -> str | None:
+    """The first process' stop decision, for every process of a distributed run (each must stop at the same step:
+    one that stops alone leaves the others waiting in a collective): an all-gather of one number a step."""
+    from transformers.trainer_pt_utils import distributed_broadcast_scalars
+
+    flags = distributed_broadcast_scalars([1.0 if reason else 0.0], device=getattr(args, "device", None))
+    if float(flags[0]) > 0:
+        return reason or "stop asked (the first process' watch)"
+    return None
+
+
+def _raise(e: Exception) -> None:
+    raise e
 
 
 def _state_dict(state) -> dict:
@@ -266,18 +356,46 @@ def spawn_scorer(watch_dir: Path, scorer_args: list[str], python: str) -> subpro
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def wait_for_scorer(watch_dir: Path, max_lag: int, poll: float = 1.0, timeout: float | None = None) -> None:
-    """Block while more than ``max_lag`` recorded checkpoints are not scored yet (the scorer's ``status.json``)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+def wait_for_scorer(watch_dir: Path, max_lag: int, poll: float = 1.0, timeout: float | None = None,
+                    scorer: subprocess.Popen | None = None, grace: float = 300.0) -> str:
+    """Block while more than ``max_lag`` recorded checkpoints are not scored yet (the scorer's ``status.json``),
+    and only while a scorer runs: not once it has ended (done, failed, cancelled), its process is gone (killed;
+    on this machine), the spawned ``scorer`` exited, or none has reported within ``grace`` seconds. Returns why
+    it stopped waiting."""
+    started = time.monotonic()
     while True:
         recorded = {p.name for p in (Path(watch_dir) / CHECKPOINTS).glob("checkpoint-*")}
         status = read_json(Path(watch_dir) / "status.json") or {}
-        scored = {recorded_name(s) for s in status.get("scored", [])}
-        if len(recorded - scored) <= max_lag or status.get("state") in ("failed", "done"):
-            return
-        if deadline is not None and time.monotonic() > deadline:
-            return
+        listed = status.get("scored")
+        scored = {recorded_name(s) for s in (listed if isinstance(listed, list) else []) if isinstance(s, int)}
+        if len(recorded - scored) <= max_lag:
+            return "caught up"
+        state = status.get("state")
+        if scorer is not None and scorer.poll() is not None:
+            return f"the scorer exited ({scorer.returncode})"
+        if state is None:
+            if time.monotonic() - started > grace:
+                return f"no scorer reported within {grace:.0f} s"
+        elif state not in LIVE:
+            return f"the scorer is {state}"
+        elif status.get("host", socket.gethostname()) == socket.gethostname() and not _running(status.get("pid")):
+            return "the scorer's process is gone"
+        if timeout is not None and time.monotonic() - started > timeout:
+            return "timed out"
         time.sleep(poll)
+
+
+def _running(pid) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user's counts)."""
+    if type(pid) is not int or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except PermissionError:
+        return True
+    except (OSError, OverflowError):
+        return False
 
 
 def _register_swift() -> None:

@@ -38,11 +38,11 @@ class Candidate:
 def candidates(run_dir: Path) -> list[Candidate]:
     """The checkpoints under ``run_dir`` (depth <= 3), by step; ``complete`` from each layout's completion mark."""
     found: dict[int, Candidate] = {}
-    for path in [*run_dir.glob("checkpoint-*"), *run_dir.glob("*/checkpoint-*"), *run_dir.glob("*/*/checkpoint-*")]:
-        m = _TRAINER.search(path.name)
-        if m and path.is_dir():
-            step = int(m.group(1))
-            found.setdefault(step, Candidate(step, path, "trainer", (path / "trainer_state.json").is_file()))
+    trainer = [p for p in [*run_dir.glob("checkpoint-*"), *run_dir.glob("*/checkpoint-*"),
+                           *run_dir.glob("*/*/checkpoint-*")] if _TRAINER.search(p.name) and p.is_dir()]
+    for path in _newest_run(trainer):
+        step = int(_TRAINER.search(path.name).group(1))
+        found.setdefault(step, Candidate(step, path, "trainer", (path / "trainer_state.json").is_file()))
     for path in [*run_dir.glob("global_step_*"), *run_dir.glob("*/global_step_*"), *run_dir.glob("*/*/global_step_*")]:
         m = _VERL.search(path.name)
         if m and path.is_dir():
@@ -51,6 +51,27 @@ def candidates(run_dir: Path) -> list[Candidate]:
             if model is not None:
                 found.setdefault(step, Candidate(step, model, "verl", _verl_done(path.parent, step)))
     return [found[s] for s in sorted(found)]
+
+
+def _newest_run(paths: list[Path]) -> list[Path]:
+    """The checkpoints of the newest run where several sit side by side (ms-swift's ``v0-DATE/``, ``v1-DATE/``, ... in
+    one output folder: step numbers start again in each, and an older run's checkpoint-N is not this one's)."""
+    runs: dict[Path, list[Path]] = {}
+    for p in paths:
+        runs.setdefault(p.parent, []).append(p)
+    if len(runs) <= 1:
+        return paths
+
+    def newest(folder: Path) -> float:
+        times = []
+        for p in runs[folder]:
+            try:
+                times.append(p.stat().st_mtime)
+            except OSError:
+                pass
+        return max(times, default=0.0)
+
+    return runs[max(runs, key=newest)]
 
 
 def _verl_model(actor: Path) -> Path | None:
@@ -89,14 +110,19 @@ class Follower:
     def poll(self) -> list[Path]:
         """Record every complete checkpoint not recorded yet; returns the folders recorded by this call."""
         done = []
-        for c in candidates(self.run_dir):
+        try:
+            found = candidates(self.run_dir)
+        except OSError:  # a folder rotated away while it was listed (pathlib's glob raises): next poll
+            return done
+        for c in found:
             dest = self.watch_dir / callback.CHECKPOINTS / callback.recorded_name(c.step)
             if dest.is_dir() or not (c.complete or self._settled(c.folder)):
                 continue
             try:
                 done.append(callback.record(c.folder, self.watch_dir, c.step, _state_of(c)))
-            except (FileNotFoundError, OSError) as e:  # rotated away while it was copied
-                self.missed.append({"step": c.step, "folder": str(c.folder), "reason": str(e)})
+            except (FileNotFoundError, OSError) as e:  # rotated away while it was copied, or no model in it
+                if all(m["step"] != c.step for m in self.missed):  # named once, however often it is tried
+                    self.missed.append({"step": c.step, "folder": str(c.folder), "reason": str(e)})
         return done
 
     def _settled(self, folder: Path) -> bool:

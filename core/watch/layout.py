@@ -107,3 +107,16 @@ def read_alarms(out: str | Path) -> list[dict]:
         if isinstance(a, dict):
             found.append(a)
     return found
+
+
+def alive(pid) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's counts; a pid no process can have does not)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (ProcessLookupError, OverflowError, OSError):
+        return False
+    return True

@@ -177,8 +177,15 @@ class _Loop:
         return [c for c in self.recorded() if c.name not in done]
 
     def _trainer_ended(self) -> bool:
+        """The trainer said it ended or stopped, or it said it runs but its process is gone (killed, out of
+        memory: it could not say so; judged on the trainer's own machine only)."""
+        import socket
+
         trainer = layout.read_json(self.w.out / layout.TRAINER) or {}
-        return trainer.get("status") in ("ended", "stopped")
+        if trainer.get("status") in ("ended", "stopped"):
+            return True
+        return (trainer.get("status") == "running" and trainer.get("host") == socket.gethostname()
+                and "pid" in trainer and not layout.alive(trainer["pid"]))
 
     # ---- one step
     def _score(self, info, queued: int) -> None:
@@ -304,8 +311,9 @@ class _Loop:
     # ---- status
     def _set(self, state: str, **extra) -> None:
         import os
+        import socket
 
-        self.status.update(state=state, pid=os.getpid(), updated=time.time(), **extra)
+        self.status.update(state=state, pid=os.getpid(), host=socket.gethostname(), updated=time.time(), **extra)
         if state != "scoring":
             self.status.pop("scoring", None)
         self.status["queued"] = extra.get("queued", [c.step for c in self._queue()] if state != "failed" else [])

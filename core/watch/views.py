@@ -95,14 +95,21 @@ class WatchView:
 
     @property
     def trainer_state(self) -> str:
-        """running | ended | stopped | unknown (a followed folder: no callback reports its trainer)."""
-        return self.trainer.get("status", "unknown")
+        """running | ended | stopped | unknown (a followed folder: no callback reports its trainer). A trainer that
+        says it runs but whose process is gone from this machine (killed: it could not say so) has stopped."""
+        import socket
+
+        status = self.trainer.get("status", "unknown")
+        if status == "running" and self.trainer.get("host") == socket.gethostname() and "pid" in self.trainer \
+                and not layout.alive(self.trainer["pid"]):
+            return "stopped"
+        return status
 
     @property
     def scorer_state(self) -> str:
         """starting | waiting | scoring | done | failed | cancelled, or "died" when its process is gone."""
         state = self.status.get("state", "not started")
-        if state in ("starting", "waiting", "scoring") and not _alive(self.status.get("pid")):
+        if state in ("starting", "waiting", "scoring") and not layout.alive(self.status.get("pid")):
             return "died"
         return state
 
@@ -195,20 +202,6 @@ class WatchView:
 
         return [j for j in supervisor.list_jobs(jobs_dir, "watch")
                 if j.meta.get("out") and Path(j.meta["out"]).resolve() == self.out.resolve()]
-
-
-def _alive(pid) -> bool:
-    import os
-
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # gone, or a pid no process can have
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_as_world(out: str | Path, workspace_root: str | Path, name: str):

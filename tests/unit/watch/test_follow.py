@@ -118,3 +118,42 @@ def test_shards_only_are_not_taken_and_the_trainers_folder_is_never_the_output(t
         scorer.Watch.open(WatchConfig(run=str(tmp_path / "run"), out=str(tmp_path / "run" / "w"), base="b", data="d"))
     with pytest.raises(InputError, match="give --out"):
         scorer.Watch.open(WatchConfig(run=str(tmp_path / "run"), base="b", data="d"))
+
+
+def _ckpt(folder, step, payload=b"w"):
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(payload)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_of_several_ms_swift_runs_in_one_output_folder_the_newest_is_followed(tmp_path):
+    """ms-swift's output/ holds v0-DATE/, v1-DATE/, ...: their step numbers start again, and an older run's
+    checkpoint-2 is not this run's (it was taken for whichever the listing gave first)."""
+    import os
+
+    out = tmp_path / "output"
+    for step in (2, 4):
+        _ckpt(out / "v0-20261201-100000" / f"checkpoint-{step}", step, b"old")
+        os.utime(out / "v0-20261201-100000" / f"checkpoint-{step}", (1e9, 1e9))
+    _ckpt(out / "v1-20261206-100000" / "checkpoint-2", 2, b"new")
+    assert [(c.step, c.folder.parent.name) for c in follow.candidates(out)] == [(2, "v1-20261206-100000")]
+    done = follow.Follower(out, tmp_path / "watch", settle=0).poll()
+    assert [(d.name, (d / "adapter_model.safetensors").read_bytes()) for d in done] == [("checkpoint-2", b"new")]
+
+
+def test_a_checkpoint_that_cannot_be_recorded_is_missed_once_and_a_listing_race_waits(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "trainer_state.json").write_text("{}")  # complete, but no model in it (ZeRO-3 shards)
+    f = follow.Follower(run, tmp_path / "watch", settle=0)
+    for _ in range(3):
+        assert f.poll() == []
+    assert [m["step"] for m in f.missed] == [2]  # it grew by one entry a poll
+
+    def rotated(run_dir):  # pathlib's glob on 3.10 / 3.11 when a rotation deletes a folder it is listing
+        raise FileNotFoundError(2, "No such file or directory", str(run_dir / "checkpoint-1"))
+
+    monkeypatch.setattr(follow, "candidates", rotated)
+    assert f.poll() == []  # the scorer goes on; the next poll lists again
