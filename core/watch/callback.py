@@ -251,11 +251,13 @@ class DriftWatchCallback(TrainerCallback):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - nothing of the watch may stop the user's training
-            said = f"{what}: {type(e).__name__}: {e}"
-            if said not in self.problems:
-                self.problems.append(said)
-                log.warning("drift watch (%s): %s; training goes on", self.watch_dir, said)
+            self._say(f"{what}: {type(e).__name__}: {e}")
             return None
+
+    def _say(self, said: str) -> None:
+        if said not in self.problems:
+            self.problems.append(said)
+            log.warning("drift watch (%s): %s; training goes on", self.watch_dir, said)
 
     def _trainer_state(self, args, state, status: str, **extra) -> None:
         write_json(self.watch_dir / TRAINER, {
@@ -288,6 +290,10 @@ class DriftWatchCallback(TrainerCallback):
         started = time.monotonic()
         if src.is_dir() and checkpoint_kind(src):
             self._guard(f"recording {src.name}", record, src, self.watch_dir, state.global_step, _state_dict(state))
+        elif src.is_dir():  # e.g. DeepSpeed ZeRO-3 without its weights gathered (stage3_gather_16bit_weights_on_model_save)
+            self._say(f"{src}: no model in it (expected adapter_config.json or config.json); not recorded")
+        else:  # e.g. a hyperparameter search saves under run-N/
+            self._say(f"{src}: not found where the trainer's output_dir says; not recorded")
         self.record_seconds.append(time.monotonic() - started)
         self._guard("writing trainer.json", self._trainer_state, args, state, "running")
         if self.max_lag is not None:

@@ -59,6 +59,21 @@ def test_a_full_disk_while_recording_is_said_and_training_goes_on(tmp_path, monk
     assert any(p.startswith("writing trainer.json: OSError") for p in cb.problems)
 
 
+def test_a_save_it_cannot_record_is_said_once(tmp_path, caplog):
+    cb, args, state, control = _run(tmp_path)
+    cb.on_train_begin(args, state, control)
+    (tmp_path / "run" / "checkpoint-1").mkdir()
+    (tmp_path / "run" / "checkpoint-1" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"shard")
+    cb.on_save(args, state, control)
+    cb.on_save(args, state, control)
+    state.global_step = 2  # saved somewhere else (a hyperparameter search's run-N/)
+    cb.on_save(args, state, control)
+    assert [p.split(": ", 1)[1] for p in cb.problems] == [
+        "no model in it (expected adapter_config.json or config.json); not recorded",
+        "not found where the trainer's output_dir says; not recorded"]
+    assert caplog.text.count("not recorded") == 2
+
+
 def test_damaged_and_half_written_alarm_lines_neither_raise_nor_get_lost(tmp_path):
     cb, args, state, control = _run(tmp_path, stop_on=["concept_surge"])
     cb.on_train_begin(args, state, control)
