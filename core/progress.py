@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,7 +83,14 @@ def record_worker_exit(code: int) -> None:
 
 
 def cancel_flag() -> Callable[[], bool]:
-    """For workers: a ``should_cancel`` that turns true on SIGTERM (installed here)."""
-    flag = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: flag.set())
-    return flag.is_set
+    """For workers: a ``should_cancel`` that turns true on SIGTERM (installed here). The handler takes no lock: a
+    worker gets Cancel's SIGTERM twice (to its process group, and passed on by its supervisor), and Python may run
+    the second handler inside the first; a ``threading.Event.set`` there waited for its own lock for ever (a
+    cancelled job that never ended)."""
+    asked = [False]
+
+    def _asked(*_) -> None:
+        asked[0] = True
+
+    signal.signal(signal.SIGTERM, _asked)
+    return lambda: asked[0]
