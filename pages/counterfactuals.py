@@ -104,7 +104,7 @@ if st.button("Generate for this trajectory", key="cf_generate", type="primary", 
         skipped: list[str] = []
         cfs = make_counterfactuals(graph, record, targets, method, version, expert, donors=records, skipped=skipped)
         for line in skipped:  # a rewrite of the answer alone is not a counterfactual: said, not stored
-            st.warning(line)
+            st.warning(inert(line))
         if not cfs:
             raise InputError(f"no study of {', '.join(targets)} with an image to swap in" if method == "image_swap"
                              else "no counterfactual: no rewrite changed a finding (nothing was stored)")
@@ -130,14 +130,14 @@ if last:
             ui.images(last["images"], f"original · {last.get('label')}")
         with right:
             ui.images(images, f"counterfactual image · {target}")
-        st.markdown(diff, unsafe_allow_html=True)
+        st.html(diff)  # escaped HTML as HTML: in markdown, a blank line in a CoT ended the HTML block
     elif last.get("images"):
         text_col, image_col = st.columns([2, 1])
-        text_col.markdown(diff, unsafe_allow_html=True)
+        text_col.html(diff)
         with image_col:
             ui.images(last["images"], f"{last['id']} (both sides)")
     else:
-        st.markdown(diff, unsafe_allow_html=True)
+        st.html(diff)
 
 st.subheader("Batch over the dataset")
 st.caption("Runs in the background (close the tab, it keeps going); Cancel stops it after the current "

@@ -211,7 +211,9 @@ def annotate(store: Store, item_id: int, annotator: str, decision: str, edited_t
             "INSERT INTO annotations (counterfactual_id, annotator, decision, edited_text, note, created_at, "
             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(counterfactual_id, annotator) DO UPDATE SET "
             "decision = excluded.decision, edited_text = excluded.edited_text, note = excluded.note, "
-            "updated_at = excluded.updated_at",
+            "updated_at = excluded.updated_at "
+            # a skip (a stale tab, the item shown again) never replaces one's own decision: not a decision itself
+            "WHERE excluded.decision != 'skip' OR annotations.decision = 'skip'",
             (item_id, annotator, decision, edited_text if decision == "edit" else None, note or "", now, now))
         con.execute("DELETE FROM claims WHERE counterfactual_id = ? AND annotator = ?", (item_id, annotator))
 

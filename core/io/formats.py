@@ -83,6 +83,16 @@ class Pair:
     meta: dict = field(default_factory=dict, hash=False, compare=False)  # source identifiers (CCF_IDS) to keep
 
 
+def _unicode_checked(record: object) -> object:
+    """``record``, or a ``_Bad`` one when a string in it holds a lone UTF-16 surrogate (JSON's ``"\\ud83d"``, as
+    truncated LLM output writes half an emoji): valid JSON, but no text to store or hash."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return _Bad("a string holds a lone UTF-16 surrogate (half of an emoji?): not valid Unicode text")
+    return record
+
+
 @dataclass
 class Parsed:
     format: str
@@ -129,7 +139,7 @@ def _records(text: str, name: str) -> Iterator[tuple[str, object]]:
             if len(json.dumps(item)) > jsonsafe.MAX_RECORD_CHARS:
                 yield f"item {i}", _Bad(f"more than {jsonsafe.MAX_RECORD_CHARS:,} characters in one record")
             else:
-                yield f"item {i}", item
+                yield f"item {i}", _unicode_checked(item)
         return
     if stripped.startswith("{") and "\n" in stripped.rstrip():
         try:
@@ -142,7 +152,7 @@ def _records(text: str, name: str) -> Iterator[tuple[str, object]]:
         if line.strip():
             try:
                 jsonsafe.check_record_size(line, name, lineno)
-                yield f"line {lineno}", jsonsafe.loads(line, name, lineno)
+                yield f"line {lineno}", _unicode_checked(jsonsafe.loads(line, name, lineno))
             except InputError as e:
                 yield f"line {lineno}", _Bad(str(e).split(f"line {lineno}: ", 1)[-1])
 
@@ -371,9 +381,9 @@ def _trl_pairs(rec: dict, ctx: _Context = _Context()) -> list[Pair]:
         system, user = _split_prompt(_turns(prompt, "prompt", ("user",)))
         chosen = _turns(rec.get("chosen"), "chosen", ("assistant",))[0]["content"]
         rejected = _turns(rec.get("rejected"), "rejected", ("assistant",))[0]["content"]
-    else:
-        system, user = None, _text(rec, "prompt")
-        chosen, rejected = _text(rec, "chosen"), _text(rec, "rejected")
+    else:  # plain strings; a chat's system turn in "system" (as trl_record writes it)
+        system = _text(rec, "system", optional=True) if rec.get("system") != "" else None
+        user, chosen, rejected = _text(rec, "prompt"), _text(rec, "chosen"), _text(rec, "rejected")
     return [_with_images(_pair(rec, user, chosen, rejected, system), rec, ctx)]
 
 

@@ -104,7 +104,7 @@ def test_counterfactuals_page_generates_previews_batches_and_lists(tmp_path):
     at.radio(key="cf_mode").set_value("confusable").run()
     at.button(key="cf_generate").click().run()
     assert not at.exception and not at.error
-    preview = [md.value for md in at.markdown if "cf-diff" in md.value][0]
+    preview = [h.value for h in at.get("html") if "cf-diff" in h.value][0]  # as HTML, not markdown
     assert "<mark style='background:#cfc'>Edema</mark>" in preview
     table = at.dataframe[0].value
     assert sorted(table["target"]) == ["Edema", "Pleural Effusion"] and set(table["consistency"]) == {1.0}

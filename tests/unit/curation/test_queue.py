@@ -68,6 +68,10 @@ def test_k_decisions_skip_and_changing_a_decision(store):
     curation.annotate(store, 1, "cy", "accept")  # changed her mind: replaces, never adds
     assert statuses(store)[1] == "done"
     assert len(curation.item(store, 1).annotations) == 3  # ada, bob (skip), cy
+    curation.annotate(store, 1, "ada", "skip")  # a stale tab's Skip: ada's accept stands (it was erased)
+    assert statuses(store)[1] == "done"
+    ann = curation.item(store, 1).annotations
+    assert dict(zip(ann["annotator"], ann["decision"], strict=True))["ada"] == "accept"
 
 
 def test_bad_decisions_are_refused(store):

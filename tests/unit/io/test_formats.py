@@ -206,3 +206,39 @@ def test_written_pairs_read_back_unchanged(tmp_path_factory, pairs, fmt):
     parsed = formats.parse((folder / name).read_text(encoding="utf-8"), name)
     assert not parsed.errors
     assert [(p.prompt, p.chosen, p.rejected) for p in parsed.pairs] == [(p, c, r) for p, c, r, _ in pairs]
+
+
+def test_a_plain_trl_export_re_imported_keeps_its_system_turn_and_adds_nothing(store, tmp_path):
+    """A plain TRL record carries a chat's system turn in "system" (trl_record writes it): read back, the pair is
+    the stored one (the system turn is part of its identity), not a second copy without the system prompt."""
+    rows = [{"prompt": f"Findings {i}: opacity.", "chosen": f"<think>r{i}</think> The disease is Edema.",
+             "rejected": f"<think>r{i}</think> The disease is Pneumonia.", "system": "You are a radiologist."}
+            for i in range(2)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first = snapshots.import_file(store, tmp_path / "pairs.jsonl")
+    assert first.kept == 2
+    accept_all(store)
+    snap = snapshots.export_snapshot(store, tmp_path / "ds", ExportConfig("trl", test_fraction=0.0))
+    exported = [json.loads(line) for line in (snap.path / "train.jsonl").read_text().splitlines()]
+    assert {r["system"] for r in exported} == {"You are a radiologist."}
+    again = snapshots.import_file(store, snap.path / "train.jsonl")
+    assert (again.kept, again.duplicates) == (0, 2)
+    assert {p.system for p in formats.parse((tmp_path / "pairs.jsonl").read_text(), "pairs.jsonl").pairs} == \
+        {"You are a radiologist."}
+
+
+def test_a_lone_surrogate_is_a_named_bad_record_not_a_traceback(store, tmp_path):
+    """JSON's "\\ud83d" (half an emoji, as truncated LLM output writes it) is valid JSON but no storable text: the
+    record is refused by line, the rest stored on request (it was a raw UnicodeEncodeError, nothing stored)."""
+    good = {"prompt": "Findings: opacity.", "chosen": "<think>r</think> The disease is Edema.",
+            "rejected": "<think>r</think> The disease is Pneumonia."}
+    bad = {**good, "chosen": "<think>r \\ud83d</think> The disease is Edema."}
+    (tmp_path / "p.jsonl").write_text(json.dumps(bad).replace("\\\\ud83d", "\\ud83d") + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(InputError, match=r"line 1, a string holds a lone UTF-16 surrogate"):
+        snapshots.import_file(store, tmp_path / "p.jsonl")
+    assert counts(store) == (0, 0, 0)
+    kept = snapshots.import_file(store, tmp_path / "p.jsonl", keep_valid=True)
+    assert (kept.kept, kept.skipped) == (1, 1)
+    (tmp_path / "a.json").write_text("[" + json.dumps(bad).replace("\\\\ud83d", "\\ud83d") + "]")
+    with pytest.raises(InputError, match=r"item 0: a string holds a lone UTF-16 surrogate"):
+        snapshots.import_file(store, tmp_path / "a.json")
