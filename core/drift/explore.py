@@ -71,9 +71,7 @@ def trajectory_table(beliefs: pd.DataFrame, effects: pd.DataFrame, records: list
     fin = drift.final_beliefs(beliefs)
     base_rows = fin[drift.is_base(fin)]
     base = base_rows.set_index("traj_id")
-    others = fin[~fin.index.isin(base_rows.index)]
-    if others.empty:
-        others = base_rows
+    others = fin[~fin.index.isin(base_rows.index)]  # none (a base-only analysis): no worst checkpoint, drift NaN
     others = others.dropna(subset=["gold_prob"])  # a gold answer outside the probe's labels has no belief
     worst = others.loc[others.groupby("traj_id")["gold_prob"].idxmin()].set_index("traj_id")
     counts = effects.assign(det=effects["direction"] == "detrimental", ben=effects["direction"] == "beneficial") \
@@ -117,8 +115,8 @@ def filter_trajectories(table: pd.DataFrame, labels: list[str] | None = None, ma
     keep = pd.Series(True, index=table.index)
     if labels:
         keep &= table["gold"].isin(labels)
-    if max_drift is not None:
-        keep &= table["drift"] <= max_drift
+    if max_drift is not None:  # a trajectory whose drift was not measured (no probed gold) stays listed
+        keep &= table["drift"].isna() | (table["drift"] <= max_drift)
     if contains.strip() and "completion" in table:
         keep &= table["completion"].str.contains(contains.strip(), case=False, regex=False, na=False)
     if ids is not None:
@@ -319,7 +317,8 @@ def sort_drivers(table: pd.DataFrame, kind: str, checkpoint: str = "all", direct
     if direction != "all":
         t = t[t["direction"] == direction]
     by = "mean_kl_base" if kind == "context" else "mean_effect_drift"
-    return t.sort_values(by, ascending=(kind != "context") == (direction != "beneficial")).reset_index(drop=True)
+    ascending = False if kind == "context" else direction != "beneficial"  # a context: largest KL first, either way
+    return t.sort_values(by, ascending=ascending).reset_index(drop=True)
 
 
 TEMPLATE_SHARE = 0.9  # a prompt token read this often per trajectory is the prompt's template, not its content

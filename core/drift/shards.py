@@ -106,7 +106,10 @@ def run_shard(cfg: AnalysisConfig, shard: Shard, out: str | Path, cache_dir: str
     folder.mkdir(parents=True, exist_ok=True)
     (folder / DONE).unlink(missing_ok=True)
     mine = shard.take(records)
-    if mine:
+    if not mine:  # an earlier run's tables (more records then) are not this shard's: the merge must not read them
+        for name in SHARD_TABLES:
+            (folder / f"{name}.parquet").unlink(missing_ok=True)
+    else:
         data = folder / "records.jsonl"
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mine)
         if not data.is_file() or data.read_text(encoding="utf-8") != text:  # unchanged: the cache key holds

@@ -254,3 +254,24 @@ def test_content_drivers_leave_out_punctuation_the_prompt_template_and_rare_toke
     # "." has no letter; "Question" is read once in each of the 20 prompts; "rib" only twice
     assert list(shown["token"]) == ["nodule", "opacity", "of"]
     assert list(sort_drivers(t, "token", "c", "detrimental")["token"])[:2] == [".", "Question"]  # the old default
+
+
+def test_unmeasured_drift_is_listed_not_filtered_out_nor_zero(shipped, table):
+    """A trajectory with no probed gold (drift NaN) stays in the list under any drift filter (the slider's
+    filter hid it); a base-only analysis has no worst checkpoint: drift NaN, not +0.00 at the base."""
+    a, records = shipped
+    unmeasured = table.assign(drift=table["drift"].where(table.index != len(table) - 1))  # the last one: NaN
+    kept = explore.filter_trajectories(unmeasured, max_drift=-0.5)
+    assert unmeasured.iloc[-1]["traj_id"] in set(kept["traj_id"])
+    base_only = a.beliefs[explore.drift.is_base(a.beliefs)]
+    only = explore.trajectory_table(base_only, a.effects.iloc[:0], records)
+    assert len(only) == len(table) and only["drift"].isna().all() and only["worst_checkpoint"].isna().all()
+
+
+def test_context_drivers_are_strongest_first_in_either_direction():
+    table = pd.DataFrame({"checkpoint": ["c"] * 3, "direction": ["beneficial"] * 3, "context": ["a", "b", "c"],
+                          "mean_kl_base": [0.1, 3.0, 1.0], "mean_effect_drift": [0.2, 0.1, 0.3]})
+    for direction in ("beneficial", "all"):
+        rows = explore.sort_drivers(table, "context", "c", direction)
+        assert list(rows["context"]) == ["b", "c", "a"]
+    assert list(explore.sort_drivers(table, "token", "c", "beneficial")["context"]) == ["c", "a", "b"]

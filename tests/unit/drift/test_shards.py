@@ -118,10 +118,12 @@ def test_a_missing_shard_is_named_and_nothing_is_merged(cfg, tmp_path):
 def test_more_shards_than_trajectories_leave_some_empty(cfg, unsharded, tmp_path):
     small = an.AnalysisConfig(**{**cfg.__dict__, "limit": 2})
     out = tmp_path / "analysis"
+    shards.run_shard(cfg, shards.Shard(2, 3), out)  # an earlier run over 5 studies: shard 2 had one of them
     for i in range(3):
         shards.run_shard(small, shards.Shard(i, 3), out)
     merged = shards.merge(out)
-    assert merged.tokens["traj_id"].nunique() == 2
+    assert merged.tokens["traj_id"].nunique() == 2  # shard 2's earlier tables were not read (now it has none)
+    assert not list((tmp_path / ".analysis.shards" / "2-of-3").glob("*.parquet"))
 
 
 def test_shard_spec_and_environment():
