@@ -164,8 +164,11 @@ def finished_for_world(store: Store, world_root: str | Path) -> list[Run]:
 
 def series_with_runs(checkpoints: list[str | Path], runs: list[Run]) -> str:
     """The series as ``AnalysisConfig.checkpoints`` takes it (``;``-separated): the RFT checkpoints in their
-    order, then each run's adapter (``core.models.branches`` places a run as a branch of its start)."""
-    return ";".join([str(c) for c in checkpoints] + [str(r.adapter_dir) for r in runs])
+    order, then each run's adapter, oldest run first (``core.models.branches`` places a run as a branch of its
+    start, and measures it against that start only when the start comes before it: a run started from another
+    run, listed newest first, was measured against the base under the name "KL to start")."""
+    ordered = sorted(runs, key=lambda r: (r.created_at, r.id))
+    return ";".join([str(c) for c in checkpoints] + [str(r.adapter_dir) for r in ordered])
 
 
 def train_defaults(world=None, start: str | None = None) -> dict:

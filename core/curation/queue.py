@@ -270,8 +270,10 @@ def filter_options(store: Store, world: str | None = None) -> dict[str, list]:
                 "methods": pick(f"SELECT DISTINCT c.method FROM {items} ORDER BY 1"),
                 "annotators": pick(f"SELECT DISTINCT a.annotator FROM annotations a JOIN {items} "
                                    "AND c.id = a.counterfactual_id ORDER BY 1"),
-                "sources": pick(f"SELECT DISTINCT CASE WHEN c.method = '{IMAGE_SWAP}' THEN '{IMAGE_SWAP}' "
-                                f"ELSE t.source END FROM {items} ORDER BY 1")}
+                # a visual pair is its own source however it came (generated, or imported with rejected_images):
+                # the same test as curated_rows, so that each source the editor offers is one the export weighs
+                "sources": pick(f"SELECT DISTINCT CASE WHEN c.method = '{IMAGE_SWAP}' OR c.images != t.images "
+                                f"THEN '{IMAGE_SWAP}' ELSE t.source END FROM {items} ORDER BY 1")}
 
 
 # ---------------------------------------------------------------- agreement

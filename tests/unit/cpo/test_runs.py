@@ -40,6 +40,33 @@ def test_a_finished_run_joins_the_series_after_the_checkpoint_it_repairs(tmp_pat
     assert state["run_steps"] == 30
 
 
+def test_a_run_started_from_another_run_is_measured_against_that_run(tmp_path, sample_world):
+    """Runs come newest first from the store; in the series each comes after its start, so a run from another
+    run's adapter is scored against that run ("KL to start"), not against the base."""
+    from core.models.branches import run_branches, series_parents
+
+    def made(name, init, created):
+        out = tmp_path / "runs" / "cpo" / name
+        (out / "adapter").mkdir(parents=True)
+        (out / "adapter" / "adapter_config.json").write_text("{}")
+        (out / "adapter" / "trainer_state.json").write_text(json.dumps({"global_step": 5, "log_history": []}))
+        (out / "config.json").write_text(json.dumps({"init_adapter": init}))
+        run = runs.Run(int(created), name, "cpo", {"init_adapter": init}, "d", None, None, "done", None, out, None,
+                       None, created, created)
+        runs.join_series(run)
+        return run
+
+    first = made("first", str(sample_world / "rft" / "checkpoint-160"), 1.0)
+    second = made("second", str(first.adapter_dir), 2.0)
+    rft = [sample_world / "rft" / f"checkpoint-{s}" for s in (40, 80, 120, 160)]
+    series = runs.series_with_runs(rft, [second, first]).split(";")  # as list_runs gives them: newest first
+    assert series[-2:] == [str(first.adapter_dir), str(second.adapter_dir)]
+    starts = {name: b.start for name, b in run_branches(series).items()}
+    assert starts == {"first": "checkpoint-160", "second": "first"}
+    names = ["base", "checkpoint-40", "checkpoint-80", "checkpoint-120", "checkpoint-160", "first", "second"]
+    assert series_parents(names, starts)["second"] == "first"
+
+
 def test_a_run_from_the_base_starts_at_step_zero(tmp_path):
     assert runs.join_series(_run(tmp_path, None)) == 30
 

@@ -185,6 +185,9 @@ def test_authors_swift_records_keep_the_rejected_sides_own_images(tmp_path, imag
     assert first.images == [str(data / "x0.jpg")] and first.rejected_images == [str(data / "x1.jpg")]
     assert second.images == second.rejected_images == [str(data / "x1.jpg")]
     accept_all(store)
+    # imported with rejected_images and no "source": a visual pair all the same, whose weight the editor offers
+    assert curation.filter_options(store)["sources"] == sorted({"image_swap", "pairs.json"})
+    assert {r["source"] for r in curation.curated_rows(store)} == {"image_swap", "pairs.json"}
     snap = snapshots.export_snapshot(store, tmp_path / "out", ExportConfig("swift", copy_images=True))
     out = json.loads((snap.path / "train.json").read_text())
     visual = next(r for r in out if "rejected_images" in r)
