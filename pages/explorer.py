@@ -66,7 +66,8 @@ if view == "Overview":
     facts = [("Trajectories", f"{trajs.shape[0]}", f"{len(s)} checkpoints"),
              worst_fact,
              ("Detrimental change", f"step {int(alarm.iloc[0]['to_step'])}" if len(alarm) else "none flagged",
-              "Page-Hinkley alarm" if len(alarm) else "per-trajectory test"),
+              ("Page-Hinkley alarm" + (f" · {int(alarm.iloc[0]['n_pairs'])} trajectories" if "n_pairs" in alarm
+                                       else "")) if len(alarm) else "per-trajectory test"),
              ("Max KL to base", ui.amount(s['kl_base'].max()), "nats, CoT tokens")]
     for col, (label, value, note) in zip(st.columns(len(facts)), facts, strict=True):
         col.metric(label, value, note, delta_color="off", delta_arrow="off", border=True)

@@ -281,7 +281,10 @@ def driver_trajectories(kind: str, row: dict, records: list[dict], graph=None) -
     that filter is in words. A token row lists its trajectories; a concept is found by any of its names; a
     context by all of its words, in order."""
     if kind == "token":
-        return list(row["trajectories"]), f"token {row['token']!r} under {row['checkpoint']}"
+        ids = list(row["trajectories"])
+        more = f" (the first {len(ids)} by id: a token's row lists no more)" if len(ids) >= drift.TRAJECTORIES_LISTED \
+            else ""
+        return ids, f"token {row['token']!r} under {row['checkpoint']}{more}"
     if kind == "concept":
         return (concept_trajectories(records, concept_names(graph, row["concept"])),
                 f"concept {row['concept']!r}")

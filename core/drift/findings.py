@@ -218,16 +218,20 @@ def step_changes(beliefs: pd.DataFrame, alpha: float = 0.05, n_permutations: int
     fin = fb.pivot(index="traj_id", columns="checkpoint", values="gold_prob")
     rows = []
     for b, a in series_parents(order, branches).items():
-        d = (fin[b] - fin[a]).dropna().to_numpy()
+        d = (fin[b] - fin[a]).dropna().to_numpy()  # the trajectories with a gold belief under both
         rows.append({"from_checkpoint": a, "to_checkpoint": b, "from_step": steps[a], "to_step": steps[b],
-                     "mean_change": d.mean() if len(d) else 0.0, "p_value": sign_flip_test(d, n_permutations),
-                     "branch": b in branches})
+                     "n_pairs": len(d),  # a test over none is no result: NaN, not a change of 0 (p 1)
+                     "mean_change": d.mean() if len(d) else np.nan,
+                     "p_value": sign_flip_test(d, n_permutations) if len(d) else np.nan, "branch": b in branches})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["p_holm"] = holm(df["p_value"].tolist())
+    tested = df["p_value"].notna()
+    df["p_holm"] = np.nan
+    if tested.any():
+        df.loc[tested, "p_holm"] = holm(df.loc[tested, "p_value"].tolist())
     df["changed"] = df["p_holm"] < alpha
-    df["direction"] = np.where(df["mean_change"] < 0, "detrimental", "beneficial")
+    df["direction"] = np.select([df["mean_change"] < 0, df["mean_change"] > 0], ["detrimental", "beneficial"], "")
     line = [c for c in order if c not in branches]
     alarm = page_hinkley([fin[c].mean() for c in line])
     df["page_hinkley_alarm"] = ~df["branch"] & (df["to_checkpoint"] == (line[alarm] if alarm is not None else None))
@@ -461,7 +465,10 @@ class DriftParts:
         return agg.sort_values(["step", "mean_effect_drift"]).reset_index(drop=True)
 
 
-def _first_trajectories(df: pd.DataFrame, keys: list[str], limit: int = 50) -> pd.DataFrame:
+TRAJECTORIES_LISTED = 50  # a by-token row lists at most this many of its trajectories (the first by id)
+
+
+def _first_trajectories(df: pd.DataFrame, keys: list[str], limit: int = TRAJECTORIES_LISTED) -> pd.DataFrame:
     """Per key, its first ``limit`` distinct trajectories in sorted order (the by-token table's list)."""
     df = df.drop_duplicates([*keys, "traj_id"]).sort_values("traj_id", kind="stable")
     return df.groupby(keys, sort=False).head(limit)

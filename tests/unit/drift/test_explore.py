@@ -275,3 +275,12 @@ def test_context_drivers_are_strongest_first_in_either_direction():
         rows = explore.sort_drivers(table, "context", "c", direction)
         assert list(rows["context"]) == ["b", "c", "a"]
     assert list(explore.sort_drivers(table, "token", "c", "beneficial")["context"]) == ["c", "a", "b"]
+
+
+def test_a_token_row_that_lists_its_cap_of_trajectories_says_so():
+    row = {"token": " Lung", "checkpoint": "checkpoint-160",
+           "trajectories": [f"t{i:03d}" for i in range(explore.drift.TRAJECTORIES_LISTED)]}
+    ids, note = explore.driver_trajectories("token", row, [])
+    assert len(ids) == 50 and "the first 50 by id" in note
+    ids, note = explore.driver_trajectories("token", {**row, "trajectories": ["t1"]}, [])
+    assert note == "token ' Lung' under checkpoint-160"

@@ -227,3 +227,16 @@ def test_category_accuracy_counts_the_trajectories_the_summary_counts():
     table = drift.category_accuracy(pd.DataFrame(rows))
     assert list(table.index) == ["Edema"] and list(table.columns) == ["base", "checkpoint-1"]
     assert (table.loc["Edema"] == 0.5).all()
+
+
+def test_a_step_with_no_trajectory_to_compare_is_no_result_not_a_beneficial_zero():
+    """Two checkpoints whose final gold beliefs are never both measured (every gold unread at one of them): the step's
+    change is NaN with n_pairs 0, neither detrimental nor beneficial (it read 0.0, p 1.0, "beneficial")."""
+    rows = []
+    for ck, step, prob in (("base", 0, 0.9), ("checkpoint-1", 1, np.nan), ("checkpoint-2", 2, 0.5)):
+        for t in ("a", "b"):
+            rows.append({"traj_id": t, "checkpoint": ck, "step": step, "position": 5, "gold_prob": prob})
+    changes = drift.step_changes(pd.DataFrame(rows), n_permutations=50).set_index("to_checkpoint")
+    assert changes.at["checkpoint-1", "n_pairs"] == 0 and np.isnan(changes.at["checkpoint-1", "mean_change"])
+    assert changes.at["checkpoint-1", "direction"] == "" and not changes.at["checkpoint-1", "changed"]
+    assert changes.at["checkpoint-2", "n_pairs"] == 0  # against checkpoint-1, which has none
