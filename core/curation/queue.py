@@ -305,12 +305,17 @@ def fleiss_kappa(counts: np.ndarray) -> float:
 def agreement(store: Store, world: str | None = None) -> Agreement:
     """Cohen's kappa (scikit-learn) per annotator pair over the items both rated, Fleiss' kappa and
     Light's kappa overall, over the items of ``world`` (``World.key``; '' for items of no known world; None: every
-    world's, a choice the page names). Ratings are accept / reject / edit; skips are not ratings."""
+    world's, a choice the page names). Ratings are accept / reject / edit, an edit by its text (two edits that
+    write different counterfactuals disagree, as the conflict list says); skips are not ratings."""
     where, params = ("", []) if world is None else (" AND t.world = ?", [world])
-    df = _read(store, "SELECT a.counterfactual_id AS item, a.annotator, a.decision FROM annotations a "
+    df = _read(store, "SELECT a.counterfactual_id AS item, a.annotator, a.decision, a.edited_text FROM annotations a "
                       "JOIN counterfactuals c ON c.id = a.counterfactual_id JOIN trajectories t ON t.id = c.trajectory_id "
                       "WHERE a.decision != 'skip'" + where, params)
+    if len(df):
+        edits = df["decision"] == "edit"
+        df.loc[edits, "decision"] = ["edit: " + (text or "").strip() for text in df.loc[edits, "edited_text"]]
     wide = df.pivot(index="item", columns="annotator", values="decision") if len(df) else pd.DataFrame()
+    rated = sorted(set(df["decision"])) if len(df) else list(RATED)  # the categories: each edit text its own
     rows = []
     names = list(wide.columns)
     for i, a in enumerate(names):
@@ -318,20 +323,21 @@ def agreement(store: Store, world: str | None = None) -> Agreement:
             both = wide[[a, b]].dropna()
             if len(both):
                 rows.append({"annotator_a": a, "annotator_b": b, "items": len(both),
-                             "agreement": float((both[a] == both[b]).mean()), "kappa": _cohen(both[a], both[b])})
+                             "agreement": float((both[a] == both[b]).mean()),
+                             "kappa": _cohen(both[a], both[b], rated)})
     pairs = pd.DataFrame(rows, columns=["annotator_a", "annotator_b", "items", "agreement", "kappa"])
-    counts = np.stack([(wide == c).sum(axis=1).to_numpy() for c in RATED], axis=1) if len(wide) else np.zeros((0, 3))
+    counts = np.stack([(wide == c).sum(axis=1).to_numpy() for c in rated], axis=1) if len(wide) else np.zeros((0, 3))
     multi = int((counts.sum(axis=1) >= 2).sum())
     light = float(pairs["kappa"].mean()) if pairs["kappa"].notna().any() else float("nan")
     return Agreement(pairs, fleiss_kappa(counts), light, multi)
 
 
-def _cohen(a: pd.Series, b: pd.Series) -> float:
+def _cohen(a: pd.Series, b: pd.Series, rated: list[str]) -> float:
     if len(set(a) | set(b)) < 2:
         return float("nan")  # one category only: chance agreement is 1 and kappa is undefined
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(cohen_kappa_score(a, b, labels=list(RATED)))
+        return float(cohen_kappa_score(a, b, labels=rated))
 
 
 # ---------------------------------------------------------------- conflicts and final decisions

@@ -98,6 +98,21 @@ def test_cohen_per_pair_fleiss_and_light_overall(store):
     assert row.kappa == pytest.approx(0.5) and ag.light == pytest.approx(0.5) and ag.items == 4
 
 
+def test_two_edits_that_write_different_counterfactuals_disagree(store):
+    """An edit is rated by its text: two annotators who both edit an item but write different counterfactuals
+    disagree, as the conflict list has it (every agreement figure read 1.0 beside two conflicts)."""
+    curation.set_required(store, 2)
+    for item, (a, b) in enumerate([("accept", "accept"), ("edit: x", "edit: x"), ("edit: x", "edit: y"),
+                                   ("reject", "reject")], 1):
+        for who, what in (("ada", a), ("bob", b)):
+            decision, _, text = what.partition(": ")
+            curation.annotate(store, item, who, decision, text or None)
+    assert statuses(store)[3] == "conflict" and statuses(store)[2] == "done"
+    ag = curation.agreement(store)
+    assert ag.pairs.iloc[0]["agreement"] == pytest.approx(0.75)
+    assert ag.pairs.iloc[0]["kappa"] < 1 and ag.fleiss < 1 and ag.light < 1
+
+
 def test_fleiss_kappa_matches_the_worked_example():
     # Fleiss (1971) as worked on Wikipedia: 10 items, 14 raters, 5 categories -> 0.210
     counts = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
