@@ -477,12 +477,17 @@ def swift_record(row: dict, system: str | None = None, paths: dict[str, str] | N
 
 
 def ccf_records(rows: list[dict], paths: dict[str, str] | None = None) -> list[dict]:
-    """Group pairs back into CCF items, one per (prompt, chosen, images); a study's ``images`` and its image
-    swaps, ``image_swaps`` {disease: the swapped-in images} (the report unchanged), go with the item."""
+    """Group pairs back into CCF items, one per (prompt, chosen, images) and target (a second counterfactual for
+    one study and target goes into another item: an item holds one per disease); a study's ``images`` and its
+    image swaps, ``image_swaps`` {disease: the swapped-in images} (the report unchanged), go with the item."""
     items: dict[tuple, dict] = {}
     for row in rows:
         fields = _image_fields(row, paths or {})
-        item = items.setdefault((row["prompt"], row["chosen"], tuple(fields.get("images", ()))), {
+        slot = "image_swaps" if "rejected_images" in fields else "counterfact"
+        key = (row["prompt"], row["chosen"], tuple(fields.get("images", ())), 0)
+        while key in items and row["target"] in items[key].get(slot, {}):  # a second pair for one study and
+            key = (*key[:3], key[3] + 1)  # target (graph rules and the LLM, two imports): an item of its own
+        item = items.setdefault(key, {
             "prompt": row["prompt"], "report": think_of(row["chosen"]),
             "diagnose": row["label"] or answer_of(row["chosen"]) or UNKNOWN, "counterfact": {}}
             | {k: v for k, v in (row.get("meta") or {}).items() if k in CCF_IDS}

@@ -242,3 +242,20 @@ def test_a_lone_surrogate_is_a_named_bad_record_not_a_traceback(store, tmp_path)
     (tmp_path / "a.json").write_text("[" + json.dumps(bad).replace("\\\\ud83d", "\\ud83d") + "]")
     with pytest.raises(InputError, match=r"item 0: a string holds a lone UTF-16 surrogate"):
         snapshots.import_file(store, tmp_path / "a.json")
+
+
+def test_two_counterfactuals_for_one_study_and_target_both_reach_a_ccf_export(store, tmp_path):
+    """A CCF item holds one counterfactual per disease: a second accepted pair for the same study and target (graph
+    rules and the LLM expert, or two imports) goes into an item of its own (it overwrote the first while the
+    snapshot still counted both)."""
+    rows = [{"prompt": "Findings: opacity.", "chosen": "<think>opacity</think> The disease of this patient is Edema.",
+             "rejected": f"<think>{cot}</think> The disease of this patient is Pneumonia.", "source": src}
+            for cot, src in (("consolidation", "graph"), ("airspace disease", "llm"))]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    snapshots.import_file(store, tmp_path / "p.jsonl")
+    accept_all(store)
+    snap = snapshots.export_snapshot(store, tmp_path / "ds", ExportConfig("ccf", test_fraction=0.0))
+    items = json.loads((snap.path / "train.json").read_text())
+    assert snap.row_count == 2 and sorted(i["counterfact"]["Pneumonia"] for i in items) == \
+        ["airspace disease", "consolidation"]
+    assert len(formats.parse((snap.path / "train.json").read_text(), "train.json").pairs) == 2
