@@ -499,8 +499,8 @@ def ccf_records(rows: list[dict], paths: dict[str, str] | None = None) -> list[d
     return list(items.values())
 
 
-HF_FEATURES = {k: {"dtype": "float64" if k == "weight" else "string", "_type": "Value"}
-               for k in ("prompt", "chosen", "rejected", "source", "weight", "label", "target")}
+HF_FEATURES = {k: {"dtype": "float64" if k == "weight" else "string", "_type": "Value"}  # system: a chat's system
+               for k in ("prompt", "chosen", "rejected", "source", "weight", "label", "target", "system")}  # or null
 HF_IMAGES = {"feature": {"_type": "Image"}, "_type": "List"}  # datasets.List(datasets.Image())
 _HF_IMAGE_TYPE = pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
 
@@ -523,7 +523,7 @@ def _write_hf_split(rows: list[dict], folder: Path, split: str, paths: dict[str,
     fields += [(k, _HF_IMAGE_TYPE) for k in ("images", "rejected_images")] if with_images else []
     schema = pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": features}})})
     embed = paths is not None
-    table = pa.Table.from_pylist([{k: r[k] for k in HF_FEATURES} | (_hf_images(r, paths, embed) if with_images else {})
+    table = pa.Table.from_pylist([{k: r.get(k) for k in HF_FEATURES} | (_hf_images(r, paths, embed) if with_images else {})
                                   for r in rows], schema=schema)
     with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
         with pa.ipc.new_stream(sink, schema) as writer:
@@ -583,7 +583,8 @@ def write(rows: list[dict], folder: Path, fmt: str, test_fraction: float = 0.0, 
         "swift": lambda s, part: _dump(folder / f"{s}.json", [swift_record(r, system or r.get("system"), paths)
                                                              for r in part]),
         "ccf": lambda s, part: _dump(folder / f"{s}.json", ccf_records(part, paths)),
-        "hf": lambda s, part: _write_hf_split(part, folder / s, s, image_paths, with_images),
+        "hf": lambda s, part: _write_hf_split([{**r, "system": system or r.get("system")} for r in part], folder / s,
+                                              s, image_paths, with_images),
     }
     if fmt not in writers:
         raise InputError(f"unknown export format {fmt!r} (expected one of {', '.join(EXPORT_FORMATS)})")

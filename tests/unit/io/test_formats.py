@@ -174,7 +174,8 @@ def test_hf_folder_loads_with_datasets_and_splits_by_study(store, tmp_path):
     assert set(dd["train"]["weight"]) == {1.0}  # one source: normalised to mean one
     trl = snapshots.export_snapshot(store, tmp_path / "ds", ExportConfig("trl", test_fraction=0.25, seed=3))
     rows = [json.loads(x) for x in (trl.path / "train.jsonl").read_text().splitlines()]
-    assert rows == dd["train"].to_list()
+    hf = [{k: v for k, v in r.items() if not (k == "system" and v is None)} for r in dd["train"].to_list()]
+    assert rows == hf  # the same records (TRL writes no "system" where there is none; the HF column holds null)
 
 
 def test_weights_average_one_over_the_rows():
@@ -259,3 +260,19 @@ def test_two_counterfactuals_for_one_study_and_target_both_reach_a_ccf_export(st
     assert snap.row_count == 2 and sorted(i["counterfact"]["Pneumonia"] for i in items) == \
         ["airspace disease", "consolidation"]
     assert len(formats.parse((snap.path / "train.json").read_text(), "train.json").pairs) == 2
+
+
+def test_a_hugging_face_export_keeps_the_system_turn(store, tmp_path):
+    """The HF folder has a system column (null where none), read back into the same pairs: the system turn was lost
+    (TRL and ms-swift exports kept it)."""
+    rows = [{"prompt": f"Findings {i}.", "chosen": "<think>r</think> The disease of this patient is Edema.",
+             "rejected": "<think>r</think> The disease of this patient is Pneumonia.",
+             **({"system": "You are a radiologist."} if i else {})} for i in range(2)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    snapshots.import_file(store, tmp_path / "p.jsonl")
+    accept_all(store)
+    snap = snapshots.export_snapshot(store, tmp_path / "ds", ExportConfig("hf", test_fraction=0.0))
+    again = snapshots.import_file(store, snap.path)
+    assert (again.kept, again.duplicates) == (0, 2)  # the same pairs, system turns included
+    parsed = formats.parse_hf_folder(snap.path, tmp_path / "img")
+    assert sorted(p.system or "" for p in parsed.pairs) == ["", "You are a radiologist."]
