@@ -205,7 +205,8 @@ def export_snapshot(store: Store, root: Path, config: ExportConfig, world: str |
                 _copy_images(paths, tmp)
             _write_manifest(rows, tmp, config, paths)
             digest = formats.folder_hash(tmp)
-            name = config.name or f"{config.format}-{digest[:10]}"
+            # the same pairs exported in another world are that world's snapshot: its own default name
+            name = config.name or f"{config.format}-{digest[:10]}" + (f"-{_world_tag(world)}" if world else "")
             final = root / name
             if final.exists():
                 if formats.folder_hash(final) != digest:
@@ -284,13 +285,19 @@ def image_changes(folder: Path) -> list[str]:
     return out
 
 
+def _world_tag(world: str) -> str:
+    return hashlib.sha256(world.encode()).hexdigest()[:6]
+
+
 def _record(store: Store, name: str, path: Path, config: ExportConfig, counts: dict, digest: str,
             world: str = "") -> Snapshot:
     split = {"test_fraction": config.test_fraction, "seed": config.seed, "rows": counts}
     with store.transaction() as con:
-        row = con.execute("SELECT content_hash FROM dataset_snapshots WHERE name = ?", (name,)).fetchone()
+        row = con.execute("SELECT content_hash, world FROM dataset_snapshots WHERE name = ?", (name,)).fetchone()
         if row and row[0] != digest:
             raise InputError(f"snapshot {name!r} already exists with other content; choose another name")
+        if row and (row[1] or "") != (world or ""):
+            raise InputError(f"snapshot {name!r} is another world's ({row[1] or 'no world'}); choose another name")
         if not row:
             con.execute("INSERT INTO dataset_snapshots (name, path, format, split, row_count, content_hash, config, "
                         "created_at, world) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

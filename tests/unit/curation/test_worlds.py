@@ -10,6 +10,7 @@ import pytest
 from core.curation import queue as curation
 from core.curation import snapshots
 from core.curation.snapshots import ExportConfig
+from core.errors import InputError
 from core.io.store import Store
 from tests import foreign
 from tests.curation_data import ccf_items
@@ -108,3 +109,21 @@ def test_agreement_counts_the_worlds_own_annotators_and_items(db):
     every = curation.agreement(db)  # every world's: only when the page's toggle asks for it
     assert every.items == 7 and len(every.pairs) == 2
     assert curation.agreement(db, "").items == 0  # items of no known world: none here
+
+
+def test_the_same_pairs_exported_in_two_worlds_are_each_worlds_snapshot(tmp_path):
+    """One TRL file imported into two worlds and exported from each: the same content, each world's own snapshot
+    under its own default name (the second was recorded as the first world's, so its runs page offered nothing
+    while the page said it would); one name given in two worlds is refused by name."""
+    db = Store.open(tmp_path / "workbench.db")
+    pairs = trl_pairs(tmp_path / "trl_pairs.jsonl")
+    for world in (TRL, CCF):
+        snapshots.import_file(db, pairs, world=world)
+    for i in curation.queue(db)["id"]:
+        curation.annotate(db, int(i), "ada", "accept")
+    a, b = (snapshots.export_snapshot(db, tmp_path / "ds", ExportConfig("trl"), world=w) for w in (TRL, CCF))
+    assert a.content_hash == b.content_hash and a.name != b.name and (a.world, b.world) == (TRL, CCF)
+    assert [s.name for s in snapshots.snapshots(db, CCF)] == [b.name]
+    snapshots.export_snapshot(db, tmp_path / "ds", ExportConfig("trl", name="shared"), world=TRL)
+    with pytest.raises(InputError, match="'shared' is another world's"):
+        snapshots.export_snapshot(db, tmp_path / "ds", ExportConfig("trl", name="shared"), world=CCF)
