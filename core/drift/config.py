@@ -62,7 +62,8 @@ class AnalysisConfig(SeriesSpec):
         w = load_world(root) if isinstance(root, (str, Path)) else root
         name = dataset or w.manifest.get("default_dataset", "test")
         fields = dict(base=str(w.base_model_dir), checkpoints=w.checkpoints_arg, data=str(w.dataset_path(name)),
-                      graph=str(w.graph_path), base_names=[w.manifest.get("base_model_name", "")])
+                      graph=str(w.graph_path), base_names=[w.manifest.get("base_model_name", "")],
+                      template=w.answer_format.template)  # the probe asks as the world's completions answer
         return cls(**{**fields, **overrides})
 
     @classmethod

@@ -240,3 +240,20 @@ def test_adding_a_cpo_run_scores_and_probes_it_alone_with_the_same_numbers(cfg, 
     fresh = an.run_analysis(grown)  # no cache: the whole series at once
     assert result.tokens.equals(fresh.tokens) and result.beliefs.equals(fresh.beliefs)
     assert result.summary.equals(fresh.summary) and result.changes.equals(fresh.changes)
+
+
+def test_a_worlds_analysis_probes_with_the_worlds_answer_template(sample_world, tmp_path):
+    """A world whose completions answer "Answer: X" is probed with its own template (it kept the default
+    " </think> The disease of this patient is", asking in words the model never wrote)."""
+    import json
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(sample_world, world, ignore=shutil.ignore_patterns("multimodal", "analysis"))
+    manifest = json.loads((world / "world.json").read_text())
+    manifest["answer_format"] = {"pattern": r"Answer: (?P<answer>.+)", "sentence": "Answer: {}",
+                                 "template": " </think> Answer:"}
+    (world / "world.json").write_text(json.dumps(manifest))
+    assert an.AnalysisConfig.from_world(world).template == " </think> Answer:"
+    assert an.AnalysisConfig.from_world(sample_world).template == " </think> The disease of this patient is"
+    assert an.AnalysisConfig.from_world(world, template=" X").template == " X"  # what the caller asks wins
