@@ -112,8 +112,18 @@ def test_the_whole_loop_on_the_sample_world(browser, app_server, artifacts):
 
     # the run joins the checkpoint series; score it and find it in the explorer
     go(page, "Checkpoints")
-    page.locator("[data-testid='stMultiSelect']", has_text="Add finished CPO runs").click()
-    page.get_by_role("option", name=name).click()
+    idle(page)  # the page's first runs done before the pick (a rerun redraws the drop-down's options)
+    for attempt in range(3):  # once CI saw the option redrawn (detached) for 30 s: open the drop-down again
+        page.locator("[data-testid='stMultiSelect']", has_text="Add finished CPO runs").click()
+        try:
+            page.get_by_role("option", name=name).click(timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            page.screenshot(path=str(artifacts / f"loop-pick-run-{attempt}.png"), full_page=True)
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+            idle(page)
     page.keyboard.press("Escape")
     page.mouse.click(900, 40)  # close the drop-down
     idle(page)
