@@ -141,21 +141,27 @@ def jobs_panel(job_dirs, kind: str, done_actions, limit: int = 5, select=None, w
     job ends, the whole page reruns."""
     from core.jobs import supervisor as jobs
 
-    def latest(**where) -> list:
-        return [j for j in jobs.list_jobs(job_dirs, kind, **where) if select is None or select(j)][:limit]
+    def latest() -> tuple[list, list]:
+        """(the world's jobs, those of no recorded world), ``limit`` each, newest first: one listing of the job
+        folders (the panel and its liveness check list them every second while a job runs)."""
+        found = [j for j in jobs.list_jobs(job_dirs, kind) if select is None or select(j)]
+        if world is None:
+            return found[:limit], []
+        key = jobs.world_key(world)
+        return ([j for j in found if j.meta.get("world") == key][:limit],
+                [j for j in found if not j.meta.get("world")][:limit])
 
     def panel() -> None:
-        for job in latest(world=world):
+        mine, old = latest()
+        for job in mine:
             _job_card(job, done_actions)
-        old = latest(unrecorded=True) if world is not None else []
         if old:
             with st.expander(f"Jobs of no recorded world ({len(old)}{'+' if len(old) == limit else ''}): started "
                              "before jobs recorded their world", icon=":material/help:"):
                 for job in old:
                     _job_card(job, done_actions)
 
-    live_fragment(panel, lambda: any(j.state() == "running" for j in latest(world=world) + latest(unrecorded=True)),
-                  state.running_flag(kind))
+    live_fragment(panel, lambda: any(j.state() == "running" for j in sum(latest(), [])), state.running_flag(kind))
 
 
 def _job_card(job, done_actions) -> None:

@@ -70,12 +70,9 @@ def _start_on_the_same_studies(cfg: TrainConfig, options: TrainOptions, progress
     try:
         start = start_figures(options.evaluate, cfg.base_model, cfg.init_adapter, options.evaluate_limit,
                               VisionConfig.of(cfg), options.evaluate_cache, name)
-    except (InputError, OSError) as e:  # the run's figures stand; Compare says its start row is missing
-        print(f"workbench: warning: the start ({name}) was not evaluated on the same studies: {e}", file=sys.stderr)
-        return out
-    except Exception as e:  # noqa: BLE001 - loading or decoding the start (out of memory, a model error): the same
-        print(f"workbench: warning: the start ({name}) was not evaluated on the same studies: "
-              f"{type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a bad file, out of memory, a model error: the run's figures stand and
+        why = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"  # Compare says its start row is missing
+        print(f"workbench: warning: the start ({name}) was not evaluated on the same studies: {why}", file=sys.stderr)
         return out
     if start:
         out |= {"held_out_span": start.get("held_out_span"), starts.START_FIGURES: start}

@@ -13,7 +13,6 @@ figures in the run's evaluation (``START_FIGURES``); the world's recorded figure
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pandas as pd
@@ -63,15 +62,15 @@ def comparison(runs: list, before: dict | None = None) -> pd.DataFrame:
         rows.append({"run": "before (start checkpoint)", "objective": "", STUDIES: "all", **before})
     for r in runs:
         start = (r.evaluation or {}).get(START_FIGURES) if _limit(r) else None
-        row = start and {"run": f"before ({start.get('checkpoint', 'start')}, first {_limit(r)})", "objective": "",
-                         STUDIES: studies(start), **_scalars(start)}
-        if row:  # runs from one start on one N share its row; the same name with other figures (another
-            row = {k: v for k, v in row.items() if k != "checkpoint"}  # held-out file, other pixel limits) is
-            same = next((x for x in rows if x["run"] == row["run"]), None)  # the run's own, named for it
-            if same is not None and _figures(same) != _figures(row):
-                row["run"] = f"{row['run'][:-1]}, for {r.name})"
-            if same is None or _figures(same) != _figures(row):
-                rows.append(row)
+        if not start:
+            continue
+        label = f"before ({start.get('checkpoint', 'start')}, first {_limit(r)})"
+        row = {"objective": "", STUDIES: studies(start), **{k: v for k, v in _scalars(start).items() if k != "checkpoint"}}
+        same = next((x for x in rows if x["run"] == label), None)
+        if same is None:  # runs from one start on one N share its row
+            rows.append({"run": label, **row})
+        elif _figures(same) != _figures(row):  # that start evaluated again with other figures (another held-out
+            rows.append({"run": f"{label[:-1]}, for {r.name})", **row})  # file, other pixel limits): the run's own
     rows += [{"run": r.name, "objective": r.objective, STUDIES: studies(r.evaluation), **_scalars(r.evaluation)}
              for r in runs if r.evaluation]
     return pd.DataFrame(rows)

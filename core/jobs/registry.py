@@ -96,7 +96,7 @@ def launch(ws, kind: str, cfg=None, options=None, title: str = "", meta: dict | 
     on), recorded in its ``meta`` so that a page lists its own world's jobs."""
     argv, files = command(kind, cfg, options, config_path)
     world = world or getattr(cfg, "world", None) or getattr(options, "evaluate", None)
-    meta = {**(meta or {}), **({"world": str(Path(world).resolve())} if world else {})}
+    meta = {**(meta or {}), **({"world": supervisor.world_key(world)} if world else {})}
     return supervisor.start(ws.jobs_dir, kind, argv, title=title or kind, meta=meta, files=files)
 
 

@@ -238,13 +238,18 @@ def start(jobs_dir: str | Path, kind: str, argv: list[str], title: str = "", met
     return job
 
 
+def world_key(world: str | Path) -> str:
+    """How a job records its world (``meta["world"]``, as ``registry.launch`` writes it): the folder, resolved."""
+    return str(Path(world).resolve())
+
+
 def list_jobs(folders: str | Path | Iterable[str | Path], kind: str | None = None,
               world: str | Path | None = None, unrecorded: bool = False) -> list[Job]:
     """Jobs under ``folders`` (one folder or several, e.g. ``Workspace.job_dirs``), newest first; unreadable
     folders are skipped. ``world``: that world's jobs only (``meta["world"]``, as ``registry.launch`` records it);
     ``unrecorded``: only the jobs that record no world (started before jobs recorded theirs), which a page lists
     apart rather than hiding them."""
-    key = str(Path(world).resolve()) if world else None
+    key = world_key(world) if world else None
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     out = []
     for folder in (f for d in dict.fromkeys(Path(d) for d in folders) for f in d.glob("*/job.json")):

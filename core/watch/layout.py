@@ -120,3 +120,12 @@ def alive(pid) -> bool:
     except (ProcessLookupError, OverflowError, OSError):
         return False
     return True
+
+
+def trainer_gone(trainer: dict) -> bool:
+    """``trainer.json`` says the trainer runs, but its process is gone from this machine (killed, out of memory: it
+    could not say it stopped); judged on the trainer's own machine only (a pid means nothing on another)."""
+    import socket
+
+    return (trainer.get("status") == "running" and trainer.get("host") == socket.gethostname()
+            and "pid" in trainer and not alive(trainer["pid"]))

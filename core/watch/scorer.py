@@ -177,15 +177,9 @@ class _Loop:
         return [c for c in self.recorded() if c.name not in done]
 
     def _trainer_ended(self) -> bool:
-        """The trainer said it ended or stopped, or it said it runs but its process is gone (killed, out of
-        memory: it could not say so; judged on the trainer's own machine only)."""
-        import socket
-
+        """The trainer said it ended or stopped, or it said it runs but its process is gone (``layout.trainer_gone``)."""
         trainer = layout.read_json(self.w.out / layout.TRAINER) or {}
-        if trainer.get("status") in ("ended", "stopped"):
-            return True
-        return (trainer.get("status") == "running" and trainer.get("host") == socket.gethostname()
-                and "pid" in trainer and not layout.alive(trainer["pid"]))
+        return trainer.get("status") in ("ended", "stopped") or layout.trainer_gone(trainer)
 
     # ---- one step
     def _score(self, info, queued: int) -> None:

@@ -67,6 +67,7 @@ class WatchView:
     steps: list[dict]
     alarms: list[dict]
     problems: list[str] = field(default_factory=list)  # fields of its files left out, named (the page warns)
+    _records: dict = field(default_factory=dict, repr=False)  # record.json by checkpoint, read once per view
 
     @classmethod
     def open(cls, out: str | Path) -> WatchView:
@@ -97,13 +98,7 @@ class WatchView:
     def trainer_state(self) -> str:
         """running | ended | stopped | unknown (a followed folder: no callback reports its trainer). A trainer that
         says it runs but whose process is gone from this machine (killed: it could not say so) has stopped."""
-        import socket
-
-        status = self.trainer.get("status", "unknown")
-        if status == "running" and self.trainer.get("host") == socket.gethostname() and "pid" in self.trainer \
-                and not layout.alive(self.trainer["pid"]):
-            return "stopped"
-        return status
+        return "stopped" if layout.trainer_gone(self.trainer) else self.trainer.get("status", "unknown")
 
     @property
     def scorer_state(self) -> str:
@@ -146,11 +141,12 @@ class WatchView:
                 "trainer_step": self.trainer.get("global_step"), "scored_step": last}
 
     def _record(self, name: str) -> dict:
-        """A recorded checkpoint's ``record.json``, its fields checked (a bad one left out, named once)."""
-        problems: list[str] = []
-        rec = layout.read_checked(self.out / layout.CHECKPOINTS / name / layout.RECORD, layout.RECORD_FIELDS, problems)
-        self.problems += [p for p in problems if p not in self.problems]
-        return rec
+        """A recorded checkpoint's ``record.json``, its fields checked (a bad one left out, named once); read once
+        per view (the live page asks for each checkpoint's twice a redraw: the table and the lag)."""
+        if name not in self._records:
+            self._records[name] = layout.read_checked(self.out / layout.CHECKPOINTS / name / layout.RECORD,
+                                                      layout.RECORD_FIELDS, self.problems)
+        return self._records[name]
 
     def log_history(self) -> pd.DataFrame:
         """The trainer's own log (loss, reward, ...) by step: the callback's ``trainer.json``, else the newest recorded
