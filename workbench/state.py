@@ -54,6 +54,18 @@ WATCH_PICK = "watch_pick"  # widget: the Watch page's picker (its value kept und
 WATCH_WORLD_NAME = "watch_world_name"  # widget: the name of the world a finished watch becomes
 
 
+# what a session chose inside the world it had open: picking another world in the sidebar drops them, so that no
+# page shows the previous world's analysis, trajectory or preview under the new world's name (the explorer kept
+# the last analysis opened, and titled its charts with the new world)
+WORLD_CHOICES = (ANALYSIS, EXPLORER_ANALYSIS, LAB_ANALYSIS, TRAJECTORY, EXPLORER_TRAJECTORY, LAB_TRAJECTORY,
+                 DRIVER_IDS, DRIVER_NOTE, CF_LAST, LAB_RESULT)
+
+
+def leave_world() -> None:
+    for key in WORLD_CHOICES:
+        st.session_state.pop(key, None)
+
+
 def running_flag(kind: str) -> str:
     """A job of ``kind`` was running at the last redraw of its jobs panel (its end reruns the page)."""
     return f"_running_{kind}"

@@ -253,6 +253,8 @@ def world_picker() -> None:
 
 
 def _pick_world(key: str) -> None:
+    if st.session_state[key] != st.session_state.get(state.WORLD_PATH):
+        state.leave_world()  # the last world's analysis, trajectory and previews are not the new one's
     st.session_state[state.WORLD_PATH] = st.session_state[key]
 
 

@@ -84,6 +84,26 @@ def test_the_world_picker_lists_and_opens_your_own_world(own_world, monkeypatch)
     assert picker.value == str(root)  # a new picker, opened on the world just picked
 
 
+def test_picking_another_world_leaves_the_last_worlds_analysis_and_previews(own_world, sample_world, monkeypatch):
+    """The explorer showed the analysis last opened in the other world (its charts titled with the new world's name)
+    after the sidebar switched worlds: the session's choices made in a world go with it."""
+    ws, root = own_world
+    monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws))
+    at = AppTest.from_file(str(ROOT / "workbench" / "app.py"), default_timeout=60)
+    at.run()
+    next(s for s in at.selectbox if s.label == "World").set_value(str(root)).run()
+    chosen = {state.ANALYSIS: str(ws / "analyses" / "trl-run-scored"), state.TRAJECTORY: "conv-3",
+              state.DRIVER_IDS: ["conv-3"], state.CF_LAST: {"id": "conv-3"}}
+    for key, value in chosen.items():
+        at.session_state[key] = value
+    at.run()
+    next(s for s in at.selectbox if s.label == "World").set_value(str(sample_world)).run()
+    assert not at.exception and at.session_state[state.WORLD_PATH] == str(sample_world)
+    assert all(at.session_state[k] is None for k in (state.ANALYSIS, state.TRAJECTORY, state.DRIVER_IDS,
+                                                        state.CF_LAST) if k in at.session_state)
+    assert at.session_state[state.WORKSPACE_PATH] == str(ws)  # the session itself stays
+
+
 def test_the_picker_opens_a_world_a_page_just_created_and_stays_on_it(own_world, monkeypatch):
     ws, root = own_world
     monkeypatch.setenv("WORKBENCH_WORKSPACE", str(ws))
