@@ -75,8 +75,11 @@ def open_home(browser, url: str, width: int, presenting: bool):
         page.get_by_text("Presentation mode").click(timeout=90_000)  # generous: shared cores under load
         idle(page)
     page.locator("[data-testid='stMain'] .js-plotly-plot").first.wait_for(timeout=60_000)
-    page.wait_for_function("() => [...document.querySelectorAll(\"[data-testid='stMain'] img\")].every(i => i.complete)",
-                           timeout=60_000)
+    # the films are drawn after the chart in the same run: wait for all four, each loaded (an empty list is
+    # "every image complete" too, which let a check run before the films existed on a loaded machine)
+    page.wait_for_function("() => { const ims = [...document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stImage'] img\")];"
+                           " return ims.length >= 4 && ims.every(i => i.complete); }", timeout=90_000)
+    idle(page)
     return page
 
 
