@@ -111,8 +111,10 @@ vl = bool(family is not None and family.reads_images)  # a base that reads image
 with ui.controls("Device and settings", expanded=False):
     shown = ["device", "dtype", "positions", "batch_size", "top_k", "include_prompt", "chat_template"]
     settings = forms.settings(AnalysisConfig, shown, "ck", helps={"device": f"auto: {dev.describe()}"})
+    # a world's own runs are probed as its completions answer (world.json's answer_format), as from_world does
+    mine = {"template": world.answer_format.template} if world and source == "This world" else None
     settings |= forms.settings(AnalysisConfig, forms.others(AnalysisConfig, shown, PAGE_SET + (
-        () if vl else ("min_pixels", "max_pixels"))), "ck")
+        () if vl else ("min_pixels", "max_pixels"))), "ck", defaults=mine)
 device, dtype = settings["device"], settings["dtype"]
 
 infos = []

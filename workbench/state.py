@@ -62,7 +62,8 @@ WORLD_CHOICES = (ANALYSIS, EXPLORER_ANALYSIS, LAB_ANALYSIS, TRAJECTORY, EXPLORER
 
 
 def leave_world() -> None:
-    for key in WORLD_CHOICES:
+    # and the Checkpoints page's answer template, which starts as the world's own (world.json's answer_format)
+    for key in (*WORLD_CHOICES, setting("ck", "template")):
         st.session_state.pop(key, None)
 
 

@@ -7,6 +7,7 @@ this patient is X." or a bare answer ("X", "X.") after ``</think>``; a world can
     fmt = AnswerFormat()                      # the defaults
     fmt.parse("<think> ... </think> The disease of this patient is Edema.")   # "Edema"
     fmt.parse("<think> ... </think> Edema")                                   # "Edema" (bare)
+    fmt.parse("<think> ... </think> Edema. It is mild.")                     # None: malformed (a label and more)
     fmt.find("... </think> maybe Edema or Pneumonia", ["Edema", "Pneumonia"])  # "Pneumonia" (the last named)
     fmt.render("Edema")                       # "The disease of this patient is Edema."
 
@@ -23,6 +24,7 @@ from core.errors import InputError
 
 THINK_END = "</think>"
 MAX_BARE_WORDS = 8  # a bare answer is a label, not a sentence: longer tails are not read as one
+MORE_SENTENCES = re.compile(r"[.!?]\s+\S")  # "Edema. It is mild": a sentence after the answer
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,17 @@ class AnswerFormat:
         tail = text.split(THINK_END)[-1].strip()
         m = re.search(self.pattern, tail)
         if m:
-            return (m.group("answer") if "answer" in m.re.groupindex else m.group(1)).strip()
+            answer = (m.group("answer") if "answer" in m.re.groupindex else m.group(1)).strip()
+            # "The disease of this patient is Edema. It is mild.": the pattern's lazy group runs to the end of the
+            # text; an answer that holds a sentence end followed by more is not a label: malformed, not wrong
+            return None if MORE_SENTENCES.search(answer) else answer
         if not self.bare or THINK_END not in text or not tail or "\n" in tail:
             return None
         bare = tail.rstrip(".").strip()
         intro = self.template.replace(THINK_END, "").strip().lower()
-        if not bare or len(bare.split()) > MAX_BARE_WORDS or (intro and bare.lower().startswith(intro[:12])):
-            return None  # a sentence, or the answer sentence cut short: malformed, not a bare answer
+        if not bare or len(bare.split()) > MAX_BARE_WORDS or (intro and bare.lower().startswith(intro[:12])) \
+                or MORE_SENTENCES.search(bare):
+            return None  # a sentence, the answer sentence cut short, or a label and more: malformed, not an answer
         return bare
 
     def find(self, text: str, labels: list[str]) -> str | None:

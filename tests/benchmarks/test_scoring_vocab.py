@@ -12,7 +12,8 @@ neighbours as much as the contender. Asserts no timing.
 Toy size: vocabulary 4,096, hidden 32, one length; full size (``pytest tests/benchmarks -s``): 512 to 4,096
 tokens a trajectory, 3 rounds (``WORKBENCH_BENCH_LENGTHS=512,1024``, ``WORKBENCH_BENCH_ROUNDS=1``: fewer;
 ``WORKBENCH_BENCH_TOKENS=1024``: completion tokens per run, at least the longest length;
-``WORKBENCH_BENCH_CONTENDERS=workbench,bare``: some contenders only, the bare forwards always among them).
+``WORKBENCH_BENCH_CONTENDERS=workbench,bare``: some contenders only, the bare forwards always among them;
+``WORKBENCH_BENCH_SHAPE=qwen2.5-0.5b``: Qwen2.5-0.5B's own shapes, 24 layers and hidden 896, instead of the narrow model).
 The 1-minute load average over each contender's run is printed beside its times.
 """
 
@@ -33,6 +34,11 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = dict(model_type="qwen2", vocab_size=151_936, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=False)
+# Qwen2.5-0.5B's own shapes (24 layers, hidden 896, tied head): the narrowest model people fine-tune, where the
+# head is a third of the forward; ``WORKBENCH_BENCH_SHAPE=qwen2.5-0.5b`` scores it instead of the narrow model
+REAL = dict(model_type="qwen2", vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+            num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=8192, tie_word_embeddings=True)
+SHAPES = {"narrow": SHAPE, "qwen2.5-0.5b": REAL}
 TOY = dict(SHAPE, vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
 CONTENDERS = ("workbench", "notebook", "notebook_kl", "bare")
 PROMPT = 64
@@ -115,7 +121,10 @@ def test_scoring_at_vocabulary_151936(tmp_path, size):
     from core.models.loading import load_tokenizer
     from tests.benchmarks.test_scoring_speed import random_series
 
-    shape = size(SHAPE, TOY)
+    name = os.environ.get("WORKBENCH_BENCH_SHAPE", "narrow")
+    if name not in SHAPES:
+        raise ValueError(f"WORKBENCH_BENCH_SHAPE: expected one of {', '.join(SHAPES)}, got {name!r}")
+    shape = size(SHAPES[name], TOY)
     env = os.environ.get("WORKBENCH_BENCH_LENGTHS")  # e.g. "512,1024": fewer lengths on a busy machine
     lengths = size([int(x) for x in env.split(",")] if env else [512, 1024, 2048, 4096], [64])
     tokens = size(max(max(lengths), int(os.environ.get("WORKBENCH_BENCH_TOKENS", "0"))), 128)  # completion tokens

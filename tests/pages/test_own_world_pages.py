@@ -153,3 +153,27 @@ def test_counterfactuals_page_rewrites_a_conversational_trajectory_of_your_own_w
     at.run()
     assert at.selectbox(key="cf_dataset").value == "train" and len(at.selectbox(key="cf_record").options) == 24
     assert not at.exception
+
+
+def test_checkpoints_page_probes_a_world_as_its_completions_answer(own_world, tmp_path):
+    """A world whose completions answer "Answer: X" (world.json's answer_format) is scored from the Checkpoints
+    page with its own probe template; the page kept the default " </think> The disease of this patient is",
+    probing in words the model never wrote, while ``AnalysisConfig.from_world`` used the world's."""
+    import json
+    import shutil
+
+    ws, root = own_world
+    mine = tmp_path / "answers-world"
+    shutil.copytree(root, mine)
+    manifest = json.loads((mine / "world.json").read_text())
+    manifest["answer_format"] = {"pattern": r"Answer: (?P<answer>.+)", "sentence": "Answer: {}",
+                                 "template": " </think> Answer:"}
+    (mine / "world.json").write_text(json.dumps(manifest))
+    at = page("checkpoints", mine, ws)
+    at.run()
+    assert not at.exception
+    assert at.text_input(key=state.setting("ck", "template")).value == " </think> Answer:"
+    assert "</think> Answer:" in at.code[0].value  # the command the Score button runs probes with it
+    at = page("checkpoints", root, ws)
+    at.run()  # a world without one keeps the default
+    assert at.text_input(key=state.setting("ck", "template")).value == " </think> The disease of this patient is"

@@ -111,6 +111,11 @@ def test_bad_containers_are_named(tmp_path):
     ("<think> a </think> The disease of this", None),  # cut short: malformed, not a bare answer
     ("<think> a </think> I think it could be many things given all of these findings here", None),
     ("no think tag at all", None),
+    # a label and another sentence is malformed, not a wrong answer that can flip (it was read as "Edema. It is mild")
+    ("<think> a </think> Edema. It is mild", None),
+    ("<think> a </think> The disease of this patient is Edema. It is mild.", None),
+    ("<think> a </think> The disease of this patient is Edema!  Fine", None),
+    ("<think> a </think> The disease of this patient is Pleural Effusion.  ", "Pleural Effusion"),
 ])
 def test_default_answer_format(text, answer):
     assert answer_of(text) == answer
