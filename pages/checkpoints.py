@@ -112,7 +112,13 @@ with ui.controls("Device and settings", expanded=False):
     shown = ["device", "dtype", "positions", "batch_size", "top_k", "include_prompt", "chat_template"]
     settings = forms.settings(AnalysisConfig, shown, "ck", helps={"device": f"auto: {dev.describe()}"})
     # a world's own runs are probed as its completions answer (world.json's answer_format), as from_world does
-    mine = {"template": world.answer_format.template} if world and source == "This world" else None
+    mine = None
+    if world and source == "This world":
+        try:
+            mine = {"template": world.answer_format.template,  # and its records' answers read so
+                    "answer_format": dict(world.manifest.get("answer_format") or {})}
+        except InputError as e:  # a bad answer_format in world.json: named, the default template kept
+            problems.append(str(e))
     settings |= forms.settings(AnalysisConfig, forms.others(AnalysisConfig, shown, PAGE_SET + (
         () if vl else ("min_pixels", "max_pixels"))), "ck", defaults=mine)
 device, dtype = settings["device"], settings["dtype"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -37,8 +38,18 @@ def world_metrics(path: str, fingerprint: str) -> list[dict]:
     return world.load_world(path).metrics()
 
 
-@st.cache_resource
 def load_world(path: str) -> world.World:
+    """The world at ``path``, read again when its world.json changed (an answer format or held-out set added
+    while the app runs is seen on the next page, not at the next restart)."""
+    try:
+        stamp = (Path(path) / world.MANIFEST).stat().st_mtime_ns
+    except OSError:
+        stamp = None  # no manifest: load_world names what is missing
+    return _load_world(path, stamp)
+
+
+@st.cache_resource(max_entries=16)
+def _load_world(path: str, stamp: int | None) -> world.World:
     return world.load_world(path)
 
 

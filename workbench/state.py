@@ -62,8 +62,8 @@ WORLD_CHOICES = (ANALYSIS, EXPLORER_ANALYSIS, LAB_ANALYSIS, TRAJECTORY, EXPLORER
 
 
 def leave_world() -> None:
-    # and the Checkpoints page's answer template, which starts as the world's own (world.json's answer_format)
-    for key in (*WORLD_CHOICES, setting("ck", "template")):
+    # and the Checkpoints page's answer template and format, which start as the world's own (world.json's answer_format)
+    for key in (*WORLD_CHOICES, setting("ck", "template"), setting("ck", "answer_format")):
         st.session_state.pop(key, None)
 
 

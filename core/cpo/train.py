@@ -75,6 +75,11 @@ def random_negatives(pairs: list[dict], seed: int) -> list[dict]:
 
     rng = random.Random(seed)
     labels = [p["label"] or answer_of(p["chosen"]) for p in pairs]
+    unread = [i for i, lab in enumerate(labels) if lab is None]
+    if unread:  # one unknown answer could be any label: drawn as another's negative, it might be the same disease
+        raise InputError(f"negatives 'random': {len(unread)} of {len(pairs)} pairs (the first: pair {unread[0] + 1}) "
+                         "have no label field and no answer that can be read at the end of their chosen side; "
+                         "expected a label for every pair to draw a negative of another label")
     others = {lab: [j for j, other in enumerate(labels) if other != lab] for lab in dict.fromkeys(labels)}  # per label
     if len(others) < 2:
         raise InputError("negatives 'random': every pair has the same label, so no negative of another label exists")

@@ -116,7 +116,7 @@ class Analysis:
         missing = [f"{n}.parquet" for n in TABLES if not (out / f"{n}.parquet").is_file()]
         if missing:
             raise InputError(f"{out}: incomplete analysis folder, missing {', '.join(missing)}")
-        records = read_jsonl(out / TEXTS, check_images=False) if (out / TEXTS).is_file() else []
+        records = read_jsonl(out / TEXTS, fmt=cfg.answers, check_images=False) if (out / TEXTS).is_file() else []
         return cls(cfg, **{name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}, records=records)
 
 
@@ -287,8 +287,9 @@ class AnalysisView:
     def records(self) -> list[dict]:
         """The trajectories scored: the copy in the folder (older folders: the source file, if still there)."""
         if (self.path / TEXTS).is_file():
-            return read_jsonl(self.path / TEXTS, check_images=False)  # a moved image is warned about where shown
-        return read_jsonl(self.config.data, self.config.limit, check_images=False)
+            # a moved image is warned about where shown
+            return read_jsonl(self.path / TEXTS, fmt=self.config.answers, check_images=False)
+        return read_jsonl(self.config.data, self.config.limit, fmt=self.config.answers, check_images=False)
 
     def images(self, traj_id: str) -> list[str]:
         """The image paths of one trajectory (empty for text-only ones): ``core.drift.explore.images_of``."""
@@ -314,7 +315,7 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
     progress = parts.Remembered(progress)  # says what it is doing (reading, loading) at the fraction reached so far
     if progress:
         progress(0.0, 1.0, f"reading the trajectories of {Path(cfg.data).name}")
-    records = read_jsonl(cfg.data, cfg.limit)
+    records = read_jsonl(cfg.data, cfg.limit, fmt=cfg.answers)  # unlabelled records: the answer they give
     labels, graph = resolve_labels(cfg, records)
     if series is None:  # loaded only if a table is not cached yet
         base, infos, device, dtype = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
@@ -341,6 +342,10 @@ def run_analysis(cfg: AnalysisConfig, cache_dir: str | Path | None = None, progr
             progress(0.0, 1.0, f"warning: {message}")
     common = (data_hash(cfg.data), cfg.limit) + (() if cfg.chat_template else ("no chat template",))
     common += family.inputs_key(encoded)  # images: their content and the processor's settings (text: nothing)
+    # where each CoT ends (in_think, the probe's positions) and each record's gold answer (read with the config's
+    # answer format): a table cached when "</think>" in pieces was missed (the CoT ran to the end of the
+    # completion), or with answers read another way, is not this one
+    common += (cache_key([(e.think_end - e.start, e.label) for e in encoded]),)
     marks = parts.checkpoint_marks(base, infos, dtype)
 
     def stage(name: str, share: tuple[float, float]) -> Progress | None:

@@ -37,6 +37,10 @@ class AnalysisConfig(SeriesSpec):
                                                                       "diseases, else the labels in the data"})
     template: str = field(default=answers.DEFAULT.template, metadata={
         "help": "the answer template appended at each probe position", "label": "Answer template"})
+    answer_format: dict = field(default_factory=dict, metadata={
+        "help": "how the completions state their answer, read for records without a label (world.json's "
+                "answer_format: pattern, sentence, template, bare); empty: the authors' sentence or a bare answer",
+        "label": "Answer format"})
     positions: str = field(default="every", metadata={
         "help": "probe positions: every token (finest, slowest), sentence ends, or only the end of the CoT",
         "choices": POSITION_MODES, "label": "Probe positions"})
@@ -53,6 +57,15 @@ class AnalysisConfig(SeriesSpec):
     tau: float = field(default=TAU, metadata={"help": "effect drift beyond which a position is detrimental / "
                                                       "beneficial", "gt": 0, "lt": 1})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.answers  # noqa: B018  a bad answer format is refused here, naming the field
+
+    @property
+    def answers(self) -> answers.AnswerFormat:
+        """The answer format records without a label are read with (``core.io.answers``)."""
+        return answers.AnswerFormat.from_dict(self.answer_format or None, "field 'answer_format'")
+
     @classmethod
     def from_world(cls, root, dataset: str | None = None, **overrides) -> AnalysisConfig:
         """A world's base, checkpoints, dataset (its default one unless ``dataset`` names another) and graph;
@@ -63,7 +76,8 @@ class AnalysisConfig(SeriesSpec):
         name = dataset or w.manifest.get("default_dataset", "test")
         fields = dict(base=str(w.base_model_dir), checkpoints=w.checkpoints_arg, data=str(w.dataset_path(name)),
                       graph=str(w.graph_path), base_names=[w.manifest.get("base_model_name", "")],
-                      template=w.answer_format.template)  # the probe asks as the world's completions answer
+                      template=w.answer_format.template,  # the probe asks as the world's completions answer
+                      answer_format=dict(w.manifest.get("answer_format") or {}))  # and reads their answers so
         return cls(**{**fields, **overrides})
 
     @classmethod

@@ -100,7 +100,7 @@ def _stamp(cfg: AnalysisConfig, count: int) -> dict:
 def run_shard(cfg: AnalysisConfig, shard: Shard, out: str | Path, cache_dir: str | Path | None = None,
               progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> Path:
     """Score and probe this shard's trajectories into its folder; returns the folder."""
-    records = read_jsonl(cfg.data, cfg.limit)
+    records = read_jsonl(cfg.data, cfg.limit, fmt=cfg.answers)
     labels, _ = resolve_labels(cfg, records)  # the whole data's labels, not those of this shard's share
     folder = shard_root(out) / shard.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def merge(out: str | Path) -> StagedAnalysis:
     if missing:
         raise InputError(f"{root}: shards {', '.join(map(str, missing))} of {stamp['count']} are not finished for "
                          "this run (or ran another config, data or checkpoints); run them, then merge again")
-    records = read_jsonl(cfg.data, cfg.limit)
+    records = read_jsonl(cfg.data, cfg.limit, fmt=cfg.answers)
     encoded = encode_records(cfg, records)  # text or vision-language, as run_analysis encodes them
     _, graph = resolve_labels(cfg, records)
     _, infos, _, _ = plan_series(cfg.base, cfg.checkpoints, cfg.device, cfg.dtype)
@@ -291,4 +291,4 @@ def merge_rows(out: str | Path) -> pd.DataFrame:
                    ignore_index=True)
     if stamp["swap"].get("mode") == "probe":
         return df.sort_values(["step", "traj_id"]).reset_index(drop=True)
-    return _order(df, [r["id"] for r in read_jsonl(cfg.data, cfg.limit)])
+    return _order(df, [r["id"] for r in read_jsonl(cfg.data, cfg.limit, fmt=cfg.answers)])

@@ -24,7 +24,9 @@ from core.errors import InputError
 
 THINK_END = "</think>"
 MAX_BARE_WORDS = 8  # a bare answer is a label, not a sentence: longer tails are not read as one
-MORE_SENTENCES = re.compile(r"[.!?]\s+\S")  # "Edema. It is mild": a sentence after the answer
+# "Edema. It is mild": a sentence after the answer; not the dot of an initial or a usual abbreviation inside a label
+# ("P. jirovecii pneumonia", "E. coli sepsis", "St. Louis encephalitis")
+MORE_SENTENCES = re.compile(r"(?<!\b[A-Za-z])(?<!\bSt)(?<!\bDr)(?<!\bMt)(?<!\bvs)(?<!\bspp)[.!?]\s+\S")
 
 
 @dataclass(frozen=True)

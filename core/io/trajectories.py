@@ -35,7 +35,7 @@ from pathlib import Path
 
 from core.errors import InputError
 from core.io import jsonsafe
-from core.io.answers import DEFAULT, AnswerFormat
+from core.io.answers import DEFAULT, THINK_END, AnswerFormat
 from core.io.images import PLACEHOLDER
 from core.io.paths import child, expand
 
@@ -50,7 +50,7 @@ class Encoded:
     id: str
     input_ids: list[int]
     start: int  # index of the first completion token in input_ids
-    think_end: int  # index of the "</think>" token (or len(input_ids) when the CoT has none)
+    think_end: int  # index of the (first) token of "</think>" (or len(input_ids) when the CoT has none)
     label: str | None
     tokens: list[str]  # display text of every token of input_ids (prompt and completion)
 
@@ -371,8 +371,8 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
         ids = p + c
         if max_length and len(ids) > max_length:
             raise InputError(f"trajectory {rec['id']}: {len(ids)} tokens exceed max_length {max_length}")
-        ends = [i for i in range(len(p), len(ids)) if ids[i] == think]
-        out.append(Encoded(str(rec["id"]), ids, len(p), ends[0] if ends else len(ids), rec.get("label"),
+        at = think_start(tokenizer, ("" if templated else " ") + rec["completion"], c, think)
+        out.append(Encoded(str(rec["id"]), ids, len(p), len(ids) if at is None else len(p) + at, rec.get("label"),
                            [token_text(tokenizer, t) for t in ids]))
     if joined:
         import warnings
@@ -382,6 +382,45 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
                       "are read as plain text one after another (blank lines between), not as the model's chat format",
                       UserWarning, stacklevel=2)
     return out
+
+
+def think_start(tokenizer, text: str, ids: list[int], think_id: int | None = None) -> int | None:
+    """Index in ``ids`` (``text``'s tokens) of the token where the first ``</think>`` begins; None without one.
+    A tokenizer with a ``</think>`` token (``think_id``: Qwen3, DeepSeek-R1) has it as one token; most others
+    (Qwen2.5, Llama, Gemma, Mistral) write it in pieces ("</", "think", ">"), found through the tokens'
+    character offsets (a fast tokenizer), else by decoding prefixes. Without this the CoT of such a model ran to
+    the end of the completion: the probe read beliefs after the answer was written, and the answer's tokens
+    counted as the CoT's."""
+    if think_id is not None:
+        return next((i for i, t in enumerate(ids) if t == think_id), None)
+    at = text.find(THINK_END)
+    if at < 0:
+        return None
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) == list(ids):
+            return next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > at), None)
+    except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer has no offsets
+        pass
+    return think_start_decoded(tokenizer, ids)
+
+
+def think_start_decoded(tokenizer, ids: list[int]) -> int | None:
+    """``think_start`` by decoding: the fewest leading tokens whose text holds ``</think>`` (a binary search),
+    then back to the token where it begins."""
+    def holds(a: int, b: int) -> bool:
+        return THINK_END in tokenizer.decode(ids[a:b])
+
+    if not holds(0, len(ids)):
+        return None
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if holds(0, mid) else (mid + 1, hi)
+    start = lo - 1
+    while not holds(start, lo):
+        start -= 1
+    return start
 
 
 def plain_turns(turns: list[dict]) -> str:

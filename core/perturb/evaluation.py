@@ -92,11 +92,12 @@ def figures(records: list[dict], preds: list[str | None], perturbed: list[dict] 
     """Accuracy, per-category accuracy (``category``, else the label), malformed share; with twins, their
     accuracy and the flip rate."""
     def acc(recs, ps):
-        return sum(p == r["label"] for r, p in zip(recs, ps, strict=True)) / max(1, len(recs))
+        # a malformed answer (None) is never right, even beside a twin whose own label could not be read
+        return sum(p is not None and p == r["label"] for r, p in zip(recs, ps, strict=True)) / max(1, len(recs))
 
     by_cat: dict[str, list] = {}
     for r, p in zip(records, preds, strict=True):
-        by_cat.setdefault(str(r.get("category") or r["label"]), []).append(p == r["label"])
+        by_cat.setdefault(str(r.get("category") or r["label"]), []).append(p is not None and p == r["label"])
     out = {"accuracy": acc(records, preds), "malformed": sum(p is None for p in preds) / max(1, len(preds)),
            "studies": len(records)}
     if perturbed:

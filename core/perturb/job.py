@@ -81,7 +81,7 @@ def run_perturb(cfg: AnalysisConfig | None, options: PerturbOptions, progress: P
     if not (o.find or "").strip():
         raise InputError("perturb: --find must name a non-empty span")
     part = shards.Shard.parse(o.shard) if o.shard else shards.Shard.from_env()
-    records = read_jsonl(cfg.data, cfg.limit)
+    records = read_jsonl(cfg.data, cfg.limit, fmt=cfg.answers)  # unlabelled records: the answer they give
     labels, _ = resolve_labels(cfg, records)  # the whole data's labels, also in a shard
     records = part.take(records) if part else records
     if part and not o.shard:

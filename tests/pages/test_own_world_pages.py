@@ -173,7 +173,14 @@ def test_checkpoints_page_probes_a_world_as_its_completions_answer(own_world, tm
     at.run()
     assert not at.exception
     assert at.text_input(key=state.setting("ck", "template")).value == " </think> Answer:"
+    assert json.loads(at.text_input(key=state.setting("ck", "answer_format")).value) == manifest["answer_format"]
     assert "</think> Answer:" in at.code[0].value  # the command the Score button runs probes with it
     at = page("checkpoints", root, ws)
     at.run()  # a world without one keeps the default
     assert at.text_input(key=state.setting("ck", "template")).value == " </think> The disease of this patient is"
+    manifest["answer_format"] = {"pattern": "Answer"}  # no group capturing the answer
+    (mine / "world.json").write_text(json.dumps(manifest))
+    at = page("checkpoints", mine, ws)
+    at.run()  # named on the page, not a traceback; nothing can be scored until it is mended
+    assert not at.exception and "ck_run" not in [b.key for b in at.button]
+    assert any("answer_format.pattern: expected a group" in e.value for e in at.error)

@@ -138,6 +138,11 @@ def test_random_negatives_take_another_label(tmp_path, sample_world):
     chosen_label = {p["chosen"]: p["label"] for p in pairs}
     assert all(chosen_label[n["rejected"]] != p["label"] for p, n in zip(pairs, neg, strict=True))
     assert neg == random_negatives(pairs, seed=3) and neg != random_negatives(pairs, seed=4)
+    # a pair with no label whose chosen side gives no readable answer ("Edema. It is mild" is malformed) could be any
+    # label: drawn as another pair's negative it might be the same disease, so the draw is refused, naming it
+    unread = [*pairs[:5], {**pairs[5], "label": None, "chosen": "<think> x </think> Edema. It is mild."}]
+    with pytest.raises(InputError, match=r"negatives 'random': 1 of 6 pairs \(the first: pair 6\) have no label"):
+        random_negatives(unread, seed=3)
 
 
 def test_sample_config_is_the_default_run(tmp_path, sample_world):

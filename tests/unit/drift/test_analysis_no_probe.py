@@ -13,6 +13,7 @@ from core.drift import explore
 from core.drift import findings as drift
 from core.drift.analysis import Analysis, AnalysisConfig, AnalysisView, run_analysis
 from core.drift.probe import NO_LABELS
+from tests import foreign
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -90,3 +91,30 @@ def test_the_cli_prints_the_note(foreign_run, unlabelled, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "scored without the probe" in out.stdout
     assert not AnalysisView.open(tmp_path / "a").probed
+
+
+def test_a_worlds_answer_format_reads_the_answers_of_unlabelled_records(foreign_run, tmp_path):
+    """Records without a label whose completions answer "Verdict: X": the analysis read them with the default
+    format, whose bare-answer rule took "Verdict: Edema" for a label, so the probe's labels and the gold answers
+    were words the model never answers with. The config's answer format (a world's, from world.json) reads "Edema"."""
+    import re
+
+    rows = []
+    for line in Path(foreign_run["heldout"]).read_text().splitlines()[:3]:
+        rec = json.loads(line)
+        text = rec["messages"][-1]["content"]
+        answer = next(d for d in foreign.DISEASES if re.search(rf"\b{d}\.?\s*$", text))
+        rec["messages"][-1]["content"] = text[: text.index("</think>") + len("</think>")] + " Verdict: " + answer
+        rec.pop("label", None)
+        rows.append(json.dumps(rec))
+    data = tmp_path / "verdicts.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    fmt = {"pattern": r"Verdict: (?P<answer>.+)", "sentence": "Verdict: {}", "template": " </think> Verdict:"}
+    cfg = AnalysisConfig(base=str(foreign_run["base"]), checkpoints=str(foreign_run["run"]), data=str(data),
+                         batch_size=4, positions="end", template=fmt["template"], answer_format=fmt)
+    a = run_analysis(cfg)
+    assert a.probed and not any(str(g).startswith("Verdict") for g in a.beliefs["gold"])
+    assert set(a.beliefs["gold"]) <= set(foreign.DISEASES)
+    assert AnalysisView.open(a.save(tmp_path / "out")).trajectories()["gold"].notna().all()
+    with pytest.raises(ValueError, match=r"answer_format.pattern: expected a group"):
+        AnalysisConfig(base=str(foreign_run["base"]), data=str(data), answer_format={"pattern": "Verdict"})

@@ -116,6 +116,11 @@ def test_bad_containers_are_named(tmp_path):
     ("<think> a </think> The disease of this patient is Edema. It is mild.", None),
     ("<think> a </think> The disease of this patient is Edema!  Fine", None),
     ("<think> a </think> The disease of this patient is Pleural Effusion.  ", "Pleural Effusion"),
+    # the dot of an initial or an abbreviation inside a label is no sentence end
+    ("<think> a </think> The disease of this patient is P. jirovecii pneumonia.", "P. jirovecii pneumonia"),
+    ("<think> a </think> E. coli sepsis", "E. coli sepsis"),
+    ("<think> a </think> The disease of this patient is St. Louis encephalitis.", "St. Louis encephalitis"),
+    ("<think> a </think> The disease of this patient is E. coli sepsis. Treat it.", None),
 ])
 def test_default_answer_format(text, answer):
     assert answer_of(text) == answer

@@ -41,3 +41,12 @@ def test_flip_rates_count_only_pairs_whose_answers_were_read():
     out = figures(recs, [None, "Edema"], twins, [None, "Edema"])  # a's answer malformed both times: not a flip
     assert out["flip_rate"] == 0.0 and out["perturbed_malformed"] == 0.5
     assert figures(recs, [None, None], twins, [None, None])["flip_rate"] is None  # no rate, not 0 or 1
+
+
+def test_a_malformed_answer_is_never_right_beside_a_twin_without_a_label():
+    """A twin whose own label could not be read (None) and a malformed answer (None) were counted right: None == None."""
+    recs = [{"id": "a", "label": "Edema"}]
+    twins = [{"id": "a~", "source_id": "a", "label": None, "category": "Edema"}]
+    out = figures(recs, ["Edema"], twins, [None])
+    assert out["perturbed_accuracy"] == 0.0 and out["perturbed_malformed"] == 1.0
+    assert figures([{"id": "b", "label": None, "category": "x"}], [None])["per_category"] == {"x": 0.0}

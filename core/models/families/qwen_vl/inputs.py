@@ -34,7 +34,7 @@ from core.io.images import (
     load_image,
     split_placeholders,
 )
-from core.io.trajectories import Encoded, token_text
+from core.io.trajectories import Encoded, think_start, token_text
 from core.models.forward import inner
 from core.models.loading import load_model
 from core.models.vision import VisionConfig
@@ -169,11 +169,11 @@ def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_
             p = proc.text_ids(prompt, grids)
         except InputError as e:
             raise InputError(f"trajectory {rec.get('id')}: {e}") from None
-        c = proc.tokenizer(rec["completion"] if chat_template else " " + rec["completion"],
-                           add_special_tokens=False)["input_ids"]
+        text = rec["completion"] if chat_template else " " + rec["completion"]
+        c = proc.tokenizer(text, add_special_tokens=False)["input_ids"]
         ids = p + c
-        ends = [i for i in range(len(p), len(ids)) if ids[i] == think]
-        out.append(VLEncoded(str(rec["id"]), ids, len(p), ends[0] if ends else len(ids), rec.get("label"),
+        at = think_start(proc.tokenizer, text, c, think)  # "</think>" in pieces too (Qwen2.5-VL has no such token)
+        out.append(VLEncoded(str(rec["id"]), ids, len(p), len(ids) if at is None else len(p) + at, rec.get("label"),
                              [token_text(proc.tokenizer, t) for t in ids], pixels,
                              grids if images else None, _key(refs, proc) if refs else ""))
     return out
