@@ -223,21 +223,17 @@ class _Loop:
         from core.watch.store import analysis_config
 
         probe_file = self.w.out / PROBE
+        acfg = analysis_config(self.cfg, probe_file, self.cfg.labels)  # the world's answer format, if a world
         if not probe_file.is_file():
-            records = read_jsonl(self.cfg.data, self.cfg.limit)
+            records = read_jsonl(self.cfg.data, self.cfg.limit, fmt=acfg.answers)  # unlabelled: the answer given
             if not records:
                 raise InputError(f"{self.cfg.data}: no trajectories to probe with")
             tmp = probe_file.with_name(f".{PROBE}.tmp")
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
             tmp.replace(probe_file)
-        records = read_jsonl(probe_file)
-        acfg = analysis_config(self.cfg, probe_file, self.cfg.labels)
+        records = read_jsonl(probe_file, fmt=acfg.answers)
         self.probe_set = ProbeSet.of(acfg, records)
-        fmt = None
-        if self.cfg.world:
-            from core.workspace.world import load_world
-
-            fmt = load_world(self.cfg.world).answer_format
+        fmt = acfg.answers if self.cfg.world else None
         self.scorer = StepScorer(self.probe_set, fmt, self.cfg.decode)
 
     # ---- alarms, releases, the analysis

@@ -135,3 +135,32 @@ def test_a_resumed_watch_with_other_settings_is_refused(recorded, quick_world):
     with pytest.raises(InputError, match="its own output"):
         scorer.run(dataclasses.replace(_config(recorded, quick_world), out=str(recorded.parent / "elsewhere")))
     assert scorer.run(WatchConfig(run=str(recorded), once=True)) == 0  # resumed from its saved settings
+
+
+def test_a_worlds_answer_format_reads_the_probe_set(recorded, quick_world, tmp_path):
+    """A world whose completions answer "Verdict: X" and whose probe records carry no label: the watch read them with
+    the default format, whose bare-answer rule took "Verdict: Edema" for the label, so the gold answers and the
+    probe's accuracy were about words the model never answers with."""
+    import re
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(quick_world, world, ignore=shutil.ignore_patterns("analysis"))
+    manifest = json.loads((world / "world.json").read_text())
+    manifest["answer_format"] = {"pattern": r"Verdict: (?P<answer>.+)", "sentence": "Verdict: {}",
+                                 "template": " </think> Verdict:"}
+    (world / "world.json").write_text(json.dumps(manifest))
+    rows = []
+    for line in (quick_world / "data" / "test.jsonl").read_text().splitlines()[:3]:
+        rec = json.loads(line)
+        label = rec.pop("label")
+        rec["completion"] = re.sub(r"</think>.*$", f"</think> Verdict: {label}", rec["completion"], flags=re.S)
+        rows.append(json.dumps(rec))
+    data = tmp_path / "verdicts.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    cfg = dataclasses.replace(_config(recorded, world, data=str(data)), limit=3, decode=0)
+    assert scorer.run(cfg) == 3
+    probe = [json.loads(x) for x in (recorded / "probe.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in probe] == [json.loads(x)["completion"].split("Verdict: ")[1] for x in rows]
+    beliefs = Analysis.load(recorded / "analysis").beliefs
+    assert beliefs["gold"].notna().all() and not beliefs["gold"].str.startswith("Verdict").any()
