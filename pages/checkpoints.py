@@ -115,8 +115,7 @@ with ui.controls("Device and settings", expanded=False):
     mine = None
     if world and source == "This world":
         try:
-            mine = {"template": world.answer_format.template,  # and its records' answers read so
-                    "answer_format": dict(world.manifest.get("answer_format") or {})}
+            mine = world.answer_settings()  # the answer template and format
         except InputError as e:  # a bad answer_format in world.json: named, the default template kept
             problems.append(str(e))
     settings |= forms.settings(AnalysisConfig, forms.others(AnalysisConfig, shown, PAGE_SET + (

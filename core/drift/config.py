@@ -76,8 +76,7 @@ class AnalysisConfig(SeriesSpec):
         name = dataset or w.manifest.get("default_dataset", "test")
         fields = dict(base=str(w.base_model_dir), checkpoints=w.checkpoints_arg, data=str(w.dataset_path(name)),
                       graph=str(w.graph_path), base_names=[w.manifest.get("base_model_name", "")],
-                      template=w.answer_format.template,  # the probe asks as the world's completions answer
-                      answer_format=dict(w.manifest.get("answer_format") or {}))  # and reads their answers so
+                      **w.answer_settings())  # the probe asks, and answers are read, as its completions answer
         return cls(**{**fields, **overrides})
 
     @classmethod

@@ -367,11 +367,10 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
         if not templated and len(turns) > 1:  # no template: every turn as plain text, not the last user turn alone
             prompt, joined = plain_turns(turns), joined + 1
         p = prompt_ids(tokenizer, prompt, templated, rec.get("chat"))
-        c = tokenizer(("" if templated else " ") + rec["completion"], add_special_tokens=False)["input_ids"]
+        c, at = completion_tokens(tokenizer, ("" if templated else " ") + rec["completion"], think)
         ids = p + c
         if max_length and len(ids) > max_length:
             raise InputError(f"trajectory {rec['id']}: {len(ids)} tokens exceed max_length {max_length}")
-        at = think_start(tokenizer, ("" if templated else " ") + rec["completion"], c, think)
         out.append(Encoded(str(rec["id"]), ids, len(p), len(ids) if at is None else len(p) + at, rec.get("label"),
                            [token_text(tokenizer, t) for t in ids]))
     if joined:
@@ -384,25 +383,27 @@ def encode(tokenizer, records: list[dict], chat_template: bool = True, max_lengt
     return out
 
 
+def completion_tokens(tokenizer, text: str, think_id: int | None) -> tuple[list[int], int | None]:
+    """The completion's token ids and ``think_start`` among them, the text tokenized once: a fast tokenizer gives
+    the ids and their character offsets in one call."""
+    if think_id is None and THINK_END in text and getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        at = text.find(THINK_END)
+        return list(enc["input_ids"]), next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > at), None)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids, think_start(tokenizer, text, ids, think_id)
+
+
 def think_start(tokenizer, text: str, ids: list[int], think_id: int | None = None) -> int | None:
     """Index in ``ids`` (``text``'s tokens) of the token where the first ``</think>`` begins; None without one.
     A tokenizer with a ``</think>`` token (``think_id``: Qwen3, DeepSeek-R1) has it as one token; most others
-    (Qwen2.5, Llama, Gemma, Mistral) write it in pieces ("</", "think", ">"), found through the tokens'
-    character offsets (a fast tokenizer), else by decoding prefixes. Without this the CoT of such a model ran to
-    the end of the completion: the probe read beliefs after the answer was written, and the answer's tokens
-    counted as the CoT's."""
+    (Qwen2.5, Llama, Gemma, Mistral) write it in pieces ("</", "think", ">"), found here by decoding prefixes
+    (``completion_tokens`` reads a fast tokenizer's character offsets instead). Without this the CoT of such a
+    model ran to the end of the completion: the probe read beliefs after the answer was written, and the
+    answer's tokens counted as the CoT's."""
     if think_id is not None:
         return next((i for i, t in enumerate(ids) if t == think_id), None)
-    at = text.find(THINK_END)
-    if at < 0:
-        return None
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if list(enc["input_ids"]) == list(ids):
-            return next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > at), None)
-    except (NotImplementedError, ValueError, TypeError, KeyError):  # a slow tokenizer has no offsets
-        pass
-    return think_start_decoded(tokenizer, ids)
+    return think_start_decoded(tokenizer, ids) if THINK_END in text else None
 
 
 def think_start_decoded(tokenizer, ids: list[int]) -> int | None:

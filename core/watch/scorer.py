@@ -233,8 +233,7 @@ class _Loop:
             tmp.replace(probe_file)
         records = read_jsonl(probe_file, fmt=acfg.answers)
         self.probe_set = ProbeSet.of(acfg, records)
-        fmt = acfg.answers if self.cfg.world else None
-        self.scorer = StepScorer(self.probe_set, fmt, self.cfg.decode)
+        self.scorer = StepScorer(self.probe_set, acfg.answers, self.cfg.decode)
 
     # ---- alarms, releases, the analysis
     def _alarms(self, checkpoint: str) -> list[dict]:

@@ -231,21 +231,17 @@ def _rows_of(df: pd.DataFrame, name: str) -> pd.DataFrame:
 def analysis_config(cfg, records_file: Path, labels: list[str]):
     """The analysis config of a watch (``cfg``: a ``core.watch.config.WatchConfig``): its probe set, its settings."""
     from core.drift.analysis import AnalysisConfig
-    from core.io.answers import DEFAULT
 
-    template, answer_format = DEFAULT.template, {}
+    answers: dict = {}  # the default template and format
     base_names: list[str] = []
     graph = cfg.graph
     if cfg.world:
         from core.workspace.world import load_world
 
         w = load_world(cfg.world)
-        template = w.answer_format.template
-        answer_format = dict(w.manifest.get("answer_format") or {})  # how its records state their answers
+        answers = w.answer_settings()  # how its records state their answers
         base_names = [w.manifest.get("base_model_name", "")]
         graph = graph or str(w.graph_path)
     return AnalysisConfig(base=cfg.base, data=str(records_file), graph=graph, labels=list(labels or cfg.labels),
-                          template=template, answer_format=answer_format, positions=cfg.positions, top_k=cfg.top_k,
-                          batch_size=cfg.batch_size,
-                          device=cfg.device, dtype=cfg.dtype, base_names=base_names,
-                          trust_remote_code=cfg.trust_remote_code)
+                          positions=cfg.positions, top_k=cfg.top_k, batch_size=cfg.batch_size, device=cfg.device,
+                          dtype=cfg.dtype, base_names=base_names, trust_remote_code=cfg.trust_remote_code, **answers)

@@ -86,6 +86,13 @@ class World:
 
         return AnswerFormat.from_dict(self.manifest.get("answer_format"), f"{self.root / MANIFEST}: answer_format")
 
+    def answer_settings(self) -> dict:
+        """The analysis settings its answers need (``AnalysisConfig``'s ``template`` and ``answer_format``): the
+        probe asks as its completions answer, and records without a label are read with its pattern. Checked:
+        a bad ``answer_format`` is an InputError naming world.json."""
+        return {"template": self.answer_format.template,
+                "answer_format": dict(self.manifest.get("answer_format") or {})}
+
     @property
     def plugin(self):
         """The world's plug-in (``world.json``: ``"plugin": "NAME"``, an installed entry point; the contract is

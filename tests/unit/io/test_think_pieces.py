@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from core.drift.probe import probe_positions, sentence_ids
-from core.io.trajectories import encode, think_start, think_start_decoded
+from core.io.trajectories import completion_tokens, encode, think_start, think_start_decoded
 
 TEXTS = ["<think> opacity in the right lower lobe suggests consolidation. </think> The disease of this patient is "
          "Pneumonia.", "<think> no finding. </think> The disease of this patient is No Finding."]
@@ -40,7 +40,8 @@ def test_the_cot_ends_where_the_tag_begins_when_it_is_written_in_pieces(bpe):
 
 def test_offsets_and_decoding_find_the_same_token(bpe):
     for text in [" " + t for t in TEXTS] + ["</think> at once", "none here", "a </think> b </think> c"]:
-        ids = bpe(text, add_special_tokens=False)["input_ids"]
-        assert think_start(bpe, text, ids) == think_start_decoded(bpe, ids)
+        ids, at = completion_tokens(bpe, text, None)  # a fast tokenizer: ids and offsets from one call
+        assert ids == bpe(text, add_special_tokens=False)["input_ids"]
+        assert at == think_start(bpe, text, ids) == think_start_decoded(bpe, ids)
     assert think_start(bpe, "none here", bpe("none here", add_special_tokens=False)["input_ids"]) is None
     assert think_start(bpe, "</think> x", [5, 7, 9], think_id=7) == 1  # a tokenizer with the token: the token

@@ -34,7 +34,7 @@ from core.io.images import (
     load_image,
     split_placeholders,
 )
-from core.io.trajectories import Encoded, think_start, token_text
+from core.io.trajectories import Encoded, completion_tokens, token_text
 from core.models.forward import inner
 from core.models.loading import load_model
 from core.models.vision import VisionConfig
@@ -170,9 +170,8 @@ def encode_vl(proc: VLProcessor, records: list[dict], image_field: str = "image_
         except InputError as e:
             raise InputError(f"trajectory {rec.get('id')}: {e}") from None
         text = rec["completion"] if chat_template else " " + rec["completion"]
-        c = proc.tokenizer(text, add_special_tokens=False)["input_ids"]
+        c, at = completion_tokens(proc.tokenizer, text, think)  # "</think>" in pieces too (Qwen2.5-VL has no token)
         ids = p + c
-        at = think_start(proc.tokenizer, text, c, think)  # "</think>" in pieces too (Qwen2.5-VL has no such token)
         out.append(VLEncoded(str(rec["id"]), ids, len(p), len(ids) if at is None else len(p) + at, rec.get("label"),
                              [token_text(proc.tokenizer, t) for t in ids], pixels,
                              grids if images else None, _key(refs, proc) if refs else ""))
