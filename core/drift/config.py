@@ -64,7 +64,7 @@ class AnalysisConfig(SeriesSpec):
     @property
     def answers(self) -> answers.AnswerFormat:
         """The answer format records without a label are read with (``core.io.answers``)."""
-        return answers.AnswerFormat.from_dict(self.answer_format or None, "field 'answer_format'")
+        return answers.AnswerFormat.from_dict(self.answer_format or None, "answer_format")
 
     @classmethod
     def from_world(cls, root, dataset: str | None = None, **overrides) -> AnalysisConfig:

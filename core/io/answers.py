@@ -57,7 +57,14 @@ class AnswerFormat:
         unknown = sorted(set(data) - set(asdict(cls())))
         if unknown:
             raise InputError(f"{where}: unknown field(s) {unknown}; expected pattern, sentence, template, bare")
-        return cls(**data)
+        for key, value in data.items():  # a number for a pattern was a raw TypeError from re.compile
+            if not isinstance(value, bool if key == "bare" else str):
+                raise InputError(f"{where}.{key}: expected {'true or false' if key == 'bare' else 'text'}, "
+                                 f"got {value!r}")
+        try:
+            return cls(**data)
+        except InputError as e:  # "answer_format.pattern: ..." said where it is: "<world>/world.json: answer_format.pattern"
+            raise InputError(str(e).replace("answer_format", where, 1)) from None
 
     def parse(self, text: str) -> str | None:
         """The answer a completion gives (the pattern's group, else a bare one after ``</think>``), or None."""

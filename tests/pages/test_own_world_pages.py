@@ -183,4 +183,4 @@ def test_checkpoints_page_probes_a_world_as_its_completions_answer(own_world, tm
     at = page("checkpoints", mine, ws)
     at.run()  # named on the page, not a traceback; nothing can be scored until it is mended
     assert not at.exception and "ck_run" not in [b.key for b in at.button]
-    assert any("answer_format.pattern: expected a group" in e.value for e in at.error)
+    assert any("world.json: answer_format.pattern: expected a group" in e.value for e in at.error)  # the file named

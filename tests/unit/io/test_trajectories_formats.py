@@ -134,6 +134,13 @@ def test_configurable_answer_pattern():
         AnswerFormat.from_dict({"patern": "x"})
     with pytest.raises(InputError, match="answer_format.pattern: expected a group"):
         AnswerFormat.from_dict({"pattern": "Answer"})
+    # where it is read from is named (a world's world.json), and a value of the wrong kind is refused, not a TypeError
+    with pytest.raises(InputError, match=r"^w/world.json: answer_format.pattern: expected a group"):
+        AnswerFormat.from_dict({"pattern": "Answer"}, "w/world.json: answer_format")
+    with pytest.raises(InputError, match=r"w/world.json: answer_format.pattern: expected text, got 5"):
+        AnswerFormat.from_dict({"pattern": 5}, "w/world.json: answer_format")
+    with pytest.raises(InputError, match=r"answer_format.bare: expected true or false"):
+        AnswerFormat.from_dict({"bare": "no"})
 
 
 def test_conversations_use_the_tokenizer_chat_template_unless_turned_off(foreign_run):
